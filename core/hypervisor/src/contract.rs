@@ -1,0 +1,150 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What a backend can do beyond launching, waiting and stopping a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub block_disks: bool,
+    pub hotplug: bool,
+    pub pause: bool,
+    pub snapshot: bool,
+}
+
+/// A backend's answer to "can you boot a guest on this host?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub usable: bool,
+    /// One line a person can act on: why it is usable or not.
+    pub reason: String,
+    /// Facts the probe found (binary version, accelerator chosen and why …).
+    pub details: BTreeMap<String, String>,
+}
+
+/// One VM to launch. The core composes it; the backend only adds its own
+/// device bits (e.g. console and channel arguments) to the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Unique per host; used in socket, log and process names.
+    pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disks: Vec<DiskSpec>,
+    /// Where the guest's serial console goes.
+    pub console_log: PathBuf,
+    /// A private directory for the backend's sockets and files; the core
+    /// removes it after the VM has ended.
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// A stable id the guest finds the disk by (virtio-blk serial, at most
+    /// 20 bytes of `[A-Za-z0-9_-]`).
+    pub id: String,
+}
+
+/// Where the core reaches hyperstart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentChannel {
+    UnixSocket(PathBuf),
+    Pty(PathBuf),
+}
+
+/// Handed back by [`Hypervisor::launch`]: enough to find the VM again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub agent_channel: AgentChannel,
+    /// The host process running the VM, where there is one.
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmExit {
+    /// Exit code of the VM process, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal that killed the VM process.
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStats {
+    /// Resident memory of the VM's host process(es), in bytes.
+    pub rss_bytes: u64,
+    /// Proportional set size, where the host can tell it.
+    pub pss_bytes: Option<u64>,
+    /// CPU time the VM has used on the host.
+    pub cpu_time_ms: u64,
+}
+
+/// Errors cross the plugin boundary as JSON, so they are plain data. Every
+/// message says what the operator should do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum HypervisorError {
+    #[error("{backend} cannot run guests on this host: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(String),
+    #[error("VM failed to start: {0}")]
+    LaunchFailed(String),
+    #[error("no VM with id {0}")]
+    NotFound(String),
+    #[error("{0} is not supported by this backend")]
+    Unsupported(String),
+    #[error("backend plugin failed: {0}")]
+    Plugin(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A problem in a backend's `[hypervisor.<name>]` table, found by the
+/// backend itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("key `{key}`: {message}; {fix}")]
+pub struct ConfigProblem {
+    /// The key inside the backend's table (`binary`, `machine` …); empty for
+    /// the whole table.
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+/// One hypervisor on this host, configured from its TOML table.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn name(&self) -> &str;
+    fn capabilities(&self) -> Capabilities;
+    /// Never hangs: a backend bounds every check it makes.
+    async fn probe(&self) -> ProbeReport;
+    async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError>;
+}
+
+/// One running VM.
+#[async_trait]
+pub trait Vm: Send + Sync {
+    fn info(&self) -> VmInfo;
+    /// Resolves when the VM has ended (for any reason) and the backend has
+    /// cleaned up after it.
+    async fn wait(&self) -> Result<VmExit, HypervisorError>;
+    /// Asks the VM to stop, and stops it hard after `grace`.
+    async fn shutdown(&self, grace: Duration) -> Result<(), HypervisorError>;
+    async fn kill(&self) -> Result<(), HypervisorError>;
+    async fn stats(&self) -> Result<VmStats, HypervisorError>;
+    async fn pause(&self) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported("pause".into()))
+    }
+    async fn resume(&self) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported("resume".into()))
+    }
+}

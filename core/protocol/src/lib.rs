@@ -1,0 +1,61 @@
+//! The guest protocol spoken on the one channel between the host (core/agent)
+//! and hyperstart (the guest's init).
+//!
+//! The channel carries frames. A frame is a 9-byte header — kind (`u8`),
+//! stream (`u32`, big endian), payload length (`u32`, big endian) — and the
+//! payload:
+//!
+//! * [`FrameKind::Control`] on stream 0: one JSON message, [`HostMessage`]
+//!   from the host or [`GuestMessage`] from the guest.
+//! * [`FrameKind::Data`]: bytes of a process's stdio stream. A process has two
+//!   stream ids: `stdio` (stdin host→guest, stdout guest→host) and `stderr`.
+//! * [`FrameKind::Eof`]: the sender will send no more data on that stream
+//!   (stdin closed by the host, stdout/stderr closed in the guest).
+//! * [`FrameKind::Credit`]: flow control. The payload is a `u32` count of
+//!   bytes the receiver of data grants the sender on that stream, on top of
+//!   the [`INITIAL_WINDOW`] every stream starts with. A sender never has more
+//!   than its credit in flight, so a chatty stdout cannot fill the channel and
+//!   starve control messages.
+//!
+//! Both ends treat the other as untrusted: every length is bounded before any
+//! allocation ([`MAX_CONTROL_PAYLOAD`], [`MAX_DATA_PAYLOAD`]) and a malformed
+//! frame is an error that ends the session.
+
+mod frame;
+mod message;
+
+pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD};
+pub use message::*;
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Bytes a sender may send on a data stream before it has received any credit.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+/// The virtio-serial port name the host gives the channel; hyperstart finds the
+/// port by this name in sysfs.
+pub const CHANNEL_PORT_NAME: &str = "sh.hyper.channel.0";
+/// Kernel command line key that tells hyperstart where its channel is: a
+/// virtio-serial port name, or a device path such as `/dev/hvc1`.
+pub const CMDLINE_CHANNEL_KEY: &str = "hyper.channel";
+
+/// Picks the protocol version both sides speak, if any.
+pub fn negotiate_version(peer_min: u32, peer_max: u32) -> Option<u32> {
+    let high = peer_max.min(PROTOCOL_VERSION);
+    let low = peer_min.max(MIN_PROTOCOL_VERSION);
+    (low <= high).then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_takes_the_highest_common_version() {
+        assert_eq!(negotiate_version(1, 1), Some(1));
+        assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate_version(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(negotiate_version(0, 0), None);
+    }
+}

@@ -1,0 +1,175 @@
+use serde::{Deserialize, Serialize};
+
+/// Everything the host sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct HostMessage {
+    /// Echoed in the guest's [`GuestMessage::Response`].
+    pub id: u64,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Answers [`GuestMessage::Ready`]: the version the host picked and the
+    /// capabilities it will use.
+    Hello { version: u32, capabilities: Vec<String> },
+    Ping,
+    StartPod(PodSpec),
+    NewContainer(ContainerSpec),
+    Exec { container: String, process: ProcessSpec },
+    Signal { container: String, process: String, signal: i32 },
+    WindowSize { container: String, process: String, rows: u16, cols: u16 },
+    RemoveContainer { container: String },
+    /// Kill every process, unmount, and power the VM off.
+    DestroyPod,
+}
+
+/// Everything the guest sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// Sent once hyperstart has its channel open.
+    Ready { min_version: u32, max_version: u32, capabilities: Vec<String>, agent: String },
+    Response { id: u64, result: Result<Reply, AgentError> },
+    /// A process ended; sent after its output streams reached end of stream.
+    ProcessExit { container: String, process: String, status: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok,
+    Pong,
+    /// A process was started; `pid` is its pid as hyperstart sees it.
+    Started { pid: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub kind: AgentErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorKind {
+    /// The command does not exist in the container (Docker's exit code 127).
+    CommandNotFound,
+    /// The command exists but cannot be executed (Docker's exit code 126).
+    CommandNotExecutable,
+    NotFound,
+    AlreadyExists,
+    InvalidRequest,
+    Failed,
+}
+
+impl AgentError {
+    pub fn new(kind: AgentErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// The exit code Docker gives a container whose process could not start.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.kind {
+            AgentErrorKind::CommandNotFound => Some(127),
+            AgentErrorKind::CommandNotExecutable => Some(126),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub rootfs: RootfsSpec,
+    pub hostname: String,
+    /// The container's first process; it becomes PID 1 of the container's
+    /// PID namespace.
+    pub process: ProcessSpec,
+}
+
+/// A read-only disk the guest finds by its stable id (the virtio-blk serial,
+/// or the Xen vbd id), mounted under a tmpfs-backed overlay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    pub disk_id: String,
+    /// `erofs` or `ext4`.
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    pub id: String,
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Absolute path inside the container; created if missing.
+    pub workdir: String,
+    /// `uid`, `uid:gid`, `name` or `name:group`, resolved in the container.
+    pub user: String,
+    pub terminal: bool,
+    /// Stream id of stdin (host→guest) and stdout (guest→host).
+    pub stdio: u32,
+    /// Stream id of stderr (guest→host).
+    pub stderr: u32,
+}
+
+/// Capability names hyperstart may advertise in [`GuestMessage::Ready`].
+pub mod capability {
+    pub const FLOW_CONTROL: &str = "flow-control";
+    pub const EROFS: &str = "rootfs-erofs";
+    pub const EXT4: &str = "rootfs-ext4";
+    pub const PID_NAMESPACE: &str = "pid-namespace";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_roundtrip_through_json() {
+        let msg = HostMessage {
+            id: 7,
+            request: Request::Exec {
+                container: "c".into(),
+                process: ProcessSpec {
+                    id: "p".into(),
+                    args: vec!["sh".into()],
+                    env: vec!["A=1".into()],
+                    workdir: "/".into(),
+                    user: "0:0".into(),
+                    terminal: false,
+                    stdio: 1,
+                    stderr: 2,
+                },
+            },
+        };
+        let json = serde_json::to_vec(&msg).unwrap();
+        assert_eq!(serde_json::from_slice::<HostMessage>(&json).unwrap(), msg);
+
+        let reply = GuestMessage::Response {
+            id: 7,
+            result: Err(AgentError::new(AgentErrorKind::CommandNotFound, "nope")),
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(serde_json::from_str::<GuestMessage>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let json = r#"{"id":1,"request":"ping","extra":1}"#;
+        assert!(serde_json::from_str::<HostMessage>(json).is_err());
+    }
+}
