@@ -1,0 +1,572 @@
+//! The host side of the guest protocol: a client for hyperstart.
+//!
+//! One reader task owns the socket's read half and routes what arrives:
+//! responses to the request that waits for them, stdio data to the process's
+//! stream, exits to the process's exit waiter. The guest is untrusted, so the
+//! reader bounds everything: frames by the decoder, stdio by the credit this
+//! side granted (a guest that sends more than it was granted is cut off), and
+//! any protocol violation ends the session and marks the agent dead, which
+//! fails every waiter instead of hanging it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_protocol::{
+    negotiate_version, AgentError, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, Reply, Request,
+    INITIAL_WINDOW, MAX_DATA_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// How long one request may take in the guest.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentCallError {
+    /// hyperstart answered with an error.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The session with hyperstart is over.
+    #[error("lost contact with hyperstart: {0}")]
+    Disconnected(String),
+    #[error("hyperstart did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadyInfo {
+    pub version: u32,
+    pub capabilities: Vec<String>,
+    pub agent: String,
+}
+
+/// A piece of a guest→host stdio stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamChunk {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// The host ends of one process's stdio and its exit status.
+pub struct ProcessStreams {
+    pub process: String,
+    /// Stream id of stdin and stdout.
+    pub stdio: u32,
+    pub stderr: u32,
+    pub stdout_rx: mpsc::UnboundedReceiver<StreamChunk>,
+    pub stderr_rx: mpsc::UnboundedReceiver<StreamChunk>,
+    pub exit_rx: oneshot::Receiver<i32>,
+}
+
+struct InboundStream {
+    tx: mpsc::UnboundedSender<StreamChunk>,
+    /// Bytes this side has allowed the guest to send so far.
+    allowed: u64,
+    received: u64,
+}
+
+struct StdinCredit {
+    allowed: u64,
+    sent: u64,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    next_stream: u32,
+    pending: HashMap<u64, oneshot::Sender<Result<Reply, AgentError>>>,
+    inbound: HashMap<u32, InboundStream>,
+    stdin: HashMap<u32, StdinCredit>,
+    exit_waiters: HashMap<String, oneshot::Sender<i32>>,
+    dead: Option<String>,
+    ready: Option<oneshot::Sender<Result<ReadyInfo, String>>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    credit_changed: Notify,
+}
+
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section is a few map operations that cannot panic
+        // midway, so a poisoned lock still holds consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the session: every waiter learns why instead of hanging.
+    fn fail(&self, reason: String) {
+        let mut st = self.state();
+        if st.dead.is_some() {
+            return;
+        }
+        tracing::warn!("hyperstart session ended: {reason}");
+        st.dead = Some(reason.clone());
+        st.pending.clear();
+        st.inbound.clear();
+        st.exit_waiters.clear();
+        if let Some(ready) = st.ready.take() {
+            let _ = ready.send(Err(reason));
+        }
+        drop(st);
+        self.credit_changed.notify_waiters();
+    }
+
+    fn handle_frame(&self, frame: Frame) -> Result<(), String> {
+        match frame.kind {
+            FrameKind::Control => {
+                let msg: GuestMessage = serde_json::from_slice(&frame.payload)
+                    .map_err(|e| format!("malformed control message from the guest: {e}"))?;
+                self.handle_message(msg)
+            }
+            FrameKind::Data => {
+                let mut st = self.state();
+                let Some(stream) = st.inbound.get_mut(&frame.stream) else {
+                    return Err(format!("guest sent data on unknown stream {}", frame.stream));
+                };
+                stream.received += frame.payload.len() as u64;
+                if stream.received > stream.allowed {
+                    return Err(format!(
+                        "guest overran its flow-control window on stream {} ({} > {} bytes)",
+                        frame.stream, stream.received, stream.allowed
+                    ));
+                }
+                let _ = stream.tx.send(StreamChunk::Data(frame.payload));
+                Ok(())
+            }
+            FrameKind::Eof => {
+                if let Some(stream) = self.state().inbound.remove(&frame.stream) {
+                    let _ = stream.tx.send(StreamChunk::Eof);
+                }
+                Ok(())
+            }
+            FrameKind::Credit => {
+                let bytes = frame.credit_bytes().unwrap_or(0);
+                if let Some(credit) = self.state().stdin.get_mut(&frame.stream) {
+                    credit.allowed = credit.allowed.saturating_add(u64::from(bytes));
+                }
+                self.credit_changed.notify_waiters();
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_message(&self, msg: GuestMessage) -> Result<(), String> {
+        let mut st = self.state();
+        match msg {
+            GuestMessage::Ready { min_version, max_version, capabilities, agent } => {
+                let Some(ready) = st.ready.take() else {
+                    tracing::debug!("hyperstart said READY again");
+                    return Ok(());
+                };
+                let result = negotiate_version(min_version, max_version)
+                    .map(|version| ReadyInfo { version, capabilities, agent: agent.clone() })
+                    .ok_or_else(|| {
+                        format!(
+                            "{agent} speaks protocol versions {min_version}..={max_version}, this host \
+                             {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}: install matching hyper and payload"
+                        )
+                    });
+                let _ = ready.send(result);
+            }
+            GuestMessage::Response { id, result } => match st.pending.remove(&id) {
+                Some(waiter) => {
+                    let _ = waiter.send(result);
+                }
+                None => tracing::warn!(id, "response to no pending request"),
+            },
+            GuestMessage::ProcessExit { process, status, .. } => match st.exit_waiters.remove(&process) {
+                Some(waiter) => {
+                    let _ = waiter.send(status);
+                }
+                None => tracing::warn!(%process, "exit of an unknown process"),
+            },
+        }
+        Ok(())
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>, mut reader: tokio::net::unix::OwnedReadHalf) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let reason = loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break "the channel closed".to_string(),
+            Ok(n) => n,
+            Err(e) => break format!("reading the channel failed: {e}"),
+        };
+        let mut next = decoder.push(&buf[..n]);
+        let failed = loop {
+            match next {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = inner.handle_frame(frame) {
+                        break Some(reason);
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(format!("malformed frame from the guest: {e}")),
+            }
+            next = decoder.next_frame();
+        };
+        if let Some(reason) = failed {
+            break reason;
+        }
+    };
+    inner.fail(reason);
+}
+
+impl AgentClient {
+    /// Connects to hyperstart's channel and waits for its READY, both within
+    /// `timeout`, then completes the version handshake.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<(Self, ReadyInfo), AgentCallError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(AgentCallError::Disconnected(format!(
+                        "cannot connect to the agent channel {}: {e}",
+                        path.display()
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (reader, writer) = stream.into_split();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State { next_id: 1, next_stream: 1, ready: Some(ready_tx), ..Default::default() }),
+            writer: tokio::sync::Mutex::new(writer),
+            credit_changed: Notify::new(),
+        });
+        tokio::spawn(read_loop(inner.clone(), reader));
+        let client = Self { inner };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ready = match tokio::time::timeout(remaining, ready_rx).await {
+            Ok(Ok(Ok(ready))) => ready,
+            Ok(Ok(Err(reason))) => return Err(AgentCallError::Disconnected(reason)),
+            Ok(Err(_)) => return Err(AgentCallError::Disconnected("session ended before READY".into())),
+            Err(_) => {
+                client.inner.fail("no READY in time".into());
+                return Err(AgentCallError::Timeout(timeout));
+            }
+        };
+        client
+            .request(Request::Hello { version: ready.version, capabilities: ready.capabilities.clone() })
+            .await?;
+        Ok((client, ready))
+    }
+
+    pub fn dead_reason(&self) -> Option<String> {
+        self.inner.state().dead.clone()
+    }
+
+    async fn send_frame(&self, frame: Frame) -> Result<(), AgentCallError> {
+        let bytes = frame.encode();
+        let mut writer = self.inner.writer.lock().await;
+        if let Err(e) = writer.write_all(&bytes).await {
+            let reason = format!("writing the channel failed: {e}");
+            self.inner.fail(reason.clone());
+            return Err(AgentCallError::Disconnected(reason));
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for hyperstart's answer.
+    pub async fn request(&self, request: Request) -> Result<Reply, AgentCallError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.inner.state();
+            if let Some(reason) = &st.dead {
+                return Err(AgentCallError::Disconnected(reason.clone()));
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.pending.insert(id, tx);
+            id
+        };
+        let payload = serde_json::to_vec(&HostMessage { id, request })
+            .map_err(|e| AgentCallError::Disconnected(format!("cannot encode a request: {e}")))?;
+        self.send_frame(Frame::control(payload)).await?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result.map_err(AgentCallError::Agent),
+            Ok(Err(_)) => Err(AgentCallError::Disconnected(self.dead_reason().unwrap_or_else(|| "session ended".into()))),
+            Err(_) => {
+                self.inner.state().pending.remove(&id);
+                Err(AgentCallError::Timeout(REQUEST_TIMEOUT))
+            }
+        }
+    }
+
+    /// Allocates the streams of a new process. Register before starting the
+    /// process so no output or exit can arrive unrouted.
+    pub fn new_process(&self, process: &str) -> ProcessStreams {
+        let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
+        let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let mut st = self.inner.state();
+        let stdio = st.next_stream;
+        let stderr = stdio + 1;
+        st.next_stream += 2;
+        let window = u64::from(INITIAL_WINDOW);
+        st.inbound.insert(stdio, InboundStream { tx: stdout_tx, allowed: window, received: 0 });
+        st.inbound.insert(stderr, InboundStream { tx: stderr_tx, allowed: window, received: 0 });
+        st.stdin.insert(stdio, StdinCredit { allowed: window, sent: 0 });
+        st.exit_waiters.insert(process.to_string(), exit_tx);
+        ProcessStreams { process: process.to_string(), stdio, stderr, stdout_rx, stderr_rx, exit_rx }
+    }
+
+    /// Tells the guest the host consumed `bytes` of `stream`: it may send that
+    /// much more.
+    pub async fn grant(&self, stream: u32, bytes: u32) -> Result<(), AgentCallError> {
+        {
+            let mut st = self.inner.state();
+            match st.inbound.get_mut(&stream) {
+                Some(s) => s.allowed += u64::from(bytes),
+                None => return Ok(()),
+            }
+        }
+        self.send_frame(Frame::credit(stream, bytes)).await
+    }
+
+    /// Sends stdin bytes, waiting for credit from the guest as needed.
+    pub async fn send_stdin(&self, stream: u32, mut data: &[u8]) -> Result<(), AgentCallError> {
+        while !data.is_empty() {
+            let notified = self.inner.credit_changed.notified();
+            let available = {
+                let st = self.inner.state();
+                if let Some(reason) = &st.dead {
+                    return Err(AgentCallError::Disconnected(reason.clone()));
+                }
+                match st.stdin.get(&stream) {
+                    Some(c) => c.allowed.saturating_sub(c.sent),
+                    None => return Ok(()),
+                }
+            };
+            if available == 0 {
+                notified.await;
+                continue;
+            }
+            let n = data.len().min(MAX_DATA_PAYLOAD).min(usize::try_from(available).unwrap_or(usize::MAX));
+            if let Some(c) = self.inner.state().stdin.get_mut(&stream) {
+                c.sent += n as u64;
+            }
+            self.send_frame(Frame::data(stream, data[..n].to_vec())).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self, stream: u32) -> Result<(), AgentCallError> {
+        if self.inner.state().stdin.remove(&stream).is_none() {
+            return Ok(());
+        }
+        self.send_frame(Frame::eof(stream)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_protocol::{ProcessSpec, RootfsSpec};
+    use tokio::net::UnixListener;
+
+    /// A scripted guest on the other end of a real unix socket.
+    struct FakeGuest {
+        stream: UnixStream,
+        decoder: FrameDecoder,
+    }
+
+    impl FakeGuest {
+        async fn send(&mut self, msg: &GuestMessage) {
+            let bytes = Frame::control(serde_json::to_vec(msg).unwrap()).encode();
+            self.stream.write_all(&bytes).await.unwrap();
+        }
+
+        async fn send_raw(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> Frame {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(f) = self.decoder.next_frame().unwrap() {
+                    return f;
+                }
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "host closed");
+                if let Some(f) = self.decoder.push(&buf[..n]).unwrap() {
+                    return f;
+                }
+            }
+        }
+
+        async fn recv_request(&mut self) -> HostMessage {
+            let f = self.recv().await;
+            assert_eq!(f.kind, FrameKind::Control);
+            serde_json::from_slice(&f.payload).unwrap()
+        }
+
+        async fn reply(&mut self, id: u64, result: Result<Reply, AgentError>) {
+            self.send(&GuestMessage::Response { id, result }).await;
+        }
+    }
+
+    async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut g = FakeGuest { stream, decoder: FrameDecoder::new() };
+            g.send(&GuestMessage::Ready {
+                min_version: 1,
+                max_version: 1,
+                capabilities: vec!["flow-control".into()],
+                agent: "fake".into(),
+            })
+            .await;
+            let hello = g.recv_request().await;
+            assert!(matches!(hello.request, Request::Hello { version: 1, .. }));
+            g.reply(hello.id, Ok(Reply::Ok)).await;
+            g
+        });
+        let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ready.version, 1);
+        (client, guest.await.unwrap(), dir)
+    }
+
+    fn process(id: &str, stdio: u32, stderr: u32) -> ProcessSpec {
+        ProcessSpec {
+            id: id.into(),
+            args: vec!["true".into()],
+            env: vec![],
+            workdir: "/".into(),
+            user: String::new(),
+            terminal: false,
+            stdio,
+            stderr,
+        }
+    }
+
+    #[tokio::test]
+    async fn request_response_and_streams() {
+        let (client, mut guest, _dir) = connected().await;
+        let mut streams = client.new_process("p1");
+        let spec = process("p1", streams.stdio, streams.stderr);
+        let req = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .request(Request::NewContainer(hyper_protocol::ContainerSpec {
+                        id: "c".into(),
+                        rootfs: RootfsSpec { disk_id: "d".into(), fstype: "erofs".into() },
+                        hostname: "h".into(),
+                        process: spec,
+                    }))
+                    .await
+            }
+        });
+        let msg = guest.recv_request().await;
+        guest.reply(msg.id, Ok(Reply::Started { pid: 5 })).await;
+        assert_eq!(req.await.unwrap().unwrap(), Reply::Started { pid: 5 });
+
+        guest.send_raw(&Frame::data(streams.stdio, b"out".to_vec()).encode()).await;
+        guest.send_raw(&Frame::data(streams.stderr, b"err".to_vec()).encode()).await;
+        guest.send_raw(&Frame::eof(streams.stdio).encode()).await;
+        guest.send_raw(&Frame::eof(streams.stderr).encode()).await;
+        guest
+            .send(&GuestMessage::ProcessExit { container: "c".into(), process: "p1".into(), status: 7 })
+            .await;
+        assert_eq!(streams.stdout_rx.recv().await, Some(StreamChunk::Data(b"out".to_vec())));
+        assert_eq!(streams.stdout_rx.recv().await, Some(StreamChunk::Eof));
+        assert_eq!(streams.stderr_rx.recv().await, Some(StreamChunk::Data(b"err".to_vec())));
+        assert_eq!((&mut streams.exit_rx).await.unwrap(), 7);
+
+        // stdin honours the guest's window and goes on once credit arrives.
+        let big = vec![b'x'; INITIAL_WINDOW as usize + 10];
+        let sender = tokio::spawn({
+            let client = client.clone();
+            let stdio = streams.stdio;
+            async move { client.send_stdin(stdio, &big).await }
+        });
+        let mut got = 0usize;
+        while got < INITIAL_WINDOW as usize {
+            let f = guest.recv().await;
+            assert_eq!(f.kind, FrameKind::Data);
+            got += f.payload.len();
+        }
+        assert_eq!(got, INITIAL_WINDOW as usize);
+        guest.send_raw(&Frame::credit(streams.stdio, 10).encode()).await;
+        let f = guest.recv().await;
+        assert_eq!(f.payload.len(), 10);
+        sender.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn overrunning_the_window_kills_the_session() {
+        let (client, mut guest, _dir) = connected().await;
+        let streams = client.new_process("p");
+        for _ in 0..(INITIAL_WINDOW as usize / MAX_DATA_PAYLOAD + 1) {
+            guest.send_raw(&Frame::data(streams.stdio, vec![0; MAX_DATA_PAYLOAD]).encode()).await;
+        }
+        let err = client.request(Request::Ping).await.unwrap_err();
+        assert!(err.to_string().contains("flow-control window"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn oversized_or_garbage_frames_kill_the_session_not_the_host() {
+        let (client, mut guest, _dir) = connected().await;
+        let mut header = vec![0u8];
+        header.extend(0u32.to_be_bytes());
+        header.extend(u32::MAX.to_be_bytes());
+        guest.send_raw(&header).await;
+        let err = client.request(Request::Ping).await.unwrap_err();
+        assert!(matches!(err, AgentCallError::Disconnected(_)), "{err}");
+        assert!(client.dead_reason().unwrap().contains("malformed frame"));
+
+        let (client, mut guest, _dir) = connected().await;
+        guest.send_raw(&Frame::control(b"{not json".to_vec()).encode()).await;
+        let err = client.request(Request::Ping).await.unwrap_err();
+        assert!(err.to_string().contains("malformed control message"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn silent_guest_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let _keep = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let err = AgentClient::connect(&path, Duration::from_millis(300)).await.err().unwrap();
+        assert!(matches!(err, AgentCallError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn incompatible_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut g = FakeGuest { stream, decoder: FrameDecoder::new() };
+            g.send(&GuestMessage::Ready { min_version: 90, max_version: 99, capabilities: vec![], agent: "future".into() })
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let err = AgentClient::connect(&path, Duration::from_secs(5)).await.err().unwrap();
+        assert!(err.to_string().contains("90..=99"), "{err}");
+    }
+}

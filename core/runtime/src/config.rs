@@ -1,0 +1,256 @@
+//! The TOML configuration model. Unknown keys are refused; every error names
+//! the file, the key and the fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hyper/config.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub payload: PayloadConfig,
+    pub vm: VmDefaults,
+    /// Each backend's own table, validated by the backend's plugin.
+    pub hypervisor: BTreeMap<String, toml::Table>,
+    /// Where the config came from, for error messages; not a TOML key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeConfig::default(),
+            payload: PayloadConfig::default(),
+            vm: VmDefaults::default(),
+            hypervisor: BTreeMap::new(),
+            source: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `auto` or a backend name (`qemu`, `kvm`, `xen`, …).
+    pub hypervisor: String,
+    pub plugin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            hypervisor: "auto".into(),
+            plugin_dir: "/usr/local/lib/hyper/backends".into(),
+            state_dir: "/var/lib/hyper".into(),
+            socket: "/run/hyper/hyperd.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayloadConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel command line arguments, appended to the core's.
+    pub cmdline: String,
+}
+
+impl Default for PayloadConfig {
+    fn default() -> Self {
+        Self {
+            kernel: "/usr/local/share/hyper/hyperkernel".into(),
+            initrd: "/usr/local/share/hyper/hyperstart.img".into(),
+            cmdline: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmDefaults {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// How long a guest may take from launch to hyperstart's READY.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        Self { vcpus: 1, memory_mib: 128, boot_timeout_secs: 60 }
+    }
+}
+
+pub const MAX_VCPUS: u32 = 64;
+pub const MIN_MEMORY_MIB: u32 = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: key `{key}`: {message}; {fix}")]
+    Invalid { path: String, key: String, message: String, fix: String },
+}
+
+impl Config {
+    /// Loads `path`, or the built-in defaults when `path` is the default
+    /// location and no file is there.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!("no {} found: using the built-in defaults", path.display());
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: describe_toml_error(&e, text),
+        })?;
+        config.source = Some(path.to_path_buf());
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn source_name(&self) -> String {
+        self.source.as_ref().map_or_else(|| "<built-in defaults>".to_string(), |p| p.display().to_string())
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.source_name(), key: key.into(), message: message.into(), fix: fix.into() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_VCPUS).contains(&self.vm.vcpus) {
+            return Err(self.invalid(
+                "vm.vcpus",
+                format!("{} is out of range", self.vm.vcpus),
+                format!("set it between 1 and {MAX_VCPUS}"),
+            ));
+        }
+        if self.vm.memory_mib < MIN_MEMORY_MIB {
+            return Err(self.invalid(
+                "vm.memory_mib",
+                format!("{} MiB is too little for the guest", self.vm.memory_mib),
+                format!("set it to at least {MIN_MEMORY_MIB}"),
+            ));
+        }
+        if self.vm.boot_timeout_secs == 0 {
+            return Err(self.invalid("vm.boot_timeout_secs", "0 would fail every boot", "set it to a few seconds or more"));
+        }
+        let name = &self.runtime.hypervisor;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(self.invalid(
+                "runtime.hypervisor",
+                format!("`{name}` is not a backend name"),
+                "use `auto` or the name of an installed backend (`hyper info` lists them)",
+            ));
+        }
+        for (key, path) in [
+            ("runtime.plugin_dir", &self.runtime.plugin_dir),
+            ("runtime.state_dir", &self.runtime.state_dir),
+            ("runtime.socket", &self.runtime.socket),
+            ("payload.kernel", &self.payload.kernel),
+            ("payload.initrd", &self.payload.initrd),
+        ] {
+            if !path.is_absolute() {
+                return Err(self.invalid(key, format!("`{}` is a relative path", path.display()), "use an absolute path"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A backend's table as JSON, the form its plugin validates.
+    pub fn hypervisor_table(&self, name: &str) -> serde_json::Value {
+        self.hypervisor
+            .get(name)
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+    }
+}
+
+/// toml's message already names the key and points at the line; add the fix.
+fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().to_string();
+    let location = err
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: ")
+        })
+        .unwrap_or_default();
+    let fix = if message.contains("unknown field") {
+        "remove the key or correct its spelling"
+    } else if message.contains("invalid type") {
+        "give the key a value of the expected type"
+    } else {
+        "correct the TOML syntax"
+    };
+    format!("{location}{message}; {fix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hyper/test.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let c = parse("[runtime]\nhypervisor = \"qemu\"\n").unwrap();
+        assert_eq!(c.runtime.hypervisor, "qemu");
+        assert_eq!(c.vm.vcpus, 1);
+        assert_eq!(c.payload.kernel, PathBuf::from("/usr/local/share/hyper/hyperkernel"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[runtime]\nhypervisr = \"qemu\"\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/hyper/test.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("hypervisr"), "{err}");
+        assert!(err.contains("remove the key"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_explained() {
+        let err = parse("[vm]\nvcpus = \"two\"\n").unwrap_err().to_string();
+        assert!(err.contains("vcpus") || err.contains("line 2"), "{err}");
+        assert!(err.contains("expected type"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = parse("[vm]\nvcpus = 0\n").unwrap_err().to_string();
+        assert!(err.contains("vm.vcpus"), "{err}");
+        let err = parse("[payload]\nkernel = \"vmlinux\"\n").unwrap_err().to_string();
+        assert!(err.contains("payload.kernel") && err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn backend_tables_are_kept_for_the_plugin() {
+        let c = parse("[hypervisor.qemu]\nmachine = \"q35\"\n").unwrap();
+        assert_eq!(c.hypervisor_table("qemu")["machine"], "q35");
+        assert_eq!(c.hypervisor_table("xen"), serde_json::json!({}));
+    }
+}

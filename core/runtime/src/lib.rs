@@ -1,0 +1,6 @@
+//! The core runtime: everything that is the same on every hypervisor.
+
+pub mod agent;
+pub mod config;
+pub mod payload;
+pub mod rootfs;
