@@ -3,4 +3,6 @@
 pub mod agent;
 pub mod config;
 pub mod payload;
+pub mod plugins;
+pub mod pods;
 pub mod rootfs;

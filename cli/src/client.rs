@@ -1,0 +1,173 @@
+//! The client side of hyperd's API, over its unix socket.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header;
+use hyper::Request;
+use hyper_core::pods::RunRequest;
+use hyper_protocol::{Frame, FrameDecoder, FrameKind, MAX_DATA_PAYLOAD};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::stream::{ApiError, StreamEnd, STDERR, STDIO};
+use crate::STREAM_UPGRADE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to hyperd at {socket}: {source}. Is hyperd running? \
+         Start it with `hyperd --config /etc/hyper/config.toml`, or point --host / HYPER_HOST at its socket"
+    )]
+    Connect { socket: PathBuf, source: std::io::Error },
+    #[error("talking to hyperd failed: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Api(String),
+    #[error("hyperd ended the stream without an exit status")]
+    Truncated,
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("connection to hyperd: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// `GET path`, returning the JSON body.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let mut sender = self.connect().await?;
+        let req = Request::get(path)
+            .header(header::HOST, "hyperd")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(&body, status));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Http(format!("malformed reply: {e}")))
+    }
+
+    /// Runs a container, copying its stdout and stderr to `stdout`/`stderr`
+    /// and, when `stdin` is given, feeding it. Returns how the run ended.
+    pub async fn run<I, O, E>(&self, request: &RunRequest, stdin: Option<I>, stdout: &mut O, stderr: &mut E) -> Result<StreamEnd, ClientError>
+    where
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let mut sender = self.connect().await?;
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Http(e.to_string()))?;
+        let req = Request::post("/v1/run")
+            .header(header::HOST, "hyperd")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, STREAM_UPGRADE)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+            return Err(api_error(&body, status));
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+
+        let stdin_task = stdin.map(|mut input| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if writer.write_all(&Frame::data(STDIO, buf[..n].to_vec()).encode()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = writer.write_all(&Frame::eof(STDIO).encode()).await;
+                let _ = writer.flush().await;
+                // Keep the write half open until the run ends: dropping it
+                // would not close the socket anyway (the read half holds it).
+                std::future::pending::<()>().await;
+            })
+        });
+
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let result = 'outer: loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break Err(ClientError::Truncated),
+                Ok(n) => n,
+                Err(e) => break Err(ClientError::Http(e.to_string())),
+            };
+            let mut next = decoder.push(&buf[..n]);
+            loop {
+                match next {
+                    Ok(Some(f)) => match (f.kind, f.stream) {
+                        (FrameKind::Data, STDIO) => {
+                            if let Err(e) = stdout.write_all(&f.payload).await {
+                                break 'outer Err(ClientError::Http(format!("writing stdout: {e}")));
+                            }
+                        }
+                        (FrameKind::Data, STDERR) => {
+                            let _ = stderr.write_all(&f.payload).await;
+                        }
+                        (FrameKind::Control, _) => {
+                            let end = serde_json::from_slice::<StreamEnd>(&f.payload)
+                                .map_err(|e| ClientError::Http(format!("malformed end of stream: {e}")));
+                            break 'outer end;
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => break,
+                    Err(e) => break 'outer Err(ClientError::Http(format!("malformed stream from hyperd: {e}"))),
+                }
+                next = decoder.next_frame();
+            }
+        };
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        let _ = stdout.flush().await;
+        let _ = stderr.flush().await;
+        result
+    }
+}
+
+fn api_error(body: &[u8], status: hyper::StatusCode) -> ClientError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ClientError::Api(e.message),
+        Err(_) => ClientError::Api(format!("hyperd answered {status}")),
+    }
+}

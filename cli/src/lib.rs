@@ -1,0 +1,11 @@
+//! hyperd's REST API (server side) and the client `hyper` uses, sharing one
+//! definition of the stdio stream that runs over an upgraded connection.
+
+pub mod client;
+pub mod server;
+pub mod stream;
+
+/// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";
+/// The protocol name of the upgraded stdio stream.
+pub const STREAM_UPGRADE: &str = "hyper-stream";

@@ -1,0 +1,294 @@
+//! The end-to-end harness: a real hyperd with its own state directory,
+//! socket and plugin directory, driven through the real `hyper` binary.
+//! Every test that uses it boots real VMs on the backend named by
+//! `HYPER_E2E_BACKEND` (default `qemu`) with the real payload.
+//!
+//! Artifacts come from `make test` (which builds them first):
+//! * binaries and plugins: `HYPER_BIN_DIR` or `<workspace>/target/release`;
+//! * payload: `HYPER_PAYLOAD_DIR` or `<workspace>/build` (`hyperkernel`, `hyperstart.img`);
+//! * rootfs: `<workspace>/build/rootfs/busybox`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn required(path: PathBuf, what: &str) -> PathBuf {
+    assert!(path.exists(), "{what} {} is missing: run the tests through `make test`, which builds it", path.display());
+    path
+}
+
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("HYPER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/release"))
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    required(bin_dir().join(name), "binary")
+}
+
+pub fn plugin(name: &str) -> PathBuf {
+    required(bin_dir().join(format!("lib{}.so", name.replace('-', "_"))), "plugin")
+}
+
+pub fn payload_dir() -> PathBuf {
+    std::env::var_os("HYPER_PAYLOAD_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("build"))
+}
+
+pub fn busybox_rootfs() -> PathBuf {
+    required(workspace().join("build/rootfs/busybox"), "test rootfs")
+}
+
+pub fn backend() -> String {
+    std::env::var("HYPER_E2E_BACKEND").unwrap_or_else(|_| "qemu".into())
+}
+
+/// Options for one hyperd.
+pub struct Setup {
+    /// `[runtime] hypervisor`.
+    pub hypervisor: String,
+    /// Plugins (crate names) placed in the plugin directory.
+    pub plugins: Vec<String>,
+    /// Extra TOML appended to the config.
+    pub extra_toml: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        let backend = backend();
+        Self {
+            plugins: vec![format!("hyper-backend-{backend}")],
+            hypervisor: backend,
+            extra_toml: String::new(),
+            kernel: payload_dir().join("hyperkernel"),
+            initrd: payload_dir().join("hyperstart.img"),
+        }
+    }
+}
+
+pub struct Hyperd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Where the config is written; hyperd is not started.
+pub struct Prepared {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub fn prepare(setup: &Setup) -> Prepared {
+    // Short paths: unix socket paths are limited to 108 bytes.
+    let dir = tempfile::Builder::new().prefix("hy").tempdir_in("/tmp").expect("temp dir");
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).expect("plugin dir");
+    for p in &setup.plugins {
+        let src = plugin(p);
+        let name = src.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        std::os::unix::fs::symlink(&src, plugin_dir.join(name)).expect("plugin link");
+    }
+    let socket = dir.path().join("hyperd.sock");
+    let state_dir = dir.path().join("state");
+    let config = dir.path().join("config.toml");
+    let toml = format!(
+        "[runtime]\nhypervisor = \"{}\"\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n\
+         [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n\n{}",
+        setup.hypervisor,
+        plugin_dir.display(),
+        state_dir.display(),
+        socket.display(),
+        setup.kernel.display(),
+        setup.initrd.display(),
+        setup.extra_toml
+    );
+    std::fs::write(&config, toml).expect("config");
+    Prepared { dir, config, socket, state_dir }
+}
+
+impl Hyperd {
+    pub fn start() -> Self {
+        Self::start_with(&Setup::default())
+    }
+
+    pub fn start_with(setup: &Setup) -> Self {
+        let p = prepare(setup);
+        let log = p.dir.path().join("hyperd.log");
+        let child = spawn_hyperd(&p.config, &log);
+        let mut hyperd = Self { socket: p.socket, state_dir: p.state_dir, config: p.config, log, dir: p.dir, child: Some(child) };
+        hyperd.wait_ready();
+        hyperd
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("hyperd exited with {status}:\n{}", self.log_text());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("hyperd did not listen within 30 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `hyper ARGS…` against this hyperd.
+    pub fn hyper(&self, args: &[&str]) -> Output {
+        self.hyper_with_stdin(args, None)
+    }
+
+    pub fn hyper_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        hyper_at(&self.socket, args, stdin)
+    }
+
+    /// `hyper run --rm --rootfs <busybox> -- CMD…` with extra options before `--rootfs`.
+    pub fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        self.run_with_stdin(opts, cmd, None)
+    }
+
+    pub fn run_with_stdin(&self, opts: &[&str], cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+        let rootfs = busybox_rootfs();
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(opts);
+        let rootfs = rootfs.to_string_lossy().into_owned();
+        args.extend(["--rootfs", rootfs.as_str(), "--"]);
+        args.extend_from_slice(cmd);
+        self.hyper_with_stdin(&args, stdin)
+    }
+
+    /// Stops hyperd with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child, which has not been reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = wait_with_timeout(&mut child, Duration::from_secs(30));
+        }
+    }
+}
+
+impl Drop for Hyperd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn spawn_hyperd(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).expect("log file");
+    Command::new(bin("hyperd"))
+        .arg("--config")
+        .arg(config)
+        .env("HYPER_LOG", "info,hyper_core=debug")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn hyperd")
+}
+
+pub fn hyper_at(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin("hyper"))
+        .args(args)
+        .env("HYPER_HOST", socket)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hyper");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let out_pipe = child.stdout.take().expect("stdout");
+    let err_pipe = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || read_all(out_pipe));
+    let err = std::thread::spawn(move || read_all(err_pipe));
+    let status = wait_with_timeout(&mut child, RUN_TIMEOUT).unwrap_or_else(|| panic!("hyper {args:?} timed out"));
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Processes whose command line mentions `needle` (e.g. a test's temp dir).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Every file under `dir` (recursive), for leftover checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
