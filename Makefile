@@ -51,7 +51,7 @@ test: build payload rootfs
 	$(CARGO) test --release --workspace -- --test-threads=2
 
 bench: build payload rootfs
-	bench/boot.sh
+	bench/boot.py
 
 clean-build:
 	rm -rf $(BUILD)

@@ -21,7 +21,10 @@ pub enum ClientError {
         "cannot connect to hyperd at {socket}: {source}. Is hyperd running? \
          Start it with `hyperd --config /etc/hyper/config.toml`, or point --host / HYPER_HOST at its socket"
     )]
-    Connect { socket: PathBuf, source: std::io::Error },
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to hyperd failed: {0}")]
     Http(String),
     #[error("{0}")]
@@ -38,7 +41,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -46,9 +51,13 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<Sender, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -67,18 +76,33 @@ impl Client {
             .header(header::HOST, "hyperd")
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
         if !status.is_success() {
             return Err(api_error(&body, status));
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Http(format!("malformed reply: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Http(format!("malformed reply: {e}")))
     }
 
     /// Runs a container, copying its stdout and stderr to `stdout`/`stderr`
     /// and, when `stdin` is given, feeding it. Returns how the run ended.
-    pub async fn run<I, O, E>(&self, request: &RunRequest, stdin: Option<I>, stdout: &mut O, stderr: &mut E) -> Result<StreamEnd, ClientError>
+    pub async fn run<I, O, E>(
+        &self,
+        request: &RunRequest,
+        stdin: Option<I>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<StreamEnd, ClientError>
     where
         I: AsyncRead + Unpin + Send + 'static,
         O: AsyncWrite + Unpin,
@@ -93,13 +117,23 @@ impl Client {
             .header(header::UPGRADE, STREAM_UPGRADE)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let status = resp.status();
         if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
-            let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?
+                .to_bytes();
             return Err(api_error(&body, status));
         }
-        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
 
         let stdin_task = stdin.map(|mut input| {
@@ -109,7 +143,11 @@ impl Client {
                     match input.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if writer.write_all(&Frame::data(STDIO, buf[..n].to_vec()).encode()).await.is_err() {
+                            if writer
+                                .write_all(&Frame::data(STDIO, buf[..n].to_vec()).encode())
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -137,21 +175,29 @@ impl Client {
                     Ok(Some(f)) => match (f.kind, f.stream) {
                         (FrameKind::Data, STDIO) => {
                             if let Err(e) = stdout.write_all(&f.payload).await {
-                                break 'outer Err(ClientError::Http(format!("writing stdout: {e}")));
+                                break 'outer Err(ClientError::Http(format!(
+                                    "writing stdout: {e}"
+                                )));
                             }
                         }
                         (FrameKind::Data, STDERR) => {
                             let _ = stderr.write_all(&f.payload).await;
                         }
                         (FrameKind::Control, _) => {
-                            let end = serde_json::from_slice::<StreamEnd>(&f.payload)
-                                .map_err(|e| ClientError::Http(format!("malformed end of stream: {e}")));
+                            let end =
+                                serde_json::from_slice::<StreamEnd>(&f.payload).map_err(|e| {
+                                    ClientError::Http(format!("malformed end of stream: {e}"))
+                                });
                             break 'outer end;
                         }
                         _ => {}
                     },
                     Ok(None) => break,
-                    Err(e) => break 'outer Err(ClientError::Http(format!("malformed stream from hyperd: {e}"))),
+                    Err(e) => {
+                        break 'outer Err(ClientError::Http(format!(
+                            "malformed stream from hyperd: {e}"
+                        )))
+                    }
                 }
                 next = decoder.next_frame();
             }

@@ -36,7 +36,13 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(ApiError { message: message.into() })).into_response()
+    (
+        status,
+        Json(ApiError {
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 async fn version() -> Json<serde_json::Value> {
@@ -58,26 +64,45 @@ async fn run(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_UPGRADE));
     if !wants_upgrade {
-        return error(StatusCode::BAD_REQUEST, format!("POST /v1/run needs `Upgrade: {STREAM_UPGRADE}`"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("POST /v1/run needs `Upgrade: {STREAM_UPGRADE}`"),
+        );
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let body = match axum::body::to_bytes(req.into_body(), MAX_RUN_BODY).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        }
     };
     let run: RunRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed run request: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed run request: {e}"),
+            )
+        }
     };
     // Refuse what is certainly wrong before switching protocols, so the
     // client gets a plain error and no VM is started.
     if run.args.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no command given: `hyper run --rootfs DIR -- CMD…`");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no command given: `hyper run --rootfs DIR -- CMD…`",
+        );
     }
     if !run.rootfs.is_dir() {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("rootfs {}: not a directory on the hyperd host", run.rootfs.display()),
+            format!(
+                "rootfs {}: not a directory on the hyperd host",
+                run.rootfs.display()
+            ),
         );
     }
     tokio::spawn(async move {
@@ -134,7 +159,10 @@ where
 
     let run_task = {
         let rt = rt.clone();
-        let io = RunIo { output: out_tx, stdin: Some(stdin_rx) };
+        let io = RunIo {
+            output: out_tx,
+            stdin: Some(stdin_rx),
+        };
         tokio::spawn(async move { rt.run(run, io).await })
     };
 
@@ -153,9 +181,19 @@ where
         }
     }
     let end = match run_task.await {
-        Ok(Ok(outcome)) => StreamEnd::Exit { code: outcome.exit_code, pod: outcome.pod, message: outcome.message },
-        Ok(Err(e)) => StreamEnd::Error { code: RUNTIME_FAILURE_EXIT, message: e.to_string() },
-        Err(e) => StreamEnd::Error { code: RUNTIME_FAILURE_EXIT, message: format!("the run task failed: {e}") },
+        Ok(Ok(outcome)) => StreamEnd::Exit {
+            code: outcome.exit_code,
+            pod: outcome.pod,
+            message: outcome.message,
+        },
+        Ok(Err(e)) => StreamEnd::Error {
+            code: RUNTIME_FAILURE_EXIT,
+            message: e.to_string(),
+        },
+        Err(e) => StreamEnd::Error {
+            code: RUNTIME_FAILURE_EXIT,
+            message: format!("the run task failed: {e}"),
+        },
     };
     stdin_task.abort();
     if let Ok(json) = serde_json::to_vec(&end) {

@@ -16,7 +16,11 @@ pub const STDERR: u32 = 2;
 #[serde(rename_all = "snake_case")]
 pub enum StreamEnd {
     /// The container exited with this code.
-    Exit { code: i32, pod: String, message: Option<String> },
+    Exit {
+        code: i32,
+        pod: String,
+        message: Option<String>,
+    },
     /// The runtime failed; `code` is Docker's 125.
     Error { code: i32, message: String },
 }

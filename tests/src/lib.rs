@@ -16,16 +16,25 @@ use std::time::{Duration, Instant};
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn required(path: PathBuf, what: &str) -> PathBuf {
-    assert!(path.exists(), "{what} {} is missing: run the tests through `make test`, which builds it", path.display());
+    assert!(
+        path.exists(),
+        "{what} {} is missing: run the tests through `make test`, which builds it",
+        path.display()
+    );
     path
 }
 
 pub fn bin_dir() -> PathBuf {
-    std::env::var_os("HYPER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/release"))
+    std::env::var_os("HYPER_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release"))
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -33,11 +42,16 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub fn plugin(name: &str) -> PathBuf {
-    required(bin_dir().join(format!("lib{}.so", name.replace('-', "_"))), "plugin")
+    required(
+        bin_dir().join(format!("lib{}.so", name.replace('-', "_"))),
+        "plugin",
+    )
 }
 
 pub fn payload_dir() -> PathBuf {
-    std::env::var_os("HYPER_PAYLOAD_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("build"))
+    std::env::var_os("HYPER_PAYLOAD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("build"))
 }
 
 pub fn busybox_rootfs() -> PathBuf {
@@ -92,7 +106,10 @@ pub struct Prepared {
 
 pub fn prepare(setup: &Setup) -> Prepared {
     // Short paths: unix socket paths are limited to 108 bytes.
-    let dir = tempfile::Builder::new().prefix("hy").tempdir_in("/tmp").expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("hy")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir(&plugin_dir).expect("plugin dir");
     for p in &setup.plugins {
@@ -115,7 +132,12 @@ pub fn prepare(setup: &Setup) -> Prepared {
         setup.extra_toml
     );
     std::fs::write(&config, toml).expect("config");
-    Prepared { dir, config, socket, state_dir }
+    Prepared {
+        dir,
+        config,
+        socket,
+        state_dir,
+    }
 }
 
 impl Hyperd {
@@ -127,7 +149,14 @@ impl Hyperd {
         let p = prepare(setup);
         let log = p.dir.path().join("hyperd.log");
         let child = spawn_hyperd(&p.config, &log);
-        let mut hyperd = Self { socket: p.socket, state_dir: p.state_dir, config: p.config, log, dir: p.dir, child: Some(child) };
+        let mut hyperd = Self {
+            socket: p.socket,
+            state_dir: p.state_dir,
+            config: p.config,
+            log,
+            dir: p.dir,
+            child: Some(child),
+        };
         hyperd.wait_ready();
         hyperd
     }
@@ -213,7 +242,11 @@ pub fn hyper_at(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(bin("hyper"))
         .args(args)
         .env("HYPER_HOST", socket)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -229,8 +262,13 @@ pub fn hyper_at(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let err_pipe = child.stderr.take().expect("stderr");
     let out = std::thread::spawn(move || read_all(out_pipe));
     let err = std::thread::spawn(move || read_all(err_pipe));
-    let status = wait_with_timeout(&mut child, RUN_TIMEOUT).unwrap_or_else(|| panic!("hyper {args:?} timed out"));
-    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+    let status = wait_with_timeout(&mut child, RUN_TIMEOUT)
+        .unwrap_or_else(|| panic!("hyper {args:?} timed out"));
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
@@ -263,7 +301,13 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if pid == me {
             continue;
         }

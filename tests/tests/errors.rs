@@ -1,6 +1,8 @@
 //! Bad input gets a clear error and loses nothing.
 
-use hyper_tests::{bin, busybox_rootfs, hyper_at, prepare, spawn_hyperd, text, wait_with_timeout, Hyperd, Setup};
+use hyper_tests::{
+    bin, busybox_rootfs, hyper_at, prepare, spawn_hyperd, text, wait_with_timeout, Hyperd, Setup,
+};
 use std::time::Duration;
 
 /// Starts hyperd expecting it to refuse its config; returns its output.
@@ -9,7 +11,8 @@ fn hyperd_refuses(setup: &Setup, tweak: impl FnOnce(&std::path::Path)) -> String
     tweak(&p.config);
     let log = p.dir.path().join("hyperd.log");
     let mut child = spawn_hyperd(&p.config, &log);
-    let status = wait_with_timeout(&mut child, Duration::from_secs(30)).expect("hyperd should exit");
+    let status =
+        wait_with_timeout(&mut child, Duration::from_secs(30)).expect("hyperd should exit");
     assert!(!status.success());
     std::fs::read_to_string(&log).unwrap_or_default()
 }
@@ -18,16 +21,26 @@ fn hyperd_refuses(setup: &Setup, tweak: impl FnOnce(&std::path::Path)) -> String
 fn hyper_without_hyperd_says_so() {
     let dir = tempfile::tempdir().expect("tmp");
     let socket = dir.path().join("nobody.sock");
-    let out = hyper_at(&socket, &["run", "--rm", "--rootfs", "/", "--", "true"], None);
+    let out = hyper_at(
+        &socket,
+        &["run", "--rm", "--rootfs", "/", "--", "true"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);
-    assert!(err.contains("cannot connect to hyperd") && err.contains("Is hyperd running?"), "{err}");
+    assert!(
+        err.contains("cannot connect to hyperd") && err.contains("Is hyperd running?"),
+        "{err}"
+    );
     assert!(err.contains(&socket.display().to_string()), "{err}");
 }
 
 #[test]
 fn unknown_backend_lists_the_plugins_found() {
-    let setup = Setup { hypervisor: "vmware".into(), ..Setup::default() };
+    let setup = Setup {
+        hypervisor: "vmware".into(),
+        ..Setup::default()
+    };
     let log = hyperd_refuses(&setup, |_| {});
     assert!(log.contains("unknown backend `vmware`"), "{log}");
     assert!(log.contains(&hyper_tests::backend()), "{log}");
@@ -40,38 +53,70 @@ fn unknown_or_mistyped_config_keys_name_file_line_and_key() {
         let text = std::fs::read_to_string(config).expect("config");
         std::fs::write(config, text.replace("[vm]\n", "[vm]\nmemory_mb = 64\n")).expect("write");
     });
-    assert!(log.contains("config.toml") && log.contains("memory_mb") && log.contains("line"), "{log}");
+    assert!(
+        log.contains("config.toml") && log.contains("memory_mb") && log.contains("line"),
+        "{log}"
+    );
 
     let log = hyperd_refuses(&Setup::default(), |config| {
         let text = std::fs::read_to_string(config).expect("config");
         std::fs::write(config, text.replace("[vm]\n", "[vm]\nvcpus = \"two\"\n")).expect("write");
     });
-    assert!(log.contains("config.toml") && log.contains("expected type"), "{log}");
+    assert!(
+        log.contains("config.toml") && log.contains("expected type"),
+        "{log}"
+    );
 
     // The backend validates its own table.
     let backend = hyper_tests::backend();
-    let setup = Setup { extra_toml: format!("[hypervisor.{backend}]\nno_such_knob = 1\n"), ..Setup::default() };
+    let setup = Setup {
+        extra_toml: format!("[hypervisor.{backend}]\nno_such_knob = 1\n"),
+        ..Setup::default()
+    };
     let log = hyperd_refuses(&setup, |_| {});
-    assert!(log.contains(&format!("[hypervisor.{backend}]")) && log.contains("no_such_knob"), "{log}");
+    assert!(
+        log.contains(&format!("[hypervisor.{backend}]")) && log.contains("no_such_knob"),
+        "{log}"
+    );
 }
 
 #[test]
 fn missing_kernel_initrd_or_rootfs_is_named() {
-    let setup = Setup { kernel: "/nonexistent/hyperkernel".into(), ..Setup::default() };
+    let setup = Setup {
+        kernel: "/nonexistent/hyperkernel".into(),
+        ..Setup::default()
+    };
     let d = Hyperd::start_with(&setup);
     let out = d.run(&[], &["true"]);
     assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);
-    assert!(err.contains("payload.kernel") && err.contains("/nonexistent/hyperkernel"), "{err}");
+    assert!(
+        err.contains("payload.kernel") && err.contains("/nonexistent/hyperkernel"),
+        "{err}"
+    );
 
-    let setup = Setup { initrd: "/nonexistent/hyperstart.img".into(), ..Setup::default() };
+    let setup = Setup {
+        initrd: "/nonexistent/hyperstart.img".into(),
+        ..Setup::default()
+    };
     let d = Hyperd::start_with(&setup);
     let err = text(&d.run(&[], &["true"]).stderr);
     assert!(err.contains("payload.initrd"), "{err}");
 
-    let out = d.hyper(&["run", "--rm", "--rootfs", "/nonexistent/rootfs", "--", "true"]);
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        "/nonexistent/rootfs",
+        "--",
+        "true",
+    ]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("/nonexistent/rootfs"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/rootfs"),
+        "{}",
+        text(&out.stderr)
+    );
     // Nothing was left behind by the refused runs.
     assert!(hyper_tests::files_under(&d.state_dir.join("pods")).is_empty());
 }
@@ -79,15 +124,24 @@ fn missing_kernel_initrd_or_rootfs_is_named() {
 #[test]
 fn a_plugin_of_another_abi_is_refused_with_both_versions() {
     let setup = Setup {
-        plugins: vec![format!("hyper-backend-{}", hyper_tests::backend()), "hyper-test-plugin-wrong-abi".into()],
+        plugins: vec![
+            format!("hyper-backend-{}", hyper_tests::backend()),
+            "hyper-test-plugin-wrong-abi".into(),
+        ],
         ..Setup::default()
     };
     let d = Hyperd::start_with(&setup);
     let out = d.hyper(&["info", "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let failures = info["plugin_failures"].to_string();
-    assert!(failures.contains("libhyper_test_plugin_wrong_abi.so"), "{failures}");
-    assert!(failures.contains("ABI version 1001") && failures.contains("version 1"), "{failures}");
+    assert!(
+        failures.contains("libhyper_test_plugin_wrong_abi.so"),
+        "{failures}"
+    );
+    assert!(
+        failures.contains("ABI version 1001") && failures.contains("version 1"),
+        "{failures}"
+    );
     // The good plugin still serves.
     assert_eq!(info["hypervisor"], hyper_tests::backend());
 }
@@ -104,7 +158,11 @@ fn a_panicking_plugin_fails_the_call_and_hyperd_keeps_serving() {
     for _ in 0..2 {
         let out = d.hyper(&["run", "--rm", "--rootfs", &rootfs, "--", "true"]);
         assert_eq!(out.status.code(), Some(125));
-        assert!(text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
         let info = d.hyper(&["info", "--json"]);
         assert_eq!(info.status.code(), Some(0), "hyperd died: {}", d.log_text());
         assert!(text(&info.stdout).contains("panicked"));

@@ -4,14 +4,23 @@ use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyper
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
 fn output_and_exit_codes() {
     let d = Hyperd::start();
     let out = d.run(&[], &["echo", "hello from a VM"]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}\nlog:\n{}", text(&out.stderr), d.log_text());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
     assert_eq!(text(&out.stdout), "hello from a VM\n");
 
     let out = d.run(&[], &["sh", "-c", "exit 7"]);
@@ -19,15 +28,28 @@ fn output_and_exit_codes() {
 
     // A signal death is reported as 128 + N, like Docker.
     let out = d.run(&[], &["sh", "-c", "kill -9 $$"]);
-    assert_eq!(out.status.code(), Some(137), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     let out = d.run(&[], &["sh", "-c", "kill -TERM $$"]);
-    assert_eq!(out.status.code(), Some(143), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "stderr: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn stderr_is_kept_apart_from_stdout() {
     let d = Hyperd::start();
-    let out = d.run(&[], &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    let out = d.run(
+        &[],
+        &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"],
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "to-out\nmore-out\n");
     assert_eq!(text(&out.stderr), "to-err\n");
@@ -36,10 +58,16 @@ fn stderr_is_kept_apart_from_stdout() {
 #[test]
 fn stdin_is_piped_with_dash_i() {
     let d = Hyperd::start();
-    let input: Vec<u8> = (0..300_000u32).map(|i| b"abcdefghij\n"[(i % 11) as usize]).collect();
+    let input: Vec<u8> = (0..300_000u32)
+        .map(|i| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
     let out = d.run_with_stdin(&["-i"], &["sha256sum"], Some(&input));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with(&sha256_hex(&input)), "got {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with(&sha256_hex(&input)),
+        "got {}",
+        text(&out.stdout)
+    );
 
     // Without -i the container's stdin is empty.
     let out = d.run_with_stdin(&[], &["wc", "-c"], Some(b"ignored"));
@@ -51,7 +79,11 @@ fn env_workdir_hostname_and_user() {
     let d = Hyperd::start();
     let out = d.run(
         &["-e", "GREETING=hi there", "-w", "/srv/work", "-u", "1000"],
-        &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; test -n \"$HOSTNAME\" && hostname"],
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd; id -u; test -n \"$HOSTNAME\" && hostname",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -65,12 +97,19 @@ fn sixteen_mib_of_stdout_arrive_intact() {
     let d = Hyperd::start();
     let out = d.run(
         &["--memory", "256"],
-        &["sh", "-c", "head -c 16777216 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob"],
+        &[
+            "sh",
+            "-c",
+            "head -c 16777216 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(out.stdout.len(), 16 * 1024 * 1024);
     let guest_sum = text(&out.stderr);
-    assert!(guest_sum.starts_with(&sha256_hex(&out.stdout)), "guest said {guest_sum}");
+    assert!(
+        guest_sum.starts_with(&sha256_hex(&out.stdout)),
+        "guest said {guest_sum}"
+    );
 }
 
 #[test]
@@ -83,46 +122,96 @@ fn four_pods_at_once() {
                 let rootfs = busybox_rootfs();
                 let rootfs = rootfs.to_string_lossy().into_owned();
                 let cmd = format!("echo pod-{i}; exit {i}");
-                hyper_tests::hyper_at(&socket, &["run", "--rm", "--rootfs", &rootfs, "--", "sh", "-c", &cmd], None)
+                hyper_tests::hyper_at(
+                    &socket,
+                    &["run", "--rm", "--rootfs", &rootfs, "--", "sh", "-c", &cmd],
+                    None,
+                )
             })
         })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let out = h.join().expect("thread");
-        assert_eq!(out.status.code(), Some(i as i32), "pod {i}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(i as i32),
+            "pod {i}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(text(&out.stdout), format!("pod-{i}\n"));
     }
     // Every VM, socket and run directory is gone.
-    assert!(files_under(&d.state_dir.join("pods")).is_empty(), "{:?}", files_under(&d.state_dir.join("pods")));
+    assert!(
+        files_under(&d.state_dir.join("pods")).is_empty(),
+        "{:?}",
+        files_under(&d.state_dir.join("pods"))
+    );
     let dir = d.dir.path().to_string_lossy().into_owned();
-    assert_eq!(processes_mentioning(&format!("{dir}/state")), Vec::<u32>::new());
+    assert_eq!(
+        processes_mentioning(&format!("{dir}/state")),
+        Vec::<u32>::new()
+    );
 }
 
 #[test]
 fn writes_land_in_the_overlay_and_the_image_stays_unchanged() {
     let d = Hyperd::start();
-    let out = d.run(&[], &["sh", "-c", "echo scribble > /etc/motd && echo new > /newfile && cat /etc/motd"]);
+    let out = d.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo scribble > /etc/motd && echo new > /newfile && cat /etc/motd",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "scribble\n");
     let images = files_under(&d.state_dir.join("rootfs"));
     assert_eq!(images.len(), 1, "{images:?}");
     let image_sum = sha256_hex(&std::fs::read(&images[0]).expect("image"));
 
-    let out = d.run(&[], &["sh", "-c", "cat /etc/motd; test -e /newfile && echo leaked || echo clean"]);
-    assert_eq!(text(&out.stdout), "hypercontainer test image\nclean\n", "stderr: {}", text(&out.stderr));
+    let out = d.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/motd; test -e /newfile && echo leaked || echo clean",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "hypercontainer test image\nclean\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
     // The second run reused the cached image, untouched.
     let images_after = files_under(&d.state_dir.join("rootfs"));
     assert_eq!(images_after, images);
-    assert_eq!(sha256_hex(&std::fs::read(&images[0]).expect("image")), image_sum);
-    assert_eq!(std::fs::read_to_string(busybox_rootfs().join("etc/motd")).expect("motd"), "hypercontainer test image\n");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&images[0]).expect("image")),
+        image_sum
+    );
+    assert_eq!(
+        std::fs::read_to_string(busybox_rootfs().join("etc/motd")).expect("motd"),
+        "hypercontainer test image\n"
+    );
 }
 
 #[test]
 fn command_not_found_exits_127_with_a_message() {
     let d = Hyperd::start();
     let out = d.run(&[], &["no-such-command", "arg"]);
-    assert_eq!(out.status.code(), Some(127), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("no-such-command"), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        text(&out.stderr)
+    );
     // The pod is gone all the same.
     assert!(files_under(&d.state_dir.join("pods")).is_empty());
 }
@@ -137,7 +226,9 @@ fn hyper_info_reports_plugins_probe_and_payload() {
     let plugin = &info["plugins"][0];
     assert_eq!(plugin["name"], hyper_tests::backend());
     assert_eq!(plugin["probe"]["usable"], true, "{plugin}");
-    assert!(info["payload"]["kernel"].as_str().is_some_and(|k| k.ends_with("hyperkernel")));
+    assert!(info["payload"]["kernel"]
+        .as_str()
+        .is_some_and(|k| k.ends_with("hyperkernel")));
     assert!(info["payload_error"].is_null());
     let human = text(&d.hyper(&["info"]).stdout);
     assert!(human.contains("usable"), "{human}");

@@ -9,7 +9,11 @@ use hyper_cli::stream::StreamEnd;
 use hyper_core::pods::{RunRequest, RUNTIME_FAILURE_EXIT};
 
 #[derive(Parser)]
-#[command(name = "hyper", version, about = "Run containers in their own virtual machines")]
+#[command(
+    name = "hyper",
+    version,
+    about = "Run containers in their own virtual machines"
+)]
 struct Cli {
     /// hyperd's socket.
     #[arg(long, short = 'H', env = "HYPER_HOST", default_value = hyper_cli::DEFAULT_SOCKET, global = true)]
@@ -69,7 +73,11 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hyper: cannot start the async runtime: {e}");
@@ -136,26 +144,42 @@ async fn info(client: &Client, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).unwrap_or_default()
+        );
         return 0;
     }
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
     println!("hyperd version:  {}", s(&info["version"]));
     println!("config:          {}", s(&info["config"]));
-    println!("hypervisor:      {} (setting: {})", s(&info["hypervisor"]), s(&info["hypervisor_setting"]));
+    println!(
+        "hypervisor:      {} (setting: {})",
+        s(&info["hypervisor"]),
+        s(&info["hypervisor_setting"])
+    );
     if let Some(e) = info["hypervisor_error"].as_str() {
         println!("  problem:       {e}");
     }
     println!("plugin dir:      {}", s(&info["plugin_dir"]));
     println!("plugins:");
     for p in info["plugins"].as_array().into_iter().flatten() {
-        println!("  {} ({}, {})", s(&p["name"]), s(&p["path"]), s(&p["build_id"]));
+        println!(
+            "  {} ({}, {})",
+            s(&p["name"]),
+            s(&p["path"]),
+            s(&p["build_id"])
+        );
         if let Some(e) = p["config_error"].as_str() {
             println!("    config refused: {e}");
         }
         let probe = &p["probe"];
         if probe.is_object() {
-            let verdict = if probe["usable"].as_bool() == Some(true) { "usable" } else { "NOT usable" };
+            let verdict = if probe["usable"].as_bool() == Some(true) {
+                "usable"
+            } else {
+                "NOT usable"
+            };
             println!("    {verdict}: {}", s(&probe["reason"]));
             if let Some(details) = probe["details"].as_object() {
                 for (k, v) in details {
@@ -185,13 +209,26 @@ async fn ps(client: &Client, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&pods).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pods).unwrap_or_default()
+        );
         return 0;
     }
-    println!("{:<14} {:<8} {:<8} {:<6} COMMAND", "POD ID", "BACKEND", "STATE", "EXIT");
+    println!(
+        "{:<14} {:<8} {:<8} {:<6} COMMAND",
+        "POD ID", "BACKEND", "STATE", "EXIT"
+    );
     for p in pods.as_array().into_iter().flatten() {
-        let args: Vec<&str> = p["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-        let exit = p["exit_code"].as_i64().map_or("-".to_string(), |c| c.to_string());
+        let args: Vec<&str> = p["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let exit = p["exit_code"]
+            .as_i64()
+            .map_or("-".to_string(), |c| c.to_string());
         println!(
             "{:<14} {:<8} {:<8} {:<6} {}",
             p["id"].as_str().unwrap_or("-"),

@@ -21,12 +21,16 @@ struct Args {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HYPER_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HYPER_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hyperd: cannot start the async runtime: {e}");
@@ -42,8 +46,12 @@ fn main() {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let socket = config.runtime.socket.clone();
-    std::fs::create_dir_all(&config.runtime.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", config.runtime.state_dir.display()))?;
+    std::fs::create_dir_all(&config.runtime.state_dir).with_context(|| {
+        format!(
+            "cannot create state_dir {}",
+            config.runtime.state_dir.display()
+        )
+    })?;
     let runtime = Arc::new(Runtime::new(config).await?);
     match runtime.clean_leftovers() {
         Ok(0) => {}
@@ -56,9 +64,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            anyhow::bail!("another hyperd is serving {}; stop it first", socket.display());
+            anyhow::bail!(
+                "another hyperd is serving {}; stop it first",
+                socket.display()
+            );
         }
-        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {} (key runtime.socket)", socket.display()))?;
@@ -68,17 +80,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let app = hyper_cli::server::router(runtime);
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down");
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -40,7 +40,11 @@ pub enum FrameError {
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
     #[error("{kind:?} frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { kind: FrameKind, len: usize, max: usize },
+    TooLarge {
+        kind: FrameKind,
+        len: usize,
+        max: usize,
+    },
     #[error("control frame on stream {0}; control frames use stream 0")]
     ControlOnDataStream(u32),
     #[error("{0:?} frame on stream 0, which is reserved for control")]
@@ -53,19 +57,35 @@ pub enum FrameError {
 
 impl Frame {
     pub fn control(payload: Vec<u8>) -> Self {
-        Self { kind: FrameKind::Control, stream: 0, payload }
+        Self {
+            kind: FrameKind::Control,
+            stream: 0,
+            payload,
+        }
     }
 
     pub fn data(stream: u32, payload: Vec<u8>) -> Self {
-        Self { kind: FrameKind::Data, stream, payload }
+        Self {
+            kind: FrameKind::Data,
+            stream,
+            payload,
+        }
     }
 
     pub fn eof(stream: u32) -> Self {
-        Self { kind: FrameKind::Eof, stream, payload: Vec::new() }
+        Self {
+            kind: FrameKind::Eof,
+            stream,
+            payload: Vec::new(),
+        }
     }
 
     pub fn credit(stream: u32, bytes: u32) -> Self {
-        Self { kind: FrameKind::Credit, stream, payload: bytes.to_be_bytes().to_vec() }
+        Self {
+            kind: FrameKind::Credit,
+            stream,
+            payload: bytes.to_be_bytes().to_vec(),
+        }
     }
 
     /// The granted byte count of a credit frame (validated at decode time).
@@ -176,7 +196,11 @@ impl FrameDecoder {
         }
         let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
         self.buf.drain(..HEADER_LEN + len);
-        Ok(Some(Frame { kind, stream, payload }))
+        Ok(Some(Frame {
+            kind,
+            stream,
+            payload,
+        }))
     }
 }
 
@@ -210,7 +234,10 @@ mod tests {
                 frames.push(f);
             }
         }
-        assert_eq!(frames, vec![Frame::data(5, b"hello".to_vec()), Frame::eof(5)]);
+        assert_eq!(
+            frames,
+            vec![Frame::data(5, b"hello".to_vec()), Frame::eof(5)]
+        );
     }
 
     #[test]
@@ -219,7 +246,10 @@ mod tests {
         header.extend(7u32.to_be_bytes());
         header.extend((MAX_DATA_PAYLOAD as u32 + 1).to_be_bytes());
         let mut dec = FrameDecoder::new();
-        assert!(matches!(dec.push(&header), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            dec.push(&header),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert_eq!(dec.pending(), 0);
         // Once failed, it stays failed.
         assert!(dec.push(&Frame::eof(1).encode()).is_err());
@@ -227,7 +257,10 @@ mod tests {
         let mut header = vec![FrameKind::Control as u8];
         header.extend(0u32.to_be_bytes());
         header.extend(u32::MAX.to_be_bytes());
-        assert!(matches!(FrameDecoder::new().push(&header), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            FrameDecoder::new().push(&header),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -241,7 +274,10 @@ mod tests {
         };
         assert_eq!(bad(9, 1, b""), Err(FrameError::UnknownKind(9)));
         assert_eq!(bad(0, 1, b"{}"), Err(FrameError::ControlOnDataStream(1)));
-        assert_eq!(bad(1, 0, b"x"), Err(FrameError::DataOnControlStream(FrameKind::Data)));
+        assert_eq!(
+            bad(1, 0, b"x"),
+            Err(FrameError::DataOnControlStream(FrameKind::Data))
+        );
         assert_eq!(bad(2, 1, b"x"), Err(FrameError::BadEof(1)));
         assert_eq!(bad(3, 1, b"xyz"), Err(FrameError::BadCredit(3)));
     }
@@ -263,9 +299,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             for chunk in bytes.chunks(1 + (next() % 64) as usize) {
                 match dec.push(chunk) {
-                    Ok(_) => {
-                        while let Ok(Some(_)) = dec.next_frame() {}
-                    }
+                    Ok(_) => while let Ok(Some(_)) = dec.next_frame() {},
                     Err(_) => break,
                 }
                 assert!(dec.pending() <= HEADER_LEN + MAX_CONTROL_PAYLOAD);

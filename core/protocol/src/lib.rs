@@ -24,7 +24,9 @@
 mod frame;
 mod message;
 
-pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD};
+pub use frame::{
+    Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,
+};
 pub use message::*;
 
 /// The newest protocol version this build speaks.
@@ -55,7 +57,10 @@ mod tests {
     fn negotiation_takes_the_highest_common_version() {
         assert_eq!(negotiate_version(1, 1), Some(1));
         assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
-        assert_eq!(negotiate_version(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(
+            negotiate_version(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3),
+            None
+        );
         assert_eq!(negotiate_version(0, 0), None);
     }
 }

@@ -14,14 +14,31 @@ pub struct HostMessage {
 pub enum Request {
     /// Answers [`GuestMessage::Ready`]: the version the host picked and the
     /// capabilities it will use.
-    Hello { version: u32, capabilities: Vec<String> },
+    Hello {
+        version: u32,
+        capabilities: Vec<String>,
+    },
     Ping,
     StartPod(PodSpec),
     NewContainer(ContainerSpec),
-    Exec { container: String, process: ProcessSpec },
-    Signal { container: String, process: String, signal: i32 },
-    WindowSize { container: String, process: String, rows: u16, cols: u16 },
-    RemoveContainer { container: String },
+    Exec {
+        container: String,
+        process: ProcessSpec,
+    },
+    Signal {
+        container: String,
+        process: String,
+        signal: i32,
+    },
+    WindowSize {
+        container: String,
+        process: String,
+        rows: u16,
+        cols: u16,
+    },
+    RemoveContainer {
+        container: String,
+    },
     /// Kill every process, unmount, and power the VM off.
     DestroyPod,
 }
@@ -31,10 +48,22 @@ pub enum Request {
 #[serde(rename_all = "snake_case")]
 pub enum GuestMessage {
     /// Sent once hyperstart has its channel open.
-    Ready { min_version: u32, max_version: u32, capabilities: Vec<String>, agent: String },
-    Response { id: u64, result: Result<Reply, AgentError> },
+    Ready {
+        min_version: u32,
+        max_version: u32,
+        capabilities: Vec<String>,
+        agent: String,
+    },
+    Response {
+        id: u64,
+        result: Result<Reply, AgentError>,
+    },
     /// A process ended; sent after its output streams reached end of stream.
-    ProcessExit { container: String, process: String, status: i32 },
+    ProcessExit {
+        container: String,
+        process: String,
+        status: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +72,9 @@ pub enum Reply {
     Ok,
     Pong,
     /// A process was started; `pid` is its pid as hyperstart sees it.
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -68,7 +99,10 @@ pub enum AgentErrorKind {
 
 impl AgentError {
     pub fn new(kind: AgentErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The exit code Docker gives a container whose process could not start.

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper_protocol::{
-    negotiate_version, AgentError, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, Reply, Request,
-    INITIAL_WINDOW, MAX_DATA_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    negotiate_version, AgentError, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage,
+    Reply, Request, INITIAL_WINDOW, MAX_DATA_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -132,7 +132,10 @@ impl Inner {
             FrameKind::Data => {
                 let mut st = self.state();
                 let Some(stream) = st.inbound.get_mut(&frame.stream) else {
-                    return Err(format!("guest sent data on unknown stream {}", frame.stream));
+                    return Err(format!(
+                        "guest sent data on unknown stream {}",
+                        frame.stream
+                    ));
                 };
                 stream.received += frame.payload.len() as u64;
                 if stream.received > stream.allowed {
@@ -164,7 +167,12 @@ impl Inner {
     fn handle_message(&self, msg: GuestMessage) -> Result<(), String> {
         let mut st = self.state();
         match msg {
-            GuestMessage::Ready { min_version, max_version, capabilities, agent } => {
+            GuestMessage::Ready {
+                min_version,
+                max_version,
+                capabilities,
+                agent,
+            } => {
                 let Some(ready) = st.ready.take() else {
                     tracing::debug!("hyperstart said READY again");
                     return Ok(());
@@ -185,7 +193,9 @@ impl Inner {
                 }
                 None => tracing::warn!(id, "response to no pending request"),
             },
-            GuestMessage::ProcessExit { process, status, .. } => match st.exit_waiters.remove(&process) {
+            GuestMessage::ProcessExit {
+                process, status, ..
+            } => match st.exit_waiters.remove(&process) {
                 Some(waiter) => {
                     let _ = waiter.send(status);
                 }
@@ -228,7 +238,10 @@ async fn read_loop(inner: Arc<Inner>, mut reader: tokio::net::unix::OwnedReadHal
 impl AgentClient {
     /// Connects to hyperstart's channel and waits for its READY, both within
     /// `timeout`, then completes the version handshake.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<(Self, ReadyInfo), AgentCallError> {
+    pub async fn connect(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(Self, ReadyInfo), AgentCallError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(path).await {
@@ -245,7 +258,12 @@ impl AgentClient {
         let (reader, writer) = stream.into_split();
         let (ready_tx, ready_rx) = oneshot::channel();
         let inner = Arc::new(Inner {
-            state: Mutex::new(State { next_id: 1, next_stream: 1, ready: Some(ready_tx), ..Default::default() }),
+            state: Mutex::new(State {
+                next_id: 1,
+                next_stream: 1,
+                ready: Some(ready_tx),
+                ..Default::default()
+            }),
             writer: tokio::sync::Mutex::new(writer),
             credit_changed: Notify::new(),
         });
@@ -255,14 +273,21 @@ impl AgentClient {
         let ready = match tokio::time::timeout(remaining, ready_rx).await {
             Ok(Ok(Ok(ready))) => ready,
             Ok(Ok(Err(reason))) => return Err(AgentCallError::Disconnected(reason)),
-            Ok(Err(_)) => return Err(AgentCallError::Disconnected("session ended before READY".into())),
+            Ok(Err(_)) => {
+                return Err(AgentCallError::Disconnected(
+                    "session ended before READY".into(),
+                ))
+            }
             Err(_) => {
                 client.inner.fail("no READY in time".into());
                 return Err(AgentCallError::Timeout(timeout));
             }
         };
         client
-            .request(Request::Hello { version: ready.version, capabilities: ready.capabilities.clone() })
+            .request(Request::Hello {
+                version: ready.version,
+                capabilities: ready.capabilities.clone(),
+            })
             .await?;
         Ok((client, ready))
     }
@@ -300,7 +325,9 @@ impl AgentClient {
         self.send_frame(Frame::control(payload)).await?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result.map_err(AgentCallError::Agent),
-            Ok(Err(_)) => Err(AgentCallError::Disconnected(self.dead_reason().unwrap_or_else(|| "session ended".into()))),
+            Ok(Err(_)) => Err(AgentCallError::Disconnected(
+                self.dead_reason().unwrap_or_else(|| "session ended".into()),
+            )),
             Err(_) => {
                 self.inner.state().pending.remove(&id);
                 Err(AgentCallError::Timeout(REQUEST_TIMEOUT))
@@ -319,11 +346,38 @@ impl AgentClient {
         let stderr = stdio + 1;
         st.next_stream += 2;
         let window = u64::from(INITIAL_WINDOW);
-        st.inbound.insert(stdio, InboundStream { tx: stdout_tx, allowed: window, received: 0 });
-        st.inbound.insert(stderr, InboundStream { tx: stderr_tx, allowed: window, received: 0 });
-        st.stdin.insert(stdio, StdinCredit { allowed: window, sent: 0 });
+        st.inbound.insert(
+            stdio,
+            InboundStream {
+                tx: stdout_tx,
+                allowed: window,
+                received: 0,
+            },
+        );
+        st.inbound.insert(
+            stderr,
+            InboundStream {
+                tx: stderr_tx,
+                allowed: window,
+                received: 0,
+            },
+        );
+        st.stdin.insert(
+            stdio,
+            StdinCredit {
+                allowed: window,
+                sent: 0,
+            },
+        );
         st.exit_waiters.insert(process.to_string(), exit_tx);
-        ProcessStreams { process: process.to_string(), stdio, stderr, stdout_rx, stderr_rx, exit_rx }
+        ProcessStreams {
+            process: process.to_string(),
+            stdio,
+            stderr,
+            stdout_rx,
+            stderr_rx,
+            exit_rx,
+        }
     }
 
     /// Tells the guest the host consumed `bytes` of `stream`: it may send that
@@ -357,11 +411,15 @@ impl AgentClient {
                 notified.await;
                 continue;
             }
-            let n = data.len().min(MAX_DATA_PAYLOAD).min(usize::try_from(available).unwrap_or(usize::MAX));
+            let n = data
+                .len()
+                .min(MAX_DATA_PAYLOAD)
+                .min(usize::try_from(available).unwrap_or(usize::MAX));
             if let Some(c) = self.inner.state().stdin.get_mut(&stream) {
                 c.sent += n as u64;
             }
-            self.send_frame(Frame::data(stream, data[..n].to_vec())).await?;
+            self.send_frame(Frame::data(stream, data[..n].to_vec()))
+                .await?;
             data = &data[n..];
         }
         Ok(())
@@ -428,7 +486,10 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let guest = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut g = FakeGuest { stream, decoder: FrameDecoder::new() };
+            let mut g = FakeGuest {
+                stream,
+                decoder: FrameDecoder::new(),
+            };
             g.send(&GuestMessage::Ready {
                 min_version: 1,
                 max_version: 1,
@@ -441,7 +502,9 @@ mod tests {
             g.reply(hello.id, Ok(Reply::Ok)).await;
             g
         });
-        let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(ready.version, 1);
         (client, guest.await.unwrap(), dir)
     }
@@ -470,7 +533,10 @@ mod tests {
                 client
                     .request(Request::NewContainer(hyper_protocol::ContainerSpec {
                         id: "c".into(),
-                        rootfs: RootfsSpec { disk_id: "d".into(), fstype: "erofs".into() },
+                        rootfs: RootfsSpec {
+                            disk_id: "d".into(),
+                            fstype: "erofs".into(),
+                        },
                         hostname: "h".into(),
                         process: spec,
                     }))
@@ -481,16 +547,30 @@ mod tests {
         guest.reply(msg.id, Ok(Reply::Started { pid: 5 })).await;
         assert_eq!(req.await.unwrap().unwrap(), Reply::Started { pid: 5 });
 
-        guest.send_raw(&Frame::data(streams.stdio, b"out".to_vec()).encode()).await;
-        guest.send_raw(&Frame::data(streams.stderr, b"err".to_vec()).encode()).await;
+        guest
+            .send_raw(&Frame::data(streams.stdio, b"out".to_vec()).encode())
+            .await;
+        guest
+            .send_raw(&Frame::data(streams.stderr, b"err".to_vec()).encode())
+            .await;
         guest.send_raw(&Frame::eof(streams.stdio).encode()).await;
         guest.send_raw(&Frame::eof(streams.stderr).encode()).await;
         guest
-            .send(&GuestMessage::ProcessExit { container: "c".into(), process: "p1".into(), status: 7 })
+            .send(&GuestMessage::ProcessExit {
+                container: "c".into(),
+                process: "p1".into(),
+                status: 7,
+            })
             .await;
-        assert_eq!(streams.stdout_rx.recv().await, Some(StreamChunk::Data(b"out".to_vec())));
+        assert_eq!(
+            streams.stdout_rx.recv().await,
+            Some(StreamChunk::Data(b"out".to_vec()))
+        );
         assert_eq!(streams.stdout_rx.recv().await, Some(StreamChunk::Eof));
-        assert_eq!(streams.stderr_rx.recv().await, Some(StreamChunk::Data(b"err".to_vec())));
+        assert_eq!(
+            streams.stderr_rx.recv().await,
+            Some(StreamChunk::Data(b"err".to_vec()))
+        );
         assert_eq!((&mut streams.exit_rx).await.unwrap(), 7);
 
         // stdin honours the guest's window and goes on once credit arrives.
@@ -507,7 +587,9 @@ mod tests {
             got += f.payload.len();
         }
         assert_eq!(got, INITIAL_WINDOW as usize);
-        guest.send_raw(&Frame::credit(streams.stdio, 10).encode()).await;
+        guest
+            .send_raw(&Frame::credit(streams.stdio, 10).encode())
+            .await;
         let f = guest.recv().await;
         assert_eq!(f.payload.len(), 10);
         sender.await.unwrap().unwrap();
@@ -518,7 +600,9 @@ mod tests {
         let (client, mut guest, _dir) = connected().await;
         let streams = client.new_process("p");
         for _ in 0..(INITIAL_WINDOW as usize / MAX_DATA_PAYLOAD + 1) {
-            guest.send_raw(&Frame::data(streams.stdio, vec![0; MAX_DATA_PAYLOAD]).encode()).await;
+            guest
+                .send_raw(&Frame::data(streams.stdio, vec![0; MAX_DATA_PAYLOAD]).encode())
+                .await;
         }
         let err = client.request(Request::Ping).await.unwrap_err();
         assert!(err.to_string().contains("flow-control window"), "{err}");
@@ -536,9 +620,14 @@ mod tests {
         assert!(client.dead_reason().unwrap().contains("malformed frame"));
 
         let (client, mut guest, _dir) = connected().await;
-        guest.send_raw(&Frame::control(b"{not json".to_vec()).encode()).await;
+        guest
+            .send_raw(&Frame::control(b"{not json".to_vec()).encode())
+            .await;
         let err = client.request(Request::Ping).await.unwrap_err();
-        assert!(err.to_string().contains("malformed control message"), "{err}");
+        assert!(
+            err.to_string().contains("malformed control message"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -550,7 +639,10 @@ mod tests {
             let (_stream, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let err = AgentClient::connect(&path, Duration::from_millis(300)).await.err().unwrap();
+        let err = AgentClient::connect(&path, Duration::from_millis(300))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, AgentCallError::Timeout(_)), "{err}");
     }
 
@@ -561,12 +653,23 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut g = FakeGuest { stream, decoder: FrameDecoder::new() };
-            g.send(&GuestMessage::Ready { min_version: 90, max_version: 99, capabilities: vec![], agent: "future".into() })
-                .await;
+            let mut g = FakeGuest {
+                stream,
+                decoder: FrameDecoder::new(),
+            };
+            g.send(&GuestMessage::Ready {
+                min_version: 90,
+                max_version: 99,
+                capabilities: vec![],
+                agent: "future".into(),
+            })
+            .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let err = AgentClient::connect(&path, Duration::from_secs(5)).await.err().unwrap();
+        let err = AgentClient::connect(&path, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("90..=99"), "{err}");
     }
 }

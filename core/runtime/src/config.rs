@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hyper/config.toml";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub runtime: RuntimeConfig,
@@ -19,18 +19,6 @@ pub struct Config {
     /// Where the config came from, for error messages; not a TOML key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            runtime: RuntimeConfig::default(),
-            payload: PayloadConfig::default(),
-            vm: VmDefaults::default(),
-            hypervisor: BTreeMap::new(),
-            source: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +72,11 @@ pub struct VmDefaults {
 
 impl Default for VmDefaults {
     fn default() -> Self {
-        Self { vcpus: 1, memory_mib: 128, boot_timeout_secs: 60 }
+        Self {
+            vcpus: 1,
+            memory_mib: 128,
+            boot_timeout_secs: 60,
+        }
     }
 }
 
@@ -94,11 +86,19 @@ pub const MIN_MEMORY_MIB: u32 = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config file {path}: key `{key}`: {message}; {fix}")]
-    Invalid { path: String, key: String, message: String, fix: String },
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+        fix: String,
+    },
 }
 
 impl Config {
@@ -131,11 +131,24 @@ impl Config {
     }
 
     pub fn source_name(&self) -> String {
-        self.source.as_ref().map_or_else(|| "<built-in defaults>".to_string(), |p| p.display().to_string())
+        self.source.as_ref().map_or_else(
+            || "<built-in defaults>".to_string(),
+            |p| p.display().to_string(),
+        )
     }
 
-    fn invalid(&self, key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { path: self.source_name(), key: key.into(), message: message.into(), fix: fix.into() }
+    fn invalid(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source_name(),
+            key: key.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -154,10 +167,18 @@ impl Config {
             ));
         }
         if self.vm.boot_timeout_secs == 0 {
-            return Err(self.invalid("vm.boot_timeout_secs", "0 would fail every boot", "set it to a few seconds or more"));
+            return Err(self.invalid(
+                "vm.boot_timeout_secs",
+                "0 would fail every boot",
+                "set it to a few seconds or more",
+            ));
         }
         let name = &self.runtime.hypervisor;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(self.invalid(
                 "runtime.hypervisor",
                 format!("`{name}` is not a backend name"),
@@ -172,7 +193,11 @@ impl Config {
             ("payload.initrd", &self.payload.initrd),
         ] {
             if !path.is_absolute() {
-                return Err(self.invalid(key, format!("`{}` is a relative path", path.display()), "use an absolute path"));
+                return Err(self.invalid(
+                    key,
+                    format!("`{}` is a relative path", path.display()),
+                    "use an absolute path",
+                ));
             }
         }
         Ok(())
@@ -220,12 +245,17 @@ mod tests {
         let c = parse("[runtime]\nhypervisor = \"qemu\"\n").unwrap();
         assert_eq!(c.runtime.hypervisor, "qemu");
         assert_eq!(c.vm.vcpus, 1);
-        assert_eq!(c.payload.kernel, PathBuf::from("/usr/local/share/hyper/hyperkernel"));
+        assert_eq!(
+            c.payload.kernel,
+            PathBuf::from("/usr/local/share/hyper/hyperkernel")
+        );
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = parse("[runtime]\nhypervisr = \"qemu\"\n").unwrap_err().to_string();
+        let err = parse("[runtime]\nhypervisr = \"qemu\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/hyper/test.toml"), "{err}");
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("hypervisr"), "{err}");
@@ -243,8 +273,13 @@ mod tests {
     fn semantic_errors_name_the_key() {
         let err = parse("[vm]\nvcpus = 0\n").unwrap_err().to_string();
         assert!(err.contains("vm.vcpus"), "{err}");
-        let err = parse("[payload]\nkernel = \"vmlinux\"\n").unwrap_err().to_string();
-        assert!(err.contains("payload.kernel") && err.contains("absolute"), "{err}");
+        let err = parse("[payload]\nkernel = \"vmlinux\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("payload.kernel") && err.contains("absolute"),
+            "{err}"
+        );
     }
 
     #[test]

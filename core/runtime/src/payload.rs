@@ -26,7 +26,13 @@ pub enum PayloadError {
         "the {what} {path} (config {config}, key `{key}`) is missing or unreadable: {reason}; \
          build and install it with `make install`, or point `{key}` at it"
     )]
-    Missing { what: &'static str, path: PathBuf, config: String, key: &'static str, reason: String },
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        config: String,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 impl Payload {
@@ -37,7 +43,11 @@ impl Payload {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
-        Self { kernel: config.payload.kernel.clone(), initrd: config.payload.initrd.clone(), cmdline }
+        Self {
+            kernel: config.payload.kernel.clone(),
+            initrd: config.payload.initrd.clone(),
+            cmdline,
+        }
     }
 
     /// Checks both files can be opened, naming the config key on failure.
@@ -47,7 +57,12 @@ impl Payload {
     }
 }
 
-fn check_file(what: &'static str, path: &Path, config: &Config, key: &'static str) -> Result<(), PayloadError> {
+fn check_file(
+    what: &'static str,
+    path: &Path,
+    config: &Config,
+    key: &'static str,
+) -> Result<(), PayloadError> {
     let missing = |reason: String| PayloadError::Missing {
         what,
         path: path.to_path_buf(),
@@ -59,7 +74,9 @@ fn check_file(what: &'static str, path: &Path, config: &Config, key: &'static st
     if !meta.is_file() {
         return Err(missing("not a regular file".into()));
     }
-    std::fs::File::open(path).map(drop).map_err(|e| missing(e.to_string()))
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| missing(e.to_string()))
 }
 
 #[cfg(test)]
@@ -71,14 +88,23 @@ mod tests {
         let mut config = Config::default();
         assert_eq!(Payload::from_config(&config).cmdline, BASE_CMDLINE);
         config.payload.cmdline = " loglevel=4 ".into();
-        assert_eq!(Payload::from_config(&config).cmdline, format!("{BASE_CMDLINE} loglevel=4"));
+        assert_eq!(
+            Payload::from_config(&config).cmdline,
+            format!("{BASE_CMDLINE} loglevel=4")
+        );
     }
 
     #[test]
     fn missing_kernel_names_the_key() {
         let mut config = Config::default();
         config.payload.kernel = "/nonexistent/hyperkernel".into();
-        let err = Payload::from_config(&config).check(&config).unwrap_err().to_string();
-        assert!(err.contains("payload.kernel") && err.contains("/nonexistent/hyperkernel"), "{err}");
+        let err = Payload::from_config(&config)
+            .check(&config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("payload.kernel") && err.contains("/nonexistent/hyperkernel"),
+            "{err}"
+        );
     }
 }

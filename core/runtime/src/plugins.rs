@@ -35,9 +35,18 @@ pub enum SelectError {
         "config file {config}: key `runtime.hypervisor`: unknown backend `{name}`; plugins found in {dir}: {found}; \
          set it to one of them or to `auto`"
     )]
-    Unknown { config: String, name: String, dir: String, found: String },
+    Unknown {
+        config: String,
+        name: String,
+        dir: String,
+        found: String,
+    },
     #[error("config file {config}: [hypervisor.{name}] {problem}")]
-    Rejected { config: String, name: String, problem: String },
+    Rejected {
+        config: String,
+        name: String,
+        problem: String,
+    },
     #[error("no backend can run guests on this host ({tried}); `hyper info` says why for each")]
     NoneUsable { tried: String },
 }
@@ -53,7 +62,10 @@ pub fn discover(dir: &Path, config: &Config) -> (Vec<Backend>, Vec<PluginFailure
             .filter(|p| p.extension().is_some_and(|x| x == "so"))
             .collect(),
         Err(e) => {
-            failures.push(PluginFailure { path: dir.to_path_buf(), error: format!("cannot read plugin directory: {e}") });
+            failures.push(PluginFailure {
+                path: dir.to_path_buf(),
+                error: format!("cannot read plugin directory: {e}"),
+            });
             Vec::new()
         }
     };
@@ -85,7 +97,10 @@ pub fn discover(dir: &Path, config: &Config) -> (Vec<Backend>, Vec<PluginFailure
                     hypervisor,
                 });
             }
-            Err(e) => failures.push(PluginFailure { path, error: e.to_string() }),
+            Err(e) => failures.push(PluginFailure {
+                path,
+                error: e.to_string(),
+            }),
         }
     }
     (backends, failures)
@@ -99,33 +114,49 @@ pub async fn select(
 ) -> Result<(Arc<dyn Hypervisor>, Vec<(String, ProbeReport)>), SelectError> {
     let wanted = config.runtime.hypervisor.as_str();
     let configured = |b: &Backend| -> Result<Arc<dyn Hypervisor>, SelectError> {
-        b.hypervisor.clone().map_err(|problem| SelectError::Rejected {
-            config: config.source_name(),
-            name: b.name.clone(),
-            problem,
-        })
+        b.hypervisor
+            .clone()
+            .map_err(|problem| SelectError::Rejected {
+                config: config.source_name(),
+                name: b.name.clone(),
+                problem,
+            })
     };
     if wanted != "auto" {
-        let backend = backends.iter().find(|b| b.name == wanted).ok_or_else(|| SelectError::Unknown {
-            config: config.source_name(),
-            name: wanted.to_string(),
-            dir: config.runtime.plugin_dir.display().to_string(),
-            found: if backends.is_empty() {
-                "none".to_string()
-            } else {
-                backends.iter().map(|b| format!("{} ({})", b.name, b.path.display())).collect::<Vec<_>>().join(", ")
-            },
-        })?;
+        let backend =
+            backends
+                .iter()
+                .find(|b| b.name == wanted)
+                .ok_or_else(|| SelectError::Unknown {
+                    config: config.source_name(),
+                    name: wanted.to_string(),
+                    dir: config.runtime.plugin_dir.display().to_string(),
+                    found: if backends.is_empty() {
+                        "none".to_string()
+                    } else {
+                        backends
+                            .iter()
+                            .map(|b| format!("{} ({})", b.name, b.path.display()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                })?;
         return Ok((configured(backend)?, Vec::new()));
     }
     let mut ordered: Vec<&Backend> = Vec::new();
     for name in AUTO_ORDER {
         ordered.extend(backends.iter().filter(|b| b.name == *name));
     }
-    ordered.extend(backends.iter().filter(|b| !AUTO_ORDER.contains(&b.name.as_str())));
+    ordered.extend(
+        backends
+            .iter()
+            .filter(|b| !AUTO_ORDER.contains(&b.name.as_str())),
+    );
     let mut verdicts = Vec::new();
     for backend in ordered {
-        let Ok(hv) = configured(backend) else { continue };
+        let Ok(hv) = configured(backend) else {
+            continue;
+        };
         let report = hv.probe().await;
         let usable = report.usable;
         verdicts.push((backend.name.clone(), report));
@@ -134,9 +165,16 @@ pub async fn select(
         }
     }
     let tried = if verdicts.is_empty() {
-        format!("no usable plugin in {}", config.runtime.plugin_dir.display())
+        format!(
+            "no usable plugin in {}",
+            config.runtime.plugin_dir.display()
+        )
     } else {
-        verdicts.iter().map(|(n, r)| format!("{n}: {}", r.reason)).collect::<Vec<_>>().join("; ")
+        verdicts
+            .iter()
+            .map(|(n, r)| format!("{n}: {}", r.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     Err(SelectError::NoneUsable { tried })
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_hypervisor::{DiskSpec, Hypervisor, ProbeReport, Vm, VmSpec};
-use hyper_protocol::{AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Reply, Request, RootfsSpec};
+use hyper_protocol::{
+    AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Reply, Request, RootfsSpec,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -60,13 +62,19 @@ pub enum RunError {
     #[error("the pod failed: {0}")]
     Agent(#[from] AgentCallError),
     #[error("state directory {path}: {source}")]
-    State { path: PathBuf, source: std::io::Error },
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
     /// Client-side mistakes are 4xx, the rest 5xx.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Self::Invalid(_) | Self::Rootfs(rootfs::RootfsError::Source { .. }))
+        matches!(
+            self,
+            Self::Invalid(_) | Self::Rootfs(rootfs::RootfsError::Source { .. })
+        )
     }
 }
 
@@ -205,7 +213,13 @@ impl Runtime {
                 Ok(hv) => (None, Some(hv.probe().await)),
                 Err(e) => (Some(e.clone()), None),
             };
-            plugins.push(PluginInfo { name: b.name.clone(), path: b.path.clone(), build_id: b.build_id.clone(), config_error, probe });
+            plugins.push(PluginInfo {
+                name: b.name.clone(),
+                path: b.path.clone(),
+                build_id: b.build_id.clone(),
+                config_error,
+                probe,
+            });
         }
         Info {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -217,7 +231,11 @@ impl Runtime {
             plugins,
             plugin_failures: self.plugin_failures.clone(),
             payload: self.payload.clone(),
-            payload_error: self.payload.check(&self.config).err().map(|e| e.to_string()),
+            payload_error: self
+                .payload
+                .check(&self.config)
+                .err()
+                .map(|e| e.to_string()),
             state_dir: self.config.runtime.state_dir.clone(),
             pods: self.pods().len(),
         }
@@ -272,18 +290,28 @@ impl Runtime {
         }
         let vcpus = req.cpus.unwrap_or(self.config.vm.vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
-            return Err(RunError::Invalid(format!("--cpus {vcpus}: use 1 to {MAX_VCPUS}")));
+            return Err(RunError::Invalid(format!(
+                "--cpus {vcpus}: use 1 to {MAX_VCPUS}"
+            )));
         }
         let memory_mib = req.memory_mib.unwrap_or(self.config.vm.memory_mib);
         if memory_mib < MIN_MEMORY_MIB {
-            return Err(RunError::Invalid(format!("--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB")));
+            return Err(RunError::Invalid(format!(
+                "--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
+            )));
         }
-        if let Some(bad) = req.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        if let Some(bad) = req
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
             return Err(RunError::Invalid(format!("-e {bad}: expected KEY=VALUE")));
         }
         if let Some(w) = &req.workdir {
             if !w.starts_with('/') {
-                return Err(RunError::Invalid(format!("-w {w}: the working directory must be an absolute path")));
+                return Err(RunError::Invalid(format!(
+                    "-w {w}: the working directory must be an absolute path"
+                )));
             }
         }
         let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
@@ -298,7 +326,10 @@ impl Runtime {
         let id = new_id();
         let pod_dir = self.pods_dir().join(&id);
         let run_dir = pod_dir.join("vm");
-        let state_err = |source| RunError::State { path: pod_dir.clone(), source };
+        let state_err = |source| RunError::State {
+            path: pod_dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&run_dir).map_err(state_err)?;
         let mut record = PodRecord {
             id: id.clone(),
@@ -306,7 +337,9 @@ impl Runtime {
             backend: hypervisor.name().to_string(),
             args: req.args.clone(),
             rootfs_image: image.clone(),
-            created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             exit_code: None,
             vm_pid: None,
             vm_pid_start: None,
@@ -321,7 +354,11 @@ impl Runtime {
             cmdline: self.payload.cmdline.clone(),
             vcpus,
             memory_mib,
-            disks: vec![DiskSpec { path: image, read_only: true, id: ROOTFS_DISK_ID.into() }],
+            disks: vec![DiskSpec {
+                path: image,
+                read_only: true,
+                id: ROOTFS_DISK_ID.into(),
+            }],
             console_log: pod_dir.join("console.log"),
             run_dir: run_dir.clone(),
         };
@@ -334,9 +371,13 @@ impl Runtime {
                 let _ = write_record(&pod_dir, &record);
                 self.pods().insert(id.clone(), record.clone());
                 let result = self.drive(&id, &req, vm.clone(), &pod_dir, io).await;
-                if let Err(e) = vm.shutdown(SHUTDOWN_GRACE).await {
-                    tracing::warn!(pod = %id, "shutdown: {e}; killing");
-                    let _ = vm.kill().await;
+                // Nothing in the guest outlives the pod (the rootfs is read-only,
+                // writes live in a tmpfs, and DestroyPod already ended every
+                // process), so a hard stop loses nothing and saves the guest's
+                // power-off path, which is slow under emulation.
+                if let Err(e) = vm.kill().await {
+                    tracing::warn!(pod = %id, "kill: {e}; asking for a shutdown");
+                    let _ = vm.shutdown(SHUTDOWN_GRACE).await;
                 }
                 let _ = vm.wait().await;
                 result
@@ -344,7 +385,11 @@ impl Runtime {
             Err(e) => Err(RunError::Hypervisor(e)),
         };
         record.state = PodState::Exited;
-        record.exit_code = Some(result.as_ref().map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code));
+        record.exit_code = Some(
+            result
+                .as_ref()
+                .map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code),
+        );
         let _ = std::fs::remove_dir_all(&run_dir);
         if req.remove {
             let _ = std::fs::remove_dir_all(&pod_dir);
@@ -357,7 +402,14 @@ impl Runtime {
     }
 
     /// From a launched VM to the container's exit status.
-    async fn drive(&self, id: &str, req: &RunRequest, vm: Arc<dyn Vm>, pod_dir: &Path, io: RunIo) -> Result<RunOutcome, RunError> {
+    async fn drive(
+        &self,
+        id: &str,
+        req: &RunRequest,
+        vm: Arc<dyn Vm>,
+        pod_dir: &Path,
+        io: RunIo,
+    ) -> Result<RunOutcome, RunError> {
         // Learn at once when the VM dies, whatever we are waiting for.
         let (vm_exited_tx, mut vm_exited) = watch::channel(false);
         let waiter = vm.clone();
@@ -366,10 +418,14 @@ impl Runtime {
             let _ = vm_exited_tx.send(true);
         });
         let console = pod_dir.join("console.log");
-        let boot_failed = |reason: String| RunError::Boot { reason, console: console_tail(&console) };
+        let boot_failed = |reason: String| RunError::Boot {
+            reason,
+            console: console_tail(&console),
+        };
 
         let channel = match vm.info().agent_channel {
-            hyper_hypervisor::AgentChannel::UnixSocket(p) | hyper_hypervisor::AgentChannel::Pty(p) => p,
+            hyper_hypervisor::AgentChannel::UnixSocket(p)
+            | hyper_hypervisor::AgentChannel::Pty(p) => p,
         };
         let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
         let connect = AgentClient::connect(&channel, timeout);
@@ -379,7 +435,11 @@ impl Runtime {
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
 
-        agent.request(Request::StartPod(PodSpec { hostname: id.to_string() })).await?;
+        agent
+            .request(Request::StartPod(PodSpec {
+                hostname: id.to_string(),
+            }))
+            .await?;
         let mut streams = agent.new_process("init");
         let mut env = req.env.clone();
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
@@ -397,17 +457,27 @@ impl Runtime {
         };
         let container = ContainerSpec {
             id: id.to_string(),
-            rootfs: RootfsSpec { disk_id: ROOTFS_DISK_ID.into(), fstype: rootfs::FSTYPE.into() },
+            rootfs: RootfsSpec {
+                disk_id: ROOTFS_DISK_ID.into(),
+                fstype: rootfs::FSTYPE.into(),
+            },
             hostname: id.to_string(),
             process,
         };
         match agent.request(Request::NewContainer(container)).await {
             Ok(Reply::Started { .. }) | Ok(_) => {}
             Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
-                return Ok(RunOutcome { pod: id.to_string(), exit_code: e.exit_code().unwrap_or(RUNTIME_FAILURE_EXIT), message: Some(e.message) });
+                return Ok(RunOutcome {
+                    pod: id.to_string(),
+                    exit_code: e.exit_code().unwrap_or(RUNTIME_FAILURE_EXIT),
+                    message: Some(e.message),
+                });
             }
             Err(AgentCallError::Agent(e)) if e.kind == AgentErrorKind::NotFound => {
-                return Err(boot_failed(format!("the rootfs disk was not found in the guest: {}", e.message)));
+                return Err(boot_failed(format!(
+                    "the rootfs disk was not found in the guest: {}",
+                    e.message
+                )));
             }
             Err(e) => return Err(e.into()),
         }
@@ -427,8 +497,20 @@ impl Runtime {
                 let _ = agent.close_stdin(stream).await;
             })
         };
-        let out = pump(&agent, streams.stdio, &mut streams.stdout_rx, io.output.clone(), Output::Stdout);
-        let err = pump(&agent, streams.stderr, &mut streams.stderr_rx, io.output, Output::Stderr);
+        let out = pump(
+            &agent,
+            streams.stdio,
+            &mut streams.stdout_rx,
+            io.output.clone(),
+            Output::Stdout,
+        );
+        let err = pump(
+            &agent,
+            streams.stderr,
+            &mut streams.stderr_rx,
+            io.output,
+            Output::Stderr,
+        );
         let finished = async {
             tokio::join!(out, err);
             (&mut streams.exit_rx).await
@@ -442,10 +524,18 @@ impl Runtime {
         };
         stdin_task.abort();
         let status = status.map_err(|_| {
-            AgentCallError::Disconnected(agent.dead_reason().unwrap_or_else(|| "no exit status from the guest".into()))
+            AgentCallError::Disconnected(
+                agent
+                    .dead_reason()
+                    .unwrap_or_else(|| "no exit status from the guest".into()),
+            )
         })?;
         let _ = agent.request(Request::DestroyPod).await;
-        Ok(RunOutcome { pod: id.to_string(), exit_code: status, message: None })
+        Ok(RunOutcome {
+            pod: id.to_string(),
+            exit_code: status,
+            message: None,
+        })
     }
 }
 
@@ -460,7 +550,9 @@ async fn pump(
 ) {
     let mut caller_gone = false;
     while let Some(chunk) = rx.recv().await {
-        let StreamChunk::Data(data) = chunk else { break };
+        let StreamChunk::Data(data) = chunk else {
+            break;
+        };
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
         if !caller_gone && out.send(wrap(data)).await.is_err() {
             // Keep draining so the process is not blocked forever.
@@ -490,9 +582,12 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 fn new_id() -> String {
     let mut bytes = [0u8; 6];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
     if random.is_err() {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         bytes.copy_from_slice(&(nanos as u64 ^ u64::from(std::process::id())).to_le_bytes()[..6]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -500,7 +595,9 @@ fn new_id() -> String {
 
 /// The last lines of the guest console, to explain a failed boot.
 fn console_tail(path: &Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
     let start = bytes.len().saturating_sub(2048);
     let text = String::from_utf8_lossy(&bytes[start..]);
     let text = text.trim();

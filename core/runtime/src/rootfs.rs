@@ -23,7 +23,10 @@ pub enum RootfsError {
     #[error("mkfs.erofs failed for {path}: {stderr}")]
     Mkfs { path: PathBuf, stderr: String },
     #[error("rootfs image store {path}: {source}")]
-    Store { path: PathBuf, source: std::io::Error },
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Content-addressed store of rootfs images under `state_dir/rootfs`.
@@ -34,23 +37,33 @@ pub struct RootfsStore {
 
 impl RootfsStore {
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("rootfs") }
+        Self {
+            dir: state_dir.join("rootfs"),
+        }
     }
 
     /// The image for `source`, built only when no image of the same content
     /// exists. Returns the image path and whether it was built now.
     pub fn image_for_dir(&self, source: &Path) -> Result<(PathBuf, bool), RootfsError> {
-        let meta = std::fs::metadata(source)
-            .map_err(|e| RootfsError::Source { path: source.into(), reason: e.to_string() })?;
+        let meta = std::fs::metadata(source).map_err(|e| RootfsError::Source {
+            path: source.into(),
+            reason: e.to_string(),
+        })?;
         if !meta.is_dir() {
-            return Err(RootfsError::Source { path: source.into(), reason: "not a directory".into() });
+            return Err(RootfsError::Source {
+                path: source.into(),
+                reason: "not a directory".into(),
+            });
         }
         let key = content_key(source)?;
         let image = self.dir.join(format!("{key}.erofs"));
         if image.is_file() {
             return Ok((image, false));
         }
-        let store_err = |source| RootfsError::Store { path: self.dir.clone(), source };
+        let store_err = |source| RootfsError::Store {
+            path: self.dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&self.dir).map_err(store_err)?;
         // Build under a unique name and rename: concurrent builders of the same
         // content each produce a whole image and the last rename wins.
@@ -86,7 +99,10 @@ pub fn content_key(root: &Path) -> Result<String, RootfsError> {
 
 fn hash_tree(root: &Path, rel: &Path, hasher: &mut Sha256) -> Result<(), RootfsError> {
     let dir = root.join(rel);
-    let err = |path: &Path, e: std::io::Error| RootfsError::Source { path: path.into(), reason: e.to_string() };
+    let err = |path: &Path, e: std::io::Error| RootfsError::Source {
+        path: path.into(),
+        reason: e.to_string(),
+    };
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| err(&dir, e))?
         .collect::<Result<_, _>>()
@@ -161,13 +177,19 @@ mod tests {
         let mut f = std::fs::File::open(&image).unwrap();
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1024)).unwrap();
         f.read_exact(&mut magic).unwrap();
-        assert_eq!(u32::from_le_bytes(magic), 0xE0F5_E1E2, "erofs superblock magic");
+        assert_eq!(
+            u32::from_le_bytes(magic),
+            0xE0F5_E1E2,
+            "erofs superblock magic"
+        );
     }
 
     #[test]
     fn missing_source_is_a_clear_error() {
         let state = tempfile::tempdir().unwrap();
-        let err = RootfsStore::new(state.path()).image_for_dir(Path::new("/nonexistent/rootfs")).unwrap_err();
+        let err = RootfsStore::new(state.path())
+            .image_for_dir(Path::new("/nonexistent/rootfs"))
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/rootfs"), "{err}");
     }
 }

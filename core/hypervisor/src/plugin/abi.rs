@@ -2,7 +2,9 @@ use std::os::raw::c_char;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Capabilities, ConfigProblem, HypervisorError, ProbeReport, VmExit, VmInfo, VmSpec, VmStats};
+use crate::{
+    Capabilities, ConfigProblem, HypervisorError, ProbeReport, VmExit, VmInfo, VmSpec, VmStats,
+};
 
 /// Bumped whenever [`PluginDescriptor`] or the JSON calls change shape.
 pub const PLUGIN_ABI_VERSION: u32 = 1;
@@ -12,7 +14,12 @@ pub const ENTRY_SYMBOL: &[u8] = b"hyper_plugin_entry\0";
 /// the ABI version. The JSON boundary makes the rustc version irrelevant.
 pub const BUILD_ID: &str = concat!("hyper-hypervisor/", env!("CARGO_PKG_VERSION"), " abi/1");
 #[doc(hidden)]
-pub const BUILD_ID_NUL: &str = concat!("hyper-hypervisor/", env!("CARGO_PKG_VERSION"), " abi/1", "\0");
+pub const BUILD_ID_NUL: &str = concat!(
+    "hyper-hypervisor/",
+    env!("CARGO_PKG_VERSION"),
+    " abi/1",
+    "\0"
+);
 
 /// The descriptor a plugin's entry returns. `abi_version` must stay the
 /// first field in every future version: it is read before anything else.
@@ -26,7 +33,8 @@ pub struct PluginDescriptor {
     /// Handles one JSON-encoded [`PluginRequest`], writes a JSON-encoded
     /// [`PluginResult`] into `response` and returns 0. A non-zero return
     /// means `response` was not written.
-    pub call: extern "C" fn(request: *const u8, request_len: usize, response: *mut PluginBuffer) -> i32,
+    pub call:
+        extern "C" fn(request: *const u8, request_len: usize, response: *mut PluginBuffer) -> i32,
     /// Frees a buffer the plugin filled in `call`.
     pub free_buffer: extern "C" fn(buffer: PluginBuffer),
 }
@@ -48,12 +56,20 @@ pub struct PluginBuffer {
 
 impl PluginBuffer {
     pub const fn empty() -> Self {
-        Self { ptr: std::ptr::null_mut(), len: 0, cap: 0 }
+        Self {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            cap: 0,
+        }
     }
 
     pub(crate) fn from_vec(bytes: Vec<u8>) -> Self {
         let mut bytes = std::mem::ManuallyDrop::new(bytes);
-        Self { ptr: bytes.as_mut_ptr(), len: bytes.len(), cap: bytes.capacity() }
+        Self {
+            ptr: bytes.as_mut_ptr(),
+            len: bytes.len(),
+            cap: bytes.capacity(),
+        }
     }
 }
 
@@ -75,16 +91,36 @@ pub extern "C" fn free_buffer(buffer: PluginBuffer) {
 pub enum PluginRequest {
     /// Validates the backend's `[hypervisor.<name>]` table (as JSON) and
     /// builds a configured hypervisor.
-    Configure { table: serde_json::Value },
-    Capabilities { hypervisor: u64 },
-    Probe { hypervisor: u64 },
-    Launch { hypervisor: u64, spec: VmSpec },
-    Wait { vm: String },
-    Shutdown { vm: String, grace_ms: u64 },
-    Kill { vm: String },
-    Stats { vm: String },
+    Configure {
+        table: serde_json::Value,
+    },
+    Capabilities {
+        hypervisor: u64,
+    },
+    Probe {
+        hypervisor: u64,
+    },
+    Launch {
+        hypervisor: u64,
+        spec: VmSpec,
+    },
+    Wait {
+        vm: String,
+    },
+    Shutdown {
+        vm: String,
+        grace_ms: u64,
+    },
+    Kill {
+        vm: String,
+    },
+    Stats {
+        vm: String,
+    },
     /// The host no longer holds this VM: forget it.
-    Release { vm: String },
+    Release {
+        vm: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -16,12 +16,12 @@
 //!   refused with both versions named, never undefined behaviour.
 
 mod abi;
-mod plugin_side;
 mod host_side;
+mod plugin_side;
 
 pub use abi::*;
-pub use plugin_side::{dispatch, CreateFn};
 pub use host_side::{ConfigureError, LoadError, LoadedPlugin, PluginHypervisor};
+pub use plugin_side::{dispatch, CreateFn};
 
 /// Exports a backend from a cdylib.
 ///
@@ -37,7 +37,10 @@ macro_rules! export_backend {
             request_len: usize,
             response: *mut $crate::plugin::PluginBuffer,
         ) -> i32 {
-            $crate::plugin::dispatch($create, request, request_len, response)
+            // SAFETY: the host calls through the descriptor's `call` contract:
+            // `request` holds `request_len` bytes and `response` is writable,
+            // for the duration of this call.
+            unsafe { $crate::plugin::dispatch($create, request, request_len, response) }
         }
 
         static __HYPER_PLUGIN_DESCRIPTOR: $crate::plugin::PluginDescriptor =

@@ -54,7 +54,11 @@ fn hypervisor(handle: u64) -> Result<Arc<dyn Hypervisor>, HypervisorError> {
 }
 
 fn vm(id: &str) -> Result<Arc<dyn Vm>, HypervisorError> {
-    registry().vms.get(id).cloned().ok_or_else(|| HypervisorError::NotFound(id.to_string()))
+    registry()
+        .vms
+        .get(id)
+        .cloned()
+        .ok_or_else(|| HypervisorError::NotFound(id.to_string()))
 }
 
 fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
@@ -68,12 +72,17 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             }
             Err(problems) => Ok(PluginReply::ConfigRejected { problems }),
         },
-        PluginRequest::Capabilities { hypervisor: h } => Ok(PluginReply::Capabilities(hypervisor(h)?.capabilities())),
+        PluginRequest::Capabilities { hypervisor: h } => {
+            Ok(PluginReply::Capabilities(hypervisor(h)?.capabilities()))
+        }
         PluginRequest::Probe { hypervisor: h } => {
             let hv = hypervisor(h)?;
             Ok(PluginReply::Probe(rt.block_on(hv.probe())))
         }
-        PluginRequest::Launch { hypervisor: h, spec } => {
+        PluginRequest::Launch {
+            hypervisor: h,
+            spec,
+        } => {
             let hv = hypervisor(h)?;
             let vm = rt.block_on(hv.launch(spec))?;
             let info = vm.info();
@@ -116,7 +125,17 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The body of every plugin's exported `call`. Never unwinds.
-pub fn dispatch(create: CreateFn, request: *const u8, request_len: usize, response: *mut PluginBuffer) -> i32 {
+///
+/// # Safety
+/// `request` must point at `request_len` readable bytes (or be null with a
+/// length of 0) and `response` at a writable [`PluginBuffer`], both valid for
+/// the duration of the call: what [`super::PluginDescriptor::call`] promises.
+pub unsafe fn dispatch(
+    create: CreateFn,
+    request: *const u8,
+    request_len: usize,
+    response: *mut PluginBuffer,
+) -> i32 {
     if response.is_null() || (request.is_null() && request_len != 0) {
         return -1;
     }
@@ -128,14 +147,20 @@ pub fn dispatch(create: CreateFn, request: *const u8, request_len: usize, respon
             // bytes that it keeps alive for the duration of this call.
             unsafe { std::slice::from_raw_parts(request, request_len) }
         };
-        let request: PluginRequest = serde_json::from_slice(bytes)
-            .map_err(|e| HypervisorError::Plugin(format!("malformed request from the host: {e}")))?;
+        let request: PluginRequest = serde_json::from_slice(bytes).map_err(|e| {
+            HypervisorError::Plugin(format!("malformed request from the host: {e}"))
+        })?;
         handle(create, request)
     }));
     let result: PluginResult = outcome.unwrap_or_else(|payload| {
-        Err(HypervisorError::Plugin(format!("the plugin panicked: {}", panic_message(payload.as_ref()))))
+        Err(HypervisorError::Plugin(format!(
+            "the plugin panicked: {}",
+            panic_message(payload.as_ref())
+        )))
     });
-    let encoded = catch_unwind(|| serde_json::to_vec(&result)).ok().and_then(Result::ok);
+    let encoded = catch_unwind(|| serde_json::to_vec(&result))
+        .ok()
+        .and_then(Result::ok);
     let Some(encoded) = encoded else {
         return -2;
     };

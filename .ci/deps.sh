@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the build, the demo and the tests need on a fresh
+# Debian 12 machine (as root): the kernel build tools and linux-source,
+# QEMU, busybox-static for the test rootfs, erofs-utils for rootfs images,
+# and the musl target hyperstart is built for.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
+      qemu-system-x86 busybox-static erofs-utils file)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup target add x86_64-unknown-linux-musl
