@@ -1,0 +1,292 @@
+//! The QEMU command line, as a pure function of the config, the accelerator
+//! and the spec, and the files a VM keeps in its run directory.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use hyper_hypervisor::VmSpec;
+
+use crate::accel::Accel;
+use crate::config::{Machine, QemuConfig};
+
+/// The virtio-serial port name hyperstart looks for in
+/// `/sys/class/virtio-ports/*/name`.
+pub const CHANNEL_NAME: &str = "sh.hyper.channel.0";
+
+/// x86's COMMAND_LINE_SIZE is 2048 bytes including the NUL.
+pub const MAX_KERNEL_CMDLINE: usize = 2047;
+
+/// The files of one VM inside its run directory.
+///
+/// `qemu.pid` holds the QEMU process id while the VM runs (written right
+/// after spawning, removed once the process has been reaped). Whoever reads it
+/// must check that `/proc/<pid>/cmdline` mentions this run directory's QMP
+/// socket before acting on the pid, so a recycled pid is never touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+    pub qmp: PathBuf,
+    pub agent: PathBuf,
+    pub pid: PathBuf,
+    pub log: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            qmp: dir.join("qmp.sock"),
+            agent: dir.join("agent.sock"),
+            pid: dir.join("qemu.pid"),
+            log: dir.join("qemu.log"),
+        }
+    }
+
+    /// What the QMP argument looks like in `/proc/<pid>/cmdline`; it names
+    /// the run directory, so it identifies our QEMU for this VM.
+    pub fn qmp_arg(&self) -> OsString {
+        cat(&[
+            OsStr::new("unix:"),
+            &escape(&self.qmp),
+            OsStr::new(",server=on,wait=off"),
+        ])
+    }
+}
+
+/// QEMU option values are comma-separated; a literal comma is doubled.
+pub fn escape(path: &Path) -> OsString {
+    let mut out = Vec::with_capacity(path.as_os_str().len());
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+fn cat(parts: &[&OsStr]) -> OsString {
+    let mut s = OsString::new();
+    for p in parts {
+        s.push(p);
+    }
+    s
+}
+
+/// The guest kernel command line: the core's part, then the bits this
+/// backend's devices need.
+pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
+    let mut parts: Vec<&str> = base.split_whitespace().collect();
+    parts.push("console=ttyS0");
+    let channel = format!("hyper.channel={CHANNEL_NAME}");
+    parts.push(&channel);
+    if machine == Machine::Microvm {
+        if accel == Accel::Tcg {
+            // microvm has no HPET or PM timer and PIT calibration fails under
+            // TCG: without this the kernel hangs marking the TSC unstable.
+            parts.push("tsc_early_khz=2000000");
+        }
+        // microvm has no PCI; this saves a probe and a "PCI: Fatal" line.
+        parts.push("pci=off");
+    }
+    parts.join(" ")
+}
+
+/// The arguments (without the binary) that start `spec` on `config`'s
+/// machine with `accel`. The spec must have been validated.
+pub fn qemu_args(config: &QemuConfig, accel: Accel, spec: &VmSpec) -> Vec<OsString> {
+    let paths = RunPaths::new(&spec.run_dir);
+    let (blk, serial) = match config.machine {
+        Machine::Microvm => ("virtio-blk-device", "virtio-serial-device"),
+        Machine::Q35 => ("virtio-blk-pci", "virtio-serial-pci"),
+    };
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    };
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |parts: &[&OsStr]| args.push(cat(parts));
+    let s = OsStr::new;
+    push(&[s("-name")]);
+    push(&[s("hyper-"), s(&spec.id)]);
+    push(&[s("-machine")]);
+    push(&[s(config.machine.as_str())]);
+    push(&[s("-accel")]);
+    push(&[s(accel.as_str())]);
+    push(&[s("-cpu")]);
+    push(&[s(cpu)]);
+    push(&[s("-m")]);
+    push(&[s(&spec.memory_mib.to_string())]);
+    push(&[s("-smp")]);
+    push(&[s(&spec.vcpus.to_string())]);
+    for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
+        push(&[s(flag)]);
+    }
+    push(&[s("-display")]);
+    push(&[s("none")]);
+    // `file:` takes the rest of the string verbatim: no escaping here.
+    push(&[s("-serial")]);
+    push(&[s("file:"), spec.console_log.as_os_str()]);
+    push(&[s("-kernel")]);
+    push(&[spec.kernel.as_os_str()]);
+    push(&[s("-initrd")]);
+    push(&[spec.initrd.as_os_str()]);
+    push(&[s("-append")]);
+    push(&[s(&kernel_cmdline(&spec.cmdline, config.machine, accel))]);
+    push(&[s("-chardev")]);
+    push(&[
+        s("socket,id=agent,path="),
+        &escape(&paths.agent),
+        s(",server=on,wait=off"),
+    ]);
+    push(&[s("-device")]);
+    push(&[s(serial)]);
+    push(&[s("-device")]);
+    push(&[s("virtserialport,chardev=agent,name="), s(CHANNEL_NAME)]);
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let readonly = if disk.read_only { "on" } else { "off" };
+        push(&[s("-drive")]);
+        push(&[
+            s("file="),
+            &escape(&disk.path),
+            s(&format!(
+                ",if=none,id=disk{i},format=raw,readonly={readonly}"
+            )),
+        ]);
+        push(&[s("-device")]);
+        // The id charset was validated: no commas, nothing to escape.
+        push(&[s(&format!("{blk},drive=disk{i},serial={}", disk.id))]);
+    }
+    push(&[s("-qmp")]);
+    push(&[&paths.qmp_arg()]);
+    // Last, so an operator's option can override ours where QEMU lets the
+    // last one win.
+    for a in &config.extra_args {
+        push(&[s(a)]);
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AccelSetting;
+    use hyper_hypervisor::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "p1".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd.img".into(),
+            cmdline: "quiet  hyper.debug=1 ".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            disks: vec![
+                DiskSpec {
+                    path: "/img/root,fs.erofs".into(),
+                    read_only: true,
+                    id: "rootfs".into(),
+                },
+                DiskSpec {
+                    path: "/img/data.raw".into(),
+                    read_only: false,
+                    id: "data_1".into(),
+                },
+            ],
+            console_log: "/pods/p1/console.log".into(),
+            run_dir: "/pods/p1/vm".into(),
+        }
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn microvm_tcg() {
+        let config = QemuConfig::default();
+        let args = strings(qemu_args(&config, Accel::Tcg, &spec()));
+        let expected = [
+            "-name", "hyper-p1",
+            "-machine", "microvm",
+            "-accel", "tcg",
+            "-cpu", "max",
+            "-m", "256",
+            "-smp", "2",
+            "-nodefaults", "-no-user-config", "-no-reboot",
+            "-display", "none",
+            "-serial", "file:/pods/p1/console.log",
+            "-kernel", "/k/vmlinux",
+            "-initrd", "/k/initrd.img",
+            "-append",
+            "quiet hyper.debug=1 console=ttyS0 hyper.channel=sh.hyper.channel.0 tsc_early_khz=2000000 pci=off",
+            "-chardev", "socket,id=agent,path=/pods/p1/vm/agent.sock,server=on,wait=off",
+            "-device", "virtio-serial-device",
+            "-device", "virtserialport,chardev=agent,name=sh.hyper.channel.0",
+            "-drive", "file=/img/root,,fs.erofs,if=none,id=disk0,format=raw,readonly=on",
+            "-device", "virtio-blk-device,drive=disk0,serial=rootfs",
+            "-drive", "file=/img/data.raw,if=none,id=disk1,format=raw,readonly=off",
+            "-device", "virtio-blk-device,drive=disk1,serial=data_1",
+            "-qmp", "unix:/pods/p1/vm/qmp.sock,server=on,wait=off",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn q35_kvm() {
+        let config = QemuConfig {
+            machine: Machine::Q35,
+            accel: AccelSetting::Kvm,
+            extra_args: vec!["-d".into(), "guest_errors".into()],
+            ..QemuConfig::default()
+        };
+        let mut spec = spec();
+        spec.cmdline = String::new();
+        spec.disks.truncate(1);
+        let args = strings(qemu_args(&config, Accel::Kvm, &spec));
+        let expected = [
+            "-name", "hyper-p1",
+            "-machine", "q35",
+            "-accel", "kvm",
+            "-cpu", "host",
+            "-m", "256",
+            "-smp", "2",
+            "-nodefaults", "-no-user-config", "-no-reboot",
+            "-display", "none",
+            "-serial", "file:/pods/p1/console.log",
+            "-kernel", "/k/vmlinux",
+            "-initrd", "/k/initrd.img",
+            "-append", "console=ttyS0 hyper.channel=sh.hyper.channel.0",
+            "-chardev", "socket,id=agent,path=/pods/p1/vm/agent.sock,server=on,wait=off",
+            "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=agent,name=sh.hyper.channel.0",
+            "-drive", "file=/img/root,,fs.erofs,if=none,id=disk0,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=disk0,serial=rootfs",
+            "-qmp", "unix:/pods/p1/vm/qmp.sock,server=on,wait=off",
+            "-d", "guest_errors",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn microvm_kvm_needs_no_tsc_hint() {
+        let line = kernel_cmdline("", Machine::Microvm, Accel::Kvm);
+        assert_eq!(
+            line,
+            "console=ttyS0 hyper.channel=sh.hyper.channel.0 pci=off"
+        );
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape(Path::new("/a,b,,c")), OsString::from("/a,,b,,,,c"));
+        let paths = RunPaths::new(Path::new("/run/x"));
+        assert_eq!(
+            paths.qmp_arg(),
+            OsString::from("unix:/run/x/qmp.sock,server=on,wait=off")
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! Launches the real QEMU installed on this host.
+//!
+//! No guest kernel is needed: the "kernel" is a 200-byte PVH ELF made here
+//! whose entry point halts the CPU forever. QEMU boots it like a vmlinux (the
+//! PVH note is what it looks for), so launch, QMP, stats, shutdown, kill and
+//! wait all run against a real, running VM. Booting the real hyperkernel is
+//! the e2e suite's job.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_backend_qemu::config::{AccelSetting, Machine};
+use hyper_backend_qemu::{QemuConfig, QemuHypervisor};
+use hyper_hypervisor::plugin::LoadedPlugin;
+use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+fn have_qemu() -> bool {
+    if Path::new(QEMU).exists() {
+        return true;
+    }
+    eprintln!("skipped: {QEMU} is not installed");
+    false
+}
+
+/// A minimal ELF64 with a PT_LOAD segment of `cli; hlt; jmp .-1` at 1 MiB
+/// and the Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) pointing at it.
+fn pvh_stub() -> Vec<u8> {
+    const ENTRY: u64 = 0x10_0000;
+    let code: [u8; 4] = [0xFA, 0xF4, 0xEB, 0xFD];
+    let phoff = 64u64;
+    let code_off = phoff + 2 * 56;
+    let note_off = code_off + 4; // already 4-aligned
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&8u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&ENTRY.to_le_bytes());
+
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF");
+    elf.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, v1, SysV
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&phoff.to_le_bytes());
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for half in [64u16, 56, 2, 64, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    let phdr =
+        |elf: &mut Vec<u8>, kind: u32, flags: u32, off: u64, addr: u64, size: u64, align: u64| {
+            elf.extend_from_slice(&kind.to_le_bytes());
+            elf.extend_from_slice(&flags.to_le_bytes());
+            for v in [off, addr, addr, size, size, align] {
+                elf.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+    phdr(&mut elf, 1, 5, code_off, ENTRY, code.len() as u64, 1); // PT_LOAD, R+X
+    phdr(&mut elf, 4, 4, note_off, 0, note.len() as u64, 4); // PT_NOTE
+    elf.extend_from_slice(&code);
+    elf.extend_from_slice(&note);
+    elf
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    spec: VmSpec,
+}
+
+fn fixture(kernel: &[u8]) -> Fixture {
+    // Short: socket paths must stay under 108 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("hq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let run_dir = dir.path().join("vm");
+    std::fs::create_dir(&run_dir).unwrap();
+    let spec = VmSpec {
+        id: "t1".into(),
+        kernel: file("kernel", kernel),
+        initrd: file("initrd", b"not really an initramfs"),
+        cmdline: "quiet".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        disks: vec![
+            DiskSpec {
+                path: file("ro.img", &[0; 65536]),
+                read_only: true,
+                id: "rootfs".into(),
+            },
+            DiskSpec {
+                path: file("rw.img", &[0; 65536]),
+                read_only: false,
+                id: "scratch".into(),
+            },
+        ],
+        console_log: dir.path().join("console.log"),
+        run_dir,
+    };
+    Fixture { dir, spec }
+}
+
+fn tcg(machine: Machine) -> QemuHypervisor {
+    QemuHypervisor::new(QemuConfig {
+        machine,
+        accel: AccelSetting::Tcg,
+        ..QemuConfig::default()
+    })
+}
+
+fn run_files(run_dir: &Path) -> Vec<PathBuf> {
+    ["qmp.sock", "agent.sock", "qemu.pid"]
+        .iter()
+        .map(|f| run_dir.join(f))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    hyper_backend_qemu::procfs::is_running(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_failure_reports_qemu_s_own_error() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(b"this is not a kernel");
+    let err = match tcg(Machine::Microvm).launch(f.spec.clone()).await {
+        Ok(vm) => {
+            let _ = vm.kill().await;
+            panic!("QEMU started with a bogus kernel");
+        }
+        Err(e) => e,
+    };
+    let HypervisorError::LaunchFailed(message) = &err else {
+        panic!("expected LaunchFailed, got {err:?}")
+    };
+    eprintln!("{message}");
+    // Debian's QEMU 7.2 says "qemu: linux kernel too old to load a ram disk".
+    assert!(message.contains("QEMU exited (exit code 1)"), "{message}");
+    assert!(
+        message.contains("QEMU said:") && message.contains("kernel"),
+        "{message}"
+    );
+    assert!(
+        run_files(&f.spec.run_dir).is_empty(),
+        "{:?}",
+        run_files(&f.spec.run_dir)
+    );
+    assert!(f.spec.run_dir.join("qemu.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_is_refused_before_qemu_runs() {
+    let f = fixture(b"x");
+    let mut spec = f.spec.clone();
+    spec.kernel = f.dir.path().join("missing-kernel");
+    let err = tcg(Machine::Microvm)
+        .launch(spec)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(&err, HypervisorError::InvalidSpec(m) if m.contains("missing-kernel")),
+        "{err:?}"
+    );
+    assert!(!f.spec.run_dir.join("qemu.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_lifecycle() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let probe = hv.probe().await;
+    assert!(probe.usable, "{probe:?}");
+    assert_eq!(probe.details.get("accel").map(String::as_str), Some("tcg"));
+    assert!(probe.details.contains_key("version"));
+
+    let vm: Arc<dyn Vm> = Arc::from(hv.launch(f.spec.clone()).await.expect("launch"));
+    let info = vm.info();
+    assert_eq!(info.id, "t1");
+    assert_eq!(
+        info.agent_channel,
+        AgentChannel::UnixSocket(f.spec.run_dir.join("agent.sock"))
+    );
+    let pid = info.pid.expect("pid");
+    assert!(alive(pid));
+    let pid_file = std::fs::read_to_string(f.spec.run_dir.join("qemu.pid")).unwrap();
+    assert_eq!(pid_file.trim(), pid.to_string());
+    assert_eq!(run_files(&f.spec.run_dir).len(), 3);
+    // The agent socket accepts a connection (nothing speaks on it here).
+    tokio::net::UnixStream::connect(f.spec.run_dir.join("agent.sock"))
+        .await
+        .expect("agent socket");
+
+    let stats = vm.stats().await.expect("stats");
+    assert!(stats.rss_bytes > 1 << 20, "{stats:?}");
+
+    // Several waiters all get the one exit.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let vm = vm.clone();
+            tokio::spawn(async move { vm.wait().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+
+    // The stub ignores ACPI power-down, so this ends in kill() after the grace.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        vm.shutdown(Duration::from_millis(500)),
+    )
+    .await
+    .expect("shutdown is bounded")
+    .expect("shutdown");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let mut exits = Vec::new();
+    for w in waiters {
+        exits.push(
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(exits.windows(2).all(|w| w[0] == w[1]), "{exits:?}");
+    assert_eq!(vm.wait().await.unwrap(), exits[0]);
+    assert!(!alive(pid));
+    assert!(
+        run_files(&f.spec.run_dir).is_empty(),
+        "{:?}",
+        run_files(&f.spec.run_dir)
+    );
+    assert!(vm.stats().await.is_err());
+    // Stopping a stopped VM is fine.
+    vm.kill().await.unwrap();
+    vm.shutdown(Duration::from_millis(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_kill() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let vm = tcg(Machine::Q35)
+        .launch(f.spec.clone())
+        .await
+        .expect("launch");
+    let pid = vm.info().pid.unwrap();
+    assert!(alive(pid));
+    tokio::time::timeout(Duration::from_secs(20), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    // `quit` answered, so QEMU exited by itself.
+    assert_eq!(vm.wait().await.unwrap().code, Some(0));
+    assert!(!alive(pid));
+    assert!(run_files(&f.spec.run_dir).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_launch_in_the_same_run_dir_kills_the_first() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let first = hv.launch(f.spec.clone()).await.expect("first launch");
+    let first_pid = first.info().pid.unwrap();
+    let second = hv.launch(f.spec.clone()).await.expect("second launch");
+    let second_pid = second.info().pid.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(!alive(first_pid));
+    assert!(alive(second_pid));
+    // The first VM's cleanup must not have taken the second one's files.
+    assert_eq!(run_files(&f.spec.run_dir).len(), 3);
+    second.kill().await.unwrap();
+    second.wait().await.unwrap();
+    assert!(run_files(&f.spec.run_dir).is_empty());
+}
+
+/// The way hyperd runs it: the cdylib loaded through the plugin loader, the
+/// VM driven on the plugin's own runtime (its own tokio, its own SIGCHLD
+/// handling), every call crossing the JSON boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_plugin_boundary() {
+    if !have_qemu() {
+        return;
+    }
+    // cargo builds the cdylib with the rlib this test links: target/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let so = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("libhyper_backend_qemu.so");
+    assert!(so.exists(), "{} was not built", so.display());
+    let plugin = Arc::new(LoadedPlugin::load(&so).unwrap_or_else(|e| panic!("{e}")));
+    let hv = plugin
+        .configure(serde_json::json!({"accel": "tcg"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let f = fixture(&pvh_stub());
+    let vm: Arc<dyn Vm> = Arc::from(hv.launch(f.spec.clone()).await.expect("launch"));
+    let pid = vm.info().pid.unwrap();
+    assert!(alive(pid));
+    assert!(vm.stats().await.unwrap().rss_bytes > 0);
+    let waiter = {
+        let vm = vm.clone();
+        tokio::spawn(async move { vm.wait().await })
+    };
+    tokio::time::timeout(Duration::from_secs(20), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(vm.wait().await.unwrap(), exit);
+    assert!(!alive(pid));
+    assert!(run_files(&f.spec.run_dir).is_empty());
+    // Launch errors cross the boundary typed.
+    let mut bad = f.spec.clone();
+    bad.vcpus = 0;
+    assert!(matches!(
+        hv.launch(bad).await,
+        Err(HypervisorError::InvalidSpec(_))
+    ));
+}
+
+#[tokio::test]
+async fn auto_accel_explains_its_choice() {
+    if !have_qemu() {
+        return;
+    }
+    let report = QemuHypervisor::new(QemuConfig::default()).probe().await;
+    eprintln!("{report:?}");
+    assert!(report.usable, "{report:?}");
+    let accel = report.details.get("accel").map(String::as_str);
+    let reason = report.details.get("accel_reason").map(String::as_str);
+    if hyper_backend_qemu::accel::is_kvm_pvm() {
+        assert_eq!(accel, Some("tcg"));
+        assert_eq!(reason, Some(hyper_backend_qemu::accel::PVM_REASON));
+    } else {
+        assert!(matches!(accel, Some("kvm" | "tcg")), "{report:?}");
+    }
+}

@@ -1,0 +1,226 @@
+//! The plugin loader (`hyper_hypervisor::plugin`) against real plugin files:
+//! a plugin of another ABI version is refused with a clear message, a
+//! panicking plugin turns its panics into errors (the host survives and can
+//! call again), and the real QEMU plugin loads and validates its own table.
+//!
+//! The plugins are cdylibs of this workspace; the test builds them first
+//! (with the cargo that runs it, into the target directory and profile it
+//! was itself built in), so it works from a clean checkout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use hyper_hypervisor::plugin::{
+    ConfigureError, LoadError, LoadedPlugin, BUILD_ID, PLUGIN_ABI_VERSION,
+};
+use hyper_hypervisor::{Hypervisor, HypervisorError, VmSpec};
+use serde_json::json;
+
+const PLUGIN_PACKAGES: &[&str] = &[
+    "hyper-test-plugin-wrong-abi",
+    "hyper-test-plugin-panicking",
+    "hyper-backend-qemu",
+];
+
+/// Builds the plugins once per test binary; returns `target/<profile>/`.
+fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // This binary is target/<profile>/deps/loader-<hash>.
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+        let target_dir = profile_dir
+            .parent()
+            .ok_or_else(|| format!("unexpected target layout {}", profile_dir.display()))?;
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => return Err(format!("unexpected profile dir {}", profile_dir.display())),
+        };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../Cargo.toml");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .args(["--profile", &profile]);
+        for p in PLUGIN_PACKAGES {
+            cmd.args(["-p", p]);
+        }
+        // Captured, so a passing run stays quiet and a failing one says why.
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(profile_dir.to_path_buf())
+    });
+    match dir {
+        Ok(dir) => dir,
+        Err(e) => panic!("building the test plugins: {e}"),
+    }
+}
+
+fn plugin(file: &str) -> PathBuf {
+    let path = plugin_dir().join(file);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+fn load(file: &str) -> Arc<LoadedPlugin> {
+    let path = plugin(file);
+    match LoadedPlugin::load(&path) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("loading {}: {e}", path.display()),
+    }
+}
+
+fn spec() -> VmSpec {
+    VmSpec {
+        id: "loader-test".into(),
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: "/nonexistent/initrd".into(),
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 64,
+        disks: Vec::new(),
+        console_log: "/nonexistent/console.log".into(),
+        run_dir: "/nonexistent/vm".into(),
+    }
+}
+
+#[test]
+fn wrong_abi_is_refused_naming_the_file_and_both_versions() {
+    let path = plugin("libhyper_test_plugin_wrong_abi.so");
+    let err = LoadedPlugin::load(&path).expect_err("a plugin of another ABI must be refused");
+    let message = err.to_string();
+    match err {
+        LoadError::AbiMismatch {
+            path: p,
+            plugin,
+            host,
+        } => {
+            assert_eq!(p, path);
+            assert_eq!(plugin, PLUGIN_ABI_VERSION + 1000);
+            assert_eq!(host, PLUGIN_ABI_VERSION);
+        }
+        other => panic!("expected AbiMismatch, got {other:?}"),
+    }
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("version {}", PLUGIN_ABI_VERSION + 1000)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("version {PLUGIN_ABI_VERSION}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_refused() {
+    let dir = std::env::temp_dir().join(format!("hyper-loader-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("libnot_a_plugin.so");
+    std::fs::write(&path, b"not an ELF file").unwrap();
+    let err = LoadedPlugin::load(&path).expect_err("must be refused");
+    assert!(
+        matches!(&err, LoadError::Open { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_in_a_plugin_become_errors_and_the_host_survives() {
+    let plugin = load("libhyper_test_plugin_panicking.so");
+    assert_eq!(plugin.name(), "panicking");
+    assert_eq!(plugin.build_id(), BUILD_ID);
+    let hv = plugin
+        .configure(json!({"anything": ["goes", 1]}))
+        .expect("the panicking plugin accepts any table");
+    for round in 0..2 {
+        let report = hv.probe().await;
+        assert!(!report.usable, "round {round}: {report:?}");
+        assert!(
+            report.reason.contains("panicked"),
+            "round {round}: {}",
+            report.reason
+        );
+        assert!(
+            report.reason.contains("probe panicked on purpose"),
+            "round {round}: {}",
+            report.reason
+        );
+
+        let err = match hv.launch(spec()).await {
+            Ok(_) => panic!("round {round}: launch of the panicking plugin succeeded"),
+            Err(e) => e,
+        };
+        match &err {
+            HypervisorError::Plugin(m) => {
+                assert!(m.contains("panicked"), "round {round}: {m}");
+                assert!(
+                    m.contains("launch panicked on purpose (vm loader-test)"),
+                    "round {round}: {m}"
+                );
+            }
+            other => panic!("round {round}: expected HypervisorError::Plugin, got {other:?}"),
+        }
+    }
+    // Still here, and the plugin still answers calls that do not panic.
+    assert_eq!(hv.name(), "panicking");
+    plugin
+        .configure(json!({}))
+        .expect("configure after the panics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qemu_plugin_loads_and_checks_its_table() {
+    let plugin = load("libhyper_backend_qemu.so");
+    assert_eq!(plugin.name(), "qemu");
+    assert_eq!(plugin.build_id(), BUILD_ID);
+
+    match plugin.configure(json!({"machin": "q35", "accel": "tcg"})) {
+        Err(ConfigureError::Rejected(problems)) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].key, "machin");
+            assert_eq!(problems[0].message, "unknown key");
+            assert!(problems[0].fix.contains("`machine`"), "{}", problems[0].fix);
+        }
+        Err(other) => panic!("expected Rejected, got {other}"),
+        Ok(_) => panic!("an unknown key was accepted"),
+    }
+
+    let hv = match plugin.configure(json!({"accel": "tcg"})) {
+        Ok(hv) => hv,
+        Err(e) => panic!("a valid table was refused: {e}"),
+    };
+    assert_eq!(hv.name(), "qemu");
+    assert!(hv.capabilities().block_disks);
+    assert!(!hv.capabilities().pause);
+    let report = hv.probe().await;
+    if Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        assert!(report.usable, "{report:?}");
+        assert_eq!(report.details.get("accel").map(String::as_str), Some("tcg"));
+    } else {
+        assert!(!report.usable, "{report:?}");
+    }
+    // Errors from inside the plugin cross the boundary typed.
+    match hv.launch(spec()).await {
+        Err(HypervisorError::InvalidSpec(m)) => assert!(m.contains("/nonexistent/vmlinux"), "{m}"),
+        Err(other) => panic!("expected InvalidSpec, got {other:?}"),
+        Ok(_) => panic!("launched a VM from a nonexistent kernel"),
+    }
+}
