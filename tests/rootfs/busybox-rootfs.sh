@@ -9,6 +9,7 @@ bb=/bin/busybox
 [ -x "$bb" ] && "$bb" --list >/dev/null 2>&1 || { echo "busybox-rootfs: $bb missing: apt-get install busybox-static" >&2; exit 1; }
 file -L "$bb" 2>/dev/null | grep -q 'statically linked' || ldd "$bb" 2>&1 | grep -q 'not a dynamic' || {
   echo "busybox-rootfs: $bb is not static: apt-get install busybox-static" >&2; exit 1; }
+mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d "${out%/}.XXXX")
 mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,etc,root,tmp,proc,sys,dev,home/user}
 chmod 1777 "$tmp/tmp"
@@ -27,6 +28,12 @@ user:x:1000:
 nogroup:x:65534:
 GR
 chown 1000:1000 "$tmp/home/user"
+# A program that dies of a real signal: the container's first process is PID 1
+# of its namespace, which signals sent from inside (`kill -9 $$`) cannot kill,
+# but a fault can.
+printf 'int main(void) { *(volatile int *)0 = 1; return 0; }\n' > "$tmp/segv.c"
+cc -static -O0 -o "$tmp/bin/segv" "$tmp/segv.c"
+rm "$tmp/segv.c"
 echo "hypercontainer test image" > "$tmp/etc/motd"
 rm -rf "$out"
 mv "$tmp" "$out"

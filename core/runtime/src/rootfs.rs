@@ -9,6 +9,8 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -33,12 +35,18 @@ pub enum RootfsError {
 #[derive(Debug, Clone)]
 pub struct RootfsStore {
     dir: PathBuf,
+    /// One build at a time in this process: pods of the same new image wait
+    /// for the first build instead of each making their own.
+    build_lock: Arc<Mutex<()>>,
 }
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl RootfsStore {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             dir: state_dir.join("rootfs"),
+            build_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -60,14 +68,22 @@ impl RootfsStore {
         if image.is_file() {
             return Ok((image, false));
         }
+        // The guarded data is (); a panic elsewhere cannot corrupt it.
+        let _guard = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if image.is_file() {
+            return Ok((image, false));
+        }
         let store_err = |source| RootfsError::Store {
             path: self.dir.clone(),
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(store_err)?;
-        // Build under a unique name and rename: concurrent builders of the same
-        // content each produce a whole image and the last rename wins.
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        // Build under a unique name and rename, so a reader never sees half an
+        // image, even with another process building the same content.
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{key}.{}.{n}.tmp", std::process::id()));
         let output = Command::new("mkfs.erofs")
             .arg("-T0")
             .arg(&tmp)

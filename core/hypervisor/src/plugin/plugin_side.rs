@@ -34,6 +34,15 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 fn runtime() -> Result<&'static tokio::runtime::Runtime, HypervisorError> {
     RUNTIME
         .get_or_init(|| {
+            // The plugin has its own copy of `tracing`, which the host's
+            // subscriber cannot see: give it one on the same stderr and filter.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("HYPER_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .try_init();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("hyper-plugin")

@@ -1,0 +1,1096 @@
+//! The protocol server: one poll(2) loop over the channel, SIGCHLD (a
+//! signalfd) and the stdio pipes of every process. Single-threaded, so
+//! forking to start processes is safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_protocol::{
+    AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
+    HostMessage, PodSpec, ProcessSpec, Reply, Request, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use nix::errno::Errno;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+
+use crate::channel::{self, Channel};
+use crate::flow::{Credit, StdinBuffer};
+use crate::log::{debug, log};
+use crate::rootfs::{self, ContainerPaths};
+use crate::spawn::{self, Spawned, Target};
+use crate::sys::{RealSys, Sys};
+
+/// How long a container's disk may take to show up.
+const DISK_WAIT: Duration = Duration::from_secs(5);
+/// How long to leave the channel alone after it reported the host gone:
+/// virtio-serial keeps signalling readable+hangup until the host connects.
+const HOST_RETRY: Duration = Duration::from_millis(50);
+
+pub struct Options {
+    pub pid1: bool,
+    pub run_dir: PathBuf,
+}
+
+type Result<T> = std::result::Result<T, AgentError>;
+
+fn err(kind: AgentErrorKind, message: impl Into<String>) -> AgentError {
+    AgentError::new(kind, message)
+}
+
+/// One guest→host output stream of a process.
+struct Output {
+    stream: u32,
+    /// `None` once the pipe reached EOF and the Eof frame was sent.
+    fd: Option<OwnedFd>,
+    credit: Credit,
+}
+
+struct Process {
+    container: String,
+    id: String,
+    pid: i32,
+    intermediate: i32,
+    stdio: u32,
+    stdin: Option<OwnedFd>,
+    stdin_buf: StdinBuffer,
+    /// stdout, stderr.
+    out: [Output; 2],
+    /// The intermediate's exit status once reaped.
+    status: Option<i32>,
+}
+
+impl Process {
+    fn finished(&self) -> bool {
+        self.status.is_some() && self.out.iter().all(|o| o.fd.is_none())
+    }
+}
+
+struct Container {
+    paths: ContainerPaths,
+    init_pid: i32,
+    init_key: u64,
+    running: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Signals,
+    Channel,
+    Output(u64, usize),
+    Stdin(u64),
+}
+
+pub struct Agent {
+    channel: Channel,
+    decoder: FrameDecoder,
+    signals: SignalFd,
+    containers: BTreeMap<String, Container>,
+    processes: BTreeMap<u64, Process>,
+    next_key: u64,
+    /// Stream id → process: stdin data and stdout credit arrive on `stdio`.
+    stdio_streams: HashMap<u32, u64>,
+    /// Stream id → process: stderr credit.
+    stderr_streams: HashMap<u32, u64>,
+    version: Option<u32>,
+    host_retry_at: Option<Instant>,
+    host_connected: bool,
+    power_off: bool,
+    opts: Options,
+    read_buf: Vec<u8>,
+}
+
+impl Agent {
+    pub fn new(channel: Channel, signals: SignalFd, opts: Options) -> Self {
+        Self {
+            channel,
+            decoder: FrameDecoder::new(),
+            signals,
+            containers: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            next_key: 0,
+            stdio_streams: HashMap::new(),
+            stderr_streams: HashMap::new(),
+            version: None,
+            host_retry_at: None,
+            host_connected: true,
+            power_off: false,
+            opts,
+            read_buf: vec![0; 64 * 1024],
+        }
+    }
+
+    pub fn send_ready(&mut self) {
+        use hyper_protocol::capability::{EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE};
+        self.channel.send_message(&GuestMessage::Ready {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE]
+                .map(String::from)
+                .to_vec(),
+            agent: format!("hyperstart {}", env!("CARGO_PKG_VERSION")),
+        });
+    }
+
+    pub fn run(&mut self) -> ! {
+        loop {
+            self.poll_once();
+        }
+    }
+
+    fn poll_once(&mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut slots = Vec::new();
+        let mut add = |fd: RawFd, events: libc::c_short, slot: Slot| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            slots.push(slot);
+        };
+        add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        let mut timeout: libc::c_int = -1;
+        match self.host_retry_at {
+            Some(at) if at > Instant::now() => {
+                let left = at.saturating_duration_since(Instant::now());
+                timeout = libc::c_int::try_from(left.as_millis())
+                    .unwrap_or(libc::c_int::MAX)
+                    .max(1);
+            }
+            _ => {
+                self.host_retry_at = None;
+                add(self.channel.raw_fd(), libc::POLLIN, Slot::Channel);
+            }
+        }
+        for (&key, p) in &self.processes {
+            for (i, out) in p.out.iter().enumerate() {
+                // Without credit the stream is left out of the poll set: the
+                // pipe fills and the process blocks, which is the point.
+                if let (Some(fd), true) = (&out.fd, out.credit.has_credit()) {
+                    add(fd.as_raw_fd(), libc::POLLIN, Slot::Output(key, i));
+                }
+            }
+            if let (Some(fd), false) = (&p.stdin, p.stdin_buf.is_empty()) {
+                add(fd.as_raw_fd(), libc::POLLOUT, Slot::Stdin(key));
+            }
+        }
+
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds
+        // that outlives the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = Errno::last();
+            if e != Errno::EINTR {
+                log!("poll: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
+        for (pfd, slot) in fds.iter().zip(slots) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match slot {
+                Slot::Signals => self.reap(),
+                Slot::Channel => self.channel_ready(pfd.revents),
+                Slot::Output(key, i) => self.forward_output(key, i),
+                Slot::Stdin(key) => self.write_stdin(key),
+            }
+            if self.power_off {
+                self.do_power_off();
+            }
+        }
+        self.send_exits();
+    }
+
+    // ----- the channel -------------------------------------------------
+
+    fn channel_ready(&mut self, revents: libc::c_short) {
+        if revents & libc::POLLIN != 0 {
+            match self.channel.read(&mut self.read_buf) {
+                Ok(0) => self.host_gone(),
+                Ok(n) => {
+                    if !self.host_connected {
+                        debug!("host connected");
+                        self.host_connected = true;
+                    }
+                    let first = self.decoder.push(&self.read_buf[..n]);
+                    self.handle_frames(first);
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(e) => {
+                    log!("reading the channel: {e}");
+                    self.host_gone();
+                }
+            }
+        } else if revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            self.host_gone();
+        }
+    }
+
+    /// virtio-serial reports EOF/hangup while no host is connected; wait for
+    /// one instead of exiting. A partial frame from a previous connection
+    /// would desynchronise the next, so drop it.
+    fn host_gone(&mut self) {
+        if self.host_connected {
+            debug!("host not connected; waiting");
+            self.host_connected = false;
+        }
+        self.decoder = FrameDecoder::new();
+        self.host_retry_at = Some(Instant::now() + HOST_RETRY);
+    }
+
+    fn handle_frames(
+        &mut self,
+        first: std::result::Result<Option<Frame>, hyper_protocol::FrameError>,
+    ) {
+        let mut next = first;
+        loop {
+            match next {
+                Ok(Some(frame)) => self.handle_frame(frame),
+                Ok(None) => return,
+                Err(e) => {
+                    log!("malformed frame from the host ({e}); resetting the decoder");
+                    self.decoder = FrameDecoder::new();
+                    return;
+                }
+            }
+            if self.power_off {
+                return;
+            }
+            next = self.decoder.next_frame();
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) {
+        match frame.kind {
+            FrameKind::Control => self.handle_control(&frame.payload),
+            FrameKind::Data => self.stdin_data(frame.stream, &frame.payload),
+            FrameKind::Eof => self.stdin_eof(frame.stream),
+            FrameKind::Credit => {
+                let bytes = frame.credit_bytes().unwrap_or(0);
+                let target = match (
+                    self.stdio_streams.get(&frame.stream),
+                    self.stderr_streams.get(&frame.stream),
+                ) {
+                    (Some(&key), _) => Some((key, 0)),
+                    (None, Some(&key)) => Some((key, 1)),
+                    (None, None) => None,
+                };
+                if let Some((key, i)) = target {
+                    if let Some(p) = self.processes.get_mut(&key) {
+                        p.out[i].credit.grant(bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_control(&mut self, payload: &[u8]) {
+        match serde_json::from_slice::<HostMessage>(payload) {
+            Ok(msg) => {
+                debug!("request {}: {}", msg.id, request_name(&msg.request));
+                let result = self.handle_request(msg.request);
+                if let Err(e) = &result {
+                    debug!("request {} failed: {}", msg.id, e.message);
+                }
+                self.channel
+                    .send_message(&GuestMessage::Response { id: msg.id, result });
+            }
+            Err(e) => {
+                log!("cannot decode a request: {e}");
+                // Answer it if it has an id, so the host is not left waiting.
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+                if let Some(id) = id {
+                    let result = Err(err(
+                        AgentErrorKind::InvalidRequest,
+                        format!("cannot decode the request: {e}"),
+                    ));
+                    self.channel
+                        .send_message(&GuestMessage::Response { id, result });
+                }
+            }
+        }
+    }
+
+    // ----- requests ----------------------------------------------------
+
+    fn handle_request(&mut self, request: Request) -> Result<Reply> {
+        match request {
+            Request::Hello {
+                version,
+                capabilities,
+            } => {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                    return Err(err(
+                        AgentErrorKind::InvalidRequest,
+                        format!(
+                            "protocol version {version} is not supported: this hyperstart speaks \
+                             {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+                        ),
+                    ));
+                }
+                debug!("host speaks version {version}, capabilities {capabilities:?}");
+                self.version = Some(version);
+                Ok(Reply::Ok)
+            }
+            Request::Ping => Ok(Reply::Pong),
+            Request::StartPod(PodSpec { hostname }) => {
+                if !hostname.is_empty() {
+                    set_hostname(&hostname)?;
+                }
+                Ok(Reply::Ok)
+            }
+            Request::NewContainer(spec) => self.new_container(spec),
+            Request::Exec { container, process } => self.exec(&container, process),
+            Request::Signal {
+                container,
+                process,
+                signal,
+            } => self.signal(&container, &process, signal),
+            Request::WindowSize {
+                container, process, ..
+            } => {
+                self.find_process(&container, &process)?;
+                Err(err(
+                    AgentErrorKind::InvalidRequest,
+                    format!("process {process} has no terminal"),
+                ))
+            }
+            Request::RemoveContainer { container } => self.remove_container(&container),
+            Request::DestroyPod => {
+                self.destroy_pod();
+                Ok(Reply::Ok)
+            }
+        }
+    }
+
+    fn new_container(&mut self, spec: ContainerSpec) -> Result<Reply> {
+        validate_container_id(&spec.id)?;
+        if self.containers.contains_key(&spec.id) {
+            return Err(err(
+                AgentErrorKind::AlreadyExists,
+                format!("container {} already exists", spec.id),
+            ));
+        }
+        if spec.hostname.len() > 64 || spec.hostname.contains('\0') {
+            return Err(err(AgentErrorKind::InvalidRequest, "invalid hostname"));
+        }
+        let fstype = &spec.rootfs.fstype;
+        if fstype.is_empty()
+            || !fstype
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("invalid filesystem type {fstype:?}"),
+            ));
+        }
+        self.validate_process(&spec.id, &spec.process)?;
+
+        let device = wait_for_disk(&spec.rootfs.disk_id).ok_or_else(|| {
+            err(
+                AgentErrorKind::NotFound,
+                format!(
+                    "no disk with id {:?} (no block device has that serial)",
+                    spec.rootfs.disk_id
+                ),
+            )
+        })?;
+        let paths = ContainerPaths::new(&self.opts.run_dir, &spec.id);
+        rootfs::mount_container_rootfs(&mut RealSys, &paths, &device, fstype).map_err(|e| {
+            err(
+                AgentErrorKind::Failed,
+                format!("mounting the container's rootfs: {e}"),
+            )
+        })?;
+        let target = Target::NewContainer {
+            root: &paths.root,
+            hostname: &spec.hostname,
+        };
+        let spawned = match spawn::spawn(target, &spec.process) {
+            Ok(s) => s,
+            Err(e) => {
+                for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
+                    log!("cleaning up container {}: {e}", spec.id);
+                }
+                return Err(e);
+            }
+        };
+        let pid = spawned.pid;
+        debug!("container {} started, init pid {pid}", spec.id);
+        let key = self.add_process(&spec.id, &spec.process, spawned);
+        self.containers.insert(
+            spec.id,
+            Container {
+                paths,
+                init_pid: pid,
+                init_key: key,
+                running: true,
+            },
+        );
+        Ok(Reply::Started { pid })
+    }
+
+    fn exec(&mut self, container: &str, process: ProcessSpec) -> Result<Reply> {
+        let init_pid = match self.containers.get(container) {
+            None => {
+                return Err(err(
+                    AgentErrorKind::NotFound,
+                    format!("no container {container}"),
+                ))
+            }
+            Some(c) if !c.running => {
+                return Err(err(
+                    AgentErrorKind::Failed,
+                    format!("container {container} is not running"),
+                ))
+            }
+            Some(c) => c.init_pid,
+        };
+        self.validate_process(container, &process)?;
+        let spawned = spawn::spawn(Target::Join { init_pid }, &process)?;
+        let pid = spawned.pid;
+        debug!("process {} started in {container}, pid {pid}", process.id);
+        self.add_process(container, &process, spawned);
+        Ok(Reply::Started { pid })
+    }
+
+    fn validate_process(&self, container: &str, p: &ProcessSpec) -> Result<()> {
+        let invalid = |m: String| Err(err(AgentErrorKind::InvalidRequest, m));
+        if p.id.is_empty() {
+            return invalid("the process has no id".into());
+        }
+        if p.args.is_empty() {
+            return invalid("the process has no command".into());
+        }
+        if p.terminal {
+            return invalid("terminal (tty) processes are not supported by this hyperstart".into());
+        }
+        if p.stdio == 0 || p.stderr == 0 || p.stdio == p.stderr {
+            return invalid(format!("invalid stream ids {} and {}", p.stdio, p.stderr));
+        }
+        let in_use =
+            |s: u32| self.stdio_streams.contains_key(&s) || self.stderr_streams.contains_key(&s);
+        if in_use(p.stdio) || in_use(p.stderr) {
+            return invalid(format!(
+                "stream {} or {} is already in use",
+                p.stdio, p.stderr
+            ));
+        }
+        if self
+            .processes
+            .values()
+            .any(|q| q.container == container && q.id == p.id)
+        {
+            return Err(err(
+                AgentErrorKind::AlreadyExists,
+                format!("process {} already exists in {container}", p.id),
+            ));
+        }
+        Ok(())
+    }
+
+    fn add_process(&mut self, container: &str, spec: &ProcessSpec, s: Spawned) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.stdio_streams.insert(spec.stdio, key);
+        self.stderr_streams.insert(spec.stderr, key);
+        self.processes.insert(
+            key,
+            Process {
+                container: container.to_string(),
+                id: spec.id.clone(),
+                pid: s.pid,
+                intermediate: s.intermediate,
+                stdio: spec.stdio,
+                stdin: Some(s.stdin),
+                stdin_buf: StdinBuffer::default(),
+                out: [
+                    Output {
+                        stream: spec.stdio,
+                        fd: Some(s.stdout),
+                        credit: Credit::default(),
+                    },
+                    Output {
+                        stream: spec.stderr,
+                        fd: Some(s.stderr),
+                        credit: Credit::default(),
+                    },
+                ],
+                status: None,
+            },
+        );
+        key
+    }
+
+    fn find_process(&self, container: &str, process: &str) -> Result<&Process> {
+        self.processes
+            .values()
+            .find(|p| p.container == container && p.id == process)
+            .ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!("no process {process} in container {container}"),
+                )
+            })
+    }
+
+    fn signal(&mut self, container: &str, process: &str, signal: i32) -> Result<Reply> {
+        if !(0..=64).contains(&signal) {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("invalid signal {signal}"),
+            ));
+        }
+        let p = self.find_process(container, process)?;
+        if p.status.is_some() {
+            return Err(err(
+                AgentErrorKind::NotFound,
+                format!("process {process} has exited"),
+            ));
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        if unsafe { libc::kill(p.pid, signal) } != 0 {
+            let e = Errno::last();
+            let kind = if e == Errno::ESRCH {
+                AgentErrorKind::NotFound
+            } else {
+                AgentErrorKind::Failed
+            };
+            return Err(err(kind, format!("signalling process {process}: {e}")));
+        }
+        Ok(Reply::Ok)
+    }
+
+    fn kill_processes(&self, container: Option<&str>) {
+        for p in self.processes.values() {
+            if p.status.is_none() && container.is_none_or(|c| c == p.container) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    fn remove_container(&mut self, container: &str) -> Result<Reply> {
+        let Some(c) = self.containers.remove(container) else {
+            return Err(err(
+                AgentErrorKind::NotFound,
+                format!("no container {container}"),
+            ));
+        };
+        // Their exits are still reported, after their output, as usual.
+        self.kill_processes(Some(container));
+        for e in rootfs::unmount_container_rootfs(&mut RealSys, &c.paths) {
+            log!("removing container {container}: {e}");
+        }
+        Ok(Reply::Ok)
+    }
+
+    fn destroy_pod(&mut self) {
+        self.kill_processes(None);
+        for (id, c) in std::mem::take(&mut self.containers) {
+            for e in rootfs::unmount_container_rootfs(&mut RealSys, &c.paths) {
+                log!("removing container {id}: {e}");
+            }
+        }
+        nix::unistd::sync();
+        // The reply goes out first; the loop powers off right after.
+        self.power_off = true;
+    }
+
+    fn do_power_off(&mut self) {
+        self.channel.drain();
+        if !self.opts.pid1 {
+            log!("pod destroyed; exiting");
+            std::process::exit(0);
+        }
+        nix::unistd::sync();
+        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        log!("power off failed: {e}");
+        self.power_off = false;
+    }
+
+    // ----- processes ---------------------------------------------------
+
+    fn stdin_data(&mut self, stream: u32, data: &[u8]) {
+        let Some(p) = self
+            .stdio_streams
+            .get(&stream)
+            .and_then(|k| self.processes.get_mut(k))
+        else {
+            debug!("stdin data for unknown stream {stream}");
+            return;
+        };
+        if p.stdin.is_none() || p.stdin_buf.eof {
+            // Nobody will read it: hand the credit straight back.
+            let credit = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            if credit > 0 {
+                self.channel.send(&Frame::credit(stream, credit));
+            }
+            return;
+        }
+        let dropped = p.stdin_buf.push(data);
+        if dropped > 0 {
+            log!("host overran the stdin window of stream {stream}; dropped {dropped} bytes");
+        }
+    }
+
+    fn stdin_eof(&mut self, stream: u32) {
+        if let Some(p) = self
+            .stdio_streams
+            .get(&stream)
+            .and_then(|k| self.processes.get_mut(k))
+        {
+            p.stdin_buf.eof = true;
+            if p.stdin_buf.is_empty() {
+                p.stdin = None;
+            }
+        }
+    }
+
+    fn write_stdin(&mut self, key: u64) {
+        let Some(p) = self.processes.get_mut(&key) else {
+            return;
+        };
+        let Some(fd) = &p.stdin else { return };
+        let credit = match nix::unistd::write(fd, p.stdin_buf.pending()) {
+            Ok(n) => p.stdin_buf.consumed(n),
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(e) => {
+                // EPIPE: the process closed its stdin; nothing more goes in.
+                debug!("stdin of {}: {e}", p.id);
+                p.stdin = None;
+                p.stdin_buf.discard()
+            }
+        };
+        if p.stdin_buf.is_empty() && p.stdin_buf.eof {
+            p.stdin = None;
+        }
+        let stream = p.stdio;
+        if credit > 0 {
+            self.channel.send(&Frame::credit(stream, credit));
+        }
+    }
+
+    fn forward_output(&mut self, key: u64, i: usize) {
+        let Some(out) = self.processes.get_mut(&key).map(|p| &mut p.out[i]) else {
+            return;
+        };
+        let Some(fd) = &out.fd else { return };
+        let mut buf = vec![0u8; out.credit.read_limit()];
+        if buf.is_empty() {
+            return;
+        }
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => {
+                out.fd = None;
+                self.channel.send(&Frame::eof(out.stream));
+            }
+            Ok(n) => {
+                out.credit.consume(n);
+                buf.truncate(n);
+                self.channel.send(&Frame::data(out.stream, buf));
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(e) => {
+                log!("reading output stream {}: {e}", out.stream);
+                out.fd = None;
+                self.channel.send(&Frame::eof(out.stream));
+            }
+        }
+    }
+
+    /// Reaps every exited child. hyperstart is PID 1, so that includes
+    /// orphans re-parented to it, which are simply discarded.
+    fn reap(&mut self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+        loop {
+            let (pid, status) = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), 128 + signal as i32),
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let Some((&key, p)) = self
+                .processes
+                .iter_mut()
+                .find(|(_, p)| p.intermediate == pid && p.status.is_none())
+            else {
+                continue;
+            };
+            debug!("process {} of {} exited with {status}", p.id, p.container);
+            p.status = Some(status);
+            if let Some(c) = self.containers.get_mut(&p.container) {
+                if c.init_key == key {
+                    c.running = false;
+                }
+            }
+        }
+    }
+
+    /// Reports exits whose output has been fully sent, so a process's output
+    /// always precedes its exit event.
+    fn send_exits(&mut self) {
+        let done: Vec<u64> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.finished())
+            .map(|(&k, _)| k)
+            .collect();
+        for key in done {
+            let Some(p) = self.processes.remove(&key) else {
+                continue;
+            };
+            self.stdio_streams.remove(&p.stdio);
+            self.stderr_streams.remove(&p.out[1].stream);
+            self.channel.send_message(&GuestMessage::ProcessExit {
+                container: p.container,
+                process: p.id,
+                status: p.status.unwrap_or(255),
+            });
+        }
+    }
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "hello",
+        Request::Ping => "ping",
+        Request::StartPod(_) => "start_pod",
+        Request::NewContainer(_) => "new_container",
+        Request::Exec { .. } => "exec",
+        Request::Signal { .. } => "signal",
+        Request::WindowSize { .. } => "window_size",
+        Request::RemoveContainer { .. } => "remove_container",
+        Request::DestroyPod => "destroy_pod",
+    }
+}
+
+fn set_hostname(name: &str) -> Result<()> {
+    if name.len() > 64 || name.contains('\0') {
+        return Err(err(AgentErrorKind::InvalidRequest, "invalid hostname"));
+    }
+    RealSys
+        .sethostname(name)
+        .map_err(|e| err(AgentErrorKind::Failed, e.to_string()))
+}
+
+/// Container ids become path components and overlay mount options, where
+/// `/`, `,` and `:` would change the meaning.
+pub fn validate_container_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            AgentErrorKind::InvalidRequest,
+            format!("invalid container id {id:?}"),
+        ))
+    }
+}
+
+fn wait_for_disk(disk_id: &str) -> Option<PathBuf> {
+    let deadline = Instant::now() + DISK_WAIT;
+    loop {
+        if let Some(dev) = channel::find_disk(Path::new("/sys/block"), Path::new("/dev"), disk_id) {
+            return Some(dev);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use hyper_protocol::{INITIAL_WINDOW, MAX_DATA_PAYLOAD};
+    use nix::sys::signal::SigSet;
+    use nix::sys::signalfd::SfdFlags;
+
+    use super::*;
+
+    /// An agent on one end of a socketpair; the test plays the host.
+    fn agent() -> (Agent, UnixStream) {
+        let (guest, host) = UnixStream::pair().unwrap();
+        let signals = SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_NONBLOCK).unwrap();
+        let opts = Options { pid1: false, run_dir: std::env::temp_dir() };
+        host.set_nonblocking(true).unwrap();
+        (Agent::new(Channel::from_fd(OwnedFd::from(guest)), signals, opts), host)
+    }
+
+    fn host_send(agent: &mut Agent, host: &mut UnixStream, bytes: &[u8]) {
+        host.write_all(bytes).unwrap();
+        agent.channel_ready(libc::POLLIN);
+    }
+
+    fn request(agent: &mut Agent, host: &mut UnixStream, id: u64, request: Request) {
+        let payload = serde_json::to_vec(&HostMessage { id, request }).unwrap();
+        host_send(agent, host, &Frame::control(payload).encode());
+    }
+
+    /// Every frame the agent has written so far.
+    fn frames(host: &mut UnixStream) -> Vec<Frame> {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = host.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut out = Vec::new();
+        let mut next = decoder.push(&bytes);
+        while let Ok(Some(frame)) = next {
+            out.push(frame);
+            next = decoder.next_frame();
+        }
+        out
+    }
+
+    fn messages(host: &mut UnixStream) -> Vec<GuestMessage> {
+        frames(host)
+            .into_iter()
+            .filter(|f| f.kind == FrameKind::Control)
+            .map(|f| serde_json::from_slice(&f.payload).unwrap())
+            .collect()
+    }
+
+    fn response(host: &mut UnixStream) -> (u64, Result<Reply>) {
+        match messages(host).pop() {
+            Some(GuestMessage::Response { id, result }) => (id, result),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn spec(id: &str, stdio: u32) -> ProcessSpec {
+        ProcessSpec {
+            id: id.into(),
+            args: vec!["sh".into()],
+            env: vec![],
+            workdir: "/".into(),
+            user: String::new(),
+            terminal: false,
+            stdio,
+            stderr: stdio + 1,
+        }
+    }
+
+    #[test]
+    fn ready_advertises_versions_and_capabilities() {
+        let (mut a, mut host) = agent();
+        a.send_ready();
+        match messages(&mut host).as_slice() {
+            [GuestMessage::Ready { min_version, max_version, capabilities, agent }] => {
+                assert_eq!((*min_version, *max_version), (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION));
+                assert!(capabilities.iter().any(|c| c == "flow-control"));
+                assert!(agent.starts_with("hyperstart "));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_answered_with_their_id() {
+        let (mut a, mut host) = agent();
+        request(&mut a, &mut host, 7, Request::Ping);
+        assert_eq!(response(&mut host), (7, Ok(Reply::Pong)));
+        request(&mut a, &mut host, 8, Request::Hello { version: 1, capabilities: vec![] });
+        assert_eq!(response(&mut host), (8, Ok(Reply::Ok)));
+        request(&mut a, &mut host, 9, Request::Hello { version: 99, capabilities: vec![] });
+        assert_eq!(response(&mut host).1.unwrap_err().kind, AgentErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_not_fatal() {
+        let (mut a, mut host) = agent();
+        let refused = |a: &mut Agent, host: &mut UnixStream, r: Request| {
+            request(a, host, 1, r);
+            response(host).1.unwrap_err().kind
+        };
+        let exec = Request::Exec { container: "nope".into(), process: spec("p", 2) };
+        assert_eq!(refused(&mut a, &mut host, exec), AgentErrorKind::NotFound);
+        let signal = Request::Signal { container: "c".into(), process: "p".into(), signal: 9 };
+        assert_eq!(refused(&mut a, &mut host, signal), AgentErrorKind::NotFound);
+        let winsize = Request::WindowSize { container: "c".into(), process: "p".into(), rows: 1, cols: 1 };
+        assert_eq!(refused(&mut a, &mut host, winsize), AgentErrorKind::NotFound);
+        let remove = Request::RemoveContainer { container: "c".into() };
+        assert_eq!(refused(&mut a, &mut host, remove), AgentErrorKind::NotFound);
+        let container = |id: &str, process: ProcessSpec| {
+            Request::NewContainer(ContainerSpec {
+                id: id.into(),
+                rootfs: hyper_protocol::RootfsSpec { disk_id: "d".into(), fstype: "erofs".into() },
+                hostname: "h".into(),
+                process,
+            })
+        };
+        for bad in [
+            container("../x", spec("p", 2)),
+            container("c", ProcessSpec { terminal: true, ..spec("p", 2) }),
+            container("c", ProcessSpec { args: vec![], ..spec("p", 2) }),
+            container("c", ProcessSpec { stderr: 2, ..spec("p", 2) }),
+            container("c", ProcessSpec { stdio: 0, ..spec("p", 2) }),
+        ] {
+            assert_eq!(refused(&mut a, &mut host, bad), AgentErrorKind::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn undecodable_requests_get_an_error_when_they_have_an_id() {
+        let (mut a, mut host) = agent();
+        host_send(&mut a, &mut host, &Frame::control(br#"{"id":5,"request":"reboot"}"#.to_vec()).encode());
+        let (id, result) = response(&mut host);
+        assert_eq!((id, result.unwrap_err().kind), (5, AgentErrorKind::InvalidRequest));
+        host_send(&mut a, &mut host, &Frame::control(b"{not json".to_vec()).encode());
+        assert!(frames(&mut host).is_empty());
+    }
+
+    #[test]
+    fn a_malformed_frame_resets_the_decoder() {
+        let (mut a, mut host) = agent();
+        host_send(&mut a, &mut host, &[9, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert!(frames(&mut host).is_empty());
+        request(&mut a, &mut host, 3, Request::Ping);
+        assert_eq!(response(&mut host), (3, Ok(Reply::Pong)));
+        // Stray stdio frames for streams nobody owns are ignored.
+        host_send(&mut a, &mut host, &Frame::credit(77, 5).encode());
+        host_send(&mut a, &mut host, &Frame::eof(77).encode());
+        host_send(&mut a, &mut host, &Frame::data(77, b"x".to_vec()).encode());
+        request(&mut a, &mut host, 4, Request::Ping);
+        assert_eq!(response(&mut host), (4, Ok(Reply::Pong)));
+    }
+
+    #[test]
+    fn host_hangup_backs_off_instead_of_exiting() {
+        let (mut a, _host) = agent();
+        a.channel_ready(libc::POLLHUP);
+        assert!(a.host_retry_at.is_some());
+        assert!(!a.host_connected);
+    }
+
+    /// A process made of plain pipes, to drive the stdio plumbing.
+    struct FakeProcess {
+        key: u64,
+        stdin: OwnedFd,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    }
+
+    fn fake_process(a: &mut Agent, id: &str, stdio: u32) -> FakeProcess {
+        let (stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
+        let (stdout_r, stdout_w) = nix::unistd::pipe().unwrap();
+        let (stderr_r, stderr_w) = nix::unistd::pipe().unwrap();
+        for fd in [&stdin_w, &stdout_r, &stderr_r] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        }
+        let spawned = Spawned { pid: -1, intermediate: -1, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
+        let key = a.add_process("c", &spec(id, stdio), spawned);
+        FakeProcess { key, stdin: stdin_r, stdout: Some(stdout_w), stderr: Some(stderr_w) }
+    }
+
+    #[test]
+    fn output_is_sent_within_credit_and_precedes_the_exit() {
+        let (mut a, mut host) = agent();
+        let mut p = fake_process(&mut a, "p", 10);
+        let stdout = p.stdout.take().unwrap();
+        let big = vec![b'o'; 60_000];
+        let mut written = 0;
+        // More than the initial window: the rest waits for credit.
+        while written < INITIAL_WINDOW as usize + 100_000 {
+            let n = nix::unistd::write(&stdout, &big).unwrap_or(0);
+            written += n;
+            a.forward_output(p.key, 0);
+        }
+        drop(stdout);
+        drop(p.stderr.take());
+        a.processes.get_mut(&p.key).unwrap().status = Some(3);
+        for _ in 0..100 {
+            a.forward_output(p.key, 0);
+            a.forward_output(p.key, 1);
+            a.send_exits();
+        }
+        let sent: usize = frames(&mut host).iter().filter(|f| f.kind == FrameKind::Data).map(|f| f.payload.len()).sum();
+        assert_eq!(sent, INITIAL_WINDOW as usize, "no more than the window without credit");
+        assert!(frames(&mut host).is_empty());
+
+        host_send(&mut a, &mut host, &Frame::credit(10, u32::MAX).encode());
+        for _ in 0..100 {
+            a.forward_output(p.key, 0);
+            a.send_exits();
+        }
+        let frames = frames(&mut host);
+        assert!(frames.iter().all(|f| f.payload.len() <= MAX_DATA_PAYLOAD));
+        let data: usize = frames.iter().filter(|f| f.kind == FrameKind::Data).map(|f| f.payload.len()).sum();
+        assert_eq!(sent + data, written);
+        let kinds: Vec<_> = frames.iter().map(|f| (f.kind, f.stream)).collect();
+        let exit = kinds.iter().position(|k| k.0 == FrameKind::Control).unwrap();
+        assert_eq!(exit, kinds.len() - 1, "the exit comes last");
+        assert!(kinds.contains(&(FrameKind::Eof, 10)));
+        let msg: GuestMessage = serde_json::from_slice(&frames[exit].payload).unwrap();
+        assert_eq!(msg, GuestMessage::ProcessExit { container: "c".into(), process: "p".into(), status: 3 });
+        assert!(a.processes.is_empty() && a.stdio_streams.is_empty() && a.stderr_streams.is_empty());
+    }
+
+    #[test]
+    fn stdin_is_written_and_credited_then_closed_on_eof() {
+        let (mut a, mut host) = agent();
+        let p = fake_process(&mut a, "p", 20);
+        host_send(&mut a, &mut host, &Frame::data(20, b"hello ".to_vec()).encode());
+        host_send(&mut a, &mut host, &Frame::data(20, b"world".to_vec()).encode());
+        host_send(&mut a, &mut host, &Frame::eof(20).encode());
+        a.write_stdin(p.key);
+        assert_eq!(frames(&mut host), vec![Frame::credit(20, 11)]);
+        let mut got = String::new();
+        std::fs::File::from(p.stdin).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello world", "and EOF after it");
+        // Late data is credited straight back.
+        host_send(&mut a, &mut host, &Frame::data(20, b"late".to_vec()).encode());
+        assert_eq!(frames(&mut host), vec![Frame::credit(20, 4)]);
+    }
+
+    #[test]
+    fn stream_ids_and_process_ids_must_be_unique() {
+        let (mut a, _host) = agent();
+        fake_process(&mut a, "p", 30);
+        assert_eq!(a.validate_process("c", &spec("q", 30)).unwrap_err().kind, AgentErrorKind::InvalidRequest);
+        assert_eq!(a.validate_process("c", &spec("q", 29)).unwrap_err().kind, AgentErrorKind::InvalidRequest);
+        assert_eq!(a.validate_process("c", &spec("p", 40)).unwrap_err().kind, AgentErrorKind::AlreadyExists);
+        assert!(a.validate_process("other", &spec("p", 40)).is_ok());
+    }
+
+    #[test]
+    fn container_ids_are_safe_path_components() {
+        for id in ["c1", "0a1b2c3d4e5f", "web_1.v2-x"] {
+            assert!(validate_container_id(id).is_ok(), "{id}");
+        }
+        for id in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a,b",
+            "a:b",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_container_id(id).is_err(), "{id}");
+        }
+    }
+}

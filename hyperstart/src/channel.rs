@@ -1,0 +1,250 @@
+//! The host-facing channel: finding and opening it, and writing frames.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_protocol::{Frame, GuestMessage};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::cmdline::ChannelSpec;
+use crate::log::log;
+
+pub const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+
+/// The device node of the virtio-serial port called `name`
+/// (`/sys/class/virtio-ports/vport0p1/name` → `/dev/vport0p1`).
+pub fn find_port(ports_dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(ports_dir)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let found = std::fs::read_to_string(entry.path().join("name")).ok()?;
+            (found.trim_end() == name).then(|| Path::new("/dev").join(entry.file_name()))
+        })
+}
+
+fn resolve(spec: &ChannelSpec) -> Option<PathBuf> {
+    let path = match spec {
+        ChannelSpec::Device(path) => path.clone(),
+        ChannelSpec::Port(name) => find_port(Path::new(VIRTIO_PORTS), name)?,
+    };
+    path.exists().then_some(path)
+}
+
+pub struct Channel {
+    fd: OwnedFd,
+    tty: bool,
+    write_errors: u64,
+}
+
+impl Channel {
+    /// Opens the channel, waiting up to `wait` for it to appear: a
+    /// virtio-serial port's name arrives from the host some time after the
+    /// device is probed.
+    pub fn open(spec: &ChannelSpec, wait: Duration) -> Result<Self, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let last_error = match resolve(spec) {
+                Some(path) => {
+                    match nix::fcntl::open(
+                        &path,
+                        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+                        Mode::empty(),
+                    ) {
+                        Ok(fd) => return Ok(Self::from_fd(fd)),
+                        Err(e) => format!("cannot open {}: {e}", path.display()),
+                    }
+                }
+                None => format!("channel {spec:?} not found"),
+            };
+            if Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        let tty = nix::unistd::isatty(&fd).unwrap_or(false);
+        if tty {
+            // A tty (hvc, ttyS) must pass bytes through untouched: no echo,
+            // no line editing, no CR/LF translation.
+            match nix::sys::termios::tcgetattr(&fd) {
+                Ok(mut t) => {
+                    nix::sys::termios::cfmakeraw(&mut t);
+                    if let Err(e) =
+                        nix::sys::termios::tcsetattr(&fd, nix::sys::termios::SetArg::TCSANOW, &t)
+                    {
+                        log!("cannot set the channel tty to raw mode: {e}");
+                    }
+                }
+                Err(e) => log!("cannot read the channel tty's settings: {e}"),
+            }
+        }
+        Self {
+            fd,
+            tty,
+            write_errors: 0,
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn read(&self, buf: &mut [u8]) -> nix::Result<usize> {
+        nix::unistd::read(&self.fd, buf)
+    }
+
+    /// Writes a whole frame. The fd is blocking: until the host connects a
+    /// virtio-serial write waits, which is what we want. Errors are logged
+    /// (a few) and otherwise ignored, to keep serving.
+    pub fn send(&mut self, frame: &Frame) {
+        if let Err(e) = self.write_all(&frame.encode()) {
+            self.write_errors += 1;
+            if self.write_errors <= 5 || self.write_errors.is_power_of_two() {
+                log!(
+                    "writing to the channel failed ({} times): {e}",
+                    self.write_errors
+                );
+            }
+        }
+    }
+
+    pub fn send_message(&mut self, msg: &GuestMessage) {
+        match serde_json::to_vec(msg) {
+            Ok(payload) => self.send(&Frame::control(payload)),
+            Err(e) => log!("cannot encode a message: {e}"),
+        }
+    }
+
+    fn write_all(&self, mut buf: &[u8]) -> nix::Result<()> {
+        while !buf.is_empty() {
+            match nix::unistd::write(&self.fd, buf) {
+                Ok(0) => return Err(Errno::EIO),
+                Ok(n) => buf = &buf[n..],
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => self.wait_writable(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_writable(&self) {
+        let mut fds = [libc::pollfd {
+            fd: self.raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+    }
+
+    /// Waits until written bytes have left a tty (a no-op for virtio-serial,
+    /// whose writes are already in the host's queue).
+    pub fn drain(&self) {
+        if self.tty {
+            let _ = nix::sys::termios::tcdrain(self.fd.as_fd());
+        }
+    }
+}
+
+/// The block device whose virtio-blk serial is `disk_id`. A path is taken
+/// as is; a bare device name (`vdb`, `xvdb`) is accepted too, for backends
+/// without serials.
+pub fn find_disk(sys_block: &Path, dev: &Path, disk_id: &str) -> Option<PathBuf> {
+    if disk_id.starts_with('/') {
+        let path = PathBuf::from(disk_id);
+        return path.exists().then_some(path);
+    }
+    let by_serial = std::fs::read_dir(sys_block)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let serial = std::fs::read_to_string(entry.path().join("serial")).ok()?;
+            (serial.trim() == disk_id).then(|| entry.file_name())
+        });
+    let name = match by_serial {
+        Some(name) => name,
+        None if plain_name(disk_id) && sys_block.join(disk_id).exists() => disk_id.into(),
+        None => return None,
+    };
+    let node = dev.join(name);
+    node.exists().then_some(node)
+}
+
+fn plain_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hyperstart-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn ports_are_found_by_name() {
+        let dir = scratch("ports");
+        for (port, name) in [
+            ("vport0p0", "org.qemu.guest_agent.0"),
+            ("vport0p1", "sh.hyper.channel.0"),
+        ] {
+            std::fs::create_dir(dir.join(port)).unwrap();
+            std::fs::write(dir.join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        std::fs::create_dir(dir.join("vport1p1")).unwrap(); // no name yet
+        assert_eq!(
+            find_port(&dir, "sh.hyper.channel.0"),
+            Some(PathBuf::from("/dev/vport0p1"))
+        );
+        assert_eq!(find_port(&dir, "sh.hyper"), None);
+        assert_eq!(find_port(&dir.join("missing"), "x"), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn disks_are_found_by_serial() {
+        let dir = scratch("disks");
+        let (sys_block, dev) = (dir.join("block"), dir.join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        for (disk, serial) in [
+            ("vda", Some("hyper-rootfs0\n")),
+            ("vdb", Some("other")),
+            ("sda", None),
+        ] {
+            std::fs::create_dir_all(sys_block.join(disk)).unwrap();
+            if let Some(serial) = serial {
+                std::fs::write(sys_block.join(disk).join("serial"), serial).unwrap();
+            }
+        }
+        // The node is not in /dev yet: keep looking.
+        assert_eq!(find_disk(&sys_block, &dev, "hyper-rootfs0"), None);
+        std::fs::write(dev.join("vda"), "").unwrap();
+        std::fs::write(dev.join("sda"), "").unwrap();
+        assert_eq!(
+            find_disk(&sys_block, &dev, "hyper-rootfs0"),
+            Some(dev.join("vda"))
+        );
+        assert_eq!(find_disk(&sys_block, &dev, "hyper-rootfs1"), None);
+        assert_eq!(find_disk(&sys_block, &dev, "sda"), Some(dev.join("sda")));
+        assert_eq!(find_disk(&sys_block, &dev, "../sda"), None);
+        assert_eq!(find_disk(&sys_block, &dev, ".."), None);
+        let node = dev.join("vda");
+        assert_eq!(
+            find_disk(&sys_block, &dev, &node.to_string_lossy()),
+            Some(node)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,688 @@
+//! Starting a process: a container's init or an exec into a container.
+//!
+//! hyperstart forks an intermediate process, which enters the namespaces
+//! (unshare for a new container, setns for an exec) and forks the real
+//! process. The double fork is what puts the process in the right PID
+//! namespace (unshare/setns of a PID namespace only affect children) while
+//! hyperstart can still reap it: the intermediate stays hyperstart's child,
+//! waits for the process and exits with its status.
+//!
+//! A close-on-exec status pipe reports back: the intermediate writes the
+//! process's pid; a failure before exec writes a tagged error record. EOF
+//! with no error means the exec succeeded.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use hyper_protocol::{AgentError, AgentErrorKind, ProcessSpec};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{ForkResult, Gid, Uid};
+
+use crate::rootfs;
+use crate::sys::{RealSys, Sys};
+use crate::user;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the process goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A container's init: new mount, UTS, IPC and PID namespaces, `root`
+    /// (the mounted overlay) as its `/`.
+    NewContainer { root: &'a Path, hostname: &'a str },
+    /// An exec: the namespaces and root of the container's init.
+    Join { init_pid: i32 },
+}
+
+/// A started process and hyperstart's (non-blocking) ends of its stdio.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The process's pid in hyperstart's PID namespace.
+    pub pid: i32,
+    /// The intermediate process: hyperstart's child, whose exit status is
+    /// the process's.
+    pub intermediate: i32,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+const TAG_PID: u8 = b'P';
+const TAG_ERROR: u8 = b'E';
+/// Keeps every record below PIPE_BUF, so each write(2) is atomic and the
+/// records of the intermediate and the process never interleave.
+const MAX_MESSAGE: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Namespaces, mounts, user, workdir, stdio.
+    Setup = 0,
+    /// execve itself.
+    Exec = 1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildError {
+    pub stage: Stage,
+    pub errno: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    pub pid: Option<i32>,
+    pub error: Option<ChildError>,
+}
+
+fn pid_record(pid: i32) -> [u8; 5] {
+    let b = pid.to_le_bytes();
+    [TAG_PID, b[0], b[1], b[2], b[3]]
+}
+
+fn error_record(stage: Stage, errno: i32, message: &str) -> Vec<u8> {
+    let mut end = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let message = &message.as_bytes()[..end];
+    let mut out = vec![TAG_ERROR, stage as u8];
+    out.extend_from_slice(&errno.to_le_bytes());
+    out.push(message.len() as u8);
+    out.extend_from_slice(message);
+    out
+}
+
+/// Decodes what the children wrote, in whatever order their records
+/// arrived; a truncated or unknown record ends decoding.
+pub fn parse_status(mut bytes: &[u8]) -> StatusReport {
+    let mut report = StatusReport::default();
+    loop {
+        match bytes {
+            [TAG_PID, a, b, c, d, rest @ ..] => {
+                report.pid = Some(i32::from_le_bytes([*a, *b, *c, *d]));
+                bytes = rest;
+            }
+            [TAG_ERROR, stage, a, b, c, d, len, rest @ ..] if rest.len() >= usize::from(*len) => {
+                let (message, rest) = rest.split_at(usize::from(*len));
+                let stage = if *stage == Stage::Exec as u8 {
+                    Stage::Exec
+                } else {
+                    Stage::Setup
+                };
+                report.error.get_or_insert(ChildError {
+                    stage,
+                    errno: i32::from_le_bytes([*a, *b, *c, *d]),
+                    message: String::from_utf8_lossy(message).into_owned(),
+                });
+                bytes = rest;
+            }
+            _ => return report,
+        }
+    }
+}
+
+/// The error the host sees, worded like Docker's.
+pub fn agent_error(err: &ChildError, arg0: &str) -> AgentError {
+    match err.stage {
+        Stage::Exec => match Errno::from_raw(err.errno) {
+            Errno::ENOENT | Errno::ENOTDIR if arg0.contains('/') => AgentError::new(
+                AgentErrorKind::CommandNotFound,
+                format!("exec: \"{arg0}\": stat {arg0}: no such file or directory"),
+            ),
+            Errno::ENOENT | Errno::ENOTDIR => AgentError::new(
+                AgentErrorKind::CommandNotFound,
+                format!("exec: \"{arg0}\": executable file not found in $PATH"),
+            ),
+            errno => AgentError::new(
+                AgentErrorKind::CommandNotExecutable,
+                format!("exec: \"{arg0}\": {}", errno.desc().to_lowercase()),
+            ),
+        },
+        Stage::Setup => AgentError::new(AgentErrorKind::Failed, err.message.clone()),
+    }
+}
+
+/// The process's environment: exactly what was asked for, plus PATH and
+/// HOME when missing (as Docker does).
+pub fn build_env(given: &[String], home: &str) -> Vec<String> {
+    let mut env = given.to_vec();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// PATH as the process will see it (the last definition wins, as in getenv).
+pub fn env_path(env: &[String]) -> &str {
+    env.iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+}
+
+/// The files execvp would try for `arg0`, in order.
+pub fn exec_candidates(arg0: &str, path: &str) -> Vec<String> {
+    if arg0.contains('/') {
+        return vec![arg0.to_string()];
+    }
+    if arg0.is_empty() {
+        return Vec::new();
+    }
+    path.split(':')
+        .map(|dir| {
+            if dir.is_empty() {
+                format!("./{arg0}")
+            } else {
+                format!("{dir}/{arg0}")
+            }
+        })
+        .collect()
+}
+
+fn invalid(message: impl Into<String>) -> AgentError {
+    AgentError::new(AgentErrorKind::InvalidRequest, message)
+}
+
+fn failed(message: impl Into<String>) -> AgentError {
+    AgentError::new(AgentErrorKind::Failed, message)
+}
+
+fn cstrings(items: &[String], what: &str) -> Result<Vec<CString>, AgentError> {
+    items
+        .iter()
+        .map(|s| {
+            CString::new(s.as_bytes()).map_err(|_| invalid(format!("{what} contains a NUL byte")))
+        })
+        .collect()
+}
+
+/// What the children need, validated before forking so bad input is an
+/// error reply rather than a failure inside a child.
+struct Prepared<'a> {
+    args: Vec<CString>,
+    arg0: &'a str,
+    env: &'a [String],
+    workdir: String,
+    user: &'a str,
+}
+
+fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
+    let arg0 = spec
+        .args
+        .first()
+        .ok_or_else(|| invalid("the process has no command"))?;
+    let args = cstrings(&spec.args, "an argument")?;
+    cstrings(&spec.env, "an environment entry")?;
+    let workdir = match spec.workdir.as_str() {
+        "" => "/".to_string(),
+        w if w.starts_with('/') => w.to_string(),
+        w => format!("/{w}"),
+    };
+    if workdir.contains('\0') || spec.user.contains('\0') {
+        return Err(invalid("the workdir or user contains a NUL byte"));
+    }
+    Ok(Prepared {
+        args,
+        arg0,
+        env: &spec.env,
+        workdir,
+        user: &spec.user,
+    })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), AgentError> {
+    let flags =
+        nix::fcntl::fcntl(fd, FcntlArg::F_GETFL).map_err(|e| failed(format!("fcntl: {e}")))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, FcntlArg::F_SETFL(flags))
+        .map(drop)
+        .map_err(|e| failed(format!("fcntl: {e}")))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))
+}
+
+/// Starts `spec` in `target`. Blocks until the process has exec'd or failed
+/// to; the setup before exec is short and bounded.
+pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentError> {
+    let prepared = prepare(spec)?;
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let parent = nix::unistd::getpid();
+
+    // SAFETY: hyperstart is single-threaded, so the child may do anything the
+    // parent could (allocate, take locks) without hitting state another
+    // thread left half-changed.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(failed(format!("fork: {e}"))),
+        Ok(ForkResult::Child) => {
+            let fds = ChildFds {
+                status: status_w.as_raw_fd(),
+                stdin: stdin_r.as_raw_fd(),
+                stdout: stdout_w.as_raw_fd(),
+                stderr: stderr_w.as_raw_fd(),
+            };
+            die_with_parent(Some(parent));
+            intermediate(target, &prepared, fds)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((stdin_r, stdout_w, stderr_w, status_w));
+            let report = parse_status(&read_to_end(&status_r));
+            if let Some(err) = &report.error {
+                return Err(agent_error(err, prepared.arg0));
+            }
+            let Some(pid) = report.pid else {
+                return Err(failed(
+                    "the process could not be started: its intermediate process died",
+                ));
+            };
+            for fd in [&stdin_w, &stdout_r, &stderr_r] {
+                set_nonblocking(fd)?;
+            }
+            Ok(Spawned {
+                pid,
+                intermediate: child.as_raw(),
+                stdin: stdin_w,
+                stdout: stdout_r,
+                stderr: stderr_r,
+            })
+        }
+    }
+}
+
+/// Reads the status pipe until every writer is gone (bounded: the records
+/// are tiny, anything past 4 KiB is ignored).
+fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => {
+                if out.len() < 4096 {
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return out,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ChildFds {
+    status: RawFd,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+}
+
+fn report(fd: RawFd, record: &[u8]) {
+    // SAFETY: writes an initialised buffer to the status pipe's write end,
+    // which the caller keeps open.
+    unsafe {
+        libc::write(fd, record.as_ptr().cast(), record.len());
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends this forked child at once, without running the
+    // parent's atexit handlers or flushing buffers that belong to hyperstart.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup_failed(fd: RawFd, errno: i32, message: &str) -> ! {
+    report(fd, &error_record(Stage::Setup, errno, message));
+    exit(1)
+}
+
+/// Closes every fd above stderr that is not in `keep`, so the processes never
+/// hold another process's pipes (which would keep its stdin from ever seeing
+/// EOF) or the channel.
+fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut low = 3u32;
+    for fd in keep {
+        if fd > low {
+            close_range(low, fd - 1);
+        }
+        low = fd + 1;
+    }
+    close_range(low, u32::MAX);
+}
+
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range only closes descriptors; none in the range is used
+    // again by this process.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r != 0 {
+        // Kernels before 5.9: close them one by one, up to a sane limit.
+        for fd in first..=last.min(4096) {
+            // SAFETY: as above, for one descriptor.
+            unsafe { libc::close(fd as RawFd) };
+        }
+    }
+}
+
+/// Children must not outlive their parent: hyperstart cannot report them
+/// any more. (As PID 1 hyperstart never dies; this matters when it runs as an
+/// ordinary process, e.g. in the smoke test.)
+fn die_with_parent(parent: Option<nix::unistd::Pid>) {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    // The parent may have died before the line above took effect. (Only
+    // checkable from the same PID namespace: across, getppid() is 0.)
+    if parent.is_some_and(|p| p != nix::unistd::getppid()) {
+        exit(1);
+    }
+}
+
+/// The intermediate process. Never returns.
+fn intermediate(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
+    close_fds_except(&[fds.status, fds.stdin, fds.stdout, fds.stderr]);
+    let mut sys = RealSys;
+    let entered = match target {
+        Target::NewContainer { hostname, .. } => {
+            rootfs::new_container_namespaces(&mut sys, hostname)
+        }
+        Target::Join { init_pid } => rootfs::join_container(&mut sys, init_pid),
+    };
+    if let Err(e) = entered {
+        setup_failed(
+            fds.status,
+            e.errno as i32,
+            &format!("entering the container's namespaces: {e}"),
+        );
+    }
+    // SAFETY: this process is single-threaded (a fork of single-threaded
+    // hyperstart).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => setup_failed(fds.status, e as i32, &format!("fork: {e}")),
+        Ok(ForkResult::Child) => process(target, prepared, fds),
+        Ok(ForkResult::Parent { child }) => {
+            report(fds.status, &pid_record(child.as_raw()));
+            for fd in [fds.status, fds.stdin, fds.stdout, fds.stderr] {
+                // SAFETY: these fds belong to this process and are not used
+                // again; the process has its own copies.
+                unsafe { libc::close(fd) };
+            }
+            loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => exit(code),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => exit(128 + signal as i32),
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => exit(1),
+                }
+            }
+        }
+    }
+}
+
+/// The process itself, up to exec. Never returns.
+fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
+    let status = fds.status;
+    let mut sys = RealSys;
+    if let Target::NewContainer { root, .. } = target {
+        if let Err(e) = rootfs::enter_container_rootfs(&mut sys, root) {
+            setup_failed(
+                status,
+                e.errno as i32,
+                &format!("setting up the container's root: {e}"),
+            );
+        }
+    }
+    // Its own session: no controlling terminal shared with hyperstart.
+    let _ = nix::unistd::setsid();
+
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let user = match user::resolve(prepared.user, passwd.as_deref(), group.as_deref()) {
+        Ok(u) => u,
+        Err(message) => setup_failed(status, 0, &message),
+    };
+    // Created as root, as Docker does, before dropping privileges.
+    if let Err(e) = sys.mkdir_all(Path::new(&prepared.workdir), 0o755) {
+        setup_failed(
+            status,
+            e.errno as i32,
+            &format!("creating the workdir: {e}"),
+        );
+    }
+    let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    let ids = nix::unistd::setgroups(&groups)
+        .and_then(|()| nix::unistd::setgid(Gid::from_raw(user.gid)))
+        .and_then(|()| nix::unistd::setuid(Uid::from_raw(user.uid)));
+    if let Err(e) = ids {
+        setup_failed(
+            status,
+            e as i32,
+            &format!("switching to user {}:{}: {e}", user.uid, user.gid),
+        );
+    }
+    if let Err(e) = sys.chdir(Path::new(&prepared.workdir)) {
+        setup_failed(
+            status,
+            e.errno as i32,
+            &format!("changing to the workdir: {e}"),
+        );
+    }
+
+    let env = build_env(prepared.env, &user.home);
+    let path = env_path(&env).to_string();
+    let env: Vec<CString> = env
+        .into_iter()
+        .filter_map(|e| CString::new(e).ok())
+        .collect();
+
+    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+        // SAFETY: both are valid fds of this process; dup2 leaves the
+        // copy without close-on-exec, as stdio must be.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            let errno = Errno::last();
+            setup_failed(status, errno as i32, &format!("dup2: {errno}"));
+        }
+    }
+    reset_signals();
+    // Set last: changing uid/gid clears it.
+    die_with_parent(None);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+
+    let errno = exec(&prepared.args, prepared.arg0, &path, &env);
+    report(status, &error_record(Stage::Exec, errno as i32, ""));
+    exit(if matches!(errno, Errno::ENOENT | Errno::ENOTDIR) {
+        127
+    } else {
+        126
+    })
+}
+
+/// hyperstart blocks SIGCHLD (for its signalfd) and ignores SIGPIPE; exec
+/// keeps both, so the process would inherit them without this.
+fn reset_signals() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    for signal in 1..=64 {
+        // SAFETY: SIG_DFL is a valid disposition for every signal; the
+        // kernel refuses (EINVAL) the ones that cannot be changed.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
+/// execvp with PATH taken from the process's environment. Returns only on
+/// failure, with the errno to report: EACCES if some candidate was not
+/// executable, else the last "not found" or the first other error.
+fn exec(args: &[CString], arg0: &str, path: &str, env: &[CString]) -> Errno {
+    let mut saw_eacces = false;
+    for candidate in exec_candidates(arg0, path) {
+        let Ok(candidate) = CString::new(candidate) else {
+            continue;
+        };
+        match nix::unistd::execve(&candidate, args, env) {
+            Err(Errno::EACCES) => saw_eacces = true,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {}
+            Err(e) => return e,
+            Ok(never) => match never {},
+        }
+    }
+    if saw_eacces {
+        Errno::EACCES
+    } else {
+        Errno::ENOENT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_records_decode_in_any_order() {
+        let mut bytes = pid_record(4242).to_vec();
+        assert_eq!(
+            parse_status(&bytes),
+            StatusReport {
+                pid: Some(4242),
+                error: None
+            }
+        );
+        let err = error_record(Stage::Exec, libc::ENOENT, "");
+        bytes.extend(&err);
+        let expected = StatusReport {
+            pid: Some(4242),
+            error: Some(ChildError {
+                stage: Stage::Exec,
+                errno: libc::ENOENT,
+                message: String::new(),
+            }),
+        };
+        assert_eq!(parse_status(&bytes), expected);
+        // The process may report before the intermediate sent the pid.
+        let mut swapped = err.clone();
+        swapped.extend(pid_record(4242));
+        assert_eq!(parse_status(&swapped), expected);
+        // Nothing at all: the intermediate died.
+        assert_eq!(parse_status(&[]), StatusReport::default());
+        // A truncated record is ignored rather than misread.
+        assert_eq!(parse_status(&err[..err.len() - 1]), StatusReport::default());
+        assert_eq!(parse_status(&[TAG_PID, 1, 2]), StatusReport::default());
+    }
+
+    #[test]
+    fn long_setup_messages_are_truncated_on_a_char_boundary() {
+        let message = "é".repeat(300);
+        let record = error_record(Stage::Setup, 1, &message);
+        assert!(record.len() < 512, "fits in PIPE_BUF");
+        let report = parse_status(&record);
+        let err = report.error.unwrap();
+        assert_eq!(err.stage, Stage::Setup);
+        assert_eq!(err.message.len(), MAX_MESSAGE);
+        assert!(err.message.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn exec_errors_read_like_docker() {
+        let exec = |errno| ChildError {
+            stage: Stage::Exec,
+            errno,
+            message: String::new(),
+        };
+        let e = agent_error(&exec(libc::ENOENT), "foo");
+        assert_eq!(e.kind, AgentErrorKind::CommandNotFound);
+        assert_eq!(
+            e.message,
+            r#"exec: "foo": executable file not found in $PATH"#
+        );
+        assert_eq!(e.exit_code(), Some(127));
+        let e = agent_error(&exec(libc::ENOENT), "/bin/foo");
+        assert_eq!(
+            e.message,
+            r#"exec: "/bin/foo": stat /bin/foo: no such file or directory"#
+        );
+        let e = agent_error(&exec(libc::EACCES), "/etc");
+        assert_eq!(e.kind, AgentErrorKind::CommandNotExecutable);
+        assert_eq!(e.message, r#"exec: "/etc": permission denied"#);
+        assert_eq!(e.exit_code(), Some(126));
+        let e = agent_error(&exec(libc::ENOEXEC), "./script");
+        assert_eq!(e.kind, AgentErrorKind::CommandNotExecutable);
+        assert_eq!(e.message, r#"exec: "./script": exec format error"#);
+        let setup = ChildError {
+            stage: Stage::Setup,
+            errno: 0,
+            message: "unable to find user x".into(),
+        };
+        assert_eq!(agent_error(&setup, "sh").kind, AgentErrorKind::Failed);
+    }
+
+    #[test]
+    fn env_gets_path_and_home_only_when_missing() {
+        let env = build_env(&["A=1".into()], "/root");
+        assert_eq!(
+            env,
+            vec![
+                "A=1".to_string(),
+                format!("PATH={DEFAULT_PATH}"),
+                "HOME=/root".into()
+            ]
+        );
+        let env = build_env(&["PATH=/opt/bin".into(), "HOME=/h".into()], "/root");
+        assert_eq!(env, vec!["PATH=/opt/bin".to_string(), "HOME=/h".into()]);
+        assert_eq!(env_path(&env), "/opt/bin");
+        assert_eq!(env_path(&[]), DEFAULT_PATH);
+    }
+
+    #[test]
+    fn exec_searches_path_from_the_process_env() {
+        assert_eq!(
+            exec_candidates("sh", "/usr/bin:/bin"),
+            vec!["/usr/bin/sh", "/bin/sh"]
+        );
+        assert_eq!(exec_candidates("sh", ":/bin"), vec!["./sh", "/bin/sh"]);
+        assert_eq!(exec_candidates("./run.sh", "/bin"), vec!["./run.sh"]);
+        assert_eq!(exec_candidates("/bin/sh", "/usr/bin"), vec!["/bin/sh"]);
+        assert!(exec_candidates("", "/bin").is_empty());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_forking() {
+        let mut spec = ProcessSpec {
+            id: "p".into(),
+            args: vec![],
+            env: vec![],
+            workdir: String::new(),
+            user: String::new(),
+            terminal: false,
+            stdio: 1,
+            stderr: 2,
+        };
+        assert_eq!(
+            prepare(&spec).err().map(|e| e.kind),
+            Some(AgentErrorKind::InvalidRequest)
+        );
+        spec.args = vec!["a\0b".into()];
+        assert_eq!(
+            prepare(&spec).err().map(|e| e.kind),
+            Some(AgentErrorKind::InvalidRequest)
+        );
+        spec.args = vec!["sh".into()];
+        spec.workdir = "srv".into();
+        assert_eq!(
+            prepare(&spec).map(|p| p.workdir).ok().as_deref(),
+            Some("/srv")
+        );
+    }
+}

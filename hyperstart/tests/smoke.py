@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Manual smoke test of hyperstart outside a VM (needs root).
+
+Runs hyperstart as an ordinary process in a private mount namespace, talks
+the guest protocol to it over a socketpair, and uses a loop-mounted erofs
+image built from the host's static busybox as the container rootfs.
+
+    sudo python3 hyperstart/tests/smoke.py target/debug/hyperstart
+"""
+import ctypes, json, os, shutil, socket, struct, subprocess, sys, tempfile, time
+
+INITIAL_WINDOW = 256 * 1024
+CONTROL, DATA, EOF, CREDIT = 0, 1, 2, 3
+
+
+class Guest:
+    def __init__(self, sock):
+        self.sock, self.buf, self.next_id = sock, b"", 1
+        self.out = {}        # stream -> bytes
+        self.eof = set()
+        self.received = {}   # stream -> bytes received (flow control check)
+        self.granted = {}
+        self.exits = {}
+        self.responses = {}
+        self.grant_credit = True
+        self.credit_in = {}
+
+    def send(self, kind, stream, payload=b""):
+        self.sock.sendall(struct.pack(">BII", kind, stream, len(payload)) + payload)
+
+    def request(self, req, timeout=20):
+        rid = self.next_id
+        self.next_id += 1
+        self.send(CONTROL, 0, json.dumps({"id": rid, "request": req}).encode())
+        deadline = time.time() + timeout
+        while rid not in self.responses:
+            self.pump(deadline)
+        return self.responses.pop(rid)
+
+    def pump(self, deadline):
+        self.sock.settimeout(max(0.01, deadline - time.time()))
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise SystemExit("channel closed")
+        self.buf += chunk
+        while len(self.buf) >= 9:
+            kind, stream, n = struct.unpack(">BII", self.buf[:9])
+            if len(self.buf) < 9 + n:
+                break
+            payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
+            self.frame(kind, stream, payload)
+
+    def frame(self, kind, stream, payload):
+        if kind == CONTROL:
+            msg = json.loads(payload)
+            if "response" in msg:
+                self.responses[msg["response"]["id"]] = msg["response"]["result"]
+            elif "process_exit" in msg:
+                e = msg["process_exit"]
+                self.exits[e["process"]] = e["status"]
+            elif "ready" in msg:
+                self.ready = msg["ready"]
+        elif kind == DATA:
+            assert stream not in self.eof, f"data after eof on {stream}"
+            self.out[stream] = self.out.get(stream, b"") + payload
+            self.received[stream] = self.received.get(stream, 0) + len(payload)
+            allowed = INITIAL_WINDOW + self.granted.get(stream, 0)
+            assert self.received[stream] <= allowed, f"stream {stream} overran its window"
+            if self.grant_credit:
+                self.credit(stream, len(payload))
+        elif kind == EOF:
+            self.eof.add(stream)
+        elif kind == CREDIT:
+            self.credit_in[stream] = self.credit_in.get(stream, 0) + struct.unpack(">I", payload)[0]
+
+    def credit(self, stream, n):
+        self.granted[stream] = self.granted.get(stream, 0) + n
+        self.send(CREDIT, stream, struct.pack(">I", n))
+
+    def wait(self, cond, timeout=20):
+        deadline = time.time() + timeout
+        while not cond():
+            if time.time() > deadline:
+                raise AssertionError("timed out")
+            self.pump(deadline)
+
+
+def process(pid, args, stdio, user="", env=None, workdir="/"):
+    return {"id": pid, "args": args, "env": env or ["A=1"], "workdir": workdir, "user": user,
+            "terminal": False, "stdio": stdio, "stderr": stdio + 1}
+
+
+def private_mounts():
+    """Runs hyperstart in its own mount namespace, so nothing leaks to the host."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x20000, 16384, 1 << 18
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    work = tempfile.mkdtemp(prefix="hs-smoke-")
+    rootdir = os.path.join(work, "rootfs")
+    os.makedirs(os.path.join(rootdir, "bin"))
+    os.makedirs(os.path.join(rootdir, "etc"))
+    shutil.copy("/usr/bin/busybox", os.path.join(rootdir, "bin/busybox"))
+    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "sleep", "head", "pwd", "wc", "env", "readlink"]:
+        os.symlink("busybox", os.path.join(rootdir, "bin", tool))
+    with open(os.path.join(rootdir, "etc/passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    with open(os.path.join(rootdir, "etc/group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+    with open(os.path.join(rootdir, "etc/notexec"), "w") as f:
+        f.write("x")
+    image = os.path.join(work, "rootfs.erofs")
+    subprocess.run(["mkfs.erofs", "--quiet", "--all-root", image, rootdir], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    host, guest_end = socket.socketpair()
+    proc = subprocess.Popen(
+        [binary, "--channel-fd", str(guest_end.fileno()),
+         "--cmdline", "hyper.debug=1", "--run-dir", os.path.join(work, "run")],
+        pass_fds=[guest_end.fileno()], preexec_fn=private_mounts)
+    guest_end.close()
+    try:
+        g = Guest(host)
+        g.wait(lambda: hasattr(g, "ready"))
+        print("ready:", g.ready)
+        assert g.request({"hello": {"version": 1, "capabilities": ["flow-control"]}}) == {"Ok": "ok"}
+        assert g.request("ping") == {"Ok": "pong"}
+        assert g.request({"hello": {"version": 9, "capabilities": []}})["Err"]["kind"] == "invalid_request"
+
+        init = process("init", ["sh", "-c", "echo hello; echo err >&2; hostname; pwd; read l; echo got:$l; exec sleep 1000"],
+                       10, workdir="/work/dir")
+        spec = {"id": "c1", "rootfs": {"disk_id": loop, "fstype": "erofs"}, "hostname": "box", "process": init}
+        r = g.request({"new_container": spec})
+        print("new_container:", r)
+        assert "started" in r["Ok"], r
+        g.send(DATA, 10, b"line-from-host\n")
+        g.wait(lambda: b"got:line-from-host" in g.out.get(10, b""))
+        assert g.out[10].startswith(b"hello\nbox\n/work/dir\n"), g.out[10]
+        assert g.out[11] == b"err\n", g.out.get(11)
+
+        r = g.request({"exec": {"container": "c1", "process": process("e1", ["sh", "-c", "echo $$ $HOME; id; env | sort; readlink /proc/1/exe; ls /dev"], 20)}})
+        assert "started" in r["Ok"], r
+        g.wait(lambda: "e1" in g.exits)
+        print("exec output:", g.out[20].decode())
+        assert 20 in g.eof and 21 in g.eof and g.exits["e1"] == 0
+        assert b"uid=0(root) gid=0(root)" in g.out[20] and b"/bin/busybox" in g.out[20]
+        assert b"PATH=/usr/local/sbin:" in g.out[20] and b"\nA=1\n" in g.out[20]
+
+        r = g.request({"exec": {"container": "c1", "process": process("e2", ["id"], 30, user="nobody")}})
+        g.wait(lambda: "e2" in g.exits)
+        assert g.out[30] == b"uid=65534(nobody) gid=65534(nogroup)\n", g.out[30]
+
+        r = g.request({"exec": {"container": "c1", "process": process("e3", ["nosuchcmd"], 40)}})
+        assert r["Err"] == {"kind": "command_not_found", "message": 'exec: "nosuchcmd": executable file not found in $PATH'}, r
+        r = g.request({"exec": {"container": "c1", "process": process("e4", ["/etc/notexec"], 50)}})
+        assert r["Err"]["kind"] == "command_not_executable", r
+        r = g.request({"exec": {"container": "c1", "process": process("e5", ["id"], 60, user="ghost")}})
+        assert r["Err"]["kind"] == "failed" and "unable to find user ghost" in r["Err"]["message"], r
+        r = g.request({"exec": {"container": "c1", "process": process("e1", ["id"], 70)}})
+        assert "started" in r["Ok"], r  # e1 finished, so its id is free again
+        g.wait(lambda: 70 in g.eof)
+
+        # Flow control: 3 MiB of output, first without granting credit.
+        g.grant_credit = False
+        r = g.request({"exec": {"container": "c1", "process": process("big", ["head", "-c", "3145728", "/dev/zero"], 80)}})
+        deadline = time.time() + 1.5
+        try:
+            while time.time() < deadline:
+                g.pump(deadline)
+        except socket.timeout:
+            pass
+        assert g.received.get(80, 0) == INITIAL_WINDOW, g.received.get(80)
+        assert "big" not in g.exits
+        g.grant_credit = True
+        g.credit(80, g.received[80])
+        g.wait(lambda: "big" in g.exits)
+        assert g.received[80] == 3145728 and g.exits["big"] == 0
+
+        # Stdin larger than the window, echoed back through cat.
+        r = g.request({"exec": {"container": "c1", "process": process("cat", ["wc", "-c"], 90)}})
+        sent, chunk = 0, b"y" * 65536
+        while sent < 1024 * 1024:
+            # Past the window only with the guest's credit.
+            g.wait(lambda: sent + len(chunk) <= INITIAL_WINDOW + g.credit_in.get(90, 0))
+            g.send(DATA, 90, chunk)
+            sent += len(chunk)
+        g.send(EOF, 90)
+        g.wait(lambda: "cat" in g.exits)
+        assert g.out[90].strip() == b"1048576", g.out[90]
+
+        # Signals: the init is PID 1 of its namespace, so SIGKILL it.
+        r = g.request({"signal": {"container": "c1", "process": "init", "signal": 9}})
+        assert r == {"Ok": "ok"}, r
+        g.wait(lambda: "init" in g.exits)
+        assert g.exits["init"] == 137, g.exits
+        r = g.request({"exec": {"container": "c1", "process": process("late", ["id"], 100)}})
+        assert r["Err"]["kind"] == "failed", r
+        assert g.request({"remove_container": {"container": "c1"}}) == {"Ok": "ok"}
+        assert not os.path.exists(os.path.join(work, "run", "c1"))
+        # Garbage must not kill it.
+        g.send(9, 1, b"")
+        time.sleep(0.2)  # the rest of a read with a bad header is dropped
+        assert g.request("ping") == {"Ok": "pong"}
+        g.sock.sendall(struct.pack(">BII", CONTROL, 0, 8) + b'{"id":77')
+        g.sock.sendall(struct.pack(">BII", CONTROL, 0, 14) + b'{"id":5,"x":1}')
+        assert g.request("ping") == {"Ok": "pong"}
+        assert g.request("destroy_pod") == {"Ok": "ok"}
+        assert proc.wait(10) == 0
+        print("smoke test passed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["losetup", "-d", loop])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
