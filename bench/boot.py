@@ -14,6 +14,7 @@ min/max, their ratio, and the PSS of an idle pod's VM process.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 
+# Per-VM files in the captured argv, moved to a private directory for each raw boot.
+PRIVATE_FILE = re.compile(r"(/[^,\s]*/)(agent\.sock|qmp\.sock|console\.log)")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -95,21 +98,7 @@ def capture_pod(bin_dir, sock, rootfs):
 def raw_boot(argv, tmp):
     """Same argv, private sockets and console: time from spawn to READY."""
     run = tempfile.mkdtemp(dir=tmp, prefix="raw")
-    out = []
-    for a in argv:
-        for key in ("agent.sock", "qmp.sock"):
-            if key in a:
-                before, _, _ = a.partition("path=") if "path=" in a else (a, "", "")
-                if "path=" in a:
-                    rest = a.split("path=", 1)[1]
-                    tail = rest[rest.index(key) + len(key):]
-                    a = f"{before}path={run}/{key}{tail}"
-                else:  # -qmp unix:PATH,server...
-                    head, rest = a.split("unix:", 1)
-                    a = f"{head}unix:{run}/{key}{rest[rest.index(key) + len(key):]}"
-        if a.startswith("file:") and "console" in a:
-            a = f"file:{run}/console.log"
-        out.append(a)
+    out = [PRIVATE_FILE.sub(lambda m: f"{run}/{m.group(2)}", a) for a in argv]
     t0 = time.monotonic()
     proc = subprocess.Popen(out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = os.path.join(run, "agent.sock")

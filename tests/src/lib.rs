@@ -222,6 +222,11 @@ impl Hyperd {
 impl Drop for Hyperd {
     fn drop(&mut self) {
         self.stop();
+        // A failed test must not leak VMs into the next ones.
+        for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
+            // SAFETY: kill(2) on a process started for this test's directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 

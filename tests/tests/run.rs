@@ -231,3 +231,66 @@ fn hyper_info_reports_plugins_probe_and_payload() {
     let human = text(&d.hyper(&["info"]).stdout);
     assert!(human.contains("usable"), "{human}");
 }
+
+/// Starts `sleep 600` in a pod, waits for `ready`, stops hyperd, and checks
+/// that no VM outlived it and the client got 125.
+fn stop_hyperd_under_a_running_pod(ready: impl Fn(&Hyperd) -> bool) {
+    let mut d = Hyperd::start();
+    let socket = d.socket.clone();
+    let client = std::thread::spawn(move || {
+        let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+        hyper_tests::hyper_at(
+            &socket,
+            &["run", "--rm", "--rootfs", &rootfs, "--", "sleep", "600"],
+            None,
+        )
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready(&d) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod never got ready:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    d.stop();
+    let state = format!("{}/state", d.dir.path().display());
+    let left: Vec<String> = processes_mentioning(&state)
+        .into_iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "VMs outlived hyperd: {left:?}\n{}",
+        d.log_text()
+    );
+    let out = client.join().expect("client");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn stopping_hyperd_during_a_launch_takes_the_vm_down() {
+    stop_hyperd_under_a_running_pod(|d| {
+        !processes_mentioning(&format!("{}/state", d.dir.path().display())).is_empty()
+    });
+}
+
+#[test]
+fn stopping_hyperd_takes_its_running_vms_down() {
+    // `ps` says running once the VM is launched; give the guest a few seconds
+    // more to boot and start the container.
+    stop_hyperd_under_a_running_pod(|d| {
+        let ps = d.hyper(&["ps", "--json"]);
+        let running = text(&ps.stdout).contains("\"running\"");
+        if running {
+            std::thread::sleep(std::time::Duration::from_secs(4));
+        }
+        running
+    });
+}

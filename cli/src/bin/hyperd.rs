@@ -78,7 +78,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict {}", socket.display()))?;
     tracing::info!("serving on {}", socket.display());
 
-    let app = hyper_cli::server::router(runtime);
+    let app = hyper_cli::server::router(runtime.clone());
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -95,6 +95,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving the API")?;
+    runtime.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

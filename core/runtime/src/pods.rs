@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +62,8 @@ pub enum RunError {
     Boot { reason: String, console: String },
     #[error("the pod failed: {0}")]
     Agent(#[from] AgentCallError),
+    #[error("hyperd is stopping; the pod was not started")]
+    Stopping,
     #[error("state directory {path}: {source}")]
     State {
         path: PathBuf,
@@ -157,6 +160,11 @@ pub struct Runtime {
     hypervisor: Result<Arc<dyn Hypervisor>, String>,
     rootfs: RootfsStore,
     pods: Mutex<BTreeMap<String, PodRecord>>,
+    /// VMs running now, so a stopping hyperd can take them down with it.
+    live: Mutex<BTreeMap<String, Arc<dyn Vm>>>,
+    /// Set once hyperd stops: no new pods, and launches in flight are undone.
+    stopping: AtomicBool,
+    launches_in_flight: AtomicUsize,
 }
 
 impl Runtime {
@@ -186,7 +194,41 @@ impl Runtime {
             hypervisor,
             rootfs,
             pods: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
+            launches_in_flight: AtomicUsize::new(0),
         })
+    }
+
+    fn live_vms(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<dyn Vm>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops every VM this hyperd runs: pods are tied to the client that
+    /// started them, so none may outlive the daemon. Their `run` calls then
+    /// finish and clean up as for any VM that died.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // A VM being launched is not in `live` yet: wait for those launches
+        // to land (each is bounded by the backend's own timeouts).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.launches_in_flight.load(Ordering::SeqCst) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let vms: Vec<(String, Arc<dyn Vm>)> = self
+            .live_vms()
+            .iter()
+            .map(|(id, vm)| (id.clone(), vm.clone()))
+            .collect();
+        for (id, vm) in vms {
+            tracing::info!(pod = %id, "stopping the pod's VM");
+            if let Err(e) = vm.kill().await {
+                tracing::warn!(pod = %id, "kill: {e}");
+            }
+            let _ = vm.wait().await;
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -314,6 +356,9 @@ impl Runtime {
                 )));
             }
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
         let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
         self.payload.check(&self.config)?;
         let store = self.rootfs.clone();
@@ -362,24 +407,36 @@ impl Runtime {
             console_log: pod_dir.join("console.log"),
             run_dir: run_dir.clone(),
         };
-        let result = match hypervisor.launch(spec).await {
+        self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
+        let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
+        if let Ok(vm) = &launched {
+            self.live_vms().insert(id.clone(), vm.clone());
+        }
+        self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
+        let result = match launched {
+            Ok(vm) if self.stopping.load(Ordering::SeqCst) => {
+                let _ = vm.kill().await;
+                let _ = vm.wait().await;
+                self.live_vms().remove(&id);
+                Err(RunError::Stopping)
+            }
             Ok(vm) => {
-                let vm: Arc<dyn Vm> = Arc::from(vm);
                 record.state = PodState::Running;
                 record.vm_pid = vm.info().pid;
                 record.vm_pid_start = record.vm_pid.and_then(process_start_time);
                 let _ = write_record(&pod_dir, &record);
                 self.pods().insert(id.clone(), record.clone());
                 let result = self.drive(&id, &req, vm.clone(), &pod_dir, io).await;
-                // Nothing in the guest outlives the pod (the rootfs is read-only,
-                // writes live in a tmpfs, and DestroyPod already ended every
-                // process), so a hard stop loses nothing and saves the guest's
-                // power-off path, which is slow under emulation.
+                // Nothing in the guest outlives the pod: the rootfs is read-only
+                // and the container's writes live in a tmpfs. A hard stop loses
+                // nothing and skips a DestroyPod round trip and the guest's
+                // power-off path, both slow under emulation.
                 if let Err(e) = vm.kill().await {
                     tracing::warn!(pod = %id, "kill: {e}; asking for a shutdown");
                     let _ = vm.shutdown(SHUTDOWN_GRACE).await;
                 }
                 let _ = vm.wait().await;
+                self.live_vms().remove(&id);
                 result
             }
             Err(e) => Err(RunError::Hypervisor(e)),
@@ -530,7 +587,6 @@ impl Runtime {
                     .unwrap_or_else(|| "no exit status from the guest".into()),
             )
         })?;
-        let _ = agent.request(Request::DestroyPod).await;
         Ok(RunOutcome {
             pod: id.to_string(),
             exit_code: status,
