@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How long one request may take in the guest.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CHANNEL_CLOSED: &str = "the channel closed";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentCallError {
@@ -110,7 +111,9 @@ impl Inner {
         if st.dead.is_some() {
             return;
         }
-        tracing::warn!("hyperstart session ended: {reason}");
+        if reason != CHANNEL_CLOSED {
+            tracing::warn!("hyperstart session ended: {reason}");
+        }
         st.dead = Some(reason.clone());
         st.pending.clear();
         st.inbound.clear();
@@ -211,7 +214,11 @@ async fn read_loop(inner: Arc<Inner>, mut reader: tokio::net::unix::OwnedReadHal
     let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
         let n = match reader.read(&mut buf).await {
-            Ok(0) => break "the channel closed".to_string(),
+            Ok(0) => {
+                // The usual end of every pod: the VM was stopped.
+                tracing::debug!("the hyperstart channel closed");
+                break CHANNEL_CLOSED.to_string();
+            }
             Ok(n) => n,
             Err(e) => break format!("reading the channel failed: {e}"),
         };
