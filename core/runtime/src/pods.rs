@@ -492,11 +492,6 @@ impl Runtime {
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
 
-        agent
-            .request(Request::StartPod(PodSpec {
-                hostname: id.to_string(),
-            }))
-            .await?;
         let mut streams = agent.new_process("init");
         let mut env = req.env.clone();
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
@@ -521,7 +516,17 @@ impl Runtime {
             hostname: id.to_string(),
             process,
         };
-        match agent.request(Request::NewContainer(container)).await {
+        // Pipelined: both requests go out back to back (the writer is taken in
+        // call order) and hyperstart serves them in order, saving a round trip
+        // that costs tens of milliseconds under emulation.
+        let (pod_started, container_started) = tokio::join!(
+            agent.request(Request::StartPod(PodSpec {
+                hostname: id.to_string()
+            })),
+            agent.request(Request::NewContainer(container)),
+        );
+        pod_started?;
+        match container_started {
             Ok(Reply::Started { .. }) | Ok(_) => {}
             Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
                 return Ok(RunOutcome {
