@@ -76,17 +76,9 @@ impl Client {
             .header(header::HOST, "hyperd")
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = send(&mut sender, req).await?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
-            .to_bytes();
+        let body = read_body(resp).await?;
         if !status.is_success() {
             return Err(api_error(&body, status));
         }
@@ -117,18 +109,10 @@ impl Client {
             .header(header::UPGRADE, STREAM_UPGRADE)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = send(&mut sender, req).await?;
         let status = resp.status();
         if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Http(e.to_string()))?
-                .to_bytes();
+            let body = read_body(resp).await?;
             return Err(api_error(&body, status));
         }
         let upgraded = hyper::upgrade::on(resp)
@@ -209,6 +193,25 @@ impl Client {
         let _ = stderr.flush().await;
         result
     }
+}
+
+async fn send(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+async fn read_body(resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes())
 }
 
 fn api_error(body: &[u8], status: hyper::StatusCode) -> ClientError {
