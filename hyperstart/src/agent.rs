@@ -829,9 +829,15 @@ mod tests {
     fn agent() -> (Agent, UnixStream) {
         let (guest, host) = UnixStream::pair().unwrap();
         let signals = SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_NONBLOCK).unwrap();
-        let opts = Options { pid1: false, run_dir: std::env::temp_dir() };
+        let opts = Options {
+            pid1: false,
+            run_dir: std::env::temp_dir(),
+        };
         host.set_nonblocking(true).unwrap();
-        (Agent::new(Channel::from_fd(OwnedFd::from(guest)), signals, opts), host)
+        (
+            Agent::new(Channel::from_fd(OwnedFd::from(guest)), signals, opts),
+            host,
+        )
     }
 
     fn host_send(agent: &mut Agent, host: &mut UnixStream, bytes: &[u8]) {
@@ -897,8 +903,16 @@ mod tests {
         let (mut a, mut host) = agent();
         a.send_ready();
         match messages(&mut host).as_slice() {
-            [GuestMessage::Ready { min_version, max_version, capabilities, agent }] => {
-                assert_eq!((*min_version, *max_version), (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION));
+            [GuestMessage::Ready {
+                min_version,
+                max_version,
+                capabilities,
+                agent,
+            }] => {
+                assert_eq!(
+                    (*min_version, *max_version),
+                    (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
+                );
                 assert!(capabilities.iter().any(|c| c == "flow-control"));
                 assert!(agent.starts_with("hyperstart "));
             }
@@ -911,10 +925,29 @@ mod tests {
         let (mut a, mut host) = agent();
         request(&mut a, &mut host, 7, Request::Ping);
         assert_eq!(response(&mut host), (7, Ok(Reply::Pong)));
-        request(&mut a, &mut host, 8, Request::Hello { version: 1, capabilities: vec![] });
+        request(
+            &mut a,
+            &mut host,
+            8,
+            Request::Hello {
+                version: 1,
+                capabilities: vec![],
+            },
+        );
         assert_eq!(response(&mut host), (8, Ok(Reply::Ok)));
-        request(&mut a, &mut host, 9, Request::Hello { version: 99, capabilities: vec![] });
-        assert_eq!(response(&mut host).1.unwrap_err().kind, AgentErrorKind::InvalidRequest);
+        request(
+            &mut a,
+            &mut host,
+            9,
+            Request::Hello {
+                version: 99,
+                capabilities: vec![],
+            },
+        );
+        assert_eq!(
+            response(&mut host).1.unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
     }
 
     #[test]
@@ -924,40 +957,98 @@ mod tests {
             request(a, host, 1, r);
             response(host).1.unwrap_err().kind
         };
-        let exec = Request::Exec { container: "nope".into(), process: spec("p", 2) };
+        let exec = Request::Exec {
+            container: "nope".into(),
+            process: spec("p", 2),
+        };
         assert_eq!(refused(&mut a, &mut host, exec), AgentErrorKind::NotFound);
-        let signal = Request::Signal { container: "c".into(), process: "p".into(), signal: 9 };
+        let signal = Request::Signal {
+            container: "c".into(),
+            process: "p".into(),
+            signal: 9,
+        };
         assert_eq!(refused(&mut a, &mut host, signal), AgentErrorKind::NotFound);
-        let winsize = Request::WindowSize { container: "c".into(), process: "p".into(), rows: 1, cols: 1 };
-        assert_eq!(refused(&mut a, &mut host, winsize), AgentErrorKind::NotFound);
-        let remove = Request::RemoveContainer { container: "c".into() };
+        let winsize = Request::WindowSize {
+            container: "c".into(),
+            process: "p".into(),
+            rows: 1,
+            cols: 1,
+        };
+        assert_eq!(
+            refused(&mut a, &mut host, winsize),
+            AgentErrorKind::NotFound
+        );
+        let remove = Request::RemoveContainer {
+            container: "c".into(),
+        };
         assert_eq!(refused(&mut a, &mut host, remove), AgentErrorKind::NotFound);
         let container = |id: &str, process: ProcessSpec| {
             Request::NewContainer(ContainerSpec {
                 id: id.into(),
-                rootfs: hyper_protocol::RootfsSpec { disk_id: "d".into(), fstype: "erofs".into() },
+                rootfs: hyper_protocol::RootfsSpec {
+                    disk_id: "d".into(),
+                    fstype: "erofs".into(),
+                },
                 hostname: "h".into(),
                 process,
             })
         };
         for bad in [
             container("../x", spec("p", 2)),
-            container("c", ProcessSpec { terminal: true, ..spec("p", 2) }),
-            container("c", ProcessSpec { args: vec![], ..spec("p", 2) }),
-            container("c", ProcessSpec { stderr: 2, ..spec("p", 2) }),
-            container("c", ProcessSpec { stdio: 0, ..spec("p", 2) }),
+            container(
+                "c",
+                ProcessSpec {
+                    terminal: true,
+                    ..spec("p", 2)
+                },
+            ),
+            container(
+                "c",
+                ProcessSpec {
+                    args: vec![],
+                    ..spec("p", 2)
+                },
+            ),
+            container(
+                "c",
+                ProcessSpec {
+                    stderr: 2,
+                    ..spec("p", 2)
+                },
+            ),
+            container(
+                "c",
+                ProcessSpec {
+                    stdio: 0,
+                    ..spec("p", 2)
+                },
+            ),
         ] {
-            assert_eq!(refused(&mut a, &mut host, bad), AgentErrorKind::InvalidRequest);
+            assert_eq!(
+                refused(&mut a, &mut host, bad),
+                AgentErrorKind::InvalidRequest
+            );
         }
     }
 
     #[test]
     fn undecodable_requests_get_an_error_when_they_have_an_id() {
         let (mut a, mut host) = agent();
-        host_send(&mut a, &mut host, &Frame::control(br#"{"id":5,"request":"reboot"}"#.to_vec()).encode());
+        host_send(
+            &mut a,
+            &mut host,
+            &Frame::control(br#"{"id":5,"request":"reboot"}"#.to_vec()).encode(),
+        );
         let (id, result) = response(&mut host);
-        assert_eq!((id, result.unwrap_err().kind), (5, AgentErrorKind::InvalidRequest));
-        host_send(&mut a, &mut host, &Frame::control(b"{not json".to_vec()).encode());
+        assert_eq!(
+            (id, result.unwrap_err().kind),
+            (5, AgentErrorKind::InvalidRequest)
+        );
+        host_send(
+            &mut a,
+            &mut host,
+            &Frame::control(b"{not json".to_vec()).encode(),
+        );
         assert!(frames(&mut host).is_empty());
     }
 
@@ -997,11 +1088,26 @@ mod tests {
         let (stdout_r, stdout_w) = nix::unistd::pipe().unwrap();
         let (stderr_r, stderr_w) = nix::unistd::pipe().unwrap();
         for fd in [&stdin_w, &stdout_r, &stderr_r] {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .unwrap();
         }
-        let spawned = Spawned { pid: -1, intermediate: -1, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
+        let spawned = Spawned {
+            pid: -1,
+            intermediate: -1,
+            stdin: stdin_w,
+            stdout: stdout_r,
+            stderr: stderr_r,
+        };
         let key = a.add_process("c", &spec(id, stdio), spawned);
-        FakeProcess { key, stdin: stdin_r, stdout: Some(stdout_w), stderr: Some(stderr_w) }
+        FakeProcess {
+            key,
+            stdin: stdin_r,
+            stdout: Some(stdout_w),
+            stderr: Some(stderr_w),
+        }
     }
 
     #[test]
@@ -1009,14 +1115,26 @@ mod tests {
         let (mut a, mut host) = agent();
         let mut p = fake_process(&mut a, "p", 10);
         let stdout = p.stdout.take().unwrap();
-        let big = vec![b'o'; 60_000];
+        nix::fcntl::fcntl(
+            &stdout,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let big = vec![b'o'; 30_000];
         let mut written = 0;
-        // More than the initial window: the rest waits for credit.
-        while written < INITIAL_WINDOW as usize + 100_000 {
+        let mut got = Vec::new();
+        // More than the initial window: the rest waits in the pipe (64 KiB)
+        // for credit.
+        for _ in 0..1000 {
+            if written >= INITIAL_WINDOW as usize + 30_000 {
+                break;
+            }
             let n = nix::unistd::write(&stdout, &big).unwrap_or(0);
             written += n;
             a.forward_output(p.key, 0);
+            got.extend(frames(&mut host));
         }
+        assert!(written >= INITIAL_WINDOW as usize + 30_000);
         drop(stdout);
         drop(p.stderr.take());
         a.processes.get_mut(&p.key).unwrap().status = Some(3);
@@ -1025,42 +1143,84 @@ mod tests {
             a.forward_output(p.key, 1);
             a.send_exits();
         }
-        let sent: usize = frames(&mut host).iter().filter(|f| f.kind == FrameKind::Data).map(|f| f.payload.len()).sum();
-        assert_eq!(sent, INITIAL_WINDOW as usize, "no more than the window without credit");
-        assert!(frames(&mut host).is_empty());
+        got.extend(frames(&mut host));
+        let sent: usize = got
+            .iter()
+            .filter(|f| f.kind == FrameKind::Data)
+            .map(|f| f.payload.len())
+            .sum();
+        assert_eq!(
+            sent, INITIAL_WINDOW as usize,
+            "no more than the window without credit"
+        );
+        assert!(got
+            .iter()
+            .all(|f| f.kind == FrameKind::Data || f == &Frame::eof(11)));
 
         host_send(&mut a, &mut host, &Frame::credit(10, u32::MAX).encode());
+        let mut frames_after = Vec::new();
         for _ in 0..100 {
             a.forward_output(p.key, 0);
             a.send_exits();
+            frames_after.extend(frames(&mut host));
         }
-        let frames = frames(&mut host);
+        let frames = frames_after;
         assert!(frames.iter().all(|f| f.payload.len() <= MAX_DATA_PAYLOAD));
-        let data: usize = frames.iter().filter(|f| f.kind == FrameKind::Data).map(|f| f.payload.len()).sum();
+        let data: usize = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Data)
+            .map(|f| f.payload.len())
+            .sum();
         assert_eq!(sent + data, written);
         let kinds: Vec<_> = frames.iter().map(|f| (f.kind, f.stream)).collect();
-        let exit = kinds.iter().position(|k| k.0 == FrameKind::Control).unwrap();
+        let exit = kinds
+            .iter()
+            .position(|k| k.0 == FrameKind::Control)
+            .unwrap();
         assert_eq!(exit, kinds.len() - 1, "the exit comes last");
         assert!(kinds.contains(&(FrameKind::Eof, 10)));
         let msg: GuestMessage = serde_json::from_slice(&frames[exit].payload).unwrap();
-        assert_eq!(msg, GuestMessage::ProcessExit { container: "c".into(), process: "p".into(), status: 3 });
-        assert!(a.processes.is_empty() && a.stdio_streams.is_empty() && a.stderr_streams.is_empty());
+        assert_eq!(
+            msg,
+            GuestMessage::ProcessExit {
+                container: "c".into(),
+                process: "p".into(),
+                status: 3
+            }
+        );
+        assert!(
+            a.processes.is_empty() && a.stdio_streams.is_empty() && a.stderr_streams.is_empty()
+        );
     }
 
     #[test]
     fn stdin_is_written_and_credited_then_closed_on_eof() {
         let (mut a, mut host) = agent();
         let p = fake_process(&mut a, "p", 20);
-        host_send(&mut a, &mut host, &Frame::data(20, b"hello ".to_vec()).encode());
-        host_send(&mut a, &mut host, &Frame::data(20, b"world".to_vec()).encode());
+        host_send(
+            &mut a,
+            &mut host,
+            &Frame::data(20, b"hello ".to_vec()).encode(),
+        );
+        host_send(
+            &mut a,
+            &mut host,
+            &Frame::data(20, b"world".to_vec()).encode(),
+        );
         host_send(&mut a, &mut host, &Frame::eof(20).encode());
         a.write_stdin(p.key);
         assert_eq!(frames(&mut host), vec![Frame::credit(20, 11)]);
         let mut got = String::new();
-        std::fs::File::from(p.stdin).read_to_string(&mut got).unwrap();
+        std::fs::File::from(p.stdin)
+            .read_to_string(&mut got)
+            .unwrap();
         assert_eq!(got, "hello world", "and EOF after it");
         // Late data is credited straight back.
-        host_send(&mut a, &mut host, &Frame::data(20, b"late".to_vec()).encode());
+        host_send(
+            &mut a,
+            &mut host,
+            &Frame::data(20, b"late".to_vec()).encode(),
+        );
         assert_eq!(frames(&mut host), vec![Frame::credit(20, 4)]);
     }
 
@@ -1068,9 +1228,18 @@ mod tests {
     fn stream_ids_and_process_ids_must_be_unique() {
         let (mut a, _host) = agent();
         fake_process(&mut a, "p", 30);
-        assert_eq!(a.validate_process("c", &spec("q", 30)).unwrap_err().kind, AgentErrorKind::InvalidRequest);
-        assert_eq!(a.validate_process("c", &spec("q", 29)).unwrap_err().kind, AgentErrorKind::InvalidRequest);
-        assert_eq!(a.validate_process("c", &spec("p", 40)).unwrap_err().kind, AgentErrorKind::AlreadyExists);
+        assert_eq!(
+            a.validate_process("c", &spec("q", 30)).unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            a.validate_process("c", &spec("q", 29)).unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            a.validate_process("c", &spec("p", 40)).unwrap_err().kind,
+            AgentErrorKind::AlreadyExists
+        );
         assert!(a.validate_process("other", &spec("p", 40)).is_ok());
     }
 

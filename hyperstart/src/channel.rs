@@ -58,7 +58,14 @@ impl Channel {
                         Err(e) => format!("cannot open {}: {e}", path.display()),
                     }
                 }
-                None => format!("channel {spec:?} not found"),
+                None => match spec {
+                    ChannelSpec::Device(path) => {
+                        format!("channel device {} not found", path.display())
+                    }
+                    ChannelSpec::Port(name) => {
+                        format!("no virtio-serial port named {name} in {VIRTIO_PORTS}")
+                    }
+                },
             };
             if Instant::now() >= deadline {
                 return Err(last_error);

@@ -90,12 +90,12 @@ fn main() {
         .run_dir
         .unwrap_or_else(|| PathBuf::from(rootfs::RUN_DIR));
     let mut agent = Agent::new(channel, signals, Options { pid1, run_dir });
-    agent.send_ready();
     log!(
-        "ready ({} {})",
+        "channel open, saying READY ({} {})",
         env!("CARGO_PKG_VERSION"),
         describe(&spec, dev.channel_fd)
     );
+    agent.send_ready();
     agent.run()
 }
 
@@ -130,29 +130,22 @@ fn boot() {
 /// set up a process's stdio.
 fn ensure_stdio() {
     for fd in 0..=2 {
-        if nix::fcntl::fcntl(borrow_fd_number(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-            let file = std::fs::OpenOptions::new()
+        // SAFETY: F_GETFD only asks whether the fd number is open; an unused
+        // number gives EBADF and nothing is touched.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        let open = |path| {
+            std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open("/dev/console")
-                .or_else(|_| {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/null")
-                });
-            // Opened in order, each lands on the lowest free fd: the hole.
-            if let Ok(file) = file {
-                std::mem::forget(file);
-            }
+                .open(path)
+        };
+        // Opened in order, each lands on the lowest free fd: the hole.
+        if let Ok(file) = open("/dev/console").or_else(|_| open("/dev/null")) {
+            std::mem::forget(file);
         }
     }
-}
-
-fn borrow_fd_number(fd: i32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: only used for F_GETFD, which merely asks the kernel whether the
-    // fd number is open; an unopened fd gives EBADF and nothing is touched.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 fn setup_signals() -> nix::Result<SignalFd> {

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Manual smoke test of hyperstart outside a VM (needs root).
+"""Manual smoke test of hyperstart (needs root).
 
-Runs hyperstart as an ordinary process in a private mount namespace, talks
-the guest protocol to it over a socketpair, and uses a loop-mounted erofs
-image built from the host's static busybox as the container rootfs.
+Without a VM: runs hyperstart as an ordinary process in a private mount
+namespace, talks the guest protocol to it over a socketpair, and uses a
+loop-mounted erofs image built from the host's static busybox as the
+container rootfs.
 
     sudo python3 hyperstart/tests/smoke.py target/debug/hyperstart
+
+In QEMU: boots KERNEL with INITRD (see mkinitramfs.sh), hyperstart as PID 1,
+with the channel on a virtio-serial port and the image on a virtio-blk disk
+whose serial is the disk id (microvm, like backends/qemu).
+
+    sudo python3 hyperstart/tests/smoke.py --qemu KERNEL INITRD [kvm|tcg]
 """
 import ctypes, json, os, shutil, socket, struct, subprocess, sys, tempfile, time
 
@@ -98,8 +105,41 @@ def private_mounts():
         raise OSError(ctypes.get_errno(), "unshare")
 
 
+def boot_qemu(work, image, kernel, initrd, accel="kvm"):
+    sock_path = os.path.join(work, "agent.sock")
+    cmdline = "quiet hyper.debug=1 console=ttyS0 hyper.channel=sh.hyper.channel.0 pci=off panic=-1"
+    if accel == "tcg":
+        cmdline += " tsc_early_khz=2000000"
+    proc = subprocess.Popen([
+        "qemu-system-x86_64", "-machine", "microvm", "-accel", accel,
+        "-cpu", "host" if accel == "kvm" else "max", "-m", "512", "-smp", "1",
+        "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+        "-serial", "file:" + os.path.join(work, "console.log"),
+        "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+        "-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
+        "-device", "virtio-serial-device",
+        "-device", "virtserialport,chardev=agent,name=sh.hyper.channel.0",
+        "-drive", f"file={image},if=none,id=disk0,format=raw,readonly=on",
+        "-device", "virtio-blk-device,drive=disk0,serial=hyper-rootfs0"])
+    deadline = time.time() + 10
+    while True:
+        try:
+            host = socket.socket(socket.AF_UNIX)
+            host.connect(sock_path)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+    return host, proc, "hyper-rootfs0", None
+
+
 def main():
-    binary = os.path.abspath(sys.argv[1])
+    qemu = None
+    if sys.argv[1] == "--qemu":
+        qemu = [os.path.abspath(sys.argv[2]), os.path.abspath(sys.argv[3])] + sys.argv[4:5]
+    else:
+        binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="hs-smoke-")
     rootdir = os.path.join(work, "rootfs")
     os.makedirs(os.path.join(rootdir, "bin"))
@@ -115,17 +155,23 @@ def main():
         f.write("x")
     image = os.path.join(work, "rootfs.erofs")
     subprocess.run(["mkfs.erofs", "--quiet", "--all-root", image, rootdir], check=True)
-    loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    host, guest_end = socket.socketpair()
-    proc = subprocess.Popen(
-        [binary, "--channel-fd", str(guest_end.fileno()),
-         "--cmdline", "hyper.debug=1", "--run-dir", os.path.join(work, "run")],
-        pass_fds=[guest_end.fileno()], preexec_fn=private_mounts)
-    guest_end.close()
+    if qemu:
+        host, proc, disk_id, loop = boot_qemu(work, image, *qemu)
+    else:
+        loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        disk_id = loop
+        host, guest_end = socket.socketpair()
+        proc = subprocess.Popen(
+            [binary, "--channel-fd", str(guest_end.fileno()),
+             "--cmdline", "hyper.debug=1", "--run-dir", os.path.join(work, "run")],
+            pass_fds=[guest_end.fileno()], preexec_fn=private_mounts)
+        guest_end.close()
     try:
         g = Guest(host)
-        g.wait(lambda: hasattr(g, "ready"))
+        started = time.time()
+        g.wait(lambda: hasattr(g, "ready"), timeout=120)
+        print(f"READY after {time.time() - started:.2f}s")
         print("ready:", g.ready)
         assert g.request({"hello": {"version": 1, "capabilities": ["flow-control"]}}) == {"Ok": "ok"}
         assert g.request("ping") == {"Ok": "pong"}
@@ -133,7 +179,7 @@ def main():
 
         init = process("init", ["sh", "-c", "echo hello; echo err >&2; hostname; pwd; read l; echo got:$l; exec sleep 1000"],
                        10, workdir="/work/dir")
-        spec = {"id": "c1", "rootfs": {"disk_id": loop, "fstype": "erofs"}, "hostname": "box", "process": init}
+        spec = {"id": "c1", "rootfs": {"disk_id": disk_id, "fstype": "erofs"}, "hostname": "box", "process": init}
         r = g.request({"new_container": spec})
         print("new_container:", r)
         assert "started" in r["Ok"], r
@@ -149,6 +195,13 @@ def main():
         assert 20 in g.eof and 21 in g.eof and g.exits["e1"] == 0
         assert b"uid=0(root) gid=0(root)" in g.out[20] and b"/bin/busybox" in g.out[20]
         assert b"PATH=/usr/local/sbin:" in g.out[20] and b"\nA=1\n" in g.out[20]
+
+        # pivot_root (not the chroot fallback): no hyperstart mount is left in the container.
+        r = g.request({"exec": {"container": "c1", "process": process("m", ["cat", "/proc/self/mountinfo"], 110)}})
+        g.wait(lambda: "m" in g.exits)
+        print("container mounts:", g.out[110].decode())
+        points = {line.split()[4] for line in g.out[110].decode().splitlines()}
+        assert points == {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"}, points
 
         r = g.request({"exec": {"container": "c1", "process": process("e2", ["id"], 30, user="nobody")}})
         g.wait(lambda: "e2" in g.exits)
@@ -200,7 +253,8 @@ def main():
         r = g.request({"exec": {"container": "c1", "process": process("late", ["id"], 100)}})
         assert r["Err"]["kind"] == "failed", r
         assert g.request({"remove_container": {"container": "c1"}}) == {"Ok": "ok"}
-        assert not os.path.exists(os.path.join(work, "run", "c1"))
+        if not qemu:
+            assert not os.path.exists(os.path.join(work, "run", "c1"))
         # Garbage must not kill it.
         g.send(9, 1, b"")
         time.sleep(0.2)  # the rest of a read with a bad header is dropped
@@ -209,12 +263,17 @@ def main():
         g.sock.sendall(struct.pack(">BII", CONTROL, 0, 14) + b'{"id":5,"x":1}')
         assert g.request("ping") == {"Ok": "pong"}
         assert g.request("destroy_pod") == {"Ok": "ok"}
-        assert proc.wait(10) == 0
+        assert proc.wait(30) == 0
         print("smoke test passed")
     finally:
         if proc.poll() is None:
             proc.kill()
-        subprocess.run(["losetup", "-d", loop])
+        if loop:
+            subprocess.run(["losetup", "-d", loop])
+        if qemu:
+            with open(os.path.join(work, "console.log"), errors="replace") as f:
+                print("--- guest console ---")
+                print(f.read()[-3000:])
         shutil.rmtree(work, ignore_errors=True)
 
 
