@@ -209,6 +209,21 @@ impl Hyperd {
         self.hyper_with_stdin(&args, stdin)
     }
 
+    /// Kills hyperd with SIGKILL, as a crash would, and reaps it.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new hyperd on the same config, state and socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_hyperd(&self.config, &self.log));
+        self.wait_ready();
+    }
+
     /// Stops hyperd with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -294,3 +294,61 @@ fn stopping_hyperd_takes_its_running_vms_down() {
         running
     });
 }
+
+#[test]
+fn a_new_hyperd_cleans_up_after_a_killed_one() {
+    let mut d = Hyperd::start();
+    let socket = d.socket.clone();
+    let client = std::thread::spawn(move || {
+        let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+        hyper_tests::hyper_at(
+            &socket,
+            &["run", "--rootfs", &rootfs, "--", "sleep", "600"],
+            None,
+        )
+    });
+    let state = format!("{}/state", d.dir.path().display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !text(&d.hyper(&["ps", "--json"]).stdout).contains("\"running\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod never ran:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    d.kill_hard();
+    // The VM outlives a crashed hyperd…
+    let orphans = processes_mentioning(&state);
+    assert!(
+        !orphans.is_empty(),
+        "expected the VM to survive hyperd's crash"
+    );
+    let out = client.join().expect("client");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    // …and the next hyperd kills it and removes its run directory.
+    d.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_mentioning(&state).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leftover VM not killed:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let leftovers: Vec<_> = files_under(&d.state_dir.join("pods"))
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "vm"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let ps: serde_json::Value =
+        serde_json::from_slice(&d.hyper(&["ps", "--json"]).stdout).expect("ps");
+    assert_eq!(ps[0]["state"], "exited", "{ps}");
+}
