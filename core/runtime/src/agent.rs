@@ -63,6 +63,11 @@ pub struct ProcessStreams {
     pub exit_rx: oneshot::Receiver<i32>,
 }
 
+struct PendingReply {
+    id: u64,
+    rx: oneshot::Receiver<Result<Reply, AgentError>>,
+}
+
 struct InboundStream {
     tx: mpsc::UnboundedSender<StreamChunk>,
     /// Bytes this side has allowed the guest to send so far.
@@ -290,12 +295,23 @@ impl AgentClient {
                 return Err(AgentCallError::Timeout(timeout));
             }
         };
-        client
-            .request(Request::Hello {
+        // The handshake's answer is not waited for: requests sent next go out
+        // behind it and hyperstart serves them in order, which saves a round
+        // trip per pod. A refusal ends the session, failing those requests.
+        let hello = client
+            .send_request(Request::Hello {
                 version: ready.version,
                 capabilities: ready.capabilities.clone(),
             })
             .await?;
+        let watcher = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = watcher.await_reply(hello).await {
+                watcher
+                    .inner
+                    .fail(format!("hyperstart refused the handshake: {e}"));
+            }
+        });
         Ok((client, ready))
     }
 
@@ -316,6 +332,11 @@ impl AgentClient {
 
     /// Sends a request and waits for hyperstart's answer.
     pub async fn request(&self, request: Request) -> Result<Reply, AgentCallError> {
+        let pending = self.send_request(request).await?;
+        self.await_reply(pending).await
+    }
+
+    async fn send_request(&self, request: Request) -> Result<PendingReply, AgentCallError> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = self.inner.state();
@@ -330,13 +351,17 @@ impl AgentClient {
         let payload = serde_json::to_vec(&HostMessage { id, request })
             .map_err(|e| AgentCallError::Disconnected(format!("cannot encode a request: {e}")))?;
         self.send_frame(Frame::control(payload)).await?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        Ok(PendingReply { id, rx })
+    }
+
+    async fn await_reply(&self, pending: PendingReply) -> Result<Reply, AgentCallError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, pending.rx).await {
             Ok(Ok(result)) => result.map_err(AgentCallError::Agent),
             Ok(Err(_)) => Err(AgentCallError::Disconnected(
                 self.dead_reason().unwrap_or_else(|| "session ended".into()),
             )),
             Err(_) => {
-                self.inner.state().pending.remove(&id);
+                self.inner.state().pending.remove(&pending.id);
                 Err(AgentCallError::Timeout(REQUEST_TIMEOUT))
             }
         }
@@ -651,6 +676,47 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, AgentCallError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_fails_the_requests_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut g = FakeGuest {
+                stream,
+                decoder: FrameDecoder::new(),
+            };
+            g.send(&GuestMessage::Ready {
+                min_version: 1,
+                max_version: 1,
+                capabilities: vec![],
+                agent: "picky".into(),
+            })
+            .await;
+            let hello = g.recv_request().await;
+            g.reply(
+                hello.id,
+                Err(AgentError::new(
+                    hyper_protocol::AgentErrorKind::InvalidRequest,
+                    "no thanks",
+                )),
+            )
+            .await;
+            let _ping = g.recv_request().await;
+            g
+        });
+        let (client, _) = AgentClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let err = client.request(Request::Ping).await.unwrap_err();
+        assert!(
+            err.to_string().contains("refused the handshake: no thanks"),
+            "{err}"
+        );
+        drop(guest.await.unwrap());
     }
 
     #[tokio::test]
