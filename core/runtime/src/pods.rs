@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_hypervisor::{DiskSpec, Hypervisor, ProbeReport, Vm, VmSpec};
-use hyper_protocol::{
-    AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Reply, Request, RootfsSpec,
-};
+use hyper_protocol::{AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Request, RootfsSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -527,7 +525,7 @@ impl Runtime {
         );
         pod_started?;
         match container_started {
-            Ok(Reply::Started { .. }) | Ok(_) => {}
+            Ok(reply) => tracing::debug!(pod = %id, ?reply, "container started"),
             Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
                 return Ok(RunOutcome {
                     pod: id.to_string(),
@@ -585,6 +583,7 @@ impl Runtime {
             }
         };
         stdin_task.abort();
+        tracing::debug!(pod = %id, ?status, "container exited");
         let status = status.map_err(|_| {
             AgentCallError::Disconnected(
                 agent
