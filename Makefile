@@ -49,6 +49,7 @@ e2e: build payload rootfs
 
 test: build payload rootfs
 	$(CARGO) test --release --workspace -- --test-threads=2
+	python3 hyperstart/tests/smoke.py $(HYPERSTART)
 
 bench: build payload rootfs
 	bench/boot.py
