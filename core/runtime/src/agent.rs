@@ -662,6 +662,46 @@ mod tests {
         );
     }
 
+    /// A fuzz-style loop: a guest that sends random bytes (random frames
+    /// mixed with noise) never panics the client, never makes it hang, and
+    /// leaves it dead with a reason once the guest goes away.
+    #[tokio::test]
+    async fn random_guest_bytes_end_the_session_cleanly() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..40 {
+            let (client, mut guest, _dir) = connected().await;
+            let streams = client.new_process("p");
+            let mut bytes = Vec::new();
+            for _ in 0..(next() % 8) {
+                // Some well-formed frames on real and unknown streams…
+                let stream = [streams.stdio, streams.stderr, 999][(next() % 3) as usize];
+                let len = (next() % 2048) as usize;
+                bytes.extend(Frame::data(stream, vec![b'x'; len]).encode());
+            }
+            // …then noise.
+            bytes.extend((0..(next() % 8192)).map(|_| next() as u8));
+            guest.send_raw(&bytes).await;
+            drop(guest);
+            let died = tokio::time::timeout(Duration::from_secs(5), async {
+                while client.dead_reason().is_none() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(
+                died.is_ok(),
+                "round {round}: the client did not notice the guest went away"
+            );
+            assert!(client.request(Request::Ping).await.is_err());
+        }
+    }
+
     #[tokio::test]
     async fn silent_guest_times_out() {
         let dir = tempfile::tempdir().unwrap();
