@@ -512,16 +512,25 @@ mod tests {
         }
     }
 
-    async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
+    fn listen() -> (tempfile::TempDir, std::path::PathBuf, UnixListener) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).unwrap();
+        (dir, path, listener)
+    }
+
+    async fn accept(listener: UnixListener) -> FakeGuest {
+        let (stream, _) = listener.accept().await.unwrap();
+        FakeGuest {
+            stream,
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
+        let (dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut g = FakeGuest {
-                stream,
-                decoder: FrameDecoder::new(),
-            };
+            let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
                 min_version: 1,
                 max_version: 1,
@@ -704,9 +713,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_guest_times_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = listen();
         let _keep = tokio::spawn(async move {
             let (_stream, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -720,15 +727,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_handshake_fails_the_requests_behind_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut g = FakeGuest {
-                stream,
-                decoder: FrameDecoder::new(),
-            };
+            let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
                 min_version: 1,
                 max_version: 1,
@@ -761,15 +762,9 @@ mod tests {
 
     #[tokio::test]
     async fn incompatible_versions_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = listen();
         tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut g = FakeGuest {
-                stream,
-                decoder: FrameDecoder::new(),
-            };
+            let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
                 min_version: 90,
                 max_version: 99,
