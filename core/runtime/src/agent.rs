@@ -713,7 +713,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_guest_times_out() {
-        let (dir, path, listener) = listen();
+        let (_dir, path, listener) = listen();
         let _keep = tokio::spawn(async move {
             let (_stream, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -727,7 +727,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_handshake_fails_the_requests_behind_it() {
-        let (dir, path, listener) = listen();
+        let (_dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
@@ -762,7 +762,7 @@ mod tests {
 
     #[tokio::test]
     async fn incompatible_versions_are_refused() {
-        let (dir, path, listener) = listen();
+        let (_dir, path, listener) = listen();
         tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
