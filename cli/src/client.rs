@@ -1,6 +1,6 @@
 //! The client side of hyperd's API, over its unix socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -44,10 +44,6 @@ impl Client {
         Self {
             socket: socket.into(),
         }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     async fn connect(&self) -> Result<Sender, ClientError> {

@@ -181,10 +181,6 @@ impl Hyperd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Runs `hyper ARGS…` against this hyperd.
     pub fn hyper(&self, args: &[&str]) -> Output {
         self.hyper_with_stdin(args, None)

@@ -69,16 +69,6 @@ pub enum RunError {
     },
 }
 
-impl RunError {
-    /// Client-side mistakes are 4xx, the rest 5xx.
-    pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            Self::Invalid(_) | Self::Rootfs(rootfs::RootfsError::Source { .. })
-        )
-    }
-}
-
 /// Output of the container, in order per stream.
 #[derive(Debug)]
 pub enum Output {
