@@ -1,0 +1,46 @@
+/* agentcat: connect to hyper-vmm's agent socket (retrying until it exists),
+ * print what hyperstart sends (printable bytes), and exit 0 as soon as a
+ * "ready" control frame arrived. Prints the time from its own start.
+ * Usage: agentcat SOCKET TIMEOUT_SECONDS */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+
+int main(int argc, char **argv) {
+  if (argc < 3) { fprintf(stderr, "usage: agentcat SOCKET TIMEOUT\n"); return 2; }
+  double t0 = now(), limit = atof(argv[2]);
+  struct sockaddr_un a = { .sun_family = AF_UNIX };
+  strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+  int fd = -1;
+  while (now() - t0 < limit) {
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) break;
+    close(fd); fd = -1; usleep(10000);
+  }
+  if (fd < 0) { printf("AGENTCAT-FAIL no socket after %.1fs\n", now() - t0); return 1; }
+  printf("AGENTCAT connected +%.3fs\n", now() - t0); fflush(stdout);
+  struct timeval tv = { .tv_sec = 1 };
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  static char seen[65536]; size_t n = 0;
+  while (now() - t0 < limit) {
+    char buf[4096];
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r == 0) { printf("AGENTCAT-FAIL closed +%.3fs\n", now() - t0); return 1; }
+    if (r < 0) { if (errno == EAGAIN || errno == EINTR) continue; perror("read"); return 1; }
+    for (ssize_t i = 0; i < r && n < sizeof seen - 1; i++) seen[n++] = (buf[i] >= 32 && buf[i] < 127) ? buf[i] : '.';
+    seen[n] = 0;
+    if (strstr(seen, "\"ready\"") || strstr(seen, "ready")) {
+      printf("AGENT-READY +%.3fs: %.200s\n", now() - t0, seen);
+      return 0;
+    }
+  }
+  printf("AGENTCAT-FAIL timeout, got: %.300s\n", seen);
+  return 1;
+}

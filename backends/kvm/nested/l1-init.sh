@@ -1,0 +1,65 @@
+#!/bin/sh
+# /init of the L1 guest (Debian kernel under QEMU/TCG with an emulated AMD
+# SVM CPU): load kvm-amd, then run hyper-vmm on the real /dev/kvm:
+#  1. the freestanding test guest (all device checks), 2. the real payload
+#  (hyperkernel + hyperstart.img) until hyperstart's READY on the agent socket,
+#  3. (when present) QEMU microvm on the same payload, for the ratio.
+export PATH=/bin:/usr/bin
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sys /sys
+$bb mount -t devtmpfs dev /dev
+$bb mount -t tmpfs tmp /tmp
+cd /lib/modules && for m in irqbypass kvm ccp kvm-amd; do $bb insmod $m.ko || echo "INSMOD-FAIL $m"; done; cd /
+[ -c /dev/kvm ] && echo "L1-KVM-READY" || { echo "L1-NO-KVM"; echo ALL-DONE; $bb poweroff -f; }
+T=${nk_timeout:-300}
+
+echo "== test guest"
+$bb timeout 120 /bin/hyper-vmm --kernel /l2/hyper-testguest --memory-mib 64 --vcpus 2 \
+  --cmdline "tg.hello tg.mem_mib=64 tg.cpus=2 tg.disk_serial=hyper-rootfs0 tg.sector=5" \
+  --disk path=/l2/disk.img,id=hyper-rootfs0 --debug-exit --status-file /tmp/tg.json </dev/null
+echo "TESTGUEST-EXIT rc=$? $(cat /tmp/tg.json)"
+
+run_payload() { # name kernel
+  rm -f /tmp/agent.sock /tmp/vmm.json
+  /bin/agentcat /tmp/agent.sock $T &
+  cat_pid=$!
+  $bb timeout $T /bin/hyper-vmm --kernel "$2" --initrd /l2/hyperstart.img --memory-mib 256 \
+    --cmdline "quiet panic=-1 rdinit=/init console=ttyS0 reboot=k pci=off hyper.channel=/dev/hvc0" \
+    --agent-socket /tmp/agent.sock --console-log /tmp/console.log --status-file /tmp/vmm.json </dev/null &
+  vmm_pid=$!
+  wait $cat_pid; rc=$?
+  kill -TERM $vmm_pid 2>/dev/null; wait $vmm_pid
+  echo "PAYLOAD-$1 agentcat rc=$rc vmm: $(cat /tmp/vmm.json 2>/dev/null)"
+  $bb tail -n 15 /tmp/console.log | $bb sed "s/^/PAYLOAD-$1 console: /"
+}
+if [ -e /l2/hyperkernel.bzImage ]; then
+  echo "== payload (bzImage)"
+  run_payload bzimage /l2/hyperkernel.bzImage
+fi
+run_qemu() {
+  rm -f /tmp/q.sock
+  /bin/agentcat /tmp/q.sock $T &
+  cat_pid=$!
+  $bb timeout $T qemu-system-x86_64 -machine microvm -accel kvm -cpu host -m 256 -smp 1 \
+    -nodefaults -no-user-config -nographic -serial file:/tmp/qconsole.log -monitor none -no-reboot \
+    -kernel /l2/hyperkernel -initrd /l2/hyperstart.img \
+    -append "quiet panic=-1 rdinit=/init console=ttyS0 hyper.channel=sh.hyper.channel.0" \
+    -device virtio-serial-device -chardev socket,id=agent,path=/tmp/q.sock,server=on,wait=off \
+    -device virtserialport,chardev=agent,name=sh.hyper.channel.0 </dev/null >/tmp/qemu.out 2>&1 &
+  q=$!
+  wait $cat_pid; echo "QEMU agentcat rc=$?"; kill $q 2>/dev/null; wait $q
+}
+# Alternating, so both see the same load: hyper-vmm (PVH vmlinux) vs QEMU microvm.
+i=1
+while [ $i -le "${nk_runs:-1}" ]; do
+  echo "== round $i: hyper-vmm, payload (ELF vmlinux, PVH)"
+  run_payload pvh /l2/hyperkernel
+  if [ -x /usr/bin/qemu-system-x86_64 ]; then
+    echo "== round $i: QEMU microvm -accel kvm, same payload"
+    run_qemu
+  fi
+  i=$((i+1))
+done
+echo ALL-DONE
+$bb poweroff -f

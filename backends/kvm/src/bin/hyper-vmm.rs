@@ -1,0 +1,121 @@
+//! hyper-vmm: runs one VM on /dev/kvm until the guest stops.
+//!
+//! `hyper-vmm --config vm.json` or flags (see `--help`). Writes a JSON exit
+//! status to `--status-file` (and stderr) and exits 0 when the guest
+//! stopped itself or a signal stopped it, 3 for a non-zero debug-exit
+//! status, 1 on errors, 2 on bad arguments.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use hyper_backend_kvm::vmm::{run, DiskConfig, VmmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hyper-vmm",
+    about = "Run one VM on /dev/kvm (hypercontainer's KVM backend)"
+)]
+struct Args {
+    /// A JSON VmmConfig; the other flags are ignored when given.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// ELF vmlinux with a PVH note, or a bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u64,
+    /// `path=FILE,id=ID[,rw]` (read-only unless `rw`); repeatable.
+    #[arg(long)]
+    disk: Vec<String>,
+    /// Serial console output file (default: stdout).
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    #[arg(long)]
+    agent_socket: Option<PathBuf>,
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Honour the debug-exit port 0xf4 (test guests).
+    #[arg(long)]
+    debug_exit: bool,
+}
+
+fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
+    let mut path = None;
+    let mut id = None;
+    let mut read_only = true;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("path", v)) => path = Some(PathBuf::from(v)),
+            Some(("id", v)) => id = Some(v.to_string()),
+            None if part == "rw" => read_only = false,
+            None if part == "ro" => read_only = true,
+            _ => anyhow::bail!("--disk {s:?}: unknown part {part:?} (want path=FILE,id=ID[,rw])"),
+        }
+    }
+    Ok(DiskConfig {
+        path: path.with_context(|| format!("--disk {s:?}: missing path="))?,
+        id: id.with_context(|| format!("--disk {s:?}: missing id="))?,
+        read_only,
+    })
+}
+
+fn config(args: Args) -> anyhow::Result<VmmConfig> {
+    if let Some(p) = args.config {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()));
+    }
+    Ok(VmmConfig {
+        kernel: args.kernel.context("--kernel or --config is required")?,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        disks: args
+            .disk
+            .iter()
+            .map(|d| parse_disk(d))
+            .collect::<anyhow::Result<_>>()?,
+        console_log: args.console_log,
+        console_log_limit: hyper_backend_kvm::vmm::config::DEFAULT_CONSOLE_LIMIT,
+        agent_socket: args.agent_socket,
+        status_file: args.status_file,
+        debug_exit: args.debug_exit,
+    })
+}
+
+fn main() {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYPER_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cfg = match config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hyper-vmm: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let status = run(&cfg, started);
+    let json = serde_json::to_string(&status)
+        .unwrap_or_else(|e| format!("{{\"reason\":\"error\",\"message\":\"status: {e}\"}}"));
+    if let Some(p) = &cfg.status_file {
+        if let Err(e) = std::fs::write(p, format!("{json}\n")) {
+            eprintln!("hyper-vmm: writing {}: {e}", p.display());
+        }
+    }
+    eprintln!("hyper-vmm: exit {json}");
+    std::process::exit(status.exit_code());
+}

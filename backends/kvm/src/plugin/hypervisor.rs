@@ -1,0 +1,227 @@
+//! The configured KVM backend: probe and launch.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_hypervisor::{
+    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+};
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::config::KvmConfig;
+use super::probe;
+use super::vm::{KvmVm, RunPaths};
+use crate::vmm::config::{host_memory_mib, DiskConfig, VmmConfig, MAX_DISKS, MAX_VCPUS};
+use crate::vmm::devices::blk::valid_serial;
+use crate::vmm::layout::MIN_MEMORY_MIB;
+
+pub const BACKEND_NAME: &str = "kvm";
+
+/// What hyper-vmm adds for the hyperkernel: the 8250 console, i8042 reset
+/// for reboot/poweroff/panic (no ACPI), no PCI scan, and the agent channel
+/// on the virtio-console port (/dev/hvc0; hyperstart makes it raw).
+pub const PAYLOAD_ARGS: &str = "console=ttyS0 reboot=k pci=off hyper.channel=/dev/hvc0";
+
+/// From spawn to the agent socket: hyper-vmm binds it once the VM is set
+/// up, before the first vCPU instruction.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(5);
+
+pub struct KvmHypervisor {
+    config: KvmConfig,
+}
+
+impl KvmHypervisor {
+    pub fn new(config: KvmConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &KvmConfig {
+        &self.config
+    }
+}
+
+fn invalid(m: impl Into<String>) -> HypervisorError {
+    HypervisorError::InvalidSpec(m.into())
+}
+
+fn readable(what: &str, path: &Path) -> Result<(), HypervisorError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("{what} {}: {e}", path.display())))
+}
+
+/// Everything about a spec that can be checked before spawning.
+pub fn check_spec(spec: &VmSpec) -> Result<(), HypervisorError> {
+    if spec.vcpus == 0 || spec.vcpus > u32::from(MAX_VCPUS) {
+        return Err(invalid(format!(
+            "vcpus = {}: this backend runs 1..={MAX_VCPUS}",
+            spec.vcpus
+        )));
+    }
+    if u64::from(spec.memory_mib) < MIN_MEMORY_MIB {
+        return Err(invalid(format!(
+            "memory_mib = {}: at least {MIN_MEMORY_MIB}",
+            spec.memory_mib
+        )));
+    }
+    if let Some(host) = host_memory_mib() {
+        if u64::from(spec.memory_mib) > host {
+            return Err(invalid(format!(
+                "memory_mib = {} is larger than this host's RAM ({host} MiB): lower [vm] memory_mib",
+                spec.memory_mib
+            )));
+        }
+    }
+    crate::vmm::boot::kernel_format(&spec.kernel).map_err(|e| invalid(e.to_string()))?;
+    readable("initrd", &spec.initrd)?;
+    if spec.disks.len() > MAX_DISKS {
+        return Err(invalid(format!(
+            "{} disks: at most {MAX_DISKS}",
+            spec.disks.len()
+        )));
+    }
+    for d in &spec.disks {
+        if !valid_serial(&d.id) {
+            return Err(invalid(format!(
+                "disk id {:?}: 1..=20 characters of [A-Za-z0-9_-]",
+                d.id
+            )));
+        }
+        let meta = std::fs::metadata(&d.path)
+            .map_err(|e| invalid(format!("disk {}: {e}", d.path.display())))?;
+        if meta.is_dir() {
+            return Err(invalid(format!("disk {} is a directory", d.path.display())));
+        }
+        readable("disk", &d.path)?;
+    }
+    Ok(())
+}
+
+pub fn vmm_config(spec: &VmSpec, paths: &RunPaths, cfg: &KvmConfig) -> VmmConfig {
+    VmmConfig {
+        kernel: spec.kernel.clone(),
+        initrd: Some(spec.initrd.clone()),
+        cmdline: format!("{} {PAYLOAD_ARGS}", spec.cmdline.trim()),
+        vcpus: spec.vcpus.min(u32::from(MAX_VCPUS)) as u8,
+        memory_mib: u64::from(spec.memory_mib),
+        disks: spec
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: d.id.clone(),
+            })
+            .collect(),
+        console_log: Some(spec.console_log.clone()),
+        console_log_limit: cfg.console_log_limit_mib << 20,
+        agent_socket: Some(paths.agent.clone()),
+        status_file: Some(paths.status.clone()),
+        debug_exit: false,
+    }
+}
+
+#[async_trait]
+impl Hypervisor for KvmHypervisor {
+    fn name(&self) -> &str {
+        BACKEND_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_disks: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn probe(&self) -> ProbeReport {
+        let vmm = self.config.vmm.clone();
+        match tokio::task::spawn_blocking(move || probe::probe(&vmm)).await {
+            Ok(r) => r,
+            Err(e) => ProbeReport {
+                usable: false,
+                reason: format!("probe failed: {e}"),
+                details: Default::default(),
+            },
+        }
+    }
+
+    async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        let unavailable = |reason: String| HypervisorError::Unavailable {
+            backend: BACKEND_NAME.into(),
+            reason,
+        };
+        probe::dev_kvm().map_err(unavailable)?;
+        if crate::vmm::cpu::host_is_pvm() && !self.config.allow_pvm {
+            return Err(unavailable(probe::PVM_REASON.into()));
+        }
+        probe::check_vmm(&self.config.vmm).map_err(unavailable)?;
+        check_spec(&spec)?;
+
+        std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
+            HypervisorError::Io(format!("run directory {}: {e}", spec.run_dir.display()))
+        })?;
+        let paths = RunPaths::new(&spec.run_dir);
+        for p in [&paths.agent, &paths.status] {
+            let _ = std::fs::remove_file(p);
+        }
+        let cfg = vmm_config(&spec, &paths, &self.config);
+        let json =
+            serde_json::to_vec_pretty(&cfg).map_err(|e| HypervisorError::Plugin(e.to_string()))?;
+        std::fs::write(&paths.config, json)
+            .map_err(|e| HypervisorError::Io(format!("{}: {e}", paths.config.display())))?;
+        let log = std::fs::File::create(&paths.log)
+            .map_err(|e| HypervisorError::Io(format!("{}: {e}", paths.log.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| HypervisorError::Io(e.to_string()))?;
+        let mut child = Command::new(&self.config.vmm)
+            .arg("--config")
+            .arg(&paths.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| {
+                HypervisorError::LaunchFailed(format!(
+                    "cannot run {}: {e}",
+                    self.config.vmm.display()
+                ))
+            })?;
+        let pid = child.id().unwrap_or(0);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(st) = child
+                .try_wait()
+                .map_err(|e| HypervisorError::LaunchFailed(e.to_string()))?
+            {
+                return Err(HypervisorError::LaunchFailed(format!(
+                    "hyper-vmm exited ({st}) before the VM was up: {}",
+                    paths.failure_message()
+                )));
+            }
+            if paths.agent.exists() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                return Err(HypervisorError::LaunchFailed(format!(
+                    "hyper-vmm did not set up the VM within {START_TIMEOUT:?}; see {}",
+                    paths.log.display()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let info = VmInfo {
+            id: spec.id.clone(),
+            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
+            pid: Some(pid),
+        };
+        Ok(Box::new(KvmVm::start(info, child, pid, paths)))
+    }
+}

@@ -1,0 +1,153 @@
+//! hyper-vmm's configuration (a JSON file, or the same fields as flags).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::devices::blk::valid_serial;
+use super::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQS};
+
+pub const MAX_VCPUS: u8 = 64;
+pub const MAX_DISKS: usize = VIRTIO_IRQS.len() - 1;
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmConfig {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "one")]
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Serial console output; stdout when absent.
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    #[serde(default = "default_limit")]
+    pub console_log_limit: u64,
+    /// Where the VMM listens for the host end of the virtio-console port.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+    /// Where the machine-readable exit status (JSON) goes.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+    /// Honour writes to the debug-exit port 0xf4 (test guests).
+    #[serde(default)]
+    pub debug_exit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default = "yes")]
+    pub read_only: bool,
+    pub id: String,
+}
+
+fn one() -> u8 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_limit() -> u64 {
+    DEFAULT_CONSOLE_LIMIT
+}
+
+/// MemTotal from /proc/meminfo, in MiB.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+impl VmmConfig {
+    /// Problems a person can act on, one per line.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            problems.push(format!("vcpus = {}: must be 1..={MAX_VCPUS}", self.vcpus));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB || self.memory_mib > MAX_MEMORY_MIB {
+            problems.push(format!(
+                "memory_mib = {}: must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                self.memory_mib
+            ));
+        }
+        if let Some(host) = host_memory_mib() {
+            if self.memory_mib > host {
+                problems.push(format!(
+                    "memory_mib = {}: larger than this host's RAM ({host} MiB); give the VM less memory",
+                    self.memory_mib
+                ));
+            }
+        }
+        if self.disks.len() > MAX_DISKS {
+            problems.push(format!("{} disks: at most {MAX_DISKS}", self.disks.len()));
+        }
+        for d in &self.disks {
+            if !valid_serial(&d.id) {
+                problems.push(format!(
+                    "disk id {:?}: 1..=20 characters of [A-Za-z0-9_-]",
+                    d.id
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> VmmConfig {
+        serde_json::from_str(r#"{"kernel":"/k","memory_mib":64}"#).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = base();
+        assert_eq!(c.vcpus, 1);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(
+            serde_json::from_str::<VmmConfig>(r#"{"kernel":"/k","memory_mib":64,"memroy":1}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn memory_larger_than_the_host_is_refused() {
+        let mut c = base();
+        c.memory_mib = MAX_MEMORY_MIB;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("memory_mib"), "{e}");
+    }
+
+    #[test]
+    fn bad_disk_id_and_vcpus() {
+        let mut c = base();
+        c.vcpus = 0;
+        c.disks.push(DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+            id: "bad id".into(),
+        });
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("vcpus") && e.contains("disk id"), "{e}");
+    }
+}

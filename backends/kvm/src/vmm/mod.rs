@@ -1,0 +1,12 @@
+//! hyper-vmm: one VM per process on /dev/kvm.
+
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod layout;
+pub mod mptable;
+mod run;
+
+pub use config::{DiskConfig, VmmConfig};
+pub use run::{run, ExitReason, ExitStatus};

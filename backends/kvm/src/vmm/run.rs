@@ -1,0 +1,630 @@
+//! Building the VM and running it until the guest stops, a signal arrives,
+//! or something fails.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use serde::Serialize;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::boot;
+use super::config::VmmConfig;
+use super::cpu;
+use super::devices::blk::Block;
+use super::devices::console::Console;
+use super::devices::i8042;
+use super::devices::mmio::MmioTransport;
+use super::devices::serial::{BoundedLog, SerialDevice};
+use super::devices::GUEST_FAULTS;
+use super::layout::*;
+use crate::guest_fault;
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 reset, triple fault): Linux's
+    /// reboot, poweroff without ACPI, and `panic=-1` all end here.
+    GuestReset { how: String },
+    /// A test guest wrote its status to the debug-exit port.
+    DebugExit { status: u32 },
+    /// SIGTERM/SIGINT/SIGHUP.
+    Signal { signal: i32 },
+    /// The VMM could not set up or run the VM.
+    Error { message: String },
+}
+
+/// The machine-readable summary written to `status_file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitStatus {
+    #[serde(flatten)]
+    pub reason: ExitReason,
+    /// From VMM start to the guest's first port write.
+    pub first_port_write_us: Option<u64>,
+    pub setup_us: Option<u64>,
+    pub guest_faults: u64,
+    pub vcpu_exits: u64,
+    pub vmm_rss_kib: Option<u64>,
+    /// Where set-up time went, in µs since process start: KVM VM created,
+    /// guest memory registered, kernel loaded, devices built, vCPUs started.
+    pub setup_marks_us: Vec<(String, u64)>,
+    /// Guest RAM pages resident in the VMM (touched by guest or VMM).
+    pub guest_resident_kib: Option<u64>,
+}
+
+impl ExitStatus {
+    /// The process exit code: 0 for a guest that stopped itself or a clean
+    /// signal stop, 3 for a non-zero debug-exit status, 1 for errors.
+    pub fn exit_code(&self) -> i32 {
+        match &self.reason {
+            ExitReason::GuestReset { .. } | ExitReason::Signal { .. } => 0,
+            ExitReason::DebugExit { status: 0 } => 0,
+            ExitReason::DebugExit { .. } => 3,
+            ExitReason::Error { .. } => 1,
+        }
+    }
+}
+
+struct ExitSlot {
+    reason: Mutex<Option<ExitReason>>,
+    evt: EventFd,
+}
+
+impl ExitSlot {
+    fn set(&self, r: ExitReason) {
+        let mut g = lock(&self.reason);
+        if g.is_none() {
+            *g = Some(r);
+        }
+        drop(g);
+        let _ = self.evt.write(1);
+    }
+    fn is_set(&self) -> bool {
+        lock(&self.reason).is_some()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Bus {
+    serial: Mutex<SerialDevice>,
+    i8042: Mutex<i8042::I8042>,
+    console: Mutex<MmioTransport<Console>>,
+    disks: Vec<Mutex<MmioTransport<Block>>>,
+    exit: ExitSlot,
+    debug_exit: bool,
+    started: Instant,
+    first_io: OnceLock<Instant>,
+    kick: EventFd,
+    exits: AtomicU64,
+}
+
+impl Bus {
+    fn pio_out(&self, port: u16, data: &[u8]) {
+        let _ = self.first_io.set(Instant::now());
+        let Some(&b0) = data.first() else { return };
+        match port {
+            SERIAL_PORT..=0x3ff => lock(&self.serial).write((port - SERIAL_PORT) as u8, b0),
+            I8042_CMD_PORT => {
+                let action = lock(&self.i8042).write_command(b0);
+                if action == i8042::Action::Reset {
+                    self.exit.set(ExitReason::GuestReset {
+                        how: "i8042 reset".into(),
+                    });
+                }
+            }
+            I8042_DATA_PORT => lock(&self.i8042).write_data(b0),
+            DEBUG_EXIT_PORT if self.debug_exit => {
+                let mut v = [0u8; 4];
+                let n = data.len().min(4);
+                v[..n].copy_from_slice(&data[..n]);
+                self.exit.set(ExitReason::DebugExit {
+                    status: u32::from_le_bytes(v),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn pio_in(&self, port: u16, data: &mut [u8]) {
+        match port {
+            SERIAL_PORT..=0x3ff => {
+                let v = lock(&self.serial).read((port - SERIAL_PORT) as u8);
+                data.fill(0);
+                if let Some(b) = data.first_mut() {
+                    *b = v;
+                }
+            }
+            I8042_CMD_PORT | I8042_DATA_PORT => {
+                let mut k = lock(&self.i8042);
+                let v = if port == I8042_CMD_PORT {
+                    k.read_status()
+                } else {
+                    k.read_data()
+                };
+                data.fill(0);
+                if let Some(b) = data.first_mut() {
+                    *b = v;
+                }
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn mmio(&self, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
+        let slots = 1 + self.disks.len() as u64;
+        let in_range =
+            addr >= VIRTIO_MMIO_BASE && addr < VIRTIO_MMIO_BASE + slots * VIRTIO_MMIO_SIZE;
+        if !in_range {
+            if let Some(d) = read {
+                d.fill(0xff);
+            }
+            guest_fault!("MMIO access to unmapped address {addr:#x}");
+            return;
+        }
+        let index = ((addr - VIRTIO_MMIO_BASE) / VIRTIO_MMIO_SIZE) as usize;
+        let offset = (addr - VIRTIO_MMIO_BASE) % VIRTIO_MMIO_SIZE;
+        if index == 0 {
+            let mut c = lock(&self.console);
+            if let Some(d) = read {
+                c.read(offset, d);
+            }
+            if let Some(d) = write {
+                c.write(offset, d);
+                // Output to flush, or receive buffers the guest just
+                // returned: the event loop re-polls the connection.
+                if c.device().has_output() || offset == 0x50 {
+                    let _ = self.kick.write(1);
+                }
+            }
+        } else if let Some(disk) = self.disks.get(index - 1) {
+            let mut t = lock(disk);
+            if let Some(d) = read {
+                t.read(offset, d);
+            }
+            if let Some(d) = write {
+                t.write(offset, d);
+            }
+        }
+    }
+}
+
+fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>) {
+    loop {
+        bus.exits.fetch_add(1, Ordering::Relaxed);
+        match vcpu.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoOut(port, data) => bus.pio_out(port, data),
+                VcpuExit::IoIn(port, data) => bus.pio_in(port, data),
+                VcpuExit::MmioRead(addr, data) => bus.mmio(addr, Some(data), None),
+                VcpuExit::MmioWrite(addr, data) => bus.mmio(addr, None, Some(data)),
+                VcpuExit::Shutdown => bus.exit.set(ExitReason::GuestReset {
+                    how: "triple fault / shutdown".into(),
+                }),
+                VcpuExit::SystemEvent(kind, _) => bus.exit.set(ExitReason::GuestReset {
+                    how: format!("KVM system event {kind}"),
+                }),
+                VcpuExit::Hlt => bus.exit.set(ExitReason::GuestReset {
+                    how: "vCPU halted".into(),
+                }),
+                VcpuExit::Intr => {}
+                VcpuExit::FailEntry(reason, cpu) => bus.exit.set(ExitReason::Error {
+                    message: format!("KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
+                }),
+                VcpuExit::InternalError => bus.exit.set(ExitReason::Error {
+                    message: "KVM internal error (the instruction emulator gave up)".into(),
+                }),
+                other => bus.exit.set(ExitReason::Error {
+                    message: format!("unexpected vCPU exit {other:?}"),
+                }),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => bus.exit.set(ExitReason::Error {
+                message: format!("KVM_RUN: {e}"),
+            }),
+        }
+        if bus.exit.is_set() {
+            return;
+        }
+    }
+}
+
+fn kvm_open() -> Result<Kvm, String> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => "/dev/kvm does not exist: load kvm_intel or kvm_amd (and enable virtualization in the firmware)".to_string(),
+        libc::EACCES | libc::EPERM => "no permission to open /dev/kvm: add this user to the kvm group or run as root".to_string(),
+        _ => format!("cannot open /dev/kvm: {e}"),
+    })
+}
+
+struct Vm {
+    marks: Vec<(String, u64)>,
+    _kvm: Kvm,
+    _vm: VmFd,
+    mem: GuestMemoryMmap,
+    bus: Arc<Bus>,
+    listener: Option<UnixListener>,
+    sigfd: OwnedFd,
+}
+
+fn block_signals() -> Result<OwnedFd, String> {
+    // SAFETY: sigset_t is plain data; the libc calls only write into it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("cannot block signals".into());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
+    let mut marks = Vec::new();
+    let mut mark =
+        |what: &str| marks.push((what.to_string(), started.elapsed().as_micros() as u64));
+    cfg.validate()?;
+    mark("validated");
+    let sigfd = block_signals()?;
+    let kvm = kvm_open()?;
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::Pit2, "PIT"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(format!("this KVM lacks {name}"));
+        }
+    }
+    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
+    vm.create_irq_chip()
+        .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| format!("KVM_CREATE_PIT2: {e}"))?;
+    mark("kvm_vm_created");
+
+    let regions = ram_regions(cfg.memory_mib);
+    let ranges: Vec<(GuestAddress, usize)> = regions
+        .iter()
+        .map(|&(s, l)| {
+            Ok((
+                GuestAddress(s),
+                usize::try_from(l).map_err(|e| e.to_string())?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| format!("cannot map {} MiB of guest memory: {e}", cfg.memory_mib))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| format!("guest memory: {e}"))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // returned Vm keeps until the process exits; KVM only maps it.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+    }
+
+    mark("memory_registered");
+
+    // Devices and the command line that declares them.
+    let mut cmdline = cfg.cmdline.trim().to_string();
+    for (i, irq) in VIRTIO_IRQS.iter().enumerate().take(cfg.disks.len() + 1) {
+        cmdline.push_str(&format!(
+            " virtio_mmio.device=4K@{:#x}:{irq}",
+            virtio_mmio_addr(i)
+        ));
+    }
+    let entry = boot::load(
+        &mem,
+        &regions,
+        &cfg.kernel,
+        cfg.initrd.as_deref(),
+        cmdline.trim(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    super::mptable::write(&mem, cfg.vcpus)?;
+    mark("kernel_loaded");
+
+    let irq = |gsi: u32| -> Result<EventFd, String> {
+        let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+        vm.register_irqfd(&e, gsi)
+            .map_err(|e| format!("KVM_IRQFD {gsi}: {e}"))?;
+        Ok(e)
+    };
+    let log = match &cfg.console_log {
+        Some(p) => BoundedLog::file(
+            File::create(p).map_err(|e| format!("console log {}: {e}", p.display()))?,
+            cfg.console_log_limit,
+        ),
+        None => BoundedLog::new(Box::new(std::io::stdout()), cfg.console_log_limit),
+    };
+    let serial = SerialDevice::new(irq(SERIAL_IRQ)?, log);
+    let console = MmioTransport::new(Console::new(), mem.clone(), irq(VIRTIO_IRQS[0])?)?;
+    let mut disks = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let blk = Block::open(&d.path, d.read_only, &d.id).map_err(|e| e.to_string())?;
+        disks.push(Mutex::new(MmioTransport::new(
+            blk,
+            mem.clone(),
+            irq(VIRTIO_IRQS[i + 1])?,
+        )?));
+    }
+    let listener = match &cfg.agent_socket {
+        None => None,
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let l =
+                UnixListener::bind(p).map_err(|e| format!("agent socket {}: {e}", p.display()))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Some(l)
+        }
+    };
+    let bus = Arc::new(Bus {
+        serial: Mutex::new(serial),
+        i8042: Mutex::new(i8042::I8042::default()),
+        console: Mutex::new(console),
+        disks,
+        exit: ExitSlot {
+            reason: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
+        },
+        debug_exit: cfg.debug_exit,
+        started,
+        first_io: OnceLock::new(),
+        kick: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
+        exits: AtomicU64::new(0),
+    });
+
+    mark("devices_ready");
+    let pvm = cpu::host_is_pvm();
+    for id in 0..cfg.vcpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| format!("KVM_CREATE_VCPU {id}: {e}"))?;
+        let cpuid = cpu::cpuid(&kvm, id, cfg.vcpus, pvm).map_err(|e| format!("CPUID: {e}"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+        cpu::setup_common(&vcpu)?;
+        if id == 0 {
+            cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
+        }
+        let b = bus.clone();
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run_vcpu(vcpu, b))
+            .map_err(|e| format!("vCPU thread: {e}"))?;
+    }
+    mark("vcpus_started");
+    Ok(Vm {
+        marks,
+        _kvm: kvm,
+        _vm: vm,
+        mem,
+        bus,
+        listener,
+        sigfd,
+    })
+}
+
+fn poll_fds(fds: &mut [libc::pollfd]) -> std::io::Result<()> {
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn pfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn read_signal(fd: RawFd) -> Option<i32> {
+    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::zeroed();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading at most `size` bytes into a buffer of that size.
+    let n = unsafe { libc::read(fd, info.as_mut_ptr().cast(), size) };
+    if n as usize == size {
+        // SAFETY: the kernel filled the whole struct.
+        Some(unsafe { info.assume_init() }.ssi_signo as i32)
+    } else {
+        None
+    }
+}
+
+/// The event loop: agent socket, signals, and the vCPUs' exit event.
+fn serve(vm: &Vm) -> ExitReason {
+    let bus = &vm.bus;
+    loop {
+        let (want_in, want_out, conn_fd) = {
+            let c = lock(&bus.console);
+            let d = c.device();
+            (
+                d.rx_room() > 0,
+                d.has_output(),
+                d.conn().map(|s| s.as_raw_fd()),
+            )
+        };
+        let mut fds = vec![
+            pfd(bus.exit.evt.as_raw_fd(), libc::POLLIN),
+            pfd(vm.sigfd.as_raw_fd(), libc::POLLIN),
+            pfd(bus.kick.as_raw_fd(), libc::POLLIN),
+        ];
+        if let Some(l) = &vm.listener {
+            fds.push(pfd(l.as_raw_fd(), libc::POLLIN));
+        }
+        // The connection is polled only while there is room for input or
+        // output to send: poll reports a hang-up even for no events, and a
+        // hung-up peer with a full receive buffer would spin this loop.
+        let conn_fd = conn_fd.filter(|_| want_in || want_out);
+        if let Some(fd) = conn_fd {
+            let mut ev = 0;
+            if want_in {
+                ev |= libc::POLLIN;
+            }
+            if want_out {
+                ev |= libc::POLLOUT;
+            }
+            fds.push(pfd(fd, ev));
+        }
+        if let Err(e) = poll_fds(&mut fds) {
+            return ExitReason::Error {
+                message: format!("poll: {e}"),
+            };
+        }
+        if let Some(r) = lock(&bus.exit.reason).clone() {
+            return r;
+        }
+        if fds[1].revents != 0 {
+            if let Some(sig) = read_signal(vm.sigfd.as_raw_fd()) {
+                tracing::info!("signal {sig}: stopping the VM");
+                return ExitReason::Signal { signal: sig };
+            }
+        }
+        if fds[2].revents != 0 {
+            let _ = bus.kick.read();
+        }
+        let mut next = 3;
+        if let Some(l) = &vm.listener {
+            if fds[next].revents != 0 {
+                if let Ok((s, _)) = l.accept() {
+                    if s.set_nonblocking(true).is_ok() {
+                        tracing::info!("agent connection accepted");
+                        let mut c = lock(&bus.console);
+                        c.device_mut().set_conn(Some(s));
+                        if let Err(e) = c.device_mut().flush() {
+                            tracing::warn!("agent socket: {e}");
+                        }
+                        c.process(1);
+                    }
+                }
+            }
+            next += 1;
+        }
+        if conn_fd.is_some() {
+            if let Some(p) = fds.get(next) {
+                let mut c = lock(&bus.console);
+                if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    match c.device_mut().read_conn() {
+                        Ok(true) => {}
+                        Ok(false) => tracing::info!("agent connection closed"),
+                        Err(e) => tracing::warn!("agent socket read: {e}"),
+                    }
+                    c.process(0);
+                }
+                if p.revents & libc::POLLOUT != 0 {
+                    if let Err(e) = c.device_mut().flush() {
+                        tracing::warn!("agent socket write: {e}");
+                    }
+                    c.process(1);
+                }
+            }
+        }
+    }
+}
+
+fn rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident pages of guest RAM, with mincore(2).
+fn guest_resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
+    let page = 4096usize;
+    let mut total = 0u64;
+    for region in mem.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .ok()?;
+        let len = usize::try_from(region.len()).ok()?;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host+len` is a live mapping owned by `mem`; `vec`
+        // has one byte per page as mincore requires.
+        let r = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        total += vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * 4;
+    }
+    Some(total)
+}
+
+/// Builds and runs the VM described by `cfg`; `started` is when the
+/// process started (for timings).
+pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
+    let vm = match build(cfg, started) {
+        Ok(vm) => vm,
+        Err(message) => {
+            return ExitStatus {
+                reason: ExitReason::Error { message },
+                first_port_write_us: None,
+                setup_us: None,
+                guest_faults: GUEST_FAULTS.count(),
+                vcpu_exits: 0,
+                vmm_rss_kib: rss_kib(),
+                setup_marks_us: Vec::new(),
+                guest_resident_kib: None,
+            }
+        }
+    };
+    let setup_us = started.elapsed().as_micros() as u64;
+    let reason = serve(&vm);
+    let bus = &vm.bus;
+    {
+        let mut c = lock(&bus.console);
+        let _ = c.device_mut().flush();
+    }
+    ExitStatus {
+        reason,
+        first_port_write_us: bus
+            .first_io
+            .get()
+            .map(|t| t.duration_since(bus.started).as_micros() as u64),
+        setup_us: Some(setup_us),
+        guest_faults: GUEST_FAULTS.count(),
+        vcpu_exits: bus.exits.load(Ordering::Relaxed),
+        vmm_rss_kib: rss_kib(),
+        setup_marks_us: vm.marks.clone(),
+        guest_resident_kib: guest_resident_kib(&vm.mem),
+    }
+}

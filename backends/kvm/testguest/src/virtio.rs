@@ -1,0 +1,431 @@
+//! A minimal virtio-mmio (version 2) driver: feature negotiation, split
+//! virtqueues in static memory, polling for used buffers.
+
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{fence, Ordering};
+
+use crate::io::{print, rdtsc};
+use crate::{arg, parse_u64, Checks};
+
+const ACK: u32 = 1;
+const DRIVER: u32 = 2;
+const DRIVER_OK: u32 = 4;
+const FEATURES_OK: u32 = 8;
+const QSIZE: u16 = 16;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+pub struct Devices {
+    items: [(u64, u32); 8],
+    n: usize,
+}
+
+impl Devices {
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, u32)> {
+        self.items[..self.n].iter()
+    }
+    pub fn len(&self) -> usize {
+        self.n
+    }
+}
+
+/// `virtio_mmio.device=4K@0xADDR:IRQ` entries of the command line.
+pub fn find_devices(cmdline: &[u8]) -> Devices {
+    let mut d = Devices {
+        items: [(0, 0); 8],
+        n: 0,
+    };
+    for w in cmdline.split(|&b| b == b' ') {
+        let Some(v) = w.strip_prefix(b"virtio_mmio.device=") else {
+            continue;
+        };
+        let Some(at) = v.iter().position(|&b| b == b'@') else {
+            continue;
+        };
+        let rest = &v[at + 1..];
+        let colon = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
+        let addr = parse_u64(&rest[..colon]);
+        let irq = rest.get(colon + 1..).and_then(parse_u64);
+        if let (Some(a), Some(i)) = (addr, irq) {
+            if d.n < d.items.len() {
+                d.items[d.n] = (a, i as u32);
+                d.n += 1;
+            }
+        }
+    }
+    d
+}
+
+fn r32(addr: u64) -> u32 {
+    // SAFETY: device registers in the identity-mapped MMIO gap.
+    unsafe { read_volatile(addr as *const u32) }
+}
+
+fn w32(addr: u64, v: u32) {
+    // SAFETY: as above.
+    unsafe { write_volatile(addr as *mut u32, v) }
+}
+
+pub fn device_id(base: u64) -> Option<u32> {
+    (r32(base) == 0x7472_6976 && r32(base + 4) == 2).then(|| r32(base + 8))
+}
+
+fn features(base: u64) -> u64 {
+    w32(base + 0x14, 1);
+    let hi = r32(base + 0x10);
+    w32(base + 0x14, 0);
+    let lo = r32(base + 0x10);
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+#[repr(C, align(4096))]
+struct QueueMem([u8; 0x3000]);
+static mut QMEM: [QueueMem; 3] = [const { QueueMem([0; 0x3000]) }; 3];
+
+#[repr(C, align(4096))]
+struct BufMem([u8; 0x4000]);
+static mut BUF: BufMem = BufMem([0; 0x4000]);
+
+fn qmem(i: usize) -> u64 {
+    // SAFETY: only the address is taken.
+    unsafe { (&raw const QMEM[i]) as u64 }
+}
+
+fn buf() -> u64 {
+    (&raw const BUF) as u64
+}
+
+fn wmem<T>(addr: u64, v: T) {
+    // SAFETY: addresses inside QMEM/BUF, which only this code touches.
+    unsafe { write_volatile(addr as *mut T, v) }
+}
+
+fn rmem<T: Copy>(addr: u64) -> T {
+    // SAFETY: as above (the device writes the used ring and buffers).
+    unsafe { read_volatile(addr as *const T) }
+}
+
+struct Vq {
+    mmio: u64,
+    index: u32,
+    mem: u64,
+    avail_idx: u16,
+    last_used: u16,
+}
+
+impl Vq {
+    fn desc(&self) -> u64 {
+        self.mem
+    }
+    fn avail(&self) -> u64 {
+        self.mem + 0x1000
+    }
+    fn used(&self) -> u64 {
+        self.mem + 0x2000
+    }
+
+    fn setup(mmio: u64, index: u32, mem: u64) -> Vq {
+        // SAFETY: zeroing this queue's own static ring memory.
+        unsafe { core::ptr::write_bytes(mem as *mut u8, 0, 0x3000) };
+        w32(mmio + 0x30, index);
+        w32(mmio + 0x38, u32::from(QSIZE));
+        w32(mmio + 0x80, mem as u32);
+        w32(mmio + 0x84, (mem >> 32) as u32);
+        w32(mmio + 0x90, (mem + 0x1000) as u32);
+        w32(mmio + 0x94, ((mem + 0x1000) >> 32) as u32);
+        w32(mmio + 0xa0, (mem + 0x2000) as u32);
+        w32(mmio + 0xa4, ((mem + 0x2000) >> 32) as u32);
+        w32(mmio + 0x44, 1);
+        Vq {
+            mmio,
+            index,
+            mem,
+            avail_idx: 0,
+            last_used: 0,
+        }
+    }
+
+    fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = self.desc() + 16 * u64::from(i);
+        wmem(d, addr);
+        wmem(d + 8, len);
+        wmem(d + 12, flags);
+        wmem(d + 14, next);
+    }
+
+    /// Publishes a chain of (addr, len, device-writable) at descriptor `first`.
+    fn add(&mut self, first: u16, bufs: &[(u64, u32, bool)]) {
+        for (k, &(addr, len, write)) in bufs.iter().enumerate() {
+            let i = first + k as u16;
+            let mut flags = if write { F_WRITE } else { 0 };
+            if k + 1 < bufs.len() {
+                flags |= F_NEXT;
+            }
+            self.set_desc(i, addr, len, flags, i + 1);
+        }
+        wmem(
+            self.avail() + 4 + 2 * u64::from(self.avail_idx % QSIZE),
+            first,
+        );
+        fence(Ordering::SeqCst);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        wmem(self.avail() + 2, self.avail_idx);
+        fence(Ordering::SeqCst);
+    }
+
+    fn notify(&self) {
+        w32(self.mmio + 0x50, self.index);
+    }
+
+    /// The next used element (id, len), waiting up to `cycles` TSC ticks.
+    fn wait_used(&mut self, cycles: u64) -> Option<(u32, u32)> {
+        let start = rdtsc();
+        loop {
+            fence(Ordering::SeqCst);
+            let idx: u16 = rmem(self.used() + 2);
+            if idx != self.last_used {
+                let e = self.used() + 4 + 8 * u64::from(self.last_used % QSIZE);
+                self.last_used = self.last_used.wrapping_add(1);
+                return Some((rmem(e), rmem(e + 4)));
+            }
+            if rdtsc().wrapping_sub(start) > cycles {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Negotiates VERSION_1 only; returns whether FEATURES_OK stuck.
+fn negotiate(base: u64) -> bool {
+    w32(base + 0x70, 0);
+    w32(base + 0x70, ACK);
+    w32(base + 0x70, ACK | DRIVER);
+    w32(base + 0x24, 1);
+    w32(base + 0x20, 1);
+    w32(base + 0x24, 0);
+    w32(base + 0x20, 0);
+    w32(base + 0x70, ACK | DRIVER | FEATURES_OK);
+    r32(base + 0x70) & FEATURES_OK != 0
+}
+
+fn driver_ok(base: u64) {
+    w32(base + 0x70, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+}
+
+const TIMEOUT: u64 = 1 << 34;
+
+pub fn console_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
+    c.check(
+        "console-features",
+        negotiate(base),
+        format_args!("FEATURES_OK refused"),
+    );
+    let rxmem = buf() + 0x1000; // 4 x 512
+    let txmem = buf();
+    let mut rx = Vq::setup(base, 0, qmem(0));
+    let mut tx = Vq::setup(base, 1, qmem(1));
+    driver_ok(base);
+    for i in 0..4u16 {
+        rx.add(i, &[(rxmem + 512 * u64::from(i), 512, true)]);
+    }
+    rx.notify();
+
+    let send = |tx: &mut Vq, bytes: &[u8]| -> bool {
+        for chunk in bytes.chunks(512) {
+            for (k, b) in chunk.iter().enumerate() {
+                wmem(txmem + k as u64, *b);
+            }
+            tx.add(0, &[(txmem, chunk.len() as u32, false)]);
+            tx.notify();
+            if tx.wait_used(TIMEOUT).is_none() {
+                return false;
+            }
+        }
+        true
+    };
+    let ok = send(&mut tx, b"tg:console-ready\n");
+    c.check("console-tx", ok, format_args!("transmit buffer never used"));
+    if arg(cmdline, "tg.echo").is_none() {
+        return;
+    }
+    // Read one line (it may span several receive buffers), echo it back.
+    let mut line = [0u8; 4096];
+    let mut n = 0;
+    let mut done = false;
+    let mut timed_out = false;
+    while !done && n < line.len() {
+        let Some((id, len)) = rx.wait_used(TIMEOUT * 2) else {
+            timed_out = true;
+            break;
+        };
+        let id = (id as u16) % 4;
+        let at = rxmem + 512 * u64::from(id);
+        for k in 0..(len.min(512) as u64) {
+            let b: u8 = rmem(at + k);
+            if b == b'\n' {
+                done = true;
+                break;
+            }
+            if n < line.len() {
+                line[n] = b;
+                n += 1;
+            }
+        }
+        rx.add(id, &[(at, 512, true)]);
+        rx.notify();
+    }
+    c.check(
+        "console-rx",
+        done,
+        format_args!("no full line (timed out: {timed_out}, {n} bytes)"),
+    );
+    if done {
+        let ok = send(&mut tx, b"echo:") && send(&mut tx, &line[..n]) && send(&mut tx, b"\n");
+        c.check("console-echo", ok, format_args!("echo not sent"));
+    }
+}
+
+fn blk_request(q: &mut Vq, rtype: u32, sector: u64, data_len: u32, write: bool) -> Option<u8> {
+    let hdr = buf() + 0x3000;
+    let status = buf() + 0x3100;
+    let data = buf();
+    wmem(hdr, rtype);
+    wmem(hdr + 4, 0u32);
+    wmem(hdr + 8, sector);
+    wmem(status, 0xffu8);
+    if data_len == 0 {
+        q.add(0, &[(hdr, 16, false), (status, 1, true)]);
+    } else {
+        q.add(
+            0,
+            &[
+                (hdr, 16, false),
+                (data, data_len, !write),
+                (status, 1, true),
+            ],
+        );
+    }
+    q.notify();
+    q.wait_used(TIMEOUT)?;
+    Some(rmem(status))
+}
+
+pub fn block_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
+    let feats = features(base);
+    let capacity: u64 = r32(base + 0x100) as u64 | (u64::from(r32(base + 0x104)) << 32);
+    print(format_args!(
+        "tg: disk at {base:#x}: features {feats:#x}, {capacity} sectors\n"
+    ));
+    c.check(
+        "disk-read-only",
+        feats & (1 << 5) != 0,
+        format_args!("VIRTIO_BLK_F_RO not offered"),
+    );
+    c.check(
+        "disk-features",
+        negotiate(base),
+        format_args!("FEATURES_OK refused"),
+    );
+    let mut q = Vq::setup(base, 0, qmem(2));
+    driver_ok(base);
+    let data = buf();
+
+    if let Some(want) = arg(cmdline, "tg.disk_serial") {
+        let st = blk_request(&mut q, 8, 0, 20, false);
+        let mut id = [0u8; 20];
+        for (k, b) in id.iter_mut().enumerate() {
+            *b = rmem(data + k as u64);
+        }
+        let len = id.iter().position(|&b| b == 0).unwrap_or(20);
+        c.check(
+            "disk-serial",
+            st == Some(0) && &id[..len] == want,
+            format_args!("status {st:?}, id {:?}", core::str::from_utf8(&id[..len])),
+        );
+    }
+    if let Some(sector) = arg(cmdline, "tg.sector").and_then(parse_u64) {
+        let st = blk_request(&mut q, 0, sector, 512, false);
+        let mut head = [0u8; 32];
+        for (k, b) in head.iter_mut().enumerate() {
+            *b = rmem(data + k as u64);
+        }
+        let mut want = [0u8; 32];
+        let mut w = Cursor {
+            buf: &mut want,
+            n: 0,
+        };
+        let _ = core::fmt::write(&mut w, format_args!("HYPERTG-SECTOR-{sector}\n"));
+        let wn = w.n;
+        c.check(
+            "disk-read",
+            st == Some(0) && head[..wn] == want[..wn],
+            format_args!(
+                "status {st:?}, data {:?}",
+                core::str::from_utf8(&head[..wn])
+            ),
+        );
+    }
+    let st = blk_request(&mut q, 1, 0, 512, true);
+    c.check(
+        "disk-write-refused",
+        st == Some(1),
+        format_args!("write status {st:?}"),
+    );
+    let st = blk_request(&mut q, 0, capacity, 512, false);
+    c.check(
+        "disk-read-past-end",
+        st == Some(1),
+        format_args!("status {st:?}"),
+    );
+}
+
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    n: usize,
+}
+
+impl core::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for b in s.bytes() {
+            if self.n < self.buf.len() {
+                self.buf[self.n] = b;
+                self.n += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queue set-ups and descriptor tables full of nonsense, then notifies.
+pub fn garbage_queues(base: u64, next: &mut impl FnMut() -> u64) {
+    for round in 0..8u32 {
+        negotiate(base);
+        let mem = qmem(0);
+        let mut q = Vq::setup(base, 0, mem);
+        if round == 1 {
+            // Rings outside guest RAM.
+            w32(base + 0x84, 0xffff);
+        }
+        driver_ok(base);
+        for i in 0..QSIZE {
+            let v = next();
+            let addr = match round % 4 {
+                0 => v,                         // anywhere
+                1 => mem + (v & 0xfff),         // over the rings themselves
+                2 => 0xd000_0000 + (v & 0xfff), // device MMIO
+                _ => v & 0xfff_ffff,            // somewhere in RAM
+            };
+            let next_i = if round == 3 { i } else { (v >> 48) as u16 };
+            q.set_desc(i, addr, (v >> 16) as u32, (v >> 40) as u16 & 0x7, next_i);
+        }
+        q.add(0, &[]);
+        wmem(q.avail() + 2, (next() as u16) | 1);
+        for qi in [0u32, 1, 2, 0xffff_ffff, next() as u32] {
+            w32(base + 0x50, qi);
+        }
+        let _ = r32(base + 0x60);
+        w32(base + 0x64, 0xffff_ffff);
+    }
+    w32(base + 0x70, 0);
+}

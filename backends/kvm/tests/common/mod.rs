@@ -1,0 +1,134 @@
+//! Shared helpers for the tests that run the real hyper-vmm on /dev/kvm.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const VMM: &str = env!("CARGO_BIN_EXE_hyper-vmm");
+
+/// None (after printing why) when this host has no usable /dev/kvm.
+pub fn kvm_or_skip(test: &str) -> Option<()> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Some(()),
+        Err(e) => {
+            eprintln!("SKIP {test}: /dev/kvm not usable here: {e}");
+            None
+        }
+    }
+}
+
+pub struct Guest {
+    pub elf: PathBuf,
+    pub bzimage: PathBuf,
+}
+
+/// Builds the test guest once (backends/kvm/testguest/build.sh).
+pub fn guest() -> &'static Guest {
+    static G: OnceLock<Guest> = OnceLock::new();
+    G.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("testguest");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testguest/build.sh");
+        let st = Command::new(&script)
+            .arg(&out)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("run testguest/build.sh");
+        assert!(
+            st.success(),
+            "building the test guest failed (rustup target add x86_64-unknown-none?)"
+        );
+        let flat = std::fs::read(out.join("hyper-testguest.bin")).expect("flat guest image");
+        let bz = out.join("hyper-testguest.bzImage");
+        std::fs::write(&bz, bzimage(&flat)).expect("write bzImage");
+        Guest {
+            elf: out.join("hyper-testguest"),
+            bzimage: bz,
+        }
+    })
+}
+
+/// Wraps a flat image (loaded at 1 MiB, 64-bit entry at +0x200) in a
+/// minimal bzImage: one setup sector carrying the boot protocol header.
+pub fn bzimage(flat: &[u8]) -> Vec<u8> {
+    let mut img = vec![0u8; 1024];
+    img[0x1f1] = 1; // setup_sects
+    img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version 2.15
+    img[0x211] = 0x1; // LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    img[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    img[0x260..0x264].copy_from_slice(&(4u32 << 20).to_le_bytes()); // init_size
+    img.extend_from_slice(flat);
+    img
+}
+
+/// A disk whose sector N starts with `HYPERTG-SECTOR-N\n`.
+pub fn disk(dir: &Path, sectors: u64) -> PathBuf {
+    let mut d = vec![0u8; (sectors * 512) as usize];
+    for s in 0..sectors {
+        let tag = format!("HYPERTG-SECTOR-{s}\n");
+        let at = (s * 512) as usize;
+        d[at..at + tag.len()].copy_from_slice(tag.as_bytes());
+    }
+    let p = dir.join("disk.img");
+    std::fs::write(&p, d).unwrap();
+    p
+}
+
+pub fn initrd(dir: &Path, len: usize) -> PathBuf {
+    let mut d = b"HYPERTG-INITRD\n".to_vec();
+    d.resize(len, 0x5a);
+    let p = dir.join("initrd.img");
+    std::fs::write(&p, d).unwrap();
+    p
+}
+
+pub fn spawn(args: &[String]) -> Child {
+    Command::new(VMM)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hyper-vmm")
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hyper-vmm did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn output(child: Child) -> (String, String) {
+    let o = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+pub fn status(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("status file {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}

@@ -1,0 +1,225 @@
+//! The KVM backend as hyperd uses it: the cdylib loaded through the plugin
+//! loader, launching the real hyper-vmm with the freestanding test guest as
+//! the "kernel". On kvm_pvm hosts `allow_pvm = true` is needed to launch
+//! at all (a Linux guest would not boot; the test guest does).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hyper_hypervisor::plugin::LoadedPlugin;
+use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+
+fn plugin() -> Arc<LoadedPlugin> {
+    // cargo builds the cdylib next to this test (deps/) or one level up.
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let so = [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("libhyper_backend_kvm.so"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libhyper_backend_kvm.so was not built next to {}",
+                deps.display()
+            )
+        });
+    Arc::new(LoadedPlugin::load(&so).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn spec(dir: &Path, kernel: PathBuf, cmdline: &str) -> VmSpec {
+    let initrd = initrd(dir, 4096);
+    let disk = disk(dir, 16);
+    VmSpec {
+        id: format!("kvm-test-{}", dir.file_name().unwrap().to_string_lossy()),
+        kernel,
+        initrd,
+        cmdline: cmdline.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        disks: vec![DiskSpec {
+            path: disk,
+            read_only: true,
+            id: "hyper-rootfs0".into(),
+        }],
+        console_log: dir.join("console.log"),
+        run_dir: dir.join("run"),
+    }
+}
+
+fn pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_problems_cross_the_boundary() {
+    let p = plugin();
+    let err = p
+        .configure(serde_json::json!({"vmm": "relative/path", "typo": 1}))
+        .err()
+        .expect("rejected");
+    let text = err.to_string();
+    assert!(text.contains("`vmm`") && text.contains("`typo`"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_is_honest_and_quick() {
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = std::time::Instant::now();
+    let report = hv.probe().await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+    if pvm() {
+        assert!(!report.usable);
+        assert!(report.reason.contains("kvm_pvm"), "{}", report.reason);
+    } else if Path::new("/dev/kvm").exists() {
+        assert!(report.usable, "{}", report.reason);
+    } else {
+        assert!(report.reason.contains("/dev/kvm"), "{}", report.reason);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_refuses_pvm_by_default() {
+    if !pvm() {
+        eprintln!("SKIP: not a kvm_pvm host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = hv
+        .launch(spec(dir.path(), guest().elf.clone(), ""))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, HypervisorError::Unavailable { reason, .. } if reason.contains("kvm_pvm")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_agent_channel_stats_and_exit() {
+    if kvm_or_skip("plugin launch").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = spec(
+        dir.path(),
+        guest().elf.clone(),
+        "tg.hello tg.echo tg.initrd=4096 tg.disk_serial=hyper-rootfs0 tg.sector=3",
+    );
+    let vm: Arc<dyn Vm> = Arc::from(hv.launch(s.clone()).await.expect("launch"));
+    let info = vm.info();
+    assert!(info.pid.is_some());
+    let AgentChannel::UnixSocket(sock) = info.agent_channel.clone() else {
+        panic!("{:?}", info.agent_channel)
+    };
+    assert!(vm.stats().await.unwrap().rss_bytes > 0);
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut sent = false;
+        while !got.ends_with(b"echo:via-plugin\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            if !sent && got.ends_with(b"tg:console-ready\n") {
+                c.write_all(b"via-plugin\n").unwrap();
+                sent = true;
+            }
+        }
+        got
+    })
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&echoed).contains("echo:via-plugin"));
+    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("guest stops by itself")
+        .unwrap();
+    // The guest's exit falls through to an i8042 reset (no debug-exit port
+    // through the plugin): a clean stop.
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let log = std::fs::read_to_string(&s.console_log).unwrap();
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    assert!(log.contains("hyper.channel=/dev/hvc0"), "{log}");
+    assert!(!s.run_dir.join("agent.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_running_vm() {
+    if kvm_or_skip("plugin shutdown").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Waits for a console line forever.
+    let vm = hv
+        .launch(spec(dir.path(), guest().elf.clone(), "tg.echo"))
+        .await
+        .expect("launch");
+    tokio::time::timeout(Duration::from_secs(15), vm.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let exit = vm.wait().await.unwrap();
+    assert_eq!(exit.code, Some(0), "SIGTERM is a clean stop: {exit:?}");
+    let status = status(&dir.path().join("run/vmm-status.json"));
+    assert_eq!(status["reason"], "signal", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_get_clear_errors() {
+    if kvm_or_skip("plugin errors").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = spec(dir.path(), guest().elf.clone(), "");
+    let text = dir.path().join("notakernel");
+    std::fs::write(&text, "hello").unwrap();
+    let mut cases: Vec<(VmSpec, &str)> = Vec::new();
+    let mut s = base.clone();
+    s.kernel = text;
+    cases.push((s, "is not a kernel"));
+    let mut s = base.clone();
+    s.disks[0].path = "/nonexistent/rootfs.img".into();
+    cases.push((s, "/nonexistent/rootfs.img"));
+    let mut s = base.clone();
+    s.memory_mib = u32::MAX;
+    cases.push((s, "larger than this host's RAM"));
+    let mut s = base.clone();
+    s.disks[0].id = "no spaces allowed".into();
+    cases.push((s, "disk id"));
+    for (s, needle) in cases {
+        let err = hv.launch(s).await.err().expect("refused");
+        assert!(matches!(err, HypervisorError::InvalidSpec(_)), "{err}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+    // Missing hyper-vmm binary.
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": "/nonexistent/hyper-vmm", "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = hv.launch(base).await.err().expect("refused");
+    assert!(err.to_string().contains("/nonexistent/hyper-vmm"), "{err}");
+}

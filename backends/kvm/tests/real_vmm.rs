@@ -1,0 +1,268 @@
+//! The real hyper-vmm binary on this machine's /dev/kvm, with the
+//! freestanding test guest (backends/kvm/testguest) booted through the same
+//! PVH and bzImage paths the hyperkernel uses.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
+    x.as_ref().to_string_lossy().into_owned()
+}
+
+fn base_args(kernel: &Path, dir: &Path, cmdline: &str) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        s(kernel),
+        "--memory-mib".into(),
+        "64".into(),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--console-log".into(),
+        s(dir.join("console.log")),
+        "--status-file".into(),
+        s(dir.join("status.json")),
+        "--debug-exit".into(),
+    ]
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match UnixStream::connect(path) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > end => panic!("agent socket {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn read_until(c: &mut UnixStream, want: &[u8]) -> Vec<u8> {
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(want.len()).any(|w| w == want) {
+        let n = c.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "reading agent socket: {e}; got {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        });
+        assert!(
+            n > 0,
+            "agent socket closed; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// Boots `kernel` with a disk, an initramfs and the console echo, and
+/// checks everything the guest reports.
+fn full_boot(kernel: &Path, entry: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path(), 64);
+    let initrd = initrd(dir.path(), 10_000);
+    let sock = dir.path().join("agent.sock");
+    let mut args = base_args(
+        kernel,
+        dir.path(),
+        "tg.hello tg.mem_mib=64 tg.cpus=2 tg.initrd=10000 tg.echo tg.disk_serial=hyper-rootfs0 tg.sector=37",
+    );
+    args.extend([
+        "--initrd".into(),
+        s(&initrd),
+        "--disk".into(),
+        format!("path={},id=hyper-rootfs0", disk.display()),
+        "--agent-socket".into(),
+        s(&sock),
+        "--vcpus".into(),
+        "2".into(),
+    ]);
+    let mut child = spawn(&args);
+    let mut c = connect(&sock);
+    read_until(&mut c, b"tg:console-ready\n");
+    // Longer than one 512-byte receive buffer and one transmit chunk.
+    let line: String = (0..3000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    c.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let echoed = read_until(&mut c, b"\n");
+    let want = format!("echo:{line}\n");
+    assert!(
+        String::from_utf8_lossy(&echoed).contains(&want),
+        "echo mismatch: {:?}",
+        String::from_utf8_lossy(&echoed)
+    );
+    let st = wait_timeout(&mut child, Duration::from_secs(30));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap();
+    let (_, err) = output(child);
+    assert!(st.success(), "exit {st:?}\nconsole:\n{log}\nstderr:\n{err}");
+    assert!(log.contains(&format!("tg: start entry={entry}")), "{log}");
+    for check in [
+        "boot-protocol",
+        "cmdline",
+        "memory-map",
+        "memory-size",
+        "mptable",
+        "cpuid-count",
+        "initrd",
+        "console-tx",
+        "console-rx",
+        "console-echo",
+        "disk-read-only",
+        "disk-serial",
+        "disk-read",
+        "disk-write-refused",
+        "disk-read-past-end",
+    ] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "check {check} missing:\n{log}"
+        );
+    }
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "debug_exit", "{status}");
+    assert_eq!(status["status"], 0, "{status}");
+    assert!(status["first_port_write_us"].as_u64().is_some(), "{status}");
+}
+
+#[test]
+fn pvh_boot_with_disk_initrd_and_console_echo() {
+    if kvm_or_skip("pvh_boot").is_none() {
+        return;
+    }
+    full_boot(&guest().elf, "pvh");
+}
+
+#[test]
+fn bzimage_boot_with_disk_initrd_and_console_echo() {
+    if kvm_or_skip("bzimage_boot").is_none() {
+        return;
+    }
+    full_boot(&guest().bzimage, "linux64");
+}
+
+#[test]
+fn hostile_guest_does_not_take_the_vmm_down() {
+    if kvm_or_skip("hostile").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path(), 8);
+    let mut args = base_args(&guest().elf, dir.path(), "tg.hostile");
+    args.extend(["--disk".into(), format!("path={},id=d0", disk.display())]);
+    args.extend(["--agent-socket".into(), s(dir.path().join("agent.sock"))]);
+    let mut child = spawn(&args);
+    let st = wait_timeout(&mut child, Duration::from_secs(120));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    let (_, err) = output(child);
+    assert!(
+        st.success(),
+        "exit {st:?}\nconsole:\n{log}\nstderr (tail):\n{}",
+        tail(&err)
+    );
+    assert!(log.contains("tg: hostile ports done"), "{log}");
+    assert!(log.contains("tg: hostile done"), "{log}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "debug_exit", "{status}");
+    assert!(status["guest_faults"].as_u64().unwrap() > 100, "{status}");
+    assert!(!err.contains("panicked"), "{}", tail(&err));
+}
+
+fn tail(s: &str) -> &str {
+    &s[s.len().saturating_sub(3000)..]
+}
+
+#[test]
+fn sigterm_stops_the_vm_cleanly() {
+    if kvm_or_skip("sigterm").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    // The guest waits for a console line that never comes.
+    let mut args = base_args(&guest().elf, dir.path(), "tg.echo");
+    args.extend(["--agent-socket".into(), s(&sock)]);
+    let mut child = spawn(&args);
+    let mut c = connect(&sock);
+    read_until(&mut c, b"tg:console-ready\n");
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "signal", "{status}");
+    assert_eq!(status["signal"], libc::SIGTERM, "{status}");
+}
+
+#[test]
+fn guest_reset_ends_the_vm() {
+    if kvm_or_skip("reset").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&guest().elf, dir.path(), "tg.quick");
+    // Without --debug-exit, the guest's exit falls through to an i8042 reset.
+    args.retain(|a| a != "--debug-exit");
+    let mut child = spawn(&args);
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "guest_reset", "{status}");
+}
+
+fn expect_error(args: &[String], dir: &Path, needle: &str) {
+    let mut child = spawn(args);
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    let (_, err) = output(child);
+    assert_eq!(st.code(), Some(1), "{st:?} {err}");
+    let status = status(&dir.join("status.json"));
+    assert_eq!(status["reason"], "error", "{status}");
+    let msg = status["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    if kvm_or_skip("errors").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A text file as the kernel.
+    let text = d.join("notakernel");
+    std::fs::write(&text, "#!/bin/sh\n").unwrap();
+    expect_error(&base_args(&text, d, ""), d, "is not a kernel");
+    // An ELF without a PVH note (the VMM binary itself).
+    expect_error(&base_args(Path::new(VMM), d, ""), d, "no PVH entry note");
+    // A missing disk.
+    let mut a = base_args(&guest().elf, d, "");
+    a.extend(["--disk".into(), "path=/nonexistent/disk.img,id=x".into()]);
+    expect_error(&a, d, "/nonexistent/disk.img");
+    // An unreadable disk (a directory).
+    let mut a = base_args(&guest().elf, d, "");
+    a.extend(["--disk".into(), format!("path={},id=x", d.display())]);
+    expect_error(&a, d, &d.display().to_string());
+    // More memory than the host has.
+    let mut a = base_args(&guest().elf, d, "");
+    let i = a.iter().position(|x| x == "64").unwrap();
+    a[i] = (1u64 << 20).to_string();
+    expect_error(&a, d, "larger than this host's RAM");
+    // An initramfs that does not fit.
+    let big = d.join("big.img");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    let mut a = base_args(&guest().elf, d, "");
+    a.extend(["--initrd".into(), s(&big)]);
+    expect_error(&a, d, "does not fit");
+}
