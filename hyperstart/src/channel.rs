@@ -1,7 +1,9 @@
 //! The host-facing channel: finding and opening it, and writing frames.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hyper_protocol::{Frame, GuestMessage};
@@ -54,7 +56,12 @@ impl Channel {
                         OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
                         Mode::empty(),
                     ) {
-                        Ok(fd) => return Ok(Self::from_fd(fd)),
+                        Ok(fd) => {
+                            if let ChannelSpec::Device(_) = spec {
+                                keep_stdio_off(&path);
+                            }
+                            return Ok(Self::from_fd(fd));
+                        }
                         Err(e) => format!("cannot open {}: {e}", path.display()),
                     }
                 }
@@ -160,10 +167,94 @@ impl Channel {
     }
 }
 
+/// `/dev/console` (5, 1).
+const CONSOLE_RDEV: u64 = (5 << 8) | 1;
+
+/// Whether an fd on the character device `fd_rdev` writes to the channel:
+/// it is the channel's own device, or the console while the kernel's
+/// console is the channel device (a Xen PV domU's hvc0, named in
+/// /sys/class/tty/console/active).
+pub fn writes_to_channel(
+    fd_rdev: u64,
+    channel_rdev: u64,
+    console_active: &str,
+    channel_name: &str,
+) -> bool {
+    fd_rdev == channel_rdev
+        || (fd_rdev == CONSOLE_RDEV && console_active.split_whitespace().any(|c| c == channel_name))
+}
+
+/// When the channel device doubles as the console (Xen: hvc0), our log
+/// lines on stdout/stderr would land in the middle of the protocol's
+/// frames: point fds 0-2 elsewhere (the kernel log, or /dev/null).
+fn keep_stdio_off(channel: &Path) {
+    let Ok(meta) = std::fs::metadata(channel) else {
+        return;
+    };
+    let name = channel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+    let mut redirected = false;
+    for fd in 0..=2 {
+        // SAFETY: fstat on a small fd number with a zeroed stat buffer we own;
+        // a closed fd only yields an error.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: see above.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+            continue;
+        }
+        if !writes_to_channel(st.st_rdev, meta.rdev(), &active, name) {
+            continue;
+        }
+        let target = if fd == 0 { "/dev/null" } else { "/dev/kmsg" };
+        let file = std::fs::OpenOptions::new()
+            .read(fd == 0)
+            .write(fd != 0)
+            .open(target)
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+            });
+        if let Ok(file) = file {
+            // SAFETY: dup2 onto fd 0-2 from a file we own; the old
+            // descriptor there is simply replaced.
+            unsafe { libc::dup2(file.as_raw_fd(), fd) };
+            redirected = true;
+        }
+    }
+    if redirected && meta.file_type().is_char_device() {
+        log!(
+            "the channel {} is also the console: logging to the kernel log",
+            channel.display()
+        );
+    }
+}
+
+/// The kernel command line, read once (bounded).
+fn kernel_cmdline() -> &'static str {
+    static CMDLINE: OnceLock<String> = OnceLock::new();
+    CMDLINE.get_or_init(|| {
+        let mut text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        text.truncate(text.len().min(4096));
+        text
+    })
+}
+
 /// The block device whose virtio-blk serial is `disk_id`. A path is taken
 /// as is; a bare device name (`vdb`, `xvdb`) is accepted too, for backends
-/// without serials.
+/// without serials, and so is a `hyper.disk.<id>=xvda` alias on the kernel
+/// command line (Xen's blkfront has no serial).
 pub fn find_disk(sys_block: &Path, dev: &Path, disk_id: &str) -> Option<PathBuf> {
+    find_disk_with(sys_block, dev, disk_id, kernel_cmdline())
+}
+
+pub fn find_disk_with(
+    sys_block: &Path,
+    dev: &Path,
+    disk_id: &str,
+    cmdline: &str,
+) -> Option<PathBuf> {
     if disk_id.starts_with('/') {
         let path = PathBuf::from(disk_id);
         return path.exists().then_some(path);
@@ -175,10 +266,12 @@ pub fn find_disk(sys_block: &Path, dev: &Path, disk_id: &str) -> Option<PathBuf>
             let serial = std::fs::read_to_string(entry.path().join("serial")).ok()?;
             (serial.trim() == disk_id).then(|| entry.file_name())
         });
-    let name = match by_serial {
-        Some(name) => name,
-        None if plain_name(disk_id) && sys_block.join(disk_id).exists() => disk_id.into(),
-        None => return None,
+    let alias = crate::cmdline::disk_alias(cmdline, disk_id);
+    let name = match (by_serial, alias) {
+        (Some(name), _) => name,
+        (None, Some(alias)) if sys_block.join(&alias).exists() => alias.into(),
+        (None, _) if plain_name(disk_id) && sys_block.join(disk_id).exists() => disk_id.into(),
+        _ => return None,
     };
     let node = dev.join(name);
     node.exists().then_some(node)
@@ -221,6 +314,17 @@ mod tests {
     }
 
     #[test]
+    fn stdio_is_kept_off_a_channel_that_is_the_console() {
+        let hvc0 = (229 << 8) as u64;
+        assert!(writes_to_channel(hvc0, hvc0, "", "hvc0"));
+        assert!(writes_to_channel(CONSOLE_RDEV, hvc0, "hvc0\n", "hvc0"));
+        assert!(writes_to_channel(CONSOLE_RDEV, hvc0, "ttyS0 hvc0", "hvc0"));
+        assert!(!writes_to_channel(CONSOLE_RDEV, hvc0, "ttyS0\n", "hvc0"));
+        assert!(!writes_to_channel(CONSOLE_RDEV, hvc0, "hvc01", "hvc0"));
+        assert!(!writes_to_channel((4 << 8) as u64, hvc0, "hvc0", "hvc0"));
+    }
+
+    #[test]
     fn disks_are_found_by_serial() {
         let dir = scratch("disks");
         let (sys_block, dev) = (dir.join("block"), dir.join("dev"));
@@ -251,6 +355,26 @@ mod tests {
         assert_eq!(
             find_disk(&sys_block, &dev, &node.to_string_lossy()),
             Some(node)
+        );
+        // Xen: no serial, an alias on the command line.
+        std::fs::create_dir_all(sys_block.join("xvda")).unwrap();
+        let c = "quiet hyper.disk.hyper-rootfs9=xvda";
+        assert_eq!(find_disk_with(&sys_block, &dev, "hyper-rootfs9", c), None);
+        std::fs::write(dev.join("xvda"), "").unwrap();
+        assert_eq!(
+            find_disk_with(&sys_block, &dev, "hyper-rootfs9", c),
+            Some(dev.join("xvda"))
+        );
+        assert_eq!(find_disk_with(&sys_block, &dev, "hyper-rootfs8", c), None);
+        // A serial still wins over an alias.
+        assert_eq!(
+            find_disk_with(
+                &sys_block,
+                &dev,
+                "hyper-rootfs0",
+                "hyper.disk.hyper-rootfs0=xvda"
+            ),
+            Some(dev.join("vda"))
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -64,6 +64,20 @@ pub fn channel(cmdline: &str) -> ChannelSpec {
     }
 }
 
+/// The device a backend without disk serials (Xen's blkfront) named for the
+/// disk `id`: `hyper.disk.<id>=xvda`. Only a plain device name is taken.
+pub fn disk_alias(cmdline: &str, id: &str) -> Option<String> {
+    let name = value(cmdline, &format!("hyper.disk.{id}"))?;
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    plain.then_some(name)
+}
+
 pub fn debug(cmdline: &str) -> bool {
     matches!(
         value(cmdline, "hyper.debug").as_deref(),
@@ -110,6 +124,18 @@ mod tests {
             channel(r#"a="x y" hyper.channel="/dev/ttyS1""#),
             ChannelSpec::Device("/dev/ttyS1".into())
         );
+    }
+
+    #[test]
+    fn disk_aliases() {
+        let c = "quiet hyper.channel=/dev/hvc0 hyper.disk.hyper-rootfs0=xvda hyper.disk.data=xvdb";
+        assert_eq!(disk_alias(c, "hyper-rootfs0").as_deref(), Some("xvda"));
+        assert_eq!(disk_alias(c, "data").as_deref(), Some("xvdb"));
+        assert_eq!(disk_alias(c, "hyper-rootfs1"), None);
+        assert_eq!(disk_alias("hyper.disk.a=../sda", "a"), None);
+        assert_eq!(disk_alias("hyper.disk.a=/dev/sda", "a"), None);
+        assert_eq!(disk_alias("hyper.disk.a=..", "a"), None);
+        assert_eq!(disk_alias("hyper.disk.a=", "a"), None);
     }
 
     #[test]

@@ -54,12 +54,32 @@ pub fn payload_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("build"))
 }
 
+/// The test rootfs: `HYPER_TEST_ROOTFS` (e.g. a copy shared into a Xen
+/// dom0) or `<workspace>/build/rootfs/busybox`.
 pub fn busybox_rootfs() -> PathBuf {
-    required(workspace().join("build/rootfs/busybox"), "test rootfs")
+    let path = std::env::var_os("HYPER_TEST_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("build/rootfs/busybox"));
+    required(path, "test rootfs")
 }
 
 pub fn backend() -> String {
     std::env::var("HYPER_E2E_BACKEND").unwrap_or_else(|_| "qemu".into())
+}
+
+/// The backend's own table for the test config. Xen: `xl` from
+/// `HYPER_XEN_XL` (default Debian's /usr/lib/xen-4.17/bin/xl), guest type
+/// from `HYPER_XEN_TYPE` (default pv).
+pub fn backend_toml(backend: &str) -> String {
+    match backend {
+        "xen" => {
+            let xl =
+                std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into());
+            let guest_type = std::env::var("HYPER_XEN_TYPE").unwrap_or_else(|_| "pv".into());
+            format!("[hypervisor.xen]\nxl = \"{xl}\"\ntype = \"{guest_type}\"\n\n")
+        }
+        _ => String::new(),
+    }
 }
 
 /// Options for one hyperd.
@@ -122,13 +142,14 @@ pub fn prepare(setup: &Setup) -> Prepared {
     let config = dir.path().join("config.toml");
     let toml = format!(
         "[runtime]\nhypervisor = \"{}\"\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n\
-         [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n\n{}",
+         [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n\n{}{}",
         setup.hypervisor,
         plugin_dir.display(),
         state_dir.display(),
         socket.display(),
         setup.kernel.display(),
         setup.initrd.display(),
+        backend_toml(&setup.hypervisor),
         setup.extra_toml
     );
     std::fs::write(&config, toml).expect("config");

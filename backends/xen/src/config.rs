@@ -1,0 +1,258 @@
+//! The `[hypervisor.xen]` table.
+//!
+//! The table is walked by hand so that every problem (not just the first) is
+//! reported, each with the exact key, what was wrong and how to fix it.
+
+use std::path::PathBuf;
+
+use hyper_hypervisor::ConfigProblem;
+use serde_json::Value;
+
+/// Debian's xl for Xen 4.17 (`/usr/sbin/xl` is a wrapper script that picks
+/// the versioned one through /sys/hypervisor).
+pub const DEFAULT_XL: &str = "/usr/sbin/xl";
+pub const DEFAULT_XENSTORE_SOCKET: &str = "/run/xenstored/socket";
+/// `xl create` builds the domain (loads the kernel, runs hotplug scripts):
+/// seconds natively, tens of seconds under emulation.
+pub const DEFAULT_XL_TIMEOUT_SECS: u64 = 120;
+const MAX_XL_TIMEOUT_SECS: u64 = 3600;
+
+pub const VALID_KEYS: &[&str] = &["type", "xl", "xenstore_socket", "xl_timeout_secs"];
+
+/// The kind of domU. PV boots fastest under emulation (no HAP needed); PVH
+/// needs hardware paging support (HAP) from the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GuestType {
+    #[default]
+    Pv,
+    Pvh,
+}
+
+impl GuestType {
+    pub const VALUES: &'static [&'static str] = &["pv", "pvh"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestType::Pv => "pv",
+            GuestType::Pvh => "pvh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenConfig {
+    pub guest_type: GuestType,
+    /// Absolute path of `xl`.
+    pub xl: PathBuf,
+    /// xenstored's unix socket.
+    pub xenstore_socket: PathBuf,
+    pub xl_timeout_secs: u64,
+}
+
+impl Default for XenConfig {
+    fn default() -> Self {
+        Self {
+            guest_type: GuestType::default(),
+            xl: PathBuf::from(DEFAULT_XL),
+            xenstore_socket: PathBuf::from(DEFAULT_XENSTORE_SOCKET),
+            xl_timeout_secs: DEFAULT_XL_TIMEOUT_SECS,
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a table",
+    }
+}
+
+fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
+    ConfigProblem {
+        key: key.to_string(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+fn unknown_key(key: &str) -> ConfigProblem {
+    let valid = VALID_KEYS
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let suggestion = VALID_KEYS
+        .iter()
+        .find(|k| k.starts_with(key) || key.starts_with(*k) || key.replace('-', "_") == **k)
+        .map(|k| format!("did you mean `{k}`? "))
+        .unwrap_or_default();
+    problem(
+        key,
+        "unknown key",
+        format!("{suggestion}the valid keys in [hypervisor.xen] are {valid}"),
+    )
+}
+
+fn absolute_path(key: &str, v: &Value, example: &str) -> Result<PathBuf, ConfigProblem> {
+    match v {
+        Value::String(s) if s.starts_with('/') && !s.contains('\0') => Ok(PathBuf::from(s)),
+        Value::String(s) => Err(problem(
+            key,
+            format!("\"{s}\" is not an absolute path"),
+            format!("give the full path, e.g. {key} = \"{example}\""),
+        )),
+        other => Err(problem(
+            key,
+            format!("expected a string (a path), found {}", type_name(other)),
+            format!("e.g. {key} = \"{example}\""),
+        )),
+    }
+}
+
+impl XenConfig {
+    /// Validates the backend's table (TOML converted to JSON). A missing table
+    /// (`null` or `{}`) means all defaults.
+    pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
+        let map = match table {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(map) => map,
+            other => {
+                return Err(vec![problem(
+                    "",
+                    format!("expected a table, found {}", type_name(other)),
+                    "write it as a [hypervisor.xen] table",
+                )])
+            }
+        };
+        let mut config = Self::default();
+        let mut problems = Vec::new();
+        for (key, v) in map {
+            let result = match key.as_str() {
+                "type" => match v {
+                    Value::String(s) if s == "pv" => {
+                        config.guest_type = GuestType::Pv;
+                        Ok(())
+                    },
+                    Value::String(s) if s == "pvh" => {
+                        config.guest_type = GuestType::Pvh;
+                        Ok(())
+                    },
+                    Value::String(s) => Err(problem(
+                        key,
+                        format!("unknown guest type \"{s}\""),
+                        "set type to \"pv\" (the default) or \"pvh\"; HVM guests are not supported",
+                    )),
+                    other => Err(problem(
+                        key,
+                        format!("expected a string, found {}", type_name(other)),
+                        "set type to \"pv\" or \"pvh\"",
+                    )),
+                },
+                "xl" => absolute_path(key, v, "/usr/lib/xen-4.17/bin/xl").map(|p| config.xl = p),
+                "xenstore_socket" => absolute_path(key, v, DEFAULT_XENSTORE_SOCKET)
+                    .map(|p| config.xenstore_socket = p),
+                "xl_timeout_secs" => match v.as_u64() {
+                    Some(n) if (1..=MAX_XL_TIMEOUT_SECS).contains(&n) => {
+                        config.xl_timeout_secs = n;
+                        Ok(())
+                    }
+                    _ => Err(problem(
+                        key,
+                        format!("expected a whole number of seconds, found {v}"),
+                        format!("set it between 1 and {MAX_XL_TIMEOUT_SECS}, e.g. xl_timeout_secs = {DEFAULT_XL_TIMEOUT_SECS}"),
+                    )),
+                },
+                _ => Err(unknown_key(key)),
+            };
+            if let Err(p) = result {
+                problems.push(p);
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems(v: Value) -> Vec<ConfigProblem> {
+        XenConfig::from_table(&v).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            XenConfig::from_table(&Value::Null),
+            Ok(XenConfig::default())
+        );
+        let c = XenConfig::from_table(&json!({})).unwrap();
+        assert_eq!(c.guest_type, GuestType::Pv);
+        assert_eq!(c.xl, PathBuf::from("/usr/sbin/xl"));
+        assert_eq!(c.xenstore_socket, PathBuf::from("/run/xenstored/socket"));
+        assert_eq!(c.xl_timeout_secs, 120);
+    }
+
+    #[test]
+    fn full_table() {
+        let c = XenConfig::from_table(&json!({
+            "type": "pvh",
+            "xl": "/usr/lib/xen-4.17/bin/xl",
+            "xenstore_socket": "/var/run/xenstored/socket",
+            "xl_timeout_secs": 30,
+        }))
+        .unwrap();
+        assert_eq!(c.guest_type, GuestType::Pvh);
+        assert_eq!(c.xl, PathBuf::from("/usr/lib/xen-4.17/bin/xl"));
+        assert_eq!(c.xl_timeout_secs, 30);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_fix() {
+        let p = problems(json!({"type": "hvm"}));
+        assert_eq!(p[0].key, "type");
+        assert_eq!(p[0].message, "unknown guest type \"hvm\"");
+        assert!(p[0].fix.contains("\"pv\""), "{}", p[0].fix);
+        let p = problems(json!({"xl": "xl"}));
+        assert_eq!(p[0].key, "xl");
+        assert!(p[0].message.contains("not an absolute path"));
+        assert!(p[0].fix.contains("/usr/lib/xen-4.17/bin/xl"));
+        let p = problems(json!({"xl_timeout_secs": 0}));
+        assert_eq!(p[0].key, "xl_timeout_secs");
+        let p = problems(json!({"xl_timeout_secs": "10"}));
+        assert!(p[0].message.contains("\"10\""), "{}", p[0].message);
+        let p = problems(json!({"type": 1, "xenstore_socket": false}));
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let p = problems(json!({"xenstore": "/x"}));
+        assert_eq!(p[0].key, "xenstore");
+        assert_eq!(p[0].message, "unknown key");
+        assert!(
+            p[0].fix.contains("did you mean `xenstore_socket`?"),
+            "{}",
+            p[0].fix
+        );
+        for k in VALID_KEYS {
+            assert!(p[0].fix.contains(&format!("`{k}`")), "{}", p[0].fix);
+        }
+    }
+
+    #[test]
+    fn not_a_table() {
+        let p = problems(json!("pv"));
+        assert_eq!(p[0].key, "");
+        assert_eq!(p[0].message, "expected a table, found a string");
+    }
+}

@@ -1,0 +1,537 @@
+//! The configured Xen backend: probing the host and creating domains.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_hypervisor::{
+    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+};
+use tokio::net::UnixListener;
+
+use crate::config::XenConfig;
+use crate::console::{self, Pty};
+use crate::owner::{self, Owner};
+use crate::vm::XenVm;
+use crate::xenstore::{Xenstore, XsError};
+use crate::{xl, xlcfg};
+
+pub const BACKEND_NAME: &str = "xen";
+
+const XS_TIMEOUT: Duration = Duration::from_secs(3);
+const XL_INFO_TIMEOUT: Duration = Duration::from_secs(20);
+const XL_QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+/// xenconsoled writes the console tty into xenstore shortly after the
+/// domain is introduced.
+const TTY_WAIT: Duration = Duration::from_secs(15);
+const MAX_DOMAINS_SCANNED: usize = 4096;
+
+pub struct XenHypervisor {
+    config: XenConfig,
+    proc_xen: PathBuf,
+    /// One `xl create` at a time: Xen's block hotplug script serialises on
+    /// a global lock anyway, and several at once under a slow dom0 run into
+    /// libxl's hotplug timeout ("killing execution of /etc/xen/scripts/block
+    /// add because of timeout"). Guests still boot concurrently.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+/// What the host says before anything is run.
+pub fn host_check(proc_xen: &Path, xl: &Path) -> Result<(), String> {
+    if !proc_xen.is_dir() {
+        return Err(format!(
+            "no {}: this host is not running under Xen (boot it as a Xen dom0; if it is one, mount xenfs: `mount -t xenfs xenfs {}`)",
+            proc_xen.display(),
+            proc_xen.display()
+        ));
+    }
+    let caps_path = proc_xen.join("capabilities");
+    let caps = std::fs::read(&caps_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; mount xenfs there (`mount -t xenfs xenfs {}`)",
+            caps_path.display(),
+            proc_xen.display()
+        )
+    })?;
+    if !String::from_utf8_lossy(&caps[..caps.len().min(256)]).contains("control_d") {
+        return Err(format!(
+            "this host is a Xen guest, not dom0 ({} has no control_d): run hyperd in dom0",
+            caps_path.display()
+        ));
+    }
+    let fix = "install Xen's tools (Debian: `apt-get install xen-utils-4.17`) or set `xl` in [hypervisor.xen]";
+    let meta = std::fs::metadata(xl).map_err(|e| format!("xl at {}: {e}; {fix}", xl.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not an executable file; {fix}", xl.display()));
+    }
+    Ok(())
+}
+
+/// Runs blocking xenstore work off the async threads.
+pub(crate) async fn xs<T: Send + 'static>(
+    socket: &Path,
+    f: impl FnOnce(&mut Xenstore) -> Result<T, XsError> + Send + 'static,
+) -> Result<T, XsError> {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = Xenstore::connect(&socket, XS_TIMEOUT)?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| XsError::Io(format!("xenstore task: {e}")))?
+}
+
+/// The domid of the domain called `name`, from `/local/domain/*/name`.
+pub(crate) fn find_domid(xs: &mut Xenstore, name: &str) -> Result<Option<u32>, XsError> {
+    let ids = xs.directory("/local/domain")?;
+    for id in ids.iter().take(MAX_DOMAINS_SCANNED) {
+        let Ok(domid) = id.parse::<u32>() else {
+            continue;
+        };
+        if xs
+            .read_opt(&format!("/local/domain/{domid}/name"), 256)?
+            .as_deref()
+            == Some(name)
+        {
+            return Ok(Some(domid));
+        }
+    }
+    Ok(None)
+}
+
+fn unavailable(reason: String) -> HypervisorError {
+    HypervisorError::Unavailable {
+        backend: BACKEND_NAME.to_string(),
+        reason,
+    }
+}
+
+impl XenHypervisor {
+    pub fn new(config: XenConfig) -> Self {
+        Self::with_proc_xen(config, PathBuf::from("/proc/xen"))
+    }
+
+    /// For tests: another place than /proc/xen to look at.
+    pub fn with_proc_xen(config: XenConfig, proc_xen: PathBuf) -> Self {
+        Self {
+            config,
+            proc_xen,
+            create_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &XenConfig {
+        &self.config
+    }
+
+    /// Destroys, in a thread of its own, the domains whose owning hyperd is
+    /// gone (see [`crate::owner`]). Quiet and quick on hosts without Xen.
+    pub fn sweep_orphans_in_background(&self) {
+        if host_check(&self.proc_xen, &self.config.xl).is_err() {
+            return;
+        }
+        let config = self.config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xen-orphan-sweep".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::warn!("orphan sweep: {e}"),
+                };
+                rt.block_on(sweep_orphans(&config));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the orphan sweep: {e}");
+        }
+    }
+
+    async fn xs_check(&self) -> Result<usize, String> {
+        let socket = self.config.xenstore_socket.clone();
+        let attempt = xs(&socket, |x| x.directory("/local/domain").map(|d| d.len()));
+        match tokio::time::timeout(XS_TIMEOUT * 2, attempt).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(format!(
+                "xenstored does not answer ({e}); start it (Debian: `/etc/init.d/xencommons start`) or set `xenstore_socket` in [hypervisor.xen]"
+            )),
+            Err(_) => Err(format!(
+                "xenstored at {} did not answer within {:?}",
+                socket.display(),
+                XS_TIMEOUT * 2
+            )),
+        }
+    }
+
+    async fn destroy_stale(&self, name: &str) -> Result<(), HypervisorError> {
+        let owned = name.to_string();
+        let found = xs(&self.config.xenstore_socket, move |x| find_domid(x, &owned))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if let Some(domid) = found {
+            tracing::warn!(
+                vm = name,
+                domid,
+                "destroying a domain left over with this VM's name"
+            );
+            let _ = xl::run(&self.config.xl, &["destroy", name], XL_QUICK_TIMEOUT).await;
+        }
+        Ok(())
+    }
+
+    /// After `xl create -p`: find the domain, record its owner, open its
+    /// console and bind the agent socket, then let it run.
+    async fn start_created(&self, spec: &VmSpec) -> Result<XenVm, String> {
+        let name = spec.id.clone();
+        let lookup = name.clone();
+        let deadline = tokio::time::Instant::now() + TTY_WAIT;
+        let (domid, tty) = loop {
+            let lookup = lookup.clone();
+            let found = xs(&self.config.xenstore_socket, move |x| {
+                let Some(domid) = find_domid(x, &lookup)? else {
+                    return Ok(None);
+                };
+                let tty = x.read_opt(&format!("/local/domain/{domid}/console/tty"), 64)?;
+                Ok(Some((domid, tty)))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match found {
+                Some((domid, Some(tty))) if !tty.is_empty() => break (domid, tty),
+                Some(_) | None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Some((domid, _)) => {
+                    return Err(format!(
+                        "domain {domid} has no console tty in xenstore after {TTY_WAIT:?}: is xenconsoled running?"
+                    ))
+                }
+                None => return Err(format!("xl created no domain named {name}")),
+            }
+        };
+        let record = Owner::me(domid).encode();
+        let key = owner::path(&name);
+        xs(&self.config.xenstore_socket, move |x| {
+            x.write(&key, record.as_bytes())
+        })
+        .await
+        .map_err(|e| format!("cannot record the domain's owner in xenstore: {e}"))?;
+        let tty = console::check_tty_path(&tty)?;
+        let pty = Pty::open(&tty)?;
+        let agent = spec.run_dir.join("agent.sock");
+        let _ = std::fs::remove_file(&agent);
+        let listener = UnixListener::bind(&agent)
+            .map_err(|e| format!("cannot listen on {}: {e}", agent.display()))?;
+        let out = xl::run(&self.config.xl, &["unpause", &name], XL_QUICK_TIMEOUT).await?;
+        if !out.success {
+            return Err(format!("xl unpause failed: {}", out.reason()));
+        }
+        let info = VmInfo {
+            id: name.clone(),
+            agent_channel: AgentChannel::UnixSocket(agent.clone()),
+            pid: None,
+        };
+        Ok(XenVm::start(
+            info,
+            domid,
+            self.config.clone(),
+            listener,
+            pty,
+            agent,
+        ))
+    }
+}
+
+/// See [`XenHypervisor::sweep_orphans_in_background`].
+pub async fn sweep_orphans(config: &XenConfig) {
+    let listed = xs(&config.xenstore_socket, |x| {
+        let names = match x.directory(owner::ROOT) {
+            Ok(n) => n,
+            Err(e) if e.is_enoent() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for name in names.into_iter().take(MAX_DOMAINS_SCANNED) {
+            let record = x.read_opt(&owner::path(&name), 4096)?;
+            let domain = x.read_opt(
+                &format!(
+                    "/local/domain/{}/name",
+                    record
+                        .as_deref()
+                        .and_then(Owner::decode)
+                        .map_or(u32::MAX, |o| o.domid)
+                ),
+                256,
+            )?;
+            out.push((name, record.as_deref().and_then(Owner::decode), domain));
+        }
+        Ok(out)
+    })
+    .await;
+    let entries = match listed {
+        Ok(e) => e,
+        Err(e) => return tracing::debug!("orphan sweep skipped: {e}"),
+    };
+    for (name, record, domain_name) in entries {
+        match record {
+            Some(o) if o.is_alive(Path::new("/proc")) => continue,
+            Some(o) if domain_name.as_deref() == Some(name.as_str()) => {
+                tracing::info!(vm = %name, domid = o.domid, "destroying a domain whose hyperd is gone");
+                if let Err(e) = xl::run(&config.xl, &["destroy", &name], XL_QUICK_TIMEOUT).await {
+                    tracing::warn!(vm = %name, "{e}");
+                }
+            }
+            _ => {}
+        }
+        let key = owner::path(&name);
+        let _ = xs(&config.xenstore_socket, move |x| x.rm(&key)).await;
+    }
+}
+
+#[async_trait]
+impl Hypervisor for XenHypervisor {
+    fn name(&self) -> &str {
+        BACKEND_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_disks: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn probe(&self) -> ProbeReport {
+        let mut details = BTreeMap::new();
+        details.insert("xl".to_string(), self.config.xl.display().to_string());
+        details.insert(
+            "type".to_string(),
+            self.config.guest_type.as_str().to_string(),
+        );
+        details.insert(
+            "xenstore_socket".to_string(),
+            self.config.xenstore_socket.display().to_string(),
+        );
+        let unusable = |reason: String, details| ProbeReport {
+            usable: false,
+            reason,
+            details,
+        };
+        if let Err(reason) = host_check(&self.proc_xen, &self.config.xl) {
+            return unusable(reason, details);
+        }
+        match self.xs_check().await {
+            Ok(n) => details.insert("domains".to_string(), n.to_string()),
+            Err(reason) => return unusable(reason, details),
+        };
+        let info = match xl::run(&self.config.xl, &["info"], XL_INFO_TIMEOUT).await {
+            Ok(out) if out.success => out.stdout,
+            Ok(out) => return unusable(format!("`xl info` failed: {}", out.reason()), details),
+            Err(reason) => return unusable(reason, details),
+        };
+        let version = xl::info_field(&info, "xen_version")
+            .unwrap_or("?")
+            .to_string();
+        details.insert("xen_version".to_string(), version.clone());
+        if let Some(free) = xl::info_field(&info, "free_memory") {
+            details.insert("free_memory_mib".to_string(), free.to_string());
+        }
+        ProbeReport {
+            usable: true,
+            reason: format!(
+                "Xen {version} dom0: xl and xenstored answer; guests are {} domUs",
+                self.config.guest_type.as_str().to_uppercase()
+            ),
+            details,
+        }
+    }
+
+    async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        xlcfg::validate(&spec).map_err(HypervisorError::InvalidSpec)?;
+        host_check(&self.proc_xen, &self.config.xl).map_err(unavailable)?;
+        self.destroy_stale(&spec.id).await?;
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let cfg_path = spec.run_dir.join("xl.cfg");
+        std::fs::write(&cfg_path, xlcfg::render(&spec, self.config.guest_type))
+            .map_err(|e| io("write", &cfg_path, e))?;
+        // The guest's console carries the agent channel; say so where a
+        // console log is looked for.
+        let _ = std::fs::write(
+            &spec.console_log,
+            "xen: the guest's PV console carries the agent channel; see xl.log in the VM's run directory\n",
+        );
+        let cfg = cfg_path.to_string_lossy().into_owned();
+        tracing::info!(vm = %spec.id, guest_type = self.config.guest_type.as_str(), "xl create");
+        let limit = Duration::from_secs(self.config.xl_timeout_secs);
+        let log_path = spec.run_dir.join("xl.log");
+        let serialised = self.create_lock.lock().await;
+        let created =
+            xl::run_logged(&self.config.xl, &["create", "-p", &cfg], limit, &log_path).await;
+        drop(serialised);
+        let failure = match created {
+            Ok(out) if out.success => None,
+            Ok(out) => Some(format!("xl create failed: {}", out.reason())),
+            Err(e) => Some(e),
+        };
+        if let Some(message) = failure {
+            // A half-built domain must not linger.
+            let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+            return Err(HypervisorError::LaunchFailed(message));
+        }
+        match self.start_created(&spec).await {
+            Ok(vm) => {
+                tracing::info!(vm = %spec.id, domid = vm.domid(), "domain running");
+                Ok(Box::new(vm))
+            }
+            Err(message) => {
+                let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+                let key = owner::path(&spec.id);
+                let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
+                let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));
+                Err(HypervisorError::LaunchFailed(message))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_proc_xen(caps: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(caps) = caps {
+            std::fs::write(dir.path().join("capabilities"), caps).unwrap();
+        }
+        dir
+    }
+
+    fn hv(proc_xen: &Path, xl: &str, socket: &str) -> XenHypervisor {
+        XenHypervisor::with_proc_xen(
+            XenConfig {
+                xl: xl.into(),
+                xenstore_socket: socket.into(),
+                ..XenConfig::default()
+            },
+            proc_xen.to_path_buf(),
+        )
+    }
+
+    #[tokio::test]
+    async fn probe_without_proc_xen() {
+        let r = hv(
+            Path::new("/nonexistent/proc/xen"),
+            "/bin/true",
+            "/nonexistent",
+        )
+        .probe()
+        .await;
+        assert!(!r.usable);
+        assert!(r.reason.contains("not running under Xen"), "{}", r.reason);
+        assert!(r.reason.contains("mount -t xenfs"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn probe_in_a_domu() {
+        let dir = fake_proc_xen(Some(""));
+        let r = hv(dir.path(), "/bin/true", "/nonexistent").probe().await;
+        assert!(!r.usable);
+        assert!(r.reason.contains("not dom0"), "{}", r.reason);
+        let empty = fake_proc_xen(None);
+        let r = hv(empty.path(), "/bin/true", "/nonexistent").probe().await;
+        assert!(r.reason.contains("capabilities"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn probe_without_xl() {
+        let dir = fake_proc_xen(Some("control_d\n"));
+        let r = hv(dir.path(), "/nonexistent/xl", "/nonexistent")
+            .probe()
+            .await;
+        assert!(!r.usable);
+        assert!(r.reason.contains("/nonexistent/xl"), "{}", r.reason);
+        assert!(r.reason.contains("xen-utils-4.17"), "{}", r.reason);
+        let not_exec = dir.path().join("xl");
+        std::fs::write(&not_exec, "").unwrap();
+        std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let r = hv(dir.path(), &not_exec.to_string_lossy(), "/nonexistent")
+            .probe()
+            .await;
+        assert!(r.reason.contains("not an executable"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn probe_without_xenstored() {
+        let dir = fake_proc_xen(Some("control_d\n"));
+        let r = hv(dir.path(), "/bin/true", "/nonexistent/xenstored/socket")
+            .probe()
+            .await;
+        assert!(!r.usable);
+        assert!(
+            r.reason.contains("xenstored does not answer"),
+            "{}",
+            r.reason
+        );
+        assert!(
+            r.reason.contains("/nonexistent/xenstored/socket"),
+            "{}",
+            r.reason
+        );
+    }
+
+    /// A xenstored that accepts and never answers must not hang the probe.
+    #[tokio::test]
+    async fn probe_with_a_silent_xenstored() {
+        let dir = fake_proc_xen(Some("control_d\n"));
+        let sock = dir.path().join("xs.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let _keep = std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(2).collect();
+            std::thread::sleep(Duration::from_secs(20));
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let r = hv(dir.path(), "/bin/true", &sock.to_string_lossy())
+            .probe()
+            .await;
+        assert!(!r.usable);
+        assert!(r.reason.contains("xenstored"), "{}", r.reason);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn launch_refuses_bad_specs_and_missing_xen() {
+        let h = hv(
+            Path::new("/nonexistent/proc/xen"),
+            "/bin/true",
+            "/nonexistent",
+        );
+        let mut spec = VmSpec {
+            id: "a b".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![],
+            console_log: "/tmp/c.log".into(),
+            run_dir: "/tmp".into(),
+        };
+        assert!(matches!(
+            h.launch(spec.clone()).await.err(),
+            Some(HypervisorError::InvalidSpec(_))
+        ));
+        spec.id = "ok".into();
+        match h.launch(spec).await.err() {
+            Some(HypervisorError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("not running under Xen"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The Xen backend: each VM is one PV (default) or PVH domU, created with
+//! `xl create` and watched through xenstore.
+//!
+//! Built as a cdylib, this is the plugin `libhyper_backend_xen.so` that
+//! hyperd loads ([`hyper_hypervisor::export_backend!`]); built as an rlib it
+//! is tested directly. hyperd must run in dom0 (it needs `xl` and xenstored).
+//!
+//! Per VM, the run directory the core hands over holds:
+//! * `xl.cfg`: the domain's xl configuration (name = the VM id);
+//! * `xl.log`: what `xl create` printed (libxl's reasons when it fails);
+//! * `agent.sock`: a unix socket bridged to the domain's PV console pty
+//!   (xenstore `/local/domain/<domid>/console/tty`), where hyperstart talks
+//!   (`hyper.channel=/dev/hvc0`).
+//!
+//! The rootfs disks become read-only xen-blkfront disks `xvda`, `xvdb` …;
+//! since blkfront has no serial, the kernel command line maps each disk id to
+//! its device: `hyper.disk.<id>=xvda`.
+//!
+//! A domain's owner (hyperd pid and start time, run directory) is recorded in
+//! xenstore under `/tool/hyper/vms/<name>`, writable by dom0 only. A new
+//! hyperd destroys the domains whose owner is gone, since no host process of
+//! its own holds them.
+//!
+//! `[hypervisor.xen]` keys: `type` (`pv` | `pvh`), `xl`, `xenstore_socket`,
+//! `xl_timeout_secs`; see [`config::XenConfig`].
+
+use std::sync::Arc;
+
+use hyper_hypervisor::{ConfigProblem, Hypervisor};
+
+pub mod config;
+pub mod console;
+mod hypervisor;
+pub mod owner;
+mod vm;
+pub mod xenstore;
+pub mod xl;
+pub mod xlcfg;
+
+pub use config::XenConfig;
+pub use hypervisor::{XenHypervisor, BACKEND_NAME};
+pub use vm::XenVm;
+
+/// Validates the `[hypervisor.xen]` table (as JSON) and builds the backend.
+pub fn create(table: serde_json::Value) -> Result<Arc<dyn Hypervisor>, Vec<ConfigProblem>> {
+    let config = XenConfig::from_table(&table)?;
+    let hv = XenHypervisor::new(config);
+    hv.sweep_orphans_in_background();
+    Ok(Arc::new(hv))
+}
+
+hyper_hypervisor::export_backend!("xen", create);

@@ -1,0 +1,224 @@
+//! The xl configuration of one domain, and the kernel command line bits the
+//! backend adds.
+
+use hyper_hypervisor::VmSpec;
+
+use crate::config::GuestType;
+
+/// Guest device names for the spec's disks, in order.
+pub const MAX_DISKS: usize = 26;
+const MAX_ID_LEN: usize = 64;
+const MIN_MEMORY_MIB: u32 = 32;
+const MAX_VCPUS: u32 = 128;
+
+/// The guest's device for the `n`th disk: `xvda`, `xvdb` …
+pub fn vdev(n: usize) -> Option<String> {
+    (n < MAX_DISKS).then(|| format!("xvd{}", char::from(b'a' + n as u8)))
+}
+
+/// The kernel command line: the core's, then the agent channel on the PV
+/// console and the disk aliases. `loglevel=0` keeps kernel messages off the
+/// console, which carries the channel (a PV domU's kernel console is hvc0).
+pub fn kernel_cmdline(base: &str, spec: &VmSpec) -> String {
+    let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
+    parts.push("loglevel=0".into());
+    parts.push("hyper.channel=/dev/hvc0".into());
+    for (n, disk) in spec.disks.iter().enumerate() {
+        if let Some(dev) = vdev(n) {
+            parts.push(format!("hyper.disk.{}={dev}", disk.id));
+        }
+    }
+    parts.join(" ")
+}
+
+fn plain(what: &str, s: &str) -> Result<(), String> {
+    if s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(format!("{what} {s:?} contains a quote, backslash or control character, which xl's config syntax cannot carry"));
+    }
+    Ok(())
+}
+
+/// A VM id becomes the domain name: `[A-Za-z0-9_.-]`, at most 64 bytes.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok) || id.starts_with(['-', '.']) {
+        return Err(format!(
+            "VM id {id:?} cannot be a Xen domain name: use 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what the xl config needs of the spec.
+pub fn validate(spec: &VmSpec) -> Result<(), String> {
+    check_id(&spec.id)?;
+    if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
+        return Err(format!("vcpus = {}: use 1 to {MAX_VCPUS}", spec.vcpus));
+    }
+    if spec.memory_mib < MIN_MEMORY_MIB {
+        return Err(format!(
+            "memory_mib = {}: a Xen domU needs at least {MIN_MEMORY_MIB} MiB",
+            spec.memory_mib
+        ));
+    }
+    if spec.disks.len() > MAX_DISKS {
+        return Err(format!("{} disks: at most {MAX_DISKS}", spec.disks.len()));
+    }
+    for (what, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        let s = path
+            .to_str()
+            .ok_or_else(|| format!("{what} path is not UTF-8"))?;
+        plain(what, s)?;
+        if !path.is_absolute() {
+            return Err(format!("{what} path {s} is not absolute"));
+        }
+    }
+    for disk in &spec.disks {
+        let s = disk.path.to_str().ok_or("disk path is not UTF-8")?;
+        plain("disk path", s)?;
+        if s.contains(',') || !disk.path.is_absolute() {
+            return Err(format!(
+                "disk path {s:?} must be absolute and free of commas for xl"
+            ));
+        }
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || "_-".contains(c);
+        if disk.id.is_empty() || disk.id.len() > 20 || !disk.id.chars().all(id_ok) {
+            return Err(format!(
+                "disk id {:?}: use 1-20 characters of [A-Za-z0-9_-]",
+                disk.id
+            ));
+        }
+    }
+    plain("kernel command line", &spec.cmdline)?;
+    Ok(())
+}
+
+/// The xl config file. Call [`validate`] first.
+pub fn render(spec: &VmSpec, guest_type: GuestType) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
+    let q = |s: &str| format!("\"{s}\"");
+    line("name", q(&spec.id));
+    line("type", q(guest_type.as_str()));
+    line("kernel", q(&spec.kernel.to_string_lossy()));
+    line("ramdisk", q(&spec.initrd.to_string_lossy()));
+    line("extra", q(&kernel_cmdline(&spec.cmdline, spec)));
+    line("memory", spec.memory_mib.to_string());
+    line("maxmem", spec.memory_mib.to_string());
+    line("vcpus", spec.vcpus.to_string());
+    let disks: Vec<String> = spec
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(n, d)| {
+            let access = if d.read_only { "ro" } else { "rw" };
+            vdev(n).map(|dev| {
+                format!(
+                    "\"format=raw, vdev={dev}, access={access}, target={}\"",
+                    d.path.to_string_lossy()
+                )
+            })
+        })
+        .collect();
+    line("disk", format!("[ {} ]", disks.join(", ")));
+    line("vif", "[]".into());
+    line("on_poweroff", q("destroy"));
+    line("on_reboot", q("destroy"));
+    line("on_crash", q("destroy"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_hypervisor::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "a1b2c3".into(),
+            kernel: "/payload/hyperkernel".into(),
+            initrd: "/payload/hyperstart.img".into(),
+            cmdline: "quiet panic=-1 rdinit=/init".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![DiskSpec {
+                path: "/state/rootfs/abc.erofs".into(),
+                read_only: true,
+                id: "hyper-rootfs0".into(),
+            }],
+            console_log: "/state/pods/a1b2c3/console.log".into(),
+            run_dir: "/state/pods/a1b2c3/vm".into(),
+        }
+    }
+
+    #[test]
+    fn renders_a_pv_domain() {
+        let text = render(&spec(), GuestType::Pv);
+        assert_eq!(
+            text,
+            "name = \"a1b2c3\"\n\
+             type = \"pv\"\n\
+             kernel = \"/payload/hyperkernel\"\n\
+             ramdisk = \"/payload/hyperstart.img\"\n\
+             extra = \"quiet panic=-1 rdinit=/init loglevel=0 hyper.channel=/dev/hvc0 hyper.disk.hyper-rootfs0=xvda\"\n\
+             memory = 128\n\
+             maxmem = 128\n\
+             vcpus = 1\n\
+             disk = [ \"format=raw, vdev=xvda, access=ro, target=/state/rootfs/abc.erofs\" ]\n\
+             vif = []\n\
+             on_poweroff = \"destroy\"\n\
+             on_reboot = \"destroy\"\n\
+             on_crash = \"destroy\"\n"
+        );
+        assert!(render(&spec(), GuestType::Pvh).contains("type = \"pvh\"\n"));
+    }
+
+    #[test]
+    fn several_disks_get_their_own_devices_and_aliases() {
+        let mut s = spec();
+        s.disks.push(DiskSpec {
+            path: "/d/data.img".into(),
+            read_only: false,
+            id: "data".into(),
+        });
+        let text = render(&s, GuestType::Pv);
+        assert!(
+            text.contains("vdev=xvdb, access=rw, target=/d/data.img"),
+            "{text}"
+        );
+        assert!(text.contains("hyper.disk.data=xvdb"), "{text}");
+        s.disks.clear();
+        assert!(render(&s, GuestType::Pv).contains("disk = [  ]\n"));
+        assert_eq!(vdev(25).as_deref(), Some("xvdz"));
+        assert_eq!(vdev(26), None);
+    }
+
+    #[test]
+    fn specs_xl_cannot_carry_are_refused() {
+        assert!(validate(&spec()).is_ok());
+        let mut s = spec();
+        s.cmdline = "quiet init=\"/x\"".into();
+        assert!(validate(&s).unwrap_err().contains("quote"));
+        let mut s = spec();
+        s.id = "../etc".into();
+        assert!(validate(&s).unwrap_err().contains("domain name"));
+        let mut s = spec();
+        s.id = "x".repeat(65);
+        assert!(validate(&s).is_err());
+        let mut s = spec();
+        s.disks[0].path = "/a,b.img".into();
+        assert!(validate(&s).unwrap_err().contains("commas"));
+        let mut s = spec();
+        s.disks[0].id = "id with space".into();
+        assert!(validate(&s).is_err());
+        let mut s = spec();
+        s.kernel = "relative/kernel".into();
+        assert!(validate(&s).unwrap_err().contains("not absolute"));
+        let mut s = spec();
+        s.memory_mib = 16;
+        assert!(validate(&s).unwrap_err().contains("at least 32"));
+        let mut s = spec();
+        s.vcpus = 0;
+        assert!(validate(&s).is_err());
+    }
+}

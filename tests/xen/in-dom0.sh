@@ -1,0 +1,78 @@
+#!/bin/sh
+# Runs inside the test dom0 as /mnt/host/run.sh (run-suite.sh copies it into
+# the share): the chosen e2e cases with HYPER_E2E_BACKEND=xen, then the boot
+# benchmark. Results go to /mnt/host/results.
+S=/mnt/host
+R=$S/results
+mkdir -p "$R"
+up() { cut -d' ' -f1 /proc/uptime; }
+export LD_LIBRARY_PATH=$S/lib
+export HYPER_BIN_DIR=$S/bin HYPER_PAYLOAD_DIR=$S/payload HYPER_TEST_ROOTFS=$S/rootfs/busybox
+export HYPER_E2E_BACKEND=xen HYPER_XEN_XL=$(command -v xl) HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}
+cd /tmp
+xl info > "$R/xl-info.txt" 2>&1
+
+echo "@@ $(up)s REAL-XEN-START"
+"$S/bin/real-xen" --ignored --test-threads=1 > "$R/real-xen.txt" 2>&1
+echo $? > "$R/real-xen.rc"
+echo "@@ $(up)s REAL-XEN-END rc=$(cat "$R/real-xen.rc")"
+grep -E '^test |^test result' "$R/real-xen.txt"
+
+echo "@@ $(up)s E2E-START"
+# shellcheck disable=SC2046
+"$S/bin/e2e-run" --test-threads=1 $(cat "$S/cases") > "$R/e2e.txt" 2>&1
+echo $? > "$R/e2e.rc"
+echo "@@ $(up)s E2E-END rc=$(cat "$R/e2e.rc")"
+grep -E '^test |^test result' "$R/e2e.txt"
+
+# Benchmark: `hyper run --rm ... true` on Xen next to a plain `xl create -F`
+# of the same kernel with an initramfs that only powers off, alternating.
+B=/tmp/bench; mkdir -p "$B/plugins"
+ln -sf "$S/bin/libhyper_backend_xen.so" "$B/plugins/"
+cat > "$B/config.toml" <<EOT
+[runtime]
+hypervisor = "xen"
+plugin_dir = "$B/plugins"
+state_dir = "$B/state"
+socket = "$B/hyperd.sock"
+
+[payload]
+kernel = "$S/payload/hyperkernel"
+initrd = "$S/payload/hyperstart.img"
+
+[vm]
+boot_timeout_secs = 120
+
+[hypervisor.xen]
+xl = "$HYPER_XEN_XL"
+type = "$HYPER_XEN_TYPE"
+EOT
+cat > "$B/plain.cfg" <<EOT
+name = "bench-plain"
+type = "$HYPER_XEN_TYPE"
+kernel = "$S/payload/hyperkernel"
+ramdisk = "$S/payload/poweroff.img"
+extra = "quiet panic=-1 rdinit=/init loglevel=0"
+memory = 128
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+EOT
+"$S/bin/hyperd" --config "$B/config.toml" > "$R/bench-hyperd.log" 2>&1 &
+hpid=$!
+i=0; while [ ! -S "$B/hyperd.sock" ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+: > "$R/bench.txt"
+for n in 1 2 3; do
+  t0=$(up)
+  HYPER_HOST=$B/hyperd.sock "$S/bin/hyper" run --rm --rootfs "$HYPER_TEST_ROOTFS" -- true >> "$R/bench-hyper.out" 2>&1
+  rc=$?; t1=$(up)
+  echo "hyper-run $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
+  t0=$(up)
+  timeout 300 xl create -F "$B/plain.cfg" >> "$R/bench-xl.out" 2>&1
+  rc=$?; t1=$(up)
+  echo "xl-create $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
+done
+kill $hpid; wait $hpid
+cat "$R/bench.txt"
+xl list
