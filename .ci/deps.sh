@@ -2,15 +2,19 @@
 # Installs everything the build, the demo and the tests need on a fresh
 # Debian 12 machine (as root): the kernel build tools and linux-source,
 # QEMU, busybox-static for the test rootfs, erofs-utils for rootfs images,
-# and the musl target hyperstart is built for.
+# the musl target hyperstart is built for, and the bare-metal target of
+# the KVM backend's freestanding test guest.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
-      qemu-system-x86 busybox-static erofs-utils file)
+      qemu-system-x86 busybox-static erofs-utils file xz-utils
+      docker-registry skopeo apache2-utils zstd curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || rustup target add x86_64-unknown-linux-musl
+for t in x86_64-unknown-linux-musl x86_64-unknown-none; do
+  rustup target add "$t" >/dev/null 2>&1 || rustup target add "$t"
+done

@@ -29,7 +29,7 @@ PRIVATE_FILE = re.compile(r"(/[^,\s]*/)(agent\.sock|qmp\.sock|console\.log)")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_hyperd(bin_dir, payload, workdir, backend):
+def start_hyperd(bin_dir, payload, workdir, backend, extra_toml=""):
     plugins = os.path.join(workdir, "plugins")
     os.makedirs(plugins)
     so = f"libhyper_backend_{backend}.so"
@@ -47,7 +47,7 @@ kernel = "{payload}/hyperkernel"
 initrd = "{payload}/hyperstart.img"
 [vm]
 boot_timeout_secs = 120
-""")
+{extra_toml}""")
     log = open(os.path.join(workdir, "hyperd.log"), "w")
     proc = subprocess.Popen([os.path.join(bin_dir, "hyperd"), "--config", config], stdout=log, stderr=log)
     for _ in range(300):

@@ -5,14 +5,19 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header;
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_core::pods::RunRequest;
 use hyper_protocol::{Frame, FrameDecoder, FrameKind, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::images_api::{PullEvent, PullRequest};
 use crate::stream::{ApiError, StreamEnd, STDERR, STDIO};
+
+/// Longest progress line accepted from hyperd (an image record fits easily).
+const MAX_EVENT_LINE: usize = 1024 * 1024;
 use crate::STREAM_UPGRADE;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +34,8 @@ pub enum ClientError {
     Http(String),
     #[error("{0}")]
     Api(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("hyperd ended the stream without an exit status")]
     Truncated,
 }
@@ -67,12 +74,57 @@ impl Client {
 
     /// `GET path`, returning the JSON body.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `GET path`, or `None` when hyperd answers 404.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<serde_json::Value>, ClientError> {
+        match self.call(Method::GET, path, None).await {
+            Err(ClientError::NotFound(_)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    pub async fn post_json<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Http(e.to_string()))?;
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let mut sender = self.connect().await?;
-        let req = Request::get(path)
-            .header(header::HOST, "hyperd")
-            .body(Full::new(Bytes::new()))
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "hyperd");
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = send(&mut sender, req).await?;
+        send(&mut sender, req).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let resp = self.request(method, path, body).await?;
         let status = resp.status();
         let body = read_body(resp).await?;
         if !status.is_success() {
@@ -80,6 +132,106 @@ impl Client {
         }
         serde_json::from_slice(&body)
             .map_err(|e| ClientError::Http(format!("malformed reply: {e}")))
+    }
+
+    /// `GET path` answered with one JSON value per line: each goes to
+    /// `on_line` as it arrives, until it returns false.
+    /// `on_batch` is called after each piece hyperd sent, so a caller can
+    /// flush its output once per piece rather than once per line.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        on_line: impl FnMut(serde_json::Value) -> bool,
+        on_batch: impl FnMut(),
+    ) -> Result<(), ClientError> {
+        self.lines(Method::GET, path, None, on_line, on_batch).await
+    }
+
+    async fn lines(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        mut on_line: impl FnMut(serde_json::Value) -> bool,
+        mut on_batch: impl FnMut(),
+    ) -> Result<(), ClientError> {
+        let resp = self.request(method, path, body).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_body(resp).await?;
+            return Err(api_error(&body, status));
+        }
+        let mut body = resp.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            if pending.len() > MAX_EVENT_LINE && !pending.contains(&b'\n') {
+                return Err(ClientError::Http("oversized line from hyperd".into()));
+            }
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let value = serde_json::from_slice(&line)
+                    .map_err(|e| ClientError::Http(format!("malformed line from hyperd: {e}")))?;
+                if !on_line(value) {
+                    on_batch();
+                    return Ok(());
+                }
+            }
+            on_batch();
+        }
+        Ok(())
+    }
+
+    /// Pulls an image, handing each progress event to `on_event` as it
+    /// comes; returns the pulled image.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        mut on_event: impl FnMut(&PullEvent),
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_vec(&PullRequest {
+            reference: reference.to_string(),
+        })
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let mut end: Option<Result<serde_json::Value, ClientError>> = None;
+        self.lines(
+            Method::POST,
+            "/v1/images/pull",
+            Some(body),
+            |value| {
+                let event = match serde_json::from_value::<PullEvent>(value) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        end = Some(Err(ClientError::Http(format!(
+                            "malformed progress event: {e}"
+                        ))));
+                        return false;
+                    }
+                };
+                on_event(&event);
+                match event {
+                    PullEvent::Done { image } => {
+                        end = Some(
+                            serde_json::to_value(image)
+                                .map_err(|e| ClientError::Http(e.to_string())),
+                        );
+                        false
+                    }
+                    PullEvent::Error { message } => {
+                        end = Some(Err(ClientError::Api(message)));
+                        false
+                    }
+                    _ => true,
+                }
+            },
+            || {},
+        )
+        .await?;
+        end.unwrap_or(Err(ClientError::Truncated))
     }
 
     /// Runs a container, copying its stdout and stderr to `stdout`/`stderr`
@@ -96,9 +248,27 @@ impl Client {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
+        self.stream("/v1/run", request, stdin, stdout, stderr).await
+    }
+
+    /// `POST path` with `request` as JSON, upgraded to the stdio stream.
+    pub async fn stream<T, I, O, E>(
+        &self,
+        path: &str,
+        request: &T,
+        stdin: Option<I>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<StreamEnd, ClientError>
+    where
+        T: Serialize,
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
         let mut sender = self.connect().await?;
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Http(e.to_string()))?;
-        let req = Request::post("/v1/run")
+        let req = Request::post(path)
             .header(header::HOST, "hyperd")
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONNECTION, "Upgrade")
@@ -211,8 +381,13 @@ async fn read_body(resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes
 }
 
 fn api_error(body: &[u8], status: hyper::StatusCode) -> ClientError {
-    match serde_json::from_slice::<ApiError>(body) {
-        Ok(e) => ClientError::Api(e.message),
-        Err(_) => ClientError::Api(format!("hyperd answered {status}")),
+    let message = match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => e.message,
+        Err(_) => format!("hyperd answered {status}"),
+    };
+    if status == hyper::StatusCode::NOT_FOUND {
+        ClientError::NotFound(message)
+    } else {
+        ClientError::Api(message)
     }
 }

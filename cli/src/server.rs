@@ -2,10 +2,11 @@
 //!
 //! * `GET  /v1/version`
 //! * `GET  /v1/info`  plugins, probe verdicts, payload
-//! * `GET  /v1/pods`  pod records
 //! * `POST /v1/run`   body: a `RunRequest`; answered with `101 Switching
 //!   Protocols` (`Upgrade: hyper-stream`) and then the stdio stream of
 //!   [`crate::stream`], or with a JSON error before any VM starts.
+//! * the pod endpoints of [`crate::pods_api`] and the image endpoints of
+//!   [`crate::images_api`]
 
 use std::sync::Arc;
 
@@ -14,13 +15,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_core::pods::{Output, RunIo, RunRequest, Runtime, RUNTIME_FAILURE_EXIT};
+use hyper_core::pods::{ExecRequest, Output, RunIo, RunRequest, Runtime, RUNTIME_FAILURE_EXIT};
 use hyper_protocol::{Frame, FrameDecoder, FrameKind, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::stream::{ApiError, StreamEnd, STDERR, STDIO};
+use crate::images_api::{self, error};
+use crate::pods_api;
+use crate::stream::{StreamEnd, STDERR, STDIO};
 use crate::STREAM_UPGRADE;
 
 /// Largest `POST /v1/run` body accepted.
@@ -30,19 +33,28 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
         .route("/v1/info", get(info))
-        .route("/v1/pods", get(pods))
+        .route("/v1/pods", get(pods_api::list).post(pods_api::create))
+        .route(
+            "/v1/pods/{pod}",
+            get(pods_api::inspect).delete(pods_api::remove),
+        )
+        .route("/v1/pods/{pod}/stop", post(pods_api::stop))
+        .route("/v1/pods/{pod}/kill", post(pods_api::kill))
+        .route("/v1/pods/{pod}/wait", post(pods_api::wait))
+        .route("/v1/pods/{pod}/logs", get(pods_api::logs))
+        .route("/v1/pods/{pod}/stats", get(pods_api::stats))
+        .route("/v1/pods/{pod}/exec", post(pods_api::exec))
         .route("/v1/run", post(run))
+        .route(
+            "/v1/images",
+            get(images_api::list).delete(images_api::remove),
+        )
+        .route("/v1/images/inspect", get(images_api::inspect))
+        .route("/v1/images/pull", post(images_api::pull))
+        .route("/v1/images/load", post(images_api::load))
+        .route("/v1/images/tag", post(images_api::tag))
+        .route("/v1/login", post(images_api::login))
         .with_state(runtime)
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ApiError {
-            message: message.into(),
-        }),
-    )
-        .into_response()
 }
 
 async fn version() -> Json<serde_json::Value> {
@@ -53,11 +65,25 @@ async fn info(State(rt): State<Arc<Runtime>>) -> Json<hyper_core::pods::Info> {
     Json(rt.info().await)
 }
 
-async fn pods(State(rt): State<Arc<Runtime>>) -> Json<Vec<hyper_core::pods::PodRecord>> {
-    Json(rt.list())
+/// What runs behind an upgraded stdio stream.
+pub enum StreamJob {
+    Run {
+        rt: Arc<Runtime>,
+        run: RunRequest,
+    },
+    Exec {
+        rt: Arc<Runtime>,
+        pod: String,
+        exec: ExecRequest,
+    },
 }
 
-async fn run(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
+/// Reads a JSON body of type `T`, lets `check` refuse it with a plain error
+/// response, and otherwise switches protocols and serves the job's stdio.
+pub async fn upgrade_stream<T: serde::de::DeserializeOwned>(
+    mut req: Request,
+    make_job: impl FnOnce(T) -> StreamJob,
+) -> Response {
     let wants_upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -66,7 +92,7 @@ async fn run(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
     if !wants_upgrade {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("POST /v1/run needs `Upgrade: {STREAM_UPGRADE}`"),
+            format!("{} needs `Upgrade: {STREAM_UPGRADE}`", req.uri().path()),
         );
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -79,7 +105,38 @@ async fn run(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
             )
         }
     };
-    let run: RunRequest = match serde_json::from_slice(&body) {
+    let parsed: T = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")),
+    };
+    let job = make_job(parsed);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_stream(job, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::warn!("the upgrade failed: {e}"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
+    response
+}
+
+async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+    // The body is needed before the checks: parse it here, check, then hand
+    // the already-parsed request on.
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_RUN_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    };
+    let run: RunRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -90,35 +147,46 @@ async fn run(State(rt): State<Arc<Runtime>>, mut req: Request) -> Response {
     };
     // Refuse what is certainly wrong before switching protocols, so the
     // client gets a plain error and no VM is started.
-    if run.args.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "no command given: `hyper run --rootfs DIR -- CMD…`",
-        );
-    }
-    if !run.rootfs.is_dir() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "rootfs {}: not a directory on the hyperd host",
-                run.rootfs.display()
-            ),
-        );
-    }
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve_stream(rt, run, TokioIo::new(upgraded)).await,
-            Err(e) => tracing::warn!("run: the upgrade failed: {e}"),
+    match (&run.rootfs, &run.image) {
+        (Some(dir), None) => {
+            if run.args.is_empty() && run.entrypoint.as_ref().is_none_or(|e| e.is_empty()) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "no command given: `hyper run --rootfs DIR CMD…`",
+                );
+            }
+            if !dir.is_dir() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "rootfs {}: not a directory on the hyperd host",
+                        dir.display()
+                    ),
+                );
+            }
         }
-    });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
-    response
+        (None, Some(name)) => match rt.find_image(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no such image: {name}; pull it first with `hyper pull {name}`"),
+                )
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `image` and `rootfs`",
+            )
+        }
+    }
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    upgrade_stream::<RunRequest>(req, move |run| StreamJob::Run { rt, run }).await
 }
 
-async fn serve_stream<S>(rt: Arc<Runtime>, run: RunRequest, io: S)
+async fn serve_stream<S>(job: StreamJob, io: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -158,12 +226,16 @@ where
     });
 
     let run_task = {
-        let rt = rt.clone();
         let io = RunIo {
             output: out_tx,
             stdin: Some(stdin_rx),
         };
-        tokio::spawn(async move { rt.run(run, io).await })
+        tokio::spawn(async move {
+            match job {
+                StreamJob::Run { rt, run } => rt.run(run, io).await,
+                StreamJob::Exec { rt, pod, exec } => rt.exec(&pod, exec, io).await,
+            }
+        })
     };
 
     let mut client_gone = false;

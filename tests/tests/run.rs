@@ -349,6 +349,7 @@ fn a_new_hyperd_cleans_up_after_a_killed_one() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let ps: serde_json::Value =
-        serde_json::from_slice(&d.hyper(&["ps", "--json"]).stdout).expect("ps");
+        serde_json::from_slice(&d.hyper(&["ps", "-a", "--json"]).stdout).expect("ps");
     assert_eq!(ps[0]["state"], "exited", "{ps}");
+    assert_eq!(ps[0]["running"], false, "{ps}");
 }

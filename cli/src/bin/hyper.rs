@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hyper_cli::client::Client;
+use hyper_cli::client::{Client, ClientError};
+use hyper_cli::progress;
 use hyper_cli::stream::StreamEnd;
-use hyper_core::pods::{RunRequest, RUNTIME_FAILURE_EXIT};
+use hyper_core::pods::{ExecRequest, RestartPolicy, RunRequest, RUNTIME_FAILURE_EXIT};
 
 #[derive(Parser)]
 #[command(
@@ -31,13 +32,114 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List pods.
+    /// List running pods (all of them with -a).
     Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
+    /// Show everything hyperd knows about pods, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Stop pods: SIGTERM, then the VM is taken down after the grace time.
+    Stop {
+        /// Seconds to wait before taking the VM down.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Send a signal to pods' first process (KILL takes the VM down).
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Remove exited pods (running ones too with -f).
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Wait for pods to exit and print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Print a pod's logs.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        pod: String,
+    },
+    /// Run a command in a running pod; exits with its status.
+    Exec(ExecArgs),
+    /// Host memory and CPU of pods' VMs.
+    Stats {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
     /// Show the client's and the daemon's versions.
     Version,
+    /// Pull an image from a registry.
+    Pull {
+        /// e.g. `busybox`, `library/busybox:1.36`, `host:port/repo@sha256:…`
+        image: String,
+    },
+    /// List images.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (untag a name; delete the image once no name is left).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from an OCI image layout directory or a `docker save` tarball.
+    Load {
+        #[arg(short = 'i', long = "input", value_name = "PATH")]
+        input: PathBuf,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Save credentials for a registry (hyperd uses them to pull).
+    Login {
+        registry: String,
+        #[arg(short = 'u', long = "username")]
+        username: String,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(short = 'p', long = "password", conflicts_with = "password_stdin")]
+        password: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Keep stdin open and feed it to the process.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// `POD CMD…`
+    #[arg(trailing_var_arg = true, required = true, num_args = 2.., value_name = "POD CMD")]
+    args: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +147,18 @@ struct RunArgs {
     /// Remove the pod's record when it exits.
     #[arg(long)]
     rm: bool,
+    /// Run in the background and print the pod's id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// A name for the pod.
+    #[arg(long)]
+    name: Option<String>,
+    /// Restart policy: no, always, on-failure[:N].
+    #[arg(long, default_value = "no")]
+    restart: String,
+    /// Set a label (KEY=VALUE).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
     /// Keep stdin open and feed it to the container.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -63,12 +177,15 @@ struct RunArgs {
     /// Memory of the pod's VM, in MiB.
     #[arg(long, short = 'm', value_name = "MiB")]
     memory: Option<u32>,
-    /// A directory to use as the container's root filesystem.
+    /// Replace the image's entrypoint (`""` clears it).
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// A directory to use as the container's root filesystem, instead of an image.
     #[arg(long, value_name = "DIR")]
-    rootfs: PathBuf,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
-    command: Vec<String>,
+    rootfs: Option<PathBuf>,
+    /// `IMAGE [CMD…]`, or `CMD…` with --rootfs.
+    #[arg(trailing_var_arg = true, value_name = "IMAGE [CMD]")]
+    args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -89,8 +206,80 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(&client, args).await,
             Command::Info { json } => info(&client, json).await,
-            Command::Ps { json } => ps(&client, json).await,
+            Command::Ps { all, json } => ps(&client, all, json).await,
+            Command::Inspect { pods } => inspect(&client, &pods).await,
+            Command::Stop { time, pods } => {
+                each_pod(&pods, |p| {
+                    let client = &client;
+                    async move {
+                        client
+                            .post_json(&format!("/v1/pods/{}/stop?t={time}", path_escape(&p)), &())
+                            .await
+                            .map(|_| p)
+                    }
+                })
+                .await
+            }
+            Command::Kill { signal, pods } => {
+                let signal = query_escape(&signal);
+                each_pod(&pods, |p| {
+                    let (client, signal) = (&client, &signal);
+                    async move {
+                        client
+                            .post_json(
+                                &format!("/v1/pods/{}/kill?signal={signal}", path_escape(&p)),
+                                &(),
+                            )
+                            .await
+                            .map(|_| p)
+                    }
+                })
+                .await
+            }
+            Command::Rm { force, pods } => {
+                each_pod(&pods, |p| {
+                    let client = &client;
+                    async move {
+                        client
+                            .delete_json(&format!("/v1/pods/{}?force={force}", path_escape(&p)))
+                            .await
+                            .map(|_| p)
+                    }
+                })
+                .await
+            }
+            Command::Wait { pods } => {
+                each_pod(&pods, |p| {
+                    let client = &client;
+                    async move {
+                        client
+                            .post_json(&format!("/v1/pods/{}/wait", path_escape(&p)), &())
+                            .await
+                            .map(|v| v["exit_code"].to_string())
+                    }
+                })
+                .await
+            }
+            Command::Logs {
+                follow,
+                tail,
+                timestamps,
+                pod,
+            } => logs(&client, &pod, follow, tail, timestamps).await,
+            Command::Exec(args) => exec(&client, args).await,
+            Command::Stats { pods } => stats(&client, &pods).await,
             Command::Version => version(&client).await,
+            Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
+            Command::Images { json } => images(&client, json).await,
+            Command::Rmi { images } => rmi(&client, &images).await,
+            Command::Load { input } => load(&client, &input).await,
+            Command::Tag { source, target } => tag(&client, &source, &target).await,
+            Command::Login {
+                registry,
+                username,
+                password_stdin,
+                password,
+            } => login(&client, registry, username, password_stdin, password).await,
         }
     });
     // The stdin reader may sit in a blocking read: do not wait for it.
@@ -104,14 +293,63 @@ fn fail(e: impl std::fmt::Display) -> i32 {
 }
 
 async fn run(client: &Client, args: RunArgs) -> i32 {
-    // The daemon reads the rootfs, so send an absolute path.
-    let rootfs = match std::path::absolute(&args.rootfs) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("--rootfs {}: {e}", args.rootfs.display())),
+    let (rootfs, image, command) = match &args.rootfs {
+        Some(dir) => {
+            if args.args.is_empty() && args.entrypoint.is_none() {
+                return fail("no command given: `hyper run --rootfs DIR CMD…`");
+            }
+            // The daemon reads the rootfs, so send an absolute path.
+            match std::path::absolute(dir) {
+                Ok(p) => (Some(p), None, args.args.clone()),
+                Err(e) => return fail(format!("--rootfs {}: {e}", dir.display())),
+            }
+        }
+        None => {
+            let Some((image, command)) = args.args.split_first() else {
+                return fail(
+                    "no image given: `hyper run [OPTIONS] IMAGE [CMD…]`, or `--rootfs DIR CMD…`",
+                );
+            };
+            // Like Docker: pull what is not here yet, then run it.
+            let path = format!("/v1/images/inspect?name={}", query_escape(image));
+            match client.get_optional(&path).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    eprintln!("Unable to find image '{image}' locally");
+                    if let Err(e) = pull(client, image, true).await {
+                        return fail(e);
+                    }
+                }
+                Err(e) => return fail(e),
+            }
+            (None, Some(image.clone()), command.to_vec())
+        }
     };
+    let restart = match RestartPolicy::parse(&args.restart) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.label {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            _ => return fail(format!("--label {l}: expected KEY=VALUE")),
+        }
+    }
+    let entrypoint = args.entrypoint.as_ref().map(|e| {
+        if e.is_empty() {
+            Vec::new()
+        } else {
+            vec![e.clone()]
+        }
+    });
     let request = RunRequest {
         rootfs,
-        args: args.command,
+        image,
+        entrypoint,
+        args: command,
         env: args.env,
         workdir: args.workdir,
         user: args.user,
@@ -119,7 +357,22 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         memory_mib: args.memory,
         remove: args.rm,
         interactive: args.interactive,
+        name: args.name.clone(),
+        labels,
+        restart,
     };
+    if args.detach {
+        if args.interactive {
+            return fail("-d and -i do not go together: a detached pod has no stdin");
+        }
+        return match client.post_json("/v1/pods", &request).await {
+            Ok(v) => {
+                println!("{}", v["id"].as_str().unwrap_or("?"));
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
     let stdin = args.interactive.then(tokio::io::stdin);
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
@@ -203,8 +456,8 @@ async fn info(client: &Client, json: bool) -> i32 {
     0
 }
 
-async fn ps(client: &Client, json: bool) -> i32 {
-    let pods = match client.get_json("/v1/pods").await {
+async fn ps(client: &Client, all: bool, json: bool) -> i32 {
+    let pods = match client.get_json(&format!("/v1/pods?all={all}")).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -216,8 +469,8 @@ async fn ps(client: &Client, json: bool) -> i32 {
         return 0;
     }
     println!(
-        "{:<14} {:<8} {:<8} {:<6} COMMAND",
-        "POD ID", "BACKEND", "STATE", "EXIT"
+        "{:<14} {:<24} {:<8} {:<16} {:<30} COMMAND",
+        "POD ID", "IMAGE", "BACKEND", "STATUS", "NAME"
     );
     for p in pods.as_array().into_iter().flatten() {
         let args: Vec<&str> = p["args"]
@@ -226,19 +479,184 @@ async fn ps(client: &Client, json: bool) -> i32 {
             .flatten()
             .filter_map(|a| a.as_str())
             .collect();
-        let exit = p["exit_code"]
-            .as_i64()
-            .map_or("-".to_string(), |c| c.to_string());
+        let status = if p["running"].as_bool() == Some(true) {
+            "running".to_string()
+        } else {
+            match p["exit_code"].as_i64() {
+                Some(c) => format!("exited ({c})"),
+                None => p["state"].as_str().unwrap_or("-").to_string(),
+            }
+        };
+        let image = p["image_name"].as_str().unwrap_or("<rootfs>");
         println!(
-            "{:<14} {:<8} {:<8} {:<6} {}",
+            "{:<14} {:<24} {:<8} {:<16} {:<30} {}",
             p["id"].as_str().unwrap_or("-"),
+            image,
             p["backend"].as_str().unwrap_or("-"),
-            p["state"].as_str().unwrap_or("-"),
-            exit,
+            status,
+            p["name"].as_str().unwrap_or(""),
             args.join(" ")
         );
     }
     0
+}
+
+/// Percent-encodes a path segment.
+fn path_escape(value: &str) -> String {
+    query_escape(value)
+}
+
+/// Runs `op` on each pod, printing what it returns (Docker prints the name
+/// it was given) or the error; fails if any failed.
+async fn each_pod<F, Fut>(pods: &[String], op: F) -> i32
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, ClientError>>,
+{
+    let mut code = 0;
+    for pod in pods {
+        match op(pod.clone()).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("hyper: {pod}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+async fn inspect(client: &Client, pods: &[String]) -> i32 {
+    let mut found = Vec::new();
+    let mut code = 0;
+    for pod in pods {
+        match client
+            .get_json(&format!("/v1/pods/{}", path_escape(pod)))
+            .await
+        {
+            Ok(v) => found.push(v),
+            Err(e) => {
+                eprintln!("hyper: {e}");
+                code = 1;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&found).unwrap_or_default()
+    );
+    code
+}
+
+async fn logs(
+    client: &Client,
+    pod: &str,
+    follow: bool,
+    tail: Option<usize>,
+    timestamps: bool,
+) -> i32 {
+    use std::io::Write;
+    let mut path = format!("/v1/pods/{}/logs?follow={follow}", path_escape(pod));
+    if let Some(n) = tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
+    let err = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stderr().lock()));
+    let result = client
+        .get_lines(
+            &path,
+            |entry| {
+                let text = entry["log"].as_str().unwrap_or_default();
+                let time = if timestamps {
+                    entry["time"].as_str().unwrap_or_default()
+                } else {
+                    ""
+                };
+                let sep = if timestamps { " " } else { "" };
+                let written = if entry["stream"] == "stderr" {
+                    write!(err.borrow_mut(), "{time}{sep}{text}")
+                } else {
+                    write!(out.borrow_mut(), "{time}{sep}{text}")
+                };
+                written.is_ok()
+            },
+            || {
+                let _ = out.borrow_mut().flush();
+                let _ = err.borrow_mut().flush();
+            },
+        )
+        .await;
+    let _ = out.borrow_mut().flush();
+    let _ = err.borrow_mut().flush();
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+async fn exec(client: &Client, args: ExecArgs) -> i32 {
+    let Some((pod, command)) = args.args.split_first() else {
+        return fail("usage: hyper exec [OPTIONS] POD CMD…");
+    };
+    let request = ExecRequest {
+        args: command.to_vec(),
+        env: args.env,
+        workdir: args.workdir,
+        user: args.user,
+        interactive: args.interactive,
+    };
+    let stdin = args.interactive.then(tokio::io::stdin);
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let path = format!("/v1/pods/{}/exec", path_escape(pod));
+    match client
+        .stream(&path, &request, stdin, &mut stdout, &mut stderr)
+        .await
+    {
+        Ok(StreamEnd::Exit { code, message, .. }) => {
+            if let Some(m) = message {
+                eprintln!("hyper: {m}");
+            }
+            code
+        }
+        Ok(StreamEnd::Error { code, message }) => {
+            eprintln!("hyper: {message}");
+            code
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn stats(client: &Client, pods: &[String]) -> i32 {
+    println!("{:<14} {:>12} {:>12}", "POD ID", "MEM (MiB)", "CPU (s)");
+    let mut code = 0;
+    for pod in pods {
+        match client
+            .get_json(&format!("/v1/pods/{}/stats", path_escape(pod)))
+            .await
+        {
+            Ok(v) => {
+                let st = &v["stats"];
+                let mem = st["rss_bytes"]
+                    .as_u64()
+                    .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
+                let cpu = st["cpu_time_ms"]
+                    .as_u64()
+                    .map_or("-".to_string(), |n| format!("{:.2}", n as f64 / 1e3));
+                println!(
+                    "{:<14} {:>12} {:>12}",
+                    v["id"].as_str().unwrap_or(pod),
+                    mem,
+                    cpu
+                );
+            }
+            Err(e) => {
+                eprintln!("hyper: {pod}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
 }
 
 async fn version(client: &Client) -> i32 {
@@ -246,6 +664,216 @@ async fn version(client: &Client) -> i32 {
     match client.get_json("/v1/version").await {
         Ok(v) => {
             println!("hyperd:         {}", v["version"].as_str().unwrap_or("?"));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Percent-encodes a query value (image names carry `:`, `/` and `@`).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Pulls `image`, showing a bar per layer on a terminal and plain lines
+/// otherwise. `to_stderr` keeps a run's stdout for the container.
+async fn pull(
+    client: &Client,
+    image: &str,
+    to_stderr: bool,
+) -> Result<serde_json::Value, ClientError> {
+    let mut view = progress::PullView::new(to_stderr);
+    let result = client.pull(image, |event| view.show(event)).await;
+    view.finish();
+    let pulled = result?;
+    let say = |line: String| {
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "Status: downloaded {} ({})",
+        image,
+        pulled["id"].as_str().unwrap_or("?")
+    ));
+    Ok(pulled)
+}
+
+/// `docker.io/library/busybox:latest` → (`busybox`, `latest`).
+fn split_name(name: &str) -> (String, String) {
+    let short = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
+    let slash = short.rfind('/').map_or(0, |i| i + 1);
+    match short[slash..].rfind(':') {
+        Some(i) => (
+            short[..slash + i].to_string(),
+            short[slash + i + 1..].to_string(),
+        ),
+        None => (short.to_string(), "<none>".to_string()),
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes}B");
+    }
+    let number = format!("{value:.2}");
+    let number = number.trim_end_matches('0').trim_end_matches('.');
+    format!("{number}{}", UNITS[unit])
+}
+
+async fn images(client: &Client, json: bool) -> i32 {
+    let images = match client.get_json("/v1/images").await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&images).unwrap_or_default()
+        );
+        return 0;
+    }
+    println!(
+        "{:<40} {:<12} {:<14} {:<22} SIZE",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+    );
+    for image in images.as_array().into_iter().flatten() {
+        let id = image["id"].as_str().unwrap_or("-");
+        let short_id: String = id.trim_start_matches("sha256:").chars().take(12).collect();
+        let created: String = image["created"]
+            .as_str()
+            .unwrap_or("-")
+            .chars()
+            .take(19)
+            .collect::<String>()
+            .replace('T', " ");
+        let size = human_size(image["size"].as_u64().unwrap_or(0));
+        let tags: Vec<&str> = image["repo_tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        let names = if tags.is_empty() {
+            vec!["<none>:<none>"]
+        } else {
+            tags
+        };
+        for name in names {
+            let (repo, tag) = split_name(name);
+            println!("{repo:<40} {tag:<12} {short_id:<14} {created:<22} {size}");
+        }
+    }
+    0
+}
+
+async fn rmi(client: &Client, names: &[String]) -> i32 {
+    let mut code = 0;
+    for name in names {
+        let path = format!("/v1/images?name={}", query_escape(name));
+        match client.delete_json(&path).await {
+            Ok(removed) => {
+                for t in removed["untagged"].as_array().into_iter().flatten() {
+                    println!("Untagged: {}", t.as_str().unwrap_or("?"));
+                }
+                for d in removed["deleted"].as_array().into_iter().flatten() {
+                    println!("Deleted: {}", d.as_str().unwrap_or("?"));
+                }
+            }
+            Err(e) => {
+                eprintln!("hyper: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+async fn load(client: &Client, input: &std::path::Path) -> i32 {
+    let path = match std::path::absolute(input) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("-i {}: {e}", input.display())),
+    };
+    if !path.exists() {
+        return fail(format!(
+            "-i {}: no such file or directory; give an OCI image layout directory or a `docker save` tarball",
+            input.display()
+        ));
+    }
+    let body = serde_json::json!({ "path": path });
+    match client.post_json("/v1/images/load", &body).await {
+        Ok(images) => {
+            for image in images.as_array().into_iter().flatten() {
+                let tags: Vec<&str> = image["repo_tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str())
+                    .collect();
+                if tags.is_empty() {
+                    println!("Loaded image ID: {}", image["id"].as_str().unwrap_or("?"));
+                }
+                for t in tags {
+                    println!("Loaded image: {t}");
+                }
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn tag(client: &Client, source: &str, target: &str) -> i32 {
+    let body = serde_json::json!({ "source": source, "target": target });
+    match client.post_json("/v1/images/tag", &body).await {
+        Ok(_) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+async fn login(
+    client: &Client,
+    registry: String,
+    username: String,
+    password_stdin: bool,
+    password: Option<String>,
+) -> i32 {
+    let password = match (password, password_stdin) {
+        (Some(p), _) => p,
+        (None, true) => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                return fail(format!("reading the password from stdin: {e}"));
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        (None, false) => return fail("give the password with --password-stdin (or -p)"),
+    };
+    let body =
+        serde_json::json!({ "registry": registry, "username": username, "password": password });
+    match client.post_json("/v1/login", &body).await {
+        Ok(_) => {
+            println!("Login Succeeded");
             0
         }
         Err(e) => fail(e),

@@ -14,6 +14,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub payload: PayloadConfig,
     pub vm: VmDefaults,
+    pub images: ImagesConfig,
     /// Each backend's own table, validated by the backend's plugin.
     pub hypervisor: BTreeMap<String, toml::Table>,
     /// Where the config came from, for error messages; not a TOML key.
@@ -76,6 +77,29 @@ impl Default for VmDefaults {
             vcpus: 1,
             memory_mib: 128,
             boot_timeout_secs: 60,
+        }
+    }
+}
+
+/// How images are pulled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Registries (`host:port`) reached over plain HTTP instead of HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// Credentials `hyper login` writes (Docker's config.json format);
+    /// `<state_dir>/auth.json` when unset.
+    pub auth_file: Option<PathBuf>,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            auth_file: None,
+            max_concurrent_downloads: 3,
         }
     }
 }
@@ -185,6 +209,34 @@ impl Config {
                 "use `auto` or the name of an installed backend (`hyper info` lists them)",
             ));
         }
+        if !(1..=16).contains(&self.images.max_concurrent_downloads) {
+            return Err(self.invalid(
+                "images.max_concurrent_downloads",
+                format!("{} is out of range", self.images.max_concurrent_downloads),
+                "set it between 1 and 16",
+            ));
+        }
+        if let Some(bad) = self
+            .images
+            .insecure_registries
+            .iter()
+            .find(|r| r.is_empty() || r.contains('/') || r.contains(char::is_whitespace))
+        {
+            return Err(self.invalid(
+                "images.insecure_registries",
+                format!("`{bad}` is not a registry address"),
+                "list registries as `host` or `host:port`, e.g. \"127.0.0.1:5000\"",
+            ));
+        }
+        if let Some(path) = &self.images.auth_file {
+            if !path.is_absolute() {
+                return Err(self.invalid(
+                    "images.auth_file",
+                    format!("`{}` is a relative path", path.display()),
+                    "use an absolute path",
+                ));
+            }
+        }
         for (key, path) in [
             ("runtime.plugin_dir", &self.runtime.plugin_dir),
             ("runtime.state_dir", &self.runtime.state_dir),
@@ -201,6 +253,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where registry credentials are kept.
+    pub fn auth_file(&self) -> PathBuf {
+        self.images
+            .auth_file
+            .clone()
+            .unwrap_or_else(|| self.runtime.state_dir.join("auth.json"))
     }
 
     /// A backend's table as JSON, the form its plugin validates.
@@ -280,6 +340,21 @@ mod tests {
             err.contains("payload.kernel") && err.contains("absolute"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn images_section_is_checked() {
+        let c = parse("[images]\ninsecure_registries = [\"127.0.0.1:5000\"]\n").unwrap();
+        assert_eq!(c.images.insecure_registries, vec!["127.0.0.1:5000"]);
+        assert_eq!(c.auth_file(), PathBuf::from("/var/lib/hyper/auth.json"));
+        let err = parse("[images]\ninsecure_registries = [\"http://x/\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("images.insecure_registries"), "{err}");
+        let err = parse("[images]\nmax_concurrent_downloads = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("images.max_concurrent_downloads"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod logs;
 pub mod payload;
 pub mod plugins;
 pub mod pods;
+pub mod process;
 pub mod rootfs;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,11 +11,14 @@ use hyper_protocol::{AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Reques
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{AgentCallError, AgentClient, StreamChunk};
+use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk};
 use crate::config::{Config, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::logs::{LogWriter, Rotation, Stream as LogStream};
 use crate::payload::Payload;
 use crate::plugins::{self, Backend, PluginFailure};
+use crate::process::{self, Overrides};
 use crate::rootfs::{self, RootfsStore};
+use hyper_images::{Image, ImageStore, PullOptions};
 
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
@@ -25,7 +28,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    pub rootfs: PathBuf,
+    /// A directory to run as the root filesystem; or else `image`.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    /// An image in hyperd's store (name, `name:tag`, or id).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `--entrypoint`: replaces the image's; `Some(vec![])` clears it.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// The command, or with an image the arguments replacing its Cmd.
+    #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
     pub env: Vec<String>,
@@ -42,6 +55,12 @@ pub struct RunRequest {
     /// Whether the client sends stdin; without it stdin is empty.
     #[serde(default)]
     pub interactive: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +69,12 @@ pub enum RunError {
     Invalid(String),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Image(#[from] hyper_images::ImageError),
+    #[error(
+        "no such image: {0}; pull it first with `hyper pull {0}` (`hyper run` does that for you)"
+    )]
+    NoSuchImage(String),
     #[error(transparent)]
     Payload(#[from] crate::payload::PayloadError),
     #[error("no hypervisor is available: {0}")]
@@ -62,11 +87,136 @@ pub enum RunError {
     Agent(#[from] AgentCallError),
     #[error("hyperd is stopping; the pod was not started")]
     Stopping,
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("state directory {path}: {source}")]
     State {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The process id of a container's first process.
+const INIT_PROCESS: &str = "init";
+
+/// A pod whose VM runs now.
+struct LivePod {
+    vm: Arc<dyn Vm>,
+    /// hyperstart's session, once it is up.
+    agent: Mutex<Option<AgentClient>>,
+    outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+    outcome: watch::Receiver<Option<Result<RunOutcome, String>>>,
+    next_exec: AtomicU64,
+    /// The container's env, workdir and user: `exec` starts from them.
+    container: RunRequest,
+    /// Set by stop/kill before they take the VM down: its death is then the
+    /// expected end, not a failure.
+    stop_requested: AtomicBool,
+}
+
+/// A started pod: its id, and how it ends.
+pub struct Started {
+    pub id: String,
+    /// Set when the container could not start at all (e.g. 127).
+    pub early: Option<RunOutcome>,
+    pub outcome: watch::Receiver<Option<Result<RunOutcome, String>>>,
+}
+
+enum VmStart {
+    Running(Box<RunningVm>),
+    Exited(RunOutcome),
+}
+
+struct RunningVm {
+    live: Arc<LivePod>,
+    record: PodRecord,
+    agent: AgentClient,
+    streams: ProcessStreams,
+}
+
+/// Docker's back-off between restarts: 100 ms, doubling, at most 10 s.
+fn restart_delay(restarts: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << restarts.saturating_sub(1).min(7));
+    Duration::from_millis(ms.min(10_000))
+}
+
+/// When a pod's container is started again after it exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure {
+        /// Restarts allowed; unlimited when absent.
+        max_retries: Option<u32>,
+    },
+    Always,
+}
+
+impl RestartPolicy {
+    /// `no`, `always`, `on-failure` or `on-failure:N`, as Docker spells them.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "no" => Ok(Self::No),
+            None if text == "always" => Ok(Self::Always),
+            None if text == "on-failure" => Ok(Self::OnFailure { max_retries: None }),
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(|n| Self::OnFailure {
+                    max_retries: Some(n),
+                })
+                .map_err(|_| format!("--restart {text}: N in on-failure:N must be a number")),
+            _ => Err(format!(
+                "--restart {text}: use no, always, on-failure or on-failure:N"
+            )),
+        }
+    }
+
+    pub fn should_restart(self, exit_code: i32, restarts_so_far: u32) -> bool {
+        match self {
+            Self::No => false,
+            Self::Always => true,
+            Self::OnFailure { max_retries } => {
+                exit_code != 0 && max_retries.is_none_or(|max| restarts_so_far < max)
+            }
+        }
+    }
+}
+
+enum Booted {
+    Running {
+        agent: AgentClient,
+        streams: ProcessStreams,
+    },
+    Exited(RunOutcome),
+}
+
+/// Why hyperd cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Select(#[from] plugins::SelectError),
+    #[error("image store: {0}")]
+    Images(hyper_images::ImageError),
+}
+
+/// A process to run in a running container (`hyper exec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// Output of the container, in order per stream.
@@ -103,12 +253,31 @@ pub enum PodState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub state: PodState,
     pub backend: String,
     pub args: Vec<String>,
+    /// The image's id, when the pod runs an image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The image as the user named it.
+    #[serde(default)]
+    pub image_name: Option<String>,
     pub rootfs_image: PathBuf,
     pub created_unix: u64,
     pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub finished_unix: Option<u64>,
+    /// Remove the pod once it exits (`--rm`).
+    #[serde(default)]
+    pub remove: bool,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub restart_count: u32,
     /// The VM's host process and its start time (from /proc), so a restarted
     /// hyperd never kills a recycled pid.
     pub vm_pid: Option<u32>,
@@ -147,9 +316,10 @@ pub struct Runtime {
     plugin_failures: Vec<PluginFailure>,
     hypervisor: Result<Arc<dyn Hypervisor>, String>,
     rootfs: RootfsStore,
+    images: ImageStore,
     pods: Mutex<BTreeMap<String, PodRecord>>,
-    /// VMs running now, so a stopping hyperd can take them down with it.
-    live: Mutex<BTreeMap<String, Arc<dyn Vm>>>,
+    /// Pods whose VMs run now.
+    live: Mutex<BTreeMap<String, Arc<LivePod>>>,
     /// Set once hyperd stops: no new pods, and launches in flight are undone.
     stopping: AtomicBool,
     launches_in_flight: AtomicUsize,
@@ -159,7 +329,7 @@ impl Runtime {
     /// Loads the plugins and picks the hypervisor. An unknown backend name or
     /// a refused backend table is a configuration error; a backend that
     /// cannot run here is reported by `info` and by every `run`.
-    pub async fn new(config: Config) -> Result<Self, plugins::SelectError> {
+    pub async fn new(config: Config) -> Result<Self, StartError> {
         let (backends, plugin_failures) = plugins::discover(&config.runtime.plugin_dir, &config);
         for failure in &plugin_failures {
             tracing::warn!("plugin {}: {}", failure.path.display(), failure.error);
@@ -167,14 +337,17 @@ impl Runtime {
         let hypervisor = match plugins::select(&backends, &config).await {
             Ok((hv, _)) => Ok(hv),
             Err(e @ plugins::SelectError::NoneUsable { .. }) => Err(e.to_string()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(StartError::Select(e)),
         };
         match &hypervisor {
             Ok(hv) => tracing::info!("hypervisor: {}", hv.name()),
             Err(e) => tracing::warn!("{e}"),
         }
         let rootfs = RootfsStore::new(&config.runtime.state_dir);
+        let images = ImageStore::open(&config.runtime.state_dir.join("images"))
+            .map_err(StartError::Images)?;
         Ok(Self {
+            images,
             payload: Payload::from_config(&config),
             config,
             backends,
@@ -188,8 +361,8 @@ impl Runtime {
         })
     }
 
-    fn live_vms(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<dyn Vm>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn live_pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<LivePod>>> {
+        lock(&self.live)
     }
 
     /// Stops every VM this hyperd runs: pods are tied to the client that
@@ -206,9 +379,9 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let vms: Vec<(String, Arc<dyn Vm>)> = self
-            .live_vms()
+            .live_pods()
             .iter()
-            .map(|(id, vm)| (id.clone(), vm.clone()))
+            .map(|(id, pod)| (id.clone(), pod.vm.clone()))
             .collect();
         for (id, vm) in vms {
             tracing::info!(pod = %id, "stopping the pod's VM");
@@ -312,12 +485,34 @@ impl Runtime {
         Ok(cleaned)
     }
 
-    /// Runs one container in a new VM and returns its exit status. The VM is
-    /// always shut down and its files removed before this returns.
-    pub async fn run(&self, req: RunRequest, io: RunIo) -> Result<RunOutcome, RunError> {
-        if req.args.is_empty() {
-            return Err(RunError::Invalid("no command given".into()));
+    /// Runs one container in a new VM, attached to `io`, and returns its
+    /// exit status. The VM is shut down and its files removed before this
+    /// returns.
+    pub async fn run(self: &Arc<Self>, req: RunRequest, io: RunIo) -> Result<RunOutcome, RunError> {
+        let mut started = self.create(req, Some(io)).await?;
+        if let Some(outcome) = started.early {
+            return Ok(outcome);
         }
+        let outcome = started
+            .outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RunError::Failed("the pod's supervisor ended without a status".into()))?
+            .clone();
+        outcome
+            .unwrap_or_else(|| Err("no status".into()))
+            .map_err(RunError::Failed)
+    }
+
+    /// Starts a pod: boots its VM and starts its container, then leaves a
+    /// supervisor task to carry its output to the log (and to `io`) and to
+    /// clean up when it exits. Returns once the container runs, or with
+    /// `early` set when it could not start (command not found: 127).
+    pub async fn create(
+        self: &Arc<Self>,
+        req: RunRequest,
+        io: Option<RunIo>,
+    ) -> Result<Started, RunError> {
         let vcpus = req.cpus.unwrap_or(self.config.vm.vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
             return Err(RunError::Invalid(format!(
@@ -349,12 +544,40 @@ impl Runtime {
         }
         let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
         self.payload.check(&self.config)?;
-        let store = self.rootfs.clone();
-        let source = req.rootfs.clone();
-        let (image, built) = tokio::task::spawn_blocking(move || store.image_for_dir(&source))
-            .await
-            .map_err(|e| RunError::Invalid(format!("rootfs build did not complete: {e}")))??;
-        tracing::debug!(image = %image.display(), built, "rootfs image");
+        let (image, process, image_id) = self.resolve_source(&req).await?;
+        let req = RunRequest {
+            args: process.args,
+            env: process.env,
+            workdir: process.workdir,
+            user: process.user,
+            ..req
+        };
+        if let Some(w) = &req.workdir {
+            if !w.starts_with('/') {
+                return Err(RunError::Invalid(format!(
+                    "the image's working directory {w} is not an absolute path; pass -w"
+                )));
+            }
+        }
+
+        if req.remove && req.restart != RestartPolicy::No {
+            return Err(RunError::Invalid(
+                "--rm and --restart do not go together: a pod removed when it exits cannot be restarted"
+                    .into(),
+            ));
+        }
+        if let Some(name) = &req.name {
+            check_name(name)?;
+            if self
+                .pods()
+                .values()
+                .any(|p| p.name.as_deref() == Some(name))
+            {
+                return Err(RunError::Conflict(format!(
+                    "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
+                )));
+            }
+        }
 
         let id = new_id();
         let pod_dir = self.pods_dir().join(&id);
@@ -364,18 +587,26 @@ impl Runtime {
             source,
         };
         std::fs::create_dir_all(&run_dir).map_err(state_err)?;
-        let mut record = PodRecord {
+        let record = PodRecord {
             id: id.clone(),
+            name: req.name.clone(),
+            labels: req.labels.clone(),
             state: PodState::Created,
             backend: hypervisor.name().to_string(),
             args: req.args.clone(),
+            image: image_id,
+            image_name: req.image.clone(),
             rootfs_image: image.clone(),
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             exit_code: None,
+            finished_unix: None,
             vm_pid: None,
             vm_pid_start: None,
+            remove: req.remove,
+            restart: req.restart,
+            restart_count: 0,
         };
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
@@ -395,79 +626,182 @@ impl Runtime {
             console_log: pod_dir.join("console.log"),
             run_dir: run_dir.clone(),
         };
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let outcome_tx = Arc::new(outcome_tx);
+        match self
+            .start_vm(hypervisor, spec.clone(), &req, record, outcome_tx)
+            .await?
+        {
+            VmStart::Running(running) => {
+                let RunningVm {
+                    live,
+                    record,
+                    agent,
+                    streams,
+                } = *running;
+                let rt = self.clone();
+                tokio::spawn(async move {
+                    rt.supervise(live, record, agent, streams, io, req, spec)
+                        .await
+                });
+                Ok(Started {
+                    id,
+                    early: None,
+                    outcome: outcome_rx,
+                })
+            }
+            VmStart::Exited(outcome) => Ok(Started {
+                id,
+                early: Some(outcome),
+                outcome: outcome_rx,
+            }),
+        }
+    }
+
+    /// Launches the pod's VM, connects to hyperstart and starts the
+    /// container. On any failure the VM is gone and the record says so
+    /// before this returns.
+    async fn start_vm(
+        self: &Arc<Self>,
+        hypervisor: Arc<dyn Hypervisor>,
+        spec: VmSpec,
+        req: &RunRequest,
+        mut record: PodRecord,
+        outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+    ) -> Result<VmStart, RunError> {
+        let id = record.id.clone();
+        let pod_dir = self.pods_dir().join(&id);
+        if let Err(source) = std::fs::create_dir_all(&spec.run_dir) {
+            let err = RunError::State {
+                path: spec.run_dir.clone(),
+                source,
+            };
+            self.finish_record(record, &Err(err.to_string()));
+            outcome_tx.send_replace(Some(Err(err.to_string())));
+            return Err(err);
+        }
         self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
         let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
-        if let Ok(vm) = &launched {
-            self.live_vms().insert(id.clone(), vm.clone());
-        }
+        let live = launched.as_ref().ok().map(|vm| {
+            let live = Arc::new(LivePod {
+                vm: vm.clone(),
+                agent: Mutex::new(None),
+                outcome: outcome_tx.subscribe(),
+                outcome_tx: outcome_tx.clone(),
+                next_exec: AtomicU64::new(1),
+                container: req.clone(),
+                stop_requested: AtomicBool::new(false),
+            });
+            self.live_pods().insert(id.clone(), live.clone());
+            live
+        });
         self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
-        let result = match launched {
-            Ok(vm) if self.stopping.load(Ordering::SeqCst) => {
+        let (vm, live) = match (launched, live) {
+            (Ok(vm), Some(live)) => (vm, live),
+            (Err(e), _) => {
+                let err = RunError::Hypervisor(e);
+                self.finish_record(record, &Err(err.to_string()));
+                outcome_tx.send_replace(Some(Err(err.to_string())));
+                return Err(err);
+            }
+            (Ok(vm), None) => {
+                // Unreachable by construction; never leave the VM behind.
                 let _ = vm.kill().await;
-                let _ = vm.wait().await;
-                self.live_vms().remove(&id);
-                Err(RunError::Stopping)
+                return Err(RunError::Failed("internal error: pod not tracked".into()));
             }
-            Ok(vm) => {
-                record.state = PodState::Running;
-                record.vm_pid = vm.info().pid;
-                record.vm_pid_start = record.vm_pid.and_then(process_start_time);
-                let _ = write_record(&pod_dir, &record);
-                self.pods().insert(id.clone(), record.clone());
-                let result = self.drive(&id, &req, vm.clone(), &pod_dir, io).await;
-                // Nothing in the guest outlives the pod: the rootfs is read-only
-                // and the container's writes live in a tmpfs. A hard stop loses
-                // nothing and skips a DestroyPod round trip and the guest's
-                // power-off path, both slow under emulation.
-                if let Err(e) = vm.kill().await {
-                    tracing::warn!(pod = %id, "kill: {e}; asking for a shutdown");
-                    let _ = vm.shutdown(SHUTDOWN_GRACE).await;
-                }
-                let _ = vm.wait().await;
-                self.live_vms().remove(&id);
-                result
-            }
-            Err(e) => Err(RunError::Hypervisor(e)),
         };
+        if self.stopping.load(Ordering::SeqCst) {
+            let err = RunError::Stopping;
+            self.teardown(&live, record, Err(err.to_string())).await;
+            return Err(err);
+        }
+        record.state = PodState::Running;
+        record.vm_pid = vm.info().pid;
+        record.vm_pid_start = record.vm_pid.and_then(process_start_time);
+        let _ = write_record(&pod_dir, &record);
+        self.pods().insert(id.clone(), record.clone());
+
+        match self.boot(&id, req, vm.clone(), &pod_dir).await {
+            Ok(Booted::Running { agent, streams }) => {
+                *lock(&live.agent) = Some(agent.clone());
+                Ok(VmStart::Running(Box::new(RunningVm {
+                    live,
+                    record,
+                    agent,
+                    streams,
+                })))
+            }
+            Ok(Booted::Exited(outcome)) => {
+                self.teardown(&live, record, Ok(outcome.clone())).await;
+                Ok(VmStart::Exited(outcome))
+            }
+            Err(err) => {
+                self.teardown(&live, record, Err(err.to_string())).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Marks a pod exited with `result` and removes what only a running pod
+    /// needs (or the whole pod, for `--rm`).
+    fn finish_record(&self, mut record: PodRecord, result: &Result<RunOutcome, String>) {
+        let pod_dir = self.pods_dir().join(&record.id);
         record.state = PodState::Exited;
         record.exit_code = Some(
             result
                 .as_ref()
                 .map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code),
         );
-        let _ = std::fs::remove_dir_all(&run_dir);
-        if req.remove {
+        record.finished_unix = Some(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
+        if record.remove {
             let _ = std::fs::remove_dir_all(&pod_dir);
-            self.pods().remove(&id);
+            self.pods().remove(&record.id);
         } else {
             let _ = write_record(&pod_dir, &record);
-            self.pods().insert(id.clone(), record);
+            self.pods().insert(record.id.clone(), record);
         }
-        result
     }
 
-    /// From a launched VM to the container's exit status.
-    async fn drive(
+    /// Takes a pod's VM down and records how it ended.
+    async fn teardown(
+        &self,
+        live: &LivePod,
+        record: PodRecord,
+        result: Result<RunOutcome, String>,
+    ) {
+        // Nothing in the guest outlives the pod: the rootfs is read-only and
+        // the container's writes live in a tmpfs. A hard stop loses nothing
+        // and skips a DestroyPod round trip and the guest's power-off path,
+        // both slow under emulation.
+        if let Err(e) = live.vm.kill().await {
+            tracing::warn!(pod = %record.id, "kill: {e}; asking for a shutdown");
+            let _ = live.vm.shutdown(SHUTDOWN_GRACE).await;
+        }
+        let _ = live.vm.wait().await;
+        let id = record.id.clone();
+        self.finish_record(record, &result);
+        self.live_pods().remove(&id);
+        live.outcome_tx.send_replace(Some(result));
+    }
+
+    /// Connects to hyperstart and starts the pod and its container.
+    async fn boot(
         &self,
         id: &str,
         req: &RunRequest,
         vm: Arc<dyn Vm>,
         pod_dir: &Path,
-        io: RunIo,
-    ) -> Result<RunOutcome, RunError> {
-        // Learn at once when the VM dies, whatever we are waiting for.
-        let (vm_exited_tx, mut vm_exited) = watch::channel(false);
-        let waiter = vm.clone();
-        tokio::spawn(async move {
-            let _ = waiter.wait().await;
-            let _ = vm_exited_tx.send(true);
-        });
+    ) -> Result<Booted, RunError> {
         let console = pod_dir.join("console.log");
         let boot_failed = |reason: String| RunError::Boot {
             reason,
             console: console_tail(&console),
         };
-
         let channel = match vm.info().agent_channel {
             hyper_hypervisor::AgentChannel::UnixSocket(p)
             | hyper_hypervisor::AgentChannel::Pty(p) => p,
@@ -476,17 +810,17 @@ impl Runtime {
         let connect = AgentClient::connect(&channel, timeout);
         let (agent, ready) = tokio::select! {
             r = connect => r.map_err(|e| boot_failed(e.to_string()))?,
-            _ = vm_exited.wait_for(|e| *e) => return Err(boot_failed("the VM exited during boot".into())),
+            _ = vm.wait() => return Err(boot_failed("the VM exited during boot".into())),
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
 
-        let mut streams = agent.new_process("init");
+        let streams = agent.new_process(INIT_PROCESS);
         let mut env = req.env.clone();
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
             env.push(format!("HOSTNAME={id}"));
         }
         let process = ProcessSpec {
-            id: "init".into(),
+            id: INIT_PROCESS.into(),
             args: req.args.clone(),
             env,
             workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
@@ -515,7 +849,340 @@ impl Runtime {
         );
         pod_started?;
         match container_started {
-            Ok(reply) => tracing::debug!(pod = %id, ?reply, "container started"),
+            Ok(reply) => {
+                tracing::debug!(pod = %id, ?reply, "container started");
+                Ok(Booted::Running { agent, streams })
+            }
+            Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
+                Ok(Booted::Exited(RunOutcome {
+                    pod: id.to_string(),
+                    exit_code: e.exit_code().unwrap_or(RUNTIME_FAILURE_EXIT),
+                    message: Some(e.message),
+                }))
+            }
+            Err(AgentCallError::Agent(e)) if e.kind == AgentErrorKind::NotFound => {
+                Err(boot_failed(format!(
+                    "the rootfs disk was not found in the guest: {}",
+                    e.message
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Carries a running container's output to its log and to the attached
+    /// client, restarts it as its policy says, and cleans up once it is done
+    /// or its VM dies.
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        self: Arc<Self>,
+        mut live: Arc<LivePod>,
+        mut record: PodRecord,
+        mut agent: AgentClient,
+        mut streams: ProcessStreams,
+        io: Option<RunIo>,
+        req: RunRequest,
+        spec: VmSpec,
+    ) {
+        let id = record.id.clone();
+        let log = Arc::new(Mutex::new(LogWriter::new(
+            &self.pods_dir().join(&id),
+            self.log_rotation(),
+        )));
+        let (output, mut stdin) = match io {
+            Some(io) => (Some(io.output), io.stdin),
+            None => (None, None),
+        };
+        if !req.interactive {
+            stdin = None;
+        }
+        loop {
+            let result = drive_process(
+                &agent,
+                live.vm.clone(),
+                streams,
+                output.clone(),
+                stdin.take(),
+                Some(log.clone()),
+            )
+            .await;
+            lock(&log).flush();
+            let stopped = live.stop_requested.load(Ordering::SeqCst);
+            let result = match result {
+                Ok(code) => Ok(RunOutcome {
+                    pod: id.clone(),
+                    exit_code: code,
+                    message: None,
+                }),
+                // `hyper stop`/`kill` ended it by taking the VM down.
+                Err(_) if stopped => Ok(RunOutcome {
+                    pod: id.clone(),
+                    exit_code: 128 + libc::SIGKILL,
+                    message: None,
+                }),
+                Err(reason) => Err(RunError::Boot {
+                    reason,
+                    console: console_tail(&self.pods_dir().join(&id).join("console.log")),
+                }
+                .to_string()),
+            };
+            let code = result
+                .as_ref()
+                .map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code);
+            let restart = !stopped
+                && !self.stopping.load(Ordering::SeqCst)
+                && req.restart.should_restart(code, record.restart_count);
+            let Ok(hypervisor) = self.hypervisor.clone() else {
+                self.teardown(&live, record, result).await;
+                return;
+            };
+            if !restart {
+                self.teardown(&live, record, result).await;
+                return;
+            }
+            // A fresh VM for each restart: nothing of the old one survives.
+            let _ = live.vm.kill().await;
+            let _ = live.vm.wait().await;
+            record.restart_count += 1;
+            record.exit_code = Some(code);
+            tracing::info!(pod = %id, code, restarts = record.restart_count, "restarting by policy");
+            tokio::time::sleep(restart_delay(record.restart_count)).await;
+            let outcome_tx = live.outcome_tx.clone();
+            // Each VM gets its own id: the old one may still be named
+            // somewhere until its last handle is dropped.
+            let mut next_spec = spec.clone();
+            next_spec.id = format!("{id}-{}", record.restart_count);
+            match self
+                .start_vm(hypervisor, next_spec, &req, record.clone(), outcome_tx)
+                .await
+            {
+                Ok(VmStart::Running(running)) => {
+                    let next = *running;
+                    (live, record, agent, streams) =
+                        (next.live, next.record, next.agent, next.streams);
+                }
+                // Already torn down and recorded.
+                Ok(VmStart::Exited(_)) | Err(_) => return,
+            }
+        }
+    }
+
+    /// The full id of the pod `name_or_id` names: a full id, a name, or a
+    /// unique prefix of an id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<String, RunError> {
+        let pods = self.pods();
+        if pods.contains_key(name_or_id) {
+            return Ok(name_or_id.to_string());
+        }
+        if let Some(p) = pods
+            .values()
+            .find(|p| p.name.as_deref() == Some(name_or_id))
+        {
+            return Ok(p.id.clone());
+        }
+        let matches: Vec<&String> = if name_or_id.is_empty() {
+            Vec::new()
+        } else {
+            pods.keys()
+                .filter(|id| id.starts_with(name_or_id))
+                .collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(RunError::NotFound(format!(
+                "no such pod: {name_or_id}; `hyper ps -a` lists them"
+            ))),
+            many => Err(RunError::Invalid(format!(
+                "{name_or_id} is ambiguous: it starts {} pod ids ({}); give more of the id",
+                many.len(),
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    pub fn record(&self, id: &str) -> Option<PodRecord> {
+        self.pods().get(id).cloned()
+    }
+
+    fn live_pod(&self, id: &str) -> Result<Arc<LivePod>, RunError> {
+        self.live_pods().get(id).cloned().ok_or_else(|| {
+            RunError::Conflict(format!(
+                "pod {id} is not running; start a new one with `hyper run`"
+            ))
+        })
+    }
+
+    /// The pod's directory, where its log lives.
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.pods_dir().join(id)
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.live_pods().contains_key(id)
+    }
+
+    /// Waits for the pod to exit and returns its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i32, RunError> {
+        let live = self.live_pods().get(id).cloned();
+        if let Some(live) = live {
+            let mut rx = live.outcome.clone();
+            drop(live);
+            let outcome = rx
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| RunError::Failed("the pod's supervisor is gone".into()))?
+                .clone();
+            return Ok(match outcome {
+                Some(Ok(o)) => o.exit_code,
+                _ => RUNTIME_FAILURE_EXIT,
+            });
+        }
+        self.record(id)
+            .and_then(|r| r.exit_code)
+            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))
+    }
+
+    /// Sends `signal` to the container's first process.
+    pub async fn kill(&self, id: &str, signal: i32) -> Result<(), RunError> {
+        if !(1..=64).contains(&signal) {
+            return Err(RunError::Invalid(format!(
+                "signal {signal}: use 1 to 64 or a name such as TERM or KILL"
+            )));
+        }
+        let live = self.live_pod(id)?;
+        if signal == libc::SIGKILL {
+            // PID 1 of the container may not die of a signal sent inside its
+            // namespace; SIGKILL always ends the pod.
+            live.stop_requested.store(true, Ordering::SeqCst);
+            live.vm.kill().await?;
+            return Ok(());
+        }
+        let agent = lock(&live.agent).clone();
+        let Some(agent) = agent else {
+            return Err(RunError::Conflict(format!("pod {id} is still booting")));
+        };
+        agent
+            .request(Request::Signal {
+                container: id.to_string(),
+                process: INIT_PROCESS.into(),
+                signal,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then after `grace` the VM is taken down. Returns the exit code.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<i32, RunError> {
+        let live = match self.live_pod(id) {
+            Ok(l) => l,
+            // Stopping a stopped pod is not an error (as in Docker).
+            Err(_) => return self.wait(id).await,
+        };
+        let _ = self.kill(id, libc::SIGTERM).await;
+        let mut rx = live.outcome.clone();
+        let timed_out = tokio::time::timeout(grace, rx.wait_for(Option::is_some))
+            .await
+            .is_err();
+        if timed_out {
+            live.stop_requested.store(true, Ordering::SeqCst);
+            if let Err(e) = live.vm.kill().await {
+                tracing::warn!(pod = %id, "kill: {e}");
+            }
+        }
+        drop(live);
+        self.wait(id).await
+    }
+
+    /// Removes an exited pod's record, log and files; `force` stops a
+    /// running one first.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), RunError> {
+        if self.is_running(id) {
+            if !force {
+                return Err(RunError::Conflict(format!(
+                    "pod {id} is running; stop it first (`hyper stop {id}`) or use `hyper rm -f`"
+                )));
+            }
+            self.stop(id, Duration::ZERO).await?;
+        }
+        let dir = self.pod_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RunError::State { path: dir, source }),
+        }
+        self.pods().remove(id);
+        Ok(())
+    }
+
+    /// Host-side figures of a running pod's VM.
+    pub async fn stats(&self, id: &str) -> Result<hyper_hypervisor::VmStats, RunError> {
+        let live = self.live_pod(id)?;
+        Ok(live.vm.stats().await?)
+    }
+
+    /// Runs another process in a running pod's container, attached to `io`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        req: ExecRequest,
+        io: RunIo,
+    ) -> Result<RunOutcome, RunError> {
+        if req.args.is_empty() {
+            return Err(RunError::Invalid(
+                "no command given: `hyper exec POD CMD…`".into(),
+            ));
+        }
+        if let Some(bad) = req
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
+            return Err(RunError::Invalid(format!("-e {bad}: expected KEY=VALUE")));
+        }
+        if let Some(w) = &req.workdir {
+            if !w.starts_with('/') {
+                return Err(RunError::Invalid(format!(
+                    "-w {w}: the working directory must be an absolute path"
+                )));
+            }
+        }
+        let live = self.live_pod(id)?;
+        let agent = lock(&live.agent).clone();
+        let Some(agent) = agent else {
+            return Err(RunError::Conflict(format!("pod {id} is still booting")));
+        };
+        let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
+        let process_id = format!("exec-{n}");
+        let streams = agent.new_process(&process_id);
+        let process = ProcessSpec {
+            id: process_id,
+            args: req.args.clone(),
+            env: process::merge_env(&live.container.env, &req.env),
+            workdir: req
+                .workdir
+                .clone()
+                .or_else(|| live.container.workdir.clone())
+                .unwrap_or_else(|| "/".into()),
+            user: req
+                .user
+                .clone()
+                .or_else(|| live.container.user.clone())
+                .unwrap_or_default(),
+            terminal: false,
+            stdio: streams.stdio,
+            stderr: streams.stderr,
+        };
+        match agent
+            .request(Request::Exec {
+                container: id.to_string(),
+                process,
+            })
+            .await
+        {
+            Ok(_) => {}
             Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
                 return Ok(RunOutcome {
                     pod: id.to_string(),
@@ -523,94 +1190,230 @@ impl Runtime {
                     message: Some(e.message),
                 });
             }
-            Err(AgentCallError::Agent(e)) if e.kind == AgentErrorKind::NotFound => {
-                return Err(boot_failed(format!(
-                    "the rootfs disk was not found in the guest: {}",
-                    e.message
-                )));
-            }
             Err(e) => return Err(e.into()),
         }
-
-        let stdin_task = {
-            let agent = agent.clone();
-            let stream = streams.stdio;
-            let stdin = if req.interactive { io.stdin } else { None };
-            tokio::spawn(async move {
-                if let Some(mut rx) = stdin {
-                    while let Some(data) = rx.recv().await {
-                        if agent.send_stdin(stream, &data).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let _ = agent.close_stdin(stream).await;
-            })
-        };
-        let out = pump(
+        let stdin = if req.interactive { io.stdin } else { None };
+        let code = drive_process(
             &agent,
-            streams.stdio,
-            &mut streams.stdout_rx,
-            io.output.clone(),
-            Output::Stdout,
-        );
-        let err = pump(
-            &agent,
-            streams.stderr,
-            &mut streams.stderr_rx,
-            io.output,
-            Output::Stderr,
-        );
-        let finished = async {
-            tokio::join!(out, err);
-            (&mut streams.exit_rx).await
-        };
-        let status = tokio::select! {
-            s = finished => s,
-            _ = vm_exited.wait_for(|e| *e) => {
-                stdin_task.abort();
-                return Err(boot_failed("the VM stopped before the container exited".into()));
-            }
-        };
-        stdin_task.abort();
-        tracing::debug!(pod = %id, ?status, "container exited");
-        let status = status.map_err(|_| {
-            AgentCallError::Disconnected(
-                agent
-                    .dead_reason()
-                    .unwrap_or_else(|| "no exit status from the guest".into()),
-            )
-        })?;
+            live.vm.clone(),
+            streams,
+            Some(io.output),
+            stdin,
+            None,
+        )
+        .await
+        .map_err(RunError::Failed)?;
         Ok(RunOutcome {
             pod: id.to_string(),
-            exit_code: status,
+            exit_code: code,
             message: None,
         })
     }
+
+    fn log_rotation(&self) -> Rotation {
+        Rotation::default()
+    }
+
+    /// The rootfs image to boot and the process to run, from `--rootfs` or
+    /// from an image in the store.
+    async fn resolve_source(
+        &self,
+        req: &RunRequest,
+    ) -> Result<(PathBuf, process::Process, Option<String>), RunError> {
+        let overrides = Overrides {
+            entrypoint: req.entrypoint.as_deref(),
+            args: &req.args,
+            env: &req.env,
+            workdir: req.workdir.as_deref(),
+            user: req.user.as_deref(),
+        };
+        match (&req.rootfs, &req.image) {
+            (Some(dir), None) => {
+                let defaults = hyper_images::ImageConfig::default();
+                let process = process::resolve(&defaults, &overrides)
+                    .ok_or_else(|| RunError::Invalid("no command given".into()))?;
+                let store = self.rootfs.clone();
+                let source = dir.clone();
+                let (image, built) =
+                    tokio::task::spawn_blocking(move || store.image_for_dir(&source))
+                        .await
+                        .map_err(|e| {
+                            RunError::Invalid(format!("rootfs build did not complete: {e}"))
+                        })??;
+                tracing::debug!(image = %image.display(), built, "rootfs image");
+                Ok((image, process, None))
+            }
+            (None, Some(name)) => {
+                let image = self
+                    .find_image(name)?
+                    .ok_or_else(|| RunError::NoSuchImage(name.clone()))?;
+                let process = process::resolve(&image.config, &overrides).ok_or_else(|| {
+                    RunError::Invalid(format!(
+                        "image {name} has no Entrypoint or Cmd: give a command after the image name"
+                    ))
+                })?;
+                let store = self.images.clone();
+                let id = image.id.clone();
+                let path = tokio::task::spawn_blocking(move || {
+                    store.rootfs(&image, &|src: &Path, dest: &Path| {
+                        rootfs::build_erofs(src, dest).map_err(|e| e.to_string())
+                    })
+                })
+                .await
+                .map_err(|e| RunError::Invalid(format!("rootfs build did not complete: {e}")))??;
+                Ok((path, process, Some(id)))
+            }
+            (Some(_), Some(_)) => Err(RunError::Invalid(
+                "give either an image or --rootfs, not both".into(),
+            )),
+            (None, None) => Err(RunError::Invalid(
+                "no image given: `hyper run IMAGE [CMD…]` or `hyper run --rootfs DIR CMD…`".into(),
+            )),
+        }
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn find_image(&self, name: &str) -> Result<Option<Image>, hyper_images::ImageError> {
+        self.images.find(name)
+    }
+
+    pub fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            insecure_registries: self.config.images.insecure_registries.clone(),
+            auth_file: Some(self.config.auth_file()),
+            max_concurrent_downloads: self.config.images.max_concurrent_downloads,
+            ..PullOptions::default()
+        }
+    }
+
+    /// Whether a pod that has not exited runs `image`.
+    pub fn image_in_use(&self, image: &Image) -> bool {
+        self.pods()
+            .values()
+            .any(|p| p.state != PodState::Exited && p.image.as_deref() == Some(image.id.as_str()))
+    }
 }
 
-/// Forwards one guest stream to the caller, granting the guest more credit
-/// only for what the caller has taken.
+/// Feeds a guest process's stdin and carries its output to `output` and
+/// `log` until it exits; its exit status, or why it has none.
+async fn drive_process(
+    agent: &AgentClient,
+    vm: Arc<dyn Vm>,
+    mut streams: ProcessStreams,
+    output: Option<mpsc::Sender<Output>>,
+    stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    log: Option<Arc<Mutex<LogWriter>>>,
+) -> Result<i32, String> {
+    let stdin_task = {
+        let agent = agent.clone();
+        let stream = streams.stdio;
+        tokio::spawn(async move {
+            if let Some(mut rx) = stdin {
+                while let Some(data) = rx.recv().await {
+                    if agent.send_stdin(stream, &data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = agent.close_stdin(stream).await;
+        })
+    };
+    let out = pump(
+        agent,
+        streams.stdio,
+        &mut streams.stdout_rx,
+        output.clone(),
+        log.clone(),
+        LogStream::Stdout,
+    );
+    let err = pump(
+        agent,
+        streams.stderr,
+        &mut streams.stderr_rx,
+        output,
+        log,
+        LogStream::Stderr,
+    );
+    let finished = async {
+        tokio::join!(out, err);
+        (&mut streams.exit_rx).await
+    };
+    let status = tokio::select! {
+        s = finished => s,
+        _ = vm.wait() => {
+            stdin_task.abort();
+            return Err("the VM stopped before the process exited".into());
+        }
+    };
+    stdin_task.abort();
+    status.map_err(|_| {
+        agent
+            .dead_reason()
+            .unwrap_or_else(|| "no exit status from the guest".into())
+    })
+}
+
+/// Forwards one guest stream to the caller and the log, granting the guest
+/// more credit only for what the caller has taken.
 async fn pump(
     agent: &AgentClient,
     stream: u32,
     rx: &mut mpsc::UnboundedReceiver<StreamChunk>,
-    out: mpsc::Sender<Output>,
-    wrap: fn(Vec<u8>) -> Output,
+    out: Option<mpsc::Sender<Output>>,
+    log: Option<Arc<Mutex<LogWriter>>>,
+    which: LogStream,
 ) {
-    let mut caller_gone = false;
+    let mut out = out;
     while let Some(chunk) = rx.recv().await {
         let StreamChunk::Data(data) = chunk else {
             break;
         };
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        if !caller_gone && out.send(wrap(data)).await.is_err() {
-            // Keep draining so the process is not blocked forever.
-            caller_gone = true;
+        if let Some(log) = &log {
+            lock(log).write(which, &data);
+        }
+        if let Some(tx) = &out {
+            let wrapped = match which {
+                LogStream::Stdout => Output::Stdout(data),
+                LogStream::Stderr => Output::Stderr(data),
+            };
+            if tx.send(wrapped).await.is_err() {
+                // The client left: keep draining so the process is not
+                // blocked forever; the log still gets everything.
+                out = None;
+            }
         }
         if agent.grant(stream, n).await.is_err() {
             break;
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent even if a
+    // panic interrupts it, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pod names follow Docker's rule.
+fn check_name(name: &str) -> Result<(), RunError> {
+    let ok = name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RunError::Invalid(format!(
+            "--name {name}: use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+        )))
     }
 }
 
@@ -669,10 +1472,49 @@ mod tests {
     }
 
     #[test]
+    fn restart_policies_parse_and_decide_like_docker() {
+        assert_eq!(RestartPolicy::parse("no"), Ok(RestartPolicy::No));
+        assert_eq!(RestartPolicy::parse("always"), Ok(RestartPolicy::Always));
+        let two = RestartPolicy::parse("on-failure:2").unwrap();
+        assert_eq!(
+            two,
+            RestartPolicy::OnFailure {
+                max_retries: Some(2)
+            }
+        );
+        assert!(RestartPolicy::parse("on-failure:x").is_err());
+        assert!(RestartPolicy::parse("sometimes").is_err());
+        assert!(two.should_restart(1, 0) && two.should_restart(1, 1));
+        assert!(!two.should_restart(1, 2));
+        assert!(!two.should_restart(0, 0));
+        assert!(RestartPolicy::Always.should_restart(0, 100));
+        assert!(!RestartPolicy::No.should_restart(1, 0));
+        assert_eq!(restart_delay(1), Duration::from_millis(100));
+        assert_eq!(restart_delay(2), Duration::from_millis(200));
+        assert_eq!(restart_delay(30), Duration::from_secs(10));
+    }
+
+    #[test]
     fn ids_are_short_hex() {
         let id = new_id();
         assert_eq!(id.len(), 12);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(id, new_id());
+    }
+}
+
+#[cfg(test)]
+mod send_checks {
+    use super::*;
+
+    /// The API serves these from multi-threaded tasks.
+    #[allow(dead_code)]
+    fn futures_are_send(rt: Arc<Runtime>, io: RunIo, exec: ExecRequest) {
+        fn is_send<T: Send>(_: T) {}
+        let r = rt.clone();
+        is_send(async move { r.stop("x", Duration::ZERO).await });
+        let r = rt.clone();
+        is_send(async move { r.remove("x", true).await });
+        is_send(async move { rt.exec("x", exec, io).await });
     }
 }

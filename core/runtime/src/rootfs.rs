@@ -84,22 +84,29 @@ impl RootfsStore {
         let tmp = self
             .dir
             .join(format!(".{key}.{}.{n}.tmp", std::process::id()));
-        let output = Command::new("mkfs.erofs")
-            .arg("-T0")
-            .arg(&tmp)
-            .arg(source)
-            .output()
-            .map_err(RootfsError::NoMkfs)?;
-        if !output.status.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(RootfsError::Mkfs {
-                path: source.into(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
+        build_erofs(source, &tmp)?;
         std::fs::rename(&tmp, &image).map_err(store_err)?;
         Ok((image, true))
     }
+}
+
+/// Builds the erofs image `dest` from the directory `source`. Timestamps are
+/// zeroed (`-T0`) so the same tree always gives the same image.
+pub fn build_erofs(source: &Path, dest: &Path) -> Result<(), RootfsError> {
+    let output = Command::new("mkfs.erofs")
+        .arg("-T0")
+        .arg(dest)
+        .arg(source)
+        .output()
+        .map_err(RootfsError::NoMkfs)?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(dest);
+        return Err(RootfsError::Mkfs {
+            path: source.into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A digest over everything the image would contain: names, types, modes,

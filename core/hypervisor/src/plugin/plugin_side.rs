@@ -93,6 +93,14 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             spec,
         } => {
             let hv = hypervisor(h)?;
+            // VMs are named by id across the boundary: two live VMs with one
+            // id would alias each other's wait/kill/release.
+            if registry().vms.contains_key(&spec.id) {
+                return Err(HypervisorError::InvalidSpec(format!(
+                    "a VM with id {} is already running in this backend; give each launch its own id",
+                    spec.id
+                )));
+            }
             let vm = rt.block_on(hv.launch(spec))?;
             let info = vm.info();
             registry().vms.insert(info.id.clone(), Arc::from(vm));

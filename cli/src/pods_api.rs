@@ -1,0 +1,329 @@
+//! hyperd's pod endpoints (docs/API.md lists them with examples).
+//!
+//! * `GET    /v1/pods?all=true`            pod records (running ones unless `all`)
+//! * `POST   /v1/pods`                     body: a `RunRequest`; starts a detached pod → `{"id"}`
+//! * `GET    /v1/pods/{pod}`               one pod (id, unique id prefix or name)
+//! * `POST   /v1/pods/{pod}/stop?t=SECS`   SIGTERM, then the VM is taken down after SECS
+//! * `POST   /v1/pods/{pod}/kill?signal=N` a signal to the container's first process
+//! * `POST   /v1/pods/{pod}/wait`          blocks until it exits → `{"exit_code"}`
+//! * `DELETE /v1/pods/{pod}?force=true`    removes it (a running one only with force)
+//! * `GET    /v1/pods/{pod}/logs?follow=&tail=N&timestamps=`  NDJSON log entries
+//! * `GET    /v1/pods/{pod}/stats`         host memory and CPU of its VM
+//! * `POST   /v1/pods/{pod}/exec`          body: an `ExecRequest`; upgrades to the stdio stream
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hyper_core::logs;
+use hyper_core::pods::{ExecRequest, PodRecord, RunError, RunRequest, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::images_api::{error, ndjson_response};
+use crate::server::{upgrade_stream, StreamJob};
+
+/// How a pod looks to clients: its record, and whether its VM runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodView {
+    #[serde(flatten)]
+    pub record: PodRecord,
+    pub running: bool,
+}
+
+pub fn run_error(e: &RunError) -> Response {
+    let status = match e {
+        RunError::NotFound(_) | RunError::NoSuchImage(_) => StatusCode::NOT_FOUND,
+        RunError::Conflict(_) => StatusCode::CONFLICT,
+        RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub all: bool,
+}
+
+pub async fn list(State(rt): State<Arc<Runtime>>, Query(q): Query<ListQuery>) -> Response {
+    let pods: Vec<PodView> = rt
+        .list()
+        .into_iter()
+        .map(|record| PodView {
+            running: rt.is_running(&record.id),
+            record,
+        })
+        .filter(|p| q.all || p.running)
+        .collect();
+    Json(pods).into_response()
+}
+
+pub async fn create(State(rt): State<Arc<Runtime>>, Json(req): Json<RunRequest>) -> Response {
+    if req.interactive {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a detached pod has no stdin: drop -i, or run it attached",
+        );
+    }
+    match rt.create(req, None).await {
+        Ok(started) => match started.early {
+            // The command could not start (e.g. 127): say so, as `run` would.
+            Some(outcome) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({
+                    "id": started.id,
+                    "exit_code": outcome.exit_code,
+                    "message": outcome.message.unwrap_or_default(),
+                })),
+            )
+                .into_response(),
+            None => Json(serde_json::json!({ "id": started.id })).into_response(),
+        },
+        Err(e) => run_error(&e),
+    }
+}
+
+pub async fn inspect(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    match rt.record(&id) {
+        Some(record) => Json(PodView {
+            running: rt.is_running(&id),
+            record,
+        })
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no such pod: {pod}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    #[serde(default)]
+    pub t: Option<u64>,
+}
+
+pub async fn stop(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    let grace = Duration::from_secs(q.t.unwrap_or(10).min(3600));
+    match rt.stop(&id, grace).await {
+        Ok(code) => Json(serde_json::json!({ "id": id, "exit_code": code })).into_response(),
+        Err(e) => run_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KillQuery {
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `KILL`, `SIGKILL`, `9`: Docker accepts all three.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PIPE" => libc::SIGPIPE,
+        _ => return None,
+    })
+}
+
+pub async fn kill(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    let name = q.signal.unwrap_or_else(|| "KILL".into());
+    let Some(signal) = parse_signal(&name) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown signal {name}: use a number or a name such as TERM, KILL, HUP"),
+        );
+    };
+    match rt.kill(&id, signal).await {
+        Ok(()) => Json(serde_json::json!({ "id": id })).into_response(),
+        Err(e) => run_error(&e),
+    }
+}
+
+pub async fn wait(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    match rt.wait(&id).await {
+        Ok(code) => Json(serde_json::json!({ "id": id, "exit_code": code })).into_response(),
+        Err(e) => run_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    pub force: bool,
+}
+
+pub async fn remove(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    match rt.remove(&id, q.force).await {
+        Ok(()) => Json(serde_json::json!({ "id": id })).into_response(),
+        Err(e) => run_error(&e),
+    }
+}
+
+pub async fn stats(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    match rt.stats(&id).await {
+        Ok(stats) => Json(serde_json::json!({ "id": id, "stats": stats })).into_response(),
+        Err(e) => run_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// How often a follower looks for new log lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+pub async fn logs(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    let dir = rt.pod_dir(&id);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let entries = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || logs::read_all(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let skip = q.tail.map_or(0, |n| entries.len().saturating_sub(n));
+        if send_entries(&tx, entries.iter().skip(skip)).await.is_err() {
+            return;
+        }
+        if !q.follow {
+            return;
+        }
+        // Follow the live file from its current end until the pod exits.
+        let path = logs::log_path(&dir);
+        let mut offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+        loop {
+            let running = rt.is_running(&id);
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if len < offset {
+                offset = 0; // rotated
+            }
+            let (entries, next) = logs::read_file(&path, offset);
+            offset = next;
+            if send_entries(&tx, entries.iter()).await.is_err() {
+                return;
+            }
+            if !running {
+                return;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    ndjson_response(rx)
+}
+
+/// Sends entries as NDJSON in chunks of about 64 KiB: one HTTP chunk per
+/// entry would cost a syscall each on both sides.
+async fn send_entries<'a>(
+    tx: &mpsc::Sender<Vec<u8>>,
+    entries: impl Iterator<Item = &'a logs::Entry>,
+) -> Result<(), ()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = Vec::with_capacity(CHUNK);
+    for entry in entries {
+        serde_json::to_writer(&mut buf, entry).map_err(|_| ())?;
+        buf.push(b'\n');
+        if buf.len() >= CHUNK {
+            tx.send(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)))
+                .await
+                .map_err(|_| ())?;
+        }
+    }
+    if !buf.is_empty() {
+        tx.send(buf).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+pub async fn exec(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    req: Request,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    if !rt.is_running(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pod {pod} is not running: exec needs a running pod"),
+        );
+    }
+    upgrade_stream::<ExecRequest>(req, move |exec: ExecRequest| StreamJob::Exec {
+        rt,
+        pod: id,
+        exec,
+    })
+    .await
+}

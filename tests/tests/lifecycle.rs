@@ -1,0 +1,353 @@
+//! Long-lived pods: `run -d`, exec, logs, stop/kill/rm/wait, ids and names.
+//! Real hyperd, real backend plugin, real VMs.
+
+use std::time::{Duration, Instant};
+
+use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd};
+
+/// `hyper run -d [opts] --rootfs <busybox> CMD…` → the pod id.
+fn run_detached(d: &Hyperd, opts: &[&str], cmd: &[&str]) -> String {
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(opts);
+    args.extend(["--rootfs", rootfs.as_str(), "--"]);
+    args.extend_from_slice(cmd);
+    let out = d.hyper(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "run -d failed: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 12, "not a pod id: {id:?}");
+    id
+}
+
+fn ps_json(d: &Hyperd, all: bool) -> Vec<serde_json::Value> {
+    let args: &[&str] = if all {
+        &["ps", "-a", "--json"]
+    } else {
+        &["ps", "--json"]
+    };
+    let out = d.hyper(args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("ps --json")
+}
+
+#[test]
+fn detached_pod_exec_logs_stop_and_rm() {
+    let d = Hyperd::start();
+    let id = run_detached(
+        &d,
+        &["--name", "web", "-e", "GREETING=hello", "-l", "tier=front"],
+        &[
+            "sh",
+            "-c",
+            "echo started; echo oops >&2; while true; do sleep 1; done",
+        ],
+    );
+
+    // Listed as running, by id and by name.
+    let running = ps_json(&d, false);
+    let me = running
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .expect("pod listed");
+    assert_eq!(me["name"], "web");
+    assert_eq!(me["labels"]["tier"], "front");
+    assert_eq!(me["running"], true);
+
+    // exec: the container's env plus -e, the exit code, stdin with -i.
+    let out = d.hyper(&[
+        "exec",
+        "-e",
+        "EXTRA=1",
+        "web",
+        "sh",
+        "-c",
+        "echo $GREETING $EXTRA; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello 1\n");
+    let out = d.hyper_with_stdin(&["exec", "-i", &id[..6], "wc", "-c"], Some(b"12345"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "5");
+    // exec sees what the first process wrote (same container).
+    let out = d.hyper(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo shared > /tmp/x; cat /tmp/x",
+    ]);
+    assert_eq!(text(&out.stdout), "shared\n");
+    let out = d.hyper(&["exec", "web", "no-such-command"]);
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    // logs: stdout and stderr apart, timestamps on request.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = d.hyper(&["logs", "web"]);
+        if text(&out.stdout) == "started\n" && text(&out.stderr) == "oops\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs: stdout {:?} stderr {:?}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = d.hyper(&["logs", "-t", "web"]);
+    let line = text(&out.stdout);
+    assert!(
+        line.starts_with("20") && line.contains("Z started"),
+        "{line:?}"
+    );
+    // The json-file log itself, as Docker writes it.
+    let raw = std::fs::read_to_string(d.state_dir.join("pods").join(&id).join("container.log"))
+        .expect("container.log");
+    let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    assert_eq!(first["stream"], "stdout");
+    assert_eq!(first["log"], "started\n");
+
+    // rm of a running pod needs -f.
+    let out = d.hyper(&["rm", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // stop: PID 1 ignores SIGTERM (no handler), so the VM goes after -t.
+    let started = Instant::now();
+    let out = d.hyper(&["stop", "-t", "1", "web"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let out = d.hyper(&["wait", &id]);
+    assert_eq!(text(&out.stdout).trim(), "137");
+    assert!(ps_json(&d, false).iter().all(|p| p["id"] != id.as_str()));
+    let all = ps_json(&d, true);
+    let me = all
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .expect("in ps -a");
+    assert_eq!(me["exit_code"], 137);
+
+    // exec into a stopped pod is refused, logs are still there.
+    let out = d.hyper(&["exec", "web", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&d.hyper(&["logs", "web"]).stdout), "started\n");
+
+    let out = d.hyper(&["rm", "web"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(ps_json(&d, true).iter().all(|p| p["id"] != id.as_str()));
+    assert!(!d.state_dir.join("pods").join(&id).exists());
+    assert!(processes_mentioning(&id).is_empty());
+}
+
+#[test]
+fn wait_returns_the_exit_code_and_logs_follow() {
+    let d = Hyperd::start();
+    let id = run_detached(
+        &d,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo line$i; sleep 1; done; exit 3",
+        ],
+    );
+    // -f follows until the container exits.
+    let out = d.hyper(&["logs", "-f", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line1\nline2\nline3\n");
+    let out = d.hyper(&["wait", &id]);
+    assert_eq!(text(&out.stdout).trim(), "3");
+    let out = d.hyper(&["logs", "--tail", "1", &id]);
+    assert_eq!(text(&out.stdout), "line3\n");
+    // The VM is gone once the container exits; its files too.
+    assert!(processes_mentioning(&id).is_empty());
+    assert!(!d.state_dir.join("pods").join(&id).join("vm").exists());
+}
+
+#[test]
+fn killing_the_vm_process_marks_the_pod_exited() {
+    let d = Hyperd::start();
+    let id = run_detached(&d, &[], &["sleep", "600"]);
+    let pids = processes_mentioning(&d.state_dir.join("pods").join(&id).to_string_lossy());
+    assert!(!pids.is_empty(), "no VM process found for {id}");
+    for pid in pids {
+        // SAFETY: kill(2) on the VM process of this test's pod.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let killed = Instant::now();
+    loop {
+        let all = ps_json(&d, true);
+        let me = all.iter().find(|p| p["id"] == id.as_str()).expect("listed");
+        if me["running"] == false {
+            assert_eq!(me["state"], "exited");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still running 1 s after its VM was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_pod_references_are_refused_clearly() {
+    let d = Hyperd::start();
+    let a = run_detached(&d, &["--name", "same"], &["sleep", "600"]);
+    // A second pod with the same name is refused and leaves nothing.
+    let before = files_under(&d.state_dir.join("pods")).len();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let out = d.hyper(&[
+        "run", "-d", "--name", "same", "--rootfs", &rootfs, "--", "true",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("already used"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(files_under(&d.state_dir.join("pods")).len(), before);
+
+    let out = d.hyper(&["exec", "nope", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no such pod: nope"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = d.hyper(&["logs", "nope"]);
+    assert!(
+        text(&out.stderr).contains("no such pod"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = d.hyper(&["kill", "-s", "BOGUS", &a]);
+    assert!(
+        text(&out.stderr).contains("unknown signal"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Two pods: the empty-ish prefix shared by both is ambiguous unless unique.
+    let b = run_detached(&d, &[], &["sleep", "600"]);
+    let common: String = a
+        .chars()
+        .zip(b.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    if !common.is_empty() {
+        let out = d.hyper(&["inspect", &common]);
+        assert!(
+            text(&out.stderr).contains("ambiguous"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = d.hyper(&["inspect", &b[..common.len() + 1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = d.hyper(&["rm", "-f", "same", &b]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(processes_mentioning(&d.state_dir.to_string_lossy()).is_empty());
+}
+
+#[test]
+fn twenty_pods_at_once_are_all_removed_cleanly() {
+    let d = Hyperd::start();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let starters: Vec<_> = (0..20)
+        .map(|i| {
+            let socket = d.socket.clone();
+            let rootfs = rootfs.clone();
+            std::thread::spawn(move || {
+                let name = format!("p{i}");
+                hyper_tests::hyper_at(
+                    &socket,
+                    &[
+                        "run", "-d", "--name", &name, "--rootfs", &rootfs, "--", "sleep", "600",
+                    ],
+                    None,
+                )
+            })
+        })
+        .collect();
+    for s in starters {
+        let out = s.join().expect("starter");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stderr: {}\nlog:\n{}",
+            text(&out.stderr),
+            d.log_text()
+        );
+    }
+    assert_eq!(ps_json(&d, false).len(), 20);
+    let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    let out = d.hyper(&args);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(ps_json(&d, true).is_empty());
+    // Nothing left: no VM process, no socket, no file of any pod.
+    assert!(processes_mentioning(&d.state_dir.to_string_lossy()).is_empty());
+    let left = files_under(&d.state_dir.join("pods"));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn restart_policy_on_failure_restarts_up_to_n_times() {
+    let d = Hyperd::start();
+    let id = run_detached(
+        &d,
+        &["--restart", "on-failure:2"],
+        &["sh", "-c", "echo run; exit 3"],
+    );
+    let out = d.hyper(&["wait", &id]);
+    assert_eq!(text(&out.stdout).trim(), "3", "{}", text(&out.stderr));
+    // The first run and two restarts, each in a fresh VM, all in one log.
+    assert_eq!(text(&d.hyper(&["logs", &id]).stdout), "run\nrun\nrun\n");
+    let out = d.hyper(&["inspect", &id]);
+    let pods: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pods[0]["restart_count"], 2);
+    assert!(processes_mentioning(&id).is_empty());
+    // --rm and --restart contradict each other.
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "--restart",
+        "always",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("--restart"),
+        "{}",
+        text(&out.stderr)
+    );
+}
