@@ -35,6 +35,8 @@ pub enum BootError {
     },
     #[error("{0} is not a kernel: neither an ELF vmlinux nor a bzImage (no ELF magic, no \"HdrS\" setup header)")]
     NotAKernel(String),
+    #[error("ELF {0} is not a kernel: its entry point is not in guest memory above 1 MiB (a program rather than a vmlinux?)")]
+    ElfEntryNotKernel(String),
     #[error("ELF kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): build it with CONFIG_PVH=y, or boot the bzImage")]
     NoPvhEntry(String),
     #[error("bzImage {0} has no 64-bit entry point (boot protocol < 2.12 or XLF_KERNEL_64 clear)")]
@@ -182,9 +184,13 @@ pub fn load(
         source,
     };
     let loaded = match format {
-        KernelFormat::Elf => {
-            Elf::load(mem, None, &mut kfile, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
-        }
+        KernelFormat::Elf => Elf::load(mem, None, &mut kfile, Some(GuestAddress(HIMEM_START)))
+            .map_err(|source| match source {
+                linux_loader::loader::Error::Elf(
+                    linux_loader::loader::elf::Error::InvalidEntryAddress,
+                ) => BootError::ElfEntryNotKernel(kpath.clone()),
+                source => load_err(source),
+            })?,
         KernelFormat::BzImage => {
             BzImage::load(mem, None, &mut kfile, Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?
