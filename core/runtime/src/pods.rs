@@ -525,20 +525,7 @@ impl Runtime {
                 "--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
             )));
         }
-        if let Some(bad) = req
-            .env
-            .iter()
-            .find(|e| !e.contains('=') || e.starts_with('='))
-        {
-            return Err(RunError::Invalid(format!("-e {bad}: expected KEY=VALUE")));
-        }
-        if let Some(w) = &req.workdir {
-            if !w.starts_with('/') {
-                return Err(RunError::Invalid(format!(
-                    "-w {w}: the working directory must be an absolute path"
-                )));
-            }
-        }
+        check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         if self.stopping.load(Ordering::SeqCst) {
             return Err(RunError::Stopping);
         }
@@ -1135,20 +1122,7 @@ impl Runtime {
                 "no command given: `hyper exec POD CMD…`".into(),
             ));
         }
-        if let Some(bad) = req
-            .env
-            .iter()
-            .find(|e| !e.contains('=') || e.starts_with('='))
-        {
-            return Err(RunError::Invalid(format!("-e {bad}: expected KEY=VALUE")));
-        }
-        if let Some(w) = &req.workdir {
-            if !w.starts_with('/') {
-                return Err(RunError::Invalid(format!(
-                    "-w {w}: the working directory must be an absolute path"
-                )));
-            }
-        }
+        check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         let live = self.live_pod(id)?;
         let agent = lock(&live.agent).clone();
         let Some(agent) = agent else {
@@ -1396,6 +1370,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here leaves the data consistent even if a
     // panic interrupts it, so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `-e` entries are `KEY=VALUE` and `-w` is absolute, for run and exec alike.
+fn check_env_and_workdir(env: &[String], workdir: Option<&str>) -> Result<(), RunError> {
+    if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        return Err(RunError::Invalid(format!("-e {bad}: expected KEY=VALUE")));
+    }
+    if let Some(w) = workdir {
+        if !w.starts_with('/') {
+            return Err(RunError::Invalid(format!(
+                "-w {w}: the working directory must be an absolute path"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Pod names follow Docker's rule.
