@@ -42,6 +42,8 @@ hypervisor = "{backend}"
 plugin_dir = "{plugins}"
 state_dir = "{workdir}/state"
 socket = "{sock}"
+# A benchmark's hyperd takes its pods with it.
+stop_pods_on_exit = true
 [payload]
 kernel = "{payload}/hyperkernel"
 initrd = "{payload}/hyperstart.img"

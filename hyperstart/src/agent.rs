@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, PodSpec, ProcessSpec, Reply, Request, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    HostMessage, PodSpec, ProcessSpec, ProcessState, Reply, Request, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RESYNC_MAGIC,
 };
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
@@ -27,6 +28,9 @@ const DISK_WAIT: Duration = Duration::from_secs(5);
 /// How long to leave the channel alone after it reported the host gone:
 /// virtio-serial keeps signalling readable+hangup until the host connects.
 const HOST_RETRY: Duration = Duration::from_millis(50);
+/// Exits reported to the host, kept for a host that reattaches: the report
+/// may have gone to a session that died before reading it.
+const KEPT_EXITS: usize = 128;
 
 pub struct Options {
     pub pid1: bool,
@@ -94,6 +98,7 @@ pub struct Agent {
     /// Stream id → process: stderr credit.
     stderr_streams: HashMap<u32, u64>,
     version: Option<u32>,
+    reported_exits: std::collections::VecDeque<ProcessState>,
     host_retry_at: Option<Instant>,
     host_connected: bool,
     power_off: bool,
@@ -105,7 +110,7 @@ impl Agent {
     pub fn new(channel: Channel, signals: SignalFd, opts: Options) -> Self {
         Self {
             channel,
-            decoder: FrameDecoder::new(),
+            decoder: FrameDecoder::resynchronising(),
             signals,
             containers: BTreeMap::new(),
             processes: BTreeMap::new(),
@@ -113,6 +118,7 @@ impl Agent {
             stdio_streams: HashMap::new(),
             stderr_streams: HashMap::new(),
             version: None,
+            reported_exits: std::collections::VecDeque::new(),
             host_retry_at: None,
             host_connected: true,
             power_off: false,
@@ -238,7 +244,7 @@ impl Agent {
             debug!("host not connected; waiting");
             self.host_connected = false;
         }
-        self.decoder = FrameDecoder::new();
+        self.decoder = FrameDecoder::resynchronising();
         self.host_retry_at = Some(Instant::now() + HOST_RETRY);
     }
 
@@ -251,11 +257,9 @@ impl Agent {
             match next {
                 Ok(Some(frame)) => self.handle_frame(frame),
                 Ok(None) => return,
-                Err(e) => {
-                    log!("malformed frame from the host ({e}); resetting the decoder");
-                    self.decoder = FrameDecoder::new();
-                    return;
-                }
+                // The decoder drops input up to the next pad, where a new
+                // host session starts.
+                Err(e) => log!("malformed frame from the host ({e}); resynchronising"),
             }
             if self.power_off {
                 return;
@@ -366,7 +370,38 @@ impl Agent {
                 self.destroy_pod();
                 Ok(Reply::Ok)
             }
+            Request::Reattach { nonce } => self.reattach(&nonce),
         }
+    }
+
+    /// A new host session: mark where it starts in the byte stream, give
+    /// every output a fresh window, and list the processes.
+    fn reattach(&mut self, nonce: &str) -> Result<Reply> {
+        if nonce.is_empty() || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                "the reattach nonce must be 1 to 64 hex digits",
+            ));
+        }
+        let mut marker = RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(nonce.as_bytes());
+        self.channel.send_raw(&marker);
+        let mut processes: Vec<ProcessState> = self.reported_exits.iter().cloned().collect();
+        for p in self.processes.values_mut() {
+            for out in &mut p.out {
+                out.credit = crate::flow::Credit::default();
+            }
+            processes.push(ProcessState {
+                container: p.container.clone(),
+                process: p.id.clone(),
+                stdio: p.stdio,
+                stderr: p.out[1].stream,
+                exit_status: p.status,
+                output_open: p.out.iter().any(|o| o.fd.is_some()),
+            });
+        }
+        debug!("host reattached; {} processes", processes.len());
+        Ok(Reply::Reattached { processes })
     }
 
     fn new_container(&mut self, spec: ContainerSpec) -> Result<Reply> {
@@ -750,10 +785,22 @@ impl Agent {
             };
             self.stdio_streams.remove(&p.stdio);
             self.stderr_streams.remove(&p.out[1].stream);
+            let status = p.status.unwrap_or(255);
+            if self.reported_exits.len() >= KEPT_EXITS {
+                self.reported_exits.pop_front();
+            }
+            self.reported_exits.push_back(ProcessState {
+                container: p.container.clone(),
+                process: p.id.clone(),
+                stdio: p.stdio,
+                stderr: p.out[1].stream,
+                exit_status: Some(status),
+                output_open: false,
+            });
             self.channel.send_message(&GuestMessage::ProcessExit {
                 container: p.container,
                 process: p.id,
-                status: p.status.unwrap_or(255),
+                status,
             });
         }
     }
@@ -770,6 +817,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::WindowSize { .. } => "window_size",
         Request::RemoveContainer { .. } => "remove_container",
         Request::DestroyPod => "destroy_pod",
+        Request::Reattach { .. } => "reattach",
     }
 }
 
@@ -1065,6 +1113,72 @@ mod tests {
         host_send(&mut a, &mut host, &Frame::data(77, b"x".to_vec()).encode());
         request(&mut a, &mut host, 4, Request::Ping);
         assert_eq!(response(&mut host), (4, Ok(Reply::Pong)));
+    }
+
+    #[test]
+    fn a_new_host_session_resynchronises_and_gets_the_state() {
+        let (mut a, mut host) = agent();
+        // The old session died halfway through a frame.
+        let old = Frame::control(br#"{"id":1,"request":"ping"}"#.to_vec()).encode();
+        host_send(&mut a, &mut host, &old[..12]);
+        let mut bytes = vec![hyper_protocol::PAD_BYTE; hyper_protocol::RESYNC_PAD_LEN];
+        let payload = serde_json::to_vec(&HostMessage {
+            id: 5,
+            request: Request::Reattach {
+                nonce: "c0ffee".into(),
+            },
+        })
+        .unwrap();
+        bytes.extend(Frame::control(payload).encode());
+        host.write_all(&bytes).unwrap();
+        // Read everything sent (the channel fd blocks, so only while readable).
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: a.channel.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                break;
+            }
+            a.channel_ready(libc::POLLIN);
+        }
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = host.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let mut marker = RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(b"c0ffee");
+        let at = raw
+            .windows(marker.len())
+            .position(|w| w == marker.as_slice())
+            .expect("the resync marker");
+        let mut decoder = FrameDecoder::new();
+        let frame = decoder.push(&raw[at + marker.len()..]).unwrap().unwrap();
+        let msg: GuestMessage = serde_json::from_slice(&frame.payload).unwrap();
+        assert_eq!(
+            msg,
+            GuestMessage::Response {
+                id: 5,
+                result: Ok(Reply::Reattached { processes: vec![] })
+            }
+        );
+        request(
+            &mut a,
+            &mut host,
+            6,
+            Request::Reattach {
+                nonce: "not hex".into(),
+            },
+        );
+        assert!(
+            matches!(response(&mut host), (6, Err(e)) if e.kind == AgentErrorKind::InvalidRequest)
+        );
     }
 
     #[test]

@@ -128,6 +128,13 @@ impl Channel {
         }
     }
 
+    /// Bytes outside any frame (the resync marker).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.write_all(bytes) {
+            log!("writing to the channel failed: {e}");
+        }
+    }
+
     pub fn send_message(&mut self, msg: &GuestMessage) {
         match serde_json::to_vec(msg) {
             Ok(payload) => self.send(&Frame::control(payload)),

@@ -90,6 +90,8 @@ pub struct Setup {
     pub plugins: Vec<String>,
     /// Extra TOML appended to the config.
     pub extra_toml: String,
+    /// Extra keys of the `[runtime]` table.
+    pub runtime_toml: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
 }
@@ -101,6 +103,7 @@ impl Default for Setup {
             plugins: vec![format!("hyper-backend-{backend}")],
             hypervisor: backend,
             extra_toml: String::new(),
+            runtime_toml: String::new(),
             kernel: payload_dir().join("hyperkernel"),
             initrd: payload_dir().join("hyperstart.img"),
         }
@@ -141,12 +144,13 @@ pub fn prepare(setup: &Setup) -> Prepared {
     let state_dir = dir.path().join("state");
     let config = dir.path().join("config.toml");
     let toml = format!(
-        "[runtime]\nhypervisor = \"{}\"\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n\
+        "[runtime]\nhypervisor = \"{}\"\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\n{}\n\
          [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n\n{}{}",
         setup.hypervisor,
         plugin_dir.display(),
         state_dir.display(),
         socket.display(),
+        setup.runtime_toml,
         setup.kernel.display(),
         setup.initrd.display(),
         backend_toml(&setup.hypervisor),

@@ -351,3 +351,98 @@ fn restart_policy_on_failure_restarts_up_to_n_times() {
         text(&out.stderr)
     );
 }
+
+/// Polls `hyper logs POD` until its stdout contains `needle`.
+fn wait_for_log(d: &Hyperd, pod: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = text(&d.hyper(&["logs", pod]).stdout);
+        if out.contains(needle) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in the logs of {pod}: {out:?}\nlog:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn exec_ok(d: &Hyperd, args: &[&str]) -> String {
+    let mut all = vec!["exec"];
+    all.extend_from_slice(args);
+    let out = d.hyper(&all);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "exec {args:?}: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
+    let mut d = Hyperd::start();
+    let writer = run_detached(
+        &d,
+        &["--name", "writer", "-e", "K=from-run"],
+        &[
+            "sh",
+            "-c",
+            "echo before; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo after; sleep 600",
+        ],
+    );
+    let sleeper = run_detached(&d, &["--name", "sleeper"], &["sleep", "600"]);
+    wait_for_log(&d, "writer", "before");
+    let vms_before = processes_mentioning(&d.state_dir.to_string_lossy());
+    assert_eq!(vms_before.len(), 2, "two VM processes");
+
+    // hyperd crashes; its VMs go on.
+    d.kill_hard();
+    assert_eq!(
+        processes_mentioning(&d.state_dir.to_string_lossy()),
+        vms_before
+    );
+    d.restart();
+    let running = ps_json(&d, false);
+    assert_eq!(running.len(), 2, "both pods taken over: {running:?}");
+    assert!(d.log_text().contains("took over 2 running pod(s)"));
+    // The log from before the crash is still there, exec works with the
+    // container's env and gives the process's exit code, and output the
+    // container writes from now on reaches the log.
+    assert!(text(&d.hyper(&["logs", "writer"]).stdout).contains("before"));
+    let out = d.hyper(&["exec", "writer", "sh", "-c", "echo $K; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from-run\n");
+    exec_ok(&d, &["writer", "touch", "/tmp/go"]);
+    let logs = wait_for_log(&d, "writer", "after");
+    assert_eq!(logs, "before\nafter\n");
+    assert_eq!(exec_ok(&d, &["sleeper", "echo", "hi"]), "hi\n");
+
+    // A graceful stop leaves them running too (stop_pods_on_exit = false).
+    d.restart();
+    assert_eq!(ps_json(&d, false).len(), 2);
+    assert_eq!(exec_ok(&d, &["sleeper", "echo", "again"]), "again\n");
+    assert_eq!(
+        processes_mentioning(&d.state_dir.to_string_lossy()),
+        vms_before,
+        "the same VMs, not new ones"
+    );
+
+    // Stopping a taken-over pod ends it with the code of a kill; then nothing is left.
+    let out = d.hyper(&["stop", "-t", "1", &writer]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = d.hyper(&["rm", "-f", &writer, &sleeper]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(ps_json(&d, true).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&d.state_dir.to_string_lossy()).is_empty() {
+        assert!(Instant::now() < deadline, "VM processes left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = files_under(&d.state_dir.join("pods"));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -1,6 +1,6 @@
 //! `hyper run` end to end: real hyperd, real backend plugin, real VMs.
 
-use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd};
+use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd, Setup};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -234,8 +234,8 @@ fn hyper_info_reports_plugins_probe_and_payload() {
 
 /// Starts `sleep 600` in a pod, waits for `ready`, stops hyperd, and checks
 /// that no VM outlived it and the client got 125.
-fn stop_hyperd_under_a_running_pod(ready: impl Fn(&Hyperd) -> bool) {
-    let mut d = Hyperd::start();
+fn stop_hyperd_under_a_running_pod(setup: &Setup, ready: impl Fn(&Hyperd) -> bool) {
+    let mut d = Hyperd::start_with(setup);
     let socket = d.socket.clone();
     let client = std::thread::spawn(move || {
         let rootfs = busybox_rootfs().to_string_lossy().into_owned();
@@ -276,16 +276,22 @@ fn stop_hyperd_under_a_running_pod(ready: impl Fn(&Hyperd) -> bool) {
 
 #[test]
 fn stopping_hyperd_during_a_launch_takes_the_vm_down() {
-    stop_hyperd_under_a_running_pod(|d| {
+    // Even when running pods are left for the next hyperd (the default), a
+    // pod still booting has no session to take over.
+    stop_hyperd_under_a_running_pod(&Setup::default(), |d| {
         !processes_mentioning(&format!("{}/state", d.dir.path().display())).is_empty()
     });
 }
 
 #[test]
-fn stopping_hyperd_takes_its_running_vms_down() {
+fn stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down() {
+    let setup = Setup {
+        runtime_toml: "stop_pods_on_exit = true\n".into(),
+        ..Setup::default()
+    };
     // `ps` says running once the VM is launched; give the guest a few seconds
     // more to boot and start the container.
-    stop_hyperd_under_a_running_pod(|d| {
+    stop_hyperd_under_a_running_pod(&setup, |d| {
         let ps = d.hyper(&["ps", "--json"]);
         let running = text(&ps.stdout).contains("\"running\"");
         if running {
@@ -296,7 +302,7 @@ fn stopping_hyperd_takes_its_running_vms_down() {
 }
 
 #[test]
-fn a_new_hyperd_cleans_up_after_a_killed_one() {
+fn a_new_hyperd_cleans_up_after_a_killed_one_whose_vm_died_too() {
     let mut d = Hyperd::start();
     let socket = d.socket.clone();
     let client = std::thread::spawn(move || {
@@ -332,7 +338,12 @@ fn a_new_hyperd_cleans_up_after_a_killed_one() {
         text(&out.stderr)
     );
 
-    // …and the next hyperd kills it and removes its run directory.
+    // It dies too while no hyperd runs…
+    for pid in &orphans {
+        // SAFETY: kill(2) on a VM process started for this test's state dir.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    // …and the next hyperd marks the pod exited and removes its run directory.
     d.restart();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !processes_mentioning(&state).is_empty() {

@@ -223,3 +223,51 @@ async fn bad_specs_get_clear_errors() {
     let err = hv.launch(base).await.err().expect("refused");
     assert!(err.to_string().contains("/nonexistent/hyper-vmm"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
+    if kvm_or_skip("plugin recover").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(hv.capabilities().recover);
+    let spec = spec(dir.path(), guest().elf.clone(), "tg.echo");
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let info = vm.info();
+    let pid = info.pid.expect("a VMM process");
+    let start = hyper_hypervisor::adopt::process_start_time(pid);
+    // What a crashed hyperd leaves: the VMM runs on, nobody tracks it.
+    drop(vm);
+
+    let wrong = hv
+        .recover(spec.clone(), info.clone(), start.map(|s| s + 1))
+        .await;
+    assert!(
+        matches!(wrong, Err(HypervisorError::NotFound(_))),
+        "a recycled pid must not be adopted"
+    );
+    let vm = hv
+        .recover(spec.clone(), info.clone(), start)
+        .await
+        .expect("recover");
+    assert_eq!(vm.info().agent_channel, info.agent_channel);
+    assert!(vm.stats().await.unwrap().rss_bytes > 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), vm.wait())
+            .await
+            .is_err(),
+        "still running"
+    );
+    tokio::time::timeout(Duration::from_secs(15), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    vm.wait().await.unwrap();
+    assert!(matches!(
+        hv.recover(spec, info, start).await,
+        Err(HypervisorError::NotFound(_))
+    ));
+}

@@ -286,6 +286,7 @@ impl Hypervisor for QemuHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             block_disks: true,
+            recover: true,
             ..Capabilities::default()
         }
     }
@@ -370,6 +371,9 @@ impl Hypervisor for QemuHypervisor {
             .stderr(log_err)
             // The VM must survive a dropped handle; the reaper task owns it.
             .kill_on_drop(false)
+            // Its own process group: a Ctrl-C meant for hyperd in a terminal
+            // must not reach the VM, which may outlive hyperd.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 HypervisorError::LaunchFailed(format!(
@@ -402,6 +406,30 @@ impl Hypervisor for QemuHypervisor {
             pid: Some(pid),
         };
         Ok(Box::new(QemuVm::start(info, child, pid, paths, qmp)))
+    }
+
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let paths = RunPaths::new(&spec.run_dir);
+        let gone = || HypervisorError::NotFound(spec.id.clone());
+        let pid = info.pid.ok_or_else(gone)?;
+        // The pid file names the QEMU of this run directory; a pid that does
+        // not match it is someone else's.
+        if procfs::read_pid_file(&paths.pid) != Some(pid) || pid_start.is_none() {
+            return Err(gone());
+        }
+        let process = hyper_hypervisor::adopt::AdoptedProcess::open(pid, pid_start)?;
+        let info = VmInfo {
+            id: spec.id.clone(),
+            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
+            pid: Some(pid),
+        };
+        tracing::info!(vm = %spec.id, pid, "took over a running QEMU");
+        Ok(Box::new(QemuVm::adopt(info, process, paths)))
     }
 }
 

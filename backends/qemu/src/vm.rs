@@ -4,6 +4,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_hypervisor::adopt::AdoptedProcess;
 use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmInfo, VmStats};
 use serde_json::Value;
 use tokio::process::Child;
@@ -54,6 +55,23 @@ impl QemuVm {
             exit,
             kill_tx,
             qmp: tokio::sync::Mutex::new(Some(qmp)),
+        }
+    }
+
+    /// Takes over a QEMU an earlier hyperd started: watched through a pidfd
+    /// (it is not our child), QMP reconnected on first use.
+    pub(crate) fn adopt(info: VmInfo, process: AdoptedProcess, paths: RunPaths) -> Self {
+        let (exit_tx, exit) = watch::channel(None);
+        let (kill_tx, kill_rx) = mpsc::channel(1);
+        let pid = process.pid();
+        tokio::spawn(watch_adopted(process, paths.clone(), kill_rx, exit_tx));
+        Self {
+            info,
+            pid,
+            paths,
+            exit,
+            kill_tx,
+            qmp: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -130,6 +148,38 @@ async fn reap(
     tracing::info!(pid, exit = ?result, "QEMU has exited");
     remove_run_files(&paths, pid);
     exit_tx.send_replace(Some(result));
+}
+
+async fn watch_adopted(
+    process: AdoptedProcess,
+    paths: RunPaths,
+    mut kill_rx: mpsc::Receiver<()>,
+    exit_tx: watch::Sender<ExitSlot>,
+) {
+    let pid = process.pid();
+    loop {
+        tokio::select! {
+            () = process.exited() => break,
+            request = kill_rx.recv() => match request {
+                Some(()) => {
+                    if let Err(e) = process.signal(libc::SIGKILL) {
+                        tracing::warn!(pid, "cannot SIGKILL QEMU: {e}");
+                    }
+                }
+                None => {
+                    process.exited().await;
+                    break;
+                }
+            },
+        }
+    }
+    // Not our child: its status went to init; only the fact is known.
+    tracing::info!(pid, "adopted QEMU has exited");
+    remove_run_files(&paths, pid);
+    exit_tx.send_replace(Some(Ok(VmExit {
+        code: None,
+        signal: None,
+    })));
 }
 
 /// Removes the sockets and the pid file of QEMU `pid`, but only while the

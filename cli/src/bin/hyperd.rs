@@ -53,10 +53,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let runtime = Arc::new(Runtime::new(config).await?);
-    match runtime.clean_leftovers() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("cleaned up {n} pod(s) left by a previous hyperd"),
-        Err(e) => tracing::warn!("cleaning up leftovers: {e}"),
+    match runtime.restore().await {
+        Ok(r) => {
+            if r.reattached > 0 {
+                tracing::info!("took over {} running pod(s)", r.reattached);
+            }
+            if r.cleaned > 0 {
+                tracing::info!("cleaned up {} pod(s) left by a previous hyperd", r.cleaned);
+            }
+        }
+        Err(e) => tracing::warn!("restoring pods: {e}"),
     }
 
     if let Some(dir) = socket.parent() {
@@ -74,7 +80,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {} (key runtime.socket)", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
+    let mode = match &runtime.config().runtime.socket_group {
+        Some(group) => {
+            let gid = group_id(group).with_context(|| {
+                format!(
+                    "{}: key runtime.socket_group: no group named {group}; create it (groupadd {group}) or remove the key",
+                    runtime.config().source_name()
+                )
+            })?;
+            std::os::unix::fs::chown(&socket, Some(0), Some(gid))
+                .with_context(|| format!("cannot give {} to group {group}", socket.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot restrict {}", socket.display()))?;
     tracing::info!("serving on {}", socket.display());
 
@@ -98,4 +118,30 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The id of group `name`, from the system's group database.
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut group: libc::group = empty_group();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: a NUL-terminated name, a
+    // group struct and a buffer of `buf.len()` bytes we own, and `result`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
+}
+
+fn empty_group() -> libc::group {
+    // SAFETY: libc::group is a plain C struct of integers and pointers, for
+    // which all-zero bytes are a valid (empty) value.
+    unsafe { std::mem::zeroed() }
 }

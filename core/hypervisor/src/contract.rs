@@ -12,6 +12,10 @@ pub struct Capabilities {
     pub hotplug: bool,
     pub pause: bool,
     pub snapshot: bool,
+    /// Can take over a running VM launched by an earlier hyperd
+    /// ([`Hypervisor::recover`]).
+    #[serde(default)]
+    pub recover: bool,
 }
 
 /// A backend's answer to "can you boot a guest on this host?".
@@ -128,6 +132,21 @@ pub trait Hypervisor: Send + Sync {
     /// Never hangs: a backend bounds every check it makes.
     async fn probe(&self) -> ProbeReport;
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError>;
+    /// Takes over a VM that an earlier hyperd launched from `spec` and was
+    /// told `info` about, with `pid_start` the start time of `info.pid` (so a
+    /// recycled pid is never adopted). Fails with `NotFound` when the VM is
+    /// gone.
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let _ = (spec, info, pid_start);
+        Err(HypervisorError::Unsupported(
+            "taking over a running VM".into(),
+        ))
+    }
 }
 
 /// One running VM.

@@ -10,6 +10,7 @@
 //!   plugin back into a `Hypervisor`, so nothing above the loader knows a
 //!   backend is dynamic.
 
+pub mod adopt;
 mod contract;
 pub mod plugin;
 

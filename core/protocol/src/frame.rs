@@ -144,11 +144,37 @@ fn validate_header(kind_byte: u8, stream: u32, len: usize) -> Result<FrameKind, 
 pub struct FrameDecoder {
     buf: Vec<u8>,
     failed: bool,
+    /// Resynchronising mode (hyperstart's side): [`PAD_BYTE`]s between frames
+    /// are skipped and a bad header drops input up to the next pad instead
+    /// of failing for good.
+    resync: bool,
+    /// Dropping bytes until a pad byte, after a bad header.
+    hunting: bool,
 }
+
+/// Never a frame kind, so a run of it between frames is unambiguous: a new
+/// host session sends [`RESYNC_PAD_LEN`] of them before its first frame.
+pub const PAD_BYTE: u8 = 0xFF;
+/// Longer than any frame a host sends but a control frame's largest, so the
+/// pad completes whatever partial frame a dead host session left in the
+/// guest's decoder and still leaves pad bytes to skip.
+pub const RESYNC_PAD_LEN: usize = HEADER_LEN + MAX_DATA_PAYLOAD + 64;
+/// What hyperstart writes, raw, right before its answer to a reattach; the
+/// host's nonce follows it. Everything the host read before it belongs to
+/// the old session.
+pub const RESYNC_MAGIC: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffHYPER-RESYNC:";
 
 impl FrameDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that survives a broken session: see [`PAD_BYTE`].
+    pub fn resynchronising() -> Self {
+        Self {
+            resync: true,
+            ..Self::default()
+        }
     }
 
     /// Bytes buffered but not yet returned as a frame.
@@ -177,6 +203,19 @@ impl FrameDecoder {
         if self.failed {
             return Err(FrameError::UnknownKind(u8::MAX));
         }
+        if self.resync {
+            if self.hunting {
+                let skip = self
+                    .buf
+                    .iter()
+                    .position(|&b| b == PAD_BYTE)
+                    .unwrap_or(self.buf.len());
+                self.buf.drain(..skip);
+                self.hunting = self.buf.is_empty();
+            }
+            let pad = self.buf.iter().take_while(|&&b| b == PAD_BYTE).count();
+            self.buf.drain(..pad);
+        }
         if self.buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -185,6 +224,12 @@ impl FrameDecoder {
         let kind = match validate_header(self.buf[0], stream, len) {
             Ok(kind) => kind,
             Err(err) => {
+                if self.resync {
+                    // Hunt for the next pad: a new session starts behind one.
+                    self.buf.drain(..1);
+                    self.hunting = true;
+                    return Err(err);
+                }
                 // A bad header leaves the stream unsynchronised: refuse all further input.
                 self.failed = true;
                 self.buf.clear();
@@ -213,6 +258,45 @@ mod tests {
         let mut dec = FrameDecoder::new();
         assert_eq!(dec.push(&bytes).unwrap(), Some(frame));
         assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn a_resynchronising_decoder_recovers_behind_a_pad() {
+        let mut dec = FrameDecoder::resynchronising();
+        // A dead session left half a header, then half a data frame.
+        let old = Frame::data(3, vec![1; 1000]).encode();
+        assert_eq!(dec.push(&old[..4]).unwrap(), None);
+        let mut input = vec![PAD_BYTE; RESYNC_PAD_LEN];
+        input.extend(Frame::control(b"{}".to_vec()).encode());
+        // The pad completes the header with an absurd length: an error, then
+        // the hunt for the pad finds the new session's frame.
+        let mut first = dec.push(&input);
+        let mut frames = Vec::new();
+        for _ in 0..10 {
+            match first {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            first = dec.next_frame();
+        }
+        assert_eq!(frames, vec![Frame::control(b"{}".to_vec())]);
+
+        // Mid-payload: the pad completes the old frame, the rest is skipped.
+        let mut dec = FrameDecoder::resynchronising();
+        assert_eq!(dec.push(&old[..500]).unwrap(), None);
+        let stale = dec.push(&input).unwrap().unwrap();
+        assert_eq!(stale.stream, 3);
+        assert_eq!(
+            dec.next_frame().unwrap(),
+            Some(Frame::control(b"{}".to_vec()))
+        );
+    }
+
+    #[test]
+    fn pad_bytes_are_an_error_for_a_strict_decoder() {
+        let mut dec = FrameDecoder::new();
+        assert!(dec.push(&[PAD_BYTE; HEADER_LEN]).is_err());
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //!   than its credit in flight, so a chatty stdout cannot fill the channel and
 //!   starve control messages.
 //!
+//! A host that lost its session (hyperd restarted) starts a new one on the
+//! same channel without a reboot: it sends [`RESYNC_PAD_LEN`] pad bytes and
+//! a [`Request::Reattach`] with a nonce; hyperstart, whose decoder skips pad
+//! between frames and hunts for it after a bad header, answers with
+//! [`RESYNC_MAGIC`] + nonce, raw, then the reply listing its processes. The
+//! host discards what it read before the magic (the old session's tail).
+//!
 //! Both ends treat the other as untrusted: every length is bounded before any
 //! allocation ([`MAX_CONTROL_PAYLOAD`], [`MAX_DATA_PAYLOAD`]) and a malformed
 //! frame is an error that ends the session.
@@ -26,6 +33,7 @@ mod message;
 
 pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,
+    PAD_BYTE, RESYNC_MAGIC, RESYNC_PAD_LEN,
 };
 pub use message::*;
 

@@ -41,6 +41,13 @@ pub enum Request {
     },
     /// Kill every process, unmount, and power the VM off.
     DestroyPod,
+    /// A new host session on a running guest (hyperd restarted). `nonce`
+    /// (hex, at most 64 chars) follows [`crate::RESYNC_MAGIC`] in the raw
+    /// bytes hyperstart writes before its answer, [`Reply::Reattached`].
+    /// Output credit starts over at [`crate::INITIAL_WINDOW`] per stream.
+    Reattach {
+        nonce: String,
+    },
 }
 
 /// Everything the guest sends on the control stream.
@@ -75,6 +82,23 @@ pub enum Reply {
     Started {
         pid: i32,
     },
+    Reattached {
+        /// Every process hyperstart still tracks, running or not yet reported.
+        processes: Vec<ProcessState>,
+    },
+}
+
+/// A process as hyperstart knows it, for a host that lost track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessState {
+    pub container: String,
+    pub process: String,
+    pub stdio: u32,
+    pub stderr: u32,
+    /// Set once it has exited (128+N for a signal).
+    pub exit_status: Option<i32>,
+    /// Whether its output streams are still open.
+    pub output_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

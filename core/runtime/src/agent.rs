@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     negotiate_version, AgentError, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage,
-    Reply, Request, INITIAL_WINDOW, MAX_DATA_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ProcessState, Reply, Request, INITIAL_WINDOW, MAX_DATA_PAYLOAD, MIN_PROTOCOL_VERSION, PAD_BYTE,
+    PROTOCOL_VERSION, RESYNC_MAGIC, RESYNC_PAD_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -214,9 +215,20 @@ impl Inner {
     }
 }
 
-async fn read_loop(inner: Arc<Inner>, mut reader: tokio::net::unix::OwnedReadHalf) {
+/// Longest stretch of an earlier session's bytes a reattach reads past
+/// before it gives up on finding the guest's marker.
+const RESYNC_SCAN_LIMIT: usize = 16 * 1024 * 1024;
+
+async fn read_loop(
+    inner: Arc<Inner>,
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    mut marker: Option<Vec<u8>>,
+) {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // While resynchronising: the unmatched tail of what was read.
+    let mut scanned: Vec<u8> = Vec::new();
+    let mut scanned_total = 0usize;
     let reason = loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) => {
@@ -227,7 +239,32 @@ async fn read_loop(inner: Arc<Inner>, mut reader: tokio::net::unix::OwnedReadHal
             Ok(n) => n,
             Err(e) => break format!("reading the channel failed: {e}"),
         };
-        let mut next = decoder.push(&buf[..n]);
+        let mut input = &buf[..n];
+        if let Some(want) = &marker {
+            // Everything before the marker is the old session's tail.
+            scanned.extend_from_slice(input);
+            scanned_total += n;
+            match scanned
+                .windows(want.len())
+                .position(|w| w == want.as_slice())
+            {
+                Some(at) => {
+                    let rest = scanned.split_off(at + want.len());
+                    scanned = rest;
+                    marker = None;
+                    input = &scanned;
+                }
+                None if scanned_total > RESYNC_SCAN_LIMIT => {
+                    break "no reattach marker from hyperstart".to_string();
+                }
+                None => {
+                    let keep = scanned.len().saturating_sub(want.len());
+                    scanned.drain(..keep);
+                    continue;
+                }
+            }
+        }
+        let mut next = decoder.push(input);
         let failed = loop {
             match next {
                 Ok(Some(frame)) => {
@@ -279,7 +316,7 @@ impl AgentClient {
             writer: tokio::sync::Mutex::new(writer),
             credit_changed: Notify::new(),
         });
-        tokio::spawn(read_loop(inner.clone(), reader));
+        tokio::spawn(read_loop(inner.clone(), reader, None));
         let client = Self { inner };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ready = match tokio::time::timeout(remaining, ready_rx).await {
@@ -313,6 +350,116 @@ impl AgentClient {
             }
         });
         Ok((client, ready))
+    }
+
+    /// Starts a new session with a hyperstart that served an earlier one (a
+    /// restarted hyperd): see the protocol's resync. Returns the processes
+    /// the guest tracks; [`Self::adopt_process`] routes their streams again.
+    pub async fn reattach(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(Self, Vec<ProcessState>), AgentCallError> {
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+            .await
+            .map_err(|_| AgentCallError::Timeout(timeout))?
+            .map_err(|e| {
+                AgentCallError::Disconnected(format!(
+                    "cannot connect to the agent channel {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let nonce = nonce();
+        let mut marker = RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(nonce.as_bytes());
+        let (reader, writer) = stream.into_split();
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                next_id: 1,
+                next_stream: 1,
+                ..Default::default()
+            }),
+            writer: tokio::sync::Mutex::new(writer),
+            credit_changed: Notify::new(),
+        });
+        tokio::spawn(read_loop(inner.clone(), reader, Some(marker)));
+        let client = Self { inner };
+        // The pad completes whatever frame a dead session left half-sent,
+        // then the guest skips the rest of it.
+        {
+            let mut writer = client.inner.writer.lock().await;
+            let pad = vec![PAD_BYTE; RESYNC_PAD_LEN];
+            let written = tokio::time::timeout(timeout, writer.write_all(&pad)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                client.inner.fail("cannot write the resync pad".into());
+                return Err(AgentCallError::Disconnected(
+                    "cannot write the resync pad".into(),
+                ));
+            }
+        }
+        let pending = client.send_request(Request::Reattach { nonce }).await?;
+        let reply = tokio::time::timeout(timeout, client.await_reply(pending))
+            .await
+            .map_err(|_| {
+                client.inner.fail("no answer to reattach".into());
+                AgentCallError::Timeout(timeout)
+            })??;
+        let Reply::Reattached { processes } = reply else {
+            client.inner.fail("unexpected answer to reattach".into());
+            return Err(AgentCallError::Disconnected(format!(
+                "hyperstart answered reattach with {reply:?}"
+            )));
+        };
+        {
+            let mut st = client.inner.state();
+            let highest = processes
+                .iter()
+                .map(|p| p.stdio.max(p.stderr))
+                .max()
+                .unwrap_or(0);
+            st.next_stream = st.next_stream.max(highest.saturating_add(1));
+        }
+        Ok((client, processes))
+    }
+
+    /// Routes a reattached process's output and exit again, with the fresh
+    /// window the guest gave every stream. Its stdin is left alone: no
+    /// end-of-stream is sent for it when the returned streams are dropped.
+    pub fn adopt_process(&self, process: &ProcessState) -> ProcessStreams {
+        let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
+        let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let mut st = self.inner.state();
+        let window = u64::from(INITIAL_WINDOW);
+        for (stream, tx) in [(process.stdio, stdout_tx), (process.stderr, stderr_tx)] {
+            if process.output_open {
+                st.inbound.insert(
+                    stream,
+                    InboundStream {
+                        tx,
+                        allowed: window,
+                        received: 0,
+                    },
+                );
+            } else {
+                let _ = tx.send(StreamChunk::Eof);
+            }
+        }
+        match process.exit_status {
+            Some(status) if !process.output_open => {
+                let _ = exit_tx.send(status);
+            }
+            _ => {
+                st.exit_waiters.insert(process.process.clone(), exit_tx);
+            }
+        }
+        ProcessStreams {
+            process: process.process.clone(),
+            stdio: process.stdio,
+            stderr: process.stderr,
+            stdout_rx,
+            stderr_rx,
+            exit_rx,
+        }
     }
 
     pub fn dead_reason(&self) -> Option<String> {
@@ -465,6 +612,20 @@ impl AgentClient {
     }
 }
 
+/// 16 random bytes as hex: marks where a reattached session starts.
+fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,6 +722,75 @@ mod tests {
             stdio,
             stderr,
         }
+    }
+
+    #[tokio::test]
+    async fn reattach_skips_the_old_sessions_tail_and_adopts_processes() {
+        let (_dir, path, listener) = listen();
+        let guest = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut guest = FakeGuest {
+                stream,
+                decoder: FrameDecoder::resynchronising(),
+            };
+            // The tail of a frame the old session never read.
+            guest.send_raw(&[1, 0, 0, 0, 3, 0, 0]).await;
+            let msg = guest.recv_request().await;
+            let Request::Reattach { nonce } = msg.request else {
+                panic!("expected reattach, got {msg:?}");
+            };
+            let mut marker = RESYNC_MAGIC.to_vec();
+            marker.extend_from_slice(nonce.as_bytes());
+            guest.send_raw(&marker).await;
+            let processes = vec![
+                ProcessState {
+                    container: "c".into(),
+                    process: "init".into(),
+                    stdio: 1,
+                    stderr: 2,
+                    exit_status: None,
+                    output_open: true,
+                },
+                ProcessState {
+                    container: "c".into(),
+                    process: "exec-1".into(),
+                    stdio: 3,
+                    stderr: 4,
+                    exit_status: Some(3),
+                    output_open: false,
+                },
+            ];
+            guest
+                .reply(msg.id, Ok(Reply::Reattached { processes }))
+                .await;
+            guest
+                .send_raw(&Frame::data(1, b"after".to_vec()).encode())
+                .await;
+            guest
+                .send(&GuestMessage::ProcessExit {
+                    container: "c".into(),
+                    process: "init".into(),
+                    status: 0,
+                })
+                .await;
+            guest
+        });
+        let (client, processes) = AgentClient::reattach(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(processes.len(), 2);
+        let mut done = client.adopt_process(&processes[1]);
+        assert_eq!(done.stdout_rx.recv().await, Some(StreamChunk::Eof));
+        assert_eq!((&mut done.exit_rx).await.unwrap(), 3);
+        let mut init = client.adopt_process(&processes[0]);
+        assert_eq!(
+            init.stdout_rx.recv().await,
+            Some(StreamChunk::Data(b"after".to_vec()))
+        );
+        assert_eq!((&mut init.exit_rx).await.unwrap(), 0);
+        // New processes get streams above the adopted ones.
+        assert_eq!(client.new_process("exec-2").stdio, 5);
+        let _guest = guest.await.unwrap();
     }
 
     #[tokio::test]

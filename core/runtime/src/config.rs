@@ -30,6 +30,13 @@ pub struct RuntimeConfig {
     pub plugin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// A group whose members may use the socket too (mode 0660); without
+    /// it only root may (0600).
+    pub socket_group: Option<String>,
+    /// Whether a stopping hyperd takes its pods' VMs down. By default they
+    /// keep running and the next hyperd takes them over (on backends that
+    /// can; others' pods are stopped).
+    pub stop_pods_on_exit: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +46,8 @@ impl Default for RuntimeConfig {
             plugin_dir: "/usr/local/lib/hyper/backends".into(),
             state_dir: "/var/lib/hyper".into(),
             socket: "/run/hyper/hyperd.sock".into(),
+            socket_group: None,
+            stop_pods_on_exit: false,
         }
     }
 }

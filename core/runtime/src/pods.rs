@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper_hypervisor::{DiskSpec, Hypervisor, ProbeReport, Vm, VmSpec};
+use hyper_hypervisor::adopt::process_start_time;
+use hyper_hypervisor::{DiskSpec, Hypervisor, ProbeReport, Vm, VmInfo, VmSpec};
 use hyper_protocol::{AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Request, RootfsSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +25,8 @@ use hyper_images::{Image, ImageStore, PullOptions};
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
 const ROOTFS_DISK_ID: &str = "hyper-rootfs0";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Connecting to a running guest and its answer to the resync.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +285,30 @@ pub struct PodRecord {
     /// hyperd never kills a recycled pid.
     pub vm_pid: Option<u32>,
     pub vm_pid_start: Option<u64>,
+    /// What a restarted hyperd needs to take the running VM over.
+    #[serde(default)]
+    pub vm: Option<SavedVm>,
+    /// The container as resolved at create (image defaults applied): exec
+    /// defaults and restarts after a takeover start from it.
+    #[serde(default)]
+    pub container: Option<RunRequest>,
+}
+
+/// A running VM as its backend described it at launch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedVm {
+    pub spec: VmSpec,
+    pub info: VmInfo,
+    pub pid_start: Option<u64>,
+}
+
+/// What a starting hyperd found of an earlier one's pods.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Restored {
+    /// Running pods taken over, VM and session.
+    pub reattached: usize,
+    /// Pods marked exited, their VMs stopped and files removed.
+    pub cleaned: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,9 +392,10 @@ impl Runtime {
         lock(&self.live)
     }
 
-    /// Stops every VM this hyperd runs: pods are tied to the client that
-    /// started them, so none may outlive the daemon. Their `run` calls then
-    /// finish and clean up as for any VM that died.
+    /// Stops taking work. Running pods keep running for the next hyperd to
+    /// take over, unless `[runtime] stop_pods_on_exit` is set or the backend
+    /// cannot take a VM over: then their VMs are stopped, and their `run`
+    /// calls finish and clean up as for any VM that died.
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         // A VM being launched is not in `live` yet: wait for those launches
@@ -378,11 +406,24 @@ impl Runtime {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let can_recover = self
+            .hypervisor
+            .as_ref()
+            .is_ok_and(|hv| hv.capabilities().recover);
+        let keep_running = can_recover && !self.config.runtime.stop_pods_on_exit;
+        // A pod still booting has no session to take over: it goes either way.
         let vms: Vec<(String, Arc<dyn Vm>)> = self
             .live_pods()
             .iter()
+            .filter(|(_, pod)| !keep_running || lock(&pod.agent).is_none())
             .map(|(id, pod)| (id.clone(), pod.vm.clone()))
             .collect();
+        if keep_running {
+            let n = self.live_pods().len().saturating_sub(vms.len());
+            if n > 0 {
+                tracing::info!("leaving {n} pod(s) running for the next hyperd");
+            }
+        }
         for (id, vm) in vms {
             tracing::info!(pod = %id, "stopping the pod's VM");
             if let Err(e) = vm.kill().await {
@@ -444,16 +485,17 @@ impl Runtime {
         }
     }
 
-    /// Kills and removes what a previous hyperd left behind: VM processes of
-    /// pods it was running and their sockets and run directories.
-    pub fn clean_leftovers(&self) -> std::io::Result<usize> {
+    /// Takes over the pods an earlier hyperd left running (VM and
+    /// hyperstart session), and marks the rest exited, stopping their VMs
+    /// and removing their sockets and run directories.
+    pub async fn restore(self: &Arc<Self>) -> std::io::Result<Restored> {
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
             Err(e) => return Err(e),
         };
-        let mut cleaned = 0;
+        let mut restored = Restored::default();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
             let record = std::fs::read(pod_dir.join("pod.json"))
@@ -462,27 +504,125 @@ impl Runtime {
             let Some(mut record) = record else {
                 // Not even a record: a launch that died half-way.
                 let _ = std::fs::remove_dir_all(&pod_dir);
-                cleaned += 1;
+                restored.cleaned += 1;
                 continue;
             };
-            if record.state != PodState::Exited {
-                if let (Some(pid), Some(start)) = (record.vm_pid, record.vm_pid_start) {
-                    if process_start_time(pid) == Some(start) {
-                        tracing::info!(pod = %record.id, pid, "killing the VM of a pod left by a previous hyperd");
-                        // SAFETY: plain kill(2) on a pid whose start time
-                        // matches the one recorded at launch, so it is still
-                        // that VM's process.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
-                }
-                record.state = PodState::Exited;
-                cleaned += 1;
+            if record.state == PodState::Exited {
+                let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
+                self.pods().insert(record.id.clone(), record);
+                continue;
             }
+            match self.reattach(record.clone()).await {
+                Ok(()) => {
+                    restored.reattached += 1;
+                    continue;
+                }
+                Err(reason) => {
+                    tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
+                }
+            }
+            if let (Some(pid), Some(start)) = (record.vm_pid, record.vm_pid_start) {
+                if process_start_time(pid) == Some(start) {
+                    tracing::info!(pod = %record.id, pid, "killing the VM of a pod left by a previous hyperd");
+                    // SAFETY: plain kill(2) on a pid whose start time
+                    // matches the one recorded at launch, so it is still
+                    // that VM's process.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+            record.state = PodState::Exited;
+            record.vm = None;
+            restored.cleaned += 1;
             let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
             let _ = write_record(&pod_dir, &record);
             self.pods().insert(record.id.clone(), record);
         }
-        Ok(cleaned)
+        Ok(restored)
+    }
+
+    /// Takes one running pod over: its VM through the backend, its
+    /// hyperstart session through a resync, then supervises it as if this
+    /// hyperd had started it. On failure nothing is left tracked.
+    async fn reattach(self: &Arc<Self>, record: PodRecord) -> Result<(), String> {
+        let hypervisor = self.hypervisor.clone()?;
+        let (Some(saved), Some(container)) = (record.vm.clone(), record.container.clone()) else {
+            return Err("it was saved without what a takeover needs".into());
+        };
+        if hypervisor.name() != record.backend {
+            return Err(format!(
+                "it runs on {}, this hyperd on {}",
+                record.backend,
+                hypervisor.name()
+            ));
+        }
+        let vm: Arc<dyn Vm> = hypervisor
+            .recover(saved.spec.clone(), saved.info.clone(), saved.pid_start)
+            .await
+            .map_err(|e| e.to_string())?
+            .into();
+        let channel = match vm.info().agent_channel {
+            hyper_hypervisor::AgentChannel::UnixSocket(p)
+            | hyper_hypervisor::AgentChannel::Pty(p) => p,
+        };
+        let (agent, processes) = match AgentClient::reattach(&channel, REATTACH_TIMEOUT).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = vm.kill().await;
+                let _ = vm.wait().await;
+                return Err(format!("hyperstart: {e}"));
+            }
+        };
+        let next_exec = processes
+            .iter()
+            .filter_map(|p| p.process.strip_prefix("exec-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let (outcome_tx, outcome) = watch::channel(None);
+        let live = Arc::new(LivePod {
+            vm: vm.clone(),
+            agent: Mutex::new(Some(agent.clone())),
+            outcome,
+            outcome_tx: Arc::new(outcome_tx),
+            next_exec: AtomicU64::new(next_exec),
+            container: container.clone(),
+            stop_requested: AtomicBool::new(false),
+        });
+        self.live_pods().insert(record.id.clone(), live.clone());
+        self.pods().insert(record.id.clone(), record.clone());
+        let mut init = None;
+        for p in &processes {
+            let streams = agent.adopt_process(p);
+            if p.container == record.id && p.process == INIT_PROCESS {
+                init = Some(streams);
+                continue;
+            }
+            // An exec whose client is gone: drain it so its output never
+            // stalls the guest, until it exits.
+            let (agent, vm) = (agent.clone(), vm.clone());
+            tokio::spawn(async move {
+                let _ = drive_process(&agent, vm, streams, None, None, None).await;
+            });
+        }
+        tracing::info!(pod = %record.id, processes = processes.len(), "took the pod over");
+        match init {
+            Some(streams) => {
+                let rt = self.clone();
+                tokio::spawn(async move {
+                    rt.supervise(live, record, agent, streams, None, container, saved.spec)
+                        .await
+                });
+            }
+            None => {
+                self.teardown(
+                    &live,
+                    record,
+                    Err("the container's exit status was lost while hyperd was down".into()),
+                )
+                .await;
+            }
+        }
+        Ok(())
     }
 
     /// Runs one container in a new VM, attached to `io`, and returns its
@@ -591,6 +731,8 @@ impl Runtime {
             finished_unix: None,
             vm_pid: None,
             vm_pid_start: None,
+            vm: None,
+            container: Some(req.clone()),
             remove: req.remove,
             restart: req.restart,
             restart_count: 0,
@@ -668,6 +810,7 @@ impl Runtime {
             return Err(err);
         }
         self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
+        let saved_spec = spec.clone();
         let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
         let live = launched.as_ref().ok().map(|vm| {
             let live = Arc::new(LivePod {
@@ -705,6 +848,11 @@ impl Runtime {
         record.state = PodState::Running;
         record.vm_pid = vm.info().pid;
         record.vm_pid_start = record.vm_pid.and_then(process_start_time);
+        record.vm = Some(SavedVm {
+            spec: saved_spec,
+            info: vm.info(),
+            pid_start: record.vm_pid_start,
+        });
         let _ = write_record(&pod_dir, &record);
         self.pods().insert(id.clone(), record.clone());
 
@@ -734,6 +882,7 @@ impl Runtime {
     fn finish_record(&self, mut record: PodRecord, result: &Result<RunOutcome, String>) {
         let pod_dir = self.pods_dir().join(&record.id);
         record.state = PodState::Exited;
+        record.vm = None;
         record.exit_code = Some(
             result
                 .as_ref()
@@ -1411,15 +1560,6 @@ fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, pod_dir.join("pod.json"))
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of
-/// /proc/PID/stat).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn new_id() -> String {

@@ -134,6 +134,7 @@ impl Hypervisor for KvmHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             block_disks: true,
+            recover: true,
             ..Capabilities::default()
         }
     }
@@ -185,6 +186,9 @@ impl Hypervisor for KvmHypervisor {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
+            // Its own process group: a Ctrl-C meant for hyperd in a terminal
+            // must not reach the VM, which may outlive hyperd.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 HypervisorError::LaunchFailed(format!(
@@ -224,4 +228,39 @@ impl Hypervisor for KvmHypervisor {
         };
         Ok(Box::new(KvmVm::start(info, child, pid, paths)))
     }
+
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let paths = RunPaths::new(&spec.run_dir);
+        let gone = || HypervisorError::NotFound(spec.id.clone());
+        let pid = info.pid.ok_or_else(gone)?;
+        if pid_start.is_none() || !runs_config(pid, &paths.config) {
+            return Err(gone());
+        }
+        let process = hyper_hypervisor::adopt::AdoptedProcess::open(pid, pid_start)?;
+        let info = VmInfo {
+            id: spec.id.clone(),
+            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
+            pid: Some(pid),
+        };
+        tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
+        Ok(Box::new(KvmVm::adopt(info, process, paths)))
+    }
+}
+
+/// Whether process `pid` is a hyper-vmm started with `--config config`.
+fn runs_config(pid: u32, config: &std::path::Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = config.as_os_str().as_encoded_bytes();
+    cmdline
+        .split(|&b| b == 0)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == b"--config" && w[1] == want)
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_hypervisor::adopt::AdoptedProcess;
 use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmInfo, VmStats};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
@@ -70,6 +71,21 @@ impl KvmVm {
         }
     }
 
+    /// Takes over a hyper-vmm an earlier hyperd started (not our child:
+    /// watched and signalled through a pidfd).
+    pub fn adopt(info: VmInfo, process: AdoptedProcess, paths: RunPaths) -> Self {
+        let (exit_tx, exit) = watch::channel(None);
+        let (signal_tx, signal_rx) = mpsc::channel(4);
+        let pid = process.pid();
+        tokio::spawn(watch_adopted(process, paths, signal_rx, exit_tx));
+        Self {
+            info,
+            pid,
+            exit,
+            signal_tx,
+        }
+    }
+
     fn has_exited(&self) -> bool {
         self.exit.borrow().is_some()
     }
@@ -114,6 +130,39 @@ async fn reap(
     tracing::info!(pid, exit = ?result, status = %summary.trim(), "hyper-vmm has exited");
     let _ = std::fs::remove_file(&paths.agent);
     exit_tx.send_replace(Some(result));
+}
+
+async fn watch_adopted(
+    process: AdoptedProcess,
+    paths: RunPaths,
+    mut signal_rx: mpsc::Receiver<i32>,
+    exit_tx: watch::Sender<ExitSlot>,
+) {
+    let pid = process.pid();
+    loop {
+        tokio::select! {
+            () = process.exited() => break,
+            sig = signal_rx.recv() => match sig {
+                Some(sig) => {
+                    if let Err(e) = process.signal(sig) {
+                        tracing::warn!(pid, sig, "cannot signal hyper-vmm: {e}");
+                    }
+                }
+                None => {
+                    process.exited().await;
+                    break;
+                }
+            },
+        }
+    }
+    let summary = std::fs::read_to_string(&paths.status).unwrap_or_default();
+    tracing::info!(pid, status = %summary.trim(), "adopted hyper-vmm has exited");
+    let _ = std::fs::remove_file(&paths.agent);
+    // Its exit status went to init; hyper-vmm's status file says why.
+    exit_tx.send_replace(Some(Ok(VmExit {
+        code: None,
+        signal: None,
+    })));
 }
 
 fn read_stats(pid: u32) -> std::io::Result<VmStats> {

@@ -104,6 +104,12 @@ pub enum PluginRequest {
         hypervisor: u64,
         spec: VmSpec,
     },
+    Recover {
+        hypervisor: u64,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    },
     Wait {
         vm: String,
     },

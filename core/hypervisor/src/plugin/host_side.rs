@@ -293,6 +293,31 @@ impl Hypervisor for PluginHypervisor {
             other => Err(unexpected(self.name(), &other)),
         }
     }
+
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        match call_async(
+            self.plugin.clone(),
+            PluginRequest::Recover {
+                hypervisor: self.handle,
+                spec,
+                info,
+                pid_start,
+            },
+        )
+        .await?
+        {
+            PluginReply::Launched(info) => Ok(Box::new(PluginVm {
+                plugin: self.plugin.clone(),
+                info,
+            })),
+            other => Err(unexpected(self.name(), &other)),
+        }
+    }
 }
 
 struct PluginVm {

@@ -106,6 +106,24 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             registry().vms.insert(info.id.clone(), Arc::from(vm));
             Ok(PluginReply::Launched(info))
         }
+        PluginRequest::Recover {
+            hypervisor: h,
+            spec,
+            info,
+            pid_start,
+        } => {
+            let hv = hypervisor(h)?;
+            if registry().vms.contains_key(&spec.id) {
+                return Err(HypervisorError::InvalidSpec(format!(
+                    "VM {} is already tracked by this backend",
+                    spec.id
+                )));
+            }
+            let vm = rt.block_on(hv.recover(spec, info, pid_start))?;
+            let info = vm.info();
+            registry().vms.insert(info.id.clone(), Arc::from(vm));
+            Ok(PluginReply::Launched(info))
+        }
         PluginRequest::Wait { vm: id } => {
             let vm = vm(&id)?;
             Ok(PluginReply::Exited(rt.block_on(vm.wait())?))
