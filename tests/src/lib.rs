@@ -69,9 +69,17 @@ pub fn backend() -> String {
 
 /// The backend's own table for the test config. Xen: `xl` from
 /// `HYPER_XEN_XL` (default Debian's /usr/lib/xen-4.17/bin/xl), guest type
-/// from `HYPER_XEN_TYPE` (default pv).
+/// from `HYPER_XEN_TYPE` (default pv). KVM: `hyper-vmm` from `HYPER_KVM_VMM`
+/// (default the one beside the other binaries); no `allow_pvm`, so on a
+/// kvm_pvm host the cases fail instead of testing an unusable setup.
 pub fn backend_toml(backend: &str) -> String {
     match backend {
+        "kvm" => {
+            let vmm = std::env::var_os("HYPER_KVM_VMM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| bin_dir().join("hyper-vmm"));
+            format!("[hypervisor.kvm]\nvmm = \"{}\"\n\n", vmm.display())
+        }
         "xen" => {
             let xl =
                 std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into());
@@ -376,4 +384,28 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_table_names_hyper_vmm_and_nothing_else() {
+        let text = backend_toml("kvm");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("[hypervisor.kvm]"), "{text}");
+        let vmm = lines
+            .next()
+            .and_then(|l| l.strip_prefix("vmm = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no vmm line in {text}"));
+        assert!(vmm.ends_with("hyper-vmm"), "{text}");
+        assert!(!text.contains("allow_pvm"), "{text}");
+    }
+
+    #[test]
+    fn qemu_needs_no_table() {
+        assert_eq!(backend_toml("qemu"), "");
+    }
 }

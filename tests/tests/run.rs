@@ -110,6 +110,30 @@ fn sixteen_mib_of_stdout_arrive_intact() {
     );
 }
 
+/// `--cpus 2` gives the guest kernel two CPUs that both come online (SMP
+/// bring-up through the backend's CPU topology, not just a count).
+#[test]
+fn two_vcpus_both_come_online() {
+    let d = Hyperd::start();
+    let out = d.run(
+        &["--cpus", "2"],
+        &[
+            "sh",
+            "-c",
+            "grep -c ^processor /proc/cpuinfo; taskset -c 1 cat /proc/self/stat | cut -d' ' -f39",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    // Field 39 of /proc/self/stat: the CPU the process last ran on.
+    assert_eq!(text(&out.stdout), "2\n1\n", "stderr: {}", text(&out.stderr));
+}
+
 #[test]
 fn four_pods_at_once() {
     let d = Hyperd::start();

@@ -1,7 +1,9 @@
 /* agentcat: connect to hyper-vmm's agent socket (retrying until it exists),
  * print what hyperstart sends (printable bytes), and exit 0 as soon as a
  * "ready" control frame arrived. Prints the time from its own start.
- * Usage: agentcat SOCKET TIMEOUT_SECONDS */
+ * With "destroy", it then answers the handshake and sends DestroyPod, so
+ * hyperstart powers the guest off (the VMM must then exit on its own).
+ * Usage: agentcat SOCKET TIMEOUT_SECONDS [destroy] */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +13,19 @@
 #include <time.h>
 #include <unistd.h>
 
+/* One control frame: kind 0, stream 0, big-endian length, JSON. */
+static int send_control(int fd, const char *json) {
+  unsigned char h[9] = { 0 };
+  size_t len = strlen(json);
+  h[5] = len >> 24; h[6] = len >> 16; h[7] = len >> 8; h[8] = len;
+  return write(fd, h, sizeof h) == (ssize_t)sizeof h && write(fd, json, len) == (ssize_t)len ? 0 : -1;
+}
+
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: agentcat SOCKET TIMEOUT\n"); return 2; }
+  if (argc < 3) { fprintf(stderr, "usage: agentcat SOCKET TIMEOUT [destroy]\n"); return 2; }
+  int destroy = argc > 3 && strcmp(argv[3], "destroy") == 0;
   double t0 = now(), limit = atof(argv[2]);
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
@@ -38,6 +49,12 @@ int main(int argc, char **argv) {
     seen[n] = 0;
     if (strstr(seen, "\"ready\"") || strstr(seen, "ready")) {
       printf("AGENT-READY +%.3fs: %.200s\n", now() - t0, seen);
+      if (!destroy) return 0;
+      if (send_control(fd, "{\"id\":1,\"request\":{\"hello\":{\"version\":1,\"capabilities\":[]}}}") ||
+          send_control(fd, "{\"id\":2,\"request\":\"destroy_pod\"}")) {
+        printf("AGENTCAT-FAIL cannot send DestroyPod\n"); return 1;
+      }
+      printf("AGENTCAT destroy_pod sent +%.3fs\n", now() - t0); fflush(stdout);
       return 0;
     }
   }

@@ -219,6 +219,24 @@ fn guest_reset_ends_the_vm() {
     assert_eq!(status["reason"], "guest_reset", "{status}");
 }
 
+/// Linux's poweroff without ACPI: every CPU halts with interrupts off. KVM
+/// keeps such a vCPU inside the kernel; hyper-vmm must still notice and exit.
+#[test]
+fn a_guest_halted_for_good_ends_the_vm() {
+    if kvm_or_skip("halt").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = base_args(&guest().elf, dir.path(), "tg.halt");
+    let mut child = spawn(&args);
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "guest_halt", "{status}");
+    let console = std::fs::read_to_string(dir.path().join("console.log")).unwrap();
+    assert!(console.contains("tg: halting"), "{console}");
+}
+
 fn expect_error(args: &[String], dir: &Path, needle: &str) {
     expect_error_any(args, dir, &[needle]);
 }

@@ -4,11 +4,14 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MP_STATE_HALTED, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -33,6 +36,9 @@ pub enum ExitReason {
     /// The guest reset the machine (i8042 reset, triple fault): Linux's
     /// reboot, poweroff without ACPI, and `panic=-1` all end here.
     GuestReset { how: String },
+    /// Every vCPU halted with interrupts disabled, so nothing can wake the
+    /// guest again: Linux's poweroff and halt without ACPI end here.
+    GuestHalt,
     /// A test guest wrote its status to the debug-exit port.
     DebugExit { status: u32 },
     /// SIGTERM/SIGINT/SIGHUP.
@@ -64,7 +70,7 @@ impl ExitStatus {
     /// signal stop, 3 for a non-zero debug-exit status, 1 for errors.
     pub fn exit_code(&self) -> i32 {
         match &self.reason {
-            ExitReason::GuestReset { .. } | ExitReason::Signal { .. } => 0,
+            ExitReason::GuestReset { .. } | ExitReason::GuestHalt | ExitReason::Signal { .. } => 0,
             ExitReason::DebugExit { status: 0 } => 0,
             ExitReason::DebugExit { .. } => 3,
             ExitReason::Error { .. } => 1,
@@ -106,6 +112,8 @@ struct Bus {
     first_io: OnceLock<Instant>,
     kick: EventFd,
     exits: AtomicU64,
+    /// Per vCPU: its answer to the last halt probe (see [`HaltWatch`]).
+    halt_probe: Vec<AtomicU8>,
 }
 
 impl Bus {
@@ -198,7 +206,74 @@ impl Bus {
     }
 }
 
-fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>) {
+/// How often the event loop asks every vCPU whether it is halted for good.
+const HALT_PROBE_PERIOD: Duration = Duration::from_millis(200);
+/// A vCPU's answer to the last halt probe.
+const PROBE_NONE: u8 = 0;
+const PROBE_RUNNING: u8 = 1;
+const PROBE_DEAD: u8 = 2;
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Linux without ACPI has no way to power off: `reboot(POWER_OFF)` becomes
+/// a halt, which stops every CPU with interrupts disabled. With the local
+/// APIC in the kernel, KVM handles that HLT itself and never returns to us,
+/// so the event loop kicks the vCPUs out of KVM_RUN now and then and asks.
+/// Only an answer from every vCPU, twice in a row, counts: a vCPU busy in
+/// user space does not answer, and an offline CPU (also halted with
+/// interrupts off) can be woken by a live one.
+#[derive(Debug, Default)]
+pub struct HaltWatch {
+    dead_rounds: u32,
+}
+
+impl HaltWatch {
+    /// Takes one round of answers; true once the guest can never run again.
+    pub fn round(&mut self, answers: &[u8]) -> bool {
+        if !answers.is_empty() && answers.iter().all(|&a| a == PROBE_DEAD) {
+            self.dead_rounds += 1;
+        } else {
+            self.dead_rounds = 0;
+        }
+        self.dead_rounds >= 2
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN (its handler does
+/// nothing: the interrupted ioctl is the point).
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+fn install_kick_handler() -> Result<(), String> {
+    // SAFETY: sigaction is plain data; the handler is async-signal-safe (it
+    // does nothing) and SA_RESTART is left out so KVM_RUN returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(kick_signal(), &sa, std::ptr::null_mut()) != 0 {
+            return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// After a kick: is this vCPU halted with interrupts disabled?
+fn probe_answer(vcpu: &VcpuFd) -> u8 {
+    let halted = vcpu
+        .get_mp_state()
+        .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+    let irqs_off = vcpu.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF == 0);
+    if halted && irqs_off {
+        PROBE_DEAD
+    } else {
+        PROBE_RUNNING
+    }
+}
+
+fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>, id: usize) {
     loop {
         bus.exits.fetch_add(1, Ordering::Relaxed);
         match vcpu.run() {
@@ -216,7 +291,11 @@ fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>) {
                 VcpuExit::Hlt => bus.exit.set(ExitReason::GuestReset {
                     how: "vCPU halted".into(),
                 }),
-                VcpuExit::Intr => {}
+                VcpuExit::Intr => {
+                    if let Some(a) = bus.halt_probe.get(id) {
+                        a.store(probe_answer(&vcpu), Ordering::Relaxed);
+                    }
+                }
                 VcpuExit::FailEntry(reason, cpu) => bus.exit.set(ExitReason::Error {
                     message: format!("KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
                 }),
@@ -227,7 +306,12 @@ fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>) {
                     message: format!("unexpected vCPU exit {other:?}"),
                 }),
             },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR => {
+                if let Some(a) = bus.halt_probe.get(id) {
+                    a.store(probe_answer(&vcpu), Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.errno() == libc::EAGAIN => {}
             Err(e) => bus.exit.set(ExitReason::Error {
                 message: format!("KVM_RUN: {e}"),
             }),
@@ -254,6 +338,8 @@ struct Vm {
     bus: Arc<Bus>,
     listener: Option<UnixListener>,
     sigfd: OwnedFd,
+    /// Kept unjoined so their pthread ids stay valid for kicks.
+    vcpu_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 fn block_signals() -> Result<OwnedFd, String> {
@@ -282,6 +368,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     cfg.validate()?;
     mark("validated");
     let sigfd = block_signals()?;
+    install_kick_handler()?;
     let kvm = kvm_open()?;
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
@@ -405,10 +492,12 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         first_io: OnceLock::new(),
         kick: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
         exits: AtomicU64::new(0),
+        halt_probe: (0..cfg.vcpus).map(|_| AtomicU8::new(PROBE_NONE)).collect(),
     });
 
     mark("devices_ready");
     let pvm = cpu::host_is_pvm();
+    let mut vcpu_threads = Vec::new();
     for id in 0..cfg.vcpus {
         let vcpu = vm
             .create_vcpu(u64::from(id))
@@ -421,10 +510,11 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
         }
         let b = bus.clone();
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || run_vcpu(vcpu, b))
+            .spawn(move || run_vcpu(vcpu, b, usize::from(id)))
             .map_err(|e| format!("vCPU thread: {e}"))?;
+        vcpu_threads.push(t);
     }
     mark("vcpus_started");
     Ok(Vm {
@@ -435,12 +525,14 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         bus,
         listener,
         sigfd,
+        vcpu_threads,
     })
 }
 
-fn poll_fds(fds: &mut [libc::pollfd]) -> std::io::Result<()> {
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> std::io::Result<()> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if r < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -474,7 +566,28 @@ fn read_signal(fd: RawFd) -> Option<i32> {
 /// The event loop: agent socket, signals, and the vCPUs' exit event.
 fn serve(vm: &Vm) -> ExitReason {
     let bus = &vm.bus;
+    let mut halt = HaltWatch::default();
+    let mut next_probe = Instant::now() + HALT_PROBE_PERIOD;
     loop {
+        let now = Instant::now();
+        if now >= next_probe {
+            let answers: Vec<u8> = bus
+                .halt_probe
+                .iter()
+                .map(|a| a.swap(PROBE_NONE, Ordering::Relaxed))
+                .collect();
+            if halt.round(&answers) {
+                tracing::info!("every vCPU is halted with interrupts off: the guest has stopped");
+                return ExitReason::GuestHalt;
+            }
+            for t in &vm.vcpu_threads {
+                // SAFETY: the thread is not joined, so its pthread id is
+                // valid (a finished one just gets ESRCH); the signal's
+                // handler does nothing.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            }
+            next_probe = now + HALT_PROBE_PERIOD;
+        }
         let (want_in, want_out, conn_fd) = {
             let c = lock(&bus.console);
             let d = c.device();
@@ -506,7 +619,10 @@ fn serve(vm: &Vm) -> ExitReason {
             }
             fds.push(pfd(fd, ev));
         }
-        if let Err(e) = poll_fds(&mut fds) {
+        if let Err(e) = poll_fds(
+            &mut fds,
+            next_probe.saturating_duration_since(Instant::now()),
+        ) {
             return ExitReason::Error {
                 message: format!("poll: {e}"),
             };
@@ -626,5 +742,53 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
         vmm_rss_kib: rss_kib(),
         setup_marks_us: vm.marks.clone(),
         guest_resident_kib: guest_resident_kib(&vm.mem),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halt_needs_every_vcpu_dead_twice_in_a_row() {
+        let mut w = HaltWatch::default();
+        assert!(!w.round(&[PROBE_DEAD, PROBE_DEAD]));
+        assert!(w.round(&[PROBE_DEAD, PROBE_DEAD]));
+    }
+
+    #[test]
+    fn a_live_or_silent_vcpu_resets_the_count() {
+        let mut w = HaltWatch::default();
+        assert!(!w.round(&[PROBE_DEAD, PROBE_DEAD]));
+        assert!(!w.round(&[PROBE_DEAD, PROBE_RUNNING]));
+        assert!(!w.round(&[PROBE_DEAD, PROBE_DEAD]));
+        assert!(!w.round(&[PROBE_NONE, PROBE_DEAD]));
+        assert!(!w.round(&[PROBE_DEAD, PROBE_DEAD]));
+        assert!(w.round(&[PROBE_DEAD, PROBE_DEAD]));
+    }
+
+    #[test]
+    fn no_vcpus_is_never_a_halt() {
+        let mut w = HaltWatch::default();
+        for _ in 0..3 {
+            assert!(!w.round(&[]));
+        }
+    }
+
+    #[test]
+    fn guest_halt_is_a_clean_stop_in_the_status_json() {
+        let st = ExitStatus {
+            reason: ExitReason::GuestHalt,
+            first_port_write_us: None,
+            setup_us: None,
+            guest_faults: 0,
+            vcpu_exits: 0,
+            vmm_rss_kib: None,
+            setup_marks_us: Vec::new(),
+            guest_resident_kib: None,
+        };
+        assert_eq!(st.exit_code(), 0);
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["reason"], "guest_halt");
     }
 }

@@ -12,7 +12,9 @@
 //! * `tg.echo`: echo one line received on the virtio console, prefixed `echo:`;
 //! * `tg.disk_serial=ID`, `tg.sector=N`: check the disk's serial, that it is
 //!   read-only, and that sector N starts with `HYPERTG-SECTOR-N`;
-//! * `tg.hostile`: write garbage to every I/O port and device register.
+//! * `tg.hostile`: write garbage to every I/O port and device register;
+//! * `tg.halt`: print one line and halt with interrupts off, as Linux's
+//!   poweroff does without ACPI (the VMM must notice and exit).
 //!
 //! Exit status: the number of failed checks (0 = all passed); 0xff on panic.
 
@@ -304,6 +306,14 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
     } else {
         from_linux(info)
     };
+    if arg(boot.cmdline, "tg.halt").is_some() {
+        print(format_args!("tg: halting\n"));
+        loop {
+            // SAFETY: interrupts off and halt: this CPU stops for good,
+            // which is the point.
+            unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
+        }
+    }
     if arg(boot.cmdline, "tg.quick").is_some() {
         print(format_args!("tg: quick\n"));
         exit(0);
