@@ -238,6 +238,70 @@ impl Hyperd {
         self.hyper_with_stdin(&args, stdin)
     }
 
+    /// `hyper run -d [opts] --rootfs <busybox> CMD…` → the pod id.
+    pub fn run_detached(&self, opts: &[&str], cmd: &[&str]) -> String {
+        let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(opts);
+        args.extend(["--rootfs", rootfs.as_str(), "--"]);
+        args.extend_from_slice(cmd);
+        let out = self.hyper(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run -d failed: {}\nlog:\n{}",
+            text(&out.stderr),
+            self.log_text()
+        );
+        let id = text(&out.stdout).trim().to_string();
+        assert_eq!(id.len(), 12, "not a pod id: {id:?}");
+        id
+    }
+
+    /// `hyper ps [-a] --json`.
+    pub fn ps_json(&self, all: bool) -> Vec<serde_json::Value> {
+        let args: &[&str] = if all {
+            &["ps", "-a", "--json"]
+        } else {
+            &["ps", "--json"]
+        };
+        let out = self.hyper(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("ps --json")
+    }
+
+    /// Polls `hyper logs POD` until its stdout contains `needle`.
+    pub fn wait_for_log(&self, pod: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = text(&self.hyper(&["logs", pod]).stdout);
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared in the logs of {pod}: {out:?}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `hyper exec ARGS…`, which must succeed; its stdout.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(args);
+        let out = self.hyper(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exec {args:?}: {}\nlog:\n{}",
+            text(&out.stderr),
+            self.log_text()
+        );
+        text(&out.stdout)
+    }
+
     /// Kills hyperd with SIGKILL, as a crash would, and reaps it.
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {

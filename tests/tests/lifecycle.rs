@@ -5,42 +5,10 @@ use std::time::{Duration, Instant};
 
 use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd};
 
-/// `hyper run -d [opts] --rootfs <busybox> CMD…` → the pod id.
-fn run_detached(d: &Hyperd, opts: &[&str], cmd: &[&str]) -> String {
-    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
-    let mut args = vec!["run", "-d"];
-    args.extend_from_slice(opts);
-    args.extend(["--rootfs", rootfs.as_str(), "--"]);
-    args.extend_from_slice(cmd);
-    let out = d.hyper(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "run -d failed: {}\nlog:\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
-    let id = text(&out.stdout).trim().to_string();
-    assert_eq!(id.len(), 12, "not a pod id: {id:?}");
-    id
-}
-
-fn ps_json(d: &Hyperd, all: bool) -> Vec<serde_json::Value> {
-    let args: &[&str] = if all {
-        &["ps", "-a", "--json"]
-    } else {
-        &["ps", "--json"]
-    };
-    let out = d.hyper(args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("ps --json")
-}
-
 #[test]
 fn detached_pod_exec_logs_stop_and_rm() {
     let d = Hyperd::start();
-    let id = run_detached(
-        &d,
+    let id = d.run_detached(
         &["--name", "web", "-e", "GREETING=hello", "-l", "tier=front"],
         &[
             "sh",
@@ -50,7 +18,7 @@ fn detached_pod_exec_logs_stop_and_rm() {
     );
 
     // Listed as running, by id and by name.
-    let running = ps_json(&d, false);
+    let running = d.ps_json(false);
     let me = running
         .iter()
         .find(|p| p["id"] == id.as_str())
@@ -135,8 +103,8 @@ fn detached_pod_exec_logs_stop_and_rm() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let out = d.hyper(&["wait", &id]);
     assert_eq!(text(&out.stdout).trim(), "137");
-    assert!(ps_json(&d, false).iter().all(|p| p["id"] != id.as_str()));
-    let all = ps_json(&d, true);
+    assert!(d.ps_json(false).iter().all(|p| p["id"] != id.as_str()));
+    let all = d.ps_json(true);
     let me = all
         .iter()
         .find(|p| p["id"] == id.as_str())
@@ -155,7 +123,7 @@ fn detached_pod_exec_logs_stop_and_rm() {
 
     let out = d.hyper(&["rm", "web"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert!(ps_json(&d, true).iter().all(|p| p["id"] != id.as_str()));
+    assert!(d.ps_json(true).iter().all(|p| p["id"] != id.as_str()));
     assert!(!d.state_dir.join("pods").join(&id).exists());
     assert!(processes_mentioning(&id).is_empty());
 }
@@ -163,8 +131,7 @@ fn detached_pod_exec_logs_stop_and_rm() {
 #[test]
 fn wait_returns_the_exit_code_and_logs_follow() {
     let d = Hyperd::start();
-    let id = run_detached(
-        &d,
+    let id = d.run_detached(
         &[],
         &[
             "sh",
@@ -188,7 +155,7 @@ fn wait_returns_the_exit_code_and_logs_follow() {
 #[test]
 fn killing_the_vm_process_marks_the_pod_exited() {
     let d = Hyperd::start();
-    let id = run_detached(&d, &[], &["sleep", "600"]);
+    let id = d.run_detached(&[], &["sleep", "600"]);
     let pids = processes_mentioning(&d.state_dir.join("pods").join(&id).to_string_lossy());
     assert!(!pids.is_empty(), "no VM process found for {id}");
     for pid in pids {
@@ -197,7 +164,7 @@ fn killing_the_vm_process_marks_the_pod_exited() {
     }
     let killed = Instant::now();
     loop {
-        let all = ps_json(&d, true);
+        let all = d.ps_json(true);
         let me = all.iter().find(|p| p["id"] == id.as_str()).expect("listed");
         if me["running"] == false {
             assert_eq!(me["state"], "exited");
@@ -214,7 +181,7 @@ fn killing_the_vm_process_marks_the_pod_exited() {
 #[test]
 fn bad_pod_references_are_refused_clearly() {
     let d = Hyperd::start();
-    let a = run_detached(&d, &["--name", "same"], &["sleep", "600"]);
+    let a = d.run_detached(&["--name", "same"], &["sleep", "600"]);
     // A second pod with the same name is refused and leaves nothing.
     let before = files_under(&d.state_dir.join("pods")).len();
     let rootfs = busybox_rootfs().to_string_lossy().into_owned();
@@ -250,7 +217,7 @@ fn bad_pod_references_are_refused_clearly() {
     );
 
     // Two pods: the empty-ish prefix shared by both is ambiguous unless unique.
-    let b = run_detached(&d, &[], &["sleep", "600"]);
+    let b = d.run_detached(&[], &["sleep", "600"]);
     let common: String = a
         .chars()
         .zip(b.chars())
@@ -303,13 +270,13 @@ fn twenty_pods_at_once_are_all_removed_cleanly() {
             d.log_text()
         );
     }
-    assert_eq!(ps_json(&d, false).len(), 20);
+    assert_eq!(d.ps_json(false).len(), 20);
     let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
     let out = d.hyper(&args);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert!(ps_json(&d, true).is_empty());
+    assert!(d.ps_json(true).is_empty());
     // Nothing left: no VM process, no socket, no file of any pod.
     assert!(processes_mentioning(&d.state_dir.to_string_lossy()).is_empty());
     let left = files_under(&d.state_dir.join("pods"));
@@ -319,8 +286,7 @@ fn twenty_pods_at_once_are_all_removed_cleanly() {
 #[test]
 fn restart_policy_on_failure_restarts_up_to_n_times() {
     let d = Hyperd::start();
-    let id = run_detached(
-        &d,
+    let id = d.run_detached(
         &["--restart", "on-failure:2"],
         &["sh", "-c", "echo run; exit 3"],
     );
@@ -350,99 +316,4 @@ fn restart_policy_on_failure_restarts_up_to_n_times() {
         "{}",
         text(&out.stderr)
     );
-}
-
-/// Polls `hyper logs POD` until its stdout contains `needle`.
-fn wait_for_log(d: &Hyperd, pod: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = text(&d.hyper(&["logs", pod]).stdout);
-        if out.contains(needle) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never appeared in the logs of {pod}: {out:?}\nlog:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn exec_ok(d: &Hyperd, args: &[&str]) -> String {
-    let mut all = vec!["exec"];
-    all.extend_from_slice(args);
-    let out = d.hyper(&all);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "exec {args:?}: {}\nlog:\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
-    text(&out.stdout)
-}
-
-#[test]
-fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
-    let mut d = Hyperd::start();
-    let writer = run_detached(
-        &d,
-        &["--name", "writer", "-e", "K=from-run"],
-        &[
-            "sh",
-            "-c",
-            "echo before; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo after; sleep 600",
-        ],
-    );
-    let sleeper = run_detached(&d, &["--name", "sleeper"], &["sleep", "600"]);
-    wait_for_log(&d, "writer", "before");
-    let vms_before = processes_mentioning(&d.state_dir.to_string_lossy());
-    assert_eq!(vms_before.len(), 2, "two VM processes");
-
-    // hyperd crashes; its VMs go on.
-    d.kill_hard();
-    assert_eq!(
-        processes_mentioning(&d.state_dir.to_string_lossy()),
-        vms_before
-    );
-    d.restart();
-    let running = ps_json(&d, false);
-    assert_eq!(running.len(), 2, "both pods taken over: {running:?}");
-    assert!(d.log_text().contains("took over 2 running pod(s)"));
-    // The log from before the crash is still there, exec works with the
-    // container's env and gives the process's exit code, and output the
-    // container writes from now on reaches the log.
-    assert!(text(&d.hyper(&["logs", "writer"]).stdout).contains("before"));
-    let out = d.hyper(&["exec", "writer", "sh", "-c", "echo $K; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "from-run\n");
-    exec_ok(&d, &["writer", "touch", "/tmp/go"]);
-    let logs = wait_for_log(&d, "writer", "after");
-    assert_eq!(logs, "before\nafter\n");
-    assert_eq!(exec_ok(&d, &["sleeper", "echo", "hi"]), "hi\n");
-
-    // A graceful stop leaves them running too (stop_pods_on_exit = false).
-    d.restart();
-    assert_eq!(ps_json(&d, false).len(), 2);
-    assert_eq!(exec_ok(&d, &["sleeper", "echo", "again"]), "again\n");
-    assert_eq!(
-        processes_mentioning(&d.state_dir.to_string_lossy()),
-        vms_before,
-        "the same VMs, not new ones"
-    );
-
-    // Stopping a taken-over pod ends it with the code of a kill; then nothing is left.
-    let out = d.hyper(&["stop", "-t", "1", &writer]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let out = d.hyper(&["rm", "-f", &writer, &sleeper]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(ps_json(&d, true).is_empty());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&d.state_dir.to_string_lossy()).is_empty() {
-        assert!(Instant::now() < deadline, "VM processes left behind");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = files_under(&d.state_dir.join("pods"));
-    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -266,6 +266,7 @@ async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
         .expect("bounded")
         .unwrap();
     vm.wait().await.unwrap();
+    drop(vm);
     assert!(matches!(
         hv.recover(spec, info, start).await,
         Err(HypervisorError::NotFound(_))
