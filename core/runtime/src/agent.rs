@@ -580,6 +580,7 @@ mod tests {
                         },
                         hostname: "h".into(),
                         process: spec,
+                        mounts: Vec::new(),
                     }))
                     .await
             }

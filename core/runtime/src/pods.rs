@@ -824,13 +824,15 @@ impl Runtime {
             },
             hostname: id.to_string(),
             process,
+            mounts: Vec::new(),
         };
         // Pipelined: both requests go out back to back (the writer is taken in
         // call order) and hyperstart serves them in order, saving a round trip
         // that costs tens of milliseconds under emulation.
         let (pod_started, container_started) = tokio::join!(
             agent.request(Request::StartPod(PodSpec {
-                hostname: id.to_string()
+                hostname: id.to_string(),
+                volumes: Vec::new(),
             })),
             agent.request(Request::NewContainer(container)),
         );
