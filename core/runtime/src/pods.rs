@@ -20,6 +20,9 @@ use crate::process::{self, Overrides};
 use crate::rootfs::{self, RootfsStore};
 use hyper_images::{Image, ImageStore, PullOptions};
 
+mod multi;
+pub use multi::{container_log_dir, ContainerRecord};
+
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
 const ROOTFS_DISK_ID: &str = "hyper-rootfs0";
@@ -217,6 +220,9 @@ pub struct ExecRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub interactive: bool,
+    /// A container of a several-container pod, by name; else the main one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Output of the container, in order per stream.
@@ -282,6 +288,10 @@ pub struct PodRecord {
     /// hyperd never kills a recycled pid.
     pub vm_pid: Option<u32>,
     pub vm_pid_start: Option<u64>,
+    /// The containers of a pod created from a pod file; empty for a pod of
+    /// one container (`hyper run`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -594,6 +604,7 @@ impl Runtime {
             remove: req.remove,
             restart: req.restart,
             restart_count: 0,
+            containers: Vec::new(),
         };
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
@@ -1053,6 +1064,9 @@ impl Runtime {
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
+        if self.signal_containers(id, &agent, signal).await? {
+            return Ok(());
+        }
         agent
             .request(Request::Signal {
                 container: id.to_string(),
@@ -1130,30 +1144,34 @@ impl Runtime {
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
+        // The container's own env, workdir and user are where exec starts.
+        let (guest_id, base) = match self.container_of(id, req.container.as_deref())? {
+            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user)),
+            None => (
+                id.to_string(),
+                (
+                    live.container.env.clone(),
+                    live.container.workdir.clone(),
+                    live.container.user.clone(),
+                ),
+            ),
+        };
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
         let streams = agent.new_process(&process_id);
         let process = ProcessSpec {
             id: process_id,
             args: req.args.clone(),
-            env: process::merge_env(&live.container.env, &req.env),
-            workdir: req
-                .workdir
-                .clone()
-                .or_else(|| live.container.workdir.clone())
-                .unwrap_or_else(|| "/".into()),
-            user: req
-                .user
-                .clone()
-                .or_else(|| live.container.user.clone())
-                .unwrap_or_default(),
+            env: process::merge_env(&base.0, &req.env),
+            workdir: req.workdir.clone().or(base.1).unwrap_or_else(|| "/".into()),
+            user: req.user.clone().or(base.2).unwrap_or_default(),
             terminal: false,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
         match agent
             .request(Request::Exec {
-                container: id.to_string(),
+                container: guest_id,
                 process,
             })
             .await
