@@ -2,7 +2,7 @@
 //! containers of one VM, per-container exec and logs, the pod's lifecycle,
 //! and bad pod files. Real hyperd, real backend plugin, real VMs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hyper_tests::{busybox_rootfs, text, Hyperd};
@@ -16,7 +16,7 @@ fn pod_file(d: &Hyperd, name: &str, body: &str) -> PathBuf {
     path
 }
 
-fn create(d: &Hyperd, file: &PathBuf, extra: &[&str]) -> String {
+fn create(d: &Hyperd, file: &Path, extra: &[&str]) -> String {
     let file = file.to_string_lossy().into_owned();
     let mut args = vec!["pod", "create", "-f", file.as_str()];
     args.extend_from_slice(extra);
