@@ -226,7 +226,39 @@ fn bad_pod_files_are_refused_with_file_line_and_key() {
     let out = d.hyper(&["pod", "create", "-f", "/nonexistent/pod.toml"]);
     assert!(text(&out.stderr).contains("/nonexistent/pod.toml"));
 
+    // hyperd checks what a client sends too, not only the CLI.
+    let reply = post_raw(
+        &d,
+        "/v1/pods/create",
+        r#"{"pod":{"container":[{"name":"a","image":"x"},{"name":"a","image":"x"}]}}"#,
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("duplicate container name a"), "{reply}");
+    let reply = post_raw(
+        &d,
+        "/v1/pods/create",
+        r#"{"pod":{"container":[{"name":"a","image":"x","bogus":1}]}}"#,
+    );
+    assert!(reply.starts_with("HTTP/1.1 4"), "{reply}");
+    assert!(reply.contains("bogus"), "{reply}");
+
     // Nothing was created.
     let out = d.hyper(&["ps", "-a", "--json"]);
     assert_eq!(text(&out.stdout).trim(), "[]");
+}
+
+/// A bare HTTP/1.1 POST on hyperd's socket; the whole reply as text.
+fn post_raw(d: &Hyperd, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect to hyperd");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: hyperd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read the reply");
+    reply
 }

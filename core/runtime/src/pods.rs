@@ -745,6 +745,7 @@ impl Runtime {
     fn finish_record(&self, mut record: PodRecord, result: &Result<RunOutcome, String>) {
         let pod_dir = self.pods_dir().join(&record.id);
         record.state = PodState::Exited;
+        multi::containers_end_with_the_pod(&mut record);
         record.exit_code = Some(
             result
                 .as_ref()

@@ -533,6 +533,14 @@ impl Runtime {
     }
 }
 
+/// Containers that had not exited when their pod ended (a failed start, a
+/// VM that died) are exited too, without an exit code of their own.
+pub(super) fn containers_end_with_the_pod(record: &mut PodRecord) {
+    for c in &mut record.containers {
+        c.state = PodState::Exited;
+    }
+}
+
 fn disk_id(index: usize) -> String {
     format!("hyper-rootfs{index}")
 }
@@ -582,6 +590,19 @@ mod tests {
             ]),
             3
         );
+    }
+
+    #[test]
+    fn containers_end_with_their_pod() {
+        let json = r#"{"id":"abc","state":"running","backend":"qemu","args":["sh"],
+            "rootfs_image":"/x","created_unix":1,"exit_code":null,"vm_pid":null,"vm_pid_start":null}"#;
+        let mut r: PodRecord = serde_json::from_str(json).unwrap();
+        r.containers = vec![container("a", Some(0)), container("b", None)];
+        r.containers[1].state = PodState::Running;
+        containers_end_with_the_pod(&mut r);
+        assert!(r.containers.iter().all(|c| c.state == PodState::Exited));
+        assert_eq!(r.containers[0].exit_code, Some(0));
+        assert_eq!(r.containers[1].exit_code, None);
     }
 
     #[test]
