@@ -2,9 +2,10 @@
 //!
 //! * `GET    /v1/pods?all=true`            pod records (running ones unless `all`)
 //! * `POST   /v1/pods`                     body: a `RunRequest`; starts a detached pod → `{"id"}`
+//! * `POST   /v1/pods/create`              body: `{"pod": PodFile, "name"?}`; a pod of several containers → `{"id"}`
 //! * `GET    /v1/pods/{pod}`               one pod (id, unique id prefix or name)
 //! * `POST   /v1/pods/{pod}/stop?t=SECS`   SIGTERM, then the VM is taken down after SECS
-//! * `POST   /v1/pods/{pod}/kill?signal=N` a signal to the container's first process
+//! * `POST   /v1/pods/{pod}/kill?signal=N` a signal to each container's first process
 //! * `POST   /v1/pods/{pod}/wait`          blocks until it exits → `{"exit_code"}`
 //! * `DELETE /v1/pods/{pod}?force=true`    removes it (a running one only with force)
 //! * `GET    /v1/pods/{pod}/logs?follow=&tail=N&timestamps=`  NDJSON log entries
@@ -19,6 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hyper_core::logs;
+use hyper_core::podfile::PodFile;
 use hyper_core::pods::{ExecRequest, PodRecord, RunError, RunRequest, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -84,6 +86,24 @@ pub async fn create(State(rt): State<Arc<Runtime>>, Json(req): Json<RunRequest>)
                 .into_response(),
             None => Json(serde_json::json!({ "id": started.id })).into_response(),
         },
+        Err(e) => run_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePodRequest {
+    pub pod: PodFile,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+pub async fn create_pod(
+    State(rt): State<Arc<Runtime>>,
+    Json(req): Json<CreatePodRequest>,
+) -> Response {
+    match rt.create_pod(req.pod, req.name).await {
+        Ok(id) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => run_error(&e),
     }
 }
@@ -226,6 +246,9 @@ pub struct LogsQuery {
     pub follow: bool,
     #[serde(default)]
     pub tail: Option<usize>,
+    /// A container of a pod of several; else the main one.
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 /// How often a follower looks for new log lines.
@@ -240,7 +263,10 @@ pub async fn logs(
         Ok(id) => id,
         Err(e) => return run_error(&e),
     };
-    let dir = rt.pod_dir(&id);
+    let dir = match rt.log_dir(&id, q.container.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return run_error(&e),
+    };
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
         let entries = {

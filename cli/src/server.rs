@@ -34,6 +34,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/version", get(version))
         .route("/v1/info", get(info))
         .route("/v1/pods", get(pods_api::list).post(pods_api::create))
+        .route("/v1/pods/create", post(pods_api::create_pod))
         .route(
             "/v1/pods/{pod}",
             get(pods_api::inspect).delete(pods_api::remove),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, PodSpec, ProcessSpec, ProcessState, Reply, Request, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, RESYNC_MAGIC,
+    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESYNC_MAGIC,
 };
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
@@ -31,6 +31,11 @@ const HOST_RETRY: Duration = Duration::from_millis(50);
 /// Exits reported to the host, kept for a host that reattaches: the report
 /// may have gone to a session that died before reading it.
 const KEPT_EXITS: usize = 128;
+/// Bounds on what one request may ask for: volumes per pod, mounts per
+/// container, and the length of a mount path.
+const MAX_VOLUMES: usize = 64;
+const MAX_MOUNTS: usize = 64;
+const MAX_MOUNT_PATH: usize = 1024;
 
 pub struct Options {
     pub pid1: bool,
@@ -91,6 +96,8 @@ pub struct Agent {
     decoder: FrameDecoder,
     signals: SignalFd,
     containers: BTreeMap<String, Container>,
+    /// Pod volume name → its directory in hyperstart's namespace.
+    volumes: BTreeMap<String, PathBuf>,
     processes: BTreeMap<u64, Process>,
     next_key: u64,
     /// Stream id → process: stdin data and stdout credit arrive on `stdio`.
@@ -113,6 +120,7 @@ impl Agent {
             decoder: FrameDecoder::resynchronising(),
             signals,
             containers: BTreeMap::new(),
+            volumes: BTreeMap::new(),
             processes: BTreeMap::new(),
             next_key: 0,
             stdio_streams: HashMap::new(),
@@ -128,11 +136,11 @@ impl Agent {
     }
 
     pub fn send_ready(&mut self) {
-        use hyper_protocol::capability::{EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE};
+        use hyper_protocol::capability::{EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, VOLUMES};
         self.channel.send_message(&GuestMessage::Ready {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE]
+            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE, VOLUMES]
                 .map(String::from)
                 .to_vec(),
             agent: format!("hyperstart {}", env!("CARGO_PKG_VERSION")),
@@ -343,12 +351,7 @@ impl Agent {
                 Ok(Reply::Ok)
             }
             Request::Ping => Ok(Reply::Pong),
-            Request::StartPod(PodSpec { hostname }) => {
-                if !hostname.is_empty() {
-                    set_hostname(&hostname)?;
-                }
-                Ok(Reply::Ok)
-            }
+            Request::StartPod(spec) => self.start_pod(spec),
             Request::NewContainer(spec) => self.new_container(spec),
             Request::Exec { container, process } => self.exec(&container, process),
             Request::Signal {
@@ -404,6 +407,77 @@ impl Agent {
         Ok(Reply::Reattached { processes })
     }
 
+    fn start_pod(&mut self, spec: PodSpec) -> Result<Reply> {
+        if spec.volumes.len() > MAX_VOLUMES {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("{} volumes: at most {MAX_VOLUMES}", spec.volumes.len()),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for v in &spec.volumes {
+            validate_container_id(&v.name).map_err(|_| {
+                err(
+                    AgentErrorKind::InvalidRequest,
+                    format!("invalid volume name {:?}", v.name),
+                )
+            })?;
+            if !names.insert(v.name.as_str()) || self.volumes.contains_key(&v.name) {
+                return Err(err(
+                    AgentErrorKind::AlreadyExists,
+                    format!("volume {} already exists", v.name),
+                ));
+            }
+        }
+        if !spec.hostname.is_empty() {
+            set_hostname(&spec.hostname)?;
+        }
+        for v in spec.volumes {
+            let dir = rootfs::volume_dir(&self.opts.run_dir, &v.name);
+            rootfs::create_volume(&mut RealSys, &dir, v.size_mib).map_err(|e| {
+                err(
+                    AgentErrorKind::Failed,
+                    format!("creating volume {}: {e}", v.name),
+                )
+            })?;
+            self.volumes.insert(v.name, dir);
+        }
+        Ok(Reply::Ok)
+    }
+
+    /// Checks a container's mounts against the pod's volumes, before
+    /// anything is mounted for it.
+    fn volume_binds(&self, mounts: &[MountSpec]) -> Result<Vec<rootfs::VolumeBind>> {
+        if mounts.len() > MAX_MOUNTS {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("{} mounts: at most {MAX_MOUNTS}", mounts.len()),
+            ));
+        }
+        let mut binds: Vec<rootfs::VolumeBind> = Vec::new();
+        for m in mounts {
+            validate_mount_path(&m.path)?;
+            let source = self.volumes.get(&m.volume).ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!("no volume {:?} in the pod", m.volume),
+                )
+            })?;
+            if binds.iter().any(|b| b.path == m.path) {
+                return Err(err(
+                    AgentErrorKind::InvalidRequest,
+                    format!("two mounts at {}", m.path),
+                ));
+            }
+            binds.push(rootfs::VolumeBind {
+                source: source.clone(),
+                path: m.path.clone(),
+                readonly: m.readonly,
+            });
+        }
+        Ok(binds)
+    }
+
     fn new_container(&mut self, spec: ContainerSpec) -> Result<Reply> {
         validate_container_id(&spec.id)?;
         if self.containers.contains_key(&spec.id) {
@@ -427,6 +501,7 @@ impl Agent {
             ));
         }
         self.validate_process(&spec.id, &spec.process)?;
+        let binds = self.volume_binds(&spec.mounts)?;
 
         let device = wait_for_disk(&spec.rootfs.disk_id).ok_or_else(|| {
             err(
@@ -444,6 +519,23 @@ impl Agent {
                 format!("mounting the container's rootfs: {e}"),
             )
         })?;
+        let bound = binds
+            .iter()
+            .try_for_each(|b| check_no_symlinks(&paths.root, &b.path))
+            .and_then(|()| {
+                rootfs::bind_volumes(&mut RealSys, &paths.root, &binds).map_err(|e| {
+                    err(
+                        AgentErrorKind::Failed,
+                        format!("binding volumes into the container: {e}"),
+                    )
+                })
+            });
+        if let Err(e) = bound {
+            for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
+                log!("cleaning up container {}: {e}", spec.id);
+            }
+            return Err(e);
+        }
         let target = Target::NewContainer {
             root: &paths.root,
             hostname: &spec.hostname,
@@ -849,6 +941,61 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     }
 }
 
+/// A mount path is absolute and plain: no `.`/`..` components, no empty
+/// ones, not `/` itself.
+pub fn validate_mount_path(path: &str) -> Result<()> {
+    let plain = path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= MAX_MOUNT_PATH
+        && !path.contains('\0')
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if plain {
+        Ok(())
+    } else {
+        Err(err(
+            AgentErrorKind::InvalidRequest,
+            format!("invalid mount path {path:?}: use an absolute path without . or .. components"),
+        ))
+    }
+}
+
+/// The image is untrusted: a symlink on the way to a mount point would
+/// point the bind, which is made in hyperstart's namespace, outside the
+/// container. Walks the existing part of the path; what is missing gets
+/// created as plain directories. Nothing runs in the container yet, so the
+/// tree cannot change between this check and the mount.
+fn check_no_symlinks(root: &Path, path: &str) -> Result<()> {
+    let mut at = root.to_path_buf();
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(err(
+                    AgentErrorKind::InvalidRequest,
+                    format!("mount path {path}: {component} is a symlink in the image"),
+                ))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(err(
+                    AgentErrorKind::InvalidRequest,
+                    format!("mount path {path}: {component} is not a directory in the image"),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(err(
+                    AgentErrorKind::Failed,
+                    format!("mount path {path}: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn wait_for_disk(disk_id: &str) -> Option<PathBuf> {
     let deadline = Instant::now() + DISK_WAIT;
     loop {
@@ -1039,6 +1186,7 @@ mod tests {
                 },
                 hostname: "h".into(),
                 process,
+                mounts: Vec::new(),
             })
         };
         for bad in [
@@ -1374,6 +1522,100 @@ mod tests {
             &"x".repeat(129),
         ] {
             assert!(validate_container_id(id).is_err(), "{id}");
+        }
+    }
+
+    #[test]
+    fn bad_volumes_and_mounts_are_refused_before_anything_is_mounted() {
+        use hyper_protocol::VolumeSpec;
+        let (mut a, mut host) = agent();
+        let volume = |name: &str| VolumeSpec {
+            name: name.into(),
+            size_mib: 0,
+        };
+        for (volumes, kind) in [
+            (vec![volume("../x")], AgentErrorKind::InvalidRequest),
+            (vec![volume(".v")], AgentErrorKind::InvalidRequest),
+            (
+                vec![volume("v"), volume("v")],
+                AgentErrorKind::AlreadyExists,
+            ),
+            (
+                (0..=MAX_VOLUMES)
+                    .map(|i| volume(&format!("v{i}")))
+                    .collect(),
+                AgentErrorKind::InvalidRequest,
+            ),
+        ] {
+            let pod = Request::StartPod(PodSpec {
+                hostname: String::new(),
+                volumes,
+            });
+            request(&mut a, &mut host, 1, pod);
+            assert_eq!(response(&mut host).1.unwrap_err().kind, kind);
+        }
+        assert!(a.volumes.is_empty());
+
+        a.volumes
+            .insert("data".into(), "/nonexistent/v/data".into());
+        let mount = |volume: &str, path: &str| MountSpec {
+            volume: volume.into(),
+            path: path.into(),
+            readonly: false,
+        };
+        for (mounts, kind) in [
+            (vec![mount("nope", "/data")], AgentErrorKind::NotFound),
+            (vec![mount("data", "data")], AgentErrorKind::InvalidRequest),
+            (
+                vec![mount("data", "/a/../b")],
+                AgentErrorKind::InvalidRequest,
+            ),
+            (
+                vec![mount("data", "/d"), mount("data", "/d")],
+                AgentErrorKind::InvalidRequest,
+            ),
+        ] {
+            let c = Request::NewContainer(ContainerSpec {
+                id: "c".into(),
+                rootfs: hyper_protocol::RootfsSpec {
+                    disk_id: "no-such-disk".into(),
+                    fstype: "erofs".into(),
+                },
+                hostname: "h".into(),
+                process: spec("p", 2),
+                mounts,
+            });
+            let started = Instant::now();
+            request(&mut a, &mut host, 2, c);
+            assert_eq!(response(&mut host).1.unwrap_err().kind, kind);
+            // Refused up front, not after waiting for the disk.
+            assert!(started.elapsed() < DISK_WAIT);
+        }
+    }
+
+    #[test]
+    fn mount_paths_are_absolute_and_plain() {
+        for ok in ["/data", "/var/lib/x", "/a.b/c..d"] {
+            assert!(validate_mount_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/", "data", "/a/../b", "/a/./b", "/a//b", "/a/", "/a\0b",
+        ] {
+            assert!(validate_mount_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn symlinks_and_files_on_a_mount_path_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("dir")).unwrap();
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        std::os::unix::fs::symlink("/", root.path().join("link")).unwrap();
+        assert!(check_no_symlinks(root.path(), "/dir/new/deeper").is_ok());
+        assert!(check_no_symlinks(root.path(), "/missing").is_ok());
+        for bad in ["/link", "/link/x", "/file/x"] {
+            let e = check_no_symlinks(root.path(), bad).unwrap_err();
+            assert_eq!(e.kind, AgentErrorKind::InvalidRequest, "{bad}");
         }
     }
 }

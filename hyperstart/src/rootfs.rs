@@ -214,6 +214,68 @@ pub fn unmount_container_rootfs(sys: &mut dyn Sys, paths: &ContainerPaths) -> Ve
     errors
 }
 
+/// Where pod volumes live in hyperstart's mount namespace: beside the
+/// container directories, under a name no container id can take (ids never
+/// start with a dot).
+pub fn volume_dir(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(".volumes").join(name)
+}
+
+/// Mounts a pod volume: a tmpfs, world-writable with the sticky bit like
+/// /tmp, because the containers sharing it may run as different users.
+pub fn create_volume(sys: &mut dyn Sys, dir: &Path, size_mib: u32) -> SysResult {
+    sys.mkdir_all(dir, 0o755)?;
+    let data = if size_mib > 0 {
+        format!("mode=1777,size={size_mib}m")
+    } else {
+        "mode=1777".to_string()
+    };
+    if let Err(e) = sys.mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&data),
+    ) {
+        let _ = sys.remove_dir(dir);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// One volume to bind into a container: its directory, the path inside the
+/// container (absolute, already validated) and whether it is read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeBind {
+    pub source: PathBuf,
+    pub path: String,
+    pub readonly: bool,
+}
+
+/// Binds volumes into a container's root before its init starts, so its
+/// mount namespace (a copy of hyperstart's) has them under the root it
+/// pivots into. The caller unmounts the root on failure, which lazily takes
+/// every bind below it along.
+pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> SysResult {
+    for bind in binds {
+        let target = root.join(bind.path.trim_start_matches('/'));
+        sys.mkdir_all(&target, 0o755)?;
+        let source = bind.source.to_string_lossy();
+        sys.mount(Some(&source), &target, None, MsFlags::MS_BIND, None)?;
+        if bind.readonly {
+            // MS_RDONLY is ignored on the first bind; only a remount applies it.
+            sys.mount(
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// In the intermediate process of a new container: the namespaces its init
 /// will be PID 1 of.
 pub fn new_container_namespaces(sys: &mut dyn Sys, hostname: &str) -> SysResult {
@@ -596,5 +658,56 @@ mod tests {
                 "chdir /"
             ]
         );
+    }
+    #[test]
+    fn volumes_are_sticky_world_writable_tmpfs() {
+        let mut sys = RecordingSys::new();
+        let dir = volume_dir(Path::new("/run/hyper/c"), "data");
+        assert_eq!(dir, Path::new("/run/hyper/c/.volumes/data"));
+        create_volume(&mut sys, &dir, 16).unwrap();
+        assert_eq!(
+            sys.calls,
+            [
+                "mkdir /run/hyper/c/.volumes/data 755",
+                "mount tmpfs /run/hyper/c/.volumes/data tmpfs MsFlags(MS_NOSUID | MS_NODEV) mode=1777,size=16m",
+            ]
+        );
+        let mut sys = RecordingSys::failing("mount tmpfs", Errno::ENOMEM);
+        assert!(create_volume(&mut sys, &dir, 0).is_err());
+        assert_eq!(
+            sys.calls.last().unwrap(),
+            "rmdir /run/hyper/c/.volumes/data"
+        );
+    }
+
+    #[test]
+    fn volumes_are_bound_under_the_root_and_read_only_ones_remounted() {
+        let mut sys = RecordingSys::new();
+        let binds = [
+            VolumeBind {
+                source: "/v/a".into(),
+                path: "/data".into(),
+                readonly: false,
+            },
+            VolumeBind {
+                source: "/v/b".into(),
+                path: "/etc/conf".into(),
+                readonly: true,
+            },
+        ];
+        bind_volumes(&mut sys, Path::new("/r"), &binds).unwrap();
+        assert_eq!(
+            sys.calls,
+            [
+                "mkdir /r/data 755",
+                "mount /v/a /r/data - MsFlags(MS_BIND) -",
+                "mkdir /r/etc/conf 755",
+                "mount /v/b /r/etc/conf - MsFlags(MS_BIND) -",
+                "mount - /r/etc/conf - MsFlags(MS_RDONLY | MS_REMOUNT | MS_BIND) -",
+            ]
+        );
+        let mut sys = RecordingSys::failing("mkdir /r/data", Errno::ENOTDIR);
+        assert!(bind_volumes(&mut sys, Path::new("/r"), &binds).is_err());
+        assert_eq!(sys.calls.len(), 1);
     }
 }

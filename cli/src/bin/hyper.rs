@@ -52,7 +52,7 @@ enum Command {
         #[arg(required = true)]
         pods: Vec<String>,
     },
-    /// Send a signal to pods' first process (KILL takes the VM down).
+    /// Send a signal to pods' containers' first processes (KILL takes the VM down).
     Kill {
         #[arg(short = 's', long = "signal", default_value = "KILL")]
         signal: String,
@@ -80,10 +80,16 @@ enum Command {
         tail: Option<usize>,
         #[arg(short = 't', long)]
         timestamps: bool,
+        /// `POD`, or `POD/CONTAINER` for a container of a pod of several.
         pod: String,
     },
-    /// Run a command in a running pod; exits with its status.
+    /// Run a command in a running pod (`POD` or `POD/CONTAINER`); exits with its status.
     Exec(ExecArgs),
+    /// Pods of several containers.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
     /// Host memory and CPU of pods' VMs.
     Stats {
         #[arg(required = true)]
@@ -123,6 +129,20 @@ enum Command {
         password_stdin: bool,
         #[arg(short = 'p', long = "password", conflicts_with = "password_stdin")]
         password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodCommand {
+    /// Create and start a pod from a pod file (TOML, or JSON if it ends in
+    /// .json); prints the pod's id.
+    Create {
+        /// The pod file.
+        #[arg(short = 'f', long = "file", value_name = "POD.toml")]
+        file: PathBuf,
+        /// A name for the pod (overrides the file's `name`).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -267,6 +287,9 @@ fn main() -> ExitCode {
                 pod,
             } => logs(&client, &pod, follow, tail, timestamps).await,
             Command::Exec(args) => exec(&client, args).await,
+            Command::Pod {
+                command: PodCommand::Create { file, name },
+            } => pod_create(&client, &file, name).await,
             Command::Stats { pods } => stats(&client, &pods).await,
             Command::Version => version(&client).await,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
@@ -501,6 +524,62 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
     0
 }
 
+/// `POD/CONTAINER` → (`POD`, `CONTAINER`). Pod ids and names never contain
+/// a slash, so the first one separates them.
+fn split_container(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('/') {
+        Some((pod, container)) => (pod, Some(container)),
+        None => (arg, None),
+    }
+}
+
+/// Reads, checks and sends a pod file; pulls the images it names that are
+/// not here yet, as `hyper run` does.
+async fn pod_create(client: &Client, file: &std::path::Path, name: Option<String>) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    let mut pod = match hyper_core::podfile::parse(&file.display().to_string(), &text) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    // The daemon reads rootfs directories: relative ones are relative to the
+    // pod file, and sent absolute.
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    for c in &mut pod.containers {
+        if let Some(dir) = &c.rootfs {
+            match std::path::absolute(base.join(dir)) {
+                Ok(p) => c.rootfs = Some(p),
+                Err(e) => {
+                    return fail(format!("{}: rootfs {}: {e}", file.display(), dir.display()))
+                }
+            }
+        }
+    }
+    for image in pod.containers.iter().filter_map(|c| c.image.as_deref()) {
+        let path = format!("/v1/images/inspect?name={}", query_escape(image));
+        match client.get_optional(&path).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("Unable to find image '{image}' locally");
+                if let Err(e) = pull(client, image, true).await {
+                    return fail(e);
+                }
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    let body = serde_json::json!({ "pod": pod, "name": name });
+    match client.post_json("/v1/pods/create", &body).await {
+        Ok(v) => {
+            println!("{}", v["id"].as_str().unwrap_or("?"));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// Percent-encodes a path segment.
 fn path_escape(value: &str) -> String {
     query_escape(value)
@@ -556,7 +635,11 @@ async fn logs(
     timestamps: bool,
 ) -> i32 {
     use std::io::Write;
+    let (pod, container) = split_container(pod);
     let mut path = format!("/v1/pods/{}/logs?follow={follow}", path_escape(pod));
+    if let Some(c) = container {
+        path.push_str(&format!("&container={}", query_escape(c)));
+    }
     if let Some(n) = tail {
         path.push_str(&format!("&tail={n}"));
     }
@@ -598,12 +681,14 @@ async fn exec(client: &Client, args: ExecArgs) -> i32 {
     let Some((pod, command)) = args.args.split_first() else {
         return fail("usage: hyper exec [OPTIONS] POD CMD…");
     };
+    let (pod, container) = split_container(pod);
     let request = ExecRequest {
         args: command.to_vec(),
         env: args.env,
         workdir: args.workdir,
         user: args.user,
         interactive: args.interactive,
+        container: container.map(str::to_string),
     };
     let stdin = args.interactive.then(tokio::io::stdin);
     let mut stdout = tokio::io::stdout();

@@ -143,6 +143,34 @@ impl AgentError {
 #[serde(deny_unknown_fields)]
 pub struct PodSpec {
     pub hostname: String,
+    /// Volumes the pod's containers share, created before any container.
+    /// Left out of the JSON when empty so a single-container pod's request
+    /// reads the same as before volumes existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A pod-level volume: a tmpfs in the guest, alive as long as the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Same alphabet as container ids; it becomes a path component.
+    pub name: String,
+    /// The tmpfs size limit in MiB; 0 leaves the kernel's default (half
+    /// of the guest's memory).
+    #[serde(default)]
+    pub size_mib: u32,
+}
+
+/// A pod volume bound into a container before it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub volume: String,
+    /// Absolute path inside the container, without `..`; created if missing.
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +182,9 @@ pub struct ContainerSpec {
     /// The container's first process; it becomes PID 1 of the container's
     /// PID namespace.
     pub process: ProcessSpec,
+    /// Pod volumes bound into the container's root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
 }
 
 /// A read-only disk the guest finds by its stable id (the virtio-blk serial,
@@ -190,6 +221,8 @@ pub mod capability {
     pub const EROFS: &str = "rootfs-erofs";
     pub const EXT4: &str = "rootfs-ext4";
     pub const PID_NAMESPACE: &str = "pid-namespace";
+    /// Pod volumes (`PodSpec::volumes`, `ContainerSpec::mounts`).
+    pub const VOLUMES: &str = "volumes";
 }
 
 #[cfg(test)]
@@ -223,6 +256,19 @@ mod tests {
         };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<GuestMessage>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn empty_volumes_and_mounts_are_left_out() {
+        let json = serde_json::to_string(&PodSpec {
+            hostname: "h".into(),
+            volumes: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"hostname":"h"}"#);
+        let spec: PodSpec =
+            serde_json::from_str(r#"{"hostname":"h","volumes":[{"name":"v"}]}"#).unwrap();
+        assert_eq!(spec.volumes[0].size_mib, 0);
     }
 
     #[test]

@@ -810,6 +810,7 @@ mod tests {
                         },
                         hostname: "h".into(),
                         process: spec,
+                        mounts: Vec::new(),
                     }))
                     .await
             }

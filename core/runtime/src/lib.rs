@@ -5,6 +5,7 @@ pub mod config;
 pub mod logs;
 pub mod payload;
 pub mod plugins;
+pub mod podfile;
 pub mod pods;
 pub mod process;
 pub mod rootfs;

@@ -21,6 +21,9 @@ use crate::process::{self, Overrides};
 use crate::rootfs::{self, RootfsStore};
 use hyper_images::{Image, ImageStore, PullOptions};
 
+mod multi;
+pub use multi::{container_log_dir, ContainerRecord};
+
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
 const ROOTFS_DISK_ID: &str = "hyper-rootfs0";
@@ -220,6 +223,9 @@ pub struct ExecRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub interactive: bool,
+    /// A container of a several-container pod, by name; else the main one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Output of the container, in order per stream.
@@ -292,6 +298,10 @@ pub struct PodRecord {
     /// defaults and restarts after a takeover start from it.
     #[serde(default)]
     pub container: Option<RunRequest>,
+    /// The containers of a pod created from a pod file; empty for a pod of
+    /// one container (`hyper run`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRecord>,
 }
 
 /// A running VM as its backend described it at launch.
@@ -411,11 +421,20 @@ impl Runtime {
             .as_ref()
             .is_ok_and(|hv| hv.capabilities().recover);
         let keep_running = can_recover && !self.config.runtime.stop_pods_on_exit;
-        // A pod still booting has no session to take over: it goes either way.
+        // A pod still booting has no session to take over, nor has a pod of
+        // several containers (not built yet): they go either way.
+        let not_kept: Vec<String> = self
+            .pods()
+            .values()
+            .filter(|r| !r.containers.is_empty())
+            .map(|r| r.id.clone())
+            .collect();
         let vms: Vec<(String, Arc<dyn Vm>)> = self
             .live_pods()
             .iter()
-            .filter(|(_, pod)| !keep_running || lock(&pod.agent).is_none())
+            .filter(|(id, pod)| {
+                !keep_running || lock(&pod.agent).is_none() || not_kept.contains(id)
+            })
             .map(|(id, pod)| (id.clone(), pod.vm.clone()))
             .collect();
         if keep_running {
@@ -532,6 +551,7 @@ impl Runtime {
             }
             record.state = PodState::Exited;
             record.vm = None;
+            multi::containers_end_with_the_pod(&mut record);
             restored.cleaned += 1;
             let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
             let _ = write_record(&pod_dir, &record);
@@ -736,6 +756,7 @@ impl Runtime {
             remove: req.remove,
             restart: req.restart,
             restart_count: 0,
+            containers: Vec::new(),
         };
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
@@ -883,6 +904,7 @@ impl Runtime {
         let pod_dir = self.pods_dir().join(&record.id);
         record.state = PodState::Exited;
         record.vm = None;
+        multi::containers_end_with_the_pod(&mut record);
         record.exit_code = Some(
             result
                 .as_ref()
@@ -973,13 +995,15 @@ impl Runtime {
             },
             hostname: id.to_string(),
             process,
+            mounts: Vec::new(),
         };
         // Pipelined: both requests go out back to back (the writer is taken in
         // call order) and hyperstart serves them in order, saving a round trip
         // that costs tens of milliseconds under emulation.
         let (pod_started, container_started) = tokio::join!(
             agent.request(Request::StartPod(PodSpec {
-                hostname: id.to_string()
+                hostname: id.to_string(),
+                volumes: Vec::new(),
             })),
             agent.request(Request::NewContainer(container)),
         );
@@ -1200,6 +1224,9 @@ impl Runtime {
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
+        if self.signal_containers(id, &agent, signal).await? {
+            return Ok(());
+        }
         agent
             .request(Request::Signal {
                 container: id.to_string(),
@@ -1277,30 +1304,34 @@ impl Runtime {
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
+        // The container's own env, workdir and user are where exec starts.
+        let (guest_id, base) = match self.container_of(id, req.container.as_deref())? {
+            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user)),
+            None => (
+                id.to_string(),
+                (
+                    live.container.env.clone(),
+                    live.container.workdir.clone(),
+                    live.container.user.clone(),
+                ),
+            ),
+        };
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
         let streams = agent.new_process(&process_id);
         let process = ProcessSpec {
             id: process_id,
             args: req.args.clone(),
-            env: process::merge_env(&live.container.env, &req.env),
-            workdir: req
-                .workdir
-                .clone()
-                .or_else(|| live.container.workdir.clone())
-                .unwrap_or_else(|| "/".into()),
-            user: req
-                .user
-                .clone()
-                .or_else(|| live.container.user.clone())
-                .unwrap_or_default(),
+            env: process::merge_env(&base.0, &req.env),
+            workdir: req.workdir.clone().or(base.1).unwrap_or_else(|| "/".into()),
+            user: req.user.clone().or(base.2).unwrap_or_default(),
             terminal: false,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
         match agent
             .request(Request::Exec {
-                container: id.to_string(),
+                container: guest_id,
                 process,
             })
             .await
