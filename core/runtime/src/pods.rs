@@ -813,6 +813,7 @@ impl Runtime {
             workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
             user: req.user.clone().unwrap_or_default(),
             terminal: false,
+            terminal_size: None,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
@@ -1146,6 +1147,7 @@ impl Runtime {
                 .or_else(|| live.container.user.clone())
                 .unwrap_or_default(),
             terminal: false,
+            terminal_size: None,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
