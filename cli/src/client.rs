@@ -7,14 +7,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::header;
 use hyper::{Method, Request};
 use hyper_core::pods::RunRequest;
-use hyper_protocol::{Frame, FrameDecoder, FrameKind, MAX_DATA_PAYLOAD};
+use hyper_protocol::{Frame, FrameDecoder, FrameKind, TerminalSize, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::images_api::{PullEvent, PullRequest};
-use crate::stream::{ApiError, StreamEnd, STDERR, STDIO};
+use crate::stream::{ApiError, ClientMessage, StreamEnd, STDERR, STDIO};
+use crate::terminal::DetachScanner;
 
 /// Longest progress line accepted from hyperd (an image record fits easily).
 const MAX_EVENT_LINE: usize = 1024 * 1024;
@@ -42,6 +43,16 @@ pub enum ClientError {
 
 pub struct Client {
     socket: PathBuf,
+}
+
+/// The extras of a stream with a terminal.
+#[derive(Default)]
+pub struct StreamOptions {
+    /// New sizes of the client's terminal, sent on as they come.
+    pub resize: Option<tokio::sync::mpsc::Receiver<TerminalSize>>,
+    /// Typing these on stdin ends the stream with [`StreamEnd::Detached`];
+    /// they are not sent.
+    pub detach_keys: Option<Vec<u8>>,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -266,6 +277,27 @@ impl Client {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
+        let opts = StreamOptions::default();
+        self.stream_with(path, request, stdin, stdout, stderr, opts)
+            .await
+    }
+
+    /// [`Client::stream`] with a terminal's resizes and detach keys.
+    pub async fn stream_with<T, I, O, E>(
+        &self,
+        path: &str,
+        request: &T,
+        stdin: Option<I>,
+        stdout: &mut O,
+        stderr: &mut E,
+        opts: StreamOptions,
+    ) -> Result<StreamEnd, ClientError>
+    where
+        T: Serialize,
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
         let mut sender = self.connect().await?;
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Http(e.to_string()))?;
         let req = Request::post(path)
@@ -286,35 +318,74 @@ impl Client {
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
 
+        // One writer for stdin and resizes, so their frames never interleave.
+        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Frame>(8);
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = frames_rx.recv().await {
+                if writer.write_all(&frame.encode()).await.is_err() {
+                    return;
+                }
+                let _ = writer.flush().await;
+            }
+            // Keep the write half open until the run ends: dropping it
+            // would not close the socket anyway (the read half holds it).
+            std::future::pending::<()>().await;
+        });
+        // A channel, not a oneshot: polled again after its sender is gone
+        // (stdin ended without a detach) it just stays empty.
+        let (detach_tx, mut detached) = tokio::sync::mpsc::channel::<()>(1);
         let stdin_task = stdin.map(|mut input| {
+            let frames = frames_tx.clone();
+            let mut scanner = opts.detach_keys.map(DetachScanner::new);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
                 loop {
-                    match input.read(&mut buf).await {
+                    let n = match input.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if writer
-                                .write_all(&Frame::data(STDIO, buf[..n].to_vec()).encode())
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
+                        Ok(n) => n,
+                    };
+                    let (data, detach) = match &mut scanner {
+                        Some(s) => s.feed(&buf[..n]),
+                        None => (buf[..n].to_vec(), false),
+                    };
+                    if !data.is_empty() && frames.send(Frame::data(STDIO, data)).await.is_err() {
+                        return;
+                    }
+                    if detach {
+                        let _ = detach_tx.send(()).await;
+                        return;
                     }
                 }
-                let _ = writer.write_all(&Frame::eof(STDIO).encode()).await;
-                let _ = writer.flush().await;
-                // Keep the write half open until the run ends: dropping it
-                // would not close the socket anyway (the read half holds it).
-                std::future::pending::<()>().await;
+                let _ = frames.send(Frame::eof(STDIO)).await;
             })
         });
+        let resize_task = opts.resize.map(|mut rx| {
+            let frames = frames_tx.clone();
+            tokio::spawn(async move {
+                while let Some(size) = rx.recv().await {
+                    let msg = ClientMessage::Resize {
+                        rows: size.rows,
+                        cols: size.cols,
+                    };
+                    let Ok(json) = serde_json::to_vec(&msg) else {
+                        continue;
+                    };
+                    if frames.send(Frame::control(json)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        drop(frames_tx);
 
         let mut decoder = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let result = 'outer: loop {
-            let n = match reader.read(&mut buf).await {
+            let read = tokio::select! {
+                r = reader.read(&mut buf) => r,
+                Some(()) = detached.recv() => break Ok(StreamEnd::Detached),
+            };
+            let n = match read {
                 Ok(0) => break Err(ClientError::Truncated),
                 Ok(n) => n,
                 Err(e) => break Err(ClientError::Http(e.to_string())),
@@ -352,9 +423,10 @@ impl Client {
                 next = decoder.next_frame();
             }
         };
-        if let Some(task) = stdin_task {
+        for task in [stdin_task, resize_task].into_iter().flatten() {
             task.abort();
         }
+        writer_task.abort();
         let _ = stdout.flush().await;
         let _ = stderr.flush().await;
         result

@@ -7,6 +7,7 @@ pub mod pods_api;
 pub mod progress;
 pub mod server;
 pub mod stream;
+pub mod terminal;
 
 /// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";

@@ -16,14 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_core::pods::{ExecRequest, Output, RunIo, RunRequest, Runtime, RUNTIME_FAILURE_EXIT};
-use hyper_protocol::{Frame, FrameDecoder, FrameKind, MAX_DATA_PAYLOAD};
+use hyper_protocol::{Frame, FrameDecoder, FrameKind, TerminalSize, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::images_api::{self, error};
 use crate::pods_api;
-use crate::stream::{StreamEnd, STDERR, STDIO};
+use crate::stream::{ClientMessage, StreamEnd, STDERR, STDIO};
 use crate::STREAM_UPGRADE;
 
 /// Largest `POST /v1/run` body accepted.
@@ -194,12 +194,14 @@ where
     let (mut reader, mut writer) = tokio::io::split(io);
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(16);
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (resize_tx, resize_rx) = mpsc::channel::<TerminalSize>(4);
 
     // Client → stdin. The client is local and trusted more than a guest, but
     // its frames are bounded by the same decoder all the same.
     let stdin_task = tokio::spawn(async move {
         let mut decoder = FrameDecoder::new();
         let mut buf = vec![0u8; MAX_DATA_PAYLOAD];
+        let mut stdin_open = Some(stdin_tx);
         loop {
             let n = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -209,11 +211,26 @@ where
             loop {
                 match next {
                     Ok(Some(f)) if f.kind == FrameKind::Data && f.stream == STDIO => {
-                        if stdin_tx.send(f.payload).await.is_err() {
-                            return;
+                        if let Some(tx) = &stdin_open {
+                            if tx.send(f.payload).await.is_err() {
+                                stdin_open = None;
+                            }
                         }
                     }
-                    Ok(Some(f)) if f.kind == FrameKind::Eof && f.stream == STDIO => return,
+                    // Closing stdin must not stop resizes: keep reading.
+                    Ok(Some(f)) if f.kind == FrameKind::Eof && f.stream == STDIO => {
+                        stdin_open = None;
+                    }
+                    Ok(Some(f)) if f.kind == FrameKind::Control => {
+                        match serde_json::from_slice::<ClientMessage>(&f.payload) {
+                            Ok(ClientMessage::Resize { rows, cols }) => {
+                                // A client sending sizes faster than the guest
+                                // takes them loses the stale ones.
+                                let _ = resize_tx.try_send(TerminalSize { rows, cols });
+                            }
+                            Err(e) => tracing::debug!("run: unknown client message: {e}"),
+                        }
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) => {
@@ -230,6 +247,7 @@ where
         let io = RunIo {
             output: out_tx,
             stdin: Some(stdin_rx),
+            resize: Some(resize_rx),
         };
         tokio::spawn(async move {
             match job {

@@ -4,6 +4,8 @@
 //! (client→hyperd) and stdout (hyperd→client), data on [`STDERR`] carries
 //! stderr, an end-of-stream frame on [`STDIO`] from the client closes stdin,
 //! and one control frame from hyperd, a JSON [`StreamEnd`], ends the run.
+//! The client may send control frames too, each a JSON [`ClientMessage`]
+//! (a terminal's new size).
 //! Backpressure is the socket's own: hyperd stops reading the guest when the
 //! client stops reading.
 
@@ -23,6 +25,18 @@ pub enum StreamEnd {
     },
     /// The runtime failed; `code` is Docker's 125.
     Error { code: i32, message: String },
+    /// Never sent by hyperd: the client's user typed the detach keys; the
+    /// process goes on running.
+    Detached,
+}
+
+/// What the client may say on the stream besides stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// The client's terminal has a new size (`-t` only; hyperd sends the
+    /// process SIGWINCH through the guest).
+    Resize { rows: u16, cols: u16 },
 }
 
 /// JSON body of every error response.

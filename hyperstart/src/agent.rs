@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request,
+    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request, TerminalSize,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESYNC_MAGIC,
 };
 use nix::errno::Errno;
@@ -66,6 +66,8 @@ struct Process {
     stdin_buf: StdinBuffer,
     /// stdout, stderr.
     out: [Output; 2],
+    /// The pty master of a terminal process.
+    tty: Option<OwnedFd>,
     /// The intermediate's exit status once reaped.
     status: Option<i32>,
 }
@@ -136,11 +138,13 @@ impl Agent {
     }
 
     pub fn send_ready(&mut self) {
-        use hyper_protocol::capability::{EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, VOLUMES};
+        use hyper_protocol::capability::{
+            EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, TERMINAL, VOLUMES,
+        };
         self.channel.send_message(&GuestMessage::Ready {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE, VOLUMES]
+            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE, VOLUMES, TERMINAL]
                 .map(String::from)
                 .to_vec(),
             agent: format!("hyperstart {}", env!("CARGO_PKG_VERSION")),
@@ -360,14 +364,11 @@ impl Agent {
                 signal,
             } => self.signal(&container, &process, signal),
             Request::WindowSize {
-                container, process, ..
-            } => {
-                self.find_process(&container, &process)?;
-                Err(err(
-                    AgentErrorKind::InvalidRequest,
-                    format!("process {process} has no terminal"),
-                ))
-            }
+                container,
+                process,
+                rows,
+                cols,
+            } => self.window_size(&container, &process, TerminalSize { rows, cols }),
             Request::RemoveContainer { container } => self.remove_container(&container),
             Request::DestroyPod => {
                 self.destroy_pod();
@@ -596,9 +597,6 @@ impl Agent {
         if p.args.is_empty() {
             return invalid("the process has no command".into());
         }
-        if p.terminal {
-            return invalid("terminal (tty) processes are not supported by this hyperstart".into());
-        }
         if p.stdio == 0 || p.stderr == 0 || p.stdio == p.stderr {
             return invalid(format!("invalid stream ids {} and {}", p.stdio, p.stderr));
         }
@@ -651,9 +649,33 @@ impl Agent {
                     },
                 ],
                 status: None,
+                tty: s.tty,
             },
         );
         key
+    }
+
+    fn window_size(&self, container: &str, process: &str, size: TerminalSize) -> Result<Reply> {
+        let p = self.find_process(container, process)?;
+        let Some(master) = &p.tty else {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("process {process} has no terminal"),
+            ));
+        };
+        if size.rows == 0 || size.cols == 0 {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!("invalid window size {}x{}", size.rows, size.cols),
+            ));
+        }
+        spawn::set_window_size(master, size).map_err(|e| {
+            err(
+                AgentErrorKind::Failed,
+                format!("resizing the terminal of {process}: {e}"),
+            )
+        })?;
+        Ok(Reply::Ok)
     }
 
     fn find_process(&self, container: &str, process: &str) -> Result<&Process> {
@@ -825,6 +847,11 @@ impl Agent {
                 self.channel.send(&Frame::data(out.stream, buf));
             }
             Err(Errno::EAGAIN | Errno::EINTR) => {}
+            // A pty master reads EIO once every slave fd is closed: its EOF.
+            Err(Errno::EIO) => {
+                out.fd = None;
+                self.channel.send(&Frame::eof(out.stream));
+            }
             Err(e) => {
                 log!("reading output stream {}: {e}", out.stream);
                 out.fd = None;
@@ -1088,6 +1115,7 @@ mod tests {
             workdir: "/".into(),
             user: String::new(),
             terminal: false,
+            terminal_size: None,
             stdio,
             stderr: stdio + 1,
         }
@@ -1191,13 +1219,6 @@ mod tests {
         };
         for bad in [
             container("../x", spec("p", 2)),
-            container(
-                "c",
-                ProcessSpec {
-                    terminal: true,
-                    ..spec("p", 2)
-                },
-            ),
             container(
                 "c",
                 ProcessSpec {
@@ -1362,6 +1383,7 @@ mod tests {
             stdin: stdin_w,
             stdout: stdout_r,
             stderr: stderr_r,
+            tty: None,
         };
         let key = a.add_process("c", &spec(id, stdio), spawned);
         FakeProcess {
@@ -1370,6 +1392,87 @@ mod tests {
             stdout: Some(stdout_w),
             stderr: Some(stderr_w),
         }
+    }
+
+    #[test]
+    fn a_terminal_is_resized_and_its_hangup_is_an_eof() {
+        let (mut a, mut host) = agent();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let master = pty.master;
+        nix::fcntl::fcntl(
+            &master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let (stderr_r, stderr_w) = nix::unistd::pipe().unwrap();
+        drop(stderr_w);
+        let spawned = Spawned {
+            pid: -1,
+            intermediate: -1,
+            stdin: master.try_clone().unwrap(),
+            stdout: master.try_clone().unwrap(),
+            stderr: stderr_r,
+            tty: Some(master),
+        };
+        let key = a.add_process("c", &spec("t", 2), spawned);
+        let size = |fd: &OwnedFd| {
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            // SAFETY: TIOCGWINSZ writes one winsize to the valid pointer.
+            assert_eq!(
+                unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
+                0
+            );
+            (ws.ws_row, ws.ws_col)
+        };
+        let resize = |rows, cols| Request::WindowSize {
+            container: "c".into(),
+            process: "t".into(),
+            rows,
+            cols,
+        };
+        request(&mut a, &mut host, 1, resize(33, 101));
+        assert_eq!(response(&mut host), (1, Ok(Reply::Ok)));
+        assert_eq!(size(&pty.slave), (33, 101));
+        request(&mut a, &mut host, 2, resize(0, 80));
+        assert_eq!(
+            response(&mut host).1.unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
+        assert_eq!(size(&pty.slave), (33, 101));
+
+        // Output written to the slave comes out of the master, then the
+        // slave's close reads as EIO: an ordinary end of stream.
+        nix::unistd::write(&pty.slave, b"hi").unwrap();
+        drop(pty.slave);
+        host_send(&mut a, &mut host, &Frame::credit(2, 1024).encode());
+        a.forward_output(key, 0);
+        a.forward_output(key, 0);
+        let frames = frames(&mut host);
+        assert!(frames
+            .iter()
+            .any(|f| f.kind == FrameKind::Data && f.payload == b"hi"));
+        assert!(frames
+            .iter()
+            .any(|f| f.kind == FrameKind::Eof && f.stream == 2));
+        assert!(a.processes[&key].out[0].fd.is_none());
+
+        // A process without a terminal cannot be resized.
+        let _plain = fake_process(&mut a, "plain", 10);
+        request(
+            &mut a,
+            &mut host,
+            3,
+            Request::WindowSize {
+                container: "c".into(),
+                process: "plain".into(),
+                rows: 10,
+                cols: 10,
+            },
+        );
+        assert_eq!(
+            response(&mut host).1.unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
     }
 
     #[test]

@@ -7,15 +7,24 @@
 //! hyperstart can still reap it: the intermediate stays hyperstart's child,
 //! waits for the process and exits with its status.
 //!
-//! A close-on-exec status pipe reports back: the intermediate writes the
-//! process's pid; a failure before exec writes a tagged error record. EOF
-//! with no error means the exec succeeded.
+//! A close-on-exec status socket (SOCK_SEQPACKET, one record per message)
+//! reports back: the intermediate sends the process's pid; a failure before
+//! exec sends a tagged error record; a terminal process sends its pty master
+//! with SCM_RIGHTS. EOF with no error means the exec succeeded.
+//!
+//! A terminal is opened by the process itself, inside the container, from
+//! the container's own devpts instance: the slave is then a real
+//! `/dev/pts/N` of the container (`tty` names it, and nothing of another
+//! container's or hyperstart's ptys is visible), which a pty opened by
+//! hyperstart beforehand could not be.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use hyper_protocol::{AgentError, AgentErrorKind, ProcessSpec};
+use hyper_protocol::{AgentError, AgentErrorKind, ProcessSpec, TerminalSize};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow};
@@ -49,10 +58,15 @@ pub struct Spawned {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The pty master of a terminal process (stdin and stdout are copies of
+    /// it), kept for TIOCSWINSZ.
+    pub tty: Option<OwnedFd>,
 }
 
 const TAG_PID: u8 = b'P';
 const TAG_ERROR: u8 = b'E';
+/// Carries the pty master as SCM_RIGHTS; no payload.
+const TAG_PTY: u8 = b'T';
 /// Keeps every record below PIPE_BUF, so each write(2) is atomic and the
 /// records of the intermediate and the process never interleave.
 const MAX_MESSAGE: usize = 200;
@@ -103,6 +117,7 @@ pub fn parse_status(mut bytes: &[u8]) -> StatusReport {
     let mut report = StatusReport::default();
     loop {
         match bytes {
+            [TAG_PTY, rest @ ..] => bytes = rest,
             [TAG_PID, a, b, c, d, rest @ ..] => {
                 report.pid = Some(i32::from_le_bytes([*a, *b, *c, *d]));
                 bytes = rest;
@@ -212,6 +227,7 @@ struct Prepared<'a> {
     env: &'a [String],
     workdir: String,
     user: &'a str,
+    terminal: Option<TerminalSize>,
 }
 
 fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
@@ -235,7 +251,30 @@ fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
         env: &spec.env,
         workdir,
         user: &spec.user,
+        terminal: spec.terminal.then(|| terminal_size(spec.terminal_size)),
     })
+}
+
+/// The size a new terminal gets: the one asked for, unless it is empty.
+pub fn terminal_size(asked: Option<TerminalSize>) -> TerminalSize {
+    match asked {
+        Some(s) if s.rows > 0 && s.cols > 0 => s,
+        _ => TerminalSize::DEFAULT,
+    }
+}
+
+/// TIOCSWINSZ on a pty master; the kernel sends SIGWINCH to the slave's
+/// foreground process group when the size changes.
+pub fn set_window_size(master: &OwnedFd, size: TerminalSize) -> Result<(), Errno> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid pointer given.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    Errno::result(r).map(drop)
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), AgentError> {
@@ -258,7 +297,7 @@ pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentErr
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
-    let (status_r, status_w) = pipe()?;
+    let (status_r, status_w) = status_socket()?;
     let parent = nix::unistd::getpid();
 
     // SAFETY: hyperstart is single-threaded, so the child may do anything the
@@ -278,7 +317,8 @@ pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentErr
         }
         Ok(ForkResult::Parent { child }) => {
             drop((stdin_r, stdout_w, stderr_w, status_w));
-            let report = parse_status(&read_to_end(&status_r));
+            let (bytes, mut passed) = read_status(&status_r);
+            let report = parse_status(&bytes);
             if let Some(err) = &report.error {
                 return Err(agent_error(err, prepared.arg0));
             }
@@ -287,37 +327,87 @@ pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentErr
                     "the process could not be started: its intermediate process died",
                 ));
             };
-            for fd in [&stdin_w, &stdout_r, &stderr_r] {
+            let (stdin, stdout, tty) = if prepared.terminal.is_some() {
+                // Only the process sends an fd, and only one.
+                let Some(master) = passed.pop().filter(|_| passed.is_empty()) else {
+                    return Err(failed("the process did not hand over its terminal"));
+                };
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone()
+                        .map_err(|e| failed(format!("dup of the pty master: {e}")))
+                };
+                (dup(&master)?, dup(&master)?, Some(master))
+            } else {
+                (stdin_w, stdout_r, None)
+            };
+            for fd in [&stdin, &stdout, &stderr_r] {
                 set_nonblocking(fd)?;
             }
             Ok(Spawned {
                 pid,
                 intermediate: child.as_raw(),
-                stdin: stdin_w,
-                stdout: stdout_r,
+                stdin,
+                stdout,
                 stderr: stderr_r,
+                tty,
             })
         }
     }
 }
 
-/// Reads the status pipe until every writer is gone (bounded: the records
-/// are tiny, anything past 4 KiB is ignored).
-fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
+fn status_socket() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| failed(format!("socketpair: {e}")))
+}
+
+/// Reads the status socket until every writer is gone: the records, and the
+/// fds passed along (bounded: the records are tiny, anything past 4 KiB is
+/// ignored, and at most one fd per message is accepted, the kernel closing
+/// any more).
+fn read_status(fd: &OwnedFd) -> (Vec<u8>, Vec<OwnedFd>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut out = Vec::new();
+    let mut fds = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        match nix::unistd::read(fd, &mut buf) {
-            Ok(0) => return out,
-            Ok(n) => {
-                if out.len() < 4096 {
-                    out.extend_from_slice(&buf[..n]);
+        let mut cmsg = nix::cmsg_space!(RawFd);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let n = msg.bytes;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    for raw in received {
+                        // SAFETY: the kernel just installed this fd in this
+                        // process for us; nothing else owns it.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
                 }
             }
-            Err(Errno::EINTR) => {}
-            Err(_) => return out,
+        }
+        if n == 0 {
+            break;
+        }
+        if out.len() < 4096 {
+            out.extend_from_slice(&buf[..n]);
         }
     }
+    (out, fds)
 }
 
 #[derive(Clone, Copy)]
@@ -456,6 +546,19 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
         Ok(u) => u,
         Err(message) => setup_failed(status, 0, &message),
     };
+    let tty = prepared
+        .terminal
+        .map(|size| match open_terminal(size, user.uid) {
+            Ok((master, slave)) => {
+                send_fd(status, &master);
+                slave
+            }
+            Err((errno, what)) => setup_failed(
+                status,
+                errno as i32,
+                &format!("opening a terminal: {what}: {errno}"),
+            ),
+        });
     // Created as root, as Docker does, before dropping privileges.
     if let Err(e) = sys.mkdir_all(Path::new(&prepared.workdir), 0o755) {
         setup_failed(
@@ -490,7 +593,11 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
         .filter_map(|e| CString::new(e).ok())
         .collect();
 
-    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+    let stdio = match &tty {
+        Some(slave) => [slave.as_raw_fd(); 3],
+        None => [fds.stdin, fds.stdout, fds.stderr],
+    };
+    for (from, to) in stdio.into_iter().zip(0..) {
         // SAFETY: both are valid fds of this process; dup2 leaves the
         // copy without close-on-exec, as stdio must be.
         if unsafe { libc::dup2(from, to) } < 0 {
@@ -510,6 +617,59 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
     } else {
         126
     })
+}
+
+/// Opens a pty in the container's devpts (the process is in its mount
+/// namespace and root by now) and makes the slave, owned by `uid` as in
+/// Docker, this process's controlling terminal (it is a session leader).
+fn open_terminal(
+    size: TerminalSize,
+    uid: u32,
+) -> Result<(OwnedFd, OwnedFd), (Errno, &'static str)> {
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")
+        .map_err(|e| (errno(e), "/dev/ptmx"))?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the valid pointer given.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    Errno::result(r).map_err(|e| (e, "unlocking the pty"))?;
+    // TIOCGPTPEER opens the slave through the master rather than by a path
+    // someone in the container could have replaced.
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    let slave = Errno::result(slave).map_err(|e| (e, "opening the pty slave"))?;
+    // SAFETY: the ioctl just returned this new fd, owned by nobody else.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    set_window_size(&master, size).map_err(|e| (e, "setting the window size"))?;
+    // SAFETY: fchown on a valid fd; -1 leaves the group (tty) as devpts set it.
+    let r = unsafe { libc::fchown(slave.as_raw_fd(), uid, u32::MAX) };
+    Errno::result(r).map_err(|e| (e, "chown of the pty slave"))?;
+    // SAFETY: TIOCSCTTY with arg 0 only affects this session's terminal.
+    let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(r).map_err(|e| (e, "making the pty the controlling terminal"))?;
+    Ok((master, slave))
+}
+
+/// Sends the pty master to hyperstart over the status socket.
+fn send_fd(status: RawFd, fd: &OwnedFd) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&[TAG_PTY])];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    if let Err(e) = sendmsg::<()>(status, &iov, &cmsg, MsgFlags::empty(), None) {
+        setup_failed(status, e as i32, &format!("handing over the terminal: {e}"));
+    }
 }
 
 /// hyperstart blocks SIGCHLD (for its signalfd) and ignores SIGPIPE; exec
@@ -575,6 +735,10 @@ mod tests {
         let mut swapped = err.clone();
         swapped.extend(pid_record(4242));
         assert_eq!(parse_status(&swapped), expected);
+        // The terminal's record carries nothing but its fd.
+        let mut with_pty = vec![TAG_PTY];
+        with_pty.extend(pid_record(7));
+        assert_eq!(parse_status(&with_pty).pid, Some(7));
         // Nothing at all: the intermediate died.
         assert_eq!(parse_status(&[]), StatusReport::default());
         // A truncated record is ignored rather than misread.
@@ -666,6 +830,7 @@ mod tests {
             workdir: String::new(),
             user: String::new(),
             terminal: false,
+            terminal_size: None,
             stdio: 1,
             stderr: 2,
         };

@@ -145,7 +145,8 @@ def main():
     os.makedirs(os.path.join(rootdir, "bin"))
     os.makedirs(os.path.join(rootdir, "etc"))
     shutil.copy("/usr/bin/busybox", os.path.join(rootdir, "bin/busybox"))
-    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "sleep", "head", "pwd", "wc", "env", "readlink"]:
+    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "sleep", "head", "pwd", "wc", "env", "readlink",
+                 "stty", "tty"]:
         os.symlink("busybox", os.path.join(rootdir, "bin", tool))
     with open(os.path.join(rootdir, "etc/passwd"), "w") as f:
         f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
@@ -244,6 +245,35 @@ def main():
         g.send(EOF, 90)
         g.wait(lambda: "cat" in g.exits)
         assert g.out[90].strip() == b"1048576", g.out[90]
+
+        # Terminals: a pty from the container's own devpts, sized from the
+        # request, one output stream (stderr ends at once), resizable.
+        tp = process("tty", ["sh", "-c", "tty; stty size; echo err >&2; read l; stty size; echo got:$l"], 120)
+        tp["terminal"] = True
+        tp["terminal_size"] = {"rows": 50, "cols": 132}
+        r = g.request({"exec": {"container": "c1", "process": tp}})
+        assert "started" in r["Ok"], r
+        g.wait(lambda: b"err" in g.out.get(120, b"") and 121 in g.eof)
+        assert g.out.get(121, b"") == b"", g.out.get(121)
+        assert g.out[120].startswith(b"/dev/pts/0\r\n50 132\r\nerr\r\n"), g.out[120]
+        r = g.request({"window_size": {"container": "c1", "process": "tty", "rows": 30, "cols": 90}})
+        assert r == {"Ok": "ok"}, r
+        g.send(DATA, 120, b"x\n")
+        g.wait(lambda: "tty" in g.exits)
+        assert b"30 90\r\ngot:x" in g.out[120], g.out[120]
+        assert 120 in g.eof and g.exits["tty"] == 0
+        r = g.request({"window_size": {"container": "c1", "process": "init", "rows": 30, "cols": 90}})
+        assert r["Err"]["kind"] == "invalid_request", r
+        # Default size, and a SIGWINCH reaches the foreground process.
+        tp = process("tty2", ["sh", "-c", "stty size; trap 'stty size; exit 3' WINCH; echo ready; while :; do sleep 0.1; done"], 130)
+        tp["terminal"] = True
+        r = g.request({"exec": {"container": "c1", "process": tp}})
+        assert "started" in r["Ok"], r
+        g.wait(lambda: b"ready" in g.out.get(130, b""))
+        assert g.out[130].startswith(b"24 80\r\n"), g.out[130]
+        assert g.request({"window_size": {"container": "c1", "process": "tty2", "rows": 40, "cols": 100}}) == {"Ok": "ok"}
+        g.wait(lambda: "tty2" in g.exits)
+        assert b"40 100" in g.out[130] and g.exits["tty2"] == 3, (g.out[130], g.exits)
 
         # Signals: the init is PID 1 of its namespace, so SIGKILL it.
         r = g.request({"signal": {"container": "c1", "process": "init", "signal": 9}})

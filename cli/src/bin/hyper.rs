@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hyper_cli::client::{Client, ClientError};
-use hyper_cli::progress;
+use hyper_cli::client::{Client, ClientError, StreamOptions};
 use hyper_cli::stream::StreamEnd;
+use hyper_cli::{progress, terminal};
 use hyper_core::pods::{ExecRequest, RestartPolicy, RunRequest, RUNTIME_FAILURE_EXIT};
+use hyper_protocol::TerminalSize;
 
 #[derive(Parser)]
 #[command(
@@ -151,6 +152,12 @@ struct ExecArgs {
     /// Keep stdin open and feed it to the process.
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Give the process a terminal (raw mode and window size follow this one).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keys that detach from a `-i -t` process, leaving it running.
+    #[arg(long, value_name = "KEYS", default_value = terminal::DEFAULT_DETACH_KEYS)]
+    detach_keys: String,
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
     #[arg(short = 'w', long = "workdir")]
@@ -182,6 +189,12 @@ struct RunArgs {
     /// Keep stdin open and feed it to the container.
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Give the process a terminal (raw mode and window size follow this one).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keys that detach from a `-i -t` process, leaving it running.
+    #[arg(long, value_name = "KEYS", default_value = terminal::DEFAULT_DETACH_KEYS)]
+    detach_keys: String,
     /// Set an environment variable (KEY=VALUE).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -383,6 +396,8 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         name: args.name.clone(),
         labels,
         restart,
+        tty: args.tty,
+        tty_size: args.tty.then(terminal::client_size).flatten(),
     };
     if args.detach {
         if args.interactive {
@@ -396,10 +411,66 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
             Err(e) => fail(e),
         };
     }
-    let stdin = args.interactive.then(tokio::io::stdin);
+    let attach = Attach {
+        interactive: args.interactive,
+        tty: args.tty,
+        detach_keys: &args.detach_keys,
+    };
+    stream_process(client, "/v1/run", &request, attach).await
+}
+
+/// How the client's stdio joins a process's.
+struct Attach<'a> {
+    interactive: bool,
+    tty: bool,
+    detach_keys: &'a str,
+}
+
+/// Runs a stdio stream to its end: with `-t`, the terminal in raw mode
+/// (restored on every way out), its resizes sent on, and the detach keys
+/// watched for. Returns the exit code to exit with.
+async fn stream_process<T: serde::Serialize>(
+    client: &Client,
+    path: &str,
+    request: &T,
+    attach: Attach<'_>,
+) -> i32 {
+    let with_terminal = attach.tty && attach.interactive;
+    let detach_keys = if with_terminal {
+        match terminal::parse_detach_keys(attach.detach_keys) {
+            Ok(k) => Some(k),
+            Err(e) => return fail(e),
+        }
+    } else {
+        None
+    };
+    // Docker's behaviour: -i -t needs a terminal to read keys from; -t
+    // alone works anywhere (24x80 unless some output is a terminal).
+    if with_terminal && !terminal::is_tty(0) {
+        return fail("the input device is not a TTY");
+    }
+    let resize = attach.tty.then(watch_window_size).flatten();
+    let raw = if with_terminal {
+        match terminal::RawMode::enable(0) {
+            Ok(r) => Some(r),
+            Err(e) => return fail(format!("cannot put the terminal in raw mode: {e}")),
+        }
+    } else {
+        None
+    };
+    let stdin = attach.interactive.then(tokio::io::stdin);
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    match client.run(&request, stdin, &mut stdout, &mut stderr).await {
+    let opts = StreamOptions {
+        resize,
+        detach_keys,
+    };
+    let result = client
+        .stream_with(path, request, stdin, &mut stdout, &mut stderr, opts)
+        .await;
+    // Messages below must be read on a terminal in its normal mode.
+    drop(raw);
+    match result {
         Ok(StreamEnd::Exit { code, message, .. }) => {
             if let Some(m) = message {
                 eprintln!("hyper: {m}");
@@ -410,8 +481,26 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
             eprintln!("hyper: {message}");
             code
         }
+        Ok(StreamEnd::Detached) => 0,
         Err(e) => fail(e),
     }
+}
+
+/// The client terminal's new sizes, from SIGWINCH on.
+fn watch_window_size() -> Option<tokio::sync::mpsc::Receiver<TerminalSize>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut winch = signal(SignalKind::window_change()).ok()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while winch.recv().await.is_some() {
+            if let Some(size) = terminal::client_size() {
+                if tx.send(size).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Some(rx)
 }
 
 async fn info(client: &Client, json: bool) -> i32 {
@@ -689,27 +778,16 @@ async fn exec(client: &Client, args: ExecArgs) -> i32 {
         user: args.user,
         interactive: args.interactive,
         container: container.map(str::to_string),
+        tty: args.tty,
+        tty_size: args.tty.then(terminal::client_size).flatten(),
     };
-    let stdin = args.interactive.then(tokio::io::stdin);
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
     let path = format!("/v1/pods/{}/exec", path_escape(pod));
-    match client
-        .stream(&path, &request, stdin, &mut stdout, &mut stderr)
-        .await
-    {
-        Ok(StreamEnd::Exit { code, message, .. }) => {
-            if let Some(m) = message {
-                eprintln!("hyper: {m}");
-            }
-            code
-        }
-        Ok(StreamEnd::Error { code, message }) => {
-            eprintln!("hyper: {message}");
-            code
-        }
-        Err(e) => fail(e),
-    }
+    let attach = Attach {
+        interactive: args.interactive,
+        tty: args.tty,
+        detach_keys: &args.detach_keys,
+    };
+    stream_process(client, &path, &request, attach).await
 }
 
 async fn stats(client: &Client, pods: &[String]) -> i32 {

@@ -208,11 +208,30 @@ pub struct ProcessSpec {
     pub workdir: String,
     /// `uid`, `uid:gid`, `name` or `name:group`, resolved in the container.
     pub user: String,
+    /// Run on a pseudo-terminal: its slave is the process's stdin, stdout,
+    /// stderr and controlling terminal, and all output arrives on `stdio`
+    /// (`stderr` ends at once).
     pub terminal: bool,
+    /// The terminal's size at start, so the process never sees a default
+    /// size first; 24x80 when absent. Ignored without `terminal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_size: Option<TerminalSize>,
     /// Stream id of stdin (host→guest) and stdout (guest→host).
     pub stdio: u32,
     /// Stream id of stderr (guest→host).
     pub stderr: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl TerminalSize {
+    /// What a terminal gets until someone says otherwise (as in Docker).
+    pub const DEFAULT: TerminalSize = TerminalSize { rows: 24, cols: 80 };
 }
 
 /// Capability names hyperstart may advertise in [`GuestMessage::Ready`].
@@ -223,6 +242,8 @@ pub mod capability {
     pub const PID_NAMESPACE: &str = "pid-namespace";
     /// Pod volumes (`PodSpec::volumes`, `ContainerSpec::mounts`).
     pub const VOLUMES: &str = "volumes";
+    /// `ProcessSpec.terminal` and `Request::WindowSize` are served.
+    pub const TERMINAL: &str = "terminal";
 }
 
 #[cfg(test)]
@@ -241,7 +262,11 @@ mod tests {
                     env: vec!["A=1".into()],
                     workdir: "/".into(),
                     user: "0:0".into(),
-                    terminal: false,
+                    terminal: true,
+                    terminal_size: Some(TerminalSize {
+                        rows: 50,
+                        cols: 132,
+                    }),
                     stdio: 1,
                     stderr: 2,
                 },

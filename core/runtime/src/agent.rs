@@ -719,6 +719,7 @@ mod tests {
             workdir: "/".into(),
             user: String::new(),
             terminal: false,
+            terminal_size: None,
             stdio,
             stderr,
         }

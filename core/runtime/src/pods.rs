@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_hypervisor::adopt::process_start_time;
 use hyper_hypervisor::{DiskSpec, Hypervisor, ProbeReport, Vm, VmInfo, VmSpec};
-use hyper_protocol::{AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Request, RootfsSpec};
+use hyper_protocol::{
+    AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Request, RootfsSpec, TerminalSize,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +69,12 @@ pub struct RunRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// `-t`: the process runs on a terminal (all output on stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size at start (24x80 without it).
+    #[serde(default)]
+    pub tty_size: Option<TerminalSize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +234,12 @@ pub struct ExecRequest {
     /// A container of a several-container pod, by name; else the main one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// `-t`: the process runs on a terminal (all output on stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size at start (24x80 without it).
+    #[serde(default)]
+    pub tty_size: Option<TerminalSize>,
 }
 
 /// Output of the container, in order per stream.
@@ -241,6 +255,8 @@ pub enum Output {
 pub struct RunIo {
     pub output: mpsc::Sender<Output>,
     pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// New terminal sizes from the client (only used with `tty`).
+    pub resize: Option<mpsc::Receiver<TerminalSize>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -983,7 +999,8 @@ impl Runtime {
             env,
             workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
             user: req.user.clone().unwrap_or_default(),
-            terminal: false,
+            terminal: req.tty,
+            terminal_size: req.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
@@ -1049,10 +1066,13 @@ impl Runtime {
             &self.pods_dir().join(&id),
             self.log_rotation(),
         )));
-        let (output, mut stdin) = match io {
-            Some(io) => (Some(io.output), io.stdin),
-            None => (None, None),
+        let (output, mut stdin, resize) = match io {
+            Some(io) => (Some(io.output), io.stdin, io.resize),
+            None => (None, None, None),
         };
+        // Resizes reach the first VM's process only; a restarted one starts
+        // at the size of the request.
+        let resizer = forward_resizes(&agent, &id, INIT_PROCESS, req.tty, resize);
         if !req.interactive {
             stdin = None;
         }
@@ -1096,6 +1116,9 @@ impl Runtime {
                 self.teardown(&live, record, result).await;
                 return;
             };
+            if let Some(task) = &resizer {
+                task.abort();
+            }
             if !restart {
                 self.teardown(&live, record, result).await;
                 return;
@@ -1320,12 +1343,13 @@ impl Runtime {
         let process_id = format!("exec-{n}");
         let streams = agent.new_process(&process_id);
         let process = ProcessSpec {
-            id: process_id,
+            id: process_id.clone(),
             args: req.args.clone(),
             env: process::merge_env(&base.0, &req.env),
             workdir: req.workdir.clone().or(base.1).unwrap_or_else(|| "/".into()),
             user: req.user.clone().or(base.2).unwrap_or_default(),
-            terminal: false,
+            terminal: req.tty,
+            terminal_size: req.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
         };
@@ -1347,6 +1371,7 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         }
         let stdin = if req.interactive { io.stdin } else { None };
+        let resizer = forward_resizes(&agent, id, &process_id, req.tty, io.resize);
         let code = drive_process(
             &agent,
             live.vm.clone(),
@@ -1355,8 +1380,11 @@ impl Runtime {
             stdin,
             None,
         )
-        .await
-        .map_err(RunError::Failed)?;
+        .await;
+        if let Some(task) = resizer {
+            task.abort();
+        }
+        let code = code.map_err(RunError::Failed)?;
         Ok(RunOutcome {
             pod: id.to_string(),
             exit_code: code,
@@ -1449,6 +1477,36 @@ impl Runtime {
             .values()
             .any(|p| p.state != PodState::Exited && p.image.as_deref() == Some(image.id.as_str()))
     }
+}
+
+/// Turns the client's new terminal sizes into WindowSize requests for a
+/// terminal process (the guest sends SIGWINCH); nothing without a terminal.
+fn forward_resizes(
+    agent: &AgentClient,
+    container: &str,
+    process: &str,
+    tty: bool,
+    resize: Option<mpsc::Receiver<TerminalSize>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut rx = resize.filter(|_| tty)?;
+    let agent = agent.clone();
+    let (container, process) = (container.to_string(), process.to_string());
+    Some(tokio::spawn(async move {
+        while let Some(size) = rx.recv().await {
+            if size.rows == 0 || size.cols == 0 {
+                continue;
+            }
+            let request = Request::WindowSize {
+                container: container.clone(),
+                process: process.clone(),
+                rows: size.rows,
+                cols: size.cols,
+            };
+            if let Err(e) = agent.request(request).await {
+                tracing::debug!(%container, %process, "resize refused: {e}");
+            }
+        }
+    }))
 }
 
 /// Feeds a guest process's stdin and carries its output to `output` and

@@ -128,6 +128,8 @@ impl Runtime {
                 name: None,
                 labels: BTreeMap::new(),
                 restart: RestartPolicy::No,
+                tty: false,
+                tty_size: None,
             };
             let (image, process, image_id) = self
                 .resolve_source(&req)
@@ -355,6 +357,7 @@ impl Runtime {
                     workdir: c.workdir.clone().unwrap_or_else(|| "/".into()),
                     user: c.user.clone().unwrap_or_default(),
                     terminal: false,
+                    terminal_size: None,
                     stdio: streams.stdio,
                     stderr: streams.stderr,
                 },
