@@ -91,6 +91,10 @@ struct State {
     exit_waiters: HashMap<String, oneshot::Sender<i32>>,
     dead: Option<String>,
     ready: Option<oneshot::Sender<Result<ReadyInfo, String>>>,
+    /// Streams of a reattach's processes, routed from the moment the reply
+    /// is read (the guest sends their output right behind it), until
+    /// [`AgentClient::adopt_process`] hands them out. By (container, process).
+    adopted: HashMap<(String, String), ProcessStreams>,
 }
 
 struct Inner {
@@ -124,6 +128,7 @@ impl Inner {
         st.pending.clear();
         st.inbound.clear();
         st.exit_waiters.clear();
+        st.adopted.clear();
         if let Some(ready) = st.ready.take() {
             let _ = ready.send(Err(reason));
         }
@@ -196,12 +201,21 @@ impl Inner {
                     });
                 let _ = ready.send(result);
             }
-            GuestMessage::Response { id, result } => match st.pending.remove(&id) {
-                Some(waiter) => {
-                    let _ = waiter.send(result);
+            GuestMessage::Response { id, result } => {
+                if let Ok(Reply::Reattached { processes }) = &result {
+                    for p in processes {
+                        let streams = adopt_into(&mut st, p);
+                        st.adopted
+                            .insert((p.container.clone(), p.process.clone()), streams);
+                    }
                 }
-                None => tracing::warn!(id, "response to no pending request"),
-            },
+                match st.pending.remove(&id) {
+                    Some(waiter) => {
+                        let _ = waiter.send(result);
+                    }
+                    None => tracing::warn!(id, "response to no pending request"),
+                }
+            }
             GuestMessage::ProcessExit {
                 process, status, ..
             } => match st.exit_waiters.remove(&process) {
@@ -425,40 +439,11 @@ impl AgentClient {
     /// window the guest gave every stream. Its stdin is left alone: no
     /// end-of-stream is sent for it when the returned streams are dropped.
     pub fn adopt_process(&self, process: &ProcessState) -> ProcessStreams {
-        let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
-        let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
         let mut st = self.inner.state();
-        let window = u64::from(INITIAL_WINDOW);
-        for (stream, tx) in [(process.stdio, stdout_tx), (process.stderr, stderr_tx)] {
-            if process.output_open {
-                st.inbound.insert(
-                    stream,
-                    InboundStream {
-                        tx,
-                        allowed: window,
-                        received: 0,
-                    },
-                );
-            } else {
-                let _ = tx.send(StreamChunk::Eof);
-            }
-        }
-        match process.exit_status {
-            Some(status) if !process.output_open => {
-                let _ = exit_tx.send(status);
-            }
-            _ => {
-                st.exit_waiters.insert(process.process.clone(), exit_tx);
-            }
-        }
-        ProcessStreams {
-            process: process.process.clone(),
-            stdio: process.stdio,
-            stderr: process.stderr,
-            stdout_rx,
-            stderr_rx,
-            exit_rx,
+        let key = (process.container.clone(), process.process.clone());
+        match st.adopted.remove(&key) {
+            Some(streams) => streams,
+            None => adopt_into(&mut st, process),
         }
     }
 
@@ -609,6 +594,44 @@ impl AgentClient {
             return Ok(());
         }
         self.send_frame(Frame::eof(stream)).await
+    }
+}
+
+/// Routes a reattached process's streams and exit.
+fn adopt_into(st: &mut State, process: &ProcessState) -> ProcessStreams {
+    let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
+    let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
+    let (exit_tx, exit_rx) = oneshot::channel();
+    let window = u64::from(INITIAL_WINDOW);
+    for (stream, tx) in [(process.stdio, stdout_tx), (process.stderr, stderr_tx)] {
+        if process.output_open {
+            st.inbound.insert(
+                stream,
+                InboundStream {
+                    tx,
+                    allowed: window,
+                    received: 0,
+                },
+            );
+        } else {
+            let _ = tx.send(StreamChunk::Eof);
+        }
+    }
+    match process.exit_status {
+        Some(status) if !process.output_open => {
+            let _ = exit_tx.send(status);
+        }
+        _ => {
+            st.exit_waiters.insert(process.process.clone(), exit_tx);
+        }
+    }
+    ProcessStreams {
+        process: process.process.clone(),
+        stdio: process.stdio,
+        stderr: process.stderr,
+        stdout_rx,
+        stderr_rx,
+        exit_rx,
     }
 }
 
