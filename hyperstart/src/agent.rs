@@ -1270,10 +1270,14 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_frame_resets_the_decoder() {
+    fn a_malformed_frame_drops_input_up_to_the_next_pad() {
         let (mut a, mut host) = agent();
         host_send(&mut a, &mut host, &[9, 0, 0, 0, 1, 0, 0, 0, 0]);
         assert!(frames(&mut host).is_empty());
+        // Unsynchronised input until a pad: a new session starts behind one.
+        request(&mut a, &mut host, 2, Request::Ping);
+        assert!(frames(&mut host).is_empty());
+        host_send(&mut a, &mut host, &[hyper_protocol::PAD_BYTE; 16]);
         request(&mut a, &mut host, 3, Request::Ping);
         assert_eq!(response(&mut host), (3, Ok(Reply::Pong)));
         // Stray stdio frames for streams nobody owns are ignored.

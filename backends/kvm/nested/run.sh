@@ -33,7 +33,7 @@ NK_E2E=${NK_E2E:-1}
 #    kept cases and the qemu leg already cover).
 CASES=${NK_CASES-"output_and_exit_codes stdin_is_piped_with_dash_i env_workdir_hostname_and_user \
 hyper_info_reports_plugins_probe_and_payload writes_land_in_the_overlay_and_the_image_stays_unchanged \
-two_vcpus_both_come_online stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_takes_over_running_pods a_new_hyperd_cleans_up_after_a_killed_one"}
+two_vcpus_both_come_online stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_cleans_up_after_a_killed_one"}
 mkdir -p "$W/debs"
 
 # 1. L1 kernel: Debian's linux-image (kvm.ko, kvm-amd.ko), as an ELF vmlinux.
