@@ -11,6 +11,9 @@
 //! * `GET    /v1/pods/{pod}/logs?follow=&tail=N&timestamps=`  NDJSON log entries
 //! * `GET    /v1/pods/{pod}/stats`         host memory and CPU of its VM
 //! * `POST   /v1/pods/{pod}/exec`          body: an `ExecRequest`; upgrades to the stdio stream
+//! * `POST   /v1/pods/{pod}/attach`        body: `{}`; upgrades to the main process's stdio stream
+//! * `POST   /v1/pods/{pod}/start`         starts an exited pod again → `{"id"}`
+//! * `POST   /v1/pods/{pod}/restart?t=SECS` stop, then start → `{"id"}`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hyper_core::logs;
 use hyper_core::podfile::PodFile;
-use hyper_core::pods::{ExecRequest, PodRecord, RunError, RunRequest, Runtime};
+use hyper_core::pods::{ExecRequest, PodRecord, RunError, RunRequest, Runtime, Started};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -66,13 +69,14 @@ pub async fn list(State(rt): State<Arc<Runtime>>, Query(q): Query<ListQuery>) ->
 }
 
 pub async fn create(State(rt): State<Arc<Runtime>>, Json(req): Json<RunRequest>) -> Response {
-    if req.interactive {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a detached pod has no stdin: drop -i, or run it attached",
-        );
-    }
-    match rt.create(req, None).await {
+    // With `interactive` the process's stdin stays open for `attach`.
+    started_response(rt.create(req, None).await)
+}
+
+/// `{"id"}` for a pod that runs; 422 with the exit code when its command
+/// could not start.
+fn started_response(started: Result<Started, RunError>) -> Response {
+    match started {
         Ok(started) => match started.early {
             // The command could not start (e.g. 127): say so, as `run` would.
             Some(outcome) => (
@@ -123,6 +127,53 @@ pub async fn inspect(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) ->
     }
 }
 
+/// `hyper attach`: nothing to say yet besides the pod in the path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {}
+
+pub async fn attach(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    req: Request,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    if !rt.is_running(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pod {pod} is not running; start it first (`hyper start {pod}`)"),
+        );
+    }
+    upgrade_stream::<AttachRequest>(req, move |_| StreamJob::Attach { rt, pod: id }).await
+}
+
+pub async fn start(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    started_response(rt.start(&id).await)
+}
+
+pub async fn restart(
+    State(rt): State<Arc<Runtime>>,
+    Path(pod): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Response {
+    let id = match rt.resolve(&pod) {
+        Ok(id) => id,
+        Err(e) => return run_error(&e),
+    };
+    started_response(rt.restart(&id, stop_grace(&q)).await)
+}
+
+fn stop_grace(q: &StopQuery) -> Duration {
+    Duration::from_secs(q.t.unwrap_or(10).min(3600))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StopQuery {
     #[serde(default)]
@@ -138,8 +189,7 @@ pub async fn stop(
         Ok(id) => id,
         Err(e) => return run_error(&e),
     };
-    let grace = Duration::from_secs(q.t.unwrap_or(10).min(3600));
-    match rt.stop(&id, grace).await {
+    match rt.stop(&id, stop_grace(&q)).await {
         Ok(code) => Json(serde_json::json!({ "id": id, "exit_code": code })).into_response(),
         Err(e) => run_error(&e),
     }

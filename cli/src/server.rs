@@ -15,7 +15,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_core::pods::{ExecRequest, Output, RunIo, RunRequest, Runtime, RUNTIME_FAILURE_EXIT};
+use hyper_core::pods::{
+    ExecRequest, Output, RunIo, RunRequest, Runtime, Stdin, RUNTIME_FAILURE_EXIT,
+};
 use hyper_protocol::{Frame, FrameDecoder, FrameKind, TerminalSize, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +47,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/pods/{pod}/logs", get(pods_api::logs))
         .route("/v1/pods/{pod}/stats", get(pods_api::stats))
         .route("/v1/pods/{pod}/exec", post(pods_api::exec))
+        .route("/v1/pods/{pod}/attach", post(pods_api::attach))
+        .route("/v1/pods/{pod}/start", post(pods_api::start))
+        .route("/v1/pods/{pod}/restart", post(pods_api::restart))
         .route("/v1/run", post(run))
         .route(
             "/v1/images",
@@ -76,6 +81,10 @@ pub enum StreamJob {
         rt: Arc<Runtime>,
         pod: String,
         exec: ExecRequest,
+    },
+    Attach {
+        rt: Arc<Runtime>,
+        pod: String,
     },
 }
 
@@ -193,7 +202,7 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(io);
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(16);
-    let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Stdin>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<TerminalSize>(4);
 
     // Client → stdin. The client is local and trusted more than a guest, but
@@ -212,14 +221,18 @@ where
                 match next {
                     Ok(Some(f)) if f.kind == FrameKind::Data && f.stream == STDIO => {
                         if let Some(tx) = &stdin_open {
-                            if tx.send(f.payload).await.is_err() {
+                            if tx.send(Stdin::Data(f.payload)).await.is_err() {
                                 stdin_open = None;
                             }
                         }
                     }
                     // Closing stdin must not stop resizes: keep reading.
+                    // A client that just goes away (detach) leaves the
+                    // process's stdin open; only this closes it.
                     Ok(Some(f)) if f.kind == FrameKind::Eof && f.stream == STDIO => {
-                        stdin_open = None;
+                        if let Some(tx) = stdin_open.take() {
+                            let _ = tx.send(Stdin::Close).await;
+                        }
                     }
                     Ok(Some(f)) if f.kind == FrameKind::Control => {
                         match serde_json::from_slice::<ClientMessage>(&f.payload) {
@@ -251,8 +264,9 @@ where
         };
         tokio::spawn(async move {
             match job {
-                StreamJob::Run { rt, run } => rt.run(run, io).await,
-                StreamJob::Exec { rt, pod, exec } => rt.exec(&pod, exec, io).await,
+                StreamJob::Run { rt, run } => rt.run(run, io).await.map(Some),
+                StreamJob::Exec { rt, pod, exec } => rt.exec(&pod, exec, io).await.map(Some),
+                StreamJob::Attach { rt, pod } => rt.attach(&pod, io).await,
             }
         })
     };
@@ -272,7 +286,9 @@ where
         }
     }
     let end = match run_task.await {
-        Ok(Ok(outcome)) => StreamEnd::Exit {
+        // The client left first: nobody to tell.
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(outcome))) => StreamEnd::Exit {
             code: outcome.exit_code,
             pod: outcome.pod,
             message: outcome.message,

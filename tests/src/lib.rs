@@ -258,6 +258,18 @@ impl Hyperd {
         id
     }
 
+    /// `hyper ARGS…` left running, its stdin, stdout and stderr piped.
+    pub fn hyper_spawn(&self, args: &[&str]) -> Child {
+        Command::new(bin("hyper"))
+            .args(args)
+            .env("HYPER_HOST", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hyper")
+    }
+
     /// `hyper ps [-a] --json`.
     pub fn ps_json(&self, all: bool) -> Vec<serde_json::Value> {
         let args: &[&str] = if all {

@@ -1,9 +1,13 @@
 //! Long-lived pods: `run -d`, exec, logs, stop/kill/rm/wait, ids and names.
 //! Real hyperd, real backend plugin, real VMs.
 
+use std::io::{BufRead, BufReader, Write};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd};
+use hyper_tests::{
+    busybox_rootfs, files_under, processes_mentioning, text, wait_with_timeout, Hyperd,
+};
 
 #[test]
 fn detached_pod_exec_logs_stop_and_rm() {
@@ -316,4 +320,149 @@ fn restart_policy_on_failure_restarts_up_to_n_times() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Lines a child writes on stdout, as they come.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for `line` among what `rx` yields, writing `poke` to `stdin`
+/// every half second meanwhile (an attach joins at some point after its
+/// process starts, so what is written before may reach only the log).
+fn wait_for_line(
+    rx: &mpsc::Receiver<String>,
+    line: &str,
+    mut poke: Option<(&mut std::process::ChildStdin, &[u8])>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some((stdin, data)) = poke.as_mut() {
+            stdin.write_all(data).expect("write to attach");
+        }
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) if l == line => return,
+            Ok(l) => seen.push(l),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!("{line:?} never came; saw {seen:?}");
+}
+
+#[test]
+fn attach_joins_a_running_pod_its_output_and_its_stdin() {
+    let d = Hyperd::start();
+    let id = d.run_detached(
+        &["-i", "--name", "talk"],
+        &[
+            "sh",
+            "-c",
+            "echo ready; while read l; do echo got $l; done; echo bye; exit 4",
+        ],
+    );
+    d.wait_for_log(&id, "ready");
+
+    // A client that leaves without ending its input leaves stdin open.
+    let mut first = d.hyper_spawn(&["attach", "talk"]);
+    let first_lines = lines_of(&mut first);
+    let mut first_in = first.stdin.take().expect("stdin");
+    wait_for_line(&first_lines, "got early", Some((&mut first_in, b"early\n")));
+    first.kill().expect("kill the first client");
+    let _ = first.wait();
+
+    // One watches without stdin, another talks; both see the process's
+    // answers to what the talker writes.
+    let mut watcher = d.hyper_spawn(&["attach", "--no-stdin", &id[..8]]);
+    let watched = lines_of(&mut watcher);
+    let mut talker = d.hyper_spawn(&["attach", "talk"]);
+    let talked = lines_of(&mut talker);
+    let mut talker_in = talker.stdin.take().expect("stdin");
+    wait_for_line(&watched, "got ping", Some((&mut talker_in, b"ping\n")));
+    wait_for_line(&talked, "got ping", None);
+
+    // The talker's end of input is the process's: it says bye and exits 4,
+    // and every attached client exits with its status.
+    drop(talker_in);
+    wait_for_line(&watched, "bye", None);
+    for (name, child) in [("talker", &mut talker), ("watcher", &mut watcher)] {
+        let status = wait_with_timeout(child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("the {name} did not exit"));
+        assert_eq!(status.code(), Some(4), "{name}; log:\n{}", d.log_text());
+    }
+    let logs = text(&d.hyper(&["logs", "talk"]).stdout);
+    assert!(logs.starts_with("ready\ngot early\n"), "{logs}");
+    assert!(logs.ends_with("got ping\nbye\n"), "{logs}");
+
+    // An exited pod cannot be attached to, and says what to do.
+    let out = d.hyper(&["attach", "talk"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("hyper start talk"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = d.hyper(&["rm", "talk"]);
+}
+
+#[test]
+fn start_and_restart_boot_the_same_pod_again() {
+    let d = Hyperd::start();
+    let id = d.run_detached(
+        &["--name", "again", "-e", "WHO=me"],
+        &["sh", "-c", "echo run $WHO; sleep 600"],
+    );
+    d.wait_for_log(&id, "run me");
+    let first_vm = processes_mentioning(&id);
+    assert!(!first_vm.is_empty(), "no VM process for {id}");
+
+    // restart: stopped, then the same pod in a fresh VM; the log goes on.
+    let out = d.hyper(&["restart", "-t", "1", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "again");
+    d.wait_for_log(&id, "run me\nrun me\n");
+    let pods = d.ps_json(false);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["id"], id.as_str());
+    let second_vm = processes_mentioning(&id);
+    assert!(
+        second_vm.iter().all(|p| !first_vm.contains(p)),
+        "the old VM {first_vm:?} still runs: {second_vm:?}"
+    );
+    assert_eq!(d.exec_ok(&["again", "sh", "-c", "echo $WHO"]), "me\n");
+
+    // stop, then start: the same again; start on a running pod is a no-op.
+    let out = d.hyper(&["stop", "-t", "1", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(d.ps_json(false).is_empty());
+    let out = d.hyper(&["start", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    d.wait_for_log(&id, "run me\nrun me\nrun me\n");
+    let out = d.hyper(&["start", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(d.ps_json(false).len(), 1);
+
+    // Unknown pods are named in the error.
+    let out = d.hyper(&["start", "nosuchpod"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nosuchpod"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = d.hyper(&["rm", "-f", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(processes_mentioning(&id).is_empty());
+    assert_eq!(text(&d.hyper(&["logs", "again"]).stdout), "");
 }

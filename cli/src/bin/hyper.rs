@@ -53,6 +53,30 @@ enum Command {
         #[arg(required = true)]
         pods: Vec<String>,
     },
+    /// Start exited pods again, each in a fresh VM (their logs go on).
+    Start {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Stop pods, then start them again.
+    Restart {
+        /// Seconds to wait before taking the VM down.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Attach to a running pod's main process: its output, its stdin if it
+    /// was started with -i, its terminal if with -t; exits with its status.
+    Attach {
+        /// Do not attach stdin.
+        #[arg(long)]
+        no_stdin: bool,
+        /// Keys that detach from a `-i -t` pod, leaving it running.
+        #[arg(long, value_name = "KEYS", default_value = terminal::DEFAULT_DETACH_KEYS)]
+        detach_keys: String,
+        pod: String,
+    },
     /// Send a signal to pods' containers' first processes (KILL takes the VM down).
     Kill {
         #[arg(short = 's', long = "signal", default_value = "KILL")]
@@ -253,6 +277,38 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Start { pods } => {
+                each_pod(&pods, |p| {
+                    let client = &client;
+                    async move {
+                        client
+                            .post_json(&format!("/v1/pods/{}/start", path_escape(&p)), &())
+                            .await
+                            .map(|_| p)
+                    }
+                })
+                .await
+            }
+            Command::Restart { time, pods } => {
+                each_pod(&pods, |p| {
+                    let client = &client;
+                    async move {
+                        client
+                            .post_json(
+                                &format!("/v1/pods/{}/restart?t={time}", path_escape(&p)),
+                                &(),
+                            )
+                            .await
+                            .map(|_| p)
+                    }
+                })
+                .await
+            }
+            Command::Attach {
+                no_stdin,
+                detach_keys,
+                pod,
+            } => attach(&client, &pod, !no_stdin, &detach_keys).await,
             Command::Kill { signal, pods } => {
                 let signal = query_escape(&signal);
                 each_pod(&pods, |p| {
@@ -400,9 +456,7 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         tty_size: args.tty.then(terminal::client_size).flatten(),
     };
     if args.detach {
-        if args.interactive {
-            return fail("-d and -i do not go together: a detached pod has no stdin");
-        }
+        // With -i the pod's stdin stays open for `hyper attach`.
         return match client.post_json("/v1/pods", &request).await {
             Ok(v) => {
                 println!("{}", v["id"].as_str().unwrap_or("?"));
@@ -417,6 +471,23 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         detach_keys: &args.detach_keys,
     };
     stream_process(client, "/v1/run", &request, attach).await
+}
+
+/// `hyper attach`: stdin and the terminal as the pod was started with.
+async fn attach(client: &Client, pod: &str, with_stdin: bool, detach_keys: &str) -> i32 {
+    let path = format!("/v1/pods/{}", path_escape(pod));
+    let view = match client.get_json(&path).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let started_with = |key: &str| view["container"][key].as_bool().unwrap_or(false);
+    let attach = Attach {
+        interactive: with_stdin && started_with("interactive"),
+        tty: started_with("tty"),
+        detach_keys,
+    };
+    let path = format!("/v1/pods/{}/attach", path_escape(pod));
+    stream_process(client, &path, &serde_json::json!({}), attach).await
 }
 
 /// How the client's stdio joins a process's.

@@ -12,7 +12,7 @@ use hyper_protocol::{
     AgentErrorKind, ContainerSpec, PodSpec, ProcessSpec, Request, RootfsSpec, TerminalSize,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk};
 use crate::config::{Config, MAX_VCPUS, MIN_MEMORY_MIB};
@@ -23,7 +23,9 @@ use crate::process::{self, Overrides};
 use crate::rootfs::{self, RootfsStore};
 use hyper_images::{Image, ImageStore, PullOptions};
 
+mod attach;
 mod multi;
+pub use attach::Stdin;
 pub use multi::{container_log_dir, ContainerRecord};
 
 /// Docker's exit code for "the runtime failed, not the container".
@@ -124,12 +126,60 @@ struct LivePod {
     agent: Mutex<Option<AgentClient>>,
     outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
     outcome: watch::Receiver<Option<Result<RunOutcome, String>>>,
+    /// The main container's output as it comes, for `hyper attach`.
+    attach: broadcast::Sender<Output>,
+    /// The main container's stdin while it is kept open (`-i`).
+    stdin: Mutex<Option<mpsc::Sender<Stdin>>>,
     next_exec: AtomicU64,
     /// The container's env, workdir and user: `exec` starts from them.
     container: RunRequest,
     /// Set by stop/kill before they take the VM down: its death is then the
     /// expected end, not a failure.
     stop_requested: AtomicBool,
+}
+
+/// What outlives each VM of a pod restarted by its policy: how it ends, and
+/// the output attached clients follow.
+#[derive(Clone)]
+struct PodLinks {
+    outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+    attach: broadcast::Sender<Output>,
+}
+
+impl PodLinks {
+    fn new() -> Self {
+        Self {
+            outcome_tx: Arc::new(watch::channel(None).0),
+            attach: broadcast::channel(attach::BACKLOG_CHUNKS).0,
+        }
+    }
+
+    fn fail(&self, err: &RunError) {
+        self.outcome_tx.send_replace(Some(Err(err.to_string())));
+    }
+}
+
+impl LivePod {
+    fn new(vm: Arc<dyn Vm>, links: &PodLinks, container: RunRequest, next_exec: u64) -> Self {
+        Self {
+            vm,
+            agent: Mutex::new(None),
+            outcome: links.outcome_tx.subscribe(),
+            outcome_tx: links.outcome_tx.clone(),
+            attach: links.attach.clone(),
+            stdin: Mutex::new(None),
+            next_exec: AtomicU64::new(next_exec),
+            container,
+            stop_requested: AtomicBool::new(false),
+        }
+    }
+
+    fn links(&self) -> PodLinks {
+        PodLinks {
+            outcome_tx: self.outcome_tx.clone(),
+            attach: self.attach.clone(),
+        }
+    }
 }
 
 /// A started pod: its id, and how it ends.
@@ -243,7 +293,7 @@ pub struct ExecRequest {
 }
 
 /// Output of the container, in order per stream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Output {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
@@ -254,7 +304,7 @@ pub enum Output {
 /// the guest's flow control, instead of filling memory.
 pub struct RunIo {
     pub output: mpsc::Sender<Output>,
-    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub stdin: Option<mpsc::Receiver<Stdin>>,
     /// New terminal sizes from the client (only used with `tty`).
     pub resize: Option<mpsc::Receiver<TerminalSize>>,
 }
@@ -437,20 +487,12 @@ impl Runtime {
             .as_ref()
             .is_ok_and(|hv| hv.capabilities().recover);
         let keep_running = can_recover && !self.config.runtime.stop_pods_on_exit;
-        // A pod still booting has no session to take over, nor has a pod of
-        // several containers (not built yet): they go either way.
-        let not_kept: Vec<String> = self
-            .pods()
-            .values()
-            .filter(|r| !r.containers.is_empty())
-            .map(|r| r.id.clone())
-            .collect();
+        // A pod still booting has no session to take over: it goes either
+        // way.
         let vms: Vec<(String, Arc<dyn Vm>)> = self
             .live_pods()
             .iter()
-            .filter(|(id, pod)| {
-                !keep_running || lock(&pod.agent).is_none() || not_kept.contains(id)
-            })
+            .filter(|(_, pod)| !keep_running || lock(&pod.agent).is_none())
             .map(|(id, pod)| (id.clone(), pod.vm.clone()))
             .collect();
         if keep_running {
@@ -614,35 +656,56 @@ impl Runtime {
             .max()
             .unwrap_or(0)
             + 1;
-        let (outcome_tx, outcome) = watch::channel(None);
-        let live = Arc::new(LivePod {
-            vm: vm.clone(),
-            agent: Mutex::new(Some(agent.clone())),
-            outcome,
-            outcome_tx: Arc::new(outcome_tx),
-            next_exec: AtomicU64::new(next_exec),
-            container: container.clone(),
-            stop_requested: AtomicBool::new(false),
-        });
+        let live = LivePod::new(vm.clone(), &PodLinks::new(), container.clone(), next_exec);
+        *lock(&live.agent) = Some(agent.clone());
+        let live = Arc::new(live);
         self.live_pods().insert(record.id.clone(), live.clone());
         self.pods().insert(record.id.clone(), record.clone());
-        let mut init = None;
+        // The first process of each container, by its index in the record
+        // (a pod of one container: index 0, the pod itself).
+        let firsts: Vec<(String, String)> = if record.containers.is_empty() {
+            vec![(record.id.clone(), INIT_PROCESS.to_string())]
+        } else {
+            record
+                .containers
+                .iter()
+                .map(|c| (c.guest_id.clone(), c.init_process.clone()))
+                .collect()
+        };
+        let mut inits = Vec::new();
         for p in &processes {
             let streams = agent.adopt_process(p);
-            if p.container == record.id && p.process == INIT_PROCESS {
-                init = Some(streams);
+            let first = firsts
+                .iter()
+                .position(|(c, process)| *c == p.container && *process == p.process);
+            if let Some(index) = first {
+                inits.push((index, streams));
                 continue;
             }
             // An exec whose client is gone: drain it so its output never
             // stalls the guest, until it exits.
             let (agent, vm) = (agent.clone(), vm.clone());
             tokio::spawn(async move {
-                let _ = drive_process(&agent, vm, streams, None, None, None).await;
+                let _ = drive_process(&agent, vm, streams, ProcessIo::default()).await;
             });
         }
         tracing::info!(pod = %record.id, processes = processes.len(), "took the pod over");
-        match init {
-            Some(streams) => {
+        if !record.containers.is_empty() {
+            let mut record = record;
+            for (i, c) in record.containers.iter_mut().enumerate() {
+                if c.state == PodState::Running && !inits.iter().any(|(j, _)| *j == i) {
+                    // It ended while no hyperd listened and hyperstart no
+                    // longer remembers how.
+                    c.state = PodState::Exited;
+                    c.exit_code = Some(RUNTIME_FAILURE_EXIT);
+                }
+            }
+            let rt = self.clone();
+            tokio::spawn(async move { rt.supervise_pod(live, record, agent, inits).await });
+            return Ok(());
+        }
+        match inits.pop() {
+            Some((_, streams)) => {
                 let rt = self.clone();
                 tokio::spawn(async move {
                     rt.supervise(live, record, agent, streams, None, container, saved.spec)
@@ -689,18 +752,7 @@ impl Runtime {
         req: RunRequest,
         io: Option<RunIo>,
     ) -> Result<Started, RunError> {
-        let vcpus = req.cpus.unwrap_or(self.config.vm.vcpus);
-        if !(1..=MAX_VCPUS).contains(&vcpus) {
-            return Err(RunError::Invalid(format!(
-                "--cpus {vcpus}: use 1 to {MAX_VCPUS}"
-            )));
-        }
-        let memory_mib = req.memory_mib.unwrap_or(self.config.vm.memory_mib);
-        if memory_mib < MIN_MEMORY_MIB {
-            return Err(RunError::Invalid(format!(
-                "--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
-            )));
-        }
+        let size = self.vm_size(&req)?;
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         if self.stopping.load(Ordering::SeqCst) {
             return Err(RunError::Stopping);
@@ -776,9 +828,33 @@ impl Runtime {
         };
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
+        let spec = self.vm_spec(&id, image, size);
+        self.launch(hypervisor, spec, req, record, io).await
+    }
 
-        let spec = VmSpec {
-            id: id.clone(),
+    /// The vCPUs and memory a pod of one container asks for, or the
+    /// configured defaults.
+    fn vm_size(&self, req: &RunRequest) -> Result<(u32, u32), RunError> {
+        let vcpus = req.cpus.unwrap_or(self.config.vm.vcpus);
+        if !(1..=MAX_VCPUS).contains(&vcpus) {
+            return Err(RunError::Invalid(format!(
+                "--cpus {vcpus}: use 1 to {MAX_VCPUS}"
+            )));
+        }
+        let memory_mib = req.memory_mib.unwrap_or(self.config.vm.memory_mib);
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(RunError::Invalid(format!(
+                "--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
+            )));
+        }
+        Ok((vcpus, memory_mib))
+    }
+
+    /// The VM of a pod of one container.
+    fn vm_spec(&self, id: &str, image: PathBuf, (vcpus, memory_mib): (u32, u32)) -> VmSpec {
+        let pod_dir = self.pods_dir().join(id);
+        VmSpec {
+            id: id.to_string(),
             kernel: self.payload.kernel.clone(),
             initrd: self.payload.initrd.clone(),
             cmdline: self.payload.cmdline.clone(),
@@ -790,12 +866,24 @@ impl Runtime {
                 id: ROOTFS_DISK_ID.into(),
             }],
             console_log: pod_dir.join("console.log"),
-            run_dir: run_dir.clone(),
-        };
-        let (outcome_tx, outcome_rx) = watch::channel(None);
-        let outcome_tx = Arc::new(outcome_tx);
+            run_dir: pod_dir.join("vm"),
+        }
+    }
+
+    /// Boots a recorded pod of one container and leaves it supervised.
+    async fn launch(
+        self: &Arc<Self>,
+        hypervisor: Arc<dyn Hypervisor>,
+        spec: VmSpec,
+        req: RunRequest,
+        record: PodRecord,
+        io: Option<RunIo>,
+    ) -> Result<Started, RunError> {
+        let id = record.id.clone();
+        let links = PodLinks::new();
+        let outcome = links.outcome_tx.subscribe();
         match self
-            .start_vm(hypervisor, spec.clone(), &req, record, outcome_tx)
+            .start_vm(hypervisor, spec.clone(), &req, record, links)
             .await?
         {
             VmStart::Running(running) => {
@@ -813,13 +901,13 @@ impl Runtime {
                 Ok(Started {
                     id,
                     early: None,
-                    outcome: outcome_rx,
+                    outcome,
                 })
             }
-            VmStart::Exited(outcome) => Ok(Started {
+            VmStart::Exited(outcome_now) => Ok(Started {
                 id,
-                early: Some(outcome),
-                outcome: outcome_rx,
+                early: Some(outcome_now),
+                outcome,
             }),
         }
     }
@@ -833,7 +921,7 @@ impl Runtime {
         spec: VmSpec,
         req: &RunRequest,
         mut record: PodRecord,
-        outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+        links: PodLinks,
     ) -> Result<VmStart, RunError> {
         let id = record.id.clone();
         let pod_dir = self.pods_dir().join(&id);
@@ -843,22 +931,14 @@ impl Runtime {
                 source,
             };
             self.finish_record(record, &Err(err.to_string()));
-            outcome_tx.send_replace(Some(Err(err.to_string())));
+            links.fail(&err);
             return Err(err);
         }
         self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
         let saved_spec = spec.clone();
         let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
         let live = launched.as_ref().ok().map(|vm| {
-            let live = Arc::new(LivePod {
-                vm: vm.clone(),
-                agent: Mutex::new(None),
-                outcome: outcome_tx.subscribe(),
-                outcome_tx: outcome_tx.clone(),
-                next_exec: AtomicU64::new(1),
-                container: req.clone(),
-                stop_requested: AtomicBool::new(false),
-            });
+            let live = Arc::new(LivePod::new(vm.clone(), &links, req.clone(), 1));
             self.live_pods().insert(id.clone(), live.clone());
             live
         });
@@ -868,7 +948,7 @@ impl Runtime {
             (Err(e), _) => {
                 let err = RunError::Hypervisor(e);
                 self.finish_record(record, &Err(err.to_string()));
-                outcome_tx.send_replace(Some(Err(err.to_string())));
+                links.fail(&err);
                 return Err(err);
             }
             (Ok(vm), None) => {
@@ -1066,26 +1146,22 @@ impl Runtime {
             &self.pods_dir().join(&id),
             self.log_rotation(),
         )));
-        let (output, mut stdin, resize) = match io {
+        let (output, mut client_stdin, resize) = match io {
             Some(io) => (Some(io.output), io.stdin, io.resize),
             None => (None, None, None),
         };
         // Resizes reach the first VM's process only; a restarted one starts
         // at the size of the request.
         let resizer = forward_resizes(&agent, &id, INIT_PROCESS, req.tty, resize);
-        if !req.interactive {
-            stdin = None;
-        }
         loop {
-            let result = drive_process(
-                &agent,
-                live.vm.clone(),
-                streams,
-                output.clone(),
-                stdin.take(),
-                Some(log.clone()),
-            )
-            .await;
+            let stdin = attach::open_stdin(&live, req.interactive, client_stdin.take());
+            let io = ProcessIo {
+                output: output.clone(),
+                stdin,
+                log: Some(log.clone()),
+                attach: Some(live.attach.clone()),
+            };
+            let result = drive_process(&agent, live.vm.clone(), streams, io).await;
             lock(&log).flush();
             let stopped = live.stop_requested.load(Ordering::SeqCst);
             let result = match result {
@@ -1130,13 +1206,13 @@ impl Runtime {
             record.exit_code = Some(code);
             tracing::info!(pod = %id, code, restarts = record.restart_count, "restarting by policy");
             tokio::time::sleep(restart_delay(record.restart_count)).await;
-            let outcome_tx = live.outcome_tx.clone();
+            let links = live.links();
             // Each VM gets its own id: the old one may still be named
             // somewhere until its last handle is dropped.
             let mut next_spec = spec.clone();
             next_spec.id = format!("{id}-{}", record.restart_count);
             match self
-                .start_vm(hypervisor, next_spec, &req, record.clone(), outcome_tx)
+                .start_vm(hypervisor, next_spec, &req, record.clone(), links)
                 .await
             {
                 Ok(VmStart::Running(running)) => {
@@ -1193,7 +1269,7 @@ impl Runtime {
     fn live_pod(&self, id: &str) -> Result<Arc<LivePod>, RunError> {
         self.live_pods().get(id).cloned().ok_or_else(|| {
             RunError::Conflict(format!(
-                "pod {id} is not running; start a new one with `hyper run`"
+                "pod {id} is not running; start it again with `hyper start {id}`"
             ))
         })
     }
@@ -1303,6 +1379,122 @@ impl Runtime {
         Ok(())
     }
 
+    /// Starts an exited pod again in a fresh VM with the container it was
+    /// created with; its log goes on. A running pod is left as it is (as in
+    /// Docker).
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<Started, RunError> {
+        if let Some(live) = self.live_pods().get(id) {
+            return Ok(Started {
+                id: id.to_string(),
+                early: None,
+                outcome: live.outcome.clone(),
+            });
+        }
+        let record = self
+            .record(id)
+            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
+        if !record.containers.is_empty() {
+            return Err(RunError::Conflict(format!(
+                "pod {id} has several containers; starting it again is not supported yet: create it anew with `hyper pod create -f`"
+            )));
+        }
+        let Some(req) = record.container.clone() else {
+            return Err(RunError::Conflict(format!(
+                "pod {id} was created by an older hyperd that did not keep its container; run it anew"
+            )));
+        };
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
+        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
+        self.payload.check(&self.config)?;
+        let size = self.vm_size(&req)?;
+        let image = self.rootfs_again(&record, &req).await?;
+        // Claimed under the lock: a second `start` racing this one sees a
+        // pod that is not exited.
+        let record = {
+            let mut pods = self.pods();
+            let Some(record) = pods.get_mut(id) else {
+                return Err(RunError::NotFound(format!("no such pod: {id}")));
+            };
+            if record.state != PodState::Exited {
+                return Err(RunError::Conflict(format!("pod {id} is starting already")));
+            }
+            record.state = PodState::Created;
+            record.exit_code = None;
+            record.finished_unix = None;
+            record.vm_pid = None;
+            record.vm_pid_start = None;
+            record.rootfs_image = image.clone();
+            record.clone()
+        };
+        let pod_dir = self.pods_dir().join(id);
+        if let Err(source) = write_record(&pod_dir, &record) {
+            let err = RunError::State {
+                path: pod_dir,
+                source,
+            };
+            self.finish_record(record, &Err(err.to_string()));
+            return Err(err);
+        }
+        let spec = self.vm_spec(id, image, size);
+        self.launch(hypervisor, spec, req, record, None).await
+    }
+
+    /// Stops a pod (as [`Runtime::stop`]) and starts it again.
+    pub async fn restart(self: &Arc<Self>, id: &str, grace: Duration) -> Result<Started, RunError> {
+        self.stop(id, grace).await?;
+        self.start(id).await
+    }
+
+    /// The rootfs image to boot an exited pod from: the one it ran, or the
+    /// same one built again if it was removed since.
+    async fn rootfs_again(
+        &self,
+        record: &PodRecord,
+        req: &RunRequest,
+    ) -> Result<PathBuf, RunError> {
+        if record.rootfs_image.is_file() {
+            return Ok(record.rootfs_image.clone());
+        }
+        match (&record.image, &req.rootfs) {
+            (Some(image_id), _) => {
+                let image = self.find_image(image_id)?.ok_or_else(|| {
+                    RunError::NoSuchImage(record.image_name.clone().unwrap_or(image_id.clone()))
+                })?;
+                self.image_rootfs(image).await
+            }
+            (None, Some(dir)) => self.dir_rootfs(dir.clone()).await,
+            (None, None) => Err(RunError::Failed(format!(
+                "pod {}: its record names no image and no rootfs",
+                record.id
+            ))),
+        }
+    }
+
+    /// The rootfs image of a directory (built once per content).
+    async fn dir_rootfs(&self, dir: PathBuf) -> Result<PathBuf, RunError> {
+        let store = self.rootfs.clone();
+        let (image, built) = tokio::task::spawn_blocking(move || store.image_for_dir(&dir))
+            .await
+            .map_err(|e| RunError::Invalid(format!("rootfs build did not complete: {e}")))??;
+        tracing::debug!(image = %image.display(), built, "rootfs image");
+        Ok(image)
+    }
+
+    /// The rootfs image of an image in the store (built once per image).
+    async fn image_rootfs(&self, image: Image) -> Result<PathBuf, RunError> {
+        let store = self.images.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            store.rootfs(&image, &|src: &Path, dest: &Path| {
+                rootfs::build_erofs(src, dest).map_err(|e| e.to_string())
+            })
+        })
+        .await
+        .map_err(|e| RunError::Invalid(format!("rootfs build did not complete: {e}")))??;
+        Ok(path)
+    }
+
     /// Host-side figures of a running pod's VM.
     pub async fn stats(&self, id: &str) -> Result<hyper_hypervisor::VmStats, RunError> {
         let live = self.live_pod(id)?;
@@ -1370,17 +1562,14 @@ impl Runtime {
             }
             Err(e) => return Err(e.into()),
         }
-        let stdin = if req.interactive { io.stdin } else { None };
         let resizer = forward_resizes(&agent, id, &process_id, req.tty, io.resize);
-        let code = drive_process(
-            &agent,
-            live.vm.clone(),
-            streams,
-            Some(io.output),
-            stdin,
-            None,
-        )
-        .await;
+        let io = ProcessIo {
+            output: Some(io.output),
+            stdin: if req.interactive { io.stdin } else { None },
+            log: None,
+            attach: None,
+        };
+        let code = drive_process(&agent, live.vm.clone(), streams, io).await;
         if let Some(task) = resizer {
             task.abort();
         }
@@ -1414,16 +1603,7 @@ impl Runtime {
                 let defaults = hyper_images::ImageConfig::default();
                 let process = process::resolve(&defaults, &overrides)
                     .ok_or_else(|| RunError::Invalid("no command given".into()))?;
-                let store = self.rootfs.clone();
-                let source = dir.clone();
-                let (image, built) =
-                    tokio::task::spawn_blocking(move || store.image_for_dir(&source))
-                        .await
-                        .map_err(|e| {
-                            RunError::Invalid(format!("rootfs build did not complete: {e}"))
-                        })??;
-                tracing::debug!(image = %image.display(), built, "rootfs image");
-                Ok((image, process, None))
+                Ok((self.dir_rootfs(dir.clone()).await?, process, None))
             }
             (None, Some(name)) => {
                 let image = self
@@ -1434,16 +1614,8 @@ impl Runtime {
                         "image {name} has no Entrypoint or Cmd: give a command after the image name"
                     ))
                 })?;
-                let store = self.images.clone();
                 let id = image.id.clone();
-                let path = tokio::task::spawn_blocking(move || {
-                    store.rootfs(&image, &|src: &Path, dest: &Path| {
-                        rootfs::build_erofs(src, dest).map_err(|e| e.to_string())
-                    })
-                })
-                .await
-                .map_err(|e| RunError::Invalid(format!("rootfs build did not complete: {e}")))??;
-                Ok((path, process, Some(id)))
+                Ok((self.image_rootfs(image).await?, process, Some(id)))
             }
             (Some(_), Some(_)) => Err(RunError::Invalid(
                 "give either an image or --rootfs, not both".into(),
@@ -1509,22 +1681,35 @@ fn forward_resizes(
     }))
 }
 
-/// Feeds a guest process's stdin and carries its output to `output` and
-/// `log` until it exits; its exit status, or why it has none.
+/// Where a guest process's stdio goes; all optional.
+#[derive(Default)]
+struct ProcessIo {
+    /// The client that started it; it slows the process down when it reads
+    /// slowly (the guest's credit follows what it took).
+    output: Option<mpsc::Sender<Output>>,
+    /// Closed at once without it.
+    stdin: Option<mpsc::Receiver<Stdin>>,
+    log: Option<Arc<Mutex<LogWriter>>>,
+    /// Clients attached later (`hyper attach`); they never slow it down.
+    attach: Option<broadcast::Sender<Output>>,
+}
+
+/// Feeds a guest process's stdin and carries its output to the client,
+/// the log and attached clients until it exits; its exit status, or why it
+/// has none.
 async fn drive_process(
     agent: &AgentClient,
     vm: Arc<dyn Vm>,
     mut streams: ProcessStreams,
-    output: Option<mpsc::Sender<Output>>,
-    stdin: Option<mpsc::Receiver<Vec<u8>>>,
-    log: Option<Arc<Mutex<LogWriter>>>,
+    io: ProcessIo,
 ) -> Result<i32, String> {
     let stdin_task = {
         let agent = agent.clone();
         let stream = streams.stdio;
+        let stdin = io.stdin;
         tokio::spawn(async move {
             if let Some(mut rx) = stdin {
-                while let Some(data) = rx.recv().await {
+                while let Some(Stdin::Data(data)) = rx.recv().await {
                     if agent.send_stdin(stream, &data).await.is_err() {
                         return;
                     }
@@ -1537,16 +1722,18 @@ async fn drive_process(
         agent,
         streams.stdio,
         &mut streams.stdout_rx,
-        output.clone(),
-        log.clone(),
+        &io.output,
+        &io.log,
+        &io.attach,
         LogStream::Stdout,
     );
     let err = pump(
         agent,
         streams.stderr,
         &mut streams.stderr_rx,
-        output,
-        log,
+        &io.output,
+        &io.log,
+        &io.attach,
         LogStream::Stderr,
     );
     let finished = async {
@@ -1568,30 +1755,35 @@ async fn drive_process(
     })
 }
 
-/// Forwards one guest stream to the caller and the log, granting the guest
-/// more credit only for what the caller has taken.
+/// Forwards one guest stream to the caller, the log and attached clients,
+/// granting the guest more credit only for what the caller has taken.
 async fn pump(
     agent: &AgentClient,
     stream: u32,
     rx: &mut mpsc::UnboundedReceiver<StreamChunk>,
-    out: Option<mpsc::Sender<Output>>,
-    log: Option<Arc<Mutex<LogWriter>>>,
+    out: &Option<mpsc::Sender<Output>>,
+    log: &Option<Arc<Mutex<LogWriter>>>,
+    attach: &Option<broadcast::Sender<Output>>,
     which: LogStream,
 ) {
-    let mut out = out;
+    let mut out = out.clone();
     while let Some(chunk) = rx.recv().await {
         let StreamChunk::Data(data) = chunk else {
             break;
         };
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        if let Some(log) = &log {
+        if let Some(log) = log {
             lock(log).write(which, &data);
         }
+        let wrapped = match which {
+            LogStream::Stdout => Output::Stdout(data),
+            LogStream::Stderr => Output::Stderr(data),
+        };
+        if let Some(attached) = attach.as_ref().filter(|a| a.receiver_count() > 0) {
+            // A client too slow for the backlog loses output, and is told.
+            let _ = attached.send(wrapped.clone());
+        }
         if let Some(tx) = &out {
-            let wrapped = match which {
-                LogStream::Stdout => Output::Stdout(data),
-                LogStream::Stderr => Output::Stderr(data),
-            };
             if tx.send(wrapped).await.is_err() {
                 // The client left: keep draining so the process is not
                 // blocked forever; the log still gets everything.
@@ -1733,6 +1925,16 @@ mod send_checks {
         is_send(async move { r.stop("x", Duration::ZERO).await });
         let r = rt.clone();
         is_send(async move { r.remove("x", true).await });
+        let r = rt.clone();
+        is_send(async move { r.restart("x", Duration::ZERO).await });
+        let r = rt.clone();
+        is_send(async move { r.attach("x", io).await });
+        let (output, _) = mpsc::channel(1);
+        let io = RunIo {
+            output,
+            stdin: None,
+            resize: None,
+        };
         is_send(async move { rt.exec("x", exec, io).await });
     }
 }

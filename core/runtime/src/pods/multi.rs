@@ -5,7 +5,10 @@
 //! all have exited; its exit code is the first non-zero exit code in file
 //! order, or 0. The first container is the pod's main container: `hyper exec
 //! POD`, `hyper logs POD` and the pod's own log go to it; signals go to every
-//! container. Restart policies are not offered for these pods.
+//! container. Restart policies are not offered for these pods. A restarted
+//! hyperd takes them over as it does pods of one container: every container
+//! whose first process still runs (or whose exit hyperstart kept) is
+//! supervised again.
 
 use hyper_protocol::{capability, MountSpec, VolumeSpec};
 
@@ -208,9 +211,8 @@ impl Runtime {
             finished_unix: None,
             vm_pid: None,
             vm_pid_start: None,
-            // Not taken over by a restarted hyperd yet: stopped instead.
             vm: None,
-            container: None,
+            container: Some(main_req.clone()),
             remove: false,
             restart: RestartPolicy::No,
             restart_count: 0,
@@ -239,9 +241,9 @@ impl Runtime {
             console_log: pod_dir.join("console.log"),
             run_dir,
         };
-        let (outcome_tx, _outcome_rx) = watch::channel(None);
-        let outcome_tx = Arc::new(outcome_tx);
+        let links = PodLinks::new();
         self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
+        let saved_spec = spec.clone();
         let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
         let vm = match launched {
             Ok(vm) => vm,
@@ -249,19 +251,11 @@ impl Runtime {
                 self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
                 let err = RunError::Hypervisor(e);
                 self.finish_record(record, &Err(err.to_string()));
-                outcome_tx.send_replace(Some(Err(err.to_string())));
+                links.fail(&err);
                 return Err(err);
             }
         };
-        let live = Arc::new(LivePod {
-            vm: vm.clone(),
-            agent: Mutex::new(None),
-            outcome: outcome_tx.subscribe(),
-            outcome_tx: outcome_tx.clone(),
-            next_exec: AtomicU64::new(1),
-            container: main_req,
-            stop_requested: AtomicBool::new(false),
-        });
+        let live = Arc::new(LivePod::new(vm.clone(), &links, main_req, 1));
         self.live_pods().insert(id.clone(), live.clone());
         self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.stopping.load(Ordering::SeqCst) {
@@ -272,6 +266,11 @@ impl Runtime {
         record.state = PodState::Running;
         record.vm_pid = vm.info().pid;
         record.vm_pid_start = record.vm_pid.and_then(process_start_time);
+        record.vm = Some(SavedVm {
+            spec: saved_spec,
+            info: vm.info(),
+            pid_start: record.vm_pid_start,
+        });
         let _ = write_record(&pod_dir, &record);
         self.pods().insert(id.clone(), record.clone());
 
@@ -281,6 +280,7 @@ impl Runtime {
                 let _ = write_record(&pod_dir, &record);
                 self.pods().insert(id.clone(), record.clone());
                 let rt = self.clone();
+                let streams = streams.into_iter().enumerate().collect();
                 tokio::spawn(async move { rt.supervise_pod(live, record, agent, streams).await });
                 Ok(id)
             }
@@ -393,27 +393,37 @@ impl Runtime {
         Ok((agent, all))
     }
 
-    /// Logs every container's output, records each exit, and takes the VM
-    /// down once the last container exited (or the VM died).
-    async fn supervise_pod(
+    /// Logs the output of every container in `streams` (by index in the
+    /// record), records each exit, and takes the VM down once the last one
+    /// exited (or the VM died).
+    pub(super) async fn supervise_pod(
         self: Arc<Self>,
         live: Arc<LivePod>,
         mut record: PodRecord,
         agent: AgentClient,
-        streams: Vec<ProcessStreams>,
+        streams: Vec<(usize, ProcessStreams)>,
     ) {
         let id = record.id.clone();
         let pod_dir = self.pods_dir().join(&id);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let count = streams.len();
-        for (i, s) in streams.into_iter().enumerate() {
-            let dir = container_log_dir(&pod_dir, i, &record.containers[i].name);
+        for (i, s) in streams {
+            let Some(container) = record.containers.get(i) else {
+                continue;
+            };
+            let dir = container_log_dir(&pod_dir, i, &container.name);
             let log = Arc::new(Mutex::new(LogWriter::new(&dir, self.log_rotation())));
             let agent = agent.clone();
             let vm = live.vm.clone();
             let tx = tx.clone();
+            // `hyper attach POD` follows the main container.
+            let io = ProcessIo {
+                log: Some(log.clone()),
+                attach: (i == 0).then(|| live.attach.clone()),
+                ..ProcessIo::default()
+            };
             tokio::spawn(async move {
-                let result = drive_process(&agent, vm, s, None, None, Some(log.clone())).await;
+                let result = drive_process(&agent, vm, s, io).await;
                 lock(&log).flush();
                 let _ = tx.send((i, result));
             });
