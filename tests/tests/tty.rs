@@ -268,7 +268,16 @@ fn run_t_gets_a_terminal_and_detaching_leaves_the_pod_running() {
     assert!(is_running(&d, "shell"), "the pod stopped on detach");
     let out = d.hyper(&["exec", "shell", "echo", "still here"]);
     assert_eq!(text(&out.stdout), "still here\n");
-    let out = d.hyper(&["rm", "-f", "shell"]);
+
+    // Attach again: the shell's terminal takes this client's size, keys
+    // reach it, and its exit status is attach's.
+    let mut p = PtyHyper::spawn(&d, &["attach", "shell"], 31, 77);
+    p.send(b"stty size\r");
+    p.wait_for("31 77");
+    p.send(b"exit 3\r");
+    assert_eq!(p.wait(), 3, "output: {:?}", p.output());
+    assert!(!is_running(&d, "shell"));
+    let out = d.hyper(&["rm", "shell"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     // A bad --detach-keys is a clear error.

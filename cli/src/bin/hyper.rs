@@ -469,6 +469,7 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         interactive: args.interactive,
         tty: args.tty,
         detach_keys: &args.detach_keys,
+        resize_at_start: false,
     };
     stream_process(client, "/v1/run", &request, attach).await
 }
@@ -485,6 +486,7 @@ async fn attach(client: &Client, pod: &str, with_stdin: bool, detach_keys: &str)
         interactive: with_stdin && started_with("interactive"),
         tty: started_with("tty"),
         detach_keys,
+        resize_at_start: true,
     };
     let path = format!("/v1/pods/{}/attach", path_escape(pod));
     stream_process(client, &path, &serde_json::json!({}), attach).await
@@ -495,6 +497,9 @@ struct Attach<'a> {
     interactive: bool,
     tty: bool,
     detach_keys: &'a str,
+    /// Sends this terminal's size at once: the process's terminal was sized
+    /// for another client (`hyper attach`).
+    resize_at_start: bool,
 }
 
 /// Runs a stdio stream to its end: with `-t`, the terminal in raw mode
@@ -520,7 +525,10 @@ async fn stream_process<T: serde::Serialize>(
     if with_terminal && !terminal::is_tty(0) {
         return fail("the input device is not a TTY");
     }
-    let resize = attach.tty.then(watch_window_size).flatten();
+    let resize = attach
+        .tty
+        .then(|| watch_window_size(attach.resize_at_start))
+        .flatten();
     let raw = if with_terminal {
         match terminal::RawMode::enable(0) {
             Ok(r) => Some(r),
@@ -557,11 +565,15 @@ async fn stream_process<T: serde::Serialize>(
     }
 }
 
-/// The client terminal's new sizes, from SIGWINCH on.
-fn watch_window_size() -> Option<tokio::sync::mpsc::Receiver<TerminalSize>> {
+/// The client terminal's new sizes, from SIGWINCH on (and its size now,
+/// with `now`).
+fn watch_window_size(now: bool) -> Option<tokio::sync::mpsc::Receiver<TerminalSize>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut winch = signal(SignalKind::window_change()).ok()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    if let Some(size) = terminal::client_size().filter(|_| now) {
+        let _ = tx.try_send(size);
+    }
     tokio::spawn(async move {
         while winch.recv().await.is_some() {
             if let Some(size) = terminal::client_size() {
@@ -857,6 +869,7 @@ async fn exec(client: &Client, args: ExecArgs) -> i32 {
         interactive: args.interactive,
         tty: args.tty,
         detach_keys: &args.detach_keys,
+        resize_at_start: false,
     };
     stream_process(client, &path, &request, attach).await
 }
