@@ -289,3 +289,44 @@ fn run_t_gets_a_terminal_and_detaching_leaves_the_pod_running() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn attach_follows_a_pod_restarted_by_its_policy_with_its_size_and_keys() {
+    let d = Hyperd::start();
+    let rootfs = rootfs();
+    let out = d.hyper(&[
+        "run",
+        "-d",
+        "-i",
+        "-t",
+        "--name",
+        "again",
+        "--restart",
+        "on-failure:1",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo start; stty size; trap 'echo winch; stty size' WINCH; \
+         while :; do read -r x && [ \"$x\" = q ] && exit 1; done",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    d.wait_for_log(&id, "start");
+
+    // Attaching sizes the terminal to this client (SIGWINCH in the guest).
+    let mut p = PtyHyper::spawn(&d, &["attach", "again"], 31, 77);
+    p.wait_for("winch\r\n31 77");
+    // q ends the process with 1: the policy boots a fresh VM, whose process
+    // starts at the last size, and this client stays attached to it.
+    p.send(b"q\r");
+    p.wait_for("start\r\n31 77");
+    p.send(b"q\r");
+    assert_eq!(p.wait(), 1, "output: {:?}", p.output());
+    let out = d.hyper(&["inspect", "again"]);
+    let pods: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("inspect");
+    assert_eq!(pods[0]["restart_count"], 1);
+    let out = d.hyper(&["rm", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

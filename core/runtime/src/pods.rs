@@ -26,6 +26,7 @@ use hyper_images::{Image, ImageStore, PullOptions};
 mod attach;
 mod multi;
 pub use attach::Stdin;
+use attach::StdinSource;
 pub use multi::{container_log_dir, ContainerRecord};
 
 /// Docker's exit code for "the runtime failed, not the container".
@@ -124,12 +125,9 @@ struct LivePod {
     vm: Arc<dyn Vm>,
     /// hyperstart's session, once it is up.
     agent: Mutex<Option<AgentClient>>,
-    outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+    /// What outlives this VM if the pod's policy restarts it.
+    links: PodLinks,
     outcome: watch::Receiver<Option<Result<RunOutcome, String>>>,
-    /// The main container's output as it comes, for `hyper attach`.
-    attach: broadcast::Sender<Output>,
-    /// The main container's stdin while it is kept open (`-i`).
-    stdin: Mutex<Option<mpsc::Sender<Stdin>>>,
     next_exec: AtomicU64,
     /// The container's env, workdir and user: `exec` starts from them.
     container: RunRequest,
@@ -138,12 +136,16 @@ struct LivePod {
     stop_requested: AtomicBool,
 }
 
-/// What outlives each VM of a pod restarted by its policy: how it ends, and
-/// the output attached clients follow.
+/// What outlives each VM of a pod restarted by its policy: how it ends, the
+/// output attached clients follow, and where their terminal sizes go.
 #[derive(Clone)]
 struct PodLinks {
     outcome_tx: Arc<watch::Sender<Option<Result<RunOutcome, String>>>>,
+    /// The main container's output as it comes, for `hyper attach`.
     attach: broadcast::Sender<Output>,
+    terminal: TerminalLink,
+    /// The main process's stdin, kept open with `-i`.
+    stdin: attach::StdinHub,
 }
 
 impl PodLinks {
@@ -151,6 +153,8 @@ impl PodLinks {
         Self {
             outcome_tx: Arc::new(watch::channel(None).0),
             attach: broadcast::channel(attach::BACKLOG_CHUNKS).0,
+            terminal: TerminalLink::default(),
+            stdin: attach::StdinHub::new(),
         }
     }
 
@@ -165,20 +169,35 @@ impl LivePod {
             vm,
             agent: Mutex::new(None),
             outcome: links.outcome_tx.subscribe(),
-            outcome_tx: links.outcome_tx.clone(),
-            attach: links.attach.clone(),
-            stdin: Mutex::new(None),
+            links: links.clone(),
             next_exec: AtomicU64::new(next_exec),
             container,
             stop_requested: AtomicBool::new(false),
         }
     }
 
-    fn links(&self) -> PodLinks {
-        PodLinks {
-            outcome_tx: self.outcome_tx.clone(),
-            attach: self.attach.clone(),
-        }
+    /// Records hyperstart's session once it is up; terminal sizes go to it
+    /// from now on.
+    fn set_agent(&self, agent: &AgentClient) {
+        *lock(&self.agent) = Some(agent.clone());
+        *lock(&self.links.terminal.session) = Some(agent.clone());
+    }
+}
+
+/// Where the terminal sizes of a pod's clients go: the session of its
+/// current VM, and the last size, which a process restarted by the policy
+/// starts with.
+#[derive(Clone, Default)]
+struct TerminalLink {
+    session: Arc<Mutex<Option<AgentClient>>>,
+    last_size: Arc<Mutex<Option<TerminalSize>>>,
+}
+
+impl TerminalLink {
+    fn to(agent: &AgentClient) -> Self {
+        let link = Self::default();
+        *lock(&link.session) = Some(agent.clone());
+        link
     }
 }
 
@@ -657,7 +676,7 @@ impl Runtime {
             .unwrap_or(0)
             + 1;
         let live = LivePod::new(vm.clone(), &PodLinks::new(), container.clone(), next_exec);
-        *lock(&live.agent) = Some(agent.clone());
+        live.set_agent(&agent);
         let live = Arc::new(live);
         self.live_pods().insert(record.id.clone(), live.clone());
         self.pods().insert(record.id.clone(), record.clone());
@@ -975,7 +994,7 @@ impl Runtime {
 
         match self.boot(&id, req, vm.clone(), &pod_dir).await {
             Ok(Booted::Running { agent, streams }) => {
-                *lock(&live.agent) = Some(agent.clone());
+                live.set_agent(&agent);
                 Ok(VmStart::Running(Box::new(RunningVm {
                     live,
                     record,
@@ -1040,7 +1059,7 @@ impl Runtime {
         let id = record.id.clone();
         self.finish_record(record, &result);
         self.live_pods().remove(&id);
-        live.outcome_tx.send_replace(Some(result));
+        live.links.outcome_tx.send_replace(Some(result));
     }
 
     /// Connects to hyperstart and starts the pod and its container.
@@ -1152,14 +1171,21 @@ impl Runtime {
         };
         // Resizes reach the first VM's process only; a restarted one starts
         // at the size of the request.
-        let resizer = forward_resizes(&agent, &id, INIT_PROCESS, req.tty, resize);
+        // Sizes follow the pod across restarts by its policy.
+        let resizer = forward_resizes(
+            live.links.terminal.clone(),
+            &id,
+            INIT_PROCESS,
+            req.tty,
+            resize,
+        );
         loop {
             let stdin = attach::open_stdin(&live, req.interactive, client_stdin.take());
             let io = ProcessIo {
                 output: output.clone(),
                 stdin,
                 log: Some(log.clone()),
-                attach: Some(live.attach.clone()),
+                attach: Some(live.links.attach.clone()),
             };
             let result = drive_process(&agent, live.vm.clone(), streams, io).await;
             lock(&log).flush();
@@ -1188,17 +1214,16 @@ impl Runtime {
             let restart = !stopped
                 && !self.stopping.load(Ordering::SeqCst)
                 && req.restart.should_restart(code, record.restart_count);
-            let Ok(hypervisor) = self.hypervisor.clone() else {
-                self.teardown(&live, record, result).await;
-                return;
+            let hypervisor = match self.hypervisor.clone() {
+                Ok(hv) if restart => hv,
+                _ => {
+                    if let Some(task) = &resizer {
+                        task.abort();
+                    }
+                    self.teardown(&live, record, result).await;
+                    return;
+                }
             };
-            if let Some(task) = &resizer {
-                task.abort();
-            }
-            if !restart {
-                self.teardown(&live, record, result).await;
-                return;
-            }
             // A fresh VM for each restart: nothing of the old one survives.
             let _ = live.vm.kill().await;
             let _ = live.vm.wait().await;
@@ -1206,22 +1231,31 @@ impl Runtime {
             record.exit_code = Some(code);
             tracing::info!(pod = %id, code, restarts = record.restart_count, "restarting by policy");
             tokio::time::sleep(restart_delay(record.restart_count)).await;
-            let links = live.links();
+            let links = live.links.clone();
             // Each VM gets its own id: the old one may still be named
             // somewhere until its last handle is dropped.
             let mut next_spec = spec.clone();
             next_spec.id = format!("{id}-{}", record.restart_count);
-            match self
-                .start_vm(hypervisor, next_spec, &req, record.clone(), links)
-                .await
-            {
+            let mut next_req = req.clone();
+            if let Some(size) = *lock(&links.terminal.last_size) {
+                next_req.tty_size = Some(size);
+            }
+            let started = self
+                .start_vm(hypervisor, next_spec, &next_req, record.clone(), links)
+                .await;
+            match started {
                 Ok(VmStart::Running(running)) => {
                     let next = *running;
                     (live, record, agent, streams) =
                         (next.live, next.record, next.agent, next.streams);
                 }
                 // Already torn down and recorded.
-                Ok(VmStart::Exited(_)) | Err(_) => return,
+                Ok(VmStart::Exited(_)) | Err(_) => {
+                    if let Some(task) = &resizer {
+                        task.abort();
+                    }
+                    return;
+                }
             }
         }
     }
@@ -1562,10 +1596,19 @@ impl Runtime {
             }
             Err(e) => return Err(e.into()),
         }
-        let resizer = forward_resizes(&agent, id, &process_id, req.tty, io.resize);
+        let resizer = forward_resizes(
+            TerminalLink::to(&agent),
+            id,
+            &process_id,
+            req.tty,
+            io.resize,
+        );
         let io = ProcessIo {
             output: Some(io.output),
-            stdin: if req.interactive { io.stdin } else { None },
+            stdin: io
+                .stdin
+                .filter(|_| req.interactive)
+                .map(StdinSource::Client),
             log: None,
             attach: None,
         };
@@ -1654,20 +1697,25 @@ impl Runtime {
 /// Turns the client's new terminal sizes into WindowSize requests for a
 /// terminal process (the guest sends SIGWINCH); nothing without a terminal.
 fn forward_resizes(
-    agent: &AgentClient,
+    link: TerminalLink,
     container: &str,
     process: &str,
     tty: bool,
     resize: Option<mpsc::Receiver<TerminalSize>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut rx = resize.filter(|_| tty)?;
-    let agent = agent.clone();
     let (container, process) = (container.to_string(), process.to_string());
     Some(tokio::spawn(async move {
         while let Some(size) = rx.recv().await {
             if size.rows == 0 || size.cols == 0 {
                 continue;
             }
+            *lock(&link.last_size) = Some(size);
+            // Between two VMs of a restarted pod: the next one starts at
+            // this size.
+            let Some(agent) = lock(&link.session).clone() else {
+                continue;
+            };
             let request = Request::WindowSize {
                 container: container.clone(),
                 process: process.clone(),
@@ -1688,7 +1736,7 @@ struct ProcessIo {
     /// slowly (the guest's credit follows what it took).
     output: Option<mpsc::Sender<Output>>,
     /// Closed at once without it.
-    stdin: Option<mpsc::Receiver<Stdin>>,
+    stdin: Option<StdinSource>,
     log: Option<Arc<Mutex<LogWriter>>>,
     /// Clients attached later (`hyper attach`); they never slow it down.
     attach: Option<broadcast::Sender<Output>>,
@@ -1708,14 +1756,18 @@ async fn drive_process(
         let stream = streams.stdio;
         let stdin = io.stdin;
         tokio::spawn(async move {
-            if let Some(mut rx) = stdin {
-                while let Some(Stdin::Data(data)) = rx.recv().await {
-                    if agent.send_stdin(stream, &data).await.is_err() {
-                        return;
-                    }
+            match stdin {
+                Some(StdinSource::Client(mut rx)) => feed_stdin(&agent, stream, &mut rx).await,
+                Some(StdinSource::Hub(hub)) => {
+                    // Held until this process's end: a restarted one reads
+                    // the same hub next.
+                    let mut rx = hub.lock().await;
+                    feed_stdin(&agent, stream, &mut rx).await
+                }
+                None => {
+                    let _ = agent.close_stdin(stream).await;
                 }
             }
-            let _ = agent.close_stdin(stream).await;
         })
     };
     let out = pump(
@@ -1753,6 +1805,16 @@ async fn drive_process(
             .dead_reason()
             .unwrap_or_else(|| "no exit status from the guest".into())
     })
+}
+
+/// Sends a process what its client types until the client's input ends.
+async fn feed_stdin(agent: &AgentClient, stream: u32, rx: &mut mpsc::Receiver<Stdin>) {
+    while let Some(Stdin::Data(data)) = rx.recv().await {
+        if agent.send_stdin(stream, &data).await.is_err() {
+            return;
+        }
+    }
+    let _ = agent.close_stdin(stream).await;
 }
 
 /// Forwards one guest stream to the caller, the log and attached clients,

@@ -8,10 +8,10 @@
 //! it is read at its own pace, as before.
 //!
 //! Stdin: a pod started with `-i` keeps its main process's stdin open in a
-//! hub for as long as the process runs. Every client (the starting one,
-//! then each attach) feeds the hub; a client that leaves (detach keys, a
-//! dropped connection) leaves stdin open, and a client's end of input
-//! closes it, as `docker run -i` does.
+//! hub for as long as the pod runs (across restarts by its policy). Every
+//! client (the starting one, then each attach) feeds the hub; a client that
+//! leaves (detach keys, a dropped connection) leaves stdin open, and a
+//! client's end of input closes it, as `docker run -i` does.
 
 use tokio::sync::broadcast::error::RecvError;
 
@@ -29,23 +29,48 @@ pub enum Stdin {
     Close,
 }
 
-/// Opens the hub feeding the main process's stdin when the pod keeps it
-/// open (`-i`), and joins `client` to it. Without `-i` the process's stdin
-/// is closed at once.
+/// Where a process's stdin comes from.
+pub(super) enum StdinSource {
+    /// The one client that started it (`exec -i`).
+    Client(mpsc::Receiver<Stdin>),
+    /// A pod's main process: every attached client, across restarts.
+    Hub(Arc<tokio::sync::Mutex<mpsc::Receiver<Stdin>>>),
+}
+
+/// The stdin of a pod's main process, kept open with `-i` for as long as
+/// the pod lives: clients feed the sender, each VM's process reads the
+/// receiver in turn.
+#[derive(Clone)]
+pub(super) struct StdinHub {
+    tx: mpsc::Sender<Stdin>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Stdin>>>,
+}
+
+impl StdinHub {
+    pub(super) fn new() -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        Self {
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        }
+    }
+}
+
+/// The main process's stdin: the pod's hub when it keeps stdin open
+/// (`-i`), with `client` joined to it; without `-i`, none (closed at once).
 pub(super) fn open_stdin(
     live: &LivePod,
     interactive: bool,
     client: Option<mpsc::Receiver<Stdin>>,
-) -> Option<mpsc::Receiver<Stdin>> {
+) -> Option<StdinSource> {
     if !interactive {
         return None;
     }
-    let (hub, rx) = mpsc::channel(16);
+    let hub = &live.links.stdin;
     if let Some(client) = client {
-        join_stdin(client, hub.clone());
+        join_stdin(client, hub.tx.clone());
     }
-    *lock(&live.stdin) = Some(hub);
-    Some(rx)
+    Some(StdinSource::Hub(hub.rx.clone()))
 }
 
 /// Feeds one client's input into a stdin hub until the client ends it or
@@ -79,16 +104,19 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         };
-        let mut output = live.attach.subscribe();
+        let mut output = live.links.attach.subscribe();
         let mut outcome = live.outcome.clone();
-        let stdin = match (io.stdin, lock(&live.stdin).clone()) {
-            (Some(client), Some(hub)) => Some(join_stdin(client, hub)),
-            _ => None,
-        };
-        let agent = lock(&live.agent).clone();
-        let resizer = agent.and_then(|agent| {
-            forward_resizes(&agent, id, INIT_PROCESS, live.container.tty, io.resize)
-        });
+        let stdin = io
+            .stdin
+            .filter(|_| live.container.interactive)
+            .map(|client| join_stdin(client, live.links.stdin.tx.clone()));
+        let resizer = forward_resizes(
+            live.links.terminal.clone(),
+            id,
+            INIT_PROCESS,
+            live.container.tty,
+            io.resize,
+        );
         drop(live);
         // Whether the client left before the pod ended.
         let client_left = loop {

@@ -276,7 +276,7 @@ impl Runtime {
 
         match self.boot_pod(&pod, &mut record, vm, &pod_dir).await {
             Ok((agent, streams)) => {
-                *lock(&live.agent) = Some(agent.clone());
+                live.set_agent(&agent);
                 let _ = write_record(&pod_dir, &record);
                 self.pods().insert(id.clone(), record.clone());
                 let rt = self.clone();
@@ -419,7 +419,7 @@ impl Runtime {
             // `hyper attach POD` follows the main container.
             let io = ProcessIo {
                 log: Some(log.clone()),
-                attach: (i == 0).then(|| live.attach.clone()),
+                attach: (i == 0).then(|| live.links.attach.clone()),
                 ..ProcessIo::default()
             };
             tokio::spawn(async move {
