@@ -18,7 +18,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,6 +31,29 @@ use tokio::sync::mpsc;
 
 use crate::images_api::{error, ndjson_response};
 use crate::server::{upgrade_stream, StreamJob};
+
+/// The pod a request's path names (full id, unique id prefix or name),
+/// resolved; an unknown or ambiguous one is answered before the handler.
+pub struct PodId {
+    pub id: String,
+    /// As the client wrote it, for messages.
+    pub given: String,
+}
+
+impl FromRequestParts<Arc<Runtime>> for PodId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        rt: &Arc<Runtime>,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(given) = Path::<String>::from_request_parts(parts, rt)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let id = rt.resolve(&given).map_err(|e| run_error(&e))?;
+        Ok(Self { id, given })
+    }
+}
 
 /// How a pod looks to clients: its record, and whether its VM runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,11 +136,7 @@ pub async fn create_pod(
     }
 }
 
-pub async fn inspect(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
+pub async fn inspect(State(rt): State<Arc<Runtime>>, PodId { id, given: pod }: PodId) -> Response {
     match rt.record(&id) {
         Some(record) => Json(PodView {
             running: rt.is_running(&id),
@@ -134,13 +154,9 @@ pub struct AttachRequest {}
 
 pub async fn attach(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, given: pod }: PodId,
     req: Request,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     if !rt.is_running(&id) {
         return error(
             StatusCode::CONFLICT,
@@ -150,23 +166,15 @@ pub async fn attach(
     upgrade_stream::<AttachRequest>(req, move |_| StreamJob::Attach { rt, pod: id }).await
 }
 
-pub async fn start(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
+pub async fn start(State(rt): State<Arc<Runtime>>, PodId { id, .. }: PodId) -> Response {
     started_response(rt.start(&id).await)
 }
 
 pub async fn restart(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, .. }: PodId,
     Query(q): Query<StopQuery>,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     started_response(rt.restart(&id, stop_grace(&q)).await)
 }
 
@@ -182,13 +190,9 @@ pub struct StopQuery {
 
 pub async fn stop(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, .. }: PodId,
     Query(q): Query<StopQuery>,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     match rt.stop(&id, stop_grace(&q)).await {
         Ok(code) => Json(serde_json::json!({ "id": id, "exit_code": code })).into_response(),
         Err(e) => run_error(&e),
@@ -227,13 +231,9 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 
 pub async fn kill(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, .. }: PodId,
     Query(q): Query<KillQuery>,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     let name = q.signal.unwrap_or_else(|| "KILL".into());
     let Some(signal) = parse_signal(&name) else {
         return error(
@@ -247,11 +247,7 @@ pub async fn kill(
     }
 }
 
-pub async fn wait(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
+pub async fn wait(State(rt): State<Arc<Runtime>>, PodId { id, .. }: PodId) -> Response {
     match rt.wait(&id).await {
         Ok(code) => Json(serde_json::json!({ "id": id, "exit_code": code })).into_response(),
         Err(e) => run_error(&e),
@@ -266,24 +262,16 @@ pub struct RemoveQuery {
 
 pub async fn remove(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, .. }: PodId,
     Query(q): Query<RemoveQuery>,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     match rt.remove(&id, q.force).await {
         Ok(()) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => run_error(&e),
     }
 }
 
-pub async fn stats(State(rt): State<Arc<Runtime>>, Path(pod): Path<String>) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
+pub async fn stats(State(rt): State<Arc<Runtime>>, PodId { id, .. }: PodId) -> Response {
     match rt.stats(&id).await {
         Ok(stats) => Json(serde_json::json!({ "id": id, "stats": stats })).into_response(),
         Err(e) => run_error(&e),
@@ -306,13 +294,9 @@ const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 pub async fn logs(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, .. }: PodId,
     Query(q): Query<LogsQuery>,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     let dir = match rt.log_dir(&id, q.container.as_deref()) {
         Ok(dir) => dir,
         Err(e) => return run_error(&e),
@@ -383,13 +367,9 @@ async fn send_entries<'a>(
 
 pub async fn exec(
     State(rt): State<Arc<Runtime>>,
-    Path(pod): Path<String>,
+    PodId { id, given: pod }: PodId,
     req: Request,
 ) -> Response {
-    let id = match rt.resolve(&pod) {
-        Ok(id) => id,
-        Err(e) => return run_error(&e),
-    };
     if !rt.is_running(&id) {
         return error(
             StatusCode::CONFLICT,

@@ -177,7 +177,22 @@ mounts = [{ volume = "v", path = "/shared/v" }]
     for c in pod["containers"].as_array().expect("containers") {
         assert_eq!(c["exit_code"], 0, "{c}");
     }
-    let out = d.hyper(&["rm", "duo"]);
+
+    // start: the same pod, both containers, in a fresh VM (volumes are new).
+    let out = d.hyper(&["start", "duo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let pod = inspect(&d, "duo");
+    assert_eq!(pod["state"], "running", "{pod}");
+    for c in pod["containers"].as_array().expect("containers") {
+        assert_eq!(c["state"], "running", "{c}");
+    }
+    let out = d.hyper(&["exec", "duo/a", "ls", "/v/b"]);
+    assert_ne!(out.status.code(), Some(0), "the volume is new");
+    assert_eq!(
+        d.exec_ok(&["duo/b", "sh", "-c", "echo $WHO; pwd"]),
+        "b\n/tmp\n"
+    );
+    let out = d.hyper(&["rm", "-f", "duo"]);
     assert_eq!(out.status.code(), Some(0));
 }
 

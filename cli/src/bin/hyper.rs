@@ -266,43 +266,11 @@ fn main() -> ExitCode {
             Command::Ps { all, json } => ps(&client, all, json).await,
             Command::Inspect { pods } => inspect(&client, &pods).await,
             Command::Stop { time, pods } => {
-                each_pod(&pods, |p| {
-                    let client = &client;
-                    async move {
-                        client
-                            .post_json(&format!("/v1/pods/{}/stop?t={time}", path_escape(&p)), &())
-                            .await
-                            .map(|_| p)
-                    }
-                })
-                .await
+                post_each(&client, &pods, &format!("stop?t={time}")).await
             }
-            Command::Start { pods } => {
-                each_pod(&pods, |p| {
-                    let client = &client;
-                    async move {
-                        client
-                            .post_json(&format!("/v1/pods/{}/start", path_escape(&p)), &())
-                            .await
-                            .map(|_| p)
-                    }
-                })
-                .await
-            }
+            Command::Start { pods } => post_each(&client, &pods, "start").await,
             Command::Restart { time, pods } => {
-                each_pod(&pods, |p| {
-                    let client = &client;
-                    async move {
-                        client
-                            .post_json(
-                                &format!("/v1/pods/{}/restart?t={time}", path_escape(&p)),
-                                &(),
-                            )
-                            .await
-                            .map(|_| p)
-                    }
-                })
-                .await
+                post_each(&client, &pods, &format!("restart?t={time}")).await
             }
             Command::Attach {
                 no_stdin,
@@ -310,19 +278,11 @@ fn main() -> ExitCode {
                 pod,
             } => attach(&client, &pod, !no_stdin, &detach_keys).await,
             Command::Kill { signal, pods } => {
-                let signal = query_escape(&signal);
-                each_pod(&pods, |p| {
-                    let (client, signal) = (&client, &signal);
-                    async move {
-                        client
-                            .post_json(
-                                &format!("/v1/pods/{}/kill?signal={signal}", path_escape(&p)),
-                                &(),
-                            )
-                            .await
-                            .map(|_| p)
-                    }
-                })
+                post_each(
+                    &client,
+                    &pods,
+                    &format!("kill?signal={}", query_escape(&signal)),
+                )
                 .await
             }
             Command::Rm { force, pods } => {
@@ -755,6 +715,18 @@ async fn pod_create(client: &Client, file: &std::path::Path, name: Option<String
 /// Percent-encodes a path segment.
 fn path_escape(value: &str) -> String {
     query_escape(value)
+}
+
+/// `POST /v1/pods/{pod}/{action}` for each pod, printing each name as
+/// Docker does.
+async fn post_each(client: &Client, pods: &[String], action: &str) -> i32 {
+    each_pod(pods, |p| async move {
+        client
+            .post_json(&format!("/v1/pods/{}/{action}", path_escape(&p)), &())
+            .await
+            .map(|_| p)
+    })
+    .await
 }
 
 /// Runs `op` on each pod, printing what it returns (Docker prints the name

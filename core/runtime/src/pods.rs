@@ -387,6 +387,10 @@ pub struct PodRecord {
     /// one container (`hyper run`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerRecord>,
+    /// The pod file such a pod was created from (`hyper start` boots it
+    /// again from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_file: Option<crate::podfile::PodFile>,
 }
 
 /// A running VM as its backend described it at launch.
@@ -840,6 +844,7 @@ impl Runtime {
             vm_pid_start: None,
             vm: None,
             container: Some(req.clone()),
+            pod_file: None,
             remove: req.remove,
             restart: req.restart,
             restart_count: 0,
@@ -939,9 +944,46 @@ impl Runtime {
         hypervisor: Arc<dyn Hypervisor>,
         spec: VmSpec,
         req: &RunRequest,
-        mut record: PodRecord,
+        record: PodRecord,
         links: PodLinks,
     ) -> Result<VmStart, RunError> {
+        let id = record.id.clone();
+        let pod_dir = self.pods_dir().join(&id);
+        let (vm, live, record) = self
+            .launch_vm(hypervisor, spec, req.clone(), record, links)
+            .await?;
+        match self.boot(&id, req, vm.clone(), &pod_dir).await {
+            Ok(Booted::Running { agent, streams }) => {
+                live.set_agent(&agent);
+                Ok(VmStart::Running(Box::new(RunningVm {
+                    live,
+                    record,
+                    agent,
+                    streams,
+                })))
+            }
+            Ok(Booted::Exited(outcome)) => {
+                self.teardown(&live, record, Ok(outcome.clone())).await;
+                Ok(VmStart::Exited(outcome))
+            }
+            Err(err) => {
+                self.teardown(&live, record, Err(err.to_string())).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Launches a pod's VM and tracks it as live, its record saying how to
+    /// take it over. On failure the record says so and nothing runs.
+    /// `container` is the one `exec` starts from.
+    async fn launch_vm(
+        &self,
+        hypervisor: Arc<dyn Hypervisor>,
+        spec: VmSpec,
+        container: RunRequest,
+        mut record: PodRecord,
+        links: PodLinks,
+    ) -> Result<(Arc<dyn Vm>, Arc<LivePod>, PodRecord), RunError> {
         let id = record.id.clone();
         let pod_dir = self.pods_dir().join(&id);
         if let Err(source) = std::fs::create_dir_all(&spec.run_dir) {
@@ -957,7 +999,7 @@ impl Runtime {
         let saved_spec = spec.clone();
         let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
         let live = launched.as_ref().ok().map(|vm| {
-            let live = Arc::new(LivePod::new(vm.clone(), &links, req.clone(), 1));
+            let live = Arc::new(LivePod::new(vm.clone(), &links, container, 1));
             self.live_pods().insert(id.clone(), live.clone());
             live
         });
@@ -991,26 +1033,7 @@ impl Runtime {
         });
         let _ = write_record(&pod_dir, &record);
         self.pods().insert(id.clone(), record.clone());
-
-        match self.boot(&id, req, vm.clone(), &pod_dir).await {
-            Ok(Booted::Running { agent, streams }) => {
-                live.set_agent(&agent);
-                Ok(VmStart::Running(Box::new(RunningVm {
-                    live,
-                    record,
-                    agent,
-                    streams,
-                })))
-            }
-            Ok(Booted::Exited(outcome)) => {
-                self.teardown(&live, record, Ok(outcome.clone())).await;
-                Ok(VmStart::Exited(outcome))
-            }
-            Err(err) => {
-                self.teardown(&live, record, Err(err.to_string())).await;
-                Err(err)
-            }
-        }
+        Ok((vm, live, record))
     }
 
     /// Marks a pod exited with `result` and removes what only a running pod
@@ -1428,9 +1451,7 @@ impl Runtime {
             .record(id)
             .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
         if !record.containers.is_empty() {
-            return Err(RunError::Conflict(format!(
-                "pod {id} has several containers; starting it again is not supported yet: create it anew with `hyper pod create -f`"
-            )));
+            return self.start_again_pod(id, record).await;
         }
         let Some(req) = record.container.clone() else {
             return Err(RunError::Conflict(format!(
@@ -1443,9 +1464,26 @@ impl Runtime {
         let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
         self.payload.check(&self.config)?;
         let size = self.vm_size(&req)?;
-        let image = self.rootfs_again(&record, &req).await?;
-        // Claimed under the lock: a second `start` racing this one sees a
-        // pod that is not exited.
+        let image = self
+            .rootfs_again(
+                &record.rootfs_image,
+                record.image.as_deref(),
+                req.rootfs.as_ref(),
+            )
+            .await?;
+        let record = self.claim_for_start(id, |r| r.rootfs_image = image.clone())?;
+        let spec = self.vm_spec(id, image, size);
+        self.launch(hypervisor, spec, req, record, None).await
+    }
+
+    /// Marks an exited pod as starting, under the lock, so that a second
+    /// `start` racing this one finds it not exited; `update` adjusts the
+    /// record on the way. The record is saved.
+    pub(super) fn claim_for_start(
+        &self,
+        id: &str,
+        update: impl FnOnce(&mut PodRecord),
+    ) -> Result<PodRecord, RunError> {
         let record = {
             let mut pods = self.pods();
             let Some(record) = pods.get_mut(id) else {
@@ -1459,7 +1497,7 @@ impl Runtime {
             record.finished_unix = None;
             record.vm_pid = None;
             record.vm_pid_start = None;
-            record.rootfs_image = image.clone();
+            update(record);
             record.clone()
         };
         let pod_dir = self.pods_dir().join(id);
@@ -1471,8 +1509,7 @@ impl Runtime {
             self.finish_record(record, &Err(err.to_string()));
             return Err(err);
         }
-        let spec = self.vm_spec(id, image, size);
-        self.launch(hypervisor, spec, req, record, None).await
+        Ok(record)
     }
 
     /// Stops a pod (as [`Runtime::stop`]) and starts it again.
@@ -1481,27 +1518,29 @@ impl Runtime {
         self.start(id).await
     }
 
-    /// The rootfs image to boot an exited pod from: the one it ran, or the
-    /// same one built again if it was removed since.
-    async fn rootfs_again(
+    /// The rootfs image to boot an exited container from: the one it ran
+    /// (`built`), or the same one built again from its image or directory
+    /// if it was removed since.
+    pub(super) async fn rootfs_again(
         &self,
-        record: &PodRecord,
-        req: &RunRequest,
+        built: &Path,
+        image_id: Option<&str>,
+        dir: Option<&PathBuf>,
     ) -> Result<PathBuf, RunError> {
-        if record.rootfs_image.is_file() {
-            return Ok(record.rootfs_image.clone());
+        if built.is_file() {
+            return Ok(built.to_path_buf());
         }
-        match (&record.image, &req.rootfs) {
+        match (image_id, dir) {
             (Some(image_id), _) => {
-                let image = self.find_image(image_id)?.ok_or_else(|| {
-                    RunError::NoSuchImage(record.image_name.clone().unwrap_or(image_id.clone()))
-                })?;
+                let image = self
+                    .find_image(image_id)?
+                    .ok_or_else(|| RunError::NoSuchImage(image_id.to_string()))?;
                 self.image_rootfs(image).await
             }
             (None, Some(dir)) => self.dir_rootfs(dir.clone()).await,
             (None, None) => Err(RunError::Failed(format!(
-                "pod {}: its record names no image and no rootfs",
-                record.id
+                "{}: gone, and the record names no image and no rootfs to build it from",
+                built.display()
             ))),
         }
     }

@@ -73,18 +73,7 @@ impl Runtime {
         }
         pod.validate()
             .map_err(|e| RunError::Invalid(format!("pod file: {}: {}", e.key, e.message)))?;
-        let vcpus = pod.vcpus.unwrap_or(self.config.vm.vcpus);
-        if !(1..=MAX_VCPUS).contains(&vcpus) {
-            return Err(RunError::Invalid(format!(
-                "vcpus = {vcpus}: use 1 to {MAX_VCPUS}"
-            )));
-        }
-        let memory_mib = pod.memory_mib.unwrap_or(self.config.vm.memory_mib);
-        if memory_mib < MIN_MEMORY_MIB {
-            return Err(RunError::Invalid(format!(
-                "memory_mib = {memory_mib}: use at least {MIN_MEMORY_MIB}"
-            )));
-        }
+        let size = self.pod_vm_size(&pod)?;
         if self.stopping.load(Ordering::SeqCst) {
             return Err(RunError::Stopping);
         }
@@ -194,7 +183,7 @@ impl Runtime {
             std::fs::create_dir_all(container_log_dir(&pod_dir, i, &c.name)).map_err(state_err)?;
         }
         let main = &containers[0];
-        let mut record = PodRecord {
+        let record = PodRecord {
             id: id.clone(),
             name: pod.name.clone(),
             labels: pod.labels.clone(),
@@ -213,6 +202,7 @@ impl Runtime {
             vm_pid_start: None,
             vm: None,
             container: Some(main_req.clone()),
+            pod_file: Some(pod.clone()),
             remove: false,
             restart: RestartPolicy::No,
             restart_count: 0,
@@ -221,8 +211,48 @@ impl Runtime {
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
 
-        let spec = VmSpec {
-            id: id.clone(),
+        let spec = self.pod_vm_spec(&record, size);
+        self.launch_pod(hypervisor, &pod, record, spec, main_req)
+            .await?;
+        Ok(id)
+    }
+
+    /// Launches the VM of a recorded pod of several containers, starts them
+    /// and leaves the pod supervised; on failure the record says why.
+    async fn launch_pod(
+        self: &Arc<Self>,
+        hypervisor: Arc<dyn Hypervisor>,
+        pod: &PodFile,
+        record: PodRecord,
+        spec: VmSpec,
+        main_req: RunRequest,
+    ) -> Result<(), RunError> {
+        let pod_dir = self.pods_dir().join(&record.id);
+        let (vm, live, mut record) = self
+            .launch_vm(hypervisor, spec, main_req, record, PodLinks::new())
+            .await?;
+        match self.boot_pod(pod, &mut record, vm, &pod_dir).await {
+            Ok((agent, streams)) => {
+                live.set_agent(&agent);
+                let _ = write_record(&pod_dir, &record);
+                self.pods().insert(record.id.clone(), record.clone());
+                let rt = self.clone();
+                let streams = streams.into_iter().enumerate().collect();
+                tokio::spawn(async move { rt.supervise_pod(live, record, agent, streams).await });
+                Ok(())
+            }
+            Err(err) => {
+                self.teardown(&live, record, Err(err.to_string())).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// The VM of a pod of several containers: one rootfs disk each.
+    fn pod_vm_spec(&self, record: &PodRecord, (vcpus, memory_mib): (u32, u32)) -> VmSpec {
+        let pod_dir = self.pods_dir().join(&record.id);
+        VmSpec {
+            id: record.id.clone(),
             kernel: self.payload.kernel.clone(),
             initrd: self.payload.initrd.clone(),
             cmdline: self.payload.cmdline.clone(),
@@ -239,56 +269,79 @@ impl Runtime {
                 })
                 .collect(),
             console_log: pod_dir.join("console.log"),
-            run_dir,
-        };
-        let links = PodLinks::new();
-        self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
-        let saved_spec = spec.clone();
-        let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
-        let vm = match launched {
-            Ok(vm) => vm,
-            Err(e) => {
-                self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
-                let err = RunError::Hypervisor(e);
-                self.finish_record(record, &Err(err.to_string()));
-                links.fail(&err);
-                return Err(err);
-            }
-        };
-        let live = Arc::new(LivePod::new(vm.clone(), &links, main_req, 1));
-        self.live_pods().insert(id.clone(), live.clone());
-        self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.stopping.load(Ordering::SeqCst) {
-            let err = RunError::Stopping;
-            self.teardown(&live, record, Err(err.to_string())).await;
-            return Err(err);
+            run_dir: pod_dir.join("vm"),
         }
-        record.state = PodState::Running;
-        record.vm_pid = vm.info().pid;
-        record.vm_pid_start = record.vm_pid.and_then(process_start_time);
-        record.vm = Some(SavedVm {
-            spec: saved_spec,
-            info: vm.info(),
-            pid_start: record.vm_pid_start,
-        });
-        let _ = write_record(&pod_dir, &record);
-        self.pods().insert(id.clone(), record.clone());
+    }
 
-        match self.boot_pod(&pod, &mut record, vm, &pod_dir).await {
-            Ok((agent, streams)) => {
-                live.set_agent(&agent);
-                let _ = write_record(&pod_dir, &record);
-                self.pods().insert(id.clone(), record.clone());
-                let rt = self.clone();
-                let streams = streams.into_iter().enumerate().collect();
-                tokio::spawn(async move { rt.supervise_pod(live, record, agent, streams).await });
-                Ok(id)
-            }
-            Err(err) => {
-                self.teardown(&live, record, Err(err.to_string())).await;
-                Err(err)
-            }
+    /// The vCPUs and memory a pod file asks for, or the configured defaults.
+    fn pod_vm_size(&self, pod: &PodFile) -> Result<(u32, u32), RunError> {
+        let vcpus = pod.vcpus.unwrap_or(self.config.vm.vcpus);
+        if !(1..=MAX_VCPUS).contains(&vcpus) {
+            return Err(RunError::Invalid(format!(
+                "vcpus = {vcpus}: use 1 to {MAX_VCPUS}"
+            )));
         }
+        let memory_mib = pod.memory_mib.unwrap_or(self.config.vm.memory_mib);
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(RunError::Invalid(format!(
+                "memory_mib = {memory_mib}: use at least {MIN_MEMORY_MIB}"
+            )));
+        }
+        Ok((vcpus, memory_mib))
+    }
+
+    /// `start` of an exited pod of several containers: a fresh VM from the
+    /// pod file it was created with, each container from its rootfs image
+    /// (built again if it was removed).
+    pub(super) async fn start_again_pod(
+        self: &Arc<Self>,
+        id: &str,
+        record: PodRecord,
+    ) -> Result<Started, RunError> {
+        let (Some(pod), Some(main_req)) = (&record.pod_file, &record.container) else {
+            return Err(RunError::Conflict(format!(
+                "pod {id} was created by an older hyperd that did not keep its pod file; create it anew"
+            )));
+        };
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
+        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
+        self.payload.check(&self.config)?;
+        let size = self.pod_vm_size(pod)?;
+        let mut images = Vec::with_capacity(record.containers.len());
+        for (c, from_file) in record.containers.iter().zip(&pod.containers) {
+            let image = self
+                .rootfs_again(
+                    &c.rootfs_image,
+                    c.image.as_deref(),
+                    from_file.rootfs.as_ref(),
+                )
+                .await?;
+            images.push(image);
+        }
+        let record = self.claim_for_start(id, |r| {
+            for (c, image) in r.containers.iter_mut().zip(&images) {
+                c.rootfs_image = image.clone();
+                c.state = PodState::Created;
+                c.exit_code = None;
+            }
+        })?;
+        let spec = self.pod_vm_spec(&record, size);
+        let (pod, main_req) = (pod.clone(), main_req.clone());
+        self.launch_pod(hypervisor, &pod, record, spec, main_req)
+            .await?;
+        let outcome = self
+            .live_pods()
+            .get(id)
+            .map(|live| live.outcome.clone())
+            // Already over: its record says how.
+            .unwrap_or_else(|| watch::channel(None).1);
+        Ok(Started {
+            id: id.to_string(),
+            early: None,
+            outcome,
+        })
     }
 
     /// Connects to hyperstart, creates the pod's volumes and starts its
