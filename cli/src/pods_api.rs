@@ -147,6 +147,16 @@ pub async fn inspect(State(rt): State<Arc<Runtime>>, PodId { id, given: pod }: P
     }
 }
 
+/// A 409 for a verb that needs a running pod, when it is not.
+fn not_running(rt: &Runtime, id: &str, pod: &str, verb: &str) -> Option<Response> {
+    (!rt.is_running(id)).then(|| {
+        error(
+            StatusCode::CONFLICT,
+            format!("pod {pod} is not running: {verb} needs a running pod; start it first (`hyper start {pod}`)"),
+        )
+    })
+}
+
 /// `hyper attach`: nothing to say yet besides the pod in the path.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,11 +167,8 @@ pub async fn attach(
     PodId { id, given: pod }: PodId,
     req: Request,
 ) -> Response {
-    if !rt.is_running(&id) {
-        return error(
-            StatusCode::CONFLICT,
-            format!("pod {pod} is not running; start it first (`hyper start {pod}`)"),
-        );
+    if let Some(refused) = not_running(&rt, &id, &pod, "attach") {
+        return refused;
     }
     upgrade_stream::<AttachRequest>(req, move |_| StreamJob::Attach { rt, pod: id }).await
 }
@@ -370,11 +377,8 @@ pub async fn exec(
     PodId { id, given: pod }: PodId,
     req: Request,
 ) -> Response {
-    if !rt.is_running(&id) {
-        return error(
-            StatusCode::CONFLICT,
-            format!("pod {pod} is not running: exec needs a running pod"),
-        );
+    if let Some(refused) = not_running(&rt, &id, &pod, "exec") {
+        return refused;
     }
     upgrade_stream::<ExecRequest>(req, move |exec: ExecRequest| StreamJob::Exec {
         rt,

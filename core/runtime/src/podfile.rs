@@ -1,7 +1,7 @@
 //! Pod files (`hyper pod create -f POD.toml`): several containers sharing
-//! one VM, with pod-level volumes. TOML, or JSON when the file name ends in
-//! `.json`. Every error names the file, the line when there is one, and the
-//! key.
+//! one VM, with pod-level volumes. TOML, or JSON (`.json`) or YAML (`.yaml`,
+//! `.yml`) by the file name. Every error names the file, the line when there
+//! is one, and the key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -114,26 +114,30 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 }
 
 /// Parses and validates a pod file. `file` is only used in messages; its
-/// extension picks JSON over TOML.
+/// extension picks JSON (`.json`) or YAML (`.yaml`, `.yml`) over TOML.
 pub fn parse(file: &str, text: &str) -> Result<PodFile, PodFileError> {
-    let is_json = file.ends_with(".json");
-    let pod: PodFile = if is_json {
-        serde_json::from_str(text).map_err(|e| PodFileError {
-            file: file.to_string(),
-            line: Some(e.line()),
-            key: String::new(),
-            message: e.to_string(),
-        })?
+    let syntax_error = |line, message| PodFileError {
+        file: file.to_string(),
+        line,
+        key: String::new(),
+        message,
+    };
+    let is_toml = !(file.ends_with(".json") || file.ends_with(".yaml") || file.ends_with(".yml"));
+    let pod: PodFile = if file.ends_with(".json") {
+        serde_json::from_str(text).map_err(|e| syntax_error(Some(e.line()), e.to_string()))?
+    } else if !is_toml {
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| syntax_error(e.location().map(|l| l.line()), e.to_string()))?
     } else {
         toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
     };
     pod.validate()
         .map_err(|Invalid { key, message }| PodFileError {
             file: file.to_string(),
-            line: if is_json {
-                None
-            } else {
+            line: if is_toml {
                 toml_line_of(text, &key)
+            } else {
+                None
             },
             key,
             message,
@@ -431,6 +435,19 @@ mounts = [{ volume = "shared", path = "/in", readonly = true }]
         let text = GOOD.replace("command = [\"cat\", \"/in/x\"]", "command = \"cat\"");
         let e = parse("p.toml", &text).unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (Some(21), "container.command"));
+    }
+
+    #[test]
+    fn yaml_is_the_same_structure_with_lines_in_errors() {
+        let yaml = "name: pair\nvolumes:\n  - name: shared\ncontainers:\n  - name: a\n    rootfs: /r\n    command: [\"true\"]\n    mounts:\n      - {volume: shared, path: /in, readonly: true}\n";
+        let pod = parse("pod.yaml", yaml).unwrap();
+        assert_eq!(pod.containers[0].mounts[0].path, "/in");
+        assert_eq!(pod.volumes[0].name, "shared");
+        let e = parse("pod.yml", &yaml.replace("    command", "    commands")).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("unknown field `commands`"), "{e}");
+        let e = parse("pod.yaml", &yaml.replace("name: a", "name: ../a")).unwrap_err();
+        assert_eq!(e.key, "container[0].name", "{e}");
     }
 
     #[test]

@@ -859,16 +859,26 @@ impl Runtime {
     /// The vCPUs and memory a pod of one container asks for, or the
     /// configured defaults.
     fn vm_size(&self, req: &RunRequest) -> Result<(u32, u32), RunError> {
-        let vcpus = req.cpus.unwrap_or(self.config.vm.vcpus);
+        self.checked_vm_size((req.cpus, "--cpus"), (req.memory_mib, "--memory"))
+    }
+
+    /// vCPUs and memory in MiB, each asked for (under the name the user
+    /// gave it) or the configured default, within what a VM may have.
+    fn checked_vm_size(
+        &self,
+        (vcpus, vcpus_key): (Option<u32>, &str),
+        (memory_mib, memory_key): (Option<u32>, &str),
+    ) -> Result<(u32, u32), RunError> {
+        let vcpus = vcpus.unwrap_or(self.config.vm.vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
             return Err(RunError::Invalid(format!(
-                "--cpus {vcpus}: use 1 to {MAX_VCPUS}"
+                "{vcpus_key} {vcpus}: use 1 to {MAX_VCPUS}"
             )));
         }
-        let memory_mib = req.memory_mib.unwrap_or(self.config.vm.memory_mib);
+        let memory_mib = memory_mib.unwrap_or(self.config.vm.memory_mib);
         if memory_mib < MIN_MEMORY_MIB {
             return Err(RunError::Invalid(format!(
-                "--memory {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
+                "{memory_key} {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
             )));
         }
         Ok((vcpus, memory_mib))

@@ -275,19 +275,7 @@ impl Runtime {
 
     /// The vCPUs and memory a pod file asks for, or the configured defaults.
     fn pod_vm_size(&self, pod: &PodFile) -> Result<(u32, u32), RunError> {
-        let vcpus = pod.vcpus.unwrap_or(self.config.vm.vcpus);
-        if !(1..=MAX_VCPUS).contains(&vcpus) {
-            return Err(RunError::Invalid(format!(
-                "vcpus = {vcpus}: use 1 to {MAX_VCPUS}"
-            )));
-        }
-        let memory_mib = pod.memory_mib.unwrap_or(self.config.vm.memory_mib);
-        if memory_mib < MIN_MEMORY_MIB {
-            return Err(RunError::Invalid(format!(
-                "memory_mib = {memory_mib}: use at least {MIN_MEMORY_MIB}"
-            )));
-        }
-        Ok((vcpus, memory_mib))
+        self.checked_vm_size((pod.vcpus, "vcpus ="), (pod.memory_mib, "memory_mib ="))
     }
 
     /// `start` of an exited pod of several containers: a fresh VM from the
