@@ -429,6 +429,20 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     d.exec_ok(&["writer", "touch", "/tmp/go"]);
     let logs = d.wait_for_log("writer", "after");
     assert_eq!(logs, "before\nafter\n");
+    // --timestamps across the takeover: every line stamped, in order.
+    let stamped = text(&d.hyper(&["logs", "-t", "writer"]).stdout);
+    let lines: Vec<(&str, &str)> = stamped
+        .lines()
+        .map(|l| l.split_once(' ').unwrap_or(("", l)))
+        .collect();
+    assert_eq!(
+        lines.iter().map(|l| l.1).collect::<Vec<_>>(),
+        ["before", "after"]
+    );
+    assert!(
+        lines.iter().all(|l| l.0.len() >= 20 && l.0.ends_with('Z')) && lines[0].0 < lines[1].0,
+        "{stamped}"
+    );
     assert_eq!(d.exec_ok(&["sleeper", "echo", "hi"]), "hi\n");
 
     // A graceful stop leaves them running too (stop_pods_on_exit = false).
