@@ -134,31 +134,32 @@ impl LogWriter {
     }
 
     fn write_entry(&mut self, stream: Stream, log: &str, time: &str) {
+        let mut line = Vec::new();
         if self.unreported > 0 {
-            // Say what was lost before the first entry that makes it.
+            // Say what was lost before the first entry that makes it. Both
+            // go in one append, so a nearly full disk cannot take the short
+            // notice and then drop the entry after it.
             let note = format!(
                 "[hyperd: {} bytes of this container's output were dropped: {}]\n",
                 self.unreported,
                 self.last_error.as_deref().unwrap_or("write failed")
             );
-            let line = encode("stderr", &note, time);
-            if self.append(&line).is_ok() {
-                self.last_error = None;
+            line = encode("stderr", &note, time);
+        }
+        line.extend_from_slice(&encode(stream.name(), log, time));
+        match self.append(&line) {
+            Ok(()) => {
                 self.unreported = 0;
-            } else {
+                self.last_error = None;
+            }
+            Err(e) => {
+                if self.last_error.is_none() {
+                    tracing::warn!(dir = %self.dir.display(), "container log write failed: {e}; dropping output");
+                }
                 self.dropped += log.len() as u64;
                 self.unreported += log.len() as u64;
-                return;
+                self.last_error = Some(e.to_string());
             }
-        }
-        let line = encode(stream.name(), log, time);
-        if let Err(e) = self.append(&line) {
-            if self.last_error.is_none() {
-                tracing::warn!(dir = %self.dir.display(), "container log write failed: {e}; dropping output");
-            }
-            self.dropped += log.len() as u64;
-            self.unreported += log.len() as u64;
-            self.last_error = Some(e.to_string());
         }
     }
 
