@@ -318,13 +318,24 @@ fn restart_policy_on_failure_restarts_up_to_n_times() {
     );
 }
 
-/// The numbers of `lineN` lines, in order; anything else fails the test.
+/// What comes after `lineN ` in each line: a full disk is reached within a
+/// few lines, not after the page the log file already has is filled.
+const PAD: usize = 1000;
+
+/// The length of line N with its newline.
+fn line_len(n: u64) -> u64 {
+    (format!("line{n} ").len() + PAD + 1) as u64
+}
+
+/// The numbers of `lineN PAD` lines, in order; anything else fails the test.
 fn line_numbers(stdout: &str) -> Vec<u64> {
     stdout
         .lines()
         .map(|l| {
             l.strip_prefix("line")
-                .and_then(|n| n.parse().ok())
+                .and_then(|rest| rest.split_once(' '))
+                .filter(|(_, pad)| pad.len() == PAD)
+                .and_then(|(n, _)| n.parse().ok())
                 .unwrap_or_else(|| panic!("not a numbered line: {l:?} in {stdout:?}"))
         })
         .collect()
@@ -338,22 +349,19 @@ fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped()
         state_tmpfs_mib: Some(32),
         ..Setup::default()
     });
-    let id = d.run_detached(
-        &["--name", "chatty"],
-        &[
-            "sh",
-            "-c",
-            "i=0; while true; do i=$((i+1)); echo line$i; sleep 1; done",
-        ],
+    let script = format!(
+        "i=0; while true; do i=$((i+1)); echo line$i {}; sleep 1; done",
+        "x".repeat(PAD)
     );
+    let id = d.run_detached(&["--name", "chatty"], &["sh", "-c", &script]);
     let quiet = d.run_detached(&["--name", "quiet"], &["sleep", "600"]);
-    d.wait_for_log(&id, "line2\n");
+    d.wait_for_log(&id, "line2 ");
     let pod_dir = d.state_dir.join("pods").join(&id);
     let record_before = std::fs::read(pod_dir.join("pod.json")).expect("pod.json");
 
     Tmpfs::fill(&d.state_dir, "filler");
     // Lines go on being printed and dropped; hyperd says so in its own log.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !d.log_text().contains("container log write failed") {
         assert!(
             Instant::now() < deadline,
@@ -409,9 +417,7 @@ fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped()
     for w in numbers[upto.len()..].windows(2) {
         assert_eq!(w[1], w[0] + 1, "a second gap: {numbers:?}");
     }
-    let missing: u64 = (last_before + 1..first_after)
-        .map(|n| format!("line{n}\n").len() as u64)
-        .sum();
+    let missing: u64 = (last_before + 1..first_after).map(line_len).sum();
     let notice = format!("[hyperd: {missing} bytes of this container's output were dropped: ");
     assert!(
         stderr.starts_with(&notice) && stderr.lines().count() == 1,
@@ -429,7 +435,10 @@ fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped()
         .iter()
         .position(|e| e["stream"] == "stderr")
         .expect("the notice entry");
-    assert_eq!(entries[at + 1]["log"], format!("line{first_after}\n"));
+    assert_eq!(
+        entries[at + 1]["log"],
+        format!("line{first_after} {}\n", "x".repeat(PAD))
+    );
 
     // A second stretch of full disk, with a pod stopped during it: that pod
     // ends as usual and its record on disk, maybe stale, is never cut short.
@@ -437,7 +446,7 @@ fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped()
     // in several stretches: each notice counts its own, so all the notices
     // add up to exactly the lines that are missing.
     Tmpfs::fill(&d.state_dir, "filler2");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while d.log_text().matches("container log write failed").count() < 2 {
         assert!(
             Instant::now() < deadline,
@@ -473,7 +482,7 @@ fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped()
     let missing: u64 = numbers
         .windows(2)
         .flat_map(|w| w[0] + 1..w[1])
-        .map(|n| format!("line{n}\n").len() as u64)
+        .map(line_len)
         .sum();
     let noticed: u64 = stderr
         .lines()
