@@ -102,6 +102,9 @@ pub struct Setup {
     pub runtime_toml: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// Mount a tmpfs of this many MiB at the state directory before hyperd
+    /// starts (a disk that can be filled); unmounted when the Hyperd drops.
+    pub state_tmpfs_mib: Option<u64>,
 }
 
 impl Default for Setup {
@@ -114,6 +117,7 @@ impl Default for Setup {
             runtime_toml: String::new(),
             kernel: payload_dir().join("hyperkernel"),
             initrd: payload_dir().join("hyperstart.img"),
+            state_tmpfs_mib: None,
         }
     }
 }
@@ -125,6 +129,7 @@ pub struct Hyperd {
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    state_mount: Option<Tmpfs>,
 }
 
 /// Where the config is written; hyperd is not started.
@@ -180,6 +185,9 @@ impl Hyperd {
 
     pub fn start_with(setup: &Setup) -> Self {
         let p = prepare(setup);
+        let state_mount = setup
+            .state_tmpfs_mib
+            .map(|mib| Tmpfs::mount(&p.state_dir, mib));
         let log = p.dir.path().join("hyperd.log");
         let child = spawn_hyperd(&p.config, &log);
         let mut hyperd = Self {
@@ -189,6 +197,7 @@ impl Hyperd {
             log,
             dir: p.dir,
             child: Some(child),
+            state_mount,
         };
         hyperd.wait_ready();
         hyperd
@@ -347,6 +356,67 @@ impl Drop for Hyperd {
             // SAFETY: kill(2) on a process started for this test's directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        // Before the temp dir goes, so it can be removed whole.
+        drop(self.state_mount.take());
+    }
+}
+
+/// A tmpfs mounted for a test (tests run as root): a small disk to fill.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB at `dir`, created if missing.
+    pub fn mount(dir: &Path, size_mib: u64) -> Self {
+        std::fs::create_dir_all(dir).expect("tmpfs mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs at {}: {} (the test needs root)",
+            dir.display(),
+            text(&out.stderr)
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Writes `name` in `dir` until the file system is full (ENOSPC); its size.
+    pub fn fill(dir: &Path, name: &str) -> u64 {
+        let mut f = std::fs::File::create(dir.join(name)).expect("filler file");
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", dir.display()),
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        // Lazy: a VM process still closing its files must not keep it mounted.
+        // SAFETY: umount2 with a NUL-terminated path we own and a plain flag.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hyper_tests::{
-    busybox_rootfs, files_under, processes_mentioning, text, wait_with_timeout, Hyperd,
+    busybox_rootfs, files_under, processes_mentioning, text, wait_with_timeout, Hyperd, Setup,
+    Tmpfs,
 };
 
 #[test]
@@ -465,4 +466,187 @@ fn start_and_restart_boot_the_same_pod_again() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(processes_mentioning(&id).is_empty());
     assert_eq!(text(&d.hyper(&["logs", "again"]).stdout), "");
+}
+
+/// What comes after `lineN ` in each line: a full disk is reached within a
+/// few lines, not after the page the log file already has is filled.
+const PAD: usize = 1000;
+
+/// The length of line N with its newline.
+fn line_len(n: u64) -> u64 {
+    (format!("line{n} ").len() + PAD + 1) as u64
+}
+
+/// The numbers of `lineN PAD` lines, in order; anything else fails the test.
+fn line_numbers(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line")
+                .and_then(|rest| rest.split_once(' '))
+                .filter(|(_, pad)| pad.len() == PAD)
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a numbered line: {l:?} in {stdout:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_drops_log_lines_keeps_the_pod_running_and_says_what_was_dropped() {
+    // The whole state directory on a small tmpfs: the rootfs image and the
+    // pod's files are written before it is filled, the logs while it is.
+    let d = Hyperd::start_with(&Setup {
+        state_tmpfs_mib: Some(32),
+        ..Setup::default()
+    });
+    let script = format!(
+        "i=0; while true; do i=$((i+1)); echo line$i {}; sleep 1; done",
+        "x".repeat(PAD)
+    );
+    let id = d.run_detached(&["--name", "chatty"], &["sh", "-c", &script]);
+    let quiet = d.run_detached(&["--name", "quiet"], &["sleep", "600"]);
+    d.wait_for_log(&id, "line2 ");
+    let pod_dir = d.state_dir.join("pods").join(&id);
+    let record_before = std::fs::read(pod_dir.join("pod.json")).expect("pod.json");
+
+    Tmpfs::fill(&d.state_dir, "filler");
+    // Lines go on being printed and dropped; hyperd says so in its own log.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.log_text().contains("container log write failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no log write failed on the full disk:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let upto = line_numbers(&text(&d.hyper(&["logs", &id]).stdout));
+    std::thread::sleep(Duration::from_secs(3));
+    // Nothing more made it to the log, and the pod is alive and served.
+    let during = line_numbers(&text(&d.hyper(&["logs", &id]).stdout));
+    assert_eq!(during, upto, "lines were logged on a full disk");
+    assert_eq!(d.exec_ok(&["chatty", "echo", "alive"]), "alive\n");
+    let me = d
+        .ps_json(false)
+        .into_iter()
+        .find(|p| p["id"] == id.as_str())
+        .expect("still listed as running");
+    assert_eq!(me["running"], true);
+    assert_eq!(
+        std::fs::read(pod_dir.join("pod.json")).expect("pod.json"),
+        record_before
+    );
+
+    std::fs::remove_file(d.state_dir.join("filler")).expect("remove filler");
+    let last_before = *upto.last().expect("lines before the fill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (stdout, stderr) = loop {
+        let out = d.hyper(&["logs", &id]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let numbers = line_numbers(&stdout);
+        if numbers.len() > upto.len() + 1 && stderr.contains("were dropped") {
+            break (stdout, stderr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notice or no new lines after the disk had room again: {stdout:?} {stderr:?}\nlog:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // One gap, right after the last line logged before the disk was full,
+    // and the notice counts exactly the bytes of the missing lines.
+    let numbers = line_numbers(&stdout);
+    assert_eq!(&numbers[..upto.len()], &upto[..]);
+    let first_after = numbers[upto.len()];
+    assert!(
+        first_after > last_before + 2,
+        "too few lines dropped: {numbers:?}"
+    );
+    for w in numbers[upto.len()..].windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a second gap: {numbers:?}");
+    }
+    let missing: u64 = (last_before + 1..first_after).map(line_len).sum();
+    let notice = format!("[hyperd: {missing} bytes of this container's output were dropped: ");
+    assert!(
+        stderr.starts_with(&notice) && stderr.lines().count() == 1,
+        "want one notice starting {notice:?}, got stderr {stderr:?}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr:?}");
+
+    // In the file, the notice comes just before the first line that made it.
+    let raw = std::fs::read_to_string(pod_dir.join("container.log")).expect("container.log");
+    let entries: Vec<serde_json::Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a json-file entry"))
+        .collect();
+    let at = entries
+        .iter()
+        .position(|e| e["stream"] == "stderr")
+        .expect("the notice entry");
+    assert_eq!(
+        entries[at + 1]["log"],
+        format!("line{first_after} {}\n", "x".repeat(PAD))
+    );
+
+    // A second stretch of full disk, with a pod stopped during it: that pod
+    // ends as usual and its record on disk, maybe stale, is never cut short.
+    // Its run files, removed, free a little space, so lines may come and go
+    // in several stretches: each notice counts its own, so all the notices
+    // add up to exactly the lines that are missing.
+    Tmpfs::fill(&d.state_dir, "filler2");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while d.log_text().matches("container log write failed").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second failure:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = d.hyper(&["stop", "-t", "1", "quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&d.hyper(&["wait", &quiet]).stdout).trim(), "137");
+    let quiet_json = std::fs::read(d.state_dir.join("pods").join(&quiet).join("pod.json"))
+        .expect("pod.json of the stopped pod");
+    serde_json::from_slice::<serde_json::Value>(&quiet_json).expect("a whole pod.json");
+    assert_eq!(d.exec_ok(&["chatty", "echo", "alive"]), "alive\n");
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(d.state_dir.join("filler2")).expect("remove filler2");
+    let seen = numbers.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (numbers, stderr) = loop {
+        let out = d.hyper(&["logs", &id]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let numbers = line_numbers(&stdout);
+        if stderr.lines().count() >= 2 && numbers.len() > seen + 1 {
+            break (numbers, stderr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second notice: {stdout:?} {stderr:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let missing: u64 = numbers
+        .windows(2)
+        .flat_map(|w| w[0] + 1..w[1])
+        .map(line_len)
+        .sum();
+    let noticed: u64 = stderr
+        .lines()
+        .map(|l| {
+            l.strip_prefix("[hyperd: ")
+                .and_then(|r| r.split_once(" bytes of this container's output were dropped"))
+                .and_then(|(n, _)| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("not a notice: {l:?}"))
+        })
+        .sum();
+    assert_eq!(noticed, missing, "{numbers:?} {stderr:?}");
+    assert!(numbers.windows(2).all(|w| w[1] > w[0]), "{numbers:?}");
+
+    let out = d.hyper(&["rm", "-f", &id, &quiet]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(processes_mentioning(&d.state_dir.to_string_lossy()).is_empty());
 }

@@ -415,19 +415,13 @@ impl Hypervisor for QemuHypervisor {
         pid_start: Option<u64>,
     ) -> Result<Box<dyn Vm>, HypervisorError> {
         let paths = RunPaths::new(&spec.run_dir);
-        let gone = || HypervisorError::NotFound(spec.id.clone());
-        let pid = info.pid.ok_or_else(gone)?;
         // The pid file names the QEMU of this run directory; a pid that does
         // not match it is someone else's.
-        if procfs::read_pid_file(&paths.pid) != Some(pid) || pid_start.is_none() {
-            return Err(gone());
-        }
-        let process = hyper_hypervisor::adopt::AdoptedProcess::open(pid, pid_start)?;
-        let info = VmInfo {
-            id: spec.id.clone(),
-            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
-            pid: Some(pid),
-        };
+        let (info, process) =
+            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
+                procfs::read_pid_file(&paths.pid) == Some(pid)
+            })?;
+        let pid = process.pid();
         tracing::info!(vm = %spec.id, pid, "took over a running QEMU");
         Ok(Box::new(QemuVm::adopt(info, process, paths)))
     }

@@ -4,10 +4,11 @@
 //! exactly them, never a recycled pid.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::HypervisorError;
+use crate::{AgentChannel, HypervisorError, VmInfo, VmSpec};
 
 /// Start time of a process in clock ticks since boot (field 22 of
 /// /proc/PID/stat): with the pid, it names one process for good.
@@ -16,6 +17,33 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The common part of a backend's `recover`: the VM process recorded in
+/// `info` is taken over only if it is still the one that started at
+/// `pid_start` and `owns(pid)` (the backend's own proof that the process
+/// runs this VM's run directory) holds. Without a recorded start time the
+/// pid could have been recycled, so such a record is never taken over.
+/// Returns the VM's info with its agent socket at `agent`, and the process.
+pub fn take_over(
+    spec: &VmSpec,
+    info: &VmInfo,
+    pid_start: Option<u64>,
+    agent: &Path,
+    owns: impl FnOnce(u32) -> bool,
+) -> Result<(VmInfo, AdoptedProcess), HypervisorError> {
+    let gone = || HypervisorError::NotFound(spec.id.clone());
+    let pid = info.pid.ok_or_else(gone)?;
+    if pid_start.is_none() || !owns(pid) {
+        return Err(gone());
+    }
+    let process = AdoptedProcess::open(pid, pid_start)?;
+    let info = VmInfo {
+        id: spec.id.clone(),
+        agent_channel: AgentChannel::UnixSocket(agent.to_path_buf()),
+        pid: Some(pid),
+    };
+    Ok((info, process))
 }
 
 pub struct AdoptedProcess {
@@ -109,5 +137,64 @@ mod tests {
             .await
             .unwrap();
         assert!(AdoptedProcess::open(pid, start).is_err());
+    }
+
+    fn spec(id: &str) -> VmSpec {
+        VmSpec {
+            id: id.into(),
+            kernel: "k".into(),
+            initrd: "i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            console_log: "c".into(),
+            run_dir: "r".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn take_over_needs_the_start_time_and_the_backends_proof() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = process_start_time(pid);
+        let spec = spec("vm1");
+        let info = VmInfo {
+            id: "vm1".into(),
+            agent_channel: AgentChannel::UnixSocket("old".into()),
+            pid: Some(pid),
+        };
+        let agent = Path::new("/run/x/agent.sock");
+        let refused = |r: Result<(VmInfo, AdoptedProcess), HypervisorError>| matches!(r, Err(HypervisorError::NotFound(id)) if id == "vm1");
+        // Not the backend's process, no start time, no pid, a wrong start time.
+        assert!(refused(take_over(&spec, &info, start, agent, |_| false)));
+        assert!(refused(take_over(&spec, &info, None, agent, |_| true)));
+        let no_pid = VmInfo {
+            pid: None,
+            ..info.clone()
+        };
+        assert!(refused(take_over(&spec, &no_pid, start, agent, |_| true)));
+        // A recycled pid: the process open fails with its own message.
+        let wrong = start.map(|s| s + 1);
+        assert!(matches!(
+            take_over(&spec, &info, wrong, agent, |_| true),
+            Err(HypervisorError::NotFound(_))
+        ));
+
+        let mut asked = None;
+        let (got, process) = take_over(&spec, &info, start, agent, |p| {
+            asked = Some(p);
+            true
+        })
+        .unwrap();
+        assert_eq!(asked, Some(pid));
+        assert_eq!(got.pid, Some(pid));
+        assert_eq!(got.agent_channel, AgentChannel::UnixSocket(agent.into()));
+        assert_eq!(process.pid(), pid);
+        process.signal(libc::SIGKILL).unwrap();
+        let _ = child.wait();
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! A write that fails (disk full) never stops the container: the bytes are
 //! counted as dropped, and the next entry that can be written says how many
-//! were lost.
+//! were lost since the previous such note.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -48,6 +48,9 @@ pub struct LogWriter {
     /// Bytes of a line not ended yet, per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
     dropped: u64,
+    /// Bytes dropped since the last notice: each notice tells about its own
+    /// stretch of failures, not the total since the container started.
+    unreported: u64,
     last_error: Option<String>,
 }
 
@@ -81,6 +84,7 @@ impl LogWriter {
             size: 0,
             partial: [Vec::new(), Vec::new()],
             dropped: 0,
+            unreported: 0,
             last_error: None,
         }
     }
@@ -130,28 +134,32 @@ impl LogWriter {
     }
 
     fn write_entry(&mut self, stream: Stream, log: &str, time: &str) {
-        if self.dropped > 0 && self.last_error.is_some() {
-            // Say what was lost before the first entry that makes it.
+        let mut line = Vec::new();
+        if self.unreported > 0 {
+            // Say what was lost before the first entry that makes it. Both
+            // go in one append, so a nearly full disk cannot take the short
+            // notice and then drop the entry after it.
             let note = format!(
                 "[hyperd: {} bytes of this container's output were dropped: {}]\n",
-                self.dropped,
+                self.unreported,
                 self.last_error.as_deref().unwrap_or("write failed")
             );
-            let line = encode("stderr", &note, time);
-            if self.append(&line).is_ok() {
-                self.last_error = None;
-            } else {
-                self.dropped += log.len() as u64;
-                return;
-            }
+            line = encode("stderr", &note, time);
         }
-        let line = encode(stream.name(), log, time);
-        if let Err(e) = self.append(&line) {
-            if self.last_error.is_none() {
-                tracing::warn!(dir = %self.dir.display(), "container log write failed: {e}; dropping output");
+        line.extend_from_slice(&encode(stream.name(), log, time));
+        match self.append(&line) {
+            Ok(()) => {
+                self.unreported = 0;
+                self.last_error = None;
             }
-            self.dropped += log.len() as u64;
-            self.last_error = Some(e.to_string());
+            Err(e) => {
+                if self.last_error.is_none() {
+                    tracing::warn!(dir = %self.dir.display(), "container log write failed: {e}; dropping output");
+                }
+                self.dropped += log.len() as u64;
+                self.unreported += log.len() as u64;
+                self.last_error = Some(e.to_string());
+            }
         }
     }
 
@@ -391,6 +399,18 @@ mod tests {
         let e = read_all(&sub);
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].log.contains("5 bytes"), "{:?}", e[0]);
+        assert_eq!(e[1].log, "kept\n");
+
+        // A second stretch of failures: its notice counts only its own bytes.
+        w.file = None;
+        std::fs::remove_dir_all(&sub).unwrap();
+        w.write(Stream::Stdout, b"lost again\n");
+        assert_eq!(w.dropped(), 16);
+        std::fs::create_dir(&sub).unwrap();
+        w.write(Stream::Stdout, b"kept\n");
+        let e = read_all(&sub);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].log.starts_with("[hyperd: 11 bytes of"), "{:?}", e[0]);
         assert_eq!(e[1].log, "kept\n");
     }
 }

@@ -236,17 +236,13 @@ impl Hypervisor for KvmHypervisor {
         pid_start: Option<u64>,
     ) -> Result<Box<dyn Vm>, HypervisorError> {
         let paths = RunPaths::new(&spec.run_dir);
-        let gone = || HypervisorError::NotFound(spec.id.clone());
-        let pid = info.pid.ok_or_else(gone)?;
-        if pid_start.is_none() || !runs_config(pid, &paths.config) {
-            return Err(gone());
-        }
-        let process = hyper_hypervisor::adopt::AdoptedProcess::open(pid, pid_start)?;
-        let info = VmInfo {
-            id: spec.id.clone(),
-            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
-            pid: Some(pid),
-        };
+        // hyper-vmm keeps no pid file: its --config (inside the run
+        // directory) names the VM a process runs.
+        let (info, process) =
+            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
+                runs_config(pid, &paths.config)
+            })?;
+        let pid = process.pid();
         tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
         Ok(Box::new(KvmVm::adopt(info, process, paths)))
     }
