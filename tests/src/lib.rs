@@ -81,12 +81,97 @@ pub fn backend_toml(backend: &str) -> String {
             format!("[hypervisor.kvm]\nvmm = \"{}\"\n\n", vmm.display())
         }
         "xen" => {
-            let xl =
-                std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into());
+            let xl = xen_xl();
             let guest_type = std::env::var("HYPER_XEN_TYPE").unwrap_or_else(|_| "pv".into());
             format!("[hypervisor.xen]\nxl = \"{xl}\"\ntype = \"{guest_type}\"\n\n")
         }
         _ => String::new(),
+    }
+}
+
+fn xen_xl() -> String {
+    std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into())
+}
+
+/// The VMs of the pods under `state_dir`, sorted, as the backend knows
+/// them: on Xen the domains (`name/domid` from `xl list`; a domain is no
+/// host process), elsewhere the pids of the processes naming `state_dir`.
+pub fn vms_of(state_dir: &Path) -> Vec<String> {
+    let mut vms: Vec<String> = if backend() == "xen" {
+        xen_domains(state_dir)
+            .into_iter()
+            .map(|(name, domid)| format!("{name}/{domid}"))
+            .collect()
+    } else {
+        processes_mentioning(&state_dir.to_string_lossy())
+            .into_iter()
+            .map(|pid| pid.to_string())
+            .collect()
+    };
+    vms.sort();
+    vms
+}
+
+/// Those of `vms` (from [`vms_of`]) that still exist.
+pub fn vms_still_there(vms: &[String]) -> Vec<String> {
+    let listed: Vec<String> = if backend() == "xen" {
+        let out = Command::new(xen_xl())
+            .arg("list")
+            .output()
+            .expect("xl list");
+        parse_xl_list(&text(&out.stdout))
+            .into_iter()
+            .map(|(name, domid)| format!("{name}/{domid}"))
+            .collect()
+    } else {
+        vms.iter()
+            .filter(|pid| Path::new("/proc").join(pid).exists())
+            .cloned()
+            .collect()
+    };
+    vms.iter().filter(|v| listed.contains(v)).cloned().collect()
+}
+
+/// (name, domid) rows of `xl list`, past its header.
+fn parse_xl_list(out: &str) -> Vec<(String, u32)> {
+    out.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let name = cols.next()?.to_string();
+            let domid = cols.next()?.parse().ok()?;
+            Some((name, domid))
+        })
+        .collect()
+}
+
+/// The Xen domains (name, domid) of the pods under `state_dir`: a pod's
+/// domain is named after its id.
+pub fn xen_domains(state_dir: &Path) -> Vec<(String, u32)> {
+    let pods: Vec<String> = std::fs::read_dir(state_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    if pods.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new(xen_xl())
+        .arg("list")
+        .output()
+        .expect("xl list");
+    assert!(out.status.success(), "xl list: {}", text(&out.stderr));
+    parse_xl_list(&text(&out.stdout))
+        .into_iter()
+        .filter(|(name, _)| pods.contains(name))
+        .collect()
+}
+
+/// Destroys the Xen domains of the pods under `state_dir`.
+pub fn destroy_xen_domains(state_dir: &Path) {
+    for (name, _) in xen_domains(state_dir) {
+        let _ = Command::new(xen_xl()).args(["destroy", &name]).output();
     }
 }
 
@@ -330,7 +415,11 @@ impl Hyperd {
 impl Drop for Hyperd {
     fn drop(&mut self) {
         self.stop();
-        // A failed test must not leak VMs into the next ones.
+        // A failed test must not leak VMs into the next ones (hyperd leaves
+        // running pods to the next one when it stops).
+        if backend() == "xen" {
+            destroy_xen_domains(&self.state_dir);
+        }
         for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
             // SAFETY: kill(2) on a process started for this test's directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
