@@ -651,4 +651,206 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// A stand-in xenstored on a unix socket, over a shared key/value map:
+    /// READ, WRITE, RM and WATCH (then an event every 50 ms, so a watcher
+    /// re-checks its domain often).
+    fn fake_xenstored(
+        socket: &Path,
+        store: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    ) {
+        use crate::xenstore::{Header, Op, HEADER_LEN};
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let store = store.clone();
+                std::thread::spawn(move || loop {
+                    let mut head = [0u8; HEADER_LEN];
+                    if conn.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let h = Header::decode(&head).unwrap();
+                    let mut body = vec![0u8; h.len as usize];
+                    conn.read_exact(&mut body).unwrap();
+                    let mut parts = body.splitn(2, |b| *b == 0);
+                    let path =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let rest = parts.next().unwrap_or_default().to_vec();
+                    let mut map = store.lock().unwrap();
+                    let (op, payload) = match h.op {
+                        x if x == Op::Read as u32 => match map.get(&path) {
+                            Some(v) => (h.op, v.as_bytes().to_vec()),
+                            None => (Op::Error as u32, b"ENOENT\0".to_vec()),
+                        },
+                        x if x == Op::Write as u32 => {
+                            map.insert(path, String::from_utf8(rest).unwrap());
+                            (h.op, b"OK\0".to_vec())
+                        }
+                        x if x == Op::Rm as u32 => {
+                            map.remove(&path);
+                            (h.op, b"OK\0".to_vec())
+                        }
+                        _ => (h.op, b"OK\0".to_vec()),
+                    };
+                    drop(map);
+                    let reply = |op: u32, req_id: u32, payload: &[u8]| {
+                        let mut v = Header {
+                            op,
+                            req_id,
+                            tx_id: 0,
+                            len: payload.len() as u32,
+                        }
+                        .encode()
+                        .to_vec();
+                        v.extend_from_slice(payload);
+                        v
+                    };
+                    if conn.write_all(&reply(op, h.req_id, &payload)).is_err() {
+                        return;
+                    }
+                    if h.op == Op::Watch as u32 {
+                        let event = reply(Op::WatchEvent as u32, 0, b"@releaseDomain\0hyper-xen\0");
+                        while conn.write_all(&event).is_ok() {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn recover_rebridges_the_console_of_a_recorded_domain() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = fake_proc_xen(Some("control_d\n"));
+        let socket = dir.path().join("xs.sock");
+        let store = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        fake_xenstored(&socket, store.clone());
+        let mut master = 0;
+        let mut slave = 0;
+        // SAFETY: openpty writes two fds into the given ints; the name,
+        // termios and winsize pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: both fds are fresh from openpty and owned here.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let tty = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+        let run_dir = dir.path().join("pods/p1/vm");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        // What the dead hyperd's bridge left.
+        std::fs::write(run_dir.join("agent.sock"), "stale").unwrap();
+        let dead = Owner {
+            domid: 5,
+            pid: u32::MAX,
+            start: 1,
+            run_dir: Some(run_dir.clone()),
+        };
+        {
+            let mut map = store.lock().unwrap();
+            map.insert(owner::path("p1"), dead.encode());
+            map.insert("/local/domain/5/name".into(), "p1".into());
+            map.insert(
+                "/local/domain/5/console/tty".into(),
+                tty.to_string_lossy().into_owned(),
+            );
+        }
+        let h = hv(dir.path(), "/bin/true", &socket.to_string_lossy());
+        assert!(h.capabilities().recover);
+        let spec = VmSpec {
+            id: "p1".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![],
+            console_log: dir.path().join("console.log"),
+            run_dir: run_dir.clone(),
+        };
+        let info = VmInfo {
+            id: "p1".into(),
+            agent_channel: AgentChannel::UnixSocket(run_dir.join("agent.sock")),
+            pid: None,
+        };
+
+        // Refused: another run directory, a domid that names another domain,
+        // a console that is not a pty.
+        let elsewhere = VmSpec {
+            run_dir: dir.path().join("elsewhere"),
+            ..spec.clone()
+        };
+        let err = h.recover(elsewhere, info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::NotFound(_))), "{err:?}");
+        store
+            .lock()
+            .unwrap()
+            .insert("/local/domain/5/name".into(), "other".into());
+        let err = h.recover(spec.clone(), info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::NotFound(_))), "{err:?}");
+        {
+            let mut map = store.lock().unwrap();
+            map.insert("/local/domain/5/name".into(), "p1".into());
+            map.insert("/local/domain/5/console/tty".into(), "/etc/passwd".into());
+        }
+        let err = h.recover(spec.clone(), info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::Io(_))), "{err:?}");
+        assert_eq!(
+            store.lock().unwrap().get(&owner::path("p1")),
+            Some(&dead.encode())
+        );
+
+        store.lock().unwrap().insert(
+            "/local/domain/5/console/tty".into(),
+            tty.to_string_lossy().into_owned(),
+        );
+        let vm = h.recover(spec, info.clone(), None).await.unwrap();
+        assert_eq!(vm.info(), info);
+        let record = store.lock().unwrap().get(&owner::path("p1")).cloned();
+        let record = record.as_deref().and_then(Owner::decode).unwrap();
+        assert_eq!(record.pid, std::process::id());
+        assert_eq!(record.domid, 5);
+        assert_eq!(record.run_dir.as_deref(), Some(run_dir.as_path()));
+
+        // The new bridge: socket to pty and back.
+        let mut client = tokio::net::UnixStream::connect(run_dir.join("agent.sock"))
+            .await
+            .unwrap();
+        let mut master = std::fs::File::from(master);
+        std::io::Write::write_all(&mut master, b"from-guest").unwrap();
+        let mut got = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"from-guest");
+        client.write_all(b"to-guest").await.unwrap();
+        let back = tokio::task::spawn_blocking(move || {
+            let mut back = [0u8; 8];
+            std::io::Read::read_exact(&mut master, &mut back).map(|_| back)
+        });
+        assert_eq!(&back.await.unwrap().unwrap(), b"to-guest");
+
+        // The domain goes: wait() ends, the socket and the record go too.
+        store.lock().unwrap().remove("/local/domain/5/name");
+        tokio::time::timeout(Duration::from_secs(10), vm.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!run_dir.join("agent.sock").exists());
+        assert_eq!(store.lock().unwrap().get(&owner::path("p1")), None);
+        drop(slave);
+    }
 }
