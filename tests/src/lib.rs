@@ -99,6 +99,7 @@ fn xen_xl() -> String {
 pub fn vms_of(state_dir: &Path) -> Vec<String> {
     let mut vms: Vec<String> = if backend() == "xen" {
         xen_domains(state_dir)
+            .expect("xl list")
             .into_iter()
             .map(|(name, domid)| format!("{name}/{domid}"))
             .collect()
@@ -119,6 +120,7 @@ pub fn vms_still_there(vms: &[String]) -> Vec<String> {
             .arg("list")
             .output()
             .expect("xl list");
+        assert!(out.status.success(), "xl list: {}", text(&out.stderr));
         parse_xl_list(&text(&out.stdout))
             .into_iter()
             .map(|(name, domid)| format!("{name}/{domid}"))
@@ -146,8 +148,9 @@ fn parse_xl_list(out: &str) -> Vec<(String, u32)> {
 }
 
 /// The Xen domains (name, domid) of the pods under `state_dir`: a pod's
-/// domain is named after its id.
-pub fn xen_domains(state_dir: &Path) -> Vec<(String, u32)> {
+/// domain is named after its id. `Err` when `xl list` fails (no panic here:
+/// [`Hyperd`]'s drop uses it).
+pub fn xen_domains(state_dir: &Path) -> Result<Vec<(String, u32)>, String> {
     let pods: Vec<String> = std::fs::read_dir(state_dir.join("pods"))
         .into_iter()
         .flatten()
@@ -155,22 +158,24 @@ pub fn xen_domains(state_dir: &Path) -> Vec<(String, u32)> {
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     if pods.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let out = Command::new(xen_xl())
         .arg("list")
         .output()
-        .expect("xl list");
-    assert!(out.status.success(), "xl list: {}", text(&out.stderr));
-    parse_xl_list(&text(&out.stdout))
+        .map_err(|e| format!("xl list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("xl list: {}", text(&out.stderr)));
+    }
+    Ok(parse_xl_list(&text(&out.stdout))
         .into_iter()
         .filter(|(name, _)| pods.contains(name))
-        .collect()
+        .collect())
 }
 
 /// Destroys the Xen domains of the pods under `state_dir`.
 pub fn destroy_xen_domains(state_dir: &Path) {
-    for (name, _) in xen_domains(state_dir) {
+    for (name, _) in xen_domains(state_dir).unwrap_or_default() {
         let _ = Command::new(xen_xl()).args(["destroy", &name]).output();
     }
 }
