@@ -285,7 +285,9 @@ impl Hyperd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A restarted hyperd listens once it has taken its pods over, one
+        // by one (on Xen under TCG ≈15 s each).
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -297,7 +299,7 @@ impl Hyperd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("hyperd did not listen within 30 s:\n{}", self.log_text());
+        panic!("hyperd did not listen within 90 s:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {

@@ -418,7 +418,12 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     assert_eq!(vms_of(&d.state_dir), vms_before);
     d.restart();
     let running = d.ps_json(false);
-    assert_eq!(running.len(), 2, "both pods taken over: {running:?}");
+    assert_eq!(
+        running.len(),
+        2,
+        "both pods taken over: {running:?}\n{}",
+        d.log_text()
+    );
     assert!(d.log_text().contains("took over 2 running pod(s)"));
     // The log from before the crash is still there, exec works with the
     // container's env and gives the process's exit code, and output the
