@@ -81,12 +81,102 @@ pub fn backend_toml(backend: &str) -> String {
             format!("[hypervisor.kvm]\nvmm = \"{}\"\n\n", vmm.display())
         }
         "xen" => {
-            let xl =
-                std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into());
+            let xl = xen_xl();
             let guest_type = std::env::var("HYPER_XEN_TYPE").unwrap_or_else(|_| "pv".into());
             format!("[hypervisor.xen]\nxl = \"{xl}\"\ntype = \"{guest_type}\"\n\n")
         }
         _ => String::new(),
+    }
+}
+
+fn xen_xl() -> String {
+    std::env::var("HYPER_XEN_XL").unwrap_or_else(|_| "/usr/lib/xen-4.17/bin/xl".into())
+}
+
+/// The VMs of the pods under `state_dir`, sorted, as the backend knows
+/// them: on Xen the domains (`name/domid` from `xl list`; a domain is no
+/// host process), elsewhere the pids of the processes naming `state_dir`.
+pub fn vms_of(state_dir: &Path) -> Vec<String> {
+    let mut vms: Vec<String> = if backend() == "xen" {
+        xen_domains(state_dir)
+            .expect("xl list")
+            .into_iter()
+            .map(|(name, domid)| format!("{name}/{domid}"))
+            .collect()
+    } else {
+        processes_mentioning(&state_dir.to_string_lossy())
+            .into_iter()
+            .map(|pid| pid.to_string())
+            .collect()
+    };
+    vms.sort();
+    vms
+}
+
+/// Those of `vms` (from [`vms_of`]) that still exist.
+pub fn vms_still_there(vms: &[String]) -> Vec<String> {
+    let listed: Vec<String> = if backend() == "xen" {
+        let out = Command::new(xen_xl())
+            .arg("list")
+            .output()
+            .expect("xl list");
+        assert!(out.status.success(), "xl list: {}", text(&out.stderr));
+        parse_xl_list(&text(&out.stdout))
+            .into_iter()
+            .map(|(name, domid)| format!("{name}/{domid}"))
+            .collect()
+    } else {
+        vms.iter()
+            .filter(|pid| Path::new("/proc").join(pid).exists())
+            .cloned()
+            .collect()
+    };
+    vms.iter().filter(|v| listed.contains(v)).cloned().collect()
+}
+
+/// (name, domid) rows of `xl list`, past its header.
+fn parse_xl_list(out: &str) -> Vec<(String, u32)> {
+    out.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let name = cols.next()?.to_string();
+            let domid = cols.next()?.parse().ok()?;
+            Some((name, domid))
+        })
+        .collect()
+}
+
+/// The Xen domains (name, domid) of the pods under `state_dir`: a pod's
+/// domain is named after its id. `Err` when `xl list` fails (no panic here:
+/// [`Hyperd`]'s drop uses it).
+pub fn xen_domains(state_dir: &Path) -> Result<Vec<(String, u32)>, String> {
+    let pods: Vec<String> = std::fs::read_dir(state_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    if pods.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = Command::new(xen_xl())
+        .arg("list")
+        .output()
+        .map_err(|e| format!("xl list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("xl list: {}", text(&out.stderr)));
+    }
+    Ok(parse_xl_list(&text(&out.stdout))
+        .into_iter()
+        .filter(|(name, _)| pods.contains(name))
+        .collect())
+}
+
+/// Destroys the Xen domains of the pods under `state_dir`.
+pub fn destroy_xen_domains(state_dir: &Path) {
+    for (name, _) in xen_domains(state_dir).unwrap_or_default() {
+        let _ = Command::new(xen_xl()).args(["destroy", &name]).output();
     }
 }
 
@@ -204,7 +294,9 @@ impl Hyperd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A restarted hyperd listens once it has taken its pods over, one
+        // by one (on Xen under TCG ≈15 s each).
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -216,7 +308,7 @@ impl Hyperd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("hyperd did not listen within 30 s:\n{}", self.log_text());
+        panic!("hyperd did not listen within 90 s:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -351,7 +443,11 @@ impl Hyperd {
 impl Drop for Hyperd {
     fn drop(&mut self) {
         self.stop();
-        // A failed test must not leak VMs into the next ones.
+        // A failed test must not leak VMs into the next ones (hyperd leaves
+        // running pods to the next one when it stops).
+        if backend() == "xen" {
+            destroy_xen_domains(&self.state_dir);
+        }
         for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
             // SAFETY: kill(2) on a process started for this test's directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };

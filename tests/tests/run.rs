@@ -1,6 +1,6 @@
 //! `hyper run` end to end: real hyperd, real backend plugin, real VMs.
 
-use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, Hyperd, Setup};
+use hyper_tests::{busybox_rootfs, files_under, processes_mentioning, text, vms_of, Hyperd, Setup};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -362,9 +362,12 @@ fn a_new_hyperd_cleans_up_after_a_killed_one_whose_vm_died_too() {
         text(&out.stderr)
     );
 
-    // It dies too while no hyperd runs (a Xen domain is not a process: there
-    // the new hyperd destroys the domain it cannot take over)…
-    if hyper_tests::backend() != "xen" {
+    // It dies too while no hyperd runs (a Xen domain is not a process:
+    // there it is destroyed; its xl monitor goes with it)…
+    if hyper_tests::backend() == "xen" {
+        assert_eq!(vms_of(&d.state_dir).len(), 1, "the pod's domain");
+        hyper_tests::destroy_xen_domains(&d.state_dir);
+    } else {
         for pid in &orphans {
             // SAFETY: kill(2) on a VM process started for this test's state dir.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
@@ -392,7 +395,8 @@ fn a_new_hyperd_cleans_up_after_a_killed_one_whose_vm_died_too() {
     assert_eq!(ps[0]["running"], false, "{ps}");
 }
 
-/// Backends that can take a VM over (QEMU, KVM); not in the Xen leg.
+/// Backends that can take a VM over: all of them (the VMs are compared as
+/// processes, or as Xen domains).
 #[test]
 fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     let mut d = Hyperd::start();
@@ -406,18 +410,20 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     );
     let sleeper = d.run_detached(&["--name", "sleeper"], &["sleep", "600"]);
     d.wait_for_log("writer", "before");
-    let vms_before = processes_mentioning(&d.state_dir.to_string_lossy());
-    assert_eq!(vms_before.len(), 2, "two VM processes");
+    let vms_before = vms_of(&d.state_dir);
+    assert_eq!(vms_before.len(), 2, "two VMs: {vms_before:?}");
 
     // hyperd crashes; its VMs go on.
     d.kill_hard();
-    assert_eq!(
-        processes_mentioning(&d.state_dir.to_string_lossy()),
-        vms_before
-    );
+    assert_eq!(vms_of(&d.state_dir), vms_before);
     d.restart();
     let running = d.ps_json(false);
-    assert_eq!(running.len(), 2, "both pods taken over: {running:?}");
+    assert_eq!(
+        running.len(),
+        2,
+        "both pods taken over: {running:?}\n{}",
+        d.log_text()
+    );
     assert!(d.log_text().contains("took over 2 running pod(s)"));
     // The log from before the crash is still there, exec works with the
     // container's env and gives the process's exit code, and output the
@@ -450,7 +456,7 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     assert_eq!(d.ps_json(false).len(), 2);
     assert_eq!(d.exec_ok(&["sleeper", "echo", "again"]), "again\n");
     assert_eq!(
-        processes_mentioning(&d.state_dir.to_string_lossy()),
+        vms_of(&d.state_dir),
         vms_before,
         "the same VMs, not new ones"
     );
@@ -462,10 +468,12 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(d.ps_json(true).is_empty());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !processes_mentioning(&d.state_dir.to_string_lossy()).is_empty() {
+    while !hyper_tests::vms_still_there(&vms_before).is_empty()
+        || !processes_mentioning(&d.state_dir.to_string_lossy()).is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "VM processes left behind"
+            "VMs or their processes left behind"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

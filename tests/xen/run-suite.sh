@@ -20,7 +20,8 @@ MUSL=x86_64-unknown-linux-musl
 CASES=${XEN_CASES:-"output_and_exit_codes stderr_is_kept_apart_from_stdout stdin_is_piped_with_dash_i \
 env_workdir_hostname_and_user command_not_found_exits_127_with_a_message \
 hyper_info_reports_plugins_probe_and_payload writes_land_in_the_overlay_and_the_image_stays_unchanged \
-stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_cleans_up_after_a_killed_one four_pods_at_once"}
+stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_cleans_up_after_a_killed_one \
+a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop four_pods_at_once"}
 cd "$ROOT"
 
 "$HERE/fetch-xen.sh"

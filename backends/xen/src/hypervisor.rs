@@ -13,7 +13,7 @@ use tokio::net::UnixListener;
 
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
-use crate::owner::{self, Owner};
+use crate::owner::{self, Owner, Verdict};
 use crate::vm::XenVm;
 use crate::xenstore::{Xenstore, XsError};
 use crate::{xl, xlcfg};
@@ -27,6 +27,10 @@ const XL_QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// domain is introduced.
 const TTY_WAIT: Duration = Duration::from_secs(15);
 const MAX_DOMAINS_SCANNED: usize = 4096;
+/// How long the orphan sweep waits for the runtime to take a dead hyperd's
+/// domain over or give it up (restoring pods reattaches them one by one).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(600);
+const TAKEOVER_POLL: Duration = Duration::from_secs(1);
 
 pub struct XenHypervisor {
     config: XenConfig,
@@ -212,7 +216,7 @@ impl XenHypervisor {
                 None => return Err(format!("xl created no domain named {name}")),
             }
         };
-        let record = Owner::me(domid).encode();
+        let record = Owner::me(domid, &spec.run_dir).encode();
         let key = owner::path(&name);
         xs(&self.config.xenstore_socket, move |x| {
             x.write(&key, record.as_bytes())
@@ -245,50 +249,84 @@ impl XenHypervisor {
     }
 }
 
-/// See [`XenHypervisor::sweep_orphans_in_background`].
+/// See [`XenHypervisor::sweep_orphans_in_background`]. A dead hyperd's
+/// domain whose run directory is still there may be taken over by the
+/// runtime restoring its pods, which runs at the same time: it is looked at
+/// again until it is (its record then names this hyperd) or the runtime
+/// gives the pod up (and removes the run directory).
 pub async fn sweep_orphans(config: &XenConfig) {
-    let listed = xs(&config.xenstore_socket, |x| {
-        let names = match x.directory(owner::ROOT) {
-            Ok(n) => n,
-            Err(e) if e.is_enoent() => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+    let mut waiting = sweep_once(config, None).await;
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(TAKEOVER_POLL).await;
+        waiting = sweep_once(config, Some(&waiting)).await;
+    }
+    for name in waiting {
+        tracing::warn!(vm = %name, "left running: its hyperd is gone but its run directory is still there; a hyperd on that state directory takes it over or removes it");
+    }
+}
+
+/// One look at the owner records (all of them, or those in `only`); returns
+/// the names still to wait for.
+async fn sweep_once(config: &XenConfig, only: Option<&[String]>) -> Vec<String> {
+    let only: Option<Vec<String>> = only.map(<[String]>::to_vec);
+    let listed = xs(&config.xenstore_socket, move |x| {
+        let names = match only {
+            Some(names) => names,
+            None => match x.directory(owner::ROOT) {
+                Ok(n) => n,
+                Err(e) if e.is_enoent() => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            },
         };
         let mut out = Vec::new();
         for name in names.into_iter().take(MAX_DOMAINS_SCANNED) {
-            let record = x.read_opt(&owner::path(&name), 4096)?;
-            let domain = x.read_opt(
-                &format!(
-                    "/local/domain/{}/name",
-                    record
-                        .as_deref()
-                        .and_then(Owner::decode)
-                        .map_or(u32::MAX, |o| o.domid)
-                ),
-                256,
-            )?;
-            out.push((name, record.as_deref().and_then(Owner::decode), domain));
+            let record = x
+                .read_opt(&owner::path(&name), owner::MAX_RECORD)?
+                .as_deref()
+                .and_then(Owner::decode);
+            let domain = match &record {
+                Some(o) => x.read_opt(&format!("/local/domain/{}/name", o.domid), 256)?,
+                None => None,
+            };
+            out.push((name, record, domain));
         }
         Ok(out)
     })
     .await;
     let entries = match listed {
         Ok(e) => e,
-        Err(e) => return tracing::debug!("orphan sweep skipped: {e}"),
+        Err(e) => {
+            tracing::debug!("orphan sweep skipped: {e}");
+            return Vec::new();
+        }
     };
+    let mut waiting = Vec::new();
     for (name, record, domain_name) in entries {
-        match record {
-            Some(o) if o.is_alive(Path::new("/proc")) => continue,
-            Some(o) if domain_name.as_deref() == Some(name.as_str()) => {
-                tracing::info!(vm = %name, domid = o.domid, "destroying a domain whose hyperd is gone");
+        match owner::verdict(
+            &name,
+            record.as_ref(),
+            domain_name.as_deref(),
+            Owner::is_alive,
+            Path::exists,
+        ) {
+            Verdict::Keep => continue,
+            Verdict::Wait => {
+                waiting.push(name);
+                continue;
+            }
+            Verdict::Destroy => {
+                tracing::info!(vm = %name, "destroying a domain whose hyperd is gone and that is not taken over");
                 if let Err(e) = xl::run(&config.xl, &["destroy", &name], XL_QUICK_TIMEOUT).await {
                     tracing::warn!(vm = %name, "{e}");
                 }
             }
-            _ => {}
+            Verdict::Forget => {}
         }
         let key = owner::path(&name);
         let _ = xs(&config.xenstore_socket, move |x| x.rm(&key)).await;
     }
+    waiting
 }
 
 #[async_trait]
@@ -300,6 +338,7 @@ impl Hypervisor for XenHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             block_disks: true,
+            recover: true,
             ..Capabilities::default()
         }
     }
@@ -396,6 +435,84 @@ impl Hypervisor for XenHypervisor {
                 Err(HypervisorError::LaunchFailed(message))
             }
         }
+    }
+
+    /// No host process holds a domain, so `info.pid` and `pid_start` say
+    /// nothing: the owner record in xenstore tells that the domain is ours
+    /// and from this run directory. The console bridge died with the old
+    /// hyperd; a new one serves the same agent socket path.
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        _pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        xlcfg::validate(&spec).map_err(HypervisorError::InvalidSpec)?;
+        host_check(&self.proc_xen, &self.config.xl).map_err(unavailable)?;
+        let name = spec.id.clone();
+        let not_found = |why: String| HypervisorError::NotFound(format!("{name}: {why}"));
+        if info.id != name {
+            return Err(not_found(format!("saved as VM {}", info.id)));
+        }
+        let lookup = name.clone();
+        let (record, domain_name, tty) = xs(&self.config.xenstore_socket, move |x| {
+            let record = x.read_opt(&owner::path(&lookup), owner::MAX_RECORD)?;
+            let Some(domid) = record.as_deref().and_then(Owner::decode).map(|o| o.domid) else {
+                return Ok((record, None, None));
+            };
+            let domain_name = x.read_opt(&format!("/local/domain/{domid}/name"), 256)?;
+            let tty = x.read_opt(&format!("/local/domain/{domid}/console/tty"), 64)?;
+            Ok((record, domain_name, tty))
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+        let me = std::process::id();
+        let domid = owner::check_takeover(
+            &name,
+            &spec.run_dir,
+            record.as_deref(),
+            domain_name.as_deref(),
+            |o| o.pid != me && o.is_alive(),
+        )
+        .map_err(not_found)?;
+        let tty = tty
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| not_found(format!("domain {domid} has no console tty in xenstore")))?;
+        let tty = console::check_tty_path(&tty).map_err(HypervisorError::Io)?;
+        let pty = Pty::open(&tty).map_err(HypervisorError::Io)?;
+        let agent = spec.run_dir.join("agent.sock");
+        // The old bridge's socket: nobody listens on it any more.
+        let _ = std::fs::remove_file(&agent);
+        let listener = UnixListener::bind(&agent).map_err(|e| {
+            HypervisorError::Io(format!("cannot listen on {}: {e}", agent.display()))
+        })?;
+        // From here on the orphan sweep leaves the domain alone.
+        let record = Owner::me(domid, &spec.run_dir).encode();
+        let key = owner::path(&name);
+        if let Err(e) = xs(&self.config.xenstore_socket, move |x| {
+            x.write(&key, record.as_bytes())
+        })
+        .await
+        {
+            let _ = std::fs::remove_file(&agent);
+            return Err(HypervisorError::Io(format!(
+                "cannot record the domain's new owner in xenstore: {e}"
+            )));
+        }
+        let info = VmInfo {
+            id: name.clone(),
+            agent_channel: AgentChannel::UnixSocket(agent.clone()),
+            pid: None,
+        };
+        tracing::info!(vm = %name, domid, "took over a running domain");
+        Ok(Box::new(XenVm::start(
+            info,
+            domid,
+            self.config.clone(),
+            listener,
+            pty,
+            agent,
+        )))
     }
 }
 
@@ -533,5 +650,207 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A stand-in xenstored on a unix socket, over a shared key/value map:
+    /// READ, WRITE, RM and WATCH (then an event every 50 ms, so a watcher
+    /// re-checks its domain often).
+    fn fake_xenstored(
+        socket: &Path,
+        store: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    ) {
+        use crate::xenstore::{Header, Op, HEADER_LEN};
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let store = store.clone();
+                std::thread::spawn(move || loop {
+                    let mut head = [0u8; HEADER_LEN];
+                    if conn.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let h = Header::decode(&head).unwrap();
+                    let mut body = vec![0u8; h.len as usize];
+                    conn.read_exact(&mut body).unwrap();
+                    let mut parts = body.splitn(2, |b| *b == 0);
+                    let path =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let rest = parts.next().unwrap_or_default().to_vec();
+                    let mut map = store.lock().unwrap();
+                    let (op, payload) = match h.op {
+                        x if x == Op::Read as u32 => match map.get(&path) {
+                            Some(v) => (h.op, v.as_bytes().to_vec()),
+                            None => (Op::Error as u32, b"ENOENT\0".to_vec()),
+                        },
+                        x if x == Op::Write as u32 => {
+                            map.insert(path, String::from_utf8(rest).unwrap());
+                            (h.op, b"OK\0".to_vec())
+                        }
+                        x if x == Op::Rm as u32 => {
+                            map.remove(&path);
+                            (h.op, b"OK\0".to_vec())
+                        }
+                        _ => (h.op, b"OK\0".to_vec()),
+                    };
+                    drop(map);
+                    let reply = |op: u32, req_id: u32, payload: &[u8]| {
+                        let mut v = Header {
+                            op,
+                            req_id,
+                            tx_id: 0,
+                            len: payload.len() as u32,
+                        }
+                        .encode()
+                        .to_vec();
+                        v.extend_from_slice(payload);
+                        v
+                    };
+                    if conn.write_all(&reply(op, h.req_id, &payload)).is_err() {
+                        return;
+                    }
+                    if h.op == Op::Watch as u32 {
+                        let event = reply(Op::WatchEvent as u32, 0, b"@releaseDomain\0hyper-xen\0");
+                        while conn.write_all(&event).is_ok() {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn recover_rebridges_the_console_of_a_recorded_domain() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = fake_proc_xen(Some("control_d\n"));
+        let socket = dir.path().join("xs.sock");
+        let store = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        fake_xenstored(&socket, store.clone());
+        let mut master = 0;
+        let mut slave = 0;
+        // SAFETY: openpty writes two fds into the given ints; the name,
+        // termios and winsize pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: both fds are fresh from openpty and owned here.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let tty = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+        let run_dir = dir.path().join("pods/p1/vm");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        // What the dead hyperd's bridge left.
+        std::fs::write(run_dir.join("agent.sock"), "stale").unwrap();
+        let dead = Owner {
+            domid: 5,
+            pid: u32::MAX,
+            start: 1,
+            run_dir: Some(run_dir.clone()),
+        };
+        {
+            let mut map = store.lock().unwrap();
+            map.insert(owner::path("p1"), dead.encode());
+            map.insert("/local/domain/5/name".into(), "p1".into());
+            map.insert(
+                "/local/domain/5/console/tty".into(),
+                tty.to_string_lossy().into_owned(),
+            );
+        }
+        let h = hv(dir.path(), "/bin/true", &socket.to_string_lossy());
+        assert!(h.capabilities().recover);
+        let spec = VmSpec {
+            id: "p1".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![],
+            console_log: dir.path().join("console.log"),
+            run_dir: run_dir.clone(),
+        };
+        let info = VmInfo {
+            id: "p1".into(),
+            agent_channel: AgentChannel::UnixSocket(run_dir.join("agent.sock")),
+            pid: None,
+        };
+
+        // Refused: another run directory, a domid that names another domain,
+        // a console that is not a pty.
+        let elsewhere = VmSpec {
+            run_dir: dir.path().join("elsewhere"),
+            ..spec.clone()
+        };
+        let err = h.recover(elsewhere, info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::NotFound(_))), "{err:?}");
+        store
+            .lock()
+            .unwrap()
+            .insert("/local/domain/5/name".into(), "other".into());
+        let err = h.recover(spec.clone(), info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::NotFound(_))), "{err:?}");
+        {
+            let mut map = store.lock().unwrap();
+            map.insert("/local/domain/5/name".into(), "p1".into());
+            map.insert("/local/domain/5/console/tty".into(), "/etc/passwd".into());
+        }
+        let err = h.recover(spec.clone(), info.clone(), None).await.err();
+        assert!(matches!(err, Some(HypervisorError::Io(_))), "{err:?}");
+        assert_eq!(
+            store.lock().unwrap().get(&owner::path("p1")),
+            Some(&dead.encode())
+        );
+
+        store.lock().unwrap().insert(
+            "/local/domain/5/console/tty".into(),
+            tty.to_string_lossy().into_owned(),
+        );
+        let vm = h.recover(spec, info.clone(), None).await.unwrap();
+        assert_eq!(vm.info(), info);
+        let record = store.lock().unwrap().get(&owner::path("p1")).cloned();
+        let record = record.as_deref().and_then(Owner::decode).unwrap();
+        assert_eq!(record.pid, std::process::id());
+        assert_eq!(record.domid, 5);
+        assert_eq!(record.run_dir.as_deref(), Some(run_dir.as_path()));
+
+        // The new bridge: socket to pty and back.
+        let mut client = tokio::net::UnixStream::connect(run_dir.join("agent.sock"))
+            .await
+            .unwrap();
+        let mut master = std::fs::File::from(master);
+        std::io::Write::write_all(&mut master, b"from-guest").unwrap();
+        let mut got = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"from-guest");
+        client.write_all(b"to-guest").await.unwrap();
+        let back = tokio::task::spawn_blocking(move || {
+            let mut back = [0u8; 8];
+            std::io::Read::read_exact(&mut master, &mut back).map(|_| back)
+        });
+        assert_eq!(&back.await.unwrap().unwrap(), b"to-guest");
+
+        // The domain goes: wait() ends, the socket and the record go too.
+        store.lock().unwrap().remove("/local/domain/5/name");
+        tokio::time::timeout(Duration::from_secs(10), vm.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!run_dir.join("agent.sock").exists());
+        assert_eq!(store.lock().unwrap().get(&owner::path("p1")), None);
+        drop(slave);
     }
 }

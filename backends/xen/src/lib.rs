@@ -18,8 +18,9 @@
 //!
 //! A domain's owner (hyperd pid and start time, run directory) is recorded in
 //! xenstore under `/tool/hyper/vms/<name>`, writable by dom0 only. A new
-//! hyperd destroys the domains whose owner is gone, since no host process of
-//! its own holds them.
+//! hyperd takes over the domains of its pods (`recover`: the record names
+//! the pod's run directory; the console is bridged again) and destroys the
+//! other domains whose owner is gone, since no host process holds them.
 //!
 //! `[hypervisor.xen]` keys: `type` (`pv` | `pvh`), `xl`, `xenstore_socket`,
 //! `xl_timeout_secs`; see [`config::XenConfig`].

@@ -33,8 +33,9 @@ pub use multi::{container_log_dir, ContainerRecord};
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
 const ROOTFS_DISK_ID: &str = "hyper-rootfs0";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Connecting to a running guest and its answer to the resync.
-const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to a running guest and its answer to the resync. Xen's PV
+/// console moves the 64 KiB resync pad in 1 KiB ring turns: ≈14 s under TCG.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
