@@ -597,12 +597,13 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let mut restored = Restored::default();
+        let mut running = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
             let record = std::fs::read(pod_dir.join("pod.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok());
-            let Some(mut record) = record else {
+            let Some(record) = record else {
                 // Not even a record: a launch that died half-way.
                 let _ = std::fs::remove_dir_all(&pod_dir);
                 restored.cleaned += 1;
@@ -613,33 +614,52 @@ impl Runtime {
                 self.pods().insert(record.id.clone(), record);
                 continue;
             }
-            match self.reattach(record.clone()).await {
-                Ok(()) => {
-                    restored.reattached += 1;
-                    continue;
+            running.push(record);
+        }
+        // Taken over side by side: a guest slow to answer its resync (tens
+        // of seconds on an emulated console) does not hold the others up.
+        let mut takeovers = tokio::task::JoinSet::new();
+        for record in running {
+            let rt = self.clone();
+            takeovers.spawn(async move {
+                match rt.reattach(record.clone()).await {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
+                        rt.give_up(record);
+                        false
+                    }
                 }
-                Err(reason) => {
-                    tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
-                }
+            });
+        }
+        while let Some(done) = takeovers.join_next().await {
+            match done {
+                Ok(true) => restored.reattached += 1,
+                _ => restored.cleaned += 1,
             }
-            if let (Some(pid), Some(start)) = (record.vm_pid, record.vm_pid_start) {
-                if process_start_time(pid) == Some(start) {
-                    tracing::info!(pod = %record.id, pid, "killing the VM of a pod left by a previous hyperd");
-                    // SAFETY: plain kill(2) on a pid whose start time
-                    // matches the one recorded at launch, so it is still
-                    // that VM's process.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
-            }
-            record.state = PodState::Exited;
-            record.vm = None;
-            multi::containers_end_with_the_pod(&mut record);
-            restored.cleaned += 1;
-            let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
-            let _ = write_record(&pod_dir, &record);
-            self.pods().insert(record.id.clone(), record);
         }
         Ok(restored)
+    }
+
+    /// Marks a pod left running by an earlier hyperd exited, and kills its
+    /// VM process if it still runs.
+    fn give_up(&self, mut record: PodRecord) {
+        let pod_dir = self.pods_dir().join(&record.id);
+        if let (Some(pid), Some(start)) = (record.vm_pid, record.vm_pid_start) {
+            if process_start_time(pid) == Some(start) {
+                tracing::info!(pod = %record.id, pid, "killing the VM of a pod left by a previous hyperd");
+                // SAFETY: plain kill(2) on a pid whose start time matches
+                // the one recorded at launch, so it is still that VM's
+                // process.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        record.state = PodState::Exited;
+        record.vm = None;
+        multi::containers_end_with_the_pod(&mut record);
+        let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
+        let _ = write_record(&pod_dir, &record);
+        self.pods().insert(record.id.clone(), record);
     }
 
     /// Takes one running pod over: its VM through the backend, its
