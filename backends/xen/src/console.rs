@@ -168,6 +168,35 @@ pub async fn bridge(listener: UnixListener, pty: Pty) {
     }
 }
 
+/// A pty pair standing in for xenconsoled's (tests): master, slave, and the
+/// slave's path.
+#[cfg(test)]
+pub(crate) fn pty_pair() -> (
+    std::os::fd::OwnedFd,
+    std::os::fd::OwnedFd,
+    std::path::PathBuf,
+) {
+    let mut master = 0;
+    let mut slave = 0;
+    // SAFETY: openpty writes two fds into the given ints; the name, termios
+    // and winsize pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are fresh from openpty and owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let name =
+        std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap_or_default();
+    (master, slave, name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,24 +223,7 @@ mod tests {
     /// master reach the socket client and back, unchanged (raw mode).
     #[tokio::test]
     async fn bridges_a_real_pty_both_ways() {
-        let mut master = 0;
-        let mut slave = 0;
-        // SAFETY: openpty writes two fds into the given ints; the name,
-        // termios and winsize pointers may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: both fds are fresh from openpty and owned here.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let name = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+        let (master, slave, name) = pty_pair();
         let pty = Pty::open(&name).unwrap();
         drop(slave);
         let dir = tempfile::tempdir().unwrap();

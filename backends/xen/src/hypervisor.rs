@@ -695,18 +695,7 @@ mod tests {
                         _ => (h.op, b"OK\0".to_vec()),
                     };
                     drop(map);
-                    let reply = |op: u32, req_id: u32, payload: &[u8]| {
-                        let mut v = Header {
-                            op,
-                            req_id,
-                            tx_id: 0,
-                            len: payload.len() as u32,
-                        }
-                        .encode()
-                        .to_vec();
-                        v.extend_from_slice(payload);
-                        v
-                    };
+                    let reply = crate::xenstore::reply;
                     if conn.write_all(&reply(op, h.req_id, &payload)).is_err() {
                         return;
                     }
@@ -724,30 +713,12 @@ mod tests {
 
     #[tokio::test]
     async fn recover_rebridges_the_console_of_a_recorded_domain() {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = fake_proc_xen(Some("control_d\n"));
         let socket = dir.path().join("xs.sock");
         let store = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         fake_xenstored(&socket, store.clone());
-        let mut master = 0;
-        let mut slave = 0;
-        // SAFETY: openpty writes two fds into the given ints; the name,
-        // termios and winsize pointers may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: both fds are fresh from openpty and owned here.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let tty = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+        let (master, slave, tty) = crate::console::pty_pair();
         let run_dir = dir.path().join("pods/p1/vm");
         std::fs::create_dir_all(&run_dir).unwrap();
         // What the dead hyperd's bridge left.

@@ -441,23 +441,25 @@ pub fn parse_text(raw: &[u8], max: usize) -> Option<String> {
     (!s.chars().any(char::is_control)).then(|| s.to_string())
 }
 
+/// A xenstored reply as the wire carries it (tests' stand-in daemons).
+#[cfg(test)]
+pub(crate) fn reply(op: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Header {
+        op,
+        req_id,
+        tx_id: 0,
+        len: payload.len() as u32,
+    }
+    .encode()
+    .to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
-
-    fn reply(op: u32, req_id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = Header {
-            op,
-            req_id,
-            tx_id: 0,
-            len: payload.len() as u32,
-        }
-        .encode()
-        .to_vec();
-        v.extend_from_slice(payload);
-        v
-    }
 
     /// A client talking to a scripted "xenstored" on a socketpair: `serve`
     /// reads the requests and writes the canned bytes.
