@@ -1971,8 +1971,13 @@ fn check_name(name: &str) -> Result<(), RunError> {
 fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
     let tmp = pod_dir.join("pod.json.tmp");
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, pod_dir.join("pod.json"))
+    let written =
+        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
+    if written.is_err() {
+        // A full disk leaves a partial copy; pod.json itself is intact.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn new_id() -> String {
