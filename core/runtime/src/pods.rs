@@ -798,11 +798,7 @@ impl Runtime {
     ) -> Result<Started, RunError> {
         let size = self.vm_size(&req)?;
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(RunError::Stopping);
-        }
-        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
-        self.payload.check(&self.config)?;
+        let hypervisor = self.ready_to_launch()?;
         let (image, process, image_id) = self.resolve_source(&req).await?;
         let req = RunRequest {
             args: process.args,
@@ -873,8 +869,19 @@ impl Runtime {
         };
         write_record(&pod_dir, &record).map_err(state_err)?;
         self.pods().insert(id.clone(), record.clone());
-        let spec = self.vm_spec(&id, image, size);
+        let spec = self.vm_spec(&id, Self::rootfs_disk(image), size);
         self.launch(hypervisor, spec, req, record, io).await
+    }
+
+    /// The hypervisor to launch a VM with, once hyperd takes work and the
+    /// payload is in place.
+    fn ready_to_launch(&self) -> Result<Arc<dyn Hypervisor>, RunError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
+        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
+        self.payload.check(&self.config)?;
+        Ok(hypervisor)
     }
 
     /// The vCPUs and memory a pod of one container asks for, or the
@@ -905,8 +912,9 @@ impl Runtime {
         Ok((vcpus, memory_mib))
     }
 
-    /// The VM of a pod of one container.
-    fn vm_spec(&self, id: &str, image: PathBuf, (vcpus, memory_mib): (u32, u32)) -> VmSpec {
+    /// The VM of a pod: the payload, `disks`, and its files in the pod's
+    /// directory.
+    fn vm_spec(&self, id: &str, disks: Vec<DiskSpec>, (vcpus, memory_mib): (u32, u32)) -> VmSpec {
         let pod_dir = self.pods_dir().join(id);
         VmSpec {
             id: id.to_string(),
@@ -915,14 +923,19 @@ impl Runtime {
             cmdline: self.payload.cmdline.clone(),
             vcpus,
             memory_mib,
-            disks: vec![DiskSpec {
-                path: image,
-                read_only: true,
-                id: ROOTFS_DISK_ID.into(),
-            }],
+            disks,
             console_log: pod_dir.join("console.log"),
             run_dir: pod_dir.join("vm"),
         }
+    }
+
+    /// The rootfs disk of a pod of one container.
+    fn rootfs_disk(image: PathBuf) -> Vec<DiskSpec> {
+        vec![DiskSpec {
+            path: image,
+            read_only: true,
+            id: ROOTFS_DISK_ID.into(),
+        }]
     }
 
     /// Boots a recorded pod of one container and leaves it supervised.
@@ -1223,8 +1236,6 @@ impl Runtime {
             Some(io) => (Some(io.output), io.stdin, io.resize),
             None => (None, None, None),
         };
-        // Resizes reach the first VM's process only; a restarted one starts
-        // at the size of the request.
         // Sizes follow the pod across restarts by its policy.
         let resizer = forward_resizes(
             live.links.terminal.clone(),
@@ -1489,11 +1500,7 @@ impl Runtime {
                 "pod {id} was created by an older hyperd that did not keep its container; run it anew"
             )));
         };
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(RunError::Stopping);
-        }
-        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
-        self.payload.check(&self.config)?;
+        let hypervisor = self.ready_to_launch()?;
         let size = self.vm_size(&req)?;
         let image = self
             .rootfs_again(
@@ -1503,7 +1510,7 @@ impl Runtime {
             )
             .await?;
         let record = self.claim_for_start(id, |r| r.rootfs_image = image.clone())?;
-        let spec = self.vm_spec(id, image, size);
+        let spec = self.vm_spec(id, Self::rootfs_disk(image), size);
         self.launch(hypervisor, spec, req, record, None).await
     }
 

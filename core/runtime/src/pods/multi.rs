@@ -74,11 +74,7 @@ impl Runtime {
         pod.validate()
             .map_err(|e| RunError::Invalid(format!("pod file: {}: {}", e.key, e.message)))?;
         let size = self.pod_vm_size(&pod)?;
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(RunError::Stopping);
-        }
-        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
-        self.payload.check(&self.config)?;
+        let hypervisor = self.ready_to_launch()?;
         if let Some(name) = &pod.name {
             check_name(name)?;
             if self
@@ -249,28 +245,18 @@ impl Runtime {
     }
 
     /// The VM of a pod of several containers: one rootfs disk each.
-    fn pod_vm_spec(&self, record: &PodRecord, (vcpus, memory_mib): (u32, u32)) -> VmSpec {
-        let pod_dir = self.pods_dir().join(&record.id);
-        VmSpec {
-            id: record.id.clone(),
-            kernel: self.payload.kernel.clone(),
-            initrd: self.payload.initrd.clone(),
-            cmdline: self.payload.cmdline.clone(),
-            vcpus,
-            memory_mib,
-            disks: record
-                .containers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| DiskSpec {
-                    path: c.rootfs_image.clone(),
-                    read_only: true,
-                    id: disk_id(i),
-                })
-                .collect(),
-            console_log: pod_dir.join("console.log"),
-            run_dir: pod_dir.join("vm"),
-        }
+    fn pod_vm_spec(&self, record: &PodRecord, size: (u32, u32)) -> VmSpec {
+        let disks = record
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| DiskSpec {
+                path: c.rootfs_image.clone(),
+                read_only: true,
+                id: disk_id(i),
+            })
+            .collect();
+        self.vm_spec(&record.id, disks, size)
     }
 
     /// The vCPUs and memory a pod file asks for, or the configured defaults.
@@ -291,11 +277,7 @@ impl Runtime {
                 "pod {id} was created by an older hyperd that did not keep its pod file; create it anew"
             )));
         };
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(RunError::Stopping);
-        }
-        let hypervisor = self.hypervisor.clone().map_err(RunError::NoHypervisor)?;
-        self.payload.check(&self.config)?;
+        let hypervisor = self.ready_to_launch()?;
         let size = self.pod_vm_size(pod)?;
         let mut images = Vec::with_capacity(record.containers.len());
         for (c, from_file) in record.containers.iter().zip(&pod.containers) {
