@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::{
-    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+    Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
 };
 use tokio::net::UnixListener;
 
@@ -233,13 +233,8 @@ impl XenHypervisor {
         if !out.success {
             return Err(format!("xl unpause failed: {}", out.reason()));
         }
-        let info = VmInfo {
-            id: name.clone(),
-            agent_channel: AgentChannel::UnixSocket(agent.clone()),
-            pid: None,
-        };
         Ok(XenVm::start(
-            info,
+            name,
             domid,
             self.config.clone(),
             listener,
@@ -499,14 +494,9 @@ impl Hypervisor for XenHypervisor {
                 "cannot record the domain's new owner in xenstore: {e}"
             )));
         }
-        let info = VmInfo {
-            id: name.clone(),
-            agent_channel: AgentChannel::UnixSocket(agent.clone()),
-            pid: None,
-        };
         tracing::info!(vm = %name, domid, "took over a running domain");
         Ok(Box::new(XenVm::start(
-            info,
+            name,
             domid,
             self.config.clone(),
             listener,
@@ -753,7 +743,7 @@ mod tests {
         };
         let info = VmInfo {
             id: "p1".into(),
-            agent_channel: AgentChannel::UnixSocket(run_dir.join("agent.sock")),
+            agent_channel: hyper_hypervisor::AgentChannel::UnixSocket(run_dir.join("agent.sock")),
             pid: None,
         };
 

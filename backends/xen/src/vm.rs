@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmInfo, VmStats};
+use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmInfo, VmStats};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -35,19 +35,24 @@ pub struct XenVm {
 }
 
 impl XenVm {
-    /// Takes over a created, unpaused domain: bridges its console and
-    /// watches for its end. Must run inside the plugin's runtime.
+    /// Takes over a created, unpaused domain: bridges its console to the
+    /// agent socket and watches for its end. Must run inside the plugin's
+    /// runtime.
     pub(crate) fn start(
-        info: VmInfo,
+        name: String,
         domid: u32,
         config: XenConfig,
         listener: UnixListener,
         pty: Pty,
         agent: PathBuf,
     ) -> Self {
+        let info = VmInfo {
+            id: name.clone(),
+            agent_channel: AgentChannel::UnixSocket(agent.clone()),
+            pid: None,
+        };
         let (exit_tx, exit) = watch::channel(None);
         let bridge = tokio::spawn(console::bridge(listener, pty));
-        let name = info.id.clone();
         let cfg = config.clone();
         tokio::spawn(async move {
             let result = watch_until_gone(&cfg, &name, domid).await;
