@@ -20,7 +20,7 @@ grep -E '^test |^test result' "$R/real-xen.txt"
 
 # Each test file's cases by exact name (run-suite.sh writes them from tests/cases.toml).
 for exe in "$S"/e2e/*; do
-  t=${exe##*/}
+  [ -x "$exe" ] || continue; t=${exe##*/}
   echo "@@ $(up)s E2E-START $t"
   # shellcheck disable=SC2046
   "$exe" --exact --test-threads=1 $(cat "$S/cases/$t") > "$R/e2e-$t.txt" 2>&1

@@ -40,6 +40,8 @@ REAL=$($M exe hyper-backend-xen real_xen)
 S=$C/share
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results,e2e,cases}
 cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_xen.so" "$S/bin/"
+# The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
+cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
 cp "$REAL" "$S/bin/real-xen"
 for t in $TARGETS; do
   exe=$($M exe hyper-tests "$t")

@@ -107,6 +107,8 @@ if [ "$NK_E2E" != 0 ]; then
   done
   [ -d "$PAYLOAD/rootfs/busybox" ] || { echo "nested-kvm: no test rootfs in $PAYLOAD/rootfs/busybox: run make rootfs" >&2; exit 1; }
   cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
+  # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
+  cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
   cp -L "$(command -v mkfs.erofs)" "$S/bin/"
   [ -n "${NK_BENCH:-}" ] && echo "$NK_BENCH" > "$S/bench-runs"
   ldd "$S"/bin/* "$S"/e2e/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
