@@ -6,6 +6,8 @@
   matrix.py cases BACKEND TARGET      their exact names, one a line
   matrix.py exe PACKAGE TARGET        the path of a built test binary (release)
   matrix.py run-qemu                  the QEMU leg: each target's qemu cases, by exact name
+  matrix.py stage BACKEND SHARE       an emulated leg's share: SHARE/e2e/TARGET binaries, SHARE/cases/TARGET names
+  matrix.py collect BACKEND SHARE     shows, checks and verifies SHARE/results/e2e-TARGET.{txt,rc}
   matrix.py verify BACKEND TARGET OUT every listed case of TARGET ran and passed in libtest output OUT;
                                       appends the per-case results to build/matrix/BACKEND.txt
   matrix.py reset BACKEND             a leg starts: empties build/matrix/BACKEND.txt
@@ -18,6 +20,7 @@ HYPER_CASES names another list file (for trying the machinery).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -198,6 +201,44 @@ def verify(data, backend, target, out):
     return counts["ok"] == len(names) and not extra
 
 
+def stage(data, backend, share):
+    """An emulated leg's share: SHARE/e2e/TARGET (the test binary) and SHARE/cases/TARGET (its names)."""
+    for d in ("e2e", "cases"):
+        os.makedirs(os.path.join(share, d), exist_ok=True)
+    for target, names in selection(data, backend).items():
+        exe = test_exes(PACKAGE, target).get(target)
+        if not exe:
+            raise Bad(f"no test binary {target} in {PACKAGE} (tests/tests/{target}.rs)")
+        shutil.copy2(exe, os.path.join(share, "e2e", target))
+        with open(os.path.join(share, "cases", target), "w") as f:
+            f.write("\n".join(names) + "\n")
+
+
+def collect(data, backend, share):
+    """An emulated leg's results (SHARE/results/e2e-TARGET.txt and .rc): shown, checked, recorded."""
+    ok = True
+    for target in selection(data, backend):
+        out = os.path.join(share, "results", f"e2e-{target}.txt")
+        print(f"matrix: {backend} {target}: {out}")
+        try:
+            with open(out, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if re.match(r"^(test |failures:|---- |test result:)|.*panicked", line):
+                        print(line, end="")
+        except FileNotFoundError:
+            print(f"matrix: {backend} {target}: no output (the machine did not get that far)")
+        try:
+            with open(os.path.join(share, "results", f"e2e-{target}.rc")) as f:
+                rc = f.read().strip()
+        except FileNotFoundError:
+            rc = "none"
+        if rc != "0":
+            print(f"matrix: {backend} {target}: FAILED: exit {rc}")
+            ok = False
+        ok = verify(data, backend, target, out) and ok
+    return ok
+
+
 def run_qemu(data):
     """Each test file's qemu cases, by exact name; output to the terminal and build/matrix/qemu-TARGET.log."""
     sel = selection(data, "qemu")
@@ -300,6 +341,10 @@ def main(argv):
         reset(data, args[0])
     elif cmd == "verify" and len(args) == 3 and args[0] in BACKENDS:
         return 0 if verify(data, *args) else 1
+    elif cmd == "stage" and len(args) == 2 and args[0] in BACKENDS:
+        stage(data, *args)
+    elif cmd == "collect" and len(args) == 2 and args[0] in BACKENDS:
+        return 0 if collect(data, *args) else 1
     elif cmd == "run-qemu" and not args:
         return 0 if run_qemu(data) else 1
     elif cmd == "table" and not args:

@@ -21,7 +21,6 @@ TIMEOUT=${XEN_TIMEOUT:-1380}
 MUSL=x86_64-unknown-linux-musl
 # The e2e cases: those tests/cases.toml tags `xen` (XEN_CASES: exact names instead).
 M="python3 $ROOT/tests/matrix.py"
-TARGETS=$($M targets xen)
 $M reset xen
 cd "$ROOT"
 
@@ -38,17 +37,12 @@ REAL=$($M exe hyper-backend-xen real_xen)
 [ -d build/rootfs/busybox ] || make rootfs
 
 S=$C/share
-rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results,e2e,cases}
+rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
 cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_xen.so" "$S/bin/"
 # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
 cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
 cp "$REAL" "$S/bin/real-xen"
-for t in $TARGETS; do
-  exe=$($M exe hyper-tests "$t")
-  [ -x "$exe" ] || { echo "xen-suite: e2e test binary $t missing ($exe)" >&2; exit 1; }
-  cp "$exe" "$S/e2e/$t"
-  $M cases xen "$t" > "$S/cases/$t"
-done
+$M stage xen "$S"
 ldd "$S"/bin/* "$S"/e2e/* | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
 hyperstart/mkinitramfs.sh "$T/$MUSL/release/hyperstart" "$S/payload/hyperstart.img"
 cp -L build/hyperkernel "$S/payload/hyperkernel"
@@ -92,13 +86,7 @@ if [ -f "$out" ]; then
 else
   echo "xen-suite: FAILED: no real-xen results" >&2; fail=1
 fi
-for t in $TARGETS; do
-  out=$S/results/e2e-$t.txt
-  echo "xen-suite: e2e $t"
-  grep -aE '^test |^failures:|^---- |panicked|^test result:' "$out" 2>/dev/null || true
-  [ "$(cat "$S/results/e2e-$t.rc" 2>/dev/null)" = 0 ] || { echo "xen-suite: FAILED: e2e $t exit $(cat "$S/results/e2e-$t.rc" 2>/dev/null || echo none)" >&2; fail=1; }
-  $M verify xen "$t" "$out" || fail=1
-done
+$M collect xen "$S" || fail=1
 if [ -f "$S/results/bench.txt" ]; then
   echo "xen-suite: bench (seconds, dom0 uptime clock; TCG):"
   cat "$S/results/bench.txt"

@@ -32,7 +32,7 @@ NK_E2E=${NK_E2E:-1}
 # (≈160-250 s: two L2 pods, two hyperd restarts) is kept: only this leg runs
 # hyper-vmm's recover and agent-socket reattach for real.
 M="python3 $ROOT/tests/matrix.py"
-if [ "$NK_E2E" != 0 ]; then TARGETS=$($M targets kvm); $M reset kvm; fi
+[ "$NK_E2E" = 0 ] || $M reset kvm
 mkdir -p "$W/debs"
 
 # 1. L1 kernel: Debian's linux-image (kvm.ko, kvm-amd.ko), as an ELF vmlinux.
@@ -96,15 +96,10 @@ mknod -m 600 "$Z/dev/console" c 5 1 2>/dev/null || true
 
 # 3. The share for the e2e cases: what hyperd, the plugin and the test
 # binary need, with their libraries (LD_LIBRARY_PATH in L1).
-S=$W/share; rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results,e2e,cases}
+S=$W/share; rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
 SHARE=()
 if [ "$NK_E2E" != 0 ]; then
-  for t in $TARGETS; do
-    exe=$($M exe hyper-tests "$t")
-    [ -x "$exe" ] || { echo "nested-kvm: e2e test binary $t missing ($exe)" >&2; exit 1; }
-    cp "$exe" "$S/e2e/$t"
-    $M cases kvm "$t" > "$S/cases/$t"
-  done
+  $M stage kvm "$S"
   [ -d "$PAYLOAD/rootfs/busybox" ] || { echo "nested-kvm: no test rootfs in $PAYLOAD/rootfs/busybox: run make rootfs" >&2; exit 1; }
   cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
   # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
@@ -141,13 +136,7 @@ grep -q "TESTGUEST-EXIT rc=0" "$W/l1.log" || { echo "nested-kvm: FAILED: test gu
 ! grep -q "agentcat rc=[1-9]" "$W/l1.log" || { echo "nested-kvm: FAILED: a payload did not reach READY" >&2; fail=75; }
 grep -q "POWEROFF-SMP-OK" "$W/l1.log" || { echo "nested-kvm: FAILED: 2-vCPU payload did not power itself off" >&2; fail=1; }
 if [ "$NK_E2E" != 0 ]; then
-  for t in $TARGETS; do
-    out=$S/results/e2e-$t.txt
-    echo "nested-kvm: e2e $t (HYPER_E2E_BACKEND=kvm inside L1)"
-    grep -aE '^test .* \.\.\. |^failures:|^---- |panicked|^test result:' "$out" 2>/dev/null || true
-    [ "$(cat "$S/results/e2e-$t.rc" 2>/dev/null)" = 0 ] || { echo "nested-kvm: FAILED: e2e $t exit $(cat "$S/results/e2e-$t.rc" 2>/dev/null || echo none)" >&2; fail=1; }
-    $M verify kvm "$t" "$out" || fail=1
-  done
+  $M collect kvm "$S" || fail=1
   if [ -f "$S/results/bench.txt" ]; then
     echo "nested-kvm: hyper run --rm … true inside L1 (seconds, L1 uptime clock; TCG outside):"
     cat "$S/results/bench.txt"
