@@ -27,8 +27,10 @@ fn layout(dir: &Path, name: &str, layers: &[Vec<u8>], cmd: &str) -> String {
         fs::write(blobs.join(&d[7..]), data).unwrap();
         (d, data.len())
     };
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("\"{}\"", sha(l))).collect();
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["{cmd}"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["{cmd}"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
     );
     let (cd, cs) = put(config.as_bytes());
     let ls: Vec<String> = layers
@@ -295,12 +297,16 @@ fn docker_save_tarball() {
     let tmp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&tmp.path().join("images")).unwrap();
     let layer = tar_of(&[("hello", b"world")]);
-    let config = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/hello"],"WorkingDir":"/w"}}"#;
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Entrypoint":["/hello"],"WorkingDir":"/w"}},"rootfs":{{"type":"layers","diff_ids":["{0}","{0}"]}}}}"#,
+        sha(&layer)
+    );
+    let config = config.as_bytes();
     let manifest = br#"[{"Config":"cfg.json","RepoTags":["hello:1","other/hello:2"],"Layers":["abc/layer.tar","dup/layer.tar"]}]"#;
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in [
         ("manifest.json", manifest.as_slice()),
-        ("cfg.json", config.as_slice()),
+        ("cfg.json", config),
         ("abc/layer.tar", layer.as_slice()),
     ] {
         let mut h = tar::Header::new_gnu();
