@@ -859,3 +859,36 @@ pub fn unpack(
 
 #[cfg(test)]
 mod tests;
+
+/// Generators of the bomb layers the tests use (uncompressed tars).
+#[cfg(test)]
+pub(crate) mod tests_support {
+    fn empty_file(b: &mut tar::Builder<Vec<u8>>, name: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    }
+
+    /// `n` empty files whose paths are about `path_len` bytes long.
+    pub fn many_entries(n: usize, path_len: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let pad = "p".repeat(path_len.saturating_sub(12).max(1));
+        for i in 0..n {
+            empty_file(&mut b, &format!("{pad}/{i:09}"));
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// `d/new`, then `n` files in `d` each followed by an opaque marker of `d`.
+    pub fn opaque_markers(n: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        empty_file(&mut b, "d/new");
+        for i in 0..n {
+            empty_file(&mut b, &format!("d/f{i}"));
+            empty_file(&mut b, "d/.wh..wh..opq");
+        }
+        b.into_inner().unwrap()
+    }
+}
