@@ -181,13 +181,23 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// 128 bits of a path's sha256: what the per-layer sets keep instead of
-/// whole paths, so their memory does not grow with path length.
-fn path_key(p: &Path) -> [u8; 16] {
-    let d = Sha256::digest(p.as_os_str().as_bytes());
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&d[..16]);
-    k
+/// 128 bits of keyed (SipHash, random keys) hashes of a path: what the
+/// per-layer sets keep instead of whole paths, so their memory does not grow
+/// with path length; random keys, so a layer cannot aim for a collision.
+struct PathKeys(
+    std::collections::hash_map::RandomState,
+    std::collections::hash_map::RandomState,
+);
+
+impl PathKeys {
+    fn new() -> Self {
+        PathKeys(Default::default(), Default::default())
+    }
+    fn key(&self, p: &Path) -> u128 {
+        use std::hash::BuildHasher;
+        let b = p.as_os_str().as_bytes();
+        (u128::from(self.0.hash_one(b)) << 64) | u128::from(self.1.hash_one(b))
+    }
 }
 
 /// Splits an archive path into normal components; refuses `..` and absolute paths.
@@ -271,8 +281,16 @@ fn apply_layer(tree: &mut dyn Tree, layer: Box<dyn Read + '_>, budget: &mut Budg
     // Keys of the paths this layer created, and of the directories whose
     // opaque marker was applied (a repeated marker would find only this
     // layer's own entries: skipping it keeps 20k markers linear).
-    let mut created: HashSet<[u8; 16]> = HashSet::new();
-    let mut opaqued: HashSet<[u8; 16]> = HashSet::new();
+    let keys = PathKeys::new();
+    let path_key = |p: &Path| keys.key(p);
+    let mut created: HashSet<u128> = HashSet::new();
+    let mut opaqued: HashSet<u128> = HashSet::new();
+    // The last entry's parent as named and as resolved: entries of one
+    // directory come together, and resolving a deep path again for each is
+    // quadratic in its depth. Valid until anything is removed or a symlink
+    // is made (the only changes that can alter a resolution: every
+    // component of the resolved parent is a real directory by then).
+    let mut memo: Option<(Vec<OsString>, Vec<OsString>)> = None;
     let entries = archive
         .entries()
         .map_err(|e| UnpackError::Bad(crate::error::tar_detail(&e)))?;
@@ -320,10 +338,15 @@ fn apply_layer(tree: &mut dyn Tree, layer: Box<dyn Read + '_>, budget: &mut Budg
             continue; // "./": the root itself
         };
         let name_s = name.to_string_lossy();
-        let parent = resolve_dir(tree, parent, &raw_path)?;
+        let raw_parent = parent;
+        let parent = match &memo {
+            Some((raw, resolved)) if raw.as_slice() == raw_parent => resolved.clone(),
+            _ => resolve_dir(tree, raw_parent, &raw_path)?,
+        };
         let parent_path = join(&parent);
         if name_s == OPAQUE {
             if opaqued.insert(path_key(&parent_path)) {
+                memo = None;
                 for child in tree.children(&parent_path)? {
                     if !created.contains(&path_key(&child)) {
                         tree.remove_all(&child)?;
@@ -338,6 +361,7 @@ fn apply_layer(tree: &mut dyn Tree, layer: Box<dyn Read + '_>, budget: &mut Budg
             }
             let victim = parent_path.join(hidden);
             if tree.kind(&victim)?.is_some() {
+                memo = None;
                 tree.remove_all(&victim)?;
             }
             continue;
@@ -392,13 +416,17 @@ fn apply_layer(tree: &mut dyn Tree, layer: Box<dyn Read + '_>, budget: &mut Budg
             }
         }
         tree.ensure_dir(&parent_path)?;
+        memo = (et != EntryType::Symlink).then(|| (raw_parent.to_vec(), parent.clone()));
         match tree.kind(&rel)? {
             Some(Kind::Dir) if et == EntryType::Directory => {
                 tree.update_dir(&rel, &mut entry)?;
                 created.insert(path_key(&rel));
                 continue;
             }
-            Some(_) => tree.remove_all(&rel)?,
+            Some(_) => {
+                memo = None;
+                tree.remove_all(&rel)?
+            }
             None => {}
         }
         tree.create(&rel, &mut entry, link.as_deref(), budget)?;

@@ -20,38 +20,14 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// Writes an OCI image layout with one image; returns its config digest.
 fn layout(dir: &Path, name: &str, layers: &[Vec<u8>], cmd: &str) -> String {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let d = sha(data);
-        fs::write(blobs.join(&d[7..]), data).unwrap();
-        (d, data.len())
-    };
     let diff_ids: Vec<String> = layers.iter().map(|l| format!("\"{}\"", sha(l))).collect();
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["{cmd}"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         diff_ids.join(",")
     );
-    let (cd, cs) = put(config.as_bytes());
-    let ls: Vec<String> = layers
-        .iter()
-        .map(|l| {
-            let (d, s) = put(l);
-            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{s}}}"#)
-        })
-        .collect();
-    let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{}]}}"#,
-        ls.join(",")
-    );
-    let (md, ms) = put(m.as_bytes());
+    layout_with_config(dir, name, layers, config.as_bytes());
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    fs::write(
-        dir.join("index.json"),
-        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms},"annotations":{{"io.containerd.image.name":"{name}"}}}}]}}"#),
-    )
-    .unwrap();
-    cd
+    sha(config.as_bytes())
 }
 
 fn blob_count(store: &ImageStore) -> usize {
