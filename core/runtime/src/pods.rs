@@ -472,7 +472,8 @@ impl Runtime {
         }
         let rootfs = RootfsStore::new(&config.runtime.state_dir);
         let images = ImageStore::open(&config.runtime.state_dir.join("images"))
-            .map_err(StartError::Images)?;
+            .map_err(StartError::Images)?
+            .with_limits(config.images.limits());
         Ok(Self {
             images,
             payload: Payload::from_config(&config),
