@@ -1060,6 +1060,27 @@ mod tests {
         }
     }
 
+    /// Accepts a reattaching host: sends `tail` (an old session's bytes),
+    /// reads the Reattach and writes the resync marker. The request's id.
+    async fn accept_reattach(listener: UnixListener, tail: &[u8]) -> (FakeGuest, u64) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut guest = FakeGuest {
+            stream,
+            decoder: FrameDecoder::resynchronising(),
+        };
+        if !tail.is_empty() {
+            guest.send_raw(tail).await;
+        }
+        let msg = guest.recv_request().await;
+        let Request::Reattach { nonce } = msg.request else {
+            panic!("expected reattach, got {msg:?}");
+        };
+        let mut marker = RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(nonce.as_bytes());
+        guest.send_raw(&marker).await;
+        (guest, msg.id)
+    }
+
     async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
         let (dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
@@ -1101,20 +1122,8 @@ mod tests {
     async fn reattach_skips_the_old_sessions_tail_and_adopts_processes() {
         let (_dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut guest = FakeGuest {
-                stream,
-                decoder: FrameDecoder::resynchronising(),
-            };
             // The tail of a frame the old session never read.
-            guest.send_raw(&[1, 0, 0, 0, 3, 0, 0]).await;
-            let msg = guest.recv_request().await;
-            let Request::Reattach { nonce } = msg.request else {
-                panic!("expected reattach, got {msg:?}");
-            };
-            let mut marker = RESYNC_MAGIC.to_vec();
-            marker.extend_from_slice(nonce.as_bytes());
-            guest.send_raw(&marker).await;
+            let (mut guest, id) = accept_reattach(listener, &[1, 0, 0, 0, 3, 0, 0]).await;
             let processes = vec![
                 ProcessState {
                     container: "c".into(),
@@ -1133,9 +1142,7 @@ mod tests {
                     output_open: false,
                 },
             ];
-            guest
-                .reply(msg.id, Ok(Reply::Reattached { processes }))
-                .await;
+            guest.reply(id, Ok(Reply::Reattached { processes })).await;
             guest
                 .send_raw(&Frame::data(1, b"after".to_vec()).encode())
                 .await;
@@ -1363,22 +1370,11 @@ mod tests {
     ) {
         let (dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut guest = FakeGuest {
-                stream,
-                decoder: FrameDecoder::resynchronising(),
-            };
-            let msg = guest.recv_request().await;
-            let Request::Reattach { nonce } = msg.request else {
-                panic!("expected reattach, got {msg:?}");
-            };
-            let mut marker = RESYNC_MAGIC.to_vec();
-            marker.extend_from_slice(nonce.as_bytes());
-            guest.send_raw(&marker).await;
+            let (mut guest, id) = accept_reattach(listener, &[]).await;
             guest
-                .reply(msg.id, Ok(Reply::Reattached { processes: answer }))
+                .reply(id, Ok(Reply::Reattached { processes: answer }))
                 .await;
-            for bytes in after(msg.id) {
+            for bytes in after(id) {
                 guest.send_raw(&bytes).await;
             }
             guest
