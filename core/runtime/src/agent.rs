@@ -879,11 +879,19 @@ fn adopt_all(st: &mut State, processes: &[ProcessState]) -> Result<(), String> {
             && p.stdio <= MAX_STREAM_ID
             && p.stderr <= MAX_STREAM_ID;
         let key = (p.container.clone(), p.process.clone());
-        let clash = st.inbound.contains_key(&p.stdio)
-            || st.inbound.contains_key(&p.stderr)
-            || st.stdin.contains_key(&p.stdio)
-            || st.adopted.contains_key(&key)
-            || st.exit_waiters.contains_key(&p.process);
+        // What adopting it takes: streams while its output is open, stdin
+        // while it runs, an exit waiter unless its exit is already known.
+        let routed = p.output_open || p.exit_status.is_none();
+        if !routed && st.adopted.contains_key(&key) {
+            // An older exit of the same name: nothing to route.
+            continue;
+        }
+        let clash = st.adopted.contains_key(&key)
+            || (routed
+                && (st.inbound.contains_key(&p.stdio)
+                    || st.inbound.contains_key(&p.stderr)
+                    || st.stdin.contains_key(&p.stdio)
+                    || st.exit_waiters.contains_key(&p.process)));
         if !ids_ok || clash {
             return Err(format!(
                 "hyperstart listed process {:?} with streams {} and {}, which are invalid or taken",
