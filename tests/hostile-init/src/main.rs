@@ -14,8 +14,8 @@
 //! * `bad-json`: control frames that are not JSON;
 //! * `bogus-flood`: well-formed but unexpected messages (exits of unknown
 //!   processes, answers to requests never sent): the log flood of M3;
-//! * `overrun`: starts the container, then sends its stdout far beyond the
-//!   credit the host granted;
+//! * `overrun`: sends the container's stdout beyond the credit the host
+//!   granted, before answering its start (so no credit came back yet);
 //! * `silent`: answers Hello and then nothing, ever;
 //! * `mute`: starts the pod and its container, then answers nothing more
 //!   (a guest that stopped answering: `hyper stop` must not wait on it);
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessState, Reply, Request,
-    CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY, MAX_DATA_PAYLOAD,
+    CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY, INITIAL_WINDOW, MAX_DATA_PAYLOAD,
 };
 
 fn log(msg: &str) {
@@ -273,10 +273,20 @@ fn main() {
             }
         }
         "overrun" => {
-            let stdio = chan.start_container();
-            let payload = vec![b'o'; MAX_DATA_PAYLOAD];
-            for _ in 0..1024 {
-                chan.send(&Frame::data(stdio, payload.clone()));
+            // The container's stdout beyond its window before the start is
+            // even answered, so no credit can have come back yet.
+            loop {
+                let m = chan.next_request();
+                let Request::NewContainer(spec) = m.request else {
+                    chan.reply(m.id, Reply::Ok);
+                    continue;
+                };
+                let payload = vec![b'o'; MAX_DATA_PAYLOAD];
+                for _ in 0..(INITIAL_WINDOW as usize / MAX_DATA_PAYLOAD + 2) {
+                    chan.send(&Frame::data(spec.process.stdio, payload.clone()));
+                }
+                chan.reply(m.id, Reply::Started { pid: 2 });
+                break;
             }
         }
         "mute" => {
