@@ -6,7 +6,7 @@ BUILD       := build
 HYPERSTART  := target/$(MUSL)/release/hyperstart
 PLUGINS     := libhyper_backend_qemu.so libhyper_backend_kvm.so libhyper_backend_xen.so
 
-.PHONY: test-xen test-qemu test-kvm matrix-check matrix-table registry all build kernel hyperstart payload rootfs install demo test unit e2e clean-build bench bench-kvm nested-kvm
+.PHONY: hostile-init test-xen test-qemu test-kvm matrix-check matrix-table registry all build kernel hyperstart payload rootfs install demo test unit e2e clean-build bench bench-kvm nested-kvm
 
 all: build payload rootfs
 
@@ -21,8 +21,13 @@ kernel:
 	@mkdir -p $(BUILD)
 	dir=$$(hyperkernel/build.sh) && ln -sfn "$$dir/vmlinux" $(BUILD)/hyperkernel && ln -sfn "$$dir/bzImage" $(BUILD)/hyperkernel.bzImage
 
-payload: kernel hyperstart
+payload: kernel hyperstart hostile-init
 	hyperstart/mkinitramfs.sh $(HYPERSTART) $(BUILD)/hyperstart.img
+
+# The hostile guest init of tests/tests/hostile_guest.rs (static, like
+# hyperstart); the tests pack it into an initramfs themselves.
+hostile-init:
+	$(CARGO) build --release -p hyper-test-hostile-init --target $(MUSL)
 
 rootfs:
 	tests/rootfs/busybox-rootfs.sh $(BUILD)/rootfs/busybox >/dev/null

@@ -14,7 +14,7 @@ use hyper_protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk};
+use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk, StreamReceiver};
 use crate::config::{Config, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::logs::{LogWriter, Rotation, Stream as LogStream};
 use crate::payload::Payload;
@@ -808,6 +808,13 @@ impl Runtime {
             user: process.user,
             ..req
         };
+        crate::agent::check_c_strings(
+            &req.args,
+            &req.env,
+            req.workdir.as_deref(),
+            req.user.as_deref(),
+        )
+        .map_err(RunError::Invalid)?;
         if let Some(w) = &req.workdir {
             if !w.starts_with('/') {
                 return Err(RunError::Invalid(format!(
@@ -1155,7 +1162,9 @@ impl Runtime {
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
 
-        let streams = agent.new_process(INIT_PROCESS);
+        let streams = agent
+            .new_process(INIT_PROCESS)
+            .map_err(|e| boot_failed(e.to_string()))?;
         let mut env = req.env.clone();
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
             env.push(format!("HOSTNAME={id}"));
@@ -1443,11 +1452,15 @@ impl Runtime {
             // Stopping a stopped pod is not an error (as in Docker).
             Err(_) => return self.wait(id).await,
         };
-        let _ = self.kill(id, libc::SIGTERM).await;
+        // The grace period starts now, not once a guest that no longer
+        // answers has let the SIGTERM request time out.
         let mut rx = live.outcome.clone();
-        let timed_out = tokio::time::timeout(grace, rx.wait_for(Option::is_some))
-            .await
-            .is_err();
+        let timed_out = tokio::time::timeout(grace, async {
+            let _ = self.kill(id, libc::SIGTERM).await;
+            rx.wait_for(Option::is_some).await.map(|_| ())
+        })
+        .await
+        .is_err();
         if timed_out {
             live.stop_requested.store(true, Ordering::SeqCst);
             if let Err(e) = live.vm.kill().await {
@@ -1626,6 +1639,13 @@ impl Runtime {
             ));
         }
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
+        crate::agent::check_c_strings(
+            &req.args,
+            &req.env,
+            req.workdir.as_deref(),
+            req.user.as_deref(),
+        )
+        .map_err(RunError::Invalid)?;
         let live = self.live_pod(id)?;
         let agent = lock(&live.agent).clone();
         let Some(agent) = agent else {
@@ -1645,7 +1665,7 @@ impl Runtime {
         };
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
-        let streams = agent.new_process(&process_id);
+        let streams = agent.new_process(&process_id)?;
         let process = ProcessSpec {
             id: process_id.clone(),
             args: req.args.clone(),
@@ -1900,7 +1920,7 @@ async fn feed_stdin(agent: &AgentClient, stream: u32, rx: &mut mpsc::Receiver<St
 async fn pump(
     agent: &AgentClient,
     stream: u32,
-    rx: &mut mpsc::UnboundedReceiver<StreamChunk>,
+    rx: &mut StreamReceiver,
     out: &Option<mpsc::Sender<Output>>,
     log: &Option<Arc<Mutex<LogWriter>>>,
     attach: &Option<broadcast::Sender<Output>>,

@@ -131,6 +131,13 @@ impl Runtime {
                     )));
                 }
             }
+            crate::agent::check_c_strings(
+                &process.args,
+                &process.env,
+                process.workdir.as_deref(),
+                process.user.as_deref(),
+            )
+            .map_err(|e| RunError::Invalid(format!("container {}: {e}", c.name)))?;
             let (guest_id, init_process) = if i == 0 {
                 (id.clone(), INIT_PROCESS.to_string())
             } else {
@@ -360,7 +367,7 @@ impl Runtime {
             .await?;
         let mut all = Vec::with_capacity(record.containers.len());
         for (i, c) in record.containers.iter_mut().enumerate() {
-            let streams = agent.new_process(&c.init_process);
+            let streams = agent.new_process(&c.init_process)?;
             let mut env = c.env.clone();
             if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
                 env.push(format!("HOSTNAME={id}"));
