@@ -716,21 +716,24 @@ mod tests {
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
+                min_version: hyper_protocol::PROTOCOL_VERSION,
+                max_version: hyper_protocol::PROTOCOL_VERSION,
                 capabilities: vec!["flow-control".into()],
                 agent: "fake".into(),
             })
             .await;
             let hello = g.recv_request().await;
-            assert!(matches!(hello.request, Request::Hello { version: 1, .. }));
+            assert!(matches!(
+                hello.request,
+                Request::Hello { version, .. } if version == hyper_protocol::PROTOCOL_VERSION
+            ));
             g.reply(hello.id, Ok(Reply::Ok)).await;
             g
         });
         let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(ready.version, 1);
+        assert_eq!(ready.version, hyper_protocol::PROTOCOL_VERSION);
         (client, guest.await.unwrap(), dir)
     }
 
@@ -745,6 +748,7 @@ mod tests {
             terminal_size: None,
             stdio,
             stderr,
+            confinement: hyper_protocol::Confinement::unconfined(),
         }
     }
 
@@ -986,8 +990,8 @@ mod tests {
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
+                min_version: hyper_protocol::PROTOCOL_VERSION,
+                max_version: hyper_protocol::PROTOCOL_VERSION,
                 capabilities: vec![],
                 agent: "picky".into(),
             })
@@ -1034,5 +1038,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("90..=99"), "{err}");
+    }
+
+    /// Protocol version 1 had no confinement: such a guest would run every
+    /// container with all capabilities, so it is refused.
+    #[tokio::test]
+    async fn a_guest_without_confinement_is_refused() {
+        let (_dir, path, listener) = listen();
+        tokio::spawn(async move {
+            let mut g = accept(listener).await;
+            g.send(&GuestMessage::Ready {
+                min_version: 1,
+                max_version: 1,
+                capabilities: vec!["flow-control".into()],
+                agent: "hyperstart 0.1".into(),
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let err = AgentClient::connect(&path, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("1..=1"), "{err}");
+        assert!(err.to_string().contains("install matching"), "{err}");
     }
 }
