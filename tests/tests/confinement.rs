@@ -266,7 +266,7 @@ command = ["sh", "-c", "sleep 3600"]
         text(&out.stderr),
         d.log_text()
     );
-    let logs = wait_for_log(&d, "m6/a", "done");
+    let logs = d.wait_for_log("m6/a", "done");
     assert!(!logs.contains("READ"), "A read a disk:\n{logs}");
     assert!(!logs.contains("FOUND"), "A found B's secret:\n{logs}");
     // B's own root can read it (the file is there to be found).
@@ -318,22 +318,6 @@ fn unbinding_the_channel_ends_the_pod() {
         console.contains("went away") || console.contains("fatal"),
         "hyperstart did not say why it stopped:\n{console}"
     );
-}
-
-fn wait_for_log(d: &Hyperd, pod: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let out = text(&d.hyper(&["logs", pod]).stdout);
-        if out.contains(needle) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never appeared in the logs of {pod}: {out:?}\nlog:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn toml_string(s: &str) -> String {

@@ -1019,48 +1019,40 @@ mod tests {
         drop(guest.await.unwrap());
     }
 
-    #[tokio::test]
-    async fn incompatible_versions_are_refused() {
+    /// The error `connect` gives for a guest that says `Ready` with
+    /// `min..=max`.
+    async fn refused_ready(min_version: u32, max_version: u32) -> String {
         let (_dir, path, listener) = listen();
         tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 90,
-                max_version: 99,
+                min_version,
+                max_version,
                 capabilities: vec![],
-                agent: "future".into(),
+                agent: "other".into(),
             })
             .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let err = AgentClient::connect(&path, Duration::from_secs(5))
+        AgentClient::connect(&path, Duration::from_secs(5))
             .await
             .err()
-            .unwrap();
-        assert!(err.to_string().contains("90..=99"), "{err}");
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn incompatible_versions_are_refused() {
+        let err = refused_ready(90, 99).await;
+        assert!(err.contains("90..=99"), "{err}");
     }
 
     /// Protocol version 1 had no confinement: such a guest would run every
     /// container with all capabilities, so it is refused.
     #[tokio::test]
     async fn a_guest_without_confinement_is_refused() {
-        let (_dir, path, listener) = listen();
-        tokio::spawn(async move {
-            let mut g = accept(listener).await;
-            g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
-                capabilities: vec!["flow-control".into()],
-                agent: "hyperstart 0.1".into(),
-            })
-            .await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        let err = AgentClient::connect(&path, Duration::from_secs(5))
-            .await
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("1..=1"), "{err}");
-        assert!(err.to_string().contains("install matching"), "{err}");
+        let err = refused_ready(1, 1).await;
+        assert!(err.contains("1..=1"), "{err}");
+        assert!(err.contains("install matching"), "{err}");
     }
 }
