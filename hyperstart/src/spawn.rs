@@ -903,7 +903,20 @@ mod tests {
             prepare(&spec).err().map(|e| e.kind),
             Some(AgentErrorKind::InvalidRequest)
         );
+        // A filter that cannot be built is refused before forking too.
         spec.args = vec!["sh".into()];
+        spec.confinement.seccomp = Some(hyper_protocol::SeccompSpec {
+            default_action: hyper_protocol::SeccompAction::Allow,
+            rules: vec![hyper_protocol::SeccompRuleSpec {
+                syscall: 1 << 20,
+                action: hyper_protocol::SeccompAction::Errno(1),
+                args: vec![],
+            }],
+        });
+        let err = prepare(&spec).err().expect("refused");
+        assert_eq!(err.kind, AgentErrorKind::InvalidRequest);
+        assert!(err.message.contains("syscall"), "{}", err.message);
+        spec.confinement = Confinement::unconfined();
         spec.workdir = "srv".into();
         assert_eq!(
             prepare(&spec).map(|p| p.workdir).ok().as_deref(),
