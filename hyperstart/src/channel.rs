@@ -304,6 +304,16 @@ fn device_gone_in(sys_dev_char: &Path, fd: &OwnedFd) -> Option<String> {
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
         return None;
     }
+    // A console port (hvc) stays in sysfs when its virtio port goes; the
+    // kernel hangs its tty up instead, after which every ioctl fails with
+    // EIO and the fd is dead for good.
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: tcgetattr writes one termios into the valid buffer given; on
+    // a non-tty it fails with ENOTTY and writes nothing.
+    let r = unsafe { libc::tcgetattr(fd.as_raw_fd(), termios.as_mut_ptr()) };
+    if r != 0 && Errno::last() == Errno::EIO {
+        return Some("the channel's terminal was hung up (its device went away)".into());
+    }
     let (major, minor) = (
         nix::sys::stat::major(st.st_rdev),
         nix::sys::stat::minor(st.st_rdev),
