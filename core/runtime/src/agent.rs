@@ -1099,21 +1099,24 @@ mod tests {
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
+                min_version: hyper_protocol::PROTOCOL_VERSION,
+                max_version: hyper_protocol::PROTOCOL_VERSION,
                 capabilities: vec!["flow-control".into()],
                 agent: "fake".into(),
             })
             .await;
             let hello = g.recv_request().await;
-            assert!(matches!(hello.request, Request::Hello { version: 1, .. }));
+            assert!(matches!(
+                hello.request,
+                Request::Hello { version, .. } if version == hyper_protocol::PROTOCOL_VERSION
+            ));
             g.reply(hello.id, Ok(Reply::Ok)).await;
             g
         });
         let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(ready.version, 1);
+        assert_eq!(ready.version, hyper_protocol::PROTOCOL_VERSION);
         (client, guest.await.unwrap(), dir)
     }
 
@@ -1128,6 +1131,7 @@ mod tests {
             terminal_size: None,
             stdio,
             stderr,
+            confinement: hyper_protocol::Confinement::unconfined(),
         }
     }
 
@@ -1636,8 +1640,8 @@ mod tests {
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
+                min_version: hyper_protocol::PROTOCOL_VERSION,
+                max_version: hyper_protocol::PROTOCOL_VERSION,
                 capabilities: vec![],
                 agent: "picky".into(),
             })
@@ -1665,24 +1669,40 @@ mod tests {
         drop(guest.await.unwrap());
     }
 
-    #[tokio::test]
-    async fn incompatible_versions_are_refused() {
+    /// The error `connect` gives for a guest that says `Ready` with
+    /// `min..=max`.
+    async fn refused_ready(min_version: u32, max_version: u32) -> String {
         let (_dir, path, listener) = listen();
         tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 90,
-                max_version: 99,
+                min_version,
+                max_version,
                 capabilities: vec![],
-                agent: "future".into(),
+                agent: "other".into(),
             })
             .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let err = AgentClient::connect(&path, Duration::from_secs(5))
+        AgentClient::connect(&path, Duration::from_secs(5))
             .await
             .err()
-            .unwrap();
-        assert!(err.to_string().contains("90..=99"), "{err}");
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn incompatible_versions_are_refused() {
+        let err = refused_ready(90, 99).await;
+        assert!(err.contains("90..=99"), "{err}");
+    }
+
+    /// Protocol version 1 had no confinement: such a guest would run every
+    /// container with all capabilities, so it is refused.
+    #[tokio::test]
+    async fn a_guest_without_confinement_is_refused() {
+        let err = refused_ready(1, 1).await;
+        assert!(err.contains("1..=1"), "{err}");
+        assert!(err.contains("install matching"), "{err}");
     }
 }

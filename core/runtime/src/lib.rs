@@ -9,3 +9,4 @@ pub mod podfile;
 pub mod pods;
 pub mod process;
 pub mod rootfs;
+pub mod security;

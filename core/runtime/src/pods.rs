@@ -79,6 +79,9 @@ pub struct RunRequest {
     /// The terminal's size at start (24x80 without it).
     #[serde(default)]
     pub tty_size: Option<TerminalSize>,
+    /// Capabilities, seccomp, `--privileged` (see crate::security).
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +313,10 @@ pub struct ExecRequest {
     /// The terminal's size at start (24x80 without it).
     #[serde(default)]
     pub tty_size: Option<TerminalSize>,
+    /// `--privileged`: every capability and no seccomp filter for this
+    /// process.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// Output of the container, in order per stream.
@@ -799,6 +806,7 @@ impl Runtime {
     ) -> Result<Started, RunError> {
         let size = self.vm_size(&req)?;
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
+        crate::security::check(&req.security)?;
         let hypervisor = self.ready_to_launch()?;
         let (image, process, image_id) = self.resolve_source(&req).await?;
         let req = RunRequest {
@@ -1179,6 +1187,7 @@ impl Runtime {
             terminal_size: req.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
+            confinement: crate::security::check(&req.security)?,
         };
         let container = ContainerSpec {
             id: id.to_string(),
@@ -1652,8 +1661,8 @@ impl Runtime {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
         // The container's own env, workdir and user are where exec starts.
-        let (guest_id, base) = match self.container_of(id, req.container.as_deref())? {
-            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user)),
+        let (guest_id, base, security) = match self.container_of(id, req.container.as_deref())? {
+            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user), c.security),
             None => (
                 id.to_string(),
                 (
@@ -1661,8 +1670,11 @@ impl Runtime {
                     live.container.workdir.clone(),
                     live.container.user.clone(),
                 ),
+                live.container.security.clone(),
             ),
         };
+        let confinement =
+            crate::security::exec_confinement(&crate::security::check(&security)?, req.privileged);
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
         let streams = agent.new_process(&process_id)?;
@@ -1676,6 +1688,7 @@ impl Runtime {
             terminal_size: req.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
+            confinement,
         };
         match agent
             .request(Request::Exec {

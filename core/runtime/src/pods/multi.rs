@@ -37,6 +37,8 @@ pub struct ContainerRecord {
     pub user: Option<String>,
     #[serde(default)]
     pub mounts: Vec<PodMount>,
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
     pub state: PodState,
     #[serde(default)]
     pub exit_code: Option<i32>,
@@ -118,6 +120,7 @@ impl Runtime {
                 restart: RestartPolicy::No,
                 tty: false,
                 tty_size: None,
+                security: c.security.clone(),
             };
             let (image, process, image_id) = self
                 .resolve_source(&req)
@@ -167,6 +170,7 @@ impl Runtime {
                 workdir: process.workdir,
                 user: process.user,
                 mounts: c.mounts.clone(),
+                security: c.security.clone(),
                 state: PodState::Created,
                 exit_code: None,
             });
@@ -390,6 +394,7 @@ impl Runtime {
                     terminal_size: None,
                     stdio: streams.stdio,
                     stderr: streams.stderr,
+                    confinement: crate::security::check(&c.security)?,
                 },
                 mounts: c
                     .mounts
@@ -617,6 +622,7 @@ mod tests {
             workdir: None,
             user: None,
             mounts: vec![],
+            security: Default::default(),
             state: PodState::Exited,
             exit_code,
         }
