@@ -7,5 +7,6 @@ pub mod payload;
 pub mod plugins;
 pub mod podfile;
 pub mod pods;
+pub mod private;
 pub mod process;
 pub mod rootfs;

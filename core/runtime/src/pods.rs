@@ -542,6 +542,23 @@ impl Runtime {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lists a new pod, unless another pod holds its name already (checked
+    /// and listed under one lock); on a conflict its fresh directory goes.
+    pub(super) fn claim_new(&self, record: &PodRecord, pod_dir: &Path) -> Result<(), RunError> {
+        let mut pods = self.pods();
+        if let Some(name) = &record.name {
+            if pods.values().any(|p| p.name.as_deref() == Some(name)) {
+                drop(pods);
+                let _ = std::fs::remove_dir_all(pod_dir);
+                return Err(RunError::Conflict(format!(
+                    "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
+                )));
+            }
+        }
+        pods.insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
     fn pods_dir(&self) -> PathBuf {
         self.config.runtime.state_dir.join("pods")
     }
@@ -841,7 +858,7 @@ impl Runtime {
             path: pod_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&run_dir).map_err(state_err)?;
+        crate::private::create_private_dir(&run_dir).map_err(state_err)?;
         let record = PodRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -867,8 +884,13 @@ impl Runtime {
             restart_count: 0,
             containers: Vec::new(),
         };
-        write_record(&pod_dir, &record).map_err(state_err)?;
-        self.pods().insert(id.clone(), record.clone());
+        // The name is claimed and the pod listed under one lock: of two
+        // concurrent runs of one --name, the second gets the conflict.
+        self.claim_new(&record, &pod_dir)?;
+        if let Err(e) = write_record(&pod_dir, &record) {
+            self.pods().remove(&id);
+            return Err(state_err(e));
+        }
         let spec = self.vm_spec(&id, Self::rootfs_disk(image), size);
         self.launch(hypervisor, spec, req, record, io).await
     }
@@ -1030,7 +1052,7 @@ impl Runtime {
     ) -> Result<(Arc<dyn Vm>, Arc<LivePod>, PodRecord), RunError> {
         let id = record.id.clone();
         let pod_dir = self.pods_dir().join(&id);
-        if let Err(source) = std::fs::create_dir_all(&spec.run_dir) {
+        if let Err(source) = crate::private::create_private_dir(&spec.run_dir) {
             let err = RunError::State {
                 path: spec.run_dir.clone(),
                 source,
@@ -1978,8 +2000,8 @@ fn check_name(name: &str) -> Result<(), RunError> {
 fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
     let tmp = pod_dir.join("pod.json.tmp");
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let written =
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
+    let written = crate::private::write_private(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
     if written.is_err() {
         // A full disk leaves a partial copy; pod.json itself is intact.
         let _ = std::fs::remove_file(&tmp);
