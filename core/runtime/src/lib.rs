@@ -9,4 +9,5 @@ pub mod podfile;
 pub mod pods;
 pub mod private;
 pub mod process;
+pub mod quarantine;
 pub mod rootfs;

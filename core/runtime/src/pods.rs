@@ -617,14 +617,14 @@ impl Runtime {
         let mut running = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
-            let record = std::fs::read(pod_dir.join("pod.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok());
-            let Some(record) = record else {
-                // Not even a record: a launch that died half-way.
-                let _ = std::fs::remove_dir_all(&pod_dir);
-                restored.cleaned += 1;
-                continue;
+            // A corrupt record is set aside, never a reason to delete.
+            let record = match crate::quarantine::read_record::<PodRecord>(&pod_dir) {
+                crate::quarantine::Found::Record(r) => r,
+                crate::quarantine::Found::Removed => {
+                    restored.cleaned += 1;
+                    continue;
+                }
+                crate::quarantine::Found::Kept { .. } => continue,
             };
             if record.state == PodState::Exited {
                 let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
