@@ -52,6 +52,13 @@ impl FromRequestParts<Arc<Runtime>> for PodId {
             .await
             .map_err(IntoResponse::into_response)?;
         let id = rt.resolve(&given).map_err(|e| run_error(&e))?;
+        // A pod being taken over can be looked at, not acted on yet.
+        if parts.method != axum::http::Method::GET && rt.is_recovering(&id) {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!("pod {given} is recovering: this hyperd is taking it over after a restart; try again in a moment"),
+            ));
+        }
         Ok(Self { id, given })
     }
 }
@@ -62,6 +69,9 @@ pub struct PodView {
     #[serde(flatten)]
     pub record: PodRecord,
     pub running: bool,
+    /// Being taken over after a restart of hyperd.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 pub fn run_error(e: &RunError) -> Response {
@@ -86,9 +96,10 @@ pub async fn list(State(rt): State<Arc<Runtime>>, Query(q): Query<ListQuery>) ->
         .into_iter()
         .map(|record| PodView {
             running: rt.is_running(&record.id),
+            recovering: rt.is_recovering(&record.id),
             record,
         })
-        .filter(|p| q.all || p.running)
+        .filter(|p| q.all || p.running || p.recovering)
         .collect();
     Json(pods).into_response()
 }
@@ -158,6 +169,7 @@ pub async fn inspect(State(rt): State<Arc<Runtime>>, PodId { id, given: pod }: P
     match rt.record(&id) {
         Some(record) => Json(PodView {
             running: rt.is_running(&id),
+            recovering: rt.is_recovering(&id),
             record,
         })
         .into_response(),

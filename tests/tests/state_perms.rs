@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use hyper_tests::{bin, busybox_rootfs, files_under, prepare, text, Hyperd, Setup};
+use hyper_tests::{bin, busybox_rootfs, files_under, text, Hyperd, Setup};
 
 /// The uid/gid an unprivileged local user is played by.
 const NOBODY: &str = "65534";
@@ -79,20 +79,19 @@ fn open_to_others(dir: &Path) -> Vec<String> {
 
 #[test]
 fn state_and_run_dirs_are_private_and_old_state_is_tightened() {
-    // State an older hyperd left world-readable.
-    let setup = Setup::default();
-    let p = prepare(&setup);
-    std::fs::create_dir_all(p.state_dir.join("old")).unwrap();
-    std::fs::write(p.state_dir.join("old/leftover.json"), "{\"env\":[\"A=b\"]}").unwrap();
+    // State an older hyperd left world-readable, found at a restart.
+    let mut d = Hyperd::start();
+    d.stop();
+    std::fs::create_dir_all(d.state_dir.join("old")).unwrap();
+    std::fs::write(d.state_dir.join("old/leftover.json"), "{\"env\":[\"A=b\"]}").unwrap();
     for (path, m) in [
-        (p.state_dir.clone(), 0o755),
-        (p.state_dir.join("old"), 0o755),
-        (p.state_dir.join("old/leftover.json"), 0o644),
+        (d.state_dir.clone(), 0o755),
+        (d.state_dir.join("old"), 0o755),
+        (d.state_dir.join("old/leftover.json"), 0o644),
     ] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
     }
-    drop(p);
-    let d = Hyperd::start_with(&setup);
+    d.restart();
     assert_eq!(mode(&d.state_dir), 0o700);
     assert_eq!(mode(&d.state_dir.join("old/leftover.json")), 0o600);
 
@@ -380,5 +379,93 @@ fn a_corrupt_record_of_a_running_pod_is_set_aside_not_deleted() {
     {
         // SAFETY: kill(2) on the test's own VM process, listed above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// QEMU only: the guest is paused over QMP so its takeover cannot end
+/// before the test looks (hyper-vmm and Xen have no QMP).
+#[test]
+fn a_restarted_hyperd_serves_at_once_and_lists_takeovers_as_recovering() {
+    if hyper_tests::backend() != "qemu" {
+        eprintln!("skipped: needs QEMU's QMP to pause the guest");
+        return;
+    }
+    let mut d = Hyperd::start();
+    let id = d.run_detached(&[], &["sh", "-c", "echo up; exec sleep 600"]);
+    d.wait_for_log(&id, "up");
+    d.kill_hard();
+    // Pause the guest's vCPUs: hyperstart cannot answer the resync, so the
+    // takeover waits for it (up to its timeout) instead of ending at once.
+    let qmp = d.state_dir.join("pods").join(&id).join("vm/qmp.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(&qmp).expect("qmp");
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    for cmd in ["qmp_capabilities", "stop"] {
+        writeln!(s, "{{\"execute\":\"{cmd}\"}}").unwrap();
+        // Events (STOP) may come first.
+        loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            assert!(n > 0, "QMP closed after {cmd}");
+            if line.contains("\"return\"") {
+                break;
+            }
+            assert!(line.contains("\"event\""), "{cmd}: {line}");
+        }
+    }
+    drop((s, reader));
+    d.restart_serving();
+
+    // Served at once, the pod listed as recovering (with and without -a).
+    let me = d
+        .ps_json(false)
+        .into_iter()
+        .find(|p| p["id"] == id.as_str())
+        .expect("the recovering pod is listed");
+    assert_eq!(me["recovering"], true, "{me}");
+    let out = d.hyper(&["ps"]);
+    assert!(
+        text(&out.stdout).contains("recovering"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = d.hyper(&["inspect", &id]);
+    assert!(
+        text(&out.stdout).contains("\"recovering\": true"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Acting on it waits for the takeover: a clear conflict.
+    let out = d.hyper(&["stop", "-t", "1", &id]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("recovering"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Other pods can be started meanwhile (the API is not held).
+    let out = d.run(&[], &["echo", "meanwhile"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "meanwhile",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The takeover ends (the paused guest never answers: given up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let pods = d.ps_json(true);
+        let me = pods
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .expect("listed");
+        if me["recovering"] != true {
+            assert_eq!(me["running"], false, "{me}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still recovering");
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

@@ -636,6 +636,8 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
             .collect();
         let status = if p["running"].as_bool() == Some(true) {
             "running".to_string()
+        } else if p["recovering"].as_bool() == Some(true) {
+            "recovering".to_string()
         } else {
             match p["exit_code"].as_i64() {
                 Some(c) => format!("exited ({c})"),

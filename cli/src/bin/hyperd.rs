@@ -72,17 +72,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let runtime = Arc::new(Runtime::new(config).await?);
-    match runtime.restore().await {
-        Ok(r) => {
-            if r.reattached > 0 {
-                tracing::info!("took over {} running pod(s)", r.reattached);
-            }
-            if r.cleaned > 0 {
-                tracing::info!("cleaned up {} pod(s) left by a previous hyperd", r.cleaned);
-            }
+    // Records read and takeovers started; the API is served while they
+    // run, listing those pods as `recovering`.
+    let takeovers = match runtime.begin_restore() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("restoring pods: {e}");
+            None
         }
-        Err(e) => tracing::warn!("restoring pods: {e}"),
-    }
+    };
 
     if let Some(dir) = socket.parent() {
         hyper_core::private::create_private_dir(dir)
@@ -118,6 +116,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {} to its group", socket.display()))?;
     }
     tracing::info!("serving on {}", socket.display());
+    if let Some(takeovers) = takeovers {
+        tokio::spawn(async move {
+            let r = takeovers.finish().await;
+            if r.reattached > 0 {
+                tracing::info!("took over {} running pod(s)", r.reattached);
+            }
+            if r.cleaned > 0 {
+                tracing::info!("cleaned up {} pod(s) left by a previous hyperd", r.cleaned);
+            }
+        });
+    }
 
     let app = hyper_cli::server::router(runtime.clone());
     let shutdown = async {

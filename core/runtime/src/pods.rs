@@ -403,6 +403,25 @@ pub struct SavedVm {
 }
 
 /// What a starting hyperd found of an earlier one's pods.
+/// Takeovers under way (from [`Runtime::begin_restore`]).
+pub struct Takeovers {
+    restored: Restored,
+    tasks: tokio::task::JoinSet<bool>,
+}
+
+impl Takeovers {
+    /// Waits for every takeover; what was taken over and what given up.
+    pub async fn finish(mut self) -> Restored {
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok(true) => self.restored.reattached += 1,
+                _ => self.restored.cleaned += 1,
+            }
+        }
+        self.restored
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Restored {
     /// Running pods taken over, VM and session.
@@ -450,6 +469,8 @@ pub struct Runtime {
     /// Set once hyperd stops: no new pods, and launches in flight are undone.
     stopping: AtomicBool,
     launches_in_flight: AtomicUsize,
+    /// Pods being taken over after a restart: listed, not yet usable.
+    recovering: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Runtime {
@@ -485,6 +506,7 @@ impl Runtime {
             live: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             launches_in_flight: AtomicUsize::new(0),
+            recovering: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -607,10 +629,28 @@ impl Runtime {
     /// hyperstart session), and marks the rest exited, stopping their VMs
     /// and removing their sockets and run directories.
     pub async fn restore(self: &Arc<Self>) -> std::io::Result<Restored> {
+        Ok(self.begin_restore()?.finish().await)
+    }
+
+    /// Whether pod `id` is being taken over after a restart (listed as
+    /// `recovering`; verbs other than reads wait for the takeover).
+    pub fn is_recovering(&self, id: &str) -> bool {
+        lock(&self.recovering).contains(id)
+    }
+
+    /// The first, quick half of [`Runtime::restore`]: reads the records,
+    /// lists the pods to take over as `recovering`, and starts their
+    /// takeovers. hyperd serves its API while they run.
+    pub fn begin_restore(self: &Arc<Self>) -> std::io::Result<Takeovers> {
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Takeovers {
+                    restored: Restored::default(),
+                    tasks: tokio::task::JoinSet::new(),
+                })
+            }
             Err(e) => return Err(e),
         };
         let mut restored = Restored::default();
@@ -637,25 +677,27 @@ impl Runtime {
         // of seconds on an emulated console) does not hold the others up.
         let mut takeovers = tokio::task::JoinSet::new();
         for record in running {
+            lock(&self.recovering).insert(record.id.clone());
+            self.pods().insert(record.id.clone(), record.clone());
             let rt = self.clone();
             takeovers.spawn(async move {
-                match rt.reattach(record.clone()).await {
+                let id = record.id.clone();
+                let ok = match rt.reattach(record.clone()).await {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
                         rt.give_up(record);
                         false
                     }
-                }
+                };
+                lock(&rt.recovering).remove(&id);
+                ok
             });
         }
-        while let Some(done) = takeovers.join_next().await {
-            match done {
-                Ok(true) => restored.reattached += 1,
-                _ => restored.cleaned += 1,
-            }
-        }
-        Ok(restored)
+        Ok(Takeovers {
+            restored,
+            tasks: takeovers,
+        })
     }
 
     /// Marks a pod left running by an earlier hyperd exited, and kills its
