@@ -294,8 +294,35 @@ impl Hyperd {
     }
 
     fn wait_ready(&mut self) {
-        // A restarted hyperd listens once it has taken its pods over, one
-        // by one (on Xen under TCG ≈15 s each).
+        self.wait_serving();
+        // A restarted hyperd serves at once and lists the pods it is taking
+        // over as `recovering` (on Xen under TCG ≈15 s each): wait for them.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let out = self.hyper(&["ps", "-a", "--json"]);
+            let pods: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if out.status.success() && !pods.iter().any(|p| p["recovering"] == true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "hyperd did not finish its takeovers within 90 s:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts a new hyperd on the same config, state and socket, and
+    /// returns once it serves, takeovers possibly still under way.
+    pub fn restart_serving(&mut self) {
+        self.stop();
+        self.child = Some(spawn_hyperd(&self.config, &self.log));
+        self.wait_serving();
+    }
+
+    /// Waits until hyperd accepts connections.
+    pub fn wait_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {

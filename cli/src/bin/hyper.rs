@@ -664,6 +664,8 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
             .collect();
         let status = if p["running"].as_bool() == Some(true) {
             "running".to_string()
+        } else if p["recovering"].as_bool() == Some(true) {
+            "recovering".to_string()
         } else {
             match p["exit_code"].as_i64() {
                 Some(c) => format!("exited ({c})"),
@@ -671,14 +673,16 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
             }
         };
         let image = p["image_name"].as_str().unwrap_or("<rootfs>");
+        // Everything here may come from an image or a client: escaped.
+        let shown = hyper_cli::display::escape_control;
         println!(
             "{:<14} {:<24} {:<8} {:<16} {:<30} {}",
-            p["id"].as_str().unwrap_or("-"),
-            image,
-            p["backend"].as_str().unwrap_or("-"),
-            status,
-            p["name"].as_str().unwrap_or(""),
-            args.join(" ")
+            shown(p["id"].as_str().unwrap_or("-")),
+            shown(image),
+            shown(p["backend"].as_str().unwrap_or("-")),
+            shown(&status),
+            shown(p["name"].as_str().unwrap_or("")),
+            shown(&args.join(" "))
         );
     }
     0

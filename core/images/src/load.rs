@@ -46,7 +46,7 @@ fn copy_blob(
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| ImageError::io("create", &tmp, e))?;
         let mut h = Sha256::new();

@@ -287,7 +287,7 @@ async fn download(
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(tmp)
         .map_err(|e| ImageError::io("create", tmp, e))?;
     let mut stream = ctx

@@ -410,6 +410,25 @@ pub struct SavedVm {
 }
 
 /// What a starting hyperd found of an earlier one's pods.
+/// Takeovers under way (from [`Runtime::begin_restore`]).
+pub struct Takeovers {
+    restored: Restored,
+    tasks: tokio::task::JoinSet<bool>,
+}
+
+impl Takeovers {
+    /// Waits for every takeover; what was taken over and what given up.
+    pub async fn finish(mut self) -> Restored {
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok(true) => self.restored.reattached += 1,
+                _ => self.restored.cleaned += 1,
+            }
+        }
+        self.restored
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Restored {
     /// Running pods taken over, VM and session.
@@ -457,6 +476,8 @@ pub struct Runtime {
     /// Set once hyperd stops: no new pods, and launches in flight are undone.
     stopping: AtomicBool,
     launches_in_flight: AtomicUsize,
+    /// Pods being taken over after a restart: listed, not yet usable.
+    recovering: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Runtime {
@@ -493,6 +514,7 @@ impl Runtime {
             live: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             launches_in_flight: AtomicUsize::new(0),
+            recovering: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -550,6 +572,23 @@ impl Runtime {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lists a new pod, unless another pod holds its name already (checked
+    /// and listed under one lock); on a conflict its fresh directory goes.
+    pub(super) fn claim_new(&self, record: &PodRecord, pod_dir: &Path) -> Result<(), RunError> {
+        let mut pods = self.pods();
+        if let Some(name) = &record.name {
+            if pods.values().any(|p| p.name.as_deref() == Some(name)) {
+                drop(pods);
+                let _ = std::fs::remove_dir_all(pod_dir);
+                return Err(RunError::Conflict(format!(
+                    "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
+                )));
+            }
+        }
+        pods.insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
     fn pods_dir(&self) -> PathBuf {
         self.config.runtime.state_dir.join("pods")
     }
@@ -598,24 +637,42 @@ impl Runtime {
     /// hyperstart session), and marks the rest exited, stopping their VMs
     /// and removing their sockets and run directories.
     pub async fn restore(self: &Arc<Self>) -> std::io::Result<Restored> {
+        Ok(self.begin_restore()?.finish().await)
+    }
+
+    /// Whether pod `id` is being taken over after a restart (listed as
+    /// `recovering`; verbs other than reads wait for the takeover).
+    pub fn is_recovering(&self, id: &str) -> bool {
+        lock(&self.recovering).contains(id)
+    }
+
+    /// The first, quick half of [`Runtime::restore`]: reads the records,
+    /// lists the pods to take over as `recovering`, and starts their
+    /// takeovers. hyperd serves its API while they run.
+    pub fn begin_restore(self: &Arc<Self>) -> std::io::Result<Takeovers> {
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Takeovers {
+                    restored: Restored::default(),
+                    tasks: tokio::task::JoinSet::new(),
+                })
+            }
             Err(e) => return Err(e),
         };
         let mut restored = Restored::default();
         let mut running = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
-            let record = std::fs::read(pod_dir.join("pod.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok());
-            let Some(record) = record else {
-                // Not even a record: a launch that died half-way.
-                let _ = std::fs::remove_dir_all(&pod_dir);
-                restored.cleaned += 1;
-                continue;
+            // A corrupt record is set aside, never a reason to delete.
+            let record = match crate::quarantine::read_record::<PodRecord>(&pod_dir) {
+                crate::quarantine::Found::Record(r) => r,
+                crate::quarantine::Found::Removed => {
+                    restored.cleaned += 1;
+                    continue;
+                }
+                crate::quarantine::Found::Kept { .. } => continue,
             };
             if record.state == PodState::Exited {
                 let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
@@ -628,25 +685,27 @@ impl Runtime {
         // of seconds on an emulated console) does not hold the others up.
         let mut takeovers = tokio::task::JoinSet::new();
         for record in running {
+            lock(&self.recovering).insert(record.id.clone());
+            self.pods().insert(record.id.clone(), record.clone());
             let rt = self.clone();
             takeovers.spawn(async move {
-                match rt.reattach(record.clone()).await {
+                let id = record.id.clone();
+                let ok = match rt.reattach(record.clone()).await {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
                         rt.give_up(record);
                         false
                     }
-                }
+                };
+                lock(&rt.recovering).remove(&id);
+                ok
             });
         }
-        while let Some(done) = takeovers.join_next().await {
-            match done {
-                Ok(true) => restored.reattached += 1,
-                _ => restored.cleaned += 1,
-            }
-        }
-        Ok(restored)
+        Ok(Takeovers {
+            restored,
+            tasks: takeovers,
+        })
     }
 
     /// Marks a pod left running by an earlier hyperd exited, and kills its
@@ -857,7 +916,7 @@ impl Runtime {
             path: pod_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&run_dir).map_err(state_err)?;
+        crate::private::create_private_dir(&run_dir).map_err(state_err)?;
         let record = PodRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -883,8 +942,13 @@ impl Runtime {
             restart_count: 0,
             containers: Vec::new(),
         };
-        write_record(&pod_dir, &record).map_err(state_err)?;
-        self.pods().insert(id.clone(), record.clone());
+        // The name is claimed and the pod listed under one lock: of two
+        // concurrent runs of one --name, the second gets the conflict.
+        self.claim_new(&record, &pod_dir)?;
+        if let Err(e) = write_record(&pod_dir, &record) {
+            self.pods().remove(&id);
+            return Err(state_err(e));
+        }
         let spec = self.vm_spec(&id, Self::rootfs_disk(image), size);
         self.launch(hypervisor, spec, req, record, io).await
     }
@@ -1046,7 +1110,7 @@ impl Runtime {
     ) -> Result<(Arc<dyn Vm>, Arc<LivePod>, PodRecord), RunError> {
         let id = record.id.clone();
         let pod_dir = self.pods_dir().join(&id);
-        if let Err(source) = std::fs::create_dir_all(&spec.run_dir) {
+        if let Err(source) = crate::private::create_private_dir(&spec.run_dir) {
             let err = RunError::State {
                 path: spec.run_dir.clone(),
                 source,
@@ -2012,8 +2076,8 @@ fn check_name(name: &str) -> Result<(), RunError> {
 fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
     let tmp = pod_dir.join("pod.json.tmp");
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let written =
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
+    let written = crate::private::write_private(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
     if written.is_err() {
         // A full disk leaves a partial copy; pod.json itself is intact.
         let _ = std::fs::remove_file(&tmp);

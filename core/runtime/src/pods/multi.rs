@@ -185,9 +185,10 @@ impl Runtime {
             path: pod_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&run_dir).map_err(state_err)?;
+        crate::private::create_private_dir(&run_dir).map_err(state_err)?;
         for (i, c) in containers.iter().enumerate() {
-            std::fs::create_dir_all(container_log_dir(&pod_dir, i, &c.name)).map_err(state_err)?;
+            crate::private::create_private_dir(&container_log_dir(&pod_dir, i, &c.name))
+                .map_err(state_err)?;
         }
         let main = &containers[0];
         let record = PodRecord {
@@ -215,8 +216,13 @@ impl Runtime {
             restart_count: 0,
             containers,
         };
-        write_record(&pod_dir, &record).map_err(state_err)?;
-        self.pods().insert(id.clone(), record.clone());
+        // The name is claimed and the pod listed under one lock: of two
+        // concurrent runs of one --name, the second gets the conflict.
+        self.claim_new(&record, &pod_dir)?;
+        if let Err(e) = write_record(&pod_dir, &record) {
+            self.pods().remove(&id);
+            return Err(state_err(e));
+        }
 
         let spec = self.pod_vm_spec(&record, size);
         self.launch_pod(hypervisor, &pod, record, spec, main_req)
