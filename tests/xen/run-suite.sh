@@ -29,7 +29,7 @@ cd "$ROOT"
 . "$C/versions.env"
 
 echo "xen-suite: building (target dir $T)"
-cargo build --release -p hyper-cli -p hyper-backend-xen
+cargo build --release -p hyper-cli -p hyper-hypervisor -p hyper-backend-xen
 cargo build --release -p hyperstart --target $MUSL
 # test_exe PACKAGE TARGET: the path of a built test binary.
 test_exe() {
@@ -48,7 +48,7 @@ REAL=$(test_exe hyper-backend-xen real_xen)
 
 S=$C/share
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
-cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_xen.so" "$S/bin/"
+cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_xen.so" "$S/bin/"
 cp "$E2E" "$S/bin/e2e-run"
 cp "$REAL" "$S/bin/real-xen"
 ldd "$S"/bin/* | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"

@@ -114,7 +114,7 @@ for l in sys.stdin:
         print(m["executable"])')
   [ -x "$E2E" ] || { echo "nested-kvm: e2e test binary missing ($E2E)" >&2; exit 1; }
   [ -d "$PAYLOAD/rootfs/busybox" ] || { echo "nested-kvm: no test rootfs in $PAYLOAD/rootfs/busybox: run make rootfs" >&2; exit 1; }
-  cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
+  cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
   cp "$E2E" "$S/bin/e2e-run"
   cp -L "$(command -v mkfs.erofs)" "$S/bin/"
   [ -n "${NK_BENCH:-}" ] && echo "$NK_BENCH" > "$S/bench-runs"

@@ -284,11 +284,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_disks: true,
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {

@@ -132,11 +132,7 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_disks: true,
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {
