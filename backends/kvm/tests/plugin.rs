@@ -114,9 +114,7 @@ async fn launch_agent_channel_stats_and_exit() {
     let vm: Arc<dyn Vm> = Arc::from(hv.launch(s.clone()).await.expect("launch"));
     let info = vm.info();
     assert!(info.pid.is_some());
-    let AgentChannel::UnixSocket(sock) = info.agent_channel.clone() else {
-        panic!("{:?}", info.agent_channel)
-    };
+    let AgentChannel::UnixSocket(sock) = info.agent_channel.clone();
     assert!(vm.stats().await.unwrap().rss_bytes > 0);
     let echoed = tokio::task::spawn_blocking(move || {
         let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();

@@ -401,7 +401,7 @@ impl Hypervisor for QemuHypervisor {
             agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
             pid: Some(pid),
         };
-        Ok(Box::new(QemuVm::start(info, child, pid, paths, qmp)))
+        Ok(Box::new(QemuVm::start(info, child, paths, qmp)?))
     }
 
     async fn recover(

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -250,6 +251,10 @@ fn start_process(path: &Path, host_binary: &Path) -> Result<Started, LoadError> 
     let mut child = Command::new(host_binary)
         .arg(path)
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        // Its own process group: a Ctrl-C meant for hyperd in a terminal
+        // must not kill the host under hyperd's own orderly shutdown. When
+        // hyperd goes, the host sees the socket end and exits.
+        .process_group(0)
         .spawn()
         .map_err(|e| fail(format!("cannot start it: {e}")))?;
     let hello = (|| {
