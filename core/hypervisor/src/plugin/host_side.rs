@@ -918,10 +918,10 @@ impl Drop for PluginVm {
         // Never blocks: the release goes out without waiting for its reply.
         let conn = {
             let mut st = self.host.state();
-            if !st
+            if st
                 .vms
                 .get(&self.info.id)
-                .is_some_and(|v| v.token == self.token)
+                .is_none_or(|v| v.token != self.token)
             {
                 return;
             }

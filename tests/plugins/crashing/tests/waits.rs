@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
-use hyper_hypervisor::{Hypervisor, Vm, VmSpec};
+use hyper_hypervisor::{Hypervisor, VmSpec};
 
 fn threads(status: &Path) -> usize {
     let text = std::fs::read_to_string(status)

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hyper_hypervisor::plugin::{
     testing, ConfigureError, LoadError, LoadedPlugin, BUILD_ID, HOST_BINARY, PLUGIN_ABI_VERSION,
 };
-use hyper_hypervisor::{Hypervisor, HypervisorError, Vm, VmSpec};
+use hyper_hypervisor::{Hypervisor, HypervisorError, VmSpec};
 use serde_json::json;
 
 const PLUGIN_PACKAGES: &[&str] = &[
