@@ -48,3 +48,19 @@ pub fn cargo_build(packages: &[&str]) -> Result<PathBuf, String> {
     }
     Ok(profile_dir.to_path_buf())
 }
+
+/// A VM spec whose files do not exist: for plugins that never boot it, and
+/// for checking that real ones refuse it.
+pub fn unbootable_spec(id: &str) -> crate::VmSpec {
+    crate::VmSpec {
+        id: id.into(),
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: "/nonexistent/initrd".into(),
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 64,
+        disks: Vec::new(),
+        console_log: "/nonexistent/console.log".into(),
+        run_dir: "/nonexistent/vm".into(),
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
-use hyper_hypervisor::{Hypervisor, VmSpec};
+use hyper_hypervisor::Hypervisor;
 
 fn threads(status: &Path) -> usize {
     let text = std::fs::read_to_string(status)
@@ -34,17 +34,7 @@ async fn two_hundred_cancelled_waits_leave_the_thread_count_flat() {
         .configure(serde_json::json!({}))
         .unwrap_or_else(|e| panic!("{e}"));
     let vm = hv
-        .launch(VmSpec {
-            id: "waits".into(),
-            kernel: "/nonexistent/vmlinux".into(),
-            initrd: "/nonexistent/initrd".into(),
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 64,
-            disks: Vec::new(),
-            console_log: "/nonexistent/console.log".into(),
-            run_dir: "/nonexistent/vm".into(),
-        })
+        .launch(testing::unbootable_spec("waits"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let host_status = Path::new("/proc")

@@ -55,17 +55,7 @@ fn load(file: &str) -> Arc<LoadedPlugin> {
 }
 
 fn spec() -> VmSpec {
-    VmSpec {
-        id: "loader-test".into(),
-        kernel: "/nonexistent/vmlinux".into(),
-        initrd: "/nonexistent/initrd".into(),
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 64,
-        disks: Vec::new(),
-        console_log: "/nonexistent/console.log".into(),
-        run_dir: "/nonexistent/vm".into(),
-    }
+    testing::unbootable_spec("loader-test")
 }
 
 #[test]
@@ -193,10 +183,7 @@ async fn the_qemu_plugin_loads_and_checks_its_table() {
 }
 
 fn spec_named(id: &str) -> VmSpec {
-    VmSpec {
-        id: id.into(),
-        ..spec()
-    }
+    testing::unbootable_spec(id)
 }
 
 /// A plugin that crashes in `probe()` (`mode`): the probe fails with a
