@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use hyper_protocol::{CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY};
+use hyper_protocol::{CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY, CMDLINE_DISK_PREFIX};
 
 /// Where the host-facing channel is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn channel(cmdline: &str) -> ChannelSpec {
 /// The device a backend without disk serials (Xen's blkfront) named for the
 /// disk `id`: `hyper.disk.<id>=xvda`. Only a plain device name is taken.
 pub fn disk_alias(cmdline: &str, id: &str) -> Option<String> {
-    let name = value(cmdline, &format!("hyper.disk.{id}"))?;
+    let name = value(cmdline, &format!("{CMDLINE_DISK_PREFIX}{id}"))?;
     let plain = !name.is_empty()
         && name.len() <= 32
         && name != "."

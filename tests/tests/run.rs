@@ -519,3 +519,78 @@ fn stdin_of_an_interactive_pod_survives_a_takeover() {
     let _ = client.kill();
     let _ = d.hyper(&["rm", "-f", "talk"]);
 }
+
+/// The process hosting the backend plugin dies (SIGKILL here; a plugin that
+/// segfaults or aborts ends the same way): hyperd lives on, restarts the
+/// host, takes the pod's VM back through `recover`, and the pod goes on —
+/// the same VM, exec works, its supervisor saw no exit. QEMU and KVM: their
+/// agent socket is served by the VM process itself. Not Xen (yet): there the
+/// agent socket is the console bridge inside the plugin, which dies with the
+/// host; the domain lives on and is taken back, but hyperd's agent session
+/// breaks and is not reattached until hyperd restarts (measured on the Xen
+/// leg: exec fails after the host's restart).
+#[test]
+fn a_killed_plugin_host_costs_no_pod_and_not_hyperd() {
+    if hyper_tests::backend() == "xen" {
+        eprintln!("not applicable on xen: the agent bridge lives in the plugin host (see the doc comment)");
+        return;
+    }
+    let d = Hyperd::start();
+    let pod = d.run_detached(&["--name", "survivor"], &["sleep", "600"]);
+    let vms_before = vms_of(&d.state_dir);
+    assert_eq!(vms_before.len(), 1, "{vms_before:?}");
+    // The host's argv names the plugin in this hyperd's own plugin dir.
+    let plugins = d.dir.path().join("plugins");
+    let hosts = |plugins: &std::path::Path| {
+        processes_mentioning("hyper-plugin-host")
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&*plugins.to_string_lossy())
+                })
+            })
+            .collect::<Vec<u32>>()
+    };
+    let before = hosts(&plugins);
+    assert_eq!(before.len(), 1, "one plugin host: {before:?}");
+    // SAFETY: kill(2) with a pid we just found and a plain signal number.
+    assert_eq!(unsafe { libc::kill(before[0] as i32, libc::SIGKILL) }, 0);
+
+    // hyperd answers throughout; the pod is back once the host is (bounded
+    // retries while it restarts, never a timed assertion).
+    let mut after = Vec::new();
+    for _ in 0..300 {
+        after = hosts(&plugins);
+        if !after.is_empty() && after != before && d.log_text().contains("plugin host restarted") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        after.len(),
+        1,
+        "a new plugin host: {after:?}\n{}",
+        d.log_text()
+    );
+    assert_ne!(after, before);
+    let log = d.log_text();
+    assert!(log.contains("backend plugin died"), "{log}");
+    assert!(log.contains("signal 9 (SIGKILL)"), "{log}");
+    assert!(log.contains("its VMs were taken back"), "{log}");
+    assert!(!log.contains("VM not taken back"), "{log}");
+    assert_eq!(
+        d.exec_ok(&["survivor", "echo", "still here"]),
+        "still here\n"
+    );
+    let ps = d.ps_json(false);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(
+        vms_of(&d.state_dir),
+        vms_before,
+        "the same VM, not a new one"
+    );
+    // And it still stops and goes away through the new host.
+    let out = d.hyper(&["rm", "-f", &pod]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(d.ps_json(true).is_empty());
+}

@@ -29,7 +29,7 @@ cd "$ROOT"
 . "$C/versions.env"
 
 echo "xen-suite: building (target dir $T)"
-cargo build --release -p hyper-cli -p hyper-backend-xen
+cargo build --release -p hyper-cli -p hyper-hypervisor -p hyper-backend-xen
 cargo build --release -p hyperstart --target $MUSL
 REAL=$($M exe hyper-backend-xen real_xen)
 [ -x "$REAL" ] || { echo "xen-suite: test binary real_xen missing ($REAL)" >&2; exit 1; }
@@ -38,7 +38,7 @@ REAL=$($M exe hyper-backend-xen real_xen)
 
 S=$C/share
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
-cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_xen.so" "$S/bin/"
+cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_xen.so" "$S/bin/"
 # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
 cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
 cp "$REAL" "$S/bin/real-xen"

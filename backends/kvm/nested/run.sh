@@ -101,7 +101,7 @@ SHARE=()
 if [ "$NK_E2E" != 0 ]; then
   $M stage kvm "$S"
   [ -d "$PAYLOAD/rootfs/busybox" ] || { echo "nested-kvm: no test rootfs in $PAYLOAD/rootfs/busybox: run make rootfs" >&2; exit 1; }
-  cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
+  cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
   # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
   cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
   cp -L "$(command -v mkfs.erofs)" "$S/bin/"

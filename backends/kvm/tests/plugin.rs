@@ -11,24 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hyper_hypervisor::plugin::LoadedPlugin;
+use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
 use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
 
 fn plugin() -> Arc<LoadedPlugin> {
-    // cargo builds the cdylib next to this test (deps/) or one level up.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let so = [deps, deps.parent().unwrap()]
-        .iter()
-        .map(|d| d.join("libhyper_backend_kvm.so"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "libhyper_backend_kvm.so was not built next to {}",
-                deps.display()
-            )
-        });
-    Arc::new(LoadedPlugin::load(&so).unwrap_or_else(|e| panic!("{e}")))
+    // The cdylib and the plugin host, built with the cargo running this test.
+    let dir = testing::cargo_build(&["hyper-backend-kvm"]).unwrap_or_else(|e| panic!("{e}"));
+    let so = dir.join("libhyper_backend_kvm.so");
+    Arc::new(
+        LoadedPlugin::load_with_host(&so, &dir.join(HOST_BINARY)).unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 fn spec(dir: &Path, kernel: PathBuf, cmdline: &str) -> VmSpec {
@@ -122,9 +114,7 @@ async fn launch_agent_channel_stats_and_exit() {
     let vm: Arc<dyn Vm> = Arc::from(hv.launch(s.clone()).await.expect("launch"));
     let info = vm.info();
     assert!(info.pid.is_some());
-    let AgentChannel::UnixSocket(sock) = info.agent_channel.clone() else {
-        panic!("{:?}", info.agent_channel)
-    };
+    let AgentChannel::UnixSocket(sock) = info.agent_channel.clone();
     assert!(vm.stats().await.unwrap().rss_bytes > 0);
     let echoed = tokio::task::spawn_blocking(move || {
         let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();

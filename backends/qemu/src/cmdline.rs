@@ -12,7 +12,7 @@ use crate::config::{Machine, QemuConfig};
 
 /// The virtio-serial port name hyperstart looks for in
 /// `/sys/class/virtio-ports/*/name`.
-pub const CHANNEL_NAME: &str = "sh.hyper.channel.0";
+pub const CHANNEL_NAME: &str = hyper_protocol::CHANNEL_PORT_NAME;
 
 /// x86's COMMAND_LINE_SIZE is 2048 bytes including the NUL.
 pub const MAX_KERNEL_CMDLINE: usize = 2047;
@@ -79,7 +79,7 @@ fn cat(parts: &[&OsStr]) -> OsString {
 pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
     let mut parts: Vec<&str> = base.split_whitespace().collect();
     parts.push("console=ttyS0");
-    let channel = format!("hyper.channel={CHANNEL_NAME}");
+    let channel = hyper_protocol::channel_arg(CHANNEL_NAME);
     parts.push(&channel);
     if machine == Machine::Microvm {
         if accel == Accel::Tcg {

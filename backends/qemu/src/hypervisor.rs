@@ -288,11 +288,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_disks: true,
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {
@@ -411,9 +407,7 @@ impl Hypervisor for QemuHypervisor {
             pid: Some(pid),
         };
         let console = (spec.console_log.clone(), self.console_limit());
-        Ok(Box::new(QemuVm::start(
-            info, child, pid, paths, qmp, console,
-        )))
+        Ok(Box::new(QemuVm::start(info, child, paths, qmp, console)?))
     }
 
     async fn recover(

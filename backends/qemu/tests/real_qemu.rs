@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper_backend_qemu::config::{AccelSetting, Machine};
 use hyper_backend_qemu::{QemuConfig, QemuHypervisor};
-use hyper_hypervisor::plugin::LoadedPlugin;
+use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
 use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
@@ -311,15 +311,13 @@ async fn through_the_plugin_boundary() {
     if !have_qemu() {
         return;
     }
-    // cargo builds the cdylib with the rlib this test links: target/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    let so = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("libhyper_backend_qemu.so");
+    // The cdylib and the plugin host, built with the cargo running this test.
+    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
+    let so = dir.join("libhyper_backend_qemu.so");
     assert!(so.exists(), "{} was not built", so.display());
-    let plugin = Arc::new(LoadedPlugin::load(&so).unwrap_or_else(|e| panic!("{e}")));
+    let plugin = Arc::new(
+        LoadedPlugin::load_with_host(&so, &dir.join(HOST_BINARY)).unwrap_or_else(|e| panic!("{e}")),
+    );
     let hv = plugin
         .configure(serde_json::json!({"accel": "tcg"}))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -333,11 +333,7 @@ impl Hypervisor for XenHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_disks: true,
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {

@@ -22,10 +22,10 @@ pub fn vdev(n: usize) -> Option<String> {
 pub fn kernel_cmdline(base: &str, spec: &VmSpec) -> String {
     let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
     parts.push("loglevel=0".into());
-    parts.push("hyper.channel=/dev/hvc0".into());
+    parts.push(hyper_protocol::channel_arg("/dev/hvc0"));
     for (n, disk) in spec.disks.iter().enumerate() {
         if let Some(dev) = vdev(n) {
-            parts.push(format!("hyper.disk.{}={dev}", disk.id));
+            parts.push(hyper_protocol::disk_arg(&disk.id, &dev));
         }
     }
     parts.join(" ")

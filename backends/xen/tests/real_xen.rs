@@ -97,9 +97,7 @@ async fn ready_on_the_bridged_console_then_kill() {
         .launch(spec(&dir, "hx-ready", "hyperstart.img"))
         .await
         .unwrap();
-    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel else {
-        panic!("expected a unix socket")
-    };
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
     let mut stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
     let mut head = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut head))

@@ -14,9 +14,7 @@ use crate::{AgentChannel, HypervisorError, VmInfo, VmSpec};
 /// /proc/PID/stat): with the pid, it names one process for good.
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::process::stat_fields(&stat)?.get(19)?.parse().ok()
 }
 
 /// The common part of a backend's `recover`: the VM process recorded in

@@ -8,10 +8,6 @@ use serde::{Deserialize, Serialize};
 /// What a backend can do beyond launching, waiting and stopping a VM.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
-    pub block_disks: bool,
-    pub hotplug: bool,
-    pub pause: bool,
-    pub snapshot: bool,
     /// Can take over a running VM launched by an earlier hyperd
     /// ([`Hypervisor::recover`]).
     #[serde(default)]
@@ -61,7 +57,6 @@ pub struct DiskSpec {
 #[serde(rename_all = "snake_case")]
 pub enum AgentChannel {
     UnixSocket(PathBuf),
-    Pty(PathBuf),
 }
 
 /// Handed back by [`Hypervisor::launch`]: enough to find the VM again.
@@ -108,6 +103,11 @@ pub enum HypervisorError {
     Unsupported(String),
     #[error("backend plugin failed: {0}")]
     Plugin(String),
+    /// The process hosting the plugin died (a crash in the plugin, or a
+    /// kill) while this call was in flight. hyperd restarts the host and
+    /// takes its VMs back; the call can be retried.
+    #[error("backend plugin {plugin} died during the call ({reason}); hyperd restarts it, retry the call")]
+    PluginDied { plugin: String, reason: String },
     #[error("{0}")]
     Io(String),
 }
@@ -154,16 +154,11 @@ pub trait Hypervisor: Send + Sync {
 pub trait Vm: Send + Sync {
     fn info(&self) -> VmInfo;
     /// Resolves when the VM has ended (for any reason) and the backend has
-    /// cleaned up after it.
+    /// cleaned up after it. Any number of callers may wait; dropping a
+    /// waiting future must cost nothing (no thread, no task left behind).
     async fn wait(&self) -> Result<VmExit, HypervisorError>;
     /// Asks the VM to stop, and stops it hard after `grace`.
     async fn shutdown(&self, grace: Duration) -> Result<(), HypervisorError>;
     async fn kill(&self) -> Result<(), HypervisorError>;
     async fn stats(&self) -> Result<VmStats, HypervisorError>;
-    async fn pause(&self) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported("pause".into()))
-    }
-    async fn resume(&self) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported("resume".into()))
-    }
 }

@@ -13,5 +13,6 @@
 pub mod adopt;
 mod contract;
 pub mod plugin;
+pub mod process;
 
 pub use contract::*;

@@ -51,6 +51,19 @@ pub const CHANNEL_PORT_NAME: &str = "sh.hyper.channel.0";
 /// Kernel command line key that tells hyperstart where its channel is: a
 /// virtio-serial port name, or a device path such as `/dev/hvc1`.
 pub const CMDLINE_CHANNEL_KEY: &str = "hyper.channel";
+/// Kernel command line key prefix naming the device of a disk for a backend
+/// without disk serials (Xen's blkfront): `hyper.disk.<id>=xvda`.
+pub const CMDLINE_DISK_PREFIX: &str = "hyper.disk.";
+
+/// The kernel command line argument that tells hyperstart its channel.
+pub fn channel_arg(channel: &str) -> String {
+    format!("{CMDLINE_CHANNEL_KEY}={channel}")
+}
+
+/// The kernel command line argument naming disk `id`'s device.
+pub fn disk_arg(id: &str, device: &str) -> String {
+    format!("{CMDLINE_DISK_PREFIX}{id}={device}")
+}
 
 /// Picks the protocol version both sides speak, if any.
 pub fn negotiate_version(peer_min: u32, peer_max: u32) -> Option<u32> {

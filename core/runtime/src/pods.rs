@@ -749,10 +749,7 @@ impl Runtime {
             .await
             .map_err(|e| e.to_string())?
             .into();
-        let channel = match vm.info().agent_channel {
-            hyper_hypervisor::AgentChannel::UnixSocket(p)
-            | hyper_hypervisor::AgentChannel::Pty(p) => p,
-        };
+        let hyper_hypervisor::AgentChannel::UnixSocket(channel) = vm.info().agent_channel;
         let (agent, processes) = match AgentClient::reattach(&channel, REATTACH_TIMEOUT).await {
             Ok(r) => r,
             Err(e) => {
@@ -1222,10 +1219,7 @@ impl Runtime {
             reason,
             console: console_tail(&console),
         };
-        let channel = match vm.info().agent_channel {
-            hyper_hypervisor::AgentChannel::UnixSocket(p)
-            | hyper_hypervisor::AgentChannel::Pty(p) => p,
-        };
+        let hyper_hypervisor::AgentChannel::UnixSocket(channel) = vm.info().agent_channel;
         let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
         let connect = AgentClient::connect(&channel, timeout);
         let (agent, ready) = tokio::select! {

@@ -13,17 +13,20 @@ use tokio::time::Instant;
 
 use super::config::KvmConfig;
 use super::probe;
-use super::vm::{KvmVm, RunPaths};
+use super::vm::{on_exit, KvmVm, RunPaths};
 use crate::vmm::config::{host_memory_mib, DiskConfig, VmmConfig, MAX_DISKS, MAX_VCPUS};
 use crate::vmm::devices::blk::valid_serial;
 use crate::vmm::layout::MIN_MEMORY_MIB;
+use hyper_hypervisor::process::VmProcess;
 
 pub const BACKEND_NAME: &str = "kvm";
 
 /// What hyper-vmm adds for the hyperkernel: the 8250 console, i8042 reset
 /// for reboot/poweroff/panic (no ACPI), no PCI scan, and the agent channel
 /// on the virtio-console port (/dev/hvc0; hyperstart makes it raw).
-pub const PAYLOAD_ARGS: &str = "console=ttyS0 reboot=k pci=off hyper.channel=/dev/hvc0";
+pub const PAYLOAD_ARGS: &str = "console=ttyS0 reboot=k pci=off";
+/// The device hyperstart finds its channel on: the virtio console.
+pub const CHANNEL_DEVICE: &str = "/dev/hvc0";
 
 /// From spawn to the agent socket: hyper-vmm binds it once the VM is set
 /// up, before the first vCPU instruction.
@@ -105,7 +108,11 @@ pub fn vmm_config(spec: &VmSpec, paths: &RunPaths, cfg: &KvmConfig) -> VmmConfig
     VmmConfig {
         kernel: spec.kernel.clone(),
         initrd: Some(spec.initrd.clone()),
-        cmdline: format!("{} {PAYLOAD_ARGS}", spec.cmdline.trim()),
+        cmdline: format!(
+            "{} {PAYLOAD_ARGS} {}",
+            spec.cmdline.trim(),
+            hyper_protocol::channel_arg(CHANNEL_DEVICE)
+        ),
         vcpus: spec.vcpus.min(u32::from(MAX_VCPUS)) as u8,
         memory_mib: u64::from(spec.memory_mib),
         disks: spec
@@ -132,11 +139,7 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_disks: true,
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {
@@ -183,29 +186,30 @@ impl Hypervisor for KvmHypervisor {
         let log2 = log
             .try_clone()
             .map_err(|e| HypervisorError::Io(e.to_string()))?;
-        let mut child = Command::new(&self.config.vmm)
-            .arg("--config")
-            .arg(&paths.config)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            // Its own process group: a Ctrl-C meant for hyperd in a terminal
-            // must not reach the VM, which may outlive hyperd.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                HypervisorError::LaunchFailed(format!(
-                    "cannot run {}: {e}",
-                    self.config.vmm.display()
-                ))
-            })?;
-        let pid = child.id().unwrap_or(0);
+        let process = VmProcess::spawn(
+            Command::new(&self.config.vmm)
+                .arg("--config")
+                .arg(&paths.config)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                // Its own process group: a Ctrl-C meant for hyperd in a
+                // terminal must not reach the VM, which may outlive hyperd.
+                .process_group(0),
+            "hyper-vmm",
+            on_exit(paths.clone()),
+        )
+        .map_err(|e| {
+            HypervisorError::LaunchFailed(format!("cannot run {}: {e}", self.config.vmm.display()))
+        })?;
+        let pid = process.pid();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(st) = child
-                .try_wait()
-                .map_err(|e| HypervisorError::LaunchFailed(e.to_string()))?
-            {
+            if process.has_exited() {
+                let st = match process.wait().await {
+                    Ok(exit) => format!("{exit:?}"),
+                    Err(e) => e.to_string(),
+                };
                 return Err(HypervisorError::LaunchFailed(format!(
                     "hyper-vmm exited ({st}) before the VM was up: {}",
                     paths.failure_message()
@@ -215,21 +219,20 @@ impl Hypervisor for KvmHypervisor {
                 break;
             }
             if Instant::now() >= deadline {
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                let _ = process.kill(Duration::from_secs(5)).await;
                 return Err(HypervisorError::LaunchFailed(format!(
                     "hyper-vmm did not set up the VM within {START_TIMEOUT:?}; see {}",
                     paths.log.display()
                 )));
             }
-            tokio::time::sleep(POLL).await;
+            process.wait_within(POLL).await;
         }
         let info = VmInfo {
             id: spec.id.clone(),
             agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
             pid: Some(pid),
         };
-        Ok(Box::new(KvmVm::start(info, child, pid, paths)))
+        Ok(Box::new(KvmVm::new(info, process)))
     }
 
     async fn recover(
@@ -247,7 +250,8 @@ impl Hypervisor for KvmHypervisor {
             })?;
         let pid = process.pid();
         tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
-        Ok(Box::new(KvmVm::adopt(info, process, paths)))
+        let process = VmProcess::adopted(process, "hyper-vmm", on_exit(paths));
+        Ok(Box::new(KvmVm::new(info, process)))
     }
 }
 

@@ -6,18 +6,33 @@ use crate::{
     Capabilities, ConfigProblem, HypervisorError, ProbeReport, VmExit, VmInfo, VmSpec, VmStats,
 };
 
-/// Bumped whenever [`PluginDescriptor`] or the JSON calls change shape.
-pub const PLUGIN_ABI_VERSION: u32 = 1;
+/// The plugin ABI version, written once: [`PLUGIN_ABI_VERSION`] and the
+/// build identity ([`BUILD_ID`]) both come from here. Bump it whenever
+/// [`PluginDescriptor`] or the JSON calls change shape.
+macro_rules! abi_version {
+    () => {
+        2
+    };
+}
+
+/// The plugin ABI version (defined once, in `abi_version!`).
+pub const PLUGIN_ABI_VERSION: u32 = abi_version!();
 /// The one symbol a backend exports.
 pub const ENTRY_SYMBOL: &[u8] = b"hyper_plugin_entry\0";
 /// The build identity both sides must share: the contract crate's version and
 /// the ABI version. The JSON boundary makes the rustc version irrelevant.
-pub const BUILD_ID: &str = concat!("hyper-hypervisor/", env!("CARGO_PKG_VERSION"), " abi/1");
+pub const BUILD_ID: &str = concat!(
+    "hyper-hypervisor/",
+    env!("CARGO_PKG_VERSION"),
+    " abi/",
+    abi_version!()
+);
 #[doc(hidden)]
 pub const BUILD_ID_NUL: &str = concat!(
     "hyper-hypervisor/",
     env!("CARGO_PKG_VERSION"),
-    " abi/1",
+    " abi/",
+    abi_version!(),
     "\0"
 );
 

@@ -7,8 +7,13 @@
 //! * nothing Rust-shaped crosses: calls are JSON bytes in, JSON bytes out,
 //!   through one C function ([`PluginDescriptor::call`]);
 //! * the plugin runs its own tokio runtime and blocks on it inside `call`;
-//!   the host makes each call from `spawn_blocking`, so a long call (waiting
-//!   for a VM to end) ties up a blocking thread, never a worker;
+//! * the plugin is loaded by its own host process (`hyper-plugin-host`,
+//!   [`host_main`]), never by hyperd: hyperd speaks the same JSON calls to
+//!   it over a socket ([`LoadedPlugin`]), so a plugin that segfaults, aborts
+//!   or hangs costs the calls in flight, and hyperd restarts the host and
+//!   takes the VMs back through `recover`;
+//! * a VM's end is watched once, by one `wait` call in the host, and handed
+//!   to any number of async waiters in hyperd: a waiter costs no thread;
 //! * every call catches panics inside the plugin and turns them into an
 //!   error, because a panic unwinding into the host aborts it;
 //! * `abi_version` is the descriptor's first field, read before anything
@@ -16,11 +21,20 @@
 //!   refused with both versions named, never undefined behaviour.
 
 mod abi;
+mod host;
 mod host_side;
+mod inproc;
 mod plugin_side;
+#[doc(hidden)]
+pub mod testing;
+mod wire;
 
 pub use abi::*;
-pub use host_side::{ConfigureError, LoadError, LoadedPlugin, PluginHypervisor};
+pub use host::host_main;
+pub use host_side::{
+    default_host_binary, ConfigureError, LoadedPlugin, PluginHypervisor, HOST_BINARY,
+};
+pub use inproc::{InProcessPlugin, LoadError};
 pub use plugin_side::{dispatch, CreateFn};
 
 /// Exports a backend from a cdylib.

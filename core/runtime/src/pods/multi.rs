@@ -346,10 +346,7 @@ impl Runtime {
             reason,
             console: console_tail(&console),
         };
-        let channel = match vm.info().agent_channel {
-            hyper_hypervisor::AgentChannel::UnixSocket(p)
-            | hyper_hypervisor::AgentChannel::Pty(p) => p,
-        };
+        let hyper_hypervisor::AgentChannel::UnixSocket(channel) = vm.info().agent_channel;
         let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
         let connect = AgentClient::connect(&channel, timeout);
         let (agent, ready) = tokio::select! {

@@ -1,18 +1,21 @@
 //! The plugin loader (`hyper_hypervisor::plugin`) against real plugin files:
 //! a plugin of another ABI version is refused with a clear message, a
 //! panicking plugin turns its panics into errors (the host survives and can
-//! call again), and the real QEMU plugin loads and validates its own table.
+//! call again), a plugin that aborts or dereferences a null pointer costs
+//! the call in flight (its host process dies, the caller gets a typed error
+//! naming the plugin and the signal, and the host is restarted with its VMs
+//! taken back), and the real QEMU plugin loads and validates its own table.
 //!
 //! The plugins are cdylibs of this workspace; the test builds them first
 //! (with the cargo that runs it, into the target directory and profile it
 //! was itself built in), so it works from a clean checkout.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hyper_hypervisor::plugin::{
-    ConfigureError, LoadError, LoadedPlugin, BUILD_ID, PLUGIN_ABI_VERSION,
+    testing, ConfigureError, LoadError, LoadedPlugin, BUILD_ID, HOST_BINARY, PLUGIN_ABI_VERSION,
 };
 use hyper_hypervisor::{Hypervisor, HypervisorError, VmSpec};
 use serde_json::json;
@@ -20,53 +23,14 @@ use serde_json::json;
 const PLUGIN_PACKAGES: &[&str] = &[
     "hyper-test-plugin-wrong-abi",
     "hyper-test-plugin-panicking",
+    "hyper-test-plugin-crashing",
     "hyper-backend-qemu",
 ];
 
-/// Builds the plugins once per test binary; returns `target/<profile>/`.
+/// Builds the plugins and the host once per test binary; returns `target/<profile>/`.
 fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        // This binary is target/<profile>/deps/loader-<hash>.
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
-        let target_dir = profile_dir
-            .parent()
-            .ok_or_else(|| format!("unexpected target layout {}", profile_dir.display()))?;
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => return Err(format!("unexpected profile dir {}", profile_dir.display())),
-        };
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../Cargo.toml");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .args(["--profile", &profile]);
-        for p in PLUGIN_PACKAGES {
-            cmd.args(["-p", p]);
-        }
-        // Captured, so a passing run stays quiet and a failing one says why.
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(profile_dir.to_path_buf())
-    });
-    match dir {
+    match DIR.get_or_init(|| testing::cargo_build(PLUGIN_PACKAGES)) {
         Ok(dir) => dir,
         Err(e) => panic!("building the test plugins: {e}"),
     }
@@ -78,32 +42,26 @@ fn plugin(file: &str) -> PathBuf {
     path
 }
 
+fn load_path(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    LoadedPlugin::load_with_host(path, &plugin_dir().join(HOST_BINARY))
+}
+
 fn load(file: &str) -> Arc<LoadedPlugin> {
     let path = plugin(file);
-    match LoadedPlugin::load(&path) {
+    match load_path(&path) {
         Ok(p) => Arc::new(p),
         Err(e) => panic!("loading {}: {e}", path.display()),
     }
 }
 
 fn spec() -> VmSpec {
-    VmSpec {
-        id: "loader-test".into(),
-        kernel: "/nonexistent/vmlinux".into(),
-        initrd: "/nonexistent/initrd".into(),
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 64,
-        disks: Vec::new(),
-        console_log: "/nonexistent/console.log".into(),
-        run_dir: "/nonexistent/vm".into(),
-    }
+    testing::unbootable_spec("loader-test")
 }
 
 #[test]
 fn wrong_abi_is_refused_naming_the_file_and_both_versions() {
     let path = plugin("libhyper_test_plugin_wrong_abi.so");
-    let err = LoadedPlugin::load(&path).expect_err("a plugin of another ABI must be refused");
+    let err = load_path(&path).expect_err("a plugin of another ABI must be refused");
     let message = err.to_string();
     match err {
         LoadError::AbiMismatch {
@@ -134,7 +92,7 @@ fn a_file_that_is_not_a_library_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("libnot_a_plugin.so");
     std::fs::write(&path, b"not an ELF file").unwrap();
-    let err = LoadedPlugin::load(&path).expect_err("must be refused");
+    let err = load_path(&path).expect_err("must be refused");
     assert!(
         matches!(&err, LoadError::Open { path: p, .. } if *p == path),
         "{err:?}"
@@ -208,8 +166,7 @@ async fn the_qemu_plugin_loads_and_checks_its_table() {
         Err(e) => panic!("a valid table was refused: {e}"),
     };
     assert_eq!(hv.name(), "qemu");
-    assert!(hv.capabilities().block_disks);
-    assert!(!hv.capabilities().pause);
+    assert!(hv.capabilities().recover);
     let report = hv.probe().await;
     if Path::new("/usr/bin/qemu-system-x86_64").exists() {
         assert!(report.usable, "{report:?}");
@@ -223,4 +180,79 @@ async fn the_qemu_plugin_loads_and_checks_its_table() {
         Err(other) => panic!("expected InvalidSpec, got {other:?}"),
         Ok(_) => panic!("launched a VM from a nonexistent kernel"),
     }
+}
+
+fn spec_named(id: &str) -> VmSpec {
+    testing::unbootable_spec(id)
+}
+
+/// A plugin that crashes in `probe()` (`mode`): the probe fails with a
+/// `PluginDied` naming the plugin and `signal`, this process lives on, the
+/// host is restarted, and a VM launched before the crash is taken back:
+/// still running, still answering, and its waiter sees its real end.
+async fn crash_costs_only_the_call(mode: &str, signal: &str) {
+    let plugin = load("libhyper_test_plugin_crashing.so");
+    assert_eq!(plugin.name(), "crashing");
+    let crashing = plugin
+        .configure(json!({ "crash": mode }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fine = plugin
+        .configure(json!({}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vm = fine
+        .launch(spec_named(&format!("crash-{mode}")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first_host = plugin.host_pid().expect("a host process runs");
+
+    let report = crashing.probe().await;
+    assert!(!report.usable, "{report:?}");
+    for part in ["backend plugin crashing died", signal] {
+        assert!(
+            report.reason.contains(part),
+            "{part:?} not in: {}",
+            report.reason
+        );
+    }
+
+    // The restart runs in the background: calls meanwhile fail with
+    // PluginDied too. Retried a bounded number of times, never timed.
+    let mut answered = None;
+    for _ in 0..600 {
+        match vm.stats().await {
+            Ok(stats) => {
+                answered = Some(stats);
+                break;
+            }
+            Err(HypervisorError::PluginDied { plugin, .. }) => {
+                assert_eq!(plugin, "crashing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("expected PluginDied while restarting, got {other:?}"),
+        }
+    }
+    assert!(answered.is_some(), "the plugin's host was never restarted");
+    let second_host = plugin.host_pid().expect("a host process runs again");
+    assert_ne!(first_host, second_host);
+    assert!(fine.probe().await.usable);
+    // The VM outlived its host: its waiter has seen no end.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, vm.wait())
+            .await
+            .is_err(),
+        "the VM was reported ended by the plugin's crash"
+    );
+    vm.kill().await.unwrap_or_else(|e| panic!("{e}"));
+    let exit = vm.wait().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit.signal, Some(9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_aborts_costs_only_the_call_in_flight() {
+    crash_costs_only_the_call("abort", "SIGABRT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_dereferences_null_costs_only_the_call_in_flight() {
+    crash_costs_only_the_call("null", "SIGSEGV").await;
 }
