@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use hyper_core::config::Config;
+use hyper_core::plugins::Plugins;
 use hyper_core::pods::Runtime;
 
 #[derive(Parser)]
@@ -52,7 +53,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             config.runtime.state_dir.display()
         )
     })?;
-    let runtime = Arc::new(Runtime::new(config).await?);
+    let plugins = Plugins::load(&config).await?;
+    let runtime = Arc::new(Runtime::new(config, plugins)?);
     match runtime.restore().await {
         Ok(r) => {
             if r.reattached > 0 {
