@@ -4,7 +4,7 @@
 //! the containers its file lists; both take the same path, one file per
 //! step:
 //!
-//! * [`model`]: the records (`pod.json`), the requests, and [`Member`], a
+//! * `model`: the records (`pod.json`), the requests, and `Member`, a
 //!   container as the path runs it whichever kind of record it comes from;
 //! * `store`: records in memory and on disk, ids, names;
 //! * `create`: a request becomes a resolved, recorded pod;
@@ -41,7 +41,7 @@ mod attach;
 mod boot;
 mod create;
 mod exec;
-pub mod model;
+mod model;
 mod restore;
 mod store;
 mod supervise;
