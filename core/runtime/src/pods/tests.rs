@@ -718,3 +718,28 @@ async fn a_restored_exited_pod_starts_again_from_its_record() {
     assert_eq!(ended.unwrap().unwrap().exit_code, 4);
     s.assert_exited(id, 4);
 }
+
+#[tokio::test]
+async fn restore_ends_a_pod_whose_exit_was_lost_and_gives_up_on_another_backend() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let (lost, elsewhere) = ("0a1b2c3d4e5f", "0a1b2c3d4e60");
+    left_behind(&s, OLD_POD_OF_ONE, lost, |_| {});
+    left_behind(&s, OLD_POD_OF_ONE, elsewhere, |v| {
+        v["backend"] = "xen".into();
+        v["vm"]["info"]["id"] = "other".into();
+    });
+    // The guest answers the resync but no longer knows the container's
+    // first process.
+    lock(&s.hv.recoveries).insert(
+        "0a1b2c3d4e5f-1".into(),
+        Guest::Reattach {
+            processes: Vec::new(),
+            exit: 0,
+        },
+    );
+    let restored = s.rt.restore().await.unwrap();
+    assert_eq!((restored.reattached, restored.cleaned), (1, 1));
+    s.assert_exited(lost, RUNTIME_FAILURE_EXIT);
+    s.assert_exited(elsewhere, RUNTIME_FAILURE_EXIT);
+    assert_eq!(s.hv.launched(), 0, "nothing is booted again");
+}
