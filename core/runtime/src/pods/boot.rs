@@ -53,6 +53,9 @@ pub(super) struct PodLinks {
     pub(super) terminal: TerminalLink,
     /// The main process's stdin, kept open with `-i`.
     pub(super) stdin: StdinHub,
+    /// Set by `stop`: the pod ends however its containers exit, whatever
+    /// its restart policy says (as in Docker).
+    pub(super) stopped: Arc<AtomicBool>,
 }
 
 impl PodLinks {
@@ -62,6 +65,7 @@ impl PodLinks {
             attach: broadcast::channel(attach::BACKLOG_CHUNKS).0,
             terminal: TerminalLink::default(),
             stdin: StdinHub::new(),
+            stopped: Arc::new(AtomicBool::new(false)),
         }
     }
 

@@ -91,6 +91,7 @@ impl Runtime {
                 .as_ref()
                 .map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code);
             let restart = !live.stop_requested.load(Ordering::SeqCst)
+                && !live.links.stopped.load(Ordering::SeqCst)
                 && !self.stopping.load(Ordering::SeqCst)
                 && record.restart.should_restart(code, record.restart_count);
             let hypervisor = match self.hypervisor.clone() {
@@ -110,6 +111,14 @@ impl Runtime {
             record.exit_code = Some(code);
             tracing::info!(pod = %id, code, restarts = record.restart_count, "restarting by policy");
             tokio::time::sleep(restart_delay(record.restart_count)).await;
+            if live.links.stopped.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+                // Stopped while it waited to restart.
+                if let Some(task) = &resizer {
+                    task.abort();
+                }
+                self.teardown(&live, record, result).await;
+                return;
+            }
             // Each VM gets its own id: the old one may still be named
             // somewhere until its last handle is dropped.
             let mut next_spec = spec.clone();

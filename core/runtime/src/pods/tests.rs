@@ -743,3 +743,34 @@ async fn restore_ends_a_pod_whose_exit_was_lost_and_gives_up_on_another_backend(
     s.assert_exited(elsewhere, RUNTIME_FAILURE_EXIT);
     assert_eq!(s.hv.launched(), 0, "nothing is booted again");
 }
+
+#[tokio::test]
+async fn a_stopped_pod_is_not_restarted_by_its_policy() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: Some(128 + libc::SIGTERM),
+    }));
+    let req = s.request(
+        &["sh"],
+        serde_json::json!({"restart": {"policy": "always"}}),
+    );
+    let started = s.rt.create(req, None).await.unwrap();
+    // The container exits on SIGTERM, within the grace time.
+    let code =
+        s.rt.stop(&started.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert_eq!(s.hv.launched(), 1, "stopped, not restarted");
+    s.assert_exited(&started.id, 128 + libc::SIGTERM);
+    // `start` brings it back under its policy.
+    s.rt.start(&started.id).await.unwrap();
+    assert!(s.rt.is_running(&started.id));
+    assert_eq!(
+        s.rt.stop(&started.id, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        128 + libc::SIGTERM
+    );
+    assert_eq!(s.hv.launched(), 2);
+}

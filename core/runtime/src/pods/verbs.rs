@@ -110,18 +110,24 @@ impl Runtime {
             // Stopping a stopped pod is not an error (as in Docker).
             Err(_) => return self.wait(id).await,
         };
+        // However the containers take the SIGTERM, the restart policy does
+        // not bring the pod back.
+        live.links.stopped.store(true, Ordering::SeqCst);
         let _ = self.kill(id, libc::SIGTERM).await;
         let mut rx = live.outcome.clone();
         let timed_out = tokio::time::timeout(grace, rx.wait_for(Option::is_some))
             .await
             .is_err();
         if timed_out {
-            live.stop_requested.store(true, Ordering::SeqCst);
-            if let Err(e) = live.vm.kill().await {
+            // The pod's VM now: a restart may have been under way.
+            let current = self.live_pod(id).unwrap_or(live);
+            current.stop_requested.store(true, Ordering::SeqCst);
+            if let Err(e) = current.vm.kill().await {
                 tracing::warn!(pod = %id, "kill: {e}");
             }
+        } else {
+            drop(live);
         }
-        drop(live);
         self.wait(id).await
     }
 
