@@ -6,7 +6,7 @@ BUILD       := build
 HYPERSTART  := target/$(MUSL)/release/hyperstart
 PLUGINS     := libhyper_backend_qemu.so libhyper_backend_kvm.so libhyper_backend_xen.so
 
-.PHONY: test-xen registry all build kernel hyperstart payload rootfs install demo test unit e2e clean-build bench bench-kvm nested-kvm
+.PHONY: hostile-init test-xen test-qemu test-kvm matrix-check matrix-table registry all build kernel hyperstart payload rootfs install demo test unit e2e clean-build bench bench-kvm nested-kvm
 
 all: build payload rootfs
 
@@ -21,8 +21,13 @@ kernel:
 	@mkdir -p $(BUILD)
 	dir=$$(hyperkernel/build.sh) && ln -sfn "$$dir/vmlinux" $(BUILD)/hyperkernel && ln -sfn "$$dir/bzImage" $(BUILD)/hyperkernel.bzImage
 
-payload: kernel hyperstart
+payload: kernel hyperstart hostile-init
 	hyperstart/mkinitramfs.sh $(HYPERSTART) $(BUILD)/hyperstart.img
+
+# The hostile guest init of tests/tests/hostile_guest.rs (static, like
+# hyperstart); the tests pack it into an initramfs themselves.
+hostile-init:
+	$(CARGO) build --release -p hyper-test-hostile-init --target $(MUSL)
 
 rootfs:
 	tests/rootfs/busybox-rootfs.sh $(BUILD)/rootfs/busybox >/dev/null
@@ -45,8 +50,20 @@ demo: install rootfs
 unit:
 	$(CARGO) test --workspace --exclude hyper-tests
 
-e2e: build payload rootfs registry
-	. $(REGISTRY_ENV) && $(CARGO) test --release -p hyper-tests -- --test-threads=2
+# The QEMU leg: the list check, then the e2e cases tests/cases.toml tags qemu,
+# run by exact name (tests/matrix.py); QEMU_CASES="exact names" runs those instead.
+test-qemu: build payload rootfs registry matrix-check
+	. $(REGISTRY_ENV) && python3 tests/matrix.py run-qemu
+
+e2e: test-qemu
+
+# Every #[test] of tests/tests/*.rs is in tests/cases.toml and every listed case exists.
+matrix-check:
+	python3 tests/matrix.py check
+
+# The cases x backends table of the last run of each leg (build/matrix/*.txt).
+matrix-table:
+	python3 tests/matrix.py table
 
 # The test registries (Debian's docker-registry on loopback), seeded with
 # images the project builds itself; the tests read their addresses from env.
@@ -55,14 +72,24 @@ registry:
 	tests/registry/start.sh >/dev/null
 	. $(REGISTRY_ENV) && python3 tests/registry/seed.py
 
+# Unit tests, hyperstart's smoke test, then the three legs of
+# the e2e matrix; each leg runs even when one before it failed, and the run
+# ends with the cases x backends table.
 test: build payload rootfs registry
-	. $(REGISTRY_ENV) && $(CARGO) test --release --workspace -- --test-threads=2
+	rm -rf $(BUILD)/matrix
+	. $(REGISTRY_ENV) && $(CARGO) test --release --workspace --exclude hyper-tests -- --test-threads=2
+	$(CARGO) test --release -p hyper-tests --lib
 	python3 hyperstart/tests/smoke.py $(HYPERSTART)
-	$(MAKE) test-xen
-	$(MAKE) nested-kvm
+	rc=0; \
+	$(MAKE) test-qemu || rc=1; \
+	$(MAKE) test-xen || rc=1; \
+	$(MAKE) test-kvm || rc=1; \
+	$(MAKE) --no-print-directory matrix-table || rc=1; \
+	exit $$rc
 
 # The Xen leg: real Xen 4.17 + a Debian dom0 inside QEMU/TCG, running the
-# shared e2e cases with config like config/xen.toml (tests/xen/run-suite.sh).
+# e2e cases tests/cases.toml tags xen with config like config/xen.toml
+# (tests/xen/run-suite.sh); XEN_CASES="exact names" runs those instead.
 test-xen: build payload rootfs
 	tests/xen/run-suite.sh
 
@@ -74,13 +101,16 @@ bench-kvm: build
 
 # The KVM leg: inside QEMU/TCG with an emulated AMD SVM CPU, hyper-vmm runs
 # the test guest, the real payload to hyperstart's READY and to its own
-# poweroff on 2 vCPUs, then hyperd with the kvm plugin runs the e2e cases.
+# poweroff on 2 vCPUs, then hyperd with the kvm plugin runs the e2e cases
+# tests/cases.toml tags kvm (NK_CASES="exact names" runs those instead).
 # One retry, only when the emulated machine hung or a boot check failed (exit
 # 75: the emulated SVM hung once in 25 boots when measured); failed e2e cases
 # fail at once. Each attempt is bounded by TIMEOUT (run.sh).
 nested-kvm: build payload rootfs
 	backends/kvm/nested/run.sh; rc=$$?; \
 	if [ $$rc = 75 ]; then echo "nested-kvm: retrying once"; backends/kvm/nested/run.sh; else exit $$rc; fi
+
+test-kvm: nested-kvm
 
 clean-build:
 	rm -rf $(BUILD)

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,6 +22,7 @@ use hyper_images::{Image, ImageError, PullProgress};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::peer::{self, Peer};
 use crate::stream::ApiError;
 
 /// One line of the `POST /v1/images/pull` answer.
@@ -215,15 +216,51 @@ pub fn ndjson_response(rx: mpsc::Receiver<Vec<u8>>) -> Response {
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-pub async fn load(State(rt): State<Arc<Runtime>>, Json(req): Json<LoadRequest>) -> Response {
-    if !req.path.is_absolute() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{}: give an absolute path", req.path.display()),
-        );
+pub async fn load(
+    State(rt): State<Arc<Runtime>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<LoadRequest>,
+) -> Response {
+    if let Err(e) = peer::absolute(&req.path) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    // A client other than root: the archive is opened as the client, and
+    // hyperd reads that open file (by its /proc/self/fd link, so a rename
+    // after the check changes nothing). A layout directory would be read
+    // path by path as root: refused for such a client.
+    let mut opened = None;
+    if !peer.is_root() {
+        let path = req.path.clone();
+        let file = match tokio::task::spawn_blocking(move || peer.open(&path)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return error(StatusCode::FORBIDDEN, e.to_string()),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the check task failed: {e}"),
+                )
+            }
+        };
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(true) {
+            return error(
+                StatusCode::FORBIDDEN,
+                peer::PathError::DirNeedsRoot { path: req.path }.to_string(),
+            );
+        }
+        opened = Some(file);
     }
     let store = rt.images().clone();
-    match blocking(move || store.load(&req.path)).await {
+    match blocking(move || match opened {
+        Some(file) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let loaded = store.load(std::path::Path::new(&format!("/proc/self/fd/{fd}")));
+            drop(file);
+            loaded
+        }
+        None => store.load(&req.path),
+    })
+    .await
+    {
         Ok(images) => Json(images).into_response(),
         Err(r) => *r,
     }

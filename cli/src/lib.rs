@@ -2,7 +2,9 @@
 //! definition of the stdio stream that runs over an upgraded connection.
 
 pub mod client;
+pub mod display;
 pub mod images_api;
+pub mod peer;
 pub mod pods_api;
 pub mod progress;
 pub mod server;

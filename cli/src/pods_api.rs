@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::images_api::{error, ndjson_response};
+use crate::peer::{check_rootfs_dirs, Peer};
 use crate::server::{upgrade_stream, StreamJob};
 
 /// The pod a request's path names (full id, unique id prefix or name),
@@ -51,6 +52,13 @@ impl FromRequestParts<Arc<Runtime>> for PodId {
             .await
             .map_err(IntoResponse::into_response)?;
         let id = rt.resolve(&given).map_err(|e| run_error(&e))?;
+        // A pod being taken over can be looked at, not acted on yet.
+        if parts.method != axum::http::Method::GET && rt.is_recovering(&id) {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!("pod {given} is recovering: this hyperd is taking it over after a restart; try again in a moment"),
+            ));
+        }
         Ok(Self { id, given })
     }
 }
@@ -61,6 +69,9 @@ pub struct PodView {
     #[serde(flatten)]
     pub record: PodRecord,
     pub running: bool,
+    /// Being taken over after a restart of hyperd.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 pub fn run_error(e: &RunError) -> Response {
@@ -85,14 +96,22 @@ pub async fn list(State(rt): State<Arc<Runtime>>, Query(q): Query<ListQuery>) ->
         .into_iter()
         .map(|record| PodView {
             running: rt.is_running(&record.id),
+            recovering: rt.is_recovering(&record.id),
             record,
         })
-        .filter(|p| q.all || p.running)
+        .filter(|p| q.all || p.running || p.recovering)
         .collect();
     Json(pods).into_response()
 }
 
-pub async fn create(State(rt): State<Arc<Runtime>>, Json(req): Json<RunRequest>) -> Response {
+pub async fn create(
+    State(rt): State<Arc<Runtime>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(req): Json<RunRequest>,
+) -> Response {
+    if let Err(refused) = check_rootfs_dirs(peer, req.rootfs.iter().cloned().collect()).await {
+        return refused;
+    }
     // With `interactive` the process's stdin stays open for `attach`.
     started_response(rt.create(req, None).await)
 }
@@ -128,8 +147,18 @@ pub struct CreatePodRequest {
 
 pub async fn create_pod(
     State(rt): State<Arc<Runtime>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Json(req): Json<CreatePodRequest>,
 ) -> Response {
+    let dirs = req
+        .pod
+        .containers
+        .iter()
+        .filter_map(|c| c.rootfs.clone())
+        .collect();
+    if let Err(refused) = check_rootfs_dirs(peer, dirs).await {
+        return refused;
+    }
     match rt.create_pod(req.pod, req.name).await {
         Ok(id) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => run_error(&e),
@@ -140,6 +169,7 @@ pub async fn inspect(State(rt): State<Arc<Runtime>>, PodId { id, given: pod }: P
     match rt.record(&id) {
         Some(record) => Json(PodView {
             running: rt.is_running(&id),
+            recovering: rt.is_recovering(&id),
             record,
         })
         .into_response(),
@@ -296,6 +326,9 @@ pub struct LogsQuery {
     pub container: Option<String>,
 }
 
+/// How much of a log file one batch of `logs` reads (then sends).
+const LOG_BATCH: u64 = 1 << 20;
+
 /// How often a follower looks for new log lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
@@ -310,15 +343,38 @@ pub async fn logs(
     };
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
-        let entries = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || logs::read_all(&dir))
-                .await
-                .unwrap_or_default()
-        };
-        let skip = q.tail.map_or(0, |n| entries.len().saturating_sub(n));
-        if send_entries(&tx, entries.iter().skip(skip)).await.is_err() {
-            return;
+        match q.tail {
+            // Only the end: read backwards, bounded by N entries.
+            Some(n) => {
+                let dir = dir.clone();
+                let entries = tokio::task::spawn_blocking(move || logs::read_tail(&dir, n))
+                    .await
+                    .unwrap_or_default();
+                if send_entries(&tx, entries.iter()).await.is_err() {
+                    return;
+                }
+            }
+            // All of it, a file at a time and a bounded batch at a time.
+            None => {
+                for path in logs::log_files(&dir) {
+                    let mut offset = 0;
+                    loop {
+                        let p = path.clone();
+                        let (entries, next) = tokio::task::spawn_blocking(move || {
+                            logs::read_file_upto(&p, offset, LOG_BATCH)
+                        })
+                        .await
+                        .unwrap_or((Vec::new(), offset));
+                        if send_entries(&tx, entries.iter()).await.is_err() {
+                            return;
+                        }
+                        if next == offset {
+                            break;
+                        }
+                        offset = next;
+                    }
+                }
+            }
         }
         if !q.follow {
             return;

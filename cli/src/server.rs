@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::images_api::{self, error};
+use crate::peer::Peer;
 use crate::pods_api;
 use crate::stream::{ClientMessage, StreamEnd, STDERR, STDIO};
 use crate::STREAM_UPGRADE;
@@ -133,7 +134,11 @@ pub async fn upgrade_stream<T: serde::de::DeserializeOwned>(
     response
 }
 
-async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
+async fn run(
+    State(rt): State<Arc<Runtime>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+) -> Response {
     // The body is needed before the checks: parse it here, check, then hand
     // the already-parsed request on.
     let (parts, body) = req.into_parts();
@@ -164,6 +169,9 @@ async fn run(State(rt): State<Arc<Runtime>>, req: Request) -> Response {
                     StatusCode::BAD_REQUEST,
                     "no command given: `hyper run --rootfs DIR CMD…`",
                 );
+            }
+            if let Err(refused) = crate::peer::check_rootfs_dirs(peer, vec![dir.clone()]).await {
+                return refused;
             }
             if !dir.is_dir() {
                 return error(

@@ -17,6 +17,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 use crate::channel::{self, Channel};
+use crate::confine;
 use crate::flow::{Credit, StdinBuffer};
 use crate::log::{debug, log};
 use crate::rootfs::{self, ContainerPaths};
@@ -80,6 +81,8 @@ impl Process {
 
 struct Container {
     paths: ContainerPaths,
+    /// Its devices cgroup; `None` for a privileged container.
+    devices: Option<PathBuf>,
     init_pid: i32,
     init_key: u64,
     running: bool,
@@ -139,14 +142,22 @@ impl Agent {
 
     pub fn send_ready(&mut self) {
         use hyper_protocol::capability::{
-            EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, TERMINAL, VOLUMES,
+            CONFINEMENT, EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, TERMINAL, VOLUMES,
         };
         self.channel.send_message(&GuestMessage::Ready {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: [FLOW_CONTROL, EROFS, EXT4, PID_NAMESPACE, VOLUMES, TERMINAL]
-                .map(String::from)
-                .to_vec(),
+            capabilities: [
+                FLOW_CONTROL,
+                EROFS,
+                EXT4,
+                PID_NAMESPACE,
+                VOLUMES,
+                TERMINAL,
+                CONFINEMENT,
+            ]
+            .map(String::from)
+            .to_vec(),
             agent: format!("hyperstart {}", env!("CARGO_PKG_VERSION")),
         });
     }
@@ -240,11 +251,41 @@ impl Agent {
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(e) => {
                     log!("reading the channel: {e}");
+                    self.check_channel(revents);
                     self.host_gone();
                 }
             }
         } else if revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            self.check_channel(revents);
             self.host_gone();
+        }
+    }
+
+    /// A channel whose device went away (its driver unbound, the port
+    /// unplugged) is fatal: a new port could be opened by someone else, and
+    /// the host could not tell it from hyperstart. The pod ends instead.
+    fn check_channel(&mut self, revents: libc::c_short) {
+        let why = if revents & libc::POLLNVAL != 0 {
+            Some("the channel's descriptor is no longer valid".to_string())
+        } else {
+            self.channel.device_gone()
+        };
+        if let Some(why) = why {
+            self.channel_lost(&why);
+        }
+    }
+
+    fn channel_lost(&mut self, why: &str) -> ! {
+        log!("fatal: {why}; ending the pod");
+        self.kill_processes(None);
+        if !self.opts.pid1 {
+            std::process::exit(1);
+        }
+        nix::unistd::sync();
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        // PID 1 must never exit (the kernel would panic); wait to be killed.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 
@@ -531,22 +572,47 @@ impl Agent {
                     )
                 })
             });
-        if let Err(e) = bound {
+        // The devices cgroup, unless privileged: without it, a container
+        // could mknod and open the rootfs disks or the channel's port.
+        let privileged = spec.process.confinement.privileged;
+        let devices_root = confine::devices_root(&self.opts.run_dir);
+        let devices = || {
+            if privileged {
+                return Ok(None);
+            }
+            confine::create_devices_cgroup(&mut RealSys, &devices_root, &spec.id)
+                .map(Some)
+                .map_err(|e| {
+                    err(
+                        AgentErrorKind::Failed,
+                        format!("creating the container's devices cgroup: {e}"),
+                    )
+                })
+        };
+        let cleanup = |devices: Option<&Path>| {
             for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
                 log!("cleaning up container {}: {e}", spec.id);
             }
-            return Err(e);
-        }
+            if let Some(dir) = devices {
+                let _ = RealSys.remove_dir(dir);
+            }
+        };
+        let devices = match bound.and_then(|()| devices()) {
+            Ok(d) => d,
+            Err(e) => {
+                cleanup(None);
+                return Err(e);
+            }
+        };
         let target = Target::NewContainer {
             root: &paths.root,
             hostname: &spec.hostname,
+            devices: devices.as_deref(),
         };
         let spawned = match spawn::spawn(target, &spec.process) {
             Ok(s) => s,
             Err(e) => {
-                for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
-                    log!("cleaning up container {}: {e}", spec.id);
-                }
+                cleanup(devices.as_deref());
                 return Err(e);
             }
         };
@@ -557,6 +623,7 @@ impl Agent {
             spec.id,
             Container {
                 paths,
+                devices,
                 init_pid: pid,
                 init_key: key,
                 running: true,
@@ -566,7 +633,7 @@ impl Agent {
     }
 
     fn exec(&mut self, container: &str, process: ProcessSpec) -> Result<Reply> {
-        let init_pid = match self.containers.get(container) {
+        let (init_pid, devices) = match self.containers.get(container) {
             None => {
                 return Err(err(
                     AgentErrorKind::NotFound,
@@ -579,10 +646,14 @@ impl Agent {
                     format!("container {container} is not running"),
                 ))
             }
-            Some(c) => c.init_pid,
+            Some(c) => (c.init_pid, c.devices.clone()),
         };
         self.validate_process(container, &process)?;
-        let spawned = spawn::spawn(Target::Join { init_pid }, &process)?;
+        let target = Target::Join {
+            init_pid,
+            devices: devices.as_deref(),
+        };
+        let spawned = spawn::spawn(target, &process)?;
         let pid = spawned.pid;
         debug!("process {} started in {container}, pid {pid}", process.id);
         self.add_process(container, &process, spawned);
@@ -737,6 +808,12 @@ impl Agent {
         self.kill_processes(Some(container));
         for e in rootfs::unmount_container_rootfs(&mut RealSys, &c.paths) {
             log!("removing container {container}: {e}");
+        }
+        // Busy while a killed process is not reaped yet; an empty cgroup
+        // left behind costs nothing and is reused by a container of the
+        // same id.
+        if let Some(dir) = &c.devices {
+            let _ = RealSys.remove_dir(dir);
         }
         Ok(Reply::Ok)
     }
@@ -1118,6 +1195,7 @@ mod tests {
             terminal_size: None,
             stdio,
             stderr: stdio + 1,
+            confinement: hyper_protocol::Confinement::unconfined(),
         }
     }
 
@@ -1153,7 +1231,7 @@ mod tests {
             &mut host,
             8,
             Request::Hello {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 capabilities: vec![],
             },
         );

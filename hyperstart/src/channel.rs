@@ -109,6 +109,14 @@ impl Channel {
         self.fd.as_raw_fd()
     }
 
+    /// Why the channel's device is gone, if it is: a character device
+    /// whose `/sys/dev/char/MAJOR:MINOR` entry disappeared (the port was
+    /// unplugged or its driver unbound). Other kinds of fd (a socket in
+    /// tests) never are.
+    pub fn device_gone(&self) -> Option<String> {
+        device_gone_in(Path::new("/sys/dev/char"), &self.fd)
+    }
+
     pub fn read(&self, buf: &mut [u8]) -> nix::Result<usize> {
         nix::unistd::read(&self.fd, buf)
     }
@@ -288,6 +296,34 @@ fn plain_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/')
 }
 
+fn device_gone_in(sys_dev_char: &Path, fd: &OwnedFd) -> Option<String> {
+    let st = match nix::sys::stat::fstat(fd) {
+        Ok(st) => st,
+        Err(e) => return Some(format!("the channel cannot be inspected: {e}")),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return None;
+    }
+    // A console port (hvc) stays in sysfs when its virtio port goes; the
+    // kernel hangs its tty up instead, after which every ioctl fails with
+    // EIO and the fd is dead for good.
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: tcgetattr writes one termios into the valid buffer given; on
+    // a non-tty it fails with ENOTTY and writes nothing.
+    let r = unsafe { libc::tcgetattr(fd.as_raw_fd(), termios.as_mut_ptr()) };
+    if r != 0 && Errno::last() == Errno::EIO {
+        return Some("the channel's terminal was hung up (its device went away)".into());
+    }
+    let (major, minor) = (
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev),
+    );
+    let entry = sys_dev_char.join(format!("{major}:{minor}"));
+    // Only a clear "not there" counts; sysfs not being mounted does not.
+    (sys_dev_char.is_dir() && std::fs::symlink_metadata(&entry).is_err())
+        .then(|| format!("the channel's device {major}:{minor} went away"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +354,22 @@ mod tests {
         assert_eq!(find_port(&dir, "sh.hyper"), None);
         assert_eq!(find_port(&dir.join("missing"), "x"), None);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_channel_device_missing_from_sysfs_is_gone() {
+        let dir = scratch("devchar");
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        // /dev/null is 1:3; with no such entry the device counts as gone.
+        assert!(device_gone_in(&dir, &null).unwrap().contains("1:3"));
+        std::fs::create_dir_all(dir.join("1:3")).unwrap();
+        assert_eq!(device_gone_in(&dir, &null), None);
+        // Not a character device: never gone.
+        let file: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        std::fs::remove_dir(dir.join("1:3")).unwrap();
+        assert_eq!(device_gone_in(&dir, &file), None);
+        // No sysfs at all: not evidence of anything.
+        assert_eq!(device_gone_in(&dir.join("missing"), &null), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod agent;
 mod channel;
 mod cmdline;
+mod confine;
 mod flow;
 mod log;
 mod rootfs;

@@ -340,7 +340,7 @@ const DEVICES: [(&str, u64, u64); 6] = [
 /// In the container's init, already in its new mount and PID namespaces:
 /// builds /proc, /sys and /dev inside `root` and makes `root` the process's
 /// `/`.
-pub fn enter_container_rootfs(sys: &mut dyn Sys, root: &Path) -> SysResult {
+pub fn enter_container_rootfs(sys: &mut dyn Sys, root: &Path, privileged: bool) -> SysResult {
     // Nothing mounted from here on may leak back into hyperstart's namespace.
     sys.mount(
         None,
@@ -356,13 +356,23 @@ pub fn enter_container_rootfs(sys: &mut dyn Sys, root: &Path) -> SysResult {
     sys.mount(Some("proc"), &proc, Some("proc"), hardened, None)?;
     let sysfs = root.join("sys");
     sys.mkdir_all(&sysfs, 0o555)?;
+    // Read-only unless privileged (as Docker): the guest's devices, drivers
+    // and hyperstart's channel port are in there.
+    let sys_ro = if privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
     sys.mount(
         Some("sysfs"),
         &sysfs,
         Some("sysfs"),
-        hardened | MsFlags::MS_RDONLY,
+        hardened | sys_ro,
         None,
     )?;
+    if !privileged {
+        crate::confine::protect_paths(sys, root)?;
+    }
 
     let dev = root.join("dev");
     sys.mkdir_all(&dev, 0o755)?;
@@ -511,7 +521,7 @@ mod tests {
     fn container_root_gets_api_filesystems_devices_then_pivots() {
         let mut sys = RecordingSys::new();
         let root = paths().root;
-        enter_container_rootfs(&mut sys, &root).unwrap();
+        enter_container_rootfs(&mut sys, &root, false).unwrap();
         let c = &sys.calls;
         assert_eq!(c[0], "mount - / - MsFlags(MS_REC | MS_PRIVATE) -");
         assert!(c.contains(&"mount proc /run/hyper/c/c1/root/proc proc MsFlags(MS_NOSUID | MS_NODEV | MS_NOEXEC) -".into()));
@@ -555,9 +565,37 @@ mod tests {
     }
 
     #[test]
+    fn only_a_privileged_container_gets_a_writable_sys_and_unmasked_proc() {
+        let mut sys = RecordingSys::new();
+        let root = paths().root;
+        sys.kinds
+            .push((root.join("proc/kcore").display().to_string(), false));
+        sys.kinds
+            .push((root.join("proc/sys").display().to_string(), true));
+        enter_container_rootfs(&mut sys, &root, false).unwrap();
+        let ro_sys = "mount sysfs /run/hyper/c/c1/root/sys sysfs MsFlags(MS_RDONLY";
+        assert!(sys.calls.iter().any(|l| l.starts_with(ro_sys)));
+        let kcore = "mount /dev/null /run/hyper/c/c1/root/proc/kcore - MsFlags(MS_BIND) -";
+        assert!(sys.calls.iter().any(|l| l == kcore));
+        // Masks go on after /proc and /sys are mounted, before the pivot.
+        assert!(sys.position("mount sysfs") < sys.position("mount /dev/null"));
+        assert!(sys.position("mount /dev/null") < sys.position("pivot_root"));
+        assert!(sys
+            .calls
+            .iter()
+            .any(|l| l.starts_with("mount - /run/hyper/c/c1/root/proc/sys - MsFlags(MS_RDONLY")));
+
+        let mut sys = RecordingSys::new();
+        sys.kinds = vec![(root.join("proc/kcore").display().to_string(), false)];
+        enter_container_rootfs(&mut sys, &root, true).unwrap();
+        assert!(!sys.calls.iter().any(|l| l.starts_with(ro_sys)));
+        assert!(!sys.calls.iter().any(|l| l == kcore));
+    }
+
+    #[test]
     fn without_pivot_root_the_container_root_is_moved_and_chrooted() {
         let mut sys = RecordingSys::failing("pivot_root", Errno::EINVAL);
-        enter_container_rootfs(&mut sys, &paths().root).unwrap();
+        enter_container_rootfs(&mut sys, &paths().root, false).unwrap();
         let pivot = sys.position("pivot_root").unwrap();
         assert_eq!(
             &sys.calls[pivot + 1..],
@@ -569,7 +607,7 @@ mod tests {
     fn other_pivot_root_errors_fail_the_setup() {
         let mut sys = RecordingSys::failing("pivot_root", Errno::EPERM);
         assert_eq!(
-            enter_container_rootfs(&mut sys, &paths().root)
+            enter_container_rootfs(&mut sys, &paths().root, false)
                 .unwrap_err()
                 .errno,
             Errno::EPERM

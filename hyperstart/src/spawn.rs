@@ -24,13 +24,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use hyper_protocol::{AgentError, AgentErrorKind, ProcessSpec, TerminalSize};
+use hyper_protocol::{AgentError, AgentErrorKind, Confinement, ProcessSpec, TerminalSize};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Gid, Uid};
 
+use crate::confine;
 use crate::rootfs;
 use crate::sys::{RealSys, Sys};
 use crate::user;
@@ -42,9 +43,18 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum Target<'a> {
     /// A container's init: new mount, UTS, IPC and PID namespaces, `root`
     /// (the mounted overlay) as its `/`.
-    NewContainer { root: &'a Path, hostname: &'a str },
-    /// An exec: the namespaces and root of the container's init.
-    Join { init_pid: i32 },
+    NewContainer {
+        root: &'a Path,
+        hostname: &'a str,
+        /// The container's devices cgroup; `None` for a privileged one.
+        devices: Option<&'a Path>,
+    },
+    /// An exec: the namespaces, root and devices cgroup of the container's
+    /// init.
+    Join {
+        init_pid: i32,
+        devices: Option<&'a Path>,
+    },
 }
 
 /// A started process and hyperstart's (non-blocking) ends of its stdio.
@@ -228,6 +238,8 @@ struct Prepared<'a> {
     workdir: String,
     user: &'a str,
     terminal: Option<TerminalSize>,
+    confinement: &'a Confinement,
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
@@ -245,6 +257,10 @@ fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
     if workdir.contains('\0') || spec.user.contains('\0') {
         return Err(invalid("the workdir or user contains a NUL byte"));
     }
+    let seccomp = match &spec.confinement.seccomp {
+        Some(profile) => confine::build_seccomp(profile).map_err(invalid)?,
+        None => Vec::new(),
+    };
     Ok(Prepared {
         args,
         arg0,
@@ -252,6 +268,8 @@ fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
         workdir,
         user: &spec.user,
         terminal: spec.terminal.then(|| terminal_size(spec.terminal_size)),
+        confinement: &spec.confinement,
+        seccomp,
     })
 }
 
@@ -487,11 +505,23 @@ fn die_with_parent(parent: Option<nix::unistd::Pid>) {
 fn intermediate(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
     close_fds_except(&[fds.status, fds.stdin, fds.stdout, fds.stderr]);
     let mut sys = RealSys;
+    // First, while the cgroup is still in this mount namespace; the
+    // process forked below starts in it.
+    let (Target::NewContainer { devices, .. } | Target::Join { devices, .. }) = target;
+    if let Some(dir) = devices {
+        if let Err(e) = confine::join_devices_cgroup(&mut sys, dir) {
+            setup_failed(
+                fds.status,
+                e.errno as i32,
+                &format!("joining the container's devices cgroup: {e}"),
+            );
+        }
+    }
     let entered = match target {
         Target::NewContainer { hostname, .. } => {
             rootfs::new_container_namespaces(&mut sys, hostname)
         }
-        Target::Join { init_pid } => rootfs::join_container(&mut sys, init_pid),
+        Target::Join { init_pid, .. } => rootfs::join_container(&mut sys, init_pid),
     };
     if let Err(e) = entered {
         setup_failed(
@@ -528,8 +558,9 @@ fn intermediate(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> !
 fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
     let status = fds.status;
     let mut sys = RealSys;
+    let confinement = prepared.confinement;
     if let Target::NewContainer { root, .. } = target {
-        if let Err(e) = rootfs::enter_container_rootfs(&mut sys, root) {
+        if let Err(e) = rootfs::enter_container_rootfs(&mut sys, root, confinement.privileged) {
             setup_failed(
                 status,
                 e.errno as i32,
@@ -567,6 +598,21 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
             &format!("creating the workdir: {e}"),
         );
     }
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
+    // while the process still has it (as runc does); what follows must then
+    // be allowed by the profile.
+    if !confinement.no_new_privileges {
+        if let Err(e) = confine::install_seccomp(&prepared.seccomp) {
+            setup_failed(status, libc::EPERM, &e);
+        }
+    }
+    if let Err(e) = confine::drop_bounding(confinement.capabilities) {
+        setup_failed(
+            status,
+            e as i32,
+            &format!("dropping capabilities from the bounding set: {e}"),
+        );
+    }
     let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     let ids = nix::unistd::setgroups(&groups)
         .and_then(|()| nix::unistd::setgid(Gid::from_raw(user.gid)))
@@ -577,6 +623,10 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
             e as i32,
             &format!("switching to user {}:{}: {e}", user.uid, user.gid),
         );
+    }
+    let (effective, inheritable) = confine::process_sets(confinement.capabilities, user.uid);
+    if let Err(e) = confine::set_process_caps(effective, inheritable) {
+        setup_failed(status, e as i32, &format!("setting capabilities: {e}"));
     }
     if let Err(e) = sys.chdir(Path::new(&prepared.workdir)) {
         setup_failed(
@@ -609,6 +659,15 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
     // Set last: changing uid/gid clears it.
     die_with_parent(None);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // Last, so that nothing above needs to be allowed by the profile.
+    if confinement.no_new_privileges {
+        if let Err(e) = confine::set_no_new_privs() {
+            setup_failed(status, e as i32, &format!("setting no_new_privs: {e}"));
+        }
+        if let Err(e) = confine::install_seccomp(&prepared.seccomp) {
+            setup_failed(status, libc::EPERM, &e);
+        }
+    }
 
     let errno = exec(&prepared.args, prepared.arg0, &path, &env);
     report(status, &error_record(Stage::Exec, errno as i32, ""));
@@ -833,6 +892,7 @@ mod tests {
             terminal_size: None,
             stdio: 1,
             stderr: 2,
+            confinement: Confinement::unconfined(),
         };
         assert_eq!(
             prepare(&spec).err().map(|e| e.kind),
@@ -843,7 +903,20 @@ mod tests {
             prepare(&spec).err().map(|e| e.kind),
             Some(AgentErrorKind::InvalidRequest)
         );
+        // A filter that cannot be built is refused before forking too.
         spec.args = vec!["sh".into()];
+        spec.confinement.seccomp = Some(hyper_protocol::SeccompSpec {
+            default_action: hyper_protocol::SeccompAction::Allow,
+            rules: vec![hyper_protocol::SeccompRuleSpec {
+                syscall: 1 << 20,
+                action: hyper_protocol::SeccompAction::Errno(1),
+                args: vec![],
+            }],
+        });
+        let err = prepare(&spec).err().expect("refused");
+        assert_eq!(err.kind, AgentErrorKind::InvalidRequest);
+        assert!(err.message.contains("syscall"), "{}", err.message);
+        spec.confinement = Confinement::unconfined();
         spec.workdir = "srv".into();
         assert_eq!(
             prepare(&spec).map(|p| p.workdir).ok().as_deref(),

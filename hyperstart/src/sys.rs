@@ -85,6 +85,13 @@ pub trait Sys {
     /// Whether `/` is the kernel's initial rootfs (ramfs or tmpfs), which
     /// pivot_root(2) refuses to move away from.
     fn root_is_rootfs(&mut self) -> bool;
+    fn exists(&mut self, path: &Path) -> bool;
+    /// `Some(true)` for a directory, `Some(false)` for anything else that
+    /// exists, `None` if nothing is there (symlinks are not followed).
+    fn kind(&mut self, path: &Path) -> Option<bool>;
+    /// Writes `data` to an existing file (cgroup control files) in one
+    /// write(2).
+    fn write_file(&mut self, path: &Path, data: &str) -> SysResult;
 }
 
 /// The real thing.
@@ -203,6 +210,23 @@ impl Sys for RealSys {
             Err(_) => false,
         }
     }
+
+    fn exists(&mut self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn kind(&mut self, path: &Path) -> Option<bool> {
+        std::fs::symlink_metadata(path).ok().map(|m| m.is_dir())
+    }
+
+    fn write_file(&mut self, path: &Path, data: &str) -> SysResult {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(data.as_bytes()))
+            .map_err(|e| SysError::new("write", path.display(), io_errno(&e)))
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +240,8 @@ pub mod fake {
         pub calls: Vec<String>,
         pub fail: Vec<(String, Errno)>,
         pub rootfs: bool,
+        /// Paths that exist: (path, is a directory).
+        pub kinds: Vec<(String, bool)>,
         next_fd: RawFd,
     }
 
@@ -329,6 +355,20 @@ pub mod fake {
         }
         fn root_is_rootfs(&mut self) -> bool {
             self.rootfs
+        }
+        fn exists(&mut self, path: &Path) -> bool {
+            self.calls.push(format!("exists {}", path.display()));
+            self.kind(path).is_some()
+        }
+        fn kind(&mut self, path: &Path) -> Option<bool> {
+            let path = path.to_string_lossy();
+            self.kinds
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, dir)| *dir)
+        }
+        fn write_file(&mut self, path: &Path, data: &str) -> SysResult {
+            self.record("write", format!("write {} {data}", path.display()))
         }
     }
 }

@@ -22,6 +22,7 @@ Images (all under hyper/):
   evil-hardlink     hard link to "../../../../etc/passwd"
   evil-digest       a layer blob corrupted on the registry's disk (same size)
   evil-truncated    a layer blob truncated on the registry's disk
+  evil-lure         busybox's exact config blob (so busybox's image id) with another layer
 (evil-digest/evil-truncated need --storage; without it the manifest lies about size instead.)
 Writes (with skopeo, if installed) ARCHIVES/busybox-oci (OCI layout) and
 ARCHIVES/busybox-docker.tar (docker save format) for `load` tests.
@@ -298,6 +299,16 @@ def main():
                [Layer().symlink("esc", "../../../../..").file("esc/tmp/hyper-evil-symlink", b"pwned\n").raw()])
     push_image(reg, "hyper/evil-hardlink", ["latest"],
                [Layer().hardlink("passwd", "../../../../etc/passwd").raw()])
+    # A lure: busybox's exact config bytes, so its id, over another layer.
+    repo = "hyper/evil-lure"
+    bb_cfg = config(diff_ids=[sha(bb)])
+    lure = gz(Layer().dir("bin").file("bin/sh", b"#!/lure\n", 0o755).file("lure", b"lure\n").raw())
+    m = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+         "config": {"mediaType": OCI_CONFIG, "digest": reg.push_blob(repo, bb_cfg), "size": len(bb_cfg)},
+         "layers": [{"mediaType": OCI_GZIP, "digest": reg.push_blob(repo, lure), "size": len(lure)}]}
+    d = reg.push_manifest(repo, "latest", json.dumps(m, sort_keys=True).encode(), OCI_MANIFEST)
+    print(f"seed: {repo}:latest {d} (busybox's config, another layer)", file=sys.stderr)
+
     corrupt_layer = Layer().file("corrupt.txt", pseudo_random("corrupt", 4096)).raw()
     _, _, blobs = push_image(reg, "hyper/evil-digest", ["latest"], [corrupt_layer])
     trunc_layer = Layer().file("truncated.txt", pseudo_random("truncated", 8192)).raw()

@@ -294,8 +294,35 @@ impl Hyperd {
     }
 
     fn wait_ready(&mut self) {
-        // A restarted hyperd listens once it has taken its pods over, one
-        // by one (on Xen under TCG ≈15 s each).
+        self.wait_serving();
+        // A restarted hyperd serves at once and lists the pods it is taking
+        // over as `recovering` (on Xen under TCG ≈15 s each): wait for them.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let out = self.hyper(&["ps", "-a", "--json"]);
+            let pods: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if out.status.success() && !pods.iter().any(|p| p["recovering"] == true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "hyperd did not finish its takeovers within 90 s:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts a new hyperd on the same config, state and socket, and
+    /// returns once it serves, takeovers possibly still under way.
+    pub fn restart_serving(&mut self) {
+        self.stop();
+        self.child = Some(spawn_hyperd(&self.config, &self.log));
+        self.wait_serving();
+    }
+
+    /// Waits until hyperd accepts connections.
+    pub fn wait_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
@@ -413,6 +440,17 @@ impl Hyperd {
             self.log_text()
         );
         text(&out.stdout)
+    }
+
+    /// hyperd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A field of hyperd's `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.pid().expect("hyperd is running");
+        proc_status_kib(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
     }
 
     /// Kills hyperd with SIGKILL, as a crash would, and reaps it.
@@ -609,6 +647,70 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     found
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`…).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The hostile guest init (tests/hostile-init), a static musl binary:
+/// `HYPER_HOSTILE_INIT` or `<workspace>/target/x86_64-unknown-linux-musl/release/hostile-init`
+/// (`make hostile-init`).
+pub fn hostile_init() -> PathBuf {
+    let path = std::env::var_os("HYPER_HOSTILE_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace().join("target/x86_64-unknown-linux-musl/release/hostile-init")
+        });
+    required(path, "hostile init (make hostile-init)")
+}
+
+/// Writes an initramfs at `out` with the hostile init as `/init` and
+/// `attack` in `/attack`: give it to a hyperd as `Setup::initrd`.
+pub fn hostile_initrd(out: &Path, attack: &str) {
+    let init = std::fs::read(hostile_init()).expect("read the hostile init");
+    let mut cpio = Vec::new();
+    for dir in ["dev", "proc", "sys", "tmp"] {
+        newc_entry(&mut cpio, dir, 0o040755, &[]);
+    }
+    newc_entry(&mut cpio, "init", 0o100755, &init);
+    newc_entry(&mut cpio, "attack", 0o100644, attack.as_bytes());
+    newc_entry(&mut cpio, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, cpio).expect("write the hostile initrd");
+}
+
+/// One entry of a newc ("070701") cpio archive, as the kernel unpacks it.
+fn newc_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let ino = (out.len() as u32) | 1;
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.resize(out.len().next_multiple_of(4), 0);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// Every file under `dir` (recursive), for leftover checks.

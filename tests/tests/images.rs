@@ -354,3 +354,49 @@ fn login_to_an_auth_registry_and_load_archives() {
         text(&out.stderr)
     );
 }
+
+/// Issue 13 H2: a lure carrying busybox's exact config (so busybox's image
+/// id) over another layer is refused at pull and at run; a digest-pinned
+/// pull of the real busybox then runs busybox's layers in a real VM.
+#[test]
+fn a_lure_with_a_trusted_config_cannot_capture_the_image_id() {
+    let d = hyperd();
+    let lure = format!("{}/hyper/evil-lure", reg());
+    let out = d.hyper(&["pull", &lure]);
+    assert_ne!(out.status.code(), Some(0), "the lure was pulled");
+    let err = text(&out.stderr);
+    assert!(err.contains("does not match the image config"), "{err}");
+    let out = d.hyper(&["run", "--rm", &lure, "cat", "/lure"]);
+    assert_ne!(out.status.code(), Some(0), "the lure ran");
+    let images: Vec<serde_json::Value> =
+        serde_json::from_slice(&d.hyper(&["images", "--json"]).stdout).unwrap();
+    assert!(images.is_empty(), "the lure left an image: {images:?}");
+    // The real busybox, pinned by its manifest digest (from the registry).
+    let pinned = {
+        let other = hyperd();
+        let busybox = format!("{}/hyper/busybox", reg());
+        ok(&other, &other.hyper(&["pull", &busybox]));
+        let out = other.hyper(&["images", "--json"]);
+        let images: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        images[0]["repo_digests"][0].as_str().unwrap().to_string()
+    };
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        &pinned,
+        "sh",
+        "-c",
+        "ls /lure; cat /etc/passwd",
+    ]);
+    assert!(
+        text(&out.stdout).contains("root:x:0:0:root"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("No such file"),
+        "the lure's file is there: {}",
+        text(&out.stderr)
+    );
+}

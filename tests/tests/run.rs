@@ -480,3 +480,42 @@ fn a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop() {
     let left = files_under(&d.state_dir.join("pods"));
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// After a takeover the stdin of an interactive (`-i`) pod still reaches
+/// its process: the adopted process gets a stdin window again. All
+/// backends (each can take a VM over).
+#[test]
+fn stdin_of_an_interactive_pod_survives_a_takeover() {
+    let mut d = Hyperd::start();
+    let id = d.run_detached(
+        &["-i", "--name", "talk"],
+        &[
+            "sh",
+            "-c",
+            "echo ready; while read l; do echo got $l; done; echo bye",
+        ],
+    );
+    d.wait_for_log(&id, "ready");
+    d.kill_hard();
+    d.restart();
+    assert_eq!(d.ps_json(false).len(), 1, "taken over:\n{}", d.log_text());
+    // What an attached client types reaches the process, whose answer
+    // reaches the log.
+    let mut client = d.hyper_spawn(&["attach", "talk"]);
+    let mut stdin = client.stdin.take().expect("stdin");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !text(&d.hyper(&["logs", "talk"]).stdout).contains("got ping") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stdin never reached the process after the takeover:\n{}",
+            d.log_text()
+        );
+        use std::io::Write;
+        let _ = stdin.write_all(b"ping\n");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(stdin);
+    let _ = hyper_tests::wait_with_timeout(&mut client, std::time::Duration::from_secs(60));
+    let _ = client.kill();
+    let _ = d.hyper(&["rm", "-f", "talk"]);
+}

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs inside the test dom0 as /mnt/host/run.sh (run-suite.sh copies it into
-# the share): the chosen e2e cases with HYPER_E2E_BACKEND=xen, then the boot
+# the share): the e2e cases tests/cases.toml tags xen with HYPER_E2E_BACKEND=xen, then the boot
 # benchmark. Results go to /mnt/host/results.
 S=/mnt/host
 R=$S/results
@@ -18,12 +18,16 @@ echo $? > "$R/real-xen.rc"
 echo "@@ $(up)s REAL-XEN-END rc=$(cat "$R/real-xen.rc")"
 grep -E '^test |^test result' "$R/real-xen.txt"
 
-echo "@@ $(up)s E2E-START"
-# shellcheck disable=SC2046
-"$S/bin/e2e-run" --test-threads=1 $(cat "$S/cases") > "$R/e2e.txt" 2>&1
-echo $? > "$R/e2e.rc"
-echo "@@ $(up)s E2E-END rc=$(cat "$R/e2e.rc")"
-grep -E '^test |^test result' "$R/e2e.txt"
+# Each test file's cases by exact name (run-suite.sh writes them from tests/cases.toml).
+for exe in "$S"/e2e/*; do
+  [ -x "$exe" ] || continue; t=${exe##*/}
+  echo "@@ $(up)s E2E-START $t"
+  # shellcheck disable=SC2046
+  "$exe" --exact --test-threads=1 $(cat "$S/cases/$t") > "$R/e2e-$t.txt" 2>&1
+  echo $? > "$R/e2e-$t.rc"
+  echo "@@ $(up)s E2E-END $t rc=$(cat "$R/e2e-$t.rc")"
+  grep -E '^test |^test result' "$R/e2e-$t.txt"
+done
 
 # Benchmark: `hyper run --rm ... true` on Xen next to a plain `xl create -F`
 # of the same kernel with an initramfs that only powers off, alternating.

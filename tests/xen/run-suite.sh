@@ -6,8 +6,11 @@
 #      benchmark inside dom0 (in-dom0.sh), bring the results back.
 # Prints cargo's own "test result:" lines; exits non-zero on failure or timeout.
 #
+# Each listed case must pass: tests/matrix.py verify fails the leg on a listed
+# case that did not run, and records the results in build/matrix/xen.txt.
+#
 #   tests/xen/run-suite.sh            (env: XEN_CACHE, CARGO_TARGET_DIR, XEN_TIMEOUT,
-#                                      XEN_CASES, HYPER_XEN_TYPE=pv|pvh)
+#                                      XEN_CASES="exact names", HYPER_XEN_TYPE=pv|pvh)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -16,12 +19,9 @@ C=$XEN_CACHE
 T=${CARGO_TARGET_DIR:-$ROOT/target}
 TIMEOUT=${XEN_TIMEOUT:-1380}
 MUSL=x86_64-unknown-linux-musl
-# The cases that fit the budget (≈15 s per PV domU under TCG).
-CASES=${XEN_CASES:-"output_and_exit_codes stderr_is_kept_apart_from_stdout stdin_is_piped_with_dash_i \
-env_workdir_hostname_and_user command_not_found_exits_127_with_a_message \
-hyper_info_reports_plugins_probe_and_payload writes_land_in_the_overlay_and_the_image_stays_unchanged \
-stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_cleans_up_after_a_killed_one \
-a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop four_pods_at_once"}
+# The e2e cases: those tests/cases.toml tags `xen` (XEN_CASES: exact names instead).
+M="python3 $ROOT/tests/matrix.py"
+$M reset xen
 cd "$ROOT"
 
 "$HERE/fetch-xen.sh"
@@ -31,27 +31,19 @@ cd "$ROOT"
 echo "xen-suite: building (target dir $T)"
 cargo build --release -p hyper-cli -p hyper-backend-xen
 cargo build --release -p hyperstart --target $MUSL
-# test_exe PACKAGE TARGET: the path of a built test binary.
-test_exe() {
-  cargo test --release -p "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json
-for l in sys.stdin:
-    try: m=json.loads(l)
-    except ValueError: continue
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")==sys.argv[1] and m.get("executable"):
-        print(m["executable"])' "$2"
-}
-E2E=$(test_exe hyper-tests run)
-REAL=$(test_exe hyper-backend-xen real_xen)
-[ -x "$E2E" ] && [ -x "$REAL" ] || { echo "xen-suite: test binaries missing (e2e: $E2E, real_xen: $REAL)" >&2; exit 1; }
+REAL=$($M exe hyper-backend-xen real_xen)
+[ -x "$REAL" ] || { echo "xen-suite: test binary real_xen missing ($REAL)" >&2; exit 1; }
 [ -e build/hyperkernel ] || make kernel
 [ -d build/rootfs/busybox ] || make rootfs
 
 S=$C/share
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
 cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_xen.so" "$S/bin/"
-cp "$E2E" "$S/bin/e2e-run"
+# The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
+cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
 cp "$REAL" "$S/bin/real-xen"
-ldd "$S"/bin/* | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
+$M stage xen "$S"
+ldd "$S"/bin/* "$S"/e2e/* | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
 hyperstart/mkinitramfs.sh "$T/$MUSL/release/hyperstart" "$S/payload/hyperstart.img"
 cp -L build/hyperkernel "$S/payload/hyperkernel"
 cp -a build/rootfs/busybox "$S/rootfs/"
@@ -60,7 +52,6 @@ P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev"; cp /bin/busybox "$P/bin/"
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$P/init"; chmod +x "$P/init"
 (cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/poweroff.img"; rm -rf "$P"
 cp "$HERE/in-dom0.sh" "$S/run.sh"
-echo "$CASES" > "$S/cases"
 echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
 
 LOG=$C/serial.log
@@ -86,17 +77,16 @@ if ! grep -aq 'ALL-DONE' "$LOG"; then
   tail -n 40 "$LOG" >&2
   fail=1
 fi
-for suite in real-xen e2e; do
-  out=$S/results/$suite.txt
-  if [ -f "$out" ]; then
-    echo "xen-suite: $suite"
-    grep -aE '^test |^failures:|^---- |panicked' "$out" || true
-    grep -aE '^test result:' "$out" || { echo "xen-suite: FAILED: no test result line from $suite" >&2; fail=1; }
-    [ "$(cat "$S/results/$suite.rc" 2>/dev/null)" = 0 ] || { echo "xen-suite: FAILED: $suite exit $(cat "$S/results/$suite.rc" 2>/dev/null)" >&2; fail=1; }
-  else
-    echo "xen-suite: FAILED: no $suite results" >&2; fail=1
-  fi
-done
+out=$S/results/real-xen.txt
+if [ -f "$out" ]; then
+  echo "xen-suite: real-xen"
+  grep -aE '^test |^failures:|^---- |panicked' "$out" || true
+  grep -aE '^test result:' "$out" || { echo "xen-suite: FAILED: no test result line from real-xen" >&2; fail=1; }
+  [ "$(cat "$S/results/real-xen.rc" 2>/dev/null)" = 0 ] || { echo "xen-suite: FAILED: real-xen exit $(cat "$S/results/real-xen.rc" 2>/dev/null)" >&2; fail=1; }
+else
+  echo "xen-suite: FAILED: no real-xen results" >&2; fail=1
+fi
+$M collect xen "$S" || fail=1
 if [ -f "$S/results/bench.txt" ]; then
   echo "xen-suite: bench (seconds, dom0 uptime clock; TCG):"
   cat "$S/results/bench.txt"

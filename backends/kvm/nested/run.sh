@@ -4,15 +4,17 @@
 # which loads kvm-amd and runs l1-init.sh: the test guest, the real payload to
 # hyperstart's READY, the payload on 2 vCPUs powering itself off, then (over a
 # virtio-9p share of the built binaries, plugins, payload, rootfs and the e2e
-# test binary) the e2e cases of tests/tests/run.rs with HYPER_E2E_BACKEND=kvm.
-# Prints cargo's "test result:" line. Exit: 0 all passed, 1 a check or case
+# test binaries) the e2e cases tests/cases.toml tags kvm, with
+# HYPER_E2E_BACKEND=kvm. Prints cargo's "test result:" lines; tests/matrix.py
+# verify fails the leg on a listed case that did not run and records the
+# results in build/matrix/kvm.txt. Exit: 0 all passed, 1 a check or case
 # failed, 75 the L1 machine did not finish (hang/timeout: worth one retry).
 # Needs: qemu-system-x86, busybox-static, cpio, gcc, erofs-utils, apt access
 # for the linux-image deb (cached in NK_WORK); the built hyper-vmm, test guest,
 # payload and rootfs.
 # Usage: backends/kvm/nested/run.sh   (env: NK_WORK (default /var/cache/hyper/kvm), VMM, PAYLOAD_DIR,
 #        TIMEOUT (s, whole L1 run), L1_ARGS=nk_runs=N, NK_E2E=0 to skip the e2e cases,
-#        NK_CASES (e2e filters; empty = all), NK_BENCH=N runs of hyper run --rm … true (kvm plugin),
+#        NK_CASES="exact names" (default: tests/cases.toml's kvm cases), NK_BENCH=N runs of hyper run --rm … true (kvm plugin),
 #        SMP=N L1 vCPUs (default 1: with 2, one L1 soft lockup in kvm-pit was seen), WITH_QEMU=1 to also time QEMU on the same payload)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,25 +22,17 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 W=${NK_WORK:-/var/cache/hyper/kvm}
 VMM=${VMM:-$ROOT/target/release/hyper-vmm}
 PAYLOAD=${PAYLOAD_DIR:-$ROOT/build}
-# The 9 cases took 623 s of the e2e budget (TIMEOUT - 240) at load 5: 1080
+# The 9 listed cases took 623 s of the e2e budget (TIMEOUT - 240) at load 5: 1080
 # leaves ≈3 min of headroom on a loaded host.
 TIMEOUT=${TIMEOUT:-1080}
 T=${CARGO_TARGET_DIR:-$ROOT/target}
 NK_E2E=${NK_E2E:-1}
-# The cases that fit the budget: L2 guests run at TCG speed (15-30 s a boot,
-# more on a loaded host). Left out, all of which passed here when run:
-#  sixteen_mib_of_stdout_arrive_intact (≈120 s alone; NK_CASES= runs everything),
-#  four_pods_at_once (4 L2 guests on one emulated L1 CPU can pass the 120 s boot
-#    timeout on a loaded host: failed 1 of 2 full runs that way),
-#  command_not_found_exits_127_with_a_message, stderr_is_kept_apart_from_stdout,
-#  stopping_hyperd_during_a_launch_takes_the_vm_down (core/hyperstart paths the
-#    kept cases and the qemu leg already cover).
-# The takeover case (≈160-250 s: two L2 pods, two hyperd restarts) is kept:
-# only this leg runs hyper-vmm's recover and agent-socket reattach for real.
-CASES=${NK_CASES-"output_and_exit_codes stdin_is_piped_with_dash_i env_workdir_hostname_and_user \
-hyper_info_reports_plugins_probe_and_payload writes_land_in_the_overlay_and_the_image_stays_unchanged \
-two_vcpus_both_come_online stopping_hyperd_with_stop_pods_on_exit_takes_its_running_vms_down a_new_hyperd_cleans_up_after_a_killed_one \
-a_new_hyperd_takes_over_running_pods_after_a_crash_and_a_stop"}
+# The e2e cases: those tests/cases.toml tags `kvm` (NK_CASES: exact names
+# instead); the reasons for the ones left off are there. The takeover case
+# (≈160-250 s: two L2 pods, two hyperd restarts) is kept: only this leg runs
+# hyper-vmm's recover and agent-socket reattach for real.
+M="python3 $ROOT/tests/matrix.py"
+[ "$NK_E2E" = 0 ] || $M reset kvm
 mkdir -p "$W/debs"
 
 # 1. L1 kernel: Debian's linux-image (kvm.ko, kvm-amd.ko), as an ELF vmlinux.
@@ -105,24 +99,17 @@ mknod -m 600 "$Z/dev/console" c 5 1 2>/dev/null || true
 S=$W/share; rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
 SHARE=()
 if [ "$NK_E2E" != 0 ]; then
-  E2E=$(cd "$ROOT" && cargo test --release -p hyper-tests --test run --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import sys,json
-for l in sys.stdin:
-    try: m=json.loads(l)
-    except ValueError: continue
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="run" and m.get("executable"):
-        print(m["executable"])')
-  [ -x "$E2E" ] || { echo "nested-kvm: e2e test binary missing ($E2E)" >&2; exit 1; }
+  $M stage kvm "$S"
   [ -d "$PAYLOAD/rootfs/busybox" ] || { echo "nested-kvm: no test rootfs in $PAYLOAD/rootfs/busybox: run make rootfs" >&2; exit 1; }
   cp "$T/release/hyperd" "$T/release/hyper" "$T/release/libhyper_backend_kvm.so" "$VMM" "$S/bin/"
-  cp "$E2E" "$S/bin/e2e-run"
+  # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
+  cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
   cp -L "$(command -v mkfs.erofs)" "$S/bin/"
   [ -n "${NK_BENCH:-}" ] && echo "$NK_BENCH" > "$S/bench-runs"
-  ldd "$S"/bin/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
+  ldd "$S"/bin/* "$S"/e2e/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
   cp -L "$PAYLOAD/hyperkernel" "$PAYLOAD/hyperstart.img" "$S/payload/"
   cp -a "$PAYLOAD/rootfs/busybox" "$S/rootfs/"
   cp "$HERE/in-l1.sh" "$S/run.sh"
-  echo "$CASES" > "$S/cases"
   # Inside the outer deadline, with room for the checks before and after.
   echo $((TIMEOUT - 240)) > "$S/e2e-timeout"
   SHARE=(-virtfs "local,path=$S,mount_tag=host0,security_model=none,id=host0")
@@ -149,15 +136,7 @@ grep -q "TESTGUEST-EXIT rc=0" "$W/l1.log" || { echo "nested-kvm: FAILED: test gu
 ! grep -q "agentcat rc=[1-9]" "$W/l1.log" || { echo "nested-kvm: FAILED: a payload did not reach READY" >&2; fail=75; }
 grep -q "POWEROFF-SMP-OK" "$W/l1.log" || { echo "nested-kvm: FAILED: 2-vCPU payload did not power itself off" >&2; fail=1; }
 if [ "$NK_E2E" != 0 ]; then
-  out=$S/results/e2e.txt
-  if [ -f "$out" ]; then
-    echo "nested-kvm: e2e cases (HYPER_E2E_BACKEND=kvm inside L1): ${CASES:-all}"
-    grep -aE '^test .* \.\.\. |^failures:|^---- |panicked' "$out" || true
-    grep -aE '^test result:' "$out" || { echo "nested-kvm: FAILED: no test result line (timeout?)" >&2; fail=1; }
-    [ "$(cat "$S/results/e2e.rc" 2>/dev/null)" = 0 ] || { echo "nested-kvm: FAILED: e2e exit $(cat "$S/results/e2e.rc" 2>/dev/null)" >&2; fail=1; }
-  else
-    echo "nested-kvm: FAILED: no e2e results" >&2; fail=1
-  fi
+  $M collect kvm "$S" || fail=1
   if [ -f "$S/results/bench.txt" ]; then
     echo "nested-kvm: hyper run --rm … true inside L1 (seconds, L1 uptime clock; TCG outside):"
     cat "$S/results/bench.txt"

@@ -125,9 +125,15 @@ pub fn qemu_args(config: &QemuConfig, accel: Accel, spec: &VmSpec) -> Vec<OsStri
     }
     push(&[s("-display")]);
     push(&[s("none")]);
-    // `file:` takes the rest of the string verbatim: no escaping here.
+    // Appending, so the cap's truncation (crate::console) moves QEMU's
+    // next write to the new end.
+    push(&[s("-chardev")]);
+    push(&[
+        s("file,id=console,append=on,path="),
+        &escape(&spec.console_log),
+    ]);
     push(&[s("-serial")]);
-    push(&[s("file:"), spec.console_log.as_os_str()]);
+    push(&[s("chardev:console")]);
     push(&[s("-kernel")]);
     push(&[spec.kernel.as_os_str()]);
     push(&[s("-initrd")]);
@@ -217,7 +223,8 @@ mod tests {
             "-smp", "2",
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none",
-            "-serial", "file:/pods/p1/console.log",
+            "-chardev", "file,id=console,append=on,path=/pods/p1/console.log",
+            "-serial", "chardev:console",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
             "-append",
@@ -256,7 +263,8 @@ mod tests {
             "-smp", "2",
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none",
-            "-serial", "file:/pods/p1/console.log",
+            "-chardev", "file,id=console,append=on,path=/pods/p1/console.log",
+            "-serial", "chardev:console",
             "-kernel", "/k/vmlinux",
             "-initrd", "/k/initrd.img",
             "-append", "console=ttyS0 hyper.channel=sh.hyper.channel.0",

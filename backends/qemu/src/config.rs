@@ -13,7 +13,13 @@ use serde_json::Value;
 pub const DEFAULT_BINARY: &str = "/usr/bin/qemu-system-x86_64";
 
 /// Every key the table accepts, in the order the docs list them.
-pub const VALID_KEYS: &[&str] = &["binary", "machine", "accel", "extra_args"];
+pub const VALID_KEYS: &[&str] = &[
+    "binary",
+    "machine",
+    "accel",
+    "extra_args",
+    "console_log_limit_mib",
+];
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
 /// the conservative choice (PCI, SeaBIOS).
@@ -60,6 +66,9 @@ pub struct QemuConfig {
     pub accel: AccelSetting,
     /// Appended verbatim to every QEMU command line, after ours.
     pub extra_args: Vec<String>,
+    /// The console log of a VM is cut back to this many MiB (with a
+    /// marker) when the guest writes more; see [`crate::console`].
+    pub console_log_limit_mib: u64,
 }
 
 impl Default for QemuConfig {
@@ -69,6 +78,7 @@ impl Default for QemuConfig {
             machine: Machine::default(),
             accel: AccelSetting::default(),
             extra_args: Vec::new(),
+            console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
         }
     }
 }
@@ -202,6 +212,17 @@ impl QemuConfig {
                         "e.g. extra_args = [\"-d\", \"guest_errors\"]",
                     )),
                 },
+                "console_log_limit_mib" => match v.as_u64() {
+                    Some(n) if (1..=1 << 20).contains(&n) => {}
+                    _ => problems.push(problem(
+                        key,
+                        format!("expected a whole number of MiB from 1 to 1048576, found {v}"),
+                        format!(
+                            "e.g. console_log_limit_mib = {}",
+                            crate::console::DEFAULT_LIMIT_MIB
+                        ),
+                    )),
+                },
                 _ => problems.push(unknown_key(key)),
             }
         }
@@ -249,11 +270,30 @@ mod tests {
             "machine": "q35",
             "accel": "tcg",
             "extra_args": ["-d", "guest_errors"],
+            "console_log_limit_mib": 8,
         }))
         .unwrap();
         assert_eq!(c.machine, Machine::Q35);
         assert_eq!(c.accel, AccelSetting::Tcg);
         assert_eq!(c.extra_args, vec!["-d", "guest_errors"]);
+        assert_eq!(c.console_log_limit_mib, 8);
+        assert_eq!(
+            QemuConfig::default().console_log_limit_mib,
+            crate::console::DEFAULT_LIMIT_MIB
+        );
+    }
+
+    #[test]
+    fn a_console_log_limit_of_nothing_is_refused() {
+        for bad in [json!(0), json!(-1), json!("64"), json!(1.5)] {
+            let p = problems(json!({ "console_log_limit_mib": bad }));
+            assert_eq!(p[0].key, "console_log_limit_mib", "{bad}");
+            assert!(
+                p[0].fix.contains("console_log_limit_mib = 64"),
+                "{}",
+                p[0].fix
+            );
+        }
     }
 
     #[test]

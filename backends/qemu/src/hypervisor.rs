@@ -55,6 +55,10 @@ impl QemuHypervisor {
         &self.config
     }
 
+    fn console_limit(&self) -> u64 {
+        self.config.console_log_limit_mib.saturating_mul(1 << 20)
+    }
+
     fn accel(&self) -> Result<AccelChoice, String> {
         let dev_kvm = accel::dev_kvm_status();
         choose_accel(
@@ -359,6 +363,7 @@ impl Hypervisor for QemuHypervisor {
             HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
         };
         let log = std::fs::File::create(&paths.log).map_err(|e| io("create", &paths.log, e))?;
+        crate::console::reset(&spec.console_log).map_err(|e| io("create", &spec.console_log, e))?;
         let log_err = log.try_clone().map_err(|e| io("reopen", &paths.log, e))?;
 
         let args = qemu_args(&self.config, accel.accel, &spec);
@@ -405,7 +410,10 @@ impl Hypervisor for QemuHypervisor {
             agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
             pid: Some(pid),
         };
-        Ok(Box::new(QemuVm::start(info, child, pid, paths, qmp)))
+        let console = (spec.console_log.clone(), self.console_limit());
+        Ok(Box::new(QemuVm::start(
+            info, child, pid, paths, qmp, console,
+        )))
     }
 
     async fn recover(
@@ -423,7 +431,8 @@ impl Hypervisor for QemuHypervisor {
             })?;
         let pid = process.pid();
         tracing::info!(vm = %spec.id, pid, "took over a running QEMU");
-        Ok(Box::new(QemuVm::adopt(info, process, paths)))
+        let console = (spec.console_log.clone(), self.console_limit());
+        Ok(Box::new(QemuVm::adopt(info, process, paths, console)))
     }
 }
 

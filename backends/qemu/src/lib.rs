@@ -19,7 +19,8 @@
 //! and the console log stay for the core to read (it removes the directory).
 //!
 //! `[hypervisor.qemu]` keys: `binary`, `machine` (`microvm` | `q35`), `accel`
-//! (`auto` | `kvm` | `tcg`), `extra_args`; see [`config::QemuConfig`].
+//! (`auto` | `kvm` | `tcg`), `extra_args`, `console_log_limit_mib` (the
+//! console log's cap, [`console`]); see [`config::QemuConfig`].
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use hyper_hypervisor::{ConfigProblem, Hypervisor};
 pub mod accel;
 pub mod cmdline;
 pub mod config;
+pub mod console;
 mod hypervisor;
 pub mod procfs;
 pub mod qmp;

@@ -1,6 +1,7 @@
 //! One running QEMU process.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,10 +45,18 @@ pub struct QemuVm {
 impl QemuVm {
     /// Takes over a spawned, QMP-connected QEMU. Must run inside a tokio
     /// runtime that outlives the VM (the plugin's own).
-    pub(crate) fn start(info: VmInfo, child: Child, pid: u32, paths: RunPaths, qmp: Qmp) -> Self {
+    pub(crate) fn start(
+        info: VmInfo,
+        child: Child,
+        pid: u32,
+        paths: RunPaths,
+        qmp: Qmp,
+        (console, limit): (PathBuf, u64),
+    ) -> Self {
         let (exit_tx, exit) = watch::channel(None);
         let (kill_tx, kill_rx) = mpsc::channel(1);
         tokio::spawn(reap(child, pid, paths.clone(), kill_rx, exit_tx));
+        tokio::spawn(crate::console::watch_log(console, limit, exit.clone()));
         Self {
             info,
             pid,
@@ -60,11 +69,17 @@ impl QemuVm {
 
     /// Takes over a QEMU an earlier hyperd started: watched through a pidfd
     /// (it is not our child), QMP reconnected on first use.
-    pub(crate) fn adopt(info: VmInfo, process: AdoptedProcess, paths: RunPaths) -> Self {
+    pub(crate) fn adopt(
+        info: VmInfo,
+        process: AdoptedProcess,
+        paths: RunPaths,
+        (console, limit): (PathBuf, u64),
+    ) -> Self {
         let (exit_tx, exit) = watch::channel(None);
         let (kill_tx, kill_rx) = mpsc::channel(1);
         let pid = process.pid();
         tokio::spawn(watch_adopted(process, paths.clone(), kill_rx, exit_tx));
+        tokio::spawn(crate::console::watch_log(console, limit, exit.clone()));
         Self {
             info,
             pid,

@@ -216,14 +216,16 @@ impl XenHypervisor {
                 None => return Err(format!("xl created no domain named {name}")),
             }
         };
-        let record = Owner::me(domid, &spec.run_dir).encode();
+        // Checked and recorded while the domain is still paused: the guest
+        // cannot have written its console/tty key yet.
+        let tty = console::check_tty_path(&tty)?;
+        let record = Owner::me(domid, &spec.run_dir, &tty).encode();
         let key = owner::path(&name);
         xs(&self.config.xenstore_socket, move |x| {
             x.write(&key, record.as_bytes())
         })
         .await
         .map_err(|e| format!("cannot record the domain's owner in xenstore: {e}"))?;
-        let tty = console::check_tty_path(&tty)?;
         let pty = Pty::open(&tty)?;
         let agent = spec.run_dir.join("agent.sock");
         let _ = std::fs::remove_file(&agent);
@@ -470,10 +472,14 @@ impl Hypervisor for XenHypervisor {
             |o| o.pid != me && o.is_alive(),
         )
         .map_err(not_found)?;
-        let tty = tty
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| not_found(format!("domain {domid} has no console tty in xenstore")))?;
-        let tty = console::check_tty_path(&tty).map_err(HypervisorError::Io)?;
+        // The pty recorded at launch, and only if the guest-writable key
+        // still names it.
+        let owner = record
+            .as_deref()
+            .and_then(Owner::decode)
+            .ok_or_else(|| not_found("its owner record went".into()))?;
+        let tty = owner::check_console(&owner, tty.as_deref().filter(|t| !t.is_empty()))
+            .map_err(HypervisorError::Io)?;
         let pty = Pty::open(&tty).map_err(HypervisorError::Io)?;
         let agent = spec.run_dir.join("agent.sock");
         // The old bridge's socket: nobody listens on it any more.
@@ -482,7 +488,7 @@ impl Hypervisor for XenHypervisor {
             HypervisorError::Io(format!("cannot listen on {}: {e}", agent.display()))
         })?;
         // From here on the orphan sweep leaves the domain alone.
-        let record = Owner::me(domid, &spec.run_dir).encode();
+        let record = Owner::me(domid, &spec.run_dir, &tty).encode();
         let key = owner::path(&name);
         if let Err(e) = xs(&self.config.xenstore_socket, move |x| {
             x.write(&key, record.as_bytes())
@@ -718,6 +724,7 @@ mod tests {
             pid: u32::MAX,
             start: 1,
             run_dir: Some(run_dir.clone()),
+            tty: Some(tty.clone()),
         };
         {
             let mut map = store.lock().unwrap();
@@ -768,6 +775,18 @@ mod tests {
         }
         let err = h.recover(spec.clone(), info.clone(), None).await.err();
         assert!(matches!(err, Some(HypervisorError::Io(_))), "{err:?}");
+        // The guest names another pty (another domain's console, a
+        // terminal): not the one recorded at launch, refused.
+        let (_other_master, _other_slave, other_tty) = crate::console::pty_pair();
+        store.lock().unwrap().insert(
+            "/local/domain/5/console/tty".into(),
+            other_tty.to_string_lossy().into_owned(),
+        );
+        let err = h.recover(spec.clone(), info.clone(), None).await.err();
+        assert!(
+            matches!(&err, Some(HypervisorError::Io(m)) if m.contains("not") && m.contains("as at launch")),
+            "{err:?}"
+        );
         assert_eq!(
             store.lock().unwrap().get(&owner::path("p1")),
             Some(&dead.encode())
@@ -784,6 +803,7 @@ mod tests {
         assert_eq!(record.pid, std::process::id());
         assert_eq!(record.domid, 5);
         assert_eq!(record.run_dir.as_deref(), Some(run_dir.as_path()));
+        assert_eq!(record.tty.as_deref(), Some(tty.as_path()));
 
         // The new bridge: socket to pty and back.
         let mut client = tokio::net::UnixStream::connect(run_dir.join("agent.sock"))

@@ -24,11 +24,21 @@ pub struct Owner {
     /// up, and keeps it while the pod may be taken over. Records written
     /// before takeovers existed have none.
     pub run_dir: Option<PathBuf>,
+    /// The console pty xenconsoled gave the domain, read while it was still
+    /// paused (so before the guest could write its own xenstore keys). A
+    /// takeover opens this one and only if the guest-writable
+    /// `console/tty` key still names it. Records from before have none and
+    /// cannot be taken over.
+    pub tty: Option<PathBuf>,
 }
 
 impl Owner {
     pub fn encode(&self) -> String {
         let mut text = format!("domid={} pid={} start={}", self.domid, self.pid, self.start);
+        if let Some(tty) = &self.tty {
+            text.push_str(" tty=");
+            text.push_str(&tty.to_string_lossy());
+        }
         if let Some(dir) = &self.run_dir {
             text.push_str(RUN_DIR_KEY);
             text.push_str(&dir.to_string_lossy());
@@ -54,11 +64,13 @@ impl Owner {
         let mut domid = None;
         let mut pid = None;
         let mut start = None;
+        let mut tty = None;
         for word in words.split_whitespace() {
             match word.split_once('=')? {
                 ("domid", v) => domid = v.parse().ok(),
                 ("pid", v) => pid = v.parse().ok(),
                 ("start", v) => start = v.parse().ok(),
+                ("tty", v) => tty = Some(crate::console::check_tty_path(v).ok()?),
                 _ => {}
             }
         }
@@ -67,17 +79,20 @@ impl Owner {
             pid: pid?,
             start: start?,
             run_dir,
+            tty,
         })
     }
 
-    /// This process as the owner of `domid`, run from `run_dir`.
-    pub fn me(domid: u32, run_dir: &Path) -> Self {
+    /// This process as the owner of `domid`, run from `run_dir`, whose
+    /// console is `tty`.
+    pub fn me(domid: u32, run_dir: &Path, tty: &Path) -> Self {
         let pid = std::process::id();
         Self {
             domid,
             pid,
             start: process_start_time(pid).unwrap_or(0),
             run_dir: Some(run_dir.to_path_buf()),
+            tty: Some(tty.to_path_buf()),
         }
     }
 
@@ -164,6 +179,31 @@ pub fn check_takeover(
     Ok(owner.domid)
 }
 
+/// The console pty a takeover may open: the one recorded at launch, and
+/// only while the domain's own (guest-writable) `console/tty` key still
+/// names it. A guest that rewrites the key to another `/dev/pts/N` (another
+/// domain's console, an operator's terminal) gets no takeover.
+pub fn check_console(owner: &Owner, xenstore_tty: Option<&str>) -> Result<PathBuf, String> {
+    let recorded = owner.tty.as_ref().ok_or_else(|| {
+        format!(
+            "domain {} was recorded without its console pty (an older hyperd): it cannot be taken over safely",
+            owner.domid
+        )
+    })?;
+    match xenstore_tty {
+        Some(now) if std::ffi::OsStr::new(now) == recorded.as_os_str() => Ok(recorded.clone()),
+        Some(now) => Err(format!(
+            "the console tty of domain {} in xenstore is now {now:?}, not {} as at launch: refused (the guest can write that key)",
+            owner.domid,
+            recorded.display()
+        )),
+        None => Err(format!(
+            "domain {} has no console tty in xenstore",
+            owner.domid
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +214,7 @@ mod tests {
             pid: 1234,
             start: 99,
             run_dir: run_dir.map(PathBuf::from),
+            tty: Some(PathBuf::from("/dev/pts/4")),
         }
     }
 
@@ -198,8 +239,31 @@ mod tests {
     }
 
     #[test]
+    fn the_console_must_be_the_one_recorded_at_launch() {
+        let o = owner(Some("/s/pods/p/vm"));
+        assert_eq!(
+            check_console(&o, Some("/dev/pts/4")).unwrap(),
+            PathBuf::from("/dev/pts/4")
+        );
+        for bad in [
+            Some("/dev/pts/5"),
+            Some("/dev/pts/4/"),
+            Some("/etc/passwd"),
+            None,
+        ] {
+            assert!(check_console(&o, bad).is_err(), "{bad:?}");
+        }
+        let old = Owner { tty: None, ..o };
+        assert!(check_console(&old, Some("/dev/pts/4")).is_err());
+        // A record naming something other than a pty is no record.
+        assert_eq!(Owner::decode("domid=1 pid=1 start=2 tty=/etc/passwd"), None);
+        let no_tty = "domid=1 pid=1 start=2 run_dir=/a";
+        assert_eq!(Owner::decode(no_tty).map(|o| o.tty), Some(None));
+    }
+
+    #[test]
     fn liveness_needs_the_same_start_time() {
-        let me = Owner::me(1, Path::new("/run/vm"));
+        let me = Owner::me(1, Path::new("/run/vm"), Path::new("/dev/pts/1"));
         assert!(me.start > 0);
         assert!(me.is_alive());
         assert!(!Owner {

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new pod (a new VM); exits with the command's status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the backends found, each one's verdict on this host, and the payload.
     Info {
         #[arg(long)]
@@ -188,6 +188,9 @@ struct ExecArgs {
     workdir: Option<String>,
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
+    /// Give the process every capability and no seccomp filter.
+    #[arg(long)]
+    privileged: bool,
     /// `POD CMD…`
     #[arg(trailing_var_arg = true, required = true, num_args = 2.., value_name = "POD CMD")]
     args: Vec<String>,
@@ -240,6 +243,18 @@ struct RunArgs {
     /// A directory to use as the container's root filesystem, instead of an image.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
+    /// Every capability, no seccomp filter, no masked /proc paths, every device.
+    #[arg(long)]
+    privileged: bool,
+    /// Add a capability (SYS_ADMIN, CAP_NET_ADMIN, ALL) to Docker's default set.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability (or ALL) from Docker's default set.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json (Docker's format), no-new-privileges[=false].
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// `IMAGE [CMD…]`, or `CMD…` with --rootfs.
     #[arg(trailing_var_arg = true, value_name = "IMAGE [CMD]")]
     args: Vec<String>,
@@ -261,7 +276,7 @@ fn main() -> ExitCode {
     let client = Client::new(cli.host.clone());
     let code = rt.block_on(async {
         match cli.command {
-            Command::Run(args) => run(&client, args).await,
+            Command::Run(args) => run(&client, *args).await,
             Command::Info { json } => info(&client, json).await,
             Command::Ps { all, json } => ps(&client, all, json).await,
             Command::Inspect { pods } => inspect(&client, &pods).await,
@@ -397,6 +412,18 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
             vec![e.clone()]
         }
     });
+    let mut security = hyper_core::security::Security {
+        privileged: args.privileged,
+        cap_add: args.cap_add,
+        cap_drop: args.cap_drop,
+        security_opt: args.security_opt,
+    };
+    if let Err(e) = hyper_core::security::read_profile_files(
+        &mut security.security_opt,
+        std::path::Path::new("."),
+    ) {
+        return fail(e);
+    }
     let request = RunRequest {
         rootfs,
         image,
@@ -414,6 +441,7 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         restart,
         tty: args.tty,
         tty_size: args.tty.then(terminal::client_size).flatten(),
+        security,
     };
     if args.detach {
         // With -i the pod's stdin stays open for `hyper attach`.
@@ -636,6 +664,8 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
             .collect();
         let status = if p["running"].as_bool() == Some(true) {
             "running".to_string()
+        } else if p["recovering"].as_bool() == Some(true) {
+            "recovering".to_string()
         } else {
             match p["exit_code"].as_i64() {
                 Some(c) => format!("exited ({c})"),
@@ -643,14 +673,16 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
             }
         };
         let image = p["image_name"].as_str().unwrap_or("<rootfs>");
+        // Everything here may come from an image or a client: escaped.
+        let shown = hyper_cli::display::escape_control;
         println!(
             "{:<14} {:<24} {:<8} {:<16} {:<30} {}",
-            p["id"].as_str().unwrap_or("-"),
-            image,
-            p["backend"].as_str().unwrap_or("-"),
-            status,
-            p["name"].as_str().unwrap_or(""),
-            args.join(" ")
+            shown(p["id"].as_str().unwrap_or("-")),
+            shown(image),
+            shown(p["backend"].as_str().unwrap_or("-")),
+            shown(&status),
+            shown(p["name"].as_str().unwrap_or("")),
+            shown(&args.join(" "))
         );
     }
     0
@@ -680,6 +712,10 @@ async fn pod_create(client: &Client, file: &std::path::Path, name: Option<String
     // pod file, and sent absolute.
     let base = file.parent().unwrap_or(std::path::Path::new("."));
     for c in &mut pod.containers {
+        if let Err(e) = hyper_core::security::read_profile_files(&mut c.security.security_opt, base)
+        {
+            return fail(format!("{}: container {}: {e}", file.display(), c.name));
+        }
         if let Some(dir) = &c.rootfs {
             match std::path::absolute(base.join(dir)) {
                 Ok(p) => c.rootfs = Some(p),
@@ -835,6 +871,7 @@ async fn exec(client: &Client, args: ExecArgs) -> i32 {
         container: container.map(str::to_string),
         tty: args.tty,
         tty_size: args.tty.then(terminal::client_size).flatten(),
+        privileged: args.privileged,
     };
     let path = format!("/v1/pods/{}/exec", path_escape(pod));
     let attach = Attach {

@@ -20,6 +20,9 @@ struct Args {
 }
 
 fn main() {
+    // First, before any thread or file exists: everything hyperd, its
+    // plugins and the VMMs they spawn create is private (H4).
+    hyper_core::private::set_private_umask();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HYPER_LOG")
@@ -47,28 +50,51 @@ fn main() {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let socket = config.runtime.socket.clone();
-    std::fs::create_dir_all(&config.runtime.state_dir).with_context(|| {
-        format!(
-            "cannot create state_dir {}",
-            config.runtime.state_dir.display()
-        )
-    })?;
+    let state_dir = config.runtime.state_dir.clone();
+    hyper_core::private::create_private_dir(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    // State an older hyperd left readable (0644 files under 0755 dirs).
+    let tightened = hyper_core::private::tighten(&state_dir, &[socket.as_path()])
+        .with_context(|| format!("cannot make state_dir {} private", state_dir.display()))?;
+    if tightened.changed > 0 {
+        tracing::info!(
+            "made {} file(s) and dir(s) under {} private (mode 0600/0700)",
+            tightened.changed,
+            state_dir.display()
+        );
+    }
+    let socket_gid = match &config.runtime.socket_group {
+        Some(group) => Some(group_id(group).with_context(|| {
+            format!(
+                "{}: key runtime.socket_group: no group named {group}; create it (groupadd {group}) or remove the key",
+                config.source_name()
+            )
+        })?),
+        None => None,
+    };
     let plugins = Plugins::load(&config).await?;
     let runtime = Arc::new(Runtime::new(config, plugins)?);
-    match runtime.restore().await {
-        Ok(r) => {
-            if r.reattached > 0 {
-                tracing::info!("took over {} running pod(s)", r.reattached);
-            }
-            if r.cleaned > 0 {
-                tracing::info!("cleaned up {} pod(s) left by a previous hyperd", r.cleaned);
-            }
+    // Records read and takeovers started; the API is served while they
+    // run, listing those pods as `recovering`.
+    let takeovers = match runtime.begin_restore() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("restoring pods: {e}");
+            None
         }
-        Err(e) => tracing::warn!("restoring pods: {e}"),
-    }
+    };
 
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        hyper_core::private::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if let Some(gid) = socket_gid {
+        hyper_core::private::open_path_to_socket(&socket, &state_dir, gid).with_context(|| {
+            format!(
+                "cannot let group {gid} reach {} (key runtime.socket_group)",
+                socket.display()
+            )
+        })?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -80,25 +106,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
+    // Bound under umask 077: the socket is born owner-only, never more open
+    // than it ends up. Only with socket_group is it then given to the group
+    // and opened to it (0660): a window where it is narrower, never wider.
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {} (key runtime.socket)", socket.display()))?;
-    let mode = match &runtime.config().runtime.socket_group {
-        Some(group) => {
-            let gid = group_id(group).with_context(|| {
-                format!(
-                    "{}: key runtime.socket_group: no group named {group}; create it (groupadd {group}) or remove the key",
-                    runtime.config().source_name()
-                )
-            })?;
-            std::os::unix::fs::chown(&socket, Some(0), Some(gid))
-                .with_context(|| format!("cannot give {} to group {group}", socket.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot restrict {}", socket.display()))?;
+    if let Some(gid) = socket_gid {
+        std::os::unix::fs::chown(&socket, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", socket.display()))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("cannot open {} to its group", socket.display()))?;
+    }
     tracing::info!("serving on {}", socket.display());
+    if let Some(takeovers) = takeovers {
+        tokio::spawn(async move {
+            let r = takeovers.finish().await;
+            if r.reattached > 0 {
+                tracing::info!("took over {} running pod(s)", r.reattached);
+            }
+            if r.cleaned > 0 {
+                tracing::info!("cleaned up {} pod(s) left by a previous hyperd", r.cleaned);
+            }
+        });
+    }
 
     let app = hyper_cli::server::router(runtime.clone());
     let shutdown = async {
@@ -113,10 +143,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<hyper_cli::peer::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving the API")?;
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

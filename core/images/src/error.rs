@@ -110,6 +110,22 @@ pub enum ImageError {
         hint: &'static str,
     },
 
+    #[error("layer {digest} (#{index}) of {reference} does not match the image config: {detail}; the image's layers are not the ones its config (and id) names, so it was refused and nothing was stored")]
+    DiffIdMismatch {
+        reference: String,
+        digest: String,
+        index: usize,
+        detail: String,
+    },
+
+    #[error("not enough free space in {path} for {what}: {needed} bytes needed, {free} free; free space (e.g. `hyper rmi` unused images) and retry")]
+    NoSpace {
+        path: PathBuf,
+        what: String,
+        needed: u64,
+        free: u64,
+    },
+
     #[error("image store {path} is corrupt: {detail}; remove that file (the image will have to be pulled again)")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -131,5 +147,34 @@ impl ImageError {
             source,
             hint,
         }
+    }
+}
+
+/// A JSON error without the input's bytes: serde_json's messages quote the
+/// offending value, and the input may be a file the client has no right to
+/// read (`hyper load -i /etc/shadow`).
+pub(crate) fn json_detail(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "truncated JSON",
+        Category::Data => {
+            let m = e.to_string();
+            if m.starts_with("missing field") {
+                return m;
+            }
+            "a field has the wrong type or value"
+        }
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// A tar error without the input's bytes: the tar crate's messages quote
+/// header fields.
+pub(crate) fn tar_detail(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(_) => e.to_string(),
+        None => "a malformed tar header or a truncated archive".into(),
     }
 }

@@ -7,8 +7,9 @@
 //! ```text
 //! blobs/sha256/<hex>    verified blobs (configs, layers), shared between images
 //! images/<hex>.json     one `Image` per config digest, its tags inside
-//! rootfs/<hex>.img      the built rootfs image of that image
-//! tmp/                  downloads and unpacks in progress
+//! rootfs/<chain>.img    the built rootfs image of a verified layer stack,
+//!                       named by the chain of its diff_ids (see `chain_id`)
+//! tmp/                  downloads and unpacks in progress (0700, like the root)
 //! locks/                flock files: meta.lock, gc.lock, <hex>.rootfs.lock
 //! ```
 
@@ -24,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
 pub use reference::{normalize_tag, ImageRef};
-pub use store::{save_login, ImageStore, Removed};
+pub use store::{chain_id, save_login, ImageStore, Removed};
+pub use unpack::Limits;
 
 /// A stored image.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -41,6 +43,14 @@ pub struct Image {
     pub config: ImageConfig,
     /// layer blob digests, bottom first
     pub layers: Vec<String>,
+    /// the config's `rootfs.diff_ids`, each verified against the layer's
+    /// uncompressed stream before the image was recorded (empty in records
+    /// written before that check existed: those are re-verified on use)
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
+    /// bytes the layers unpack to, metadata included (0 if unknown)
+    #[serde(default)]
+    pub unpacked_size: u64,
 }
 
 /// The run settings of an image config.

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::error::{json_detail, tar_detail};
 use crate::manifest::{self, Parsed};
 use crate::reference::normalize_tag;
 use crate::store::{unique, ImageStore, NewImage};
@@ -45,7 +46,7 @@ fn copy_blob(
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| ImageError::io("create", &tmp, e))?;
         let mut h = Sha256::new();
@@ -96,8 +97,12 @@ fn copy_blob(
     res
 }
 
-fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     let f = fs::File::open(path).map_err(|e| ImageError::io("open", path, e))?;
+    read_small_from(f, path, limit)
+}
+
+fn read_small_from(f: fs::File, path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::new();
     f.take(limit + 1)
         .read_to_end(&mut out)
@@ -129,12 +134,69 @@ fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf, ImageError> {
     Ok(dir.join("blobs/sha256").join(&digest["sha256:".len()..]))
 }
 
+/// Opens `rel` (e.g. "blobs/sha256/<hex>") inside the layout `dir` without
+/// following a symlink at any component below `dir`, and only if it is a
+/// regular file: a layout must not make hyperd read (and report the size
+/// or digest of) a file elsewhere.
+fn open_in_layout(dir: &Path, rel: &Path) -> Result<fs::File, ImageError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::{FromRawFd, OwnedFd};
+    let full = dir.join(rel);
+    let refuse = |what: &str| bad(dir, format!("{}: {what}", rel.display()));
+    let mut at: OwnedFd = fs::File::open(dir)
+        .map_err(|e| ImageError::io("open", dir, e))?
+        .into();
+    let comps: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let name = std::ffi::CString::new(c.as_bytes()).map_err(|_| refuse("bad name"))?;
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if last {
+                libc::O_NONBLOCK
+            } else {
+                libc::O_DIRECTORY
+            };
+        // SAFETY: `at` is an open directory fd and `name` a NUL-terminated
+        // single component; the returned fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                std::os::unix::io::AsRawFd::as_raw_fd(&at),
+                name.as_ptr(),
+                flags,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+                    refuse("is a symlink or goes through one; a layout's files must be its own")
+                }
+                _ => ImageError::io("open", &full, e),
+            });
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        at = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let f = fs::File::from(at);
+    let m = f.metadata().map_err(|e| ImageError::io("stat", &full, e))?;
+    if !m.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    Ok(f)
+}
+
 fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError> {
     let shown = dir.display().to_string();
     let index_path = dir.join("index.json");
-    let raw = read_small(&index_path, manifest::MAX_MANIFEST_BYTES)?;
-    let index: LayoutIndex =
-        serde_json::from_slice(&raw).map_err(|e| bad(dir, format!("index.json: {e}")))?;
+    let raw = read_small_from(
+        open_in_layout(dir, Path::new("index.json"))?,
+        &index_path,
+        manifest::MAX_MANIFEST_BYTES,
+    )?;
+    let index: LayoutIndex = serde_json::from_slice(&raw)
+        .map_err(|e| bad(dir, format!("index.json: {}", json_detail(&e))))?;
     if index.manifests.is_empty() {
         return Err(bad(dir, "index.json lists no images"));
     }
@@ -151,7 +213,11 @@ fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError>
             })
             .and_then(|n| normalize_tag(n).ok());
         let mpath = layout_blob(dir, &entry.digest)?;
-        let bytes = read_small(&mpath, manifest::MAX_MANIFEST_BYTES)?;
+        let bytes = read_small_from(
+            open_in_layout(dir, mpath.strip_prefix(dir).unwrap_or(&mpath))?,
+            &mpath,
+            manifest::MAX_MANIFEST_BYTES,
+        )?;
         if bytes.len() as u64 != entry.size
             || format!("sha256:{:x}", Sha256::digest(&bytes)) != entry.digest
         {
@@ -168,7 +234,11 @@ fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError>
             Parsed::Index(list) => {
                 let d = manifest::pick_platform(&shown, &list, &Platform::default())?;
                 let p = layout_blob(dir, &d.digest)?;
-                let b = read_small(&p, manifest::MAX_MANIFEST_BYTES)?;
+                let b = read_small_from(
+                    open_in_layout(dir, p.strip_prefix(dir).unwrap_or(&p))?,
+                    &p,
+                    manifest::MAX_MANIFEST_BYTES,
+                )?;
                 if format!("sha256:{:x}", Sha256::digest(&b)) != d.digest {
                     return Err(bad(
                         dir,
@@ -186,7 +256,7 @@ fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError>
                 continue;
             }
             let p = layout_blob(dir, &d.digest)?;
-            let mut f = fs::File::open(&p).map_err(|e| ImageError::io("open", &p, e))?;
+            let mut f = open_in_layout(dir, p.strip_prefix(dir).unwrap_or(&p))?;
             copy_blob(store, &p, &mut f, Some((&d.digest, d.size)), d.size)?;
         }
         let cfg = read_small(
@@ -195,7 +265,7 @@ fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError>
         )?;
         let info = manifest::parse_config(&shown, &cfg)?;
         let layers: Vec<String> = m.layers.iter().map(|l| l.digest.clone()).collect();
-        store.check_layers(&shown, &layers)?;
+        let unpacked_size = store.check_layers(&shown, &layers, &info.diff_ids)?;
         let repo_digest = name.as_ref().and_then(|n| {
             n.rsplit_once(':')
                 .map(|(repo, _)| format!("{repo}@{}", entry.digest))
@@ -209,6 +279,7 @@ fn load_layout(store: &ImageStore, dir: &Path) -> Result<Vec<Image>, ImageError>
                     .iter()
                     .map(|l| (l.digest.clone(), l.size))
                     .collect(),
+                unpacked_size,
                 repo_tag: name,
                 repo_digest,
             })?,
@@ -254,7 +325,7 @@ fn load_docker_archive(store: &ImageStore, path: &Path) -> Result<Vec<Image>, Im
             fs::File::open(path).map_err(|e| ImageError::io("open", path, e))?,
         ))
     };
-    let terr = |e: io::Error| bad(path, format!("not a tar archive: {e}"));
+    let terr = |e: io::Error| bad(path, format!("not a tar archive: {}", tar_detail(&e)));
     // Pass 1: manifest.json and symlinks.
     let mut entries_json: Option<Vec<SaveEntry>> = None;
     let mut aliases: HashMap<String, String> = HashMap::new();
@@ -281,7 +352,7 @@ fn load_docker_archive(store: &ImageStore, path: &Path) -> Result<Vec<Image>, Im
             }
             entries_json = Some(
                 serde_json::from_slice(&buf)
-                    .map_err(|e| bad(path, format!("manifest.json: {e}")))?,
+                    .map_err(|e| bad(path, format!("manifest.json: {}", json_detail(&e))))?,
             );
         }
     }
@@ -353,7 +424,7 @@ fn load_docker_archive(store: &ImageStore, path: &Path) -> Result<Vec<Image>, Im
         let layers: Vec<(String, u64)> =
             en.layers.iter().map(|l| get(l)).collect::<Result<_, _>>()?;
         let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
-        store.check_layers(&shown, &digests)?;
+        let unpacked_size = store.check_layers(&shown, &digests, &info.diff_ids)?;
         let tags: Vec<String> = en
             .repo_tags
             .clone()
@@ -370,8 +441,10 @@ fn load_docker_archive(store: &ImageStore, path: &Path) -> Result<Vec<Image>, Im
                     created: info.created.clone(),
                     config: info.config.clone(),
                     platform: None,
+                    diff_ids: info.diff_ids.clone(),
                 },
                 layers: layers.clone(),
+                unpacked_size,
                 repo_tag: tag,
                 repo_digest: None,
             })?);

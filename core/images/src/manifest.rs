@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::error::json_detail;
 use crate::{ImageConfig, ImageError, Platform};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -91,7 +92,7 @@ pub fn parse(
     content_type: Option<&str>,
 ) -> Result<Parsed, ImageError> {
     let raw: Raw = serde_json::from_slice(bytes)
-        .map_err(|e| bad(reference, format!("manifest is not valid JSON: {e}")))?;
+        .map_err(|e| bad(reference, format!("manifest: {}", json_detail(&e))))?;
     if raw.schema_version == Some(1) {
         return Err(ImageError::UnsupportedMediaType {
             reference: reference.into(),
@@ -232,8 +233,16 @@ struct RawRunConfig {
     user: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+struct RawRootfs {
+    #[serde(default)]
+    diff_ids: Option<Vec<String>>,
+}
+
 #[derive(Deserialize)]
 struct RawConfig {
+    #[serde(default)]
+    rootfs: Option<RawRootfs>,
     #[serde(default)]
     created: Option<String>,
     #[serde(default)]
@@ -249,12 +258,28 @@ pub struct ConfigInfo {
     pub created: Option<String>,
     pub config: ImageConfig,
     pub platform: Option<(String, String)>,
+    /// `rootfs.diff_ids`: the sha256 of each layer's uncompressed tar, bottom
+    /// first. What the image id (the config digest) really pins.
+    pub diff_ids: Vec<String>,
 }
 
 pub fn parse_config(reference: &str, bytes: &[u8]) -> Result<ConfigInfo, ImageError> {
     let raw: RawConfig = serde_json::from_slice(bytes)
-        .map_err(|e| bad(reference, format!("image config is not valid JSON: {e}")))?;
+        .map_err(|e| bad(reference, format!("image config: {}", json_detail(&e))))?;
     let rc = raw.config.unwrap_or_default();
+    let diff_ids = raw.rootfs.unwrap_or_default().diff_ids.unwrap_or_default();
+    if diff_ids.len() > MAX_LAYERS {
+        return Err(bad(
+            reference,
+            format!(
+                "config lists {} diff_ids (more than {MAX_LAYERS})",
+                diff_ids.len()
+            ),
+        ));
+    }
+    for d in &diff_ids {
+        check_digest(reference, d)?;
+    }
     Ok(ConfigInfo {
         created: raw.created,
         config: ImageConfig {
@@ -268,6 +293,7 @@ pub fn parse_config(reference: &str, bytes: &[u8]) -> Result<ConfigInfo, ImageEr
             (Some(o), Some(a)) => Some((o, a)),
             _ => None,
         },
+        diff_ids,
     })
 }
 

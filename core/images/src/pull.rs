@@ -189,6 +189,13 @@ pub(crate) async fn pull(
         }
     }
 
+    let download: u64 = manifest
+        .layers
+        .iter()
+        .filter(|l| !store.blob_path(&l.digest).exists())
+        .map(|l| l.size)
+        .fold(0, u64::saturating_add);
+    store.ensure_space(&format!("the layers of {}", ctx.shown), download)?;
     let jobs = manifest
         .layers
         .iter()
@@ -199,8 +206,13 @@ pub(crate) async fn pull(
         .await?;
 
     let layers: Vec<String> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
-    let (s, shown, ls) = (store.clone(), ctx.shown.clone(), layers.clone());
-    tokio::task::spawn_blocking(move || s.check_layers(&shown, &ls))
+    let (s, shown, ls, ds) = (
+        store.clone(),
+        ctx.shown.clone(),
+        layers.clone(),
+        info.diff_ids.clone(),
+    );
+    let unpacked_size = tokio::task::spawn_blocking(move || s.check_layers(&shown, &ls, &ds))
         .await
         .map_err(|e| ImageError::io("check layers of", ctx.shown.clone(), io::Error::other(e)))??;
 
@@ -212,6 +224,7 @@ pub(crate) async fn pull(
             .iter()
             .map(|l| (l.digest.clone(), l.size))
             .collect(),
+        unpacked_size,
         repo_tag: if r.digest.is_some() {
             None
         } else {
@@ -274,7 +287,7 @@ async fn download(
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(tmp)
         .map_err(|e| ImageError::io("create", tmp, e))?;
     let mut stream = ctx

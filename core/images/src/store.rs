@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +124,8 @@ pub(crate) struct NewImage {
     pub config_digest: String,
     pub info: ConfigInfo,
     pub layers: Vec<(String, u64)>,
+    /// what `check_layers` measured
+    pub unpacked_size: u64,
     pub repo_tag: Option<String>,
     pub repo_digest: Option<String>,
 }
@@ -134,7 +136,17 @@ impl ImageStore {
     pub fn open(root: &Path) -> Result<Self, ImageError> {
         for d in ["blobs/sha256", "images", "rootfs", "tmp", "locks"] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(|e| ImageError::io("create directory", &p, e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(|e| ImageError::io("create directory", &p, e))?;
+        }
+        // Untrusted trees are unpacked under tmp/: nobody but root may
+        // reach into the store (older stores were made 0755).
+        for p in [root.to_path_buf(), root.join("tmp")] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| ImageError::io("make private", &p, e))?;
         }
         let store = ImageStore {
             root: Arc::new(root.to_path_buf()),
@@ -176,8 +188,26 @@ impl ImageStore {
             .join(format!("{}.json", hex_of(id)))
     }
 
-    fn rootfs_path(&self, id: &str) -> PathBuf {
-        self.root.join("rootfs").join(format!("{}.img", hex_of(id)))
+    /// The rootfs image of a verified layer stack: named by the chain of
+    /// its diff_ids, never by the config digest alone.
+    fn rootfs_path(&self, chain: &str) -> PathBuf {
+        self.root.join("rootfs").join(format!("{chain}.img"))
+    }
+
+    /// Refuses early when the store's file system has less than `needed`
+    /// bytes free.
+    pub(crate) fn ensure_space(&self, what: &str, needed: u64) -> Result<(), ImageError> {
+        let path = self.tmp_dir();
+        let free = free_bytes(&path).map_err(|e| ImageError::io("statvfs", &path, e))?;
+        if free < needed {
+            return Err(ImageError::NoSpace {
+                path,
+                what: what.into(),
+                needed,
+                free,
+            });
+        }
+        Ok(())
     }
 
     fn clean_tmp(&self) {
@@ -228,34 +258,58 @@ impl ImageStore {
         res
     }
 
-    /// Verifies layers against hostile content before they are recorded.
+    /// Verifies layers before they are recorded: against hostile content
+    /// and the limits, and each one's uncompressed stream against the
+    /// config's `diff_ids` (same count, same order), which is what the image
+    /// id really names. Returns the bytes they unpack to.
     pub(crate) fn check_layers(
         &self,
         reference: &str,
         layers: &[String],
-    ) -> Result<(), ImageError> {
+        diff_ids: &[String],
+    ) -> Result<u64, ImageError> {
         let paths: Vec<PathBuf> = layers.iter().map(|d| self.blob_path(d)).collect();
-        unpack::validate(&paths, self.limits)
-            .map_err(|(i, e)| layer_error(reference, &layers[i], e))
+        check_count(reference, layers, diff_ids)?;
+        let checked = unpack::validate(&paths, self.limits)
+            .map_err(|(i, e)| layer_error(reference, &layers[i], e))?;
+        check_diff_ids(reference, layers, diff_ids, &checked.diff_ids)?;
+        Ok(checked.bytes)
     }
 
     /// Records an image (merging tags into an existing one), moving the tag
-    /// away from any other image.
+    /// away from any other image. `new`'s layers were verified against the
+    /// config's diff_ids; a stored record of the same id whose layer list
+    /// differs (another compression of the same content, or a record from
+    /// before that check) takes the verified list: a record never keeps
+    /// layers that were not checked against its id.
     pub(crate) fn commit_image(&self, new: NewImage) -> Result<Image, ImageError> {
         let _meta = flock(&self.lock_path("meta"), true, true)?;
         let id = new.config_digest.clone();
+        let layers: Vec<String> = new.layers.iter().map(|(d, _)| d.clone()).collect();
+        let size = new.layers.iter().map(|(_, s)| s).sum();
         let mut image = match self.read_image(&self.image_path(&id))? {
             Some(img) => img,
             None => Image {
                 id: id.clone(),
                 repo_tags: Vec::new(),
                 repo_digests: Vec::new(),
-                size: new.layers.iter().map(|(_, s)| s).sum(),
+                size,
                 created: new.info.created.clone(),
                 config: new.info.config.clone(),
-                layers: new.layers.iter().map(|(d, _)| d.clone()).collect(),
+                layers: layers.clone(),
+                diff_ids: new.info.diff_ids.clone(),
+                unpacked_size: new.unpacked_size,
             },
         };
+        if image.layers != layers || image.diff_ids != new.info.diff_ids {
+            if !image.layers.is_empty() && image.layers != layers {
+                tracing::warn!(id = %id, old = ?image.layers, new = ?layers, "stored image had other layers than the verified ones: replaced");
+            }
+            image.layers = layers;
+            image.size = size;
+            image.diff_ids = new.info.diff_ids.clone();
+            image.unpacked_size = new.unpacked_size;
+        }
         if let Some(tag) = &new.repo_tag {
             self.untag_others(tag, &id)?;
             if !image.repo_tags.contains(tag) {
@@ -299,7 +353,7 @@ impl ImageStore {
             .map(Some)
             .map_err(|e| ImageError::Corrupt {
                 path: path.into(),
-                detail: e.to_string(),
+                detail: crate::error::json_detail(&e),
             })
     }
 
@@ -387,10 +441,16 @@ impl ImageStore {
                 removed.untagged = image.repo_tags.clone();
                 let p = self.image_path(&image.id);
                 fs::remove_file(&p).map_err(|e| ImageError::io("remove", &p, e))?;
-                let rf = self.rootfs_path(&image.id);
-                if let Ok(m) = fs::metadata(&rf) {
-                    if fs::remove_file(&rf).is_ok() {
-                        removed.freed_bytes += m.len();
+                let chain = chain_id(&image.diff_ids);
+                let shared = images
+                    .iter()
+                    .any(|i| i.id != image.id && chain_id(&i.diff_ids) == chain);
+                let rf = self.rootfs_path(&chain);
+                if !image.diff_ids.is_empty() && !shared {
+                    if let Ok(m) = fs::metadata(&rf) {
+                        if fs::remove_file(&rf).is_ok() {
+                            removed.freed_bytes += m.len();
+                        }
                     }
                 }
                 removed.deleted.push(image.id.clone());
@@ -424,7 +484,11 @@ impl ImageStore {
                 keep.insert(hex_of(l).to_string());
             }
         }
-        let ids: HashSet<String> = images.iter().map(|i| hex_of(&i.id).to_string()).collect();
+        let chains: HashSet<String> = images
+            .iter()
+            .filter(|i| !i.diff_ids.is_empty())
+            .map(|i| chain_id(&i.diff_ids))
+            .collect();
         let mut freed = 0;
         let dir = self.root.join("blobs/sha256");
         let rd = fs::read_dir(&dir).map_err(|e| ImageError::io("read directory", &dir, e))?;
@@ -442,7 +506,7 @@ impl ImageStore {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let stem = name.strip_suffix(".img").unwrap_or(&name);
-                if !ids.contains(stem) {
+                if !chains.contains(stem) {
                     let size = e.metadata().map(|m| m.len()).unwrap_or(0);
                     if fs::remove_file(e.path()).is_ok() {
                         freed += size;
@@ -453,19 +517,39 @@ impl ImageStore {
         Ok(freed)
     }
 
-    /// The shared read-only rootfs image of `image`, built once.
+    /// The shared read-only rootfs image of `image`, built once per
+    /// verified layer stack. The layers are checked against the diff_ids of
+    /// the config the image id names (read again from the store, not taken
+    /// from the record), and unpacked into a private directory: 0700, on a
+    /// nosuid,nodev,noexec bind mount in a mount namespace of its own when
+    /// run as root (see [`private_mount`]).
     pub fn rootfs(
         &self,
         image: &Image,
-        build: &dyn Fn(&Path, &Path) -> Result<(), String>,
+        build: &(dyn Fn(&Path, &Path) -> Result<(), String> + Sync),
     ) -> Result<PathBuf, ImageError> {
-        let dest = self.rootfs_path(&image.id);
+        let name = image
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        let cfg_path = self.blob_path(&image.id);
+        let cfg = crate::load::read_small(&cfg_path, crate::manifest::MAX_CONFIG_BYTES)?;
+        if format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&cfg)) != image.id {
+            return Err(ImageError::Corrupt {
+                path: cfg_path,
+                detail: "the config blob does not match its digest".into(),
+            });
+        }
+        let diff_ids = crate::manifest::parse_config(&name, &cfg)?.diff_ids;
+        check_count(&name, &image.layers, &diff_ids)?;
+        let dest = self.rootfs_path(&chain_id(&diff_ids));
         if dest.exists() {
             return Ok(dest);
         }
         let _gc = flock(&self.lock_path("gc"), false, true)?;
         let _build = flock(
-            &self.lock_path(&format!("{}.rootfs", hex_of(&image.id))),
+            &self.lock_path(&format!("{}.rootfs", chain_id(&diff_ids))),
             true,
             true,
         )?;
@@ -477,22 +561,36 @@ impl ImageStore {
                 name: image.id.clone(),
             });
         }
+        // The unpacked tree and the image built from it, at most the limit each.
+        let estimate = if image.unpacked_size > 0 {
+            image.unpacked_size
+        } else {
+            self.limits.max_bytes.min(image.size.saturating_mul(4))
+        };
+        self.ensure_space(&format!("unpacking {name}"), estimate.saturating_mul(2))?;
         let tag = unique();
         let dir = self.tmp_dir().join(format!("unpack-{tag}"));
+        let root = dir.join("root");
         let file = self.tmp_dir().join(format!("rootfs-{tag}.img"));
         let res = (|| {
-            fs::create_dir(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| ImageError::io("create directory", &dir, e))?;
+            // The image's own "/" (0755 unless a layer says otherwise).
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&root)
+                .map_err(|e| ImageError::io("create directory", &root, e))?;
             let layers: Vec<PathBuf> = image.layers.iter().map(|d| self.blob_path(d)).collect();
-            let name = image
-                .repo_tags
-                .first()
-                .cloned()
-                .unwrap_or_else(|| image.id.clone());
-            unpack::unpack(&dir, &layers, self.limits)
-                .map_err(|(i, e)| layer_error(&name, &image.layers[i], e))?;
-            build(&dir, &file).map_err(|detail| ImageError::RootfsBuild {
-                id: image.id.clone(),
-                detail,
+            private_mount(&dir, || {
+                let checked = unpack::unpack(&root, &layers, self.limits)
+                    .map_err(|(i, e)| layer_error(&name, &image.layers[i], e))?;
+                check_diff_ids(&name, &image.layers, &diff_ids, &checked.diff_ids)?;
+                build(&root, &file).map_err(|detail| ImageError::RootfsBuild {
+                    id: image.id.clone(),
+                    detail,
+                })
             })?;
             fs::rename(&file, &dest).map_err(|e| ImageError::io("rename into", &dest, e))
         })();
@@ -500,6 +598,140 @@ impl ImageStore {
         let _ = fs::remove_file(&file);
         res.map(|()| dest)
     }
+}
+
+/// Runs `f` on a thread of its own, in a mount namespace of its own where
+/// `dir` is bind-mounted on itself `nosuid,nodev,noexec` (root only; as
+/// another user, or if the kernel refuses, `dir`'s 0700 mode is the only
+/// barrier, and a warning says so). Whatever `f` starts (mkfs.erofs) runs
+/// in that namespace; the mount goes away with the thread and its children,
+/// so a crash leaves no mount behind.
+pub(crate) fn private_mount<T: Send>(dir: &Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                if let Err(e) = bind_private(dir) {
+                    tracing::warn!(dir = %dir.display(), err = %e, "no private nosuid,nodev mount for the unpack; relying on its 0700 mode");
+                }
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn bind_private(dir: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: unshare affects only this thread (which owns no fs state
+    // others rely on: it was made for this); the mount calls get valid
+    // NUL-terminated paths and null pointers where the kernel allows them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            c.as_ptr(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))
+    }
+}
+
+/// Bytes available to unprivileged writers on `path`'s file system.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a pointer to an owned statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The OCI ChainID of a layer stack (hex): what its unpacked tree depends
+/// on, and the name of its rootfs image. `sha256("")` for no layers.
+pub fn chain_id(diff_ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut chain: Option<String> = None;
+    for d in diff_ids {
+        chain = Some(match chain {
+            None => d.clone(),
+            Some(c) => format!("sha256:{:x}", Sha256::digest(format!("{c} {d}"))),
+        });
+    }
+    match chain {
+        Some(c) => hex_of(&c).to_string(),
+        None => format!("{:x}", Sha256::digest(b"")),
+    }
+}
+
+fn check_count(reference: &str, layers: &[String], diff_ids: &[String]) -> Result<(), ImageError> {
+    if layers.len() != diff_ids.len() {
+        let (index, digest) = if layers.len() > diff_ids.len() {
+            (diff_ids.len(), layers[diff_ids.len()].clone())
+        } else {
+            (layers.len(), "(missing)".to_string())
+        };
+        return Err(ImageError::DiffIdMismatch {
+            reference: reference.into(),
+            digest,
+            index,
+            detail: format!(
+                "the manifest lists {} layers but the config's rootfs.diff_ids has {}",
+                layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_diff_ids(
+    reference: &str,
+    layers: &[String],
+    want: &[String],
+    got: &[String],
+) -> Result<(), ImageError> {
+    check_count(reference, layers, want)?;
+    if let Some(i) = (0..want.len()).find(|&i| got.get(i) != Some(&want[i])) {
+        return Err(ImageError::DiffIdMismatch {
+            reference: reference.into(),
+            digest: layers[i].clone(),
+            index: i,
+            detail: format!(
+                "its uncompressed content is {}, the config's diff_ids[{i}] says {}",
+                got.get(i).map(String::as_str).unwrap_or("(not read)"),
+                want[i]
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn layer_error(reference: &str, digest: &str, e: UnpackError) -> ImageError {
@@ -589,7 +821,7 @@ pub fn save_login(
         ));
     }
     let mut file: AuthFile = match fs::read(auth_file) {
-        Ok(d) => serde_json::from_slice(&d).map_err(|e| bad(format!("not valid JSON: {e}")))?,
+        Ok(d) => serde_json::from_slice(&d).map_err(|e| bad(crate::error::json_detail(&e)))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => AuthFile::default(),
         Err(e) => return Err(ImageError::io("read", auth_file, e)),
     };
@@ -623,7 +855,7 @@ pub(crate) fn read_login(
         Err(e) => return Err(ImageError::io("read", auth_file, e)),
     };
     let file: AuthFile =
-        serde_json::from_slice(&data).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(&data).map_err(|e| bad(crate::error::json_detail(&e)))?;
     let keys: Vec<String> = if HUB_KEYS.contains(&registry) {
         HUB_KEYS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -275,6 +275,49 @@ async fn hostile_images_are_refused_and_leave_nothing() {
     assert!(!Path::new("/tmp/hyper-evil-symlink").exists());
 }
 
+/// H2: a lure with busybox's exact config (so its id) and another layer is
+/// refused; a digest-pinned pull of the real busybox then runs its layers.
+#[tokio::test]
+async fn lure_with_a_trusted_config_is_refused_then_the_pinned_pull_is_real() {
+    let Some(reg) = registry() else { return };
+    let (_t, s) = store();
+    let err = s
+        .pull(
+            &format!("{reg}/hyper/evil-lure"),
+            &opts(&reg),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DiffIdMismatch { .. }), "{err}");
+    eprintln!("lure: {err}");
+    assert!(s.list().unwrap().is_empty(), "the lure was recorded");
+    assert_eq!(blobs(&s), 0, "the lure's blobs were kept");
+    assert_eq!(tmp_entries(&s), 0);
+    // The real image's manifest digest, from a store of its own.
+    let (_t2, other) = store();
+    let real = other
+        .pull(
+            &format!("{reg}/hyper/busybox"),
+            &opts(&reg),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    let pinned = real.repo_digests[0].clone();
+    let (img, listing) = {
+        let img = s
+            .pull(&pinned, &opts(&reg), Arc::new(NoProgress))
+            .await
+            .unwrap();
+        let p = s.rootfs(&img, &listing_builder).unwrap();
+        (img.clone(), std::fs::read_to_string(p).unwrap())
+    };
+    assert_eq!(img.id, real.id, "the lure had the same id");
+    assert!(listing.contains("bin/sh -> busybox"), "{listing}");
+    assert!(!listing.contains("lure"), "{listing}");
+}
+
 #[tokio::test]
 async fn clear_errors() {
     let Some(reg) = registry() else { return };
@@ -493,7 +536,12 @@ async fn disk_full_leaves_the_store_consistent() {
         .await
         .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("disk is full"), "{msg}");
+    // Refused before the download by the free-space check (or, if space
+    // went while it ran, by ENOSPC).
+    assert!(
+        matches!(err, ImageError::NoSpace { .. }) || msg.contains("disk is full"),
+        "{msg}"
+    );
     assert!(s.list().unwrap().is_empty());
     assert_eq!(tmp_entries(&s), 0, "temp files left");
     assert_eq!(blobs(&s), 0, "unreferenced blobs left");

@@ -37,10 +37,12 @@ pub use frame::{
 };
 pub use message::*;
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this build speaks. Version 2 added
+/// `ProcessSpec::confinement`: a version-1 guest would run containers with
+/// every capability, so it is refused.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Bytes a sender may send on a data stream before it has received any credit.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// The virtio-serial port name the host gives the channel; hyperstart finds the
@@ -63,7 +65,9 @@ mod tests {
 
     #[test]
     fn negotiation_takes_the_highest_common_version() {
-        assert_eq!(negotiate_version(1, 1), Some(1));
+        assert_eq!(negotiate_version(2, 2), Some(2));
+        // A guest without confinement (version 1) is refused.
+        assert_eq!(negotiate_version(1, 1), None);
         assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
         assert_eq!(
             negotiate_version(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3),

@@ -220,6 +220,103 @@ pub struct ProcessSpec {
     pub stdio: u32,
     /// Stream id of stderr (guest→host).
     pub stderr: u32,
+    /// What the process may do inside the guest (capabilities, seccomp,
+    /// no_new_privs); protocol version 2 and later.
+    pub confinement: Confinement,
+}
+
+/// The confinement of one process, decided by the host (see
+/// docs/security/confine.md). The guest applies exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confinement {
+    /// Capability bits (bit N = capability number N) kept in the bounding,
+    /// permitted and effective sets of a process running as uid 0; a process
+    /// of another user keeps them only in its bounding set. Inheritable and
+    /// ambient are always empty.
+    pub capabilities: u64,
+    /// Set PR_SET_NO_NEW_PRIVS before exec.
+    pub no_new_privileges: bool,
+    /// The seccomp filter; `None` is unconfined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<SeccompSpec>,
+    /// Only for a container's first process: no masked or read-only /proc
+    /// paths, /sys writable, and no device restriction.
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+impl Confinement {
+    /// Every capability the guest kernel knows of (6.1: 0..=40), no seccomp.
+    pub const ALL_CAPABILITIES: u64 = (1 << 41) - 1;
+
+    /// What a process gets with no confinement at all (what every process
+    /// got before protocol version 2).
+    pub fn unconfined() -> Self {
+        Self {
+            capabilities: Self::ALL_CAPABILITIES,
+            no_new_privileges: false,
+            seccomp: None,
+            privileged: true,
+        }
+    }
+}
+
+/// A seccomp filter: `default_action` for every syscall no rule names.
+/// Syscall numbers are x86_64's (the host resolves names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompSpec {
+    pub default_action: SeccompAction,
+    pub rules: Vec<SeccompRuleSpec>,
+}
+
+/// `action` for `syscall`, when every condition in `args` holds (none:
+/// always). Rules for the same syscall are alternatives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompRuleSpec {
+    pub syscall: i64,
+    pub action: SeccompAction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SeccompArg>,
+}
+
+/// A condition on a syscall argument, as in Docker's profiles: `arg OP
+/// value`, or for `masked_eq`, `arg & value == value_two`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompArg {
+    /// 0..=5.
+    pub index: u8,
+    pub op: SeccompOp,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    MaskedEq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompAction {
+    Allow,
+    /// Fail with this errno.
+    Errno(u32),
+    KillThread,
+    KillProcess,
+    Trap,
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +341,9 @@ pub mod capability {
     pub const VOLUMES: &str = "volumes";
     /// `ProcessSpec.terminal` and `Request::WindowSize` are served.
     pub const TERMINAL: &str = "terminal";
+    /// `ProcessSpec.confinement` is applied (capabilities, no_new_privs,
+    /// seccomp, masked /proc paths, device restriction).
+    pub const CONFINEMENT: &str = "confinement";
 }
 
 #[cfg(test)]
@@ -269,6 +369,24 @@ mod tests {
                     }),
                     stdio: 1,
                     stderr: 2,
+                    confinement: Confinement {
+                        capabilities: 0xa80425fb,
+                        no_new_privileges: true,
+                        seccomp: Some(SeccompSpec {
+                            default_action: SeccompAction::Allow,
+                            rules: vec![SeccompRuleSpec {
+                                syscall: 165,
+                                action: SeccompAction::Errno(1),
+                                args: vec![SeccompArg {
+                                    index: 0,
+                                    op: SeccompOp::MaskedEq,
+                                    value: 0x1000_0000,
+                                    value_two: 0x1000_0000,
+                                }],
+                            }],
+                        }),
+                        privileged: false,
+                    },
                 },
             },
         };

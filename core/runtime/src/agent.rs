@@ -5,8 +5,17 @@
 //! stream, exits to the process's exit waiter. The guest is untrusted, so the
 //! reader bounds everything: frames by the decoder, stdio by the credit this
 //! side granted (a guest that sends more than it was granted is cut off), and
-//! any protocol violation ends the session and marks the agent dead, which
-//! fails every waiter instead of hanging it.
+//! a malformed frame ends the session and marks the agent dead, which fails
+//! every waiter instead of hanging it.
+//!
+//! What a guest can make this side hold is bounded (docs/security/agent.md):
+//! at most [`MAX_STREAMS`] inbound streams, each buffering at most its
+//! credit window ([`INITIAL_WINDOW`]) in a [`StreamReceiver`]; at most
+//! [`MAX_PROCESSES`] adopted processes, taken only from the answer to this
+//! session's own `Reattach`; one frame in the decoder. Lesser protocol
+//! violations (unexpected replies, unknown streams, bad JSON) are counted,
+//! warned about at a limited rate, and past [`MAX_VIOLATIONS`] end the
+//! session like a dead VM.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,11 +30,27 @@ use hyper_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 /// How long one request may take in the guest.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CHANNEL_CLOSED: &str = "the channel closed";
+/// Inbound (guest→host) streams one session routes at once: two per
+/// process. Each holds at most [`INITIAL_WINDOW`] bytes the host has not yet
+/// consumed, so a session's stdio buffers stay under
+/// `MAX_STREAMS * INITIAL_WINDOW` (128 MiB) even if no consumer reads.
+pub const MAX_STREAMS: usize = 512;
+/// Processes one session tracks (its own and adopted ones).
+pub const MAX_PROCESSES: usize = MAX_STREAMS / 2;
+/// Lesser protocol violations a session survives; the next one ends it.
+pub const MAX_VIOLATIONS: u32 = 8;
+/// Stream ids above this are refused: new ids are allocated above the
+/// highest adopted one and must never wrap.
+const MAX_STREAM_ID: u32 = 1 << 30;
+/// Warnings a guest can trigger: this many at once, then one more per
+/// [`WARN_REFILL`]; the rest are counted and summed up in one line.
+const WARN_BURST: u32 = 5;
+const WARN_REFILL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentCallError {
@@ -37,6 +62,9 @@ pub enum AgentCallError {
     Disconnected(String),
     #[error("hyperstart did not answer within {0:?}")]
     Timeout(Duration),
+    /// A per-pod bound of the host was reached.
+    #[error("{0}")]
+    Limit(String),
 }
 
 #[derive(Debug, Clone)]
@@ -53,14 +81,144 @@ pub enum StreamChunk {
     Eof,
 }
 
+/// What one inbound stream holds between the reader and its consumer:
+/// bytes, not messages, so a guest sending tiny or empty frames costs
+/// nothing beyond the bytes, and those never exceed the credit the host
+/// granted (it grants only what its consumer took).
+#[derive(Default)]
+struct StreamBuf {
+    data: Vec<u8>,
+    eof: bool,
+    /// The sender is gone without an end of stream (the session ended).
+    closed: bool,
+    /// The receiver is gone: what arrives is dropped.
+    abandoned: bool,
+}
+
+struct StreamShared {
+    buf: Mutex<StreamBuf>,
+    changed: Notify,
+}
+
+impl StreamShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamBuf> {
+        // The critical sections only move bytes and flags.
+        self.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The reader's end of an inbound stream.
+struct StreamSender {
+    shared: Arc<StreamShared>,
+}
+
+impl StreamSender {
+    fn push(&self, data: &[u8]) {
+        let mut b = self.shared.lock();
+        if b.abandoned || b.eof {
+            return;
+        }
+        b.data.extend_from_slice(data);
+        drop(b);
+        self.shared.changed.notify_one();
+    }
+
+    fn eof(&self) {
+        self.shared.lock().eof = true;
+        self.shared.changed.notify_one();
+    }
+}
+
+impl Drop for StreamSender {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_one();
+    }
+}
+
+/// The consumer's end of a guest→host stdio stream: what is buffered comes
+/// out in chunks of at most [`MAX_DATA_PAYLOAD`] (what a frame to a client
+/// may carry), then [`StreamChunk::Eof`] once, then `None`.
+pub struct StreamReceiver {
+    shared: Arc<StreamShared>,
+    done: bool,
+}
+
+impl StreamReceiver {
+    pub async fn recv(&mut self) -> Option<StreamChunk> {
+        loop {
+            if self.done {
+                return None;
+            }
+            {
+                let mut b = self.shared.lock();
+                if b.data.len() > MAX_DATA_PAYLOAD {
+                    let rest = b.data.split_off(MAX_DATA_PAYLOAD);
+                    return Some(StreamChunk::Data(std::mem::replace(&mut b.data, rest)));
+                }
+                if !b.data.is_empty() {
+                    return Some(StreamChunk::Data(std::mem::take(&mut b.data)));
+                }
+                if b.eof {
+                    self.done = true;
+                    return Some(StreamChunk::Eof);
+                }
+                if b.closed {
+                    self.done = true;
+                    return None;
+                }
+            }
+            // notify_one keeps a permit, so a push between the check and
+            // this wait is not lost.
+            self.shared.changed.notified().await;
+        }
+    }
+
+    /// Bytes waiting for the consumer.
+    pub fn buffered(&self) -> usize {
+        self.shared.lock().data.len()
+    }
+}
+
+impl Drop for StreamReceiver {
+    fn drop(&mut self) {
+        let mut b = self.shared.lock();
+        b.abandoned = true;
+        b.data = Vec::new();
+    }
+}
+
+fn stream_pair() -> (StreamSender, StreamReceiver) {
+    let shared = Arc::new(StreamShared {
+        buf: Mutex::new(StreamBuf::default()),
+        changed: Notify::new(),
+    });
+    (
+        StreamSender {
+            shared: shared.clone(),
+        },
+        StreamReceiver {
+            shared,
+            done: false,
+        },
+    )
+}
+
+/// A stream that has already ended: for a process with nothing to route.
+fn ended_stream() -> StreamReceiver {
+    let (tx, rx) = stream_pair();
+    tx.eof();
+    rx
+}
+
 /// The host ends of one process's stdio and its exit status.
 pub struct ProcessStreams {
     pub process: String,
     /// Stream id of stdin and stdout.
     pub stdio: u32,
     pub stderr: u32,
-    pub stdout_rx: mpsc::UnboundedReceiver<StreamChunk>,
-    pub stderr_rx: mpsc::UnboundedReceiver<StreamChunk>,
+    pub stdout_rx: StreamReceiver,
+    pub stderr_rx: StreamReceiver,
     pub exit_rx: oneshot::Receiver<i32>,
 }
 
@@ -70,7 +228,7 @@ struct PendingReply {
 }
 
 struct InboundStream {
-    tx: mpsc::UnboundedSender<StreamChunk>,
+    tx: StreamSender,
     /// Bytes this side has allowed the guest to send so far.
     allowed: u64,
     received: u64,
@@ -95,6 +253,82 @@ struct State {
     /// is read (the guest sends their output right behind it), until
     /// [`AgentClient::adopt_process`] hands them out. By (container, process).
     adopted: HashMap<(String, String), ProcessStreams>,
+    /// The id of this session's own `Reattach`, until its answer arrives:
+    /// the only `Reattached` reply ever accepted.
+    reattach_id: Option<u64>,
+    violations: u32,
+    warnings: WarnLimiter,
+}
+
+/// A token bucket for the warnings a guest can trigger, so a flood costs
+/// the host's log a few lines and one summary.
+struct WarnLimiter {
+    tokens: u32,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl Default for WarnLimiter {
+    fn default() -> Self {
+        Self {
+            tokens: WARN_BURST,
+            refilled: Instant::now(),
+            suppressed: 0,
+        }
+    }
+}
+
+impl WarnLimiter {
+    /// Whether a warning may be logged now; when one may after some were
+    /// suppressed, also how many were.
+    fn allow(&mut self, now: Instant) -> (bool, u64) {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let refill = u32::try_from(elapsed.as_secs() / WARN_REFILL.as_secs()).unwrap_or(u32::MAX);
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(WARN_BURST);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            self.suppressed += 1;
+            return (false, 0);
+        }
+        self.tokens -= 1;
+        (true, std::mem::take(&mut self.suppressed))
+    }
+
+    fn warn(&mut self, message: &str) {
+        match self.allow(Instant::now()) {
+            (false, _) => {}
+            (true, 0) => tracing::warn!("hyperstart: {message}"),
+            (true, n) => {
+                tracing::warn!("hyperstart: {message} ({n} more like it suppressed)")
+            }
+        }
+    }
+
+    /// The summary line for what was never logged.
+    fn flush(&mut self) {
+        let n = std::mem::take(&mut self.suppressed);
+        if n > 0 {
+            tracing::warn!("hyperstart: {n} more warnings suppressed");
+        }
+    }
+}
+
+impl State {
+    /// Counts a lesser protocol violation: warned about (rate-limited), and
+    /// past [`MAX_VIOLATIONS`] the end of the session.
+    fn violation(&mut self, what: String) -> Result<(), String> {
+        self.violations += 1;
+        if self.violations > MAX_VIOLATIONS {
+            return Err(format!(
+                "hyperstart broke the protocol {} times; the last: {what}",
+                self.violations
+            ));
+        }
+        self.warnings.warn(&what);
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -121,6 +355,7 @@ impl Inner {
         if st.dead.is_some() {
             return;
         }
+        st.warnings.flush();
         if reason != CHANNEL_CLOSED {
             tracing::warn!("hyperstart session ended: {reason}");
         }
@@ -129,6 +364,8 @@ impl Inner {
         st.inbound.clear();
         st.exit_waiters.clear();
         st.adopted.clear();
+        st.stdin.clear();
+        st.reattach_id = None;
         if let Some(ready) = st.ready.take() {
             let _ = ready.send(Err(reason));
         }
@@ -138,16 +375,17 @@ impl Inner {
 
     fn handle_frame(&self, frame: Frame) -> Result<(), String> {
         match frame.kind {
-            FrameKind::Control => {
-                let msg: GuestMessage = serde_json::from_slice(&frame.payload)
-                    .map_err(|e| format!("malformed control message from the guest: {e}"))?;
-                self.handle_message(msg)
-            }
+            FrameKind::Control => match serde_json::from_slice::<GuestMessage>(&frame.payload) {
+                Ok(msg) => self.handle_message(msg),
+                Err(e) => self
+                    .state()
+                    .violation(format!("malformed control message from the guest: {e}")),
+            },
             FrameKind::Data => {
                 let mut st = self.state();
                 let Some(stream) = st.inbound.get_mut(&frame.stream) else {
-                    return Err(format!(
-                        "guest sent data on unknown stream {}",
+                    return st.violation(format!(
+                        "data on stream {}, which is not open",
                         frame.stream
                     ));
                 };
@@ -158,14 +396,20 @@ impl Inner {
                         frame.stream, stream.received, stream.allowed
                     ));
                 }
-                let _ = stream.tx.send(StreamChunk::Data(frame.payload));
+                stream.tx.push(&frame.payload);
                 Ok(())
             }
             FrameKind::Eof => {
-                if let Some(stream) = self.state().inbound.remove(&frame.stream) {
-                    let _ = stream.tx.send(StreamChunk::Eof);
+                let mut st = self.state();
+                match st.inbound.remove(&frame.stream) {
+                    Some(stream) => {
+                        stream.tx.eof();
+                        Ok(())
+                    }
+                    None => {
+                        st.violation(format!("end of stream {}, which is not open", frame.stream))
+                    }
                 }
-                Ok(())
             }
             FrameKind::Credit => {
                 let bytes = frame.credit_bytes().unwrap_or(0);
@@ -203,17 +447,24 @@ impl Inner {
             }
             GuestMessage::Response { id, result } => {
                 if let Ok(Reply::Reattached { processes }) = &result {
-                    for p in processes {
-                        let streams = adopt_into(&mut st, p);
-                        st.adopted
-                            .insert((p.container.clone(), p.process.clone()), streams);
+                    if st.reattach_id != Some(id) {
+                        return st.violation(format!(
+                            "a reattach answer ({} processes) to request {id}, which was no reattach",
+                            processes.len()
+                        ));
                     }
+                    st.reattach_id = None;
+                    adopt_all(&mut st, processes)?;
+                } else if st.reattach_id == Some(id) {
+                    st.reattach_id = None;
                 }
                 match st.pending.remove(&id) {
                     Some(waiter) => {
                         let _ = waiter.send(result);
                     }
-                    None => tracing::warn!(id, "response to no pending request"),
+                    None => {
+                        return st.violation(format!("a response to no pending request ({id})"))
+                    }
                 }
             }
             GuestMessage::ProcessExit {
@@ -222,7 +473,10 @@ impl Inner {
                 Some(waiter) => {
                     let _ = waiter.send(status);
                 }
-                None => tracing::warn!(%process, "exit of an unknown process"),
+                None => {
+                    let process: String = process.chars().take(64).collect();
+                    return st.violation(format!("the exit of unknown process {process:?}"));
+                }
             },
         }
         Ok(())
@@ -410,6 +664,11 @@ impl AgentClient {
                 ));
             }
         }
+        // The id the request is about to get: the one reply that may adopt.
+        {
+            let mut st = client.inner.state();
+            st.reattach_id = Some(st.next_id);
+        }
         let pending = client.send_request(Request::Reattach { nonce }).await?;
         let reply = tokio::time::timeout(timeout, client.await_reply(pending))
             .await
@@ -423,27 +682,31 @@ impl AgentClient {
                 "hyperstart answered reattach with {reply:?}"
             )));
         };
-        {
-            let mut st = client.inner.state();
-            let highest = processes
-                .iter()
-                .map(|p| p.stdio.max(p.stderr))
-                .max()
-                .unwrap_or(0);
-            st.next_stream = st.next_stream.max(highest.saturating_add(1));
-        }
         Ok((client, processes))
     }
 
     /// Routes a reattached process's output and exit again, with the fresh
-    /// window the guest gave every stream. Its stdin is left alone: no
-    /// end-of-stream is sent for it when the returned streams are dropped.
+    /// window the guest gave every stream. Only the processes of this
+    /// session's reattach answer are routed; for any other the streams are
+    /// already ended and no exit status comes. Its stdin gets a fresh window
+    /// too if it still runs; stdin is not closed when the streams are
+    /// dropped.
     pub fn adopt_process(&self, process: &ProcessState) -> ProcessStreams {
         let mut st = self.inner.state();
         let key = (process.container.clone(), process.process.clone());
         match st.adopted.remove(&key) {
             Some(streams) => streams,
-            None => adopt_into(&mut st, process),
+            None => {
+                let (_, exit_rx) = oneshot::channel();
+                ProcessStreams {
+                    process: process.process.clone(),
+                    stdio: process.stdio,
+                    stderr: process.stderr,
+                    stdout_rx: ended_stream(),
+                    stderr_rx: ended_stream(),
+                    exit_rx,
+                }
+            }
         }
     }
 
@@ -500,32 +763,38 @@ impl AgentClient {
     }
 
     /// Allocates the streams of a new process. Register before starting the
-    /// process so no output or exit can arrive unrouted.
-    pub fn new_process(&self, process: &str) -> ProcessStreams {
-        let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
-        let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
+    /// process so no output or exit can arrive unrouted. Refused past
+    /// [`MAX_PROCESSES`] processes in the session.
+    pub fn new_process(&self, process: &str) -> Result<ProcessStreams, AgentCallError> {
         let mut st = self.inner.state();
+        if let Some(reason) = &st.dead {
+            return Err(AgentCallError::Disconnected(reason.clone()));
+        }
+        if st.exit_waiters.len() >= MAX_PROCESSES || st.inbound.len() + 2 > MAX_STREAMS {
+            return Err(AgentCallError::Limit(format!(
+                "the pod already runs {MAX_PROCESSES} processes (or {MAX_STREAMS} streams), the most one pod may"
+            )));
+        }
         let stdio = st.next_stream;
-        let stderr = stdio + 1;
-        st.next_stream += 2;
+        let stderr = stdio
+            .checked_add(1)
+            .filter(|s| *s <= MAX_STREAM_ID)
+            .ok_or_else(|| AgentCallError::Limit("this session ran out of stream ids".into()))?;
+        st.next_stream = stderr + 1;
         let window = u64::from(INITIAL_WINDOW);
-        st.inbound.insert(
-            stdio,
-            InboundStream {
-                tx: stdout_tx,
-                allowed: window,
-                received: 0,
-            },
-        );
-        st.inbound.insert(
-            stderr,
-            InboundStream {
-                tx: stderr_tx,
-                allowed: window,
-                received: 0,
-            },
-        );
+        let (stdout_tx, stdout_rx) = stream_pair();
+        let (stderr_tx, stderr_rx) = stream_pair();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        for (stream, tx) in [(stdio, stdout_tx), (stderr, stderr_tx)] {
+            st.inbound.insert(
+                stream,
+                InboundStream {
+                    tx,
+                    allowed: window,
+                    received: 0,
+                },
+            );
+        }
         st.stdin.insert(
             stdio,
             StdinCredit {
@@ -534,14 +803,14 @@ impl AgentClient {
             },
         );
         st.exit_waiters.insert(process.to_string(), exit_tx);
-        ProcessStreams {
+        Ok(ProcessStreams {
             process: process.to_string(),
             stdio,
             stderr,
             stdout_rx,
             stderr_rx,
             exit_rx,
-        }
+        })
     }
 
     /// Tells the guest the host consumed `bytes` of `stream`: it may send that
@@ -597,10 +866,61 @@ impl AgentClient {
     }
 }
 
-/// Routes a reattached process's streams and exit.
+/// Routes the processes of this session's reattach answer. The answer is
+/// the guest's word on what runs, so anything off in it (too many
+/// processes, stream ids that clash or are out of range, a process twice)
+/// ends the session rather than being half-believed.
+fn adopt_all(st: &mut State, processes: &[ProcessState]) -> Result<(), String> {
+    if processes.len() > MAX_PROCESSES {
+        return Err(format!(
+            "hyperstart listed {} processes to reattach; a pod has at most {MAX_PROCESSES}",
+            processes.len()
+        ));
+    }
+    for p in processes {
+        let ids_ok = p.stdio != 0
+            && p.stderr != 0
+            && p.stdio != p.stderr
+            && p.stdio <= MAX_STREAM_ID
+            && p.stderr <= MAX_STREAM_ID;
+        let key = (p.container.clone(), p.process.clone());
+        // What adopting it takes: streams while its output is open, stdin
+        // while it runs, an exit waiter unless its exit is already known.
+        let routed = p.output_open || p.exit_status.is_none();
+        if !routed && st.adopted.contains_key(&key) {
+            // An older exit of the same name: nothing to route.
+            continue;
+        }
+        let clash = st.adopted.contains_key(&key)
+            || (routed
+                && (st.inbound.contains_key(&p.stdio)
+                    || st.inbound.contains_key(&p.stderr)
+                    || st.stdin.contains_key(&p.stdio)
+                    || st.exit_waiters.contains_key(&p.process)));
+        if !ids_ok || clash {
+            return Err(format!(
+                "hyperstart listed process {:?} with streams {} and {}, which are invalid or taken",
+                p.process.chars().take(64).collect::<String>(),
+                p.stdio,
+                p.stderr
+            ));
+        }
+        let streams = adopt_into(st, p);
+        st.adopted.insert(key, streams);
+    }
+    let highest = processes
+        .iter()
+        .map(|p| p.stdio.max(p.stderr))
+        .max()
+        .unwrap_or(0);
+    st.next_stream = st.next_stream.max(highest.saturating_add(1));
+    Ok(())
+}
+
+/// Routes a reattached process's streams, stdin and exit.
 fn adopt_into(st: &mut State, process: &ProcessState) -> ProcessStreams {
-    let (stdout_tx, stdout_rx) = mpsc::unbounded_channel();
-    let (stderr_tx, stderr_rx) = mpsc::unbounded_channel();
+    let (stdout_tx, stdout_rx) = stream_pair();
+    let (stderr_tx, stderr_rx) = stream_pair();
     let (exit_tx, exit_rx) = oneshot::channel();
     let window = u64::from(INITIAL_WINDOW);
     for (stream, tx) in [(process.stdio, stdout_tx), (process.stderr, stderr_tx)] {
@@ -614,8 +934,20 @@ fn adopt_into(st: &mut State, process: &ProcessState) -> ProcessStreams {
                 },
             );
         } else {
-            let _ = tx.send(StreamChunk::Eof);
+            tx.eof();
         }
+    }
+    if process.exit_status.is_none() {
+        // hyperstart buffers up to one window of stdin per process; a
+        // process that still runs may read more (an interactive pod taken
+        // over), and credit flows back as it does.
+        st.stdin.insert(
+            process.stdio,
+            StdinCredit {
+                allowed: window,
+                sent: 0,
+            },
+        );
     }
     match process.exit_status {
         Some(status) if !process.output_open => {
@@ -633,6 +965,36 @@ fn adopt_into(st: &mut State, process: &ProcessState) -> ProcessStreams {
         stderr_rx,
         exit_rx,
     }
+}
+
+/// hyperstart hands a process's args, env, workdir and user to the kernel
+/// as C strings, where a NUL byte cannot go: refused here, before a VM
+/// boots, naming the entry.
+pub fn check_c_strings(
+    args: &[String],
+    env: &[String],
+    workdir: Option<&str>,
+    user: Option<&str>,
+) -> Result<(), String> {
+    let show = |v: &str| v.escape_debug().take(80).collect::<String>();
+    if let Some((i, a)) = args.iter().enumerate().find(|(_, a)| a.contains('\0')) {
+        return Err(format!(
+            "argument {i} (\"{}\") contains a NUL byte, which a process's arguments cannot carry",
+            show(a)
+        ));
+    }
+    if let Some(e) = env.iter().find(|e| e.contains('\0')) {
+        return Err(format!(
+            "environment entry \"{}\" contains a NUL byte, which the environment cannot carry",
+            show(e)
+        ));
+    }
+    for (what, value) in [("working directory", workdir), ("user", user)] {
+        if let Some(v) = value.filter(|v| v.contains('\0')) {
+            return Err(format!("the {what} \"{}\" contains a NUL byte", show(v)));
+        }
+    }
+    Ok(())
 }
 
 /// 16 random bytes as hex: marks where a reattached session starts.
@@ -654,7 +1016,7 @@ pub(crate) mod fake_guest;
 
 #[cfg(test)]
 mod tests {
-    use super::fake_guest::{accept, connected, listen, FakeGuest};
+    use super::fake_guest::{accept, accept_reattach, connected, listen, FakeGuest};
     use super::*;
     use hyper_protocol::{ProcessSpec, RootfsSpec};
 
@@ -669,6 +1031,7 @@ mod tests {
             terminal_size: None,
             stdio,
             stderr,
+            confinement: hyper_protocol::Confinement::unconfined(),
         }
     }
 
@@ -676,20 +1039,8 @@ mod tests {
     async fn reattach_skips_the_old_sessions_tail_and_adopts_processes() {
         let (_dir, path, listener) = listen();
         let guest = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut guest = FakeGuest {
-                stream,
-                decoder: FrameDecoder::resynchronising(),
-            };
             // The tail of a frame the old session never read.
-            guest.send_raw(&[1, 0, 0, 0, 3, 0, 0]).await;
-            let msg = guest.recv_request().await;
-            let Request::Reattach { nonce } = msg.request else {
-                panic!("expected reattach, got {msg:?}");
-            };
-            let mut marker = RESYNC_MAGIC.to_vec();
-            marker.extend_from_slice(nonce.as_bytes());
-            guest.send_raw(&marker).await;
+            let (mut guest, id) = accept_reattach(listener, &[1, 0, 0, 0, 3, 0, 0]).await;
             let processes = vec![
                 ProcessState {
                     container: "c".into(),
@@ -708,9 +1059,7 @@ mod tests {
                     output_open: false,
                 },
             ];
-            guest
-                .reply(msg.id, Ok(Reply::Reattached { processes }))
-                .await;
+            guest.reply(id, Ok(Reply::Reattached { processes })).await;
             guest
                 .send_raw(&Frame::data(1, b"after".to_vec()).encode())
                 .await;
@@ -737,14 +1086,14 @@ mod tests {
         );
         assert_eq!((&mut init.exit_rx).await.unwrap(), 0);
         // New processes get streams above the adopted ones.
-        assert_eq!(client.new_process("exec-2").stdio, 5);
+        assert_eq!(client.new_process("exec-2").unwrap().stdio, 5);
         let _guest = guest.await.unwrap();
     }
 
     #[tokio::test]
     async fn request_response_and_streams() {
         let (client, mut guest, _dir) = connected().await;
-        let mut streams = client.new_process("p1");
+        let mut streams = client.new_process("p1").unwrap();
         let spec = process("p1", streams.stdio, streams.stderr);
         let req = tokio::spawn({
             let client = client.clone();
@@ -818,7 +1167,7 @@ mod tests {
     #[tokio::test]
     async fn overrunning_the_window_kills_the_session() {
         let (client, mut guest, _dir) = connected().await;
-        let streams = client.new_process("p");
+        let streams = client.new_process("p").unwrap();
         for _ in 0..(INITIAL_WINDOW as usize / MAX_DATA_PAYLOAD + 1) {
             guest
                 .send_raw(&Frame::data(streams.stdio, vec![0; MAX_DATA_PAYLOAD]).encode())
@@ -839,15 +1188,296 @@ mod tests {
         assert!(matches!(err, AgentCallError::Disconnected(_)), "{err}");
         assert!(client.dead_reason().unwrap().contains("malformed frame"));
 
+        // Bad JSON is counted: a few are survived, a flood ends the session.
         let (client, mut guest, _dir) = connected().await;
-        guest
-            .send_raw(&Frame::control(b"{not json".to_vec()).encode())
-            .await;
+        for _ in 0..MAX_VIOLATIONS + 1 {
+            guest
+                .send_raw(&Frame::control(b"{not json".to_vec()).encode())
+                .await;
+        }
         let err = client.request(Request::Ping).await.unwrap_err();
         assert!(
             err.to_string().contains("malformed control message"),
             "{err}"
         );
+        assert!(err.to_string().contains("broke the protocol"), "{err}");
+    }
+
+    fn state_of(client: &AgentClient) -> (usize, usize, usize, usize) {
+        let st = client.inner.state();
+        (
+            st.inbound.len(),
+            st.adopted.len(),
+            st.exit_waiters.len(),
+            st.stdin.len(),
+        )
+    }
+
+    async fn wait_dead(client: &AgentClient) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(reason) = client.dead_reason() {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the session did not end")
+    }
+
+    fn invented(n: usize, base: u32) -> Vec<ProcessState> {
+        (0..n)
+            .map(|i| ProcessState {
+                container: "c".into(),
+                process: format!("x-{i}"),
+                stdio: base + 2 * i as u32,
+                stderr: base + 2 * i as u32 + 1,
+                exit_status: None,
+                output_open: true,
+            })
+            .collect()
+    }
+
+    /// H1: `Reattached` answers nobody asked for adopt nothing, and a flood
+    /// of them ends the session with every map empty.
+    #[tokio::test]
+    async fn unsolicited_reattach_answers_adopt_nothing_and_end_the_session() {
+        let (client, mut guest, _dir) = connected().await;
+        for id in 0..MAX_VIOLATIONS as u64 {
+            guest
+                .reply(
+                    1000 + id,
+                    Ok(Reply::Reattached {
+                        processes: invented(100, 10),
+                    }),
+                )
+                .await;
+        }
+        // Still alive below the threshold, and nothing was adopted.
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.request(Request::Ping).await }
+        });
+        let msg = guest.recv_request().await;
+        guest.reply(msg.id, Ok(Reply::Pong)).await;
+        assert_eq!(ping.await.unwrap().unwrap(), Reply::Pong);
+        assert_eq!(state_of(&client), (0, 0, 0, 0));
+        guest
+            .reply(
+                77,
+                Ok(Reply::Reattached {
+                    processes: invented(100, 10),
+                }),
+            )
+            .await;
+        let reason = wait_dead(&client).await;
+        assert!(reason.contains("which was no reattach"), "{reason}");
+        assert_eq!(state_of(&client), (0, 0, 0, 0));
+    }
+
+    /// Serves a reattach with `answer`, then whatever `after` sends.
+    async fn reattach_with(
+        answer: Vec<ProcessState>,
+        after: impl FnOnce(u64) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (
+        Result<(AgentClient, Vec<ProcessState>), AgentCallError>,
+        FakeGuest,
+        tempfile::TempDir,
+    ) {
+        let (dir, path, listener) = listen();
+        let guest = tokio::spawn(async move {
+            let (mut guest, id) = accept_reattach(listener, &[]).await;
+            guest
+                .reply(id, Ok(Reply::Reattached { processes: answer }))
+                .await;
+            for bytes in after(id) {
+                guest.send_raw(&bytes).await;
+            }
+            guest
+        });
+        let result = AgentClient::reattach(&path, Duration::from_secs(5)).await;
+        (result, guest.await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn a_reattach_answer_counts_once_and_within_the_caps() {
+        // A second answer to the same reattach is a violation, not a
+        // second set of streams.
+        let (result, _guest, _dir) = reattach_with(invented(2, 1), |id| {
+            let again = GuestMessage::Response {
+                id,
+                result: Ok(Reply::Reattached {
+                    processes: invented(2, 100),
+                }),
+            };
+            vec![Frame::control(serde_json::to_vec(&again).unwrap()).encode()]
+        })
+        .await;
+        let (client, processes) = result.unwrap();
+        assert_eq!(processes.len(), 2);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while client.inner.state().violations == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(state_of(&client), (4, 2, 2, 2));
+
+        // More processes than a pod may have end the session.
+        let (result, _guest, _dir) =
+            reattach_with(invented(MAX_PROCESSES + 1, 1), |_| Vec::new()).await;
+        let err = result.err().unwrap();
+        assert!(err.to_string().contains("at most"), "{err}");
+
+        // Streams that clash with each other end it too.
+        let mut clash = invented(2, 1);
+        clash[1].stdio = clash[0].stderr;
+        let (result, _guest, _dir) = reattach_with(clash, |_| Vec::new()).await;
+        assert!(result.is_err());
+        let mut zero = invented(1, 1);
+        zero[0].stdio = 0;
+        let (result, _guest, _dir) = reattach_with(zero, |_| Vec::new()).await;
+        assert!(result.is_err());
+        let mut huge = invented(1, 1);
+        huge[0].stderr = u32::MAX;
+        let (result, _guest, _dir) = reattach_with(huge, |_| Vec::new()).await;
+        assert!(result.is_err());
+    }
+
+    /// Low: stdin of a process that still runs gets a window after a
+    /// takeover, so an interactive pod keeps its input.
+    #[tokio::test]
+    async fn adopted_running_processes_get_stdin_credit() {
+        let (result, mut guest, _dir) = reattach_with(invented(1, 1), |_| Vec::new()).await;
+        let (client, processes) = result.unwrap();
+        let streams = client.adopt_process(&processes[0]);
+        client.send_stdin(streams.stdio, b"typed").await.unwrap();
+        let f = guest.recv().await;
+        assert_eq!(f, Frame::data(streams.stdio, b"typed".to_vec()));
+        client.close_stdin(streams.stdio).await.unwrap();
+        assert_eq!(guest.recv().await, Frame::eof(streams.stdio));
+        // A process it never listed gets nothing routed.
+        let mut other = processes[0].clone();
+        other.process = "never".into();
+        let mut none = client.adopt_process(&other);
+        assert_eq!(none.stdout_rx.recv().await, Some(StreamChunk::Eof));
+        assert!((&mut none.exit_rx).await.is_err());
+    }
+
+    /// Tiny frames cost only their bytes: whatever the guest sends within
+    /// its window arrives as one chunk, and a stream never holds more.
+    #[tokio::test]
+    async fn a_stream_buffers_at_most_its_window() {
+        let (client, mut guest, _dir) = connected().await;
+        let mut streams = client.new_process("p").unwrap();
+        let mut bytes = Vec::new();
+        for _ in 0..10_000 {
+            bytes.extend(Frame::data(streams.stdio, Vec::new()).encode());
+            bytes.extend(Frame::data(streams.stdio, b"x".to_vec()).encode());
+        }
+        guest.send_raw(&bytes).await;
+        let mut got = 0;
+        while got < 10_000 {
+            match streams.stdout_rx.recv().await {
+                Some(StreamChunk::Data(d)) => got += d.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(streams.stdout_rx.buffered(), 0);
+        // Filling the window exactly is allowed and held; one byte more
+        // ends the session, and its buffers go with it.
+        let rest = INITIAL_WINDOW as usize - got;
+        let mut bytes = Vec::new();
+        for chunk in vec![b'y'; rest].chunks(MAX_DATA_PAYLOAD) {
+            bytes.extend(Frame::data(streams.stdio, chunk.to_vec()).encode());
+        }
+        guest.send_raw(&bytes).await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while streams.stdout_rx.buffered() < rest {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(streams.stdout_rx.buffered(), rest);
+        guest
+            .send_raw(&Frame::data(streams.stdio, b"z".to_vec()).encode())
+            .await;
+        let reason = wait_dead(&client).await;
+        assert!(reason.contains("flow-control window"), "{reason}");
+        assert_eq!(state_of(&client), (0, 0, 0, 0));
+        // What was buffered still comes out, in chunks a frame can carry.
+        let mut drained = 0;
+        while let Some(StreamChunk::Data(d)) = streams.stdout_rx.recv().await {
+            assert!(d.len() <= MAX_DATA_PAYLOAD, "{}", d.len());
+            drained += d.len();
+        }
+        assert_eq!(drained, rest);
+        assert_eq!(streams.stdout_rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn processes_per_session_are_capped() {
+        let (client, _guest, _dir) = connected().await;
+        for i in 0..MAX_PROCESSES {
+            client.new_process(&format!("p{i}")).unwrap();
+        }
+        let err = client.new_process("one-more").err().unwrap();
+        assert!(matches!(err, AgentCallError::Limit(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_streams_and_exits_are_counted_then_fatal() {
+        let (client, mut guest, _dir) = connected().await;
+        let mut bytes = Vec::new();
+        for i in 0..=MAX_VIOLATIONS {
+            bytes.extend(Frame::data(500 + i, b"?".to_vec()).encode());
+        }
+        guest.send_raw(&bytes).await;
+        let reason = wait_dead(&client).await;
+        assert!(reason.contains("not open"), "{reason}");
+
+        let (client, mut guest, _dir) = connected().await;
+        for _ in 0..=MAX_VIOLATIONS {
+            guest
+                .send(&GuestMessage::ProcessExit {
+                    container: "c".into(),
+                    process: "ghost".into(),
+                    status: 0,
+                })
+                .await;
+        }
+        let reason = wait_dead(&client).await;
+        assert!(reason.contains("unknown process"), "{reason}");
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_up_front() {
+        let ok = check_c_strings(&["sh".into()], &["A=1".into()], Some("/"), Some("0"));
+        assert!(ok.is_ok());
+        let err = check_c_strings(&["sh".into(), "a\0b".into()], &[], None, None).unwrap_err();
+        assert!(err.contains("argument 1 (\"a\\0b\")"), "{err}");
+        let err = check_c_strings(&[], &["A=\0".into()], None, None).unwrap_err();
+        assert!(err.contains("environment entry"), "{err}");
+        assert!(check_c_strings(&[], &[], Some("/x\0"), None).is_err());
+        assert!(check_c_strings(&[], &[], None, Some("root\0")).is_err());
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_with_a_summary() {
+        let mut w = WarnLimiter::default();
+        let t0 = w.refilled;
+        for _ in 0..WARN_BURST {
+            assert_eq!(w.allow(t0), (true, 0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(w.allow(t0), (false, 0));
+        }
+        // The next one allowed carries the count of those dropped.
+        assert_eq!(w.allow(t0 + WARN_REFILL), (true, 1000));
+        assert_eq!(w.allow(t0 + WARN_REFILL), (false, 0));
     }
 
     /// A fuzz-style loop: a guest that sends random bytes (random frames
@@ -864,7 +1494,7 @@ mod tests {
         };
         for round in 0..40 {
             let (client, mut guest, _dir) = connected().await;
-            let streams = client.new_process("p");
+            let streams = client.new_process("p").unwrap();
             let mut bytes = Vec::new();
             for _ in 0..(next() % 8) {
                 // Some well-formed frames on real and unknown streams…
@@ -910,8 +1540,8 @@ mod tests {
         let guest = tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 1,
-                max_version: 1,
+                min_version: hyper_protocol::PROTOCOL_VERSION,
+                max_version: hyper_protocol::PROTOCOL_VERSION,
                 capabilities: vec![],
                 agent: "picky".into(),
             })
@@ -939,24 +1569,40 @@ mod tests {
         drop(guest.await.unwrap());
     }
 
-    #[tokio::test]
-    async fn incompatible_versions_are_refused() {
+    /// The error `connect` gives for a guest that says `Ready` with
+    /// `min..=max`.
+    async fn refused_ready(min_version: u32, max_version: u32) -> String {
         let (_dir, path, listener) = listen();
         tokio::spawn(async move {
             let mut g = accept(listener).await;
             g.send(&GuestMessage::Ready {
-                min_version: 90,
-                max_version: 99,
+                min_version,
+                max_version,
                 capabilities: vec![],
-                agent: "future".into(),
+                agent: "other".into(),
             })
             .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let err = AgentClient::connect(&path, Duration::from_secs(5))
+        AgentClient::connect(&path, Duration::from_secs(5))
             .await
             .err()
-            .unwrap();
-        assert!(err.to_string().contains("90..=99"), "{err}");
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn incompatible_versions_are_refused() {
+        let err = refused_ready(90, 99).await;
+        assert!(err.contains("90..=99"), "{err}");
+    }
+
+    /// Protocol version 1 had no confinement: such a guest would run every
+    /// container with all capabilities, so it is refused.
+    #[tokio::test]
+    async fn a_guest_without_confinement_is_refused() {
+        let err = refused_ready(1, 1).await;
+        assert!(err.contains("1..=1"), "{err}");
+        assert!(err.contains("install matching"), "{err}");
     }
 }

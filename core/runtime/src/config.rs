@@ -101,6 +101,12 @@ pub struct ImagesConfig {
     pub auth_file: Option<PathBuf>,
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
+    /// What one image may unpack to, all layers together: file contents
+    /// plus 512 bytes and the path of every entry. Beyond it a pull, load
+    /// or rootfs build is refused (a decompression or metadata bomb).
+    pub max_unpack_bytes: u64,
+    /// How many tar entries one image may have, all layers together.
+    pub max_unpack_entries: u64,
 }
 
 impl Default for ImagesConfig {
@@ -109,9 +115,26 @@ impl Default for ImagesConfig {
             insecure_registries: Vec::new(),
             auth_file: None,
             max_concurrent_downloads: 3,
+            max_unpack_bytes: hyper_images::unpack::DEFAULT_MAX_BYTES,
+            max_unpack_entries: hyper_images::unpack::DEFAULT_MAX_ENTRIES,
         }
     }
 }
+
+impl ImagesConfig {
+    /// The unpack limits these keys set.
+    pub fn limits(&self) -> hyper_images::Limits {
+        hyper_images::Limits {
+            max_bytes: self.max_unpack_bytes,
+            max_entries: self.max_unpack_entries,
+        }
+    }
+}
+
+/// The smallest `[images] max_unpack_bytes` / `max_unpack_entries` taken:
+/// below them not even a busybox image fits.
+pub const MIN_UNPACK_BYTES: u64 = 16 << 20;
+pub const MIN_UNPACK_ENTRIES: u64 = 1000;
 
 pub const MAX_VCPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u32 = 32;
@@ -223,6 +246,32 @@ impl Config {
                 "images.max_concurrent_downloads",
                 format!("{} is out of range", self.images.max_concurrent_downloads),
                 "set it between 1 and 16",
+            ));
+        }
+        if self.images.max_unpack_bytes < MIN_UNPACK_BYTES {
+            return Err(self.invalid(
+                "images.max_unpack_bytes",
+                format!(
+                    "{} bytes is too small for any image",
+                    self.images.max_unpack_bytes
+                ),
+                format!(
+                    "set it to at least {MIN_UNPACK_BYTES} (16 MiB); the default is {} (4 GiB)",
+                    hyper_images::unpack::DEFAULT_MAX_BYTES
+                ),
+            ));
+        }
+        if self.images.max_unpack_entries < MIN_UNPACK_ENTRIES {
+            return Err(self.invalid(
+                "images.max_unpack_entries",
+                format!(
+                    "{} entries is too few for any image",
+                    self.images.max_unpack_entries
+                ),
+                format!(
+                    "set it to at least {MIN_UNPACK_ENTRIES}; the default is {}",
+                    hyper_images::unpack::DEFAULT_MAX_ENTRIES
+                ),
             ));
         }
         if let Some(bad) = self
@@ -364,6 +413,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("images.max_concurrent_downloads"), "{err}");
+    }
+
+    #[test]
+    fn unpack_limits_are_keys_with_checked_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.images.limits(), hyper_images::Limits::default());
+        assert_eq!(c.images.max_unpack_bytes, 4 << 30);
+        let c =
+            parse("[images]\nmax_unpack_bytes = 1073741824\nmax_unpack_entries = 50000\n").unwrap();
+        assert_eq!(
+            c.images.limits(),
+            hyper_images::Limits {
+                max_bytes: 1 << 30,
+                max_entries: 50_000
+            }
+        );
+        let err = parse("[images]\nmax_unpack_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("images.max_unpack_bytes") && err.contains("at least"),
+            "{err}"
+        );
+        let err = parse("[images]\nmax_unpack_entries = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("images.max_unpack_entries"), "{err}");
     }
 
     #[test]

@@ -7,5 +7,8 @@ pub mod payload;
 pub mod plugins;
 pub mod podfile;
 pub mod pods;
+pub mod private;
 pub mod process;
+pub mod quarantine;
 pub mod rootfs;
+pub mod security;

@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -169,7 +170,11 @@ impl LogWriter {
         }
         if self.file.is_none() {
             let path = self.dir.join(LOG_FILE);
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)?;
             self.size = file.metadata()?.len();
             self.file = Some(file);
         }
@@ -227,9 +232,9 @@ fn encode(stream: &str, log: &str, time: &str) -> Vec<u8> {
     line
 }
 
-/// Every entry of the log in `dir`, oldest first (rotated files included);
-/// unreadable lines are skipped.
-pub fn read_all(dir: &Path) -> Vec<Entry> {
+/// The files of the log in `dir`, oldest first (rotated ones, then the
+/// live one).
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
     let base = dir.join(LOG_FILE);
     let mut files: Vec<PathBuf> = (1..100)
         .map(|n| rotated(&base, n))
@@ -237,8 +242,15 @@ pub fn read_all(dir: &Path) -> Vec<Entry> {
         .collect();
     files.reverse();
     files.push(base);
+    files
+}
+
+/// Every entry of the log in `dir`, oldest first (rotated files included);
+/// unreadable lines are skipped. Holds the whole log: for a client, stream
+/// it with [`read_file_upto`] or take its end with [`read_tail`].
+pub fn read_all(dir: &Path) -> Vec<Entry> {
     let mut entries = Vec::new();
-    for path in files {
+    for path in log_files(dir) {
         entries.extend(read_file(&path, 0).0);
     }
     entries
@@ -247,6 +259,13 @@ pub fn read_all(dir: &Path) -> Vec<Entry> {
 /// Entries of one file from byte `offset`, and the offset after the last
 /// complete line read.
 pub fn read_file(path: &Path, offset: u64) -> (Vec<Entry>, u64) {
+    read_file_upto(path, offset, u64::MAX)
+}
+
+/// As [`read_file`], stopping after the line that crosses `max_bytes` read:
+/// call again from the returned offset for the rest (same offset back: the
+/// end).
+pub fn read_file_upto(path: &Path, offset: u64, max_bytes: u64) -> (Vec<Entry>, u64) {
     let mut entries = Vec::new();
     let Ok(file) = File::open(path) else {
         return (entries, offset);
@@ -257,7 +276,7 @@ pub fn read_file(path: &Path, offset: u64) -> (Vec<Entry>, u64) {
     }
     let mut pos = offset;
     let mut line = Vec::new();
-    loop {
+    while pos - offset < max_bytes {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
@@ -271,6 +290,106 @@ pub fn read_file(path: &Path, offset: u64) -> (Vec<Entry>, u64) {
         }
     }
     (entries, pos)
+}
+
+/// How much of a log file [`read_tail`] reads at a time, from the end.
+const TAIL_BLOCK: u64 = 64 * 1024;
+/// A line longer than this is skipped by [`read_tail`] (the writer never
+/// writes one; a damaged file might hold one).
+const TAIL_MAX_LINE: usize = 4 << 20;
+
+/// The last `n` entries of the log in `dir`, oldest first, read backwards
+/// from the end of the newest file: memory is `n` entries plus a block and
+/// a line, whatever the size of the log (issue 13: 8 `logs --tail`
+/// followers of a big rotated log cost +380 MB when the whole was loaded).
+pub fn read_tail(dir: &Path, n: usize) -> Vec<Entry> {
+    let mut newest_first: Vec<Entry> = Vec::new();
+    for path in log_files(dir).iter().rev() {
+        if newest_first.len() >= n {
+            break;
+        }
+        tail_of_file(path, n - newest_first.len(), &mut newest_first);
+    }
+    newest_first.reverse();
+    newest_first
+}
+
+/// Pushes up to `n` entries of `path`, newest first, onto `out`. A last
+/// line without its newline (being written) is left out.
+fn tail_of_file(path: &Path, n: usize, out: &mut Vec<Entry>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return;
+    };
+    let Ok(mut pos) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    let start_len = out.len();
+    // Bytes [pos, pos + buf.len()) of the file; once `trimmed`, it ends
+    // with the newline of a complete line.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut trimmed = false;
+    while out.len() - start_len < n {
+        if pos == 0 && buf.is_empty() {
+            return;
+        }
+        let more = pos > 0;
+        if more {
+            let from = pos.saturating_sub(TAIL_BLOCK);
+            let mut block = vec![0u8; (pos - from) as usize];
+            if file.seek(SeekFrom::Start(from)).is_err() || file.read_exact(&mut block).is_err() {
+                return;
+            }
+            block.extend_from_slice(&buf);
+            buf = block;
+            pos = from;
+        }
+        if !trimmed {
+            match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => {
+                    buf.truncate(i + 1);
+                    trimmed = true;
+                }
+                None if pos == 0 => return,
+                None => {
+                    if buf.len() > TAIL_MAX_LINE {
+                        buf.clear();
+                    }
+                    continue;
+                }
+            }
+        }
+        // Take complete lines off the end while their start is known.
+        while out.len() - start_len < n && !buf.is_empty() {
+            let body = &buf[..buf.len() - 1];
+            match body.iter().rposition(|&b| b == b'\n') {
+                Some(j) => {
+                    if let Ok(e) = serde_json::from_slice::<Entry>(&buf[j + 1..]) {
+                        out.push(e);
+                    }
+                    buf.truncate(j + 1);
+                }
+                None if pos == 0 => {
+                    if let Ok(e) = serde_json::from_slice::<Entry>(&buf) {
+                        out.push(e);
+                    }
+                    buf.clear();
+                }
+                None => {
+                    if buf.len() > TAIL_MAX_LINE {
+                        // Skip the giant line: what is before it ends
+                        // with a newline again once read.
+                        buf.clear();
+                        trimmed = false;
+                    }
+                    break;
+                }
+            }
+        }
+        if !more && buf.is_empty() {
+            return;
+        }
+    }
 }
 
 pub fn log_path(dir: &Path) -> PathBuf {
@@ -309,6 +428,64 @@ pub fn rfc3339(secs: u64, nanos: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_reads_the_end_across_blocks_and_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::new(
+            dir.path(),
+            Rotation {
+                max_size: 150 * 1024,
+                max_files: 4,
+            },
+        );
+        for i in 0..6000 {
+            // Lines of varying length cross the 64 KiB read blocks.
+            let line = format!("line {i} {}\n", "y".repeat(i % 97));
+            w.write(
+                if i % 3 == 0 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                },
+                line.as_bytes(),
+            );
+        }
+        w.write(Stream::Stdout, b"still being writ");
+        w.flush();
+        assert!(dir.path().join(format!("{LOG_FILE}.2")).exists());
+        // The writer flushes the partial line too; a reader of the live
+        // file may see one without its newline: add one by hand.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(log_path(dir.path()))
+            .unwrap();
+        f.write_all(br#"{"log":"half"#).unwrap();
+        let all = read_all(dir.path());
+        assert!(all.len() > 1000);
+        for n in [
+            0,
+            1,
+            2,
+            7,
+            100,
+            1000,
+            all.len() - 1,
+            all.len(),
+            all.len() + 50,
+        ] {
+            let tail = read_tail(dir.path(), n);
+            let want = &all[all.len().saturating_sub(n)..];
+            assert_eq!(tail.len(), want.len(), "n={n}");
+            assert!(
+                tail.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.log == b.log && a.time == b.time),
+                "n={n}"
+            );
+        }
+        assert!(read_tail(&dir.path().join("none"), 5).is_empty());
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -66,6 +66,11 @@ pub struct PodContainer {
     pub user: Option<String>,
     #[serde(default)]
     pub mounts: Vec<PodMount>,
+    /// `security = { privileged = true, cap_add = ["NET_ADMIN"],
+    /// security_opt = ["seccomp=profile.json"] }`; a profile path is
+    /// relative to the pod file, and read by the client.
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,6 +304,9 @@ impl PodFile {
         for (i, c) in self.containers.iter().enumerate() {
             let key = |k: &str| format!("container[{i}].{k}");
             check_pod_name("container", &c.name).map_err(|m| invalid(key("name"), m))?;
+            c.security
+                .validate()
+                .map_err(|e| invalid(key("security"), e.0))?;
             if !names.insert(c.name.as_str()) {
                 return Err(invalid(
                     key("name"),

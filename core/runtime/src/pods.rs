@@ -54,6 +54,7 @@ use boot::LivePod;
 pub use model::{
     container_log_dir, ContainerRecord, ExecRequest, Info, Output, PluginInfo, PodRecord, PodState,
     RestartPolicy, Restored, RunError, RunIo, RunOutcome, RunRequest, SavedVm, StartError, Started,
+    Takeovers,
 };
 
 /// Docker's exit code for "the runtime failed, not the container".
@@ -80,6 +81,8 @@ pub struct Runtime {
     /// Set once hyperd stops: no new pods, and launches in flight are undone.
     stopping: AtomicBool,
     launches_in_flight: AtomicUsize,
+    /// Pods being taken over after a restart: listed, not yet usable.
+    recovering: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Runtime {
@@ -88,7 +91,8 @@ impl Runtime {
     pub fn new(config: Config, plugins: Plugins) -> Result<Self, StartError> {
         let rootfs = RootfsStore::new(&config.runtime.state_dir);
         let images = ImageStore::open(&config.runtime.state_dir.join("images"))
-            .map_err(StartError::Images)?;
+            .map_err(StartError::Images)?
+            .with_limits(config.images.limits());
         Ok(Self {
             images,
             payload: Payload::from_config(&config),
@@ -101,6 +105,7 @@ impl Runtime {
             live: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             launches_in_flight: AtomicUsize::new(0),
+            recovering: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 

@@ -5,8 +5,8 @@
 //! compact, fast to mount, and `mkfs.erofs` builds it straight from a
 //! directory without root-only loop mounts.
 
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +52,23 @@ impl RootfsStore {
 
     /// The image for `source`, built only when no image of the same content
     /// exists. Returns the image path and whether it was built now.
+    ///
+    /// `mkfs.erofs` never reads `source` itself: the tree is first copied
+    /// into a private snapshot (0700, under the store) while it is hashed,
+    /// and the image is built from that copy and named by that hash. So the
+    /// name always describes the image's content even if `source` changes
+    /// while it is read (the cache key and the image cannot drift apart).
     pub fn image_for_dir(&self, source: &Path) -> Result<(PathBuf, bool), RootfsError> {
+        self.image_for_dir_hooked(source, &|| {})
+    }
+
+    /// `image_for_dir`, calling `after_snapshot` between the copy and mkfs
+    /// (tests change the source there).
+    fn image_for_dir_hooked(
+        &self,
+        source: &Path,
+        after_snapshot: &dyn Fn(),
+    ) -> Result<(PathBuf, bool), RootfsError> {
         let meta = std::fs::metadata(source).map_err(|e| RootfsError::Source {
             path: source.into(),
             reason: e.to_string(),
@@ -77,16 +93,36 @@ impl RootfsStore {
             path: self.dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(store_err)?;
-        // Build under a unique name and rename, so a reader never sees half an
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(store_err)?;
+        // Build under unique names and rename, so a reader never sees half an
         // image, even with another process building the same content.
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let snap = self.dir.join(format!(".snap.{}.{n}", std::process::id()));
         let tmp = self
             .dir
             .join(format!(".{key}.{}.{n}.tmp", std::process::id()));
-        build_erofs(source, &tmp)?;
-        std::fs::rename(&tmp, &image).map_err(store_err)?;
-        Ok((image, true))
+        let res = (|| {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&snap)
+                .map_err(store_err)?;
+            let copied = snapshot(source, &snap.join("root"))?;
+            after_snapshot();
+            if copied != key {
+                tracing::warn!(source = %source.display(), "rootfs source changed while it was read: the image holds what was copied");
+            }
+            build_erofs(&snap.join("root"), &tmp)?;
+            let image = self.dir.join(format!("{copied}.erofs"));
+            std::fs::rename(&tmp, &image).map_err(store_err)?;
+            Ok((image, true))
+        })();
+        let _ = std::fs::remove_dir_all(&snap);
+        let _ = std::fs::remove_file(&tmp);
+        res
     }
 }
 
@@ -110,55 +146,168 @@ pub fn build_erofs(source: &Path, dest: &Path) -> Result<(), RootfsError> {
 }
 
 /// A digest over everything the image would contain: names, types, modes,
-/// owners, link targets, device numbers and file contents. Timestamps are
-/// left out (`mkfs.erofs -T0` zeroes them too), so touching a file without
-/// changing it does not rebuild the image.
+/// owners, link targets, device numbers and file contents, the root
+/// directory's mode and owner included. Timestamps are left out
+/// (`mkfs.erofs -T0` zeroes them too), so touching a file without changing
+/// it does not rebuild the image. Sockets are left out, as from snapshots.
 pub fn content_key(root: &Path) -> Result<String, RootfsError> {
+    walk(root, None)
+}
+
+/// Copies the tree `root` to `dest` (which must not exist) and returns the
+/// [`content_key`] of exactly what was copied.
+pub fn snapshot(root: &Path, dest: &Path) -> Result<String, RootfsError> {
+    walk(root, Some(dest))
+}
+
+fn walk(root: &Path, dest: Option<&Path>) -> Result<String, RootfsError> {
     let mut hasher = Sha256::new();
-    hash_tree(root, Path::new(""), &mut hasher)?;
+    let meta = std::fs::metadata(root).map_err(|e| src_err(root, e))?;
+    hash_meta(&mut hasher, &meta);
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if let Some(d) = dest {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| dest_err(d, e))?;
+    }
+    hash_tree(root, Path::new(""), &mut hasher, dest, is_root)?;
+    if let Some(d) = dest {
+        set_owner_mode(d, &meta, is_root)?;
+    }
     let digest = hasher.finalize();
     Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
 }
 
-fn hash_tree(root: &Path, rel: &Path, hasher: &mut Sha256) -> Result<(), RootfsError> {
-    let dir = root.join(rel);
-    let err = |path: &Path, e: std::io::Error| RootfsError::Source {
+fn src_err(path: &Path, e: std::io::Error) -> RootfsError {
+    RootfsError::Source {
         path: path.into(),
         reason: e.to_string(),
-    };
+    }
+}
+
+fn dest_err(path: &Path, source: std::io::Error) -> RootfsError {
+    RootfsError::Store {
+        path: path.into(),
+        source,
+    }
+}
+
+fn hash_meta(hasher: &mut Sha256, meta: &std::fs::Metadata) {
+    hasher.update(meta.mode().to_le_bytes());
+    hasher.update(meta.uid().to_le_bytes());
+    hasher.update(meta.gid().to_le_bytes());
+}
+
+/// Gives the copy `path` the owner (as root) and mode of `meta`, without
+/// following a symlink.
+fn set_owner_mode(path: &Path, meta: &std::fs::Metadata, is_root: bool) -> Result<(), RootfsError> {
+    if is_root {
+        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| dest_err(path, e))?;
+    }
+    if !meta.file_type().is_symlink() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(|e| dest_err(path, e))?;
+    }
+    Ok(())
+}
+
+fn hash_tree(
+    root: &Path,
+    rel: &Path,
+    hasher: &mut Sha256,
+    dest: Option<&Path>,
+    is_root: bool,
+) -> Result<(), RootfsError> {
+    let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| err(&dir, e))?
+        .map_err(|e| src_err(&dir, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(&dir, e))?;
+        .map_err(|e| src_err(&dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let rel_path = rel.join(entry.file_name());
         let path = root.join(&rel_path);
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
+        let out = dest.map(|d| d.join(&rel_path));
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| src_err(&path, e))?;
         let ft = meta.file_type();
+        if ft.is_socket() {
+            continue;
+        }
         hasher.update(rel_path.as_os_str().as_encoded_bytes());
         hasher.update([0]);
-        hasher.update(meta.mode().to_le_bytes());
-        hasher.update(meta.uid().to_le_bytes());
-        hasher.update(meta.gid().to_le_bytes());
+        hash_meta(hasher, &meta);
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
+            let target = std::fs::read_link(&path).map_err(|e| src_err(&path, e))?;
             hasher.update(target.as_os_str().as_encoded_bytes());
+            if let Some(o) = &out {
+                std::os::unix::fs::symlink(&target, o).map_err(|e| dest_err(o, e))?;
+            }
         } else if ft.is_dir() {
-            hash_tree(root, &rel_path, hasher)?;
-        } else if ft.is_block_device() || ft.is_char_device() {
-            hasher.update(meta.rdev().to_le_bytes());
+            if let Some(o) = &out {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(o)
+                    .map_err(|e| dest_err(o, e))?;
+            }
+            hash_tree(root, &rel_path, hasher, dest, is_root)?;
+        } else if ft.is_block_device() || ft.is_char_device() || ft.is_fifo() {
+            if !ft.is_fifo() {
+                hasher.update(meta.rdev().to_le_bytes());
+            }
+            if let Some(o) = &out {
+                let c = std::ffi::CString::new(o.as_os_str().as_encoded_bytes())
+                    .map_err(|_| dest_err(o, std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+                // SAFETY: a valid NUL-terminated path; mknod never follows an
+                // existing entry. Created 0600; the mode is set below.
+                let r = unsafe {
+                    libc::mknod(
+                        c.as_ptr(),
+                        (meta.mode() & libc::S_IFMT) | 0o600,
+                        meta.rdev() as libc::dev_t,
+                    )
+                };
+                if r != 0 {
+                    return Err(dest_err(o, std::io::Error::last_os_error()));
+                }
+            }
         } else if ft.is_file() {
-            hasher.update(meta.len().to_le_bytes());
-            let mut file = std::fs::File::open(&path).map_err(|e| err(&path, e))?;
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|e| src_err(&path, e))?;
+            let mut copy = match &out {
+                Some(o) => Some(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(o)
+                        .map_err(|e| dest_err(o, e))?,
+                ),
+                None => None,
+            };
             let mut buf = vec![0u8; 64 * 1024];
+            let mut len: u64 = 0;
             loop {
-                let n = file.read(&mut buf).map_err(|e| err(&path, e))?;
+                let n = file.read(&mut buf).map_err(|e| src_err(&path, e))?;
                 if n == 0 {
                     break;
                 }
                 hasher.update(&buf[..n]);
+                len += n as u64;
+                if let (Some(c), Some(o)) = (&mut copy, &out) {
+                    c.write_all(&buf[..n]).map_err(|e| dest_err(o, e))?;
+                }
             }
+            // The length of what was read, after it: what the copy holds.
+            hasher.update(len.to_le_bytes());
+        }
+        if let Some(o) = &out {
+            set_owner_mode(o, &meta, is_root)?;
         }
         hasher.update([0xff]);
     }
@@ -204,6 +353,89 @@ mod tests {
             u32::from_le_bytes(magic),
             0xE0F5_E1E2,
             "erofs superblock magic"
+        );
+    }
+
+    /// The Low finding: the cache key was hashed from the source, then
+    /// mkfs.erofs read the source again. Now the image is built from the
+    /// snapshot that was hashed: a change after the hash does not reach the
+    /// image filed under the old content's name.
+    #[test]
+    fn a_source_changed_after_hashing_does_not_poison_the_cache() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("a"), b"one").unwrap();
+        let key_one = content_key(src.path()).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let store = RootfsStore::new(state.path());
+        let (image, built) = store
+            .image_for_dir_hooked(src.path(), &|| {
+                std::fs::write(src.path().join("a"), b"evil").unwrap();
+            })
+            .unwrap();
+        assert!(built);
+        assert_eq!(
+            image.file_name().unwrap().to_string_lossy(),
+            format!("{key_one}.erofs")
+        );
+        let out = tempfile::tempdir().unwrap();
+        let x = out.path().join("x");
+        let st = Command::new("fsck.erofs")
+            .arg(format!("--extract={}", x.display()))
+            .arg(&image)
+            .status()
+            .expect("fsck.erofs (erofs-utils)");
+        assert!(st.success());
+        assert_eq!(
+            std::fs::read(x.join("a")).unwrap(),
+            b"one",
+            "the image holds what was hashed"
+        );
+        // The changed source is other content: its own image.
+        let (again, built) = store.image_for_dir(src.path()).unwrap();
+        assert!(built);
+        assert_ne!(again, image);
+        // Nothing but the images is left in the store, and it is private.
+        let names: Vec<_> = std::fs::read_dir(state.path().join("rootfs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with(".erofs") && !n.starts_with('.')),
+            "{names:?}"
+        );
+        let mode = std::fs::metadata(state.path().join("rootfs"))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn snapshot_keeps_modes_links_and_the_root_mode() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(src.path().join("d")).unwrap();
+        std::fs::write(src.path().join("d/x"), b"x").unwrap();
+        std::fs::set_permissions(
+            src.path().join("d/x"),
+            std::fs::Permissions::from_mode(0o4751),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("d/x", src.path().join("l")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let copy = out.path().join("c");
+        let key = snapshot(src.path(), &copy).unwrap();
+        assert_eq!(key, content_key(src.path()).unwrap());
+        assert_eq!(key, content_key(&copy).unwrap());
+        assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o7777, 0o755);
+        assert_eq!(
+            std::fs::metadata(copy.join("d/x")).unwrap().mode() & 0o7777,
+            0o4751
+        );
+        assert_eq!(
+            std::fs::read_link(copy.join("l")).unwrap(),
+            Path::new("d/x")
         );
     }
 

@@ -93,6 +93,11 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
 }
 
 fn main() {
+    // What the VMM creates (console log, status, agent socket) is private
+    // even when it is started by something other than hyperd.
+    // SAFETY: umask(2) only swaps the file mode creation mask; no thread
+    // exists yet.
+    unsafe { libc::umask(0o077) };
     let started = Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -163,9 +163,12 @@ impl Hypervisor for KvmHypervisor {
         probe::check_vmm(&self.config.vmm).map_err(unavailable)?;
         check_spec(&spec)?;
 
-        std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
-            HypervisorError::Io(format!("run directory {}: {e}", spec.run_dir.display()))
-        })?;
+        // 0700: the agent socket and console log in it are hyperd's alone.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&spec.run_dir)
+            .map_err(|e| {
+                HypervisorError::Io(format!("run directory {}: {e}", spec.run_dir.display()))
+            })?;
         let paths = RunPaths::new(&spec.run_dir);
         for p in [&paths.agent, &paths.status] {
             let _ = std::fs::remove_file(p);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hyper_protocol::{
     AgentError, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, Reply, Request,
+    RESYNC_MAGIC,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -90,25 +91,49 @@ pub(crate) async fn accept(listener: UnixListener) -> FakeGuest {
     }
 }
 
+/// Accepts a reattaching host: sends `tail` (an old session's bytes),
+/// reads the Reattach and writes the resync marker. The request's id.
+pub(crate) async fn accept_reattach(listener: UnixListener, tail: &[u8]) -> (FakeGuest, u64) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut guest = FakeGuest {
+        stream,
+        decoder: FrameDecoder::resynchronising(),
+    };
+    if !tail.is_empty() {
+        guest.send_raw(tail).await;
+    }
+    let msg = guest.recv_request().await;
+    let Request::Reattach { nonce } = msg.request else {
+        panic!("expected reattach, got {msg:?}");
+    };
+    let mut marker = RESYNC_MAGIC.to_vec();
+    marker.extend_from_slice(nonce.as_bytes());
+    guest.send_raw(&marker).await;
+    (guest, msg.id)
+}
+
 pub(crate) async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
     let (dir, path, listener) = listen();
     let guest = tokio::spawn(async move {
         let mut g = accept(listener).await;
         g.send(&GuestMessage::Ready {
-            min_version: 1,
-            max_version: 1,
+            min_version: hyper_protocol::PROTOCOL_VERSION,
+            max_version: hyper_protocol::PROTOCOL_VERSION,
             capabilities: vec!["flow-control".into()],
             agent: "fake".into(),
         })
         .await;
         let hello = g.recv_request().await;
-        assert!(matches!(hello.request, Request::Hello { version: 1, .. }));
+        assert!(matches!(
+            hello.request,
+            Request::Hello { version, .. } if version == hyper_protocol::PROTOCOL_VERSION
+        ));
         g.reply(hello.id, Ok(Reply::Ok)).await;
         g
     });
     let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(ready.version, 1);
+    assert_eq!(ready.version, hyper_protocol::PROTOCOL_VERSION);
     (client, guest.await.unwrap(), dir)
 }

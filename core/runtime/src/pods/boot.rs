@@ -275,7 +275,7 @@ impl Runtime {
         interactive: bool,
     ) -> Result<(Arc<LivePod>, PodRecord), RunError> {
         let id = record.id.clone();
-        if let Err(source) = std::fs::create_dir_all(&spec.run_dir) {
+        if let Err(source) = crate::private::create_private_dir(&spec.run_dir) {
             let err = RunError::State {
                 path: spec.run_dir.clone(),
                 source,
@@ -367,8 +367,12 @@ impl Runtime {
         let mut pod = Some(pod);
         let mut inits = Vec::with_capacity(members.len());
         for (i, member) in members.iter().enumerate() {
-            let streams = agent.new_process(&member.init_process);
-            let container = Request::NewContainer(container_spec(&id, i, member, &streams));
+            let streams = agent
+                .new_process(&member.init_process)
+                .map_err(|e| boot_failed(e.to_string()))?;
+            let confinement = crate::security::check(&member.security)?;
+            let container =
+                Request::NewContainer(container_spec(&id, i, member, &streams, confinement));
             let started = match pod.take() {
                 // Pipelined: StartPod and the first container go out back
                 // to back and hyperstart serves them in order, saving a
@@ -422,7 +426,13 @@ impl Runtime {
 }
 
 /// What hyperstart is asked to start for container `index` of pod `id`.
-fn container_spec(id: &str, index: usize, m: &Member, streams: &ProcessStreams) -> ContainerSpec {
+fn container_spec(
+    id: &str,
+    index: usize,
+    m: &Member,
+    streams: &ProcessStreams,
+    confinement: hyper_protocol::Confinement,
+) -> ContainerSpec {
     let mut env = m.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.push(format!("HOSTNAME={id}"));
@@ -445,6 +455,7 @@ fn container_spec(id: &str, index: usize, m: &Member, streams: &ProcessStreams) 
             terminal_size: m.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
+            confinement,
         },
         mounts: m
             .mounts

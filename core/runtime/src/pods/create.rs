@@ -68,6 +68,7 @@ impl Runtime {
         io: Option<RunIo>,
     ) -> Result<Started, RunError> {
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
+        crate::security::check(&req.security)?;
         if req.remove && req.restart != RestartPolicy::No {
             return Err(RunError::Invalid(
                 "--rm and --restart do not go together: a pod removed when it exits cannot be restarted"
@@ -127,6 +128,7 @@ impl Runtime {
                 restart: RestartPolicy::No,
                 tty: false,
                 tty_size: None,
+                security: c.security.clone(),
             };
             containers.push((c.name.clone(), req, c.mounts.clone()));
         }
@@ -169,6 +171,13 @@ impl Runtime {
                     }));
                 }
             }
+            crate::agent::check_c_strings(
+                &process.args,
+                &process.env,
+                process.workdir.as_deref(),
+                process.user.as_deref(),
+            )
+            .map_err(|e| named(RunError::Invalid(e)))?;
             let resolved = RunRequest {
                 args: process.args,
                 env: process.env,
@@ -193,6 +202,7 @@ impl Runtime {
                 workdir: resolved.workdir.clone(),
                 user: resolved.user.clone(),
                 mounts,
+                security: resolved.security.clone(),
                 state: PodState::Created,
                 exit_code: None,
             });
@@ -207,9 +217,10 @@ impl Runtime {
             path: pod_dir.clone(),
             source,
         };
-        std::fs::create_dir_all(pod_dir.join("vm")).map_err(state_err)?;
+        crate::private::create_private_dir(&pod_dir.join("vm")).map_err(state_err)?;
         for (i, c) in containers.iter().enumerate() {
-            std::fs::create_dir_all(container_log_dir(&pod_dir, i, &c.name)).map_err(state_err)?;
+            crate::private::create_private_dir(&container_log_dir(&pod_dir, i, &c.name))
+                .map_err(state_err)?;
         }
         let record = PodRecord {
             id: id.clone(),
@@ -236,8 +247,13 @@ impl Runtime {
             restart: new.restart,
             restart_count: 0,
         };
-        write_record(&pod_dir, &record).map_err(state_err)?;
-        self.pods().insert(id.clone(), record.clone());
+        // The name is claimed and the pod listed under one lock: of two
+        // concurrent runs of one --name, the second gets the conflict.
+        self.claim_new(&record, &pod_dir)?;
+        if let Err(e) = write_record(&pod_dir, &record) {
+            self.pods().remove(&id);
+            return Err(state_err(e));
+        }
         self.launch(hypervisor, record, size, io).await
     }
 

@@ -15,7 +15,7 @@ use super::boot::TerminalLink;
 use super::model::{ExecRequest, Output, RunError, RunIo, RunOutcome};
 use super::store::check_env_and_workdir;
 use super::{lock, Runtime, RUNTIME_FAILURE_EXIT};
-use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk};
+use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk, StreamReceiver};
 use crate::logs::{LogWriter, Stream as LogStream};
 use crate::process;
 
@@ -33,14 +33,21 @@ impl Runtime {
             ));
         }
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
+        crate::agent::check_c_strings(
+            &req.args,
+            &req.env,
+            req.workdir.as_deref(),
+            req.user.as_deref(),
+        )
+        .map_err(RunError::Invalid)?;
         let live = self.live_pod(id)?;
         let agent = lock(&live.agent).clone();
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
         // The container's own env, workdir and user are where exec starts.
-        let (guest_id, base) = match self.container_of(id, req.container.as_deref())? {
-            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user)),
+        let (guest_id, base, security) = match self.container_of(id, req.container.as_deref())? {
+            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user), c.security),
             None => (
                 live.main.guest_id.clone(),
                 (
@@ -48,11 +55,14 @@ impl Runtime {
                     live.main.workdir.clone(),
                     live.main.user.clone(),
                 ),
+                live.main.security.clone(),
             ),
         };
+        let confinement =
+            crate::security::exec_confinement(&crate::security::check(&security)?, req.privileged);
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
-        let streams = agent.new_process(&process_id);
+        let streams = agent.new_process(&process_id)?;
         let process = ProcessSpec {
             id: process_id.clone(),
             args: req.args.clone(),
@@ -63,6 +73,7 @@ impl Runtime {
             terminal_size: req.tty_size,
             stdio: streams.stdio,
             stderr: streams.stderr,
+            confinement,
         };
         match agent
             .request(Request::Exec {
@@ -238,7 +249,7 @@ async fn feed_stdin(agent: &AgentClient, stream: u32, rx: &mut mpsc::Receiver<St
 async fn pump(
     agent: &AgentClient,
     stream: u32,
-    rx: &mut mpsc::UnboundedReceiver<StreamChunk>,
+    rx: &mut StreamReceiver,
     out: &Option<mpsc::Sender<Output>>,
     log: &Option<Arc<Mutex<LogWriter>>>,
     attach: &Option<broadcast::Sender<Output>>,

@@ -61,6 +61,9 @@ pub struct RunRequest {
     /// The terminal's size at start (24x80 without it).
     #[serde(default)]
     pub tty_size: Option<TerminalSize>,
+    /// Capabilities, seccomp, `--privileged` (see crate::security).
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +132,10 @@ pub struct ExecRequest {
     /// The terminal's size at start (24x80 without it).
     #[serde(default)]
     pub tty_size: Option<TerminalSize>,
+    /// `--privileged`: every capability and no seccomp filter for this
+    /// process.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// Output of the container, in order per stream.
@@ -250,6 +257,8 @@ pub struct ContainerRecord {
     pub user: Option<String>,
     #[serde(default)]
     pub mounts: Vec<PodMount>,
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
     pub state: PodState,
     #[serde(default)]
     pub exit_code: Option<i32>,
@@ -261,6 +270,25 @@ pub struct SavedVm {
     pub spec: VmSpec,
     pub info: VmInfo,
     pub pid_start: Option<u64>,
+}
+
+/// Takeovers under way (from [`super::Runtime::begin_restore`]).
+pub struct Takeovers {
+    pub(super) restored: Restored,
+    pub(super) tasks: tokio::task::JoinSet<bool>,
+}
+
+impl Takeovers {
+    /// Waits for every takeover; what was taken over and what given up.
+    pub async fn finish(mut self) -> Restored {
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok(true) => self.restored.reattached += 1,
+                _ => self.restored.cleaned += 1,
+            }
+        }
+        self.restored
+    }
 }
 
 /// What a starting hyperd found of an earlier one's pods.
@@ -364,6 +392,8 @@ pub(super) struct Member {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub mounts: Vec<PodMount>,
+    /// Capabilities, seccomp, `--privileged`.
+    pub security: crate::security::Security,
     pub tty: bool,
     pub tty_size: Option<TerminalSize>,
 }
@@ -394,6 +424,7 @@ impl PodRecord {
                 workdir: req.workdir.clone(),
                 user: req.user.clone(),
                 mounts: Vec::new(),
+                security: req.security.clone(),
                 tty: req.tty,
                 tty_size: req.tty_size,
             }]);
@@ -420,6 +451,7 @@ impl PodRecord {
                     workdir: c.workdir.clone(),
                     user: c.user.clone(),
                     mounts: c.mounts.clone(),
+                    security: c.security.clone(),
                     tty: false,
                     tty_size: None,
                 })
@@ -491,6 +523,7 @@ pub(super) mod tests {
             workdir: None,
             user: None,
             mounts: vec![],
+            security: Default::default(),
             state: PodState::Exited,
             exit_code,
         }

@@ -4,8 +4,9 @@
 //! exited with its VM stopped and its run directory removed.
 //!
 //! The decisions, per `pods/ID`:
-//! * no readable `pod.json`: a launch that died half-way; the directory
-//!   goes;
+//! * no `pod.json`, nothing set aside and nothing running from its run
+//!   directory: a launch that died half-way; the directory goes. A corrupt
+//!   record is set aside (`crate::quarantine`) and the directory kept;
 //! * exited: kept as it is (its run directory goes);
 //! * running, and the backend recovers its VM and hyperstart answers the
 //!   resync: adopted, every container whose first process still runs (or
@@ -21,9 +22,9 @@ use hyper_hypervisor::Vm;
 
 use super::boot::{agent_channel, LivePod, PodLinks, Running};
 use super::exec::{drive_process, ProcessIo};
-use super::model::{PodRecord, PodState, Restored};
-use super::store::{mark_exited, read_record, write_record};
-use super::{Runtime, REATTACH_TIMEOUT, RUNTIME_FAILURE_EXIT};
+use super::model::{PodRecord, PodState, Restored, Takeovers};
+use super::store::{mark_exited, write_record};
+use super::{lock, Runtime, REATTACH_TIMEOUT, RUNTIME_FAILURE_EXIT};
 use crate::agent::AgentClient;
 
 impl Runtime {
@@ -31,21 +32,42 @@ impl Runtime {
     /// hyperstart session), and marks the rest exited, stopping their VMs
     /// and removing their sockets and run directories.
     pub async fn restore(self: &Arc<Self>) -> std::io::Result<Restored> {
+        Ok(self.begin_restore()?.finish().await)
+    }
+
+    /// Whether pod `id` is being taken over after a restart (listed as
+    /// `recovering`; verbs other than reads wait for the takeover).
+    pub fn is_recovering(&self, id: &str) -> bool {
+        lock(&self.recovering).contains(id)
+    }
+
+    /// The first, quick half of [`Runtime::restore`]: reads the records,
+    /// lists the pods to take over as `recovering`, and starts their
+    /// takeovers. hyperd serves its API while they run.
+    pub fn begin_restore(self: &Arc<Self>) -> std::io::Result<Takeovers> {
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Takeovers {
+                    restored: Restored::default(),
+                    tasks: tokio::task::JoinSet::new(),
+                })
+            }
             Err(e) => return Err(e),
         };
         let mut restored = Restored::default();
         let mut running = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
-            let Some(record) = read_record(&pod_dir) else {
-                // Not even a record: a launch that died half-way.
-                let _ = std::fs::remove_dir_all(&pod_dir);
-                restored.cleaned += 1;
-                continue;
+            // A corrupt record is set aside, never a reason to delete.
+            let record = match crate::quarantine::read_record::<PodRecord>(&pod_dir) {
+                crate::quarantine::Found::Record(r) => r,
+                crate::quarantine::Found::Removed => {
+                    restored.cleaned += 1;
+                    continue;
+                }
+                crate::quarantine::Found::Kept { .. } => continue,
             };
             if record.state == PodState::Exited {
                 let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
@@ -58,25 +80,27 @@ impl Runtime {
         // of seconds on an emulated console) does not hold the others up.
         let mut takeovers = tokio::task::JoinSet::new();
         for record in running {
+            lock(&self.recovering).insert(record.id.clone());
+            self.pods().insert(record.id.clone(), record.clone());
             let rt = self.clone();
             takeovers.spawn(async move {
-                match rt.reattach(record.clone()).await {
+                let id = record.id.clone();
+                let ok = match rt.reattach(record.clone()).await {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
                         rt.give_up(record);
                         false
                     }
-                }
+                };
+                lock(&rt.recovering).remove(&id);
+                ok
             });
         }
-        while let Some(done) = takeovers.join_next().await {
-            match done {
-                Ok(true) => restored.reattached += 1,
-                _ => restored.cleaned += 1,
-            }
-        }
-        Ok(restored)
+        Ok(Takeovers {
+            restored,
+            tasks: takeovers,
+        })
     }
 
     /// Marks a pod left running by an earlier hyperd exited, and kills its

@@ -106,6 +106,23 @@ impl Runtime {
         Ok(())
     }
 
+    /// Lists a new pod, unless another pod holds its name already (checked
+    /// and listed under one lock); on a conflict its fresh directory goes.
+    pub(super) fn claim_new(&self, record: &PodRecord, pod_dir: &Path) -> Result<(), RunError> {
+        let mut pods = self.pods();
+        if let Some(name) = &record.name {
+            if pods.values().any(|p| p.name.as_deref() == Some(name)) {
+                drop(pods);
+                let _ = std::fs::remove_dir_all(pod_dir);
+                return Err(RunError::Conflict(format!(
+                    "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
+                )));
+            }
+        }
+        pods.insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
     /// Saves a record (pod.json and memory); a failed write is logged, the
     /// pod goes on.
     pub(super) fn save(&self, record: &PodRecord) {
@@ -228,6 +245,7 @@ pub(super) fn now_unix() -> u64 {
 }
 
 /// Reads a `pod.json`; `None` when there is none or it does not parse.
+#[cfg(test)]
 pub(super) fn read_record(pod_dir: &Path) -> Option<PodRecord> {
     std::fs::read(pod_dir.join("pod.json"))
         .ok()
@@ -237,8 +255,8 @@ pub(super) fn read_record(pod_dir: &Path) -> Option<PodRecord> {
 pub(super) fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
     let tmp = pod_dir.join("pod.json.tmp");
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let written =
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
+    let written = crate::private::write_private(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
     if written.is_err() {
         // A full disk leaves a partial copy; pod.json itself is intact.
         let _ = std::fs::remove_file(&tmp);

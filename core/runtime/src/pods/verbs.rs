@@ -113,11 +113,15 @@ impl Runtime {
         // However the containers take the SIGTERM, the restart policy does
         // not bring the pod back.
         live.links.stopped.store(true, Ordering::SeqCst);
-        let _ = self.kill(id, libc::SIGTERM).await;
+        // The grace period starts now, not once a guest that no longer
+        // answers has let the SIGTERM request time out.
         let mut rx = live.outcome.clone();
-        let timed_out = tokio::time::timeout(grace, rx.wait_for(Option::is_some))
-            .await
-            .is_err();
+        let timed_out = tokio::time::timeout(grace, async {
+            let _ = self.kill(id, libc::SIGTERM).await;
+            rx.wait_for(Option::is_some).await.map(|_| ())
+        })
+        .await
+        .is_err();
         if timed_out {
             // The pod's VM now: a restart may have been under way.
             let current = self.live_pod(id).unwrap_or(live);
