@@ -241,10 +241,10 @@ pub async fn load(
                 )
             }
         };
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(true) {
+        if file.metadata().map(|m| !m.is_file()).unwrap_or(true) {
             return error(
                 StatusCode::FORBIDDEN,
-                peer::PathError::DirNeedsRoot { path: req.path }.to_string(),
+                peer::PathError::NotAFile { path: req.path }.to_string(),
             );
         }
         opened = Some(file);

@@ -64,8 +64,8 @@ pub enum PathError {
         uid: u32,
         source: io::Error,
     },
-    #[error("{path}: loading an OCI layout directory needs a root client; pack it first (`tar -C DIR -cf image.tar .`) and load the archive")]
-    DirNeedsRoot { path: PathBuf },
+    #[error("{path}: not a regular file; a client other than root can load only a `docker save` archive (an OCI layout directory is read path by path, so only root may load one)")]
+    NotAFile { path: PathBuf },
     #[error("cannot check {path} as the client: {reason}")]
     Helper { path: PathBuf, reason: String },
 }
@@ -139,7 +139,7 @@ impl Peer {
     pub fn open(&self, path: &Path) -> Result<File, PathError> {
         let uid = self.ids().0;
         let p = path.to_path_buf();
-        self.as_client(path, move || File::open(&p))?
+        self.as_client(path, move || open_nonblocking(&p))?
             .map_err(|source| denied_or_io(path, uid, source))
     }
 
@@ -153,6 +153,17 @@ impl Peer {
         self.as_client(dir, move || walk_readable(&root))?
             .map_err(|(path, source)| denied_or_io(&path, uid, source))
     }
+}
+
+/// Opens `path` for reading without blocking on a fifo (or a device) a
+/// client might name or swap in; `O_NONBLOCK` changes nothing for the
+/// regular files that are then read.
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
 }
 
 fn denied_or_io(path: &Path, uid: u32, source: io::Error) -> PathError {
@@ -185,7 +196,7 @@ fn walk_readable(root: &Path) -> Result<(), (PathBuf, io::Error)> {
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() {
-                File::open(&path).map_err(|e| (path.clone(), e))?;
+                open_nonblocking(&path).map_err(|e| (path.clone(), e))?;
             }
         }
     }

@@ -17,7 +17,6 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 use crate::channel::{self, Channel};
-use crate::confine;
 use crate::flow::{Credit, StdinBuffer};
 use crate::log::{debug, log};
 use crate::rootfs::{self, ContainerPaths};
@@ -81,8 +80,6 @@ impl Process {
 
 struct Container {
     paths: ContainerPaths,
-    /// Its devices cgroup; `None` for a privileged container.
-    devices: Option<PathBuf>,
     init_pid: i32,
     init_key: u64,
     running: bool,
@@ -555,12 +552,15 @@ impl Agent {
             )
         })?;
         let paths = ContainerPaths::new(&self.opts.run_dir, &spec.id);
-        rootfs::mount_container_rootfs(&mut RealSys, &paths, &device, fstype).map_err(|e| {
-            err(
-                AgentErrorKind::Failed,
-                format!("mounting the container's rootfs: {e}"),
-            )
-        })?;
+        let nodev = !spec.process.confinement.privileged;
+        rootfs::mount_container_rootfs(&mut RealSys, &paths, &device, fstype, nodev).map_err(
+            |e| {
+                err(
+                    AgentErrorKind::Failed,
+                    format!("mounting the container's rootfs: {e}"),
+                )
+            },
+        )?;
         let bound = binds
             .iter()
             .try_for_each(|b| check_no_symlinks(&paths.root, &b.path))
@@ -572,47 +572,22 @@ impl Agent {
                     )
                 })
             });
-        // The devices cgroup, unless privileged: without it, a container
-        // could mknod and open the rootfs disks or the channel's port.
-        let privileged = spec.process.confinement.privileged;
-        let devices_root = confine::devices_root(&self.opts.run_dir);
-        let devices = || {
-            if privileged {
-                return Ok(None);
-            }
-            confine::create_devices_cgroup(&mut RealSys, &devices_root, &spec.id)
-                .map(Some)
-                .map_err(|e| {
-                    err(
-                        AgentErrorKind::Failed,
-                        format!("creating the container's devices cgroup: {e}"),
-                    )
-                })
-        };
-        let cleanup = |devices: Option<&Path>| {
+        if let Err(e) = bound {
             for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
                 log!("cleaning up container {}: {e}", spec.id);
             }
-            if let Some(dir) = devices {
-                let _ = RealSys.remove_dir(dir);
-            }
-        };
-        let devices = match bound.and_then(|()| devices()) {
-            Ok(d) => d,
-            Err(e) => {
-                cleanup(None);
-                return Err(e);
-            }
-        };
+            return Err(e);
+        }
         let target = Target::NewContainer {
             root: &paths.root,
             hostname: &spec.hostname,
-            devices: devices.as_deref(),
         };
         let spawned = match spawn::spawn(target, &spec.process) {
             Ok(s) => s,
             Err(e) => {
-                cleanup(devices.as_deref());
+                for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
+                    log!("cleaning up container {}: {e}", spec.id);
+                }
                 return Err(e);
             }
         };
@@ -623,7 +598,6 @@ impl Agent {
             spec.id,
             Container {
                 paths,
-                devices,
                 init_pid: pid,
                 init_key: key,
                 running: true,
@@ -633,7 +607,7 @@ impl Agent {
     }
 
     fn exec(&mut self, container: &str, process: ProcessSpec) -> Result<Reply> {
-        let (init_pid, devices) = match self.containers.get(container) {
+        let init_pid = match self.containers.get(container) {
             None => {
                 return Err(err(
                     AgentErrorKind::NotFound,
@@ -646,14 +620,10 @@ impl Agent {
                     format!("container {container} is not running"),
                 ))
             }
-            Some(c) => (c.init_pid, c.devices.clone()),
+            Some(c) => c.init_pid,
         };
         self.validate_process(container, &process)?;
-        let target = Target::Join {
-            init_pid,
-            devices: devices.as_deref(),
-        };
-        let spawned = spawn::spawn(target, &process)?;
+        let spawned = spawn::spawn(Target::Join { init_pid }, &process)?;
         let pid = spawned.pid;
         debug!("process {} started in {container}, pid {pid}", process.id);
         self.add_process(container, &process, spawned);
@@ -808,12 +778,6 @@ impl Agent {
         self.kill_processes(Some(container));
         for e in rootfs::unmount_container_rootfs(&mut RealSys, &c.paths) {
             log!("removing container {container}: {e}");
-        }
-        // Busy while a killed process is not reaped yet; an empty cgroup
-        // left behind costs nothing and is reused by a container of the
-        // same id.
-        if let Some(dir) = &c.devices {
-            let _ = RealSys.remove_dir(dir);
         }
         Ok(Reply::Ok)
     }

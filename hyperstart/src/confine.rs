@@ -1,14 +1,13 @@
 //! Confining a container's processes inside the guest, as runc does:
 //! capabilities, no_new_privs, a seccomp filter (built here with
-//! `seccompiler` from the host's [`SeccompSpec`]) and a devices cgroup
-//! (cgroup v1 `devices` controller) that lets a container open only the
-//! standard nodes, whatever it `mknod`s.
+//! `seccompiler` from the host's [`SeccompSpec`]) and masked or read-only
+//! /proc paths. Devices are restricted by `nodev` mounts (rootfs.rs).
 //!
 //! The host decides the policy (core/runtime/src/security.rs); the guest
 //! applies exactly what it is sent. See docs/security/confine.md.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hyper_protocol::{SeccompAction, SeccompArg, SeccompOp, SeccompSpec};
 use nix::errno::Errno;
@@ -252,71 +251,6 @@ pub fn install_seccomp(filters: &[BpfProgram]) -> Result<(), String> {
     Ok(())
 }
 
-// ----- devices cgroup ------------------------------------------------------
-
-/// The devices a container may open (and any node it may `mknod`), as
-/// runc's default allow-list: the nodes hyperstart puts in its /dev, the
-/// pty master/slaves, and `mknod` (not open) of anything.
-pub const DEVICE_RULES: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",   // null
-    "c 1:5 rwm",   // zero
-    "c 1:7 rwm",   // full
-    "c 1:8 rwm",   // random
-    "c 1:9 rwm",   // urandom
-    "c 5:0 rwm",   // tty
-    "c 5:1 rwm",   // console
-    "c 5:2 rwm",   // ptmx
-    "c 136:* rwm", // pts
-];
-
-/// Where hyperstart mounts the cgroup v1 `devices` hierarchy (in its own
-/// mount namespace only; containers never see it).
-pub fn devices_root(run_dir: &Path) -> PathBuf {
-    run_dir.join("cgroup-devices")
-}
-
-/// Mounts the devices hierarchy once.
-pub fn mount_devices_hierarchy(sys: &mut dyn Sys, root: &Path) -> SysResult {
-    if sys.exists(&root.join("devices.deny")) {
-        return Ok(());
-    }
-    sys.mkdir_all(root, 0o700)?;
-    sys.mount(
-        Some("cgroup"),
-        root,
-        Some("cgroup"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("devices"),
-    )
-}
-
-/// Creates the container's devices cgroup: everything denied, then the
-/// allow-list. Processes are moved in with [`join_devices_cgroup`].
-pub fn create_devices_cgroup(sys: &mut dyn Sys, root: &Path, id: &str) -> SysResult<PathBuf> {
-    mount_devices_hierarchy(sys, root)?;
-    let dir = root.join(id);
-    sys.mkdir_all(&dir, 0o700)?;
-    let configured = sys
-        .write_file(&dir.join("devices.deny"), "a")
-        .and_then(|()| {
-            DEVICE_RULES
-                .iter()
-                .try_for_each(|rule| sys.write_file(&dir.join("devices.allow"), rule))
-        });
-    if let Err(e) = configured {
-        let _ = sys.remove_dir(&dir);
-        return Err(e);
-    }
-    Ok(dir)
-}
-
-/// Moves the calling process into the cgroup `dir` (its children follow).
-pub fn join_devices_cgroup(sys: &mut dyn Sys, dir: &Path) -> SysResult {
-    sys.write_file(&dir.join("cgroup.procs"), "0")
-}
-
 // ----- masked and read-only /proc paths --------------------------------------
 
 /// Paths under the container's root hidden from it (runc's default
@@ -520,53 +454,6 @@ mod tests {
                 assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
             }
         }
-    }
-
-    #[test]
-    fn the_devices_cgroup_denies_all_then_allows_the_standard_nodes() {
-        let mut sys = RecordingSys::new();
-        let root = Path::new("/run/hyper/cgroup-devices");
-        let dir = create_devices_cgroup(&mut sys, root, "c1").unwrap();
-        join_devices_cgroup(&mut sys, &dir).unwrap();
-        assert_eq!(
-            sys.calls[0],
-            "exists /run/hyper/cgroup-devices/devices.deny"
-        );
-        assert_eq!(sys.calls[1], "mkdir /run/hyper/cgroup-devices 700");
-        assert_eq!(
-            sys.calls[2],
-            "mount cgroup /run/hyper/cgroup-devices cgroup \
-             MsFlags(MS_NOSUID | MS_NODEV | MS_NOEXEC) devices"
-        );
-        assert_eq!(
-            sys.calls[4],
-            "write /run/hyper/cgroup-devices/c1/devices.deny a"
-        );
-        // Nothing is allowed before everything was denied, and no block
-        // device (the rootfs disks) may be opened.
-        let allows: Vec<_> = sys.calls[5..5 + DEVICE_RULES.len()].to_vec();
-        assert!(allows.iter().all(|c| c.contains("devices.allow")));
-        let rules: Vec<&str> = allows
-            .iter()
-            .filter_map(|c| c.split_once("devices.allow ").map(|(_, r)| r))
-            .collect();
-        assert!(!rules.iter().any(|r| r.starts_with('b') && r.contains('r')));
-        assert!(!rules
-            .iter()
-            .any(|r| r.starts_with("c 254") || r.starts_with("c 229")));
-        assert!(allows.iter().any(|c| c.ends_with("b *:* m")));
-        assert_eq!(
-            sys.calls.last().unwrap(),
-            "write /run/hyper/cgroup-devices/c1/cgroup.procs 0"
-        );
-    }
-
-    #[test]
-    fn a_failed_devices_rule_removes_the_cgroup() {
-        let mut sys = RecordingSys::failing("devices.allow c 1:3", Errno::EINVAL);
-        let root = Path::new("/r");
-        assert!(create_devices_cgroup(&mut sys, root, "c1").is_err());
-        assert_eq!(sys.calls.last().unwrap(), "rmdir /r/c1");
     }
 
     #[test]

@@ -124,11 +124,16 @@ pub fn boot_mounts(sys: &mut dyn Sys) -> Vec<SysError> {
 /// Mounts the image read-only, a tmpfs for the writable layer, and the
 /// overlay of both that becomes the container's root. Undoes what it did on
 /// failure.
+///
+/// `nodev` (every container but a privileged one): device nodes on the
+/// container's root cannot be opened, whatever the container `mknod`s
+/// there (see docs/security/confine.md).
 pub fn mount_container_rootfs(
     sys: &mut dyn Sys,
     paths: &ContainerPaths,
     device: &Path,
     fstype: &str,
+    nodev: bool,
 ) -> SysResult {
     for dir in [&paths.lower, &paths.rw, &paths.root] {
         sys.mkdir_all(dir, 0o755)?;
@@ -166,11 +171,16 @@ pub fn mount_container_rootfs(
         return Err(e);
     }
     let options = overlay_options(paths);
+    let flags = if nodev {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
     if let Err(e) = sys.mount(
         Some("overlay"),
         &paths.root,
         Some("overlay"),
-        MsFlags::empty(),
+        flags,
         Some(&options),
     ) {
         let _ = sys.umount(&paths.rw, MntFlags::MNT_DETACH);
@@ -263,12 +273,18 @@ pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> Sys
         let source = bind.source.to_string_lossy();
         sys.mount(Some(&source), &target, None, MsFlags::MS_BIND, None)?;
         if bind.readonly {
-            // MS_RDONLY is ignored on the first bind; only a remount applies it.
+            // MS_RDONLY is ignored on the first bind; only a remount applies
+            // it, and the remount sets every per-mount flag: keep the
+            // volume's nosuid and nodev.
             sys.mount(
                 None,
                 &target,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
                 None,
             )?;
         }
@@ -376,15 +392,30 @@ pub fn enter_container_rootfs(sys: &mut dyn Sys, root: &Path, privileged: bool) 
 
     let dev = root.join("dev");
     sys.mkdir_all(&dev, 0o755)?;
+    // Unless privileged, /dev is nodev like the rest of the container's
+    // writable mounts, and the standard nodes are hyperstart's own bound in
+    // (a bind mount has its own flags): only they can be opened.
+    let dev_flags = if privileged {
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME
+    } else {
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME
+    };
     sys.mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        dev_flags,
         Some("mode=755,size=65536k"),
     )?;
     for (name, major, minor) in DEVICES {
-        sys.mknod(&dev.join(name), NodeKind::Char, 0o666, major, minor)?;
+        let node = dev.join(name);
+        if privileged {
+            sys.mknod(&node, NodeKind::Char, 0o666, major, minor)?;
+        } else {
+            sys.create_file(&node, 0o666)?;
+            let source = format!("/dev/{name}");
+            sys.mount(Some(&source), &node, None, MsFlags::MS_BIND, None)?;
+        }
     }
     for (target, name) in [
         ("/proc/self/fd", "fd"),
@@ -444,7 +475,7 @@ mod tests {
     #[test]
     fn container_rootfs_is_an_overlay_of_the_image_and_a_tmpfs() {
         let mut sys = RecordingSys::new();
-        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs").unwrap();
+        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs", false).unwrap();
         assert_eq!(
             sys.calls,
             vec![
@@ -464,7 +495,7 @@ mod tests {
     #[test]
     fn ext4_images_skip_journal_replay() {
         let mut sys = RecordingSys::new();
-        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "ext4").unwrap();
+        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "ext4", true).unwrap();
         assert!(sys.calls.contains(
             &"mount /dev/vdb /run/hyper/c/c1/lower ext4 MsFlags(MS_RDONLY) noload".to_string()
         ));
@@ -473,8 +504,8 @@ mod tests {
     #[test]
     fn a_failed_overlay_mount_is_undone() {
         let mut sys = RecordingSys::failing("mount overlay", Errno::EINVAL);
-        let err =
-            mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs").unwrap_err();
+        let err = mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs", true)
+            .unwrap_err();
         assert_eq!(err.errno, Errno::EINVAL);
         let tail: Vec<_> = sys
             .calls
@@ -530,6 +561,24 @@ mod tests {
                 .any(|l| l
                     .starts_with("mount sysfs /run/hyper/c/c1/root/sys sysfs MsFlags(MS_RDONLY"))
         );
+        // Not privileged: /dev is nodev and hyperstart's nodes are bound in;
+        // nothing is created with mknod.
+        assert!(c.iter().any(|l| l.starts_with(
+            "mount tmpfs /run/hyper/c/c1/root/dev tmpfs MsFlags(MS_NOSUID | MS_NODEV"
+        )));
+        assert!(!c.iter().any(|l| l.starts_with("mknod")));
+        for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let bind =
+                format!("mount /dev/{node} /run/hyper/c/c1/root/dev/{node} - MsFlags(MS_BIND) -");
+            let create = format!("create /run/hyper/c/c1/root/dev/{node} 666");
+            assert!(
+                sys.position(&create).is_some() && sys.position(&create) < sys.position(&bind),
+                "{node}"
+            );
+        }
+        // Privileged: real nodes on a /dev that allows them.
+        let mut privileged = RecordingSys::new();
+        enter_container_rootfs(&mut privileged, &root, true).unwrap();
         for node in [
             "null c 1 3 666",
             "zero c 1 5 666",
@@ -539,10 +588,15 @@ mod tests {
             "tty c 5 0 666",
         ] {
             assert!(
-                c.contains(&format!("mknod /run/hyper/c/c1/root/dev/{node}")),
+                privileged
+                    .calls
+                    .contains(&format!("mknod /run/hyper/c/c1/root/dev/{node}")),
                 "{node}"
             );
         }
+        assert!(privileged.calls.iter().any(|l| l
+            == "mount tmpfs /run/hyper/c/c1/root/dev tmpfs MsFlags(MS_NOSUID | MS_STRICTATIME) \
+                mode=755,size=65536k"));
         assert!(c.contains(&"symlink /proc/self/fd /run/hyper/c/c1/root/dev/fd".into()));
         assert!(c.contains(&"symlink pts/ptmx /run/hyper/c/c1/root/dev/ptmx".into()));
         assert!(c.iter().any(|l| l
@@ -550,7 +604,7 @@ mod tests {
             && l.contains("newinstance,ptmxmode=0666")));
         // Parents exist before mounts; the devices live on the /dev tmpfs.
         assert!(sys.position("mkdir /run/hyper/c/c1/root/proc") < sys.position("mount proc"));
-        assert!(sys.position("mount tmpfs /run/hyper/c/c1/root/dev ") < sys.position("mknod"));
+        assert!(sys.position("mount tmpfs /run/hyper/c/c1/root/dev ") < sys.position("create"));
         // Every mount happens before the root moves.
         let pivot = sys.position("pivot_root").unwrap();
         assert!(c
@@ -741,7 +795,7 @@ mod tests {
                 "mount /v/a /r/data - MsFlags(MS_BIND) -",
                 "mkdir /r/etc/conf 755",
                 "mount /v/b /r/etc/conf - MsFlags(MS_BIND) -",
-                "mount - /r/etc/conf - MsFlags(MS_RDONLY | MS_REMOUNT | MS_BIND) -",
+                "mount - /r/etc/conf - MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_REMOUNT | MS_BIND) -",
             ]
         );
         let mut sys = RecordingSys::failing("mkdir /r/data", Errno::ENOTDIR);

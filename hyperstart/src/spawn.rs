@@ -43,18 +43,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum Target<'a> {
     /// A container's init: new mount, UTS, IPC and PID namespaces, `root`
     /// (the mounted overlay) as its `/`.
-    NewContainer {
-        root: &'a Path,
-        hostname: &'a str,
-        /// The container's devices cgroup; `None` for a privileged one.
-        devices: Option<&'a Path>,
-    },
-    /// An exec: the namespaces, root and devices cgroup of the container's
-    /// init.
-    Join {
-        init_pid: i32,
-        devices: Option<&'a Path>,
-    },
+    NewContainer { root: &'a Path, hostname: &'a str },
+    /// An exec: the namespaces and root of the container's init.
+    Join { init_pid: i32 },
 }
 
 /// A started process and hyperstart's (non-blocking) ends of its stdio.
@@ -505,23 +496,11 @@ fn die_with_parent(parent: Option<nix::unistd::Pid>) {
 fn intermediate(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
     close_fds_except(&[fds.status, fds.stdin, fds.stdout, fds.stderr]);
     let mut sys = RealSys;
-    // First, while the cgroup is still in this mount namespace; the
-    // process forked below starts in it.
-    let (Target::NewContainer { devices, .. } | Target::Join { devices, .. }) = target;
-    if let Some(dir) = devices {
-        if let Err(e) = confine::join_devices_cgroup(&mut sys, dir) {
-            setup_failed(
-                fds.status,
-                e.errno as i32,
-                &format!("joining the container's devices cgroup: {e}"),
-            );
-        }
-    }
     let entered = match target {
         Target::NewContainer { hostname, .. } => {
             rootfs::new_container_namespaces(&mut sys, hostname)
         }
-        Target::Join { init_pid, .. } => rootfs::join_container(&mut sys, init_pid),
+        Target::Join { init_pid } => rootfs::join_container(&mut sys, init_pid),
     };
     if let Err(e) = entered {
         setup_failed(

@@ -72,6 +72,8 @@ pub trait Sys {
         minor: u64,
     ) -> SysResult;
     fn symlink(&mut self, target: &str, link: &Path) -> SysResult;
+    /// Creates an empty regular file with `perm` (a bind-mount target).
+    fn create_file(&mut self, path: &Path, perm: u32) -> SysResult;
     fn chdir(&mut self, path: &Path) -> SysResult;
     fn fchdir(&mut self, fd: RawFd) -> SysResult;
     fn chroot(&mut self, path: &Path) -> SysResult;
@@ -85,13 +87,9 @@ pub trait Sys {
     /// Whether `/` is the kernel's initial rootfs (ramfs or tmpfs), which
     /// pivot_root(2) refuses to move away from.
     fn root_is_rootfs(&mut self) -> bool;
-    fn exists(&mut self, path: &Path) -> bool;
     /// `Some(true)` for a directory, `Some(false)` for anything else that
     /// exists, `None` if nothing is there (symlinks are not followed).
     fn kind(&mut self, path: &Path) -> Option<bool>;
-    /// Writes `data` to an existing file (cgroup control files) in one
-    /// write(2).
-    fn write_file(&mut self, path: &Path, data: &str) -> SysResult;
 }
 
 /// The real thing.
@@ -150,6 +148,18 @@ impl Sys for RealSys {
     fn symlink(&mut self, target: &str, link: &Path) -> SysResult {
         std::os::unix::fs::symlink(target, link)
             .map_err(|e| SysError::new("symlink", link.display(), io_errno(&e)))
+    }
+
+    fn create_file(&mut self, path: &Path, perm: u32) -> SysResult {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(perm)
+            .open(path)
+            .map(drop)
+            .map_err(|e| SysError::new("create", path.display(), io_errno(&e)))
     }
 
     fn chdir(&mut self, path: &Path) -> SysResult {
@@ -211,21 +221,8 @@ impl Sys for RealSys {
         }
     }
 
-    fn exists(&mut self, path: &Path) -> bool {
-        path.exists()
-    }
-
     fn kind(&mut self, path: &Path) -> Option<bool> {
         std::fs::symlink_metadata(path).ok().map(|m| m.is_dir())
-    }
-
-    fn write_file(&mut self, path: &Path, data: &str) -> SysResult {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(data.as_bytes()))
-            .map_err(|e| SysError::new("write", path.display(), io_errno(&e)))
     }
 }
 
@@ -321,6 +318,9 @@ pub mod fake {
         fn symlink(&mut self, target: &str, link: &Path) -> SysResult {
             self.record("symlink", format!("symlink {target} {}", link.display()))
         }
+        fn create_file(&mut self, path: &Path, perm: u32) -> SysResult {
+            self.record("create", format!("create {} {perm:o}", path.display()))
+        }
         fn chdir(&mut self, path: &Path) -> SysResult {
             self.record("chdir", format!("chdir {}", path.display()))
         }
@@ -356,19 +356,12 @@ pub mod fake {
         fn root_is_rootfs(&mut self) -> bool {
             self.rootfs
         }
-        fn exists(&mut self, path: &Path) -> bool {
-            self.calls.push(format!("exists {}", path.display()));
-            self.kind(path).is_some()
-        }
         fn kind(&mut self, path: &Path) -> Option<bool> {
             let path = path.to_string_lossy();
             self.kinds
                 .iter()
                 .find(|(p, _)| *p == path)
                 .map(|(_, dir)| *dir)
-        }
-        fn write_file(&mut self, path: &Path, data: &str) -> SysResult {
-            self.record("write", format!("write {} {data}", path.display()))
         }
     }
 }

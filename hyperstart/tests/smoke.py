@@ -217,10 +217,15 @@ def main():
         g.wait(lambda: "m" in g.exits)
         print("container mounts:", g.out[110].decode())
         points = {line.split()[4] for line in g.out[110].decode().splitlines()}
-        # The masked and read-only /proc and /sys paths are mounts of their own.
+        # The masked and read-only /proc and /sys paths are mounts of their own,
+        # and so are the device nodes bound onto the nodev /dev.
         api = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"}
-        assert api <= points, points
-        assert all(p in api or p.startswith(("/proc/", "/sys/")) for p in points), points
+        nodes = {"/dev/" + n for n in ("null", "zero", "full", "random", "urandom", "tty")}
+        assert api | nodes <= points, points
+        assert all(p in api | nodes or p.startswith(("/proc/", "/sys/")) for p in points), points
+        info = g.out[110].decode()
+        assert any(l.split()[4] == "/dev" and "nodev" in l.split()[5] for l in info.splitlines()), info
+        assert any(l.split()[4] == "/" and "nodev" in l.split()[5] for l in info.splitlines()), info
         # (Only what this kernel has: hyperstart skips the others.)
         protected = {p for p in ("/proc/kcore", "/proc/keys", "/proc/sys", "/proc/sysrq-trigger")
                      if os.path.exists(p)}

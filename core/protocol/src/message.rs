@@ -241,7 +241,7 @@ pub struct Confinement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<SeccompSpec>,
     /// Only for a container's first process: no masked or read-only /proc
-    /// paths, /sys writable, and no device restriction.
+    /// paths, /sys writable, and real device nodes (no `nodev` mounts).
     #[serde(default)]
     pub privileged: bool,
 }

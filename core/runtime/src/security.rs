@@ -321,8 +321,8 @@ pub fn check(security: &Security) -> Result<Confinement, crate::pods::RunError> 
 }
 
 /// An exec gets its container's confinement; `--privileged` on the exec
-/// gives it every capability and no seccomp filter (the mounts and the
-/// devices cgroup stay the container's).
+/// gives it every capability and no seccomp filter (the mounts, masked
+/// paths and `nodev` included, stay the container's).
 pub fn exec_confinement(container: &Confinement, privileged: bool) -> Confinement {
     if privileged {
         Confinement {
