@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use hyper_core::config::Config;
+use hyper_core::plugins::Plugins;
 use hyper_core::pods::Runtime;
 
 #[derive(Parser)]
@@ -71,7 +72,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let runtime = Arc::new(Runtime::new(config).await?);
+    let plugins = Plugins::load(&config).await?;
+    let runtime = Arc::new(Runtime::new(config, plugins)?);
     // Records read and takeovers started; the API is served while they
     // run, listing those pods as `recovering`.
     let takeovers = match runtime.begin_restore() {

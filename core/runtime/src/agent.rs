@@ -1012,113 +1012,13 @@ fn nonce() -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod fake_guest;
+
+#[cfg(test)]
 mod tests {
+    use super::fake_guest::{accept, accept_reattach, connected, listen, FakeGuest};
     use super::*;
     use hyper_protocol::{ProcessSpec, RootfsSpec};
-    use tokio::net::UnixListener;
-
-    /// A scripted guest on the other end of a real unix socket.
-    struct FakeGuest {
-        stream: UnixStream,
-        decoder: FrameDecoder,
-    }
-
-    impl FakeGuest {
-        async fn send(&mut self, msg: &GuestMessage) {
-            let bytes = Frame::control(serde_json::to_vec(msg).unwrap()).encode();
-            self.stream.write_all(&bytes).await.unwrap();
-        }
-
-        async fn send_raw(&mut self, bytes: &[u8]) {
-            self.stream.write_all(bytes).await.unwrap();
-        }
-
-        async fn recv(&mut self) -> Frame {
-            let mut buf = [0u8; 4096];
-            loop {
-                if let Some(f) = self.decoder.next_frame().unwrap() {
-                    return f;
-                }
-                let n = self.stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "host closed");
-                if let Some(f) = self.decoder.push(&buf[..n]).unwrap() {
-                    return f;
-                }
-            }
-        }
-
-        async fn recv_request(&mut self) -> HostMessage {
-            let f = self.recv().await;
-            assert_eq!(f.kind, FrameKind::Control);
-            serde_json::from_slice(&f.payload).unwrap()
-        }
-
-        async fn reply(&mut self, id: u64, result: Result<Reply, AgentError>) {
-            self.send(&GuestMessage::Response { id, result }).await;
-        }
-    }
-
-    fn listen() -> (tempfile::TempDir, std::path::PathBuf, UnixListener) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        (dir, path, listener)
-    }
-
-    async fn accept(listener: UnixListener) -> FakeGuest {
-        let (stream, _) = listener.accept().await.unwrap();
-        FakeGuest {
-            stream,
-            decoder: FrameDecoder::new(),
-        }
-    }
-
-    /// Accepts a reattaching host: sends `tail` (an old session's bytes),
-    /// reads the Reattach and writes the resync marker. The request's id.
-    async fn accept_reattach(listener: UnixListener, tail: &[u8]) -> (FakeGuest, u64) {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut guest = FakeGuest {
-            stream,
-            decoder: FrameDecoder::resynchronising(),
-        };
-        if !tail.is_empty() {
-            guest.send_raw(tail).await;
-        }
-        let msg = guest.recv_request().await;
-        let Request::Reattach { nonce } = msg.request else {
-            panic!("expected reattach, got {msg:?}");
-        };
-        let mut marker = RESYNC_MAGIC.to_vec();
-        marker.extend_from_slice(nonce.as_bytes());
-        guest.send_raw(&marker).await;
-        (guest, msg.id)
-    }
-
-    async fn connected() -> (AgentClient, FakeGuest, tempfile::TempDir) {
-        let (dir, path, listener) = listen();
-        let guest = tokio::spawn(async move {
-            let mut g = accept(listener).await;
-            g.send(&GuestMessage::Ready {
-                min_version: hyper_protocol::PROTOCOL_VERSION,
-                max_version: hyper_protocol::PROTOCOL_VERSION,
-                capabilities: vec!["flow-control".into()],
-                agent: "fake".into(),
-            })
-            .await;
-            let hello = g.recv_request().await;
-            assert!(matches!(
-                hello.request,
-                Request::Hello { version, .. } if version == hyper_protocol::PROTOCOL_VERSION
-            ));
-            g.reply(hello.id, Ok(Reply::Ok)).await;
-            g
-        });
-        let (client, ready) = AgentClient::connect(&path, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(ready.version, hyper_protocol::PROTOCOL_VERSION);
-        (client, guest.await.unwrap(), dir)
-    }
 
     fn process(id: &str, stdio: u32, stderr: u32) -> ProcessSpec {
         ProcessSpec {

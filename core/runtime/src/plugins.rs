@@ -178,3 +178,49 @@ pub async fn select(
     };
     Err(SelectError::NoneUsable { tried })
 }
+
+/// The plugins hyperd found and the hypervisor it picked, handed to
+/// [`crate::pods::Runtime::new`]: discovery stays out of the runtime, so a
+/// test builds one around an in-memory [`Hypervisor`].
+pub struct Plugins {
+    pub backends: Vec<Backend>,
+    pub failures: Vec<PluginFailure>,
+    /// The hypervisor to run pods with, or why there is none (reported by
+    /// `hyper info` and by every `run`).
+    pub hypervisor: Result<Arc<dyn Hypervisor>, String>,
+}
+
+impl Plugins {
+    /// Loads the plugins in `[runtime] plugin_dir` and picks the hypervisor.
+    /// An unknown backend name or a refused backend table is a
+    /// configuration error; no usable backend is not.
+    pub async fn load(config: &Config) -> Result<Self, SelectError> {
+        let (backends, failures) = discover(&config.runtime.plugin_dir, config);
+        for failure in &failures {
+            tracing::warn!("plugin {}: {}", failure.path.display(), failure.error);
+        }
+        let hypervisor = match select(&backends, config).await {
+            Ok((hv, _)) => Ok(hv),
+            Err(e @ SelectError::NoneUsable { .. }) => Err(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        match &hypervisor {
+            Ok(hv) => tracing::info!("hypervisor: {}", hv.name()),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        Ok(Self {
+            backends,
+            failures,
+            hypervisor,
+        })
+    }
+
+    /// Just `hypervisor`, with no plugin behind it.
+    pub fn only(hypervisor: Arc<dyn Hypervisor>) -> Self {
+        Self {
+            backends: Vec::new(),
+            failures: Vec::new(),
+            hypervisor: Ok(hypervisor),
+        }
+    }
+}

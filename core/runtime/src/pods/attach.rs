@@ -13,9 +13,15 @@
 //! leaves (detach keys, a dropped connection) leaves stdin open, and a
 //! client's end of input closes it, as `docker run -i` does.
 
-use tokio::sync::broadcast::error::RecvError;
+use std::sync::Arc;
 
-use super::*;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::boot::LivePod;
+use super::exec::forward_resizes;
+use super::model::{Output, RunError, RunIo, RunOutcome};
+use super::Runtime;
 
 /// Output chunks kept for an attached client that reads slowly (each chunk
 /// is at most one guest frame, 64 KiB).
@@ -108,13 +114,13 @@ impl Runtime {
         let mut outcome = live.outcome.clone();
         let stdin = io
             .stdin
-            .filter(|_| live.container.interactive)
+            .filter(|_| live.interactive)
             .map(|client| join_stdin(client, live.links.stdin.tx.clone()));
         let resizer = forward_resizes(
             live.links.terminal.clone(),
-            id,
-            INIT_PROCESS,
-            live.container.tty,
+            &live.main.guest_id,
+            &live.main.init_process,
+            live.main.tty,
             io.resize,
         );
         drop(live);

@@ -1,0 +1,776 @@
+//! The pod path against an in-memory hypervisor whose VMs run the fake
+//! hyperstart: boot failures, the restart policy, stop during boot, and the
+//! decisions of a takeover. Nothing here boots a real VM.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_hypervisor::{
+    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmExit, VmInfo,
+    VmSpec, VmStats,
+};
+use hyper_protocol::{
+    AgentError, AgentErrorKind, Frame, FrameDecoder, GuestMessage, ProcessState, Reply, Request,
+    PROTOCOL_VERSION, RESYNC_MAGIC,
+};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+
+use super::model::tests::{OLD_POD_FILE_POD, OLD_POD_OF_ONE};
+use super::*;
+use crate::agent::fake_guest::FakeGuest;
+use crate::config::Config;
+use crate::plugins::Plugins;
+
+/// How the hyperstart of a fake VM behaves.
+#[derive(Clone, Debug)]
+enum Guest {
+    /// Comes up and starts every container; each first process exits with
+    /// `exit` once started (never, with `None`), and with `on_term` when
+    /// sent SIGTERM (ignores it, with `None`).
+    Runs {
+        exit: Option<i32>,
+        on_term: Option<i32>,
+    },
+    /// Accepts the connection and never says READY.
+    Silent,
+    /// Refuses to start the container: its command does not exist.
+    CommandNotFound,
+    /// A guest a restarted hyperd finds: it answers the resync with
+    /// `processes`, then ends those still running with `exit`.
+    Reattach {
+        processes: Vec<ProcessState>,
+        exit: i32,
+    },
+}
+
+/// What the next `launch` does.
+enum Launch {
+    Fails,
+    Boots(Guest),
+}
+
+/// An in-memory backend: each VM is a watch flag and a task serving the
+/// fake hyperstart on the VM's agent socket.
+struct FakeHypervisor {
+    launches: Mutex<VecDeque<Launch>>,
+    /// When the script is used up.
+    default_guest: Guest,
+    /// What `recover` finds, by VM id: a guest; none for a VM gone.
+    recoveries: Mutex<HashMap<String, Guest>>,
+    /// Every VM launched or recovered, by whether it has ended.
+    vms: Mutex<Vec<watch::Receiver<bool>>>,
+    launched: Mutex<usize>,
+}
+
+impl FakeHypervisor {
+    fn new(default_guest: Guest) -> Arc<Self> {
+        Arc::new(Self {
+            launches: Mutex::new(VecDeque::new()),
+            default_guest,
+            recoveries: Mutex::new(HashMap::new()),
+            vms: Mutex::new(Vec::new()),
+            launched: Mutex::new(0),
+        })
+    }
+
+    fn then(self: &Arc<Self>, launch: Launch) -> Arc<Self> {
+        lock(&self.launches).push_back(launch);
+        self.clone()
+    }
+
+    fn launched(&self) -> usize {
+        *lock(&self.launched)
+    }
+
+    fn all_vms_ended(&self) -> bool {
+        lock(&self.vms).iter().all(|rx| *rx.borrow())
+    }
+
+    fn start_vm(
+        &self,
+        id: String,
+        socket: PathBuf,
+        guest: Guest,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| HypervisorError::LaunchFailed(e.to_string()))?;
+        let (ended, mut ended_rx) = watch::channel(false);
+        lock(&self.vms).push(ended.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve(listener, guest) => {}
+                _ = ended_rx.wait_for(|e| *e) => {}
+            }
+        });
+        Ok(Box::new(FakeVm {
+            info: VmInfo {
+                id,
+                agent_channel: AgentChannel::UnixSocket(socket),
+                pid: None,
+            },
+            ended,
+        }))
+    }
+}
+
+#[async_trait]
+impl Hypervisor for FakeHypervisor {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            recover: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn probe(&self) -> ProbeReport {
+        ProbeReport {
+            usable: true,
+            reason: "in memory".into(),
+            details: Default::default(),
+        }
+    }
+
+    async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        *lock(&self.launched) += 1;
+        let next = lock(&self.launches).pop_front();
+        let guest = match next {
+            Some(Launch::Fails) => {
+                return Err(HypervisorError::LaunchFailed("no such machine".into()))
+            }
+            Some(Launch::Boots(guest)) => guest,
+            None => self.default_guest.clone(),
+        };
+        self.start_vm(spec.id, spec.run_dir.join("agent.sock"), guest)
+    }
+
+    async fn recover(
+        &self,
+        _spec: VmSpec,
+        info: VmInfo,
+        _pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let found = lock(&self.recoveries).remove(&info.id);
+        let Some(guest) = found else {
+            return Err(HypervisorError::NotFound(info.id));
+        };
+        let AgentChannel::UnixSocket(socket) = info.agent_channel else {
+            return Err(HypervisorError::NotFound(info.id));
+        };
+        self.start_vm(info.id, socket, guest)
+    }
+}
+
+struct FakeVm {
+    info: VmInfo,
+    ended: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Vm for FakeVm {
+    fn info(&self) -> VmInfo {
+        self.info.clone()
+    }
+
+    async fn wait(&self) -> Result<VmExit, HypervisorError> {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
+        Ok(VmExit {
+            code: None,
+            signal: Some(libc::SIGKILL),
+        })
+    }
+
+    async fn shutdown(&self, _grace: Duration) -> Result<(), HypervisorError> {
+        self.kill().await
+    }
+
+    async fn kill(&self) -> Result<(), HypervisorError> {
+        self.ended.send_replace(true);
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<VmStats, HypervisorError> {
+        Ok(VmStats::default())
+    }
+}
+
+/// Ends a process as hyperstart does: its output, then its exit.
+async fn finish(g: &mut FakeGuest, container: &str, process: &str, streams: (u32, u32), code: i32) {
+    g.send_raw(&Frame::data(streams.0, b"out\n".to_vec()).encode())
+        .await;
+    g.send_raw(&Frame::eof(streams.0).encode()).await;
+    g.send_raw(&Frame::eof(streams.1).encode()).await;
+    g.send(&GuestMessage::ProcessExit {
+        container: container.into(),
+        process: process.into(),
+        status: code,
+    })
+    .await;
+}
+
+/// The fake hyperstart on one VM's agent socket.
+async fn serve(listener: UnixListener, guest: Guest) {
+    let Ok((stream, _)) = listener.accept().await else {
+        return;
+    };
+    if let Guest::Silent = guest {
+        let _held = stream;
+        return std::future::pending::<()>().await;
+    }
+    let resync = matches!(guest, Guest::Reattach { .. });
+    let mut g = FakeGuest {
+        stream,
+        decoder: if resync {
+            FrameDecoder::resynchronising()
+        } else {
+            FrameDecoder::new()
+        },
+    };
+    // Running first processes: (container, process, stdio, stderr).
+    let mut running: Vec<(String, String, u32, u32)> = Vec::new();
+    if !resync {
+        g.send(&GuestMessage::Ready {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities: vec!["flow-control".into(), "volumes".into()],
+            agent: "fake".into(),
+        })
+        .await;
+    }
+    while let Some(msg) = g.next_request().await {
+        match (msg.request, &guest) {
+            (Request::Reattach { nonce }, Guest::Reattach { processes, exit }) => {
+                let mut marker = RESYNC_MAGIC.to_vec();
+                marker.extend_from_slice(nonce.as_bytes());
+                g.send_raw(&marker).await;
+                let processes = processes.clone();
+                g.reply(
+                    msg.id,
+                    Ok(Reply::Reattached {
+                        processes: processes.clone(),
+                    }),
+                )
+                .await;
+                for p in processes.iter().filter(|p| p.exit_status.is_none()) {
+                    finish(&mut g, &p.container, &p.process, (p.stdio, p.stderr), *exit).await;
+                }
+            }
+            (Request::NewContainer(_), Guest::CommandNotFound) => {
+                let refusal = AgentError::new(AgentErrorKind::CommandNotFound, "no such command");
+                g.reply(msg.id, Err(refusal)).await;
+            }
+            (Request::NewContainer(spec), Guest::Runs { exit, .. }) => {
+                g.reply(msg.id, Ok(Reply::Started { pid: 2 })).await;
+                let p = &spec.process;
+                match exit {
+                    Some(code) => finish(&mut g, &spec.id, &p.id, (p.stdio, p.stderr), *code).await,
+                    None => running.push((spec.id.clone(), p.id.clone(), p.stdio, p.stderr)),
+                }
+            }
+            (
+                Request::Signal {
+                    container, signal, ..
+                },
+                Guest::Runs {
+                    on_term: Some(code),
+                    ..
+                },
+            ) if signal == libc::SIGTERM => {
+                g.reply(msg.id, Ok(Reply::Ok)).await;
+                if let Some(i) = running.iter().position(|p| p.0 == container) {
+                    let (c, p, o, e) = running.remove(i);
+                    finish(&mut g, &c, &p, (o, e), *code).await;
+                }
+            }
+            _ => g.reply(msg.id, Ok(Reply::Ok)).await,
+        }
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    hv: Arc<FakeHypervisor>,
+    rt: Arc<Runtime>,
+}
+
+impl Setup {
+    fn new(hv: Arc<FakeHypervisor>) -> Self {
+        Self::with_boot_timeout(hv, 60)
+    }
+
+    fn with_boot_timeout(hv: Arc<FakeHypervisor>, secs: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.runtime.state_dir = dir.path().join("state");
+        config.payload.kernel = dir.path().join("kernel");
+        config.payload.initrd = dir.path().join("initrd");
+        config.vm.boot_timeout_secs = secs;
+        std::fs::write(&config.payload.kernel, b"k").unwrap();
+        std::fs::write(&config.payload.initrd, b"i").unwrap();
+        std::fs::create_dir_all(&config.runtime.state_dir).unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::write(rootfs.join("bin/true"), b"").unwrap();
+        let rt = Arc::new(Runtime::new(config, Plugins::only(hv.clone())).unwrap());
+        Self { dir, hv, rt }
+    }
+
+    /// A request for a pod of one running `args` from the test rootfs,
+    /// with `extra` keys (as the API takes them).
+    fn request(&self, args: &[&str], extra: serde_json::Value) -> RunRequest {
+        let mut req = serde_json::json!({
+            "rootfs": self.dir.path().join("rootfs"),
+            "args": args,
+        });
+        if let (Some(req), Some(extra)) = (req.as_object_mut(), extra.as_object()) {
+            req.extend(extra.clone());
+        }
+        serde_json::from_value(req).unwrap()
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.dir.path().join("state/pods")
+    }
+
+    fn only_pod(&self) -> PodRecord {
+        let pods = self.rt.list();
+        assert_eq!(pods.len(), 1, "{pods:?}");
+        pods[0].clone()
+    }
+
+    /// A pod that has exited: nothing runs, no VM is left, its record says
+    /// `code` on disk as in memory, and only the record and logs remain.
+    fn assert_exited(&self, id: &str, code: i32) {
+        assert!(!self.rt.is_running(id));
+        assert!(self.hv.all_vms_ended(), "a VM was left running");
+        let record = self.rt.record(id).unwrap();
+        assert_eq!(record.state, PodState::Exited);
+        assert_eq!(record.exit_code, Some(code));
+        assert!(record.vm.is_none());
+        let on_disk = store::read_record(&self.pods_dir().join(id)).unwrap();
+        assert_eq!(on_disk.exit_code, Some(code));
+        assert!(
+            !self.pods_dir().join(id).join("vm").exists(),
+            "the run directory is left"
+        );
+        assert!(!self.pods_dir().join(id).join("pod.json.tmp").exists());
+    }
+}
+
+fn client_io() -> (RunIo, mpsc::Receiver<Output>) {
+    let (output, rx) = mpsc::channel(64);
+    let io = RunIo {
+        output,
+        stdin: None,
+        resize: None,
+    };
+    (io, rx)
+}
+
+/// Polls `cond` until it holds (bounded, so a broken runtime fails the
+/// test rather than hanging it).
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn a_pod_of_one_runs_to_its_exit_code_and_leaves_its_record_and_log() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(3),
+        on_term: None,
+    }));
+    let (io, mut out) = client_io();
+    let outcome =
+        s.rt.run(s.request(&["true"], serde_json::json!({})), io)
+            .await
+            .unwrap();
+    assert_eq!(outcome.exit_code, 3);
+    assert!(matches!(out.recv().await, Some(Output::Stdout(d)) if d == b"out\n"));
+    s.assert_exited(&outcome.pod, 3);
+    assert_eq!(s.hv.launched(), 1);
+    let log = std::fs::read_dir(s.pods_dir().join(&outcome.pod))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .any(|e| std::fs::read(e.path()).is_ok_and(|b| b.windows(3).any(|w| w == b"out")));
+    assert!(log, "the output reached the pod's log");
+}
+
+#[tokio::test]
+async fn a_launch_error_fails_the_pod_and_leaves_nothing_running() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent).then(Launch::Fails));
+    let err =
+        s.rt.create(s.request(&["true"], serde_json::json!({})), None)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::Hypervisor(_)), "{err}");
+    let pod = s.only_pod();
+    s.assert_exited(&pod.id, RUNTIME_FAILURE_EXIT);
+
+    // With --rm, not even the record stays.
+    s.hv.then(Launch::Fails);
+    let err =
+        s.rt.create(
+            s.request(&["true"], serde_json::json!({"remove": true})),
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, RunError::Hypervisor(_)), "{err}");
+    assert_eq!(s.rt.list().len(), 1);
+    assert_eq!(std::fs::read_dir(s.pods_dir()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_guest_that_never_says_ready_fails_the_boot_and_its_vm_goes() {
+    let s = Setup::with_boot_timeout(FakeHypervisor::new(Guest::Silent), 1);
+    let err =
+        s.rt.create(s.request(&["true"], serde_json::json!({})), None)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::Boot { .. }), "{err}");
+    let pod = s.only_pod();
+    s.assert_exited(&pod.id, RUNTIME_FAILURE_EXIT);
+    // `hyper wait` on it answers at once.
+    assert_eq!(s.rt.wait(&pod.id).await.unwrap(), RUNTIME_FAILURE_EXIT);
+}
+
+#[tokio::test]
+async fn a_command_the_guest_cannot_find_exits_127() {
+    let s = Setup::new(FakeHypervisor::new(Guest::CommandNotFound));
+    let started =
+        s.rt.create(s.request(&["nope"], serde_json::json!({})), None)
+            .await
+            .unwrap();
+    let early = started.early.expect("an early exit");
+    assert_eq!(early.exit_code, 127);
+    assert_eq!(early.message.as_deref(), Some("no such command"));
+    s.assert_exited(&started.id, 127);
+}
+
+#[tokio::test]
+async fn on_failure_n_restarts_n_times_in_fresh_vms() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(1),
+        on_term: None,
+    }));
+    let req = s.request(
+        &["false"],
+        serde_json::json!({"restart": {"policy": "on_failure", "max_retries": 2}}),
+    );
+    let (io, _out) = client_io();
+    let outcome = s.rt.run(req, io).await.unwrap();
+    assert_eq!(outcome.exit_code, 1);
+    assert_eq!(s.hv.launched(), 3, "the first run and two restarts");
+    assert_eq!(s.rt.record(&outcome.pod).unwrap().restart_count, 2);
+    s.assert_exited(&outcome.pod, 1);
+}
+
+#[tokio::test]
+async fn on_failure_does_not_restart_a_success_and_no_never_restarts() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    }));
+    let req = s.request(
+        &["true"],
+        serde_json::json!({"restart": {"policy": "on_failure", "max_retries": null}}),
+    );
+    let (io, _out) = client_io();
+    assert_eq!(s.rt.run(req, io).await.unwrap().exit_code, 0);
+    assert_eq!(s.hv.launched(), 1);
+
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(1),
+        on_term: None,
+    }));
+    let (io, _out) = client_io();
+    let req = s.request(&["false"], serde_json::json!({"restart": {"policy": "no"}}));
+    let outcome = s.rt.run(req, io).await.unwrap();
+    assert_eq!(outcome.exit_code, 1);
+    assert_eq!(s.hv.launched(), 1);
+    assert_eq!(s.rt.record(&outcome.pod).unwrap().restart_count, 0);
+}
+
+#[tokio::test]
+async fn always_restarts_even_a_success_until_stopped() {
+    let success = Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    };
+    let hv = FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: None,
+    })
+    .then(Launch::Boots(success.clone()))
+    .then(Launch::Boots(success));
+    let s = Setup::new(hv);
+    let req = s.request(
+        &["sh"],
+        serde_json::json!({"restart": {"policy": "always"}}),
+    );
+    let started = s.rt.create(req, None).await.unwrap();
+    let id = started.id.clone();
+    until("the third VM runs the container", || {
+        s.rt.record(&id)
+            .is_some_and(|r| r.restart_count == 2 && r.state == PodState::Running)
+            && s.rt.live_pod(&id).is_ok_and(|l| lock(&l.agent).is_some())
+    })
+    .await;
+    // It ignores SIGTERM: the stop takes its VM down, and that is no
+    // reason to restart it.
+    let code = s.rt.stop(&id, Duration::ZERO).await.unwrap();
+    assert_eq!(code, 128 + libc::SIGKILL);
+    assert_eq!(s.hv.launched(), 3);
+    s.assert_exited(&id, 128 + libc::SIGKILL);
+}
+
+#[tokio::test]
+async fn a_stop_during_boot_takes_the_vm_down_and_fails_the_create() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let rt = s.rt.clone();
+    let req = s.request(&["true"], serde_json::json!({}));
+    let create = tokio::spawn(async move { rt.create(req, None).await.map(|s| s.id) });
+    until("the pod is booting", || {
+        s.rt.list().first().is_some_and(|p| s.rt.is_running(&p.id))
+    })
+    .await;
+    let id = s.only_pod().id;
+    let code = s.rt.stop(&id, Duration::ZERO).await.unwrap();
+    assert_eq!(code, RUNTIME_FAILURE_EXIT);
+    let err = create.await.unwrap().err().unwrap();
+    assert!(
+        err.to_string().contains("the VM exited during boot"),
+        "{err}"
+    );
+    s.assert_exited(&id, RUNTIME_FAILURE_EXIT);
+}
+
+#[tokio::test]
+async fn a_pod_file_pod_boots_each_container_and_exits_with_the_first_failure() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: Some(0),
+    }));
+    let rootfs = s.dir.path().join("rootfs");
+    let text = format!(
+        "[[volume]]\nname = \"shared\"\n\n\
+         [[container]]\nname = \"a\"\nrootfs = \"{r}\"\ncommand = [\"sleep\", \"9\"]\n\
+         mounts = [{{ volume = \"shared\", path = \"/data\" }}]\n\n\
+         [[container]]\nname = \"b\"\nrootfs = \"{r}\"\ncommand = [\"sleep\", \"9\"]\n",
+        r = rootfs.display()
+    );
+    let pod = crate::podfile::parse("pod.toml", &text).unwrap();
+    let id = s.rt.create_pod(pod, Some("pair".into())).await.unwrap();
+    let record = s.rt.record(&id).unwrap();
+    assert_eq!(record.state, PodState::Running);
+    assert!(record
+        .containers
+        .iter()
+        .all(|c| c.state == PodState::Running));
+    assert_eq!(record.containers[1].guest_id, format!("{id}-b"));
+    assert!(s.pods_dir().join(&id).join("containers/b").is_dir());
+    // SIGTERM reaches both: each exits 0.
+    assert_eq!(s.rt.stop(&id, Duration::from_secs(60)).await.unwrap(), 0);
+    s.assert_exited(&id, 0);
+    let record = s.rt.record(&id).unwrap();
+    assert!(record.containers.iter().all(|c| c.exit_code == Some(0)));
+}
+
+/// Writes `json` (a `pod.json` of the hyperd before the one pod model) as
+/// the record of pod `id` in `s`, its paths moved into the test's state
+/// directory, as a crashed hyperd left it.
+fn left_behind(s: &Setup, json: &str, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let pod_dir = s.pods_dir().join(id);
+    std::fs::create_dir_all(pod_dir.join("vm")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["id"] = id.into();
+    v["vm_pid"] = serde_json::Value::Null;
+    if v["vm"].is_object() {
+        let socket = pod_dir.join("vm/agent.sock");
+        v["vm"]["info"]["agent_channel"] = serde_json::json!({ "unix_socket": socket });
+        v["vm"]["spec"]["run_dir"] = pod_dir.join("vm").to_string_lossy().into();
+    }
+    edit(&mut v);
+    std::fs::write(pod_dir.join("pod.json"), v.to_string()).unwrap();
+}
+
+fn tracked(container: &str, process: &str, stdio: u32) -> ProcessState {
+    ProcessState {
+        container: container.into(),
+        process: process.into(),
+        stdio,
+        stderr: stdio + 1,
+        exit_status: None,
+        output_open: true,
+    }
+}
+
+#[tokio::test]
+async fn restore_adopts_live_vms_of_both_kinds_and_follows_them_to_their_exit() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let (one, pair) = ("0a1b2c3d4e5f", "aa11bb22cc33");
+    left_behind(&s, OLD_POD_OF_ONE, one, |v| {
+        v["restart"] = serde_json::json!({"policy": "no"});
+    });
+    left_behind(&s, OLD_POD_FILE_POD, pair, |v| {
+        // Saved with its VM this time.
+        let mut one: serde_json::Value = serde_json::from_str(OLD_POD_OF_ONE).unwrap();
+        let socket = s.pods_dir().join(pair).join("vm/agent.sock");
+        one["vm"]["info"]["agent_channel"] = serde_json::json!({ "unix_socket": socket });
+        one["vm"]["info"]["id"] = pair.into();
+        v["vm"] = one["vm"].clone();
+    });
+    // Each guest ends the first processes it tracks with 7; the second
+    // container of the pair had exited before.
+    for (vm, processes) in [
+        ("0a1b2c3d4e5f-1", vec![tracked(one, "init", 1)]),
+        (pair, vec![tracked(pair, "init", 1)]),
+    ] {
+        lock(&s.hv.recoveries).insert(vm.to_string(), Guest::Reattach { processes, exit: 7 });
+    }
+    let restored = s.rt.restore().await.unwrap();
+    assert_eq!((restored.reattached, restored.cleaned), (2, 0));
+    assert_eq!(s.rt.wait(one).await.unwrap(), 7);
+    assert_eq!(s.rt.wait(pair).await.unwrap(), 7);
+    s.assert_exited(one, 7);
+    s.assert_exited(pair, 7);
+    let pair = s.rt.record(pair).unwrap();
+    assert_eq!(pair.containers[0].exit_code, Some(7));
+    // b had exited 0 before the takeover; that stays.
+    assert_eq!(pair.containers[1].exit_code, Some(0));
+    assert_eq!(s.hv.launched(), 0, "taken over, not booted again");
+}
+
+#[tokio::test]
+async fn restore_marks_a_pod_whose_vm_died_exited() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let id = "0a1b2c3d4e5f";
+    // The backend finds no VM to recover.
+    left_behind(&s, OLD_POD_OF_ONE, id, |_| {});
+    let restored = s.rt.restore().await.unwrap();
+    assert_eq!((restored.reattached, restored.cleaned), (0, 1));
+    s.assert_exited(id, RUNTIME_FAILURE_EXIT);
+}
+
+#[tokio::test]
+async fn restore_cleans_records_without_a_vm_and_dirs_without_a_record() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let id = "aa11bb22cc33";
+    // A pod file's pod saved before its VM was (`vm: null`).
+    left_behind(&s, OLD_POD_FILE_POD, id, |_| {});
+    let half = s.pods_dir().join("deadbeef0000");
+    std::fs::create_dir_all(half.join("vm")).unwrap();
+    let restored = s.rt.restore().await.unwrap();
+    assert_eq!((restored.reattached, restored.cleaned), (0, 2));
+    assert!(!half.exists());
+    s.assert_exited(id, RUNTIME_FAILURE_EXIT);
+    let record = s.rt.record(id).unwrap();
+    assert!(record
+        .containers
+        .iter()
+        .all(|c| c.state == PodState::Exited));
+    assert_eq!(s.rt.list().len(), 1);
+}
+
+#[tokio::test]
+async fn a_restored_exited_pod_starts_again_from_its_record() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(4),
+        on_term: None,
+    }));
+    let id = "0a1b2c3d4e5f";
+    let image = s.dir.path().join("built.erofs");
+    std::fs::write(&image, b"erofs").unwrap();
+    left_behind(&s, OLD_POD_OF_ONE, id, |v| {
+        v["state"] = "exited".into();
+        v["exit_code"] = 0.into();
+        v["vm"] = serde_json::Value::Null;
+        v["rootfs_image"] = image.to_string_lossy().into();
+        v["restart"] = serde_json::json!({"policy": "no"});
+    });
+    s.rt.restore().await.unwrap();
+    let mut started = s.rt.start(id).await.unwrap();
+    let ended = started
+        .outcome
+        .wait_for(Option::is_some)
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(ended.unwrap().unwrap().exit_code, 4);
+    s.assert_exited(id, 4);
+}
+
+#[tokio::test]
+async fn restore_ends_a_pod_whose_exit_was_lost_and_gives_up_on_another_backend() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Silent));
+    let (lost, elsewhere) = ("0a1b2c3d4e5f", "0a1b2c3d4e60");
+    left_behind(&s, OLD_POD_OF_ONE, lost, |_| {});
+    left_behind(&s, OLD_POD_OF_ONE, elsewhere, |v| {
+        v["backend"] = "xen".into();
+        v["vm"]["info"]["id"] = "other".into();
+    });
+    // The guest answers the resync but no longer knows the container's
+    // first process.
+    lock(&s.hv.recoveries).insert(
+        "0a1b2c3d4e5f-1".into(),
+        Guest::Reattach {
+            processes: Vec::new(),
+            exit: 0,
+        },
+    );
+    let restored = s.rt.restore().await.unwrap();
+    assert_eq!((restored.reattached, restored.cleaned), (1, 1));
+    s.assert_exited(lost, RUNTIME_FAILURE_EXIT);
+    s.assert_exited(elsewhere, RUNTIME_FAILURE_EXIT);
+    assert_eq!(s.hv.launched(), 0, "nothing is booted again");
+}
+
+#[tokio::test]
+async fn a_stopped_pod_is_not_restarted_by_its_policy() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: Some(128 + libc::SIGTERM),
+    }));
+    let req = s.request(
+        &["sh"],
+        serde_json::json!({"restart": {"policy": "always"}}),
+    );
+    let started = s.rt.create(req, None).await.unwrap();
+    // The container exits on SIGTERM, within the grace time.
+    let code =
+        s.rt.stop(&started.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert_eq!(s.hv.launched(), 1, "stopped, not restarted");
+    s.assert_exited(&started.id, 128 + libc::SIGTERM);
+    // `start` brings it back under its policy.
+    s.rt.start(&started.id).await.unwrap();
+    assert!(s.rt.is_running(&started.id));
+    assert_eq!(
+        s.rt.stop(&started.id, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        128 + libc::SIGTERM
+    );
+    assert_eq!(s.hv.launched(), 2);
+}
