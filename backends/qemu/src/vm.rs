@@ -47,7 +47,11 @@ impl QemuVm {
     ) -> Result<Self, HypervisorError> {
         let process = VmProcess::watch_child(child, "QEMU", on_exit(paths.clone()))
             .map_err(|e| HypervisorError::LaunchFailed(e.to_string()))?;
-        tokio::spawn(crate::console::watch_log(console, limit, process.exit_watch()));
+        tokio::spawn(crate::console::watch_log(
+            console,
+            limit,
+            process.exit_watch(),
+        ));
         Ok(Self {
             info,
             paths,
@@ -65,7 +69,11 @@ impl QemuVm {
         (console, limit): (PathBuf, u64),
     ) -> Self {
         let process = VmProcess::adopted(process, "QEMU", on_exit(paths.clone()));
-        tokio::spawn(crate::console::watch_log(console, limit, process.exit_watch()));
+        tokio::spawn(crate::console::watch_log(
+            console,
+            limit,
+            process.exit_watch(),
+        ));
         Self {
             info,
             paths,
