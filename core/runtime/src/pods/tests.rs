@@ -125,10 +125,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            recover: true,
-            ..Capabilities::default()
-        }
+        Capabilities { recover: true }
     }
 
     async fn probe(&self) -> ProbeReport {
@@ -162,9 +159,7 @@ impl Hypervisor for FakeHypervisor {
         let Some(guest) = found else {
             return Err(HypervisorError::NotFound(info.id));
         };
-        let AgentChannel::UnixSocket(socket) = info.agent_channel else {
-            return Err(HypervisorError::NotFound(info.id));
-        };
+        let AgentChannel::UnixSocket(socket) = info.agent_channel;
         self.start_vm(info.id, socket, guest)
     }
 }
