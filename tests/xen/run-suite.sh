@@ -9,7 +9,7 @@
 # Each listed case must pass: tests/matrix.py verify fails the leg on a listed
 # case that did not run, and records the results in build/matrix/xen.txt.
 #
-#   tests/xen/run-suite.sh            (env: XEN_CACHE, CARGO_TARGET_DIR, XEN_TIMEOUT,
+#   tests/xen/run-suite.sh            (env: XEN_CACHE, XEN_SHARE (default build/xen-share), CARGO_TARGET_DIR, XEN_TIMEOUT,
 #                                      XEN_CASES="exact names", HYPER_XEN_TYPE=pv|pvh)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +36,8 @@ REAL=$($M exe hyper-backend-xen real_xen)
 [ -e build/hyperkernel ] || make kernel
 [ -d build/rootfs/busybox ] || make rootfs
 
-S=$C/share
+# Per work tree: two worktrees running this leg at once must not share it.
+S=${XEN_SHARE:-$ROOT/build/xen-share}
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
 cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_xen.so" "$S/bin/"
 # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
@@ -54,7 +55,7 @@ printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$P/init"; chmod +x "$P
 cp "$HERE/in-dom0.sh" "$S/run.sh"
 echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
 
-LOG=$C/serial.log
+LOG=$S.serial.log
 echo "xen-suite: booting Xen under QEMU (TCG), serial log $LOG, timeout ${TIMEOUT}s"
 start=$(date +%s)
 set +e
