@@ -188,6 +188,18 @@ mod tests {
             .arg(vm.join("qmp.sock"))
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its cmdline is still ours (without
+        // the run dir): wait for the exec, as a VM found at start has long
+        // done it.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let needle = vm.as_os_str().as_encoded_bytes().to_vec();
+        for _ in 0..500 {
+            let seen = std::fs::read(&cmdline).unwrap_or_default();
+            if seen.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let found = read_record::<Rec>(&pod);
         let _ = child.kill();
         let _ = child.wait();
