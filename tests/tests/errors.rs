@@ -1,5 +1,6 @@
 //! Bad input gets a clear error and loses nothing.
 
+use hyper_hypervisor::plugin::PLUGIN_ABI_VERSION;
 use hyper_tests::{
     busybox_rootfs, hyper_at, prepare, spawn_hyperd, text, wait_with_timeout, Hyperd, Setup,
 };
@@ -139,7 +140,8 @@ fn a_plugin_of_another_abi_is_refused_with_both_versions() {
         "{failures}"
     );
     assert!(
-        failures.contains("ABI version 1001") && failures.contains("version 1"),
+        failures.contains(&format!("ABI version {}", PLUGIN_ABI_VERSION + 1000))
+            && failures.contains(&format!("speaks version {PLUGIN_ABI_VERSION};")),
         "{failures}"
     );
     // The good plugin still serves.
