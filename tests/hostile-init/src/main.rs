@@ -196,8 +196,8 @@ fn main() {
     };
     log(&format!("attack: {attack}"));
     chan.msg(&GuestMessage::Ready {
-        min_version: 1,
-        max_version: 1,
+        min_version: hyper_protocol::MIN_PROTOCOL_VERSION,
+        max_version: hyper_protocol::PROTOCOL_VERSION,
         capabilities: [
             "flow-control",
             "rootfs-erofs",
@@ -205,6 +205,7 @@ fn main() {
             "pid-namespace",
             "volumes",
             "terminal",
+            "confinement",
         ]
         .iter()
         .map(|c| c.to_string())
