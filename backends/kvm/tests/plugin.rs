@@ -237,7 +237,8 @@ async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
         .await;
     assert!(
         matches!(wrong, Err(HypervisorError::NotFound(_))),
-        "a recycled pid must not be adopted"
+        "a recycled pid must not be adopted: {:?}",
+        wrong.as_ref().map(|vm| vm.info())
     );
     let vm = hv
         .recover(spec.clone(), info.clone(), start)

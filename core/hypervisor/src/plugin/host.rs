@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::inproc::InProcessPlugin;
 use super::wire::{self, Call, Hello, Reply};
+use super::PluginRequest;
 
 /// Runs the host; returns the process's exit code.
 pub fn host_main() -> i32 {
@@ -66,6 +67,19 @@ pub fn host_main() -> i32 {
     let mut buf = Vec::new();
     loop {
         match wire::read_line::<Call>(&mut reader, &mut buf) {
+            // A release only forgets a VM: it runs here, in the order the
+            // calls came, so a launch or recover of the same id sent after
+            // it never finds it still tracked (a thread could run it late).
+            Ok(Some(call)) if matches!(call.request, PluginRequest::Release { .. }) => {
+                let result = plugin.call(&call.request);
+                let reply = Reply {
+                    id: call.id,
+                    result,
+                };
+                if send(&writer, &reply).is_err() {
+                    std::process::exit(0);
+                }
+            }
             Ok(Some(call)) => {
                 let plugin = plugin.clone();
                 let writer = writer.clone();
