@@ -198,15 +198,19 @@ fn main() {
     chan.msg(&GuestMessage::Ready {
         min_version: hyper_protocol::MIN_PROTOCOL_VERSION,
         max_version: hyper_protocol::PROTOCOL_VERSION,
-        capabilities: [
-            "flow-control",
-            "rootfs-erofs",
-            "rootfs-ext4",
-            "pid-namespace",
-            "volumes",
-            "terminal",
-            "confinement",
-        ]
+        // Everything hyperstart advertises, so the host takes it for one.
+        capabilities: {
+            use hyper_protocol::capability::*;
+            [
+                FLOW_CONTROL,
+                EROFS,
+                EXT4,
+                PID_NAMESPACE,
+                VOLUMES,
+                TERMINAL,
+                CONFINEMENT,
+            ]
+        }
         .iter()
         .map(|c| c.to_string())
         .collect(),
