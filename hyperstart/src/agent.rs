@@ -1699,6 +1699,7 @@ mod tests {
             let pod = Request::StartPod(PodSpec {
                 hostname: String::new(),
                 volumes,
+                network: None,
             });
             request(&mut a, &mut host, 1, pod);
             assert_eq!(response(&mut host).1.unwrap_err().kind, kind);

@@ -202,6 +202,7 @@ mod tests {
             ],
             console_log: "/pods/p1/console.log".into(),
             run_dir: "/pods/p1/vm".into(),
+            nics: Vec::new(),
         }
     }
 

@@ -200,6 +200,7 @@ mod tests {
             }],
             console_log: dir.path().join("console.log"),
             run_dir,
+            nics: Vec::new(),
         };
         Fixture { _dir: dir, spec }
     }

@@ -108,6 +108,7 @@ fn fixture(kernel: &[u8]) -> Fixture {
         ],
         console_log: dir.path().join("console.log"),
         run_dir,
+        nics: Vec::new(),
     };
     Fixture { dir, spec }
 }

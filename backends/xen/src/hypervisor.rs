@@ -630,6 +630,7 @@ mod tests {
             disks: vec![],
             console_log: "/tmp/c.log".into(),
             run_dir: "/tmp".into(),
+            nics: Vec::new(),
         };
         assert!(matches!(
             h.launch(spec.clone()).await.err(),
@@ -743,6 +744,7 @@ mod tests {
             disks: vec![],
             console_log: dir.path().join("console.log"),
             run_dir: run_dir.clone(),
+            nics: Vec::new(),
         };
         let info = VmInfo {
             id: "p1".into(),
@@ -754,6 +756,7 @@ mod tests {
         // a console that is not a pty.
         let elsewhere = VmSpec {
             run_dir: dir.path().join("elsewhere"),
+            nics: Vec::new(),
             ..spec.clone()
         };
         let err = h.recover(elsewhere, info.clone(), None).await.err();

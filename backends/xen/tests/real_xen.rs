@@ -36,6 +36,7 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
         disks: vec![],
         console_log: dir.path().join("console.log"),
         run_dir: dir.path().to_path_buf(),
+        nics: Vec::new(),
     }
 }
 

@@ -148,6 +148,7 @@ mod tests {
             disks: Vec::new(),
             console_log: "c".into(),
             run_dir: "r".into(),
+            nics: Vec::new(),
         }
     }
 

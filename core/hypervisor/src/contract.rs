@@ -41,6 +41,31 @@ pub struct VmSpec {
     /// A private directory for the backend's sockets and files; the core
     /// removes it after the VM has ended.
     pub run_dir: PathBuf,
+    /// The VM's network interfaces, in guest order; empty: no NIC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
+}
+
+/// One guest NIC, joined to a network namespace the core prepared (Kata's
+/// model: the pod's netns is the contract). The backend creates its own
+/// device (a tap, a Xen vif) *inside* `netns`, named `device`, and joins it
+/// to `peer` with tc mirred redirect both ways, using the backend kit's
+/// `nic` module; it never touches anything else in the namespace. The core
+/// removes the namespace (and with it the device) after the VM has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    /// A network namespace file (`/run/netns/hyper-<id>`, or one a caller
+    /// such as the containerd shim made).
+    pub netns: PathBuf,
+    /// The interface CNI configured in `netns` (`eth0`).
+    pub peer: String,
+    /// The name the backend gives its device in `netns` (at most 15 bytes).
+    pub device: String,
+    /// The guest NIC's MAC: `peer`'s, so the frames CNI's network expects
+    /// for the pod are the guest's own (`aa:bb:cc:dd:ee:ff`).
+    pub mac: String,
+    /// `peer`'s MTU; the backend's device gets the same.
+    pub mtu: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,8 +39,9 @@ pub use message::*;
 
 /// The newest protocol version this build speaks. Version 2 added
 /// `ProcessSpec::confinement`: a version-1 guest would run containers with
-/// every capability, so it is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// every capability, so it is refused. Version 3 added `PodSpec::network`
+/// (a version-2 guest still runs pods without a network).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Bytes a sender may send on a data stream before it has received any credit.

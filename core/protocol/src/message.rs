@@ -148,6 +148,88 @@ pub struct PodSpec {
     /// reads the same as before volumes existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
+    /// The pod's network (protocol version 3, capability
+    /// [`capability::NETWORK`]). `None`: hyperstart leaves the guest's
+    /// network alone (only a host older than version 3 sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// Everything hyperstart configures so the pod's containers share one
+/// network, as in a Kubernetes pod: the guest's NICs (matched by MAC),
+/// routes, and the files every container gets (`/etc/resolv.conf`,
+/// `/etc/hosts`, `/etc/hostname`). The host builds it from the CNI result
+/// of the pod's network namespace; the guest validates every field.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// At most [`NetworkSpec::MAX_INTERFACES`]. Empty for `--network none`:
+    /// only `lo` comes up.
+    pub interfaces: Vec<InterfaceSpec>,
+    /// At most [`NetworkSpec::MAX_ROUTES`], added after every interface is up.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// The contents of every container's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns: DnsSpec,
+    /// Extra `/etc/hosts` lines (`--add-host`), after `localhost` and the
+    /// pod's own hostname and addresses. At most [`NetworkSpec::MAX_HOSTS`].
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+}
+
+impl NetworkSpec {
+    pub const MAX_INTERFACES: usize = 8;
+    pub const MAX_ROUTES: usize = 64;
+    pub const MAX_HOSTS: usize = 256;
+}
+
+/// One guest NIC: the device whose MAC is `mac` is renamed `name` and gets
+/// `mtu` and `addresses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceSpec {
+    /// `aa:bb:cc:dd:ee:ff`, lower case.
+    pub mac: String,
+    /// The name inside the guest (`eth0`); at most 15 bytes of
+    /// `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// 68..=65535.
+    pub mtu: u32,
+    /// CIDR addresses, IPv4 or IPv6 (`10.88.0.5/16`, `fd00::5/64`).
+    pub addresses: Vec<String>,
+}
+
+/// A route: `destination` (CIDR, `0.0.0.0/0` for the default route) through
+/// `gateway` when set, else directly on `interface`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The guest-side interface name (an [`InterfaceSpec::name`]).
+    pub interface: String,
+}
+
+/// `/etc/resolv.conf`: `nameserver`, `search` and `options` lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// One `/etc/hosts` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub address: String,
+    pub names: Vec<String>,
 }
 
 /// A pod-level volume: a tmpfs in the guest, alive as long as the VM.
@@ -344,6 +426,9 @@ pub mod capability {
     /// `ProcessSpec.confinement` is applied (capabilities, no_new_privs,
     /// seccomp, masked /proc paths, device restriction).
     pub const CONFINEMENT: &str = "confinement";
+    /// `PodSpec::network` is applied (NICs by MAC, routes, resolv.conf,
+    /// hosts, hostname); protocol version 3 and later.
+    pub const NETWORK: &str = "network";
 }
 
 #[cfg(test)]
@@ -406,6 +491,7 @@ mod tests {
         let json = serde_json::to_string(&PodSpec {
             hostname: "h".into(),
             volumes: Vec::new(),
+            network: None,
         })
         .unwrap();
         assert_eq!(json, r#"{"hostname":"h"}"#);

@@ -62,5 +62,6 @@ pub fn unbootable_spec(id: &str) -> crate::VmSpec {
         disks: Vec::new(),
         console_log: "/nonexistent/console.log".into(),
         run_dir: "/nonexistent/vm".into(),
+        nics: Vec::new(),
     }
 }

@@ -218,6 +218,7 @@ impl Runtime {
                 .collect(),
             console_log: pod_dir.join("console.log"),
             run_dir: pod_dir.join("vm"),
+            nics: Vec::new(),
         }
     }
 
@@ -362,6 +363,7 @@ impl Runtime {
                     size_mib: v.size_mib.unwrap_or(0),
                 })
                 .collect(),
+            network: None,
         };
         let mut pod = Some(pod);
         let mut inits = Vec::with_capacity(members.len());
