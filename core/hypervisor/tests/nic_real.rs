@@ -392,20 +392,7 @@ fn an_existing_device_is_joined_like_a_xen_vif() {
     }
     let mut pod = pod("j", "vif0");
     pod.spec.mtu = 1400;
-    in_ns(&pod.netns, |h| {
-        Box::pin(async move {
-            h.link()
-                .add(LinkVeth::new("vif0", "vif0-dom").build())
-                .execute()
-                .await
-                .unwrap();
-            h.link()
-                .set(LinkUnspec::new_with_name("vif0-dom").up().build())
-                .execute()
-                .await
-                .unwrap();
-        })
-    });
+    link::add_veth(&pod.netns, "vif0", "vif0-dom").unwrap();
     nic::join(&pod.spec).unwrap();
     let vif = link::info(&pod.netns, "vif0").unwrap();
     assert!(vif.up);
@@ -444,6 +431,12 @@ fn namespaces_are_created_once_and_listed() {
         links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
         vec!["lo"]
     );
+    // add_veth/delete, the test helpers other crates use.
+    link::add_veth(&path, "va", "vb").unwrap();
+    assert!(link::info(&path, "vb").unwrap().up);
+    assert!(link::delete(&path, "va").unwrap());
+    assert!(!link::delete(&path, "va").unwrap());
+    assert!(link_gone(&path, "vb"), "a veth takes its peer along");
     assert!(netns::remove(&path).unwrap());
     assert!(netns::list(&name).unwrap().is_empty());
 }
