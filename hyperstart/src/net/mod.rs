@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_protocol::{AgentError, AgentErrorKind, NetworkSpec};
+use hyper_protocol::{
+    valid_dns_name, valid_hostname, valid_resolver_option, AgentError, AgentErrorKind, NetworkSpec,
+};
 
 use crate::log::{debug, log};
 use netlink::{Netlink, RouteScope};
@@ -27,19 +29,6 @@ type Result<T> = std::result::Result<T, AgentError>;
 /// How long a NIC may take to appear (its driver probing) before StartPod
 /// fails naming its MAC.
 pub const NIC_WAIT: Duration = Duration::from_secs(5);
-/// Addresses per interface.
-pub const MAX_ADDRESSES: usize = 16;
-/// `nameserver` lines (glibc reads 3; more are passed through as Docker
-/// does), `search` domains and `options`.
-pub const MAX_NAMESERVERS: usize = 8;
-pub const MAX_SEARCH: usize = 8;
-pub const MAX_OPTIONS: usize = 16;
-/// Names on one `/etc/hosts` line.
-pub const MAX_HOST_NAMES: usize = 16;
-/// A DNS name (RFC 1035), and the kernel's limit on the hostname.
-const MAX_DNS_NAME: usize = 253;
-const MAX_HOSTNAME: usize = 64;
-const MAX_OPTION: usize = 64;
 
 fn invalid(message: impl Into<String>) -> AgentError {
     AgentError::new(AgentErrorKind::InvalidRequest, message)
@@ -179,35 +168,6 @@ pub fn valid_interface_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// A host or domain name: dot-separated labels of `[A-Za-z0-9_-]`, 1..=63
-/// bytes each, not starting with `-`; at most `max` bytes in all. `_` is
-/// allowed because real names use it (SRV-style labels, Docker names).
-pub fn valid_dns_name(name: &str, max: usize) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= max
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
-}
-
-/// The pod's hostname as the kernel and /etc/hosts take it.
-pub fn valid_hostname(name: &str) -> bool {
-    !name.ends_with('.') && valid_dns_name(name, MAX_HOSTNAME)
-}
-
-/// A resolv.conf option (`ndots:5`, `edns0`, `timeout:2`).
-fn valid_option(opt: &str) -> bool {
-    (1..=MAX_OPTION).contains(&opt.len())
-        && opt
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.'))
-}
-
 fn check_count(what: &str, n: usize, max: usize) -> Result<()> {
     if n > max {
         return Err(invalid(format!("network: {n} {what}: at most {max}")));
@@ -225,7 +185,8 @@ fn usable_unicast(ip: &IpAddr) -> bool {
 pub fn validate(spec: &NetworkSpec, hostname: &str) -> Result<Plan> {
     if !hostname.is_empty() && !valid_hostname(hostname) {
         return Err(invalid(format!(
-            "invalid hostname {hostname:?}: use at most {MAX_HOSTNAME} bytes of letters, digits, '-', '_' and '.'"
+            "invalid hostname {hostname:?}: use at most {} bytes of letters, digits, '-', '_' and '.'",
+            NetworkSpec::MAX_HOSTNAME
         )));
     }
     check_count(
@@ -235,9 +196,21 @@ pub fn validate(spec: &NetworkSpec, hostname: &str) -> Result<Plan> {
     )?;
     check_count("routes", spec.routes.len(), NetworkSpec::MAX_ROUTES)?;
     check_count("hosts entries", spec.hosts.len(), NetworkSpec::MAX_HOSTS)?;
-    check_count("nameservers", spec.dns.nameservers.len(), MAX_NAMESERVERS)?;
-    check_count("search domains", spec.dns.search.len(), MAX_SEARCH)?;
-    check_count("resolver options", spec.dns.options.len(), MAX_OPTIONS)?;
+    check_count(
+        "nameservers",
+        spec.dns.nameservers.len(),
+        NetworkSpec::MAX_NAMESERVERS,
+    )?;
+    check_count(
+        "search domains",
+        spec.dns.search.len(),
+        NetworkSpec::MAX_SEARCH,
+    )?;
+    check_count(
+        "resolver options",
+        spec.dns.options.len(),
+        NetworkSpec::MAX_OPTIONS,
+    )?;
 
     let mut interfaces: Vec<Interface> = Vec::new();
     for (i, nic) in spec.interfaces.iter().enumerate() {
@@ -268,11 +241,12 @@ pub fn validate(spec: &NetworkSpec, hostname: &str) -> Result<Plan> {
                 nic.name
             )));
         }
-        if nic.addresses.len() > MAX_ADDRESSES {
+        if nic.addresses.len() > NetworkSpec::MAX_ADDRESSES {
             return Err(invalid(format!(
-                "network: interface {}: {} addresses: at most {MAX_ADDRESSES}",
+                "network: interface {}: {} addresses: at most {}",
                 nic.name,
-                nic.addresses.len()
+                nic.addresses.len(),
+                NetworkSpec::MAX_ADDRESSES
             )));
         }
         let mut addresses: Vec<Cidr> = Vec::new();
@@ -366,12 +340,12 @@ pub fn validate(spec: &NetworkSpec, hostname: &str) -> Result<Plan> {
         nameservers.push(ip);
     }
     for s in &spec.dns.search {
-        if !valid_dns_name(s, MAX_DNS_NAME) {
+        if !valid_dns_name(s, NetworkSpec::MAX_DNS_NAME) {
             return Err(invalid(format!("network: invalid search domain {s:?}")));
         }
     }
     for o in &spec.dns.options {
-        if !valid_option(o) {
+        if !valid_resolver_option(o) {
             return Err(invalid(format!(
                 "network: invalid resolver option {o:?} (like ndots:5 or edns0)"
             )));
@@ -386,14 +360,19 @@ pub fn validate(spec: &NetworkSpec, hostname: &str) -> Result<Plan> {
                 h.address
             ))
         })?;
-        if h.names.is_empty() || h.names.len() > MAX_HOST_NAMES {
+        if h.names.is_empty() || h.names.len() > NetworkSpec::MAX_HOST_NAMES {
             return Err(invalid(format!(
-                "network: hosts entry {}: 1..={MAX_HOST_NAMES} names, not {}",
+                "network: hosts entry {}: 1..={} names, not {}",
                 h.address,
+                NetworkSpec::MAX_HOST_NAMES,
                 h.names.len()
             )));
         }
-        if let Some(bad) = h.names.iter().find(|n| !valid_dns_name(n, MAX_DNS_NAME)) {
+        if let Some(bad) = h
+            .names
+            .iter()
+            .find(|n| !valid_dns_name(n, NetworkSpec::MAX_DNS_NAME))
+        {
             return Err(invalid(format!(
                 "network: hosts entry {}: invalid name {bad:?}",
                 h.address
