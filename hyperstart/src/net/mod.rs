@@ -823,82 +823,135 @@ pub(super) mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The encoder against the real kernel: a thread in a new network
-    /// namespace with a veth pair standing in for the VM's NIC (sysfs is
-    /// faked: it shows the namespace of whoever mounted it). Needs root;
-    /// without it the test says so and checks nothing.
-    #[test]
-    fn applies_a_plan_to_a_real_veth() {
+    /// Runs `f` on a thread in a new network namespace with `setup` (shell,
+    /// run in it) done, and a fake sysfs listing `devices` (name, MAC) with
+    /// their real indexes (sysfs shows the namespace of whoever mounted it).
+    /// Needs root; without it the caller is told to skip.
+    fn in_new_netns(
+        setup: &'static str,
+        devices: &'static [(&'static str, &'static str)],
+        f: fn(&str, &SysfsNet),
+    ) -> bool {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("applies_a_plan_to_a_real_veth: not root, skipped");
-            return;
+            eprintln!("not root: the real-kernel network test is skipped");
+            return false;
         }
-        std::thread::spawn(|| {
+        std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             // SAFETY: gettid has no arguments and cannot fail.
             let tid = unsafe { libc::syscall(libc::SYS_gettid) };
             let netns = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
-            sh(
-                &netns,
-                "ip link add v0 address 02:42:0a:58:00:05 type veth peer name v1 && ip link set v1 up",
-            );
-            let index = |name: &str| -> String {
-                let line = sh(&netns, &format!("ip -o link show {name}"));
-                line.split(':').next().unwrap().to_string()
-            };
+            sh(&netns, setup);
             let dir = tempfile::tempdir().unwrap();
-            for (name, mac) in [("lo", "00:00:00:00:00:00"), ("v0", "02:42:0a:58:00:05")] {
+            for (name, mac) in devices {
+                let line = sh(&netns, &format!("ip -o link show {name}"));
+                let index = line.split(':').next().unwrap().to_string();
                 let d = dir.path().join(name);
                 std::fs::create_dir(&d).unwrap();
                 std::fs::write(d.join("address"), mac).unwrap();
-                std::fs::write(d.join("ifindex"), index(name)).unwrap();
+                std::fs::write(d.join("ifindex"), index).unwrap();
             }
             let sysfs = SysfsNet {
                 root: dir.path().to_path_buf(),
             };
-            let mut s = spec();
-            s.interfaces[0].mtu = 1400;
-            // A gateway outside the interface's subnets (needs its own
-            // link route first).
-            s.routes.push(RouteSpec {
-                destination: "192.168.7.0/24".into(),
-                gateway: Some("172.16.0.1".into()),
-                interface: "eth0".into(),
-            });
-            s.routes.push(RouteSpec {
-                destination: "fd01::/64".into(),
-                gateway: None,
-                interface: "eth0".into(),
-            });
-            let plan = validate(&s, "web").unwrap();
-            apply(&plan, &sysfs).unwrap();
-
-            let lo = sh(&netns, "ip -o link show lo");
-            assert!(lo.contains("UP"), "{lo}");
-            let eth0 = sh(&netns, "ip -o link show eth0");
-            assert!(eth0.contains("mtu 1400") && eth0.contains(",UP"), "{eth0}");
-            let addrs = sh(&netns, "ip -o addr show dev eth0");
-            assert!(addrs.contains("inet 10.88.0.5/16"), "{addrs}");
-            assert!(addrs.contains("inet6 fd00::5/64"), "{addrs}");
-            let routes = sh(&netns, "ip route show; ip -6 route show");
-            for want in [
-                "default via 10.88.0.1 dev eth0",
-                "172.16.0.1 dev eth0 scope link",
-                "192.168.7.0/24 via 172.16.0.1 dev eth0",
-                "fd01::/64 dev eth0",
-            ] {
-                assert!(routes.contains(want), "{want:?} not in {routes}");
-            }
-            // Applying again (a host retrying) replaces, not fails.
-            apply(&plan, &sysfs).unwrap();
-            // A kernel refusal comes back with its errno.
-            let mut nl = Netlink::open().unwrap();
-            let e = nl
-                .add_address(9999, &Cidr::parse("10.9.9.9/24").unwrap())
-                .unwrap_err();
-            assert_eq!(e.errno, libc::ENODEV, "{e}");
+            f(&netns, &sysfs);
         })
         .join()
         .unwrap();
+        true
+    }
+
+    /// The encoder against the real kernel, a veth pair standing in for
+    /// the VM's NIC.
+    #[test]
+    fn applies_a_plan_to_a_real_veth() {
+        in_new_netns(
+            "ip link add v0 address 02:42:0a:58:00:05 type veth peer name v1 && ip link set v1 up",
+            &[("lo", "00:00:00:00:00:00"), ("v0", "02:42:0a:58:00:05")],
+            |netns, sysfs| {
+                let mut s = spec();
+                s.interfaces[0].mtu = 1400;
+                // A gateway outside the interface's subnets (needs its own
+                // link route first).
+                s.routes.push(RouteSpec {
+                    destination: "192.168.7.0/24".into(),
+                    gateway: Some("172.16.0.1".into()),
+                    interface: "eth0".into(),
+                });
+                s.routes.push(RouteSpec {
+                    destination: "fd01::/64".into(),
+                    gateway: None,
+                    interface: "eth0".into(),
+                });
+                let plan = validate(&s, "web").unwrap();
+                apply(&plan, sysfs).unwrap();
+
+                let lo = sh(netns, "ip -o link show lo");
+                assert!(lo.contains("UP"), "{lo}");
+                let eth0 = sh(netns, "ip -o link show eth0");
+                assert!(eth0.contains("mtu 1400") && eth0.contains(",UP"), "{eth0}");
+                let addrs = sh(netns, "ip -o addr show dev eth0");
+                assert!(addrs.contains("inet 10.88.0.5/16"), "{addrs}");
+                assert!(addrs.contains("inet6 fd00::5/64"), "{addrs}");
+                let routes = sh(netns, "ip route show; ip -6 route show");
+                for want in [
+                    "default via 10.88.0.1 dev eth0",
+                    "172.16.0.1 dev eth0 scope link",
+                    "192.168.7.0/24 via 172.16.0.1 dev eth0",
+                    "fd01::/64 dev eth0",
+                ] {
+                    assert!(routes.contains(want), "{want:?} not in {routes}");
+                }
+                // Applying again (a host retrying) replaces, not fails.
+                apply(&plan, sysfs).unwrap();
+                // A kernel refusal comes back with its errno.
+                let mut nl = Netlink::open().unwrap();
+                let e = nl
+                    .add_address(9999, &Cidr::parse("10.9.9.9/24").unwrap())
+                    .unwrap_err();
+                assert_eq!(e.errno, libc::ENODEV, "{e}");
+            },
+        );
+    }
+
+    /// Two NICs whose names are to be swapped (the kernel refuses a name
+    /// another device holds: the renames go through temporary names).
+    #[test]
+    fn nics_can_swap_names() {
+        in_new_netns(
+            "ip link add eth0 address 02:00:00:00:00:0a type veth peer name p0 && \
+             ip link add eth1 address 02:00:00:00:00:0b type veth peer name p1",
+            &[
+                ("lo", "00:00:00:00:00:00"),
+                ("eth0", "02:00:00:00:00:0a"),
+                ("eth1", "02:00:00:00:00:0b"),
+            ],
+            |netns, sysfs| {
+                let nic = |mac: &str, name: &str, addr: &str| InterfaceSpec {
+                    mac: mac.into(),
+                    name: name.into(),
+                    mtu: 1500,
+                    addresses: vec![addr.into()],
+                };
+                let s = NetworkSpec {
+                    interfaces: vec![
+                        nic("02:00:00:00:00:0a", "eth1", "10.1.0.2/24"),
+                        nic("02:00:00:00:00:0b", "eth0", "10.2.0.2/24"),
+                    ],
+                    ..NetworkSpec::default()
+                };
+                apply(&validate(&s, "").unwrap(), sysfs).unwrap();
+                let eth1 = sh(netns, "ip -o link show eth1; ip -o addr show dev eth1");
+                assert!(
+                    eth1.contains("02:00:00:00:00:0a") && eth1.contains("10.1.0.2/24"),
+                    "{eth1}"
+                );
+                let eth0 = sh(netns, "ip -o link show eth0; ip -o addr show dev eth0");
+                assert!(
+                    eth0.contains("02:00:00:00:00:0b") && eth0.contains("10.2.0.2/24"),
+                    "{eth0}"
+                );
+            },
+        );
     }
 }
