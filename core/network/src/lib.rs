@@ -5,3 +5,5 @@
 //! into what the backend (`hyper_hypervisor::NicSpec`) and the guest
 //! (`hyper_protocol::NetworkSpec`) need. A caller that already has a
 //! namespace (the containerd shim) hands its path in instead.
+
+pub mod dns;
