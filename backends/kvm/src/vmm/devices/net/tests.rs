@@ -1,0 +1,385 @@
+//! The device against real guest memory and hand-built queues, with a
+//! datagram socket pair standing in for the tap.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::super::mmio::tests::bring_up;
+use super::super::mmio::MmioTransport;
+use super::super::testring::Ring;
+use super::*;
+
+const MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
+const BUF: u64 = 0x40000;
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+struct Setup {
+    t: MmioTransport<Net>,
+    mem: GuestMemoryMmap,
+    rx: Ring,
+    tx: Ring,
+    /// The host side of the "tap".
+    peer: OwnedFd,
+}
+
+fn setup() -> Setup {
+    let (a, peer) = pair();
+    let net = Net::new(Tap::new(a).unwrap(), MAC, Some(1400));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(net, mem.clone(), irq).unwrap();
+    let rx = Ring::new(0x10000, 16);
+    let tx = Ring::new(0x20000, 16);
+    bring_up(&mut t, &[rx.addrs(), tx.addrs()]);
+    Setup {
+        t,
+        mem,
+        rx,
+        tx,
+        peer,
+    }
+}
+
+fn notify(t: &mut MmioTransport<Net>, q: u32) {
+    t.write(0x50, &q.to_le_bytes());
+}
+
+fn frame(tag: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.resize(len, tag);
+    f
+}
+
+fn peer_send(peer: &OwnedFd, data: &[u8]) {
+    // SAFETY: `data` is valid for its length.
+    let n = unsafe { libc::send(peer.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
+    assert_eq!(n, data.len() as isize);
+}
+
+/// One datagram from the peer, or None when there is none.
+fn peer_recv(peer: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 70000];
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe {
+        libc::recv(
+            peer.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// Bytes waiting to be read on the device's end (not consumed).
+fn tap_queued(t: &MmioTransport<Net>) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: peeking one byte into a one-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            t.device().tap().as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+fn put_tx(mem: &GuestMemoryMmap, at: u64, f: &[u8]) {
+    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(at)).unwrap();
+    mem.write_slice(f, GuestAddress(at + HDR_LEN as u64))
+        .unwrap();
+}
+
+#[test]
+fn features_and_config() {
+    let s = setup();
+    let d = s.t.device();
+    let f = d.features();
+    assert_ne!(f & VIRTIO_NET_F_MAC, 0);
+    assert_ne!(f & VIRTIO_NET_F_MTU, 0);
+    assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+    assert_eq!(f & OFFLOADS, 0, "no offloads without IFF_VNET_HDR");
+    let c = d.config();
+    assert_eq!(&c[..6], &MAC);
+    assert_eq!(u16::from_le_bytes([c[10], c[11]]), 1400);
+    let mut t = s.t;
+    let mut b = [0u8; 1];
+    t.read(0x100 + 5, &mut b);
+    assert_eq!(b[0], MAC[5]);
+}
+
+#[test]
+fn a_frame_goes_out_through_the_tx_queue() {
+    let mut s = setup();
+    let f = frame(0xa1, 60);
+    put_tx(&s.mem, BUF, &f);
+    // Header and frame split over three descriptors.
+    s.tx.add_chain(
+        &s.mem,
+        &[
+            (BUF, 12, false),
+            (BUF + 12, 20, false),
+            (BUF + 32, 40, false),
+        ],
+    );
+    notify(&mut s.t, 1);
+    assert_eq!(s.tx.used_idx(&s.mem), 1);
+    assert_eq!(peer_recv(&s.peer).unwrap(), f);
+    assert_eq!(s.t.device().stats().tx_frames, 1);
+    assert!(!s.t.is_broken());
+}
+
+#[test]
+fn a_frame_comes_in_through_the_rx_queue() {
+    let mut s = setup();
+    s.rx.add_chain(&s.mem, &[(BUF, 12, true), (BUF + 0x100, 1514, true)]);
+    notify(&mut s.t, 0);
+    assert_eq!(s.rx.used_idx(&s.mem), 0, "no frame yet");
+    let f = frame(0xb2, 100);
+    peer_send(&s.peer, &f);
+    // What the event loop does on POLLIN.
+    assert_ne!(s.t.device().poll_events() & libc::POLLIN, 0);
+    s.t.process(RXQ);
+    assert_eq!(s.rx.used_idx(&s.mem), 1);
+    assert_eq!(s.rx.used_len(&s.mem, 0), 112);
+    let mut hdr = [0u8; 12];
+    s.mem.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
+    assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "num_buffers = 1");
+    let mut got = vec![0u8; 100];
+    s.mem
+        .read_slice(&mut got, GuestAddress(BUF + 0x100))
+        .unwrap();
+    assert_eq!(got, f);
+}
+
+#[test]
+fn with_no_receive_buffers_the_tap_is_not_read() {
+    let mut s = setup();
+    peer_send(&s.peer, &frame(1, 60));
+    s.t.process(RXQ);
+    assert!(tap_queued(&s.t), "the frame stays in the tap");
+    assert_eq!(
+        s.t.device().poll_events() & libc::POLLIN,
+        0,
+        "and the tap is not polled"
+    );
+    s.rx.add_chain(&s.mem, &[(BUF, 2048, true)]);
+    notify(&mut s.t, 0);
+    assert_eq!(s.rx.used_idx(&s.mem), 1);
+    assert!(!tap_queued(&s.t));
+    assert_eq!(
+        s.t.device().poll_events() & libc::POLLIN,
+        0,
+        "the only buffer is used: starved again"
+    );
+}
+
+#[test]
+fn a_full_tap_pushes_back_without_buffering() {
+    let mut s = setup();
+    // A unix datagram peer that never reads takes only a few datagrams
+    // when the send buffer is small.
+    let size: libc::c_int = 4096;
+    // SAFETY: SO_SNDBUF reads one c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            s.t.device().tap().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    let f = frame(7, 1000);
+    for i in 0..15u64 {
+        put_tx(&s.mem, BUF + i * 0x1000, &f);
+        s.tx.add_chain(&s.mem, &[(BUF + i * 0x1000, 1012, false)]);
+    }
+    notify(&mut s.t, 1);
+    let sent = s.tx.used_idx(&s.mem);
+    assert!(sent < 15, "all {sent} accepted: the peer never filled up");
+    assert_ne!(s.t.device().poll_events() & libc::POLLOUT, 0);
+    // Notifying again while blocked does nothing.
+    notify(&mut s.t, 1);
+    assert_eq!(s.tx.used_idx(&s.mem), sent);
+    // Drain the peer: the rest go out in order.
+    let mut got = 0;
+    for _ in 0..100 {
+        while peer_recv(&s.peer).is_some() {
+            got += 1;
+        }
+        s.t.device_mut().tap_writable();
+        s.t.process(TXQ);
+        if s.tx.used_idx(&s.mem) == 15 {
+            while peer_recv(&s.peer).is_some() {
+                got += 1;
+            }
+            break;
+        }
+    }
+    assert_eq!(got, 15);
+    assert_eq!(s.t.device().stats().tx_frames, 15);
+    assert_eq!(s.t.device().poll_events() & libc::POLLOUT, 0);
+}
+
+#[test]
+fn hostile_transmit_chains_are_dropped_not_sent() {
+    let mut s = setup();
+    let f = frame(3, 60);
+    put_tx(&s.mem, BUF, &f);
+    // Device-writable descriptor in a TX chain.
+    s.tx.add_chain(&s.mem, &[(BUF, 12, false), (BUF + 12, 60, true)]);
+    // Shorter than a header plus an Ethernet header.
+    s.tx.add_chain(&s.mem, &[(BUF, 20, false)]);
+    // Longer than any frame.
+    s.tx.add_chain(&s.mem, &[(BUF, 70000, false)]);
+    // An offload requested that was never offered.
+    s.mem.write_obj(1u8, GuestAddress(BUF + 0x2000)).unwrap();
+    s.tx.add_chain(&s.mem, &[(BUF + 0x2000, 72, false)]);
+    // Empty-length descriptors only.
+    s.tx.add_chain(&s.mem, &[(BUF, 0, false), (BUF, 0, false)]);
+    notify(&mut s.t, 1);
+    assert_eq!(s.tx.used_idx(&s.mem), 5, "every chain is returned");
+    assert!(peer_recv(&s.peer).is_none(), "nothing was sent");
+    assert_eq!(s.t.device().stats().tx_dropped, 5);
+    assert!(!s.t.is_broken());
+    // The device still works.
+    s.tx.add_chain(&s.mem, &[(BUF, 72, false)]);
+    notify(&mut s.t, 1);
+    assert_eq!(peer_recv(&s.peer).unwrap(), f);
+}
+
+#[test]
+fn transmit_buffer_outside_memory_breaks_the_device_only() {
+    let mut s = setup();
+    s.tx.add_chain(&s.mem, &[(0xfff_0000, 72, false)]);
+    notify(&mut s.t, 1);
+    assert!(s.t.is_broken());
+    assert!(!s.t.driver_ok(), "a broken device's tap is not polled");
+    assert!(peer_recv(&s.peer).is_none());
+}
+
+#[test]
+fn looping_chains_are_bounded() {
+    let mut s = setup();
+    put_tx(&s.mem, BUF, &frame(4, 60));
+    s.tx.add_loop(&s.mem, BUF, 16);
+    notify(&mut s.t, 1);
+    // 16 x 16 bytes at most: the chain ends at the queue size; whatever
+    // went out, the call returned.
+    if let Some(f) = peer_recv(&s.peer) {
+        assert!(f.len() <= 16 * 16);
+    }
+    s.rx.add_loop(&s.mem, BUF, 16);
+    peer_send(&s.peer, &frame(5, 60));
+    notify(&mut s.t, 0);
+}
+
+#[test]
+fn hostile_receive_chains() {
+    let mut s = setup();
+    // A readable descriptor in a receive chain: returned empty.
+    s.rx.add_chain(&s.mem, &[(BUF, 12, false), (BUF + 12, 2000, true)]);
+    // Too small for the header.
+    s.rx.add_chain(&s.mem, &[(BUF, 8, true)]);
+    notify(&mut s.t, 0);
+    assert_eq!(s.rx.used_idx(&s.mem), 2);
+    assert_eq!(s.rx.used_len(&s.mem, 0), 0);
+    assert_eq!(s.rx.used_len(&s.mem, 1), 0);
+    // Too small for the frame: the frame is dropped, the buffer kept for
+    // the next (small enough) one.
+    s.rx.add_chain(&s.mem, &[(BUF, 100, true)]);
+    peer_send(&s.peer, &frame(6, 1000));
+    peer_send(&s.peer, &frame(7, 60));
+    s.t.process(RXQ);
+    assert_eq!(s.rx.used_idx(&s.mem), 3);
+    assert_eq!(s.rx.used_len(&s.mem, 2), 72);
+    assert_eq!(s.t.device().stats().rx_dropped, 1);
+    // Outside guest memory: the device breaks, the VMM does not.
+    s.rx.add_chain(&s.mem, &[(0xfff_0000, 2000, true)]);
+    notify(&mut s.t, 0);
+    assert!(s.t.is_broken());
+}
+
+#[test]
+fn a_closed_peer_neither_stalls_nor_spins() {
+    let mut s = setup();
+    s.rx.add_chain(&s.mem, &[(BUF, 2048, true)]);
+    drop(s.peer);
+    notify(&mut s.t, 0);
+    // Nothing to read: poll(2) with what the device asks for stays quiet.
+    let mut p = libc::pollfd {
+        fd: s.t.device().tap().as_raw_fd(),
+        events: s.t.device().poll_events(),
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    assert_eq!(r, 0, "revents {:#x}", p.revents);
+    // TX frames are dropped, not stuck.
+    put_tx(&s.mem, BUF + 0x1000, &frame(8, 60));
+    s.tx.add_chain(&s.mem, &[(BUF + 0x1000, 72, false)]);
+    notify(&mut s.t, 1);
+    assert_eq!(s.tx.used_idx(&s.mem), 1);
+    assert_eq!(s.t.device().stats().tx_dropped, 1);
+    // What the event loop does on POLLERR/POLLHUP: never polled again.
+    s.t.device_mut().tap_broken();
+    assert_eq!(s.t.device().poll_events(), 0);
+}
+
+#[test]
+fn bad_avail_index_is_bounded() {
+    let mut s = setup();
+    put_tx(&s.mem, BUF, &frame(9, 60));
+    s.tx.add_chain(&s.mem, &[(BUF, 72, false)]);
+    s.tx.set_avail_idx(&s.mem, 1000);
+    notify(&mut s.t, 1);
+    let mut n = 0;
+    while peer_recv(&s.peer).is_some() {
+        n += 1;
+    }
+    assert!(n <= 16, "{n}");
+}
+
+#[test]
+fn macs_are_parsed_strictly() {
+    assert_eq!(parse_mac("02:42:ac:11:00:02"), Some(MAC));
+    assert_eq!(parse_mac("02:42:AC:11:00:02"), Some(MAC));
+    for bad in [
+        "",
+        "02:42:ac:11:00",
+        "02:42:ac:11:00:02:03",
+        "2:42:ac:11:00:02",
+        "02:42:ac:11:00:zz",
+        "03:42:ac:11:00:02", // multicast
+        "02-42-ac-11-00-02",
+    ] {
+        assert_eq!(parse_mac(bad), None, "{bad}");
+    }
+}
