@@ -124,6 +124,7 @@ pub fn vmm_config(spec: &VmSpec, paths: &RunPaths, cfg: &KvmConfig) -> VmmConfig
                 id: d.id.clone(),
             })
             .collect(),
+        nets: Vec::new(),
         console_log: Some(spec.console_log.clone()),
         console_log_limit: cfg.console_log_limit_mib << 20,
         agent_socket: Some(paths.agent.clone()),

@@ -12,6 +12,8 @@
 //! * `tg.echo`: echo one line received on the virtio console, prefixed `echo:`;
 //! * `tg.disk_serial=ID`, `tg.sector=N`: check the disk's serial, that it is
 //!   read-only, and that sector N starts with `HYPERTG-SECTOR-N`;
+//! * a virtio-net device (when there is one): send a frame through the TX
+//!   queue and wait for one through RX (see `virtio::net_checks`);
 //! * `tg.hostile`: write garbage to every I/O port and device register;
 //! * `tg.halt`: print one line and halt with interrupts off, as Linux's
 //!   poweroff does without ACPI (the VMM must notice and exit).
@@ -393,6 +395,7 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
         match virtio::device_id(base) {
             Some(3) => virtio::console_checks(base, boot.cmdline, &mut c),
             Some(2) => virtio::block_checks(base, boot.cmdline, &mut c),
+            Some(1) => virtio::net_checks(base, &mut c),
             other => c.check("virtio-probe", false, format_args!("{base:#x}: {other:?}")),
         }
     }

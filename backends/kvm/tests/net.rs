@@ -1,0 +1,291 @@
+//! hyper-vmm's virtio-net on this machine's /dev/kvm with a real tap
+//! (IFF_VNET_HDR) in a network namespace of its own: the freestanding test
+//! guest sends a frame through the real TX queue, the test sees it on the
+//! tap's interface, sends one back, and the guest receives it through RX.
+
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const MAC: [u8; 6] = [0x02, 0x48, 0x59, 0x50, 0x45, 0x01];
+const MAC_STR: &str = "02:48:59:50:45:01";
+const ETHERTYPE: u16 = 0x88b5;
+const TAP: &str = "hvtap0";
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+fn ifreq(name: &str) -> IfReq {
+    let mut r = IfReq {
+        name: [0; 16],
+        data: [0; 24],
+    };
+    r.name[..name.len()].copy_from_slice(name.as_bytes());
+    r
+}
+
+fn check(r: libc::c_int, what: &str) -> Result<(), String> {
+    if r < 0 {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+/// In a new network namespace (on a thread of its own): a tap with
+/// IFF_VNET_HDR, up, and a packet socket on it for EtherType 0x88b5.
+fn tap_and_packet_socket() -> Result<(OwnedFd, OwnedFd), String> {
+    std::thread::spawn(|| -> Result<(OwnedFd, OwnedFd), String> {
+        // SAFETY: unshare only changes this thread's namespaces.
+        check(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            "unshare(CLONE_NEWNET)",
+        )?;
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(|e| format!("/dev/net/tun: {e}"))?;
+        let mut r = ifreq(TAP);
+        // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+        r.data[..2].copy_from_slice(&(0x0002i16 | 0x1000 | 0x4000).to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes one ifreq.
+        check(
+            unsafe { libc::ioctl(tun.as_raw_fd(), 0x4004_54ca, &mut r) },
+            "TUNSETIFF",
+        )?;
+        // SAFETY: a plain socket call.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        check(s, "socket")?;
+        // SAFETY: `s` was just created and is owned here.
+        let ctl = unsafe { OwnedFd::from_raw_fd(s) };
+        let mut r = ifreq(TAP);
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS/SIOCGIFINDEX read and write one ifreq.
+        unsafe {
+            check(
+                libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut r),
+                "SIOCGIFFLAGS",
+            )?;
+            let flags = i16::from_ne_bytes([r.data[0], r.data[1]]) | libc::IFF_UP as i16;
+            r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+            check(
+                libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFFLAGS, &mut r),
+                "SIOCSIFFLAGS",
+            )?;
+            check(
+                libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFINDEX, &mut r),
+                "SIOCGIFINDEX",
+            )?;
+        }
+        let ifindex = i32::from_ne_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]);
+        let proto = ETHERTYPE.to_be();
+        // SAFETY: a plain socket call.
+        let p = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        check(p, "socket(AF_PACKET)")?;
+        // SAFETY: `p` was just created and is owned here.
+        let pkt = unsafe { OwnedFd::from_raw_fd(p) };
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex;
+        // SAFETY: binding to a valid sockaddr_ll of the given size.
+        check(
+            unsafe {
+                libc::bind(
+                    pkt.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            },
+            "bind(AF_PACKET)",
+        )?;
+        let tv = libc::timeval {
+            tv_sec: 60,
+            tv_usec: 0,
+        };
+        // SAFETY: SO_RCVTIMEO reads one timeval.
+        check(
+            unsafe {
+                libc::setsockopt(
+                    pkt.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            },
+            "SO_RCVTIMEO",
+        )?;
+        Ok((OwnedFd::from(tun), pkt))
+    })
+    .join()
+    .map_err(|_| "netns thread panicked".to_string())?
+}
+
+fn recv_frame(pkt: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe { libc::recv(pkt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn spawn_with_fd(args: &[String], fd: RawFd) -> std::process::Child {
+    let mut cmd = Command::new(VMM);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl (async-signal-safe) runs between fork and exec:
+    // the tap is inherited by this child alone.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn hyper-vmm")
+}
+
+#[test]
+fn a_frame_each_way_through_a_real_tap() {
+    if kvm_or_skip("net").is_none() {
+        return;
+    }
+    let (tap, pkt) = match tap_and_packet_socket() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIP net: no tap in a new netns here (needs root): {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec![
+        "--kernel".into(),
+        guest().elf.to_string_lossy().into_owned(),
+        "--memory-mib".into(),
+        "64".into(),
+        "--cmdline".into(),
+        "tg.hello".into(),
+        "--console-log".into(),
+        dir.path()
+            .join("console.log")
+            .to_string_lossy()
+            .into_owned(),
+        "--status-file".into(),
+        dir.path()
+            .join("status.json")
+            .to_string_lossy()
+            .into_owned(),
+        "--debug-exit".into(),
+        "--net".into(),
+        format!("fd={},mac={MAC_STR},mtu=1500", tap.as_raw_fd()),
+    ];
+    let mut child = spawn_with_fd(&args, tap.as_raw_fd());
+    // The VMM has its own copy now.
+    drop(tap);
+
+    // The guest's frame, as the host's stack sees it on the tap.
+    let mut seen = None;
+    for _ in 0..64 {
+        let Some(f) = recv_frame(&pkt) else { break };
+        if f.len() >= 28 && f[6..12] == MAC && &f[14..28] == b"HYPERTG-NET-TX" {
+            seen = Some(f);
+            break;
+        }
+    }
+    let got_tx = seen.is_some();
+    if got_tx {
+        let mut f = MAC.to_vec();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        f.extend_from_slice(b"HYPERTG-NET-RX");
+        f.resize(60, 0);
+        // SAFETY: `f` is valid for its length; the socket is bound to the tap.
+        let n = unsafe { libc::send(pkt.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+        assert_eq!(n, 60, "send: {}", std::io::Error::last_os_error());
+    }
+    let st = wait_timeout(&mut child, Duration::from_secs(60));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    let (_, err) = output(child);
+    assert!(
+        got_tx,
+        "no frame from the guest on the tap\nconsole:\n{log}\nstderr:\n{err}"
+    );
+    assert!(st.success(), "exit {st:?}\nconsole:\n{log}\nstderr:\n{err}");
+    for check in ["net-mac-feature", "net-features", "net-tx", "net-rx"] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "check {check} missing:\n{log}"
+        );
+    }
+    assert!(log.contains(&format!("tg: net mac {MAC_STR}")), "{log}");
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "debug_exit", "{status}");
+    assert!(
+        status["nets"][0]["tx_frames"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert!(
+        status["nets"][0]["rx_frames"].as_u64() >= Some(1),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_bad_net_fd_is_a_clear_error() {
+    if kvm_or_skip("net_errors").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec![
+        "--kernel".into(),
+        guest().elf.to_string_lossy().into_owned(),
+        "--status-file".into(),
+        dir.path()
+            .join("status.json")
+            .to_string_lossy()
+            .into_owned(),
+        "--net".into(),
+        format!("fd=77,mac={MAC_STR}"),
+    ];
+    let mut child = spawn(&args);
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1));
+    let st_json = status(&dir.path().join("status.json"));
+    let msg = st_json["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("net fd 77 is not open"), "{msg}");
+    // Not a tap: a regular file is refused by name.
+    let f = tempfile::tempfile().unwrap();
+    let fd = f.as_raw_fd();
+    let mut args = args;
+    let last = args.len() - 1;
+    args[last] = format!("fd={fd},mac={MAC_STR}");
+    let mut child = spawn_with_fd(&args, fd);
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1));
+    let st_json = status(&dir.path().join("status.json"));
+    let msg = st_json["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("neither a tap"), "{msg}");
+}
