@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use common::*;
@@ -148,25 +146,6 @@ fn recv_frame(pkt: &OwnedFd) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn spawn_with_fd(args: &[String], fd: RawFd) -> std::process::Child {
-    let mut cmd = Command::new(VMM);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: only fcntl (async-signal-safe) runs between fork and exec:
-    // the tap is inherited by this child alone.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("spawn hyper-vmm")
-}
-
 #[test]
 fn a_frame_each_way_through_a_real_tap() {
     if kvm_or_skip("net").is_none() {
@@ -288,4 +267,121 @@ fn a_bad_net_fd_is_a_clear_error() {
     let st_json = status(&dir.path().join("status.json"));
     let msg = st_json["message"].as_str().unwrap_or_default();
     assert!(msg.contains("neither a tap"), "{msg}");
+}
+
+fn vmm_args(dir: &std::path::Path, cmdline: &str, fd: i32) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        guest().elf.to_string_lossy().into_owned(),
+        "--memory-mib".into(),
+        "64".into(),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--console-log".into(),
+        dir.join("console.log").to_string_lossy().into_owned(),
+        "--status-file".into(),
+        dir.join("status.json").to_string_lossy().into_owned(),
+        "--debug-exit".into(),
+        "--net".into(),
+        format!("fd={fd},mac={MAC_STR}"),
+    ]
+}
+
+/// The guest sends 20000 frames and never posts a receive buffer while
+/// the host floods the tap: the VMM reads nothing, sends everything, and
+/// the guest ends normally.
+#[test]
+fn a_guest_flooding_tx_with_no_receive_buffers() {
+    if kvm_or_skip("net_flood").is_none() {
+        return;
+    }
+    let (tap, pkt) = match tap_and_packet_socket() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIP net_flood: no tap in a new netns here (needs root): {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let args = vmm_args(dir.path(), "tg.hello tg.netflood=20000", tap.as_raw_fd());
+    let mut child = spawn_with_fd(&args, tap.as_raw_fd());
+    drop(tap);
+    let mut f = MAC.to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.resize(1514, 0x77);
+    for _ in 0..2000 {
+        // SAFETY: `f` is valid for its length. Frames beyond the tap's
+        // queue are dropped by the kernel.
+        unsafe {
+            libc::send(
+                pkt.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+    }
+    let st = wait_timeout(&mut child, Duration::from_secs(120));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    let (_, err) = output(child);
+    assert!(st.success(), "exit {st:?}\nconsole:\n{log}\nstderr:\n{err}");
+    assert!(log.contains("tg: ok net-flood\n"), "{log}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["nets"][0]["tx_frames"], 20001, "{status}");
+    assert_eq!(status["nets"][0]["rx_frames"], 0, "{status}");
+}
+
+/// A host end that never reads: the device pushes back on the guest (its
+/// TX ring stops moving), buffers nothing, and the VMM's event loop still
+/// answers (SIGTERM stops it).
+#[test]
+fn a_stalled_tap_pushes_back_on_the_guest_not_the_vmm() {
+    if kvm_or_skip("net_stall").is_none() {
+        return;
+    }
+    let (tap, host) = dgram_pair();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vmm_args(dir.path(), "tg.hello tg.netflood=100000", tap.as_raw_fd());
+    let mut child = spawn_with_fd(&args, tap.as_raw_fd());
+    drop(tap);
+    let log_path = dir.path().join("console.log");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("tg: net flooding")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the guest never started flooding"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the guest run into the full socket.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(st.success(), "{st:?}\n{log}");
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "signal", "{status}");
+    let sent = status["nets"][0]["tx_frames"].as_u64().unwrap();
+    // Only what the socket took went out: nothing was buffered for it.
+    let mut queued = 0;
+    let mut buf = [0u8; 2048];
+    // SAFETY: `buf` is valid for its length.
+    while unsafe {
+        libc::recv(
+            host.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    } > 0
+    {
+        queued += 1;
+    }
+    assert_eq!(sent, queued, "{status}");
+    assert!(sent < 1000, "{status}");
 }

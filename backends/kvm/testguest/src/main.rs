@@ -14,6 +14,8 @@
 //!   read-only, and that sector N starts with `HYPERTG-SECTOR-N`;
 //! * a virtio-net device (when there is one): send a frame through the TX
 //!   queue and wait for one through RX (see `virtio::net_checks`);
+//! * `tg.netflood=N`: instead of receiving, send N frames as fast as the
+//!   device takes them, with no receive buffer posted;
 //! * `tg.hostile`: write garbage to every I/O port and device register;
 //! * `tg.halt`: print one line and halt with interrupts off, as Linux's
 //!   poweroff does without ACPI (the VMM must notice and exit).
@@ -395,7 +397,7 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
         match virtio::device_id(base) {
             Some(3) => virtio::console_checks(base, boot.cmdline, &mut c),
             Some(2) => virtio::block_checks(base, boot.cmdline, &mut c),
-            Some(1) => virtio::net_checks(base, &mut c),
+            Some(1) => virtio::net_checks(base, boot.cmdline, &mut c),
             other => c.check("virtio-probe", false, format_args!("{base:#x}: {other:?}")),
         }
     }

@@ -400,7 +400,7 @@ const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
 /// `HYPERTG-NET-TX`) through the TX queue with the device's MAC as source,
 /// then waits on the RX queue for a frame with payload `HYPERTG-NET-RX`
 /// (other frames the host's stack sends are skipped).
-pub fn net_checks(base: u64, c: &mut Checks) {
+pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
     let feats = features(base);
     c.check(
         "net-mac-feature",
@@ -449,6 +449,31 @@ pub fn net_checks(base: u64, c: &mut Checks) {
         sent.is_some(),
         format_args!("transmit chain never used"),
     );
+    if let Some(n) = arg(cmdline, "tg.netflood").and_then(parse_u64) {
+        // TX as fast as the device takes it, with no receive buffer ever.
+        print(format_args!("tg: net flooding {n}\n"));
+        let (mut posted, mut done, mut inflight, mut slot) = (0u64, 0u64, 0u16, 1u16);
+        while done < n {
+            while inflight < QSIZE && posted < n {
+                tx.add(slot, &[(t, NET_HDR as u32 + 60, false)]);
+                slot = (slot + 1) % QSIZE;
+                inflight += 1;
+                posted += 1;
+            }
+            tx.notify();
+            if tx.wait_used(TIMEOUT).is_none() {
+                break;
+            }
+            inflight -= 1;
+            done += 1;
+        }
+        c.check(
+            "net-flood",
+            done == n,
+            format_args!("{done} of {n} frames sent"),
+        );
+        return;
+    }
 
     // RX: four buffers, each one descriptor (header + frame).
     let rxb = |i: u16| netbuf() + 0x2000 + 0x800 * u64::from(i);

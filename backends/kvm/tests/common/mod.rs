@@ -1,6 +1,8 @@
 //! Shared helpers for the tests that run the real hyper-vmm on /dev/kvm.
 #![allow(dead_code)]
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -131,4 +133,42 @@ pub fn status(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("status file {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// Spawns hyper-vmm with `fd` inherited (its CLOEXEC cleared in the child only).
+pub fn spawn_with_fd(args: &[String], fd: RawFd) -> std::process::Child {
+    let mut cmd = Command::new(VMM);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl (async-signal-safe) runs between fork and exec:
+    // the tap is inherited by this child alone.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn hyper-vmm")
+}
+
+/// A datagram socket pair: one end stands in for a tap (one datagram,
+/// one frame), the other is the host's side.
+pub fn dgram_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
