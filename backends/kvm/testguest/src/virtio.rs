@@ -16,7 +16,7 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
 pub struct Devices {
-    items: [(u64, u32); 8],
+    items: [(u64, u32); 32],
     n: usize,
 }
 
@@ -32,7 +32,7 @@ impl Devices {
 /// `virtio_mmio.device=4K@0xADDR:IRQ` entries of the command line.
 pub fn find_devices(cmdline: &[u8]) -> Devices {
     let mut d = Devices {
-        items: [(0, 0); 8],
+        items: [(0, 0); 32],
         n: 0,
     };
     for w in cmdline.split(|&b| b == b' ') {
@@ -95,8 +95,10 @@ fn buf() -> u64 {
     (&raw const BUF) as u64
 }
 
-/// Network frames: TX at 0, four 2 KiB receive buffers from 0x2000.
-static mut NETBUF: BufMem = BufMem([0; 0x4000]);
+#[repr(C, align(4096))]
+struct NetMem([u8; 0xa000]);
+/// Network frames: TX at 0, sixteen 2 KiB receive buffers from 0x2000.
+static mut NETBUF: NetMem = NetMem([0; 0xa000]);
 
 fn netbuf() -> u64 {
     (&raw const NETBUF) as u64
@@ -451,11 +453,15 @@ pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
     );
     if let Some(n) = arg(cmdline, "tg.netflood").and_then(parse_u64) {
         // TX as fast as the device takes it, with no receive buffer ever.
+        let len = arg(cmdline, "tg.netflood_len")
+            .and_then(parse_u64)
+            .unwrap_or(60)
+            .clamp(60, 1514) as u32;
         print(format_args!("tg: net flooding {n}\n"));
         let (mut posted, mut done, mut inflight, mut slot) = (0u64, 0u64, 0u16, 1u16);
         while done < n {
             while inflight < QSIZE && posted < n {
-                tx.add(slot, &[(t, NET_HDR as u32 + 60, false)]);
+                tx.add(slot, &[(t, NET_HDR as u32 + len, false)]);
                 slot = (slot + 1) % QSIZE;
                 inflight += 1;
                 posted += 1;
@@ -475,12 +481,32 @@ pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
         return;
     }
 
-    // RX: four buffers, each one descriptor (header + frame).
+    // RX: sixteen buffers, each one descriptor (header + frame).
     let rxb = |i: u16| netbuf() + 0x2000 + 0x800 * u64::from(i);
-    for i in 0..4u16 {
+    for i in 0..QSIZE {
         rx.add(i, &[(rxb(i), 0x800, true)]);
     }
     rx.notify();
+    if let Some(n) = arg(cmdline, "tg.netsink").and_then(parse_u64) {
+        // Take N frames, whatever they are, as fast as they come.
+        print(format_args!("tg: net sinking {n}\n"));
+        let mut got = 0;
+        while got < n {
+            let Some((id, _)) = rx.wait_used(TIMEOUT * 2) else {
+                break;
+            };
+            got += 1;
+            let id = (id as u16) % QSIZE;
+            rx.add(id, &[(rxb(id), 0x800, true)]);
+            rx.notify();
+        }
+        c.check(
+            "net-sink",
+            got == n,
+            format_args!("{got} of {n} frames received"),
+        );
+        return;
+    }
     let want = b"HYPERTG-NET-RX";
     let mut found = false;
     let mut frames = 0;
@@ -490,7 +516,7 @@ pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
             break;
         };
         frames += 1;
-        let id = (id as u16) % 4;
+        let id = (id as u16) % QSIZE;
         let at = rxb(id);
         let num_buffers: u16 = rmem(at + 10);
         let et: [u8; 2] = [rmem(at + NET_HDR + 12), rmem(at + NET_HDR + 13)];
