@@ -181,7 +181,7 @@ impl AsRawFd for Tap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
 
