@@ -213,11 +213,12 @@ impl Bus {
                 t.read(offset, d);
             }
             if let Some(d) = write {
+                let before = net_wants(&t);
                 t.write(offset, d);
-                // A notify or a status change alters what the event loop
-                // polls the tap for (receive buffers came back, TX hit its
-                // budget, the driver came up or reset).
-                if offset == 0x50 || offset == 0x70 {
+                // What the event loop polls the tap for changed (receive
+                // buffers came back, TX hit its budget or the tap's limit,
+                // the driver came up or reset): it must re-poll.
+                if net_wants(&t) != before {
                     let _ = self.kick.write(1);
                 }
             }
@@ -560,6 +561,15 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     })
 }
 
+/// What the event loop waits for on a NIC's tap: (poll events, run TX
+/// again at once).
+fn net_wants(t: &MmioTransport<Net>) -> (i16, bool) {
+    if !t.driver_ok() {
+        return (0, false);
+    }
+    (t.device().poll_events(), t.device().tx_pending())
+}
+
 /// Takes ownership of a tap fd inherited from whoever started hyper-vmm.
 fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
     // SAFETY: F_GETFD only asks whether the descriptor is open.
@@ -668,15 +678,11 @@ fn serve(vm: &Vm) -> ExitReason {
         let mut busy = false;
         for (i, n) in bus.nets.iter().enumerate() {
             let t = lock(n);
-            if !t.driver_ok() {
-                continue;
-            }
-            let d = t.device();
-            busy |= d.tx_pending();
-            let ev = d.poll_events();
+            let (ev, more) = net_wants(&t);
+            busy |= more;
             if ev != 0 {
                 taps.push((i, fds.len()));
-                fds.push(pfd(d.tap().as_raw_fd(), ev));
+                fds.push(pfd(t.device().tap().as_raw_fd(), ev));
             }
         }
         let timeout = if busy {
