@@ -12,7 +12,6 @@ use common::*;
 
 const MAC: [u8; 6] = [0x02, 0x48, 0x59, 0x50, 0x45, 0x01];
 const MAC_STR: &str = "02:48:59:50:45:01";
-const ETHERTYPE: u16 = 0x88b5;
 const TAP: &str = "hvtap0";
 
 #[repr(C)]
@@ -66,7 +65,7 @@ fn tap_and_packet_socket() -> Result<(OwnedFd, OwnedFd), String> {
         // SAFETY: `s` was just created and is owned here.
         let ctl = unsafe { OwnedFd::from_raw_fd(s) };
         let mut r = ifreq(TAP);
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS/SIOCGIFINDEX read and write one ifreq.
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq.
         unsafe {
             check(
                 libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut r),
@@ -78,72 +77,12 @@ fn tap_and_packet_socket() -> Result<(OwnedFd, OwnedFd), String> {
                 libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFFLAGS, &mut r),
                 "SIOCSIFFLAGS",
             )?;
-            check(
-                libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFINDEX, &mut r),
-                "SIOCGIFINDEX",
-            )?;
         }
-        let ifindex = i32::from_ne_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]);
-        let proto = ETHERTYPE.to_be();
-        // SAFETY: a plain socket call.
-        let p = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        check(p, "socket(AF_PACKET)")?;
-        // SAFETY: `p` was just created and is owned here.
-        let pkt = unsafe { OwnedFd::from_raw_fd(p) };
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex;
-        // SAFETY: binding to a valid sockaddr_ll of the given size.
-        check(
-            unsafe {
-                libc::bind(
-                    pkt.as_raw_fd(),
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            },
-            "bind(AF_PACKET)",
-        )?;
-        let tv = libc::timeval {
-            tv_sec: 60,
-            tv_usec: 0,
-        };
-        // SAFETY: SO_RCVTIMEO reads one timeval.
-        check(
-            unsafe {
-                libc::setsockopt(
-                    pkt.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            },
-            "SO_RCVTIMEO",
-        )?;
+        let pkt = packet_socket(TAP)?;
         Ok((OwnedFd::from(tun), pkt))
     })
     .join()
     .map_err(|_| "netns thread panicked".to_string())?
-}
-
-fn recv_frame(pkt: &OwnedFd) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 2048];
-    // SAFETY: `buf` is valid for its length.
-    let n = unsafe { libc::recv(pkt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
 }
 
 #[test]
@@ -185,24 +124,9 @@ fn a_frame_each_way_through_a_real_tap() {
     drop(tap);
 
     // The guest's frame, as the host's stack sees it on the tap.
-    let mut seen = None;
-    for _ in 0..64 {
-        let Some(f) = recv_frame(&pkt) else { break };
-        if f.len() >= 28 && f[6..12] == MAC && &f[14..28] == b"HYPERTG-NET-TX" {
-            seen = Some(f);
-            break;
-        }
-    }
-    let got_tx = seen.is_some();
+    let got_tx = guest_frame_seen(&pkt, MAC);
     if got_tx {
-        let mut f = MAC.to_vec();
-        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
-        f.extend_from_slice(b"HYPERTG-NET-RX");
-        f.resize(60, 0);
-        // SAFETY: `f` is valid for its length; the socket is bound to the tap.
-        let n = unsafe { libc::send(pkt.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        assert_eq!(n, 60, "send: {}", std::io::Error::last_os_error());
+        send_frame_to_guest(&pkt, MAC);
     }
     let st = wait_timeout(&mut child, Duration::from_secs(60));
     let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
@@ -308,7 +232,7 @@ fn a_guest_flooding_tx_with_no_receive_buffers() {
     drop(tap);
     let mut f = MAC.to_vec();
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
     f.resize(1514, 0x77);
     for _ in 0..2000 {
         // SAFETY: `f` is valid for its length. Frames beyond the tap's

@@ -264,3 +264,138 @@ async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
         Err(HypervisorError::NotFound(_))
     ));
 }
+
+/// `VmSpec.nics` end to end: the plugin makes the tap inside a named netns
+/// with the backend kit, joins it to `eth0` (a veth, as CNI's bridge plugin
+/// leaves it) with tc redirects, and hands it to hyper-vmm; the test guest's
+/// frame comes out of the veth's other end, and a frame sent into it
+/// reaches the guest through RX. After the VM ends the tap is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nic_joined_to_a_netns_carries_frames_both_ways() {
+    use hyper_hypervisor::nic::netns;
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic").is_none() {
+        return;
+    }
+    let name = format!("hvkvmtest{}", std::process::id());
+    let ns = match netns::create(&name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIP plugin nic: cannot create a netns here (needs root): {e}");
+            return;
+        }
+    };
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = netns::remove(&self.0);
+        }
+    }
+    let _gone = Gone(ns.clone());
+    let mac = [0x02, 0x48, 0x59, 0x50, 0x45, 0x07];
+    let mac_str = "02:48:59:50:45:07";
+    for args in [
+        vec![
+            "link", "add", "eth0", "type", "veth", "peer", "name", "hvx0",
+        ],
+        vec!["link", "set", "eth0", "address", mac_str, "up"],
+        vec!["link", "set", "hvx0", "up"],
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &name])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+    let pkt = netns::run_in(&ns, || packet_socket("hvx0"))
+        .unwrap()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.hello");
+    s.nics = vec![NicSpec {
+        netns: ns.clone(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: mac_str.into(),
+        mtu: 1500,
+    }];
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let got_tx = tokio::task::spawn_blocking(move || {
+        let seen = guest_frame_seen(&pkt, mac);
+        if seen {
+            send_frame_to_guest(&pkt, mac);
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("guest stops by itself")
+        .unwrap();
+    let log = std::fs::read_to_string(&s.console_log).unwrap_or_default();
+    assert!(got_tx, "the guest's frame never left eth0's peer:\n{log}");
+    assert_eq!(exit.code, Some(0), "{exit:?}\n{log}");
+    for check in ["net-tx", "net-rx"] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "{check}:\n{log}"
+        );
+    }
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let links = std::process::Command::new("ip")
+        .args(["-n", &name, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("tap0"), "the tap outlived the VM:\n{links}");
+}
+
+/// NIC specs that cannot work are refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nics_are_refused_before_launch() {
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic errors").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nic = NicSpec {
+        netns: "/run/netns/hyper-none".into(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: "02:00:00:00:00:01".into(),
+        mtu: 1500,
+    };
+    let base = spec(dir.path(), guest().elf.clone(), "");
+    let mut cases: Vec<(VmSpec, &str)> = Vec::new();
+    let mut s = base.clone();
+    s.nics = vec![NicSpec {
+        mac: "01:00:5e:00:00:01".into(),
+        ..nic.clone()
+    }];
+    cases.push((s, "unicast"));
+    let mut s = base.clone();
+    s.nics = vec![nic.clone(); 6];
+    cases.push((s, "device slots"));
+    let mut s = base.clone();
+    s.nics = vec![NicSpec {
+        netns: "/nonexistent/netns".into(),
+        ..nic.clone()
+    }];
+    cases.push((s, "/nonexistent/netns"));
+    for (s, needle) in cases {
+        let err = hv.launch(s).await.err().expect("refused");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+}
