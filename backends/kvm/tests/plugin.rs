@@ -265,6 +265,60 @@ async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
     ));
 }
 
+/// A named netns with `eth0` (MAC given, up) and its veth peer `hvx0`, as
+/// CNI's bridge plugin leaves a pod's namespace; removed on drop. None
+/// (after saying why) where namespaces cannot be made.
+struct PodNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl PodNs {
+    fn new(tag: &str, mac: &str) -> Option<PodNs> {
+        use hyper_hypervisor::nic::netns;
+        let name = format!("hvkvmtest{tag}{}", std::process::id());
+        let path = match netns::create(&name) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("SKIP: cannot create a netns here (needs root): {e}");
+                return None;
+            }
+        };
+        let pod = PodNs { name, path };
+        for args in [
+            vec![
+                "link", "add", "eth0", "type", "veth", "peer", "name", "hvx0",
+            ],
+            vec!["link", "set", "eth0", "address", mac, "up"],
+            vec!["link", "set", "hvx0", "up"],
+        ] {
+            let st = std::process::Command::new("ip")
+                .args(["-n", &pod.name])
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        Some(pod)
+    }
+
+    /// `ip -n NS CMD…` output.
+    fn ip(&self, args: &[&str]) -> String {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = hyper_hypervisor::nic::netns::remove(&self.path);
+    }
+}
+
 /// `VmSpec.nics` end to end: the plugin makes the tap inside a named netns
 /// with the backend kit, joins it to `eth0` (a veth, as CNI's bridge plugin
 /// leaves it) with tc redirects, and hands it to hyper-vmm; the test guest's
@@ -277,37 +331,12 @@ async fn a_nic_joined_to_a_netns_carries_frames_both_ways() {
     if kvm_or_skip("plugin nic").is_none() {
         return;
     }
-    let name = format!("hvkvmtest{}", std::process::id());
-    let ns = match netns::create(&name) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIP plugin nic: cannot create a netns here (needs root): {e}");
-            return;
-        }
+    let Some(pod) = PodNs::new("a", "02:48:59:50:45:07") else {
+        return;
     };
-    struct Gone(PathBuf);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = netns::remove(&self.0);
-        }
-    }
-    let _gone = Gone(ns.clone());
+    let (name, ns) = (pod.name.clone(), pod.path.clone());
     let mac = [0x02, 0x48, 0x59, 0x50, 0x45, 0x07];
     let mac_str = "02:48:59:50:45:07";
-    for args in [
-        vec![
-            "link", "add", "eth0", "type", "veth", "peer", "name", "hvx0",
-        ],
-        vec!["link", "set", "eth0", "address", mac_str, "up"],
-        vec!["link", "set", "hvx0", "up"],
-    ] {
-        let st = std::process::Command::new("ip")
-            .args(["-n", &name])
-            .args(&args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip {args:?}");
-    }
     let pkt = netns::run_in(&ns, || packet_socket("hvx0"))
         .unwrap()
         .unwrap();
@@ -325,6 +354,15 @@ async fn a_nic_joined_to_a_netns_carries_frames_both_ways() {
         mtu: 1500,
     }];
     let vm = hv.launch(s.clone()).await.expect("launch");
+    let tc = std::process::Command::new("tc")
+        .args(["-n", &name, "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(
+        tc.contains("mirred"),
+        "eth0 is not redirected to the tap:\n{tc}"
+    );
     let got_tx = tokio::task::spawn_blocking(move || {
         let seen = guest_frame_seen(&pkt, mac);
         if seen {
@@ -348,12 +386,50 @@ async fn a_nic_joined_to_a_netns_carries_frames_both_ways() {
         );
     }
     assert!(log.contains("tg: done failed=0"), "{log}");
-    let links = std::process::Command::new("ip")
-        .args(["-n", &name, "-o", "link", "show"])
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0"), "the tap outlived the VM:\n{links}");
+}
+
+/// A launch that fails after the tap was made (hyper-vmm refuses an
+/// initramfs that does not fit) leaves nothing in the pod's netns: no tap,
+/// no redirect on the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_launch_leaves_no_tap_and_no_redirect() {
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic cleanup").is_none() {
+        return;
+    }
+    let Some(pod) = PodNs::new("b", "02:48:59:50:45:08") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.hello");
+    let big = dir.path().join("big.img");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    s.initrd = big;
+    s.nics = vec![NicSpec {
+        netns: pod.path.clone(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: "02:48:59:50:45:08".into(),
+        mtu: 1500,
+    }];
+    let err = hv.launch(s).await.err().expect("refused");
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0"), "a tap was left:\n{links}");
+    let tc = std::process::Command::new("tc")
+        .args(["-n", &pod.name, "filter", "show", "dev", "eth0", "ingress"])
         .output()
         .unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("tap0"), "the tap outlived the VM:\n{links}");
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(!tc.contains("mirred"), "the peer kept its redirect:\n{tc}");
 }
 
 /// NIC specs that cannot work are refused before anything is made.
