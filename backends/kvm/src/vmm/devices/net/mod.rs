@@ -20,7 +20,7 @@ pub mod tap;
 mod tx;
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::mmio::{VirtioDevice, VIRTIO_F_VERSION_1};
 pub use tap::{Tap, TapError};
@@ -51,6 +51,9 @@ pub const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
+/// Descriptors may point at a table of descriptors (followed by
+/// `virtio-queue`, bounded by [`MAX_DESCRIPTORS`] here).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 const OFFLOADS: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_GUEST_CSUM
@@ -98,6 +101,8 @@ pub struct Net {
     acked: u64,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    /// The buffers of the chain being served (at most [`MAX_DESCRIPTORS`]).
+    segs: Vec<(GuestAddress, usize)>,
     /// The last RX attempt found no receive buffer: the tap is not read
     /// (nor polled) until the guest adds some and notifies.
     rx_starved: bool,
@@ -120,6 +125,7 @@ impl Net {
             acked: 0,
             rx_buf: vec![0; HDR_LEN + MAX_FRAME],
             tx_buf: vec![0; HDR_LEN + MAX_FRAME],
+            segs: Vec::with_capacity(MAX_DESCRIPTORS),
             rx_starved: false,
             tx_blocked: false,
             tx_more: false,
@@ -178,6 +184,64 @@ impl Net {
     }
 }
 
+/// The most descriptors one chain may have (an indirect table may hold
+/// 65535): Linux's largest, a 64 KiB receive buffer of single pages, has
+/// 19.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// Why a chain is not used.
+enum ChainError {
+    /// Malformed: returned to the guest unused, the device goes on.
+    Drop(String),
+    /// Outside guest memory: the device is marked broken.
+    Broken(String),
+}
+
+/// Gathers a chain's buffers into `segs` in one pass that follows at most
+/// [`MAX_DESCRIPTORS`] descriptors, checking each goes the expected way
+/// (device-writable for RX) and lies inside guest memory. The copy then
+/// uses only `segs`: however the guest builds or rewrites the chain, it
+/// costs a bounded number of reads. Returns the total length.
+fn gather(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+    segs: &mut Vec<(GuestAddress, usize)>,
+) -> Result<usize, ChainError> {
+    segs.clear();
+    let mut total = 0usize;
+    for (n, d) in chain.take(MAX_DESCRIPTORS + 1).enumerate() {
+        if n == MAX_DESCRIPTORS {
+            return Err(ChainError::Drop(format!(
+                "is longer than {MAX_DESCRIPTORS} descriptors"
+            )));
+        }
+        if d.is_write_only() != writable {
+            return Err(ChainError::Drop(
+                if writable {
+                    "has device-readable descriptors"
+                } else {
+                    "has device-writable descriptors"
+                }
+                .into(),
+            ));
+        }
+        let len = d.len() as usize;
+        if len == 0 {
+            continue;
+        }
+        if !GuestMemoryBackend::check_range(mem, d.addr(), len) {
+            return Err(ChainError::Broken(format!(
+                "buffer {:#x}+{len} is outside guest memory",
+                d.addr().0
+            )));
+        }
+        total = total.saturating_add(len);
+        segs.push((d.addr(), len));
+    }
+    Ok(total)
+}
+
 /// Puts a popped chain back at the head of the available ring.
 fn unpop(q: &mut Queue) {
     use virtio_queue::QueueT;
@@ -191,7 +255,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC;
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_RING_F_INDIRECT_DESC;
         if self.mtu.is_some() {
             f |= VIRTIO_NET_F_MTU;
         }

@@ -1,11 +1,11 @@
 //! Host → guest: frames from the tap into the guest's receive buffers.
 
-use std::io::{self, Write};
+use std::io;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{unpop, Net, BUDGET, HDR_LEN};
+use super::{gather, unpop, ChainError, Net, BUDGET, HDR_LEN};
 use crate::guest_fault;
 
 impl Net {
@@ -29,24 +29,28 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            if chain.clone().readable().next().is_some() {
-                guest_fault!("net receive chain {head} has device-readable descriptors");
-                q.add_used(mem, head, 0)
-                    .map_err(|e| format!("used ring: {e}"))?;
-                used = true;
-                continue;
-            }
-            let mut writer = chain
-                .writer(mem)
-                .map_err(|e| format!("receive buffer: {e}"))?;
-            let room = writer.available_bytes();
-            if room < HDR_LEN {
-                guest_fault!("net receive chain {head} of {room} bytes: no room for the header");
-                q.add_used(mem, head, 0)
-                    .map_err(|e| format!("used ring: {e}"))?;
-                used = true;
-                continue;
-            }
+            let room = match gather(chain, mem, true, &mut self.segs) {
+                Ok(room) if room >= HDR_LEN => room,
+                Ok(room) => {
+                    guest_fault!(
+                        "net receive chain {head} of {room} bytes: no room for the header"
+                    );
+                    q.add_used(mem, head, 0)
+                        .map_err(|e| format!("used ring: {e}"))?;
+                    used = true;
+                    continue;
+                }
+                Err(ChainError::Drop(why)) => {
+                    guest_fault!("net receive chain {head} {why}");
+                    q.add_used(mem, head, 0)
+                        .map_err(|e| format!("used ring: {e}"))?;
+                    used = true;
+                    continue;
+                }
+                Err(ChainError::Broken(why)) => {
+                    return Err(format!("receive chain {head}: {why}"));
+                }
+            };
             // Without IFF_VNET_HDR the tap gives bare frames: leave room
             // for a zeroed header in front.
             let at = if self.tap.vnet_hdr() { 0 } else { HDR_LEN };
@@ -95,9 +99,16 @@ impl Net {
                 unpop(q);
                 continue;
             }
-            writer
-                .write_all(&self.rx_buf[..total])
-                .map_err(|e| format!("receive buffer: {e}"))?;
+            let mut off = 0;
+            for &(addr, len) in &self.segs {
+                if off == total {
+                    break;
+                }
+                let n = len.min(total - off);
+                mem.write_slice(&self.rx_buf[off..off + n], addr)
+                    .map_err(|e| format!("receive buffer: {e}"))?;
+                off += n;
+            }
             q.add_used(mem, head, total as u32)
                 .map_err(|e| format!("used ring: {e}"))?;
             self.stats.rx_frames += 1;

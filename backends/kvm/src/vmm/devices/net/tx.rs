@@ -1,11 +1,11 @@
 //! Guest → host: transmit chains written to the tap, one frame each.
 
-use std::io::{self, Read};
+use std::io;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{unpop, Net, BUDGET, ETH_HLEN, HDR_LEN, MAX_FRAME};
+use super::{gather, unpop, ChainError, Net, BUDGET, ETH_HLEN, HDR_LEN, MAX_FRAME};
 use crate::guest_fault;
 
 impl Net {
@@ -31,25 +31,30 @@ impl Net {
             if i + 1 == BUDGET {
                 self.tx_more = true;
             }
-            if chain.clone().writable().next().is_some() {
-                guest_fault!("net transmit chain {head} has device-writable descriptors");
-                self.drop_tx(q, mem, head)?;
-                used = true;
-                continue;
-            }
-            let mut reader = chain
-                .reader(mem)
-                .map_err(|e| format!("transmit buffer: {e}"))?;
-            let len = reader.available_bytes();
+            let len = match gather(chain, mem, false, &mut self.segs) {
+                Ok(len) => len,
+                Err(ChainError::Drop(why)) => {
+                    guest_fault!("net transmit chain {head} {why}");
+                    self.drop_tx(q, mem, head)?;
+                    used = true;
+                    continue;
+                }
+                Err(ChainError::Broken(why)) => {
+                    return Err(format!("transmit chain {head}: {why}"));
+                }
+            };
             if !(HDR_LEN + ETH_HLEN..=HDR_LEN + MAX_FRAME).contains(&len) {
                 guest_fault!("net transmit chain {head} of {len} bytes");
                 self.drop_tx(q, mem, head)?;
                 used = true;
                 continue;
             }
-            reader
-                .read_exact(&mut self.tx_buf[..len])
-                .map_err(|e| format!("transmit buffer: {e}"))?;
+            let mut off = 0;
+            for &(addr, n) in &self.segs {
+                mem.read_slice(&mut self.tx_buf[off..off + n], addr)
+                    .map_err(|e| format!("transmit buffer: {e}"))?;
+                off += n;
+            }
             let frame = if self.tap.vnet_hdr() {
                 &self.tx_buf[..len]
             } else {
