@@ -163,3 +163,28 @@ fn main() {
     eprintln!("hyper-vmm: exit {json}");
     std::process::exit(status.exit_code());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_flags() {
+        let n = parse_net("fd=5,mac=02:00:00:00:00:01,mtu=9000").unwrap();
+        assert_eq!(
+            (n.fd, n.mac.as_str(), n.mtu),
+            (5, "02:00:00:00:00:01", Some(9000))
+        );
+        assert_eq!(parse_net("mac=02:00:00:00:00:01,fd=7").unwrap().mtu, None);
+        for (bad, why) in [
+            ("fd=5", "missing mac="),
+            ("mac=02:00:00:00:00:01", "missing fd="),
+            ("fd=x,mac=02:00:00:00:00:01", "fd \"x\""),
+            ("fd=5,mac=02:00:00:00:00:01,mtu=70000", "mtu \"70000\""),
+            ("fd=5,mac=02:00:00:00:00:01,tap=tap0", "unknown part"),
+        ] {
+            let e = format!("{:#}", parse_net(bad).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

@@ -113,6 +113,7 @@ pub struct Net {
     /// The tap reported an error or hang-up: it is not polled again, and
     /// frames the guest sends are dropped.
     tap_failed: bool,
+    offload_warned: bool,
     stats: NetStats,
 }
 
@@ -130,6 +131,7 @@ impl Net {
             tx_blocked: false,
             tx_more: false,
             tap_failed: false,
+            offload_warned: false,
             stats: NetStats::default(),
         }
     }
@@ -313,7 +315,11 @@ impl VirtioDevice for Net {
             }
         }
         if let Err(e) = self.tap.set_offload(off) {
-            tracing::warn!("TUNSETOFFLOAD {off:#x}: {e}");
+            // The guest can renegotiate at will: one line per device.
+            if !self.offload_warned {
+                tracing::warn!("TUNSETOFFLOAD {off:#x}: {e} (receive offloads stay off)");
+                self.offload_warned = true;
+            }
         }
     }
 
