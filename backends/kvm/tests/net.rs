@@ -98,27 +98,7 @@ fn a_frame_each_way_through_a_real_tap() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec![
-        "--kernel".into(),
-        guest().elf.to_string_lossy().into_owned(),
-        "--memory-mib".into(),
-        "64".into(),
-        "--cmdline".into(),
-        "tg.hello".into(),
-        "--console-log".into(),
-        dir.path()
-            .join("console.log")
-            .to_string_lossy()
-            .into_owned(),
-        "--status-file".into(),
-        dir.path()
-            .join("status.json")
-            .to_string_lossy()
-            .into_owned(),
-        "--debug-exit".into(),
-        "--net".into(),
-        format!("fd={},mac={MAC_STR},mtu=1500", tap.as_raw_fd()),
-    ];
+    let args = vmm_args(dir.path(), "tg.hello", tap.as_raw_fd());
     let mut child = spawn_with_fd(&args, tap.as_raw_fd());
     // The VMM has its own copy now.
     drop(tap);
@@ -207,7 +187,7 @@ fn vmm_args(dir: &std::path::Path, cmdline: &str, fd: i32) -> Vec<String> {
         dir.join("status.json").to_string_lossy().into_owned(),
         "--debug-exit".into(),
         "--net".into(),
-        format!("fd={fd},mac={MAC_STR}"),
+        format!("fd={fd},mac={MAC_STR},mtu=1500"),
     ]
 }
 
