@@ -462,6 +462,15 @@ async fn bad_nics_are_refused_before_launch() {
     s.nics = vec![nic.clone(); 6];
     cases.push((s, "device slots"));
     let mut s = base.clone();
+    s.nics = vec![
+        nic.clone(),
+        NicSpec {
+            device: "tap1".into(),
+            ..nic.clone()
+        },
+    ];
+    cases.push((s, "already carries another NIC"));
+    let mut s = base.clone();
     s.nics = vec![NicSpec {
         netns: "/nonexistent/netns".into(),
         ..nic.clone()

@@ -11,7 +11,25 @@ use crate::vmm::config::NetConfig;
 
 /// Checks the NICs of a spec before anything is created.
 pub fn check(nics: &[NicSpec]) -> Result<(), HypervisorError> {
+    let mut peers = std::collections::HashSet::new();
+    let mut devices = std::collections::HashSet::new();
     for n in nics {
+        // One redirect per peer: a second NIC on it would replace the first.
+        if !peers.insert((&n.netns, &n.peer)) {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "NIC {}: peer {} in {} already carries another NIC",
+                n.device,
+                n.peer,
+                n.netns.display()
+            )));
+        }
+        if !devices.insert((&n.netns, &n.device)) {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "NIC device {} named twice in {}",
+                n.device,
+                n.netns.display()
+            )));
+        }
         nic::validate(n).map_err(|e| HypervisorError::InvalidSpec(e.to_string()))?;
         if u16::try_from(n.mtu).is_err() {
             return Err(HypervisorError::InvalidSpec(format!(
