@@ -220,7 +220,7 @@ pub(crate) mod tests {
     /// Opens a tap named `name` with IFF_VNET_HDR in a new network
     /// namespace (on a thread of its own, so the test process stays in its
     /// namespace); None when this host does not allow it.
-    fn tap_in_new_netns(name: &str) -> Option<OwnedFd> {
+    pub(crate) fn tap_in_new_netns(name: &str, up: bool) -> Option<OwnedFd> {
         let name = name.to_string();
         std::thread::spawn(move || {
             // SAFETY: unshare only changes this thread's namespaces.
@@ -239,6 +239,19 @@ pub(crate) mod tests {
             };
             req.name[..name.len()].copy_from_slice(name.as_bytes());
             ioctl_ptr(f.as_raw_fd(), 0x4004_54ca, &mut req).ok()?; // TUNSETIFF
+            if up {
+                // SAFETY: a plain socket call; closed right after.
+                let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+                if s < 0 {
+                    return None;
+                }
+                // SAFETY: `s` was just created and is owned here.
+                let s = unsafe { OwnedFd::from_raw_fd(s) };
+                req.flags = 0;
+                ioctl_ptr(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req).ok()?;
+                req.flags |= libc::IFF_UP as libc::c_short;
+                ioctl_ptr(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req).ok()?;
+            }
             Some(OwnedFd::from(f))
         })
         .join()
@@ -248,7 +261,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_real_tap_with_vnet_hdr_gets_offloads() {
-        let Some(fd) = tap_in_new_netns("hvtest0") else {
+        let Some(fd) = tap_in_new_netns("hvtest0", false) else {
             eprintln!("SKIP: cannot create a tap in a new netns here");
             return;
         };

@@ -448,3 +448,128 @@ fn a_chain_of_more_than_64_descriptors_is_dropped() {
     assert_eq!(s.tx.used_idx(&s.mem), 2);
     assert_eq!(peer_recv(&s.peer).map(|f| f.len()), Some(52));
 }
+
+/// Over a real tap with IFF_VNET_HDR (in a namespace of its own): the
+/// offloads are offered, a driver taking them gets TUNSETOFFLOAD, the
+/// guest's header goes to the kernel as is, and a header the kernel
+/// refuses loses that frame only.
+#[test]
+fn vnet_header_passthrough_on_a_real_tap() {
+    let Some(fd) = super::tap::tests::tap_in_new_netns("hvtest1", true) else {
+        eprintln!("SKIP: cannot create a tap in a new netns here");
+        return;
+    };
+    let net = Net::new(Tap::new(fd).unwrap(), MAC, None);
+    let offered = net.features();
+    assert_eq!(offered & OFFLOADS, OFFLOADS, "{offered:#x}");
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(net, mem.clone(), irq).unwrap();
+    let rx = Ring::new(0x10000, 16);
+    let mut tx = Ring::new(0x20000, 16);
+    // A driver that asks for a feature not offered (MRG_RXBUF) is refused.
+    let w = |t: &mut MmioTransport<Net>, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+    let status = |t: &mut MmioTransport<Net>| {
+        let mut b = [0u8; 4];
+        t.read(0x70, &mut b);
+        u32::from_le_bytes(b)
+    };
+    w(&mut t, 0x70, 1 | 2);
+    w(&mut t, 0x24, 1);
+    w(&mut t, 0x20, 1);
+    w(&mut t, 0x24, 0);
+    w(&mut t, 0x20, (VIRTIO_NET_F_MAC | (1 << 15)) as u32);
+    w(&mut t, 0x70, 1 | 2 | 8);
+    assert_eq!(
+        status(&mut t) & 8,
+        0,
+        "FEATURES_OK with an unoffered feature"
+    );
+    // The offloads, taken: TUNSETOFFLOAD must succeed.
+    w(&mut t, 0x70, 0);
+    let take = VIRTIO_NET_F_MAC
+        | VIRTIO_NET_F_CSUM
+        | VIRTIO_NET_F_GUEST_CSUM
+        | VIRTIO_NET_F_GUEST_TSO4
+        | VIRTIO_NET_F_GUEST_TSO6
+        | VIRTIO_NET_F_GUEST_ECN
+        | VIRTIO_NET_F_HOST_TSO4;
+    w(&mut t, 0x70, 1 | 2);
+    w(&mut t, 0x24, 1);
+    w(&mut t, 0x20, 1 | (VIRTIO_RING_F_INDIRECT_DESC >> 32) as u32);
+    w(&mut t, 0x24, 0);
+    w(&mut t, 0x20, take as u32);
+    w(&mut t, 0x70, 1 | 2 | 8);
+    assert_ne!(status(&mut t) & 8, 0, "FEATURES_OK refused");
+    assert!(!t.device().offload_warned, "TUNSETOFFLOAD was refused");
+    for (i, (desc, avail, used, size)) in [rx.addrs(), tx.addrs()].into_iter().enumerate() {
+        w(&mut t, 0x30, i as u32);
+        w(&mut t, 0x38, u32::from(size));
+        w(&mut t, 0x80, desc as u32);
+        w(&mut t, 0x90, avail as u32);
+        w(&mut t, 0xa0, used as u32);
+        w(&mut t, 0x44, 1);
+    }
+    w(&mut t, 0x70, 1 | 2 | 8 | 4);
+    assert!(t.driver_ok());
+
+    // A UDP/IPv4 frame whose checksum the host is asked to complete:
+    // NEEDS_CSUM, csum_start 34 (after Ethernet + IP), csum_offset 6.
+    let mut f = vec![0xffu8; 6];
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![
+        0x45,
+        0,
+        0,
+        28 + 4,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+        10,
+        0,
+        0,
+        2,
+        10,
+        0,
+        0,
+        1,
+    ];
+    let csum = {
+        let mut a: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while a > 0xffff {
+            a = (a & 0xffff) + (a >> 16);
+        }
+        !(a as u16)
+    };
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x3a, 0, 12, 0, 0, b'h', b'i', b'!', b'!']);
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&6u16.to_le_bytes());
+    mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+    mem.write_slice(&f, GuestAddress(BUF + 12)).unwrap();
+    tx.add_chain(&mem, &[(BUF, (HDR_LEN + f.len()) as u32, false)]);
+    // The same frame with a GSO type the kernel does not know.
+    let mut bad = hdr;
+    bad[1] = 0x55;
+    mem.write_slice(&bad, GuestAddress(BUF + 0x1000)).unwrap();
+    mem.write_slice(&f, GuestAddress(BUF + 0x1000 + 12))
+        .unwrap();
+    tx.add_chain(&mem, &[(BUF + 0x1000, (HDR_LEN + f.len()) as u32, false)]);
+    t.process(TXQ);
+    assert_eq!(tx.used_idx(&mem), 2);
+    let st = t.device().stats();
+    assert_eq!((st.tx_frames, st.tx_dropped), (1, 1), "{st:?}");
+    assert!(!t.is_broken());
+}
