@@ -85,17 +85,22 @@ fn tap_and_packet_socket() -> Result<(OwnedFd, OwnedFd), String> {
     .map_err(|_| "netns thread panicked".to_string())?
 }
 
+/// /dev/kvm and a tap with its packet socket, or None after saying why not.
+fn kvm_and_tap_or_skip(test: &str) -> Option<(OwnedFd, OwnedFd)> {
+    kvm_or_skip(test)?;
+    match tap_and_packet_socket() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("SKIP {test}: no tap in a new netns here (needs root): {e}");
+            None
+        }
+    }
+}
+
 #[test]
 fn a_frame_each_way_through_a_real_tap() {
-    if kvm_or_skip("net").is_none() {
+    let Some((tap, pkt)) = kvm_and_tap_or_skip("net") else {
         return;
-    }
-    let (tap, pkt) = match tap_and_packet_socket() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIP net: no tap in a new netns here (needs root): {e}");
-            return;
-        }
     };
     let dir = tempfile::tempdir().unwrap();
     let args = vmm_args(dir.path(), "tg.hello", tap.as_raw_fd());
@@ -196,15 +201,8 @@ fn vmm_args(dir: &std::path::Path, cmdline: &str, fd: i32) -> Vec<String> {
 /// the guest ends normally.
 #[test]
 fn a_guest_flooding_tx_with_no_receive_buffers() {
-    if kvm_or_skip("net_flood").is_none() {
+    let Some((tap, pkt)) = kvm_and_tap_or_skip("net_flood") else {
         return;
-    }
-    let (tap, pkt) = match tap_and_packet_socket() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIP net_flood: no tap in a new netns here (needs root): {e}");
-            return;
-        }
     };
     let dir = tempfile::tempdir().unwrap();
     let args = vmm_args(dir.path(), "tg.hello tg.netflood=20000", tap.as_raw_fd());
