@@ -7,7 +7,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
-      qemu-system-x86 busybox-static erofs-utils file xz-utils
+      qemu-system-x86 busybox-static erofs-utils file xz-utils iproute2
       docker-registry skopeo apache2-utils zstd curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

@@ -264,3 +264,223 @@ async fn a_running_vm_is_taken_over_by_pid_and_start_time() {
         Err(HypervisorError::NotFound(_))
     ));
 }
+
+/// A named netns with `eth0` (MAC given, up) and its veth peer `hvx0`, as
+/// CNI's bridge plugin leaves a pod's namespace; removed on drop. None
+/// (after saying why) where namespaces cannot be made.
+struct PodNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl PodNs {
+    fn new(tag: &str, mac: &str) -> Option<PodNs> {
+        use hyper_hypervisor::nic::netns;
+        let name = format!("hvkvmtest{tag}{}", std::process::id());
+        let path = match netns::create(&name) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("SKIP: cannot create a netns here (needs root): {e}");
+                return None;
+            }
+        };
+        let pod = PodNs { name, path };
+        for args in [
+            vec![
+                "link", "add", "eth0", "type", "veth", "peer", "name", "hvx0",
+            ],
+            vec!["link", "set", "eth0", "address", mac, "up"],
+            vec!["link", "set", "hvx0", "up"],
+        ] {
+            let st = std::process::Command::new("ip")
+                .args(["-n", &pod.name])
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        Some(pod)
+    }
+
+    /// `ip -n NS CMD…` output.
+    fn ip(&self, args: &[&str]) -> String {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = hyper_hypervisor::nic::netns::remove(&self.path);
+    }
+}
+
+/// `VmSpec.nics` end to end: the plugin makes the tap inside a named netns
+/// with the backend kit, joins it to `eth0` (a veth, as CNI's bridge plugin
+/// leaves it) with tc redirects, and hands it to hyper-vmm; the test guest's
+/// frame comes out of the veth's other end, and a frame sent into it
+/// reaches the guest through RX. After the VM ends the tap is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nic_joined_to_a_netns_carries_frames_both_ways() {
+    use hyper_hypervisor::nic::netns;
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic").is_none() {
+        return;
+    }
+    let Some(pod) = PodNs::new("a", "02:48:59:50:45:07") else {
+        return;
+    };
+    let (name, ns) = (pod.name.clone(), pod.path.clone());
+    let mac = [0x02, 0x48, 0x59, 0x50, 0x45, 0x07];
+    let mac_str = "02:48:59:50:45:07";
+    let pkt = netns::run_in(&ns, || packet_socket("hvx0"))
+        .unwrap()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.hello");
+    s.nics = vec![NicSpec {
+        netns: ns.clone(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: mac_str.into(),
+        mtu: 1500,
+    }];
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let tc = std::process::Command::new("tc")
+        .args(["-n", &name, "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(
+        tc.contains("mirred"),
+        "eth0 is not redirected to the tap:\n{tc}"
+    );
+    let got_tx = tokio::task::spawn_blocking(move || {
+        let seen = guest_frame_seen(&pkt, mac);
+        if seen {
+            send_frame_to_guest(&pkt, mac);
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("guest stops by itself")
+        .unwrap();
+    let log = std::fs::read_to_string(&s.console_log).unwrap_or_default();
+    assert!(got_tx, "the guest's frame never left eth0's peer:\n{log}");
+    assert_eq!(exit.code, Some(0), "{exit:?}\n{log}");
+    for check in ["net-tx", "net-rx"] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "{check}:\n{log}"
+        );
+    }
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0"), "the tap outlived the VM:\n{links}");
+}
+
+/// A launch that fails after the tap was made (hyper-vmm refuses an
+/// initramfs that does not fit) leaves nothing in the pod's netns: no tap,
+/// no redirect on the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_launch_leaves_no_tap_and_no_redirect() {
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic cleanup").is_none() {
+        return;
+    }
+    let Some(pod) = PodNs::new("b", "02:48:59:50:45:08") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.hello");
+    let big = dir.path().join("big.img");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    s.initrd = big;
+    s.nics = vec![NicSpec {
+        netns: pod.path.clone(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: "02:48:59:50:45:08".into(),
+        mtu: 1500,
+    }];
+    let err = hv.launch(s).await.err().expect("refused");
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0"), "a tap was left:\n{links}");
+    let tc = std::process::Command::new("tc")
+        .args(["-n", &pod.name, "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(!tc.contains("mirred"), "the peer kept its redirect:\n{tc}");
+}
+
+/// NIC specs that cannot work are refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nics_are_refused_before_launch() {
+    use hyper_hypervisor::NicSpec;
+    if kvm_or_skip("plugin nic errors").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nic = NicSpec {
+        netns: "/run/netns/hyper-none".into(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: "02:00:00:00:00:01".into(),
+        mtu: 1500,
+    };
+    let base = spec(dir.path(), guest().elf.clone(), "");
+    let mut cases: Vec<(VmSpec, &str)> = Vec::new();
+    let mut s = base.clone();
+    s.nics = vec![NicSpec {
+        mac: "01:00:5e:00:00:01".into(),
+        ..nic.clone()
+    }];
+    cases.push((s, "unicast"));
+    let mut s = base.clone();
+    s.nics = vec![nic.clone(); 6];
+    cases.push((s, "device slots"));
+    let mut s = base.clone();
+    s.nics = vec![
+        nic.clone(),
+        NicSpec {
+            device: "tap1".into(),
+            ..nic.clone()
+        },
+    ];
+    cases.push((s, "already carries another NIC"));
+    let mut s = base.clone();
+    s.nics = vec![NicSpec {
+        netns: "/nonexistent/netns".into(),
+        ..nic.clone()
+    }];
+    cases.push((s, "/nonexistent/netns"));
+    for (s, needle) in cases {
+        let err = hv.launch(s).await.err().expect("refused");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+}

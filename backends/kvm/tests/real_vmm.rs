@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -160,7 +161,27 @@ fn hostile_guest_does_not_take_the_vmm_down() {
     let mut args = base_args(&guest().elf, dir.path(), "tg.hostile");
     args.extend(["--disk".into(), format!("path={},id=d0", disk.display())]);
     args.extend(["--agent-socket".into(), s(dir.path().join("agent.sock"))]);
-    let mut child = spawn(&args);
+    // A NIC over a socket pair whose host end is flooded with frames and
+    // never read: garbage queues on a device with input waiting.
+    let (tap, host) = dgram_pair();
+    for _ in 0..8 {
+        let f = [0x5au8; 1514];
+        // SAFETY: `f` is valid for its length; MSG_DONTWAIT: stop when full.
+        unsafe {
+            libc::send(
+                host.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+    }
+    args.extend([
+        "--net".into(),
+        format!("fd={},mac=02:00:00:00:00:01", tap.as_raw_fd()),
+    ]);
+    let mut child = spawn_with_fd(&args, tap.as_raw_fd());
+    drop(tap);
     let st = wait_timeout(&mut child, Duration::from_secs(120));
     let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
     let (_, err) = output(child);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper_backend_kvm::vmm::{run, DiskConfig, VmmConfig};
+use hyper_backend_kvm::vmm::{run, DiskConfig, NetConfig, VmmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +35,10 @@ struct Args {
     /// `path=FILE,id=ID[,rw]` (read-only unless `rw`); repeatable.
     #[arg(long)]
     disk: Vec<String>,
+    /// `fd=N,mac=MAC[,mtu=M]`: a virtio-net NIC over the inherited tap fd
+    /// N; repeatable.
+    #[arg(long)]
+    net: Vec<String>,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console_log: Option<PathBuf>,
@@ -67,6 +71,36 @@ fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
     })
 }
 
+fn parse_net(s: &str) -> anyhow::Result<NetConfig> {
+    let mut fd = None;
+    let mut mac = None;
+    let mut mtu = None;
+    let want = "want fd=N,mac=aa:bb:cc:dd:ee:ff[,mtu=M]";
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("fd", v)) => {
+                fd = Some(
+                    v.parse()
+                        .with_context(|| format!("--net {s:?}: fd {v:?} ({want})"))?,
+                )
+            }
+            Some(("mac", v)) => mac = Some(v.to_string()),
+            Some(("mtu", v)) => {
+                mtu = Some(
+                    v.parse()
+                        .with_context(|| format!("--net {s:?}: mtu {v:?} ({want})"))?,
+                )
+            }
+            _ => anyhow::bail!("--net {s:?}: unknown part {part:?} ({want})"),
+        }
+    }
+    Ok(NetConfig {
+        fd: fd.with_context(|| format!("--net {s:?}: missing fd= ({want})"))?,
+        mac: mac.with_context(|| format!("--net {s:?}: missing mac= ({want})"))?,
+        mtu,
+    })
+}
+
 fn config(args: Args) -> anyhow::Result<VmmConfig> {
     if let Some(p) = args.config {
         let text =
@@ -83,6 +117,11 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
             .disk
             .iter()
             .map(|d| parse_disk(d))
+            .collect::<anyhow::Result<_>>()?,
+        nets: args
+            .net
+            .iter()
+            .map(|n| parse_net(n))
             .collect::<anyhow::Result<_>>()?,
         console_log: args.console_log,
         console_log_limit: hyper_backend_kvm::vmm::config::DEFAULT_CONSOLE_LIMIT,
@@ -123,4 +162,29 @@ fn main() {
     }
     eprintln!("hyper-vmm: exit {json}");
     std::process::exit(status.exit_code());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_flags() {
+        let n = parse_net("fd=5,mac=02:00:00:00:00:01,mtu=9000").unwrap();
+        assert_eq!(
+            (n.fd, n.mac.as_str(), n.mtu),
+            (5, "02:00:00:00:00:01", Some(9000))
+        );
+        assert_eq!(parse_net("mac=02:00:00:00:00:01,fd=7").unwrap().mtu, None);
+        for (bad, why) in [
+            ("fd=5", "missing mac="),
+            ("mac=02:00:00:00:00:01", "missing fd="),
+            ("fd=x,mac=02:00:00:00:00:01", "fd \"x\""),
+            ("fd=5,mac=02:00:00:00:00:01,mtu=70000", "mtu \"70000\""),
+            ("fd=5,mac=02:00:00:00:00:01,tap=tap0", "unknown part"),
+        ] {
+            let e = format!("{:#}", parse_net(bad).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

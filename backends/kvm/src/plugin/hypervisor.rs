@@ -12,9 +12,12 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::config::KvmConfig;
+use super::nics::{self, Taps};
 use super::probe;
 use super::vm::{on_exit, KvmVm, RunPaths};
-use crate::vmm::config::{host_memory_mib, DiskConfig, VmmConfig, MAX_DISKS, MAX_VCPUS};
+use crate::vmm::config::{
+    host_memory_mib, DiskConfig, NetConfig, VmmConfig, MAX_DEVICES, MAX_DISKS, MAX_VCPUS,
+};
 use crate::vmm::devices::blk::valid_serial;
 use crate::vmm::layout::MIN_MEMORY_MIB;
 use hyper_hypervisor::process::VmProcess;
@@ -87,6 +90,14 @@ pub fn check_spec(spec: &VmSpec) -> Result<(), HypervisorError> {
             spec.disks.len()
         )));
     }
+    if spec.disks.len() + spec.nics.len() > MAX_DEVICES {
+        return Err(invalid(format!(
+            "{} disks and {} NICs: this backend has {MAX_DEVICES} device slots",
+            spec.disks.len(),
+            spec.nics.len()
+        )));
+    }
+    nics::check(&spec.nics)?;
     for d in &spec.disks {
         if !valid_serial(&d.id) {
             return Err(invalid(format!(
@@ -104,7 +115,12 @@ pub fn check_spec(spec: &VmSpec) -> Result<(), HypervisorError> {
     Ok(())
 }
 
-pub fn vmm_config(spec: &VmSpec, paths: &RunPaths, cfg: &KvmConfig) -> VmmConfig {
+pub fn vmm_config(
+    spec: &VmSpec,
+    paths: &RunPaths,
+    cfg: &KvmConfig,
+    nets: Vec<NetConfig>,
+) -> VmmConfig {
     VmmConfig {
         kernel: spec.kernel.clone(),
         initrd: Some(spec.initrd.clone()),
@@ -124,6 +140,7 @@ pub fn vmm_config(spec: &VmSpec, paths: &RunPaths, cfg: &KvmConfig) -> VmmConfig
                 id: d.id.clone(),
             })
             .collect(),
+        nets,
         console_log: Some(spec.console_log.clone()),
         console_log_limit: cfg.console_log_limit_mib << 20,
         agent_socket: Some(paths.agent.clone()),
@@ -176,7 +193,10 @@ impl Hypervisor for KvmHypervisor {
         for p in [&paths.agent, &paths.status] {
             let _ = std::fs::remove_file(p);
         }
-        let cfg = vmm_config(&spec, &paths, &self.config);
+        // Dropped on any early return below: the taps close and the peers'
+        // redirects are undone.
+        let taps = Taps::attach(&spec.nics).await?;
+        let cfg = vmm_config(&spec, &paths, &self.config, taps.configs());
         let json =
             serde_json::to_vec_pretty(&cfg).map_err(|e| HypervisorError::Plugin(e.to_string()))?;
         std::fs::write(&paths.config, json)
@@ -186,22 +206,40 @@ impl Hypervisor for KvmHypervisor {
         let log2 = log
             .try_clone()
             .map_err(|e| HypervisorError::Io(e.to_string()))?;
-        let process = VmProcess::spawn(
-            Command::new(&self.config.vmm)
-                .arg("--config")
-                .arg(&paths.config)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                // Its own process group: a Ctrl-C meant for hyperd in a
-                // terminal must not reach the VM, which may outlive hyperd.
-                .process_group(0),
-            "hyper-vmm",
-            on_exit(paths.clone()),
-        )
-        .map_err(|e| {
-            HypervisorError::LaunchFailed(format!("cannot run {}: {e}", self.config.vmm.display()))
-        })?;
+        let mut cmd = Command::new(&self.config.vmm);
+        cmd.arg("--config")
+            .arg(&paths.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C meant for hyperd in a
+            // terminal must not reach the VM, which may outlive hyperd.
+            .process_group(0);
+        let tap_fds = taps.raw_fds();
+        if !tap_fds.is_empty() {
+            // SAFETY: between fork and exec only fcntl runs (async-signal-
+            // safe, no allocation: the Vec was built before the fork); the
+            // fds stay open in the parent (held by `taps`), so the child's
+            // copies are the taps. Their CLOEXEC is cleared in the child
+            // alone: no other process the plugin starts inherits them.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &tap_fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let process =
+            VmProcess::spawn(&mut cmd, "hyper-vmm", on_exit(paths.clone())).map_err(|e| {
+                HypervisorError::LaunchFailed(format!(
+                    "cannot run {}: {e}",
+                    self.config.vmm.display()
+                ))
+            })?;
         let pid = process.pid();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -227,6 +265,7 @@ impl Hypervisor for KvmHypervisor {
             }
             process.wait_within(POLL).await;
         }
+        taps.handed_over();
         let info = VmInfo {
             id: spec.id.clone(),
             agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod hypervisor;
+mod nics;
 pub mod probe;
 mod vm;
 

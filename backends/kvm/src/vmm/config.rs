@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::devices::blk::valid_serial;
+use super::devices::net::{parse_mac, MIN_MTU};
 use super::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQS};
 
 pub const MAX_VCPUS: u8 = 64;
-pub const MAX_DISKS: usize = VIRTIO_IRQS.len() - 1;
+/// virtio-mmio devices besides the console (disks and NICs together).
+pub const MAX_DEVICES: usize = VIRTIO_IRQS.len() - 1;
+pub const MAX_DISKS: usize = MAX_DEVICES;
 pub const DEFAULT_CONSOLE_LIMIT: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +27,9 @@ pub struct VmmConfig {
     pub memory_mib: u64,
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices, each over a tap fd this process inherited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
     /// Serial console output; stdout when absent.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
@@ -47,6 +53,19 @@ pub struct DiskConfig {
     #[serde(default = "yes")]
     pub read_only: bool,
     pub id: String,
+}
+
+/// A NIC: the tap (opened by whoever started hyper-vmm, inside the pod's
+/// netns) arrives as an inherited fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub fd: i32,
+    /// The guest's MAC, `aa:bb:cc:dd:ee:ff` (unicast).
+    pub mac: String,
+    /// Offered to the guest with VIRTIO_NET_F_MTU.
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
 
 fn one() -> u8 {
@@ -88,8 +107,35 @@ impl VmmConfig {
                 ));
             }
         }
-        if self.disks.len() > MAX_DISKS {
-            problems.push(format!("{} disks: at most {MAX_DISKS}", self.disks.len()));
+        if self.disks.len() + self.nets.len() > MAX_DEVICES {
+            problems.push(format!(
+                "{} disks and {} NICs: at most {MAX_DEVICES} together",
+                self.disks.len(),
+                self.nets.len()
+            ));
+        }
+        let mut fds = std::collections::HashSet::new();
+        for n in &self.nets {
+            if n.fd < 3 {
+                problems.push(format!(
+                    "net fd {}: not a tap fd (0, 1 and 2 are stdio)",
+                    n.fd
+                ));
+            } else if !fds.insert(n.fd) {
+                problems.push(format!("net fd {} given twice", n.fd));
+            }
+            if parse_mac(&n.mac).is_none() {
+                problems.push(format!(
+                    "net mac {:?}: want a unicast aa:bb:cc:dd:ee:ff",
+                    n.mac
+                ));
+            }
+            if n.mtu.is_some_and(|m| m < MIN_MTU) {
+                problems.push(format!(
+                    "net mtu {:?}: at least {MIN_MTU}",
+                    n.mtu.unwrap_or(0)
+                ));
+            }
         }
         for d in &self.disks {
             if !valid_serial(&d.id) {
@@ -149,5 +195,40 @@ mod tests {
         });
         let e = c.validate().unwrap_err();
         assert!(e.contains("vcpus") && e.contains("disk id"), "{e}");
+    }
+
+    #[test]
+    fn bad_nics_are_refused() {
+        let mut c = base();
+        let nic = |fd, mac: &str, mtu| NetConfig {
+            fd,
+            mac: mac.into(),
+            mtu,
+        };
+        c.nets = vec![nic(5, "02:00:00:00:00:01", Some(1500))];
+        assert!(c.validate().is_ok());
+        let parsed: VmmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","memory_mib":64,"nets":[{"fd":5,"mac":"02:00:00:00:00:01"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.nets[0].mtu, None);
+        c.nets = vec![
+            nic(1, "02:00:00:00:00:01", None),
+            nic(7, "01:00:5e:00:00:01", None),
+            nic(7, "02:00:00:00:00:01", Some(20)),
+        ];
+        let e = c.validate().unwrap_err();
+        for want in ["net fd 1", "net fd 7 given twice", "unicast", "net mtu 20"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        c.nets = (0..MAX_DEVICES as i32)
+            .map(|i| nic(10 + i, "02:00:00:00:00:01", None))
+            .collect();
+        c.disks.push(DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+            id: "d".into(),
+        });
+        assert!(c.validate().unwrap_err().contains("together"));
     }
 }

@@ -54,7 +54,7 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Interrupt lines for virtio-mmio devices, in device order. ISA lines 0
 /// (PIT), 1 (keyboard), 2 (cascade), 3/4 (serial), 8 (RTC), 12 (mouse) and
 /// 13/14/15 are left alone.
-pub const VIRTIO_IRQS: [u32; 5] = [5, 6, 7, 9, 10];
+pub const VIRTIO_IRQS: [u32; 6] = [5, 6, 7, 9, 10, 11];
 
 /// Guest RAM regions for `memory_mib` of memory: below the MMIO gap, and
 /// the remainder above 4 GiB.

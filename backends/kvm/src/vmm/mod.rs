@@ -8,5 +8,5 @@ pub mod layout;
 pub mod mptable;
 mod run;
 
-pub use config::{DiskConfig, VmmConfig};
+pub use config::{DiskConfig, NetConfig, VmmConfig};
 pub use run::{run, ExitReason, ExitStatus};

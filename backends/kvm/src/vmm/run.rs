@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MP_STATE_HALTED, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +24,7 @@ use super::devices::blk::Block;
 use super::devices::console::Console;
 use super::devices::i8042;
 use super::devices::mmio::MmioTransport;
+use super::devices::net::{self, parse_mac, Net, NetStats, Tap};
 use super::devices::serial::{BoundedLog, SerialDevice};
 use super::devices::GUEST_FAULTS;
 use super::layout::*;
@@ -63,6 +64,9 @@ pub struct ExitStatus {
     pub setup_marks_us: Vec<(String, u64)>,
     /// Guest RAM pages resident in the VMM (touched by guest or VMM).
     pub guest_resident_kib: Option<u64>,
+    /// Per NIC, in configuration order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetStats>,
 }
 
 impl ExitStatus {
@@ -106,6 +110,11 @@ struct Bus {
     i8042: Mutex<i8042::I8042>,
     console: Mutex<MmioTransport<Console>>,
     disks: Vec<Mutex<MmioTransport<Block>>>,
+    nets: Vec<Mutex<MmioTransport<Net>>>,
+    /// (NIC, queue, eventfd): KVM signals the eventfd when the guest writes
+    /// that queue's index to the NIC's QueueNotify register, without an
+    /// exit to user space; the event loop runs the queue.
+    net_notify: Vec<(usize, usize, EventFd)>,
     exit: ExitSlot,
     debug_exit: bool,
     started: Instant,
@@ -169,7 +178,7 @@ impl Bus {
     }
 
     fn mmio(&self, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
-        let slots = 1 + self.disks.len() as u64;
+        let slots = 1 + (self.disks.len() + self.nets.len()) as u64;
         let in_range =
             addr >= VIRTIO_MMIO_BASE && addr < VIRTIO_MMIO_BASE + slots * VIRTIO_MMIO_SIZE;
         if !in_range {
@@ -201,6 +210,21 @@ impl Bus {
             }
             if let Some(d) = write {
                 t.write(offset, d);
+            }
+        } else if let Some(nic) = self.nets.get(index - 1 - self.disks.len()) {
+            let mut t = lock(nic);
+            if let Some(d) = read {
+                t.read(offset, d);
+            }
+            if let Some(d) = write {
+                let before = net_wants(&t);
+                t.write(offset, d);
+                // What the event loop polls the tap for changed (receive
+                // buffers came back, TX hit its budget or the tap's limit,
+                // the driver came up or reset): it must re-poll.
+                if net_wants(&t) != before {
+                    let _ = self.kick.write(1);
+                }
             }
         }
     }
@@ -426,7 +450,8 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
 
     // Devices and the command line that declares them.
     let mut cmdline = cfg.cmdline.trim().to_string();
-    for (i, irq) in VIRTIO_IRQS.iter().enumerate().take(cfg.disks.len() + 1) {
+    let devices = 1 + cfg.disks.len() + cfg.nets.len();
+    for (i, irq) in VIRTIO_IRQS.iter().enumerate().take(devices) {
         cmdline.push_str(&format!(
             " virtio_mmio.device=4K@{:#x}:{irq}",
             virtio_mmio_addr(i)
@@ -468,6 +493,26 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             irq(VIRTIO_IRQS[i + 1])?,
         )?));
     }
+    let mut nets = Vec::new();
+    let mut net_notify = Vec::new();
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let notify = virtio_mmio_addr(1 + cfg.disks.len() + i) + 0x50;
+        for q in [net::RXQ, net::TXQ] {
+            let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+            match vm.register_ioevent(&e, &IoEventAddress::Mmio(notify), q as u32) {
+                Ok(()) => net_notify.push((i, q, e)),
+                // Notifies then come through the MMIO exit: slower, same.
+                Err(e) => tracing::warn!("KVM_IOEVENTFD for NIC {i}: {e}"),
+            }
+        }
+        let tap = Tap::new(take_fd(n.fd)?).map_err(|e| e.to_string())?;
+        let mac = parse_mac(&n.mac).ok_or_else(|| format!("net mac {:?}", n.mac))?;
+        nets.push(Mutex::new(MmioTransport::new(
+            Net::new(tap, mac, n.mtu),
+            mem.clone(),
+            irq(VIRTIO_IRQS[1 + cfg.disks.len() + i])?,
+        )?));
+    }
     let listener = match &cfg.agent_socket {
         None => None,
         Some(p) => {
@@ -483,6 +528,8 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         i8042: Mutex::new(i8042::I8042::default()),
         console: Mutex::new(console),
         disks,
+        nets,
+        net_notify,
         exit: ExitSlot {
             reason: Mutex::new(None),
             evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
@@ -527,6 +574,28 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         sigfd,
         vcpu_threads,
     })
+}
+
+/// What the event loop waits for on a NIC's tap: (poll events, run TX
+/// again at once).
+fn net_wants(t: &MmioTransport<Net>) -> (i16, bool) {
+    if !t.driver_ok() {
+        return (0, false);
+    }
+    (t.device().poll_events(), t.device().tx_pending())
+}
+
+/// Takes ownership of a tap fd inherited from whoever started hyper-vmm.
+fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "net fd {fd} is not open in hyper-vmm: the tap must be passed as an inherited fd"
+        ));
+    }
+    // SAFETY: the configuration names each fd once (validated) and nothing
+    // else in this process opened or owns it: it was inherited for this.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> std::io::Result<()> {
@@ -619,10 +688,28 @@ fn serve(vm: &Vm) -> ExitReason {
             }
             fds.push(pfd(fd, ev));
         }
-        if let Err(e) = poll_fds(
-            &mut fds,
-            next_probe.saturating_duration_since(Instant::now()),
-        ) {
+        let notify_at = fds.len();
+        for (_, _, e) in &bus.net_notify {
+            fds.push(pfd(e.as_raw_fd(), libc::POLLIN));
+        }
+        // Taps: polled for what each device can take right now.
+        let mut taps = Vec::new();
+        let mut busy = false;
+        for (i, n) in bus.nets.iter().enumerate() {
+            let t = lock(n);
+            let (ev, more) = net_wants(&t);
+            busy |= more;
+            if ev != 0 {
+                taps.push((i, fds.len()));
+                fds.push(pfd(t.device().tap().as_raw_fd(), ev));
+            }
+        }
+        let timeout = if busy {
+            Duration::ZERO
+        } else {
+            next_probe.saturating_duration_since(Instant::now())
+        };
+        if let Err(e) = poll_fds(&mut fds, timeout) {
             return ExitReason::Error {
                 message: format!("poll: {e}"),
             };
@@ -638,6 +725,38 @@ fn serve(vm: &Vm) -> ExitReason {
         }
         if fds[2].revents != 0 {
             let _ = bus.kick.read();
+        }
+        for (k, (i, q, e)) in bus.net_notify.iter().enumerate() {
+            if fds.get(notify_at + k).is_some_and(|p| p.revents != 0) {
+                let _ = e.read();
+                if let Some(n) = bus.nets.get(*i) {
+                    lock(n).process(*q);
+                }
+            }
+        }
+        for &(i, at) in &taps {
+            let (Some(n), Some(p)) = (bus.nets.get(i), fds.get(at)) else {
+                continue;
+            };
+            let mut t = lock(n);
+            if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                t.device_mut().tap_broken();
+            }
+            if p.revents & libc::POLLOUT != 0 {
+                t.device_mut().tap_writable();
+                t.process(net::TXQ);
+            }
+            if p.revents & libc::POLLIN != 0 {
+                t.process(net::RXQ);
+            }
+        }
+        if busy {
+            for n in &bus.nets {
+                let mut t = lock(n);
+                if t.device().tx_pending() {
+                    t.process(net::TXQ);
+                }
+            }
         }
         let mut next = 3;
         if let Some(l) = &vm.listener {
@@ -720,6 +839,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
                 vmm_rss_kib: rss_kib(),
                 setup_marks_us: Vec::new(),
                 guest_resident_kib: None,
+                nets: Vec::new(),
             }
         }
     };
@@ -742,6 +862,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
         vmm_rss_kib: rss_kib(),
         setup_marks_us: vm.marks.clone(),
         guest_resident_kib: guest_resident_kib(&vm.mem),
+        nets: bus.nets.iter().map(|n| lock(n).device().stats()).collect(),
     }
 }
 
@@ -786,6 +907,7 @@ mod tests {
             vmm_rss_kib: None,
             setup_marks_us: Vec::new(),
             guest_resident_kib: None,
+            nets: Vec::new(),
         };
         assert_eq!(st.exit_code(), 0);
         let v = serde_json::to_value(&st).unwrap();

@@ -12,6 +12,12 @@
 //! * `tg.echo`: echo one line received on the virtio console, prefixed `echo:`;
 //! * `tg.disk_serial=ID`, `tg.sector=N`: check the disk's serial, that it is
 //!   read-only, and that sector N starts with `HYPERTG-SECTOR-N`;
+//! * a virtio-net device (when there is one): send a frame through the TX
+//!   queue and wait for one through RX (see `virtio::net_checks`);
+//! * `tg.netflood=N` (`tg.netflood_len=L`, 60..=1514): instead of receiving,
+//!   send N frames of L bytes as fast as the device takes them, with no
+//!   receive buffer posted;
+//! * `tg.netsink=N`: instead of looking for one frame, receive N frames;
 //! * `tg.hostile`: write garbage to every I/O port and device register;
 //! * `tg.halt`: print one line and halt with interrupts off, as Linux's
 //!   poweroff does without ACPI (the VMM must notice and exit).
@@ -393,6 +399,9 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
         match virtio::device_id(base) {
             Some(3) => virtio::console_checks(base, boot.cmdline, &mut c),
             Some(2) => virtio::block_checks(base, boot.cmdline, &mut c),
+            Some(1) => virtio::net_checks(base, boot.cmdline, &mut c),
+            // An empty transport (QEMU's microvm has a row of them).
+            Some(0) => {}
             other => c.check("virtio-probe", false, format_args!("{base:#x}: {other:?}")),
         }
     }

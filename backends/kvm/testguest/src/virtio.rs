@@ -16,7 +16,7 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
 pub struct Devices {
-    items: [(u64, u32); 8],
+    items: [(u64, u32); 32],
     n: usize,
 }
 
@@ -32,7 +32,7 @@ impl Devices {
 /// `virtio_mmio.device=4K@0xADDR:IRQ` entries of the command line.
 pub fn find_devices(cmdline: &[u8]) -> Devices {
     let mut d = Devices {
-        items: [(0, 0); 8],
+        items: [(0, 0); 32],
         n: 0,
     };
     for w in cmdline.split(|&b| b == b' ') {
@@ -80,7 +80,7 @@ fn features(base: u64) -> u64 {
 
 #[repr(C, align(4096))]
 struct QueueMem([u8; 0x3000]);
-static mut QMEM: [QueueMem; 3] = [const { QueueMem([0; 0x3000]) }; 3];
+static mut QMEM: [QueueMem; 5] = [const { QueueMem([0; 0x3000]) }; 5];
 
 #[repr(C, align(4096))]
 struct BufMem([u8; 0x4000]);
@@ -93,6 +93,15 @@ fn qmem(i: usize) -> u64 {
 
 fn buf() -> u64 {
     (&raw const BUF) as u64
+}
+
+#[repr(C, align(4096))]
+struct NetMem([u8; 0xa000]);
+/// Network frames: TX at 0, sixteen 2 KiB receive buffers from 0x2000.
+static mut NETBUF: NetMem = NetMem([0; 0xa000]);
+
+fn netbuf() -> u64 {
+    (&raw const NETBUF) as u64
 }
 
 fn wmem<T>(addr: u64, v: T) {
@@ -198,13 +207,18 @@ impl Vq {
 
 /// Negotiates VERSION_1 only; returns whether FEATURES_OK stuck.
 fn negotiate(base: u64) -> bool {
+    negotiate_low(base, 0)
+}
+
+/// VERSION_1 plus the device features `low` (bits 0..32).
+fn negotiate_low(base: u64, low: u32) -> bool {
     w32(base + 0x70, 0);
     w32(base + 0x70, ACK);
     w32(base + 0x70, ACK | DRIVER);
     w32(base + 0x24, 1);
     w32(base + 0x20, 1);
     w32(base + 0x24, 0);
-    w32(base + 0x20, 0);
+    w32(base + 0x20, low);
     w32(base + 0x70, ACK | DRIVER | FEATURES_OK);
     r32(base + 0x70) & FEATURES_OK != 0
 }
@@ -377,6 +391,147 @@ pub fn block_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
         "disk-read-past-end",
         st == Some(1),
         format_args!("status {st:?}"),
+    );
+}
+
+const NET_F_MAC: u64 = 1 << 5;
+const NET_HDR: u64 = 12;
+const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
+
+/// virtio-net: sends one frame (broadcast, EtherType 0x88b5, payload
+/// `HYPERTG-NET-TX`) through the TX queue with the device's MAC as source,
+/// then waits on the RX queue for a frame with payload `HYPERTG-NET-RX`
+/// (other frames the host's stack sends are skipped).
+pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
+    let feats = features(base);
+    c.check(
+        "net-mac-feature",
+        feats & NET_F_MAC != 0,
+        format_args!("features {feats:#x}"),
+    );
+    c.check(
+        "net-features",
+        negotiate_low(base, NET_F_MAC as u32),
+        format_args!("FEATURES_OK refused"),
+    );
+    let mut mac = [0u8; 6];
+    for (k, b) in mac.iter_mut().enumerate() {
+        // SAFETY: the device's config space, in the identity-mapped MMIO gap.
+        *b = unsafe { read_volatile((base + 0x100 + k as u64) as *const u8) };
+    }
+    print(format_args!(
+        "tg: net mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    ));
+    let mut rx = Vq::setup(base, 0, qmem(3));
+    let mut tx = Vq::setup(base, 1, qmem(4));
+    driver_ok(base);
+
+    // TX: header and frame in two descriptors.
+    let t = netbuf();
+    for k in 0..NET_HDR {
+        wmem(t + k, 0u8);
+    }
+    let f = t + NET_HDR;
+    for k in 0..6 {
+        wmem(f + k, 0xffu8);
+        wmem(f + 6 + k, mac[k as usize]);
+    }
+    wmem(f + 12, ETHERTYPE_TEST[0]);
+    wmem(f + 13, ETHERTYPE_TEST[1]);
+    let payload = b"HYPERTG-NET-TX";
+    for k in 0..46u64 {
+        wmem(f + 14 + k, payload.get(k as usize).copied().unwrap_or(0));
+    }
+    tx.add(0, &[(t, NET_HDR as u32, false), (f, 60, false)]);
+    tx.notify();
+    let sent = tx.wait_used(TIMEOUT);
+    c.check(
+        "net-tx",
+        sent.is_some(),
+        format_args!("transmit chain never used"),
+    );
+    if let Some(n) = arg(cmdline, "tg.netflood").and_then(parse_u64) {
+        // TX as fast as the device takes it, with no receive buffer ever.
+        let len = arg(cmdline, "tg.netflood_len")
+            .and_then(parse_u64)
+            .unwrap_or(60)
+            .clamp(60, 1514) as u32;
+        print(format_args!("tg: net flooding {n}\n"));
+        let (mut posted, mut done, mut inflight, mut slot) = (0u64, 0u64, 0u16, 1u16);
+        while done < n {
+            while inflight < QSIZE && posted < n {
+                tx.add(slot, &[(t, NET_HDR as u32 + len, false)]);
+                slot = (slot + 1) % QSIZE;
+                inflight += 1;
+                posted += 1;
+            }
+            tx.notify();
+            if tx.wait_used(TIMEOUT).is_none() {
+                break;
+            }
+            inflight -= 1;
+            done += 1;
+        }
+        c.check(
+            "net-flood",
+            done == n,
+            format_args!("{done} of {n} frames sent"),
+        );
+        return;
+    }
+
+    // RX: sixteen buffers, each one descriptor (header + frame).
+    let rxb = |i: u16| netbuf() + 0x2000 + 0x800 * u64::from(i);
+    for i in 0..QSIZE {
+        rx.add(i, &[(rxb(i), 0x800, true)]);
+    }
+    rx.notify();
+    if let Some(n) = arg(cmdline, "tg.netsink").and_then(parse_u64) {
+        // Take N frames, whatever they are, as fast as they come.
+        print(format_args!("tg: net sinking {n}\n"));
+        let mut got = 0;
+        while got < n {
+            let Some((id, _)) = rx.wait_used(TIMEOUT * 2) else {
+                break;
+            };
+            got += 1;
+            let id = (id as u16) % QSIZE;
+            rx.add(id, &[(rxb(id), 0x800, true)]);
+            rx.notify();
+        }
+        c.check(
+            "net-sink",
+            got == n,
+            format_args!("{got} of {n} frames received"),
+        );
+        return;
+    }
+    let want = b"HYPERTG-NET-RX";
+    let mut found = false;
+    let mut frames = 0;
+    let mut hdr_ok = true;
+    while !found && frames < 256 {
+        let Some((id, len)) = rx.wait_used(TIMEOUT * 2) else {
+            break;
+        };
+        frames += 1;
+        let id = (id as u16) % QSIZE;
+        let at = rxb(id);
+        let num_buffers: u16 = rmem(at + 10);
+        let et: [u8; 2] = [rmem(at + NET_HDR + 12), rmem(at + NET_HDR + 13)];
+        if et == ETHERTYPE_TEST && len as u64 >= NET_HDR + 14 + want.len() as u64 {
+            hdr_ok = num_buffers == 1;
+            found = (0..want.len()).all(|k| rmem::<u8>(at + NET_HDR + 14 + k as u64) == want[k])
+                && (0..6).all(|k| rmem::<u8>(at + NET_HDR + k as u64) == mac[k as usize]);
+        }
+        rx.add(id, &[(at, 0x800, true)]);
+        rx.notify();
+    }
+    c.check(
+        "net-rx",
+        found && hdr_ok,
+        format_args!("{frames} frames, none for us (header ok: {hdr_ok})"),
     );
 }
 

@@ -1,6 +1,8 @@
 //! Shared helpers for the tests that run the real hyper-vmm on /dev/kvm.
 #![allow(dead_code)]
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -131,4 +133,146 @@ pub fn status(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("status file {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// Spawns hyper-vmm with `fd` inherited (its CLOEXEC cleared in the child only).
+pub fn spawn_with_fd(args: &[String], fd: RawFd) -> std::process::Child {
+    let mut cmd = Command::new(VMM);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl (async-signal-safe) runs between fork and exec:
+    // the tap is inherited by this child alone.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn hyper-vmm")
+}
+
+/// A datagram socket pair: one end stands in for a tap (one datagram,
+/// one frame), the other is the host's side.
+pub fn dgram_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// The test guest's EtherType (local experimental).
+pub const TEST_ETHERTYPE: u16 = 0x88b5;
+
+/// In the calling thread's network namespace: a packet socket for
+/// [`TEST_ETHERTYPE`] bound to `ifname`, with a 60 s receive timeout.
+pub fn packet_socket(ifname: &str) -> Result<OwnedFd, String> {
+    let check = |r: libc::c_int, what: &str| {
+        if r < 0 {
+            Err(format!("{what}: {}", std::io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
+    };
+    let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!("no interface {ifname}"));
+    }
+    let proto = TEST_ETHERTYPE.to_be();
+    // SAFETY: a plain socket call.
+    let p = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    check(p, "socket(AF_PACKET)")?;
+    // SAFETY: `p` was just created and is owned here.
+    let pkt = unsafe { OwnedFd::from_raw_fd(p) };
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binding to a valid sockaddr_ll of the given size.
+    check(
+        unsafe {
+            libc::bind(
+                pkt.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        },
+        "bind(AF_PACKET)",
+    )?;
+    let tv = libc::timeval {
+        tv_sec: 60,
+        tv_usec: 0,
+    };
+    // SAFETY: SO_RCVTIMEO reads one timeval.
+    check(
+        unsafe {
+            libc::setsockopt(
+                pkt.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        },
+        "SO_RCVTIMEO",
+    )?;
+    Ok(pkt)
+}
+
+pub fn recv_frame(pkt: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe { libc::recv(pkt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// Waits (up to 64 frames) for the test guest's `HYPERTG-NET-TX` frame
+/// from `mac`.
+pub fn guest_frame_seen(pkt: &OwnedFd, mac: [u8; 6]) -> bool {
+    for _ in 0..64 {
+        let Some(f) = recv_frame(pkt) else {
+            return false;
+        };
+        if f.len() >= 28 && f[6..12] == mac && &f[14..28] == b"HYPERTG-NET-TX" {
+            return true;
+        }
+    }
+    false
+}
+
+/// Sends the frame the test guest waits for (`HYPERTG-NET-RX` to `mac`).
+pub fn send_frame_to_guest(pkt: &OwnedFd, mac: [u8; 6]) {
+    let mut f = mac.to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(b"HYPERTG-NET-RX");
+    f.resize(60, 0);
+    // SAFETY: `f` is valid for its length; the socket is bound to an interface.
+    let n = unsafe { libc::send(pkt.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+    assert_eq!(n, 60, "send: {}", std::io::Error::last_os_error());
 }

@@ -39,6 +39,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, String>;
     /// Back to the power-on state (the driver wrote status 0).
     fn reset(&mut self);
+    /// The driver accepted `features` (FEATURES_OK, already checked to be
+    /// a subset of [`Self::features`]).
+    fn ack_features(&mut self, _features: u64) {}
 }
 
 pub struct MmioTransport<D: VirtioDevice> {
@@ -298,6 +301,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     self.driver_features
                 );
                 v &= !STATUS_FEATURES_OK;
+            } else {
+                self.device.ack_features(self.driver_features);
             }
         }
         if v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {

@@ -6,6 +6,7 @@ pub mod blk;
 pub mod console;
 pub mod i8042;
 pub mod mmio;
+pub mod net;
 pub mod serial;
 
 use std::sync::atomic::{AtomicU64, Ordering};
