@@ -164,19 +164,37 @@ impl Conn {
     }
 
     async fn call(&self, request: PluginRequest) -> PluginResult {
+        let call = request.name();
         let (tx, rx) = oneshot::channel();
-        self.send(request, Waiter::Async(tx))?;
-        rx.await
-            .map_err(|_| HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin)))?
+        let result = match self.send(request, Waiter::Async(tx)) {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(HypervisorError::Plugin(format!(
+                    "plugin {}: reply lost",
+                    self.plugin
+                )))
+            }),
+            Err(e) => Err(e),
+        };
+        super::call_errors::count(&self.plugin, call, &result);
+        result
     }
 
     /// For the quick calls made outside async code (configure, and the
     /// restart thread). Never call from a plugin's reply path.
     fn call_blocking(&self, request: PluginRequest) -> PluginResult {
+        let call = request.name();
         let (tx, rx) = std::sync::mpsc::channel();
-        self.send(request, Waiter::Blocking(tx))?;
-        rx.recv()
-            .map_err(|_| HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin)))?
+        let result = match self.send(request, Waiter::Blocking(tx)) {
+            Ok(()) => rx.recv().unwrap_or_else(|_| {
+                Err(HypervisorError::Plugin(format!(
+                    "plugin {}: reply lost",
+                    self.plugin
+                )))
+            }),
+            Err(e) => Err(e),
+        };
+        super::call_errors::count(&self.plugin, call, &result);
+        result
     }
 
     fn take(&self, id: u64) -> Option<Waiter> {

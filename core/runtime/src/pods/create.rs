@@ -254,6 +254,7 @@ impl Runtime {
             self.pods().remove(&id);
             return Err(state_err(e));
         }
+        self.event(crate::events::Action::Create, &record, &[]);
         self.launch(hypervisor, record, size, io).await
     }
 
@@ -286,6 +287,9 @@ impl Runtime {
                 "{memory_key} {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
             )));
         }
+        let host = crate::resources::HostResources::read();
+        host.check((vcpus, vcpus_key), (memory_mib, memory_key))
+            .map_err(RunError::Invalid)?;
         Ok((vcpus, memory_mib))
     }
 

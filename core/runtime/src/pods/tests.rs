@@ -477,6 +477,45 @@ async fn on_failure_n_restarts_n_times_in_fresh_vms() {
     assert_eq!(s.hv.launched(), 3, "the first run and two restarts");
     assert_eq!(s.rt.record(&outcome.pod).unwrap().restart_count, 2);
     s.assert_exited(&outcome.pod, 1);
+    let run = ["start", "die:1"];
+    let restart = ["restart:1", "restart:2"];
+    let mut expected = vec!["create"];
+    expected.extend(run);
+    for r in restart {
+        expected.push(r);
+        expected.extend(run);
+    }
+    assert_eq!(events_of(&s, &outcome.pod), expected);
+    let text = s.rt.metrics_text().await;
+    for line in [
+        "hyper_restarts_total{backend=\"fake\"} 2",
+        "hyper_boot_duration_seconds_count{backend=\"fake\"} 3",
+        "hyper_pods{state=\"exited\"} 1",
+        "hyper_pods{state=\"running\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+/// The events of pod `id` so far: `action`, or `action:N` with the exit
+/// code or restart count.
+fn events_of(s: &Setup, id: &str) -> Vec<String> {
+    s.rt.events()
+        .subscribe()
+        .past
+        .iter()
+        .filter(|e| e.id == id)
+        .map(|e| {
+            let n = e
+                .attributes
+                .get("exitCode")
+                .or_else(|| e.attributes.get("restartCount"));
+            match n {
+                Some(n) => format!("{}:{n}", e.action.as_str()),
+                None => e.action.as_str().to_string(),
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -653,6 +692,8 @@ async fn restore_adopts_live_vms_of_both_kinds_and_follows_them_to_their_exit() 
     // b had exited 0 before the takeover; that stays.
     assert_eq!(pair.containers[1].exit_code, Some(0));
     assert_eq!(s.hv.launched(), 0, "taken over, not booted again");
+    assert_eq!(events_of(&s, one), ["takeover", "die:7"]);
+    assert_eq!(events_of(&s, &pair.id), ["takeover", "die:7"]);
 }
 
 #[tokio::test]
