@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hyper_cli::client::{Client, ClientError, StreamOptions};
 use hyper_cli::stream::StreamEnd;
 use hyper_cli::{progress, terminal};
@@ -282,25 +282,33 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Neither needs hyperd.
-    match cli.command {
+    // Neither needs hyperd. Made in memory (which cannot fail), then
+    // written: a closed stdout is an error, not a panic.
+    let generated = match cli.command {
         Command::Completion { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "hyper", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hyper", &mut buf);
+            Some(Ok(buf))
         }
         Command::Man => {
-            use clap::CommandFactory;
-            let man = clap_mangen::Man::new(Cli::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("hyper: cannot write the man page: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            let mut buf = Vec::new();
+            Some(
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut buf)
+                    .map(|()| buf),
+            )
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some(generated) = generated {
+        use std::io::Write;
+        return match generated.and_then(|buf| std::io::stdout().write_all(&buf)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hyper: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -18,7 +18,7 @@ use prometheus::{
 /// How long a scrape waits for one pod's VM figures. A VM that does not
 /// answer in time is left out of that scrape and counted in
 /// `hyper_scrape_stats_failures`.
-pub const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Seconds; from 50 ms (a KVM boot) to minutes (TCG under load).
 const BOOT_BUCKETS: [f64; 12] = [

@@ -60,6 +60,19 @@ impl Runtime {
         }
     }
 
+    /// The guest reported that a process of pod `id`'s container
+    /// `container` (empty: the main one) was killed for lack of memory: an
+    /// `oom` event. The hook for the guest cgroups of issue 17: hyperstart
+    /// does not report OOM kills yet, so nothing calls it but its test.
+    pub fn observe_oom(&self, id: &str, container: &str) {
+        let extra: Vec<(&str, String)> = if container.is_empty() {
+            Vec::new()
+        } else {
+            vec![("container", container.to_string())]
+        };
+        self.event_by_id(Action::Oom, id, &extra);
+    }
+
     /// The pod's run ended with `code` and its policy boots it again.
     pub(super) fn observe_restart(&self, record: &PodRecord, code: i32) {
         self.event(Action::Die, record, &[("exitCode", code.to_string())]);

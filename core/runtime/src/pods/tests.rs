@@ -693,6 +693,8 @@ async fn restore_adopts_live_vms_of_both_kinds_and_follows_them_to_their_exit() 
     assert_eq!(pair.containers[1].exit_code, Some(0));
     assert_eq!(s.hv.launched(), 0, "taken over, not booted again");
     assert_eq!(events_of(&s, one), ["takeover", "die:7"]);
+    s.rt.observe_oom(one, "");
+    assert_eq!(events_of(&s, one), ["takeover", "die:7", "oom"]);
     assert_eq!(events_of(&s, &pair.id), ["takeover", "die:7"]);
 }
 
