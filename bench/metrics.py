@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from boot import ROOT, hyper, start_hyperd  # noqa: E402
+from lifecycle import must  # noqa: E402
 
 
 def get(sock, path):
@@ -59,12 +60,6 @@ def line(label, xs, size=None):
     extra = f"  {size} bytes" if size is not None else ""
     return (f"{label:<34} median {statistics.median(xs) * 1000:7.2f} ms  min {xs[0] * 1000:7.2f}"
             f"  p90 {p90 * 1000:7.2f}  max {xs[-1] * 1000:7.2f}{extra}")
-
-
-def must(r):
-    if r.returncode != 0:
-        sys.exit(r.stderr.decode(errors="replace"))
-    return r.stdout.decode()
 
 
 def main():

@@ -166,17 +166,17 @@ impl Conn {
     async fn call(&self, request: PluginRequest) -> PluginResult {
         let call = request.name();
         let (tx, rx) = oneshot::channel();
-        let result = match self.send(request, Waiter::Async(tx)) {
-            Ok(()) => rx.await.unwrap_or_else(|_| {
-                Err(HypervisorError::Plugin(format!(
-                    "plugin {}: reply lost",
-                    self.plugin
-                )))
-            }),
-            Err(e) => Err(e),
-        };
+        let result = async {
+            self.send(request, Waiter::Async(tx))?;
+            rx.await.map_err(|_| self.reply_lost())?
+        }
+        .await;
         super::call_errors::count(&self.plugin, call, &result);
         result
+    }
+
+    fn reply_lost(&self) -> HypervisorError {
+        HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin))
     }
 
     /// For the quick calls made outside async code (configure, and the
@@ -184,15 +184,9 @@ impl Conn {
     fn call_blocking(&self, request: PluginRequest) -> PluginResult {
         let call = request.name();
         let (tx, rx) = std::sync::mpsc::channel();
-        let result = match self.send(request, Waiter::Blocking(tx)) {
-            Ok(()) => rx.recv().unwrap_or_else(|_| {
-                Err(HypervisorError::Plugin(format!(
-                    "plugin {}: reply lost",
-                    self.plugin
-                )))
-            }),
-            Err(e) => Err(e),
-        };
+        let result = self
+            .send(request, Waiter::Blocking(tx))
+            .and_then(|()| rx.recv().map_err(|_| self.reply_lost())?);
         super::call_errors::count(&self.plugin, call, &result);
         result
     }
