@@ -45,7 +45,7 @@ install: build payload
 	@if [ ! -e /etc/hyper/config.toml ]; then install -D -m 0644 config/qemu.toml /etc/hyper/config.toml; \
 	  else echo "keeping the existing /etc/hyper/config.toml"; fi
 	install -d $(PREFIX)/share/man/man1 $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d
-	target/release/hyper man > $(PREFIX)/share/man/man1/hyper.1
+	target/release/hyper man --dir $(PREFIX)/share/man/man1
 	target/release/hyper completion bash > $(PREFIX)/share/bash-completion/completions/hyper
 	target/release/hyper completion zsh > $(PREFIX)/share/zsh/site-functions/_hyper
 	target/release/hyper completion fish > $(PREFIX)/share/fish/vendor_completions.d/hyper.fish

@@ -139,9 +139,13 @@ enum Command {
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
-    /// Print the man page (roff), generated from these definitions.
+    /// Print the man page (roff), generated from these definitions; with
+    /// --dir, write hyper.1 and a page per subcommand (hyper-run.1, …) there.
     #[command(hide = true)]
-    Man,
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Pull an image from a registry.
     Pull {
         /// e.g. `busybox`, `library/busybox:1.36`, `host:port/repo@sha256:…`
@@ -290,7 +294,12 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "hyper", &mut buf);
             Some(Ok(buf))
         }
-        Command::Man => {
+        Command::Man { dir: Some(ref dir) } => Some(
+            clap_mangen::generate_to(Cli::command(), dir)
+                .map(|()| Vec::new())
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display()))),
+        ),
+        Command::Man { dir: None } => {
             let mut buf = Vec::new();
             Some(
                 clap_mangen::Man::new(Cli::command())
@@ -390,7 +399,7 @@ fn main() -> ExitCode {
                 json,
             } => events(&client, since, until, &filter, json).await,
             Command::Version => version(&client).await,
-            Command::Completion { .. } | Command::Man => 0,
+            Command::Completion { .. } | Command::Man { .. } => 0,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
             Command::Images { json } => images(&client, json).await,
             Command::Rmi { images } => rmi(&client, &images).await,
