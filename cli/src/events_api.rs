@@ -75,10 +75,16 @@ pub async fn events(State(rt): State<Arc<Runtime>>, Query(q): Query<EventsQuery>
         };
         let deadline = tokio::time::sleep(wait.min(Duration::from_secs(100 * 365 * 86_400)));
         tokio::pin!(deadline);
-        let mut live = sub.live;
+        let (mut live, mut closed) = (sub.live, sub.closed);
+        let closing = async move {
+            // A dropped sender ends the stream as well.
+            let _ = closed.wait_for(|c| *c).await.is_ok();
+        };
+        tokio::pin!(closing);
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = &mut closing => return,
                 _ = tx.closed() => return,
                 next = live.recv() => match next {
                     Ok(e) => {

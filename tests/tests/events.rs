@@ -263,8 +263,24 @@ fn metrics_and_events_follow_a_pod_through_a_takeover_exec_and_stop() {
     assert_eq!(boots, Some(1.0), "{:#?}", s.samples);
     assert!(sample(&s, "hyper_scrape_stats_failures", &[]).is_some());
 
-    // hyperd goes and comes back; the new one adopts the pod.
+    // hyperd goes and comes back; the new one adopts the pod. A follower
+    // of the old one's events does not hold its shutdown up: its stream
+    // ends and `hyper events` exits 0.
+    let mut follower = d.hyper_spawn(&["events", "--since", "1h"]);
+    // Its first line (the pod's `create`) says it is connected.
+    let mut first = String::new();
+    let mut out = BufReader::new(follower.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains(" pod create "), "{first}");
     d.restart();
+    let status = wait_with_timeout(&mut follower, Duration::from_secs(60));
+    let mut err = String::new();
+    let _ = follower.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {err}\nlog:\n{}",
+        d.log_text()
+    );
     let out = d.exec_ok(&[&id, "echo", "hi"]);
     assert_eq!(out, "hi\n");
     let out = d.hyper(&["stop", "-t", "5", &id]);

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Events kept for `--since`. Docker keeps 256; ours are small.
 pub const RING_CAPACITY: usize = 1024;
@@ -112,6 +112,9 @@ pub struct Event {
 pub struct EventLog {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Event>,
+    /// Set when hyperd stops: followers end their streams, so a graceful
+    /// shutdown does not wait for them forever.
+    closed: watch::Sender<bool>,
 }
 
 struct Ring {
@@ -124,6 +127,8 @@ struct Ring {
 pub struct Subscription {
     pub past: Vec<Event>,
     pub live: broadcast::Receiver<Event>,
+    /// Becomes true when hyperd stops.
+    pub closed: watch::Receiver<bool>,
 }
 
 impl Default for EventLog {
@@ -142,7 +147,13 @@ impl EventLog {
                 last_nano: 0,
             }),
             tx,
+            closed: watch::Sender::new(false),
         }
+    }
+
+    /// hyperd is stopping: every follower's stream ends.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Records an event about pod `id` now.
@@ -177,6 +188,7 @@ impl EventLog {
         Subscription {
             past: ring.events.iter().cloned().collect(),
             live: self.tx.subscribe(),
+            closed: self.closed.subscribe(),
         }
     }
 }
@@ -486,6 +498,9 @@ mod tests {
         let live = sub.live.recv().await.unwrap();
         assert_eq!(live.action, Action::Start);
         assert!(sub.live.try_recv().is_err());
+        assert!(!*sub.closed.borrow());
+        log.close();
+        sub.closed.wait_for(|c| *c).await.unwrap();
     }
 
     #[test]
