@@ -812,3 +812,33 @@ async fn a_stopped_pod_is_not_restarted_by_its_policy() {
     );
     assert_eq!(s.hv.launched(), 2);
 }
+
+#[tokio::test]
+async fn sizes_beyond_the_host_are_refused_before_anything_is_recorded_or_launched() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    }));
+    let host = crate::resources::HostResources::read();
+    if host.cpus >= crate::config::MAX_VCPUS {
+        return;
+    }
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"cpus": host.cpus + 1}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "--cpus {}: range of CPUs is from 1 to {}",
+            host.cpus + 1,
+            host.cpus
+        )),
+        "{err}"
+    );
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"memory_mib": u32::MAX}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(err.contains("MiB of memory (MemTotal)"), "{err}");
+    assert_eq!(s.hv.launched(), 0);
+    assert!(s.rt.list().is_empty());
+    assert!(s.rt.events().subscribe().past.is_empty());
+}
