@@ -1,5 +1,6 @@
 # One-command builds. See README.md.
 PREFIX      ?= /usr/local
+SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 CARGO       ?= cargo
 MUSL        := x86_64-unknown-linux-musl
 BUILD       := build
@@ -43,6 +44,15 @@ install: build payload
 	install -m 0644 $(BUILD)/hyperstart.img $(PREFIX)/share/hyper/hyperstart.img
 	@if [ ! -e /etc/hyper/config.toml ]; then install -D -m 0644 config/qemu.toml /etc/hyper/config.toml; \
 	  else echo "keeping the existing /etc/hyper/config.toml"; fi
+	install -d $(PREFIX)/share/man/man1 $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d
+	target/release/hyper man --dir $(PREFIX)/share/man/man1
+	target/release/hyper completion bash > $(PREFIX)/share/bash-completion/completions/hyper
+	target/release/hyper completion zsh > $(PREFIX)/share/zsh/site-functions/_hyper
+	target/release/hyper completion fish > $(PREFIX)/share/fish/vendor_completions.d/hyper.fish
+	install -d $(SYSTEMD_DIR)
+	sed 's|@PREFIX@|$(PREFIX)|g' config/hyperd.service > $(SYSTEMD_DIR)/hyperd.service
+	chmod 0644 $(SYSTEMD_DIR)/hyperd.service
+	@echo "installed $(SYSTEMD_DIR)/hyperd.service: systemctl daemon-reload && systemctl enable --now hyperd"
 
 # Main job: install, start hyperd, run a command in a VM.
 demo: install rootfs

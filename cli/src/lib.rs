@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod display;
+pub mod events_api;
 pub mod images_api;
 pub mod peer;
 pub mod pods_api;

@@ -5,8 +5,8 @@
 //! * `POST /v1/run`   body: a `RunRequest`; answered with `101 Switching
 //!   Protocols` (`Upgrade: hyper-stream`) and then the stdio stream of
 //!   [`crate::stream`], or with a JSON error before any VM starts.
-//! * the pod endpoints of [`crate::pods_api`] and the image endpoints of
-//!   [`crate::images_api`]
+//! * the pod endpoints of [`crate::pods_api`], the image endpoints of
+//!   [`crate::images_api`], and events and metrics ([`crate::events_api`])
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::events_api;
 use crate::images_api::{self, error};
 use crate::peer::Peer;
 use crate::pods_api;
@@ -61,6 +62,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/images/load", post(images_api::load))
         .route("/v1/images/tag", post(images_api::tag))
         .route("/v1/login", post(images_api::login))
+        .route("/v1/events", get(events_api::events))
+        .route("/events", get(events_api::events))
+        .route("/metrics", get(events_api::metrics))
         .with_state(runtime)
 }
 

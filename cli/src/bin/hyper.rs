@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hyper_cli::client::{Client, ClientError, StreamOptions};
 use hyper_cli::stream::StreamEnd;
 use hyper_cli::{progress, terminal};
@@ -120,8 +120,32 @@ enum Command {
         #[arg(required = true)]
         pods: Vec<String>,
     },
+    /// Show the pods' events as they happen (and kept ones, with --since or --until).
+    Events {
+        /// Show events from this time: RFC 3339 (2026-12-07T10:00:00Z), unix seconds, or a duration before now (10m).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Stop at this time (same forms); without it, follow until interrupted.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Only matching events: pod=ID|NAME, event=ACTION, image=NAME, backend=NAME (repeatable, or KEY=VALUE,KEY=VALUE).
+        #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// One JSON object per line, as the API sends them.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the client's and the daemon's versions.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from these definitions; with
+    /// --dir, write hyper.1 and a page per subcommand (hyper-run.1, …) there.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Pull an image from a registry.
     Pull {
         /// e.g. `busybox`, `library/busybox:1.36`, `host:port/repo@sha256:…`
@@ -234,8 +258,8 @@ struct RunArgs {
     /// vCPUs of the pod's VM.
     #[arg(long)]
     cpus: Option<u32>,
-    /// Memory of the pod's VM, in MiB.
-    #[arg(long, short = 'm', value_name = "MiB")]
+    /// Memory of the pod's VM: MiB (512) or with a unit (512m, 1g, 1048576k).
+    #[arg(long, short = 'm', value_name = "MEMORY", value_parser = hyper_core::resources::parse_memory)]
     memory: Option<u32>,
     /// Replace the image's entrypoint (`""` clears it).
     #[arg(long, value_name = "CMD")]
@@ -262,6 +286,39 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Neither needs hyperd. Made in memory (which cannot fail), then
+    // written: a closed stdout is an error, not a panic.
+    let generated = match cli.command {
+        Command::Completion { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hyper", &mut buf);
+            Some(Ok(buf))
+        }
+        Command::Man { dir: Some(ref dir) } => Some(
+            clap_mangen::generate_to(Cli::command(), dir)
+                .map(|()| Vec::new())
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display()))),
+        ),
+        Command::Man { dir: None } => {
+            let mut buf = Vec::new();
+            Some(
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut buf)
+                    .map(|()| buf),
+            )
+        }
+        _ => None,
+    };
+    if let Some(generated) = generated {
+        use std::io::Write;
+        return match generated.and_then(|buf| std::io::stdout().write_all(&buf)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hyper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -335,7 +392,14 @@ fn main() -> ExitCode {
                 command: PodCommand::Create { file, name },
             } => pod_create(&client, &file, name).await,
             Command::Stats { pods } => stats(&client, &pods).await,
+            Command::Events {
+                since,
+                until,
+                filter,
+                json,
+            } => events(&client, since, until, &filter, json).await,
             Command::Version => version(&client).await,
+            Command::Completion { .. } | Command::Man { .. } => 0,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
             Command::Images { json } => images(&client, json).await,
             Command::Rmi { images } => rmi(&client, &images).await,
@@ -913,6 +977,60 @@ async fn stats(client: &Client, pods: &[String]) -> i32 {
         }
     }
     code
+}
+
+/// `hyper events`: times are resolved here (a duration is before this
+/// client's now), filters checked here, then hyperd streams the events.
+async fn events(
+    client: &Client,
+    since: Option<String>,
+    until: Option<String>,
+    filter: &[String],
+    json: bool,
+) -> i32 {
+    use hyper_core::events::{format_line, parse_time, Event, Filters};
+    let now = std::time::SystemTime::now();
+    let mut query = Vec::new();
+    for (flag, key, value) in [("--since", "since", since), ("--until", "until", until)] {
+        if let Some(v) = value {
+            match parse_time(flag, &v, now) {
+                Ok(n) => query.push(format!(
+                    "{key}={}.{:09}",
+                    n / 1_000_000_000,
+                    n % 1_000_000_000
+                )),
+                Err(e) => return fail(e),
+            }
+        }
+    }
+    match Filters::parse_cli(filter) {
+        Ok(f) if !f.is_empty() => query.push(format!("filters={}", query_escape(&f.to_json()))),
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
+    let path = format!("/v1/events?{}", query.join("&"));
+    let result = client
+        .get_lines(
+            &path,
+            |value| {
+                // JSON escapes control characters itself; the text line
+                // carries names from clients: escaped.
+                match serde_json::from_value::<Event>(value.clone()) {
+                    Ok(e) if !json => {
+                        println!("{}", hyper_cli::display::escape_control(&format_line(&e)))
+                    }
+                    // With --json, and a note from hyperd (events lost).
+                    _ => println!("{value}"),
+                }
+                true
+            },
+            || {},
+        )
+        .await;
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
 }
 
 async fn version(client: &Client) -> i32 {

@@ -131,7 +131,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
 
     let app = hyper_cli::server::router(runtime.clone());
-    let shutdown = async {
+    let events = runtime.clone();
+    let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -142,6 +143,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down");
+        // Followers of `hyper events` would hold the graceful shutdown
+        // open forever.
+        events.events().close();
     };
     axum::serve(
         listener,

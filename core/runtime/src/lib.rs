@@ -2,7 +2,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod events;
 pub mod logs;
+pub mod metrics;
 pub mod payload;
 pub mod plugins;
 pub mod podfile;
@@ -10,5 +12,6 @@ pub mod pods;
 pub mod private;
 pub mod process;
 pub mod quarantine;
+pub mod resources;
 pub mod rootfs;
 pub mod security;

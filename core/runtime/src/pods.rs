@@ -42,6 +42,7 @@ mod boot;
 mod create;
 mod exec;
 mod model;
+mod observe;
 mod restore;
 mod store;
 mod supervise;
@@ -83,6 +84,10 @@ pub struct Runtime {
     launches_in_flight: AtomicUsize,
     /// Pods being taken over after a restart: listed, not yet usable.
     recovering: Mutex<std::collections::BTreeSet<String>>,
+    /// What happened to the pods, for `hyper events`.
+    events: crate::events::EventLog,
+    /// Counted as things happen, for `GET /metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Runtime {
@@ -106,6 +111,8 @@ impl Runtime {
             stopping: AtomicBool::new(false),
             launches_in_flight: AtomicUsize::new(0),
             recovering: Mutex::new(std::collections::BTreeSet::new()),
+            events: crate::events::EventLog::default(),
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

@@ -164,19 +164,31 @@ impl Conn {
     }
 
     async fn call(&self, request: PluginRequest) -> PluginResult {
+        let call = request.name();
         let (tx, rx) = oneshot::channel();
-        self.send(request, Waiter::Async(tx))?;
-        rx.await
-            .map_err(|_| HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin)))?
+        let result = async {
+            self.send(request, Waiter::Async(tx))?;
+            rx.await.map_err(|_| self.reply_lost())?
+        }
+        .await;
+        super::call_errors::count(&self.plugin, call, &result);
+        result
+    }
+
+    fn reply_lost(&self) -> HypervisorError {
+        HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin))
     }
 
     /// For the quick calls made outside async code (configure, and the
     /// restart thread). Never call from a plugin's reply path.
     fn call_blocking(&self, request: PluginRequest) -> PluginResult {
+        let call = request.name();
         let (tx, rx) = std::sync::mpsc::channel();
-        self.send(request, Waiter::Blocking(tx))?;
-        rx.recv()
-            .map_err(|_| HypervisorError::Plugin(format!("plugin {}: reply lost", self.plugin)))?
+        let result = self
+            .send(request, Waiter::Blocking(tx))
+            .and_then(|()| rx.recv().map_err(|_| self.reply_lost())?);
+        super::call_errors::count(&self.plugin, call, &result);
+        result
     }
 
     fn take(&self, id: u64) -> Option<Waiter> {

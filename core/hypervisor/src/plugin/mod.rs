@@ -21,6 +21,7 @@
 //!   refused with both versions named, never undefined behaviour.
 
 mod abi;
+mod call_errors;
 mod host;
 mod host_side;
 mod inproc;
@@ -30,6 +31,7 @@ pub mod testing;
 mod wire;
 
 pub use abi::*;
+pub use call_errors::{call_errors, CallErrors};
 pub use host::host_main;
 pub use host_side::{
     default_host_binary, ConfigureError, LoadedPlugin, PluginHypervisor, HOST_BINARY,

@@ -233,6 +233,7 @@ impl Runtime {
         members: Vec<Member>,
         links: PodLinks,
     ) -> Result<VmStart, RunError> {
+        let booting = std::time::Instant::now();
         let interactive = record.container.as_ref().is_some_and(|c| c.interactive);
         let main = members
             .first()
@@ -245,6 +246,7 @@ impl Runtime {
             Ok(Booted::Running { agent, inits }) => {
                 live.set_agent(&agent);
                 self.save(&record);
+                self.observe_started(&record, booting);
                 Ok(VmStart::Running(Box::new(Running {
                     live,
                     record,

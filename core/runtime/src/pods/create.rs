@@ -254,6 +254,7 @@ impl Runtime {
             self.pods().remove(&id);
             return Err(state_err(e));
         }
+        self.event(crate::events::Action::Create, &record, &[]);
         self.launch(hypervisor, record, size, io).await
     }
 
@@ -274,6 +275,7 @@ impl Runtime {
         &self,
         ((vcpus, vcpus_key), (memory_mib, memory_key)): SizeRequest,
     ) -> Result<(u32, u32), RunError> {
+        let asked = (vcpus.is_some(), memory_mib.is_some());
         let vcpus = vcpus.unwrap_or(self.config.vm.vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
             return Err(RunError::Invalid(format!(
@@ -286,6 +288,15 @@ impl Runtime {
                 "{memory_key} {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
             )));
         }
+        // A size nobody asked for is the config's: say so.
+        let keys = (vcpus_key, memory_key);
+        let keys = (
+            if asked.0 { keys.0 } else { "[vm] vcpus" },
+            if asked.1 { keys.1 } else { "[vm] memory_mib" },
+        );
+        let host = crate::resources::HostResources::read();
+        host.check((vcpus, keys.0), (memory_mib, keys.1))
+            .map_err(RunError::Invalid)?;
         Ok((vcpus, memory_mib))
     }
 

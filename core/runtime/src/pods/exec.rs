@@ -16,6 +16,7 @@ use super::model::{ExecRequest, Output, RunError, RunIo, RunOutcome};
 use super::store::check_env_and_workdir;
 use super::{lock, Runtime, RUNTIME_FAILURE_EXIT};
 use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk, StreamReceiver};
+use crate::events::Action;
 use crate::logs::{LogWriter, Stream as LogStream};
 use crate::process;
 
@@ -75,13 +76,15 @@ impl Runtime {
             stderr: streams.stderr,
             confinement,
         };
-        match agent
+        let asked = std::time::Instant::now();
+        let answer = agent
             .request(Request::Exec {
                 container: guest_id.clone(),
                 process,
             })
-            .await
-        {
+            .await;
+        self.observe_exec_request(id, &process_id, &answer, asked);
+        match answer {
             Ok(_) => {}
             Err(AgentCallError::Agent(e)) if e.exit_code().is_some() => {
                 return Ok(RunOutcome {
@@ -112,6 +115,13 @@ impl Runtime {
         if let Some(task) = resizer {
             task.abort();
         }
+        let exit = code.as_ref().map_or(RUNTIME_FAILURE_EXIT, |c| *c);
+        let exec_id = ("execID", process_id.clone());
+        self.event_by_id(
+            Action::ExecDie,
+            id,
+            &[exec_id, ("exitCode", exit.to_string())],
+        );
         let code = code.map_err(RunError::Failed)?;
         Ok(RunOutcome {
             pod: id.to_string(),

@@ -117,6 +117,7 @@ impl Runtime {
             }
         }
         mark_exited(&mut record, RUNTIME_FAILURE_EXIT);
+        self.observe_ended(&record);
         let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
         let _ = write_record(&pod_dir, &record);
         self.pods().insert(record.id.clone(), record);
@@ -185,6 +186,7 @@ impl Runtime {
             });
         }
         tracing::info!(pod = %record.id, processes = processes.len(), "took the pod over");
+        self.event(crate::events::Action::Takeover, &record, &[]);
         // Containers that ended while no hyperd listened, and whose exit
         // hyperstart no longer remembers.
         for (i, c) in record.containers.iter_mut().enumerate() {

@@ -142,6 +142,7 @@ impl Runtime {
                 .as_ref()
                 .map_or(RUNTIME_FAILURE_EXIT, |o| o.exit_code),
         );
+        self.observe_ended(&record);
         let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
         if record.remove {
             let _ = std::fs::remove_dir_all(&pod_dir);

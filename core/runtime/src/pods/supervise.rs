@@ -109,6 +109,7 @@ impl Runtime {
             let _ = live.vm.wait().await;
             record.restart_count += 1;
             record.exit_code = Some(code);
+            self.observe_restart(&record, code);
             tracing::info!(pod = %id, code, restarts = record.restart_count, "restarting by policy");
             tokio::time::sleep(restart_delay(record.restart_count)).await;
             if live.links.stopped.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {

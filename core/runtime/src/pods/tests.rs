@@ -477,6 +477,45 @@ async fn on_failure_n_restarts_n_times_in_fresh_vms() {
     assert_eq!(s.hv.launched(), 3, "the first run and two restarts");
     assert_eq!(s.rt.record(&outcome.pod).unwrap().restart_count, 2);
     s.assert_exited(&outcome.pod, 1);
+    let run = ["start", "die:1"];
+    let restart = ["restart:1", "restart:2"];
+    let mut expected = vec!["create"];
+    expected.extend(run);
+    for r in restart {
+        expected.push(r);
+        expected.extend(run);
+    }
+    assert_eq!(events_of(&s, &outcome.pod), expected);
+    let text = s.rt.metrics_text().await;
+    for line in [
+        "hyper_restarts_total{backend=\"fake\"} 2",
+        "hyper_boot_duration_seconds_count{backend=\"fake\"} 3",
+        "hyper_pods{state=\"exited\"} 1",
+        "hyper_pods{state=\"running\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+/// The events of pod `id` so far: `action`, or `action:N` with the exit
+/// code or restart count.
+fn events_of(s: &Setup, id: &str) -> Vec<String> {
+    s.rt.events()
+        .subscribe()
+        .past
+        .iter()
+        .filter(|e| e.id == id)
+        .map(|e| {
+            let n = e
+                .attributes
+                .get("exitCode")
+                .or_else(|| e.attributes.get("restartCount"));
+            match n {
+                Some(n) => format!("{}:{n}", e.action.as_str()),
+                None => e.action.as_str().to_string(),
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -653,6 +692,10 @@ async fn restore_adopts_live_vms_of_both_kinds_and_follows_them_to_their_exit() 
     // b had exited 0 before the takeover; that stays.
     assert_eq!(pair.containers[1].exit_code, Some(0));
     assert_eq!(s.hv.launched(), 0, "taken over, not booted again");
+    assert_eq!(events_of(&s, one), ["takeover", "die:7"]);
+    s.rt.observe_oom(one, "");
+    assert_eq!(events_of(&s, one), ["takeover", "die:7", "oom"]);
+    assert_eq!(events_of(&s, &pair.id), ["takeover", "die:7"]);
 }
 
 #[tokio::test]
@@ -768,4 +811,34 @@ async fn a_stopped_pod_is_not_restarted_by_its_policy() {
         128 + libc::SIGTERM
     );
     assert_eq!(s.hv.launched(), 2);
+}
+
+#[tokio::test]
+async fn sizes_beyond_the_host_are_refused_before_anything_is_recorded_or_launched() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    }));
+    let host = crate::resources::HostResources::read();
+    if host.cpus >= crate::config::MAX_VCPUS {
+        return;
+    }
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"cpus": host.cpus + 1}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "--cpus {}: range of CPUs is from 1 to {}",
+            host.cpus + 1,
+            host.cpus
+        )),
+        "{err}"
+    );
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"memory_mib": u32::MAX}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(err.contains("MiB of memory (MemTotal)"), "{err}");
+    assert_eq!(s.hv.launched(), 0);
+    assert!(s.rt.list().is_empty());
+    assert!(s.rt.events().subscribe().past.is_empty());
 }

@@ -11,6 +11,7 @@ use hyper_protocol::{AgentErrorKind, Request};
 use super::model::{PodState, RunError, Started};
 use super::{lock, Runtime, RUNTIME_FAILURE_EXIT};
 use crate::agent::{AgentCallError, AgentClient};
+use crate::events::Action;
 
 impl Runtime {
     /// Waits for the pod to exit and returns its exit code.
@@ -43,6 +44,7 @@ impl Runtime {
             )));
         }
         let live = self.live_pod(id)?;
+        self.event_by_id(Action::Kill, id, &[("signal", signal.to_string())]);
         if signal == libc::SIGKILL {
             // PID 1 of the container may not die of a signal sent inside its
             // namespace; SIGKILL always ends the pod.
@@ -132,7 +134,9 @@ impl Runtime {
         } else {
             drop(live);
         }
-        self.wait(id).await
+        let code = self.wait(id).await?;
+        self.event_by_id(Action::Stop, id, &[]);
+        Ok(code)
     }
 
     /// Removes an exited pod's record, log and files; `force` stops a
@@ -152,6 +156,7 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(RunError::State { path: dir, source }),
         }
+        self.event_by_id(Action::Destroy, id, &[]);
         self.pods().remove(id);
         Ok(())
     }
@@ -210,7 +215,9 @@ impl Runtime {
     /// Stops a pod (as [`Runtime::stop`]) and starts it again.
     pub async fn restart(self: &Arc<Self>, id: &str, grace: Duration) -> Result<Started, RunError> {
         self.stop(id, grace).await?;
-        self.start(id).await
+        let started = self.start(id).await?;
+        self.event_by_id(Action::Restart, id, &[("reason", "restart".into())]);
+        Ok(started)
     }
 
     /// Host-side figures of a running pod's VM.

@@ -1,0 +1,168 @@
+//! A pod's size as users write it (`--memory 512m`) and as the host can
+//! give it: vCPUs and memory beyond what this host has are refused before a
+//! VM is launched, with Docker's kind of message, rather than left to time
+//! out at boot.
+
+/// `--memory` as Docker takes it — bytes with a unit (`512m`, `1g`,
+/// `1024k`, `1073741824b`; `kb`/`mb`/`gb`/`tb` too, any case) — or a plain
+/// number of MiB, as hypercontainer always took it. Returns MiB, rounded up
+/// to a whole MiB.
+pub fn parse_memory(value: &str) -> Result<u32, String> {
+    let bad = || {
+        format!(
+            "--memory {value}: give MiB (512) or a size with a unit: 512m, 1g, 1048576k, 536870912b"
+        )
+    };
+    let v = value.trim().to_ascii_lowercase();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let number: u64 = v[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match &v[digits..] {
+        "" => return u32::try_from(number).map_err(|_| too_big(value)),
+        "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number.checked_mul(unit).ok_or_else(|| too_big(value))?;
+    u32::try_from(bytes.div_ceil(1 << 20)).map_err(|_| too_big(value))
+}
+
+fn too_big(value: &str) -> String {
+    format!("--memory {value}: too large")
+}
+
+/// What this host has: online CPUs and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostResources {
+    pub cpus: u32,
+    /// `MemTotal` of /proc/meminfo, in MiB; `None` if it cannot be read.
+    pub memory_mib: Option<u64>,
+}
+
+impl HostResources {
+    /// This host's, now.
+    pub fn read() -> Self {
+        // SAFETY: sysconf takes no pointers and has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let cpus = u32::try_from(online).ok().filter(|n| *n > 0).unwrap_or(1);
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| mem_total_mib(&m));
+        Self { cpus, memory_mib }
+    }
+
+    /// Refuses `vcpus` or `memory_mib` this host cannot give a VM; `*_key`
+    /// is how the user asked for each (`--cpus`, `vcpus =`, `[vm] vcpus`).
+    pub fn check(
+        &self,
+        (vcpus, vcpus_key): (u32, &str),
+        (memory_mib, memory_key): (u32, &str),
+    ) -> Result<(), String> {
+        if vcpus > self.cpus {
+            let n = self.cpus;
+            let s = if n == 1 { "" } else { "s" };
+            let are = if n == 1 { "is" } else { "are" };
+            return Err(format!(
+                "{vcpus_key} {vcpus}: range of CPUs is from 1 to {n}, as there {are} only {n} CPU{s} available"
+            ));
+        }
+        if let Some(total) = self.memory_mib {
+            if u64::from(memory_mib) > total {
+                return Err(format!(
+                    "{memory_key} {memory_mib} MiB: the host has only {total} MiB of memory (MemTotal); ask for at most that"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `MemTotal:  2014256 kB` → MiB.
+fn mem_total_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_takes_mib_and_dockers_units() {
+        assert_eq!(parse_memory("512"), Ok(512));
+        assert_eq!(parse_memory("512m"), Ok(512));
+        assert_eq!(parse_memory("512M"), Ok(512));
+        assert_eq!(parse_memory("512mb"), Ok(512));
+        assert_eq!(parse_memory("1g"), Ok(1024));
+        assert_eq!(parse_memory("2GB"), Ok(2048));
+        assert_eq!(parse_memory("1024k"), Ok(1));
+        assert_eq!(parse_memory("1048576k"), Ok(1024));
+        assert_eq!(parse_memory("536870912b"), Ok(512));
+        // Rounded up to a whole MiB.
+        assert_eq!(parse_memory("1000k"), Ok(1));
+        assert_eq!(parse_memory("1048577b"), Ok(2));
+        assert_eq!(parse_memory("1t"), Ok(1 << 20));
+        for bad in ["", "m", "12x", "1.5g", "-1", "g1", "1 g"] {
+            let err = parse_memory(bad).unwrap_err();
+            assert!(err.contains("512m"), "{bad}: {err}");
+        }
+        assert!(parse_memory("99999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_memory("99999999999999t")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn sizes_beyond_the_host_are_refused_as_docker_does() {
+        let host = HostResources {
+            cpus: 2,
+            memory_mib: Some(1900),
+        };
+        assert_eq!(host.check((2, "--cpus"), (1900, "--memory")), Ok(()));
+        assert_eq!(
+            host.check((64, "--cpus"), (256, "--memory")),
+            Err(
+                "--cpus 64: range of CPUs is from 1 to 2, as there are only 2 CPUs available"
+                    .into()
+            )
+        );
+        let err = host.check((1, "--cpus"), (4096, "--memory")).unwrap_err();
+        assert!(
+            err.starts_with("--memory 4096 MiB: the host has only 1900 MiB"),
+            "{err}"
+        );
+        let one = HostResources {
+            cpus: 1,
+            memory_mib: None,
+        };
+        assert_eq!(
+            one.check((2, "vcpus ="), (1 << 30, "memory_mib =")),
+            Err("vcpus = 2: range of CPUs is from 1 to 1, as there is only 1 CPU available".into())
+        );
+        assert_eq!(one.check((1, "--cpus"), (1 << 30, "--memory")), Ok(()));
+    }
+
+    #[test]
+    fn mem_total_is_read_from_meminfo() {
+        let m = "MemTotal:        2014256 kB\nMemFree:          123 kB\n";
+        assert_eq!(mem_total_mib(m), Some(1967));
+        assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
+        let here = HostResources::read();
+        assert!(here.cpus >= 1);
+        assert!(here.memory_mib.is_some_and(|m| m > 0));
+    }
+}
