@@ -43,6 +43,9 @@ install: build payload
 	install -m 0644 $(BUILD)/hyperstart.img $(PREFIX)/share/hyper/hyperstart.img
 	@if [ ! -e /etc/hyper/config.toml ]; then install -D -m 0644 config/qemu.toml /etc/hyper/config.toml; \
 	  else echo "keeping the existing /etc/hyper/config.toml"; fi
+	@if [ -z "$$(ls /etc/hyper/cni/net.d 2>/dev/null)" ]; then \
+	  install -D -m 0644 config/cni/10-hyper.conflist /etc/hyper/cni/net.d/10-hyper.conflist; \
+	  else echo "keeping the existing CNI networks in /etc/hyper/cni/net.d"; fi
 
 # Main job: install, start hyperd, run a command in a VM.
 demo: install rootfs
