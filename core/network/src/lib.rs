@@ -11,7 +11,7 @@
 //! * `result`: what they print;
 //! * `ports`: `-p` and the portmap capability;
 //! * `dns`: the pod's resolv.conf settings;
-//! * `netns`: named network namespaces and link facts;
+//! * `netns`: the pod's namespace and link facts (the backend kit's);
 //! * here: a pod's whole attach and detach.
 
 use std::path::{Path, PathBuf};
@@ -75,6 +75,8 @@ pub enum NetworkError {
     BadResult { network: String, message: String },
     #[error("{0}")]
     Ports(String),
+    #[error("{0}")]
+    Nic(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -301,11 +303,7 @@ pub async fn attach(
     }
     let (netns, owns_netns) = match &req.netns {
         Some(given) => (given.clone(), false),
-        None => {
-            let path = netns::path_for(id);
-            netns::create(&path)?;
-            (path, true)
-        }
+        None => (netns::create(id)?, true),
     };
     let mut att = Attachment {
         network: list.name.clone(),
