@@ -433,6 +433,28 @@ mounts = [{ volume = "shared", path = "/in", readonly = true }]
 "#;
 
     #[test]
+    fn network_and_ports_parse_and_bad_ones_name_the_key() {
+        let base = "[[container]]\nname = \"a\"\nimage = \"busybox\"\n";
+        let pod = parse(
+            "p.toml",
+            &format!("network = \"hyper\"\nports = [\"127.0.0.1:8080:80\", \"53:53/udp\"]\n{base}"),
+        )
+        .unwrap();
+        let req = pod.network_request().unwrap();
+        assert_eq!(req.network.as_deref(), Some("hyper"));
+        assert_eq!(req.ports.len(), 2);
+        let err = parse("p.toml", &format!("ports = [\"80\"]\n{base}")).unwrap_err();
+        assert_eq!(err.key, "ports");
+        assert!(err.message.contains("HOSTPORT:CONTAINERPORT"), "{err}");
+        let err = parse(
+            "p.toml",
+            &format!("network = \"none\"\nports = [\"80:80\"]\n{base}"),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "network");
+    }
+
+    #[test]
     fn a_good_file_parses() {
         let pod = parse("pod.toml", GOOD).unwrap();
         assert_eq!(pod.name.as_deref(), Some("pair"));
