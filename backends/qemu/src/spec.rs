@@ -168,6 +168,7 @@ fn validate_nics(spec: &VmSpec) -> Result<(), String> {
     }
     let mut macs = HashSet::new();
     let mut devices = HashSet::new();
+    let mut peers = HashSet::new();
     for (i, nic) in spec.nics.iter().enumerate() {
         let mac = hyper_hypervisor::nic::validate(nic).map_err(|e| format!("NIC {i}: {e}"))?;
         if !macs.insert(mac) {
@@ -180,6 +181,14 @@ fn validate_nics(spec: &VmSpec) -> Result<(), String> {
             return Err(format!(
                 "NIC {i}: device {} is used twice in {}",
                 nic.device,
+                nic.netns.display()
+            ));
+        }
+        // One redirect per peer: a second NIC on it would replace the first.
+        if !peers.insert((&nic.netns, &nic.peer)) {
+            return Err(format!(
+                "NIC {i}: peer {} in {} already carries another NIC",
+                nic.peer,
                 nic.netns.display()
             ));
         }
@@ -294,7 +303,7 @@ mod tests {
         let f = fixture();
         let nic = |i: u8| hyper_hypervisor::NicSpec {
             netns: "/run/netns/hyper-abc123".into(),
-            peer: "eth0".into(),
+            peer: format!("eth{i}"),
             device: format!("tap{i}"),
             mac: format!("02:00:00:00:00:{i:02x}"),
             mtu: 1500,

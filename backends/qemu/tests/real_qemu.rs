@@ -354,6 +354,24 @@ async fn through_the_plugin_boundary() {
         hv.launch(bad).await,
         Err(HypervisorError::InvalidSpec(_))
     ));
+
+    // A NIC, made inside the plugin (its own tokio, a blocking thread per
+    // namespace visit): the tap lives exactly as long as QEMU.
+    if !root() {
+        return;
+    }
+    let (_pod, nic_spec) = pod_netns("p", "tap-p");
+    let mut spec = f.spec.clone();
+    spec.id = "t1-nic".into();
+    spec.nics = vec![nic_spec.clone()];
+    let vm = hv.launch(spec).await.expect("launch with a NIC");
+    let pid = vm.info().pid.unwrap();
+    let tap = nic::link::info(&nic_spec.netns, "tap-p").unwrap();
+    assert!(tap.up && tap.carrier, "{tap:?}");
+    assert!(holds_tap(&pid.to_string(), "tap-p"));
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    assert!(tap_gone(&nic_spec), "tap-p outlived QEMU");
 }
 
 #[tokio::test]

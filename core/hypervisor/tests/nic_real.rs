@@ -36,7 +36,7 @@ fn root() -> bool {
 
 /// The host's (this process's) namespace, for the kit's `run_in`.
 fn host_ns() -> PathBuf {
-    PathBuf::from("/proc/self/ns/net")
+    PathBuf::from(netns::OWN)
 }
 
 /// Runs netlink requests on a thread inside `ns` (test-only setup the kit
@@ -385,9 +385,23 @@ fn an_existing_device_is_joined_like_a_xen_vif() {
     }
     let mut pod = pod("j", "vif0");
     pod.spec.mtu = 1400;
-    link::add_veth(&pod.netns, "vif0", "vif0-dom").unwrap();
+    // Made elsewhere and moved in, as xl's vif is.
+    let vif = format!("vif{}", std::process::id() % 100_000);
+    let scratch = netns::create(&format!("hyper-kittest-js-{}", std::process::id())).unwrap();
+    link::add_veth(&scratch, &vif, "vif0-dom").unwrap();
+    link::move_into(&scratch, "vif0-dom", &pod.netns).unwrap();
+    link::move_into(&scratch, &vif, &pod.netns).unwrap();
+    // A move takes a link down.
+    link::set_mtu_up(&pod.netns, "vif0-dom", 1400).unwrap();
+    assert!(netns::remove(&scratch).unwrap());
+    pod.spec.device = vif.clone();
+    // Errors name the namespace that is gone, or the missing device.
+    let err = link::move_into(&pod.netns, "vif0-dom", &scratch).unwrap_err();
+    assert!(matches!(err, NicError::Netns { .. }), "{err}");
+    let err = link::move_into(&pod.netns, "nothere0", &host_ns()).unwrap_err();
+    assert!(matches!(err, NicError::NoSuchLink { .. }), "{err}");
     nic::join(&pod.spec).unwrap();
-    let vif = link::info(&pod.netns, "vif0").unwrap();
+    let vif = link::info(&pod.netns, &vif).unwrap();
     assert!(vif.up);
     assert_eq!(vif.mtu, 1400);
 

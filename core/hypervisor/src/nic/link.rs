@@ -1,6 +1,7 @@
 //! Reading and setting an interface's basics inside a network namespace.
 
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
@@ -201,6 +202,35 @@ pub fn add_veth(netns: &Path, a: &str, b: &str) -> Result<(), NicError> {
                 .map_err(|e| nl::error(&ns, name, "bring it up", e))?;
         }
         Ok(())
+    })
+}
+
+/// Moves interface `device` from namespace `from` into namespace `to` (a
+/// Xen vif, made by `xl` in the host's namespace, into the pod's: then
+/// [`super::join`] it). Pass [`super::netns::OWN`] for this process's own.
+pub fn move_into(from: &Path, device: &str, to: &Path) -> Result<(), NicError> {
+    validate_ifname("device", device)?;
+    let target = super::netns::open(to)?;
+    let dev = device.to_owned();
+    let to = to.to_path_buf();
+    nl::run_in(from, move |h, ns| async move {
+        let link = info_here(&h, &ns, &dev).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .setns_by_fd(target.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| {
+                let op = "move it into another network namespace";
+                let mut err = nl::error(&ns, &dev, op, e);
+                if let NicError::Netlink { message, .. } = &mut err {
+                    message.push_str(&format!(" (target {})", to.display()));
+                }
+                err
+            })
     })
 }
 

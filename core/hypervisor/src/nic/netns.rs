@@ -20,6 +20,10 @@ use super::NicError;
 /// Where named namespaces live (iproute2's `NETNS_RUN_DIR`).
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// This process's own network namespace (the host's, for hyperd), for
+/// [`run_in`] and the kit's functions that take a namespace path.
+pub const OWN: &str = "/proc/self/ns/net";
+
 /// The prefix of the namespaces hypercontainer makes (`hyper-<pod id>`);
 /// tests count leftovers with [`list`]`(PREFIX)`.
 pub const PREFIX: &str = "hyper-";
