@@ -458,6 +458,26 @@ fn killing_the_vmm_takes_the_network_down_and_a_takeover_keeps_the_port() {
 }
 
 #[test]
+fn a_pod_that_died_while_hyperd_was_down_has_its_network_taken_down() {
+    let net = Net::new("dead", "10.210.10.0/24");
+    let mut d = Hyperd::start_with(&net.setup(""));
+    let id = d.run_detached(&["-p", "127.0.0.1:18090:80"], &["sleep", "600"]);
+    let pid = inspect(&d, &id)["vm_pid"].as_u64().expect("vm_pid") as i32;
+    d.kill_hard();
+    // SAFETY: kill(2) of the VM process hyperd reported.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(leftovers(&id).0, "the network outlives a dead hyperd");
+    d.restart();
+    let v = inspect(&d, &id);
+    assert_eq!(v["running"], false, "{v:#}");
+    assert!(v.get("network").is_none_or(|n| n.is_null()), "{v:#}");
+    assert_eq!(leftovers(&id), (false, 0));
+    assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
+    assert!(TcpListener::bind("127.0.0.1:18090").is_ok());
+    rm(&d, &id);
+}
+
+#[test]
 fn several_pods_at_once_get_distinct_addresses_and_leave_nothing() {
     // 8 at once: 20 at once failed here on the QEMU backend's own 5 s QMP
     // handshake limit on 2 shared cores, before any network step.
