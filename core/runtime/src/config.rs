@@ -418,6 +418,41 @@ mod tests {
     }
 
     #[test]
+    fn network_keys_are_checked_and_named() {
+        let c = parse("").unwrap();
+        assert_eq!(c.network.cni_conf_dir, Path::new("/etc/hyper/cni/net.d"));
+        assert_eq!(c.network.cni_plugin_dirs, [Path::new("/usr/lib/cni")]);
+        for (text, key) in [
+            (
+                "[network]\nplugin_timeout_secs = 0\n",
+                "network.plugin_timeout_secs",
+            ),
+            (
+                "[network]\ncni_plugin_dirs = []\n",
+                "network.cni_plugin_dirs",
+            ),
+            (
+                "[network]\ncni_plugin_dirs = [\"lib/cni\"]\n",
+                "network.cni_plugin_dirs[0]",
+            ),
+            (
+                "[network]\ncni_conf_dir = \"net.d\"\n",
+                "network.cni_conf_dir",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains("test.toml"),
+                "{err}"
+            );
+        }
+        let err = parse("[network]\ncni_dir = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cni_dir"), "{err}");
+    }
+
+    #[test]
     fn defaults_fill_missing_sections() {
         let c = parse("[runtime]\nhypervisor = \"qemu\"\n").unwrap();
         assert_eq!(c.runtime.hypervisor, "qemu");
