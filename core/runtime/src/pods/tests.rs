@@ -309,6 +309,9 @@ impl Setup {
         config.payload.kernel = dir.path().join("kernel");
         config.payload.initrd = dir.path().join("initrd");
         config.vm.boot_timeout_secs = secs;
+        // No CNI network: the fake VMs have no NIC, whatever the host has
+        // installed in /etc/hyper/cni/net.d.
+        config.network.cni_conf_dir = dir.path().join("no-networks");
         std::fs::write(&config.payload.kernel, b"k").unwrap();
         std::fs::write(&config.payload.initrd, b"i").unwrap();
         std::fs::create_dir_all(&config.runtime.state_dir).unwrap();
