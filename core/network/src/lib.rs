@@ -149,6 +149,23 @@ impl NetworkRequest {
                     .into(),
             ));
         }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.host_port == 0 || p.container_port == 0 {
+                return Err(NetworkError::Ports(format!(
+                    "-p {}: ports are 1 to 65535",
+                    p.spec()
+                )));
+            }
+            if let Some(q) = self.ports[..i].iter().find(|q| q.clashes_with(p)) {
+                return Err(NetworkError::Ports(format!(
+                    "-p {}: host port {}/{} is already published by -p {}",
+                    p.spec(),
+                    p.host_port,
+                    p.protocol,
+                    q.spec()
+                )));
+            }
+        }
         for d in &self.dns {
             d.parse::<std::net::IpAddr>()
                 .map_err(|_| NetworkError::Ports(format!("--dns {d}: not an IP address")))?;
@@ -241,6 +258,31 @@ impl Attachment {
     pub fn mac(&self) -> Option<&str> {
         self.nic.as_ref().map(|n| n.mac.as_str())
     }
+}
+
+/// Checks a request against the host before a pod is made of it: the
+/// network exists, its plugins are installed, its ports are free. Nothing
+/// is changed.
+pub fn preflight(settings: &Settings, req: &NetworkRequest) -> Result<(), NetworkError> {
+    req.validate()?;
+    if req.is_none() {
+        return Ok(());
+    }
+    let list = match conflist::find(&settings.conf_dir, req.network.as_deref()) {
+        Ok(l) => l,
+        Err(NetworkError::NoNetworks { .. }) if req.network.is_none() && req.ports.is_empty() => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let plugins = settings.plugins();
+    for kind in list.plugin_types() {
+        plugins.find(&kind, &list.name)?;
+    }
+    for p in &req.ports {
+        p.check_free().map_err(NetworkError::Ports)?;
+    }
+    Ok(())
 }
 
 /// Sets up pod `id`'s network: its namespace (or the one given), CNI ADD

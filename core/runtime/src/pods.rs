@@ -42,6 +42,7 @@ mod boot;
 mod create;
 mod exec;
 mod model;
+mod network;
 mod restore;
 mod store;
 mod supervise;
@@ -56,6 +57,7 @@ pub use model::{
     RestartPolicy, Restored, RunError, RunIo, RunOutcome, RunRequest, SavedVm, StartError, Started,
     Takeovers,
 };
+pub use network::NetworkInfo;
 
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
@@ -83,6 +85,8 @@ pub struct Runtime {
     launches_in_flight: AtomicUsize,
     /// Pods being taken over after a restart: listed, not yet usable.
     recovering: Mutex<std::collections::BTreeSet<String>>,
+    /// Published host ports, by pod.
+    ports: network::PortTable,
 }
 
 impl Runtime {
@@ -106,6 +110,7 @@ impl Runtime {
             stopping: AtomicBool::new(false),
             launches_in_flight: AtomicUsize::new(0),
             recovering: Mutex::new(std::collections::BTreeSet::new()),
+            ports: network::PortTable::default(),
         })
     }
 
