@@ -431,6 +431,7 @@ impl Hypervisor for XenHypervisor {
             }
             Err(message) => {
                 let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+                vif::detach(&spec.nics).await;
                 let key = owner::path(&spec.id);
                 let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
                 let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));

@@ -3,18 +3,17 @@
 //! netback creates the backend half of each vif in dom0's root network
 //! namespace as `vif<domid>.<devid>`; the hotplug script (`vif-hyper`) only
 //! reports it ready. Before the domain is unpaused the plugin moves it into
-//! the pod's netns (netback vifs may change namespace: measured on Xen 4.17
-//! with Debian 12's 6.1 dom0 kernel), renames it to `NicSpec.device`, sets
-//! the MTU, brings it up and joins it to `NicSpec.peer` (the CNI interface)
-//! with tc ingress + `mirred egress redirect` both ways (Kata's tcfilter
-//! model). When the domain is destroyed netback deletes the vif from
-//! whichever namespace holds it; the core removes the namespace.
+//! the pod's netns under the name `NicSpec.device` (one `ip link set … netns
+//! … name …`: netback vifs may change namespace, measured on Xen 4.17 with
+//! Debian 12's 6.1 dom0 kernel), then the backend kit ([`nic::join`]) checks
+//! the peer's MAC, sets the MTU, brings it up and joins it to `NicSpec.peer`
+//! (the CNI interface) with tc ingress + `mirred egress redirect` both ways
+//! (Kata's tcfilter model). When the domain is destroyed netback deletes the
+//! vif from whichever namespace holds it; the core removes the namespace.
 //!
-//! The steps run iproute2's `ip` and `tc` (dom0 has them: Xen's own hotplug
-//! scripts need iproute2), inside the netns by `setns` in the child before
-//! exec, each bounded in time and output.
+//! The move runs iproute2's `ip` in dom0's root namespace (dom0 has it: Xen's
+//! own hotplug scripts need iproute2), bounded in time and output.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -34,45 +33,17 @@ pub fn backend_name(domid: u32, devid: usize) -> String {
     format!("vif{domid}.{devid}")
 }
 
-/// The tc commands joining `from`'s ingress to `to`'s egress.
-pub fn redirect_args(from: &str, to: &str) -> [Vec<String>; 2] {
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    [
-        s(&["qdisc", "add", "dev", from, "ingress"]),
-        s(&[
-            "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
-            "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-        ]),
-    ]
-}
-
-/// Runs `tool ARGS…`, inside the netns open as `netns` if given.
-async fn run(tool: &str, args: &[String], netns: Option<&std::fs::File>) -> Result<(), String> {
+/// Runs `tool ARGS…` in dom0's root namespace.
+async fn run(tool: &str, args: &[&str]) -> Result<(), String> {
     let shown = format!("{tool} {}", args.join(" "));
-    let mut cmd = Command::new(tool);
-    cmd.args(args)
+    let mut child = Command::new(tool)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(ns) = netns {
-        let fd = ns.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes the setns(2) system call on an fd the parent keeps open
-        // until spawn returns; it allocates nothing and takes no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        format!("cannot run `{shown}`: {e} (dom0 needs iproute2's ip and tc in PATH)")
-    })?;
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{shown}`: {e} (dom0 needs iproute2's ip in PATH)"))?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let all = async {
         let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
@@ -109,51 +80,60 @@ async fn appeared(name: &str) -> bool {
     }
 }
 
-/// Moves the domain's `devid`th vif into `nic.netns` and joins it to
-/// `nic.peer`. On an error the caller destroys the domain, which removes the
-/// vif wherever it is.
+/// Moves the domain's `devid`th vif into `nic.netns` as `nic.device` and
+/// joins it to `nic.peer`. On an error the caller destroys the domain, which
+/// removes the vif wherever it is, and calls [`detach`].
 pub async fn join(domid: u32, devid: usize, nic: &NicSpec) -> Result<(), String> {
     let vif = backend_name(domid, devid);
-    let ns = std::fs::File::open(&nic.netns).map_err(|e| {
-        format!(
-            "cannot open the pod's network namespace {}: {e}",
+    if !nic.netns.exists() {
+        return Err(format!(
+            "the pod's network namespace {} does not exist",
             nic.netns.display()
-        )
-    })?;
+        ));
+    }
     if !appeared(&vif).await {
         return Err(format!(
             "netback created no {vif} within {APPEAR_TIMEOUT:?} (is xen-netback loaded in dom0?)"
         ));
     }
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let netns = nic.netns.to_string_lossy();
     run(
         "ip",
-        &s(&["link", "set", "dev", &vif, "netns", &netns]),
-        None,
+        &[
+            "link",
+            "set",
+            "dev",
+            &vif,
+            "netns",
+            &netns,
+            "name",
+            &nic.device,
+        ],
     )
     .await
-    .map_err(|e| format!("moving {vif} into the pod's netns: {e}"))?;
-    let mtu = nic.mtu.to_string();
-    run(
-        "ip",
-        &s(&["link", "set", "dev", &vif, "name", &nic.device, "mtu", &mtu]),
-        Some(&ns),
-    )
-    .await?;
-    run(
-        "ip",
-        &s(&["link", "set", "dev", &nic.device, "up"]),
-        Some(&ns),
-    )
-    .await?;
-    for (from, to) in [(&nic.peer, &nic.device), (&nic.device, &nic.peer)] {
-        for args in redirect_args(from, to) {
-            run("tc", &args, Some(&ns)).await?;
-        }
-    }
+    .map_err(|e| format!("moving {vif} into the pod's netns as {}: {e}", nic.device))?;
+    let spec = nic.clone();
+    tokio::task::spawn_blocking(move || hyper_hypervisor::nic::join(&spec))
+        .await
+        .map_err(|e| format!("joining {}: {e}", nic.device))?
+        .map_err(|e| e.to_string())?;
     tracing::info!(domid, %vif, device = %nic.device, peer = %nic.peer, netns = %netns, "vif joined to the pod's network");
     Ok(())
+}
+
+/// After a failed launch: takes the peers' redirects away (the vifs went
+/// with the domain).
+pub async fn detach(nics: &[NicSpec]) {
+    for nic in nics {
+        let spec = nic.clone();
+        match tokio::task::spawn_blocking(move || hyper_hypervisor::nic::detach(&spec)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(netns = %nic.netns.display(), peer = %nic.peer, "undoing the redirect: {e}")
+            }
+            Err(e) => tracing::warn!("undoing the redirect: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,14 +141,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_redirects() {
+    fn backend_names() {
         assert_eq!(backend_name(7, 0), "vif7.0");
-        let [qdisc, filter] = redirect_args("eth0", "tap0");
-        assert_eq!(qdisc.join(" "), "qdisc add dev eth0 ingress");
-        assert_eq!(
-            filter.join(" "),
-            "filter add dev eth0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev tap0"
-        );
+        assert_eq!(backend_name(12, 3), "vif12.3");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hyper_hypervisor::{NicSpec, VmSpec};
+use hyper_hypervisor::{nic, NicSpec, VmSpec};
 
 use crate::config::GuestType;
 
@@ -14,9 +14,6 @@ const MIN_MEMORY_MIB: u32 = 32;
 const MAX_VCPUS: u32 = 128;
 /// NICs per domain (xl devids 0…).
 pub const MAX_NICS: usize = 8;
-/// Linux's IFNAMSIZ less the NUL.
-const MAX_IFNAME: usize = 15;
-const MIN_MTU: u32 = 68;
 /// netback's largest MTU (64 KiB less an Ethernet + VLAN header).
 const MAX_MTU: u32 = 65517;
 
@@ -103,61 +100,13 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
         return Err(format!("{} NICs: at most {MAX_NICS}", spec.nics.len()));
     }
     for (n, nic) in spec.nics.iter().enumerate() {
-        check_nic(nic).map_err(|e| format!("NIC {n}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// A network interface name the kernel accepts: 1-15 bytes of
-/// `[A-Za-z0-9_.-]`, not `.` or `..`.
-pub fn check_ifname(what: &str, name: &str) -> Result<(), String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
-    if name.is_empty()
-        || name.len() > MAX_IFNAME
-        || !name.chars().all(ok)
-        || name == "."
-        || name == ".."
-    {
-        return Err(format!(
-            "{what} {name:?} is not an interface name: use 1-{MAX_IFNAME} characters of [A-Za-z0-9_.-]"
-        ));
-    }
-    Ok(())
-}
-
-/// `aa:bb:cc:dd:ee:ff`, a unicast address (what netfront can take).
-pub fn check_mac(mac: &str) -> Result<(), String> {
-    let octets: Vec<&str> = mac.split(':').collect();
-    let hex = |o: &&str| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit());
-    if octets.len() != 6 || !octets.iter().all(hex) {
-        return Err(format!(
-            "MAC {mac:?} is not six hex octets like 02:00:0a:58:00:02"
-        ));
-    }
-    let first = u8::from_str_radix(octets[0], 16).map_err(|e| format!("MAC {mac:?}: {e}"))?;
-    if first & 1 == 1 || octets.iter().all(|o| *o == "00") {
-        return Err(format!(
-            "MAC {mac:?} is a multicast or zero address: a NIC needs a unicast one"
-        ));
-    }
-    Ok(())
-}
-
-fn check_nic(nic: &NicSpec) -> Result<(), String> {
-    check_mac(&nic.mac)?;
-    check_ifname("peer", &nic.peer)?;
-    check_ifname("device", &nic.device)?;
-    if nic.peer == nic.device {
-        return Err(format!("device and peer are both {:?}", nic.peer));
-    }
-    if !(MIN_MTU..=MAX_MTU).contains(&nic.mtu) {
-        return Err(format!("MTU {}: use {MIN_MTU} to {MAX_MTU}", nic.mtu));
-    }
-    if !nic.netns.is_absolute() {
-        return Err(format!(
-            "netns {} is not an absolute path",
-            nic.netns.display()
-        ));
+        nic::validate(nic).map_err(|e| format!("NIC {n}: {e}"))?;
+        if nic.mtu > MAX_MTU {
+            return Err(format!(
+                "NIC {n}: MTU {}: netback takes at most {MAX_MTU}",
+                nic.mtu
+            ));
+        }
     }
     Ok(())
 }
@@ -165,11 +114,9 @@ fn check_nic(nic: &NicSpec) -> Result<(), String> {
 /// One vif spec of xl.cfg: the guest's MAC and the backend's hotplug
 /// script (bridge-less; see `scripts/vif-hyper`).
 fn vif(nic: &NicSpec, script: &Path) -> String {
-    format!(
-        "\"mac={}, script={}\"",
-        nic.mac.to_ascii_lowercase(),
-        script.to_string_lossy()
-    )
+    // Validated: the parsed form, so nothing but the address reaches xl.
+    let mac = nic::Mac::parse(&nic.mac).map_or_else(|_| nic.mac.clone(), |m| m.to_string());
+    format!("\"mac={mac}, script={}\"", script.to_string_lossy())
 }
 
 /// The xl config file. Call [`validate`] first.
@@ -344,22 +291,18 @@ mod tests {
             s.nics.push(n);
             validate(&s).unwrap_err()
         };
-        assert!(bad(|n| n.mac = "02:00:0a:58:00".into()).contains("six hex octets"));
-        assert!(bad(|n| n.mac = "02:00:0a:58:00:0g".into()).contains("six hex octets"));
-        assert!(bad(|n| n.mac = "02:00:0a:58:00:07, script=/bin/x".into()).contains("MAC"));
-        assert!(bad(|n| n.mac = "01:00:5e:00:00:01".into()).contains("multicast"));
-        assert!(bad(|n| n.mac = "00:00:00:00:00:00".into()).contains("zero"));
-        assert!(bad(|n| n.device = "a-very-long-name0".into()).contains("interface name"));
-        assert!(bad(|n| n.device = "tap/0".into()).contains("interface name"));
-        assert!(bad(|n| n.peer = "..".into()).contains("interface name"));
-        assert!(bad(|n| n.peer = "".into()).contains("interface name"));
-        assert!(bad(|n| n.device = "eth0".into()).contains("both"));
-        assert!(bad(|n| n.mtu = 0).contains("MTU 0"));
-        assert!(bad(|n| n.mtu = 70000).contains("MTU 70000"));
-        assert!(bad(|n| n.netns = "netns/x".into()).contains("not an absolute path"));
+        // The kit's checks, named by NIC.
+        assert!(bad(|n| n.mac = "02:00:0a:58:00".into()).starts_with("NIC 0: invalid NIC mac"));
+        assert!(bad(|n| n.mac = "02:00:0a:58:00:07, script=/bin/x".into()).contains("mac"));
+        assert!(bad(|n| n.mac = "01:00:5e:00:00:01".into()).contains("unicast"));
+        assert!(bad(|n| n.device = "a-very-long-name0".into()).contains("device"));
+        assert!(bad(|n| n.device = "eth0".into()).contains("differ"));
+        assert!(bad(|n| n.mtu = 0).contains("mtu"));
+        assert!(bad(|n| n.netns = "netns/x".into()).contains("absolute"));
+        // netback's own limit.
+        assert!(bad(|n| n.mtu = 65530).contains("at most 65517"));
         let mut s = spec();
         s.nics = vec![nic(); MAX_NICS + 1];
         assert!(validate(&s).unwrap_err().contains("at most 8"));
-        assert!(bad(|n| n.mtu = 0).starts_with("NIC 0: "));
     }
 }
