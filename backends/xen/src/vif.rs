@@ -15,15 +15,13 @@
 //! own hotplug scripts need iproute2), bounded in time and output.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use hyper_hypervisor::NicSpec;
-use tokio::process::Command;
 
-use crate::xl::{read_bounded, XlOutput};
+use crate::xl;
 
-/// One `ip` or `tc` call; they take milliseconds, seconds under emulation.
+/// The `ip` call; it takes milliseconds, seconds under emulation.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the vif may take to show up after `xl create` returned.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,38 +29,6 @@ const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 /// netback's name for the `devid`th vif of domain `domid`.
 pub fn backend_name(domid: u32, devid: usize) -> String {
     format!("vif{domid}.{devid}")
-}
-
-/// Runs `tool ARGS…` in dom0's root namespace.
-async fn run(tool: &str, args: &[&str]) -> Result<(), String> {
-    let shown = format!("{tool} {}", args.join(" "));
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{shown}`: {e} (dom0 needs iproute2's ip in PATH)"))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let all = async {
-        let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
-        (child.wait().await, out, err)
-    };
-    let (status, stdout, stderr) = tokio::time::timeout(STEP_TIMEOUT, all)
-        .await
-        .map_err(|_| format!("`{shown}` did not finish within {STEP_TIMEOUT:?}"))?;
-    let status = status.map_err(|e| format!("`{shown}`: {e}"))?;
-    if status.success() {
-        return Ok(());
-    }
-    let out = XlOutput {
-        success: false,
-        status: status.to_string(),
-        stdout,
-        stderr,
-    };
-    Err(format!("`{shown}` failed: {}", out.reason()))
 }
 
 /// Waits until dom0 has the interface `name` in its root namespace.
@@ -97,21 +63,29 @@ pub async fn join(domid: u32, devid: usize, nic: &NicSpec) -> Result<(), String>
         ));
     }
     let netns = nic.netns.to_string_lossy();
-    run(
-        "ip",
-        &[
-            "link",
-            "set",
-            "dev",
-            &vif,
-            "netns",
-            &netns,
-            "name",
-            &nic.device,
-        ],
-    )
-    .await
-    .map_err(|e| format!("moving {vif} into the pod's netns as {}: {e}", nic.device))?;
+    let args = [
+        "link",
+        "set",
+        "dev",
+        &vif,
+        "netns",
+        &netns,
+        "name",
+        &nic.device,
+    ];
+    let moved = xl::run(Path::new("ip"), &args, STEP_TIMEOUT)
+        .await
+        .and_then(|out| {
+            out.success
+                .then_some(())
+                .ok_or_else(|| format!("`ip {}` failed: {}", args.join(" "), out.reason()))
+        });
+    moved.map_err(|e| {
+        format!(
+            "moving {vif} into the pod's netns as {} (dom0 needs iproute2's ip): {e}",
+            nic.device
+        )
+    })?;
     let spec = nic.clone();
     tokio::task::spawn_blocking(move || hyper_hypervisor::nic::join(&spec))
         .await

@@ -47,7 +47,7 @@ impl XlOutput {
     }
 }
 
-pub(crate) async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> String {
+async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> String {
     let mut buf = Vec::new();
     if let Some(stream) = stream {
         let _ = stream.take(OUTPUT_LIMIT).read_to_end(&mut buf).await;

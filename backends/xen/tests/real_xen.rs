@@ -40,6 +40,15 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
     }
 }
 
+/// The message of a launch that must fail with `LaunchFailed`.
+async fn launch_failure(spec: VmSpec) -> String {
+    match XenHypervisor::new(config()).launch(spec).await {
+        Err(HypervisorError::LaunchFailed(m)) => m,
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("the launch must fail"),
+    }
+}
+
 /// Nothing of the domain is left in xenstore: no domain of that name, no
 /// owner record.
 fn nothing_left(name: &str) {
@@ -73,17 +82,8 @@ async fn a_domain_that_fails_to_build_reports_libxl() {
     std::fs::write(&bogus, b"this is not a kernel").unwrap();
     let mut s = spec(&dir, "hx-badkernel", "hyperstart.img");
     s.kernel = bogus;
-    let err = XenHypervisor::new(config())
-        .launch(s)
-        .await
-        .err()
-        .expect("must fail");
-    match &err {
-        HypervisorError::LaunchFailed(m) => {
-            assert!(m.contains("xl create failed") && m.contains("libxl"), "{m}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let m = launch_failure(s).await;
+    assert!(m.contains("xl create failed") && m.contains("libxl"), "{m}");
     nothing_left("hx-badkernel");
 }
 
@@ -285,15 +285,8 @@ async fn a_nic_without_its_netns_fails_and_leaves_nothing() {
         mac: "02:00:0a:63:00:02".into(),
         mtu: 1500,
     });
-    let err = XenHypervisor::new(config())
-        .launch(s)
-        .await
-        .err()
-        .expect("must fail");
-    match &err {
-        HypervisorError::LaunchFailed(m) => assert!(m.contains("hx-no-such-netns"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    let m = launch_failure(s).await;
+    assert!(m.contains("hx-no-such-netns"), "{m}");
     nothing_left("hx-nonet");
     let root = ip(&["-o", "link", "show"]);
     assert!(!root.contains(" vif"), "a vif is left in dom0: {root}");
