@@ -79,6 +79,8 @@ MD=$Z/lib/modules/$KVER
 BOOT="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback xen-netback
       virtio_pci 9pnet_virtio 9p veth bridge tun dummy"
 NETDIRS="net/netfilter net/ipv4/netfilter net/ipv6/netfilter net/sched net/bridge"
+# Loaded on demand by name: libcrc32c (nf_tables, nf_nat) asks the crypto API for crc32c.
+ONDEMAND="crc32c_generic"
 declare -A seen=()
 add_mod() { # add_mod FILE: the module and what it depends on
   local f=$1 d
@@ -94,7 +96,7 @@ mod_file() { # the .ko of a module name (- and _ are the same to kmod)
   [ -n "$f" ] || { echo "build-dom0: no module $1 in $K" >&2; exit 1; }
   echo "$f"
 }
-for m in $BOOT; do add_mod "$(mod_file "$m")"; done
+for m in $BOOT $ONDEMAND; do add_mod "$(mod_file "$m")"; done
 for d in $NETDIRS; do for f in "$K/$d"/*.ko; do add_mod "$f"; done; done
 cp "$R/lib/modules/$KVER"/modules.{builtin,builtin.modinfo,order} "$MD/"
 depmod -b "$Z" "$KVER"
