@@ -19,6 +19,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use crate::channel::{self, Channel};
 use crate::flow::{Credit, StdinBuffer};
 use crate::log::{debug, log};
+use crate::net;
 use crate::rootfs::{self, ContainerPaths};
 use crate::spawn::{self, Spawned, Target};
 use crate::sys::{RealSys, Sys};
@@ -100,6 +101,9 @@ pub struct Agent {
     containers: BTreeMap<String, Container>,
     /// Pod volume name → its directory in hyperstart's namespace.
     volumes: BTreeMap<String, PathBuf>,
+    /// The directory of the pod's /etc/resolv.conf, hosts and hostname,
+    /// once StartPod applied a network; bound into every container.
+    pod_files: Option<PathBuf>,
     processes: BTreeMap<u64, Process>,
     next_key: u64,
     /// Stream id → process: stdin data and stdout credit arrive on `stdio`.
@@ -123,6 +127,7 @@ impl Agent {
             signals,
             containers: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            pod_files: None,
             processes: BTreeMap::new(),
             next_key: 0,
             stdio_streams: HashMap::new(),
@@ -139,7 +144,7 @@ impl Agent {
 
     pub fn send_ready(&mut self) {
         use hyper_protocol::capability::{
-            CONFINEMENT, EROFS, EXT4, FLOW_CONTROL, PID_NAMESPACE, TERMINAL, VOLUMES,
+            CONFINEMENT, EROFS, EXT4, FLOW_CONTROL, NETWORK, PID_NAMESPACE, TERMINAL, VOLUMES,
         };
         self.channel.send_message(&GuestMessage::Ready {
             min_version: MIN_PROTOCOL_VERSION,
@@ -152,6 +157,7 @@ impl Agent {
                 VOLUMES,
                 TERMINAL,
                 CONFINEMENT,
+                NETWORK,
             ]
             .map(String::from)
             .to_vec(),
@@ -468,8 +474,32 @@ impl Agent {
                 ));
             }
         }
+        // Every field is checked before anything is configured.
+        let plan = match &spec.network {
+            Some(_) if self.pod_files.is_some() => {
+                return Err(err(
+                    AgentErrorKind::AlreadyExists,
+                    "the pod's network is already configured",
+                ))
+            }
+            Some(network) => Some(net::validate(network, &spec.hostname)?),
+            None => None,
+        };
         if !spec.hostname.is_empty() {
             set_hostname(&spec.hostname)?;
+        }
+        if let Some(plan) = plan {
+            net::apply(&plan, &net::SysfsNet::default())?;
+            let dir = net::files::pod_dir(&self.opts.run_dir);
+            net::files::mount_pod_dir(&mut RealSys, &dir)
+                .map_err(|e| err(AgentErrorKind::Failed, format!("network files: {e}")))?;
+            net::files::write_files(&dir, &plan).map_err(|e| {
+                err(
+                    AgentErrorKind::Failed,
+                    format!("writing the pod's network files in {}: {e}", dir.display()),
+                )
+            })?;
+            self.pod_files = Some(dir);
         }
         for v in spec.volumes {
             let dir = rootfs::volume_dir(&self.opts.run_dir, &v.name);
@@ -561,9 +591,22 @@ impl Agent {
                 )
             },
         )?;
-        let bound = binds
-            .iter()
-            .try_for_each(|b| check_no_symlinks(&paths.root, &b.path))
+        // The network files first: a volume the user mounts over /etc wins.
+        let files = match &self.pod_files {
+            Some(dir) => net::files::bind_into(&mut RealSys, dir, &paths.root).map_err(|e| {
+                err(
+                    AgentErrorKind::Failed,
+                    format!("binding /etc/resolv.conf, hosts and hostname: {e}"),
+                )
+            }),
+            None => Ok(()),
+        };
+        let bound = files
+            .and_then(|()| {
+                binds
+                    .iter()
+                    .try_for_each(|b| check_no_symlinks(&paths.root, &b.path))
+            })
             .and_then(|()| {
                 rootfs::bind_volumes(&mut RealSys, &paths.root, &binds).map_err(|e| {
                     err(
@@ -1179,6 +1222,7 @@ mod tests {
                     (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
                 );
                 assert!(capabilities.iter().any(|c| c == "flow-control"));
+                assert!(capabilities.iter().any(|c| c == "network"));
                 assert!(agent.starts_with("hyperstart "));
             }
             other => panic!("{other:?}"),
@@ -1672,6 +1716,59 @@ mod tests {
         ] {
             assert!(validate_container_id(id).is_err(), "{id}");
         }
+    }
+
+    #[test]
+    fn a_bad_network_is_refused_before_anything_is_configured() {
+        use hyper_protocol::{InterfaceSpec, NetworkSpec, VolumeSpec};
+        let (mut a, mut host) = agent();
+        let nic = InterfaceSpec {
+            mac: "02:42:0a:58:00:05".into(),
+            name: "eth0".into(),
+            mtu: 1500,
+            addresses: vec!["10.88.0.5/16".into()],
+        };
+        let mut bad_mac = nic.clone();
+        bad_mac.mac = "zz:42:0a:58:00:05".into();
+        let mut bad_mtu = nic.clone();
+        bad_mtu.mtu = 10;
+        for (hostname, nic, want) in [
+            ("web", bad_mac, "invalid MAC"),
+            ("web", bad_mtu, "MTU 10"),
+            // Checked too when a network is given: it goes into /etc/hosts.
+            ("we b", nic, "invalid hostname"),
+        ] {
+            let pod = Request::StartPod(PodSpec {
+                hostname: hostname.into(),
+                volumes: vec![VolumeSpec {
+                    name: "v".into(),
+                    size_mib: 0,
+                }],
+                network: Some(NetworkSpec {
+                    interfaces: vec![nic],
+                    ..NetworkSpec::default()
+                }),
+            });
+            request(&mut a, &mut host, 1, pod);
+            let e = response(&mut host).1.unwrap_err();
+            assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+            assert!(e.message.contains(want), "{want:?} not in {:?}", e.message);
+        }
+        // Nothing was created: no volume, no pod files.
+        assert!(a.volumes.is_empty());
+        assert!(a.pod_files.is_none());
+
+        // Once configured, a second network is refused.
+        a.pod_files = Some("/nonexistent/.pod".into());
+        let again = Request::StartPod(PodSpec {
+            network: Some(NetworkSpec::default()),
+            ..PodSpec::default()
+        });
+        request(&mut a, &mut host, 2, again);
+        assert_eq!(
+            response(&mut host).1.unwrap_err().kind,
+            AgentErrorKind::AlreadyExists
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cmdline;
 mod confine;
 mod flow;
 mod log;
+mod net;
 mod rootfs;
 mod spawn;
 mod sys;

@@ -62,6 +62,8 @@ pub trait Sys {
     /// `mkdir -p` with `mode` for the directories it creates.
     fn mkdir_all(&mut self, path: &Path, mode: u32) -> SysResult;
     fn remove_dir(&mut self, path: &Path) -> SysResult;
+    /// Removes a non-directory (a symlink itself, not its target).
+    fn remove_file(&mut self, path: &Path) -> SysResult;
     /// Creates a device node with exactly `perm` (not masked by the umask).
     fn mknod(
         &mut self,
@@ -122,6 +124,11 @@ impl Sys for RealSys {
 
     fn remove_dir(&mut self, path: &Path) -> SysResult {
         std::fs::remove_dir(path).map_err(|e| SysError::new("rmdir", path.display(), io_errno(&e)))
+    }
+
+    fn remove_file(&mut self, path: &Path) -> SysResult {
+        std::fs::remove_file(path)
+            .map_err(|e| SysError::new("unlink", path.display(), io_errno(&e)))
     }
 
     fn mknod(
@@ -301,6 +308,9 @@ pub mod fake {
         }
         fn remove_dir(&mut self, path: &Path) -> SysResult {
             self.record("rmdir", format!("rmdir {}", path.display()))
+        }
+        fn remove_file(&mut self, path: &Path) -> SysResult {
+            self.record("unlink", format!("unlink {}", path.display()))
         }
         fn mknod(
             &mut self,

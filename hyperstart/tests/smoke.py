@@ -112,12 +112,14 @@ def private_mounts():
         raise OSError(ctypes.get_errno(), "unshare")
 
 
-def boot_qemu(work, image, kernel, initrd, accel="kvm"):
+def boot_qemu(work, image, kernel, initrd, accel="kvm", extra=(), wrap=()):
+    """Boots hyperstart in QEMU; `extra` QEMU arguments, `wrap` a command
+    prefix (e.g. `ip netns exec NS`)."""
     sock_path = os.path.join(work, "agent.sock")
     cmdline = "quiet hyper.debug=1 console=ttyS0 hyper.channel=sh.hyper.channel.0 pci=off panic=-1"
     if accel == "tcg":
         cmdline += " tsc_early_khz=2000000"
-    proc = subprocess.Popen([
+    proc = subprocess.Popen([*wrap,
         "qemu-system-x86_64", "-machine", "microvm", "-accel", accel,
         "-cpu", "host" if accel == "kvm" else "max", "-m", "512", "-smp", "1",
         "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
@@ -127,7 +129,7 @@ def boot_qemu(work, image, kernel, initrd, accel="kvm"):
         "-device", "virtio-serial-device",
         "-device", "virtserialport,chardev=agent,name=sh.hyper.channel.0",
         "-drive", f"file={image},if=none,id=disk0,format=raw,readonly=on",
-        "-device", "virtio-blk-device,drive=disk0,serial=hyper-rootfs0"])
+        "-device", "virtio-blk-device,drive=disk0,serial=hyper-rootfs0", *extra])
     deadline = time.time() + 10
     while True:
         try:

@@ -2,6 +2,7 @@
 //! and the spec, and the files a VM keeps in its run directory.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -94,12 +95,23 @@ pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
 }
 
 /// The arguments (without the binary) that start `spec` on `config`'s
-/// machine with `accel`. The spec must have been validated.
-pub fn qemu_args(config: &QemuConfig, accel: Accel, spec: &VmSpec) -> Vec<OsString> {
+/// machine with `accel`. The spec must have been validated. `tap_fds[i]` is
+/// the descriptor (open in QEMU, see [`crate::nic`]) of `spec.nics[i]`'s
+/// tap, opened with a vnet header.
+pub fn qemu_args(
+    config: &QemuConfig,
+    accel: Accel,
+    spec: &VmSpec,
+    tap_fds: &[RawFd],
+) -> Vec<OsString> {
     let paths = RunPaths::new(&spec.run_dir);
-    let (blk, serial) = match config.machine {
-        Machine::Microvm => ("virtio-blk-device", "virtio-serial-device"),
-        Machine::Q35 => ("virtio-blk-pci", "virtio-serial-pci"),
+    let (blk, serial, net) = match config.machine {
+        Machine::Microvm => (
+            "virtio-blk-device",
+            "virtio-serial-device",
+            "virtio-net-device",
+        ),
+        Machine::Q35 => ("virtio-blk-pci", "virtio-serial-pci", "virtio-net-pci"),
     };
     let cpu = match accel {
         Accel::Kvm => "host",
@@ -164,6 +176,18 @@ pub fn qemu_args(config: &QemuConfig, accel: Accel, spec: &VmSpec) -> Vec<OsStri
         // The id charset was validated: no commas, nothing to escape.
         push(&[s(&format!("{blk},drive=disk{i},serial={}", disk.id))]);
     }
+    for (i, (nic, fd)) in spec.nics.iter().zip(tap_fds).enumerate() {
+        // With fd=, QEMU refuses vnet_hdr= and reads the tap's IFF_VNET_HDR
+        // itself. The MAC was validated (hex and ':'), nothing to escape.
+        // host_mtu tells the guest driver the MTU (VIRTIO_NET_F_MTU).
+        push(&[s("-netdev")]);
+        push(&[s(&format!("tap,id=net{i},fd={fd}"))]);
+        push(&[s("-device")]);
+        push(&[s(&format!(
+            "{net},id=nic{i},netdev=net{i},mac={},host_mtu={}",
+            nic.mac, nic.mtu
+        ))]);
+    }
     push(&[s("-qmp")]);
     push(&[&paths.qmp_arg()]);
     // Last, so an operator's option can override ours where QEMU lets the
@@ -214,7 +238,7 @@ mod tests {
     #[rustfmt::skip]
     fn microvm_tcg() {
         let config = QemuConfig::default();
-        let args = strings(qemu_args(&config, Accel::Tcg, &spec()));
+        let args = strings(qemu_args(&config, Accel::Tcg, &spec(), &[]));
         let expected = [
             "-name", "hyper-p1",
             "-machine", "microvm",
@@ -254,7 +278,7 @@ mod tests {
         let mut spec = spec();
         spec.cmdline = String::new();
         spec.disks.truncate(1);
-        let args = strings(qemu_args(&config, Accel::Kvm, &spec));
+        let args = strings(qemu_args(&config, Accel::Kvm, &spec, &[]));
         let expected = [
             "-name", "hyper-p1",
             "-machine", "q35",
@@ -278,6 +302,87 @@ mod tests {
             "-d", "guest_errors",
         ];
         assert_eq!(args, expected);
+    }
+
+    fn with_nics(mut spec: VmSpec) -> VmSpec {
+        spec.disks.clear();
+        for (i, mac) in ["02:00:00:00:00:01", "02:00:00:00:00:02"]
+            .iter()
+            .enumerate()
+        {
+            spec.nics.push(hyper_hypervisor::NicSpec {
+                netns: "/run/netns/hyper-p1".into(),
+                peer: format!("eth{i}"),
+                device: format!("tap{i}"),
+                mac: mac.to_string(),
+                mtu: 1500 - i as u32 * 100,
+            });
+        }
+        spec
+    }
+
+    /// The (netdev, device) argument pairs of a command line.
+    fn nic_args(args: &[String]) -> Vec<(String, String)> {
+        let netdevs = args
+            .windows(2)
+            .filter(|w| w[0] == "-netdev")
+            .map(|w| w[1].clone());
+        let devices = args
+            .windows(2)
+            .filter(|w| w[0] == "-device" && w[1].starts_with("virtio-net"))
+            .map(|w| w[1].clone());
+        netdevs.zip(devices).collect()
+    }
+
+    #[test]
+    fn nics_on_microvm_are_virtio_mmio_over_the_tap_fds() {
+        let args = strings(qemu_args(
+            &QemuConfig::default(),
+            Accel::Tcg,
+            &with_nics(spec()),
+            &[7, 9],
+        ));
+        assert_eq!(
+            nic_args(&args),
+            [
+                (
+                    "tap,id=net0,fd=7".to_string(),
+                    "virtio-net-device,id=nic0,netdev=net0,mac=02:00:00:00:00:01,host_mtu=1500"
+                        .to_string()
+                ),
+                (
+                    "tap,id=net1,fd=9".to_string(),
+                    "virtio-net-device,id=nic1,netdev=net1,mac=02:00:00:00:00:02,host_mtu=1400"
+                        .to_string()
+                ),
+            ]
+        );
+        // Before -qmp, like the other devices.
+        let qmp = args.iter().position(|a| a == "-qmp").unwrap();
+        let last_netdev = args.iter().rposition(|a| a == "-netdev").unwrap();
+        assert!(last_netdev < qmp);
+    }
+
+    #[test]
+    fn nics_on_q35_are_virtio_pci() {
+        let config = QemuConfig {
+            machine: Machine::Q35,
+            ..QemuConfig::default()
+        };
+        let args = strings(qemu_args(&config, Accel::Kvm, &with_nics(spec()), &[5, 6]));
+        let nics = nic_args(&args);
+        assert_eq!(nics.len(), 2);
+        assert!(
+            nics[0].1.starts_with("virtio-net-pci,id=nic0,netdev=net0,"),
+            "{nics:?}"
+        );
+        assert_eq!(nics[1].0, "tap,id=net1,fd=6");
+    }
+
+    #[test]
+    fn no_nics_no_netdev() {
+        let args = strings(qemu_args(&QemuConfig::default(), Accel::Tcg, &spec(), &[]));
+        assert!(!args.iter().any(|a| a == "-netdev"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::accel::{self, choose_accel, AccelChoice};
 use crate::cmdline::{qemu_args, RunPaths};
 use crate::config::QemuConfig;
+use crate::nic::{self, Taps};
 use crate::procfs;
 use crate::qmp::{Qmp, QmpError};
 use crate::spec;
@@ -80,6 +81,102 @@ impl QemuHypervisor {
             ));
         }
         Ok(())
+    }
+
+    /// [`Hypervisor::launch`], returning the concrete VM (whose
+    /// [`QemuVm::qmp_command`] tests and tools can use).
+    pub async fn launch_qemu(&self, spec: VmSpec) -> Result<QemuVm, HypervisorError> {
+        let unavailable = |reason| HypervisorError::Unavailable {
+            backend: BACKEND_NAME.to_string(),
+            reason,
+        };
+        let accel = self.accel().map_err(unavailable)?;
+        spec::validate(
+            &spec,
+            self.config.machine,
+            accel.accel,
+            spec::host_memory_mib(),
+        )
+        .map_err(HypervisorError::InvalidSpec)?;
+        self.check_binary().map_err(unavailable)?;
+
+        let paths = RunPaths::new(&spec.run_dir);
+        stop_stale(&paths).await;
+        for path in [&paths.qmp, &paths.agent, &paths.pid] {
+            remove_if_present(path)?;
+        }
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let log = std::fs::File::create(&paths.log).map_err(|e| io("create", &paths.log, e))?;
+        crate::console::reset(&spec.console_log).map_err(|e| io("create", &spec.console_log, e))?;
+        let log_err = log.try_clone().map_err(|e| io("reopen", &paths.log, e))?;
+
+        // Last before the spawn: from here every failure releases the taps.
+        let taps = Taps::attach(&spec.id, &spec.nics).await?;
+        let tap_fds = taps.raw_fds();
+        let args = qemu_args(&self.config, accel.accel, &spec, &tap_fds);
+        tracing::info!(vm = %spec.id, accel = accel.accel.as_str(), reason = %accel.reason, "starting QEMU");
+        tracing::debug!(vm = %spec.id, ?args, "QEMU command line");
+        let mut command = Command::new(&self.config.binary);
+        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+        // on descriptors `taps` keeps open until after the spawn; it
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || nic::inherit(&tap_fds));
+        }
+        let spawned = command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // The VM must survive a dropped handle; the reaper task owns it.
+            .kill_on_drop(false)
+            // Its own process group: a Ctrl-C meant for hyperd in a terminal
+            // must not reach the VM, which may outlive hyperd.
+            .process_group(0)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                taps.release().await;
+                return Err(HypervisorError::LaunchFailed(format!(
+                    "cannot start {}: {e}",
+                    self.config.binary.display()
+                )));
+            }
+        };
+        let Some(pid) = child.id() else {
+            taps.release().await;
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| HypervisorError::Io(e.to_string()))?;
+            return Err(HypervisorError::LaunchFailed(exited_early(status, &paths)));
+        };
+        if let Err(e) = procfs::write_pid_file(&paths.pid, pid) {
+            abort(&mut child, &paths, pid).await;
+            taps.release().await;
+            return Err(io("write", &paths.pid, e));
+        }
+        let qmp = match connect_qmp(&mut child, &paths).await {
+            Ok(qmp) => qmp,
+            Err(message) => {
+                abort(&mut child, &paths, pid).await;
+                taps.release().await;
+                return Err(HypervisorError::LaunchFailed(message));
+            }
+        };
+        // QEMU holds the taps now; it alone keeps them alive.
+        taps.handed_over();
+        tracing::info!(vm = %spec.id, pid, "QEMU is running");
+        let info = VmInfo {
+            id: spec.id.clone(),
+            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
+            pid: Some(pid),
+        };
+        let console = (spec.console_log.clone(), self.console_limit());
+        QemuVm::start(info, child, paths, qmp, console)
     }
 }
 
@@ -336,78 +433,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
-        let unavailable = |reason| HypervisorError::Unavailable {
-            backend: BACKEND_NAME.to_string(),
-            reason,
-        };
-        let accel = self.accel().map_err(unavailable)?;
-        spec::validate(
-            &spec,
-            self.config.machine,
-            accel.accel,
-            spec::host_memory_mib(),
-        )
-        .map_err(HypervisorError::InvalidSpec)?;
-        self.check_binary().map_err(unavailable)?;
-
-        let paths = RunPaths::new(&spec.run_dir);
-        stop_stale(&paths).await;
-        for path in [&paths.qmp, &paths.agent, &paths.pid] {
-            remove_if_present(path)?;
-        }
-        let io = |what: &str, path: &Path, e: std::io::Error| {
-            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
-        };
-        let log = std::fs::File::create(&paths.log).map_err(|e| io("create", &paths.log, e))?;
-        crate::console::reset(&spec.console_log).map_err(|e| io("create", &spec.console_log, e))?;
-        let log_err = log.try_clone().map_err(|e| io("reopen", &paths.log, e))?;
-
-        let args = qemu_args(&self.config, accel.accel, &spec);
-        tracing::info!(vm = %spec.id, accel = accel.accel.as_str(), reason = %accel.reason, "starting QEMU");
-        tracing::debug!(vm = %spec.id, ?args, "QEMU command line");
-        let mut child = Command::new(&self.config.binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // The VM must survive a dropped handle; the reaper task owns it.
-            .kill_on_drop(false)
-            // Its own process group: a Ctrl-C meant for hyperd in a terminal
-            // must not reach the VM, which may outlive hyperd.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                HypervisorError::LaunchFailed(format!(
-                    "cannot start {}: {e}",
-                    self.config.binary.display()
-                ))
-            })?;
-        let Some(pid) = child.id() else {
-            let status = child
-                .wait()
-                .await
-                .map_err(|e| HypervisorError::Io(e.to_string()))?;
-            return Err(HypervisorError::LaunchFailed(exited_early(status, &paths)));
-        };
-        if let Err(e) = procfs::write_pid_file(&paths.pid, pid) {
-            abort(&mut child, &paths, pid).await;
-            return Err(io("write", &paths.pid, e));
-        }
-        let qmp = match connect_qmp(&mut child, &paths).await {
-            Ok(qmp) => qmp,
-            Err(message) => {
-                abort(&mut child, &paths, pid).await;
-                return Err(HypervisorError::LaunchFailed(message));
-            }
-        };
-        tracing::info!(vm = %spec.id, pid, "QEMU is running");
-        let info = VmInfo {
-            id: spec.id.clone(),
-            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
-            pid: Some(pid),
-        };
-        let console = (spec.console_log.clone(), self.console_limit());
-        Ok(Box::new(QemuVm::start(info, child, paths, qmp, console)?))
+        Ok(Box::new(self.launch_qemu(spec).await?))
     }
 
     async fn recover(

@@ -15,6 +15,9 @@
 //!   QEMU of that directory kills that QEMU first;
 //! * `qemu.log`: QEMU's own stdout and stderr (why it failed to start).
 //!
+//! Each of the spec's NICs is a tap the plugin opens inside the pod's
+//! network namespace and QEMU inherits as a descriptor ([`nic`]).
+//!
 //! The first three are removed when the process has been reaped; the log
 //! and the console log stay for the core to read (it removes the directory).
 //!
@@ -31,6 +34,7 @@ pub mod cmdline;
 pub mod config;
 pub mod console;
 mod hypervisor;
+pub mod nic;
 pub mod procfs;
 pub mod qmp;
 pub mod spec;

@@ -19,6 +19,8 @@ pub const MIN_MEMORY_MIB: u32 = 16;
 /// in the caller anyway.
 pub const MAX_DISKS: usize = 16;
 pub const MAX_DISK_ID: usize = 20;
+/// NICs per VM (each a virtio-mmio slot on microvm, next to the disks).
+pub const MAX_NICS: usize = 8;
 pub const MAX_VM_ID: usize = 64;
 /// `sun_path` is 108 bytes including the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -126,6 +128,7 @@ pub fn validate(
                 format!("{what} {} cannot be {mode}: {e}", disk.path.display())
             })?;
     }
+    validate_nics(spec)?;
     let paths = RunPaths::new(&spec.run_dir);
     for socket in [&paths.qmp, &paths.agent] {
         let len = socket.as_os_str().as_bytes().len();
@@ -149,6 +152,36 @@ pub fn validate(
                 "the directory of console log {} does not exist",
                 spec.console_log.display()
             ))
+        }
+    }
+    Ok(())
+}
+
+/// The NICs: each one well-formed (the kit's checks: names, a unicast MAC,
+/// the MTU), no two with the same MAC or the same device in one namespace.
+fn validate_nics(spec: &VmSpec) -> Result<(), String> {
+    if spec.nics.len() > MAX_NICS {
+        return Err(format!(
+            "{} NICs: at most {MAX_NICS} are supported",
+            spec.nics.len()
+        ));
+    }
+    let mut macs = HashSet::new();
+    let mut devices = HashSet::new();
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let mac = hyper_hypervisor::nic::validate(nic).map_err(|e| format!("NIC {i}: {e}"))?;
+        if !macs.insert(mac) {
+            return Err(format!(
+                "NIC {i}: MAC {} is used twice: the guest could not tell the NICs apart",
+                nic.mac
+            ));
+        }
+        if !devices.insert((&nic.netns, &nic.device)) {
+            return Err(format!(
+                "NIC {i}: device {} is used twice in {}",
+                nic.device,
+                nic.netns.display()
+            ));
         }
     }
     Ok(())
@@ -254,6 +287,40 @@ mod tests {
         let mut s = f.spec.clone();
         s.run_dir = s.run_dir.join("missing");
         assert!(check(&s).unwrap_err().contains("run directory"));
+    }
+
+    #[test]
+    fn nics() {
+        let f = fixture();
+        let nic = |i: u8| hyper_hypervisor::NicSpec {
+            netns: "/run/netns/hyper-abc123".into(),
+            peer: "eth0".into(),
+            device: format!("tap{i}"),
+            mac: format!("02:00:00:00:00:{i:02x}"),
+            mtu: 1500,
+        };
+        let mut s = f.spec.clone();
+        s.nics = vec![nic(0), nic(1)];
+        check(&s).unwrap();
+
+        let mut bad = s.clone();
+        bad.nics[1].mac = "ff:ff:ff:ff:ff:ff".into();
+        let e = check(&bad).unwrap_err();
+        assert!(e.starts_with("NIC 1: invalid NIC mac"), "{e}");
+        let mut bad = s.clone();
+        bad.nics[1].mac = bad.nics[0].mac.clone();
+        assert!(check(&bad).unwrap_err().contains("used twice"));
+        let mut bad = s.clone();
+        bad.nics[1].device = "tap0".into();
+        assert!(check(&bad)
+            .unwrap_err()
+            .contains("device tap0 is used twice"));
+        let mut bad = s.clone();
+        bad.nics[0].device = "tap/0".into();
+        assert!(check(&bad).unwrap_err().contains("invalid NIC device"));
+        let mut bad = s.clone();
+        bad.nics = (0..9).map(nic).collect();
+        assert!(check(&bad).unwrap_err().contains("at most 8"));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! PVH note is what it looks for), so launch, QMP, stats, shutdown, kill and
 //! wait all run against a real, running VM. Booting the real hyperkernel is
 //! the e2e suite's job.
+//!
+//! The NIC tests (root only) give the VM a tap in a network namespace made
+//! here and check it from the host (QMP and the tap itself).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,8 +15,9 @@ use std::time::Duration;
 
 use hyper_backend_qemu::config::{AccelSetting, Machine};
 use hyper_backend_qemu::{QemuConfig, QemuHypervisor};
+use hyper_hypervisor::nic::{self, netns};
 use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
-use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, NicSpec, Vm, VmSpec};
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
@@ -368,4 +372,180 @@ async fn auto_accel_explains_its_choice() {
     } else {
         assert!(matches!(accel, Some("kvm" | "tcg")), "{report:?}");
     }
+}
+
+/// A pod's network namespace as the core would leave it: `eth0` (one end of
+/// a veth pair, as CNI's bridge plugin makes it) in a namespace of its own.
+/// Removed on drop.
+struct PodNetns {
+    path: PathBuf,
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = netns::remove(&self.path);
+    }
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new(nic::tap::TUN_DEVICE).exists() {
+        eprintln!("skipped: needs root and {}", nic::tap::TUN_DEVICE);
+    }
+    root
+}
+
+/// A namespace with `eth0` and a NIC spec joining tap `device` to it.
+fn pod_netns(tag: &str, device: &str) -> (PodNetns, NicSpec) {
+    let name = format!("hyper-qtest-{tag}-{}", std::process::id());
+    let _ = netns::remove(&netns::path(&name));
+    let path = netns::create(&name).unwrap();
+    let pod = PodNetns { path: path.clone() };
+    nic::link::add_veth(&path, "eth0", "wire0").unwrap();
+    let mac = nic::link::info(&path, "eth0").unwrap().mac.unwrap();
+    let spec = NicSpec {
+        netns: path,
+        peer: "eth0".into(),
+        device: device.into(),
+        mac: mac.to_string(),
+        mtu: 1500,
+    };
+    (pod, spec)
+}
+
+fn tap_gone(spec: &NicSpec) -> bool {
+    matches!(
+        nic::link::info(&spec.netns, &spec.device),
+        Err(nic::NicError::NoSuchLink { .. })
+    )
+}
+
+/// Whether process `pid` holds a tun descriptor attached to `device`
+/// (`/proc/PID/fdinfo` of a tun fd has an `iff:` line).
+fn holds_tap(pid: &str, device: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    let wanted = format!("iff:\t{device}\n");
+    entries
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|info| info.contains(&wanted)))
+}
+
+/// Boots the stub with one NIC on `machine` and checks, from the host, that
+/// the guest's virtio-net exists with the pod's MAC on QEMU's side of a tap
+/// that lives in the pod's namespace, joined to eth0, held by QEMU alone and
+/// gone with it.
+async fn boots_with_a_nic(machine: Machine, tag: &str) {
+    if !have_qemu() || !root() {
+        return;
+    }
+    let device = format!("tap-{tag}");
+    let (pod, nic_spec) = pod_netns(tag, &device);
+    let mut f = fixture(&pvh_stub());
+    f.spec.nics = vec![nic_spec.clone()];
+    let vm = tcg(machine)
+        .launch_qemu(f.spec.clone())
+        .await
+        .expect("launch");
+
+    // The guest's NIC, as QEMU's device model has it.
+    let filters = vm
+        .qmp_command("query-rx-filter", Duration::from_secs(20))
+        .await
+        .expect("query-rx-filter");
+    let nics = filters.as_array().expect("an array");
+    assert_eq!(nics.len(), 1, "{filters}");
+    assert_eq!(nics[0]["name"], "nic0", "{filters}");
+    assert_eq!(nics[0]["main-mac"], nic_spec.mac.as_str(), "{filters}");
+
+    // The tap, in the pod's namespace: up, with carrier (someone holds it),
+    // the peer's MTU; QEMU holds it, this process no longer does.
+    let tap = nic::link::info(&pod.path, &device).unwrap();
+    assert!(tap.up && tap.carrier, "{tap:?}");
+    assert_eq!(tap.mtu, 1500);
+    let pid = vm.pid();
+    assert!(
+        holds_tap(&pid.to_string(), &device),
+        "QEMU does not hold {device}"
+    );
+    assert!(
+        !holds_tap("self", &device),
+        "the backend kept a copy of {device}"
+    );
+
+    // The tap ends with QEMU; the peer stays (the core removes the netns).
+    tokio::time::timeout(Duration::from_secs(20), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    vm.wait().await.unwrap();
+    assert!(tap_gone(&nic_spec), "{device} outlived QEMU");
+    assert!(nic::link::info(&pod.path, "eth0").is_ok());
+    assert!(netns::remove(&pod.path).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_nic_is_a_tap_in_the_pod_netns() {
+    boots_with_a_nic(Machine::Microvm, "m").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_nic_is_a_tap_in_the_pod_netns() {
+    boots_with_a_nic(Machine::Q35, "q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_launch_with_a_nic_leaves_no_tap() {
+    if !have_qemu() || !root() {
+        return;
+    }
+    let (_pod, nic_spec) = pod_netns("f", "tap-f");
+
+    // QEMU starts (the tap is open and joined) and dies on the bogus kernel.
+    let mut f = fixture(b"this is not a kernel");
+    f.spec.nics = vec![nic_spec.clone()];
+    let err = tcg(Machine::Microvm)
+        .launch(f.spec.clone())
+        .await
+        .err()
+        .expect("a bogus kernel must not boot");
+    assert!(matches!(&err, HypervisorError::LaunchFailed(_)), "{err:?}");
+    assert!(tap_gone(&nic_spec), "a failed launch left tap-f");
+    assert!(
+        !nic::detach(&nic_spec).unwrap(),
+        "a failed launch left eth0's redirect"
+    );
+
+    // The kit refuses the NIC before QEMU runs: named, nothing left.
+    let mut f = fixture(&pvh_stub());
+    let mut wrong = nic_spec.clone();
+    wrong.mac = "02:00:00:00:00:99".into();
+    f.spec.nics = vec![wrong];
+    let err = tcg(Machine::Microvm)
+        .launch(f.spec.clone())
+        .await
+        .err()
+        .expect("a NIC with the wrong MAC must be refused");
+    let HypervisorError::LaunchFailed(message) = &err else {
+        panic!("expected LaunchFailed, got {err:?}")
+    };
+    assert!(
+        message.contains("NIC 0") && message.contains("has MAC"),
+        "{message}"
+    );
+    assert!(tap_gone(&nic_spec));
+    assert!(run_files(&f.spec.run_dir).is_empty());
+
+    // A malformed NIC is an invalid spec.
+    let mut f = fixture(&pvh_stub());
+    let mut bad = nic_spec.clone();
+    bad.device = "a-name-too-long-for-linux".into();
+    f.spec.nics = vec![bad];
+    let err = tcg(Machine::Microvm).launch(f.spec.clone()).await.err();
+    assert!(
+        matches!(&err, Some(HypervisorError::InvalidSpec(m)) if m.contains("NIC 0")),
+        "{err:?}"
+    );
 }

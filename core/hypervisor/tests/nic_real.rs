@@ -333,49 +333,42 @@ fn failed_attaches_name_the_problem_and_leave_nothing() {
     }
     let pod = pod("f", "tap0");
 
-    // The guest MAC must be the peer's.
-    let mut wrong_mac = pod.spec.clone();
-    wrong_mac.mac = "02:00:00:00:00:99".into();
-    let err = nic::attach_tap(&wrong_mac, false).unwrap_err().to_string();
-    assert!(
-        err.contains("peer eth0") && err.contains("has MAC"),
-        "{err}"
+    // Each refusal names the problem and leaves no tap and no redirect.
+    let netns_name = pod.netns.display().to_string();
+    let refused = |what: &str, mutate: &dyn Fn(&mut NicSpec), wanted: &[&str]| {
+        let mut spec = pod.spec.clone();
+        mutate(&mut spec);
+        let err = nic::attach_tap(&spec, false).unwrap_err().to_string();
+        assert!(wanted.iter().all(|w| err.contains(w)), "{what}: {err}");
+        assert!(link_gone(&pod.netns, "tap0"), "{what}: a tap was left");
+        if spec.netns == pod.netns {
+            assert!(
+                !nic::detach(&pod.spec).unwrap(),
+                "{what}: a redirect was left on eth0"
+            );
+        }
+    };
+    refused(
+        "the guest MAC must be the peer's",
+        &|s| s.mac = "02:00:00:00:00:99".into(),
+        &["peer eth0", "has MAC"],
     );
-    assert!(link_gone(&pod.netns, "tap0"));
-    assert!(
-        !nic::detach(&pod.spec).unwrap(),
-        "a redirect was left on eth0"
+    refused(
+        "a missing peer is named, before any tap exists",
+        &|s| s.peer = "eth9".into(),
+        &["no interface eth9", &netns_name],
     );
-
-    // A missing peer is named, before any tap exists.
-    let mut no_peer = pod.spec.clone();
-    no_peer.peer = "eth9".into();
-    let err = nic::attach_tap(&no_peer, false).unwrap_err().to_string();
-    assert!(
-        err.contains("no interface eth9") && err.contains(&pod.netns.display().to_string()),
-        "{err}"
+    // Never shared: IFF_TUN_EXCL (and lo is left alone).
+    refused(
+        "a device name already taken",
+        &|s| s.device = "lo".into(),
+        &["tap lo", "already exists"],
     );
-    assert!(link_gone(&pod.netns, "tap0"));
-
-    // A device name already taken is refused, never shared, and the
-    // existing device and the peer are left alone.
-    let mut taken = pod.spec.clone();
-    taken.device = "lo".into();
-    let err = nic::attach_tap(&taken, false).unwrap_err().to_string();
-    assert!(
-        err.contains("tap lo") && err.contains("already exists"),
-        "{err}"
+    refused(
+        "a missing namespace is named",
+        &|s| s.netns = "/run/netns/hyper-kittest-does-not-exist".into(),
+        &["hyper-kittest-does-not-exist"],
     );
-    assert!(
-        !nic::detach(&pod.spec).unwrap(),
-        "a redirect was left on eth0"
-    );
-
-    // A missing namespace is named.
-    let mut gone = pod.spec.clone();
-    gone.netns = "/run/netns/hyper-kittest-does-not-exist".into();
-    let err = nic::attach_tap(&gone, false).unwrap_err().to_string();
-    assert!(err.contains("hyper-kittest-does-not-exist"), "{err}");
 
     // After all that, a good attach still works (nothing stale in the way),
     // and twice in a row (a retried launch) replaces the old redirect.
@@ -392,20 +385,7 @@ fn an_existing_device_is_joined_like_a_xen_vif() {
     }
     let mut pod = pod("j", "vif0");
     pod.spec.mtu = 1400;
-    in_ns(&pod.netns, |h| {
-        Box::pin(async move {
-            h.link()
-                .add(LinkVeth::new("vif0", "vif0-dom").build())
-                .execute()
-                .await
-                .unwrap();
-            h.link()
-                .set(LinkUnspec::new_with_name("vif0-dom").up().build())
-                .execute()
-                .await
-                .unwrap();
-        })
-    });
+    link::add_veth(&pod.netns, "vif0", "vif0-dom").unwrap();
     nic::join(&pod.spec).unwrap();
     let vif = link::info(&pod.netns, "vif0").unwrap();
     assert!(vif.up);
@@ -444,6 +424,12 @@ fn namespaces_are_created_once_and_listed() {
         links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
         vec!["lo"]
     );
+    // add_veth/delete, the test helpers other crates use.
+    link::add_veth(&path, "va", "vb").unwrap();
+    assert!(link::info(&path, "vb").unwrap().up);
+    assert!(link::delete(&path, "va").unwrap());
+    assert!(!link::delete(&path, "va").unwrap());
+    assert!(link_gone(&path, "vb"), "a veth takes its peer along");
     assert!(netns::remove(&path).unwrap());
     assert!(netns::list(&name).unwrap().is_empty());
 }

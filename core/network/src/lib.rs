@@ -11,7 +11,7 @@
 //! * `result`: what they print;
 //! * `ports`: `-p` and the portmap capability;
 //! * `dns`: the pod's resolv.conf settings;
-//! * `netns`: named network namespaces and link facts;
+//! * `netns`: the pod's namespace and link facts (the backend kit's);
 //! * here: a pod's whole attach and detach.
 
 use std::path::{Path, PathBuf};
@@ -75,6 +75,8 @@ pub enum NetworkError {
     BadResult { network: String, message: String },
     #[error("{0}")]
     Ports(String),
+    #[error("{0}")]
+    Nic(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -166,52 +168,15 @@ impl NetworkRequest {
                 )));
             }
         }
-        for d in &self.dns {
-            d.parse::<std::net::IpAddr>()
-                .map_err(|_| NetworkError::Ports(format!("--dns {d}: not an IP address")))?;
-        }
-        for s in self.dns_search.iter().chain(&self.dns_options) {
-            if s.is_empty()
-                || s.len() > 253
-                || s.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(NetworkError::Ports(format!(
-                    "--dns-search/--dns-option `{s}`: a word of at most 253 characters without spaces"
-                )));
-            }
-        }
+        dns::check(&self.dns, &self.dns_search, &self.dns_options)
+            .map_err(|e| NetworkError::Ports(e.to_string()))?;
         self.hosts()?;
         Ok(())
     }
 
     /// `--add-host` entries as `/etc/hosts` lines.
     pub fn hosts(&self) -> Result<Vec<HostEntry>, NetworkError> {
-        self.add_hosts
-            .iter()
-            .map(|h| {
-                let bad = |why: &str| {
-                    NetworkError::Ports(format!(
-                        "--add-host {h}: {why}; use NAME:IP, e.g. db:10.0.0.5"
-                    ))
-                };
-                let (name, ip) = h.split_once(':').ok_or_else(|| bad("no `:`"))?;
-                let ip = ip.trim_start_matches('[').trim_end_matches(']');
-                let ip: std::net::IpAddr =
-                    ip.parse().map_err(|_| bad("not an IP address after `:`"))?;
-                if name.is_empty()
-                    || name.len() > 253
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                {
-                    return Err(bad("not a host name"));
-                }
-                Ok(HostEntry {
-                    address: ip.to_string(),
-                    names: vec![name.to_string()],
-                })
-            })
-            .collect()
+        dns::parse_add_hosts(&self.add_hosts).map_err(|e| NetworkError::Ports(e.to_string()))
     }
 }
 
@@ -313,14 +278,18 @@ pub async fn attach(
         nic: None,
     };
     if req.is_none() {
-        return Ok(none(NONE));
+        let mut att = none(NONE);
+        dns::fit_to_ip_versions(&mut att.guest.dns, false);
+        return Ok(att);
     }
     let list = match conflist::find(&settings.conf_dir, req.network.as_deref()) {
         Ok(l) => l,
         // No network configured and none asked for: the pod has only lo.
         Err(NetworkError::NoNetworks { .. }) if req.network.is_none() && req.ports.is_empty() => {
             tracing::debug!(pod = %id, dir = %settings.conf_dir.display(), "no CNI network configured: the pod has only lo");
-            return Ok(none(NONE));
+            let mut att = none(NONE);
+            dns::fit_to_ip_versions(&mut att.guest.dns, false);
+            return Ok(att);
         }
         Err(e) => return Err(e),
     };
@@ -334,11 +303,7 @@ pub async fn attach(
     }
     let (netns, owns_netns) = match &req.netns {
         Some(given) => (given.clone(), false),
-        None => {
-            let path = netns::path_for(id);
-            netns::create(&path)?;
-            (path, true)
-        }
+        None => (netns::create(id)?, true),
     };
     let mut att = Attachment {
         network: list.name.clone(),
@@ -363,6 +328,8 @@ pub async fn attach(
     };
     match built {
         Ok((nic, interface, routes)) => {
+            let has_v6 = interface.addresses.iter().any(|a| result::is_v6(a));
+            dns::fit_to_ip_versions(&mut att.guest.dns, has_v6);
             att.nic = Some(nic);
             att.guest.interfaces = vec![interface];
             att.guest.routes = routes;

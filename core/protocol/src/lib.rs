@@ -30,12 +30,14 @@
 
 mod frame;
 mod message;
+mod netnames;
 
 pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,
     PAD_BYTE, RESYNC_MAGIC, RESYNC_PAD_LEN,
 };
 pub use message::*;
+pub use netnames::{valid_dns_name, valid_hostname, valid_resolver_option};
 
 /// The newest protocol version this build speaks. Version 2 added
 /// `ProcessSpec::confinement`: a version-1 guest would run containers with

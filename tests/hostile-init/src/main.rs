@@ -209,6 +209,7 @@ fn main() {
                 VOLUMES,
                 TERMINAL,
                 CONFINEMENT,
+                NETWORK,
             ]
         }
         .iter()

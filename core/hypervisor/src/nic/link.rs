@@ -5,7 +5,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
 use super::{nl, NicError};
 
@@ -177,6 +177,50 @@ pub fn set_mtu_up(netns: &Path, device: &str, mtu: u32) -> Result<(), NicError> 
     nl::run_in(netns, move |h, ns| async move {
         let link = info_here(&h, &ns, &dev).await?;
         set_mtu_up_here(&h, &ns, &dev, link.index, mtu).await
+    })
+}
+
+/// Creates a veth pair `a` <-> `b` in `netns` and brings both ends up: a
+/// stand-in for what CNI's bridge plugin leaves in a pod's namespace, for
+/// tests and benchmarks.
+pub fn add_veth(netns: &Path, a: &str, b: &str) -> Result<(), NicError> {
+    validate_ifname("interface", a)?;
+    validate_ifname("interface", b)?;
+    let (a, b) = (a.to_owned(), b.to_owned());
+    nl::run_in(netns, move |h, ns| async move {
+        h.link()
+            .add(LinkVeth::new(&a, &b).build())
+            .execute()
+            .await
+            .map_err(|e| nl::error(&ns, &a, "create a veth pair", e))?;
+        for name in [&a, &b] {
+            h.link()
+                .set(LinkUnspec::new_with_name(name).up().build())
+                .execute()
+                .await
+                .map_err(|e| nl::error(&ns, name, "bring it up", e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes interface `device` in `netns` (a veth takes its peer along);
+/// returns whether it was there.
+pub fn delete(netns: &Path, device: &str) -> Result<bool, NicError> {
+    validate_ifname("interface", device)?;
+    let dev = device.to_owned();
+    nl::run_in(netns, move |h, ns| async move {
+        let index = match info_here(&h, &ns, &dev).await {
+            Ok(link) => link.index,
+            Err(NicError::NoSuchLink { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        h.link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| nl::error(&ns, &dev, "delete it", e))?;
+        Ok(true)
     })
 }
 
