@@ -23,8 +23,8 @@ VIF_SCRIPT=$ROOT/backends/xen/scripts/vif-hyper
 # The default conflist make install puts in place.
 CONFLIST=$ROOT/config/cni/10-hyper.conflist
 CNI_PLUGINS="bridge host-local loopback portmap firewall tuning bandwidth"
-NETBINS="/usr/sbin/ip /usr/sbin/tc /usr/sbin/xtables-nft-multi /usr/bin/kmod"
-for b in $NETBINS; do [ -x "$b" ] || { echo "build-dom0: $b missing (apt-get install iproute2 iptables kmod)" >&2; exit 1; }; done
+NETBINS="/usr/sbin/ip /usr/sbin/tc /usr/sbin/xtables-nft-multi /usr/bin/kmod /usr/bin/curl"
+for b in $NETBINS; do [ -x "$b" ] || { echo "build-dom0: $b missing (apt-get install iproute2 iptables kmod curl)" >&2; exit 1; }; done
 for p in $CNI_PLUGINS; do [ -x "/usr/lib/cni/$p" ] || { echo "build-dom0: /usr/lib/cni/$p missing (apt-get install containernetworking-plugins)" >&2; exit 1; }; done
 
 KEY=$( (cat "$C/root.key" "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$CONFLIST"
@@ -38,7 +38,10 @@ mkdir -p "$Z"/{bin,sbin,dev,proc,sys,run,tmp,mnt/host,etc/xen,lib/modules,lib64,
          "$Z"/usr/{bin,sbin,local/bin,lib/cni,lib/x86_64-linux-gnu} "$Z/$XB" "$Z"/var/{lib,log} \
          "$Z"/etc/hyper/cni/net.d
 ln -s ../run "$Z/var/run"
-cp /bin/busybox "$Z/bin/busybox"; ln -s busybox "$Z/bin/sh"
+cp /bin/busybox "$Z/bin/busybox"
+# sh is bash: Debian's static busybox sh runs its own applets before PATH,
+# and its `ip` lacks what the tests ask of iproute2 (`ip link show master`).
+ln -s bash "$Z/bin/sh"
 # Hotplug scripts are bash; give them util-linux's tools, not busybox's.
 cp /bin/bash "$Z/bin/bash"
 HOSTBINS="/sbin/losetup /usr/bin/flock /usr/bin/stat /usr/bin/mkfs.erofs"
@@ -57,12 +60,13 @@ for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tab
   ln -s xtables-nft-multi "$Z/usr/sbin/$n"
 done
 cp -a /usr/lib/x86_64-linux-gnu/xtables "$Z/usr/lib/x86_64-linux-gnu/"
+cp /usr/bin/curl "$Z/usr/bin/"   # the network e2e cases fetch pages with it
 cp /usr/bin/kmod "$Z/sbin/kmod"
 for n in modprobe insmod rmmod lsmod depmod modinfo; do ln -s kmod "$Z/sbin/$n"; done
 for p in $CNI_PLUGINS; do cp "/usr/lib/cni/$p" "$Z/usr/lib/cni/"; done
 cp "$CONFLIST" "$Z/etc/hyper/cni/net.d/10-hyper.conflist"
 install -m 0755 "$VIF_SCRIPT" "$Z/etc/xen/scripts/vif-hyper"
-NETLIBS="/usr/sbin/ip /usr/sbin/tc /usr/sbin/xtables-nft-multi /usr/bin/kmod /usr/lib/x86_64-linux-gnu/xtables/*.so"
+NETLIBS="$NETBINS /usr/lib/x86_64-linux-gnu/xtables/*.so"
 
 libs=$(for b in $BINS; do echo "$Z/$XB/$b"; done; echo "$R/usr/bin/xenstore /bin/bash $HOSTBINS $NETLIBS")
 LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu ldd $libs 2>/dev/null \
