@@ -31,10 +31,9 @@ impl Net {
             .expect("temp dir");
         let bridge = format!("hyt-{tag}");
         let leases = dir.path().join("leases");
-        let conflist = std::fs::read_to_string(
-            hyper_tests::workspace().join("config/cni/10-hyper.conflist"),
-        )
-        .expect("config/cni/10-hyper.conflist");
+        let conflist =
+            std::fs::read_to_string(hyper_tests::default_conflist())
+                .expect("config/cni/10-hyper.conflist");
         let conflist = conflist
             .replace("\"hyper\"", &format!("\"t{tag}\""))
             .replace("hyper0", &bridge)
@@ -48,7 +47,10 @@ impl Net {
             );
         std::fs::create_dir(dir.path().join("net.d")).expect("net.d");
         std::fs::write(dir.path().join("net.d/10-test.conflist"), conflist).expect("conflist");
-        let prefix = subnet.rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap_or_default();
+        let prefix = subnet
+            .rsplit_once('.')
+            .map(|(p, _)| format!("{p}."))
+            .unwrap_or_default();
         Self {
             dir,
             bridge,
@@ -96,9 +98,12 @@ impl Net {
     }
 
     fn veths(&self) -> usize {
-        sh(&format!("ip -o link show master {} 2>/dev/null", self.bridge))
-            .lines()
-            .count()
+        sh(&format!(
+            "ip -o link show master {} 2>/dev/null",
+            self.bridge
+        ))
+        .lines()
+        .count()
     }
 }
 
@@ -168,7 +173,8 @@ fn wait_for_page(url: &str, needle: &str, d: &Hyperd) -> String {
 }
 
 /// busybox httpd serving `page` on port 80 of the pod.
-const HTTPD: &str = "mkdir -p /tmp/www && echo \"$PAGE\" > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www";
+const HTTPD: &str =
+    "mkdir -p /tmp/www && echo \"$PAGE\" > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www";
 
 fn serve(d: &Hyperd, opts: &[&str], page: &str) -> String {
     let env = format!("PAGE={page}");
@@ -184,6 +190,18 @@ fn fetch(addr: &str, port: u16, needle: &str) -> String {
         "for i in $(seq 1 60); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {addr} {port} > /tmp/page; \
          grep -q '{needle}' /tmp/page && cat /tmp/page && exit 0; sleep 1; done; cat /tmp/page; exit 1"
     )
+}
+
+/// Fails the test with the pod's stderr and hyperd's log unless `out`
+/// exited 0.
+fn succeeded(out: &std::process::Output, d: &Hyperd) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
 }
 
 fn rm(d: &Hyperd, id: &str) {
@@ -245,6 +263,38 @@ fn a_published_port_serves_the_host_and_nothing_is_left() {
 }
 
 #[test]
+fn stop_start_and_the_restart_policy_bring_the_network_back() {
+    let net = Net::new("again", "10.210.8.0/24");
+    let d = Hyperd::start_with(&net.setup(""));
+    let id = serve(&d, &["-p", "127.0.0.1:18088:80"], "served again");
+    wait_for_page("http://127.0.0.1:18088/", "served again", &d);
+    let out = d.hyper(&["stop", "-t", "1", &id]);
+    succeeded(&out, &d);
+    // Stopped: nothing of its network is left, its port is free.
+    assert_eq!(leftovers(&id), (false, 0));
+    assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
+    assert!(TcpListener::bind("127.0.0.1:18088").is_ok());
+    let out = d.hyper(&["start", &id]);
+    succeeded(&out, &d);
+    wait_for_page("http://127.0.0.1:18088/", "served again", &d);
+    assert_eq!((net.leases(), net.veths()), (1, 1));
+    rm(&d, &id);
+
+    // A pod restarted by its policy gets a network each time and keeps
+    // none of the earlier ones.
+    let id = d.run_detached(
+        &["--restart", "on-failure:2"],
+        &["sh", "-c", "ls /sys/class/net | grep -q eth0 && exit 3"],
+    );
+    let out = d.hyper(&["wait", &id]);
+    assert_eq!(text(&out.stdout).trim(), "3", "{}", d.log_text());
+    assert_eq!(inspect(&d, &id)["restart_count"], 2);
+    assert_eq!(leftovers(&id), (false, 0));
+    assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
+    rm(&d, &id);
+}
+
+#[test]
 fn pods_reach_each_other_and_a_udp_port_is_published() {
     let net = Net::new("p2p", "10.210.2.0/24");
     let d = Hyperd::start_with(&net.setup(""));
@@ -257,13 +307,7 @@ fn pods_reach_each_other_and_a_udp_port_is_published() {
     // Pod A fetches B's page by B's address.
     let fetch = fetch(&b_addr, 80, "page of pod b");
     let out = d.run(&[], &["sh", "-c", &fetch]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
+    succeeded(&out, &d);
     assert!(text(&out.stdout).contains("page of pod b"));
 
     let out = d.hyper(&["port", &echo]);
@@ -294,9 +338,25 @@ fn a_pod_reaches_a_server_outside_through_nat() {
          ip -n {ns} link set lo up && ip -n {ns} route add default via 192.168.213.1 && \
          mkdir -p /tmp/{ns} && echo outside-page > /tmp/{ns}/index.html"
     );
-    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", "-m", "http.server", "8000", "--bind", "192.168.213.2", "--directory"])
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "192.168.213.2",
+            "--directory",
+        ])
         .arg(format!("/tmp/{ns}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -309,15 +369,11 @@ fn a_pod_reaches_a_server_outside_through_nat() {
     let _ = server.wait();
     let _ = Command::new("sh")
         .arg("-c")
-        .arg(format!("ip link del hytnat0; ip netns del {ns}; rm -rf /tmp/{ns}"))
+        .arg(format!(
+            "ip link del hytnat0; ip netns del {ns}; rm -rf /tmp/{ns}"
+        ))
         .status();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
+    succeeded(&out, &d);
     assert!(text(&out.stdout).contains("outside-page"));
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
 }
@@ -326,10 +382,7 @@ fn a_pod_reaches_a_server_outside_through_nat() {
 fn none_has_only_lo_and_the_files_are_what_was_asked() {
     let net = Net::new("none", "10.210.4.0/24");
     let d = Hyperd::start_with(&net.setup(""));
-    let out = d.run(
-        &["--network", "none"],
-        &["sh", "-c", "ls /sys/class/net"],
-    );
+    let out = d.run(&["--network", "none"], &["sh", "-c", "ls /sys/class/net"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The kernel's own tunnel placeholders (sit0 with IPv6) are always
     // there, down; no NIC is.
@@ -351,13 +404,21 @@ fn none_has_only_lo_and_the_files_are_what_was_asked() {
             "--add-host",
             "db:10.1.2.3",
         ],
-        &["sh", "-c", "cat /etc/resolv.conf /etc/hosts /etc/hostname; hostname; ls /sys/class/net"],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/resolv.conf /etc/hosts /etc/hostname; hostname; ls /sys/class/net",
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stderr), d.log_text());
+    succeeded(&out, &d);
     let o = text(&out.stdout);
     assert!(o.contains("nameserver 192.0.2.53"), "{o}");
     assert!(o.contains("search example.com"), "{o}");
-    assert!(o.lines().any(|l| l.starts_with("10.1.2.3") && l.contains("db")), "{o}");
+    assert!(
+        o.lines()
+            .any(|l| l.starts_with("10.1.2.3") && l.contains("db")),
+        "{o}"
+    );
     assert!(o.lines().filter(|l| l.trim() == "web1").count() >= 2, "{o}");
     assert!(o.contains("eth0"), "{o}");
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
@@ -384,7 +445,12 @@ fn killing_the_vmm_takes_the_network_down_and_a_takeover_keeps_the_port() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(60);
     while leftovers(&id) != (false, 0) || net.leases() != 0 {
-        assert!(Instant::now() < deadline, "the network outlived its VM: {:?}\n{}", leftovers(&id), d.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the network outlived its VM: {:?}\n{}",
+            leftovers(&id),
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(net.veths(), 0);
@@ -402,7 +468,10 @@ fn several_pods_at_once_get_distinct_addresses_and_leave_nothing() {
         let handles: Vec<_> = (0..N)
             .map(|_| s.spawn(|| d.run_detached(&[], &["sleep", "600"])))
             .collect();
-        handles.into_iter().map(|h| h.join().expect("run")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("run"))
+            .collect()
     });
     let mut addrs: Vec<String> = ids.iter().map(|id| address_of(&d, id)).collect();
     addrs.sort();
@@ -441,14 +510,20 @@ fn bad_network_input_is_refused_clearly_and_leaves_nothing() {
     let one = |name: &str, plugin: &str| {
         std::fs::write(
             conf.join(format!("50-{name}.conflist")),
-            format!(r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{{"type":"{plugin}"}}]}}"#),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{{"type":"{plugin}"}}]}}"#
+            ),
         )
         .unwrap();
     };
     one("hanging", "hangs");
     one("failing", "fails");
     one("missing", "nosuchplugin");
-    std::fs::write(conf.join("60-broken.conflist"), r#"{"cniVersion":"1.0.0","name":"broken","plugins":[{"x":1}]}"#).unwrap();
+    std::fs::write(
+        conf.join("60-broken.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"broken","plugins":[{"x":1}]}"#,
+    )
+    .unwrap();
     let d = Hyperd::start_with(&net.setup(&format!(
         "cni_plugin_dirs = [\"{}\"]\nplugin_timeout_secs = 5\n",
         plugins.display()
@@ -473,16 +548,36 @@ fn bad_network_input_is_refused_clearly_and_leaves_nothing() {
     expect_err(&["-p", "8080:80/sctp"], &["sctp"]);
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    expect_err(&["-p", &format!("127.0.0.1:{port}:80")], &["already in use"]);
+    expect_err(
+        &["-p", &format!("127.0.0.1:{port}:80")],
+        &["already in use"],
+    );
     drop(held);
-    expect_err(&["--network", "nosuch"], &["no network named `nosuch`", "tbad", "failing", "60-broken.conflist"]);
-    expect_err(&["--network", "missing"], &["`nosuchplugin`", "containernetworking-plugins"]);
-    expect_err(&["--network", "failing"], &["`fails`", "refused by policy", "test plugin"]);
+    expect_err(
+        &["--network", "nosuch"],
+        &[
+            "no network named `nosuch`",
+            "tbad",
+            "failing",
+            "60-broken.conflist",
+        ],
+    );
+    expect_err(
+        &["--network", "missing"],
+        &["`nosuchplugin`", "containernetworking-plugins"],
+    );
+    expect_err(
+        &["--network", "failing"],
+        &["`fails`", "refused by policy", "test plugin"],
+    );
     expect_err(&["--network", "hanging"], &["`hangs`", "within 5 s"]);
     expect_err(&["--network", "none", "-p", "80:80"], &["--network none"]);
     let out = d.hyper(&["network", "ls"]);
     let ls = text(&out.stdout);
-    assert!(ls.contains("tbad") && ls.contains("60-broken.conflist") && ls.contains("plugins[0].type"), "{ls}");
+    assert!(
+        ls.contains("tbad") && ls.contains("60-broken.conflist") && ls.contains("plugins[0].type"),
+        "{ls}"
+    );
 
     // A /30 holds the gateway and one pod: the second pod fails clearly.
     let first = d.run_detached(&[], &["sleep", "600"]);
@@ -497,5 +592,10 @@ fn bad_network_input_is_refused_clearly_and_leaves_nothing() {
         assert_eq!(leftovers(id), (false, 0));
     }
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
-    assert!(sh("ps -eo args").lines().all(|l| !l.contains(&plugins.display().to_string())), "a plugin still runs");
+    assert!(
+        sh("ps -eo args")
+            .lines()
+            .all(|l| !l.contains(&plugins.display().to_string())),
+        "a plugin still runs"
+    );
 }
