@@ -53,6 +53,9 @@ install: build payload
 	sed 's|@PREFIX@|$(PREFIX)|g' config/hyperd.service > $(SYSTEMD_DIR)/hyperd.service
 	chmod 0644 $(SYSTEMD_DIR)/hyperd.service
 	@echo "installed $(SYSTEMD_DIR)/hyperd.service: systemctl daemon-reload && systemctl enable --now hyperd"
+	@if [ -z "$$(ls /etc/hyper/cni/net.d 2>/dev/null)" ]; then \
+	  install -D -m 0644 config/cni/10-hyper.conflist /etc/hyper/cni/net.d/10-hyper.conflist; \
+	  else echo "keeping the existing CNI networks in /etc/hyper/cni/net.d"; fi
 
 # Main job: install, start hyperd, run a command in a VM.
 demo: install rootfs

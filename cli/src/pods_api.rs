@@ -78,7 +78,7 @@ pub fn run_error(e: &RunError) -> Response {
     let status = match e {
         RunError::NotFound(_) | RunError::NoSuchImage(_) => StatusCode::NOT_FOUND,
         RunError::Conflict(_) => StatusCode::CONFLICT,
-        RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RunError::Invalid(_) | RunError::Network(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())

@@ -2,6 +2,7 @@
 //!
 //! * `GET  /v1/version`
 //! * `GET  /v1/info`  plugins, probe verdicts, payload
+//! * `GET  /v1/networks`  the CNI networks found
 //! * `POST /v1/run`   body: a `RunRequest`; answered with `101 Switching
 //!   Protocols` (`Upgrade: hyper-stream`) and then the stdio stream of
 //!   [`crate::stream`], or with a JSON error before any VM starts.
@@ -37,6 +38,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
         .route("/v1/info", get(info))
+        .route("/v1/networks", get(networks))
         .route("/v1/pods", get(pods_api::list).post(pods_api::create))
         .route("/v1/pods/create", post(pods_api::create_pod))
         .route(
@@ -76,11 +78,19 @@ async fn info(State(rt): State<Arc<Runtime>>) -> Json<hyper_core::pods::Info> {
     Json(rt.info().await)
 }
 
+/// `GET /v1/networks`: the CNI networks found (`hyper network ls`).
+async fn networks(State(rt): State<Arc<Runtime>>) -> Response {
+    match rt.networks() {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => pods_api::run_error(&e),
+    }
+}
+
 /// What runs behind an upgraded stdio stream.
 pub enum StreamJob {
     Run {
         rt: Arc<Runtime>,
-        run: RunRequest,
+        run: Box<RunRequest>,
     },
     Exec {
         rt: Arc<Runtime>,
@@ -205,7 +215,11 @@ async fn run(
         }
     }
     let req = Request::from_parts(parts, axum::body::Body::from(bytes));
-    upgrade_stream::<RunRequest>(req, move |run| StreamJob::Run { rt, run }).await
+    upgrade_stream::<RunRequest>(req, move |run| StreamJob::Run {
+        rt,
+        run: Box::new(run),
+    })
+    .await
 }
 
 async fn serve_stream<S>(job: StreamJob, io: S)
@@ -276,7 +290,7 @@ where
         };
         tokio::spawn(async move {
             match job {
-                StreamJob::Run { rt, run } => rt.run(run, io).await.map(Some),
+                StreamJob::Run { rt, run } => rt.run(*run, io).await.map(Some),
                 StreamJob::Exec { rt, pod, exec } => rt.exec(&pod, exec, io).await.map(Some),
                 StreamJob::Attach { rt, pod } => rt.attach(&pod, io).await,
             }

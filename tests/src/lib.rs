@@ -259,6 +259,16 @@ pub fn prepare(setup: &Setup) -> Prepared {
         backend_toml(&setup.hypervisor),
         setup.extra_toml
     );
+    // Pods get the default network of `[network] cni_conf_dir`: a test
+    // that does not set one sees none (an empty directory), whatever the
+    // host has installed.
+    let toml = if setup.extra_toml.contains("[network]") {
+        toml
+    } else {
+        let conf = dir.path().join("cni");
+        std::fs::create_dir(&conf).expect("cni dir");
+        format!("{toml}\n[network]\ncni_conf_dir = \"{}\"\n", conf.display())
+    };
     std::fs::write(&config, toml).expect("config");
     Prepared {
         dir,

@@ -135,6 +135,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a pod's published ports (`80/tcp -> 127.0.0.1:8080`).
+    Port { pod: String },
+    /// Networks (CNI configuration lists in `[network] cni_conf_dir`).
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
     /// Show the client's and the daemon's versions.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -192,6 +199,15 @@ enum PodCommand {
         /// A name for the pod (overrides the file's `name`).
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// List the networks found; the first is the default one.
+    Ls {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -279,6 +295,28 @@ struct RunArgs {
     /// seccomp=unconfined, seccomp=PROFILE.json (Docker's format), no-new-privileges[=false].
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Publish a container port on the host: [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CTR[/PROTO]")]
+    publish: Vec<String>,
+    /// The pod's network (`hyper network ls`), or `none` for only lo; the
+    /// default network without it.
+    #[arg(long, value_name = "NAME|none")]
+    network: Option<String>,
+    /// A nameserver for the pod's /etc/resolv.conf (instead of the host's).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
+    /// A search domain for the pod's /etc/resolv.conf.
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// A resolver option for the pod's /etc/resolv.conf (e.g. ndots:2).
+    #[arg(long = "dns-option", value_name = "OPT")]
+    dns_option: Vec<String>,
+    /// An /etc/hosts entry: NAME:IP.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// The pod's hostname (its id without it).
+    #[arg(long)]
+    hostname: Option<String>,
     /// `IMAGE [CMD…]`, or `CMD…` with --rootfs.
     #[arg(trailing_var_arg = true, value_name = "IMAGE [CMD]")]
     args: Vec<String>,
@@ -398,6 +436,10 @@ fn main() -> ExitCode {
                 filter,
                 json,
             } => events(&client, since, until, &filter, json).await,
+            Command::Port { pod } => port(&client, &pod).await,
+            Command::Network {
+                command: NetworkCommand::Ls { json },
+            } => network_ls(&client, json).await,
             Command::Version => version(&client).await,
             Command::Completion { .. } | Command::Man { .. } => 0,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
@@ -488,7 +530,25 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
     ) {
         return fail(e);
     }
+    let ports = match hyper_network::ports::parse_all(&args.publish) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let network = hyper_network::NetworkRequest {
+        network: args.network.clone(),
+        ports,
+        dns: args.dns.clone(),
+        dns_search: args.dns_search.clone(),
+        dns_options: args.dns_option.clone(),
+        add_hosts: args.add_host.clone(),
+        netns: None,
+    };
+    if let Err(e) = network.validate() {
+        return fail(e);
+    }
     let request = RunRequest {
+        network,
+        hostname: args.hostname.clone(),
         rootfs,
         image,
         entrypoint,
@@ -847,6 +907,69 @@ where
         }
     }
     code
+}
+
+/// `hyper port POD`: one line per published port, as Docker prints them.
+async fn port(client: &Client, pod: &str) -> i32 {
+    let view = match client
+        .get_json(&format!("/v1/pods/{}", path_escape(pod)))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let ports = view["network"]["ports"].clone();
+    let ports: Vec<hyper_network::PortMapping> = if ports.is_null() {
+        // Not running: the ports it asks for.
+        serde_json::from_value(view["container"]["network"]["ports"].clone()).unwrap_or_default()
+    } else {
+        serde_json::from_value(ports).unwrap_or_default()
+    };
+    for p in ports {
+        println!("{p}");
+    }
+    0
+}
+
+/// `hyper network ls`.
+async fn network_ls(client: &Client, json: bool) -> i32 {
+    let list = match client.get_json("/v1/networks").await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return 0;
+    }
+    println!("{:<20} {:<8} {:<40} PLUGINS", "NAME", "DEFAULT", "FILE");
+    for n in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let s = |k: &str| n[k].as_str().unwrap_or("").to_string();
+        if let Some(err) = n["error"].as_str() {
+            println!(
+                "{:<20} {:<8} {:<40} (not usable: {err})",
+                "-",
+                "",
+                s("file")
+            );
+            continue;
+        }
+        let plugins: Vec<&str> = n["plugins"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+            .unwrap_or_default();
+        let default = if n["default"] == true { "yes" } else { "" };
+        println!(
+            "{:<20} {:<8} {:<40} {}",
+            s("name"),
+            default,
+            s("file"),
+            plugins.join(",")
+        );
+    }
+    0
 }
 
 async fn inspect(client: &Client, pods: &[String]) -> i32 {

@@ -15,6 +15,7 @@ pub struct Config {
     pub payload: PayloadConfig,
     pub vm: VmDefaults,
     pub images: ImagesConfig,
+    pub network: NetworkConfig,
     /// Each backend's own table, validated by the backend's plugin.
     pub hypervisor: BTreeMap<String, toml::Table>,
     /// Where the config came from, for error messages; not a TOML key.
@@ -127,6 +128,40 @@ impl ImagesConfig {
         hyper_images::Limits {
             max_bytes: self.max_unpack_bytes,
             max_entries: self.max_unpack_entries,
+        }
+    }
+}
+
+/// Pods' networks: CNI configuration lists and plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Where the networks' conflists are; the first by file name is the
+    /// default network.
+    pub cni_conf_dir: PathBuf,
+    /// Where the plugin binaries are, searched in order.
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// How long one plugin may run before it is killed.
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            cni_conf_dir: "/etc/hyper/cni/net.d".into(),
+            cni_plugin_dirs: vec!["/usr/lib/cni".into()],
+            plugin_timeout_secs: 60,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// What the network crate needs.
+    pub fn settings(&self) -> hyper_network::Settings {
+        hyper_network::Settings {
+            conf_dir: self.cni_conf_dir.clone(),
+            plugin_dirs: self.cni_plugin_dirs.clone(),
+            plugin_timeout: std::time::Duration::from_secs(self.plugin_timeout_secs),
         }
     }
 }
@@ -295,7 +330,31 @@ impl Config {
                 ));
             }
         }
+        if !(1..=3600).contains(&self.network.plugin_timeout_secs) {
+            return Err(self.invalid(
+                "network.plugin_timeout_secs",
+                format!("{} is out of range", self.network.plugin_timeout_secs),
+                "set it between 1 and 3600 (seconds one CNI plugin may run)",
+            ));
+        }
+        if self.network.cni_plugin_dirs.is_empty() {
+            return Err(self.invalid(
+                "network.cni_plugin_dirs",
+                "is empty: no CNI plugin could be found",
+                "list Debian's [\"/usr/lib/cni\"] or where your plugins are",
+            ));
+        }
+        for (i, dir) in self.network.cni_plugin_dirs.iter().enumerate() {
+            if !dir.is_absolute() {
+                return Err(self.invalid(
+                    &format!("network.cni_plugin_dirs[{i}]"),
+                    format!("`{}` is a relative path", dir.display()),
+                    "use an absolute path",
+                ));
+            }
+        }
         for (key, path) in [
+            ("network.cni_conf_dir", &self.network.cni_conf_dir),
             ("runtime.plugin_dir", &self.runtime.plugin_dir),
             ("runtime.state_dir", &self.runtime.state_dir),
             ("runtime.socket", &self.runtime.socket),

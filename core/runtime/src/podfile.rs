@@ -32,6 +32,12 @@ pub struct PodFile {
     /// container (`hyper exec POD`, `hyper logs POD` and signals go to it).
     #[serde(default, rename = "container", alias = "containers")]
     pub containers: Vec<PodContainer>,
+    /// The pod's network by name, `none`, or unset: the default network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Published ports, as `-p` takes them: `["127.0.0.1:8080:80/tcp"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +121,22 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         message: message.into(),
+    }
+}
+
+impl PodFile {
+    /// The pod's `network` and `ports` as the network crate takes them.
+    pub fn network_request(&self) -> Result<hyper_network::NetworkRequest, Invalid> {
+        let ports =
+            hyper_network::ports::parse_all(&self.ports).map_err(|m| invalid("ports", m))?;
+        let req = hyper_network::NetworkRequest {
+            network: self.network.clone(),
+            ports,
+            ..Default::default()
+        };
+        req.validate()
+            .map_err(|e| invalid("network", e.to_string()))?;
+        Ok(req)
     }
 }
 
@@ -265,6 +287,7 @@ impl PodFile {
     /// Checks what serde cannot: names, references and combinations. Also
     /// run by hyperd on what a client sends.
     pub fn validate(&self) -> Result<(), Invalid> {
+        self.network_request()?;
         if self.containers.is_empty() {
             return Err(invalid(
                 "container",
@@ -408,6 +431,28 @@ command = ["cat", "/in/x"]
 env = ["A=1"]
 mounts = [{ volume = "shared", path = "/in", readonly = true }]
 "#;
+
+    #[test]
+    fn network_and_ports_parse_and_bad_ones_name_the_key() {
+        let base = "[[container]]\nname = \"a\"\nimage = \"busybox\"\n";
+        let pod = parse(
+            "p.toml",
+            &format!("network = \"hyper\"\nports = [\"127.0.0.1:8080:80\", \"53:53/udp\"]\n{base}"),
+        )
+        .unwrap();
+        let req = pod.network_request().unwrap();
+        assert_eq!(req.network.as_deref(), Some("hyper"));
+        assert_eq!(req.ports.len(), 2);
+        let err = parse("p.toml", &format!("ports = [\"80\"]\n{base}")).unwrap_err();
+        assert_eq!(err.key, "ports");
+        assert!(err.message.contains("HOSTPORT:CONTAINERPORT"), "{err}");
+        let err = parse(
+            "p.toml",
+            &format!("network = \"none\"\nports = [\"80:80\"]\n{base}"),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "network");
+    }
 
     #[test]
     fn a_good_file_parses() {

@@ -43,6 +43,7 @@ mod create;
 mod exec;
 mod model;
 mod observe;
+mod network;
 mod restore;
 mod store;
 mod supervise;
@@ -57,6 +58,7 @@ pub use model::{
     RestartPolicy, Restored, RunError, RunIo, RunOutcome, RunRequest, SavedVm, StartError, Started,
     Takeovers,
 };
+pub use network::NetworkInfo;
 
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
@@ -88,6 +90,8 @@ pub struct Runtime {
     events: crate::events::EventLog,
     /// Counted as things happen, for `GET /metrics`.
     metrics: crate::metrics::Metrics,
+    /// Published host ports, by pod.
+    ports: network::PortTable,
 }
 
 impl Runtime {
@@ -113,6 +117,7 @@ impl Runtime {
             recovering: Mutex::new(std::collections::BTreeSet::new()),
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::new(),
+            ports: network::PortTable::default(),
         })
     }
 

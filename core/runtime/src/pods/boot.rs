@@ -228,8 +228,8 @@ impl Runtime {
     pub(super) async fn start_vm(
         self: &Arc<Self>,
         hypervisor: Arc<dyn Hypervisor>,
-        spec: VmSpec,
-        record: PodRecord,
+        mut spec: VmSpec,
+        mut record: PodRecord,
         members: Vec<Member>,
         links: PodLinks,
     ) -> Result<VmStart, RunError> {
@@ -239,6 +239,18 @@ impl Runtime {
             .first()
             .cloned()
             .ok_or_else(|| RunError::Invalid("the pod has no containers".into()))?;
+        // The VM's network first: its NIC joins the namespace CNI set up.
+        if let Err(err) = self.network_up(&mut record).await {
+            self.finish_record(record, &Err(err.to_string()));
+            links.fail(&err);
+            return Err(err);
+        }
+        spec.nics = record
+            .network
+            .as_ref()
+            .and_then(|a| a.nic.clone())
+            .into_iter()
+            .collect();
         let (live, mut record) = self
             .launch_vm(hypervisor, spec, record, links, main, interactive)
             .await?;
@@ -282,6 +294,7 @@ impl Runtime {
                 path: spec.run_dir.clone(),
                 source,
             };
+            self.network_down(&mut record).await;
             self.finish_record(record, &Err(err.to_string()));
             links.fail(&err);
             return Err(err);
@@ -299,6 +312,7 @@ impl Runtime {
             (Ok(_), Some(live)) => live,
             (Err(e), _) => {
                 let err = RunError::Hypervisor(e);
+                self.network_down(&mut record).await;
                 self.finish_record(record, &Err(err.to_string()));
                 links.fail(&err);
                 return Err(err);
@@ -306,6 +320,8 @@ impl Runtime {
             (Ok(vm), None) => {
                 // Unreachable by construction; never leave the VM behind.
                 let _ = vm.kill().await;
+                let _ = vm.wait().await;
+                self.network_down(&mut record).await;
                 return Err(RunError::Failed("internal error: pod not tracked".into()));
             }
         };
@@ -356,8 +372,26 @@ impl Runtime {
                 ready.agent
             )));
         }
+        let network = match &record.network {
+            Some(att) if ready.capabilities.iter().any(|c| c == capability::NETWORK) => {
+                Some(att.guest.clone())
+            }
+            Some(att) if att.nic.is_some() && record.network_request().explicit() => {
+                return Err(RunError::Failed(format!(
+                    "the guest agent ({}) does not support networks; install a payload built from this version or pass --network none",
+                    ready.agent
+                )));
+            }
+            Some(att) => {
+                if att.nic.is_some() {
+                    tracing::warn!(pod = %id, agent = %ready.agent, "the guest agent does not support networks: the pod runs without one");
+                }
+                None
+            }
+            None => None,
+        };
         let pod = PodSpec {
-            hostname: id.clone(),
+            hostname: record.hostname(),
             volumes: volumes
                 .iter()
                 .map(|v| VolumeSpec {
@@ -365,8 +399,9 @@ impl Runtime {
                     size_mib: v.size_mib.unwrap_or(0),
                 })
                 .collect(),
-            network: None,
+            network,
         };
+        let hostname = pod.hostname.clone();
         let mut pod = Some(pod);
         let mut inits = Vec::with_capacity(members.len());
         for (i, member) in members.iter().enumerate() {
@@ -375,7 +410,7 @@ impl Runtime {
                 .map_err(|e| boot_failed(e.to_string()))?;
             let confinement = crate::security::check(&member.security)?;
             let container =
-                Request::NewContainer(container_spec(&id, i, member, &streams, confinement));
+                Request::NewContainer(container_spec(&hostname, i, member, &streams, confinement));
             let started = match pod.take() {
                 // Pipelined: StartPod and the first container go out back
                 // to back and hyperstart serves them in order, saving a
@@ -421,6 +456,8 @@ impl Runtime {
             let _ = live.vm.shutdown(SHUTDOWN_GRACE).await;
         }
         let _ = live.vm.wait().await;
+        let mut record = record;
+        self.network_down(&mut record).await;
         let id = record.id.clone();
         self.finish_record(record, &result);
         self.live_pods().remove(&id);
@@ -428,9 +465,10 @@ impl Runtime {
     }
 }
 
-/// What hyperstart is asked to start for container `index` of pod `id`.
+/// What hyperstart is asked to start for container `index` of a pod whose
+/// hostname is `hostname`.
 fn container_spec(
-    id: &str,
+    hostname: &str,
     index: usize,
     m: &Member,
     streams: &ProcessStreams,
@@ -438,7 +476,7 @@ fn container_spec(
 ) -> ContainerSpec {
     let mut env = m.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={id}"));
+        env.push(format!("HOSTNAME={hostname}"));
     }
     ContainerSpec {
         id: m.guest_id.clone(),
@@ -447,7 +485,7 @@ fn container_spec(
             fstype: rootfs::FSTYPE.into(),
         },
         // Containers of a pod share its hostname, as in Kubernetes.
-        hostname: id.to_string(),
+        hostname: hostname.to_string(),
         process: ProcessSpec {
             id: m.init_process.clone(),
             args: m.args.clone(),

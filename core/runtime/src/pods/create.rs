@@ -69,6 +69,9 @@ impl Runtime {
     ) -> Result<Started, RunError> {
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         crate::security::check(&req.security)?;
+        if let Some(h) = &req.hostname {
+            super::network::check_hostname(h)?;
+        }
         if req.remove && req.restart != RestartPolicy::No {
             return Err(RunError::Invalid(
                 "--rm and --restart do not go together: a pod removed when it exits cannot be restarted"
@@ -129,6 +132,8 @@ impl Runtime {
                 tty: false,
                 tty_size: None,
                 security: c.security.clone(),
+                network: Default::default(),
+                hostname: None,
             };
             containers.push((c.name.clone(), req, c.mounts.clone()));
         }
@@ -153,6 +158,14 @@ impl Runtime {
         let size = self.checked_vm_size(new.size)?;
         let hypervisor = self.ready_to_launch()?;
         self.check_new_name(new.name.as_deref())?;
+        let network = match (&new.pod_file, new.containers.first()) {
+            (Some(pod), _) => pod
+                .network_request()
+                .map_err(|e| RunError::Invalid(format!("pod file: {}: {}", e.key, e.message)))?,
+            (None, Some((_, req, _))) => req.network.clone(),
+            (None, None) => Default::default(),
+        };
+        self.network_preflight(&network)?;
         let from_file = new.pod_file.is_some();
         let id = new_id();
         let mut containers = Vec::with_capacity(new.containers.len());
@@ -246,6 +259,7 @@ impl Runtime {
             remove: new.remove,
             restart: new.restart,
             restart_count: 0,
+            network: None,
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.

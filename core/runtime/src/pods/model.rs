@@ -64,6 +64,16 @@ pub struct RunRequest {
     /// Capabilities, seccomp, `--privileged` (see crate::security).
     #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
     pub security: crate::security::Security,
+    /// `--network`, `-p`, `--dns*`, `--add-host`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub network: hyper_network::NetworkRequest,
+    /// `--hostname`; the pod's id without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +98,8 @@ pub enum RunError {
     Boot { reason: String, console: String },
     #[error("the pod failed: {0}")]
     Agent(#[from] AgentCallError),
+    #[error("network: {0}")]
+    Network(String),
     #[error("hyperd is stopping; the pod was not started")]
     Stopping,
     #[error("{0}")]
@@ -233,6 +245,11 @@ pub struct PodRecord {
     /// again from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_file: Option<PodFile>,
+    /// The network of its current VM, as CNI set it up: its addresses, MAC
+    /// and ports, and what CNI DEL needs to take it down (also after a
+    /// restart of hyperd). `None` once it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<hyper_network::Attachment>,
 }
 
 /// One container of a pod, as `hyper inspect` shows it.

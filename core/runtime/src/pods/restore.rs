@@ -58,6 +58,7 @@ impl Runtime {
         };
         let mut restored = Restored::default();
         let mut running = Vec::new();
+        let mut exited_with_network = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
             // A corrupt record is set aside, never a reason to delete.
@@ -71,6 +72,11 @@ impl Runtime {
             };
             if record.state == PodState::Exited {
                 let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
+                if record.network.is_some() {
+                    // Its VM ended but hyperd died before the network was
+                    // taken down.
+                    exited_with_network.push(record.clone());
+                }
                 self.pods().insert(record.id.clone(), record);
                 continue;
             }
@@ -79,6 +85,14 @@ impl Runtime {
         // Taken over side by side: a guest slow to answer its resync (tens
         // of seconds on an emulated console) does not hold the others up.
         let mut takeovers = tokio::task::JoinSet::new();
+        for mut record in exited_with_network {
+            let rt = self.clone();
+            takeovers.spawn(async move {
+                rt.network_down(&mut record).await;
+                rt.save(&record);
+                false
+            });
+        }
         for record in running {
             lock(&self.recovering).insert(record.id.clone());
             self.pods().insert(record.id.clone(), record.clone());
@@ -89,7 +103,7 @@ impl Runtime {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::info!(pod = %record.id, "cannot take the pod over: {reason}");
-                        rt.give_up(record);
+                        rt.give_up(record).await;
                         false
                     }
                 };
@@ -103,9 +117,9 @@ impl Runtime {
         })
     }
 
-    /// Marks a pod left running by an earlier hyperd exited, and kills its
-    /// VM process if it still runs.
-    fn give_up(&self, mut record: PodRecord) {
+    /// Marks a pod left running by an earlier hyperd exited, kills its VM
+    /// process if it still runs, and takes its network down.
+    async fn give_up(&self, mut record: PodRecord) {
         let pod_dir = self.pod_dir(&record.id);
         if let (Some(pid), Some(start)) = (record.vm_pid, record.vm_pid_start) {
             if process_start_time(pid) == Some(start) {
@@ -116,6 +130,7 @@ impl Runtime {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
+        self.network_down(&mut record).await;
         mark_exited(&mut record, RUNTIME_FAILURE_EXIT);
         self.observe_ended(&record);
         let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
@@ -165,6 +180,9 @@ impl Runtime {
         let live = LivePod::new(vm.clone(), &PodLinks::new(), main, interactive, next_exec);
         live.set_agent(&agent);
         let live = Arc::new(live);
+        if let Some(att) = &record.network {
+            self.ports.hold(&record.id, &att.ports);
+        }
         self.live_pods().insert(record.id.clone(), live.clone());
         self.pods().insert(record.id.clone(), record.clone());
         let mut inits = Vec::new();
