@@ -22,6 +22,15 @@ pub fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The default CNI conflist (`config/cni/10-hyper.conflist`);
+/// `HYPER_CNI_CONFLIST` names another copy (the Xen leg's dom0 has one in
+/// /etc/hyper/cni/net.d, not the source tree).
+pub fn default_conflist() -> PathBuf {
+    std::env::var_os("HYPER_CNI_CONFLIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("config/cni/10-hyper.conflist"))
+}
+
 fn required(path: PathBuf, what: &str) -> PathBuf {
     assert!(
         path.exists(),

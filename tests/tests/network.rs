@@ -32,7 +32,7 @@ impl Net {
         let bridge = format!("hyt-{tag}");
         let leases = dir.path().join("leases");
         let conflist =
-            std::fs::read_to_string(hyper_tests::workspace().join("config/cni/10-hyper.conflist"))
+            std::fs::read_to_string(hyper_tests::default_conflist())
                 .expect("config/cni/10-hyper.conflist");
         let conflist = conflist
             .replace("\"hyper\"", &format!("\"t{tag}\""))

@@ -19,7 +19,10 @@ mkdir -p /run/xen /run/xenstored /run/lock /var/lib/xen /var/lib/xenstored /var/
 ln -s /run/lock /var/lock
 say() { echo "@@ $(cut -d' ' -f1 /proc/uptime)s $*"; }
 
-for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko || say "insmod $m failed"; done
+for m in $(cat /lib/modules/order); do modprobe "$m" || say "modprobe $m failed"; done
+# What the pods' network needs: lo up, a place for named netns.
+ip link set lo up
+mkdir -p /run/netns
 mount -t xenfs xenfs /proc/xen
 export XENSTORED_ROOTDIR=/run/xenstored
 xenstored --pid-file /run/xenstore.pid

@@ -8,6 +8,7 @@ mkdir -p "$R"
 up() { cut -d' ' -f1 /proc/uptime; }
 export LD_LIBRARY_PATH=$S/lib
 export HYPER_BIN_DIR=$S/bin HYPER_PAYLOAD_DIR=$S/payload HYPER_TEST_ROOTFS=$S/rootfs/busybox
+export HYPER_CNI_CONFLIST=/etc/hyper/cni/net.d/10-hyper.conflist
 export HYPER_E2E_BACKEND=xen HYPER_XEN_XL=$(command -v xl) HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}
 cd /tmp
 xl info > "$R/xl-info.txt" 2>&1

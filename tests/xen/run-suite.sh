@@ -52,6 +52,10 @@ cp -a build/rootfs/busybox "$S/rootfs/"
 P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev"; cp /bin/busybox "$P/bin/"
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$P/init"; chmod +x "$P/init"
 (cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/poweroff.img"; rm -rf "$P"
+# For real_xen's NIC tests: a guest that pings through its netfront.
+P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "$P/bin/"
+cp "$HERE/netprobe-init.sh" "$P/init"; chmod +x "$P/init"
+(cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/netprobe.img"; rm -rf "$P"
 cp "$HERE/in-dom0.sh" "$S/run.sh"
 echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
 

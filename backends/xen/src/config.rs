@@ -16,8 +16,18 @@ pub const DEFAULT_XENSTORE_SOCKET: &str = "/run/xenstored/socket";
 /// seconds natively, tens of seconds under emulation.
 pub const DEFAULT_XL_TIMEOUT_SECS: u64 = 120;
 const MAX_XL_TIMEOUT_SECS: u64 = 3600;
+/// The backend's vif hotplug script (`backends/xen/scripts/vif-hyper`,
+/// installed there by `make install`): bridge-less, it only tells netback
+/// the vif is ready; the plugin joins the vif to the pod's netns.
+pub const DEFAULT_VIF_SCRIPT: &str = "/etc/xen/scripts/vif-hyper";
 
-pub const VALID_KEYS: &[&str] = &["type", "xl", "xenstore_socket", "xl_timeout_secs"];
+pub const VALID_KEYS: &[&str] = &[
+    "type",
+    "xl",
+    "xenstore_socket",
+    "xl_timeout_secs",
+    "vif_script",
+];
 
 /// The kind of domU. PV boots fastest under emulation (no HAP needed); PVH
 /// needs hardware paging support (HAP) from the CPU.
@@ -47,6 +57,8 @@ pub struct XenConfig {
     /// xenstored's unix socket.
     pub xenstore_socket: PathBuf,
     pub xl_timeout_secs: u64,
+    /// The hotplug script of the domains' vifs (xl.cfg `script=`).
+    pub vif_script: PathBuf,
 }
 
 impl Default for XenConfig {
@@ -56,6 +68,7 @@ impl Default for XenConfig {
             xl: PathBuf::from(DEFAULT_XL),
             xenstore_socket: PathBuf::from(DEFAULT_XENSTORE_SOCKET),
             xl_timeout_secs: DEFAULT_XL_TIMEOUT_SECS,
+            vif_script: PathBuf::from(DEFAULT_VIF_SCRIPT),
         }
     }
 }
@@ -155,6 +168,19 @@ impl XenConfig {
                 "xl" => absolute_path(key, v, "/usr/lib/xen-4.17/bin/xl").map(|p| config.xl = p),
                 "xenstore_socket" => absolute_path(key, v, DEFAULT_XENSTORE_SOCKET)
                     .map(|p| config.xenstore_socket = p),
+                "vif_script" => absolute_path(key, v, DEFAULT_VIF_SCRIPT).and_then(|p| {
+                    let s = p.to_string_lossy();
+                    if s.chars().any(|c| c == ',' || c == '"' || c == '\\' || c.is_control()) {
+                        Err(problem(
+                            key,
+                            format!("\"{s}\" has a comma, quote, backslash or control character, which an xl vif spec cannot carry"),
+                            format!("install the script at a plain path, e.g. {DEFAULT_VIF_SCRIPT}"),
+                        ))
+                    } else {
+                        config.vif_script = p;
+                        Ok(())
+                    }
+                }),
                 "xl_timeout_secs" => match v.as_u64() {
                     Some(n) if (1..=MAX_XL_TIMEOUT_SECS).contains(&n) => {
                         config.xl_timeout_secs = n;
@@ -200,6 +226,7 @@ mod tests {
         assert_eq!(c.xl, PathBuf::from("/usr/sbin/xl"));
         assert_eq!(c.xenstore_socket, PathBuf::from("/run/xenstored/socket"));
         assert_eq!(c.xl_timeout_secs, 120);
+        assert_eq!(c.vif_script, PathBuf::from("/etc/xen/scripts/vif-hyper"));
     }
 
     #[test]
@@ -209,8 +236,13 @@ mod tests {
             "xl": "/usr/lib/xen-4.17/bin/xl",
             "xenstore_socket": "/var/run/xenstored/socket",
             "xl_timeout_secs": 30,
+            "vif_script": "/usr/local/libexec/hyper/vif-hyper",
         }))
         .unwrap();
+        assert_eq!(
+            c.vif_script,
+            PathBuf::from("/usr/local/libexec/hyper/vif-hyper")
+        );
         assert_eq!(c.guest_type, GuestType::Pvh);
         assert_eq!(c.xl, PathBuf::from("/usr/lib/xen-4.17/bin/xl"));
         assert_eq!(c.xl_timeout_secs, 30);
@@ -230,6 +262,9 @@ mod tests {
         assert_eq!(p[0].key, "xl_timeout_secs");
         let p = problems(json!({"xl_timeout_secs": "10"}));
         assert!(p[0].message.contains("\"10\""), "{}", p[0].message);
+        let p = problems(json!({"vif_script": "/x,y/vif"}));
+        assert_eq!(p[0].key, "vif_script");
+        assert!(p[0].message.contains("comma"), "{}", p[0].message);
         let p = problems(json!({"type": 1, "xenstore_socket": false}));
         assert_eq!(p.len(), 2);
     }

@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::owner::{self, Owner, Verdict};
+use crate::vif;
 use crate::vm::XenVm;
 use crate::xenstore::{Xenstore, XsError};
 use crate::{xl, xlcfg};
@@ -231,6 +232,11 @@ impl XenHypervisor {
         let _ = std::fs::remove_file(&agent);
         let listener = UnixListener::bind(&agent)
             .map_err(|e| format!("cannot listen on {}: {e}", agent.display()))?;
+        // Joined while the domain is still paused: the guest's first frame
+        // already finds the pod's network.
+        for (devid, nic) in spec.nics.iter().enumerate() {
+            vif::join(domid, devid, nic).await?;
+        }
         let out = xl::run(&self.config.xl, &["unpause", &name], XL_QUICK_TIMEOUT).await?;
         if !out.success {
             return Err(format!("xl unpause failed: {}", out.reason()));
@@ -389,8 +395,11 @@ impl Hypervisor for XenHypervisor {
             HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
         };
         let cfg_path = spec.run_dir.join("xl.cfg");
-        std::fs::write(&cfg_path, xlcfg::render(&spec, self.config.guest_type))
-            .map_err(|e| io("write", &cfg_path, e))?;
+        std::fs::write(
+            &cfg_path,
+            xlcfg::render(&spec, self.config.guest_type, &self.config.vif_script),
+        )
+        .map_err(|e| io("write", &cfg_path, e))?;
         // The guest's console carries the agent channel; say so where a
         // console log is looked for.
         let _ = std::fs::write(
@@ -422,6 +431,7 @@ impl Hypervisor for XenHypervisor {
             }
             Err(message) => {
                 let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+                vif::detach(&spec.nics).await;
                 let key = owner::path(&spec.id);
                 let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
                 let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));

@@ -22,8 +22,14 @@
 //! the pod's run directory; the console is bridged again) and destroys the
 //! other domains whose owner is gone, since no host process holds them.
 //!
+//! Each of the spec's NICs becomes a vif (netfront in the guest, the guest
+//! MAC in xl.cfg) whose hotplug script is the backend's bridge-less
+//! `scripts/vif-hyper`; before the domain runs, [`vif::join`] moves netback's
+//! `vif<domid>.<n>` into the pod's netns, names it `NicSpec.device` and joins
+//! it to the CNI interface with tc redirect both ways.
+//!
 //! `[hypervisor.xen]` keys: `type` (`pv` | `pvh`), `xl`, `xenstore_socket`,
-//! `xl_timeout_secs`; see [`config::XenConfig`].
+//! `xl_timeout_secs`, `vif_script`; see [`config::XenConfig`].
 
 use std::sync::Arc;
 
@@ -33,6 +39,7 @@ pub mod config;
 pub mod console;
 mod hypervisor;
 pub mod owner;
+pub mod vif;
 mod vm;
 pub mod xenstore;
 pub mod xl;

@@ -1,7 +1,9 @@
 //! The xl configuration of one domain, and the kernel command line bits the
 //! backend adds.
 
-use hyper_hypervisor::VmSpec;
+use std::path::Path;
+
+use hyper_hypervisor::{nic, NicSpec, VmSpec};
 
 use crate::config::GuestType;
 
@@ -10,6 +12,10 @@ pub const MAX_DISKS: usize = 26;
 const MAX_ID_LEN: usize = 64;
 const MIN_MEMORY_MIB: u32 = 32;
 const MAX_VCPUS: u32 = 128;
+/// NICs per domain (xl devids 0…).
+pub const MAX_NICS: usize = 8;
+/// netback's largest MTU (64 KiB less an Ethernet + VLAN header).
+const MAX_MTU: u32 = 65517;
 
 /// The guest's device for the `n`th disk: `xvda`, `xvdb` …
 pub fn vdev(n: usize) -> Option<String> {
@@ -90,11 +96,31 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
         }
     }
     plain("kernel command line", &spec.cmdline)?;
+    if spec.nics.len() > MAX_NICS {
+        return Err(format!("{} NICs: at most {MAX_NICS}", spec.nics.len()));
+    }
+    for (n, nic) in spec.nics.iter().enumerate() {
+        nic::validate(nic).map_err(|e| format!("NIC {n}: {e}"))?;
+        if nic.mtu > MAX_MTU {
+            return Err(format!(
+                "NIC {n}: MTU {}: netback takes at most {MAX_MTU}",
+                nic.mtu
+            ));
+        }
+    }
     Ok(())
 }
 
+/// One vif spec of xl.cfg: the guest's MAC and the backend's hotplug
+/// script (bridge-less; see `scripts/vif-hyper`).
+fn vif(nic: &NicSpec, script: &Path) -> String {
+    // Validated: the parsed form, so nothing but the address reaches xl.
+    let mac = nic::Mac::parse(&nic.mac).map_or_else(|_| nic.mac.clone(), |m| m.to_string());
+    format!("\"mac={mac}, script={}\"", script.to_string_lossy())
+}
+
 /// The xl config file. Call [`validate`] first.
-pub fn render(spec: &VmSpec, guest_type: GuestType) -> String {
+pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     let q = |s: &str| format!("\"{s}\"");
@@ -121,7 +147,8 @@ pub fn render(spec: &VmSpec, guest_type: GuestType) -> String {
         })
         .collect();
     line("disk", format!("[ {} ]", disks.join(", ")));
-    line("vif", "[]".into());
+    let vifs: Vec<String> = spec.nics.iter().map(|n| vif(n, vif_script)).collect();
+    line("vif", format!("[ {} ]", vifs.join(", ")));
     line("on_poweroff", q("destroy"));
     line("on_reboot", q("destroy"));
     line("on_crash", q("destroy"));
@@ -132,6 +159,18 @@ pub fn render(spec: &VmSpec, guest_type: GuestType) -> String {
 mod tests {
     use super::*;
     use hyper_hypervisor::DiskSpec;
+
+    const SCRIPT: &str = "/etc/xen/scripts/vif-hyper";
+
+    fn nic() -> NicSpec {
+        NicSpec {
+            netns: "/run/netns/hyper-a1b2c3".into(),
+            peer: "eth0".into(),
+            device: "tap0".into(),
+            mac: "02:00:0A:58:00:07".into(),
+            mtu: 1500,
+        }
+    }
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -154,7 +193,7 @@ mod tests {
 
     #[test]
     fn renders_a_pv_domain() {
-        let text = render(&spec(), GuestType::Pv);
+        let text = render(&spec(), GuestType::Pv, Path::new(SCRIPT));
         assert_eq!(
             text,
             "name = \"a1b2c3\"\n\
@@ -166,12 +205,12 @@ mod tests {
              maxmem = 128\n\
              vcpus = 1\n\
              disk = [ \"format=raw, vdev=xvda, access=ro, target=/state/rootfs/abc.erofs\" ]\n\
-             vif = []\n\
+             vif = [  ]\n\
              on_poweroff = \"destroy\"\n\
              on_reboot = \"destroy\"\n\
              on_crash = \"destroy\"\n"
         );
-        assert!(render(&spec(), GuestType::Pvh).contains("type = \"pvh\"\n"));
+        assert!(render(&spec(), GuestType::Pvh, Path::new(SCRIPT)).contains("type = \"pvh\"\n"));
     }
 
     #[test]
@@ -182,14 +221,14 @@ mod tests {
             read_only: false,
             id: "data".into(),
         });
-        let text = render(&s, GuestType::Pv);
+        let text = render(&s, GuestType::Pv, Path::new(SCRIPT));
         assert!(
             text.contains("vdev=xvdb, access=rw, target=/d/data.img"),
             "{text}"
         );
         assert!(text.contains("hyper.disk.data=xvdb"), "{text}");
         s.disks.clear();
-        assert!(render(&s, GuestType::Pv).contains("disk = [  ]\n"));
+        assert!(render(&s, GuestType::Pv, Path::new(SCRIPT)).contains("disk = [  ]\n"));
         assert_eq!(vdev(25).as_deref(), Some("xvdz"));
         assert_eq!(vdev(26), None);
     }
@@ -221,5 +260,49 @@ mod tests {
         let mut s = spec();
         s.vcpus = 0;
         assert!(validate(&s).is_err());
+    }
+
+    #[test]
+    fn each_nic_is_a_vif_with_its_mac_and_the_script() {
+        let mut s = spec();
+        s.nics.push(nic());
+        let mut second = nic();
+        second.mac = "02:00:0a:58:00:08".into();
+        second.peer = "eth1".into();
+        second.device = "tap1".into();
+        s.nics.push(second);
+        assert!(validate(&s).is_ok());
+        let text = render(&s, GuestType::Pv, Path::new(SCRIPT));
+        assert!(
+            text.contains(
+                "vif = [ \"mac=02:00:0a:58:00:07, script=/etc/xen/scripts/vif-hyper\", \
+                 \"mac=02:00:0a:58:00:08, script=/etc/xen/scripts/vif-hyper\" ]\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nics_xl_or_the_kernel_cannot_take_are_refused() {
+        let bad = |f: fn(&mut NicSpec)| {
+            let mut s = spec();
+            let mut n = nic();
+            f(&mut n);
+            s.nics.push(n);
+            validate(&s).unwrap_err()
+        };
+        // The kit's checks, named by NIC.
+        assert!(bad(|n| n.mac = "02:00:0a:58:00".into()).starts_with("NIC 0: invalid NIC mac"));
+        assert!(bad(|n| n.mac = "02:00:0a:58:00:07, script=/bin/x".into()).contains("mac"));
+        assert!(bad(|n| n.mac = "01:00:5e:00:00:01".into()).contains("unicast"));
+        assert!(bad(|n| n.device = "a-very-long-name0".into()).contains("device"));
+        assert!(bad(|n| n.device = "eth0".into()).contains("differ"));
+        assert!(bad(|n| n.mtu = 0).contains("mtu"));
+        assert!(bad(|n| n.netns = "netns/x".into()).contains("absolute"));
+        // netback's own limit.
+        assert!(bad(|n| n.mtu = 65530).contains("at most 65517"));
+        let mut s = spec();
+        s.nics = vec![nic(); MAX_NICS + 1];
+        assert!(validate(&s).unwrap_err().contains("at most 8"));
     }
 }

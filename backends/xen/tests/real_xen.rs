@@ -40,6 +40,15 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
     }
 }
 
+/// The message of a launch that must fail with `LaunchFailed`.
+async fn launch_failure(spec: VmSpec) -> String {
+    match XenHypervisor::new(config()).launch(spec).await {
+        Err(HypervisorError::LaunchFailed(m)) => m,
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("the launch must fail"),
+    }
+}
+
 /// Nothing of the domain is left in xenstore: no domain of that name, no
 /// owner record.
 fn nothing_left(name: &str) {
@@ -73,17 +82,8 @@ async fn a_domain_that_fails_to_build_reports_libxl() {
     std::fs::write(&bogus, b"this is not a kernel").unwrap();
     let mut s = spec(&dir, "hx-badkernel", "hyperstart.img");
     s.kernel = bogus;
-    let err = XenHypervisor::new(config())
-        .launch(s)
-        .await
-        .err()
-        .expect("must fail");
-    match &err {
-        HypervisorError::LaunchFailed(m) => {
-            assert!(m.contains("xl create failed") && m.contains("libxl"), "{m}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let m = launch_failure(s).await;
+    assert!(m.contains("xl create failed") && m.contains("libxl"), "{m}");
     nothing_left("hx-badkernel");
 }
 
@@ -136,4 +136,158 @@ async fn a_guest_that_powers_off_is_reaped() {
         .expect("the domain did not go away")
         .unwrap();
     nothing_left("hx-off");
+}
+
+/// `ip ARGS…` in dom0 (iproute2); panics with its stderr on failure.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named netns (`/run/netns/NAME`), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Self {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .output();
+        ip(&["netns", "add", name]);
+        Netns(name.to_string())
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+
+    /// A counter of `dev` in this netns (`ip netns exec` mounts its /sys).
+    fn counter(&self, dev: &str, name: &str) -> u64 {
+        let file = format!("/sys/class/net/{dev}/statistics/{name}");
+        ip(&["netns", "exec", &self.0, "cat", &file])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn has(&self, dev: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["-n", &self.0, "link", "show", "dev", dev])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// Reads the console bridged to `sock` until `marker` or EOF, bounded.
+async fn console_until(sock: &std::path::Path, marker: &str, limit: Duration) -> String {
+    let mut stream = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(marker) && seen.len() < (1 << 20) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, read).await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A NIC in a pod netns (a veth `eth0` whose other end, 10.99.0.1, is in a
+/// second netns standing for the CNI network): the guest (netprobe.img, a
+/// busybox init that pings 10.99.0.1 and prints the result) sees its
+/// netfront with the NIC's MAC and gets its pings answered through the
+/// vif, moved into the netns, renamed and joined by tc redirect. After
+/// kill() the vif is gone from the netns and from dom0.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_nic_in_a_netns_carries_the_guests_frames() {
+    let pod = Netns::new("hx-pod");
+    let out = Netns::new("hx-out");
+    ip(&[
+        "link", "add", "eth0", "netns", &pod.0, "mtu", "1400", "type", "veth", "peer", "name",
+        "o0", "netns", &out.0, "mtu", "1400",
+    ]);
+    ip(&["-n", &out.0, "addr", "add", "10.99.0.1/24", "dev", "o0"]);
+    ip(&["-n", &out.0, "link", "set", "o0", "up"]);
+    ip(&["-n", &pod.0, "link", "set", "eth0", "up"]);
+    let mac = ip(&[
+        "netns",
+        "exec",
+        &pod.0,
+        "cat",
+        "/sys/class/net/eth0/address",
+    ])
+    .trim()
+    .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&dir, "hx-net", "netprobe.img");
+    s.nics.push(hyper_hypervisor::NicSpec {
+        netns: pod.path(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: mac.clone(),
+        mtu: 1400,
+    });
+    let hv = XenHypervisor::new(config());
+    let vm = hv.launch(s).await.unwrap();
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    let text = console_until(&sock, "NETPROBE-PING-", Duration::from_secs(180)).await;
+    assert!(text.contains(&format!("NETPROBE-MAC={mac}")), "{text}");
+    assert!(text.contains("NETPROBE-PING-OK"), "{text}");
+    // The vif is the pod netns' tap0, with the NIC's MTU; frames crossed it.
+    assert!(pod.has("tap0"));
+    let mtu = ip(&["netns", "exec", &pod.0, "cat", "/sys/class/net/tap0/mtu"]);
+    assert_eq!(mtu.trim(), "1400");
+    assert!(pod.counter("tap0", "rx_packets") >= 3);
+    assert!(pod.counter("tap0", "tx_packets") >= 3);
+    assert!(out.counter("o0", "rx_packets") >= 3);
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    nothing_left("hx-net");
+    assert!(!pod.has("tap0"), "the vif outlived its domain");
+    let root = ip(&["-o", "link", "show"]);
+    assert!(!root.contains(" vif"), "a vif is left in dom0: {root}");
+}
+
+/// A NIC whose netns is not there: launch fails naming it, and the domain
+/// (with its vif) is destroyed.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_nic_without_its_netns_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&dir, "hx-nonet", "netprobe.img");
+    s.nics.push(hyper_hypervisor::NicSpec {
+        netns: "/run/netns/hx-no-such-netns".into(),
+        peer: "eth0".into(),
+        device: "tap0".into(),
+        mac: "02:00:0a:63:00:02".into(),
+        mtu: 1500,
+    });
+    let m = launch_failure(s).await;
+    assert!(m.contains("hx-no-such-netns"), "{m}");
+    nothing_left("hx-nonet");
+    let root = ip(&["-o", "link", "show"]);
+    assert!(!root.contains(" vif"), "a vif is left in dom0: {root}");
 }
