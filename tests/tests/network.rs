@@ -31,9 +31,8 @@ impl Net {
             .expect("temp dir");
         let bridge = format!("hyt-{tag}");
         let leases = dir.path().join("leases");
-        let conflist =
-            std::fs::read_to_string(hyper_tests::default_conflist())
-                .expect("config/cni/10-hyper.conflist");
+        let conflist = std::fs::read_to_string(hyper_tests::default_conflist())
+            .expect("config/cni/10-hyper.conflist");
         let conflist = conflist
             .replace("\"hyper\"", &format!("\"t{tag}\""))
             .replace("hyper0", &bridge)
