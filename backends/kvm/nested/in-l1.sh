@@ -7,7 +7,10 @@ S=/mnt/host
 R=$S/results
 mkdir -p "$R"
 up() { cut -d' ' -f1 /proc/uptime; }
-export PATH=$S/bin:$PATH LD_LIBRARY_PATH=$S/lib
+# /usr/local/bin/sh is bash (busybox's sh runs its own `ip` applet);
+# iproute2's ip and iptables are in /usr/sbin, before busybox's /bin.
+export PATH=/usr/local/bin:$S/bin:/usr/sbin:/sbin:/bin:/usr/bin LD_LIBRARY_PATH=$S/lib
+export HYPER_CNI_CONFLIST=/etc/hyper/cni/net.d/10-hyper.conflist
 export HYPER_BIN_DIR=$S/bin HYPER_PAYLOAD_DIR=$S/payload HYPER_TEST_ROOTFS=$S/rootfs/busybox
 export HYPER_E2E_BACKEND=kvm
 cd /tmp

@@ -9,13 +9,19 @@
 #     by itself (reason guest_halt, not a signal);
 #  5. (when the host shares it over virtio-9p, tag host0) /mnt/host/run.sh:
 #     the e2e cases through hyperd with the kvm plugin (in-l1.sh).
-export PATH=/bin:/usr/bin
+export PATH=/bin:/usr/bin:/sbin:/usr/sbin
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
 $bb mount -t tmpfs tmp /tmp
+$bb mount -t tmpfs run /run
 cd /lib/modules && for m in irqbypass kvm ccp kvm-amd $(cat order 2>/dev/null); do $bb insmod $m.ko || echo "INSMOD-FAIL $m"; done; cd /
+# The pods' network: its boot modules (the rest load on demand through
+# /sbin/modprobe), lo up (published ports answer on 127.0.0.1), /run/netns.
+for m in $(cat /lib/modules/net-boot 2>/dev/null); do /sbin/modprobe "$m" || echo "MODPROBE-FAIL $m"; done
+/usr/sbin/ip link set lo up
+$bb mkdir -p /run/netns
 [ -c /dev/kvm ] && echo "L1-KVM-READY" || { echo "L1-NO-KVM"; echo ALL-DONE; $bb poweroff -f; }
 T=${nk_timeout:-180}
 

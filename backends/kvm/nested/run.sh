@@ -9,7 +9,8 @@
 # verify fails the leg on a listed case that did not run and records the
 # results in build/matrix/kvm.txt. Exit: 0 all passed, 1 a check or case
 # failed, 75 the L1 machine did not finish (hang/timeout: worth one retry).
-# Needs: qemu-system-x86, busybox-static, cpio, gcc, erofs-utils, apt access
+# Needs: qemu-system-x86, busybox-static, cpio, gcc, erofs-utils, and for the
+# pods' network iproute2, iptables, kmod, curl, containernetworking-plugins; apt access
 # for the linux-image deb (cached in NK_WORK); the built hyper-vmm, test guest,
 # payload and rootfs.
 # Usage: backends/kvm/nested/run.sh   (env: NK_WORK (default /var/cache/hyper/kvm), VMM, PAYLOAD_DIR,
@@ -68,7 +69,23 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   [ -e "$K/$m.ko" ] || continue
   cp "$K/$m.ko" "$Z/lib/modules/"; echo "${m##*/}" >> "$Z/lib/modules/order"
 done
-libs() { ldd "$1" | awk '/=> \//{print $3}' | while read -r l; do cp -L "$l" "$Z/lib/x86_64-linux-gnu/"; done; }
+libs() { { ldd "$@" 2>/dev/null || true; } | awk '/=> \//{print $3}' | sort -u | while read -r l; do cp -L "$l" "$Z/lib/x86_64-linux-gnu/"; done; }
+# The pods' network (hyperd's CNI, the plugin's tap in the pod netns, the
+# network e2e cases): tools, CNI plugins, the default conflist and the
+# modules (tests/net-image.sh, shared with the Xen leg's dom0); bash as the
+# tests' sh (busybox's sh runs its own `ip` applet, which lacks
+# `ip link show master`). l1-init.sh modprobes NETBOOT; the rest load on demand.
+. "$ROOT/tests/net-image.sh"
+net_check || { echo "nested-kvm: cannot build the L1 image" >&2; exit 1; }
+mkdir -p "$Z"/{run,usr/local/bin}
+net_tools "$Z"
+cp /bin/bash "$Z/usr/bin/"; ln -s ../../bin/bash "$Z/usr/local/bin/sh"
+# shellcheck disable=SC2086
+libs $NET_LIBS /bin/bash
+NETBOOT="veth bridge tun"
+# shellcheck disable=SC2086
+net_modules "$Z" "$K" "$KVER" $NETBOOT
+echo "$NETBOOT" > "$Z/lib/modules/net-boot"
 cp "$VMM" "$Z/bin/hyper-vmm"; libs "$VMM"
 cp -L /lib64/ld-linux-x86-64.so.2 "$Z/lib64/"
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$Z/lib/x86_64-linux-gnu/"
