@@ -618,3 +618,47 @@ fn bad_network_input_is_refused_clearly_and_leaves_nothing() {
         "a plugin still runs"
     );
 }
+
+/// A hostile guest init answers the pod's network (`StartPod`) with a
+/// failure made of escape sequences and 60 KB of filler, then bad JSON: the
+/// pod fails with a bounded, printable message, hyperd stays up, and none
+/// of the pod's network (netns, veth, rules, lease) is left.
+#[test]
+fn a_guest_answering_the_network_with_garbage_fails_the_pod_and_leaves_nothing() {
+    let net = Net::new("garbage", "10.210.11.0/24");
+    let initrd_dir = tempfile::tempdir().expect("temp dir");
+    let initrd = initrd_dir.path().join("hostile.img");
+    hyper_tests::hostile_initrd(&initrd, "network-garbage");
+    let d = Hyperd::start_with(&Setup {
+        initrd,
+        ..net.setup("")
+    });
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let out = d.hyper(&[
+        "run", "-d", "--name", "victim", "--rootfs", &rootfs, "--", "sleep", "600",
+    ]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "the pod started: {err}");
+    assert!(err.contains("network-garbage"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "an escape sequence reached the client: {err:?}"
+    );
+    assert!(err.len() < 16 * 1024, "{} bytes of error", err.len());
+    assert!(d.hyper(&["ps"]).status.success(), "{}", d.log_text());
+    let id = d
+        .ps_json(true)
+        .iter()
+        .find(|p| p["name"] == "victim")
+        .and_then(|p| p["id"].as_str().map(str::to_owned));
+    let _ = d.hyper(&["rm", "-f", "victim"]);
+    assert!(d.ps_json(true).is_empty(), "a pod is left");
+    if let Some(id) = id {
+        assert_eq!(
+            leftovers(&id),
+            (false, 0),
+            "pod {id}'s netns or rules are left"
+        );
+    }
+    assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
+}

@@ -31,6 +31,7 @@
 mod frame;
 mod message;
 mod netnames;
+pub mod text;
 
 pub use frame::{
     Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,

@@ -458,6 +458,12 @@ impl Inner {
                 } else if st.reattach_id == Some(id) {
                     st.reattach_id = None;
                 }
+                // A guest's error text reaches logs, events and terminals:
+                // escaped and bounded here, where it enters the host.
+                let result = result.map_err(|e| AgentError {
+                    kind: e.kind,
+                    message: hyper_protocol::text::guest_text(&e.message),
+                });
                 match st.pending.remove(&id) {
                     Some(waiter) => {
                         let _ = waiter.send(result);

@@ -21,6 +21,9 @@
 //!   (a guest that stopped answering: `hyper stop` must not wait on it);
 //! * `console-flood`: starts the container honestly and writes its serial
 //!   console (`/dev/ttyS0`) without end (the console log's cap, M2).
+//! * `network-garbage`: answers the pod's network (`StartPod`) with a
+//!   failure whose message is escape sequences and 60 KB of filler, then
+//!   with bad JSON: the pod must fail and leave none of its host network.
 //!
 //! Nothing here is careful: it is an attacker. It never exits (it is PID 1).
 
@@ -31,8 +34,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hyper_protocol::{
-    Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessState, Reply, Request,
-    CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY, INITIAL_WINDOW, MAX_DATA_PAYLOAD,
+    AgentError, AgentErrorKind, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage,
+    ProcessState, Reply, Request, CHANNEL_PORT_NAME, CMDLINE_CHANNEL_KEY, INITIAL_WINDOW,
+    MAX_DATA_PAYLOAD,
 };
 
 fn log(msg: &str) {
@@ -298,6 +302,22 @@ fn main() {
         "mute" => {
             chan.start_container();
         }
+        "network-garbage" => loop {
+            let m = chan.next_request();
+            if !matches!(m.request, Request::StartPod(_)) {
+                chan.reply(m.id, Reply::Ok);
+                continue;
+            }
+            let message = format!(
+                "network-garbage\x1b[2J\x1b]0;owned\x07\r{}",
+                "\u{202e}x".repeat(20_000)
+            );
+            chan.msg(&GuestMessage::Response {
+                id: m.id,
+                result: Err(AgentError::new(AgentErrorKind::Failed, message)),
+            });
+            chan.raw(&Frame::control(b"{\"response\": [not json".to_vec()).encode());
+        },
         "console-flood" => {
             std::thread::spawn(|| {
                 let line = b"hostile-init: flooding the console\n".repeat(64);
