@@ -77,6 +77,15 @@ def pss_kib(pid):
     return None
 
 
+def vm_argv(bin_dir, sock, name=None):
+    """The argv and pid of the VM process of pod `name` (or of the first running pod)."""
+    pods = json.loads(hyper(bin_dir, sock, "ps", "--json").stdout)
+    pid = next(p["vm_pid"] for p in pods
+               if p["state"] == "running" and name in (None, p.get("name"), p.get("id")))
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0") if a], pid
+
+
 def capture_pod(bin_dir, sock, rootfs):
     """Runs an idle pod; returns the VM's argv and its PSS once idle."""
     env = dict(os.environ, HYPER_HOST=sock)
@@ -87,10 +96,7 @@ def capture_pod(bin_dir, sock, rootfs):
     line = client.stdout.readline()
     if line.strip() != b"up":
         sys.exit("idle pod did not start: " + client.stderr.read().decode())
-    pods = json.loads(hyper(bin_dir, sock, "ps", "--json").stdout)
-    pid = next(p["vm_pid"] for p in pods if p["state"] == "running")
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    argv, pid = vm_argv(bin_dir, sock)
     time.sleep(2)
     pss = pss_kib(pid)
     client.wait(timeout=120)

@@ -62,7 +62,7 @@ const RECV_BUF: usize = 8192;
 /// Messages that are not our ack, read before giving up.
 const MAX_READS: usize = 16;
 /// A kernel that never answers must not hang StartPod for ever.
-const RECV_TIMEOUT_SECS: libc::time_t = 5;
+const RECV_TIMEOUT_SECS: u8 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteScope {
@@ -348,7 +348,7 @@ impl Netlink {
             }
         }
         let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
+            tv_sec: RECV_TIMEOUT_SECS.into(),
             tv_usec: 0,
         };
         // SAFETY: `timeout` outlives the call and its size is passed.
