@@ -356,6 +356,17 @@ impl Hyperd {
         }
         panic!("hyperd did not listen within 90 s:\n{}", self.log_text());
     }
+    /// Fails the test with the command's stderr and hyperd's log unless
+    /// `out` exited 0.
+    pub fn succeeded(&self, out: &std::process::Output) {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out.stderr),
+            self.log_text()
+        );
+    }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -385,13 +385,7 @@ fn sizes_beyond_the_host_are_refused_before_a_vm_starts() {
         &["--memory", "256m"],
         &["sh", "-c", "grep MemTotal /proc/meminfo"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
+    d.succeeded(&out);
     let kib: u64 = text(&out.stdout)
         .split_whitespace()
         .nth(1)

@@ -191,18 +191,6 @@ fn fetch(addr: &str, port: u16, needle: &str) -> String {
     )
 }
 
-/// Fails the test with the pod's stderr and hyperd's log unless `out`
-/// exited 0.
-fn succeeded(out: &std::process::Output, d: &Hyperd) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
-}
-
 fn rm(d: &Hyperd, id: &str) {
     let out = d.hyper(&["rm", "-f", id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -268,13 +256,13 @@ fn stop_start_and_the_restart_policy_bring_the_network_back() {
     let id = serve(&d, &["-p", "127.0.0.1:18088:80"], "served again");
     wait_for_page("http://127.0.0.1:18088/", "served again", &d);
     let out = d.hyper(&["stop", "-t", "1", &id]);
-    succeeded(&out, &d);
+    d.succeeded(&out);
     // Stopped: nothing of its network is left, its port is free.
     assert_eq!(leftovers(&id), (false, 0));
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
     assert!(TcpListener::bind("127.0.0.1:18088").is_ok());
     let out = d.hyper(&["start", &id]);
-    succeeded(&out, &d);
+    d.succeeded(&out);
     wait_for_page("http://127.0.0.1:18088/", "served again", &d);
     assert_eq!((net.leases(), net.veths()), (1, 1));
     rm(&d, &id);
@@ -306,7 +294,7 @@ fn pods_reach_each_other_and_a_udp_port_is_published() {
     // Pod A fetches B's page by B's address.
     let fetch = fetch(&b_addr, 80, "page of pod b");
     let out = d.run(&[], &["sh", "-c", &fetch]);
-    succeeded(&out, &d);
+    d.succeeded(&out);
     assert!(text(&out.stdout).contains("page of pod b"));
 
     let out = d.hyper(&["port", &echo]);
@@ -372,7 +360,7 @@ fn a_pod_reaches_a_server_outside_through_nat() {
             "ip link del hytnat0; ip netns del {ns}; rm -rf /tmp/{ns}"
         ))
         .status();
-    succeeded(&out, &d);
+    d.succeeded(&out);
     assert!(text(&out.stdout).contains("outside-page"));
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
 }
@@ -409,7 +397,7 @@ fn none_has_only_lo_and_the_files_are_what_was_asked() {
             "cat /etc/resolv.conf /etc/hosts /etc/hostname; hostname; ls /sys/class/net",
         ],
     );
-    succeeded(&out, &d);
+    d.succeeded(&out);
     let o = text(&out.stdout);
     assert!(o.contains("nameserver 192.0.2.53"), "{o}");
     assert!(o.contains("search example.com"), "{o}");
