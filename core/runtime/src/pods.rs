@@ -154,12 +154,24 @@ impl Runtime {
                 tracing::info!("leaving {n} pod(s) running for the next hyperd");
             }
         }
+        let stopped: Vec<String> = vms.iter().map(|(id, _)| id.clone()).collect();
         for (id, vm) in vms {
             tracing::info!(pod = %id, "stopping the pod's VM");
             if let Err(e) = vm.kill().await {
                 tracing::warn!(pod = %id, "kill: {e}");
             }
             let _ = vm.wait().await;
+        }
+        // Each pod's supervisor sees its VM end and tears the rest down
+        // (CNI DEL, netns, the record): let those finish before hyperd
+        // exits, or the pods' networks outlive them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stopped.iter().any(|id| self.live_pods().contains_key(id)) {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("pods still tearing down after 30 s; the next hyperd finishes them");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
