@@ -143,24 +143,10 @@ impl Agent {
     }
 
     pub fn send_ready(&mut self) {
-        use hyper_protocol::capability::{
-            CONFINEMENT, EROFS, EXT4, FLOW_CONTROL, NETWORK, PID_NAMESPACE, TERMINAL, VOLUMES,
-        };
         self.channel.send_message(&GuestMessage::Ready {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: [
-                FLOW_CONTROL,
-                EROFS,
-                EXT4,
-                PID_NAMESPACE,
-                VOLUMES,
-                TERMINAL,
-                CONFINEMENT,
-                NETWORK,
-            ]
-            .map(String::from)
-            .to_vec(),
+            capabilities: hyper_protocol::capability::ALL.map(String::from).to_vec(),
             agent: format!("hyperstart {}", env!("CARGO_PKG_VERSION")),
         });
     }

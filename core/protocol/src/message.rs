@@ -429,6 +429,19 @@ pub mod capability {
     /// `PodSpec::network` is applied (NICs by MAC, routes, resolv.conf,
     /// hosts, hostname); protocol version 3 and later.
     pub const NETWORK: &str = "network";
+
+    /// Everything this build's hyperstart serves, as it advertises it (the
+    /// hostile test init advertises the same, so the host takes it for one).
+    pub const ALL: [&str; 8] = [
+        FLOW_CONTROL,
+        EROFS,
+        EXT4,
+        PID_NAMESPACE,
+        VOLUMES,
+        TERMINAL,
+        CONFINEMENT,
+        NETWORK,
+    ];
 }
 
 #[cfg(test)]

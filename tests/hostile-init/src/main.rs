@@ -203,22 +203,7 @@ fn main() {
         min_version: hyper_protocol::MIN_PROTOCOL_VERSION,
         max_version: hyper_protocol::PROTOCOL_VERSION,
         // Everything hyperstart advertises, so the host takes it for one.
-        capabilities: {
-            use hyper_protocol::capability::*;
-            [
-                FLOW_CONTROL,
-                EROFS,
-                EXT4,
-                PID_NAMESPACE,
-                VOLUMES,
-                TERMINAL,
-                CONFINEMENT,
-                NETWORK,
-            ]
-        }
-        .iter()
-        .map(|c| c.to_string())
-        .collect(),
+        capabilities: hyper_protocol::capability::ALL.map(String::from).to_vec(),
         agent: "hostile-init".into(),
     });
     let hello = chan.next_request();
