@@ -1729,6 +1729,8 @@ mod tests {
                 volumes: vec![VolumeSpec {
                     name: "v".into(),
                     size_mib: 0,
+                    source: Default::default(),
+                    readonly: false,
                 }],
                 network: Some(NetworkSpec {
                     interfaces: vec![nic],
@@ -1764,6 +1766,8 @@ mod tests {
         let volume = |name: &str| VolumeSpec {
             name: name.into(),
             size_mib: 0,
+            source: Default::default(),
+            readonly: false,
         };
         for (volumes, kind) in [
             (vec![volume("../x")], AgentErrorKind::InvalidRequest),

@@ -41,6 +41,7 @@ fn spec(dir: &Path, kernel: PathBuf, cmdline: &str) -> VmSpec {
         console_log: dir.join("console.log"),
         run_dir: dir.join("run"),
         nics: Vec::new(),
+        shares: Vec::new(),
     }
 }
 

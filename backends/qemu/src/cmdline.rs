@@ -227,6 +227,7 @@ mod tests {
             console_log: "/pods/p1/console.log".into(),
             run_dir: "/pods/p1/vm".into(),
             nics: Vec::new(),
+            shares: Vec::new(),
         }
     }
 

@@ -385,7 +385,10 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { recover: true }
+        Capabilities {
+            recover: true,
+            share_transport: None,
+        }
     }
 
     async fn probe(&self) -> ProbeReport {

@@ -243,6 +243,7 @@ mod tests {
             console_log: dir.path().join("console.log"),
             run_dir,
             nics: Vec::new(),
+            shares: Vec::new(),
         };
         Fixture { _dir: dir, spec }
     }

@@ -113,6 +113,7 @@ fn fixture(kernel: &[u8]) -> Fixture {
         console_log: dir.path().join("console.log"),
         run_dir,
         nics: Vec::new(),
+        shares: Vec::new(),
     };
     Fixture { dir, spec }
 }

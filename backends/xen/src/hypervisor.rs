@@ -339,7 +339,10 @@ impl Hypervisor for XenHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { recover: true }
+        Capabilities {
+            recover: true,
+            share_transport: None,
+        }
     }
 
     async fn probe(&self) -> ProbeReport {
@@ -641,6 +644,7 @@ mod tests {
             console_log: "/tmp/c.log".into(),
             run_dir: "/tmp".into(),
             nics: Vec::new(),
+            shares: Vec::new(),
         };
         assert!(matches!(
             h.launch(spec.clone()).await.err(),
@@ -755,6 +759,7 @@ mod tests {
             console_log: dir.path().join("console.log"),
             run_dir: run_dir.clone(),
             nics: Vec::new(),
+            shares: Vec::new(),
         };
         let info = VmInfo {
             id: "p1".into(),

@@ -173,6 +173,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
+                    helper_died: None,
                 })
             }
             Ok(Ok(false)) => failures = 0,
@@ -194,6 +195,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
+                    helper_died: None,
                 })
             }
             Ok(out) => {

@@ -188,6 +188,7 @@ mod tests {
             console_log: "/state/pods/a1b2c3/console.log".into(),
             run_dir: "/state/pods/a1b2c3/vm".into(),
             nics: Vec::new(),
+            shares: Vec::new(),
         }
     }
 

@@ -37,6 +37,7 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
         console_log: dir.path().join("console.log"),
         run_dir: dir.path().to_path_buf(),
         nics: Vec::new(),
+        shares: Vec::new(),
     }
 }
 

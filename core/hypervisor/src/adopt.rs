@@ -149,6 +149,7 @@ mod tests {
             console_log: "c".into(),
             run_dir: "r".into(),
             nics: Vec::new(),
+            shares: Vec::new(),
         }
     }
 

@@ -12,6 +12,22 @@ pub struct Capabilities {
     /// ([`Hypervisor::recover`]).
     #[serde(default)]
     pub recover: bool,
+    /// How this backend hands [`VmSpec::shares`] to the guest; `None`: it
+    /// cannot share host directories, and the core refuses such volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_transport: Option<ShareTransport>,
+}
+
+/// The guest-side filesystem a backend's directory shares arrive as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareTransport {
+    /// virtio-fs served by a `virtiofsd` (QEMU, hyper-vmm): the guest mounts
+    /// `-t virtiofs <tag>`.
+    VirtioFs,
+    /// Xen's 9pfs (a `p9` entry in xl.cfg): the guest mounts
+    /// `-t 9p -o trans=xen <tag>`.
+    Xen9p,
 }
 
 /// A backend's answer to "can you boot a guest on this host?".
@@ -44,6 +60,35 @@ pub struct VmSpec {
     /// The VM's network interfaces, in guest order; empty: no NIC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
+    /// Host directories the guest mounts by tag, over the backend's
+    /// [`Capabilities::share_transport`]; empty: none. Block volumes are
+    /// plain read-write entries of `disks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareSpec>,
+}
+
+/// One host directory shared with the guest. The backend serves it (a
+/// sandboxed `virtiofsd` per share on QEMU and hyper-vmm, a `p9` entry on
+/// Xen), starts and stops whatever serves it with the VM, and makes sure the
+/// guest can reach nothing outside `source` (no `..`, symlink or hard-link
+/// way out) and cannot write when `read_only`. If what serves a share dies
+/// while the VM runs, the backend stops the VM and [`Vm::wait`] reports it
+/// in [`VmExit::helper_died`] (Kata's rule: a pod whose volumes are gone is
+/// failed, never left half-working).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The mount tag the guest names it by: 1..=[`ShareSpec::MAX_TAG`] bytes
+    /// of `[A-Za-z0-9_-]`, unique in the VM.
+    pub tag: String,
+    /// An absolute path of an existing host directory; the root the guest
+    /// sees.
+    pub source: PathBuf,
+    pub read_only: bool,
+}
+
+impl ShareSpec {
+    /// virtio-fs's tag field is 36 bytes.
+    pub const MAX_TAG: usize = 36;
 }
 
 /// One guest NIC, joined to a network namespace the core prepared (Kata's
@@ -99,6 +144,17 @@ pub struct VmExit {
     pub code: Option<i32>,
     /// Signal that killed the VM process.
     pub signal: Option<i32>,
+    /// Set when the backend stopped the VM because a helper it needs (the
+    /// `virtiofsd` of a share) ended first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_died: Option<VmHelper>,
+}
+
+/// A host process a VM depends on besides the VMM itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmHelper {
+    Virtiofsd,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

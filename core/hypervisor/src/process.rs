@@ -194,12 +194,14 @@ async fn watch_process(
             .map(|s| VmExit {
                 code: s.code(),
                 signal: s.signal(),
+                helper_died: None,
             })
             .map_err(|e| HypervisorError::Io(format!("waiting for {what} (pid {pid}): {e}"))),
         // Not our child: its status went to init; only the fact is known.
         None => Ok(VmExit {
             code: None,
             signal: None,
+            helper_died: None,
         }),
     };
     tracing::info!(pid, exit = ?result, "{what} has exited");

@@ -232,16 +232,62 @@ pub struct HostEntry {
     pub names: Vec<String>,
 }
 
-/// A pod-level volume: a tmpfs in the guest, alive as long as the VM.
+/// A pod-level volume, mounted once per pod by hyperstart (before any
+/// container) and bound into the containers that name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// Same alphabet as container ids; it becomes a path component.
     pub name: String,
     /// The tmpfs size limit in MiB; 0 leaves the kernel's default (half
-    /// of the guest's memory).
+    /// of the guest's memory). Only for [`VolumeSource::Tmpfs`].
     #[serde(default)]
     pub size_mib: u32,
+    /// Where the volume's contents come from; a tmpfs when left out, so a
+    /// request from before host volumes reads the same. Anything but
+    /// `Tmpfs` needs capability [`capability::HOST_VOLUMES`].
+    #[serde(default, skip_serializing_if = "VolumeSource::is_tmpfs")]
+    pub source: VolumeSource,
+    /// Mount the pod-level mount read-only, so no container can write it
+    /// whatever its own [`MountSpec::readonly`] says (the host enforces the
+    /// same on its side of a share).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
+}
+
+/// What backs a pod volume in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeSource {
+    /// A tmpfs, alive as long as the VM.
+    #[default]
+    Tmpfs,
+    /// A host directory the backend shares under `tag` (at most 36 bytes of
+    /// `[A-Za-z0-9_-]`).
+    Share {
+        tag: String,
+        transport: ShareTransport,
+    },
+    /// A read-write disk found by its stable id (virtio-blk serial or Xen
+    /// vbd id), like [`RootfsSpec::disk_id`], holding a filesystem of
+    /// `fstype` (`ext4`).
+    Block { disk_id: String, fstype: String },
+}
+
+impl VolumeSource {
+    pub fn is_tmpfs(&self) -> bool {
+        matches!(self, VolumeSource::Tmpfs)
+    }
+}
+
+/// How a [`VolumeSource::Share`] reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareTransport {
+    /// `mount -t virtiofs <tag>` (QEMU, hyper-vmm).
+    VirtioFs,
+    /// `mount -t 9p -o trans=xen <tag>` (Xen).
+    Xen9p,
 }
 
 /// A pod volume bound into a container before it starts.
@@ -429,6 +475,9 @@ pub mod capability {
     /// `PodSpec::network` is applied (NICs by MAC, routes, resolv.conf,
     /// hosts, hostname); protocol version 3 and later.
     pub const NETWORK: &str = "network";
+    /// [`VolumeSource::Share`] and [`VolumeSource::Block`] volumes, and
+    /// [`VolumeSpec::readonly`].
+    pub const HOST_VOLUMES: &str = "host-volumes";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
@@ -497,6 +546,32 @@ mod tests {
         };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<GuestMessage>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn a_volume_from_before_host_volumes_is_a_tmpfs_and_sources_round_trip() {
+        let old: VolumeSpec = serde_json::from_str(r#"{"name":"v","size_mib":8}"#).unwrap();
+        assert_eq!(old.source, VolumeSource::Tmpfs);
+        assert!(!old.readonly);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"name":"v","size_mib":8}"#
+        );
+        let share = VolumeSpec {
+            name: "data".into(),
+            size_mib: 0,
+            source: VolumeSource::Share {
+                tag: "hyper-vol0".into(),
+                transport: ShareTransport::VirtioFs,
+            },
+            readonly: true,
+        };
+        let json = serde_json::to_string(&share).unwrap();
+        assert!(json.contains(r#""kind":"share""#), "{json}");
+        assert!(json.contains(r#""transport":"virtio_fs""#), "{json}");
+        assert_eq!(serde_json::from_str::<VolumeSpec>(&json).unwrap(), share);
+        let bad = r#"{"name":"v","source":{"kind":"block","disk_id":"d","fstype":"ext4","x":1}}"#;
+        assert!(serde_json::from_str::<VolumeSpec>(bad).is_err());
     }
 
     #[test]

@@ -156,7 +156,10 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { recover: true }
+        Capabilities {
+            recover: true,
+            share_transport: None,
+        }
     }
 
     async fn probe(&self) -> ProbeReport {

@@ -63,5 +63,6 @@ pub fn unbootable_spec(id: &str) -> crate::VmSpec {
         console_log: "/nonexistent/console.log".into(),
         run_dir: "/nonexistent/vm".into(),
         nics: Vec::new(),
+        shares: Vec::new(),
     }
 }

@@ -219,6 +219,7 @@ impl Runtime {
             console_log: pod_dir.join("console.log"),
             run_dir: pod_dir.join("vm"),
             nics: Vec::new(),
+            shares: Vec::new(),
         }
     }
 
@@ -397,6 +398,8 @@ impl Runtime {
                 .map(|v| VolumeSpec {
                     name: v.name.clone(),
                     size_mib: v.size_mib.unwrap_or(0),
+                    source: Default::default(),
+                    readonly: false,
                 })
                 .collect(),
             network,

@@ -125,7 +125,10 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { recover: true }
+        Capabilities {
+            recover: true,
+            share_transport: None,
+        }
     }
 
     async fn probe(&self) -> ProbeReport {
@@ -181,6 +184,7 @@ impl Vm for FakeVm {
         Ok(VmExit {
             code: None,
             signal: Some(libc::SIGKILL),
+            helper_died: None,
         })
     }
 

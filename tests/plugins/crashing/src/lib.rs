@@ -77,6 +77,7 @@ impl Vm for IdleVm {
         Ok(VmExit {
             code: None,
             signal: Some(9),
+            helper_died: None,
         })
     }
 
@@ -101,7 +102,10 @@ impl Hypervisor for Crashing {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { recover: true }
+        Capabilities {
+            recover: true,
+            share_transport: None,
+        }
     }
 
     async fn probe(&self) -> ProbeReport {
