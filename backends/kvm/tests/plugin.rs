@@ -42,6 +42,7 @@ fn spec(dir: &Path, kernel: PathBuf, cmdline: &str) -> VmSpec {
         run_dir: dir.join("run"),
         nics: Vec::new(),
         shares: Vec::new(),
+        cgroup: None,
     }
 }
 

@@ -228,6 +228,7 @@ mod tests {
             run_dir: "/pods/p1/vm".into(),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         }
     }
 

@@ -244,6 +244,7 @@ mod tests {
             run_dir,
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         };
         Fixture { _dir: dir, spec }
     }

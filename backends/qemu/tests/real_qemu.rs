@@ -114,6 +114,7 @@ fn fixture(kernel: &[u8]) -> Fixture {
         run_dir,
         nics: Vec::new(),
         shares: Vec::new(),
+        cgroup: None,
     };
     Fixture { dir, spec }
 }

@@ -645,6 +645,7 @@ mod tests {
             run_dir: "/tmp".into(),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         };
         assert!(matches!(
             h.launch(spec.clone()).await.err(),
@@ -760,6 +761,7 @@ mod tests {
             run_dir: run_dir.clone(),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         };
         let info = VmInfo {
             id: "p1".into(),

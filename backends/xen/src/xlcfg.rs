@@ -189,6 +189,7 @@ mod tests {
             run_dir: "/state/pods/a1b2c3/vm".into(),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         }
     }
 

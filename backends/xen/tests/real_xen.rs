@@ -38,6 +38,7 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
         run_dir: dir.path().to_path_buf(),
         nics: Vec::new(),
         shares: Vec::new(),
+        cgroup: None,
     }
 }
 

@@ -150,6 +150,7 @@ mod tests {
             run_dir: "r".into(),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         }
     }
 

@@ -65,6 +65,20 @@ pub struct VmSpec {
     /// plain read-write entries of `disks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<ShareSpec>,
+    /// The host cgroup the core made for this VM; the backend places every
+    /// process it starts for the VM (the VMM and its helpers, such as
+    /// `virtiofsd`) in it before that process runs guest-reachable code.
+    /// `None`: processes stay in hyperd's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupPlacement>,
+}
+
+/// Where a VM's host processes go: the `cgroup.procs` file of the pod's
+/// cgroup in every hierarchy that limits it (one file on cgroup v2; one per
+/// controller hierarchy, e.g. memory, cpu and pids, on v1 and hybrid hosts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPlacement {
+    pub procs_files: Vec<PathBuf>,
 }
 
 /// One host directory shared with the guest. The backend serves it (a

@@ -64,5 +64,6 @@ pub fn unbootable_spec(id: &str) -> crate::VmSpec {
         run_dir: "/nonexistent/vm".into(),
         nics: Vec::new(),
         shares: Vec::new(),
+        cgroup: None,
     }
 }

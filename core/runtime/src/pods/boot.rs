@@ -220,6 +220,7 @@ impl Runtime {
             run_dir: pod_dir.join("vm"),
             nics: Vec::new(),
             shares: Vec::new(),
+            cgroup: None,
         }
     }
 
