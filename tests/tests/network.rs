@@ -444,6 +444,71 @@ fn killing_the_vmm_takes_the_network_down_and_a_takeover_keeps_the_port() {
     rm(&d, &id);
 }
 
+/// The `network` attribute of the `takeover` events the running hyperd
+/// has kept (its first events are one takeover per pod it adopted).
+fn takeover_checks(d: &Hyperd) -> Vec<String> {
+    let until = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 1
+    );
+    let out = d.hyper(&[
+        "events",
+        "--json",
+        "--until",
+        &until,
+        "--filter",
+        "event=takeover",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| {
+            e["attributes"]["network"]
+                .as_str()
+                .unwrap_or("(none)")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_takeover_runs_cni_check_and_reports_a_broken_network() {
+    let net = Net::new("check", "10.210.12.0/24");
+    let mut d = Hyperd::start_with(&net.setup(""));
+    let id = d.run_detached(&[], &["sleep", "600"]);
+    d.kill_hard();
+    d.restart();
+    assert_eq!(takeover_checks(&d), ["ok"], "{}", d.log_text());
+
+    // While no hyperd runs, the pod's CNI interface is changed behind the
+    // plugins' back (its MAC; deleting it would also make the bridge
+    // plugin's DEL skip its masquerade rules, which it finds through the
+    // interface's addresses): the next takeover's CHECK says so, and the
+    // pod keeps running.
+    d.kill_hard();
+    sh(&format!(
+        "ip -n hyper-{id} link set eth0 address 02:00:00:00:be:ef"
+    ));
+    d.restart();
+    let checks = takeover_checks(&d);
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert!(
+        checks[0].starts_with("check failed: "),
+        "{checks:?}\n{}",
+        d.log_text()
+    );
+    assert!(checks[0].contains("eth0"), "{checks:?}");
+    assert_eq!(inspect(&d, &id)["running"], true);
+    rm(&d, &id);
+    assert_eq!(leftovers(&id), (false, 0));
+    assert_eq!((net.leases(), net.veths()), (0, 0));
+}
+
 #[test]
 fn a_pod_that_died_while_hyperd_was_down_has_its_network_taken_down() {
     let net = Net::new("dead", "10.210.10.0/24");

@@ -131,6 +131,25 @@ impl Runtime {
         self.detach(&record.id, &att).await;
     }
 
+    /// CNI CHECK of a taken-over pod's network, as the spec means it: are
+    /// the plugins' interfaces, addresses and rules still what ADD made?
+    /// The answer goes into the takeover event (`ok`, or `check failed: …`)
+    /// and the log; the pod keeps running either way, as a CNI runtime does
+    /// (only its network may be broken, and the operator decides).
+    pub(super) async fn check_network(&self, id: &str, att: &Attachment) -> String {
+        let settings = self.config.network.settings();
+        match hyper_network::check(&settings, att).await {
+            Ok(()) => {
+                tracing::debug!(pod = %id, network = %att.network, "network checked after takeover");
+                "ok".into()
+            }
+            Err(e) => {
+                tracing::warn!(pod = %id, network = %att.network, "the network CNI CHECK failed after takeover: {e}");
+                format!("check failed: {e}")
+            }
+        }
+    }
+
     pub(super) async fn detach(&self, id: &str, att: &Attachment) {
         let settings = self.config.network.settings();
         match hyper_network::detach(&settings, att).await {

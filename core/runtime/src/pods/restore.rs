@@ -204,7 +204,11 @@ impl Runtime {
             });
         }
         tracing::info!(pod = %record.id, processes = processes.len(), "took the pod over");
-        self.event(crate::events::Action::Takeover, &record, &[]);
+        let mut extra = Vec::new();
+        if let Some(att) = &record.network {
+            extra.push(("network", self.check_network(&record.id, att).await));
+        }
+        self.event(crate::events::Action::Takeover, &record, &extra);
         // Containers that ended while no hyperd listened, and whose exit
         // hyperstart no longer remembers.
         for (i, c) in record.containers.iter_mut().enumerate() {
