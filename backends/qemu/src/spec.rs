@@ -129,6 +129,7 @@ pub fn validate(
             })?;
     }
     validate_nics(spec)?;
+    hyper_hypervisor::virtiofs::validate(&spec.run_dir, &spec.shares).map_err(|e| e.to_string())?;
     let paths = RunPaths::new(&spec.run_dir);
     for socket in [&paths.qmp, &paths.agent] {
         let len = socket.as_os_str().as_bytes().len();
@@ -332,6 +333,24 @@ mod tests {
         let mut bad = s.clone();
         bad.nics = (0..9).map(nic).collect();
         assert!(check(&bad).unwrap_err().contains("at most 8"));
+    }
+
+    #[test]
+    fn shares() {
+        let f = fixture();
+        let mut s = f.spec.clone();
+        s.shares = vec![hyper_hypervisor::ShareSpec {
+            tag: "data".into(),
+            source: f._dir.path().to_path_buf(),
+            read_only: false,
+        }];
+        check(&s).unwrap();
+        s.shares[0].tag = "bad tag".into();
+        let e = check(&s).unwrap_err();
+        assert!(e.starts_with("share \"bad tag\": the tag"), "{e}");
+        s.shares[0].tag = "data".into();
+        s.shares[0].source = f.spec.kernel.clone();
+        assert!(check(&s).unwrap_err().contains("is not a directory"));
     }
 
     #[test]
