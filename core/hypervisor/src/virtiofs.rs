@@ -1394,6 +1394,9 @@ os.waitpid(pid, 0)
     async fn real_virtiofsd_serves_a_directory() {
         let binary = find_binary(None).unwrap_or_else(|e| panic!("{e}"));
         let f = fixture(&[("rw", false), ("ro", true)]);
+        for share in &f.spec.shares {
+            std::fs::write(share.source.join(format!("only-in-{}", share.tag)), b"x").unwrap();
+        }
         let set = Virtiofsds::start(&binary, &f.spec)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -1401,6 +1404,9 @@ os.waitpid(pid, 0)
         let ns = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         for d in set.daemons() {
             assert!(is_listening(d.socket()));
+            // Connecting needs write permission: only its owner (root) has it.
+            let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o022, 0, "{mode:o}");
             // The server is the child in pid, mount and net namespaces of
             // its own (the other child only sets up ids and exits).
             let mut server = None;
@@ -1417,6 +1423,16 @@ os.waitpid(pid, 0)
             for kind in ["mnt", "net"] {
                 assert_ne!(ns(&server.to_string(), kind), ns("self", kind), "{kind}");
             }
+            // Its root is the shared directory (pivot_root): the host's
+            // /etc is not in its view at all, the share's file is.
+            let root = PathBuf::from(format!("/proc/{server}/root"));
+            let mut names: Vec<String> = std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, [format!("only-in-{}", d.tag())]);
+            assert!(!root.join("etc/passwd").exists());
             servers.push(server);
         }
         let pids = set.pids();
