@@ -363,21 +363,10 @@ fn log_tail(path: &Path) -> String {
         .join("; ")
 }
 
-/// Cuts `path` back to `limit` bytes plus a marker when the daemon wrote
+/// Cuts a daemon's log back to `limit` bytes plus a marker when it wrote
 /// more (it writes `O_APPEND`, so its next write lands at the new end).
 fn cap_log(path: &Path, limit: u64) -> io::Result<bool> {
-    let len = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len <= limit + LOG_LIMIT_MARKER.len() as u64 {
-        return Ok(false);
-    }
-    let mut file = OpenOptions::new().append(true).open(path)?;
-    file.set_len(limit)?;
-    io::Write::write_all(&mut file, LOG_LIMIT_MARKER)?;
-    Ok(true)
+    crate::logcap::cut_back(path, limit, LOG_LIMIT_MARKER)
 }
 
 fn remove_quietly(path: &Path) {
