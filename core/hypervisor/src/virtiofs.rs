@@ -957,18 +957,10 @@ os.waitpid(pid, 0)
             })
             .collect();
         let spec = VmSpec {
-            id: "vm1".into(),
-            kernel: "k".into(),
-            initrd: "i".into(),
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 64,
-            disks: Vec::new(),
             console_log: dir.path().join("console.log"),
             run_dir,
-            nics: Vec::new(),
             shares,
-            cgroup: None,
+            ..crate::adopt::tests::spec("vm1")
         };
         Fixture { dir, spec }
     }
