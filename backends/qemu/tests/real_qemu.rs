@@ -918,3 +918,54 @@ $B poweroff -f
         share_files(&spec.run_dir)
     );
 }
+
+/// As hyperd runs it: the plugin (its own process and runtime) starts the
+/// daemons, reports a dead one across the JSON boundary, and leaves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_through_the_plugin_boundary() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = Arc::new(
+        LoadedPlugin::load_with_host(
+            &dir.join("libhyper_backend_qemu.so"),
+            &dir.join(HOST_BINARY),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let hv = plugin
+        .configure(serde_json::json!({"accel": "tcg"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(hyper_hypervisor::ShareTransport::VirtioFs)
+    );
+    let f = fixture(&pvh_stub());
+    let spec = with_shares(&f);
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let qemu = vm.info().pid.unwrap();
+    let daemons = daemons(&spec.run_dir);
+    assert_eq!(daemons.len(), 2);
+    // SAFETY: kill(2) of a daemon this test's VM runs.
+    unsafe { libc::kill(daemons[1].1 as i32, libc::SIGKILL) };
+    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(
+        exit.helper_died,
+        Some(hyper_hypervisor::VmHelper::Virtiofsd),
+        "{exit:?}"
+    );
+    assert!(!alive(qemu));
+    for (_, pid) in &daemons {
+        assert!(!alive(*pid));
+    }
+    assert!(
+        share_files(&spec.run_dir).is_empty(),
+        "{:?}",
+        share_files(&spec.run_dir)
+    );
+}
