@@ -1204,6 +1204,46 @@ os.waitpid(pid, 0)
         assert!(CgroupJoin::new(Some(&gone)).unwrap().join_self().is_err());
     }
 
+    /// A real cgroup (the v1 `pids` hierarchy, or v2's where that is the
+    /// only one): the daemon and the server it forks are both inside.
+    #[tokio::test]
+    async fn daemons_and_their_servers_start_inside_the_vms_cgroup() {
+        let base = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|b| b.join("cgroup.procs").exists());
+        let Some(base) = base else {
+            eprintln!("skipped: no cgroup hierarchy mounted");
+            return;
+        };
+        let name = format!("hyper-volqemu-test-{}", std::process::id());
+        let cgroup = base.join(&name);
+        if let Err(e) = std::fs::create_dir(&cgroup) {
+            eprintln!("skipped: cannot make {}: {e}", cgroup.display());
+            return;
+        }
+        let mut f = fixture(&[("a", false)]);
+        f.spec.cgroup = Some(CgroupPlacement {
+            procs_files: vec![cgroup.join("cgroup.procs")],
+        });
+        let set = start(&fakes().serve, &f.spec).await.unwrap();
+        let pid = set.pids()[0];
+        let server = server_of(pid).await;
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+        let inside: Vec<u32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+        set.stop().await;
+        let removed = std::fs::remove_dir(&cgroup);
+        assert!(
+            inside.contains(&pid) && inside.contains(&server),
+            "{inside:?} lacks {pid} or {server}"
+        );
+        removed.unwrap();
+    }
+
     #[tokio::test]
     async fn daemons_start_listen_and_stop_without_leftovers() {
         let f = fixture(&[("a", false), ("b", true)]);
