@@ -430,9 +430,11 @@ impl Virtiofsd {
     /// none of it is left.
     async fn stop(&self) {
         let pid = self.pid();
-        let mut child = self.child.lock().await;
-        match child.as_mut() {
-            Some(child) => {
+        let mut slot = self.child.lock().await;
+        // Taken out: once reaped, the pid is no longer ours to signal; a
+        // second stop goes through the pidfd only.
+        match slot.take() {
+            Some(mut child) => {
                 // Unreaped, so `pid` still names our process group.
                 if let Ok(raw) = libc::pid_t::try_from(pid) {
                     // SAFETY: kill(2) of the process group of our own
@@ -775,21 +777,16 @@ async fn spawn(
         if is_listening(&daemon.socket) {
             return Ok(daemon);
         }
-        let exited = {
-            let mut child = daemon.child.lock().await;
-            match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            }
-        };
-        let problem = match exited {
-            Some(status) => Some(format!("it exited ({status})")),
-            None if Instant::now() >= deadline => Some(format!(
+        // Seen through the pidfd, unreaped: `stop` still owns its group.
+        let problem = if daemon.process.has_exited() {
+            Some("it exited".to_string())
+        } else if Instant::now() >= deadline {
+            Some(format!(
                 "its socket {} was not listening within {SOCKET_TIMEOUT:?}",
                 daemon.socket.display()
-            )),
-            None => None,
+            ))
+        } else {
+            None
         };
         if let Some(problem) = problem {
             daemon.stop().await;
