@@ -969,3 +969,44 @@ async fn shares_through_the_plugin_boundary() {
         share_files(&spec.run_dir)
     );
 }
+
+/// Measured, not asserted: `launch()` (spawn to a running VM that answers
+/// QMP) without shares and with one, alternating, on the halting stub.
+/// `cargo test --release -p hyper-backend-qemu --test real_qemu -- --ignored
+/// --nocapture launch_time_with_a_share`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn launch_time_with_a_share() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let mut shared = f.spec.clone();
+    let source = f.dir.path().join("share");
+    std::fs::create_dir(&source).unwrap();
+    shared.shares.push(hyper_hypervisor::ShareSpec {
+        tag: "data".into(),
+        source,
+        read_only: false,
+    });
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..10 {
+        for (i, spec) in [&f.spec, &shared].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let vm = hv.launch(spec.clone()).await.expect("launch");
+            times[i].push(started.elapsed());
+            vm.kill().await.unwrap();
+            vm.wait().await.unwrap();
+        }
+    }
+    for (label, t) in ["no share", "one share"].iter().zip(&mut times) {
+        t.sort();
+        eprintln!(
+            "{label}: median {:?}, min {:?}, max {:?}",
+            t[t.len() / 2],
+            t[0],
+            t[t.len() - 1]
+        );
+    }
+}
