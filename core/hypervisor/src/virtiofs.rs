@@ -340,12 +340,13 @@ fn is_listening(path: &Path) -> bool {
 }
 
 fn listening_in(net_unix: &[u8], path: &[u8]) -> bool {
+    let mut suffix = b" ".to_vec();
+    suffix.extend_from_slice(path);
     net_unix.split(|&b| b == b'\n').skip(1).any(|line| {
-        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
-        // Num RefCount Protocol Flags Type St Inode Path
-        let flags = fields.nth(3);
-        let name = fields.nth(3);
-        flags == Some(b"00010000".as_slice()) && name == Some(path)
+        // Num RefCount Protocol Flags Type St Inode Path; the path is the
+        // rest of the line (it may hold spaces).
+        let flags = line.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(3);
+        flags == Some(b"00010000".as_slice()) && line.ends_with(&suffix)
     })
 }
 
@@ -1160,6 +1161,11 @@ os.waitpid(pid, 0)
         assert!(!listening_in(table, b"/run/vm/vfs-b.sock"));
         assert!(!listening_in(table, b"/run/vm/vfs-c.sock"));
         assert!(!listening_in(table, b"Path"));
+        assert!(!listening_in(table, b"vfs-a.sock"));
+        let spaced = b"Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01    45 /run/my state/vfs-a.sock
+";
+        assert!(listening_in(spaced, b"/run/my state/vfs-a.sock"));
     }
 
     #[test]
