@@ -22,7 +22,7 @@ use crate::log::{debug, log};
 use crate::net;
 use crate::rootfs::{self, ContainerPaths};
 use crate::spawn::{self, Spawned, Target};
-use crate::sys::{RealSys, Sys};
+use crate::sys::{RealSys, Sys, SysError};
 
 /// How long a container's disk may take to show up.
 const DISK_WAIT: Duration = Duration::from_secs(5);
@@ -653,21 +653,8 @@ impl Agent {
             None => Ok(()),
         };
         let bound = files.and_then(|()| {
-            rootfs::bind_volumes(&mut RealSys, &paths.root, &binds).map_err(|e| {
-                // The image or a volume put a symlink or a file on the way.
-                let (kind, hint) = match e.errno {
-                    Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => (
-                        AgentErrorKind::InvalidRequest,
-                        ": a mount path must be plain directories inside the container, \
-                         never a symlink (in the image or in a volume)",
-                    ),
-                    _ => (AgentErrorKind::Failed, ""),
-                };
-                err(
-                    kind,
-                    format!("binding volumes into the container: {e}{hint}"),
-                )
-            })
+            rootfs::bind_volumes(&mut RealSys, &paths.root, &binds)
+                .map_err(|e| bind_error(&paths.root, e))
         });
         if let Err(e) = bound {
             for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
@@ -1132,6 +1119,31 @@ pub fn validate_mount_path(path: &str) -> Result<()> {
             format!("invalid mount path {path:?}: use an absolute path without . or .. components"),
         ))
     }
+}
+
+/// A failed bind as the host should see it: paths inside the container,
+/// and a symlink or a file on the way is the request's fault.
+fn bind_error(root: &Path, e: SysError) -> AgentError {
+    let (kind, hint) = match e.errno {
+        Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => (
+            AgentErrorKind::InvalidRequest,
+            ": a mount path must be plain directories inside the container, never a symlink \
+             (in the image or in a volume)",
+        ),
+        _ => (AgentErrorKind::Failed, ""),
+    };
+    let at = match Path::new(&e.target).strip_prefix(root) {
+        Ok(inside) => format!("/{}", inside.display()),
+        Err(_) => e.target.clone(),
+    };
+    err(
+        kind,
+        format!(
+            "binding volumes into the container: {} {at}: {}{hint}",
+            e.op,
+            e.errno.desc()
+        ),
+    )
 }
 
 /// Checks the volumes of a StartPod against each other and the pod's
@@ -2283,5 +2295,33 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_refused_bind_names_the_path_inside_the_container() {
+        let root = Path::new("/run/hyper/c/c1/root");
+        let e = bind_error(
+            root,
+            SysError::new(
+                "open without following symlinks",
+                "/run/hyper/c/c1/root/data/link",
+                Errno::ELOOP,
+            ),
+        );
+        assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+        assert!(
+            e.message.starts_with(
+                "binding volumes into the container: open without following symlinks /data/link: "
+            ),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("never a symlink"), "{}", e.message);
+        let e = bind_error(
+            root,
+            SysError::new("mount", "/proc/self/fd/7", Errno::ENOMEM),
+        );
+        assert_eq!(e.kind, AgentErrorKind::Failed);
+        assert!(e.message.contains("mount /proc/self/fd/7"), "{}", e.message);
     }
 }

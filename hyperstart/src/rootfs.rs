@@ -369,9 +369,11 @@ pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> Sys
         let relative = bind.path.trim_start_matches('/');
         let source = bind.source.to_string_lossy();
         let fd = sys.open_dir_beneath(root, relative, 0o755)?;
+        // Errors name the path, not the fd it was reached through.
+        let named = |e: SysError| SysError::new(e.op, root.join(relative).display(), e.errno);
         let bound = sys.mount(Some(&source), &fd_path(fd), None, MsFlags::MS_BIND, None);
         sys.close(fd);
-        bound?;
+        bound.map_err(named)?;
         if bind.readonly {
             // MS_RDONLY is ignored on the first bind; only a remount applies
             // it, and the remount sets every per-mount flag: keep the
@@ -390,7 +392,7 @@ pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> Sys
                 None,
             );
             sys.close(fd);
-            remounted?;
+            remounted.map_err(named)?;
         }
     }
     Ok(())
@@ -1048,6 +1050,7 @@ mod tests {
         let mut sys = RecordingSys::failing("MS_REMOUNT", Errno::EPERM);
         let e = bind_volumes(&mut sys, Path::new("/r"), &binds).unwrap_err();
         assert_eq!(e.errno, Errno::EPERM);
+        assert_eq!(e.target, "/r/data");
         assert_eq!(sys.calls.last().unwrap(), "close 102");
     }
 }
