@@ -98,6 +98,7 @@ test: build payload rootfs registry
 	python3 hyperstart/tests/smoke.py $(HYPERSTART)
 	python3 hyperstart/tests/volumes.py $(HYPERSTART)
 	python3 hyperstart/tests/net_qemu.py $(BUILD)/hyperkernel $(BUILD)/hyperstart.img tcg
+	python3 hyperstart/tests/volumes.py --qemu $(BUILD)/hyperkernel $(BUILD)/hyperstart.img tcg
 	rc=0; \
 	$(MAKE) test-qemu || rc=1; \
 	$(MAKE) test-xen || rc=1; \
