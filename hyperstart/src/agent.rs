@@ -1300,6 +1300,9 @@ fn mount_hint(mount: &rootfs::VolumeMount, errno: Errno) -> &'static str {
         (rootfs::VolumeMount::Block { .. }, Errno::EINVAL | Errno::EUCLEAN) => {
             " (does the disk hold an ext4 filesystem? make one with mkfs.ext4)"
         }
+        (rootfs::VolumeMount::Block { .. }, Errno::EROFS) => {
+            " (the disk is read-only but its journal needs recovery: mount it read-write once)"
+        }
         (_, Errno::ENODEV) => " (the guest kernel lacks this filesystem)",
         _ => "",
     }
@@ -2197,6 +2200,7 @@ mod tests {
             fstype: "ext4".into(),
         };
         assert!(mount_hint(&disk, Errno::EINVAL).contains("mkfs.ext4"));
+        assert!(mount_hint(&disk, Errno::EROFS).contains("journal needs recovery"));
         assert_eq!(mount_hint(&disk, Errno::EIO), "");
     }
 
