@@ -207,20 +207,25 @@ fn remove_dirs(sys: &mut dyn Sys, paths: &ContainerPaths) {
     }
 }
 
+/// A lazy unmount; nothing mounted there (EINVAL) or no such path is fine.
+fn detach(sys: &mut dyn Sys, dir: &Path) -> Option<SysError> {
+    match sys.umount(dir, MntFlags::MNT_DETACH) {
+        Ok(())
+        | Err(SysError {
+            errno: Errno::EINVAL | Errno::ENOENT,
+            ..
+        }) => None,
+        Err(e) => Some(e),
+    }
+}
+
 /// Best-effort teardown: lazy unmounts, since the container's processes may
 /// still be dying and holding the mounts.
 pub fn unmount_container_rootfs(sys: &mut dyn Sys, paths: &ContainerPaths) -> Vec<SysError> {
-    let mut errors = Vec::new();
-    for dir in [&paths.root, &paths.rw, &paths.lower] {
-        match sys.umount(dir, MntFlags::MNT_DETACH) {
-            Ok(())
-            | Err(SysError {
-                errno: Errno::EINVAL | Errno::ENOENT,
-                ..
-            }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
+    let errors = [&paths.root, &paths.rw, &paths.lower]
+        .into_iter()
+        .filter_map(|dir| detach(sys, dir))
+        .collect();
     remove_dirs(sys, paths);
     errors
 }
@@ -315,15 +320,7 @@ pub fn mount_volume(
 /// Best-effort teardown of a pod volume (lazily: a dying container may
 /// still hold it).
 pub fn unmount_volume(sys: &mut dyn Sys, dir: &Path) -> Vec<SysError> {
-    let mut errors = Vec::new();
-    match sys.umount(dir, MntFlags::MNT_DETACH) {
-        Ok(())
-        | Err(SysError {
-            errno: Errno::EINVAL | Errno::ENOENT,
-            ..
-        }) => {}
-        Err(e) => errors.push(e),
-    }
+    let mut errors: Vec<SysError> = detach(sys, dir).into_iter().collect();
     if let Err(e) = sys.remove_dir(dir) {
         if e.errno != Errno::ENOENT {
             errors.push(e);
