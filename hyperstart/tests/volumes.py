@@ -13,7 +13,8 @@ Checks, through the guest protocol (smoke.py's Guest):
 
 * READY advertises `host-volumes`; bad volumes (tag, fstype, disk id) are refused naming
   the volume, and nothing is mounted (the same names work right after);
-* in a container every volume is `nosuid,nodev`; a read-only volume and a read-only mount
+* in a container every volume is `nosuid,nodev` (a nested mount lands inside its parent
+  volume whatever the order asked); a read-only volume and a read-only mount
   refuse writes; the block volume and the share take writes; the share shows the host's file;
 * a bind cannot be aimed outside the container: a mount path through a symlink in the image
   (`/evil -> /`), through a symlink a running container planted in a tmpfs volume, or
@@ -125,8 +126,10 @@ def main():
         r = g.request({"start_pod": {"hostname": "vol", "volumes": volumes}}, timeout=60)
         assert r == {"Ok": "ok"}, r
 
-        mounts = [("tmp", "/tv", False), ("rotmp", "/ro", False), ("blk", "/blk", False), ("blk", "/blk-ro", True)]
-        script = ("grep -E ' /(tv|ro|blk|blk-ro|data) ' /proc/mounts; "
+        # A child listed before its parent is still bound inside it.
+        mounts = [("blk", "/tv/nested", False), ("tmp", "/tv", False), ("rotmp", "/ro", False),
+                  ("blk", "/blk", False), ("blk", "/blk-ro", True)]
+        script = ("grep -E ' /(tv|tv/nested|ro|blk|blk-ro|data) ' /proc/mounts; "
                   "echo on-disk > /blk/file && echo BLK-OK; "
                   "touch /blk-ro/x 2>/dev/null || echo BLK-RO-REFUSED; "
                   "touch /ro/x 2>/dev/null || echo RO-VOLUME-REFUSED; "
@@ -142,7 +145,7 @@ def main():
         out = g.out[10].decode()
         print(out)
         lines = {l.split()[1]: l.split()[3].split(",") for l in out.splitlines() if l.count(" ") >= 5}
-        want = {"/tv", "/ro", "/blk", "/blk-ro"} | ({"/data"} if qemu else set())
+        want = {"/tv", "/tv/nested", "/ro", "/blk", "/blk-ro"} | ({"/data"} if qemu else set())
         assert set(lines) == want, lines
         for point, opts in lines.items():
             assert "nosuid" in opts and "nodev" in opts, (point, opts)
