@@ -23,7 +23,8 @@ min/max and the ratio of each place's median to the host's are printed. Then pod
 volume, alternating.
 
     bench/volumes.py [--runs N] [--mib 256] [--files 10000] [--backend qemu]
-                     [--skip share,block] [--bin-dir target/release] [--payload build]
+                     [--skip share,block] [--start-runs N] [--no-io]
+                     [--bin-dir target/release] [--payload build]
 """
 import argparse
 import io
@@ -179,7 +180,7 @@ def pod_start(bin_dir, sock, a, tmp, places):
     if "block" in places:
         kinds["--mount type=block"] = ["--mount", f"type=block,src={start_img},dst=/data"]
     times = {k: [] for k in kinds}
-    for _ in range(a.runs):
+    for _ in range(a.start_runs or a.runs):
         for name, extra in kinds.items():
             t0 = time.monotonic()
             r = hyper(bin_dir, sock, "run", "--rm", *extra, "--rootfs", a.rootfs, "--", "true")
@@ -204,6 +205,8 @@ def main():
     ap.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
     ap.add_argument("--backend", default="qemu")
     ap.add_argument("--tmp", default="/tmp", help="where the host dir and block image live")
+    ap.add_argument("--start-runs", type=int, help="runs of the pod start comparison (default: --runs)")
+    ap.add_argument("--no-io", action="store_true", help="only the pod start comparison")
     a = ap.parse_args()
     skip = {s for s in a.skip.split(",") if s}
     if skip - {"share", "block"}:
@@ -226,6 +229,9 @@ def main():
         r = hyper(bin_dir, sock, "run", "--rm", "--rootfs", a.rootfs, "--", "true")
         if r.returncode != 0:
             sys.exit("warm-up failed: " + r.stderr.decode())
+        if a.no_io:
+            pod_start(bin_dir, sock, a, tmp, places)
+            return
         start_pod(bin_dir, sock, a, share_dir, image, places)
         argv, _ = vm_argv(bin_dir, sock, POD)
         accel = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "-accel"), "?")
