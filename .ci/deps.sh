@@ -15,6 +15,8 @@ pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 c
       docker-registry skopeo apache2-utils zstd curl
       containernetworking-plugins iptables iproute2 python3 kmod
       libseccomp-dev libcap-ng-dev)
+# mkfs.ext4 and debugfs: block volumes (hyperstart/tests/volumes.py, bench/volumes.py)
+pkgs+=(e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
