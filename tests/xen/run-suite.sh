@@ -56,6 +56,10 @@ printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$P/init"; chmod +x "$P
 P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "$P/bin/"
 cp "$HERE/netprobe-init.sh" "$P/init"; chmod +x "$P/init"
 (cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/netprobe.img"; rm -rf "$P"
+# For real_xen's volume test: a guest that uses its 9pfs shares and disks.
+P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "$P/bin/"
+cp "$HERE/volprobe-init.sh" "$P/init"; chmod +x "$P/init"
+(cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/volprobe.img"; rm -rf "$P"
 cp "$HERE/in-dom0.sh" "$S/run.sh"
 echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
 

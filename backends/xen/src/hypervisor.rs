@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::{
-    Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+    Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm, VmInfo, VmSpec,
 };
 use tokio::net::UnixListener;
 
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::owner::{self, Owner, Verdict};
+use crate::share;
 use crate::vif;
 use crate::vm::XenVm;
 use crate::xenstore::{Xenstore, XsError};
@@ -326,6 +327,8 @@ async fn sweep_once(config: &XenConfig, only: Option<&[String]>) -> Vec<String> 
             }
             Verdict::Forget => {}
         }
+        // The domain is gone (or going): so are its shares' mounts.
+        share::release(&config.share_dir, &name);
         let key = owner::path(&name);
         let _ = xs(&config.xenstore_socket, move |x| x.rm(&key)).await;
     }
@@ -341,7 +344,8 @@ impl Hypervisor for XenHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             recover: true,
-            share_transport: None,
+            // p9 entries served by the domain's device model in dom0.
+            share_transport: Some(ShareTransport::Xen9p),
         }
     }
 
@@ -400,9 +404,17 @@ impl Hypervisor for XenHypervisor {
         let cfg_path = spec.run_dir.join("xl.cfg");
         std::fs::write(
             &cfg_path,
-            xlcfg::render(&spec, self.config.guest_type, &self.config.vif_script),
+            xlcfg::render(
+                &spec,
+                self.config.guest_type,
+                &self.config.vif_script,
+                &self.config.share_dir,
+            ),
         )
         .map_err(|e| io("write", &cfg_path, e))?;
+        // The read-only shares' bind mounts, before xl starts the device
+        // model that serves them.
+        share::prepare(&self.config.share_dir, &spec).map_err(HypervisorError::LaunchFailed)?;
         // The guest's console carries the agent channel; say so where a
         // console log is looked for.
         let _ = std::fs::write(
@@ -425,6 +437,7 @@ impl Hypervisor for XenHypervisor {
         if let Some(message) = failure {
             // A half-built domain must not linger.
             let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+            share::release(&self.config.share_dir, &spec.id);
             return Err(HypervisorError::LaunchFailed(message));
         }
         match self.start_created(&spec).await {
@@ -435,6 +448,7 @@ impl Hypervisor for XenHypervisor {
             Err(message) => {
                 let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
                 vif::detach(&spec.nics).await;
+                share::release(&self.config.share_dir, &spec.id);
                 let key = owner::path(&spec.id);
                 let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
                 let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));

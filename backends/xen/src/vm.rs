@@ -65,6 +65,7 @@ impl XenVm {
                 wait_for_monitor_exit(&dir.join("xl.cfg")).await;
             }
             let _ = std::fs::remove_file(&agent);
+            crate::share::release(&cfg.share_dir, &name);
             let key = owner::path(&name);
             let _ = xs(&cfg.xenstore_socket, move |x| x.rm(&key)).await;
             exit_tx.send_replace(Some(result));
