@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::owner::{self, Owner, Verdict};
-use crate::share;
+use crate::share::{self, DeviceModel};
 use crate::vif;
 use crate::vm::XenVm;
 use crate::xenstore::{Xenstore, XsError};
@@ -188,6 +188,23 @@ impl XenHypervisor {
         Ok(())
     }
 
+    /// The device model serving the domain's shares (none without shares):
+    /// libxl records its pid in xenstore once it has started it, which `xl
+    /// create` waits for.
+    async fn device_model(&self, spec: &VmSpec, domid: u32) -> Result<Option<DeviceModel>, String> {
+        if spec.shares.is_empty() {
+            return Ok(None);
+        }
+        let key = share::device_model_pid_key(domid);
+        let pid = xs(&self.config.xenstore_socket, move |x| x.read_opt(&key, 32))
+            .await
+            .map_err(|e| format!("cannot read the device model's pid: {e}"))?
+            .ok_or_else(|| {
+                format!("domain {domid} has shares but libxl recorded no device model for it")
+            })?;
+        DeviceModel::find(&pid, domid).map(Some)
+    }
+
     /// After `xl create -p`: find the domain, record its owner, open its
     /// console and bind the agent socket, then let it run.
     async fn start_created(&self, spec: &VmSpec) -> Result<XenVm, String> {
@@ -238,6 +255,7 @@ impl XenHypervisor {
         for (devid, nic) in spec.nics.iter().enumerate() {
             vif::join(domid, devid, nic).await?;
         }
+        let device_model = self.device_model(spec, domid).await?;
         let out = xl::run(&self.config.xl, &["unpause", &name], XL_QUICK_TIMEOUT).await?;
         if !out.success {
             return Err(format!("xl unpause failed: {}", out.reason()));
@@ -249,6 +267,7 @@ impl XenHypervisor {
             listener,
             pty,
             agent,
+            device_model,
         ))
     }
 }
@@ -503,6 +522,10 @@ impl Hypervisor for XenHypervisor {
             .ok_or_else(|| not_found("its owner record went".into()))?;
         let tty = owner::check_console(&owner, tty.as_deref().filter(|t| !t.is_empty()))
             .map_err(HypervisorError::Io)?;
+        // A domain whose device model is gone cannot serve its shares any
+        // more: not taken over (the orphan sweep destroys it, the core
+        // counts it as ended).
+        let device_model = self.device_model(&spec, domid).await.map_err(not_found)?;
         let pty = Pty::open(&tty).map_err(HypervisorError::Io)?;
         let agent = spec.run_dir.join("agent.sock");
         // The old bridge's socket: nobody listens on it any more.
@@ -531,6 +554,7 @@ impl Hypervisor for XenHypervisor {
             listener,
             pty,
             agent,
+            device_model,
         )))
     }
 }

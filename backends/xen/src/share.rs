@@ -167,6 +167,53 @@ pub fn release(share_dir: &Path, vm_id: &str) -> usize {
     removed
 }
 
+/// The xenstore key where libxl records the pid of a domain's device model.
+pub fn device_model_pid_key(domid: u32) -> String {
+    format!("/local/domain/{domid}/image/device-model-pid")
+}
+
+/// The device model serving a domain's shares, as found when the VM was
+/// launched or taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceModel {
+    pub pid: u32,
+    /// `/proc/<pid>/stat` start time: a reused pid is not taken for it.
+    pub start: u64,
+}
+
+impl DeviceModel {
+    /// The process `pid_text` (what xenstore says) names, if it is a QEMU
+    /// serving `domid` (its command line has `-xen-domid <domid>`).
+    pub fn find(pid_text: &str, domid: u32) -> Result<Self, String> {
+        let pid: u32 = pid_text
+            .trim()
+            .parse()
+            .map_err(|_| format!("device-model-pid {pid_text:?} is not a pid"))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| format!("device model pid {pid}: {e}"))?;
+        if !serves_domain(&cmdline, domid) {
+            return Err(format!(
+                "process {pid} is not the device model of domain {domid}"
+            ));
+        }
+        let start = hyper_hypervisor::adopt::process_start_time(pid)
+            .ok_or_else(|| format!("device model pid {pid}: no start time"))?;
+        Ok(Self { pid, start })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        hyper_hypervisor::adopt::process_start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// True when a NUL-separated command line has `-xen-domid <domid>`.
+pub fn serves_domain(cmdline: &[u8], domid: u32) -> bool {
+    let want = domid.to_string();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"-xen-domid" && w[1] == want.as_bytes())
+}
+
 /// The mount points under `dir` in this process's mount table: what the
 /// tests count.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
@@ -208,6 +255,23 @@ mod tests {
             shares,
             cgroup: None,
         }
+    }
+
+    #[test]
+    fn the_device_model_is_known_by_its_domid_argument() {
+        let cmd = b"/usr/libexec/xen-qemu-system-i386\0-xen-domid\x0012\0-M\0xenpv\0";
+        assert!(serves_domain(cmd, 12));
+        assert!(!serves_domain(cmd, 1));
+        assert!(!serves_domain(b"qemu\0-xen-domid12\0", 12));
+        assert!(!serves_domain(b"", 0));
+        assert!(DeviceModel::find("not a pid", 1)
+            .unwrap_err()
+            .contains("not a pid"));
+        // This test process is no device model.
+        let me = std::process::id().to_string();
+        assert!(DeviceModel::find(&me, 1)
+            .unwrap_err()
+            .contains("not the device model"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmInfo, VmStats};
+use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -12,6 +12,7 @@ use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::hypervisor::xs;
 use crate::owner;
+use crate::share::DeviceModel;
 use crate::xenstore::{Xenstore, XsError};
 use crate::xl;
 
@@ -36,8 +37,10 @@ pub struct XenVm {
 
 impl XenVm {
     /// Takes over a created, unpaused domain: bridges its console to the
-    /// agent socket and watches for its end. Must run inside the plugin's
-    /// runtime.
+    /// agent socket and watches for its end, and for the end of the device
+    /// model serving its shares, if it has any (then the domain is
+    /// destroyed: its 9p requests would never be answered). Must run inside
+    /// the plugin's runtime.
     pub(crate) fn start(
         name: String,
         domid: u32,
@@ -45,6 +48,7 @@ impl XenVm {
         listener: UnixListener,
         pty: Pty,
         agent: PathBuf,
+        device_model: Option<DeviceModel>,
     ) -> Self {
         let info = VmInfo {
             id: name.clone(),
@@ -55,7 +59,7 @@ impl XenVm {
         let bridge = tokio::spawn(console::bridge(listener, pty));
         let cfg = config.clone();
         tokio::spawn(async move {
-            let result = watch_until_gone(&cfg, &name, domid).await;
+            let result = watch_until_gone(&cfg, &name, domid, device_model).await;
             tracing::info!(vm = %name, domid, exit = ?result, "domain is gone");
             bridge.abort();
             // xl's monitor process for the domain (it runs the on_poweroff
@@ -161,8 +165,10 @@ async fn watch_until_gone(
     config: &XenConfig,
     name: &str,
     domid: u32,
+    device_model: Option<DeviceModel>,
 ) -> Result<VmExit, HypervisorError> {
     let mut failures = 0u32;
+    let mut helper_died = None;
     loop {
         let socket = config.xenstore_socket.clone();
         let owned = name.to_string();
@@ -174,7 +180,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
-                    helper_died: None,
+                    helper_died,
                 })
             }
             Ok(Ok(false)) => failures = 0,
@@ -188,6 +194,16 @@ async fn watch_until_gone(
                 tracing::warn!(vm = name, "xenstore watch task: {e}");
             }
         }
+        if helper_died.is_none() && device_model.is_some_and(|dm| !dm.is_alive()) {
+            tracing::warn!(
+                vm = name,
+                domid,
+                "the device model serving the domain's shares has ended: destroying the domain"
+            );
+            helper_died = Some(VmHelper::DeviceModel);
+            let _ = xl::run(&config.xl, &["destroy", name], DESTROY_TIMEOUT).await;
+            continue;
+        }
         // Still listed after a while: one that has shut down but was not
         // destroyed (its xl monitor died) is destroyed here; one xl no longer
         // knows is gone even if xenstore cannot tell us.
@@ -196,7 +212,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
-                    helper_died: None,
+                    helper_died,
                 })
             }
             Ok(out) => {

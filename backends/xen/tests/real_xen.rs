@@ -434,3 +434,56 @@ async fn a_share_without_its_source_fails_and_leaves_nothing() {
     nothing_left("hx-nosrc");
     assert!(hyper_backend_xen::share::mounts_under(&config().share_dir).is_empty());
 }
+
+/// The device model serving a domain's shares is killed (SIGKILL) while
+/// the guest runs: the backend destroys the domain (its 9p requests would
+/// never be answered) and wait() says why; nothing is left.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_dead_device_model_stops_the_domain_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("rw");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("from-host"), "x").unwrap();
+    let mut s = spec(&dir, "hx-dmkill", "volprobe.img");
+    s.shares = vec![
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-rw".into(),
+            source: src,
+            read_only: false,
+        },
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-ro".into(),
+            source: dir.path().to_path_buf(),
+            read_only: true,
+        },
+    ];
+    let vm = XenHypervisor::new(config()).launch(s).await.unwrap();
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    let text = console_until(&sock, "VOLPROBE-DONE", Duration::from_secs(240)).await;
+    assert!(text.contains("VOLPROBE-MOUNT-RW-OK"), "{text}");
+    let models = device_models();
+    assert_eq!(models.len(), 1, "{models:?}");
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("-xen-domid"))
+                .unwrap_or(false)
+        })
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .unwrap();
+    // SAFETY: a plain kill(2) of the device model found above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let exit = tokio::time::timeout(Duration::from_secs(120), vm.wait())
+        .await
+        .expect("the domain outlived its device model")
+        .unwrap();
+    assert_eq!(
+        exit.helper_died,
+        Some(hyper_hypervisor::VmHelper::DeviceModel)
+    );
+    nothing_left("hx-dmkill");
+    assert!(hyper_backend_xen::share::mounts_under(&config().share_dir).is_empty());
+}
