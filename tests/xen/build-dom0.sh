@@ -2,7 +2,7 @@
 # Builds the dom0 initramfs ($XEN_CACHE/dom0.initrd) from the unpacked
 # Debian packages (fetch-xen.sh) and a few host tools: busybox, bash (for
 # Xen's hotplug scripts), losetup/flock/stat, mkfs.erofs (hyperd builds rootfs
-# images), xl/xenstored/xenconsoled + their libraries, and the kernel modules
+# images), mkfs.ext4 (named block volumes), xl/xenstored/xenconsoled + their libraries, and the kernel modules
 # for Xen, blkback + loop (guest disks) and virtio-9p (the host share).
 # Networking (hyperd's CNI + the pods' vifs): netback, veth, bridge, tc
 # (ingress, u32, mirred) and netfilter modules with kmod's modprobe so the
@@ -28,7 +28,7 @@ VIF_SCRIPT=$ROOT/backends/xen/scripts/vif-hyper
 net_check || { echo "build-dom0: cannot build the dom0 image" >&2; exit 1; }
 
 KEY=$( (cat "$C/root.key" /usr/share/qemu/keymaps/en-us "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$NET_CONFLIST" "$ROOT/tests/net-image.sh"
-        ls -lL /bin/busybox /bin/bash /usr/bin/mkfs.erofs $NET_BINS; for p in $NET_CNI_PLUGINS; do ls -l "/usr/lib/cni/$p"; done) | sha256sum | cut -c1-16)
+        ls -lL /bin/busybox /bin/bash /usr/bin/mkfs.erofs /sbin/mkfs.ext4 $NET_BINS; for p in $NET_CNI_PLUGINS; do ls -l "/usr/lib/cni/$p"; done) | sha256sum | cut -c1-16)
 if [ -s "$OUT" ] && [ "$(cat "$C/dom0.key" 2>/dev/null)" = "$KEY" ]; then
   echo "build-dom0: cached ($OUT)"; exit 0
 fi
@@ -44,7 +44,9 @@ cp /bin/busybox "$Z/bin/busybox"
 ln -s bash "$Z/bin/sh"
 # Hotplug scripts are bash; give them util-linux's tools, not busybox's.
 cp /bin/bash "$Z/bin/bash"
-HOSTBINS="/sbin/losetup /usr/bin/flock /usr/bin/stat /usr/bin/mkfs.erofs"
+# mkfs.ext4: hyperd makes named block volumes with it (e2fsprogs).
+HOSTBINS="/sbin/losetup /usr/bin/flock /usr/bin/stat /usr/bin/mkfs.erofs /sbin/mkfs.ext4"
+for b in $HOSTBINS; do [ -x "$b" ] || { echo "build-dom0: $b missing (apt-get install util-linux erofs-utils e2fsprogs)" >&2; exit 1; }; done
 for b in $HOSTBINS; do cp -L "$b" "$Z/usr/local/bin/"; done
 
 BINS="xl xenstored xenconsoled xen-init-dom0 xenconsole libxl-save-helper"
