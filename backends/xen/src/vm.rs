@@ -1,6 +1,8 @@
 //! One running domU.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,6 +35,9 @@ pub struct XenVm {
     domid: u32,
     config: XenConfig,
     exit: watch::Receiver<ExitSlot>,
+    /// Set before this backend shuts the domain down or destroys it: libxl
+    /// then stops the device model itself, which is no helper's death.
+    stopping: Arc<AtomicBool>,
 }
 
 impl XenVm {
@@ -58,8 +63,13 @@ impl XenVm {
         let (exit_tx, exit) = watch::channel(None);
         let bridge = tokio::spawn(console::bridge(listener, pty));
         let cfg = config.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let helper = DeviceModelWatch {
+            device_model,
+            stopping: stopping.clone(),
+        };
         tokio::spawn(async move {
-            let result = watch_until_gone(&cfg, &name, domid, device_model).await;
+            let result = watch_until_gone(&cfg, &name, domid, helper).await;
             tracing::info!(vm = %name, domid, exit = ?result, "domain is gone");
             bridge.abort();
             // xl's monitor process for the domain (it runs the on_poweroff
@@ -79,6 +89,7 @@ impl XenVm {
             domid,
             config,
             exit,
+            stopping,
         }
     }
 
@@ -161,11 +172,34 @@ fn watch_round(
     }
 }
 
+/// The device model a domain's shares need, and whether its end is ours.
+struct DeviceModelWatch {
+    device_model: Option<DeviceModel>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl DeviceModelWatch {
+    /// True when the device model ended while the domain still runs: libxl
+    /// stops it itself once the domain has shut down (the guest's
+    /// poweroff: the domain is listed shut down first) or is destroyed
+    /// (by this backend: `stopping`).
+    async fn died_first(&self, config: &XenConfig, name: &str) -> bool {
+        if self.stopping.load(Ordering::SeqCst) || self.device_model.is_none_or(|dm| dm.is_alive())
+        {
+            return false;
+        }
+        let listed = xl::run(&config.xl, &["list", name], Duration::from_secs(30)).await;
+        let running = matches!(&listed, Ok(out) if out.success
+            && xl::parse_list(&out.stdout, name).is_some_and(|row| !xl::is_finished(&row.state)));
+        running && !self.stopping.load(Ordering::SeqCst)
+    }
+}
+
 async fn watch_until_gone(
     config: &XenConfig,
     name: &str,
     domid: u32,
-    device_model: Option<DeviceModel>,
+    helper: DeviceModelWatch,
 ) -> Result<VmExit, HypervisorError> {
     let mut failures = 0u32;
     let mut helper_died = None;
@@ -194,7 +228,7 @@ async fn watch_until_gone(
                 tracing::warn!(vm = name, "xenstore watch task: {e}");
             }
         }
-        if helper_died.is_none() && device_model.is_some_and(|dm| !dm.is_alive()) {
+        if helper_died.is_none() && helper.died_first(config, name).await {
             tracing::warn!(
                 vm = name,
                 domid,
@@ -256,6 +290,7 @@ impl Vm for XenVm {
         if self.has_exited() {
             return Ok(());
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let secs = grace.as_secs().max(1).to_string();
         match xl::run(
             &self.config.xl,
@@ -279,6 +314,7 @@ impl Vm for XenVm {
         if self.has_exited() {
             return Ok(());
         }
+        self.stopping.store(true, Ordering::SeqCst);
         match xl::run(
             &self.config.xl,
             &["destroy", &self.info.id],
@@ -331,6 +367,57 @@ impl Vm for XenVm {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An `xl` that lists domain `d1` in `state`.
+    fn fake_xl(dir: &std::path::Path, state: &str) -> XenConfig {
+        let xl = dir.join(format!("xl-{state}"));
+        std::fs::write(
+            &xl,
+            format!(
+                "#!/bin/sh\nprintf 'Name ID Mem VCPUs State Time(s)\\nd1 5 128 1 {state} 1.0\\n'\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&xl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        XenConfig {
+            xl,
+            ..XenConfig::default()
+        }
+    }
+
+    /// Only a device model that ended while its domain still runs, and not
+    /// while this backend stops it, is a helper's death: libxl kills it
+    /// itself after the guest's poweroff (the domain is listed shut down).
+    #[tokio::test]
+    async fn a_device_model_gone_with_its_domain_is_no_death() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = hyper_hypervisor::adopt::process_start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        let dead = DeviceModel { pid, start };
+        let me = std::process::id();
+        let alive = DeviceModel {
+            pid: me,
+            start: hyper_hypervisor::adopt::process_start_time(me).unwrap(),
+        };
+        let watch = |dm: Option<DeviceModel>, stopping: bool| DeviceModelWatch {
+            device_model: dm,
+            stopping: Arc::new(AtomicBool::new(stopping)),
+        };
+        let running = fake_xl(dir.path(), "-b----");
+        let shut_down = fake_xl(dir.path(), "---s--");
+        assert!(watch(Some(dead), false).died_first(&running, "d1").await);
+        assert!(!watch(Some(dead), false).died_first(&shut_down, "d1").await);
+        assert!(!watch(Some(dead), true).died_first(&running, "d1").await);
+        assert!(!watch(Some(alive), false).died_first(&running, "d1").await);
+        assert!(!watch(None, false).died_first(&running, "d1").await);
+        // A domain xl no longer lists is gone, not running.
+        assert!(!watch(Some(dead), false).died_first(&running, "other").await);
+    }
+
     #[test]
     fn finds_processes_by_command_line() {
         let me = std::process::id();
