@@ -294,14 +294,18 @@ async fn a_nic_without_its_netns_fails_and_leaves_nothing() {
     assert!(!root.contains(" vif"), "a vif is left in dom0: {root}");
 }
 
-/// The device-model processes in dom0 (libxl's QEMU serves the p9 entries).
-fn device_models() -> Vec<String> {
+/// The device-model processes in dom0 (libxl's QEMU serves the p9
+/// entries): pid and command line.
+fn device_models() -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if text.contains("qemu-system-i386") && text.contains("-xen-domid") {
-                found.push(text);
+                found.push((pid, text));
             }
         }
     }
@@ -464,16 +468,7 @@ async fn a_dead_device_model_stops_the_domain_and_is_reported() {
     assert!(text.contains("VOLPROBE-MOUNT-RW-OK"), "{text}");
     let models = device_models();
     assert_eq!(models.len(), 1, "{models:?}");
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("-xen-domid"))
-                .unwrap_or(false)
-        })
-        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .unwrap();
+    let pid = models[0].0;
     // SAFETY: a plain kill(2) of the device model found above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let exit = tokio::time::timeout(Duration::from_secs(120), vm.wait())
