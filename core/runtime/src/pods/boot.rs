@@ -534,6 +534,9 @@ pub(super) fn helper_died_message(helper: Option<hyper_hypervisor::VmHelper>) ->
         Some(hyper_hypervisor::VmHelper::Virtiofsd) | None => {
             "virtiofsd ended; the VM was stopped".to_string()
         }
+        Some(hyper_hypervisor::VmHelper::DeviceModel) => {
+            "the Xen device model serving its shares ended; the VM was stopped".to_string()
+        }
     }
 }
 
