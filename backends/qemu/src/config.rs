@@ -19,6 +19,7 @@ pub const VALID_KEYS: &[&str] = &[
     "accel",
     "extra_args",
     "console_log_limit_mib",
+    "sandbox",
 ];
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
@@ -69,6 +70,10 @@ pub struct QemuConfig {
     /// The console log of a VM is cut back to this many MiB (with a
     /// marker) when the guest writes more; see [`crate::console`].
     pub console_log_limit_mib: u64,
+    /// QEMU's seccomp filter (`-sandbox on,obsolete=deny,
+    /// elevateprivileges=deny,spawn=deny,resourcecontrol=deny`); on by
+    /// default, `false` for a QEMU built without seccomp support.
+    pub sandbox: bool,
 }
 
 impl Default for QemuConfig {
@@ -79,6 +84,7 @@ impl Default for QemuConfig {
             accel: AccelSetting::default(),
             extra_args: Vec::new(),
             console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
+            sandbox: true,
         }
     }
 }
@@ -223,6 +229,15 @@ impl QemuConfig {
                         ),
                     )),
                 },
+                "sandbox" => {
+                    if !v.is_boolean() {
+                        problems.push(problem(
+                            key,
+                            format!("expected true or false, found {}", type_name(v)),
+                            "write sandbox = true (the default) or sandbox = false",
+                        ));
+                    }
+                }
                 _ => problems.push(unknown_key(key)),
             }
         }
@@ -281,6 +296,19 @@ mod tests {
             QemuConfig::default().console_log_limit_mib,
             crate::console::DEFAULT_LIMIT_MIB
         );
+    }
+
+    #[test]
+    fn the_sandbox_is_on_by_default_and_can_be_turned_off() {
+        assert!(QemuConfig::default().sandbox);
+        assert!(
+            !QemuConfig::from_table(&json!({"sandbox": false}))
+                .unwrap()
+                .sandbox
+        );
+        let p = problems(json!({"sandbox": "yes"}));
+        assert_eq!(p[0].key, "sandbox");
+        assert_eq!(p[0].message, "expected true or false, found a string");
     }
 
     #[test]

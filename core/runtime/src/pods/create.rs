@@ -250,6 +250,7 @@ impl Runtime {
             finished_unix: None,
             vm_pid: None,
             vm_pid_start: None,
+            exit_message: None,
             vm: None,
             container: Some(main_req),
             // A pod of one keeps its container in `container` alone, as

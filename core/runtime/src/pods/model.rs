@@ -250,6 +250,10 @@ pub struct PodRecord {
     /// restart of hyperd). `None` once it is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<hyper_network::Attachment>,
+    /// Why the pod's last VM ended, when the host knows more than its exit
+    /// code (e.g. killed by its host cgroup's out-of-memory killer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_message: Option<String>,
 }
 
 /// One container of a pod, as `hyper inspect` shows it.

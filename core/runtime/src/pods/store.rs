@@ -173,6 +173,7 @@ impl Runtime {
             record.finished_unix = None;
             record.vm_pid = None;
             record.vm_pid_start = None;
+            record.exit_message = None;
             update(record);
             record.clone()
         };

@@ -108,6 +108,8 @@ impl Runtime {
             let _ = live.vm.kill().await;
             let _ = live.vm.wait().await;
             self.network_down(&mut record).await;
+            let result = self.host_oom_verdict(&mut record, result);
+            self.cgroup_down(&id).await;
             record.restart_count += 1;
             record.exit_code = Some(code);
             self.observe_restart(&record, code);
