@@ -248,3 +248,24 @@ fn a_vmm_killed_by_its_cgroups_oom_killer_is_reported_as_such() {
     );
     assert_eq!(pod_cgroups(&id), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn a_failed_launch_leaves_no_cgroup() {
+    // A "kernel" no VMM can load: the launch fails after the pod's cgroup
+    // was made.
+    let junk = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(junk.path(), vec![0x5a; 64 * 1024]).expect("junk kernel");
+    let d = Hyperd::start_with(&Setup {
+        kernel: junk.path().to_path_buf(),
+        ..Setup::default()
+    });
+    let rootfs = hyper_tests::busybox_rootfs().to_string_lossy().into_owned();
+    let out = d.hyper(&["run", "--rootfs", &rootfs, "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let all = d.ps_json(true);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let id = all[0]["id"].as_str().expect("an id").to_string();
+    assert_eq!(all[0]["state"], "exited");
+    assert_eq!(pod_cgroups(&id), Vec::<PathBuf>::new());
+    assert!(processes_mentioning(&d.state_dir.to_string_lossy()).is_empty());
+}
