@@ -143,6 +143,9 @@ impl Runtime {
             }
         }
         self.network_down(&mut record).await;
+        // A VMM its cgroup's OOM killer took while no hyperd ran is still
+        // told.
+        let _ = self.host_oom_verdict(&mut record, Err(String::new()));
         self.cgroup_down(&record.id).await;
         mark_exited(&mut record, RUNTIME_FAILURE_EXIT);
         self.observe_ended(&record);
