@@ -176,6 +176,85 @@ async fn shutdown_stops_a_running_vm() {
     assert_eq!(status["reason"], "signal", "{status}");
 }
 
+/// A cgroup of this host's pids hierarchy (v1 `pids`, else v2), made for
+/// one test and removed when dropped.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Option<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let point = before.split_whitespace().nth(4)?;
+            let mut after = after.split_whitespace();
+            let fstype = after.next()?;
+            let options = after.nth(1)?;
+            let v1_pids = fstype == "cgroup" && options.split(',').any(|o| o == "pids");
+            v1_pids.then(|| PathBuf::from(point))
+        });
+        let mount = mount.or_else(|| {
+            mountinfo.lines().find_map(|l| {
+                let (before, after) = l.split_once(" - ")?;
+                after
+                    .starts_with("cgroup2 ")
+                    .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap_or("")))
+            })
+        })?;
+        let dir = mount.join(name);
+        std::fs::create_dir(&dir).ok()?;
+        Some(Self(dir))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// hyper-vmm starts in the cgroup the spec names, with no_new_privs and
+/// core dumps off (the kit's `confine_vmm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vmm_starts_in_the_specs_cgroup_with_no_new_privs() {
+    if kvm_or_skip("plugin cgroup").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("hyper-kvm-test-{}", std::process::id());
+    let Some(cgroup) = TestCgroup::new(&name) else {
+        eprintln!("skipped: cannot make a cgroup here (not root?)");
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.echo");
+    s.cgroup = Some(hyper_hypervisor::CgroupPlacement {
+        procs_files: vec![cgroup.0.join("cgroup.procs")],
+    });
+    let vm = hv.launch(s).await.expect("launch");
+    let pid = vm.info().pid.expect("a pid");
+    let procs = std::fs::read_to_string(cgroup.0.join("cgroup.procs")).unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    vm.kill().await.unwrap();
+    let _ = vm.wait().await;
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    assert!(own.contains(&name), "{own}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]),
+        "{status}"
+    );
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_get_clear_errors() {
     if kvm_or_skip("plugin errors").is_none() {

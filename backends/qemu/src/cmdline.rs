@@ -94,6 +94,10 @@ pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
     parts.join(" ")
 }
 
+/// The `-sandbox` option every QEMU runs with unless `[hypervisor.qemu]
+/// sandbox = false`.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// The arguments (without the binary) that start `spec` on `config`'s
 /// machine with `accel`. The spec must have been validated. `tap_fds[i]` is
 /// the descriptor (open in QEMU, see [`crate::nic`]) of `spec.nics[i]`'s
@@ -140,6 +144,12 @@ pub fn qemu_args(
     }
     push(&[s("-display")]);
     push(&[s("none")]);
+    if config.sandbox {
+        // QEMU's seccomp filter: no obsolete syscalls, no set*id, no
+        // fork/exec, no scheduler or affinity changes.
+        push(&[s("-sandbox")]);
+        push(&[s(SANDBOX)]);
+    }
     // Appending, so the cap's truncation (crate::console) moves QEMU's
     // next write to the new end.
     push(&[s("-chardev")]);
@@ -257,6 +267,7 @@ mod tests {
             "-smp", "2",
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-chardev", "file,id=console,append=on,path=/pods/p1/console.log",
             "-serial", "chardev:console",
             "-kernel", "/k/vmlinux",
@@ -282,6 +293,7 @@ mod tests {
             machine: Machine::Q35,
             accel: AccelSetting::Kvm,
             extra_args: vec!["-d".into(), "guest_errors".into()],
+            sandbox: false,
             ..QemuConfig::default()
         };
         let mut spec = spec();

@@ -20,6 +20,7 @@ pub const VALID_KEYS: &[&str] = &[
     "extra_args",
     "console_log_limit_mib",
     "virtiofsd",
+    "sandbox",
 ];
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
@@ -75,6 +76,10 @@ pub struct QemuConfig {
     /// ([`hyper_hypervisor::virtiofs::find_binary`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtiofsd: Option<PathBuf>,
+    /// QEMU's seccomp filter (`-sandbox on,obsolete=deny,
+    /// elevateprivileges=deny,spawn=deny,resourcecontrol=deny`); on by
+    /// default, `false` for a QEMU built without seccomp support.
+    pub sandbox: bool,
 }
 
 impl Default for QemuConfig {
@@ -86,6 +91,7 @@ impl Default for QemuConfig {
             extra_args: Vec::new(),
             console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
             virtiofsd: None,
+            sandbox: true,
         }
     }
 }
@@ -241,6 +247,15 @@ impl QemuConfig {
                         ),
                     )),
                 },
+                "sandbox" => {
+                    if !v.is_boolean() {
+                        problems.push(problem(
+                            key,
+                            format!("expected true or false, found {}", type_name(v)),
+                            "write sandbox = true (the default) or sandbox = false",
+                        ));
+                    }
+                }
                 _ => problems.push(unknown_key(key)),
             }
         }
@@ -301,6 +316,19 @@ mod tests {
             QemuConfig::default().console_log_limit_mib,
             crate::console::DEFAULT_LIMIT_MIB
         );
+    }
+
+    #[test]
+    fn the_sandbox_is_on_by_default_and_can_be_turned_off() {
+        assert!(QemuConfig::default().sandbox);
+        assert!(
+            !QemuConfig::from_table(&json!({"sandbox": false}))
+                .unwrap()
+                .sandbox
+        );
+        let p = problems(json!({"sandbox": "yes"}));
+        assert_eq!(p[0].key, "sandbox");
+        assert_eq!(p[0].message, "expected true or false, found a string");
     }
 
     #[test]

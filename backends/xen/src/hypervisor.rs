@@ -445,8 +445,14 @@ impl Hypervisor for XenHypervisor {
         let limit = Duration::from_secs(self.config.xl_timeout_secs);
         let log_path = spec.run_dir.join("xl.log");
         let serialised = self.create_lock.lock().await;
-        let created =
-            xl::run_logged(&self.config.xl, &["create", "-p", &cfg], limit, &log_path).await;
+        let created = xl::run_logged(
+            &self.config.xl,
+            &["create", "-p", &cfg],
+            limit,
+            &log_path,
+            spec.cgroup.as_ref(),
+        )
+        .await;
         drop(serialised);
         let failure = match created {
             Ok(out) if out.success => None,

@@ -1259,12 +1259,17 @@ async fn stats(client: &Client, pods: &[String]) -> i32 {
             .await
         {
             Ok(v) => {
+                // The pod's host cgroup counts the VMM and its helpers;
+                // without one, the VMM process alone.
                 let st = &v["stats"];
-                let mem = st["rss_bytes"]
+                let cg = &v["cgroup"];
+                let mem = cg["memory_bytes"]
                     .as_u64()
+                    .or_else(|| st["rss_bytes"].as_u64())
                     .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
-                let cpu = st["cpu_time_ms"]
+                let cpu = cg["cpu_time_ms"]
                     .as_u64()
+                    .or_else(|| st["cpu_time_ms"].as_u64())
                     .map_or("-".to_string(), |n| format!("{:.2}", n as f64 / 1e3));
                 println!(
                     "{:<14} {:>12} {:>12}",

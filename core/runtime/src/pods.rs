@@ -39,6 +39,7 @@ use crate::rootfs::RootfsStore;
 
 mod attach;
 mod boot;
+mod cgroup;
 mod create;
 mod exec;
 mod model;

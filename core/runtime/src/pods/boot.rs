@@ -280,6 +280,13 @@ impl Runtime {
             .and_then(|a| a.nic.clone())
             .into_iter()
             .collect();
+        // Then its host cgroup, which the backend puts its processes in.
+        if let Err(err) = self.cgroup_up(&record.id, &mut spec).await {
+            self.network_down(&mut record).await;
+            self.finish_record(record, &Err(err.to_string()));
+            links.fail(&err);
+            return Err(err);
+        }
         let (live, mut record) = self
             .launch_vm(hypervisor, spec, record, links, main, interactive)
             .await?;
@@ -325,6 +332,7 @@ impl Runtime {
                 source,
             };
             self.network_down(&mut record).await;
+            self.cgroup_down(&id).await;
             self.finish_record(record, &Err(err.to_string()));
             links.fail(&err);
             return Err(err);
@@ -343,6 +351,7 @@ impl Runtime {
             (Err(e), _) => {
                 let err = RunError::Hypervisor(e);
                 self.network_down(&mut record).await;
+                self.cgroup_down(&id).await;
                 self.finish_record(record, &Err(err.to_string()));
                 links.fail(&err);
                 return Err(err);
@@ -352,6 +361,7 @@ impl Runtime {
                 let _ = vm.kill().await;
                 let _ = vm.wait().await;
                 self.network_down(&mut record).await;
+                self.cgroup_down(&id).await;
                 return Err(RunError::Failed("internal error: pod not tracked".into()));
             }
         };
@@ -520,7 +530,9 @@ impl Runtime {
         };
         let mut record = record;
         self.network_down(&mut record).await;
+        let result = self.host_oom_verdict(&mut record, result);
         let id = record.id.clone();
+        self.cgroup_down(&id).await;
         self.finish_record(record, &result);
         self.live_pods().remove(&id);
         live.links.outcome_tx.send_replace(Some(result));

@@ -316,6 +316,9 @@ impl Setup {
         // No CNI network: the fake VMs have no NIC, whatever the host has
         // installed in /etc/hyper/cni/net.d.
         config.network.cni_conf_dir = dir.path().join("no-networks");
+        // The fake VMs run no host process to confine (the real cgroups
+        // are tested in crate::cgroups and end to end).
+        config.runtime.cgroups = false;
         std::fs::write(&config.payload.kernel, b"k").unwrap();
         std::fs::write(&config.payload.initrd, b"i").unwrap();
         std::fs::create_dir_all(&config.runtime.state_dir).unwrap();
