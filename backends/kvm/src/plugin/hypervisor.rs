@@ -141,6 +141,7 @@ pub fn vmm_config(
             })
             .collect(),
         nets,
+        shares: Vec::new(),
         console_log: Some(spec.console_log.clone()),
         console_log_limit: cfg.console_log_limit_mib << 20,
         agent_socket: Some(paths.agent.clone()),

@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod fs;
 pub mod i8042;
 pub mod mmio;
 pub mod net;
