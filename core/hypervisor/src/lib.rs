@@ -15,5 +15,6 @@ mod contract;
 pub mod nic;
 pub mod plugin;
 pub mod process;
+pub mod virtiofs;
 
 pub use contract::*;
