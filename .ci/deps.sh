@@ -5,13 +5,16 @@
 # the musl target hyperstart is built for, and the bare-metal target of
 # the KVM backend's freestanding test guest; the CNI plugins, iptables and
 # iproute2 for pods' networks (python3 serves a page in the NAT test); kmod,
-# whose modprobe the Xen leg's dom0 image copies.
+# whose modprobe the Xen leg's dom0 image copies; virtiofsd (the Rust one,
+# not packaged in Debian 12: built with cargo, linking libseccomp and
+# libcap-ng) for directory shares on QEMU and hyper-vmm.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
       qemu-system-x86 busybox-static erofs-utils file xz-utils
       docker-registry skopeo apache2-utils zstd curl
-      containernetworking-plugins iptables iproute2 python3 kmod)
+      containernetworking-plugins iptables iproute2 python3 kmod
+      libseccomp-dev libcap-ng-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,3 +24,6 @@ fi
 for t in x86_64-unknown-linux-musl x86_64-unknown-none; do
   rustup target add "$t" >/dev/null 2>&1 || rustup target add "$t"
 done
+if [ ! -x /usr/local/bin/virtiofsd ]; then
+  cargo install virtiofsd --locked --root /usr/local
+fi

@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of the L1 guest (Debian kernel under QEMU/TCG with an emulated AMD
 # SVM CPU): load kvm-amd, then run hyper-vmm on the real /dev/kvm:
-#  1. the freestanding test guest (all device checks), 2. the real payload
+#  1. the freestanding test guest (all device checks; then on a virtio-fs
+#     share served by virtiofsd in L1), 2. the real payload
 #  (hyperkernel + hyperstart.img) until hyperstart's READY on the agent socket,
 #  3. (when present) QEMU microvm on the same payload, for the ratio;
 #  4. the real payload on 2 vCPUs, told to DestroyPod: hyperstart powers the
@@ -11,6 +12,16 @@
 #     the e2e cases through hyperd with the kvm plugin (in-l1.sh).
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin
 bb=/bin/busybox
+# virtiofsd's namespace sandbox pivot_roots into the shared directory, and
+# pivot_root refuses while the root is the initramfs (rootfs): run from a
+# tmpfs copy of it (switch_root frees the initramfs).
+if [ ! -e /.tmpfs-root ]; then
+  $bb mkdir -p /newroot
+  $bb mount -t tmpfs -o mode=0755 root /newroot
+  for d in /*; do [ "$d" = /newroot ] || $bb cp -a "$d" /newroot/; done
+  $bb touch /newroot/.tmpfs-root
+  exec $bb switch_root /newroot /init
+fi
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
@@ -30,6 +41,21 @@ $bb timeout 120 /bin/hyper-vmm --kernel /l2/hyper-testguest --memory-mib 64 --vc
   --cmdline "tg.hello tg.mem_mib=64 tg.cpus=2 tg.disk_serial=hyper-rootfs0 tg.sector=5" \
   --disk path=/l2/disk.img,id=hyper-rootfs0 --debug-exit --status-file /tmp/tg.json </dev/null
 echo "TESTGUEST-EXIT rc=$? $(cat /tmp/tg.json)"
+
+echo "== test guest on a virtio-fs share (virtiofsd in L1, namespace sandbox)"
+$bb mkdir -p /tmp/share && echo "HYPERTG-FS-HOST" > /tmp/share/hello
+/usr/local/bin/virtiofsd --socket-path /tmp/vfs.sock --shared-dir /tmp/share --sandbox namespace \
+  --cache never </dev/null >/tmp/vfs.log 2>&1 &
+vfs=$!
+i=0; while [ ! -S /tmp/vfs.sock ] && [ $i -lt 300 ]; do $bb usleep 100000; i=$((i+1)); done
+$bb timeout 120 /bin/hyper-vmm --kernel /l2/hyper-testguest --memory-mib 64 \
+  --cmdline "tg.hello tg.fs_tag=vol-a" --share tag=vol-a,socket=/tmp/vfs.sock \
+  --debug-exit --status-file /tmp/tgfs.json --console-log /tmp/tgfs.log </dev/null
+rc=$?
+$bb grep "tg: FAIL" /tmp/tgfs.log
+echo "TESTGUEST-FS-EXIT rc=$rc host=$($bb head -c 16 /tmp/share/hello) $(cat /tmp/tgfs.json)"
+kill $vfs 2>/dev/null; wait $vfs
+$bb tail -n 5 /tmp/vfs.log | $bb sed "s/^/VIRTIOFSD: /"
 
 run_payload() { # name kernel
   rm -f /tmp/agent.sock /tmp/vmm.json
