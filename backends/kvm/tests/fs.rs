@@ -46,6 +46,7 @@ fn virtiofsd(dir: &Path, read_only: bool) -> Option<Virtiofsd> {
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), b"HYPERTG-FS-HOST and more\n").unwrap();
+    std::fs::write(shared.join("big"), vec![0x42u8; 1 << 20]).unwrap();
     let socket = dir.join("vfsd.sock");
     let mut cmd = Command::new(VIRTIOFSD);
     cmd.arg("--socket-path")
@@ -116,10 +117,12 @@ fn the_guest_reads_and_writes_a_share_through_virtiofsd() {
     let Some(v) = virtiofsd(dir.path(), false) else {
         return;
     };
-    let log = run_guest(dir.path(), &v, "tg.hello tg.fs_tag=vol-a");
+    let log = run_guest(dir.path(), &v, "tg.hello tg.fs_tag=vol-a tg.fs_bench=32");
     assert_checks(
         &log,
         &[
+            "fs-bench-open",
+            "fs-bench",
             "fs-tag",
             "fs-features",
             "fs-driver-ok",

@@ -686,6 +686,85 @@ pub fn fs_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
         r.is_some_and(|(e, _)| e == 0) && n == 16,
         format_args!("{r:?}, {n} bytes"),
     );
+    if let Some(n) = arg(cmdline, "tg.fs_bench").and_then(parse_u64) {
+        fs_bench(&mut q, n, c);
+    }
+}
+
+#[repr(C, align(4096))]
+struct FsData([u8; FS_BENCH_READ as usize]);
+static mut FSDATA: FsData = FsData([0; FS_BENCH_READ as usize]);
+const FS_BENCH_READ: u32 = 0x10000;
+
+/// `tg.fs_bench=N`: N LOOKUPs of `hello`, then N READs of 64 KiB of `big`
+/// (1 MiB, offsets cycling through it), one request at a time, polled;
+/// prints the TSC cycles of each run (`tg: fs-bench …`), the same clock
+/// for whichever VMM runs the guest.
+fn fs_bench(q: &mut Vq, n: u64, c: &mut Checks) {
+    let out = buf() + 0x2000 + 16;
+    let t0 = rdtsc();
+    let mut ok = 0u64;
+    for i in 0..n {
+        if fuse(q, 100 + i, FUSE_LOOKUP, 1, b"hello\0", 128).is_some_and(|(e, _)| e == 0) {
+            ok += 1;
+        }
+    }
+    let lookups = rdtsc().wrapping_sub(t0);
+    let r = fuse(q, 99, FUSE_LOOKUP, 1, b"big\0", 128);
+    let node: u64 = rmem(out);
+    let open = le(&[0, 0]); // O_RDONLY
+    let o = fuse(q, 98, FUSE_OPEN, node, &open[..8], 16);
+    let fh: u64 = rmem(out);
+    c.check(
+        "fs-bench-open",
+        r.is_some_and(|(e, _)| e == 0) && o.is_some_and(|(e, _)| e == 0),
+        format_args!("{r:?} {o:?}"),
+    );
+    let data = (&raw const FSDATA) as u64;
+    let hdr = buf() + 0x2000;
+    let req = buf();
+    let t1 = rdtsc();
+    let mut bytes = 0u64;
+    for i in 0..n {
+        wmem(req, 80u32);
+        wmem(req + 4, FUSE_READ);
+        wmem(req + 8, 1_000_000 + i);
+        wmem(req + 16, node);
+        for k in 0..16u64 {
+            wmem(req + 24 + k, 0u8);
+        }
+        wmem(req + 40, fh);
+        wmem(req + 48, (i % 16) * u64::from(FS_BENCH_READ));
+        wmem(req + 56, FS_BENCH_READ);
+        for k in 0..20u64 {
+            wmem(req + 60 + k, 0u8);
+        }
+        q.add(
+            0,
+            &[
+                (req, 80, false),
+                (hdr, 16, true),
+                (data, FS_BENCH_READ, true),
+            ],
+        );
+        q.notify();
+        let Some((_, len)) = q.wait_used(TIMEOUT) else {
+            break;
+        };
+        let err: i32 = rmem(hdr + 4);
+        if err == 0 {
+            bytes += u64::from(len.saturating_sub(16));
+        }
+    }
+    let reads = rdtsc().wrapping_sub(t1);
+    print(format_args!(
+        "tg: fs-bench lookups={n} ok={ok} cycles={lookups} reads={n}x{FS_BENCH_READ} bytes={bytes} cycles={reads}\n"
+    ));
+    c.check(
+        "fs-bench",
+        ok == n && bytes == n * u64::from(FS_BENCH_READ),
+        format_args!("{ok} lookups ok, {bytes} bytes read"),
+    );
 }
 
 struct Cursor<'a> {
