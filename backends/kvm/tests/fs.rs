@@ -16,12 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
-
-fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
-    x.as_ref().to_string_lossy().into_owned()
-}
-
 struct Virtiofsd {
     child: Child,
     socket: PathBuf,
@@ -39,16 +33,13 @@ impl Drop for Virtiofsd {
 
 fn virtiofsd(dir: &Path, read_only: bool) -> Option<Virtiofsd> {
     kvm_or_skip("virtio-fs")?;
-    if !Path::new(VIRTIOFSD).exists() {
-        eprintln!("SKIP: {VIRTIOFSD} is not installed (.ci/deps.sh installs it)");
-        return None;
-    }
+    let binary = virtiofsd_or_skip()?;
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), b"HYPERTG-FS-HOST and more\n").unwrap();
     std::fs::write(shared.join("big"), vec![0x42u8; 1 << 20]).unwrap();
     let socket = dir.join("vfsd.sock");
-    let mut cmd = Command::new(VIRTIOFSD);
+    let mut cmd = Command::new(binary);
     cmd.arg("--socket-path")
         .arg(&socket)
         .arg("--shared-dir")
@@ -75,21 +66,12 @@ fn virtiofsd(dir: &Path, read_only: bool) -> Option<Virtiofsd> {
 }
 
 fn args(dir: &Path, v: &Virtiofsd, cmdline: &str) -> Vec<String> {
-    vec![
-        "--kernel".into(),
-        s(&guest().elf),
-        "--memory-mib".into(),
-        "64".into(),
-        "--cmdline".into(),
-        cmdline.into(),
-        "--console-log".into(),
-        s(dir.join("console.log")),
-        "--status-file".into(),
-        s(dir.join("status.json")),
-        "--debug-exit".into(),
+    let mut a = base_args(&guest().elf, dir, cmdline);
+    a.extend([
         "--share".into(),
         format!("tag=vol-a,socket={}", v.socket.display()),
-    ]
+    ]);
+    a
 }
 
 fn run_guest(dir: &Path, v: &Virtiofsd, cmdline: &str) -> String {

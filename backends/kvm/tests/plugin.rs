@@ -490,16 +490,11 @@ async fn bad_nics_are_refused_before_launch() {
     }
 }
 
-const VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
-
 /// A spec with one share (tag `vol-a`) of a fresh directory holding
 /// `hello`; `None` where virtiofsd or /dev/kvm is missing.
 fn share_spec(dir: &Path, cmdline: &str) -> Option<VmSpec> {
     kvm_or_skip("plugin shares")?;
-    if !Path::new(VIRTIOFSD).exists() {
-        eprintln!("SKIP: {VIRTIOFSD} is not installed (.ci/deps.sh installs it)");
-        return None;
-    }
+    virtiofsd_or_skip()?;
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), b"HYPERTG-FS-HOST and more\n").unwrap();

@@ -52,11 +52,7 @@ pub enum BlockError {
 
 /// Checks an id the way hyperstart and QEMU expect it.
 pub fn valid_serial(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= SERIAL_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    super::valid_id(id, SERIAL_LEN)
 }
 
 impl Block {

@@ -30,6 +30,16 @@ impl GuestFaults {
     }
 }
 
+/// 1..=`max` bytes of `[A-Za-z0-9_-]`: what disk serials and share tags
+/// may be.
+pub fn valid_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub static GUEST_FAULTS: GuestFaults = GuestFaults(AtomicU64::new(0));
 
 /// Records a guest fault with `format!` arguments.

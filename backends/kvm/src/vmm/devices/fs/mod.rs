@@ -46,11 +46,7 @@ pub const GUEST_FEATURES: u64 =
 /// Checks a mount tag: what virtio-fs carries (at most 36 bytes) and what
 /// the contract allows (`[A-Za-z0-9_-]`).
 pub fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= TAG_LEN
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    super::valid_id(tag, TAG_LEN)
 }
 
 #[derive(Debug, thiserror::Error)]
