@@ -48,14 +48,16 @@ echo "TESTGUEST-EXIT rc=$? $(cat /tmp/tg.json)"
 # build, for the frontends' ratio (tg.fs_bench: LOOKUPs and 64 KiB READs,
 # one at a time, TSC cycles).
 fs_guest() { # hyper-vmm|qemu CMDLINE
+  local n dev
   rm -f /tmp/vfs.sock /tmp/tgfs.log
+  echo "HYPERTG-FS-HOST" > /tmp/share/hello
   /usr/local/bin/virtiofsd --socket-path /tmp/vfs.sock --shared-dir /tmp/share --sandbox namespace \
     --cache never </dev/null >>/tmp/vfs.log 2>&1 &
   vfs=$!
-  i=0; while [ ! -S /tmp/vfs.sock ] && [ $i -lt 300 ]; do $bb usleep 100000; i=$((i+1)); done
+  n=0; while [ ! -S /tmp/vfs.sock ] && [ $n -lt 300 ]; do $bb usleep 100000; n=$((n+1)); done
   if [ "$1" = qemu ]; then
     # microvm lists no transports for a PVH ELF: name its 24 on the command line.
-    dev=""; for i in $($bb seq 0 23); do dev="$dev $(printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00000 + i*512)) $((5+i)))"; done
+    dev=""; for n in $($bb seq 0 23); do dev="$dev $(printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00000 + n*512)) $((5+n)))"; done
     $bb timeout 120 qemu-system-x86_64 -machine microvm,memory-backend=mem -accel kvm -cpu host -m 64 \
       -object memory-backend-memfd,id=mem,size=64M,share=on -global virtio-mmio.force-legacy=false \
       -chardev socket,id=vfs,path=/tmp/vfs.sock -device vhost-user-fs-device,chardev=vfs,tag=vol-a \
@@ -72,19 +74,19 @@ fs_guest() { # hyper-vmm|qemu CMDLINE
   $bb grep "tg: FAIL" /tmp/tgfs.log
 }
 echo "== test guest on a virtio-fs share (virtiofsd in L1, namespace sandbox)"
-$bb mkdir -p /tmp/share && echo "HYPERTG-FS-HOST" > /tmp/share/hello
+$bb mkdir -p /tmp/share
 $bb dd if=/dev/zero of=/tmp/share/big bs=1024 count=1024 2>/dev/null
 fs_guest hyper-vmm "tg.hello tg.fs_tag=vol-a"
 echo "TESTGUEST-FS-EXIT rc=$fsrc host=$($bb head -c 16 /tmp/share/hello) $(cat /tmp/tgfs.json)"
 $bb tail -n 5 /tmp/vfs.log | $bb sed "s/^/VIRTIOFSD: /"
 if [ -x /usr/bin/qemu-system-x86_64 ]; then
-  i=1
-  while [ $i -le "${nk_fs_rounds:-3}" ]; do
+  r=1
+  while [ $r -le "${nk_fs_rounds:-3}" ]; do
     for vmm in hyper-vmm qemu; do
       fs_guest $vmm "tg.hello tg.fs_tag=vol-a tg.fs_bench=${nk_fs_bench:-300}"
-      echo "FS-BENCH $vmm round $i rc=$fsrc $($bb grep 'fs-bench lookups' /tmp/tgfs.log)"
+      echo "FS-BENCH $vmm round $r rc=$fsrc $($bb grep 'fs-bench lookups' /tmp/tgfs.log)"
     done
-    i=$((i+1))
+    r=$((r+1))
   done
 fi
 
