@@ -5,9 +5,9 @@
 # the musl target hyperstart is built for, and the bare-metal target of
 # the KVM backend's freestanding test guest; the CNI plugins, iptables and
 # iproute2 for pods' networks (python3 serves a page in the NAT test); kmod,
-# whose modprobe the Xen leg's dom0 image copies; virtiofsd (the Rust one,
-# not packaged in Debian 12: built with cargo, linking libseccomp and
-# libcap-ng) for directory shares on QEMU and hyper-vmm.
+# whose modprobe the Xen leg's dom0 image copies; virtiofsd, which serves
+# directory volumes on QEMU and KVM (not a Debian package: built from its
+# crate, which needs libseccomp-dev and libcap-ng-dev).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
@@ -15,6 +15,8 @@ pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 c
       docker-registry skopeo apache2-utils zstd curl
       containernetworking-plugins iptables iproute2 python3 kmod
       libseccomp-dev libcap-ng-dev)
+# mkfs.ext4 and debugfs: block volumes (hyperstart/tests/volumes.py, bench/volumes.py)
+pkgs+=(e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -112,6 +112,9 @@ pub async fn create(
     if let Err(refused) = check_rootfs_dirs(peer, req.rootfs.iter().cloned().collect()).await {
         return refused;
     }
+    if let Some(refused) = crate::peer::refuse_host_volumes(peer, &req.volumes) {
+        return refused;
+    }
     // With `interactive` the process's stdin stays open for `attach`.
     started_response(rt.create(req, None).await)
 }
@@ -157,6 +160,10 @@ pub async fn create_pod(
         .filter_map(|c| c.rootfs.clone())
         .collect();
     if let Err(refused) = check_rootfs_dirs(peer, dirs).await {
+        return refused;
+    }
+    let host_volumes: Vec<_> = req.pod.volumes.iter().filter_map(|v| v.request()).collect();
+    if let Some(refused) = crate::peer::refuse_host_volumes(peer, &host_volumes) {
         return refused;
     }
     match rt.create_pod(req.pod, req.name).await {

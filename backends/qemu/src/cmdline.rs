@@ -123,7 +123,7 @@ pub fn qemu_args(
     push(&[s("-name")]);
     push(&[s("hyper-"), s(&spec.id)]);
     push(&[s("-machine")]);
-    push(&[s(config.machine.as_str())]);
+    push(&[s(&crate::share::machine_arg(config.machine, spec))]);
     push(&[s("-accel")]);
     push(&[s(accel.as_str())]);
     push(&[s("-cpu")]);
@@ -132,6 +132,9 @@ pub fn qemu_args(
     push(&[s(&spec.memory_mib.to_string())]);
     push(&[s("-smp")]);
     push(&[s(&spec.vcpus.to_string())]);
+    for a in crate::share::memory_args(spec) {
+        push(&[&a]);
+    }
     for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
         push(&[s(flag)]);
     }
@@ -187,6 +190,10 @@ pub fn qemu_args(
             "{net},id=nic{i},netdev=net{i},mac={},host_mtu={}",
             nic.mac, nic.mtu
         ))]);
+    }
+    // Each share's virtiofsd is listening before QEMU starts.
+    for a in crate::share::device_args(config.machine, spec) {
+        push(&[&a]);
     }
     push(&[s("-qmp")]);
     push(&[&paths.qmp_arg()]);
@@ -385,6 +392,43 @@ mod tests {
     fn no_nics_no_netdev() {
         let args = strings(qemu_args(&QemuConfig::default(), Accel::Tcg, &spec(), &[]));
         assert!(!args.iter().any(|a| a == "-netdev"));
+    }
+
+    /// Shares and a block volume change the command line by exactly these
+    /// additions: shared memfd RAM, one more rw disk, a vhost-user-fs device.
+    #[test]
+    #[rustfmt::skip]
+    fn shares_and_block_volumes() {
+        let config = QemuConfig::default();
+        let base = strings(qemu_args(&config, Accel::Tcg, &spec(), &[]));
+        let mut spec = spec();
+        // Block volumes: more read-write disks, each found by its serial.
+        spec.disks.push(DiskSpec {
+            path: "/vols/b.img".into(),
+            read_only: false,
+            id: "vol-b".into(),
+        });
+        spec.shares = vec![hyper_hypervisor::ShareSpec {
+            tag: "data".into(),
+            source: "/srv/data".into(),
+            read_only: true,
+        }];
+        let args = strings(qemu_args(&config, Accel::Tcg, &spec, &[]));
+        let mut expected = base;
+        let machine = expected.iter().position(|a| a == "microvm").unwrap();
+        expected[machine] = "microvm,memory-backend=mem".into();
+        let smp = expected.iter().position(|a| a == "-smp").unwrap();
+        expected.splice(smp + 2..smp + 2, [
+            "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+        ].map(String::from));
+        let qmp = expected.iter().position(|a| a == "-qmp").unwrap();
+        expected.splice(qmp..qmp, [
+            "-drive", "file=/vols/b.img,if=none,id=disk2,format=raw,readonly=off",
+            "-device", "virtio-blk-device,drive=disk2,serial=vol-b",
+            "-chardev", "socket,id=vfs0,path=/pods/p1/vm/vfs-data.sock",
+            "-device", "vhost-user-fs-device,chardev=vfs0,tag=data,queue-size=1024",
+        ].map(String::from));
+        assert_eq!(args, expected);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub const VALID_KEYS: &[&str] = &[
     "accel",
     "extra_args",
     "console_log_limit_mib",
+    "virtiofsd",
 ];
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
@@ -69,6 +70,11 @@ pub struct QemuConfig {
     /// The console log of a VM is cut back to this many MiB (with a
     /// marker) when the guest writes more; see [`crate::console`].
     pub console_log_limit_mib: u64,
+    /// Absolute path of the `virtiofsd` that serves the VMs' directory
+    /// shares; unset: the kit's usual places, then `PATH`
+    /// ([`hyper_hypervisor::virtiofs::find_binary`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -79,6 +85,7 @@ impl Default for QemuConfig {
             accel: AccelSetting::default(),
             extra_args: Vec::new(),
             console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
+            virtiofsd: None,
         }
     }
 }
@@ -158,6 +165,23 @@ fn one_of(key: &str, v: &Value, values: &[&str], problems: &mut Vec<ConfigProble
     }
 }
 
+/// A key whose value must be an absolute path (`example` shows one).
+fn absolute_path(key: &str, v: &Value, example: &str, problems: &mut Vec<ConfigProblem>) {
+    match v {
+        Value::String(s) if s.starts_with('/') => {}
+        Value::String(s) => problems.push(problem(
+            key,
+            format!("\"{s}\" is not an absolute path"),
+            format!("give the full path, e.g. {key} = \"{example}\""),
+        )),
+        other => problems.push(problem(
+            key,
+            format!("expected a string (a path), found {}", type_name(other)),
+            format!("e.g. {key} = \"{example}\""),
+        )),
+    }
+}
+
 impl QemuConfig {
     /// Validates the backend's table (TOML converted to JSON). A missing table
     /// (`null` or `{}`) means all defaults.
@@ -176,19 +200,13 @@ impl QemuConfig {
         let mut problems = Vec::new();
         for (key, v) in map {
             match key.as_str() {
-                "binary" => match v {
-                    Value::String(s) if s.starts_with('/') => {}
-                    Value::String(s) => problems.push(problem(
-                        key,
-                        format!("\"{s}\" is not an absolute path"),
-                        format!("give the full path, e.g. binary = \"{DEFAULT_BINARY}\""),
-                    )),
-                    other => problems.push(problem(
-                        key,
-                        format!("expected a string (a path), found {}", type_name(other)),
-                        format!("e.g. binary = \"{DEFAULT_BINARY}\""),
-                    )),
-                },
+                "binary" => absolute_path(key, v, DEFAULT_BINARY, &mut problems),
+                "virtiofsd" => absolute_path(
+                    key,
+                    v,
+                    hyper_hypervisor::virtiofs::DEFAULT_LOCATIONS[0],
+                    &mut problems,
+                ),
                 "machine" => one_of(key, v, Machine::VALUES, &mut problems),
                 "accel" => one_of(key, v, AccelSetting::VALUES, &mut problems),
                 "extra_args" => match v {
@@ -271,8 +289,10 @@ mod tests {
             "accel": "tcg",
             "extra_args": ["-d", "guest_errors"],
             "console_log_limit_mib": 8,
+            "virtiofsd": "/opt/virtiofsd",
         }))
         .unwrap();
+        assert_eq!(c.virtiofsd, Some(PathBuf::from("/opt/virtiofsd")));
         assert_eq!(c.machine, Machine::Q35);
         assert_eq!(c.accel, AccelSetting::Tcg);
         assert_eq!(c.extra_args, vec!["-d", "guest_errors"]);
@@ -336,6 +356,12 @@ mod tests {
         let p = problems(json!({"binary": "qemu-system-x86_64"}));
         assert_eq!(p[0].key, "binary");
         assert!(p[0].message.contains("not an absolute path"));
+        let p = problems(json!({"virtiofsd": "virtiofsd"}));
+        assert_eq!(p[0].key, "virtiofsd");
+        assert_eq!(
+            p[0].fix,
+            "give the full path, e.g. virtiofsd = \"/usr/local/bin/virtiofsd\""
+        );
     }
 
     #[test]

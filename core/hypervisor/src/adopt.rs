@@ -135,7 +135,7 @@ impl AdoptedProcess {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[tokio::test]
@@ -164,7 +164,8 @@ mod tests {
         assert!(AdoptedProcess::open(pid, start).is_err());
     }
 
-    fn spec(id: &str) -> VmSpec {
+    /// A spec with nothing in it, for the kit's tests.
+    pub(crate) fn spec(id: &str) -> VmSpec {
         VmSpec {
             id: id.into(),
             kernel: "k".into(),

@@ -363,21 +363,10 @@ fn log_tail(path: &Path) -> String {
         .join("; ")
 }
 
-/// Cuts `path` back to `limit` bytes plus a marker when the daemon wrote
+/// Cuts a daemon's log back to `limit` bytes plus a marker when it wrote
 /// more (it writes `O_APPEND`, so its next write lands at the new end).
 fn cap_log(path: &Path, limit: u64) -> io::Result<bool> {
-    let len = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len <= limit + LOG_LIMIT_MARKER.len() as u64 {
-        return Ok(false);
-    }
-    let mut file = OpenOptions::new().append(true).open(path)?;
-    file.set_len(limit)?;
-    io::Write::write_all(&mut file, LOG_LIMIT_MARKER)?;
-    Ok(true)
+    crate::logcap::cut_back(path, limit, LOG_LIMIT_MARKER)
 }
 
 fn remove_quietly(path: &Path) {
@@ -441,9 +430,11 @@ impl Virtiofsd {
     /// none of it is left.
     async fn stop(&self) {
         let pid = self.pid();
-        let mut child = self.child.lock().await;
-        match child.as_mut() {
-            Some(child) => {
+        let mut slot = self.child.lock().await;
+        // Taken out: once reaped, the pid is no longer ours to signal; a
+        // second stop goes through the pidfd only.
+        match slot.take() {
+            Some(mut child) => {
                 // Unreaped, so `pid` still names our process group.
                 if let Ok(raw) = libc::pid_t::try_from(pid) {
                     // SAFETY: kill(2) of the process group of our own
@@ -786,21 +777,16 @@ async fn spawn(
         if is_listening(&daemon.socket) {
             return Ok(daemon);
         }
-        let exited = {
-            let mut child = daemon.child.lock().await;
-            match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            }
-        };
-        let problem = match exited {
-            Some(status) => Some(format!("it exited ({status})")),
-            None if Instant::now() >= deadline => Some(format!(
+        // Seen through the pidfd, unreaped: `stop` still owns its group.
+        let problem = if daemon.process.has_exited() {
+            Some("it exited".to_string())
+        } else if Instant::now() >= deadline {
+            Some(format!(
                 "its socket {} was not listening within {SOCKET_TIMEOUT:?}",
                 daemon.socket.display()
-            )),
-            None => None,
+            ))
+        } else {
+            None
         };
         if let Some(problem) = problem {
             daemon.stop().await;
@@ -968,18 +954,10 @@ os.waitpid(pid, 0)
             })
             .collect();
         let spec = VmSpec {
-            id: "vm1".into(),
-            kernel: "k".into(),
-            initrd: "i".into(),
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 64,
-            disks: Vec::new(),
             console_log: dir.path().join("console.log"),
             run_dir,
-            nics: Vec::new(),
             shares,
-            cgroup: None,
+            ..crate::adopt::tests::spec("vm1")
         };
         Fixture { dir, spec }
     }
@@ -1223,6 +1201,46 @@ os.waitpid(pid, 0)
         assert!(CgroupJoin::new(Some(&gone)).unwrap().join_self().is_err());
     }
 
+    /// A real cgroup (the v1 `pids` hierarchy, or v2's where that is the
+    /// only one): the daemon and the server it forks are both inside.
+    #[tokio::test]
+    async fn daemons_and_their_servers_start_inside_the_vms_cgroup() {
+        let base = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|b| b.join("cgroup.procs").exists());
+        let Some(base) = base else {
+            eprintln!("skipped: no cgroup hierarchy mounted");
+            return;
+        };
+        let name = format!("hyper-volqemu-test-{}", std::process::id());
+        let cgroup = base.join(&name);
+        if let Err(e) = std::fs::create_dir(&cgroup) {
+            eprintln!("skipped: cannot make {}: {e}", cgroup.display());
+            return;
+        }
+        let mut f = fixture(&[("a", false)]);
+        f.spec.cgroup = Some(CgroupPlacement {
+            procs_files: vec![cgroup.join("cgroup.procs")],
+        });
+        let set = start(&fakes().serve, &f.spec).await.unwrap();
+        let pid = set.pids()[0];
+        let server = server_of(pid).await;
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+        let inside: Vec<u32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+        set.stop().await;
+        let removed = std::fs::remove_dir(&cgroup);
+        assert!(
+            inside.contains(&pid) && inside.contains(&server),
+            "{inside:?} lacks {pid} or {server}"
+        );
+        removed.unwrap();
+    }
+
     #[tokio::test]
     async fn daemons_start_listen_and_stop_without_leftovers() {
         let f = fixture(&[("a", false), ("b", true)]);
@@ -1394,6 +1412,9 @@ os.waitpid(pid, 0)
     async fn real_virtiofsd_serves_a_directory() {
         let binary = find_binary(None).unwrap_or_else(|e| panic!("{e}"));
         let f = fixture(&[("rw", false), ("ro", true)]);
+        for share in &f.spec.shares {
+            std::fs::write(share.source.join(format!("only-in-{}", share.tag)), b"x").unwrap();
+        }
         let set = Virtiofsds::start(&binary, &f.spec)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -1401,6 +1422,9 @@ os.waitpid(pid, 0)
         let ns = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         for d in set.daemons() {
             assert!(is_listening(d.socket()));
+            // Connecting needs write permission: only its owner (root) has it.
+            let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o022, 0, "{mode:o}");
             // The server is the child in pid, mount and net namespaces of
             // its own (the other child only sets up ids and exits).
             let mut server = None;
@@ -1417,6 +1441,16 @@ os.waitpid(pid, 0)
             for kind in ["mnt", "net"] {
                 assert_ne!(ns(&server.to_string(), kind), ns("self", kind), "{kind}");
             }
+            // Its root is the shared directory (pivot_root): the host's
+            // /etc is not in its view at all, the share's file is.
+            let root = PathBuf::from(format!("/proc/{server}/root"));
+            let mut names: Vec<String> = std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, [format!("only-in-{}", d.tag())]);
+            assert!(!root.join("etc/passwd").exists());
             servers.push(server);
         }
         let pids = set.pids();

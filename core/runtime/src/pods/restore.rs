@@ -179,6 +179,12 @@ impl Runtime {
         let interactive = record.container.as_ref().is_some_and(|c| c.interactive);
         let live = LivePod::new(vm.clone(), &PodLinks::new(), main, interactive, next_exec);
         live.set_agent(&agent);
+        // Its block volumes are locked again for it (the records already
+        // kept other pods off them while no hyperd ran).
+        match self.lock_block_volumes(&record) {
+            Ok(locks) => *lock(&live.block_locks) = locks,
+            Err(e) => tracing::warn!(pod = %record.id, "cannot lock its block volumes again: {e}"),
+        }
         let live = Arc::new(live);
         if let Some(att) = &record.network {
             self.ports.hold(&record.id, &att.ports);

@@ -136,6 +136,7 @@ impl Runtime {
     /// needs (or the whole pod, for `--rm`).
     pub(super) fn finish_record(&self, mut record: PodRecord, result: &Result<RunOutcome, String>) {
         let pod_dir = self.pod_dir(&record.id);
+        record.error = result.as_ref().err().cloned();
         mark_exited(
             &mut record,
             result
@@ -173,6 +174,7 @@ impl Runtime {
             record.finished_unix = None;
             record.vm_pid = None;
             record.vm_pid_start = None;
+            record.error = None;
             update(record);
             record.clone()
         };
