@@ -24,9 +24,10 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 W=${NK_WORK:-/var/cache/hyper/kvm}
 VMM=${VMM:-$ROOT/target/release/hyper-vmm}
 PAYLOAD=${PAYLOAD_DIR:-$ROOT/build}
-# The 9 listed cases took 623 s of the e2e budget (TIMEOUT - 240) at load 5: 1080
-# leaves ≈3 min of headroom on a loaded host.
-TIMEOUT=${TIMEOUT:-1080}
+# The 9 listed cases took 623 s of the e2e budget (TIMEOUT - 240) at load 5, and
+# the two volume cases (host dir read/write, :ro) 120 s more at load 10: 1230
+# leaves ≈4 min of headroom on a loaded host.
+TIMEOUT=${TIMEOUT:-1230}
 T=${CARGO_TARGET_DIR:-$ROOT/target}
 NK_E2E=${NK_E2E:-1}
 # The e2e cases: those tests/cases.toml tags `kvm` (NK_CASES: exact names
@@ -130,6 +131,8 @@ if [ "$NK_E2E" != 0 ]; then
   # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
   cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
   cp -L "$(command -v mkfs.erofs)" "$S/bin/"
+  # Block volumes made with mkfs=ext4 (mke2fs picks ext4 from its name).
+  cp -L "$(command -v mkfs.ext4)" "$S/bin/"
   [ -n "${NK_BENCH:-}" ] && echo "$NK_BENCH" > "$S/bench-runs"
   ldd "$S"/bin/* "$S"/e2e/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u | xargs -r cp -L -t "$S/lib/"
   cp -L "$PAYLOAD/hyperkernel" "$PAYLOAD/hyperstart.img" "$S/payload/"
