@@ -158,16 +158,27 @@ fn two_pods_share_a_named_volume_that_outlives_them() {
     let a = d.run_detached(&["-v", "shared1:/data"], &["sleep", "600"]);
     let b = d.run_detached(
         &["-v", "shared1:/other"],
-        &["sh", "-c", "echo from-b > /other/note; sleep 600"],
+        // Renamed into place: a reader never sees it half-written.
+        &[
+            "sh",
+            "-c",
+            "echo from-b > /other/.new && mv /other/.new /other/note; sleep 600",
+        ],
     );
+    // Both VMs cache what they see for a moment (virtiofsd --cache auto):
+    // a sees b's file once its cache expires.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = d.hyper(&["exec", &a, "cat", "/data/note"]);
-        if out.status.success() {
-            assert_eq!(text(&out.stdout), "from-b\n");
+        if out.status.success() && text(&out.stdout) == "from-b\n" {
             break;
         }
-        assert!(Instant::now() < deadline, "pod a never saw b's file");
+        assert!(
+            Instant::now() < deadline,
+            "pod a never saw b's file: {:?} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // In use: refused, and the data stays.
@@ -189,7 +200,13 @@ fn two_pods_share_a_named_volume_that_outlives_them() {
     // Outlives its pods.
     assert_eq!(std::fs::read(data.join("note")).expect("note"), b"from-b\n");
     let out = d.run(&["-v", "shared1:/data:ro"], &["cat", "/data/note"]);
-    d.succeeded(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
     assert_eq!(text(&out.stdout), "from-b\n");
     d.succeeded(&d.hyper(&["volume", "rm", "shared1"]));
     assert!(!data.exists());
