@@ -617,6 +617,68 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_files_host_and_named_volumes_become_requests_per_container_mount() {
+        let text = r#"
+[[volume]]
+name = "site"
+host = "/srv/site"
+readonly = true
+[[volume]]
+name = "cache"
+named = "web-cache"
+[[volume]]
+name = "scratch"
+size_mib = 8
+[[container]]
+name = "web"
+rootfs = "/r"
+command = ["httpd"]
+mounts = [{ volume = "site", path = "/html" }, { volume = "scratch", path = "/tmp/s" }]
+[[container]]
+name = "sidecar"
+rootfs = "/r"
+command = ["sh"]
+mounts = [{ volume = "cache", path = "/c", readonly = true }, { volume = "site", path = "/s" }]
+"#;
+        let pod = crate::podfile::parse("pod.toml", text).unwrap();
+        let reqs = pod_file_requests(&pod);
+        let got: Vec<_> = reqs
+            .iter()
+            .map(|(c, r)| {
+                (
+                    c.as_str(),
+                    r.kind,
+                    r.source.as_deref().unwrap_or(""),
+                    r.target.as_str(),
+                    r.readonly,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web", MountKind::Bind, "/srv/site", "/html", true),
+                ("sidecar", MountKind::Volume, "web-cache", "/c", true),
+                ("sidecar", MountKind::Bind, "/srv/site", "/s", true),
+            ]
+        );
+        assert!(hyper_volumes::request::validate(&[reqs[0].1.clone()]).is_ok());
+        for (volume, key) in [
+            ("host = \"rel\"", "volume[0].host"),
+            ("host = \"/a\"\nnamed = \"bb\"", "volume[0].named"),
+            ("named = \"-x\"", "volume[0].named"),
+            ("host = \"/a\"\nsize_mib = 4", "volume[0].size_mib"),
+            ("readonly = true", "volume[0].readonly"),
+        ] {
+            let text = format!(
+                "[[volume]]\nname = \"v\"\n{volume}\n[[container]]\nname = \"c\"\nrootfs = \"/r\"\ncommand = [\"sh\"]\n"
+            );
+            let e = crate::podfile::parse("pod.toml", &text).unwrap_err();
+            assert_eq!(e.key, key, "{volume}: {e}");
+        }
+    }
+
+    #[test]
     fn nested_mounts_come_after_their_parents() {
         let m = |p: &str| MountSpec {
             volume: "v".into(),
