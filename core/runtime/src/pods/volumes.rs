@@ -122,50 +122,48 @@ pub(super) fn plan(
                         s.read_only &= !m.rw;
                     }
                     v.name.clone()
-                } else if block {
-                    let id = block_id(n_block);
-                    n_block += 1;
-                    plan.disks.push(DiskSpec {
-                        path: source.clone(),
-                        read_only: false,
-                        id: id.clone(),
-                    });
-                    shared.insert(key, plan.volumes.len());
-                    plan.volumes.push(VolumeSpec {
-                        name: id.clone(),
-                        size_mib: 0,
-                        source: VolumeSource::Block {
+                } else {
+                    let (name, source_spec) = if block {
+                        let id = block_id(n_block);
+                        n_block += 1;
+                        plan.disks.push(DiskSpec {
+                            path: source.clone(),
+                            read_only: false,
+                            id: id.clone(),
+                        });
+                        let disk = VolumeSource::Block {
                             disk_id: id.clone(),
                             fstype: "ext4".into(),
-                        },
-                        readonly: !m.rw,
-                    });
-                    id
-                } else {
-                    let Some(transport) = transport else {
-                        return Err(RunError::Invalid(format!(
-                            "the {backend} backend cannot share host directories (it has no share transport): {} cannot be mounted; use a tmpfs or block volume, or another backend",
-                            source.display()
-                        )));
-                    };
-                    let tag = share_tag(n_share);
-                    n_share += 1;
-                    plan.shares.push(ShareSpec {
-                        tag: tag.clone(),
-                        source: source.clone(),
-                        read_only: !m.rw,
-                    });
-                    shared.insert(key, plan.volumes.len());
-                    plan.volumes.push(VolumeSpec {
-                        name: tag.clone(),
-                        size_mib: 0,
-                        source: VolumeSource::Share {
+                        };
+                        (id, disk)
+                    } else {
+                        let Some(transport) = transport else {
+                            return Err(RunError::Invalid(format!(
+                                "the {backend} backend cannot share host directories (it has no share transport): {} cannot be mounted; use a tmpfs or block volume, or another backend",
+                                source.display()
+                            )));
+                        };
+                        let tag = share_tag(n_share);
+                        n_share += 1;
+                        plan.shares.push(ShareSpec {
+                            tag: tag.clone(),
+                            source: source.clone(),
+                            read_only: !m.rw,
+                        });
+                        let share = VolumeSource::Share {
                             tag: tag.clone(),
                             transport: guest_transport(transport),
-                        },
+                        };
+                        (tag, share)
+                    };
+                    shared.insert(key, plan.volumes.len());
+                    plan.volumes.push(VolumeSpec {
+                        name: name.clone(),
+                        size_mib: 0,
+                        source: source_spec,
                         readonly: !m.rw,
                     });
-                    tag
+                    name
                 }
             }
             (_, None) => {
