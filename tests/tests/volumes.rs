@@ -445,3 +445,58 @@ fn bad_volume_input_is_refused_clearly_and_leaves_nothing() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_pod_file_mounts_host_and_named_volumes_into_its_containers() {
+    let d = Hyperd::start();
+    let dir = shared_dir(&d, "podshare");
+    std::fs::write(dir.join("in"), "from-host\n").expect("write");
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let body = format!(
+        r#"
+name = "vols"
+[[volume]]
+name = "site"
+host = "{dir}"
+[[volume]]
+name = "cache"
+named = "podcache"
+[[container]]
+name = "writer"
+rootfs = "{rootfs}"
+command = ["sh", "-c", "cat /site/in > /cache/.t && mv /cache/.t /cache/copied && echo done > /site/out"]
+mounts = [{{ volume = "site", path = "/site" }}, {{ volume = "cache", path = "/cache" }}]
+[[container]]
+name = "reader"
+rootfs = "{rootfs}"
+command = ["sh", "-c", "i=0; while [ ! -f /ro/copied ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; cat /ro/copied; touch /ro/x 2>/dev/null || echo read-only"]
+mounts = [{{ volume = "cache", path = "/ro", readonly = true }}]
+"#,
+        dir = dir.display()
+    );
+    let file = d.dir.path().join("vols.toml");
+    std::fs::write(&file, body).expect("pod file");
+    let out = d.hyper(&["pod", "create", "-f", &file.to_string_lossy()]);
+    d.succeeded(&out);
+    let id = text(&out.stdout).trim().to_string();
+    let out = d.hyper(&["wait", &id]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", d.log_text());
+    assert_eq!(std::fs::read(dir.join("out")).expect("out"), b"done\n");
+    let out = d.hyper(&["logs", &format!("{id}/reader")]);
+    assert_eq!(text(&out.stdout), "from-host\nread-only\n");
+    let me = inspect(&d, &id);
+    let mounts = me["mounts"].as_array().expect("mounts").clone();
+    assert_eq!(mounts.len(), 3, "{me}");
+    assert!(mounts
+        .iter()
+        .any(|m| m["container"] == "reader" && m["name"] == "podcache" && m["rw"] == false));
+    let out = d.hyper(&["volume", "rm", "podcache"]);
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    d.succeeded(&d.hyper(&["rm", &id]));
+    d.succeeded(&d.hyper(&["volume", "rm", "podcache"]));
+}
