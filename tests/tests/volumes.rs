@@ -444,6 +444,35 @@ fn bad_volume_input_is_refused_clearly_and_leaves_nothing() {
         "{}",
         text(&out.stderr)
     );
+    let out = d.hyper(&["volume", "create", "--kind", "block", "blk2"]);
+    assert!(
+        text(&out.stderr).contains("needs a size"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // And the good ones: made, listed, inspected, removed.
+    d.succeeded(&d.hyper(&["volume", "create", "dir1"]));
+    let out = d.hyper(&[
+        "volume", "create", "--kind", "block", "--size", "16m", "--mkfs", "ext4", "blk2",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout).trim(), "blk2");
+    let out = d.hyper(&["volume", "inspect", "blk2"]);
+    d.succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["kind"], "block");
+    assert_eq!(v[0]["fstype"], "ext4");
+    assert_eq!(v[0]["size_bytes"], 16 << 20);
+    let disk = std::fs::metadata(v[0]["mountpoint"].as_str().expect("mountpoint")).expect("disk");
+    assert_eq!(disk.mode() & 0o777, 0o600);
+    let ls = text(&d.hyper(&["volume", "ls"]).stdout);
+    assert!(
+        ls.contains("blk2") && ls.contains("dir1") && ls.contains("16M"),
+        "{ls}"
+    );
+    d.succeeded(&d.hyper(&["volume", "rm", "dir1", "blk2"]));
+    assert_eq!(text(&d.hyper(&["volume", "ls", "-q"]).stdout).trim(), "");
 }
 
 #[test]
