@@ -38,7 +38,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from boot import ROOT, hyper, start_hyperd  # noqa: E402
+from boot import ROOT, hyper, start_hyperd, vm_argv  # noqa: E402
 from net import summary  # noqa: E402
 
 POD = "volbench"
@@ -227,6 +227,9 @@ def main():
         if r.returncode != 0:
             sys.exit("warm-up failed: " + r.stderr.decode())
         start_pod(bin_dir, sock, a, share_dir, image, places)
+        argv, _ = vm_argv(bin_dir, sock, POD)
+        accel = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "-accel"), "?")
+        machine = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "-machine"), "?")
         p = Places(a, bin_dir, sock, tmp, share_dir, image)
         results = {place: {} for place in places}
         for _ in range(a.runs):
@@ -235,8 +238,8 @@ def main():
                     results[place].setdefault(phase, []).append(secs)
         hyper(bin_dir, sock, "rm", "-f", POD)
 
-        print(f"backend {a.backend}, {a.runs} runs, places alternating; {a.mib} MiB sequential, "
-              f"{a.files} files for metadata")
+        print(f"backend {a.backend} (-accel {accel}, -machine {machine}), {a.runs} runs, places alternating; "
+              f"{a.mib} MiB sequential, {a.files} files for metadata")
         host = results["host"]
         for place, res in results.items():
             mib_s = {k: [a.mib / max(s, 0.01) for s in res[k]] for k in ("write", "read")}

@@ -628,6 +628,11 @@ fn share_files(run_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+fn assert_no_share_files(run_dir: &Path) {
+    let left = share_files(run_dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
@@ -704,8 +709,20 @@ async fn shares_are_served_and_a_dead_virtiofsd_stops_the_vm() {
         assert!(log.contains("Client connected"), "{tag}: {log}");
     }
 
+    kill_a_daemon_and_see_the_vm_end(&vm, &spec, qemu, &daemons, 0).await;
+}
+
+/// `kill -9` of `daemons[which]`: the VM ends with `helper_died`, and no
+/// QEMU, daemon, socket or record of it is left.
+async fn kill_a_daemon_and_see_the_vm_end(
+    vm: &dyn Vm,
+    spec: &VmSpec,
+    qemu: u32,
+    daemons: &[(String, u32)],
+    which: usize,
+) {
     // SAFETY: kill(2) of a daemon this test's VM runs.
-    unsafe { libc::kill(daemons[0].1 as i32, libc::SIGKILL) };
+    unsafe { libc::kill(daemons[which].1 as i32, libc::SIGKILL) };
     let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
         .await
         .expect("bounded")
@@ -716,15 +733,11 @@ async fn shares_are_served_and_a_dead_virtiofsd_stops_the_vm() {
         "{exit:?}"
     );
     assert!(!alive(qemu));
-    for (_, pid) in &daemons {
+    for (_, pid) in daemons {
         assert!(!alive(*pid));
     }
     assert!(run_files(&spec.run_dir).is_empty());
-    assert!(
-        share_files(&spec.run_dir).is_empty(),
-        "{:?}",
-        share_files(&spec.run_dir)
-    );
+    assert_no_share_files(&spec.run_dir);
 }
 
 /// q35 (vhost-user-fs-pci): a kill() ends QEMU and its daemon, and no
@@ -749,11 +762,7 @@ async fn q35_shares_end_with_the_vm_also_after_a_takeover() {
     for (_, pid) in &daemons_before {
         assert!(!alive(*pid));
     }
-    assert!(
-        share_files(&spec.run_dir).is_empty(),
-        "{:?}",
-        share_files(&spec.run_dir)
-    );
+    assert_no_share_files(&spec.run_dir);
 
     let vm = hv.launch(spec.clone()).await.expect("second launch");
     let info = vm.info();
@@ -784,11 +793,7 @@ async fn q35_shares_end_with_the_vm_also_after_a_takeover() {
     for (_, pid) in &daemons {
         assert!(!alive(*pid));
     }
-    assert!(
-        share_files(&spec.run_dir).is_empty(),
-        "{:?}",
-        share_files(&spec.run_dir)
-    );
+    assert_no_share_files(&spec.run_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -912,11 +917,7 @@ $B poweroff -f
         "from-guest\n"
     );
     assert!(!spec.shares[1].source.join("x").exists());
-    assert!(
-        share_files(&spec.run_dir).is_empty(),
-        "{:?}",
-        share_files(&spec.run_dir)
-    );
+    assert_no_share_files(&spec.run_dir);
 }
 
 /// As hyperd runs it: the plugin (its own process and runtime) starts the
@@ -948,24 +949,46 @@ async fn shares_through_the_plugin_boundary() {
     let qemu = vm.info().pid.unwrap();
     let daemons = daemons(&spec.run_dir);
     assert_eq!(daemons.len(), 2);
-    // SAFETY: kill(2) of a daemon this test's VM runs.
-    unsafe { libc::kill(daemons[1].1 as i32, libc::SIGKILL) };
-    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
-        .await
-        .expect("bounded")
-        .unwrap();
-    assert_eq!(
-        exit.helper_died,
-        Some(hyper_hypervisor::VmHelper::Virtiofsd),
-        "{exit:?}"
-    );
-    assert!(!alive(qemu));
-    for (_, pid) in &daemons {
-        assert!(!alive(*pid));
+    kill_a_daemon_and_see_the_vm_end(vm.as_ref(), &spec, qemu, &daemons, 1).await;
+}
+
+/// Measured, not asserted: `launch()` (spawn to a running VM that answers
+/// QMP) without shares and with one, alternating, on the halting stub.
+/// `cargo test --release -p hyper-backend-qemu --test real_qemu -- --ignored
+/// --nocapture launch_time_with_a_share`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn launch_time_with_a_share() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
     }
-    assert!(
-        share_files(&spec.run_dir).is_empty(),
-        "{:?}",
-        share_files(&spec.run_dir)
-    );
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let mut shared = f.spec.clone();
+    let source = f.dir.path().join("share");
+    std::fs::create_dir(&source).unwrap();
+    shared.shares.push(hyper_hypervisor::ShareSpec {
+        tag: "data".into(),
+        source,
+        read_only: false,
+    });
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..10 {
+        for (i, spec) in [&f.spec, &shared].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let vm = hv.launch(spec.clone()).await.expect("launch");
+            times[i].push(started.elapsed());
+            vm.kill().await.unwrap();
+            vm.wait().await.unwrap();
+        }
+    }
+    for (label, t) in ["no share", "one share"].iter().zip(&mut times) {
+        t.sort();
+        eprintln!(
+            "{label}: median {:?}, min {:?}, max {:?}",
+            t[t.len() / 2],
+            t[0],
+            t[t.len() - 1]
+        );
+    }
 }

@@ -340,12 +340,13 @@ fn is_listening(path: &Path) -> bool {
 }
 
 fn listening_in(net_unix: &[u8], path: &[u8]) -> bool {
+    let mut suffix = b" ".to_vec();
+    suffix.extend_from_slice(path);
     net_unix.split(|&b| b == b'\n').skip(1).any(|line| {
-        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
-        // Num RefCount Protocol Flags Type St Inode Path
-        let flags = fields.nth(3);
-        let name = fields.nth(3);
-        flags == Some(b"00010000".as_slice()) && name == Some(path)
+        // Num RefCount Protocol Flags Type St Inode Path; the path is the
+        // rest of the line (it may hold spaces).
+        let flags = line.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(3);
+        flags == Some(b"00010000".as_slice()) && line.ends_with(&suffix)
     })
 }
 
@@ -532,15 +533,21 @@ impl Virtiofsds {
             tracing::warn!(vm = %spec.id, pids = ?stale.pids(), "stopping virtiofsd left running in this run directory");
         }
         stale.stop().await;
+        // All at once: a pod with several shares waits for the slowest only.
+        let started =
+            futures_util::future::join_all(spec.shares.iter().map(|s| spawn(binary, s, spec)))
+                .await;
         let mut set = Self::none(&spec.run_dir);
-        for share in &spec.shares {
-            match spawn(binary, share, spec).await {
+        let mut failure = None;
+        for result in started {
+            match result {
                 Ok(daemon) => set.daemons.push(daemon),
-                Err(e) => {
-                    set.stop().await;
-                    return Err(e);
-                }
+                Err(e) => failure = failure.or(Some(e)),
             }
+        }
+        if let Some(e) = failure {
+            set.stop().await;
+            return Err(e);
         }
         if let Err(e) = set.write_record() {
             set.stop().await;
@@ -894,8 +901,12 @@ mod tests {
     const FAKE_SERVE: &str = "#!/usr/bin/env python3
 import ctypes, os, socket, sys, time
 a = sys.argv
+path = a[a.index('--socket-path') + 1]
+if 'vfs-bad' in path:
+    time.sleep(0.5)
+    sys.exit('refusing ' + path)
 s = socket.socket(socket.AF_UNIX)
-s.bind(a[a.index('--socket-path') + 1])
+s.bind(path)
 s.listen(1)
 pid = os.fork()
 if pid == 0:
@@ -1150,6 +1161,11 @@ os.waitpid(pid, 0)
         assert!(!listening_in(table, b"/run/vm/vfs-b.sock"));
         assert!(!listening_in(table, b"/run/vm/vfs-c.sock"));
         assert!(!listening_in(table, b"Path"));
+        assert!(!listening_in(table, b"vfs-a.sock"));
+        let spaced = b"Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01    45 /run/my state/vfs-a.sock
+";
+        assert!(listening_in(spaced, b"/run/my state/vfs-a.sock"));
     }
 
     #[test]
@@ -1288,6 +1304,34 @@ os.waitpid(pid, 0)
             e.to_string().contains("cannot run /nonexistent/virtiofsd"),
             "{e}"
         );
+    }
+
+    /// Processes whose command line names `dir`.
+    fn processes_in(dir: &Path) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                is_running(pid) && crate::adopt::cmdline_mentions(pid, dir.as_os_str().as_bytes())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_failing_share_stops_the_others() {
+        let f = fixture(&[("good", false), ("bad", false), ("fine", true)]);
+        let e = start(&fakes().serve, &f.spec)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("virtiofsd for share \"bad\" failed to start: it exited")
+                && e.contains("refusing"),
+            "{e}"
+        );
+        assert!(processes_in(&f.spec.run_dir).is_empty());
+        assert!(left_files(&f.spec.run_dir).is_empty());
     }
 
     async fn vmm() -> Arc<VmProcess> {
