@@ -158,16 +158,27 @@ fn two_pods_share_a_named_volume_that_outlives_them() {
     let a = d.run_detached(&["-v", "shared1:/data"], &["sleep", "600"]);
     let b = d.run_detached(
         &["-v", "shared1:/other"],
-        &["sh", "-c", "echo from-b > /other/note; sleep 600"],
+        // Renamed into place: a reader never sees it half-written.
+        &[
+            "sh",
+            "-c",
+            "echo from-b > /other/.new && mv /other/.new /other/note; sleep 600",
+        ],
     );
+    // Both VMs cache what they see for a moment (virtiofsd --cache auto):
+    // a sees b's file once its cache expires.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = d.hyper(&["exec", &a, "cat", "/data/note"]);
-        if out.status.success() {
-            assert_eq!(text(&out.stdout), "from-b\n");
+        if out.status.success() && text(&out.stdout) == "from-b\n" {
             break;
         }
-        assert!(Instant::now() < deadline, "pod a never saw b's file");
+        assert!(
+            Instant::now() < deadline,
+            "pod a never saw b's file: {:?} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // In use: refused, and the data stays.
@@ -189,7 +200,13 @@ fn two_pods_share_a_named_volume_that_outlives_them() {
     // Outlives its pods.
     assert_eq!(std::fs::read(data.join("note")).expect("note"), b"from-b\n");
     let out = d.run(&["-v", "shared1:/data:ro"], &["cat", "/data/note"]);
-    d.succeeded(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
     assert_eq!(text(&out.stdout), "from-b\n");
     d.succeeded(&d.hyper(&["volume", "rm", "shared1"]));
     assert!(!data.exists());
@@ -427,4 +444,88 @@ fn bad_volume_input_is_refused_clearly_and_leaves_nothing() {
         "{}",
         text(&out.stderr)
     );
+    let out = d.hyper(&["volume", "create", "--kind", "block", "blk2"]);
+    assert!(
+        text(&out.stderr).contains("needs a size"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // And the good ones: made, listed, inspected, removed.
+    d.succeeded(&d.hyper(&["volume", "create", "dir1"]));
+    let out = d.hyper(&[
+        "volume", "create", "--kind", "block", "--size", "16m", "--mkfs", "ext4", "blk2",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout).trim(), "blk2");
+    let out = d.hyper(&["volume", "inspect", "blk2"]);
+    d.succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["kind"], "block");
+    assert_eq!(v[0]["fstype"], "ext4");
+    assert_eq!(v[0]["size_bytes"], 16 << 20);
+    let disk = std::fs::metadata(v[0]["mountpoint"].as_str().expect("mountpoint")).expect("disk");
+    assert_eq!(disk.mode() & 0o777, 0o600);
+    let ls = text(&d.hyper(&["volume", "ls"]).stdout);
+    assert!(
+        ls.contains("blk2") && ls.contains("dir1") && ls.contains("16M"),
+        "{ls}"
+    );
+    d.succeeded(&d.hyper(&["volume", "rm", "dir1", "blk2"]));
+    assert_eq!(text(&d.hyper(&["volume", "ls", "-q"]).stdout).trim(), "");
+}
+
+#[test]
+fn a_pod_file_mounts_host_and_named_volumes_into_its_containers() {
+    let d = Hyperd::start();
+    let dir = shared_dir(&d, "podshare");
+    std::fs::write(dir.join("in"), "from-host\n").expect("write");
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let body = format!(
+        r#"
+name = "vols"
+[[volume]]
+name = "site"
+host = "{dir}"
+[[volume]]
+name = "cache"
+named = "podcache"
+[[container]]
+name = "writer"
+rootfs = "{rootfs}"
+command = ["sh", "-c", "cat /site/in > /cache/.t && mv /cache/.t /cache/copied && echo done > /site/out"]
+mounts = [{{ volume = "site", path = "/site" }}, {{ volume = "cache", path = "/cache" }}]
+[[container]]
+name = "reader"
+rootfs = "{rootfs}"
+command = ["sh", "-c", "i=0; while [ ! -f /ro/copied ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; cat /ro/copied; touch /ro/x 2>/dev/null || echo read-only"]
+mounts = [{{ volume = "cache", path = "/ro", readonly = true }}]
+"#,
+        dir = dir.display()
+    );
+    let file = d.dir.path().join("vols.toml");
+    std::fs::write(&file, body).expect("pod file");
+    let out = d.hyper(&["pod", "create", "-f", &file.to_string_lossy()]);
+    d.succeeded(&out);
+    let id = text(&out.stdout).trim().to_string();
+    let out = d.hyper(&["wait", &id]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", d.log_text());
+    assert_eq!(std::fs::read(dir.join("out")).expect("out"), b"done\n");
+    let out = d.hyper(&["logs", &format!("{id}/reader")]);
+    assert_eq!(text(&out.stdout), "from-host\nread-only\n");
+    let me = inspect(&d, &id);
+    let mounts = me["mounts"].as_array().expect("mounts").clone();
+    assert_eq!(mounts.len(), 3, "{me}");
+    assert!(mounts
+        .iter()
+        .any(|m| m["container"] == "reader" && m["name"] == "podcache" && m["rw"] == false));
+    let out = d.hyper(&["volume", "rm", "podcache"]);
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    d.succeeded(&d.hyper(&["rm", &id]));
+    d.succeeded(&d.hyper(&["volume", "rm", "podcache"]));
 }

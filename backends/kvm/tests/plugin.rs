@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
-use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use hyper_hypervisor::{
+    AgentChannel, DiskSpec, Hypervisor, HypervisorError, ShareSpec, ShareTransport, Vm, VmHelper,
+    VmSpec,
+};
 
 fn plugin() -> Arc<LoadedPlugin> {
     // The cdylib and the plugin host, built with the cargo running this test.
@@ -564,4 +567,107 @@ async fn bad_nics_are_refused_before_launch() {
             "{err} should mention {needle}"
         );
     }
+}
+
+/// A spec with one share (tag `vol-a`) of a fresh directory holding
+/// `hello`; `None` where virtiofsd or /dev/kvm is missing.
+fn share_spec(dir: &Path, cmdline: &str) -> Option<VmSpec> {
+    kvm_or_skip("plugin shares")?;
+    virtiofsd_or_skip()?;
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), b"HYPERTG-FS-HOST and more\n").unwrap();
+    let mut s = spec(dir, guest().elf.clone(), cmdline);
+    s.shares.push(ShareSpec {
+        tag: "vol-a".into(),
+        source: shared,
+        read_only: false,
+    });
+    Some(s)
+}
+
+/// Processes whose command line mentions `needle` (the run directory).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let want = needle.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(want.len()).any(|w| w == want))
+        })
+        .collect()
+}
+
+fn assert_nothing_left(run: &Path) {
+    assert!(processes_mentioning(run).is_empty(), "left running");
+    for f in ["vfs-vol-a.sock", "vfs-vol-a.sock.pid", "virtiofsd.json"] {
+        assert!(!run.join(f).exists(), "{f} left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_is_served_by_a_supervised_virtiofsd_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = share_spec(dir.path(), "tg.hello tg.fs_tag=vol-a") else {
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true, "virtiofsd": VIRTIOFSD}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(ShareTransport::VirtioFs)
+    );
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("guest stops by itself")
+        .unwrap();
+    let log = std::fs::read_to_string(&s.console_log).unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}\n{log}");
+    assert_eq!(exit.helper_died, None);
+    for check in ["fs-tag", "fs-init", "fs-lookup", "fs-read", "fs-write"] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "{check}:\n{log}"
+        );
+    }
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let host = std::fs::read(dir.path().join("shared/hello")).unwrap();
+    assert!(host.starts_with(b"HYPERTG-FS-GUEST"));
+    assert_nothing_left(&s.run_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_virtiofsd_stops_the_vm_with_helper_died() {
+    let dir = tempfile::tempdir().unwrap();
+    // The guest waits for a console line forever.
+    let Some(s) = share_spec(dir.path(), "tg.echo") else {
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let socket = s.run_dir.join("vfs-vol-a.sock");
+    let daemons: Vec<u32> = processes_mentioning(&socket)
+        .into_iter()
+        .filter(|&p| Some(p) != vm.info().pid)
+        .collect();
+    assert!(
+        !daemons.is_empty(),
+        "no virtiofsd serving {}",
+        socket.display()
+    );
+    for pid in daemons {
+        // SAFETY: kill(2) of a virtiofsd this test's VM depends on.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("the VM stops")
+        .unwrap();
+    assert_eq!(exit.helper_died, Some(VmHelper::Virtiofsd), "{exit:?}");
+    assert_nothing_left(&s.run_dir);
 }

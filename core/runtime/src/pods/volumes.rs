@@ -122,50 +122,48 @@ pub(super) fn plan(
                         s.read_only &= !m.rw;
                     }
                     v.name.clone()
-                } else if block {
-                    let id = block_id(n_block);
-                    n_block += 1;
-                    plan.disks.push(DiskSpec {
-                        path: source.clone(),
-                        read_only: false,
-                        id: id.clone(),
-                    });
-                    shared.insert(key, plan.volumes.len());
-                    plan.volumes.push(VolumeSpec {
-                        name: id.clone(),
-                        size_mib: 0,
-                        source: VolumeSource::Block {
+                } else {
+                    let (name, source_spec) = if block {
+                        let id = block_id(n_block);
+                        n_block += 1;
+                        plan.disks.push(DiskSpec {
+                            path: source.clone(),
+                            read_only: false,
+                            id: id.clone(),
+                        });
+                        let disk = VolumeSource::Block {
                             disk_id: id.clone(),
                             fstype: "ext4".into(),
-                        },
-                        readonly: !m.rw,
-                    });
-                    id
-                } else {
-                    let Some(transport) = transport else {
-                        return Err(RunError::Invalid(format!(
-                            "the {backend} backend cannot share host directories (it has no share transport): {} cannot be mounted; use a tmpfs or block volume, or another backend",
-                            source.display()
-                        )));
-                    };
-                    let tag = share_tag(n_share);
-                    n_share += 1;
-                    plan.shares.push(ShareSpec {
-                        tag: tag.clone(),
-                        source: source.clone(),
-                        read_only: !m.rw,
-                    });
-                    shared.insert(key, plan.volumes.len());
-                    plan.volumes.push(VolumeSpec {
-                        name: tag.clone(),
-                        size_mib: 0,
-                        source: VolumeSource::Share {
+                        };
+                        (id, disk)
+                    } else {
+                        let Some(transport) = transport else {
+                            return Err(RunError::Invalid(format!(
+                                "the {backend} backend cannot share host directories (it has no share transport): {} cannot be mounted; use a tmpfs or block volume, or another backend",
+                                source.display()
+                            )));
+                        };
+                        let tag = share_tag(n_share);
+                        n_share += 1;
+                        plan.shares.push(ShareSpec {
+                            tag: tag.clone(),
+                            source: source.clone(),
+                            read_only: !m.rw,
+                        });
+                        let share = VolumeSource::Share {
                             tag: tag.clone(),
                             transport: guest_transport(transport),
-                        },
+                        };
+                        (tag, share)
+                    };
+                    shared.insert(key, plan.volumes.len());
+                    plan.volumes.push(VolumeSpec {
+                        name: name.clone(),
+                        size_mib: 0,
+                        source: source_spec,
                         readonly: !m.rw,
                     });
-                    tag
+                    name
                 }
             }
             (_, None) => {
@@ -614,6 +612,68 @@ mod tests {
         assert_eq!(p.disks.len(), 1);
         let only_tmpfs = plan(&mounts[..1], None, "xen").unwrap();
         assert!(!only_tmpfs.needs_host_volumes());
+    }
+
+    #[test]
+    fn a_pod_files_host_and_named_volumes_become_requests_per_container_mount() {
+        let text = r#"
+[[volume]]
+name = "site"
+host = "/srv/site"
+readonly = true
+[[volume]]
+name = "cache"
+named = "web-cache"
+[[volume]]
+name = "scratch"
+size_mib = 8
+[[container]]
+name = "web"
+rootfs = "/r"
+command = ["httpd"]
+mounts = [{ volume = "site", path = "/html" }, { volume = "scratch", path = "/tmp/s" }]
+[[container]]
+name = "sidecar"
+rootfs = "/r"
+command = ["sh"]
+mounts = [{ volume = "cache", path = "/c", readonly = true }, { volume = "site", path = "/s" }]
+"#;
+        let pod = crate::podfile::parse("pod.toml", text).unwrap();
+        let reqs = pod_file_requests(&pod);
+        let got: Vec<_> = reqs
+            .iter()
+            .map(|(c, r)| {
+                (
+                    c.as_str(),
+                    r.kind,
+                    r.source.as_deref().unwrap_or(""),
+                    r.target.as_str(),
+                    r.readonly,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web", MountKind::Bind, "/srv/site", "/html", true),
+                ("sidecar", MountKind::Volume, "web-cache", "/c", true),
+                ("sidecar", MountKind::Bind, "/srv/site", "/s", true),
+            ]
+        );
+        assert!(hyper_volumes::request::validate(&[reqs[0].1.clone()]).is_ok());
+        for (volume, key) in [
+            ("host = \"rel\"", "volume[0].host"),
+            ("host = \"/a\"\nnamed = \"bb\"", "volume[0].named"),
+            ("named = \"-x\"", "volume[0].named"),
+            ("host = \"/a\"\nsize_mib = 4", "volume[0].size_mib"),
+            ("readonly = true", "volume[0].readonly"),
+        ] {
+            let text = format!(
+                "[[volume]]\nname = \"v\"\n{volume}\n[[container]]\nname = \"c\"\nrootfs = \"/r\"\ncommand = [\"sh\"]\n"
+            );
+            let e = crate::podfile::parse("pod.toml", &text).unwrap_err();
+            assert_eq!(e.key, key, "{volume}: {e}");
+        }
     }
 
     #[test]
