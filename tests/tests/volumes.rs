@@ -342,6 +342,8 @@ fn killing_virtiofsd_fails_the_pod_and_leaves_nothing_behind() {
     );
     let pids = virtiofsds_under(&d.state_dir);
     assert!(!pids.is_empty(), "no virtiofsd for {id}:\n{}", d.log_text());
+    // One daemon per share, as virtiofsd forks its server.
+    let per_pod = pids.len();
     for pid in pids {
         // SAFETY: kill(2) on this test's pod's virtiofsd.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -357,15 +359,38 @@ fn killing_virtiofsd_fails_the_pod_and_leaves_nothing_behind() {
     );
     d.succeeded(&d.hyper(&["rm", &id]));
 
-    // After a hyperd kill -9 and a takeover, removing the pod still takes
-    // its virtiofsd and sockets along.
-    let id = d.run_detached(&["-v", &v], &["sleep", "600"]);
-    assert!(!virtiofsds_under(&d.state_dir).is_empty());
+    // After a hyperd kill -9 and a takeover: the new hyperd watches the
+    // adopted daemons the same way, and removing a pod still takes its
+    // virtiofsd and sockets along.
+    let first = d.run_detached(&["-v", &v], &["sleep", "600"]);
+    let v2 = format!("{}:/data", shared_dir(&d, "victim2").display());
+    let second = d.run_detached(&["-v", &v2], &["sleep", "600"]);
+    assert_eq!(virtiofsds_under(&d.state_dir).len(), 2 * per_pod);
     d.kill_hard();
     d.restart();
-    let me = inspect(&d, &id);
-    assert_eq!(me["running"], true, "{me}\n{}", d.log_text());
-    d.succeeded(&d.hyper(&["rm", "-f", &id]));
+    for id in [&first, &second] {
+        let me = inspect(&d, id);
+        assert_eq!(me["running"], true, "{me}\n{}", d.log_text());
+    }
+    let pod_dir = d.state_dir.join("pods").join(&first);
+    let pids = virtiofsds_under(&pod_dir);
+    assert!(
+        !pids.is_empty(),
+        "no virtiofsd for {first} after the takeover"
+    );
+    for pid in pids {
+        // SAFETY: kill(2) on this test's pod's virtiofsd.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let me = wait_exited(&d, &first);
+    assert!(
+        me["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("virtiofsd ended"),
+        "{me}"
+    );
+    d.succeeded(&d.hyper(&["rm", "-f", &first, &second]));
     assert!(virtiofsds_under(&d.state_dir).is_empty());
     assert!(sockets_under(&d.state_dir.join("pods")).is_empty());
 }
