@@ -177,7 +177,7 @@ impl QemuHypervisor {
         unsafe {
             command.pre_exec(move || nic::inherit(&tap_fds));
         }
-        if let Err(e) = hyper_hypervisor::process::confine_vmm(command.as_std_mut(), &spec) {
+        if let Err(e) = hyper_hypervisor::process::confine_vmm(command.as_std_mut(), spec) {
             taps.release().await;
             return Err(HypervisorError::LaunchFailed(format!(
                 "cannot confine QEMU: {e}"

@@ -305,7 +305,7 @@ impl KvmHypervisor {
                 });
             }
         }
-        hyper_hypervisor::process::confine_vmm(cmd.as_std_mut(), &spec)
+        hyper_hypervisor::process::confine_vmm(cmd.as_std_mut(), spec)
             .map_err(|e| HypervisorError::LaunchFailed(format!("cannot confine hyper-vmm: {e}")))?;
         let process =
             VmProcess::spawn(&mut cmd, "hyper-vmm", on_exit(paths.clone())).map_err(|e| {
