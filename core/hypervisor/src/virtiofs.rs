@@ -33,7 +33,7 @@
 //! so stopping it kills the whole group, and we wait until that group is
 //! empty: when [`Virtiofsds::stop`] returns, no virtiofsd of the VM is left.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -50,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::adopt::{process_start_time, AdoptedProcess};
 use crate::process::{is_running, VmProcess};
-use crate::{CgroupPlacement, HypervisorError, ShareSpec, VmExit, VmHelper, VmSpec};
+use crate::{HypervisorError, ShareSpec, VmExit, VmHelper, VmSpec};
 
 /// Where virtiofsd is looked for when the backend has no configured path,
 /// before `PATH`: the crate's install root (`cargo install --root
@@ -263,65 +263,6 @@ pub fn daemon_args(share: &ShareSpec, socket: &Path) -> Vec<OsString> {
         args.push("--readonly".into());
     }
     args
-}
-
-/// Writes `pid` into every `cgroup.procs` file of `placement`.
-pub fn place_in_cgroup(pid: u32, placement: &CgroupPlacement) -> io::Result<()> {
-    for file in &placement.procs_files {
-        std::fs::write(file, format!("{pid}\n")).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot place pid {pid} in {}: {e}", file.display()),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// The `cgroup.procs` files as C strings, made before a fork so that the
-/// child can join them with async-signal-safe calls only.
-struct CgroupJoin(Vec<CString>);
-
-impl CgroupJoin {
-    fn new(placement: Option<&CgroupPlacement>) -> io::Result<Self> {
-        let files = placement.map(|p| p.procs_files.as_slice()).unwrap_or(&[]);
-        files
-            .iter()
-            .map(|f| {
-                CString::new(f.as_os_str().as_bytes()).map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("cgroup file {} contains a NUL byte", f.display()),
-                    )
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()
-            .map(Self)
-    }
-
-    /// Moves the calling process into every cgroup ("0" names the writer),
-    /// so it is there before it executes anything: its children, forked
-    /// before we could write their pids, are born inside.
-    fn join_self(&self) -> io::Result<()> {
-        for file in &self.0 {
-            // SAFETY: open(2) on a NUL-terminated path we own; no memory
-            // is allocated (this runs between fork and exec).
-            let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: write(2) of a 2-byte static buffer to the fd just
-            // opened, then close(2) of it; both async-signal-safe.
-            let written = unsafe { libc::write(fd, b"0\n".as_ptr().cast(), 2) };
-            let err = io::Error::last_os_error();
-            // SAFETY: see above; `fd` is ours and closed once.
-            unsafe { libc::close(fd) };
-            if written != 2 {
-                return Err(err);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Whether a unix socket is listening at `path`, from /proc/net/unix
@@ -733,7 +674,6 @@ async fn spawn(
     let log_err = log_file
         .try_clone()
         .map_err(|e| fail(format!("cannot reopen {}: {e}", log.display())))?;
-    let cgroup = CgroupJoin::new(spec.cgroup.as_ref()).map_err(|e| fail(e.to_string()))?;
     let mut command = Command::new(binary);
     command
         .args(daemon_args(share, &socket))
@@ -746,10 +686,11 @@ async fn spawn(
         // Its own group, so `stop` reaches the server it forks, and a
         // Ctrl-C meant for hyperd does not.
         .process_group(0);
-    // SAFETY: the closure only calls open/write/close (async-signal-safe)
-    // on C strings made before the fork; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || cgroup.join_self());
+    // In the VM's cgroup before it runs, so the server it forks is born
+    // inside too.
+    if let Some(placement) = &spec.cgroup {
+        crate::process::place_in_cgroup(command.as_std_mut(), placement)
+            .map_err(|e| fail(e.to_string()))?;
     }
     let mut child = command
         .spawn()
@@ -1181,42 +1122,6 @@ os.waitpid(pid, 0)
         assert!(!cap_log(&log, 10).unwrap());
     }
 
-    #[test]
-    fn cgroup_placement_writes_the_pid_or_joins_before_exec() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Vec<PathBuf> = ["memory", "pids"]
-            .iter()
-            .map(|c| dir.path().join(c))
-            .collect();
-        let placement = CgroupPlacement {
-            procs_files: files.clone(),
-        };
-        place_in_cgroup(4242, &placement).unwrap();
-        for f in &files {
-            assert_eq!(std::fs::read_to_string(f).unwrap(), "4242\n");
-        }
-        let joined: Vec<PathBuf> = files.iter().map(|f| f.with_extension("j")).collect();
-        for f in &joined {
-            std::fs::write(f, b"").unwrap();
-        }
-        let placement = CgroupPlacement {
-            procs_files: joined.clone(),
-        };
-        CgroupJoin::new(Some(&placement))
-            .unwrap()
-            .join_self()
-            .unwrap();
-        for f in &joined {
-            assert_eq!(std::fs::read_to_string(f).unwrap(), "0\n");
-        }
-        let gone = CgroupPlacement {
-            procs_files: vec![dir.path().join("no/such/cgroup.procs")],
-        };
-        let e = place_in_cgroup(1, &gone).unwrap_err().to_string();
-        assert!(e.contains("no/such/cgroup.procs"), "{e}");
-        assert!(CgroupJoin::new(Some(&gone)).unwrap().join_self().is_err());
-    }
-
     /// A real cgroup (the v1 `pids` hierarchy, or v2's where that is the
     /// only one): the daemon and the server it forks are both inside.
     #[tokio::test]
@@ -1240,7 +1145,7 @@ os.waitpid(pid, 0)
             return;
         }
         let mut f = fixture(&[("a", false)]);
-        f.spec.cgroup = Some(CgroupPlacement {
+        f.spec.cgroup = Some(crate::CgroupPlacement {
             procs_files: vec![cgroup.join("cgroup.procs")],
         });
         let set = start(&fakes().serve, &f.spec).await.unwrap();
