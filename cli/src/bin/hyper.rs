@@ -776,10 +776,7 @@ async fn info(client: &Client, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).unwrap_or_default()
-        );
+        print_json(&info);
         return 0;
     }
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -841,10 +838,7 @@ async fn ps(client: &Client, all: bool, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&pods).unwrap_or_default()
-        );
+        print_json(&pods);
         return 0;
     }
     println!(
@@ -1010,10 +1004,7 @@ async fn network_ls(client: &Client, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        print_json(&list);
         return 0;
     }
     println!("{:<20} {:<8} {:<40} PLUGINS", "NAME", "DEFAULT", "FILE");
@@ -1088,10 +1079,7 @@ async fn volume(client: &Client, command: VolumeCommand) -> i32 {
                 Err(e) => return fail(e),
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
+                print_json(&list);
                 return 0;
             }
             let volumes = list.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -1133,7 +1121,7 @@ async fn volume(client: &Client, command: VolumeCommand) -> i32 {
                     Err(e) => code = fail(e),
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            print_json(&out);
             code
         }
         VolumeCommand::Rm { names } => {
@@ -1167,10 +1155,7 @@ async fn inspect(client: &Client, pods: &[String]) -> i32 {
             }
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&found).unwrap_or_default()
-    );
+    print_json(&found);
     code
 }
 
@@ -1429,10 +1414,7 @@ async fn images(client: &Client, json: bool) -> i32 {
         Err(e) => return fail(e),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&images).unwrap_or_default()
-        );
+        print_json(&images);
         return 0;
     }
     println!(
@@ -1560,4 +1542,12 @@ async fn login(
         }
         Err(e) => fail(e),
     }
+}
+
+/// `--json` output: the server's JSON, pretty-printed as it came.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
