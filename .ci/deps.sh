@@ -5,13 +5,14 @@
 # the musl target hyperstart is built for, and the bare-metal target of
 # the KVM backend's freestanding test guest; the CNI plugins, iptables and
 # iproute2 for pods' networks (python3 serves a page in the NAT test); kmod,
-# whose modprobe the Xen leg's dom0 image copies.
+# whose modprobe the Xen leg's dom0 image copies; containerd (and its ctr) for
+# the containerd shim's e2e tests (tests/tests/containerd.rs).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 cpio
       qemu-system-x86 busybox-static erofs-utils file xz-utils
       docker-registry skopeo apache2-utils zstd curl
-      containernetworking-plugins iptables iproute2 python3 kmod)
+      containernetworking-plugins iptables iproute2 python3 kmod containerd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
