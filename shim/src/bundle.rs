@@ -27,6 +27,8 @@ pub enum BundleError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: the spec has no process to run")]
     NoProcess { path: PathBuf },
+    #[error("exec: {message}")]
+    Exec { message: String },
     #[error("runtime options ({type_url}): {message}")]
     Options { type_url: String, message: String },
 }
@@ -101,6 +103,24 @@ pub fn read_spec(bundle: &Path) -> Result<(Spec, Process), BundleError> {
         Some(p) if !p.args.is_empty() => Ok((spec, p)),
         _ => Err(BundleError::NoProcess { path }),
     }
+}
+
+/// The process of an exec (ExecProcessRequest.spec: an OCI `Process` as
+/// JSON, as containerd sends it).
+pub fn exec_process(spec: Option<&Any>) -> Result<Process, BundleError> {
+    let bad = |message: String| BundleError::Exec { message };
+    let any = spec.ok_or_else(|| bad("no process spec".into()))?;
+    if any.value.len() as u64 > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "process spec larger than {MAX_SPEC_BYTES} bytes"
+        )));
+    }
+    let p: Process =
+        serde_json::from_slice(&any.value).map_err(|e| bad(format!("process spec: {e}")))?;
+    if p.args.is_empty() {
+        return Err(bad("the process spec has no args".into()));
+    }
+    Ok(p)
 }
 
 /// The hypercontainer config the runtime options name: `ConfigPath` of

@@ -3,6 +3,7 @@
 //! The pid containerd sees for the task is the shim's own (the container's
 //! processes live in the guest; the VM is the shim's child's child).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use async_trait::async_trait;
 use containerd_shim::api::{self, Empty, Status};
 use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal};
 use containerd_shim::event::Event;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
@@ -19,7 +22,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{Context, Task};
 use hyper_core::config::Config;
 use hyper_core::plugins::Plugins;
-use hyper_core::pods::{RunIo, RunOutcome, RunRequest, Runtime, Stdin};
+use hyper_core::pods::{ExecRequest, RunIo, RunOutcome, RunRequest, Runtime, Stdin};
 use hyper_protocol::TerminalSize;
 use tokio::sync::{mpsc, watch, Mutex};
 
@@ -46,13 +49,101 @@ struct Exit {
     at: Timestamp,
 }
 
-struct TaskState {
-    id: String,
-    bundle: PathBuf,
+/// A process of the task (its init, or an exec): its stdio and its end.
+struct Proc {
     stdin: String,
     stdout: String,
     stderr: String,
     terminal: bool,
+    started: bool,
+    resize: Option<mpsc::Sender<TerminalSize>>,
+    /// The process's stdin and the pump feeding it, until CloseIO.
+    stdin_tx: Option<mpsc::Sender<Stdin>>,
+    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+    exit: watch::Receiver<Option<Exit>>,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+}
+
+impl Proc {
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        let (exit_tx, exit) = watch::channel(None);
+        Proc {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            terminal,
+            started: false,
+            resize: None,
+            stdin_tx: None,
+            stdin_pump: None,
+            exit,
+            exit_tx: Arc::new(exit_tx),
+        }
+    }
+
+    fn status(&self) -> Status {
+        match (&*self.exit.borrow(), self.started) {
+            (Some(_), _) => Status::STOPPED,
+            (None, true) => Status::RUNNING,
+            (None, false) => Status::CREATED,
+        }
+    }
+
+    /// Starts the pumps between containerd's fifos and the core: returns
+    /// the core's side of them, and the output pump (done once all output
+    /// is in the fifos).
+    fn wire(&mut self) -> (RunIo, tokio::task::JoinHandle<()>) {
+        let (out_tx, out_rx) = mpsc::channel(stdio::OUTPUT_CHUNKS);
+        let stderr = if self.terminal {
+            self.stdout.clone()
+        } else {
+            self.stderr.clone()
+        };
+        let pump = tokio::spawn(stdio::pump_output(out_rx, self.stdout.clone(), stderr));
+        let stdin = if self.stdin.is_empty() {
+            None
+        } else {
+            let (tx, rx) = mpsc::channel(16);
+            self.stdin_tx = Some(tx.clone());
+            self.stdin_pump = Some(tokio::spawn(stdio::pump_stdin(
+                PathBuf::from(&self.stdin),
+                tx,
+            )));
+            Some(rx)
+        };
+        let resize = if self.terminal {
+            let (tx, rx) = mpsc::channel(8);
+            self.resize = Some(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        self.started = true;
+        let io = RunIo {
+            output: out_tx,
+            stdin,
+            resize,
+        };
+        (io, pump)
+    }
+
+    /// The client's input ended: the process reads end of file.
+    async fn close_stdin(&mut self) {
+        if let Some(pump) = self.stdin_pump.take() {
+            pump.abort();
+        }
+        if let Some(tx) = self.stdin_tx.take() {
+            let _ = tx.send(Stdin::Close).await;
+        }
+    }
+}
+
+struct TaskState {
+    id: String,
+    bundle: PathBuf,
+    init: Proc,
+    /// Exec processes by exec id, with what to run until Start takes it.
+    execs: HashMap<String, (Proc, Option<ExecRequest>)>,
     runtime: Arc<Runtime>,
     /// What to run, until Start takes it.
     request: Option<RunRequest>,
@@ -60,23 +151,34 @@ struct TaskState {
     pod: Option<String>,
     /// Where the shim's rootfs mount is, if it made one.
     rootfs_mount: Option<PathBuf>,
-    resize: Option<mpsc::Sender<TerminalSize>>,
-    /// The container's stdin and the pump feeding it, until CloseIO.
-    stdin_tx: Option<mpsc::Sender<Stdin>>,
-    stdin_pump: Option<tokio::task::JoinHandle<()>>,
-    exit: watch::Receiver<Option<Exit>>,
-    exit_tx: Arc<watch::Sender<Option<Exit>>>,
     /// The core's state directory for this task.
     state_dir: PathBuf,
 }
 
 impl TaskState {
     fn status(&self) -> Status {
-        match (&*self.exit.borrow(), &self.pod) {
-            (Some(_), _) => Status::STOPPED,
-            (None, Some(_)) => Status::RUNNING,
-            (None, None) => Status::CREATED,
+        self.init.status()
+    }
+
+    /// The init process (`exec_id` empty) or an exec.
+    fn proc_mut(&mut self, exec_id: &str) -> ttrpc::Result<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
         }
+        self.execs
+            .get_mut(exec_id)
+            .map(|(p, _)| p)
+            .ok_or_else(|| not_found(exec_id))
+    }
+
+    fn proc(&self, exec_id: &str) -> ttrpc::Result<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .map(|(p, _)| p)
+            .ok_or_else(|| not_found(exec_id))
     }
 }
 
@@ -205,23 +307,15 @@ impl TaskService {
             },
             hostname: spec.hostname.filter(|h| !h.is_empty()),
         };
-        let (exit_tx, exit) = watch::channel(None);
         Ok(TaskState {
             id: req.id.clone(),
             bundle: bundle_dir,
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
+            init: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+            execs: HashMap::new(),
             runtime,
             request: Some(request),
             pod: None,
             rootfs_mount,
-            resize: None,
-            stdin_tx: None,
-            stdin_pump: None,
-            exit,
-            exit_tx: Arc::new(exit_tx),
             state_dir,
         })
     }
@@ -233,6 +327,7 @@ async fn finish(
     publisher: Arc<RemotePublisher>,
     namespace: String,
     id: String,
+    exec_id: String,
     exit_tx: Arc<watch::Sender<Option<Exit>>>,
     code: i32,
     pump: tokio::task::JoinHandle<()>,
@@ -250,7 +345,7 @@ async fn finish(
         &namespace,
         TaskExit {
             container_id: id.clone(),
-            id,
+            id: if exec_id.is_empty() { id } else { exec_id },
             pid: shim_pid(),
             exit_status: exit.code,
             exited_at: MessageField::some(exit.at),
@@ -265,6 +360,99 @@ fn outcome_code(o: Option<&Result<RunOutcome, String>>) -> i32 {
         Some(Ok(o)) => o.exit_code,
         _ => hyper_core::pods::RUNTIME_FAILURE_EXIT,
     }
+}
+
+impl TaskService {
+    /// Starts exec `req.exec_id`: the core runs it in the task's container
+    /// until it ends; its end is published like the init's.
+    async fn start_exec(&self, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+        let mut slot = self.task.lock().await;
+        let task = slot
+            .as_mut()
+            .filter(|t| t.id == req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let (runtime, pod) = match &task.pod {
+            Some(pod) if task.init.status() == Status::RUNNING => {
+                (task.runtime.clone(), pod.clone())
+            }
+            _ => {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {}: not running", req.id),
+                ))
+            }
+        };
+        let (p, exec) = task
+            .execs
+            .get_mut(&req.exec_id)
+            .ok_or_else(|| not_found(&req.exec_id))?;
+        let exec = exec.take().ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec {}: already started", req.exec_id),
+            )
+        })?;
+        let (io, pump) = p.wire();
+        let exit_tx = p.exit_tx.clone();
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        tokio::spawn(async move {
+            let code = match runtime.exec(&pod, exec, io).await {
+                Ok(o) => {
+                    if let Some(m) = &o.message {
+                        tracing::warn!(task = %id, exec = %exec_id, "{m}");
+                    }
+                    o.exit_code
+                }
+                Err(e) => {
+                    tracing::warn!(task = %id, exec = %exec_id, "exec: {e}");
+                    hyper_core::pods::RUNTIME_FAILURE_EXIT
+                }
+            };
+            finish(publisher, namespace, id, exec_id, exit_tx, code, pump).await;
+        });
+        drop(slot);
+        self.publish(TaskExecStarted {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            pid: shim_pid(),
+            ..Default::default()
+        })
+        .await;
+        Ok(api::StartResponse {
+            pid: shim_pid(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Forgets an exec that ended (or never started).
+fn delete_exec(
+    task: Option<&mut TaskState>,
+    req: &api::DeleteRequest,
+) -> ttrpc::Result<api::DeleteResponse> {
+    let task = task
+        .filter(|t| t.id == req.id)
+        .ok_or_else(|| not_found(&req.id))?;
+    let p = task.proc(&req.exec_id)?;
+    if p.status() == Status::RUNNING {
+        return Err(status(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("exec {}: still running", req.exec_id),
+        ));
+    }
+    let exit = p.exit.borrow().clone().unwrap_or(Exit {
+        code: 0,
+        at: Timestamp::now(),
+    });
+    task.execs.remove(&req.exec_id);
+    Ok(api::DeleteResponse {
+        pid: shim_pid(),
+        exit_status: exit.code,
+        exited_at: MessageField::some(exit.at),
+        ..Default::default()
+    })
 }
 
 #[async_trait]
@@ -314,10 +502,7 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            return Err(status(
-                ttrpc::Code::UNIMPLEMENTED,
-                "exec: not implemented by containerd-shim-hyper-v2 yet",
-            ));
+            return self.start_exec(req).await;
         }
         let mut slot = self.task.lock().await;
         let task = slot
@@ -330,39 +515,7 @@ impl Task for TaskService {
                 format!("task {}: already started", req.id),
             )
         })?;
-        let (out_tx, out_rx) = mpsc::channel(stdio::OUTPUT_CHUNKS);
-        let pump = tokio::spawn(stdio::pump_output(
-            out_rx,
-            task.stdout.clone(),
-            if task.terminal {
-                task.stdout.clone()
-            } else {
-                task.stderr.clone()
-            },
-        ));
-        let stdin = if task.stdin.is_empty() {
-            None
-        } else {
-            let (tx, rx) = mpsc::channel(16);
-            task.stdin_tx = Some(tx.clone());
-            task.stdin_pump = Some(tokio::spawn(stdio::pump_stdin(
-                PathBuf::from(&task.stdin),
-                tx,
-            )));
-            Some(rx)
-        };
-        let resize = if task.terminal {
-            let (tx, rx) = mpsc::channel(8);
-            task.resize = Some(tx);
-            Some(rx)
-        } else {
-            None
-        };
-        let io = RunIo {
-            output: out_tx,
-            stdin,
-            resize,
-        };
+        let (io, pump) = task.init.wire();
         let started = match task.runtime.create(run, Some(io)).await {
             Ok(s) => s,
             Err(e) => {
@@ -375,7 +528,7 @@ impl Task for TaskService {
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
         let id = task.id.clone();
-        let exit_tx = task.exit_tx.clone();
+        let exit_tx = task.init.exit_tx.clone();
         match started.early {
             Some(early) => {
                 if let Some(m) = &early.message {
@@ -385,6 +538,7 @@ impl Task for TaskService {
                     publisher,
                     namespace,
                     id,
+                    String::new(),
                     exit_tx,
                     early.exit_code,
                     pump,
@@ -397,7 +551,7 @@ impl Task for TaskService {
                         Ok(o) => outcome_code(o.as_ref()),
                         Err(_) => hyper_core::pods::RUNTIME_FAILURE_EXIT,
                     };
-                    finish(publisher, namespace, id, exit_tx, code, pump).await;
+                    finish(publisher, namespace, id, String::new(), exit_tx, code, pump).await;
                 });
             }
         }
@@ -422,18 +576,20 @@ impl Task for TaskService {
         let slot = self.task.lock().await;
         let task = slot
             .as_ref()
-            .filter(|t| t.id == req.id && req.exec_id.is_empty())
+            .filter(|t| t.id == req.id)
             .ok_or_else(|| not_found(&req.id))?;
-        let exit = task.exit.borrow().clone();
+        let p = task.proc(&req.exec_id)?;
+        let exit = p.exit.borrow().clone();
         Ok(api::StateResponse {
             id: task.id.clone(),
+            exec_id: req.exec_id.clone(),
             bundle: task.bundle.display().to_string(),
             pid: shim_pid(),
-            status: EnumOrUnknown::new(task.status()),
-            stdin: task.stdin.clone(),
-            stdout: task.stdout.clone(),
-            stderr: task.stderr.clone(),
-            terminal: task.terminal,
+            status: EnumOrUnknown::new(p.status()),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
             exit_status: exit.as_ref().map_or(0, |e| e.code),
             exited_at: exit.map(|e| e.at).into(),
             ..Default::default()
@@ -449,9 +605,9 @@ impl Task for TaskService {
             let slot = self.task.lock().await;
             let task = slot
                 .as_ref()
-                .filter(|t| t.id == req.id && req.exec_id.is_empty())
+                .filter(|t| t.id == req.id)
                 .ok_or_else(|| not_found(&req.id))?;
-            task.exit.clone()
+            task.proc(&req.exec_id)?.exit.clone()
         };
         let exit = exit
             .wait_for(Option::is_some)
@@ -467,6 +623,12 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(status(
+                ttrpc::Code::UNIMPLEMENTED,
+                "kill of an exec: the core signals a container's first process only (yet)",
+            ));
+        }
         let slot = self.task.lock().await;
         let task = slot
             .as_ref()
@@ -487,7 +649,7 @@ impl Task for TaskService {
                 .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string())),
             (_, None) => {
                 // Never started: it ends as killed by the signal.
-                task.exit_tx.send_replace(Some(Exit {
+                task.init.exit_tx.send_replace(Some(Exit {
                     code: 128 + req.signal,
                     at: Timestamp::now(),
                 }));
@@ -501,10 +663,10 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(not_found(&req.exec_id));
-        }
         let mut slot = self.task.lock().await;
+        if !req.exec_id.is_empty() {
+            return delete_exec(slot.as_mut(), &req);
+        }
         let task = slot
             .as_ref()
             .filter(|t| t.id == req.id)
@@ -519,7 +681,7 @@ impl Task for TaskService {
             return Err(not_found(&req.id));
         };
         drop(slot);
-        let exit = task.exit.borrow().clone().unwrap_or(Exit {
+        let exit = task.init.exit.borrow().clone().unwrap_or(Exit {
             code: 0,
             at: Timestamp::now(),
         });
@@ -570,9 +732,9 @@ impl Task for TaskService {
         let slot = self.task.lock().await;
         let task = slot
             .as_ref()
-            .filter(|t| t.id == req.id && req.exec_id.is_empty())
+            .filter(|t| t.id == req.id)
             .ok_or_else(|| not_found(&req.id))?;
-        if let Some(tx) = &task.resize {
+        if let Some(tx) = &task.proc(&req.exec_id)?.resize {
             let size = TerminalSize {
                 rows: u16::try_from(req.height).unwrap_or(u16::MAX),
                 cols: u16::try_from(req.width).unwrap_or(u16::MAX),
@@ -593,15 +755,10 @@ impl Task for TaskService {
         let mut slot = self.task.lock().await;
         let task = slot
             .as_mut()
-            .filter(|t| t.id == req.id && req.exec_id.is_empty())
+            .filter(|t| t.id == req.id)
             .ok_or_else(|| not_found(&req.id))?;
         if req.stdin {
-            if let Some(pump) = task.stdin_pump.take() {
-                pump.abort();
-            }
-            if let Some(tx) = task.stdin_tx.take() {
-                let _ = tx.send(Stdin::Close).await;
-            }
+            task.proc_mut(&req.exec_id)?.close_stdin().await;
         }
         Ok(Empty::default())
     }
@@ -638,12 +795,51 @@ impl Task for TaskService {
     async fn exec(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ExecProcessRequest,
+        req: api::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "exec: not implemented by containerd-shim-hyper-v2 yet",
-        ))
+        let process = bundle::exec_process(req.spec.as_ref())
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        let mut slot = self.task.lock().await;
+        let task = slot
+            .as_mut()
+            .filter(|t| t.id == req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if task.status() != Status::RUNNING {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {}: not running", req.id),
+            ));
+        }
+        if req.exec_id.is_empty() || task.execs.contains_key(&req.exec_id) {
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {:?}: empty or already in use", req.exec_id),
+            ));
+        }
+        let exec = ExecRequest {
+            args: process.args.clone(),
+            env: process.env.clone(),
+            workdir: Some(process.cwd.clone()).filter(|c| !c.is_empty()),
+            user: Some(process.user_spec()),
+            interactive: !req.stdin.is_empty(),
+            container: None,
+            tty: req.terminal,
+            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
+                rows: c.height,
+                cols: c.width,
+            }),
+            privileged: false,
+        };
+        let p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        task.execs.insert(req.exec_id.clone(), (p, Some(exec)));
+        drop(slot);
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(Empty::default())
     }
 
     async fn stats(

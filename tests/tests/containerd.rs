@@ -264,7 +264,7 @@ fn busybox(c: &Containerd) -> String {
 }
 
 #[test]
-fn ctr_run_prints_output_returns_exit_codes_and_kill_ends_the_vm() {
+fn ctr_run_and_exec_give_output_stdin_and_exit_codes_and_kill_ends_the_vm() {
     let mut c = Containerd::start();
     let image = busybox(&c);
 
@@ -342,6 +342,36 @@ fn ctr_run_prints_output_returns_exit_codes_and_kill_ends_the_vm() {
         1,
         "one VM process for the running task"
     );
+    // `ctr task exec`: output, exit code and stdin of a second process in
+    // the task's container.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "--cwd",
+        "/tmp",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo from-exec $(pwd); exit 5",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}\ncontainerd log:\n{}",
+        text(&out.stderr),
+        c.log_text()
+    );
+    assert_eq!(text(&out.stdout), "from-exec /tmp\n");
+    let out = c.ctr_with(
+        &["task", "exec", "--exec-id", "e2", "sleeper", "cat"],
+        Stdio::from(std::fs::File::open(&input).expect("input")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "piped in\n");
+    assert_eq!(c.task_status("sleeper").as_deref(), Some("RUNNING"));
+
     c.ok(&["task", "kill", "--signal", "SIGKILL", "sleeper"]);
     let deadline = Instant::now() + RUN_TIMEOUT;
     while c.task_status("sleeper").as_deref() != Some("STOPPED") {
