@@ -52,8 +52,8 @@ pub fn remove_state(dir: &Path) {
 
 /// `containerd-shim-hyper-v2 delete`, run by containerd in the bundle of a
 /// task whose shim server is gone: the VMs the core recorded for the task
-/// are stopped (through the core's own restore, which tears down what it
-/// cannot take over), then the rootfs mount and the task's state go.
+/// are killed and the pods removed (`Runtime::discard_left_pods`), then the
+/// rootfs mount and the task's state go.
 pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
     if let Ok(config) = std::fs::read(bundle.join(CONFIG_NOTE)) {
         let config = PathBuf::from(String::from_utf8_lossy(&config).into_owned());
@@ -62,7 +62,6 @@ pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
                 let dir = task_state_dir(&config.runtime.state_dir, namespace, id);
                 if dir.is_dir() {
                     config.runtime.state_dir = dir.clone();
-                    config.runtime.stop_pods_on_exit = true;
                     stop_recorded_pods(config).await;
                     remove_state(&dir);
                 }
@@ -71,30 +70,34 @@ pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
         }
     }
     unmount(&bundle.join("rootfs"));
+    // The dead server's socket (its address file is in the bundle).
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = Path::new(address.trim().trim_start_matches("unix://"));
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), "delete: {e}");
+            }
+        }
+    }
 }
 
-/// Takes over the pods recorded under the config's state dir and stops
-/// them (`stop_pods_on_exit`).
+/// Stops the VMs of the pods recorded under the config's state dir and
+/// removes the pods (the core's `discard_left_pods`; no plugin is needed
+/// for that).
 async fn stop_recorded_pods(config: hyper_core::config::Config) {
-    let plugins = match hyper_core::plugins::Plugins::load(&config).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("delete: {e}");
-            return;
-        }
+    let plugins = hyper_core::plugins::Plugins {
+        backends: Vec::new(),
+        failures: Vec::new(),
+        hypervisor: Err("not loaded: cleaning up after a dead shim".into()),
     };
-    let runtime = match hyper_core::pods::Runtime::new(config, plugins) {
-        Ok(r) => std::sync::Arc::new(r),
-        Err(e) => {
-            tracing::warn!("delete: {e}");
-            return;
-        }
-    };
-    match runtime.begin_restore() {
-        Ok(t) => {
-            t.finish().await;
-        }
-        Err(e) => tracing::warn!("delete: restoring pods: {e}"),
+    match hyper_core::pods::Runtime::new(config, plugins) {
+        Ok(runtime) => match runtime.discard_left_pods().await {
+            Ok(n) => tracing::info!("delete: removed {n} pod(s)"),
+            Err(e) => tracing::warn!("delete: {e}"),
+        },
+        Err(e) => tracing::warn!("delete: {e}"),
     }
-    runtime.shutdown().await;
 }

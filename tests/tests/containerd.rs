@@ -444,3 +444,61 @@ fn a_missing_config_path_is_named_and_leaves_nothing() {
         "a VM was started"
     );
 }
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd_and_leaves_nothing() {
+    let mut c = Containerd::start();
+    let image = busybox(&c);
+    let out = c.run(&["-d", "--null-io"], &image, "victim", &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}\ncontainerd log:\n{}",
+        text(&out.stderr),
+        c.log_text()
+    );
+    let state_dir = c.hyper.state_dir.display().to_string();
+    assert_eq!(processes_mentioning(&state_dir).len(), 1, "one VM");
+    let shims: Vec<u32> = processes_mentioning("containerd-shim-hyper-v2")
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|cl| text(&cl).contains(&c.socket.display().to_string()))
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim server: {shims:?}");
+    // SAFETY: kill(2) of the shim server this test's containerd started.
+    unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) };
+
+    // containerd sees its shim die and runs `containerd-shim-hyper-v2
+    // delete` in the bundle: the VM goes, and the task is no longer running.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while c.task_status("victim").as_deref() == Some("RUNNING")
+        || !processes_mentioning(&state_dir).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "after the shim's kill: task {:?}, VMs {:?}\ncontainerd log:\n{}",
+            c.task_status("victim"),
+            processes_mentioning(&state_dir),
+            c.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = c.ctr(&["task", "rm", "victim"]);
+    c.ok(&["container", "rm", "victim"]);
+    let plugins = c.hyper.dir.path().join("plugins").display().to_string();
+    assert!(
+        processes_mentioning(&plugins).is_empty(),
+        "plugin host left: {:?}",
+        processes_mentioning(&plugins)
+    );
+    assert!(!c.shim_socket("victim").exists(), "shim socket left");
+    let shim_state = c.hyper.state_dir.join("shim");
+    let left: Vec<_> = std::fs::read_dir(&shim_state)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "task state left: {left:?}");
+    c.stop();
+    let mounts = c.mounts_left();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
