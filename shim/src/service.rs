@@ -38,6 +38,26 @@ fn status(code: ttrpc::Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
 }
 
+fn unimplemented(what: &str) -> ttrpc::Error {
+    status(
+        ttrpc::Code::UNIMPLEMENTED,
+        format!("{what}: not implemented by containerd-shim-hyper-v2 yet"),
+    )
+}
+
+/// The shim's task, if it is `id`.
+fn the_task<'a>(slot: &'a Option<TaskState>, id: &str) -> ttrpc::Result<&'a TaskState> {
+    slot.as_ref()
+        .filter(|t| t.id == id)
+        .ok_or_else(|| not_found(id))
+}
+
+fn the_task_mut<'a>(slot: &'a mut Option<TaskState>, id: &str) -> ttrpc::Result<&'a mut TaskState> {
+    slot.as_mut()
+        .filter(|t| t.id == id)
+        .ok_or_else(|| not_found(id))
+}
+
 fn not_found(id: &str) -> ttrpc::Error {
     status(ttrpc::Code::NOT_FOUND, format!("task {id}: not found"))
 }
@@ -367,10 +387,7 @@ impl TaskService {
     /// until it ends; its end is published like the init's.
     async fn start_exec(&self, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
         let mut slot = self.task.lock().await;
-        let task = slot
-            .as_mut()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task_mut(&mut slot, &req.id)?;
         let (runtime, pod) = match &task.pod {
             Some(pod) if task.init.status() == Status::RUNNING => {
                 (task.runtime.clone(), pod.clone())
@@ -429,12 +446,10 @@ impl TaskService {
 
 /// Forgets an exec that ended (or never started).
 fn delete_exec(
-    task: Option<&mut TaskState>,
+    slot: &mut Option<TaskState>,
     req: &api::DeleteRequest,
 ) -> ttrpc::Result<api::DeleteResponse> {
-    let task = task
-        .filter(|t| t.id == req.id)
-        .ok_or_else(|| not_found(&req.id))?;
+    let task = the_task_mut(slot, &req.id)?;
     let p = task.proc(&req.exec_id)?;
     if p.status() == Status::RUNNING {
         return Err(status(
@@ -505,10 +520,7 @@ impl Task for TaskService {
             return self.start_exec(req).await;
         }
         let mut slot = self.task.lock().await;
-        let task = slot
-            .as_mut()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task_mut(&mut slot, &req.id)?;
         let run = task.request.take().ok_or_else(|| {
             status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -574,10 +586,7 @@ impl Task for TaskService {
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
         let slot = self.task.lock().await;
-        let task = slot
-            .as_ref()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task(&slot, &req.id)?;
         let p = task.proc(&req.exec_id)?;
         let exit = p.exit.borrow().clone();
         Ok(api::StateResponse {
@@ -603,10 +612,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::WaitResponse> {
         let mut exit = {
             let slot = self.task.lock().await;
-            let task = slot
-                .as_ref()
-                .filter(|t| t.id == req.id)
-                .ok_or_else(|| not_found(&req.id))?;
+            let task = the_task(&slot, &req.id)?;
             task.proc(&req.exec_id)?.exit.clone()
         };
         let exit = exit
@@ -630,10 +636,7 @@ impl Task for TaskService {
             ));
         }
         let slot = self.task.lock().await;
-        let task = slot
-            .as_ref()
-            .filter(|t| t.id == req.id && req.exec_id.is_empty())
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task(&slot, &req.id)?;
         let signal = i32::try_from(req.signal)
             .map_err(|_| status(ttrpc::Code::INVALID_ARGUMENT, "signal out of range"))?;
         match (task.status(), &task.pod) {
@@ -665,12 +668,9 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::DeleteResponse> {
         let mut slot = self.task.lock().await;
         if !req.exec_id.is_empty() {
-            return delete_exec(slot.as_mut(), &req);
+            return delete_exec(&mut slot, &req);
         }
-        let task = slot
-            .as_ref()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task(&slot, &req.id)?;
         if task.status() == Status::RUNNING {
             return Err(status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -712,9 +712,7 @@ impl Task for TaskService {
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
         let slot = self.task.lock().await;
-        slot.as_ref()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        the_task(&slot, &req.id)?;
         Ok(api::PidsResponse {
             processes: vec![ProcessInfo {
                 pid: shim_pid(),
@@ -730,10 +728,7 @@ impl Task for TaskService {
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<Empty> {
         let slot = self.task.lock().await;
-        let task = slot
-            .as_ref()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task(&slot, &req.id)?;
         if let Some(tx) = &task.proc(&req.exec_id)?.resize {
             let size = TerminalSize {
                 rows: u16::try_from(req.height).unwrap_or(u16::MAX),
@@ -753,10 +748,7 @@ impl Task for TaskService {
         // The client's input ended (ctr calls it when its stdin reaches end
         // of file): the container reads end of file.
         let mut slot = self.task.lock().await;
-        let task = slot
-            .as_mut()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task_mut(&mut slot, &req.id)?;
         if req.stdin {
             task.proc_mut(&req.exec_id)?.close_stdin().await;
         }
@@ -769,9 +761,7 @@ impl Task for TaskService {
         req: api::ConnectRequest,
     ) -> ttrpc::Result<api::ConnectResponse> {
         let slot = self.task.lock().await;
-        slot.as_ref()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        the_task(&slot, &req.id)?;
         Ok(api::ConnectResponse {
             shim_pid: shim_pid(),
             task_pid: shim_pid(),
@@ -800,10 +790,7 @@ impl Task for TaskService {
         let process = bundle::exec_process(req.spec.as_ref())
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
         let mut slot = self.task.lock().await;
-        let task = slot
-            .as_mut()
-            .filter(|t| t.id == req.id)
-            .ok_or_else(|| not_found(&req.id))?;
+        let task = the_task_mut(&mut slot, &req.id)?;
         if task.status() != Status::RUNNING {
             return Err(status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -847,24 +834,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "stats: not implemented by containerd-shim-hyper-v2 yet",
-        ))
+        Err(unimplemented("stats"))
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "pause: not implemented by containerd-shim-hyper-v2 yet",
-        ))
+        Err(unimplemented("pause"))
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "resume: not implemented by containerd-shim-hyper-v2 yet",
-        ))
+        Err(unimplemented("resume"))
     }
 
     async fn checkpoint(
