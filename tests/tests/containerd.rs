@@ -295,6 +295,17 @@ fn ctr_run_and_exec_give_output_stdin_and_exit_codes_and_kill_ends_the_vm() {
     assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains("oops"), "{}", text(&out.stdout));
 
+    // A command the image does not have: 127, as a shell says, and the
+    // task still goes.
+    let out = c.run(&["--rm"], &image, "nocmd", &["/no/such/cmd"]);
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "{}\ncontainerd log:\n{}",
+        text(&out.stderr),
+        c.log_text()
+    );
+
     // The spec's cwd, env and user (root: ctr 1.6 has no --user) reach the
     // process.
     let out = c.run(
@@ -403,7 +414,7 @@ fn ctr_run_and_exec_give_output_stdin_and_exit_codes_and_kill_ends_the_vm() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for id in ["hello", "code", "spec", "stdin", "sleeper"] {
+    for id in ["hello", "code", "nocmd", "spec", "stdin", "sleeper"] {
         let s = c.shim_socket(id);
         assert!(!s.exists(), "shim socket {} left", s.display());
     }
@@ -501,4 +512,44 @@ fn a_killed_shim_is_cleaned_up_by_containerd_and_leaves_nothing() {
     c.stop();
     let mounts = c.mounts_left();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
+
+#[test]
+fn ctr_run_with_a_terminal_gets_a_pty() {
+    let c = Containerd::start();
+    let image = busybox(&c);
+    // `ctr run -t` needs a terminal of its own: script(1) gives it one.
+    let cmd = format!(
+        "{CTR} --address {} run --rm -t --runtime {RUNTIME} --runtime-config-path {} {image} tty \
+         sh -c 'tty; exit 4'",
+        c.socket.display(),
+        c.hyper.config.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut p) = stdout {
+            let _ = std::io::Read::read_to_end(&mut p, &mut v);
+        }
+        v
+    });
+    let status = wait_with_timeout(&mut child, RUN_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("ctr run -t did not finish:\n{}", c.log_text())
+    });
+    let out = text(&reader.join().unwrap_or_default());
+    assert!(
+        out.contains("/dev/pts/"),
+        "{out}\ncontainerd log:\n{}",
+        c.log_text()
+    );
+    assert_eq!(status.code(), Some(4), "{out}");
+    assert!(!c.shim_socket("tty").exists(), "shim socket left");
 }
