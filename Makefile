@@ -88,7 +88,7 @@ registry:
 	tests/registry/start.sh >/dev/null
 	. $(REGISTRY_ENV) && python3 tests/registry/seed.py
 
-# Unit tests, hyperstart's smoke test and its network in a real VM
+# Unit tests, hyperstart's smoke and volumes tests and its network in a real VM
 # (net_qemu.py), then the three legs of
 # the e2e matrix; each leg runs even when one before it failed, and the run
 # ends with the cases x backends table.
@@ -97,7 +97,9 @@ test: build payload rootfs registry
 	. $(REGISTRY_ENV) && $(CARGO) test --release --workspace --exclude hyper-tests -- --test-threads=2
 	$(CARGO) test --release -p hyper-tests --lib
 	python3 hyperstart/tests/smoke.py $(HYPERSTART)
+	python3 hyperstart/tests/volumes.py $(HYPERSTART)
 	python3 hyperstart/tests/net_qemu.py $(BUILD)/hyperkernel $(BUILD)/hyperstart.img tcg
+	python3 hyperstart/tests/volumes.py --qemu $(BUILD)/hyperkernel $(BUILD)/hyperstart.img tcg
 	rc=0; \
 	$(MAKE) test-qemu || rc=1; \
 	$(MAKE) test-xen || rc=1; \

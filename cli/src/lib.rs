@@ -11,6 +11,7 @@ pub mod progress;
 pub mod server;
 pub mod stream;
 pub mod terminal;
+pub mod volumes_api;
 
 /// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";

@@ -237,6 +237,27 @@ pub async fn check_rootfs_dirs(peer: Peer, dirs: Vec<PathBuf>) -> Result<(), Res
     }
 }
 
+/// Host directories and host disk files as volumes are for root clients
+/// only: the guest's root writes them through a server running as root on
+/// the host (a set-uid file planted there would be root's for the client),
+/// so a member of the socket group gets named volumes instead. The
+/// refusal to send, if any.
+pub fn refuse_host_volumes(
+    peer: Peer,
+    volumes: &[hyper_volumes::VolumeRequest],
+) -> Option<Response> {
+    if peer.is_root() {
+        return None;
+    }
+    let path = volumes.iter().find_map(|v| v.host_path())?;
+    Some(error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "volume source {path}: only root may mount host paths (the guest writes them as root); use a named volume (-v NAME:/path)"
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +315,20 @@ mod tests {
         std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = nobody().check_tree(dir.path()).unwrap_err();
         assert!(err.to_string().contains("bin/hidden"), "{err}");
+    }
+
+    #[test]
+    fn only_root_mounts_host_paths() {
+        let host = hyper_volumes::parse_volume("/etc:/x").unwrap();
+        let named = hyper_volumes::parse_volume("data:/x").unwrap();
+        assert!(refuse_host_volumes(nobody(), std::slice::from_ref(&named)).is_none());
+        let refused = refuse_host_volumes(nobody(), &[named, host.clone()]).expect("refused");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let root = Peer {
+            uid: Some(0),
+            gid: Some(0),
+        };
+        assert!(refuse_host_volumes(root, &[host]).is_none());
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct PodView {
     /// Being taken over after a restart of hyperd.
     #[serde(default)]
     pub recovering: bool,
+    /// The pod's host cgroup and its use, while its VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<hyper_core::cgroups::Usage>,
 }
 
 pub fn run_error(e: &RunError) -> Response {
@@ -97,6 +100,7 @@ pub async fn list(State(rt): State<Arc<Runtime>>, Query(q): Query<ListQuery>) ->
         .map(|record| PodView {
             running: rt.is_running(&record.id),
             recovering: rt.is_recovering(&record.id),
+            cgroup: None,
             record,
         })
         .filter(|p| q.all || p.running || p.recovering)
@@ -110,6 +114,9 @@ pub async fn create(
     Json(req): Json<RunRequest>,
 ) -> Response {
     if let Err(refused) = check_rootfs_dirs(peer, req.rootfs.iter().cloned().collect()).await {
+        return refused;
+    }
+    if let Some(refused) = crate::peer::refuse_host_volumes(peer, &req.volumes) {
         return refused;
     }
     // With `interactive` the process's stdin stays open for `attach`.
@@ -159,6 +166,10 @@ pub async fn create_pod(
     if let Err(refused) = check_rootfs_dirs(peer, dirs).await {
         return refused;
     }
+    let host_volumes: Vec<_> = req.pod.volumes.iter().filter_map(|v| v.request()).collect();
+    if let Some(refused) = crate::peer::refuse_host_volumes(peer, &host_volumes) {
+        return refused;
+    }
     match rt.create_pod(req.pod, req.name).await {
         Ok(id) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => run_error(&e),
@@ -170,6 +181,7 @@ pub async fn inspect(State(rt): State<Arc<Runtime>>, PodId { id, given: pod }: P
         Some(record) => Json(PodView {
             running: rt.is_running(&id),
             recovering: rt.is_recovering(&id),
+            cgroup: rt.cgroup_usage(&id),
             record,
         })
         .into_response(),
@@ -310,7 +322,12 @@ pub async fn remove(
 
 pub async fn stats(State(rt): State<Arc<Runtime>>, PodId { id, .. }: PodId) -> Response {
     match rt.stats(&id).await {
-        Ok(stats) => Json(serde_json::json!({ "id": id, "stats": stats })).into_response(),
+        Ok(stats) => Json(serde_json::json!({
+            "id": id,
+            "stats": stats,
+            "cgroup": rt.cgroup_usage(&id),
+        }))
+        .into_response(),
         Err(e) => run_error(&e),
     }
 }

@@ -7,7 +7,8 @@
 //!   Protocols` (`Upgrade: hyper-stream`) and then the stdio stream of
 //!   [`crate::stream`], or with a JSON error before any VM starts.
 //! * the pod endpoints of [`crate::pods_api`], the image endpoints of
-//!   [`crate::images_api`], and events and metrics ([`crate::events_api`])
+//!   [`crate::images_api`], the named volumes of [`crate::volumes_api`],
+//!   and events and metrics ([`crate::events_api`])
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::images_api::{self, error};
 use crate::peer::Peer;
 use crate::pods_api;
 use crate::stream::{ClientMessage, StreamEnd, STDERR, STDIO};
+use crate::volumes_api;
 use crate::STREAM_UPGRADE;
 
 /// Largest `POST /v1/run` body accepted.
@@ -64,6 +66,14 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/images/load", post(images_api::load))
         .route("/v1/images/tag", post(images_api::tag))
         .route("/v1/login", post(images_api::login))
+        .route(
+            "/v1/volumes",
+            get(volumes_api::list).post(volumes_api::create),
+        )
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes_api::inspect).delete(volumes_api::remove),
+        )
         .route("/v1/events", get(events_api::events))
         .route("/events", get(events_api::events))
         .route("/metrics", get(events_api::metrics))
@@ -176,6 +186,9 @@ async fn run(
     };
     // Refuse what is certainly wrong before switching protocols, so the
     // client gets a plain error and no VM is started.
+    if let Some(refused) = crate::peer::refuse_host_volumes(peer, &run.volumes) {
+        return refused;
+    }
     match (&run.rootfs, &run.image) {
         (Some(dir), None) => {
             if run.args.is_empty() && run.entrypoint.as_ref().is_none_or(|e| e.is_empty()) {

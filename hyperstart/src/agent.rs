@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request, TerminalSize,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESYNC_MAGIC,
+    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request, ShareTransport,
+    TerminalSize, VolumeSource, VolumeSpec, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESYNC_MAGIC,
 };
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
@@ -22,7 +22,7 @@ use crate::log::{debug, log};
 use crate::net;
 use crate::rootfs::{self, ContainerPaths};
 use crate::spawn::{self, Spawned, Target};
-use crate::sys::{RealSys, Sys};
+use crate::sys::{RealSys, Sys, SysError};
 
 /// How long a container's disk may take to show up.
 const DISK_WAIT: Duration = Duration::from_secs(5);
@@ -37,6 +37,12 @@ const KEPT_EXITS: usize = 128;
 const MAX_VOLUMES: usize = 64;
 const MAX_MOUNTS: usize = 64;
 const MAX_MOUNT_PATH: usize = 1024;
+/// A virtio-fs tag is at most 36 bytes (the device's config field); Xen's
+/// 9pfs tags get the same limit so one rule serves both.
+const MAX_SHARE_TAG: usize = 36;
+/// A virtio-blk serial is at most 20 bytes (longer ones are cut and would
+/// never match).
+const MAX_DISK_ID: usize = 20;
 
 pub struct Options {
     pub pid1: bool,
@@ -94,13 +100,22 @@ enum Slot {
     Stdin(u64),
 }
 
+/// A pod volume, mounted once for the pod.
+#[derive(Debug, Clone)]
+struct PodVolume {
+    dir: PathBuf,
+    /// The pod-level mount is read-only: so is every bind of it.
+    readonly: bool,
+    source: VolumeSource,
+}
+
 pub struct Agent {
     channel: Channel,
     decoder: FrameDecoder,
     signals: SignalFd,
     containers: BTreeMap<String, Container>,
-    /// Pod volume name → its directory in hyperstart's namespace.
-    volumes: BTreeMap<String, PathBuf>,
+    /// Pod volume name → where it is mounted in hyperstart's namespace.
+    volumes: BTreeMap<String, PodVolume>,
     /// The directory of the pod's /etc/resolv.conf, hosts and hostname,
     /// once StartPod applied a network; bound into every container.
     pod_files: Option<PathBuf>,
@@ -445,22 +460,13 @@ impl Agent {
                 format!("{} volumes: at most {MAX_VOLUMES}", spec.volumes.len()),
             ));
         }
-        let mut names = std::collections::BTreeSet::new();
-        for v in &spec.volumes {
-            validate_container_id(&v.name).map_err(|_| {
-                err(
-                    AgentErrorKind::InvalidRequest,
-                    format!("invalid volume name {:?}", v.name),
-                )
-            })?;
-            if !names.insert(v.name.as_str()) || self.volumes.contains_key(&v.name) {
-                return Err(err(
-                    AgentErrorKind::AlreadyExists,
-                    format!("volume {} already exists", v.name),
-                ));
-            }
-        }
         // Every field is checked before anything is configured.
+        let existing: Vec<(&str, &VolumeSource)> = self
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.as_str(), &v.source))
+            .collect();
+        validate_volumes(&existing, &spec.volumes)?;
         let plan = match &spec.network {
             Some(_) if self.pod_files.is_some() => {
                 return Err(err(
@@ -471,6 +477,30 @@ impl Agent {
             Some(network) => Some(net::validate(network, &spec.hostname)?),
             None => None,
         };
+        // Then every disk is found, still before anything is configured.
+        let mut mounts: Vec<(&VolumeSpec, rootfs::VolumeMount)> =
+            Vec::with_capacity(spec.volumes.len());
+        for v in &spec.volumes {
+            let mount = volume_mount(v, wait_for_disk)?;
+            if let rootfs::VolumeMount::Block { device, .. } = &mount {
+                let same = mounts.iter().find(|(_, m)| {
+                    matches!(m, rootfs::VolumeMount::Block { device: d, .. } if d == device)
+                });
+                if let Some((other, _)) = same {
+                    return Err(err(
+                        AgentErrorKind::InvalidRequest,
+                        format!(
+                            "volumes {} and {} are the same disk {}: two mounts of one \
+                             ext4 filesystem are one volume",
+                            other.name,
+                            v.name,
+                            device.display()
+                        ),
+                    ));
+                }
+            }
+            mounts.push((v, mount));
+        }
         if !spec.hostname.is_empty() {
             set_hostname(&spec.hostname)?;
         }
@@ -487,15 +517,38 @@ impl Agent {
             })?;
             self.pod_files = Some(dir);
         }
-        for v in spec.volumes {
+        let mut mounted: Vec<PathBuf> = Vec::new();
+        for (v, mount) in &mounts {
             let dir = rootfs::volume_dir(&self.opts.run_dir, &v.name);
-            rootfs::create_volume(&mut RealSys, &dir, v.size_mib).map_err(|e| {
-                err(
+            if let Err(e) = rootfs::mount_volume(&mut RealSys, &dir, mount, v.readonly) {
+                // All or nothing: the volumes of this request already
+                // mounted go again.
+                for dir in mounted {
+                    for e in rootfs::unmount_volume(&mut RealSys, &dir) {
+                        log!("undoing volume {}: {e}", dir.display());
+                    }
+                }
+                return Err(err(
                     AgentErrorKind::Failed,
-                    format!("creating volume {}: {e}", v.name),
-                )
-            })?;
-            self.volumes.insert(v.name, dir);
+                    format!(
+                        "mounting volume {} ({}): {e}{}",
+                        v.name,
+                        describe(mount),
+                        mount_hint(mount, e.errno)
+                    ),
+                ));
+            }
+            mounted.push(dir);
+        }
+        for ((v, _), dir) in mounts.into_iter().zip(mounted) {
+            self.volumes.insert(
+                v.name.clone(),
+                PodVolume {
+                    dir,
+                    readonly: v.readonly,
+                    source: v.source.clone(),
+                },
+            );
         }
         Ok(Reply::Ok)
     }
@@ -512,7 +565,7 @@ impl Agent {
         let mut binds: Vec<rootfs::VolumeBind> = Vec::new();
         for m in mounts {
             validate_mount_path(&m.path)?;
-            let source = self.volumes.get(&m.volume).ok_or_else(|| {
+            let volume = self.volumes.get(&m.volume).ok_or_else(|| {
                 err(
                     AgentErrorKind::NotFound,
                     format!("no volume {:?} in the pod", m.volume),
@@ -525,9 +578,9 @@ impl Agent {
                 ));
             }
             binds.push(rootfs::VolumeBind {
-                source: source.clone(),
+                source: volume.dir.clone(),
                 path: m.path.clone(),
-                readonly: m.readonly,
+                readonly: m.readonly || volume.readonly,
             });
         }
         Ok(binds)
@@ -557,6 +610,18 @@ impl Agent {
         }
         self.validate_process(&spec.id, &spec.process)?;
         let binds = self.volume_binds(&spec.mounts)?;
+        let taken = self.volumes.iter().find(|(_, v)| {
+            matches!(&v.source, VolumeSource::Block { disk_id, .. } if *disk_id == spec.rootfs.disk_id)
+        });
+        if let Some((name, _)) = taken {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!(
+                    "the container's rootfs disk {:?} is the disk of volume {name}",
+                    spec.rootfs.disk_id
+                ),
+            ));
+        }
 
         let device = wait_for_disk(&spec.rootfs.disk_id).ok_or_else(|| {
             err(
@@ -587,20 +652,10 @@ impl Agent {
             }),
             None => Ok(()),
         };
-        let bound = files
-            .and_then(|()| {
-                binds
-                    .iter()
-                    .try_for_each(|b| check_no_symlinks(&paths.root, &b.path))
-            })
-            .and_then(|()| {
-                rootfs::bind_volumes(&mut RealSys, &paths.root, &binds).map_err(|e| {
-                    err(
-                        AgentErrorKind::Failed,
-                        format!("binding volumes into the container: {e}"),
-                    )
-                })
-            });
+        let bound = files.and_then(|()| {
+            rootfs::bind_volumes(&mut RealSys, &paths.root, &binds)
+                .map_err(|e| bind_error(&paths.root, e))
+        });
         if let Err(e) = bound {
             for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
                 log!("cleaning up container {}: {e}", spec.id);
@@ -816,6 +871,14 @@ impl Agent {
         for (id, c) in std::mem::take(&mut self.containers) {
             for e in rootfs::unmount_container_rootfs(&mut RealSys, &c.paths) {
                 log!("removing container {id}: {e}");
+            }
+        }
+        // A block volume's data outlives the pod: detach the volumes, then
+        // the sync below writes back every filesystem (detached ones too,
+        // while a dying process still holds them).
+        for (name, v) in std::mem::take(&mut self.volumes) {
+            for e in rootfs::unmount_volume(&mut RealSys, &v.dir) {
+                log!("removing volume {name}: {e}");
             }
         }
         nix::unistd::sync();
@@ -1058,39 +1121,191 @@ pub fn validate_mount_path(path: &str) -> Result<()> {
     }
 }
 
-/// The image is untrusted: a symlink on the way to a mount point would
-/// point the bind, which is made in hyperstart's namespace, outside the
-/// container. Walks the existing part of the path; what is missing gets
-/// created as plain directories. Nothing runs in the container yet, so the
-/// tree cannot change between this check and the mount.
-fn check_no_symlinks(root: &Path, path: &str) -> Result<()> {
-    let mut at = root.to_path_buf();
-    for component in path.split('/').filter(|c| !c.is_empty()) {
-        at.push(component);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
+/// A failed bind as the host should see it: paths inside the container,
+/// and a symlink or a file on the way is the request's fault.
+fn bind_error(root: &Path, e: SysError) -> AgentError {
+    let (kind, hint) = match e.errno {
+        Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => (
+            AgentErrorKind::InvalidRequest,
+            ": a mount path must be plain directories inside the container, never a symlink \
+             (in the image or in a volume)",
+        ),
+        _ => (AgentErrorKind::Failed, ""),
+    };
+    let at = match Path::new(&e.target).strip_prefix(root) {
+        Ok(inside) => format!("/{}", inside.display()),
+        Err(_) => e.target.clone(),
+    };
+    err(
+        kind,
+        format!(
+            "binding volumes into the container: {} {at}: {}{hint}",
+            e.op,
+            e.errno.desc()
+        ),
+    )
+}
+
+/// Checks the volumes of a StartPod against each other and the pod's
+/// `existing` ones (name, source): every field, every error naming the
+/// volume.
+fn validate_volumes(existing: &[(&str, &VolumeSource)], volumes: &[VolumeSpec]) -> Result<()> {
+    let mut seen: Vec<(&str, &VolumeSource)> = existing.to_vec();
+    for v in volumes {
+        validate_volume(v)?;
+        for (other, source) in &seen {
+            if *other == v.name {
+                return Err(err(
+                    AgentErrorKind::AlreadyExists,
+                    format!("volume {} already exists", v.name),
+                ));
+            }
+            let clash = match (source, &v.source) {
+                (VolumeSource::Share { tag: a, .. }, VolumeSource::Share { tag: b, .. }) => {
+                    (a == b).then(|| format!("share tag {a}"))
+                }
+                (
+                    VolumeSource::Block { disk_id: a, .. },
+                    VolumeSource::Block { disk_id: b, .. },
+                ) => (a == b).then(|| format!("disk {a}")),
+                _ => None,
+            };
+            if let Some(what) = clash {
                 return Err(err(
                     AgentErrorKind::InvalidRequest,
-                    format!("mount path {path}: {component} is a symlink in the image"),
-                ))
-            }
-            Ok(m) if !m.is_dir() => {
-                return Err(err(
-                    AgentErrorKind::InvalidRequest,
-                    format!("mount path {path}: {component} is not a directory in the image"),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(err(
-                    AgentErrorKind::Failed,
-                    format!("mount path {path}: {e}"),
-                ))
+                    format!(
+                        "volumes {other} and {} both use {what}: one volume per share or disk",
+                        v.name
+                    ),
+                ));
             }
         }
+        seen.push((&v.name, &v.source));
     }
     Ok(())
+}
+
+/// Checks one volume from the host.
+pub fn validate_volume(v: &VolumeSpec) -> Result<()> {
+    if validate_container_id(&v.name).is_err() {
+        return Err(err(
+            AgentErrorKind::InvalidRequest,
+            format!(
+                "invalid volume name {:?}: use 1 to 128 of A-Z a-z 0-9 _ - . not starting with a dot",
+                v.name
+            ),
+        ));
+    }
+    let bad = |what: String| {
+        err(
+            AgentErrorKind::InvalidRequest,
+            format!("volume {}: {what}", v.name),
+        )
+    };
+    match &v.source {
+        VolumeSource::Tmpfs => Ok(()),
+        _ if v.size_mib != 0 => Err(bad(format!(
+            "size_mib {} is only for a tmpfs volume",
+            v.size_mib
+        ))),
+        VolumeSource::Share { tag, .. } => {
+            let ok = !tag.is_empty()
+                && tag.len() <= MAX_SHARE_TAG
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+            if ok {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "invalid share tag {tag:?}: use 1 to {MAX_SHARE_TAG} of A-Z a-z 0-9 _ -"
+                )))
+            }
+        }
+        VolumeSource::Block { disk_id, fstype } => {
+            let ok = !disk_id.is_empty()
+                && disk_id.len() <= MAX_DISK_ID
+                && !disk_id.starts_with('.')
+                && disk_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(bad(format!(
+                    "invalid disk id {disk_id:?}: use 1 to {MAX_DISK_ID} of A-Z a-z 0-9 _ - . \
+                     not starting with a dot (a virtio-blk serial or a Xen disk id)"
+                )));
+            }
+            if fstype != "ext4" {
+                return Err(bad(format!(
+                    "filesystem {fstype:?} is not supported for a block volume: only ext4"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What to mount for a validated volume; a block volume's disk is looked
+/// up with `find_disk` (by serial or Xen alias, like a rootfs disk).
+fn volume_mount(
+    v: &VolumeSpec,
+    find_disk: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<rootfs::VolumeMount> {
+    Ok(match &v.source {
+        VolumeSource::Tmpfs => rootfs::VolumeMount::Tmpfs {
+            size_mib: v.size_mib,
+        },
+        VolumeSource::Share {
+            tag,
+            transport: ShareTransport::VirtioFs,
+        } => rootfs::VolumeMount::VirtioFs { tag: tag.clone() },
+        VolumeSource::Share {
+            tag,
+            transport: ShareTransport::Xen9p,
+        } => rootfs::VolumeMount::Xen9p { tag: tag.clone() },
+        VolumeSource::Block { disk_id, fstype } => rootfs::VolumeMount::Block {
+            device: find_disk(disk_id).ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!(
+                        "volume {}: no disk with id {disk_id:?} (no block device has that \
+                         serial or Xen alias)",
+                        v.name
+                    ),
+                )
+            })?,
+            fstype: fstype.clone(),
+        },
+    })
+}
+
+fn describe(mount: &rootfs::VolumeMount) -> String {
+    match mount {
+        rootfs::VolumeMount::Tmpfs { .. } => "tmpfs".into(),
+        rootfs::VolumeMount::VirtioFs { tag } => format!("virtio-fs share {tag}"),
+        rootfs::VolumeMount::Xen9p { tag } => format!("9p share {tag} over Xen"),
+        rootfs::VolumeMount::Block { device, fstype } => {
+            format!("{fstype} disk {}", device.display())
+        }
+    }
+}
+
+/// What a failed volume mount most likely means.
+fn mount_hint(mount: &rootfs::VolumeMount, errno: Errno) -> &'static str {
+    match (mount, errno) {
+        (
+            rootfs::VolumeMount::VirtioFs { .. } | rootfs::VolumeMount::Xen9p { .. },
+            Errno::EINVAL | Errno::ENOENT,
+        ) => " (no share with that tag is attached to the VM?)",
+        (rootfs::VolumeMount::Block { .. }, Errno::EINVAL | Errno::EUCLEAN) => {
+            " (does the disk hold an ext4 filesystem? make one with mkfs.ext4)"
+        }
+        (rootfs::VolumeMount::Block { .. }, Errno::EROFS) => {
+            " (the disk is read-only but its journal needs recovery: mount it read-write once)"
+        }
+        (_, Errno::ENODEV) => " (the guest kernel lacks this filesystem)",
+        _ => "",
+    }
 }
 
 fn wait_for_disk(disk_id: &str) -> Option<PathBuf> {
@@ -1209,6 +1424,7 @@ mod tests {
                 );
                 assert!(capabilities.iter().any(|c| c == "flow-control"));
                 assert!(capabilities.iter().any(|c| c == "network"));
+                assert!(capabilities.iter().any(|c| c == "host-volumes"));
                 assert!(agent.starts_with("hyperstart "));
             }
             other => panic!("{other:?}"),
@@ -1793,8 +2009,14 @@ mod tests {
         }
         assert!(a.volumes.is_empty());
 
-        a.volumes
-            .insert("data".into(), "/nonexistent/v/data".into());
+        a.volumes.insert(
+            "data".into(),
+            PodVolume {
+                dir: "/nonexistent/v/data".into(),
+                readonly: false,
+                source: VolumeSource::Tmpfs,
+            },
+        );
         let mount = |volume: &str, path: &str| MountSpec {
             volume: volume.into(),
             path: path.into(),
@@ -1842,17 +2064,268 @@ mod tests {
         }
     }
 
-    #[test]
-    fn symlinks_and_files_on_a_mount_path_are_refused() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("dir")).unwrap();
-        std::fs::write(root.path().join("file"), b"").unwrap();
-        std::os::unix::fs::symlink("/", root.path().join("link")).unwrap();
-        assert!(check_no_symlinks(root.path(), "/dir/new/deeper").is_ok());
-        assert!(check_no_symlinks(root.path(), "/missing").is_ok());
-        for bad in ["/link", "/link/x", "/file/x"] {
-            let e = check_no_symlinks(root.path(), bad).unwrap_err();
-            assert_eq!(e.kind, AgentErrorKind::InvalidRequest, "{bad}");
+    fn share(name: &str, tag: &str) -> VolumeSpec {
+        VolumeSpec {
+            name: name.into(),
+            size_mib: 0,
+            source: VolumeSource::Share {
+                tag: tag.into(),
+                transport: ShareTransport::VirtioFs,
+            },
+            readonly: false,
         }
+    }
+
+    fn block(name: &str, disk_id: &str, fstype: &str) -> VolumeSpec {
+        VolumeSpec {
+            name: name.into(),
+            size_mib: 0,
+            source: VolumeSource::Block {
+                disk_id: disk_id.into(),
+                fstype: fstype.into(),
+            },
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn every_volume_field_from_the_host_is_checked_and_errors_name_the_volume() {
+        for ok in [
+            share("data", "hyper-vol0"),
+            share("d", &"a".repeat(MAX_SHARE_TAG)),
+            share("d", "A_b-9"),
+            block("disk", "hyper-vol1", "ext4"),
+            block("disk", &"x".repeat(MAX_DISK_ID), "ext4"),
+        ] {
+            assert!(validate_volume(&ok).is_ok(), "{ok:?}");
+        }
+        let mut sized = share("sized", "t");
+        sized.size_mib = 4;
+        for (bad, want) in [
+            (share("web", ""), "volume web: invalid share tag"),
+            (
+                share("web", &"a".repeat(MAX_SHARE_TAG + 1)),
+                "invalid share tag",
+            ),
+            (share("web", "a,b"), "invalid share tag"),
+            (share("web", "a b"), "invalid share tag"),
+            (share("web", "../x"), "invalid share tag"),
+            (share("web", "t\0"), "invalid share tag"),
+            (share("web", "tâg"), "invalid share tag"),
+            (share("../x", "t"), "invalid volume name"),
+            (share(".hidden", "t"), "invalid volume name"),
+            (block("db", "", "ext4"), "volume db: invalid disk id"),
+            (block("db", "/dev/vda", "ext4"), "invalid disk id"),
+            (block("db", ".", "ext4"), "invalid disk id"),
+            (block("db", "a=b", "ext4"), "invalid disk id"),
+            (
+                block("db", &"x".repeat(MAX_DISK_ID + 1), "ext4"),
+                "invalid disk id",
+            ),
+            (
+                block("db", "d", "xfs"),
+                "volume db: filesystem \"xfs\" is not supported",
+            ),
+            (block("db", "d", "ext4,errors=panic"), "only ext4"),
+            (block("db", "d", ""), "only ext4"),
+            (sized, "volume sized: size_mib 4 is only for a tmpfs"),
+        ] {
+            let e = validate_volume(&bad).unwrap_err();
+            assert_eq!(e.kind, AgentErrorKind::InvalidRequest, "{bad:?}");
+            assert!(e.message.contains(want), "{want:?} not in {:?}", e.message);
+        }
+    }
+
+    #[test]
+    fn two_volumes_on_one_share_or_disk_are_refused() {
+        let e = validate_volumes(&[], &[share("a", "t"), share("b", "t")]).unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+        assert!(
+            e.message.contains("volumes a and b both use share tag t"),
+            "{}",
+            e.message
+        );
+        let e =
+            validate_volumes(&[], &[block("a", "d", "ext4"), block("b", "d", "ext4")]).unwrap_err();
+        assert!(e.message.contains("both use disk d"), "{}", e.message);
+        // Against the pod's volumes too.
+        let existing = VolumeSource::Share {
+            tag: "t".into(),
+            transport: ShareTransport::Xen9p,
+        };
+        assert!(validate_volumes(&[("old", &existing)], &[share("new", "t")]).is_err());
+        let e = validate_volumes(&[("old", &existing)], &[share("old", "u")]).unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::AlreadyExists);
+        // A tag and a disk id may be spelt the same.
+        assert!(validate_volumes(&[], &[share("a", "x"), block("b", "x", "ext4")]).is_ok());
+    }
+
+    #[test]
+    fn each_source_maps_to_its_mount_and_a_missing_disk_names_the_volume() {
+        let found = |id: &str| (id == "hyper-vol1").then(|| PathBuf::from("/dev/vdc"));
+        assert_eq!(
+            volume_mount(&share("a", "t"), found).unwrap(),
+            rootfs::VolumeMount::VirtioFs { tag: "t".into() }
+        );
+        let mut xen = share("a", "t");
+        xen.source = VolumeSource::Share {
+            tag: "t".into(),
+            transport: ShareTransport::Xen9p,
+        };
+        assert_eq!(
+            volume_mount(&xen, found).unwrap(),
+            rootfs::VolumeMount::Xen9p { tag: "t".into() }
+        );
+        assert_eq!(
+            volume_mount(&block("b", "hyper-vol1", "ext4"), found).unwrap(),
+            rootfs::VolumeMount::Block {
+                device: "/dev/vdc".into(),
+                fstype: "ext4".into()
+            }
+        );
+        let e = volume_mount(&block("db", "hyper-vol9", "ext4"), found).unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::NotFound);
+        assert!(
+            e.message
+                .starts_with("volume db: no disk with id \"hyper-vol9\""),
+            "{}",
+            e.message
+        );
+        // The hints say what a mount error most likely means.
+        let tag = rootfs::VolumeMount::VirtioFs { tag: "t".into() };
+        assert!(mount_hint(&tag, Errno::EINVAL).contains("no share with that tag"));
+        assert!(describe(&tag).contains("virtio-fs share t"));
+        let disk = rootfs::VolumeMount::Block {
+            device: "/dev/vdc".into(),
+            fstype: "ext4".into(),
+        };
+        assert!(mount_hint(&disk, Errno::EINVAL).contains("mkfs.ext4"));
+        assert!(mount_hint(&disk, Errno::EROFS).contains("journal needs recovery"));
+        assert_eq!(mount_hint(&disk, Errno::EIO), "");
+    }
+
+    #[test]
+    fn bad_host_volumes_are_refused_before_anything_is_mounted() {
+        let (mut a, mut host) = agent();
+        let mut ro_sized = block("db", "d", "ext4");
+        ro_sized.size_mib = 1;
+        for (volumes, want) in [
+            (vec![share("web", "a/b")], "volume web: invalid share tag"),
+            (vec![block("db", "d", "btrfs")], "volume db: filesystem"),
+            (vec![ro_sized], "size_mib"),
+            (
+                vec![share("a", "t"), block("b", "d", "ext4"), share("c", "t")],
+                "volumes a and c both use share tag t",
+            ),
+        ] {
+            let pod = Request::StartPod(PodSpec {
+                hostname: String::new(),
+                volumes,
+                network: None,
+            });
+            let started = Instant::now();
+            request(&mut a, &mut host, 1, pod);
+            let e = response(&mut host).1.unwrap_err();
+            assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+            assert!(e.message.contains(want), "{want:?} not in {:?}", e.message);
+            // Refused up front, not after looking for a disk.
+            assert!(started.elapsed() < DISK_WAIT);
+        }
+        assert!(a.volumes.is_empty());
+    }
+
+    #[test]
+    fn a_read_only_volume_is_bound_read_only_whatever_the_mount_says() {
+        let (mut a, _host) = agent();
+        for (name, readonly) in [("ro", true), ("rw", false)] {
+            a.volumes.insert(
+                name.into(),
+                PodVolume {
+                    dir: format!("/v/{name}").into(),
+                    readonly,
+                    source: VolumeSource::Tmpfs,
+                },
+            );
+        }
+        let mount = |volume: &str, path: &str, readonly: bool| MountSpec {
+            volume: volume.into(),
+            path: path.into(),
+            readonly,
+        };
+        let binds = a
+            .volume_binds(&[
+                mount("ro", "/a", false),
+                mount("rw", "/b", false),
+                mount("rw", "/c", true),
+            ])
+            .unwrap();
+        let ro: Vec<_> = binds
+            .iter()
+            .map(|b| (b.path.as_str(), b.readonly))
+            .collect();
+        assert_eq!(ro, [("/a", true), ("/b", false), ("/c", true)]);
+        assert_eq!(binds[0].source, Path::new("/v/ro"));
+    }
+
+    #[test]
+    fn a_container_cannot_boot_from_a_volume_disk() {
+        let (mut a, mut host) = agent();
+        a.volumes.insert(
+            "db".into(),
+            PodVolume {
+                dir: "/nonexistent/v/db".into(),
+                readonly: false,
+                source: VolumeSource::Block {
+                    disk_id: "hyper-vol0".into(),
+                    fstype: "ext4".into(),
+                },
+            },
+        );
+        let c = Request::NewContainer(ContainerSpec {
+            id: "c".into(),
+            rootfs: hyper_protocol::RootfsSpec {
+                disk_id: "hyper-vol0".into(),
+                fstype: "ext4".into(),
+            },
+            hostname: "h".into(),
+            process: spec("p", 2),
+            mounts: vec![],
+        });
+        request(&mut a, &mut host, 2, c);
+        let e = response(&mut host).1.unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+        assert!(
+            e.message.contains("is the disk of volume db"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_refused_bind_names_the_path_inside_the_container() {
+        let root = Path::new("/run/hyper/c/c1/root");
+        let e = bind_error(
+            root,
+            SysError::new(
+                "open without following symlinks",
+                "/run/hyper/c/c1/root/data/link",
+                Errno::ELOOP,
+            ),
+        );
+        assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
+        assert!(
+            e.message.starts_with(
+                "binding volumes into the container: open without following symlinks /data/link: "
+            ),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("never a symlink"), "{}", e.message);
+        let e = bind_error(
+            root,
+            SysError::new("mount", "/proc/self/fd/7", Errno::ENOMEM),
+        );
+        assert_eq!(e.kind, AgentErrorKind::Failed);
+        assert!(e.message.contains("mount /proc/self/fd/7"), "{}", e.message);
     }
 }

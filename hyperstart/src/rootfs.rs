@@ -1,6 +1,7 @@
 //! Mount and namespace setup sequences, written against [`Sys`] so their
 //! order and options are unit-tested without root.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -206,20 +207,25 @@ fn remove_dirs(sys: &mut dyn Sys, paths: &ContainerPaths) {
     }
 }
 
+/// A lazy unmount; nothing mounted there (EINVAL) or no such path is fine.
+fn detach(sys: &mut dyn Sys, dir: &Path) -> Option<SysError> {
+    match sys.umount(dir, MntFlags::MNT_DETACH) {
+        Ok(())
+        | Err(SysError {
+            errno: Errno::EINVAL | Errno::ENOENT,
+            ..
+        }) => None,
+        Err(e) => Some(e),
+    }
+}
+
 /// Best-effort teardown: lazy unmounts, since the container's processes may
 /// still be dying and holding the mounts.
 pub fn unmount_container_rootfs(sys: &mut dyn Sys, paths: &ContainerPaths) -> Vec<SysError> {
-    let mut errors = Vec::new();
-    for dir in [&paths.root, &paths.rw, &paths.lower] {
-        match sys.umount(dir, MntFlags::MNT_DETACH) {
-            Ok(())
-            | Err(SysError {
-                errno: Errno::EINVAL | Errno::ENOENT,
-                ..
-            }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
+    let errors = [&paths.root, &paths.rw, &paths.lower]
+        .into_iter()
+        .filter_map(|dir| detach(sys, dir))
+        .collect();
     remove_dirs(sys, paths);
     errors
 }
@@ -231,26 +237,100 @@ pub fn volume_dir(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(".volumes").join(name)
 }
 
-/// Mounts a pod volume: a tmpfs, world-writable with the sticky bit like
-/// /tmp, because the containers sharing it may run as different users.
-pub fn create_volume(sys: &mut dyn Sys, dir: &Path, size_mib: u32) -> SysResult {
+/// What backs a pod volume, checked and resolved by the agent (names,
+/// tags, the disk found) before anything is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeMount {
+    /// A tmpfs of at most `size_mib` MiB (0: the kernel's default).
+    Tmpfs { size_mib: u32 },
+    /// A virtio-fs share, by its tag.
+    VirtioFs { tag: String },
+    /// A 9p share over Xen's 9pfs transport, by its tag.
+    Xen9p { tag: String },
+    /// A read-write disk holding a filesystem of `fstype`.
+    Block { device: PathBuf, fstype: String },
+}
+
+/// The 9p options of a share over Xen.
+///
+/// - `version=9p2000.L`: the Linux dialect (owners, modes, symlinks, hard
+///   links, xattrs as on the host); the guest checks permissions itself
+///   (9p2000.L's default `access=client`), like for a local filesystem.
+/// - `cache=mmap` (Linux 6.1 knows `none`, `loose`, `fscache`, `mmap`):
+///   reads and writes go to the host every time, as with `none`, so what
+///   the host or another pod writes to the same directory is seen at once
+///   (`loose` and `fscache` keep stale pages and attributes, and would break
+///   two pods sharing a named volume); unlike `none` it allows shared
+///   writable `mmap(2)`, which databases and many tools need.
+/// - `msize=262144`: 256 KiB per message, twice 6.1's default of 128 KiB,
+///   so sequential I/O takes half the round trips through the ring. 6.1's
+///   Xen transport allows 512 KiB (ring order 9) and would clamp a larger
+///   value; 256 KiB also keeps each request's buffer a modest allocation in
+///   a small guest.
+///
+/// The hyperkernel (6.1) takes these options as they are (checked over
+/// virtio-9p in QEMU, where /proc/mounts shows `mmap,access=client,
+/// msize=262144`); only `trans=` differs on Xen.
+pub const XEN_9P_OPTIONS: &str = "trans=xen,version=9p2000.L,cache=mmap,msize=262144";
+
+/// Mounts a pod volume at `dir`, once per pod, before any container uses
+/// it. Every kind is `nosuid,nodev`: a volume must not bring setuid
+/// binaries or usable device nodes into a container (the host or another
+/// pod may have put them there). `readonly` makes the pod-level mount
+/// read-only, so no container's bind of it can write.
+///
+/// A tmpfs is world-writable with the sticky bit like /tmp, because the
+/// containers sharing it may run as different users; shares and disks keep
+/// the owners and modes they have.
+pub fn mount_volume(
+    sys: &mut dyn Sys,
+    dir: &Path,
+    volume: &VolumeMount,
+    readonly: bool,
+) -> SysResult {
     sys.mkdir_all(dir, 0o755)?;
-    let data = if size_mib > 0 {
-        format!("mode=1777,size={size_mib}m")
-    } else {
-        "mode=1777".to_string()
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let result = match volume {
+        VolumeMount::Tmpfs { size_mib } => {
+            let data = if *size_mib > 0 {
+                format!("mode=1777,size={size_mib}m")
+            } else {
+                "mode=1777".to_string()
+            };
+            sys.mount(Some("tmpfs"), dir, Some("tmpfs"), flags, Some(&data))
+        }
+        VolumeMount::VirtioFs { tag } => sys.mount(Some(tag), dir, Some("virtiofs"), flags, None),
+        VolumeMount::Xen9p { tag } => {
+            sys.mount(Some(tag), dir, Some("9p"), flags, Some(XEN_9P_OPTIONS))
+        }
+        VolumeMount::Block { device, fstype } => sys.mount(
+            Some(&device.to_string_lossy()),
+            dir,
+            Some(fstype),
+            flags,
+            None,
+        ),
     };
-    if let Err(e) = sys.mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&data),
-    ) {
+    if let Err(e) = result {
         let _ = sys.remove_dir(dir);
         return Err(e);
     }
     Ok(())
+}
+
+/// Best-effort teardown of a pod volume (lazily: a dying container may
+/// still hold it).
+pub fn unmount_volume(sys: &mut dyn Sys, dir: &Path) -> Vec<SysError> {
+    let mut errors: Vec<SysError> = detach(sys, dir).into_iter().collect();
+    if let Err(e) = sys.remove_dir(dir) {
+        if e.errno != Errno::ENOENT {
+            errors.push(e);
+        }
+    }
+    errors
 }
 
 /// One volume to bind into a container: its directory, the path inside the
@@ -262,23 +342,48 @@ pub struct VolumeBind {
     pub readonly: bool,
 }
 
+/// The path through which a mount reaches exactly the directory `fd` was
+/// opened on, whatever happened to the tree since.
+fn fd_path(fd: RawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
+}
+
 /// Binds volumes into a container's root before its init starts, so its
 /// mount namespace (a copy of hyperstart's) has them under the root it
 /// pivots into. The caller unmounts the root on failure, which lazily takes
 /// every bind below it along.
+///
+/// The mounts happen in hyperstart's namespace, where a symlink would lead
+/// out of the container; the image, a share's contents (written by the
+/// host or another pod) and a tmpfs volume (written by a running container
+/// of the pod) are all untrusted. So each target is opened component by
+/// component under the root without following any symlink or `..`
+/// ([`Sys::open_dir_beneath`]), right before its mount, and the bind goes
+/// onto that open directory through `/proc/self/fd`: what the path names
+/// afterwards does not matter. Parents are bound before their children
+/// (fewer components first, as runc does), so `/data/sub` lands inside the
+/// volume at `/data`, not under it.
 pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> SysResult {
-    for bind in binds {
-        let target = root.join(bind.path.trim_start_matches('/'));
-        sys.mkdir_all(&target, 0o755)?;
+    let mut ordered: Vec<&VolumeBind> = binds.iter().collect();
+    ordered.sort_by_key(|b| b.path.split('/').filter(|c| !c.is_empty()).count());
+    for bind in ordered {
+        let relative = bind.path.trim_start_matches('/');
         let source = bind.source.to_string_lossy();
-        sys.mount(Some(&source), &target, None, MsFlags::MS_BIND, None)?;
+        let fd = sys.open_dir_beneath(root, relative, 0o755)?;
+        // Errors name the path, not the fd it was reached through.
+        let named = |e: SysError| SysError::new(e.op, root.join(relative).display(), e.errno);
+        let bound = sys.mount(Some(&source), &fd_path(fd), None, MsFlags::MS_BIND, None);
+        sys.close(fd);
+        bound.map_err(named)?;
         if bind.readonly {
             // MS_RDONLY is ignored on the first bind; only a remount applies
             // it, and the remount sets every per-mount flag: keep the
-            // volume's nosuid and nodev.
-            sys.mount(
+            // volume's nosuid and nodev. The directory opened above is now
+            // covered by the bind: open the bind's root to remount it.
+            let fd = sys.open_dir_beneath(root, relative, 0o755)?;
+            let remounted = sys.mount(
                 None,
-                &target,
+                &fd_path(fd),
                 None,
                 MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
@@ -286,7 +391,9 @@ pub fn bind_volumes(sys: &mut dyn Sys, root: &Path, binds: &[VolumeBind]) -> Sys
                     | MsFlags::MS_NOSUID
                     | MsFlags::MS_NODEV,
                 None,
-            )?;
+            );
+            sys.close(fd);
+            remounted.map_err(named)?;
         }
     }
     Ok(())
@@ -756,7 +863,7 @@ mod tests {
         let mut sys = RecordingSys::new();
         let dir = volume_dir(Path::new("/run/hyper/c"), "data");
         assert_eq!(dir, Path::new("/run/hyper/c/.volumes/data"));
-        create_volume(&mut sys, &dir, 16).unwrap();
+        mount_volume(&mut sys, &dir, &VolumeMount::Tmpfs { size_mib: 16 }, false).unwrap();
         assert_eq!(
             sys.calls,
             [
@@ -765,7 +872,8 @@ mod tests {
             ]
         );
         let mut sys = RecordingSys::failing("mount tmpfs", Errno::ENOMEM);
-        assert!(create_volume(&mut sys, &dir, 0).is_err());
+        let tmpfs = VolumeMount::Tmpfs { size_mib: 0 };
+        assert!(mount_volume(&mut sys, &dir, &tmpfs, false).is_err());
         assert_eq!(
             sys.calls.last().unwrap(),
             "rmdir /run/hyper/c/.volumes/data"
@@ -773,33 +881,177 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_bound_under_the_root_and_read_only_ones_remounted() {
+    fn each_volume_kind_is_mounted_nosuid_nodev_and_read_only_when_asked() {
+        let dir = Path::new("/run/hyper/c/.volumes/v");
+        let cases = [
+            (
+                VolumeMount::VirtioFs {
+                    tag: "hyper-vol0".into(),
+                },
+                false,
+                "mount hyper-vol0 /run/hyper/c/.volumes/v virtiofs MsFlags(MS_NOSUID | MS_NODEV) -",
+            ),
+            (
+                VolumeMount::VirtioFs {
+                    tag: "hyper-vol0".into(),
+                },
+                true,
+                "mount hyper-vol0 /run/hyper/c/.volumes/v virtiofs \
+                 MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV) -",
+            ),
+            (
+                VolumeMount::Xen9p {
+                    tag: "hyper-vol1".into(),
+                },
+                false,
+                "mount hyper-vol1 /run/hyper/c/.volumes/v 9p MsFlags(MS_NOSUID | MS_NODEV) \
+                 trans=xen,version=9p2000.L,cache=mmap,msize=262144",
+            ),
+            (
+                VolumeMount::Block {
+                    device: "/dev/vdc".into(),
+                    fstype: "ext4".into(),
+                },
+                false,
+                "mount /dev/vdc /run/hyper/c/.volumes/v ext4 MsFlags(MS_NOSUID | MS_NODEV) -",
+            ),
+            (
+                VolumeMount::Block {
+                    device: "/dev/xvdc".into(),
+                    fstype: "ext4".into(),
+                },
+                true,
+                "mount /dev/xvdc /run/hyper/c/.volumes/v ext4 \
+                 MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV) -",
+            ),
+            (
+                VolumeMount::Tmpfs { size_mib: 0 },
+                true,
+                "mount tmpfs /run/hyper/c/.volumes/v tmpfs \
+                 MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV) mode=1777",
+            ),
+        ];
+        for (volume, readonly, want) in cases {
+            let mut sys = RecordingSys::new();
+            mount_volume(&mut sys, dir, &volume, readonly).unwrap();
+            assert_eq!(
+                sys.calls,
+                ["mkdir /run/hyper/c/.volumes/v 755", want],
+                "{volume:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_volume_mount_leaves_no_directory_and_teardown_is_lazy() {
+        let dir = Path::new("/run/hyper/c/.volumes/v");
+        let share = VolumeMount::VirtioFs { tag: "t".into() };
+        let mut sys = RecordingSys::failing("virtiofs", Errno::EINVAL);
+        let e = mount_volume(&mut sys, dir, &share, false).unwrap_err();
+        assert_eq!(e.errno, Errno::EINVAL);
+        assert_eq!(sys.calls.last().unwrap(), "rmdir /run/hyper/c/.volumes/v");
+        // Nothing is mounted when the directory cannot be made.
+        let mut sys = RecordingSys::failing("mkdir", Errno::ENOSPC);
+        assert!(mount_volume(&mut sys, dir, &share, false).is_err());
+        assert_eq!(sys.calls, ["mkdir /run/hyper/c/.volumes/v 755"]);
+
+        let mut sys = RecordingSys::new();
+        assert!(unmount_volume(&mut sys, dir).is_empty());
+        assert_eq!(
+            sys.calls,
+            [
+                "umount /run/hyper/c/.volumes/v MntFlags(MNT_DETACH)",
+                "rmdir /run/hyper/c/.volumes/v"
+            ]
+        );
+        // Already gone is fine; a busy directory is reported.
+        let mut sys = RecordingSys::failing("umount", Errno::EINVAL);
+        sys.fail.push(("rmdir".into(), Errno::EBUSY));
+        let errors = unmount_volume(&mut sys, dir);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].errno, Errno::EBUSY);
+    }
+
+    #[test]
+    fn volumes_are_bound_onto_directories_opened_under_the_root_parents_first() {
         let mut sys = RecordingSys::new();
         let binds = [
-            VolumeBind {
-                source: "/v/a".into(),
-                path: "/data".into(),
-                readonly: false,
-            },
             VolumeBind {
                 source: "/v/b".into(),
                 path: "/etc/conf".into(),
                 readonly: true,
+            },
+            VolumeBind {
+                source: "/v/a".into(),
+                path: "/data".into(),
+                readonly: false,
             },
         ];
         bind_volumes(&mut sys, Path::new("/r"), &binds).unwrap();
         assert_eq!(
             sys.calls,
             [
-                "mkdir /r/data 755",
-                "mount /v/a /r/data - MsFlags(MS_BIND) -",
-                "mkdir /r/etc/conf 755",
-                "mount /v/b /r/etc/conf - MsFlags(MS_BIND) -",
-                "mount - /r/etc/conf - MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_REMOUNT | MS_BIND) -",
+                "open_beneath /r data 755",
+                "mount /v/a /proc/self/fd/101 - MsFlags(MS_BIND) -",
+                "close 101",
+                "open_beneath /r etc/conf 755",
+                "mount /v/b /proc/self/fd/102 - MsFlags(MS_BIND) -",
+                "close 102",
+                // The remount goes onto the bind itself, opened again.
+                "open_beneath /r etc/conf 755",
+                "mount - /proc/self/fd/103 - \
+                 MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_REMOUNT | MS_BIND) -",
+                "close 103",
             ]
         );
-        let mut sys = RecordingSys::failing("mkdir /r/data", Errno::ENOTDIR);
+        // A child comes after its parent whatever the order asked.
+        let nested = [
+            VolumeBind {
+                source: "/v/inner".into(),
+                path: "/data/sub".into(),
+                readonly: false,
+            },
+            VolumeBind {
+                source: "/v/outer".into(),
+                path: "/data".into(),
+                readonly: false,
+            },
+        ];
+        let mut sys = RecordingSys::new();
+        bind_volumes(&mut sys, Path::new("/r"), &nested).unwrap();
+        assert!(sys.position("mount /v/outer") < sys.position("mount /v/inner"));
+        assert!(sys.position("open_beneath /r data/sub") > sys.position("mount /v/outer"));
+    }
+
+    #[test]
+    fn a_refused_or_failed_bind_stops_and_closes_its_fd() {
+        let binds = [
+            VolumeBind {
+                source: "/v/a".into(),
+                path: "/data".into(),
+                readonly: true,
+            },
+            VolumeBind {
+                source: "/v/b".into(),
+                path: "/data2".into(),
+                readonly: false,
+            },
+        ];
+        // A symlink on the way: nothing is mounted.
+        let mut sys = RecordingSys::failing("open_beneath /r data ", Errno::ELOOP);
+        let e = bind_volumes(&mut sys, Path::new("/r"), &binds).unwrap_err();
+        assert_eq!(e.errno, Errno::ELOOP);
+        assert_eq!(sys.calls, ["open_beneath /r data 755"]);
+        // The bind fails: its fd is closed, nothing else happens.
+        let mut sys = RecordingSys::failing("mount /v/a", Errno::ENOENT);
         assert!(bind_volumes(&mut sys, Path::new("/r"), &binds).is_err());
-        assert_eq!(sys.calls.len(), 1);
+        assert_eq!(sys.calls.last().unwrap(), "close 101");
+        assert!(!sys.calls.iter().any(|c| c.contains("/v/b")));
+        // The read-only remount fails: the error is returned, fd closed.
+        let mut sys = RecordingSys::failing("MS_REMOUNT", Errno::EPERM);
+        let e = bind_volumes(&mut sys, Path::new("/r"), &binds).unwrap_err();
+        assert_eq!(e.errno, Errno::EPERM);
+        assert_eq!(e.target, "/r/data");
+        assert_eq!(sys.calls.last().unwrap(), "close 102");
     }
 }

@@ -84,6 +84,14 @@ pub trait Sys {
     fn unshare(&mut self, flags: CloneFlags) -> SysResult;
     /// Opens a namespace file or directory (close-on-exec) for setns/fchdir.
     fn open(&mut self, path: &Path) -> SysResult<RawFd>;
+    /// Opens the directory `relative` (plain components) under `root`, one
+    /// component at a time, creating the missing ones with `mode`, and never
+    /// following a symlink or leaving `root` (`ELOOP` for a symlink,
+    /// `ENOTDIR` for anything else that is not a directory, `EXDEV` for a
+    /// way out). The fd (`O_PATH`, close-on-exec, given back with
+    /// [`Sys::close`]) keeps naming that directory whatever happens to the
+    /// tree afterwards; mount onto it through `/proc/self/fd/N`.
+    fn open_dir_beneath(&mut self, root: &Path, relative: &str, mode: u32) -> SysResult<RawFd>;
     fn close(&mut self, fd: RawFd);
     fn setns(&mut self, fd: RawFd, nstype: CloneFlags) -> SysResult;
     /// Whether `/` is the kernel's initial rootfs (ramfs or tmpfs), which
@@ -203,6 +211,45 @@ impl Sys for RealSys {
         nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map(|fd| fd.into_raw_fd())
             .map_err(|e| SysError::new("open", path.display(), e))
+    }
+
+    fn open_dir_beneath(&mut self, root: &Path, relative: &str, mode: u32) -> SysResult<RawFd> {
+        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        use std::os::fd::IntoRawFd;
+        let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        // The root itself is hyperstart's own path, trusted.
+        let mut dir = nix::fcntl::open(root, path_flags, Mode::empty())
+            .map_err(|e| SysError::new("open", root.display(), e))?;
+        // No O_NOFOLLOW: with RESOLVE_NO_SYMLINKS a symlink as the last
+        // component is then ELOOP too, not an fd on the link.
+        let how = OpenHow::new().flags(path_flags).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        let mut at = root.to_path_buf();
+        for component in relative.split('/').filter(|c| !c.is_empty()) {
+            at.push(component);
+            let fail = |e| SysError::new("open without following symlinks", at.display(), e);
+            let next = match openat2(&dir, component, how) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    match nix::sys::stat::mkdirat(
+                        &dir,
+                        component,
+                        Mode::from_bits_truncate(mode as libc::mode_t),
+                    ) {
+                        // EEXIST: made meanwhile; the open below checks it.
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(SysError::new("mkdir", at.display(), e)),
+                    }
+                    openat2(&dir, component, how).map_err(fail)?
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            dir = next;
+        }
+        Ok(dir.into_raw_fd())
     }
 
     fn close(&mut self, fd: RawFd) {
@@ -357,6 +404,12 @@ pub mod fake {
             self.next_fd += 1;
             Ok(self.next_fd)
         }
+        fn open_dir_beneath(&mut self, root: &Path, relative: &str, mode: u32) -> SysResult<RawFd> {
+            let line = format!("open_beneath {} {relative} {mode:o}", root.display());
+            self.record("open_beneath", line)?;
+            self.next_fd += 1;
+            Ok(self.next_fd)
+        }
         fn close(&mut self, fd: RawFd) {
             self.calls.push(format!("close {fd}"));
         }
@@ -373,5 +426,67 @@ pub mod fake {
                 .find(|(p, _)| *p == path)
                 .map(|(_, dir)| *dir)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_beneath(root: &Path, relative: &str) -> SysResult<std::path::PathBuf> {
+        let fd = RealSys.open_dir_beneath(root, relative, 0o755)?;
+        let named = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        RealSys.close(fd);
+        Ok(named)
+    }
+
+    #[test]
+    fn open_beneath_creates_plain_directories_and_refuses_symlinks_and_files() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        std::fs::write(root.join("file"), b"").unwrap();
+        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("dir", root.join("rel")).unwrap();
+        std::os::unix::fs::symlink("../..", root.join("dir/up")).unwrap();
+
+        assert_eq!(open_beneath(root, "dir").unwrap(), root.join("dir"));
+        assert_eq!(
+            open_beneath(root, "dir/new/deeper").unwrap(),
+            root.join("dir/new/deeper")
+        );
+        assert!(root.join("dir/new/deeper").is_dir());
+        for (bad, errno) in [
+            ("abs", Errno::ELOOP),
+            ("abs/etc", Errno::ELOOP),
+            // Even a symlink that stays inside is refused.
+            ("rel", Errno::ELOOP),
+            ("rel/x", Errno::ELOOP),
+            ("dir/up", Errno::ELOOP),
+            ("dir/up/x", Errno::ELOOP),
+            ("file", Errno::ENOTDIR),
+            ("file/x", Errno::ENOTDIR),
+            ("..", Errno::EXDEV),
+        ] {
+            assert_eq!(open_beneath(root, bad).unwrap_err().errno, errno, "{bad}");
+        }
+        // Nothing was created through a symlink or beside a file.
+        assert!(!root.join("dir/x").exists());
+        assert!(!Path::new("/x").exists() && !Path::new("/etc/x").exists());
+    }
+
+    #[test]
+    fn the_opened_directory_stays_the_one_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        std::fs::create_dir(root.join("a")).unwrap();
+        let fd = RealSys.open_dir_beneath(root, "a", 0o755).unwrap();
+        // Swapped for a symlink after the check: the fd still names the
+        // directory, now at its new place, never the symlink's target.
+        std::fs::rename(root.join("a"), root.join("moved")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("a")).unwrap();
+        let named = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        RealSys.close(fd);
+        assert_eq!(named, root.join("moved"));
     }
 }

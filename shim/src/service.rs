@@ -326,6 +326,8 @@ impl TaskService {
                 ..Default::default()
             },
             hostname: spec.hostname.filter(|h| !h.is_empty()),
+            // The spec's mounts do not reach the guest yet.
+            volumes: Vec::new(),
         };
         Ok(TaskState {
             id: req.id.clone(),

@@ -2,13 +2,15 @@
 # Builds the dom0 initramfs ($XEN_CACHE/dom0.initrd) from the unpacked
 # Debian packages (fetch-xen.sh) and a few host tools: busybox, bash (for
 # Xen's hotplug scripts), losetup/flock/stat, mkfs.erofs (hyperd builds rootfs
-# images), xl/xenstored/xenconsoled + their libraries, and the kernel modules
+# images), mkfs.ext4 (named block volumes), xl/xenstored/xenconsoled + their libraries, and the kernel modules
 # for Xen, blkback + loop (guest disks) and virtio-9p (the host share).
 # Networking (hyperd's CNI + the pods' vifs): netback, veth, bridge, tc
 # (ingress, u32, mirred) and netfilter modules with kmod's modprobe so the
 # kernel loads them on demand, iproute2, iptables (nft), the CNI plugins of
 # containernetworking-plugins in /usr/lib/cni, the default conflist and the
 # backend's vif hotplug script.
+# Shares (Xen 9pfs): Debian's qemu-system-xen as libxl's device model
+# (/usr/libexec/xen-qemu-system-i386, which serves a domain's p9 entries).
 # Uncompressed on purpose: gunzip under TCG costs more than the bigger read.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,8 +27,8 @@ VIF_SCRIPT=$ROOT/backends/xen/scripts/vif-hyper
 . "$ROOT/tests/net-image.sh"
 net_check || { echo "build-dom0: cannot build the dom0 image" >&2; exit 1; }
 
-KEY=$( (cat "$C/root.key" "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$NET_CONFLIST" "$ROOT/tests/net-image.sh"
-        ls -lL /bin/busybox /bin/bash /usr/bin/mkfs.erofs $NET_BINS; for p in $NET_CNI_PLUGINS; do ls -l "/usr/lib/cni/$p"; done) | sha256sum | cut -c1-16)
+KEY=$( (cat "$C/root.key" /usr/share/qemu/keymaps/en-us "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$NET_CONFLIST" "$ROOT/tests/net-image.sh"
+        ls -lL /bin/busybox /bin/bash /usr/bin/mkfs.erofs /sbin/mkfs.ext4 $NET_BINS; for p in $NET_CNI_PLUGINS; do ls -l "/usr/lib/cni/$p"; done) | sha256sum | cut -c1-16)
 if [ -s "$OUT" ] && [ "$(cat "$C/dom0.key" 2>/dev/null)" = "$KEY" ]; then
   echo "build-dom0: cached ($OUT)"; exit 0
 fi
@@ -42,7 +44,9 @@ cp /bin/busybox "$Z/bin/busybox"
 ln -s bash "$Z/bin/sh"
 # Hotplug scripts are bash; give them util-linux's tools, not busybox's.
 cp /bin/bash "$Z/bin/bash"
-HOSTBINS="/sbin/losetup /usr/bin/flock /usr/bin/stat /usr/bin/mkfs.erofs"
+# mkfs.ext4: hyperd makes named block volumes with it (e2fsprogs).
+HOSTBINS="/sbin/losetup /usr/bin/flock /usr/bin/stat /usr/bin/mkfs.erofs /sbin/mkfs.ext4"
+for b in $HOSTBINS; do [ -x "$b" ] || { echo "build-dom0: $b missing (apt-get install util-linux erofs-utils e2fsprogs)" >&2; exit 1; }; done
 for b in $HOSTBINS; do cp -L "$b" "$Z/usr/local/bin/"; done
 
 BINS="xl xenstored xenconsoled xen-init-dom0 xenconsole libxl-save-helper"
@@ -50,12 +54,19 @@ for b in $BINS; do cp "$R/$XB/$b" "$Z/$XB/"; done
 cp -a "$R"/usr/bin/xenstore* "$Z/usr/bin/"
 cp "$R/etc/xen/xl.conf" "$Z/etc/xen/"
 cp -a "$R/etc/xen/scripts" "$Z/etc/xen/"
+# The device model libxl starts for a domain with p9 entries (its default
+# path, so no device_model_override is needed).
+QEMU_XEN=usr/libexec/xen-qemu-system-i386
+mkdir -p "$Z/usr/libexec" "$Z/usr/share/qemu/keymaps"; cp "$R/$QEMU_XEN" "$Z/$QEMU_XEN"
+# libxl passes it `-vnc none`, which still loads the default keymap
+# (qemu-system-data, installed with qemu-system-x86).
+cp /usr/share/qemu/keymaps/en-us "$Z/usr/share/qemu/keymaps/"
 
 # Networking tools (iproute2, iptables-nft, curl, kmod as modprobe, CNI).
 net_tools "$Z"
 install -m 0755 "$VIF_SCRIPT" "$Z/etc/xen/scripts/vif-hyper"
 
-libs=$(for b in $BINS; do echo "$Z/$XB/$b"; done; echo "$R/usr/bin/xenstore /bin/bash $HOSTBINS $NET_LIBS")
+libs=$(for b in $BINS; do echo "$Z/$XB/$b"; done; echo "$R/usr/bin/xenstore $R/$QEMU_XEN /bin/bash $HOSTBINS $NET_LIBS")
 LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu ldd $libs 2>/dev/null \
   | awk '/=> \//{print $3}' | sort -u | while read -r l; do cp -L "$l" "$Z/lib/x86_64-linux-gnu/"; done
 cp -L /lib64/ld-linux-x86-64.so.2 "$Z/lib64/"

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Downloads (does not install) Debian's Xen 4.17 + a dom0 kernel and unpacks
+# Downloads (does not install) Debian's Xen 4.17 + a dom0 kernel + the Xen
+# device model (qemu-system-xen, for the pods' 9pfs shares) and unpacks
 # them under $XEN_CACHE/root. Cached: a rerun with the same package versions
 # downloads nothing. Needs: apt-get (after apt-get update), dpkg-deb, xz.
 #
@@ -25,7 +26,11 @@ KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{p
 PKGS=("xen-hypervisor-$XENV-amd64" "xen-utils-$XENV" xen-utils-common xenstore-utils
       "libxenmisc$XENV" libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
       libxenstore4 libxentoollog1 libxendevicemodel1 libxenhypfs1 libxentoolcore1
-      libyajl2 "$KPKG")
+      libyajl2 "$KPKG"
+      # The device model libxl starts for a PV/PVH domain with p9 entries
+      # (Xen 9pfs backend): /usr/libexec/xen-qemu-system-i386. Its other
+      # libraries are qemu-system-x86's, installed on the host above.
+      qemu-system-xen)
 # The exact versions apt would fetch now: the cache key.
 KEY=$(for p in "${PKGS[@]}"; do apt-cache policy "$p" | awk -v p="$p" '/Candidate:/{print p"="$2}'; done)
 if [ -f "$C/root.key" ] && [ "$(cat "$C/root.key")" = "$KEY" ] && [ -s "$C/xen" ] && [ -s "$C/vmlinux" ]; then

@@ -64,6 +64,10 @@ on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "destroy"
 EOT
+# The same with one 9pfs share: what the device model (QEMU in dom0) adds.
+mkdir -p /tmp/bench-share
+sed 's/bench-plain/bench-p9/' "$B/plain.cfg" > "$B/p9.cfg"
+echo 'p9 = [ "tag=bench,security_model=none,path=/tmp/bench-share" ]' >> "$B/p9.cfg"
 "$S/bin/hyperd" --config "$B/config.toml" > "$R/bench-hyperd.log" 2>&1 &
 hpid=$!
 i=0; while [ ! -S "$B/hyperd.sock" ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
@@ -83,6 +87,10 @@ for n in 1 2 3; do
   timeout 300 xl create -F "$B/plain.cfg" >> "$R/bench-xl.out" 2>&1
   rc=$?; t1=$(up)
   echo "xl-create $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
+  t0=$(up)
+  timeout 300 xl create -F "$B/p9.cfg" >> "$R/bench-xl.out" 2>&1
+  rc=$?; t1=$(up)
+  echo "xl-create-p9 $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
 done
 kill $hpid; wait $hpid
 cat "$R/bench.txt"

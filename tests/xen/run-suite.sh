@@ -56,6 +56,10 @@ printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$P/init"; chmod +x "$P
 P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "$P/bin/"
 cp "$HERE/netprobe-init.sh" "$P/init"; chmod +x "$P/init"
 (cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/netprobe.img"; rm -rf "$P"
+# For real_xen's volume test: a guest that uses its 9pfs shares and disks.
+P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "$P/bin/"
+cp "$HERE/volprobe-init.sh" "$P/init"; chmod +x "$P/init"
+(cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/volprobe.img"; rm -rf "$P"
 cp "$HERE/in-dom0.sh" "$S/run.sh"
 echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
 
@@ -95,8 +99,9 @@ $M collect xen "$S" || fail=1
 if [ -f "$S/results/bench.txt" ]; then
   echo "xen-suite: bench (seconds, dom0 uptime clock; TCG):"
   cat "$S/results/bench.txt"
-  awk '$1=="hyper-run" && / rc=0 /{h+=$4;nh++} $1=="hyper-run-net" && / rc=0 /{g+=$4;ng++} /^xl-create/ && / rc=0 /{x+=$4;nx++}
+  awk '$1=="hyper-run" && / rc=0 /{h+=$4;nh++} $1=="hyper-run-net" && / rc=0 /{g+=$4;ng++} /^xl-create / && / rc=0 /{x+=$4;nx++} /^xl-create-p9 / && / rc=0 /{p+=$4;np++}
        END{if(nh&&nx) printf "xen-suite: bench mean hyper run %.2f s, plain xl create %.2f s, ratio %.2f\n", h/nh, x/nx, (h/nh)/(x/nx);
+           if(np&&nx) printf "xen-suite: bench mean plain xl create with one p9 share (device model) %.2f s, %.2fx the one without\n", p/np, (p/np)/(x/nx);
            if(nh&&ng) printf "xen-suite: bench mean hyper run with the default network %.2f s, %.2fx the run without\n", g/ng, (g/ng)/(h/nh)}' "$S/results/bench.txt"
 fi
 exit $fail

@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of the L1 guest (Debian kernel under QEMU/TCG with an emulated AMD
 # SVM CPU): load kvm-amd, then run hyper-vmm on the real /dev/kvm:
-#  1. the freestanding test guest (all device checks), 2. the real payload
+#  1. the freestanding test guest (all device checks; then on a virtio-fs
+#     share served by virtiofsd in L1), 2. the real payload
 #  (hyperkernel + hyperstart.img) until hyperstart's READY on the agent socket,
 #  3. (when present) QEMU microvm on the same payload, for the ratio;
 #  4. the real payload on 2 vCPUs, told to DestroyPod: hyperstart powers the
@@ -11,6 +12,16 @@
 #     the e2e cases through hyperd with the kvm plugin (in-l1.sh).
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin
 bb=/bin/busybox
+# virtiofsd's namespace sandbox pivot_roots into the shared directory, and
+# pivot_root refuses while the root is the initramfs (rootfs): run from a
+# tmpfs copy of it (switch_root frees the initramfs).
+if [ ! -e /.tmpfs-root ]; then
+  $bb mkdir -p /newroot
+  $bb mount -t tmpfs -o mode=0755 root /newroot
+  for d in /*; do [ "$d" = /newroot ] || $bb cp -a "$d" /newroot/; done
+  $bb touch /newroot/.tmpfs-root
+  exec $bb switch_root /newroot /init
+fi
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
@@ -30,6 +41,54 @@ $bb timeout 120 /bin/hyper-vmm --kernel /l2/hyper-testguest --memory-mib 64 --vc
   --cmdline "tg.hello tg.mem_mib=64 tg.cpus=2 tg.disk_serial=hyper-rootfs0 tg.sector=5" \
   --disk path=/l2/disk.img,id=hyper-rootfs0 --debug-exit --status-file /tmp/tg.json </dev/null
 echo "TESTGUEST-EXIT rc=$? $(cat /tmp/tg.json)"
+
+# The test guest on a virtio-fs share of /tmp/share, served by a fresh
+# virtiofsd (namespace sandbox) per run: through hyper-vmm, or (fs_guest
+# qemu) through QEMU microvm's vhost-user-fs-device on the same virtiofsd
+# build, for the frontends' ratio (tg.fs_bench: LOOKUPs and 64 KiB READs,
+# one at a time, TSC cycles).
+fs_guest() { # hyper-vmm|qemu CMDLINE
+  local n dev
+  rm -f /tmp/vfs.sock /tmp/tgfs.log
+  echo "HYPERTG-FS-HOST" > /tmp/share/hello
+  /usr/local/bin/virtiofsd --socket-path /tmp/vfs.sock --shared-dir /tmp/share --sandbox namespace \
+    --cache never </dev/null >>/tmp/vfs.log 2>&1 &
+  vfs=$!
+  n=0; while [ ! -S /tmp/vfs.sock ] && [ $n -lt 300 ]; do $bb usleep 100000; n=$((n+1)); done
+  if [ "$1" = qemu ]; then
+    # microvm lists no transports for a PVH ELF: name its 24 on the command line.
+    dev=""; for n in $($bb seq 0 23); do dev="$dev $(printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00000 + n*512)) $((5+n)))"; done
+    $bb timeout 120 qemu-system-x86_64 -machine microvm,memory-backend=mem -accel kvm -cpu host -m 64 \
+      -object memory-backend-memfd,id=mem,size=64M,share=on -global virtio-mmio.force-legacy=false \
+      -chardev socket,id=vfs,path=/tmp/vfs.sock -device vhost-user-fs-device,chardev=vfs,tag=vol-a \
+      -kernel /l2/hyper-testguest -append "$2$dev" -device isa-debug-exit,iobase=0xf4,iosize=4 \
+      -nodefaults -no-user-config -nographic -serial file:/tmp/tgfs.log -monitor none -no-reboot </dev/null >/tmp/qemu.out 2>&1
+    fsrc=$?; [ $fsrc = 1 ] && fsrc=0 # isa-debug-exit: (status << 1) | 1
+  else
+    $bb timeout 120 /bin/hyper-vmm --kernel /l2/hyper-testguest --memory-mib 64 --cmdline "$2" \
+      --share tag=vol-a,socket=/tmp/vfs.sock --debug-exit --status-file /tmp/tgfs.json \
+      --console-log /tmp/tgfs.log </dev/null
+    fsrc=$?
+  fi
+  kill $vfs 2>/dev/null; wait $vfs
+  $bb grep "tg: FAIL" /tmp/tgfs.log
+}
+echo "== test guest on a virtio-fs share (virtiofsd in L1, namespace sandbox)"
+$bb mkdir -p /tmp/share
+$bb dd if=/dev/zero of=/tmp/share/big bs=1024 count=1024 2>/dev/null
+fs_guest hyper-vmm "tg.hello tg.fs_tag=vol-a"
+echo "TESTGUEST-FS-EXIT rc=$fsrc host=$($bb head -c 16 /tmp/share/hello) $(cat /tmp/tgfs.json)"
+$bb tail -n 5 /tmp/vfs.log | $bb sed "s/^/VIRTIOFSD: /"
+if [ -x /usr/bin/qemu-system-x86_64 ]; then
+  r=1
+  while [ $r -le "${nk_fs_rounds:-3}" ]; do
+    for vmm in hyper-vmm qemu; do
+      fs_guest $vmm "tg.hello tg.fs_tag=vol-a tg.fs_bench=${nk_fs_bench:-300}"
+      echo "FS-BENCH $vmm round $r rc=$fsrc $($bb grep 'fs-bench lookups' /tmp/tgfs.log)"
+    done
+    r=$((r+1))
+  done
+fi
 
 run_payload() { # name kernel
   rm -f /tmp/agent.sock /tmp/vmm.json

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use hyper_hypervisor::plugin::{testing, LoadedPlugin, HOST_BINARY};
-use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, HypervisorError, Vm, VmSpec};
+use hyper_hypervisor::{
+    AgentChannel, DiskSpec, Hypervisor, HypervisorError, ShareSpec, ShareTransport, Vm, VmHelper,
+    VmSpec,
+};
 
 fn plugin() -> Arc<LoadedPlugin> {
     // The cdylib and the plugin host, built with the cargo running this test.
@@ -174,6 +177,85 @@ async fn shutdown_stops_a_running_vm() {
     assert_eq!(exit.code, Some(0), "SIGTERM is a clean stop: {exit:?}");
     let status = status(&dir.path().join("run/vmm-status.json"));
     assert_eq!(status["reason"], "signal", "{status}");
+}
+
+/// A cgroup of this host's pids hierarchy (v1 `pids`, else v2), made for
+/// one test and removed when dropped.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Option<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let point = before.split_whitespace().nth(4)?;
+            let mut after = after.split_whitespace();
+            let fstype = after.next()?;
+            let options = after.nth(1)?;
+            let v1_pids = fstype == "cgroup" && options.split(',').any(|o| o == "pids");
+            v1_pids.then(|| PathBuf::from(point))
+        });
+        let mount = mount.or_else(|| {
+            mountinfo.lines().find_map(|l| {
+                let (before, after) = l.split_once(" - ")?;
+                after
+                    .starts_with("cgroup2 ")
+                    .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap_or("")))
+            })
+        })?;
+        let dir = mount.join(name);
+        std::fs::create_dir(&dir).ok()?;
+        Some(Self(dir))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// hyper-vmm starts in the cgroup the spec names, with no_new_privs and
+/// core dumps off (the kit's `confine_vmm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vmm_starts_in_the_specs_cgroup_with_no_new_privs() {
+    if kvm_or_skip("plugin cgroup").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("hyper-kvm-test-{}", std::process::id());
+    let Some(cgroup) = TestCgroup::new(&name) else {
+        eprintln!("skipped: cannot make a cgroup here (not root?)");
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = spec(dir.path(), guest().elf.clone(), "tg.echo");
+    s.cgroup = Some(hyper_hypervisor::CgroupPlacement {
+        procs_files: vec![cgroup.0.join("cgroup.procs")],
+    });
+    let vm = hv.launch(s).await.expect("launch");
+    let pid = vm.info().pid.expect("a pid");
+    let procs = std::fs::read_to_string(cgroup.0.join("cgroup.procs")).unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    vm.kill().await.unwrap();
+    let _ = vm.wait().await;
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    assert!(own.contains(&name), "{own}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]),
+        "{status}"
+    );
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,4 +567,107 @@ async fn bad_nics_are_refused_before_launch() {
             "{err} should mention {needle}"
         );
     }
+}
+
+/// A spec with one share (tag `vol-a`) of a fresh directory holding
+/// `hello`; `None` where virtiofsd or /dev/kvm is missing.
+fn share_spec(dir: &Path, cmdline: &str) -> Option<VmSpec> {
+    kvm_or_skip("plugin shares")?;
+    virtiofsd_or_skip()?;
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), b"HYPERTG-FS-HOST and more\n").unwrap();
+    let mut s = spec(dir, guest().elf.clone(), cmdline);
+    s.shares.push(ShareSpec {
+        tag: "vol-a".into(),
+        source: shared,
+        read_only: false,
+    });
+    Some(s)
+}
+
+/// Processes whose command line mentions `needle` (the run directory).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let want = needle.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(want.len()).any(|w| w == want))
+        })
+        .collect()
+}
+
+fn assert_nothing_left(run: &Path) {
+    assert!(processes_mentioning(run).is_empty(), "left running");
+    for f in ["vfs-vol-a.sock", "vfs-vol-a.sock.pid", "virtiofsd.json"] {
+        assert!(!run.join(f).exists(), "{f} left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_is_served_by_a_supervised_virtiofsd_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = share_spec(dir.path(), "tg.hello tg.fs_tag=vol-a") else {
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true, "virtiofsd": VIRTIOFSD}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(ShareTransport::VirtioFs)
+    );
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("guest stops by itself")
+        .unwrap();
+    let log = std::fs::read_to_string(&s.console_log).unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}\n{log}");
+    assert_eq!(exit.helper_died, None);
+    for check in ["fs-tag", "fs-init", "fs-lookup", "fs-read", "fs-write"] {
+        assert!(
+            log.contains(&format!("tg: ok {check}\n")),
+            "{check}:\n{log}"
+        );
+    }
+    assert!(log.contains("tg: done failed=0"), "{log}");
+    let host = std::fs::read(dir.path().join("shared/hello")).unwrap();
+    assert!(host.starts_with(b"HYPERTG-FS-GUEST"));
+    assert_nothing_left(&s.run_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_virtiofsd_stops_the_vm_with_helper_died() {
+    let dir = tempfile::tempdir().unwrap();
+    // The guest waits for a console line forever.
+    let Some(s) = share_spec(dir.path(), "tg.echo") else {
+        return;
+    };
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vm = hv.launch(s.clone()).await.expect("launch");
+    let socket = s.run_dir.join("vfs-vol-a.sock");
+    let daemons: Vec<u32> = processes_mentioning(&socket)
+        .into_iter()
+        .filter(|&p| Some(p) != vm.info().pid)
+        .collect();
+    assert!(
+        !daemons.is_empty(),
+        "no virtiofsd serving {}",
+        socket.display()
+    );
+    for pid in daemons {
+        // SAFETY: kill(2) of a virtiofsd this test's VM depends on.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("the VM stops")
+        .unwrap();
+    assert_eq!(exit.helper_died, Some(VmHelper::Virtiofsd), "{exit:?}");
+    assert_nothing_left(&s.run_dir);
 }

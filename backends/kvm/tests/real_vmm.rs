@@ -12,26 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
-    x.as_ref().to_string_lossy().into_owned()
-}
-
-fn base_args(kernel: &Path, dir: &Path, cmdline: &str) -> Vec<String> {
-    vec![
-        "--kernel".into(),
-        s(kernel),
-        "--memory-mib".into(),
-        "64".into(),
-        "--cmdline".into(),
-        cmdline.into(),
-        "--console-log".into(),
-        s(dir.join("console.log")),
-        "--status-file".into(),
-        s(dir.join("status.json")),
-        "--debug-exit".into(),
-    ]
-}
-
 fn connect(path: &Path) -> UnixStream {
     let end = Instant::now() + Duration::from_secs(10);
     loop {

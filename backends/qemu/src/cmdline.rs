@@ -94,6 +94,10 @@ pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
     parts.join(" ")
 }
 
+/// The `-sandbox` option every QEMU runs with unless `[hypervisor.qemu]
+/// sandbox = false`.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// The arguments (without the binary) that start `spec` on `config`'s
 /// machine with `accel`. The spec must have been validated. `tap_fds[i]` is
 /// the descriptor (open in QEMU, see [`crate::nic`]) of `spec.nics[i]`'s
@@ -123,7 +127,7 @@ pub fn qemu_args(
     push(&[s("-name")]);
     push(&[s("hyper-"), s(&spec.id)]);
     push(&[s("-machine")]);
-    push(&[s(config.machine.as_str())]);
+    push(&[s(&crate::share::machine_arg(config.machine, spec))]);
     push(&[s("-accel")]);
     push(&[s(accel.as_str())]);
     push(&[s("-cpu")]);
@@ -132,11 +136,20 @@ pub fn qemu_args(
     push(&[s(&spec.memory_mib.to_string())]);
     push(&[s("-smp")]);
     push(&[s(&spec.vcpus.to_string())]);
+    for a in crate::share::memory_args(spec) {
+        push(&[&a]);
+    }
     for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
         push(&[s(flag)]);
     }
     push(&[s("-display")]);
     push(&[s("none")]);
+    if config.sandbox {
+        // QEMU's seccomp filter: no obsolete syscalls, no set*id, no
+        // fork/exec, no scheduler or affinity changes.
+        push(&[s("-sandbox")]);
+        push(&[s(SANDBOX)]);
+    }
     // Appending, so the cap's truncation (crate::console) moves QEMU's
     // next write to the new end.
     push(&[s("-chardev")]);
@@ -187,6 +200,10 @@ pub fn qemu_args(
             "{net},id=nic{i},netdev=net{i},mac={},host_mtu={}",
             nic.mac, nic.mtu
         ))]);
+    }
+    // Each share's virtiofsd is listening before QEMU starts.
+    for a in crate::share::device_args(config.machine, spec) {
+        push(&[&a]);
     }
     push(&[s("-qmp")]);
     push(&[&paths.qmp_arg()]);
@@ -250,6 +267,7 @@ mod tests {
             "-smp", "2",
             "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-chardev", "file,id=console,append=on,path=/pods/p1/console.log",
             "-serial", "chardev:console",
             "-kernel", "/k/vmlinux",
@@ -275,6 +293,7 @@ mod tests {
             machine: Machine::Q35,
             accel: AccelSetting::Kvm,
             extra_args: vec!["-d".into(), "guest_errors".into()],
+            sandbox: false,
             ..QemuConfig::default()
         };
         let mut spec = spec();
@@ -385,6 +404,43 @@ mod tests {
     fn no_nics_no_netdev() {
         let args = strings(qemu_args(&QemuConfig::default(), Accel::Tcg, &spec(), &[]));
         assert!(!args.iter().any(|a| a == "-netdev"));
+    }
+
+    /// Shares and a block volume change the command line by exactly these
+    /// additions: shared memfd RAM, one more rw disk, a vhost-user-fs device.
+    #[test]
+    #[rustfmt::skip]
+    fn shares_and_block_volumes() {
+        let config = QemuConfig::default();
+        let base = strings(qemu_args(&config, Accel::Tcg, &spec(), &[]));
+        let mut spec = spec();
+        // Block volumes: more read-write disks, each found by its serial.
+        spec.disks.push(DiskSpec {
+            path: "/vols/b.img".into(),
+            read_only: false,
+            id: "vol-b".into(),
+        });
+        spec.shares = vec![hyper_hypervisor::ShareSpec {
+            tag: "data".into(),
+            source: "/srv/data".into(),
+            read_only: true,
+        }];
+        let args = strings(qemu_args(&config, Accel::Tcg, &spec, &[]));
+        let mut expected = base;
+        let machine = expected.iter().position(|a| a == "microvm").unwrap();
+        expected[machine] = "microvm,memory-backend=mem".into();
+        let smp = expected.iter().position(|a| a == "-smp").unwrap();
+        expected.splice(smp + 2..smp + 2, [
+            "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+        ].map(String::from));
+        let qmp = expected.iter().position(|a| a == "-qmp").unwrap();
+        expected.splice(qmp..qmp, [
+            "-drive", "file=/vols/b.img,if=none,id=disk2,format=raw,readonly=off",
+            "-device", "virtio-blk-device,drive=disk2,serial=vol-b",
+            "-chardev", "socket,id=vfs0,path=/pods/p1/vm/vfs-data.sock",
+            "-device", "vhost-user-fs-device,chardev=vfs0,tag=data,queue-size=1024",
+        ].map(String::from));
+        assert_eq!(args, expected);
     }
 
     #[test]

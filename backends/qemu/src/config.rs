@@ -19,6 +19,8 @@ pub const VALID_KEYS: &[&str] = &[
     "accel",
     "extra_args",
     "console_log_limit_mib",
+    "virtiofsd",
+    "sandbox",
 ];
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
@@ -69,6 +71,15 @@ pub struct QemuConfig {
     /// The console log of a VM is cut back to this many MiB (with a
     /// marker) when the guest writes more; see [`crate::console`].
     pub console_log_limit_mib: u64,
+    /// Absolute path of the `virtiofsd` that serves the VMs' directory
+    /// shares; unset: the kit's usual places, then `PATH`
+    /// ([`hyper_hypervisor::virtiofs::find_binary`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
+    /// QEMU's seccomp filter (`-sandbox on,obsolete=deny,
+    /// elevateprivileges=deny,spawn=deny,resourcecontrol=deny`); on by
+    /// default, `false` for a QEMU built without seccomp support.
+    pub sandbox: bool,
 }
 
 impl Default for QemuConfig {
@@ -79,6 +90,8 @@ impl Default for QemuConfig {
             accel: AccelSetting::default(),
             extra_args: Vec::new(),
             console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
+            virtiofsd: None,
+            sandbox: true,
         }
     }
 }
@@ -158,6 +171,23 @@ fn one_of(key: &str, v: &Value, values: &[&str], problems: &mut Vec<ConfigProble
     }
 }
 
+/// A key whose value must be an absolute path (`example` shows one).
+fn absolute_path(key: &str, v: &Value, example: &str, problems: &mut Vec<ConfigProblem>) {
+    match v {
+        Value::String(s) if s.starts_with('/') => {}
+        Value::String(s) => problems.push(problem(
+            key,
+            format!("\"{s}\" is not an absolute path"),
+            format!("give the full path, e.g. {key} = \"{example}\""),
+        )),
+        other => problems.push(problem(
+            key,
+            format!("expected a string (a path), found {}", type_name(other)),
+            format!("e.g. {key} = \"{example}\""),
+        )),
+    }
+}
+
 impl QemuConfig {
     /// Validates the backend's table (TOML converted to JSON). A missing table
     /// (`null` or `{}`) means all defaults.
@@ -176,19 +206,13 @@ impl QemuConfig {
         let mut problems = Vec::new();
         for (key, v) in map {
             match key.as_str() {
-                "binary" => match v {
-                    Value::String(s) if s.starts_with('/') => {}
-                    Value::String(s) => problems.push(problem(
-                        key,
-                        format!("\"{s}\" is not an absolute path"),
-                        format!("give the full path, e.g. binary = \"{DEFAULT_BINARY}\""),
-                    )),
-                    other => problems.push(problem(
-                        key,
-                        format!("expected a string (a path), found {}", type_name(other)),
-                        format!("e.g. binary = \"{DEFAULT_BINARY}\""),
-                    )),
-                },
+                "binary" => absolute_path(key, v, DEFAULT_BINARY, &mut problems),
+                "virtiofsd" => absolute_path(
+                    key,
+                    v,
+                    hyper_hypervisor::virtiofs::DEFAULT_LOCATIONS[0],
+                    &mut problems,
+                ),
                 "machine" => one_of(key, v, Machine::VALUES, &mut problems),
                 "accel" => one_of(key, v, AccelSetting::VALUES, &mut problems),
                 "extra_args" => match v {
@@ -223,6 +247,15 @@ impl QemuConfig {
                         ),
                     )),
                 },
+                "sandbox" => {
+                    if !v.is_boolean() {
+                        problems.push(problem(
+                            key,
+                            format!("expected true or false, found {}", type_name(v)),
+                            "write sandbox = true (the default) or sandbox = false",
+                        ));
+                    }
+                }
                 _ => problems.push(unknown_key(key)),
             }
         }
@@ -271,8 +304,10 @@ mod tests {
             "accel": "tcg",
             "extra_args": ["-d", "guest_errors"],
             "console_log_limit_mib": 8,
+            "virtiofsd": "/opt/virtiofsd",
         }))
         .unwrap();
+        assert_eq!(c.virtiofsd, Some(PathBuf::from("/opt/virtiofsd")));
         assert_eq!(c.machine, Machine::Q35);
         assert_eq!(c.accel, AccelSetting::Tcg);
         assert_eq!(c.extra_args, vec!["-d", "guest_errors"]);
@@ -281,6 +316,19 @@ mod tests {
             QemuConfig::default().console_log_limit_mib,
             crate::console::DEFAULT_LIMIT_MIB
         );
+    }
+
+    #[test]
+    fn the_sandbox_is_on_by_default_and_can_be_turned_off() {
+        assert!(QemuConfig::default().sandbox);
+        assert!(
+            !QemuConfig::from_table(&json!({"sandbox": false}))
+                .unwrap()
+                .sandbox
+        );
+        let p = problems(json!({"sandbox": "yes"}));
+        assert_eq!(p[0].key, "sandbox");
+        assert_eq!(p[0].message, "expected true or false, found a string");
     }
 
     #[test]
@@ -336,6 +384,12 @@ mod tests {
         let p = problems(json!({"binary": "qemu-system-x86_64"}));
         assert_eq!(p[0].key, "binary");
         assert!(p[0].message.contains("not an absolute path"));
+        let p = problems(json!({"virtiofsd": "virtiofsd"}));
+        assert_eq!(p[0].key, "virtiofsd");
+        assert_eq!(
+            p[0].fix,
+            "give the full path, e.g. virtiofsd = \"/usr/local/bin/virtiofsd\""
+        );
     }
 
     #[test]

@@ -8,8 +8,7 @@
 //! and keeps its first `limit` bytes (the boot, what diagnoses a failure),
 //! as hyper-vmm's capped console does.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,18 +25,7 @@ pub const LIMIT_MARKER: &[u8] = b"\n[hyper: console log limit reached, later out
 /// than that. Returns whether it cut anything. A missing file is not an
 /// error (QEMU has not created it yet, or the pod was removed).
 pub fn enforce(path: &Path, limit: u64) -> io::Result<bool> {
-    let len = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len <= limit + LIMIT_MARKER.len() as u64 {
-        return Ok(false);
-    }
-    let mut file = OpenOptions::new().append(true).open(path)?;
-    file.set_len(limit)?;
-    file.write_all(LIMIT_MARKER)?;
-    Ok(true)
+    hyper_hypervisor::logcap::cut_back(path, limit, LIMIT_MARKER)
 }
 
 /// Keeps `path` under its cap until `exit` reports the VM's end.
@@ -87,6 +75,8 @@ pub fn reset(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     #[test]
     fn a_log_over_the_limit_is_cut_and_marked_and_the_writer_goes_on() {

@@ -9,8 +9,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_hypervisor::virtiofs::{self, Virtiofsds};
 use hyper_hypervisor::{
-    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm,
+    VmInfo, VmSpec,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
@@ -100,6 +102,17 @@ impl QemuHypervisor {
         .map_err(HypervisorError::InvalidSpec)?;
         self.check_binary().map_err(unavailable)?;
 
+        // Found before anything starts: a missing virtiofsd is the host's
+        // problem, named with how to install it.
+        let virtiofsd = if spec.shares.is_empty() {
+            None
+        } else {
+            Some(
+                virtiofs::find_binary(self.config.virtiofsd.as_deref())
+                    .map_err(|e| unavailable(e.to_string()))?,
+            )
+        };
+
         let paths = RunPaths::new(&spec.run_dir);
         stop_stale(&paths).await;
         for path in [&paths.qmp, &paths.agent, &paths.pid] {
@@ -112,10 +125,49 @@ impl QemuHypervisor {
         crate::console::reset(&spec.console_log).map_err(|e| io("create", &spec.console_log, e))?;
         let log_err = log.try_clone().map_err(|e| io("reopen", &paths.log, e))?;
 
+        // The shares' daemons listen before QEMU connects to them; from
+        // here every failure stops them.
+        let daemons = match &virtiofsd {
+            Some(binary) => Virtiofsds::start(binary, &spec).await?,
+            None => Virtiofsds::none(&spec.run_dir),
+        };
+        let (child, qmp) = match self
+            .spawn_qemu(&spec, &paths, accel.clone(), (log, log_err))
+            .await
+        {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                daemons.stop().await;
+                return Err(e);
+            }
+        };
+        let pid = child.id();
+        tracing::info!(vm = %spec.id, ?pid, shares = spec.shares.len(), "QEMU is running");
+        let info = VmInfo {
+            id: spec.id.clone(),
+            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
+            pid,
+        };
+        let console = (spec.console_log.clone(), self.console_limit());
+        QemuVm::start(info, child, paths, qmp, console, daemons).await
+    }
+
+    /// Starts QEMU for `spec` and completes the QMP handshake. On failure
+    /// nothing of it is left (process, taps, run files).
+    async fn spawn_qemu(
+        &self,
+        spec: &VmSpec,
+        paths: &RunPaths,
+        accel: AccelChoice,
+        (log, log_err): (std::fs::File, std::fs::File),
+    ) -> Result<(Child, Qmp), HypervisorError> {
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
+        };
         // Last before the spawn: from here every failure releases the taps.
         let taps = Taps::attach(&spec.id, &spec.nics).await?;
         let tap_fds = taps.raw_fds();
-        let args = qemu_args(&self.config, accel.accel, &spec, &tap_fds);
+        let args = qemu_args(&self.config, accel.accel, spec, &tap_fds);
         tracing::info!(vm = %spec.id, accel = accel.accel.as_str(), reason = %accel.reason, "starting QEMU");
         tracing::debug!(vm = %spec.id, ?args, "QEMU command line");
         let mut command = Command::new(&self.config.binary);
@@ -124,6 +176,12 @@ impl QemuHypervisor {
         // allocates nothing.
         unsafe {
             command.pre_exec(move || nic::inherit(&tap_fds));
+        }
+        if let Err(e) = hyper_hypervisor::process::confine_vmm(command.as_std_mut(), spec) {
+            taps.release().await;
+            return Err(HypervisorError::LaunchFailed(format!(
+                "cannot confine QEMU: {e}"
+            )));
         }
         let spawned = command
             .args(&args)
@@ -152,31 +210,24 @@ impl QemuHypervisor {
                 .wait()
                 .await
                 .map_err(|e| HypervisorError::Io(e.to_string()))?;
-            return Err(HypervisorError::LaunchFailed(exited_early(status, &paths)));
+            return Err(HypervisorError::LaunchFailed(exited_early(status, paths)));
         };
         if let Err(e) = procfs::write_pid_file(&paths.pid, pid) {
-            abort(&mut child, &paths, pid).await;
+            abort(&mut child, paths, pid).await;
             taps.release().await;
             return Err(io("write", &paths.pid, e));
         }
-        let qmp = match connect_qmp(&mut child, &paths).await {
+        let qmp = match connect_qmp(&mut child, paths).await {
             Ok(qmp) => qmp,
             Err(message) => {
-                abort(&mut child, &paths, pid).await;
+                abort(&mut child, paths, pid).await;
                 taps.release().await;
                 return Err(HypervisorError::LaunchFailed(message));
             }
         };
         // QEMU holds the taps now; it alone keeps them alive.
         taps.handed_over();
-        tracing::info!(vm = %spec.id, pid, "QEMU is running");
-        let info = VmInfo {
-            id: spec.id.clone(),
-            agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
-            pid: Some(pid),
-        };
-        let console = (spec.console_log.clone(), self.console_limit());
-        QemuVm::start(info, child, paths, qmp, console)
+        Ok((child, qmp))
     }
 }
 
@@ -387,7 +438,7 @@ impl Hypervisor for QemuHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             recover: true,
-            share_transport: None,
+            share_transport: Some(ShareTransport::VirtioFs),
         }
     }
 
@@ -414,6 +465,12 @@ impl Hypervisor for QemuHypervisor {
             Err(reason) => return unusable(reason, details),
         };
         details.insert("version".to_string(), version.clone());
+        // Only VMs with directory shares need it: reported, not required.
+        let virtiofsd = match virtiofs::find_binary(self.config.virtiofsd.as_deref()) {
+            Ok(path) => path.display().to_string(),
+            Err(e) => e.to_string(),
+        };
+        details.insert("virtiofsd".to_string(), virtiofsd);
         match self.accel() {
             Ok(choice) => {
                 details.insert("accel".to_string(), choice.accel.as_str().to_string());
@@ -454,8 +511,12 @@ impl Hypervisor for QemuHypervisor {
             })?;
         let pid = process.pid();
         tracing::info!(vm = %spec.id, pid, "took over a running QEMU");
+        // Its shares' daemons too; one that is gone fails the VM at once.
+        let daemons = Virtiofsds::recover(&spec);
         let console = (spec.console_log.clone(), self.console_limit());
-        Ok(Box::new(QemuVm::adopt(info, process, paths, console)))
+        Ok(Box::new(QemuVm::adopt(
+            info, process, paths, console, daemons,
+        )))
     }
 }
 

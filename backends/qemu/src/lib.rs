@@ -21,9 +21,17 @@
 //! The first three are removed when the process has been reaped; the log
 //! and the console log stay for the core to read (it removes the directory).
 //!
+//! Each of the spec's directory shares is served by a sandboxed `virtiofsd`
+//! the plugin starts before QEMU (the backend kit's
+//! [`hyper_hypervisor::virtiofs`], which keeps `vfs-<tag>.sock`,
+//! `vfs-<tag>.log` and `virtiofsd.json` here) and a vhost-user-fs device
+//! ([`share`]); the VM and its daemons are watched together: a daemon that
+//! ends takes the VM down with it (`helper_died`).
+//!
 //! `[hypervisor.qemu]` keys: `binary`, `machine` (`microvm` | `q35`), `accel`
 //! (`auto` | `kvm` | `tcg`), `extra_args`, `console_log_limit_mib` (the
-//! console log's cap, [`console`]); see [`config::QemuConfig`].
+//! console log's cap, [`console`]), `virtiofsd` (its path, when not in the
+//! usual places); see [`config::QemuConfig`].
 
 use std::sync::Arc;
 
@@ -37,6 +45,7 @@ mod hypervisor;
 pub mod nic;
 pub mod procfs;
 pub mod qmp;
+pub mod share;
 pub mod spec;
 mod vm;
 

@@ -5,22 +5,8 @@
 use std::io;
 use std::path::Path;
 
+pub use hyper_hypervisor::adopt::cmdline_mentions;
 pub use hyper_hypervisor::process::is_running;
-
-fn proc_path(pid: u32, file: &str) -> String {
-    format!("/proc/{pid}/{file}")
-}
-
-/// Whether one of `pid`'s arguments contains `needle`.
-pub fn cmdline_mentions(pid: u32, needle: &[u8]) -> bool {
-    let Ok(cmdline) = std::fs::read(proc_path(pid, "cmdline")) else {
-        return false;
-    };
-    !needle.is_empty()
-        && cmdline
-            .split(|&b| b == 0)
-            .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
-}
 
 /// Reads a pid file. Only pids that can name one ordinary process are
 /// accepted: 0 and negative values mean process groups or "every process"

@@ -1,11 +1,13 @@
 //! One running QEMU process.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::adopt::AdoptedProcess;
 use hyper_hypervisor::process::VmProcess;
+use hyper_hypervisor::virtiofs::{supervise, Supervised, Virtiofsds};
 use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmInfo, VmStats};
 use serde_json::Value;
 use tokio::process::Child;
@@ -21,16 +23,19 @@ const QUIT_EXIT_LIMIT: Duration = Duration::from_secs(1);
 const KILL_EXIT_LIMIT: Duration = Duration::from_secs(10);
 const POWERDOWN_LIMIT: Duration = Duration::from_secs(2);
 
-/// A QEMU process and its QMP connection.
+/// A QEMU process, its QMP connection and its shares' daemons.
 ///
 /// The backend kit's [`VmProcess`] watches the process (reaping it, so the
-/// pid is never recycled under us, and signalling it through a pidfd),
-/// removes the run files once it has ended and publishes the exit to every
-/// `wait()` caller. Dropping a `QemuVm` does not stop the VM.
+/// pid is never recycled under us, and signalling it through a pidfd) and
+/// removes the run files once it has ended; the kit's [`supervise`] watches
+/// it with its `virtiofsd`s (a daemon that ends kills QEMU; QEMU's end
+/// stops the daemons) and publishes the exit to every `wait()` caller.
+/// Dropping a `QemuVm` does not stop the VM.
 pub struct QemuVm {
     info: VmInfo,
     paths: RunPaths,
-    process: VmProcess,
+    process: Arc<VmProcess>,
+    supervised: Supervised,
     /// Kept open between commands; reopened when an exchange broke.
     qmp: tokio::sync::Mutex<Option<Qmp>>,
 }
@@ -38,24 +43,32 @@ pub struct QemuVm {
 impl QemuVm {
     /// Takes over a spawned, QMP-connected QEMU. Must run inside a tokio
     /// runtime that outlives the VM (the plugin's own).
-    pub(crate) fn start(
+    pub(crate) async fn start(
         info: VmInfo,
         child: Child,
         paths: RunPaths,
         qmp: Qmp,
         (console, limit): (PathBuf, u64),
+        daemons: Virtiofsds,
     ) -> Result<Self, HypervisorError> {
-        let process = VmProcess::watch_child(child, "QEMU", on_exit(paths.clone()))
-            .map_err(|e| HypervisorError::LaunchFailed(e.to_string()))?;
+        let process = match VmProcess::watch_child(child, "QEMU", on_exit(paths.clone())) {
+            Ok(process) => Arc::new(process),
+            Err(e) => {
+                daemons.stop().await;
+                return Err(HypervisorError::LaunchFailed(e.to_string()));
+            }
+        };
         tokio::spawn(crate::console::watch_log(
             console,
             limit,
             process.exit_watch(),
         ));
+        let supervised = supervise(&info.id, process.clone(), daemons);
         Ok(Self {
             info,
             paths,
             process,
+            supervised,
             qmp: tokio::sync::Mutex::new(Some(qmp)),
         })
     }
@@ -67,17 +80,20 @@ impl QemuVm {
         process: AdoptedProcess,
         paths: RunPaths,
         (console, limit): (PathBuf, u64),
+        daemons: Virtiofsds,
     ) -> Self {
-        let process = VmProcess::adopted(process, "QEMU", on_exit(paths.clone()));
+        let process = Arc::new(VmProcess::adopted(process, "QEMU", on_exit(paths.clone())));
         tokio::spawn(crate::console::watch_log(
             console,
             limit,
             process.exit_watch(),
         ));
+        let supervised = supervise(&info.id, process.clone(), daemons);
         Self {
             info,
             paths,
             process,
+            supervised,
             qmp: tokio::sync::Mutex::new(None),
         }
     }
@@ -137,16 +153,16 @@ impl Vm for QemuVm {
     }
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
-        self.process.wait().await
+        self.supervised.wait().await
     }
 
     async fn shutdown(&self, grace: Duration) -> Result<(), HypervisorError> {
-        if self.process.has_exited() {
+        if self.supervised.is_done() {
             return Ok(());
         }
         match self.qmp_command("system_powerdown", POWERDOWN_LIMIT).await {
             Ok(_) => {
-                if self.process.wait_within(grace).await {
+                if self.supervised.wait_within(grace).await {
                     return Ok(());
                 }
                 tracing::info!(vm = %self.info.id, ?grace, "the guest did not power off in time; killing it");
@@ -160,17 +176,25 @@ impl Vm for QemuVm {
     }
 
     async fn kill(&self) -> Result<(), HypervisorError> {
-        if self.process.has_exited() {
+        if self.supervised.is_done() {
             return Ok(());
         }
         // `quit` lets QEMU exit cleanly (flushing writable disks, removing its
         // sockets); worth trying only while it answers at once.
-        if self.qmp_command("quit", QUIT_LIMIT).await.is_ok()
-            && self.process.wait_within(QUIT_EXIT_LIMIT).await
-        {
-            return Ok(());
+        let quit = self.qmp_command("quit", QUIT_LIMIT).await.is_ok()
+            && self.process.wait_within(QUIT_EXIT_LIMIT).await;
+        if !quit {
+            self.process.kill(KILL_EXIT_LIMIT).await?;
         }
-        self.process.kill(KILL_EXIT_LIMIT).await
+        // Then its daemons are stopped: back once nothing of the VM is left.
+        if self.supervised.wait_within(KILL_EXIT_LIMIT).await {
+            Ok(())
+        } else {
+            Err(HypervisorError::Io(format!(
+                "the daemons of VM {} have not stopped {KILL_EXIT_LIMIT:?} after it ended",
+                self.info.id
+            )))
+        }
     }
 
     async fn stats(&self) -> Result<VmStats, HypervisorError> {

@@ -569,3 +569,426 @@ async fn a_failed_launch_with_a_nic_leaves_no_tap() {
         "{err:?}"
     );
 }
+
+/// The virtiofsd the kit finds (installed by .ci/deps.sh), or a skip note.
+fn have_virtiofsd() -> bool {
+    match hyper_hypervisor::virtiofs::find_binary(None) {
+        Ok(_) => root(),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// `f`'s spec with a second read-write disk (a block volume) and two
+/// shares, `data` read-write and `conf` read-only.
+fn with_shares(f: &Fixture) -> VmSpec {
+    let mut spec = f.spec.clone();
+    let vol = f.dir.path().join("vol.img");
+    std::fs::write(&vol, [0; 65536]).unwrap();
+    spec.disks.push(DiskSpec {
+        path: vol,
+        read_only: false,
+        id: "vol-b".into(),
+    });
+    for (tag, read_only) in [("data", false), ("conf", true)] {
+        let source = f.dir.path().join(tag);
+        std::fs::create_dir(&source).unwrap();
+        spec.shares.push(hyper_hypervisor::ShareSpec {
+            tag: tag.into(),
+            source,
+            read_only,
+        });
+    }
+    spec
+}
+
+/// The daemons the kit recorded for `run_dir`: (tag, pid).
+fn daemons(run_dir: &Path) -> Vec<(String, u32)> {
+    let text = std::fs::read(run_dir.join("virtiofsd.json")).unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&text).unwrap();
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().to_string(),
+                r["pid"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect()
+}
+
+/// Sockets and records of the shares left in `run_dir`.
+fn share_files(run_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("virtiofsd") || n.ends_with(".sock") || n.ends_with(".pid"))
+        .collect()
+}
+
+fn assert_no_share_files(run_dir: &Path) {
+    let left = share_files(run_dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Real QEMU, real virtiofsd: QEMU connects to both daemons as the
+/// vhost-user frontend (its chardevs are open, each daemon logs the
+/// client), guest RAM is the shared memfd, both read-write disks are
+/// there; then `kill -9` of one daemon takes the VM down, reported as
+/// `helper_died`, and nothing of the VM is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_are_served_and_a_dead_virtiofsd_stops_the_vm() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(hyper_hypervisor::ShareTransport::VirtioFs)
+    );
+    let spec = with_shares(&f);
+    let vm = hv.launch_qemu(spec.clone()).await.expect("launch");
+    let qemu = vm.pid();
+    // A connected unix client socket has no local name: "unix:".
+    let chardevs = vm
+        .qmp_command("query-chardev", Duration::from_secs(5))
+        .await
+        .unwrap();
+    for label in ["vfs0", "vfs1"] {
+        let dev = chardevs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == label)
+            .unwrap_or_else(|| panic!("no chardev {label}: {chardevs}"));
+        assert_eq!(dev["filename"], "unix:", "{dev}");
+    }
+    let blocks = vm
+        .qmp_command("query-block", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let writable = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["inserted"]["ro"] == false)
+        .count();
+    assert_eq!(writable, 2, "{blocks}");
+    let memfd = std::fs::read_dir(format!("/proc/{qemu}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .any(|l| l.to_string_lossy().starts_with("/memfd:mem"));
+    assert!(memfd, "guest RAM is not a memfd");
+
+    let daemons = daemons(&spec.run_dir);
+    assert_eq!(daemons.len(), 2);
+    for (tag, pid) in &daemons {
+        assert!(alive(*pid));
+        let args = cmdline(*pid);
+        assert!(
+            args.windows(2).any(|w| w == ["--sandbox", "namespace"]),
+            "{args:?}"
+        );
+        assert_eq!(
+            args.iter().any(|a| a == "--readonly"),
+            tag == "conf",
+            "{args:?}"
+        );
+        let log = std::fs::read_to_string(spec.run_dir.join(format!("vfs-{tag}.log"))).unwrap();
+        assert!(log.contains("Client connected"), "{tag}: {log}");
+    }
+
+    kill_a_daemon_and_see_the_vm_end(&vm, &spec, qemu, &daemons, 0).await;
+}
+
+/// `kill -9` of `daemons[which]`: the VM ends with `helper_died`, and no
+/// QEMU, daemon, socket or record of it is left.
+async fn kill_a_daemon_and_see_the_vm_end(
+    vm: &dyn Vm,
+    spec: &VmSpec,
+    qemu: u32,
+    daemons: &[(String, u32)],
+    which: usize,
+) {
+    // SAFETY: kill(2) of a daemon this test's VM runs.
+    unsafe { libc::kill(daemons[which].1 as i32, libc::SIGKILL) };
+    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(
+        exit.helper_died,
+        Some(hyper_hypervisor::VmHelper::Virtiofsd),
+        "{exit:?}"
+    );
+    assert!(!alive(qemu));
+    for (_, pid) in daemons {
+        assert!(!alive(*pid));
+    }
+    assert!(run_files(&spec.run_dir).is_empty());
+    assert_no_share_files(&spec.run_dir);
+}
+
+/// q35 (vhost-user-fs-pci): a kill() ends QEMU and its daemon, and no
+/// helper is blamed; a takeover adopts the daemons and its kill() also
+/// leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_shares_end_with_the_vm_also_after_a_takeover() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Q35);
+    let spec = with_shares(&f);
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let daemons_before = daemons(&spec.run_dir);
+    tokio::time::timeout(Duration::from_secs(30), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    let exit = vm.wait().await.unwrap();
+    assert_eq!(exit.helper_died, None, "{exit:?}");
+    for (_, pid) in &daemons_before {
+        assert!(!alive(*pid));
+    }
+    assert_no_share_files(&spec.run_dir);
+
+    let vm = hv.launch(spec.clone()).await.expect("second launch");
+    let info = vm.info();
+    let pid = info.pid.unwrap();
+    let start = hyper_hypervisor::adopt::process_start_time(pid);
+    let daemons = daemons(&spec.run_dir);
+    // What a crashed hyperd leaves: the VM and its daemons run on.
+    drop(vm);
+    let vm = tcg(Machine::Q35)
+        .recover(spec.clone(), info, start)
+        .await
+        .expect("recover");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), vm.wait())
+            .await
+            .is_err(),
+        "the adopted VM and its daemons still run"
+    );
+    for (_, pid) in &daemons {
+        assert!(alive(*pid));
+    }
+    tokio::time::timeout(Duration::from_secs(30), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    vm.wait().await.unwrap();
+    assert!(!alive(pid));
+    for (_, pid) in &daemons {
+        assert!(!alive(*pid));
+    }
+    assert_no_share_files(&spec.run_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_virtiofsd_is_refused_with_how_to_install_it() {
+    let f = fixture(&pvh_stub());
+    let hv = QemuHypervisor::new(QemuConfig {
+        accel: AccelSetting::Tcg,
+        virtiofsd: Some("/nonexistent/virtiofsd".into()),
+        ..QemuConfig::default()
+    });
+    let err = hv.launch(with_shares(&f)).await.err().expect("refused");
+    let message = err.to_string();
+    assert!(
+        matches!(err, HypervisorError::Unavailable { .. })
+            && message.contains("/nonexistent/virtiofsd")
+            && message.contains("cargo install virtiofsd"),
+        "{message}"
+    );
+    assert!(!f.spec.run_dir.join("qemu.log").exists());
+}
+
+/// The hyperkernel `make kernel` links into build/, if it is there.
+fn hyperkernel() -> Option<PathBuf> {
+    let kernel = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/hyperkernel");
+    if kernel.exists() {
+        Some(kernel)
+    } else {
+        eprintln!(
+            "skipped: {} is missing: run `make kernel`",
+            kernel.display()
+        );
+        None
+    }
+}
+
+/// An initramfs of the host's static busybox and `init`, packed by cpio.
+fn busybox_initramfs(dir: &Path, init: &str) -> PathBuf {
+    let root = dir.join("initramfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::write(root.join("init"), init).unwrap();
+    std::fs::set_permissions(
+        root.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let image = dir.join("initramfs.cpio");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            image.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio failed");
+    image
+}
+
+/// The whole path with the real guest kernel: its virtio-fs driver mounts
+/// both shares through QEMU's vhost-user-fs devices and the daemons, reads
+/// what the host wrote, writes back, and is refused writing to the
+/// read-only share (by virtiofsd, whatever the guest mounted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_kernel_reads_and_writes_a_share() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let Some(kernel) = hyperkernel() else {
+        return;
+    };
+    let f = fixture(b"");
+    let mut spec = with_shares(&f);
+    spec.kernel = kernel;
+    spec.memory_mib = 256;
+    spec.cmdline = "panic=-1".into();
+    spec.initrd = busybox_initramfs(
+        f.dir.path(),
+        "#!/bin/busybox sh
+B=/bin/busybox
+$B mkdir -p /mnt/data /mnt/conf
+$B mount -t virtiofs data /mnt/data && echo MOUNTED-data
+$B mount -t virtiofs conf /mnt/conf && echo MOUNTED-conf
+echo \"READ-$($B cat /mnt/data/hello)\"
+echo from-guest > /mnt/data/out && echo WROTE-data
+echo nope > /mnt/conf/x 2>/dev/null || echo REFUSED-conf
+echo \"CONF-$($B cat /mnt/conf/setting)\"
+$B sync
+$B poweroff -f
+",
+    );
+    std::fs::write(spec.shares[0].source.join("hello"), "from-host").unwrap();
+    std::fs::write(spec.shares[1].source.join("setting"), "42").unwrap();
+    let vm = tcg(Machine::Microvm)
+        .launch(spec.clone())
+        .await
+        .expect("launch");
+    // The guest powers off at the end; TCG on a loaded host is slow.
+    let exit = tokio::time::timeout(Duration::from_secs(600), vm.wait())
+        .await
+        .expect("the guest powers off")
+        .unwrap();
+    let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
+    for marker in [
+        "MOUNTED-data",
+        "MOUNTED-conf",
+        "READ-from-host",
+        "WROTE-data",
+        "REFUSED-conf",
+        "CONF-42",
+    ] {
+        assert!(
+            console.contains(marker),
+            "no {marker} in the console:\n{console}"
+        );
+    }
+    assert_eq!(exit.helper_died, None, "{exit:?}");
+    assert_eq!(
+        std::fs::read_to_string(spec.shares[0].source.join("out")).unwrap(),
+        "from-guest\n"
+    );
+    assert!(!spec.shares[1].source.join("x").exists());
+    assert_no_share_files(&spec.run_dir);
+}
+
+/// As hyperd runs it: the plugin (its own process and runtime) starts the
+/// daemons, reports a dead one across the JSON boundary, and leaves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_through_the_plugin_boundary() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = Arc::new(
+        LoadedPlugin::load_with_host(
+            &dir.join("libhyper_backend_qemu.so"),
+            &dir.join(HOST_BINARY),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let hv = plugin
+        .configure(serde_json::json!({"accel": "tcg"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(hyper_hypervisor::ShareTransport::VirtioFs)
+    );
+    let f = fixture(&pvh_stub());
+    let spec = with_shares(&f);
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let qemu = vm.info().pid.unwrap();
+    let daemons = daemons(&spec.run_dir);
+    assert_eq!(daemons.len(), 2);
+    kill_a_daemon_and_see_the_vm_end(vm.as_ref(), &spec, qemu, &daemons, 1).await;
+}
+
+/// Measured, not asserted: `launch()` (spawn to a running VM that answers
+/// QMP) without shares and with one, alternating, on the halting stub.
+/// `cargo test --release -p hyper-backend-qemu --test real_qemu -- --ignored
+/// --nocapture launch_time_with_a_share`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn launch_time_with_a_share() {
+    if !have_qemu() || !have_virtiofsd() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let mut shared = f.spec.clone();
+    let source = f.dir.path().join("share");
+    std::fs::create_dir(&source).unwrap();
+    shared.shares.push(hyper_hypervisor::ShareSpec {
+        tag: "data".into(),
+        source,
+        read_only: false,
+    });
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..10 {
+        for (i, spec) in [&f.spec, &shared].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let vm = hv.launch(spec.clone()).await.expect("launch");
+            times[i].push(started.elapsed());
+            vm.kill().await.unwrap();
+            vm.wait().await.unwrap();
+        }
+    }
+    for (label, t) in ["no share", "one share"].iter().zip(&mut times) {
+        t.sort();
+        eprintln!(
+            "{label}: median {:?}, min {:?}, max {:?}",
+            t[t.len() / 2],
+            t[0],
+            t[t.len() - 1]
+        );
+    }
+}

@@ -20,6 +20,9 @@ const MAX_XL_TIMEOUT_SECS: u64 = 3600;
 /// installed there by `make install`): bridge-less, it only tells netback
 /// the vif is ready; the plugin joins the vif to the pod's netns.
 pub const DEFAULT_VIF_SCRIPT: &str = "/etc/xen/scripts/vif-hyper";
+/// Where the backend bind-mounts read-only shares (one directory per VM,
+/// one read-only mount per share) for the domain's 9pfs server to serve.
+pub const DEFAULT_SHARE_DIR: &str = "/run/hyper-xen/shares";
 
 pub const VALID_KEYS: &[&str] = &[
     "type",
@@ -27,6 +30,7 @@ pub const VALID_KEYS: &[&str] = &[
     "xenstore_socket",
     "xl_timeout_secs",
     "vif_script",
+    "share_dir",
 ];
 
 /// The kind of domU. PV boots fastest under emulation (no HAP needed); PVH
@@ -59,6 +63,8 @@ pub struct XenConfig {
     pub xl_timeout_secs: u64,
     /// The hotplug script of the domains' vifs (xl.cfg `script=`).
     pub vif_script: PathBuf,
+    /// Where read-only shares are bind-mounted (see [`DEFAULT_SHARE_DIR`]).
+    pub share_dir: PathBuf,
 }
 
 impl Default for XenConfig {
@@ -69,6 +75,7 @@ impl Default for XenConfig {
             xenstore_socket: PathBuf::from(DEFAULT_XENSTORE_SOCKET),
             xl_timeout_secs: DEFAULT_XL_TIMEOUT_SECS,
             vif_script: PathBuf::from(DEFAULT_VIF_SCRIPT),
+            share_dir: PathBuf::from(DEFAULT_SHARE_DIR),
         }
     }
 }
@@ -108,6 +115,22 @@ fn unknown_key(key: &str) -> ConfigProblem {
         "unknown key",
         format!("{suggestion}the valid keys in [hypervisor.xen] are {valid}"),
     )
+}
+
+/// A path that goes into an xl.cfg list item as is.
+fn xl_plain_path(key: &str, v: &Value, example: &str) -> Result<PathBuf, ConfigProblem> {
+    let p = absolute_path(key, v, example)?;
+    let s = p.to_string_lossy();
+    if s.chars()
+        .any(|c| c == ',' || c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(problem(
+            key,
+            format!("\"{s}\" has a comma, quote, backslash or control character, which an xl.cfg list item cannot carry"),
+            format!("use a plain path, e.g. {key} = \"{example}\""),
+        ));
+    }
+    Ok(p)
 }
 
 fn absolute_path(key: &str, v: &Value, example: &str) -> Result<PathBuf, ConfigProblem> {
@@ -168,19 +191,12 @@ impl XenConfig {
                 "xl" => absolute_path(key, v, "/usr/lib/xen-4.17/bin/xl").map(|p| config.xl = p),
                 "xenstore_socket" => absolute_path(key, v, DEFAULT_XENSTORE_SOCKET)
                     .map(|p| config.xenstore_socket = p),
-                "vif_script" => absolute_path(key, v, DEFAULT_VIF_SCRIPT).and_then(|p| {
-                    let s = p.to_string_lossy();
-                    if s.chars().any(|c| c == ',' || c == '"' || c == '\\' || c.is_control()) {
-                        Err(problem(
-                            key,
-                            format!("\"{s}\" has a comma, quote, backslash or control character, which an xl vif spec cannot carry"),
-                            format!("install the script at a plain path, e.g. {DEFAULT_VIF_SCRIPT}"),
-                        ))
-                    } else {
-                        config.vif_script = p;
-                        Ok(())
-                    }
-                }),
+                "vif_script" => {
+                    xl_plain_path(key, v, DEFAULT_VIF_SCRIPT).map(|p| config.vif_script = p)
+                }
+                "share_dir" => {
+                    xl_plain_path(key, v, DEFAULT_SHARE_DIR).map(|p| config.share_dir = p)
+                }
                 "xl_timeout_secs" => match v.as_u64() {
                     Some(n) if (1..=MAX_XL_TIMEOUT_SECS).contains(&n) => {
                         config.xl_timeout_secs = n;
@@ -227,6 +243,7 @@ mod tests {
         assert_eq!(c.xenstore_socket, PathBuf::from("/run/xenstored/socket"));
         assert_eq!(c.xl_timeout_secs, 120);
         assert_eq!(c.vif_script, PathBuf::from("/etc/xen/scripts/vif-hyper"));
+        assert_eq!(c.share_dir, PathBuf::from("/run/hyper-xen/shares"));
     }
 
     #[test]
@@ -237,12 +254,14 @@ mod tests {
             "xenstore_socket": "/var/run/xenstored/socket",
             "xl_timeout_secs": 30,
             "vif_script": "/usr/local/libexec/hyper/vif-hyper",
+            "share_dir": "/run/hyper/xen-shares",
         }))
         .unwrap();
         assert_eq!(
             c.vif_script,
             PathBuf::from("/usr/local/libexec/hyper/vif-hyper")
         );
+        assert_eq!(c.share_dir, PathBuf::from("/run/hyper/xen-shares"));
         assert_eq!(c.guest_type, GuestType::Pvh);
         assert_eq!(c.xl, PathBuf::from("/usr/lib/xen-4.17/bin/xl"));
         assert_eq!(c.xl_timeout_secs, 30);
@@ -265,6 +284,15 @@ mod tests {
         let p = problems(json!({"vif_script": "/x,y/vif"}));
         assert_eq!(p[0].key, "vif_script");
         assert!(p[0].message.contains("comma"), "{}", p[0].message);
+        let p = problems(json!({"share_dir": "/run/a,b"}));
+        assert_eq!(p[0].key, "share_dir");
+        assert!(p[0].message.contains("comma"), "{}", p[0].message);
+        let p = problems(json!({"share_dir": "run/x"}));
+        assert!(
+            p[0].message.contains("not an absolute path"),
+            "{}",
+            p[0].message
+        );
         let p = problems(json!({"type": 1, "xenstore_socket": false}));
         assert_eq!(p.len(), 2);
     }

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::{
-    Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+    Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm, VmInfo, VmSpec,
 };
 use tokio::net::UnixListener;
 
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::owner::{self, Owner, Verdict};
+use crate::share::{self, DeviceModel};
 use crate::vif;
 use crate::vm::XenVm;
 use crate::xenstore::{Xenstore, XsError};
@@ -187,6 +188,23 @@ impl XenHypervisor {
         Ok(())
     }
 
+    /// The device model serving the domain's shares (none without shares):
+    /// libxl records its pid in xenstore once it has started it, which `xl
+    /// create` waits for.
+    async fn device_model(&self, spec: &VmSpec, domid: u32) -> Result<Option<DeviceModel>, String> {
+        if spec.shares.is_empty() {
+            return Ok(None);
+        }
+        let key = share::device_model_pid_key(domid);
+        let pid = xs(&self.config.xenstore_socket, move |x| x.read_opt(&key, 32))
+            .await
+            .map_err(|e| format!("cannot read the device model's pid: {e}"))?
+            .ok_or_else(|| {
+                format!("domain {domid} has shares but libxl recorded no device model for it")
+            })?;
+        DeviceModel::find(&pid, domid).map(Some)
+    }
+
     /// After `xl create -p`: find the domain, record its owner, open its
     /// console and bind the agent socket, then let it run.
     async fn start_created(&self, spec: &VmSpec) -> Result<XenVm, String> {
@@ -237,6 +255,7 @@ impl XenHypervisor {
         for (devid, nic) in spec.nics.iter().enumerate() {
             vif::join(domid, devid, nic).await?;
         }
+        let device_model = self.device_model(spec, domid).await?;
         let out = xl::run(&self.config.xl, &["unpause", &name], XL_QUICK_TIMEOUT).await?;
         if !out.success {
             return Err(format!("xl unpause failed: {}", out.reason()));
@@ -248,6 +267,7 @@ impl XenHypervisor {
             listener,
             pty,
             agent,
+            device_model,
         ))
     }
 }
@@ -326,6 +346,8 @@ async fn sweep_once(config: &XenConfig, only: Option<&[String]>) -> Vec<String> 
             }
             Verdict::Forget => {}
         }
+        // The domain is gone (or going): so are its shares' mounts.
+        share::release(&config.share_dir, &name);
         let key = owner::path(&name);
         let _ = xs(&config.xenstore_socket, move |x| x.rm(&key)).await;
     }
@@ -341,7 +363,8 @@ impl Hypervisor for XenHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             recover: true,
-            share_transport: None,
+            // p9 entries served by the domain's device model in dom0.
+            share_transport: Some(ShareTransport::Xen9p),
         }
     }
 
@@ -400,9 +423,17 @@ impl Hypervisor for XenHypervisor {
         let cfg_path = spec.run_dir.join("xl.cfg");
         std::fs::write(
             &cfg_path,
-            xlcfg::render(&spec, self.config.guest_type, &self.config.vif_script),
+            xlcfg::render(
+                &spec,
+                self.config.guest_type,
+                &self.config.vif_script,
+                &self.config.share_dir,
+            ),
         )
         .map_err(|e| io("write", &cfg_path, e))?;
+        // The read-only shares' bind mounts, before xl starts the device
+        // model that serves them.
+        share::prepare(&self.config.share_dir, &spec).map_err(HypervisorError::LaunchFailed)?;
         // The guest's console carries the agent channel; say so where a
         // console log is looked for.
         let _ = std::fs::write(
@@ -414,8 +445,14 @@ impl Hypervisor for XenHypervisor {
         let limit = Duration::from_secs(self.config.xl_timeout_secs);
         let log_path = spec.run_dir.join("xl.log");
         let serialised = self.create_lock.lock().await;
-        let created =
-            xl::run_logged(&self.config.xl, &["create", "-p", &cfg], limit, &log_path).await;
+        let created = xl::run_logged(
+            &self.config.xl,
+            &["create", "-p", &cfg],
+            limit,
+            &log_path,
+            spec.cgroup.as_ref(),
+        )
+        .await;
         drop(serialised);
         let failure = match created {
             Ok(out) if out.success => None,
@@ -425,6 +462,7 @@ impl Hypervisor for XenHypervisor {
         if let Some(message) = failure {
             // A half-built domain must not linger.
             let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+            share::release(&self.config.share_dir, &spec.id);
             return Err(HypervisorError::LaunchFailed(message));
         }
         match self.start_created(&spec).await {
@@ -435,6 +473,7 @@ impl Hypervisor for XenHypervisor {
             Err(message) => {
                 let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
                 vif::detach(&spec.nics).await;
+                share::release(&self.config.share_dir, &spec.id);
                 let key = owner::path(&spec.id);
                 let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
                 let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));
@@ -489,6 +528,10 @@ impl Hypervisor for XenHypervisor {
             .ok_or_else(|| not_found("its owner record went".into()))?;
         let tty = owner::check_console(&owner, tty.as_deref().filter(|t| !t.is_empty()))
             .map_err(HypervisorError::Io)?;
+        // A domain whose device model is gone cannot serve its shares any
+        // more: not taken over (the orphan sweep destroys it, the core
+        // counts it as ended).
+        let device_model = self.device_model(&spec, domid).await.map_err(not_found)?;
         let pty = Pty::open(&tty).map_err(HypervisorError::Io)?;
         let agent = spec.run_dir.join("agent.sock");
         // The old bridge's socket: nobody listens on it any more.
@@ -517,6 +560,7 @@ impl Hypervisor for XenHypervisor {
             listener,
             pty,
             agent,
+            device_model,
         )))
     }
 }

@@ -12,7 +12,8 @@
 //!   (xenstore `/local/domain/<domid>/console/tty`), where hyperstart talks
 //!   (`hyper.channel=/dev/hvc0`).
 //!
-//! The rootfs disks become read-only xen-blkfront disks `xvda`, `xvdb` …;
+//! The spec's disks (the read-only rootfs, then read-write block volumes)
+//! become xen-blkfront disks `xvda`, `xvdb` …;
 //! since blkfront has no serial, the kernel command line maps each disk id to
 //! its device: `hyper.disk.<id>=xvda`.
 //!
@@ -28,8 +29,12 @@
 //! `vif<domid>.<n>` into the pod's netns, names it `NicSpec.device` and joins
 //! it to the CNI interface with tc redirect both ways.
 //!
+//! Each of the spec's shares becomes a `p9` entry (Xen 9pfs): libxl starts
+//! a QEMU device model in dom0 that serves it; a read-only share is served
+//! from a read-only bind mount the backend makes ([`share`]).
+//!
 //! `[hypervisor.xen]` keys: `type` (`pv` | `pvh`), `xl`, `xenstore_socket`,
-//! `xl_timeout_secs`, `vif_script`; see [`config::XenConfig`].
+//! `xl_timeout_secs`, `vif_script`, `share_dir`; see [`config::XenConfig`].
 
 use std::sync::Arc;
 
@@ -39,6 +44,7 @@ pub mod config;
 pub mod console;
 mod hypervisor;
 pub mod owner;
+pub mod share;
 pub mod vif;
 mod vm;
 pub mod xenstore;

@@ -1,10 +1,12 @@
 //! One running domU.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmInfo, VmStats};
+use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
@@ -12,6 +14,7 @@ use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::hypervisor::xs;
 use crate::owner;
+use crate::share::DeviceModel;
 use crate::xenstore::{Xenstore, XsError};
 use crate::xl;
 
@@ -32,12 +35,17 @@ pub struct XenVm {
     domid: u32,
     config: XenConfig,
     exit: watch::Receiver<ExitSlot>,
+    /// Set before this backend shuts the domain down or destroys it: libxl
+    /// then stops the device model itself, which is no helper's death.
+    stopping: Arc<AtomicBool>,
 }
 
 impl XenVm {
     /// Takes over a created, unpaused domain: bridges its console to the
-    /// agent socket and watches for its end. Must run inside the plugin's
-    /// runtime.
+    /// agent socket and watches for its end, and for the end of the device
+    /// model serving its shares, if it has any (then the domain is
+    /// destroyed: its 9p requests would never be answered). Must run inside
+    /// the plugin's runtime.
     pub(crate) fn start(
         name: String,
         domid: u32,
@@ -45,6 +53,7 @@ impl XenVm {
         listener: UnixListener,
         pty: Pty,
         agent: PathBuf,
+        device_model: Option<DeviceModel>,
     ) -> Self {
         let info = VmInfo {
             id: name.clone(),
@@ -54,8 +63,13 @@ impl XenVm {
         let (exit_tx, exit) = watch::channel(None);
         let bridge = tokio::spawn(console::bridge(listener, pty));
         let cfg = config.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let helper = DeviceModelWatch {
+            device_model,
+            stopping: stopping.clone(),
+        };
         tokio::spawn(async move {
-            let result = watch_until_gone(&cfg, &name, domid).await;
+            let result = watch_until_gone(&cfg, &name, domid, helper).await;
             tracing::info!(vm = %name, domid, exit = ?result, "domain is gone");
             bridge.abort();
             // xl's monitor process for the domain (it runs the on_poweroff
@@ -65,6 +79,7 @@ impl XenVm {
                 wait_for_monitor_exit(&dir.join("xl.cfg")).await;
             }
             let _ = std::fs::remove_file(&agent);
+            crate::share::release(&cfg.share_dir, &name);
             let key = owner::path(&name);
             let _ = xs(&cfg.xenstore_socket, move |x| x.rm(&key)).await;
             exit_tx.send_replace(Some(result));
@@ -74,6 +89,7 @@ impl XenVm {
             domid,
             config,
             exit,
+            stopping,
         }
     }
 
@@ -156,12 +172,37 @@ fn watch_round(
     }
 }
 
+/// The device model a domain's shares need, and whether its end is ours.
+struct DeviceModelWatch {
+    device_model: Option<DeviceModel>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl DeviceModelWatch {
+    /// True when the device model ended while the domain still runs: libxl
+    /// stops it itself once the domain has shut down (the guest's
+    /// poweroff: the domain is listed shut down first) or is destroyed
+    /// (by this backend: `stopping`).
+    async fn died_first(&self, config: &XenConfig, name: &str) -> bool {
+        if self.stopping.load(Ordering::SeqCst) || self.device_model.is_none_or(|dm| dm.is_alive())
+        {
+            return false;
+        }
+        let listed = xl::run(&config.xl, &["list", name], Duration::from_secs(30)).await;
+        let running = matches!(&listed, Ok(out) if out.success
+            && xl::parse_list(&out.stdout, name).is_some_and(|row| !xl::is_finished(&row.state)));
+        running && !self.stopping.load(Ordering::SeqCst)
+    }
+}
+
 async fn watch_until_gone(
     config: &XenConfig,
     name: &str,
     domid: u32,
+    helper: DeviceModelWatch,
 ) -> Result<VmExit, HypervisorError> {
     let mut failures = 0u32;
+    let mut helper_died = None;
     loop {
         let socket = config.xenstore_socket.clone();
         let owned = name.to_string();
@@ -173,7 +214,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
-                    helper_died: None,
+                    helper_died,
                 })
             }
             Ok(Ok(false)) => failures = 0,
@@ -187,6 +228,16 @@ async fn watch_until_gone(
                 tracing::warn!(vm = name, "xenstore watch task: {e}");
             }
         }
+        if helper_died.is_none() && helper.died_first(config, name).await {
+            tracing::warn!(
+                vm = name,
+                domid,
+                "the device model serving the domain's shares has ended: destroying the domain"
+            );
+            helper_died = Some(VmHelper::DeviceModel);
+            let _ = xl::run(&config.xl, &["destroy", name], DESTROY_TIMEOUT).await;
+            continue;
+        }
         // Still listed after a while: one that has shut down but was not
         // destroyed (its xl monitor died) is destroyed here; one xl no longer
         // knows is gone even if xenstore cannot tell us.
@@ -195,7 +246,7 @@ async fn watch_until_gone(
                 return Ok(VmExit {
                     code: None,
                     signal: None,
-                    helper_died: None,
+                    helper_died,
                 })
             }
             Ok(out) => {
@@ -239,6 +290,7 @@ impl Vm for XenVm {
         if self.has_exited() {
             return Ok(());
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let secs = grace.as_secs().max(1).to_string();
         match xl::run(
             &self.config.xl,
@@ -262,6 +314,7 @@ impl Vm for XenVm {
         if self.has_exited() {
             return Ok(());
         }
+        self.stopping.store(true, Ordering::SeqCst);
         match xl::run(
             &self.config.xl,
             &["destroy", &self.info.id],
@@ -314,6 +367,57 @@ impl Vm for XenVm {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An `xl` that lists domain `d1` in `state`.
+    fn fake_xl(dir: &std::path::Path, state: &str) -> XenConfig {
+        let xl = dir.join(format!("xl-{state}"));
+        std::fs::write(
+            &xl,
+            format!(
+                "#!/bin/sh\nprintf 'Name ID Mem VCPUs State Time(s)\\nd1 5 128 1 {state} 1.0\\n'\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&xl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        XenConfig {
+            xl,
+            ..XenConfig::default()
+        }
+    }
+
+    /// Only a device model that ended while its domain still runs, and not
+    /// while this backend stops it, is a helper's death: libxl kills it
+    /// itself after the guest's poweroff (the domain is listed shut down).
+    #[tokio::test]
+    async fn a_device_model_gone_with_its_domain_is_no_death() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = hyper_hypervisor::adopt::process_start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        let dead = DeviceModel { pid, start };
+        let me = std::process::id();
+        let alive = DeviceModel {
+            pid: me,
+            start: hyper_hypervisor::adopt::process_start_time(me).unwrap(),
+        };
+        let watch = |dm: Option<DeviceModel>, stopping: bool| DeviceModelWatch {
+            device_model: dm,
+            stopping: Arc::new(AtomicBool::new(stopping)),
+        };
+        let running = fake_xl(dir.path(), "-b----");
+        let shut_down = fake_xl(dir.path(), "---s--");
+        assert!(watch(Some(dead), false).died_first(&running, "d1").await);
+        assert!(!watch(Some(dead), false).died_first(&shut_down, "d1").await);
+        assert!(!watch(Some(dead), true).died_first(&running, "d1").await);
+        assert!(!watch(Some(alive), false).died_first(&running, "d1").await);
+        assert!(!watch(None, false).died_first(&running, "d1").await);
+        // A domain xl no longer lists is gone, not running.
+        assert!(!watch(Some(dead), false).died_first(&running, "other").await);
+    }
+
     #[test]
     fn finds_processes_by_command_line() {
         let me = std::process::id();

@@ -87,12 +87,14 @@ pub async fn run(xl: &Path, args: &[&str], limit: Duration) -> Result<XlOutput, 
 /// pipes: `xl create` leaves a monitor process behind that may hold on to
 /// its parent's stdout/stderr, so waiting for EOF could wait for the domain's
 /// end. Only the process's own exit is awaited; the output is the log's
-/// last 64 KiB.
+/// last 64 KiB. With `cgroup`, xl and everything it leaves behind (its
+/// monitor, the hotplug scripts) start in the pod's host cgroup.
 pub async fn run_logged(
     xl: &Path,
     args: &[&str],
     limit: Duration,
     log: &Path,
+    cgroup: Option<&hyper_hypervisor::CgroupPlacement>,
 ) -> Result<XlOutput, String> {
     let shown = format!("{} {}", xl.display(), args.join(" "));
     let file =
@@ -100,7 +102,12 @@ pub async fn run_logged(
     let err = file
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(xl)
+    let mut command = Command::new(xl);
+    if let Some(placement) = cgroup {
+        hyper_hypervisor::process::place_in_cgroup(command.as_std_mut(), placement)
+            .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(file)
@@ -236,6 +243,7 @@ mod tests {
             &["-c", "echo 'libxl: error: boom' >&2; sleep 20 & exit 3"],
             Duration::from_secs(10),
             &log,
+            None,
         )
         .await
         .unwrap();

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use hyper_hypervisor::{nic, NicSpec, VmSpec};
+use hyper_hypervisor::{nic, NicSpec, ShareSpec, VmSpec};
 
 use crate::config::GuestType;
+use crate::share;
 
 /// Guest device names for the spec's disks, in order.
 pub const MAX_DISKS: usize = 26;
@@ -16,6 +17,15 @@ const MAX_VCPUS: u32 = 128;
 pub const MAX_NICS: usize = 8;
 /// netback's largest MTU (64 KiB less an Ethernet + VLAN header).
 const MAX_MTU: u32 = 65517;
+/// 9pfs devices per domain (each is a ring pair and grant pages in the
+/// device model).
+pub const MAX_SHARES: usize = 16;
+/// What the domain's 9pfs server does with guest credentials: `none` is
+/// passthrough (files get the guest's uid, gid and mode; the device model
+/// runs as root in dom0) with failures to chown ignored. `mapped-xattr`
+/// would keep them in xattrs instead, so the host would not see the
+/// container's owners and modes.
+pub const SECURITY_MODEL: &str = "none";
 
 /// The guest's device for the `n`th disk: `xvda`, `xvdb` …
 pub fn vdev(n: usize) -> Option<String> {
@@ -96,6 +106,7 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
         }
     }
     plain("kernel command line", &spec.cmdline)?;
+    validate_shares(&spec.shares)?;
     if spec.nics.len() > MAX_NICS {
         return Err(format!("{} NICs: at most {MAX_NICS}", spec.nics.len()));
     }
@@ -111,6 +122,50 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Tags the guest mounts by, sources xl's p9 spec can carry (its parser
+/// splits on commas, and keeps what follows `path=` whole).
+fn validate_shares(shares: &[ShareSpec]) -> Result<(), String> {
+    if shares.len() > MAX_SHARES {
+        return Err(format!(
+            "{} shares: a Xen domain takes at most {MAX_SHARES}",
+            shares.len()
+        ));
+    }
+    let tag_ok = |c: char| c.is_ascii_alphanumeric() || "_-".contains(c);
+    for (n, share) in shares.iter().enumerate() {
+        let tag = &share.tag;
+        if tag.is_empty() || tag.len() > ShareSpec::MAX_TAG || !tag.chars().all(tag_ok) {
+            return Err(format!(
+                "share {n}: tag {tag:?}: use 1-{} characters of [A-Za-z0-9_-]",
+                ShareSpec::MAX_TAG
+            ));
+        }
+        if shares[..n].iter().any(|s| &s.tag == tag) {
+            return Err(format!("share {n}: tag {tag:?} is used twice"));
+        }
+        let src = share
+            .source
+            .to_str()
+            .ok_or_else(|| format!("share {tag}: its source path is not UTF-8"))?;
+        plain("share source", src)?;
+        if src.contains(',') || !share.source.is_absolute() {
+            return Err(format!(
+                "share {tag}: source {src:?} must be absolute and free of commas for xl"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One p9 spec of xl.cfg; no spaces: xl keeps them in the values.
+fn p9(share: &ShareSpec, share_dir: &Path, vm_id: &str) -> String {
+    format!(
+        "\"tag={},security_model={SECURITY_MODEL},path={}\"",
+        share.tag,
+        share::served_path(share_dir, vm_id, share).to_string_lossy()
+    )
+}
+
 /// One vif spec of xl.cfg: the guest's MAC and the backend's hotplug
 /// script (bridge-less; see `scripts/vif-hyper`).
 fn vif(nic: &NicSpec, script: &Path) -> String {
@@ -119,8 +174,9 @@ fn vif(nic: &NicSpec, script: &Path) -> String {
     format!("\"mac={mac}, script={}\"", script.to_string_lossy())
 }
 
-/// The xl config file. Call [`validate`] first.
-pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path) -> String {
+/// The xl config file. Call [`validate`] first. `share_dir`: where the
+/// read-only shares' bind mounts are ([`share::prepare`]).
+pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path, share_dir: &Path) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     let q = |s: &str| format!("\"{s}\"");
@@ -149,6 +205,15 @@ pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path) -> String
     line("disk", format!("[ {} ]", disks.join(", ")));
     let vifs: Vec<String> = spec.nics.iter().map(|n| vif(n, vif_script)).collect();
     line("vif", format!("[ {} ]", vifs.join(", ")));
+    if !spec.shares.is_empty() {
+        // libxl starts the domain's device model (QEMU) in dom0 for these.
+        let p9s: Vec<String> = spec
+            .shares
+            .iter()
+            .map(|s| p9(s, share_dir, &spec.id))
+            .collect();
+        line("p9", format!("[ {} ]", p9s.join(", ")));
+    }
     line("on_poweroff", q("destroy"));
     line("on_reboot", q("destroy"));
     line("on_crash", q("destroy"));
@@ -161,6 +226,11 @@ mod tests {
     use hyper_hypervisor::DiskSpec;
 
     const SCRIPT: &str = "/etc/xen/scripts/vif-hyper";
+    const SHARES: &str = "/run/hyper-xen/shares";
+
+    fn render(spec: &VmSpec, guest_type: GuestType, script: &Path) -> String {
+        super::render(spec, guest_type, script, Path::new(SHARES))
+    }
 
     fn nic() -> NicSpec {
         NicSpec {
@@ -262,6 +332,93 @@ mod tests {
         let mut s = spec();
         s.vcpus = 0;
         assert!(validate(&s).is_err());
+    }
+
+    /// Block volumes: read-write vbds after the read-only rootfs, each with
+    /// its id on the kernel command line (blkfront has no serial), which is
+    /// how hyperstart finds `Block{disk_id}` volumes.
+    #[test]
+    fn read_write_volumes_are_vbds_with_stable_ids() {
+        let mut s = spec();
+        for (n, id) in ["vol-a", "vol_b"].iter().enumerate() {
+            s.disks.push(DiskSpec {
+                path: format!("/state/volumes/{id}.img").into(),
+                read_only: false,
+                id: (*id).into(),
+            });
+            assert_eq!(s.disks.len(), n + 2);
+        }
+        assert!(validate(&s).is_ok());
+        let text = render(&s, GuestType::Pv, Path::new(SCRIPT));
+        assert!(
+            text.contains(
+                "disk = [ \"format=raw, vdev=xvda, access=ro, target=/state/rootfs/abc.erofs\", \
+                 \"format=raw, vdev=xvdb, access=rw, target=/state/volumes/vol-a.img\", \
+                 \"format=raw, vdev=xvdc, access=rw, target=/state/volumes/vol_b.img\" ]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hyper.disk.hyper-rootfs0=xvda hyper.disk.vol-a=xvdb hyper.disk.vol_b=xvdc\""
+            ),
+            "{text}"
+        );
+        // The same spec renders the same devices: ids stay where they were.
+        assert_eq!(text, render(&s, GuestType::Pv, Path::new(SCRIPT)));
+    }
+
+    fn share(tag: &str, source: &str, read_only: bool) -> ShareSpec {
+        ShareSpec {
+            tag: tag.into(),
+            source: source.into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn shares_are_p9_entries_and_read_only_ones_come_from_their_bind_mount() {
+        let text = render(&spec(), GuestType::Pv, Path::new(SCRIPT));
+        assert!(!text.contains("p9"), "no share, no device model: {text}");
+        let mut s = spec();
+        s.shares = vec![
+            share("hv-data", "/srv/data", false),
+            share("hv_conf", "/srv/conf", true),
+        ];
+        assert!(validate(&s).is_ok());
+        let text = render(&s, GuestType::Pvh, Path::new(SCRIPT));
+        assert!(
+            text.contains(
+                "p9 = [ \"tag=hv-data,security_model=none,path=/srv/data\", \
+                 \"tag=hv_conf,security_model=none,path=/run/hyper-xen/shares/a1b2c3/hv_conf\" ]\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shares_xl_cannot_carry_are_refused() {
+        let bad = |f: fn(&mut ShareSpec)| {
+            let mut s = spec();
+            let mut sh = share("t", "/srv/t", false);
+            f(&mut sh);
+            s.shares.push(sh);
+            validate(&s).unwrap_err()
+        };
+        assert!(bad(|s| s.tag = String::new()).contains("tag"));
+        assert!(bad(|s| s.tag = "a,security_model=mapped".into()).contains("tag"));
+        assert!(bad(|s| s.tag = "t".repeat(37)).contains("1-36"));
+        assert!(bad(|s| s.source = "/srv/a,path=/etc".into()).contains("commas"));
+        assert!(bad(|s| s.source = "srv/t".into()).contains("absolute"));
+        assert!(bad(|s| s.source = "/srv/\"x".into()).contains("quote"));
+        let mut s = spec();
+        s.shares = vec![share("t", "/a", false), share("t", "/b", true)];
+        assert!(validate(&s).unwrap_err().contains("used twice"));
+        let mut s = spec();
+        s.shares = (0..=MAX_SHARES)
+            .map(|n| share(&format!("t{n}"), "/a", false))
+            .collect();
+        assert!(validate(&s).unwrap_err().contains("at most 16"));
     }
 
     #[test]

@@ -293,3 +293,192 @@ async fn a_nic_without_its_netns_fails_and_leaves_nothing() {
     let root = ip(&["-o", "link", "show"]);
     assert!(!root.contains(" vif"), "a vif is left in dom0: {root}");
 }
+
+/// The device-model processes in dom0 (libxl's QEMU serves the p9
+/// entries): pid and command line.
+fn device_models() -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains("qemu-system-i386") && text.contains("-xen-domid") {
+                found.push((pid, text));
+            }
+        }
+    }
+    found
+}
+
+/// Volumes: two 9pfs shares (read-write and read-only) and two read-write
+/// disks. The guest (volprobe.img) reads the host's files and writes its
+/// own through the read-write share (owner and mode as the guest set them),
+/// cannot write the read-only one (its bind mount in dom0 is read-only),
+/// does not reach dom0's files through a planted symlink, and finds each
+/// disk under its id on the command line (it writes its id into the disk).
+/// After kill(): no device model, no bind mount, no mount-point directory.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn shares_and_rw_disks_reach_the_guest_and_leave_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rw = dir.path().join("rw");
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(rw.join("from-host"), "written-by-dom0").unwrap();
+    std::fs::write(ro.join("from-host"), "read-only-content").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "DOM0-SECRET").unwrap();
+    std::os::unix::fs::symlink(&secret, rw.join("escape")).unwrap();
+    let mut s = spec(&dir, "hx-vol", "volprobe.img");
+    for id in ["vol-a", "vol-b"] {
+        let img = dir.path().join(format!("{id}.img"));
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        s.disks.push(hyper_hypervisor::DiskSpec {
+            path: img,
+            read_only: false,
+            id: id.into(),
+        });
+    }
+    s.shares = vec![
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-rw".into(),
+            source: rw.clone(),
+            read_only: false,
+        },
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-ro".into(),
+            source: ro.clone(),
+            read_only: true,
+        },
+    ];
+    let hv = XenHypervisor::new(config());
+    assert_eq!(
+        hv.capabilities().share_transport,
+        Some(hyper_hypervisor::ShareTransport::Xen9p)
+    );
+    let vm = hv.launch(s).await.unwrap();
+    let share_dir = config().share_dir;
+    assert_eq!(
+        hyper_backend_xen::share::mounts_under(&share_dir),
+        vec![share_dir.join("hx-vol").join("hx-ro")]
+    );
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    let text = console_until(&sock, "VOLPROBE-DONE", Duration::from_secs(240)).await;
+    assert_eq!(device_models().len(), 1, "{:?}", device_models());
+    for line in [
+        "VOLPROBE-MOUNT-RW-OK",
+        "VOLPROBE-MOUNT-RO-OK",
+        "VOLPROBE-HOST-FILE=written-by-dom0",
+        "VOLPROBE-WROTE",
+        "VOLPROBE-CHOWNED",
+        "VOLPROBE-RO-FILE=read-only-content",
+        "VOLPROBE-RO-CREATE=refused",
+        "VOLPROBE-RO-APPEND=refused",
+        "VOLPROBE-RO-RM=refused",
+        "VOLPROBE-SYMLINK=unreadable",
+        "VOLPROBE-DISK-vol-a=xvda",
+        "VOLPROBE-DISK-vol-b=xvdb",
+        "VOLPROBE-DONE",
+    ] {
+        assert!(text.contains(line), "no {line} in:\n{text}");
+    }
+    assert!(!text.contains("DOM0-SECRET"), "{text}");
+    let meta = std::fs::metadata(rw.join("from-guest")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rw.join("from-guest")).unwrap(),
+        "from-guest\n"
+    );
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o640));
+    let meta = std::fs::metadata(rw.join("by-1000")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(ro.join("from-host")).unwrap(),
+        "read-only-content"
+    );
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    for id in ["vol-a", "vol-b"] {
+        let data = std::fs::read(dir.path().join(format!("{id}.img"))).unwrap();
+        let want = format!("VOLPROBE-{id}");
+        assert_eq!(&data[512..512 + want.len()], want.as_bytes(), "disk {id}");
+    }
+    nothing_left("hx-vol");
+    assert!(hyper_backend_xen::share::mounts_under(&share_dir).is_empty());
+    assert!(!share_dir.join("hx-vol").exists());
+    // libxl stops the device model with the domain; give it the moment
+    // that takes, bounded.
+    for _ in 0..100 {
+        if device_models().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(device_models().is_empty(), "{:?}", device_models());
+}
+
+/// A read-only share whose source is not a directory: launch fails naming
+/// the share, before any domain exists, and leaves no mount.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_share_without_its_source_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&dir, "hx-nosrc", "poweroff.img");
+    s.shares.push(hyper_hypervisor::ShareSpec {
+        tag: "hx-gone".into(),
+        source: dir.path().join("no-such-dir"),
+        read_only: true,
+    });
+    let m = launch_failure(s).await;
+    assert!(m.contains("hx-gone") && m.contains("no-such-dir"), "{m}");
+    nothing_left("hx-nosrc");
+    assert!(hyper_backend_xen::share::mounts_under(&config().share_dir).is_empty());
+}
+
+/// The device model serving a domain's shares is killed (SIGKILL) while
+/// the guest runs: the backend destroys the domain (its 9p requests would
+/// never be answered) and wait() says why; nothing is left.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_dead_device_model_stops_the_domain_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("rw");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("from-host"), "x").unwrap();
+    let mut s = spec(&dir, "hx-dmkill", "volprobe.img");
+    s.shares = vec![
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-rw".into(),
+            source: src,
+            read_only: false,
+        },
+        hyper_hypervisor::ShareSpec {
+            tag: "hx-ro".into(),
+            source: dir.path().to_path_buf(),
+            read_only: true,
+        },
+    ];
+    let vm = XenHypervisor::new(config()).launch(s).await.unwrap();
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    let text = console_until(&sock, "VOLPROBE-DONE", Duration::from_secs(240)).await;
+    assert!(text.contains("VOLPROBE-MOUNT-RW-OK"), "{text}");
+    let models = device_models();
+    assert_eq!(models.len(), 1, "{models:?}");
+    let pid = models[0].0;
+    // SAFETY: a plain kill(2) of the device model found above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let exit = tokio::time::timeout(Duration::from_secs(120), vm.wait())
+        .await
+        .expect("the domain outlived its device model")
+        .unwrap();
+    assert_eq!(
+        exit.helper_died,
+        Some(hyper_hypervisor::VmHelper::DeviceModel)
+    );
+    nothing_left("hx-dmkill");
+    assert!(hyper_backend_xen::share::mounts_under(&config().share_dir).is_empty());
+}

@@ -142,6 +142,11 @@ enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+    /// Named volumes (`-v NAME:/path` makes one on first use).
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Show the client's and the daemon's versions.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -208,6 +213,47 @@ enum NetworkCommand {
     Ls {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Create a named volume (a directory, or a disk with --kind block);
+    /// prints its name. An existing one of the same kind is left as it is.
+    Create {
+        /// directory (shared as a host directory) or block (an extra disk).
+        #[arg(long, default_value = "directory", value_parser = ["directory", "block"])]
+        kind: String,
+        /// A block volume's size: bytes or with k, m, g, t (1g).
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        /// Make this filesystem on a new block volume (ext4).
+        #[arg(long, value_name = "FS")]
+        mkfs: Option<String>,
+        /// Set a label (KEY=VALUE).
+        #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        name: String,
+    },
+    /// List named volumes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+        /// Only the names.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Show named volumes as JSON (where their data is, which pods use them).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove named volumes and their data (refused while a pod uses one).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -317,6 +363,14 @@ struct RunArgs {
     /// The pod's hostname (its id without it).
     #[arg(long)]
     hostname: Option<String>,
+    /// Mount a host directory or a named volume: HOSTDIR:CTRPATH[:ro|rw] or
+    /// NAME:CTRPATH[:ro|rw] (the volume is made on first use).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volume: Vec<String>,
+    /// Mount as Docker's --mount: type=bind|volume|tmpfs|block,src=…,dst=…
+    /// [,readonly][,tmpfs-size=64m][,size=1g,mkfs=ext4].
+    #[arg(long = "mount", value_name = "type=…,src=…,dst=…")]
+    mount: Vec<String>,
     /// `IMAGE [CMD…]`, or `CMD…` with --rootfs.
     #[arg(trailing_var_arg = true, value_name = "IMAGE [CMD]")]
     args: Vec<String>,
@@ -440,6 +494,7 @@ fn main() -> ExitCode {
             Command::Network {
                 command: NetworkCommand::Ls { json },
             } => network_ls(&client, json).await,
+            Command::Volume { command } => volume(&client, command).await,
             Command::Version => version(&client).await,
             Command::Completion { .. } | Command::Man { .. } => 0,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
@@ -546,7 +601,24 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
     if let Err(e) = network.validate() {
         return fail(e);
     }
+    let mut volumes = Vec::new();
+    for v in &args.volume {
+        match hyper_volumes::parse_volume(v) {
+            Ok(v) => volumes.push(v),
+            Err(e) => return fail(e),
+        }
+    }
+    for m in &args.mount {
+        match hyper_volumes::parse_mount(m) {
+            Ok(m) => volumes.push(m),
+            Err(e) => return fail(e),
+        }
+    }
+    if let Err(e) = hyper_volumes::request::validate(&volumes) {
+        return fail(e);
+    }
     let request = RunRequest {
+        volumes,
         network,
         hostname: args.hostname.clone(),
         rootfs,
@@ -972,6 +1044,114 @@ async fn network_ls(client: &Client, json: bool) -> i32 {
     0
 }
 
+async fn volume(client: &Client, command: VolumeCommand) -> i32 {
+    match command {
+        VolumeCommand::Create {
+            kind,
+            size,
+            mkfs,
+            label,
+            name,
+        } => {
+            let size_bytes = match size.as_deref().map(hyper_volumes::request::parse_size) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(e)) => return fail(format!("--size {e}")),
+                None => None,
+            };
+            let mut labels = serde_json::Map::new();
+            for l in &label {
+                match l.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        labels.insert(k.to_string(), v.into());
+                    }
+                    _ => return fail(format!("--label {l}: expected KEY=VALUE")),
+                }
+            }
+            let body = serde_json::json!({
+                "name": name,
+                "kind": kind,
+                "size_bytes": size_bytes,
+                "mkfs": mkfs,
+                "labels": labels,
+            });
+            match client.post_json("/v1/volumes", &body).await {
+                Ok(v) => {
+                    println!("{}", v["name"].as_str().unwrap_or(&name));
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        VolumeCommand::Ls { json, quiet } => {
+            let list = match client.get_json("/v1/volumes").await {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+                return 0;
+            }
+            let volumes = list.as_array().map(Vec::as_slice).unwrap_or_default();
+            if !quiet {
+                println!("{:<10} {:<30} {:<10} USED BY", "KIND", "NAME", "SIZE");
+            }
+            for v in volumes {
+                let name = v["name"].as_str().unwrap_or("-");
+                if quiet {
+                    println!("{name}");
+                    continue;
+                }
+                let size = v["size_bytes"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |b| format!("{}M", b >> 20));
+                let users: Vec<&str> = v["used_by"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<10} {:<30} {:<10} {}",
+                    v["kind"].as_str().unwrap_or("-"),
+                    name,
+                    size,
+                    users.join(",")
+                );
+            }
+            0
+        }
+        VolumeCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            let mut code = 0;
+            for name in &names {
+                match client
+                    .get_json(&format!("/v1/volumes/{}", path_escape(name)))
+                    .await
+                {
+                    Ok(v) => out.push(v),
+                    Err(e) => code = fail(e),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            code
+        }
+        VolumeCommand::Rm { names } => {
+            let mut code = 0;
+            for name in &names {
+                match client
+                    .delete_json(&format!("/v1/volumes/{}", path_escape(name)))
+                    .await
+                {
+                    Ok(_) => println!("{name}"),
+                    Err(e) => code = fail(e),
+                }
+            }
+            code
+        }
+    }
+}
+
 async fn inspect(client: &Client, pods: &[String]) -> i32 {
     let mut found = Vec::new();
     let mut code = 0;
@@ -1079,12 +1259,17 @@ async fn stats(client: &Client, pods: &[String]) -> i32 {
             .await
         {
             Ok(v) => {
+                // The pod's host cgroup counts the VMM and its helpers;
+                // without one, the VMM process alone.
                 let st = &v["stats"];
-                let mem = st["rss_bytes"]
+                let cg = &v["cgroup"];
+                let mem = cg["memory_bytes"]
                     .as_u64()
+                    .or_else(|| st["rss_bytes"].as_u64())
                     .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
-                let cpu = st["cpu_time_ms"]
+                let cpu = cg["cpu_time_ms"]
                     .as_u64()
+                    .or_else(|| st["cpu_time_ms"].as_u64())
                     .map_or("-".to_string(), |n| format!("{:.2}", n as f64 / 1e3));
                 println!(
                     "{:<14} {:>12} {:>12}",

@@ -17,6 +17,18 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     crate::process::stat_fields(&stat)?.get(19)?.parse().ok()
 }
 
+/// Whether one of `pid`'s arguments contains `needle` (a backend's proof
+/// that a process serves one of its run directories).
+pub fn cmdline_mentions(pid: u32, needle: &[u8]) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    !needle.is_empty()
+        && cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+}
+
 /// The common part of a backend's `recover`: the VM process recorded in
 /// `info` is taken over only if it is still the one that started at
 /// `pid_start` and `owns(pid)` (the backend's own proof that the process
@@ -89,6 +101,19 @@ impl AdoptedProcess {
         }
     }
 
+    /// Whether the process has exited, without waiting (a zero-timeout
+    /// poll of the pidfd).
+    pub fn has_exited(&self) -> bool {
+        let mut fds = libc::pollfd {
+            fd: self.pidfd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own, with a zero timeout.
+        let n = unsafe { libc::poll(&mut fds, 1, 0) };
+        n > 0 && fds.revents & libc::POLLIN != 0
+    }
+
     pub fn signal(&self, signal: i32) -> std::io::Result<()> {
         // SAFETY: pidfd_send_signal with a pidfd we own, a plain signal
         // number, no siginfo and no flags.
@@ -110,7 +135,7 @@ impl AdoptedProcess {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[tokio::test]
@@ -128,16 +153,19 @@ mod tests {
                 .await
                 .is_err()
         );
+        assert!(!adopted.has_exited());
         adopted.signal(libc::SIGKILL).unwrap();
         // Reaped by us, its parent, so the pidfd sees the exit.
         let _ = child.wait();
         tokio::time::timeout(std::time::Duration::from_secs(5), adopted.exited())
             .await
             .unwrap();
+        assert!(adopted.has_exited());
         assert!(AdoptedProcess::open(pid, start).is_err());
     }
 
-    fn spec(id: &str) -> VmSpec {
+    /// A spec with nothing in it, for the kit's tests.
+    pub(crate) fn spec(id: &str) -> VmSpec {
         VmSpec {
             id: id.into(),
             kernel: "k".into(),

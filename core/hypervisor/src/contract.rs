@@ -159,7 +159,7 @@ pub struct VmExit {
     /// Signal that killed the VM process.
     pub signal: Option<i32>,
     /// Set when the backend stopped the VM because a helper it needs (the
-    /// `virtiofsd` of a share) ended first.
+    /// `virtiofsd` of a share, Xen's device model) ended first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper_died: Option<VmHelper>,
 }
@@ -169,6 +169,9 @@ pub struct VmExit {
 #[serde(rename_all = "snake_case")]
 pub enum VmHelper {
     Virtiofsd,
+    /// Xen: the domain's QEMU device model in dom0, which serves its 9pfs
+    /// shares.
+    DeviceModel,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,8 +12,10 @@
 
 pub mod adopt;
 mod contract;
+pub mod logcap;
 pub mod nic;
 pub mod plugin;
 pub mod process;
+pub mod virtiofs;
 
 pub use contract::*;

@@ -7,14 +7,16 @@
 //! publishes the exit on a watch channel that any number of waiters read.
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
 use crate::adopt::AdoptedProcess;
-use crate::{HypervisorError, VmExit, VmStats};
+use crate::{CgroupPlacement, HypervisorError, VmExit, VmStats};
 
 type ExitSlot = Option<Result<VmExit, HypervisorError>>;
 
@@ -209,6 +211,136 @@ async fn watch_process(
     exit_tx.send_replace(Some(result));
 }
 
+/// Puts the process `command` starts into the pod's host cgroup before it
+/// runs any code of its own: each `cgroup.procs` file is opened here, in
+/// the parent (so a missing or unwritable cgroup fails the spawn with its
+/// path, before anything runs), and the child writes `0` (itself) to each
+/// between fork and exec. Every process a backend starts for a VM (the VMM,
+/// `virtiofsd`) goes through this.
+pub fn place_in_cgroup(
+    command: &mut std::process::Command,
+    placement: &CgroupPlacement,
+) -> io::Result<()> {
+    let mut files: Vec<OwnedFd> = Vec::with_capacity(placement.procs_files.len());
+    for path in &placement.procs_files {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open the pod's cgroup file {}: {e}", path.display()),
+                )
+            })?;
+        files.push(file.into());
+    }
+    // SAFETY: between fork and exec the closure only calls write(2), which
+    // is async-signal-safe, on descriptors it owns (kept open by the
+    // closure until the Command is dropped); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &files {
+                // "0": the writing process itself, on cgroup v1 and v2.
+                let n = libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if n != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The rlimits a VMM process runs with (and `no_new_privs`): see
+/// [`harden`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmLimits {
+    /// `RLIMIT_NOFILE`, soft and hard.
+    pub max_open_files: u64,
+    /// `RLIMIT_FSIZE`, soft and hard: the largest file the VMM may grow,
+    /// in bytes (its console log, its run files; a disk it writes).
+    pub max_file_bytes: u64,
+}
+
+/// Open files a VMM may hold: QEMU and hyper-vmm use a few dozen (disks,
+/// taps, eventfds, sockets); 4096 leaves room for many queues.
+pub const VMM_MAX_OPEN_FILES: u64 = 4096;
+/// The smallest file size limit a VMM gets: far beyond any console log
+/// (the backends cut those back at `console_log_limit_mib`).
+pub const VMM_MIN_FILE_BYTES: u64 = 4 << 30;
+
+impl VmmLimits {
+    /// The limits for a VM whose writable files (disks) are `disks`: the
+    /// file size limit covers the largest of them (a write past it would
+    /// kill the VMM with SIGXFSZ), never below [`VMM_MIN_FILE_BYTES`].
+    pub fn for_disks<'a>(disks: impl IntoIterator<Item = &'a std::path::Path>) -> Self {
+        let largest = disks
+            .into_iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0);
+        Self {
+            max_open_files: VMM_MAX_OPEN_FILES,
+            max_file_bytes: largest
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX)
+                .max(VMM_MIN_FILE_BYTES),
+        }
+    }
+}
+
+/// Confines the process `command` starts before it execs: core dumps off
+/// (`RLIMIT_CORE` 0: a VMM's memory is the guest's), `RLIMIT_NOFILE` and
+/// `RLIMIT_FSIZE` bounded as `limits` says, and `PR_SET_NO_NEW_PRIVS` (no
+/// setuid or file-capability gain through exec, and the precondition of an
+/// unprivileged seccomp filter).
+pub fn harden(command: &mut std::process::Command, limits: VmmLimits) {
+    let rlimits = [
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, limits.max_open_files),
+        (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+    ];
+    // SAFETY: between fork and exec the closure only calls setrlimit(2)
+    // and prctl(2), both async-signal-safe, on values built before the
+    // fork; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in rlimits {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Everything the kit does to a VMM process before it runs (QEMU,
+/// hyper-vmm): into the pod's cgroup when the spec names one, then
+/// [`harden`] with limits sized for the spec's disks.
+pub fn confine_vmm(command: &mut std::process::Command, spec: &crate::VmSpec) -> io::Result<()> {
+    if let Some(placement) = &spec.cgroup {
+        place_in_cgroup(command, placement)?;
+    }
+    let writable = spec
+        .disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .map(|d| d.path.as_path());
+    harden(command, VmmLimits::for_disks(writable));
+    Ok(())
+}
+
 /// `VmRSS:     1234 kB` in /proc/PID/status, in bytes.
 pub fn parse_status_rss(status: &str) -> Option<u64> {
     kib_field(status, "VmRSS:")
@@ -311,6 +443,71 @@ mod tests {
         assert!(stats.rss_bytes > 0);
         assert!(stats.pss_bytes.is_some_and(|p| p > 0));
         assert!(is_running(me));
+    }
+
+    #[tokio::test]
+    async fn a_hardened_process_has_its_limits_and_no_new_privs() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("grep NoNewPrivs /proc/self/status; ulimit -c; ulimit -n; ulimit -f")
+            .stdout(std::process::Stdio::piped());
+        harden(
+            cmd.as_std_mut(),
+            VmmLimits {
+                max_open_files: 321,
+                max_file_bytes: 1 << 20,
+            },
+        );
+        let out = cmd.output().await.unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].split_whitespace().nth(1), Some("1"), "{text}");
+        // ulimit -f counts 512-byte blocks in POSIX sh.
+        assert_eq!(&lines[1..], &["0", "321", "2048"], "{text}");
+    }
+
+    #[test]
+    fn file_size_limit_covers_the_largest_disk() {
+        let dir = std::env::temp_dir().join(format!("hyper-vmm-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("d.img");
+        let f = std::fs::File::create(&disk).unwrap();
+        f.set_len((5 << 30) + 1).unwrap();
+        let l = VmmLimits::for_disks([disk.as_path()]);
+        assert_eq!(l.max_file_bytes, 8 << 30);
+        assert_eq!(l.max_open_files, VMM_MAX_OPEN_FILES);
+        let none = VmmLimits::for_disks([dir.join("missing").as_path()]);
+        assert_eq!(none.max_file_bytes, VMM_MIN_FILE_BYTES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn placing_in_a_missing_cgroup_fails_before_the_spawn_naming_it() {
+        let mut cmd = Command::new("true");
+        let placement = CgroupPlacement {
+            procs_files: vec!["/nonexistent/hyper/pod-x/cgroup.procs".into()],
+        };
+        let err = place_in_cgroup(cmd.as_std_mut(), &placement).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/hyper/pod-x"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_placed_process_writes_itself_into_each_file() {
+        // A plain file stands in for cgroup.procs: the child writes "0".
+        let path = std::env::temp_dir().join(format!("hyper-procs-{}", std::process::id()));
+        std::fs::write(&path, "").unwrap();
+        let mut cmd = Command::new("true");
+        let placement = CgroupPlacement {
+            procs_files: vec![path.clone()],
+        };
+        place_in_cgroup(cmd.as_std_mut(), &placement).unwrap();
+        assert!(cmd.status().await.unwrap().success());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]

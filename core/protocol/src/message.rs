@@ -481,7 +481,7 @@ pub mod capability {
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,
@@ -490,6 +490,7 @@ pub mod capability {
         TERMINAL,
         CONFINEMENT,
         NETWORK,
+        HOST_VOLUMES,
     ];
 }
 

@@ -38,7 +38,24 @@ pub struct RuntimeConfig {
     /// keep running and the next hyperd takes them over (on backends that
     /// can; others' pods are stopped).
     pub stop_pods_on_exit: bool,
+    /// Per-pod host cgroups: each pod's VMM and helpers run in
+    /// `cgroup_parent/pod-<id>`, limited in memory, CPU and tasks. `false`
+    /// leaves them in hyperd's cgroup, unlimited.
+    pub cgroups: bool,
+    /// Where the pods' cgroups go: relative, under hyperd's own cgroup in
+    /// each hierarchy; absolute (`/hyper`), under each hierarchy's root.
+    pub cgroup_parent: PathBuf,
+    /// What a pod's VMM may use beyond its guest's memory, in MiB: its
+    /// memory limit is the guest memory plus this (docs/perf/jail.md).
+    pub cgroup_vmm_overhead_mib: u64,
+    /// Tasks (processes and threads) a pod's VMM and helpers may have.
+    pub cgroup_pids_max: u64,
 }
+
+/// `[runtime] cgroup_vmm_overhead_mib` by default: QEMU under TCG with its
+/// translation cache, measured (docs/perf/jail.md), with headroom.
+pub const DEFAULT_VMM_OVERHEAD_MIB: u64 = 256;
+pub const DEFAULT_CGROUP_PIDS_MAX: u64 = 1024;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -49,6 +66,10 @@ impl Default for RuntimeConfig {
             socket: "/run/hyper/hyperd.sock".into(),
             socket_group: None,
             stop_pods_on_exit: false,
+            cgroups: true,
+            cgroup_parent: "hyper".into(),
+            cgroup_vmm_overhead_mib: DEFAULT_VMM_OVERHEAD_MIB,
+            cgroup_pids_max: DEFAULT_CGROUP_PIDS_MAX,
         }
     }
 }
@@ -276,6 +297,30 @@ impl Config {
                 "use `auto` or the name of an installed backend (`hyper info` lists them)",
             ));
         }
+        if let Err(why) = crate::cgroups::check_parent(&self.runtime.cgroup_parent) {
+            return Err(self.invalid(
+                "runtime.cgroup_parent",
+                why,
+                "name a cgroup such as \"hyper\" (under hyperd's own) or \"/hyper\" (under the root), or turn per-pod cgroups off with `cgroups = false`",
+            ));
+        }
+        if !(16..=1 << 20).contains(&self.runtime.cgroup_vmm_overhead_mib) {
+            return Err(self.invalid(
+                "runtime.cgroup_vmm_overhead_mib",
+                format!(
+                    "{} MiB is out of range",
+                    self.runtime.cgroup_vmm_overhead_mib
+                ),
+                format!("set it between 16 and 1048576; the default is {DEFAULT_VMM_OVERHEAD_MIB}"),
+            ));
+        }
+        if !(64..=1 << 22).contains(&self.runtime.cgroup_pids_max) {
+            return Err(self.invalid(
+                "runtime.cgroup_pids_max",
+                format!("{} is out of range", self.runtime.cgroup_pids_max),
+                format!("set it between 64 and 4194304; the default is {DEFAULT_CGROUP_PIDS_MAX}"),
+            ));
+        }
         if !(1..=16).contains(&self.images.max_concurrent_downloads) {
             return Err(self.invalid(
                 "images.max_concurrent_downloads",
@@ -450,6 +495,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cni_dir"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_keys_are_checked_and_named() {
+        let c = parse("").unwrap();
+        assert!(c.runtime.cgroups);
+        assert_eq!(c.runtime.cgroup_parent, Path::new("hyper"));
+        assert_eq!(c.runtime.cgroup_vmm_overhead_mib, DEFAULT_VMM_OVERHEAD_MIB);
+        assert_eq!(c.runtime.cgroup_pids_max, DEFAULT_CGROUP_PIDS_MAX);
+        let c = parse("[runtime]\ncgroups = false\ncgroup_parent = \"/ops/hyper\"\n").unwrap();
+        assert!(!c.runtime.cgroups);
+        assert_eq!(c.runtime.cgroup_parent, Path::new("/ops/hyper"));
+        for (text, key) in [
+            ("[runtime]\ncgroup_parent = \"\"\n", "runtime.cgroup_parent"),
+            (
+                "[runtime]\ncgroup_parent = \"../x\"\n",
+                "runtime.cgroup_parent",
+            ),
+            (
+                "[runtime]\ncgroup_parent = \"/\"\n",
+                "runtime.cgroup_parent",
+            ),
+            (
+                "[runtime]\ncgroup_vmm_overhead_mib = 1\n",
+                "runtime.cgroup_vmm_overhead_mib",
+            ),
+            (
+                "[runtime]\ncgroup_pids_max = 2\n",
+                "runtime.cgroup_pids_max",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
+        let err = parse("[runtime]\ncgroups = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("boolean"), "{err}");
     }
 
     #[test]

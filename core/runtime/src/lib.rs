@@ -1,6 +1,7 @@
 //! The core runtime: everything that is the same on every hypervisor.
 
 pub mod agent;
+pub mod cgroups;
 pub mod config;
 pub mod events;
 pub mod logs;

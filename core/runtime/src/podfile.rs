@@ -47,6 +47,16 @@ pub struct PodVolume {
     /// tmpfs size limit; unset: the guest kernel's default.
     #[serde(default)]
     pub size_mib: Option<u32>,
+    /// A host directory (absolute, existing) instead of a tmpfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A named volume (`hyper volume ls`; made on first use) instead of a
+    /// tmpfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named: Option<String>,
+    /// Every container sees a host or named volume read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +147,36 @@ impl PodFile {
         req.validate()
             .map_err(|e| invalid("network", e.to_string()))?;
         Ok(req)
+    }
+}
+
+impl PodVolume {
+    /// A host or named volume's own keys: one source, no tmpfs size, a
+    /// host directory absolute, a name by Docker's rule.
+    fn check_source(&self) -> Result<(), (&'static str, String)> {
+        match (&self.host, &self.named) {
+            (Some(_), Some(_)) => Err(("named", "give host or named, not both".into())),
+            (None, None) if self.readonly => Err((
+                "readonly",
+                "a tmpfs volume is private to the pod: make the mounts readonly instead".into(),
+            )),
+            (None, None) => Ok(()),
+            (_, _) if self.size_mib.is_some() => Err((
+                "size_mib",
+                "only a tmpfs volume has a size: leave it out with host or named".into(),
+            )),
+            (Some(dir), None) => {
+                hyper_volumes::request::check_host_path(dir).map_err(|m| ("host", m))
+            }
+            (None, Some(name)) => {
+                hyper_volumes::check_volume_name(name).map_err(|e| ("named", e.to_string()))
+            }
+        }
+    }
+
+    /// A tmpfs in the guest (neither a host nor a named volume).
+    pub fn is_tmpfs(&self) -> bool {
+        self.host.is_none() && self.named.is_none()
     }
 }
 
@@ -322,6 +362,8 @@ impl PodFile {
                     "0 MiB: leave size_mib out for the default",
                 ));
             }
+            v.check_source()
+                .map_err(|(k, m)| invalid(format!("volume[{i}].{k}"), m))?;
         }
         let mut names = BTreeSet::new();
         for (i, c) in self.containers.iter().enumerate() {

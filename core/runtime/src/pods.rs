@@ -39,6 +39,7 @@ use crate::rootfs::RootfsStore;
 
 mod attach;
 mod boot;
+mod cgroup;
 mod create;
 mod exec;
 mod model;
@@ -50,6 +51,7 @@ mod supervise;
 #[cfg(test)]
 mod tests;
 mod verbs;
+mod volumes;
 
 pub use attach::Stdin;
 use boot::LivePod;
@@ -59,6 +61,7 @@ pub use model::{
     Takeovers,
 };
 pub use network::NetworkInfo;
+pub use volumes::{MountRecord, VolumeView};
 
 /// Docker's exit code for "the runtime failed, not the container".
 pub const RUNTIME_FAILURE_EXIT: i32 = 125;
@@ -92,6 +95,12 @@ pub struct Runtime {
     metrics: crate::metrics::Metrics,
     /// Published host ports, by pod.
     ports: network::PortTable,
+    /// Named volumes (`state_dir/volumes`).
+    volumes: hyper_volumes::VolumeStore,
+    /// Held while named volumes are made for a pod and the pod recorded,
+    /// and while one is removed: `volume rm` never takes one a pod being
+    /// created is about to use.
+    volume_lock: Mutex<()>,
 }
 
 impl Runtime {
@@ -99,6 +108,7 @@ impl Runtime {
     /// [`Plugins::load`]), its stores under `[runtime] state_dir`.
     pub fn new(config: Config, plugins: Plugins) -> Result<Self, StartError> {
         let rootfs = RootfsStore::new(&config.runtime.state_dir);
+        let volumes = hyper_volumes::VolumeStore::new(&config.runtime.state_dir);
         let images = ImageStore::open(&config.runtime.state_dir.join("images"))
             .map_err(StartError::Images)?
             .with_limits(config.images.limits());
@@ -118,6 +128,8 @@ impl Runtime {
             events: crate::events::EventLog::default(),
             metrics: crate::metrics::Metrics::new(),
             ports: network::PortTable::default(),
+            volumes,
+            volume_lock: Mutex::new(()),
         })
     }
 

@@ -62,7 +62,7 @@ pub fn tighten(state_dir: &Path, keep: &[&Path]) -> io::Result<Tightened> {
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        if meta.file_type().is_symlink() {
+        if meta.file_type().is_symlink() || is_volume_data(state_dir, &path) {
             continue;
         }
         if !keep.iter().any(|k| *k == path) && meta.mode() & 0o077 != 0 {
@@ -86,6 +86,17 @@ pub fn tighten(state_dir: &Path, keep: &[&Path]) -> io::Result<Tightened> {
         }
     }
     Ok(done)
+}
+
+/// A named volume's data (`state_dir/volumes/NAME/_data`): what the
+/// containers put there keeps its modes (the volume's own directory, 0700,
+/// keeps everyone else out).
+fn is_volume_data(state_dir: &Path, path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "_data")
+        && path
+            .parent()
+            .and_then(Path::parent)
+            .is_some_and(|p| p == state_dir.join("volumes"))
 }
 
 /// Lets the members of group `gid` reach `socket`: each directory from the
@@ -166,6 +177,28 @@ mod tests {
         // Idempotent.
         assert_eq!(tighten(&state, &[]).unwrap().changed, 1);
         assert_eq!(tighten(&state, &[]).unwrap().changed, 0);
+    }
+
+    #[test]
+    fn a_named_volumes_data_keeps_its_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let data = state.join("volumes/web/_data");
+        std::fs::create_dir_all(data.join("site")).unwrap();
+        std::fs::write(data.join("site/index.html"), "hi").unwrap();
+        for p in [&data, &data.join("site"), &state.join("volumes/web")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(
+            data.join("site/index.html"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        tighten(&state, &[]).unwrap();
+        assert_eq!(mode(&state.join("volumes/web")), 0o700);
+        assert_eq!(mode(&data), 0o755);
+        assert_eq!(mode(&data.join("site")), 0o755);
+        assert_eq!(mode(&data.join("site/index.html")), 0o644);
     }
 
     #[test]

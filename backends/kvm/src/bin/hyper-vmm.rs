@@ -3,14 +3,15 @@
 //! `hyper-vmm --config vm.json` or flags (see `--help`). Writes a JSON exit
 //! status to `--status-file` (and stderr) and exits 0 when the guest
 //! stopped itself or a signal stopped it, 3 for a non-zero debug-exit
-//! status, 1 on errors, 2 on bad arguments.
+//! status, 1 on errors, 2 on bad arguments, 4 when a share's virtiofsd
+//! went away or stopped answering (the VM was stopped).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper_backend_kvm::vmm::{run, DiskConfig, NetConfig, VmmConfig};
+use hyper_backend_kvm::vmm::{run, DiskConfig, NetConfig, ShareConfig, VmmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +40,10 @@ struct Args {
     /// N; repeatable.
     #[arg(long)]
     net: Vec<String>,
+    /// `tag=TAG,socket=PATH`: a virtio-fs device served by the virtiofsd
+    /// listening on PATH (vhost-user); repeatable.
+    #[arg(long)]
+    share: Vec<String>,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console_log: Option<PathBuf>,
@@ -101,6 +106,23 @@ fn parse_net(s: &str) -> anyhow::Result<NetConfig> {
     })
 }
 
+fn parse_share(s: &str) -> anyhow::Result<ShareConfig> {
+    let mut tag = None;
+    let mut socket = None;
+    let want = "want tag=TAG,socket=PATH";
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tag", v)) => tag = Some(v.to_string()),
+            Some(("socket", v)) => socket = Some(PathBuf::from(v)),
+            _ => anyhow::bail!("--share {s:?}: unknown part {part:?} ({want})"),
+        }
+    }
+    Ok(ShareConfig {
+        tag: tag.with_context(|| format!("--share {s:?}: missing tag= ({want})"))?,
+        socket: socket.with_context(|| format!("--share {s:?}: missing socket= ({want})"))?,
+    })
+}
+
 fn config(args: Args) -> anyhow::Result<VmmConfig> {
     if let Some(p) = args.config {
         let text =
@@ -122,6 +144,11 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
             .net
             .iter()
             .map(|n| parse_net(n))
+            .collect::<anyhow::Result<_>>()?,
+        shares: args
+            .share
+            .iter()
+            .map(|n| parse_share(n))
             .collect::<anyhow::Result<_>>()?,
         console_log: args.console_log,
         console_log_limit: hyper_backend_kvm::vmm::config::DEFAULT_CONSOLE_LIMIT,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DEFAULT_VMM: &str = "/usr/local/lib/hyper/hyper-vmm";
-const VALID_KEYS: &[&str] = &["vmm", "console_log_limit_mib", "allow_pvm"];
+const VALID_KEYS: &[&str] = &["vmm", "console_log_limit_mib", "allow_pvm", "virtiofsd"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +19,10 @@ pub struct KvmConfig {
     /// Launch even on kvm_pvm (tests with freestanding guests only: a
     /// Linux guest does not boot there). The probe still says unusable.
     pub allow_pvm: bool,
+    /// The virtiofsd serving directory shares (absolute path); unset: the
+    /// backend kit looks in the usual places and `PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl Default for KvmConfig {
@@ -27,6 +31,7 @@ impl Default for KvmConfig {
             vmm: PathBuf::from(DEFAULT_VMM),
             console_log_limit_mib: 64,
             allow_pvm: false,
+            virtiofsd: None,
         }
     }
 }
@@ -50,6 +55,14 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+fn example(key: &str) -> String {
+    if key == "vmm" {
+        format!("vmm = \"{DEFAULT_VMM}\"")
+    } else {
+        "virtiofsd = \"/usr/local/bin/virtiofsd\"".to_string()
+    }
+}
+
 impl KvmConfig {
     /// Validates the backend's table (TOML as JSON); `null`/`{}` = defaults.
     pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
@@ -67,17 +80,17 @@ impl KvmConfig {
         let mut problems = Vec::new();
         for (key, v) in map {
             match key.as_str() {
-                "vmm" => match v {
+                "vmm" | "virtiofsd" => match v {
                     Value::String(s) if s.starts_with('/') => {}
                     Value::String(s) => problems.push(problem(
                         key,
                         format!("\"{s}\" is not an absolute path"),
-                        format!("give the full path, e.g. vmm = \"{DEFAULT_VMM}\""),
+                        format!("give the full path, e.g. {}", example(key)),
                     )),
                     other => problems.push(problem(
                         key,
                         format!("expected a string (a path), found {}", type_name(other)),
-                        format!("e.g. vmm = \"{DEFAULT_VMM}\""),
+                        format!("e.g. {}", example(key)),
                     )),
                 },
                 "console_log_limit_mib" => match v.as_u64() {
@@ -131,6 +144,11 @@ mod tests {
                 .unwrap();
         assert_eq!(c.vmm, PathBuf::from("/opt/hyper-vmm"));
         assert_eq!(c.console_log_limit_mib, 8);
+        assert_eq!(c.virtiofsd, None);
+        let c = KvmConfig::from_table(&json!({"virtiofsd": "/opt/virtiofsd"})).unwrap();
+        assert_eq!(c.virtiofsd, Some(PathBuf::from("/opt/virtiofsd")));
+        let p = KvmConfig::from_table(&json!({"virtiofsd": "virtiofsd"})).unwrap_err();
+        assert!(p[0].to_string().contains("`virtiofsd`"), "{p:?}");
     }
 
     #[test]

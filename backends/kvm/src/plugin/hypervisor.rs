@@ -5,8 +5,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_hypervisor::virtiofs::{self, Virtiofsds};
 use hyper_hypervisor::{
-    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, Vm, VmInfo, VmSpec,
+    AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm,
+    VmInfo, VmSpec,
 };
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -16,7 +18,8 @@ use super::nics::{self, Taps};
 use super::probe;
 use super::vm::{on_exit, KvmVm, RunPaths};
 use crate::vmm::config::{
-    host_memory_mib, DiskConfig, NetConfig, VmmConfig, MAX_DEVICES, MAX_DISKS, MAX_VCPUS,
+    host_memory_mib, DiskConfig, NetConfig, ShareConfig, VmmConfig, MAX_DEVICES, MAX_DISKS,
+    MAX_VCPUS,
 };
 use crate::vmm::devices::blk::valid_serial;
 use crate::vmm::layout::MIN_MEMORY_MIB;
@@ -90,13 +93,15 @@ pub fn check_spec(spec: &VmSpec) -> Result<(), HypervisorError> {
             spec.disks.len()
         )));
     }
-    if spec.disks.len() + spec.nics.len() > MAX_DEVICES {
+    if spec.disks.len() + spec.nics.len() + spec.shares.len() > MAX_DEVICES {
         return Err(invalid(format!(
-            "{} disks and {} NICs: this backend has {MAX_DEVICES} device slots",
+            "{} disks, {} NICs and {} shares: this backend has {MAX_DEVICES} device slots",
             spec.disks.len(),
-            spec.nics.len()
+            spec.nics.len(),
+            spec.shares.len()
         )));
     }
+    virtiofs::validate(&spec.run_dir, &spec.shares)?;
     nics::check(&spec.nics)?;
     for d in &spec.disks {
         if !valid_serial(&d.id) {
@@ -120,6 +125,7 @@ pub fn vmm_config(
     paths: &RunPaths,
     cfg: &KvmConfig,
     nets: Vec<NetConfig>,
+    daemons: &Virtiofsds,
 ) -> VmmConfig {
     VmmConfig {
         kernel: spec.kernel.clone(),
@@ -141,6 +147,14 @@ pub fn vmm_config(
             })
             .collect(),
         nets,
+        shares: daemons
+            .daemons()
+            .iter()
+            .map(|d| ShareConfig {
+                tag: d.tag().to_string(),
+                socket: d.socket().to_path_buf(),
+            })
+            .collect(),
         console_log: Some(spec.console_log.clone()),
         console_log_limit: cfg.console_log_limit_mib << 20,
         agent_socket: Some(paths.agent.clone()),
@@ -158,7 +172,7 @@ impl Hypervisor for KvmHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             recover: true,
-            share_transport: None,
+            share_transport: Some(ShareTransport::VirtioFs),
         }
     }
 
@@ -196,10 +210,65 @@ impl Hypervisor for KvmHypervisor {
         for p in [&paths.agent, &paths.status] {
             let _ = std::fs::remove_file(p);
         }
+        let binary = if spec.shares.is_empty() {
+            None
+        } else {
+            Some(virtiofs::find_binary(self.config.virtiofsd.as_deref())?)
+        };
         // Dropped on any early return below: the taps close and the peers'
         // redirects are undone.
         let taps = Taps::attach(&spec.nics).await?;
-        let cfg = vmm_config(&spec, &paths, &self.config, taps.configs());
+        // One sandboxed virtiofsd per share, listening before hyper-vmm
+        // connects; stopped on every failed launch below.
+        let daemons = match &binary {
+            Some(b) => Virtiofsds::start(b, &spec).await?,
+            None => Virtiofsds::none(&spec.run_dir),
+        };
+        match self.spawn_vmm(&spec, &paths, &taps, &daemons).await {
+            Ok((info, process)) => {
+                taps.handed_over();
+                Ok(Box::new(KvmVm::new(info, process, daemons, paths)))
+            }
+            Err(e) => {
+                daemons.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let paths = RunPaths::new(&spec.run_dir);
+        // hyper-vmm keeps no pid file: its --config (inside the run
+        // directory) names the VM a process runs.
+        let (info, process) =
+            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
+                runs_config(pid, &paths.config)
+            })?;
+        let pid = process.pid();
+        tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
+        let process = VmProcess::adopted(process, "hyper-vmm", on_exit(paths.clone()));
+        // A share whose daemon is gone stops the VM at once (helper_died).
+        let daemons = Virtiofsds::recover(&spec);
+        Ok(Box::new(KvmVm::new(info, process, daemons, paths)))
+    }
+}
+
+impl KvmHypervisor {
+    /// Writes hyper-vmm's configuration, starts it, and waits until its
+    /// agent socket exists. On failure hyper-vmm is not left running.
+    async fn spawn_vmm(
+        &self,
+        spec: &VmSpec,
+        paths: &RunPaths,
+        taps: &Taps,
+        daemons: &Virtiofsds,
+    ) -> Result<(VmInfo, VmProcess), HypervisorError> {
+        let cfg = vmm_config(spec, paths, &self.config, taps.configs(), daemons);
         let json =
             serde_json::to_vec_pretty(&cfg).map_err(|e| HypervisorError::Plugin(e.to_string()))?;
         std::fs::write(&paths.config, json)
@@ -236,6 +305,8 @@ impl Hypervisor for KvmHypervisor {
                 });
             }
         }
+        hyper_hypervisor::process::confine_vmm(cmd.as_std_mut(), spec)
+            .map_err(|e| HypervisorError::LaunchFailed(format!("cannot confine hyper-vmm: {e}")))?;
         let process =
             VmProcess::spawn(&mut cmd, "hyper-vmm", on_exit(paths.clone())).map_err(|e| {
                 HypervisorError::LaunchFailed(format!(
@@ -268,32 +339,12 @@ impl Hypervisor for KvmHypervisor {
             }
             process.wait_within(POLL).await;
         }
-        taps.handed_over();
         let info = VmInfo {
             id: spec.id.clone(),
             agent_channel: AgentChannel::UnixSocket(paths.agent.clone()),
             pid: Some(pid),
         };
-        Ok(Box::new(KvmVm::new(info, process)))
-    }
-
-    async fn recover(
-        &self,
-        spec: VmSpec,
-        info: VmInfo,
-        pid_start: Option<u64>,
-    ) -> Result<Box<dyn Vm>, HypervisorError> {
-        let paths = RunPaths::new(&spec.run_dir);
-        // hyper-vmm keeps no pid file: its --config (inside the run
-        // directory) names the VM a process runs.
-        let (info, process) =
-            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
-                runs_config(pid, &paths.config)
-            })?;
-        let pid = process.pid();
-        tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
-        let process = VmProcess::adopted(process, "hyper-vmm", on_exit(paths));
-        Ok(Box::new(KvmVm::new(info, process)))
+        Ok((info, process))
     }
 }
 

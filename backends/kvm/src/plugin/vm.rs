@@ -1,11 +1,13 @@
 //! One running hyper-vmm process.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::process::VmProcess;
-use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmInfo, VmStats};
+use hyper_hypervisor::virtiofs::{supervise, Supervised, Virtiofsds};
+use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
 
 const KILL_EXIT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -26,6 +28,16 @@ impl RunPaths {
             status: dir.join("vmm-status.json"),
             log: dir.join("vmm.log"),
         }
+    }
+
+    /// Whether hyper-vmm's status file says it stopped the VM because a
+    /// share's virtiofsd went away or stopped answering (it notices the
+    /// vhost-user socket hang up, often before the kit sees the process
+    /// end).
+    pub fn helper_died(&self) -> Option<VmHelper> {
+        let text = std::fs::read_to_string(&self.status).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (v.get("reason")?.as_str()? == "helper_died").then_some(VmHelper::Virtiofsd)
     }
 
     /// hyper-vmm's own account of a failure (status file), else its log tail.
@@ -55,15 +67,27 @@ pub fn on_exit(paths: RunPaths) -> impl FnOnce(u32) + Send + 'static {
 }
 
 /// One hyper-vmm, spawned or taken over, watched by the backend kit's
-/// [`VmProcess`] (pidfd: signals never reach a recycled pid).
+/// [`VmProcess`] (pidfd: signals never reach a recycled pid) together with
+/// the virtiofsd of each share ([`supervise`]: a daemon that ends stops
+/// the VM; the daemons are stopped when it ends).
 pub struct KvmVm {
     info: VmInfo,
-    process: VmProcess,
+    process: Arc<VmProcess>,
+    supervised: Supervised,
+    paths: RunPaths,
 }
 
 impl KvmVm {
-    pub fn new(info: VmInfo, process: VmProcess) -> Self {
-        Self { info, process }
+    /// Needs the plugin's tokio runtime (the supervising task).
+    pub fn new(info: VmInfo, process: VmProcess, daemons: Virtiofsds, paths: RunPaths) -> Self {
+        let process = Arc::new(process);
+        let supervised = supervise(&info.id, Arc::clone(&process), daemons);
+        Self {
+            info,
+            process,
+            supervised,
+            paths,
+        }
     }
 }
 
@@ -74,7 +98,11 @@ impl Vm for KvmVm {
     }
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
-        self.process.wait().await
+        let exit = self.supervised.wait().await?;
+        Ok(VmExit {
+            helper_died: exit.helper_died.or_else(|| self.paths.helper_died()),
+            ..exit
+        })
     }
 
     /// SIGTERM: hyper-vmm stops the VM and exits at once (there is no ACPI
@@ -82,17 +110,28 @@ impl Vm for KvmVm {
     /// `grace`.
     async fn shutdown(&self, grace: Duration) -> Result<(), HypervisorError> {
         if self.process.has_exited() {
+            // Its daemons are being stopped: done when they are.
+            self.supervised.wait_within(KILL_EXIT_LIMIT).await;
             return Ok(());
         }
         self.process.signal(libc::SIGTERM);
-        if self.process.wait_within(grace).await {
+        if self.supervised.wait_within(grace).await {
             return Ok(());
         }
         self.kill().await
     }
 
+    /// SIGKILL; returns once the VM and its daemons are gone.
     async fn kill(&self) -> Result<(), HypervisorError> {
-        self.process.kill(KILL_EXIT_LIMIT).await
+        self.process.kill(KILL_EXIT_LIMIT).await?;
+        if self.supervised.wait_within(KILL_EXIT_LIMIT).await {
+            Ok(())
+        } else {
+            Err(HypervisorError::Io(format!(
+                "the virtiofsd of VM {} were not stopped within {KILL_EXIT_LIMIT:?}",
+                self.info.id
+            )))
+        }
     }
 
     async fn stats(&self) -> Result<VmStats, HypervisorError> {
@@ -112,5 +151,19 @@ mod tests {
         assert_eq!(p.failure_message(), "some log");
         std::fs::write(&p.status, r#"{"reason":"error","message":"boom"}"#).unwrap();
         assert_eq!(p.failure_message(), "boom");
+        assert_eq!(p.helper_died(), None);
+    }
+
+    #[test]
+    fn a_vmm_that_lost_its_virtiofsd_reports_the_helper() {
+        let d = tempfile::tempdir().unwrap();
+        let p = RunPaths::new(d.path());
+        assert_eq!(p.helper_died(), None);
+        std::fs::write(
+            &p.status,
+            r#"{"reason":"helper_died","helper":"virtiofsd","tag":"v","message":"gone"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.helper_died(), Some(VmHelper::Virtiofsd));
     }
 }

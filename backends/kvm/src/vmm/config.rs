@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::devices::blk::valid_serial;
+use super::devices::fs::valid_tag;
 use super::devices::net::{parse_mac, MIN_MTU};
 use super::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQS};
 
 pub const MAX_VCPUS: u8 = 64;
-/// virtio-mmio devices besides the console (disks and NICs together).
+/// virtio-mmio devices besides the console (disks, NICs and shares
+/// together).
 pub const MAX_DEVICES: usize = VIRTIO_IRQS.len() - 1;
 pub const MAX_DISKS: usize = MAX_DEVICES;
 pub const DEFAULT_CONSOLE_LIMIT: u64 = 64 << 20;
@@ -30,6 +32,10 @@ pub struct VmmConfig {
     /// virtio-net devices, each over a tap fd this process inherited.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nets: Vec<NetConfig>,
+    /// virtio-fs devices, each served by a virtiofsd listening on
+    /// `socket` (vhost-user). Guest memory becomes a shared memfd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareConfig>,
     /// Serial console output; stdout when absent.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
@@ -66,6 +72,15 @@ pub struct NetConfig {
     /// Offered to the guest with VIRTIO_NET_F_MTU.
     #[serde(default)]
     pub mtu: Option<u16>,
+}
+
+/// A directory share: the guest mounts `-t virtiofs <tag>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    pub tag: String,
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
 }
 
 fn one() -> u8 {
@@ -107,12 +122,27 @@ impl VmmConfig {
                 ));
             }
         }
-        if self.disks.len() + self.nets.len() > MAX_DEVICES {
+        if self.disks.len() + self.nets.len() + self.shares.len() > MAX_DEVICES {
             problems.push(format!(
-                "{} disks and {} NICs: at most {MAX_DEVICES} together",
+                "{} disks, {} NICs and {} shares: at most {MAX_DEVICES} together",
                 self.disks.len(),
-                self.nets.len()
+                self.nets.len(),
+                self.shares.len()
             ));
+        }
+        let mut tags = std::collections::HashSet::new();
+        for s in &self.shares {
+            if !valid_tag(&s.tag) {
+                problems.push(format!(
+                    "share tag {:?}: 1..=36 characters of [A-Za-z0-9_-]",
+                    s.tag
+                ));
+            } else if !tags.insert(s.tag.as_str()) {
+                problems.push(format!("share tag {:?} given twice", s.tag));
+            }
+            if s.socket.as_os_str().is_empty() {
+                problems.push(format!("share {:?}: empty socket path", s.tag));
+            }
         }
         let mut fds = std::collections::HashSet::new();
         for n in &self.nets {
@@ -182,6 +212,59 @@ mod tests {
         c.memory_mib = MAX_MEMORY_MIB;
         let e = c.validate().unwrap_err();
         assert!(e.contains("memory_mib"), "{e}");
+    }
+
+    #[test]
+    fn shares_are_validated_and_count_as_devices() {
+        let c: VmmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","memory_mib":64,"shares":[{"tag":"vol-a","socket":"/run/a.sock"}]}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let mut c = base();
+        let share = |tag: &str| ShareConfig {
+            tag: tag.into(),
+            socket: "/s".into(),
+        };
+        c.shares = vec![
+            share("a"),
+            share("a"),
+            share("bad tag"),
+            share(&"x".repeat(37)),
+        ];
+        let e = c.validate().unwrap_err();
+        for want in ["\"a\" given twice", "\"bad tag\"", "xxx"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        c.shares = (0..MAX_DEVICES).map(|i| share(&format!("s{i}"))).collect();
+        assert!(c.validate().is_ok());
+        c.disks.push(DiskConfig {
+            path: "/d".into(),
+            read_only: false,
+            id: "vol".into(),
+        });
+        assert!(c.validate().unwrap_err().contains("together"));
+    }
+
+    #[test]
+    fn several_rw_disks_with_their_ids() {
+        let c: VmmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","memory_mib":64,"disks":[
+                {"path":"/r","id":"hyper-rootfs0"},
+                {"path":"/a","id":"vol-a","read_only":false},
+                {"path":"/b","id":"vol-b","read_only":false}]}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let ro: Vec<(bool, &str)> = c
+            .disks
+            .iter()
+            .map(|d| (d.read_only, d.id.as_str()))
+            .collect();
+        assert_eq!(
+            ro,
+            vec![(true, "hyper-rootfs0"), (false, "vol-a"), (false, "vol-b")]
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@ pub mod config;
 pub mod cpu;
 pub mod devices;
 pub mod layout;
+pub mod memory;
 pub mod mptable;
 mod run;
 
-pub use config::{DiskConfig, NetConfig, VmmConfig};
+pub use config::{DiskConfig, NetConfig, ShareConfig, VmmConfig};
 pub use run::{run, ExitReason, ExitStatus};

@@ -14,7 +14,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::Serialize;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::boot;
@@ -22,6 +22,7 @@ use super::config::VmmConfig;
 use super::cpu;
 use super::devices::blk::Block;
 use super::devices::console::Console;
+use super::devices::fs::{self, Fs};
 use super::devices::i8042;
 use super::devices::mmio::MmioTransport;
 use super::devices::net::{self, parse_mac, Net, NetStats, Tap};
@@ -46,6 +47,14 @@ pub enum ExitReason {
     Signal { signal: i32 },
     /// The VMM could not set up or run the VM.
     Error { message: String },
+    /// A process the VM depends on went away or stopped answering (the
+    /// virtiofsd of a share): the VM is stopped rather than left with a
+    /// dead filesystem.
+    HelperDied {
+        helper: String,
+        tag: String,
+        message: String,
+    },
 }
 
 /// The machine-readable summary written to `status_file`.
@@ -78,6 +87,7 @@ impl ExitStatus {
             ExitReason::DebugExit { status: 0 } => 0,
             ExitReason::DebugExit { .. } => 3,
             ExitReason::Error { .. } => 1,
+            ExitReason::HelperDied { .. } => 4,
         }
     }
 }
@@ -111,6 +121,9 @@ struct Bus {
     console: Mutex<MmioTransport<Console>>,
     disks: Vec<Mutex<MmioTransport<Block>>>,
     nets: Vec<Mutex<MmioTransport<Net>>>,
+    shares: Vec<Mutex<MmioTransport<Fs>>>,
+    /// Per share: its vhost-user socket, polled for virtiofsd going away.
+    share_fds: Vec<RawFd>,
     /// (NIC, queue, eventfd): KVM signals the eventfd when the guest writes
     /// that queue's index to the NIC's QueueNotify register, without an
     /// exit to user space; the event loop runs the queue.
@@ -178,7 +191,7 @@ impl Bus {
     }
 
     fn mmio(&self, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
-        let slots = 1 + (self.disks.len() + self.nets.len()) as u64;
+        let slots = 1 + (self.disks.len() + self.nets.len() + self.shares.len()) as u64;
         let in_range =
             addr >= VIRTIO_MMIO_BASE && addr < VIRTIO_MMIO_BASE + slots * VIRTIO_MMIO_SIZE;
         if !in_range {
@@ -225,6 +238,17 @@ impl Bus {
                 if net_wants(&t) != before {
                     let _ = self.kick.write(1);
                 }
+            }
+        } else if let Some(share) = self
+            .shares
+            .get(index - 1 - self.disks.len() - self.nets.len())
+        {
+            let mut t = lock(share);
+            if let Some(d) = read {
+                t.read(offset, d);
+            }
+            if let Some(d) = write {
+                t.write(offset, d);
             }
         }
     }
@@ -418,17 +442,10 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     mark("kvm_vm_created");
 
     let regions = ram_regions(cfg.memory_mib);
-    let ranges: Vec<(GuestAddress, usize)> = regions
-        .iter()
-        .map(|&(s, l)| {
-            Ok((
-                GuestAddress(s),
-                usize::try_from(l).map_err(|e| e.to_string())?,
-            ))
-        })
-        .collect::<Result<_, String>>()?;
-    let mem = GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|e| format!("cannot map {} MiB of guest memory: {e}", cfg.memory_mib))?;
+    // Shareable (memfd, MAP_SHARED) only when a vhost-user backend must
+    // map it: private memory is what every other VM gets.
+    let mem =
+        super::memory::guest_memory(&regions, !cfg.shares.is_empty()).map_err(|e| e.to_string())?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -450,7 +467,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
 
     // Devices and the command line that declares them.
     let mut cmdline = cfg.cmdline.trim().to_string();
-    let devices = 1 + cfg.disks.len() + cfg.nets.len();
+    let devices = 1 + cfg.disks.len() + cfg.nets.len() + cfg.shares.len();
     for (i, irq) in VIRTIO_IRQS.iter().enumerate().take(devices) {
         cmdline.push_str(&format!(
             " virtio_mmio.device=4K@{:#x}:{irq}",
@@ -513,6 +530,27 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             irq(VIRTIO_IRQS[1 + cfg.disks.len() + i])?,
         )?));
     }
+    let mut shares = Vec::new();
+    let mut share_fds = Vec::new();
+    for (i, s) in cfg.shares.iter().enumerate() {
+        let slot = 1 + cfg.disks.len() + cfg.nets.len() + i;
+        let call = irq(VIRTIO_IRQS[slot])?;
+        let call2 = call.try_clone().map_err(|e| format!("eventfd: {e}"))?;
+        let dev = Fs::new(&s.socket, &s.tag, call2, fs::conn::DEFAULT_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let notify = virtio_mmio_addr(slot) + 0x50;
+        for q in 0..fs::NUM_QUEUES {
+            if let Some(k) = dev.kick(q) {
+                // Without it, notifies come through the MMIO exit and the
+                // device passes them on: slower, same.
+                if let Err(e) = vm.register_ioevent(k, &IoEventAddress::Mmio(notify), q as u32) {
+                    tracing::warn!("KVM_IOEVENTFD for share {}: {e}", s.tag);
+                }
+            }
+        }
+        share_fds.push(dev.socket_fd());
+        shares.push(Mutex::new(MmioTransport::new(dev, mem.clone(), call)?));
+    }
     let listener = match &cfg.agent_socket {
         None => None,
         Some(p) => {
@@ -529,6 +567,8 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         console: Mutex::new(console),
         disks,
         nets,
+        shares,
+        share_fds,
         net_notify,
         exit: ExitSlot {
             reason: Mutex::new(None),
@@ -688,6 +728,10 @@ fn serve(vm: &Vm) -> ExitReason {
             }
             fds.push(pfd(fd, ev));
         }
+        let shares_at = fds.len();
+        for &fd in &bus.share_fds {
+            fds.push(pfd(fd, libc::POLLIN));
+        }
         let notify_at = fds.len();
         for (_, _, e) in &bus.net_notify {
             fds.push(pfd(e.as_raw_fd(), libc::POLLIN));
@@ -725,6 +769,25 @@ fn serve(vm: &Vm) -> ExitReason {
         }
         if fds[2].revents != 0 {
             let _ = bus.kick.read();
+        }
+        for (k, share) in bus.shares.iter().enumerate() {
+            if fds.get(shares_at + k).is_none_or(|p| p.revents == 0) {
+                continue;
+            }
+            // A vCPU in the middle of an exchange holds the lock and reads
+            // the reply itself: look again on the next round.
+            let Ok(mut t) = share.try_lock() else {
+                continue;
+            };
+            if let Err(message) = t.device_mut().check() {
+                let tag = t.device().tag().to_string();
+                tracing::error!(share = %tag, "{message}: stopping the VM");
+                return ExitReason::HelperDied {
+                    helper: "virtiofsd".into(),
+                    tag,
+                    message,
+                };
+            }
         }
         for (k, (i, q, e)) in bus.net_notify.iter().enumerate() {
             if fds.get(notify_at + k).is_some_and(|p| p.revents != 0) {

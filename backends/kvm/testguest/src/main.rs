@@ -18,6 +18,9 @@
 //!   send N frames of L bytes as fast as the device takes them, with no
 //!   receive buffer posted;
 //! * `tg.netsink=N`: instead of looking for one frame, receive N frames;
+//! * a virtio-fs device (when there is one): `tg.fs_tag=TAG`, FUSE
+//!   requests through the request queue (see `virtio::fs_checks`);
+//!   `tg.fs_ro`: the share is read-only;
 //! * `tg.hostile`: write garbage to every I/O port and device register;
 //! * `tg.halt`: print one line and halt with interrupts off, as Linux's
 //!   poweroff does without ACPI (the VMM must notice and exit).
@@ -400,6 +403,7 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
             Some(3) => virtio::console_checks(base, boot.cmdline, &mut c),
             Some(2) => virtio::block_checks(base, boot.cmdline, &mut c),
             Some(1) => virtio::net_checks(base, boot.cmdline, &mut c),
+            Some(26) => virtio::fs_checks(base, boot.cmdline, &mut c),
             // An empty transport (QEMU's microvm has a row of them).
             Some(0) => {}
             other => c.check("virtio-probe", false, format_args!("{base:#x}: {other:?}")),

@@ -80,7 +80,7 @@ fn features(base: u64) -> u64 {
 
 #[repr(C, align(4096))]
 struct QueueMem([u8; 0x3000]);
-static mut QMEM: [QueueMem; 5] = [const { QueueMem([0; 0x3000]) }; 5];
+static mut QMEM: [QueueMem; 7] = [const { QueueMem([0; 0x3000]) }; 7];
 
 #[repr(C, align(4096))]
 struct BufMem([u8; 0x4000]);
@@ -532,6 +532,238 @@ pub fn net_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
         "net-rx",
         found && hdr_ok,
         format_args!("{frames} frames, none for us (header ok: {hdr_ok})"),
+    );
+}
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
+const FUSE_INIT: u32 = 26;
+
+/// One FUSE request on the request queue: in-header + `body` out,
+/// out-header + `reply` bytes back. Returns (error, reply length) or None
+/// when the device never used the chain.
+fn fuse(
+    q: &mut Vq,
+    unique: u64,
+    opcode: u32,
+    nodeid: u64,
+    body: &[u8],
+    reply: u32,
+) -> Option<(i32, u32)> {
+    let req = buf();
+    let out = buf() + 0x2000;
+    wmem(req, 40 + body.len() as u32);
+    wmem(req + 4, opcode);
+    wmem(req + 8, unique);
+    wmem(req + 16, nodeid);
+    for k in 0..16u64 {
+        wmem(req + 24 + k, 0u8);
+    }
+    for (k, &b) in body.iter().enumerate() {
+        wmem(req + 40 + k as u64, b);
+    }
+    for k in 0..16u64 {
+        wmem(out + k, 0xeeu8);
+    }
+    q.add(
+        0,
+        &[
+            (req, 40 + body.len() as u32, false),
+            (out, 16 + reply, true),
+        ],
+    );
+    q.notify();
+    let (_, len) = q.wait_used(TIMEOUT)?;
+    let got_unique: u64 = rmem(out + 8);
+    if got_unique != unique {
+        return Some((i32::MIN, len));
+    }
+    Some((rmem(out + 4), len))
+}
+
+fn le(v: &[u32]) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    for (i, x) in v.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+/// virtio-fs (a vhost-user device: virtiofsd serves the queues): checks
+/// the tag in config space (`tg.fs_tag`), then through the request queue
+/// FUSE_INIT, LOOKUP of `hello` in the root, OPEN read-write, READ (the
+/// file starts with `HYPERTG-FS-HOST`) and WRITE of `HYPERTG-FS-GUEST` at
+/// offset 0 (`tg.fs_ro`: the OPEN must fail with EROFS instead).
+pub fn fs_checks(base: u64, cmdline: &[u8], c: &mut Checks) {
+    let mut tag = [0u8; 36];
+    for (k, b) in tag.iter_mut().enumerate() {
+        // SAFETY: the device's config space, in the identity-mapped MMIO gap.
+        *b = unsafe { read_volatile((base + 0x100 + k as u64) as *const u8) };
+    }
+    let queues = r32(base + 0x124);
+    let tlen = tag.iter().position(|&b| b == 0).unwrap_or(36);
+    if let Some(want) = arg(cmdline, "tg.fs_tag") {
+        c.check(
+            "fs-tag",
+            &tag[..tlen] == want && queues == 1,
+            format_args!(
+                "tag {:?}, {queues} request queues",
+                core::str::from_utf8(&tag[..tlen])
+            ),
+        );
+    }
+    c.check(
+        "fs-features",
+        negotiate(base),
+        format_args!("FEATURES_OK refused"),
+    );
+    let _hiprio = Vq::setup(base, 0, qmem(5));
+    let mut q = Vq::setup(base, 1, qmem(6));
+    driver_ok(base);
+    c.check(
+        "fs-driver-ok",
+        r32(base + 0x70) & 0x40 == 0,
+        format_args!(
+            "device needs reset after DRIVER_OK (status {:#x})",
+            r32(base + 0x70)
+        ),
+    );
+    let out = buf() + 0x2000 + 16;
+    let init = le(&[7, 31, 0x20000, 0]);
+    let r = fuse(&mut q, 1, FUSE_INIT, 0, &init[..16], 64);
+    let major: u32 = rmem(out);
+    c.check(
+        "fs-init",
+        r.is_some_and(|(e, _)| e == 0) && major == 7,
+        format_args!("{r:?}, major {major}"),
+    );
+    let r = fuse(&mut q, 2, FUSE_LOOKUP, 1, b"hello\0", 128);
+    let node: u64 = rmem(out);
+    c.check(
+        "fs-lookup",
+        r.is_some_and(|(e, _)| e == 0) && node != 0,
+        format_args!("{r:?}"),
+    );
+    let ro = arg(cmdline, "tg.fs_ro").is_some();
+    let open = le(&[2, 0]); // O_RDWR
+    let r = fuse(&mut q, 3, FUSE_OPEN, node, &open[..8], 16);
+    if ro {
+        c.check(
+            "fs-ro-refused",
+            r.is_some_and(|(e, _)| e == -30),
+            format_args!("{r:?}"),
+        );
+        return;
+    }
+    let fh: u64 = rmem(out);
+    c.check(
+        "fs-open",
+        r.is_some_and(|(e, _)| e == 0),
+        format_args!("{r:?}"),
+    );
+    let mut read = [0u8; 40];
+    read[..8].copy_from_slice(&fh.to_le_bytes());
+    read[16..20].copy_from_slice(&64u32.to_le_bytes());
+    let r = fuse(&mut q, 4, FUSE_READ, node, &read, 64);
+    let want = b"HYPERTG-FS-HOST";
+    let same = (0..want.len()).all(|k| rmem::<u8>(out + k as u64) == want[k]);
+    c.check(
+        "fs-read",
+        r.is_some_and(|(e, _)| e == 0) && same,
+        format_args!("{r:?}"),
+    );
+    let data = b"HYPERTG-FS-GUEST";
+    let mut write = [0u8; 40 + 16];
+    write[..8].copy_from_slice(&fh.to_le_bytes());
+    write[16..20].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    write[40..].copy_from_slice(data);
+    let r = fuse(&mut q, 5, FUSE_WRITE, node, &write, 8);
+    let n: u32 = rmem(out);
+    c.check(
+        "fs-write",
+        r.is_some_and(|(e, _)| e == 0) && n == 16,
+        format_args!("{r:?}, {n} bytes"),
+    );
+    if let Some(n) = arg(cmdline, "tg.fs_bench").and_then(parse_u64) {
+        fs_bench(&mut q, n, c);
+    }
+}
+
+#[repr(C, align(4096))]
+struct FsData([u8; FS_BENCH_READ as usize]);
+static mut FSDATA: FsData = FsData([0; FS_BENCH_READ as usize]);
+const FS_BENCH_READ: u32 = 0x10000;
+
+/// `tg.fs_bench=N`: N LOOKUPs of `hello`, then N READs of 64 KiB of `big`
+/// (1 MiB, offsets cycling through it), one request at a time, polled;
+/// prints the TSC cycles of each run (`tg: fs-bench …`), the same clock
+/// for whichever VMM runs the guest.
+fn fs_bench(q: &mut Vq, n: u64, c: &mut Checks) {
+    let out = buf() + 0x2000 + 16;
+    let t0 = rdtsc();
+    let mut ok = 0u64;
+    for i in 0..n {
+        if fuse(q, 100 + i, FUSE_LOOKUP, 1, b"hello\0", 128).is_some_and(|(e, _)| e == 0) {
+            ok += 1;
+        }
+    }
+    let lookups = rdtsc().wrapping_sub(t0);
+    let r = fuse(q, 99, FUSE_LOOKUP, 1, b"big\0", 128);
+    let node: u64 = rmem(out);
+    let open = le(&[0, 0]); // O_RDONLY
+    let o = fuse(q, 98, FUSE_OPEN, node, &open[..8], 16);
+    let fh: u64 = rmem(out);
+    c.check(
+        "fs-bench-open",
+        r.is_some_and(|(e, _)| e == 0) && o.is_some_and(|(e, _)| e == 0),
+        format_args!("{r:?} {o:?}"),
+    );
+    let data = (&raw const FSDATA) as u64;
+    let hdr = buf() + 0x2000;
+    let req = buf();
+    let t1 = rdtsc();
+    let mut bytes = 0u64;
+    for i in 0..n {
+        wmem(req, 80u32);
+        wmem(req + 4, FUSE_READ);
+        wmem(req + 8, 1_000_000 + i);
+        wmem(req + 16, node);
+        for k in 0..16u64 {
+            wmem(req + 24 + k, 0u8);
+        }
+        wmem(req + 40, fh);
+        wmem(req + 48, (i % 16) * u64::from(FS_BENCH_READ));
+        wmem(req + 56, FS_BENCH_READ);
+        for k in 0..20u64 {
+            wmem(req + 60 + k, 0u8);
+        }
+        q.add(
+            0,
+            &[
+                (req, 80, false),
+                (hdr, 16, true),
+                (data, FS_BENCH_READ, true),
+            ],
+        );
+        q.notify();
+        let Some((_, len)) = q.wait_used(TIMEOUT) else {
+            break;
+        };
+        let err: i32 = rmem(hdr + 4);
+        if err == 0 {
+            bytes += u64::from(len.saturating_sub(16));
+        }
+    }
+    let reads = rdtsc().wrapping_sub(t1);
+    print(format_args!(
+        "tg: fs-bench lookups={n} ok={ok} cycles={lookups} reads={n}x{FS_BENCH_READ} bytes={bytes} cycles={reads}\n"
+    ));
+    c.check(
+        "fs-bench",
+        ok == n && bytes == n * u64::from(FS_BENCH_READ),
+        format_args!("{ok} lookups ok, {bytes} bytes read"),
     );
 }
 

@@ -25,6 +25,41 @@ pub fn kvm_or_skip(test: &str) -> Option<()> {
     }
 }
 
+pub fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
+    x.as_ref().to_string_lossy().into_owned()
+}
+
+/// hyper-vmm's flags for a 64 MiB test guest with its console log and
+/// status file in `dir`, honouring the debug-exit port.
+pub fn base_args(kernel: &Path, dir: &Path, cmdline: &str) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        s(kernel),
+        "--memory-mib".into(),
+        "64".into(),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--console-log".into(),
+        s(dir.join("console.log")),
+        "--status-file".into(),
+        s(dir.join("status.json")),
+        "--debug-exit".into(),
+    ]
+}
+
+pub const VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
+
+/// The virtiofsd to test with, or `None` (after saying so) where it is not
+/// installed.
+pub fn virtiofsd_or_skip() -> Option<&'static str> {
+    if Path::new(VIRTIOFSD).exists() {
+        Some(VIRTIOFSD)
+    } else {
+        eprintln!("SKIP: {VIRTIOFSD} is not installed (.ci/deps.sh installs it)");
+        None
+    }
+}
+
 pub struct Guest {
     pub elf: PathBuf,
     pub bzimage: PathBuf,

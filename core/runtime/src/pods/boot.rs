@@ -41,6 +41,8 @@ pub(super) struct LivePod {
     /// Set by stop/kill before they take the VM down: its death is then the
     /// expected end, not a failure.
     pub(super) stop_requested: AtomicBool,
+    /// The pod's block volume files, locked while this VM runs.
+    pub(super) block_locks: Mutex<Vec<hyper_volumes::BlockLock>>,
 }
 
 /// What outlives each VM of a pod restarted by its policy: how it ends, the
@@ -91,7 +93,13 @@ impl LivePod {
             main,
             interactive,
             stop_requested: AtomicBool::new(false),
+            block_locks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Lets go of the pod's block volumes once its VM is gone.
+    pub(super) fn release_volumes(&self) {
+        lock(&self.block_locks).clear();
     }
 
     /// Records hyperstart's session once it is up; terminal sizes go to it
@@ -167,7 +175,17 @@ impl Runtime {
             self.finish_record(record, &Err(err.to_string()));
             return Err(err);
         };
-        let spec = self.vm_spec(&id, &members, size);
+        let mut spec = self.vm_spec(&id, &members, size);
+        match super::volumes::plan(&record.mounts, self.share_transport(), hypervisor.name()) {
+            Ok(plan) => {
+                spec.shares = plan.shares;
+                spec.disks.extend(plan.disks);
+            }
+            Err(err) => {
+                self.finish_record(record, &Err(err.to_string()));
+                return Err(err);
+            }
+        }
         let links = PodLinks::new();
         let outcome = links.outcome_tx.subscribe();
         match self
@@ -241,6 +259,15 @@ impl Runtime {
             .first()
             .cloned()
             .ok_or_else(|| RunError::Invalid("the pod has no containers".into()))?;
+        // Its block volumes are its own while it runs.
+        let block_locks = match self.lock_block_volumes(&record) {
+            Ok(locks) => locks,
+            Err(err) => {
+                self.finish_record(record, &Err(err.to_string()));
+                links.fail(&err);
+                return Err(err);
+            }
+        };
         // The VM's network first: its NIC joins the namespace CNI set up.
         if let Err(err) = self.network_up(&mut record).await {
             self.finish_record(record, &Err(err.to_string()));
@@ -253,9 +280,17 @@ impl Runtime {
             .and_then(|a| a.nic.clone())
             .into_iter()
             .collect();
+        // Then its host cgroup, which the backend puts its processes in.
+        if let Err(err) = self.cgroup_up(&record.id, &mut spec).await {
+            self.network_down(&mut record).await;
+            self.finish_record(record, &Err(err.to_string()));
+            links.fail(&err);
+            return Err(err);
+        }
         let (live, mut record) = self
             .launch_vm(hypervisor, spec, record, links, main, interactive)
             .await?;
+        *lock(&live.block_locks) = block_locks;
         match self.boot(&mut record, &members, live.vm.clone()).await {
             Ok(Booted::Running { agent, inits }) => {
                 live.set_agent(&agent);
@@ -297,6 +332,7 @@ impl Runtime {
                 source,
             };
             self.network_down(&mut record).await;
+            self.cgroup_down(&id).await;
             self.finish_record(record, &Err(err.to_string()));
             links.fail(&err);
             return Err(err);
@@ -315,6 +351,7 @@ impl Runtime {
             (Err(e), _) => {
                 let err = RunError::Hypervisor(e);
                 self.network_down(&mut record).await;
+                self.cgroup_down(&id).await;
                 self.finish_record(record, &Err(err.to_string()));
                 links.fail(&err);
                 return Err(err);
@@ -324,6 +361,7 @@ impl Runtime {
                 let _ = vm.kill().await;
                 let _ = vm.wait().await;
                 self.network_down(&mut record).await;
+                self.cgroup_down(&id).await;
                 return Err(RunError::Failed("internal error: pod not tracked".into()));
             }
         };
@@ -367,11 +405,22 @@ impl Runtime {
             _ = vm.wait() => return Err(boot_failed("the VM exited during boot".into())),
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
-        let volumes = record.volumes();
-        if !volumes.is_empty() && !ready.capabilities.iter().any(|c| c == capability::VOLUMES) {
+        let volumes: Vec<crate::podfile::PodVolume> =
+            record.tmpfs_volumes().into_iter().cloned().collect();
+        let backend = record.backend.clone();
+        let plan = super::volumes::plan(&record.mounts, self.share_transport(), &backend)?;
+        let has = |cap: &str| ready.capabilities.iter().any(|c| c == cap);
+        if (!volumes.is_empty() || !plan.volumes.is_empty()) && !has(capability::VOLUMES) {
             return Err(RunError::Failed(format!(
                 "the guest agent ({}) does not support volumes; install a payload built from this version",
                 ready.agent
+            )));
+        }
+        if plan.needs_host_volumes() && !has(capability::HOST_VOLUMES) {
+            return Err(RunError::Failed(format!(
+                "the guest agent ({}) cannot mount host, named or block volumes (no capability {}); install a payload built from this version",
+                ready.agent,
+                capability::HOST_VOLUMES
             )));
         }
         let network = match &record.network {
@@ -402,6 +451,7 @@ impl Runtime {
                     source: Default::default(),
                     readonly: false,
                 })
+                .chain(plan.volumes.iter().cloned())
                 .collect(),
             network,
         };
@@ -413,8 +463,15 @@ impl Runtime {
                 .new_process(&member.init_process)
                 .map_err(|e| boot_failed(e.to_string()))?;
             let confinement = crate::security::check(&member.security)?;
-            let container =
-                Request::NewContainer(container_spec(&hostname, i, member, &streams, confinement));
+            let mut spec = container_spec(&hostname, i, member, &streams, confinement);
+            // A pod file's host and named volumes are mounted from the
+            // plan, not as the tmpfs volumes of its file.
+            spec.mounts
+                .retain(|m| volumes.iter().any(|v| v.name == m.volume));
+            spec.mounts
+                .extend(plan.mounts.get(&member.name).cloned().unwrap_or_default());
+            spec.mounts = super::volumes::in_mount_order(spec.mounts);
+            let container = Request::NewContainer(spec);
             let started = match pod.take() {
                 // Pipelined: StartPod and the first container go out back
                 // to back and hyperstart serves them in order, saving a
@@ -459,13 +516,39 @@ impl Runtime {
             tracing::warn!(pod = %record.id, "kill: {e}; asking for a shutdown");
             let _ = live.vm.shutdown(SHUTDOWN_GRACE).await;
         }
-        let _ = live.vm.wait().await;
+        let exit = live.vm.wait().await;
+        live.release_volumes();
+        // A share's server died: the backend stopped the VM (Kata's rule),
+        // and the pod failed whatever its processes said.
+        let result = match exit {
+            Ok(exit)
+                if exit.helper_died.is_some() && !live.stop_requested.load(Ordering::SeqCst) =>
+            {
+                Err(helper_died_message(exit.helper_died))
+            }
+            _ => result,
+        };
         let mut record = record;
         self.network_down(&mut record).await;
+        let result = self.host_oom_verdict(&mut record, result);
         let id = record.id.clone();
+        self.cgroup_down(&id).await;
         self.finish_record(record, &result);
         self.live_pods().remove(&id);
         live.links.outcome_tx.send_replace(Some(result));
+    }
+}
+
+/// What a pod's record and `hyper inspect` say when a helper of its VM
+/// ended first.
+pub(super) fn helper_died_message(helper: Option<hyper_hypervisor::VmHelper>) -> String {
+    match helper {
+        Some(hyper_hypervisor::VmHelper::Virtiofsd) | None => {
+            "virtiofsd ended; the VM was stopped".to_string()
+        }
+        Some(hyper_hypervisor::VmHelper::DeviceModel) => {
+            "the Xen device model serving its shares ended; the VM was stopped".to_string()
+        }
     }
 }
 

@@ -134,6 +134,7 @@ impl Runtime {
                 security: c.security.clone(),
                 network: Default::default(),
                 hostname: None,
+                volumes: Vec::new(),
             };
             containers.push((c.name.clone(), req, c.mounts.clone()));
         }
@@ -167,6 +168,25 @@ impl Runtime {
         };
         self.network_preflight(&network)?;
         let from_file = new.pod_file.is_some();
+        let volume_requests: Vec<(String, hyper_volumes::VolumeRequest)> = match &new.pod_file {
+            Some(pod) => super::volumes::pod_file_requests(pod),
+            None => new
+                .containers
+                .iter()
+                .flat_map(|(name, req, _)| req.volumes.iter().map(|v| (name.clone(), v.clone())))
+                .collect(),
+        };
+        // Checked before any image is resolved: a bad -v is reported at
+        // once.
+        for (c, reqs) in group_by_container(&volume_requests) {
+            hyper_volumes::request::validate(&reqs).map_err(|e| {
+                RunError::Invalid(if from_file {
+                    format!("container {c}: {e}")
+                } else {
+                    e.to_string()
+                })
+            })?;
+        }
         let id = new_id();
         let mut containers = Vec::with_capacity(new.containers.len());
         let mut main_req = None;
@@ -225,6 +245,10 @@ impl Runtime {
             return Err(RunError::Invalid("the pod has no containers".into()));
         };
 
+        // Named volumes are made and the pod that uses them recorded under
+        // one lock, so `volume rm` never takes one away in between.
+        let volume_guard = super::lock(&self.volume_lock);
+        let mounts = self.resolve_volumes(&volume_requests)?;
         let pod_dir = self.pod_dir(&id);
         let state_err = |source| RunError::State {
             path: pod_dir.clone(),
@@ -260,6 +284,8 @@ impl Runtime {
             restart: new.restart,
             restart_count: 0,
             network: None,
+            mounts,
+            error: None,
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.
@@ -268,6 +294,7 @@ impl Runtime {
             self.pods().remove(&id);
             return Err(state_err(e));
         }
+        drop(volume_guard);
         self.event(crate::events::Action::Create, &record, &[]);
         self.launch(hypervisor, record, size, io).await
     }
@@ -413,4 +440,15 @@ fn in_container(name: &str, e: RunError) -> RunError {
         RunError::Failed(m) => RunError::Failed(format!("container {name}: {m}")),
         other => other,
     }
+}
+
+/// Requests by container name, in order.
+fn group_by_container(
+    reqs: &[(String, hyper_volumes::VolumeRequest)],
+) -> BTreeMap<&str, Vec<hyper_volumes::VolumeRequest>> {
+    let mut out: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for (c, r) in reqs {
+        out.entry(c.as_str()).or_default().push(r.clone());
+    }
+    out
 }

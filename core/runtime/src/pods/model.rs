@@ -70,6 +70,9 @@ pub struct RunRequest {
     /// `--hostname`; the pod's id without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `-v` and `--mount`, in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<hyper_volumes::VolumeRequest>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -250,6 +253,14 @@ pub struct PodRecord {
     /// restart of hyperd). `None` once it is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<hyper_network::Attachment>,
+    /// Its containers' host, named, block and tmpfs mounts, resolved at
+    /// create (Docker's `Mounts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<super::volumes::MountRecord>,
+    /// Why its last run failed, when it did (Docker's `State.Error`): e.g.
+    /// "virtiofsd ended; the VM was stopped".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One container of a pod, as `hyper inspect` shows it.
@@ -479,6 +490,12 @@ impl PodRecord {
     /// The pod's volumes (only a pod file declares any).
     pub(super) fn volumes(&self) -> &[PodVolume] {
         self.pod_file.as_ref().map_or(&[], |p| p.volumes.as_slice())
+    }
+
+    /// The pod file's tmpfs volumes (its host and named ones are in
+    /// `mounts`).
+    pub(super) fn tmpfs_volumes(&self) -> Vec<&PodVolume> {
+        self.volumes().iter().filter(|v| v.is_tmpfs()).collect()
     }
 
     /// What the pod asks for in vCPUs and memory, under the names the user

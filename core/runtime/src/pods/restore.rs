@@ -59,6 +59,7 @@ impl Runtime {
         let mut restored = Restored::default();
         let mut running = Vec::new();
         let mut exited_with_network = Vec::new();
+        let mut exited = Vec::new();
         for entry in entries.flatten() {
             let pod_dir = entry.path();
             // A corrupt record is set aside, never a reason to delete.
@@ -72,6 +73,9 @@ impl Runtime {
             };
             if record.state == PodState::Exited {
                 let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
+                // Its VM ended but hyperd may have died before its cgroup
+                // was removed.
+                exited.push(record.id.clone());
                 if record.network.is_some() {
                     // Its VM ended but hyperd died before the network was
                     // taken down.
@@ -85,6 +89,14 @@ impl Runtime {
         // Taken over side by side: a guest slow to answer its resync (tens
         // of seconds on an emulated console) does not hold the others up.
         let mut takeovers = tokio::task::JoinSet::new();
+        if !exited.is_empty() {
+            let rt = self.clone();
+            tokio::spawn(async move {
+                for id in exited {
+                    rt.cgroup_down(&id).await;
+                }
+            });
+        }
         for mut record in exited_with_network {
             let rt = self.clone();
             takeovers.spawn(async move {
@@ -158,6 +170,10 @@ impl Runtime {
             }
         }
         self.network_down(&mut record).await;
+        // A VMM its cgroup's OOM killer took while no hyperd ran is still
+        // told.
+        let _ = self.host_oom_verdict(&mut record, Err(String::new()));
+        self.cgroup_down(&record.id).await;
         mark_exited(&mut record, RUNTIME_FAILURE_EXIT);
         self.observe_ended(&record);
         let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
@@ -206,6 +222,12 @@ impl Runtime {
         let interactive = record.container.as_ref().is_some_and(|c| c.interactive);
         let live = LivePod::new(vm.clone(), &PodLinks::new(), main, interactive, next_exec);
         live.set_agent(&agent);
+        // Its block volumes are locked again for it (the records already
+        // kept other pods off them while no hyperd ran).
+        match self.lock_block_volumes(&record) {
+            Ok(locks) => *lock(&live.block_locks) = locks,
+            Err(e) => tracing::warn!(pod = %record.id, "cannot lock its block volumes again: {e}"),
+        }
         let live = Arc::new(live);
         if let Some(att) = &record.network {
             self.ports.hold(&record.id, &att.ports);

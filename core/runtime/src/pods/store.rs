@@ -136,6 +136,9 @@ impl Runtime {
     /// needs (or the whole pod, for `--rm`).
     pub(super) fn finish_record(&self, mut record: PodRecord, result: &Result<RunOutcome, String>) {
         let pod_dir = self.pod_dir(&record.id);
+        // A failure's own message, else what the host found out about the
+        // ending (an OOM kill in its cgroup, set by `host_oom_verdict`).
+        record.error = result.as_ref().err().cloned().or(record.error.take());
         mark_exited(
             &mut record,
             result
@@ -173,6 +176,7 @@ impl Runtime {
             record.finished_unix = None;
             record.vm_pid = None;
             record.vm_pid_start = None;
+            record.error = None;
             update(record);
             record.clone()
         };

@@ -107,7 +107,10 @@ impl Runtime {
             // A fresh VM for each restart: nothing of the old one survives.
             let _ = live.vm.kill().await;
             let _ = live.vm.wait().await;
+            live.release_volumes();
             self.network_down(&mut record).await;
+            let result = self.host_oom_verdict(&mut record, result);
+            self.cgroup_down(&id).await;
             record.restart_count += 1;
             record.exit_code = Some(code);
             self.observe_restart(&record, code);

@@ -240,7 +240,11 @@ async fn serve(listener: UnixListener, guest: Guest) {
         g.send(&GuestMessage::Ready {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: vec!["flow-control".into(), "volumes".into()],
+            capabilities: vec![
+                "flow-control".into(),
+                "volumes".into(),
+                "host-volumes".into(),
+            ],
             agent: "fake".into(),
         })
         .await;
@@ -316,6 +320,9 @@ impl Setup {
         // No CNI network: the fake VMs have no NIC, whatever the host has
         // installed in /etc/hyper/cni/net.d.
         config.network.cni_conf_dir = dir.path().join("no-networks");
+        // The fake VMs run no host process to confine (the real cgroups
+        // are tested in crate::cgroups and end to end).
+        config.runtime.cgroups = false;
         std::fs::write(&config.payload.kernel, b"k").unwrap();
         std::fs::write(&config.payload.initrd, b"i").unwrap();
         std::fs::create_dir_all(&config.runtime.state_dir).unwrap();
@@ -848,4 +855,90 @@ async fn sizes_beyond_the_host_are_refused_before_anything_is_recorded_or_launch
     assert_eq!(s.hv.launched(), 0);
     assert!(s.rt.list().is_empty());
     assert!(s.rt.events().subscribe().past.is_empty());
+}
+
+#[tokio::test]
+async fn a_block_volume_serves_one_running_pod_and_a_used_volume_is_not_removed() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let block = serde_json::json!({"volumes": [
+        {"type": "block", "source": "db1", "target": "/db", "size_bytes": 1048576}
+    ]});
+    let first =
+        s.rt.create(s.request(&["true"], block.clone()), None)
+            .await
+            .unwrap();
+    let record = s.rt.record(&first.id).unwrap();
+    assert_eq!(record.mounts.len(), 1);
+    assert_eq!(record.mounts[0].name.as_deref(), Some("db1"));
+    let disk = record.mounts[0].source.clone().unwrap();
+    assert!(disk.ends_with("volumes/db1/disk.img"), "{}", disk.display());
+    let spec = &record.vm.as_ref().unwrap().spec;
+    assert!(spec
+        .disks
+        .iter()
+        .any(|d| d.id == "hyper-blk0" && d.path == disk && !d.read_only));
+    // A second writer is refused before its VM starts.
+    let launched = s.hv.launched();
+    let err =
+        s.rt.create(s.request(&["true"], block.clone()), None)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains(&first.id), "{err}");
+    assert_eq!(s.hv.launched(), launched);
+    // The volume is in use (by both records: the refused pod is kept, exited).
+    let err = s.rt.volume_remove("db1").unwrap_err();
+    assert!(matches!(err, RunError::Conflict(_)), "{err}");
+    assert!(s
+        .rt
+        .volume_inspect("db1")
+        .unwrap()
+        .used_by
+        .contains(&first.id));
+    // Once the first pod is gone, another may have the disk.
+    for p in s.rt.list() {
+        s.rt.remove(&p.id, true).await.unwrap();
+    }
+    let again =
+        s.rt.create(s.request(&["true"], block), None)
+            .await
+            .unwrap();
+    s.rt.remove(&again.id, true).await.unwrap();
+    s.rt.volume_remove("db1").unwrap();
+    assert!(matches!(
+        s.rt.volume_inspect("db1"),
+        Err(RunError::NotFound(_))
+    ));
+    assert!(s.hv.all_vms_ended());
+}
+
+#[tokio::test]
+async fn a_backend_without_shares_refuses_host_dirs_by_name_and_runs_nothing() {
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    }));
+    let dir = s.dir.path().join("share");
+    let req = s.request(
+        &["true"],
+        serde_json::json!({"volumes": [{"type": "bind", "source": dir, "target": "/d", "create_host_dir": true}]}),
+    );
+    let err = s.rt.create(req, None).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("fake backend cannot share host directories"),
+        "{err}"
+    );
+    assert_eq!(s.hv.launched(), 0);
+    let bad = s.request(
+        &["true"],
+        serde_json::json!({"volumes": [{"type": "bind", "source": "/x", "target": "/"}]}),
+    );
+    let err = s.rt.create(bad, None).await.err().unwrap();
+    assert!(matches!(err, RunError::Invalid(_)), "{err}");
+    assert_eq!(s.rt.list().len(), 1, "the refused request left no pod");
 }

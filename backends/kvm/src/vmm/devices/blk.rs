@@ -52,11 +52,7 @@ pub enum BlockError {
 
 /// Checks an id the way hyperstart and QEMU expect it.
 pub fn valid_serial(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= SERIAL_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    super::valid_id(id, SERIAL_LEN)
 }
 
 impl Block {
@@ -290,19 +286,25 @@ mod tests {
     const DATA: u64 = 0x40000;
 
     fn disk(ro: bool) -> (MmioTransport<Block>, GuestMemoryMmap, Ring) {
+        let (t, mem, q, _) = disk_with(ro, "hyper-rootfs0");
+        (t, mem, q)
+    }
+
+    fn disk_with(ro: bool, id: &str) -> (MmioTransport<Block>, GuestMemoryMmap, Ring, File) {
         let mut f = tempfile::tempfile().unwrap();
         let mut content = vec![0u8; 8 * 512];
         for (i, b) in content.iter_mut().enumerate() {
             *b = (i / 512) as u8 + 0xa0;
         }
         f.write_all(&content).unwrap();
-        let blk = Block::from_file(f, ro, "hyper-rootfs0", 8);
+        let host = f.try_clone().unwrap();
+        let blk = Block::from_file(f, ro, id, 8);
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut t = MmioTransport::new(blk, mem.clone(), irq).unwrap();
         let q = Ring::new(0x10000, 16);
         bring_up(&mut t, &[q.addrs()]);
-        (t, mem, q)
+        (t, mem, q, host)
     }
 
     fn header(mem: &GuestMemoryMmap, at: u64, rtype: u32, sector: u64) {
@@ -362,6 +364,68 @@ mod tests {
         );
         kick(&mut t);
         assert_eq!(status(&mem, 0x30100), S_IOERR);
+    }
+
+    #[test]
+    fn writes_reach_a_read_write_disk_and_read_back() {
+        let (mut t, mem, mut q, host) = disk_with(false, "vol-data");
+        assert_eq!(t.device().features() & VIRTIO_BLK_F_RO, 0);
+        header(&mem, 0x30000, T_OUT, 2);
+        mem.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
+        q.add_chain(
+            &mem,
+            &[
+                (0x30000, 16, false),
+                (DATA, 1024, false),
+                (0x30100, 1, true),
+            ],
+        );
+        kick(&mut t);
+        assert_eq!(status(&mem, 0x30100), S_OK);
+        let mut on_disk = [0u8; 1536];
+        host.read_exact_at(&mut on_disk, 1024).unwrap();
+        assert!(on_disk[..1024].iter().all(|&b| b == 0x5a));
+        assert!(
+            on_disk[1024..].iter().all(|&b| b == 0xa4),
+            "sector 4 untouched"
+        );
+        header(&mem, 0x30200, T_FLUSH, 0);
+        q.add_chain(&mem, &[(0x30200, 16, false), (0x30300, 1, true)]);
+        header(&mem, 0x30400, T_IN, 3);
+        q.add_chain(
+            &mem,
+            &[
+                (0x30400, 16, false),
+                (DATA + 0x1000, 512, true),
+                (0x30500, 1, true),
+            ],
+        );
+        kick(&mut t);
+        assert_eq!(status(&mem, 0x30300), S_OK);
+        assert_eq!(status(&mem, 0x30500), S_OK);
+        let mut back = [0u8; 512];
+        mem.read_slice(&mut back, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        assert!(back.iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn each_disk_answers_with_its_own_serial() {
+        for id in ["hyper-rootfs0", "vol-a", "vol-b_2"] {
+            let (mut t, mem, mut q, _) = disk_with(false, id);
+            header(&mem, 0x30000, T_GET_ID, 0);
+            mem.write_slice(&[0xff; 20], GuestAddress(DATA)).unwrap();
+            q.add_chain(
+                &mem,
+                &[(0x30000, 16, false), (DATA, 20, true), (0x30100, 1, true)],
+            );
+            kick(&mut t);
+            let mut serial = [0u8; 20];
+            mem.read_slice(&mut serial, GuestAddress(DATA)).unwrap();
+            let mut want = [0u8; 20];
+            want[..id.len()].copy_from_slice(id.as_bytes());
+            assert_eq!(serial, want, "{id}");
+        }
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub trait VirtioDevice: Send {
     /// The driver accepted `features` (FEATURES_OK, already checked to be
     /// a subset of [`Self::features`]).
     fn ack_features(&mut self, _features: u64) {}
+    /// The driver set DRIVER_OK (the ready queues are valid in guest
+    /// memory, already checked): a device whose queues another process
+    /// serves hands them over here. An `Err` marks the device broken.
+    fn activate(&mut self, _queues: &[Queue], _mem: &GuestMemoryMmap) -> Result<(), String> {
+        Ok(())
+    }
+    /// Interrupt causes raised outside the transport (a vhost-user backend
+    /// signalling the irqfd itself), OR-ed into InterruptStatus.
+    fn interrupt_status(&self) -> u32 {
+        0
+    }
 }
 
 pub struct MmioTransport<D: VirtioDevice> {
@@ -203,7 +214,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .map(|q| u32::from(q.max_size()))
                 .unwrap_or(0),
             0x44 => self.selected().map(|q| u32::from(q.ready())).unwrap_or(0),
-            0x60 => self.interrupt_status,
+            0x60 => {
+                let outside = if self.driver_ok() {
+                    self.device.interrupt_status()
+                } else {
+                    0
+                };
+                self.interrupt_status | outside
+            }
             0x70 => self.status,
             0xfc => self.config_generation,
             _ => {
@@ -318,7 +336,23 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.device.device_type()
             );
         }
+        let activating = v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
         self.status = v | (self.status & STATUS_NEEDS_RESET);
+        if activating && !self.broken {
+            let mem = &self.mem;
+            if let Some(i) = self
+                .queues
+                .iter()
+                .position(|q| q.ready() && !q.is_valid(mem))
+            {
+                self.fail(format!("queue {i} addresses or size are invalid"));
+                return;
+            }
+            if let Err(e) = self.device.activate(&self.queues, &self.mem) {
+                self.fail(format!("activation: {e}"));
+                return;
+            }
+        }
         if self.status & STATUS_DRIVER_OK != 0 {
             // Buffers may already be waiting (e.g. console input).
             for i in 0..self.queues.len() {

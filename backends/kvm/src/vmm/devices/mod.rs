@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod fs;
 pub mod i8042;
 pub mod mmio;
 pub mod net;
@@ -27,6 +28,16 @@ impl GuestFaults {
     pub fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+}
+
+/// 1..=`max` bytes of `[A-Za-z0-9_-]`: what disk serials and share tags
+/// may be.
+pub fn valid_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub static GUEST_FAULTS: GuestFaults = GuestFaults(AtomicU64::new(0));
