@@ -37,6 +37,7 @@ install: build payload
 	install -D -m 0755 target/release/hyper  $(PREFIX)/bin/hyper
 	install -D -m 0755 target/release/hyperd $(PREFIX)/bin/hyperd
 	install -D -m 0755 target/release/hyper-plugin-host $(PREFIX)/bin/hyper-plugin-host
+	install -D -m 0755 target/release/containerd-shim-hyper-v2 $(PREFIX)/bin/containerd-shim-hyper-v2
 	install -d $(PREFIX)/lib/hyper/backends $(PREFIX)/share/hyper
 	for p in $(PLUGINS); do install -m 0644 target/release/$$p $(PREFIX)/lib/hyper/backends/$$p; done
 	install -m 0755 target/release/hyper-vmm $(PREFIX)/lib/hyper/hyper-vmm

@@ -17,6 +17,8 @@ pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 c
       libseccomp-dev libcap-ng-dev)
 # mkfs.ext4 and debugfs: block volumes (hyperstart/tests/volumes.py, bench/volumes.py)
 pkgs+=(e2fsprogs)
+# containerd and its ctr: the containerd shim's e2e tests (tests/tests/containerd.rs)
+pkgs+=(containerd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,66 +3,11 @@
 //! tag and remove them. Hostile images are refused and leave nothing behind.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 
-use hyper_tests::{files_under, text, workspace, Hyperd, Setup};
-
-/// The seeded registry's environment (HYPER_TEST_REGISTRY, _AUTH, _USER, …).
-/// Started and seeded here when the caller (make test) did not.
-fn registry_env() -> &'static Vec<(String, String)> {
-    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let dir = std::env::var("HYPER_REGISTRY_DIR")
-            .unwrap_or_else(|_| "/tmp/hyper-test-registry".into());
-        let env_file = PathBuf::from(&dir).join("env");
-        if std::env::var("HYPER_TEST_REGISTRY").is_err() {
-            let root = workspace();
-            let started = Command::new(root.join("tests/registry/start.sh"))
-                .status()
-                .expect("run tests/registry/start.sh");
-            assert!(started.success(), "tests/registry/start.sh failed");
-            let script = format!(
-                ". {} && python3 {}",
-                env_file.display(),
-                root.join("tests/registry/seed.py").display()
-            );
-            let seeded = Command::new("sh")
-                .args(["-c", &script])
-                .status()
-                .expect("run seed.py");
-            assert!(seeded.success(), "tests/registry/seed.py failed");
-        }
-        let mut vars = Vec::new();
-        for name in [
-            "HYPER_TEST_REGISTRY",
-            "HYPER_TEST_REGISTRY_AUTH",
-            "HYPER_TEST_REGISTRY_USER",
-            "HYPER_TEST_REGISTRY_PASSWORD",
-            "HYPER_TEST_ARCHIVES",
-        ] {
-            if let Ok(v) = std::env::var(name) {
-                vars.push((name.to_string(), v));
-            }
-        }
-        if vars.is_empty() {
-            let text = std::fs::read_to_string(&env_file).expect("registry env file");
-            for line in text.lines() {
-                if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-                    vars.push((k.to_string(), v.to_string()));
-                }
-            }
-        }
-        vars
-    })
-}
+use hyper_tests::{files_under, text, Hyperd, Setup};
 
 fn var(name: &str) -> String {
-    registry_env()
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("{name} is not set by tests/registry/start.sh"))
+    hyper_tests::registry_var(name)
 }
 
 fn reg() -> String {

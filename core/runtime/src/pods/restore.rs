@@ -129,6 +129,33 @@ impl Runtime {
         })
     }
 
+    /// Removes every pod under the state dir, without taking any over: a
+    /// running one's VM process is killed (if its start time still matches
+    /// the record) and its network taken down first. For a front end whose
+    /// pods cannot outlive it (the containerd shim's `delete`, after its
+    /// server died). Returns how many pods went.
+    pub async fn discard_left_pods(&self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(self.pods_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut gone = 0;
+        for entry in entries.flatten() {
+            let pod_dir = entry.path();
+            if let crate::quarantine::Found::Record(record) =
+                crate::quarantine::read_record::<PodRecord>(&pod_dir)
+            {
+                if record.state != PodState::Exited || record.network.is_some() {
+                    self.give_up(record).await;
+                }
+            }
+            std::fs::remove_dir_all(&pod_dir)?;
+            gone += 1;
+        }
+        Ok(gone)
+    }
+
     /// Marks a pod left running by an earlier hyperd exited, kills its VM
     /// process if it still runs, and takes its network down.
     async fn give_up(&self, mut record: PodRecord) {

@@ -1,0 +1,218 @@
+//! The OCI bundle containerd hands the shim: `config.json` (the runtime
+//! spec; only what a pod of one container uses is read) and the runtime
+//! options (`ConfigPath`: which hypercontainer config to run with).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::CodedInputStream;
+use serde::Deserialize;
+
+/// The hypercontainer config used when the runtime options name none.
+pub const DEFAULT_CONFIG: &str = hyper_core::config::DEFAULT_CONFIG_PATH;
+/// Largest `config.json` read (containerd's are a few KiB).
+const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: larger than {MAX_SPEC_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: not an OCI runtime spec: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: the spec has no process to run")]
+    NoProcess { path: PathBuf },
+    #[error("exec: {message}")]
+    Exec { message: String },
+    #[error("runtime options ({type_url}): {message}")]
+    Options { type_url: String, message: String },
+}
+
+/// The parts of the OCI runtime spec the shim uses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default)]
+    pub process: Option<Process>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    #[serde(default)]
+    pub console_size: Option<ConsoleSize>,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConsoleSize {
+    pub height: u16,
+    pub width: u16,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+impl Process {
+    /// `uid:gid`, as hyperstart takes a user.
+    pub fn user_spec(&self) -> String {
+        format!("{}:{}", self.user.uid, self.user.gid)
+    }
+}
+
+/// Reads `bundle/config.json`.
+pub fn read_spec(bundle: &Path) -> Result<(Spec, Process), BundleError> {
+    let path = bundle.join("config.json");
+    let read_err = |source| BundleError::Read {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::open(&path).map_err(read_err)?;
+    let mut text = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(BundleError::TooLarge { path });
+    }
+    let mut spec: Spec = serde_json::from_slice(&text).map_err(|e| BundleError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    match spec.process.take() {
+        Some(p) if !p.args.is_empty() => Ok((spec, p)),
+        _ => Err(BundleError::NoProcess { path }),
+    }
+}
+
+/// The process of an exec (ExecProcessRequest.spec: an OCI `Process` as
+/// JSON, as containerd sends it).
+pub fn exec_process(spec: Option<&Any>) -> Result<Process, BundleError> {
+    let bad = |message: String| BundleError::Exec { message };
+    let any = spec.ok_or_else(|| bad("no process spec".into()))?;
+    if any.value.len() as u64 > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "process spec larger than {MAX_SPEC_BYTES} bytes"
+        )));
+    }
+    let p: Process =
+        serde_json::from_slice(&any.value).map_err(|e| bad(format!("process spec: {e}")))?;
+    if p.args.is_empty() {
+        return Err(bad("the process spec has no args".into()));
+    }
+    Ok(p)
+}
+
+/// The hypercontainer config the runtime options name: `ConfigPath` of
+/// `runtimeoptions.v1.Options` (what `ctr run --runtime-config-path` and
+/// the CRI plugin's `ConfigPath` option send), else [`DEFAULT_CONFIG`].
+pub fn config_path(options: Option<&Any>) -> Result<PathBuf, BundleError> {
+    let Some(any) = options else {
+        return Ok(PathBuf::from(DEFAULT_CONFIG));
+    };
+    if !any.type_url.ends_with("runtimeoptions.v1.Options") {
+        // runc's options (containerd.runc.v1.Options) and the like carry
+        // nothing for this runtime.
+        return Ok(PathBuf::from(DEFAULT_CONFIG));
+    }
+    let path = config_path_field(&any.value).map_err(|message| BundleError::Options {
+        type_url: any.type_url.clone(),
+        message,
+    })?;
+    Ok(match path {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG),
+    })
+}
+
+/// Field 2 (`config_path`, a string) of a `runtimeoptions.v1.Options`
+/// message; the other fields are skipped.
+fn config_path_field(bytes: &[u8]) -> Result<Option<String>, String> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let mut found = None;
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(|e| e.to_string())? {
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        if field == 2 && wire_type == 2 {
+            found = Some(input.read_string().map_err(|e| e.to_string())?);
+        } else {
+            let wire_type = containerd_shim::protos::protobuf::rt::WireType::new(wire_type)
+                .ok_or_else(|| format!("field {field}: unknown wire type {wire_type}"))?;
+            input
+                .skip_field(wire_type)
+                .map_err(|e| format!("field {field}: {e}"))?;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(value: Vec<u8>) -> Any {
+        Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn config_path_comes_from_runtime_options() {
+        // type_url = "x" (field 1), config_path = "/etc/hyper/qemu.toml" (2)
+        let mut v = vec![0x0a, 1, b'x', 0x12, 20];
+        v.extend_from_slice(b"/etc/hyper/qemu.toml");
+        assert_eq!(
+            config_path(Some(&options(v))).unwrap(),
+            PathBuf::from("/etc/hyper/qemu.toml")
+        );
+        assert_eq!(config_path(None).unwrap(), PathBuf::from(DEFAULT_CONFIG));
+        // Truncated: a clear error, no panic.
+        let err = config_path(Some(&options(vec![0x12, 20, b'/']))).unwrap_err();
+        assert!(
+            err.to_string().contains("runtimeoptions.v1.Options"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spec_without_args_is_refused() {
+        let dir = std::env::temp_dir().join(format!("hyper-shim-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"process":{"args":[]}}"#).unwrap();
+        assert!(matches!(
+            read_spec(&dir),
+            Err(BundleError::NoProcess { .. })
+        ));
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"process":{"args":["echo","hi"],"cwd":"/","user":{"uid":1,"gid":2}},"hostname":"h"}"#,
+        )
+        .unwrap();
+        let (spec, p) = read_spec(&dir).unwrap();
+        assert_eq!(p.args, ["echo", "hi"]);
+        assert_eq!(p.user_spec(), "1:2");
+        assert_eq!(spec.hostname.as_deref(), Some("h"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

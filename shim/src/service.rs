@@ -1,0 +1,860 @@
+//! The Task service containerd drives over ttrpc. One shim serves one task
+//! (one pod of one container, one VM): `ctr run` without CRI annotations.
+//! The pid containerd sees for the task is the shim's own (the container's
+//! processes live in the guest; the VM is the shim's child's child).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::{self, Empty, Status};
+use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal};
+use containerd_shim::event::Event;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
+use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::{Context, Task};
+use hyper_core::config::Config;
+use hyper_core::plugins::Plugins;
+use hyper_core::pods::{ExecRequest, RunIo, RunOutcome, RunRequest, Runtime, Stdin};
+use hyper_protocol::TerminalSize;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::bundle;
+use crate::cleanup;
+use crate::stdio;
+
+/// How long the output may take to drain into the fifos once the process
+/// ended (the core closes the channel right after it).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
+
+fn status(code: ttrpc::Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn unimplemented(what: &str) -> ttrpc::Error {
+    status(
+        ttrpc::Code::UNIMPLEMENTED,
+        format!("{what}: not implemented by containerd-shim-hyper-v2 yet"),
+    )
+}
+
+/// The shim's task, if it is `id`.
+fn the_task<'a>(slot: &'a Option<TaskState>, id: &str) -> ttrpc::Result<&'a TaskState> {
+    slot.as_ref()
+        .filter(|t| t.id == id)
+        .ok_or_else(|| not_found(id))
+}
+
+fn the_task_mut<'a>(slot: &'a mut Option<TaskState>, id: &str) -> ttrpc::Result<&'a mut TaskState> {
+    slot.as_mut()
+        .filter(|t| t.id == id)
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    status(ttrpc::Code::NOT_FOUND, format!("task {id}: not found"))
+}
+
+/// How the task ended: exit status and when.
+#[derive(Clone)]
+struct Exit {
+    code: u32,
+    at: Timestamp,
+}
+
+/// A process of the task (its init, or an exec): its stdio and its end.
+struct Proc {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    started: bool,
+    resize: Option<mpsc::Sender<TerminalSize>>,
+    /// The process's stdin and the pump feeding it, until CloseIO.
+    stdin_tx: Option<mpsc::Sender<Stdin>>,
+    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+    exit: watch::Receiver<Option<Exit>>,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+}
+
+impl Proc {
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        let (exit_tx, exit) = watch::channel(None);
+        Proc {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            terminal,
+            started: false,
+            resize: None,
+            stdin_tx: None,
+            stdin_pump: None,
+            exit,
+            exit_tx: Arc::new(exit_tx),
+        }
+    }
+
+    fn status(&self) -> Status {
+        match (&*self.exit.borrow(), self.started) {
+            (Some(_), _) => Status::STOPPED,
+            (None, true) => Status::RUNNING,
+            (None, false) => Status::CREATED,
+        }
+    }
+
+    /// Starts the pumps between containerd's fifos and the core: returns
+    /// the core's side of them, and the output pump (done once all output
+    /// is in the fifos).
+    fn wire(&mut self) -> (RunIo, tokio::task::JoinHandle<()>) {
+        let (out_tx, out_rx) = mpsc::channel(stdio::OUTPUT_CHUNKS);
+        let stderr = if self.terminal {
+            self.stdout.clone()
+        } else {
+            self.stderr.clone()
+        };
+        let pump = tokio::spawn(stdio::pump_output(out_rx, self.stdout.clone(), stderr));
+        let stdin = if self.stdin.is_empty() {
+            None
+        } else {
+            let (tx, rx) = mpsc::channel(16);
+            self.stdin_tx = Some(tx.clone());
+            self.stdin_pump = Some(tokio::spawn(stdio::pump_stdin(
+                PathBuf::from(&self.stdin),
+                tx,
+            )));
+            Some(rx)
+        };
+        let resize = if self.terminal {
+            let (tx, rx) = mpsc::channel(8);
+            self.resize = Some(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        self.started = true;
+        let io = RunIo {
+            output: out_tx,
+            stdin,
+            resize,
+        };
+        (io, pump)
+    }
+
+    /// The client's input ended: the process reads end of file.
+    async fn close_stdin(&mut self) {
+        if let Some(pump) = self.stdin_pump.take() {
+            pump.abort();
+        }
+        if let Some(tx) = self.stdin_tx.take() {
+            let _ = tx.send(Stdin::Close).await;
+        }
+    }
+}
+
+struct TaskState {
+    id: String,
+    bundle: PathBuf,
+    init: Proc,
+    /// Exec processes by exec id, with what to run until Start takes it.
+    execs: HashMap<String, (Proc, Option<ExecRequest>)>,
+    runtime: Arc<Runtime>,
+    /// What to run, until Start takes it.
+    request: Option<RunRequest>,
+    /// The core's pod, once started.
+    pod: Option<String>,
+    /// Where the shim's rootfs mount is, if it made one.
+    rootfs_mount: Option<PathBuf>,
+    /// The core's state directory for this task.
+    state_dir: PathBuf,
+}
+
+impl TaskState {
+    fn status(&self) -> Status {
+        self.init.status()
+    }
+
+    /// The init process (`exec_id` empty) or an exec.
+    fn proc_mut(&mut self, exec_id: &str) -> ttrpc::Result<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .map(|(p, _)| p)
+            .ok_or_else(|| not_found(exec_id))
+    }
+
+    fn proc(&self, exec_id: &str) -> ttrpc::Result<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .map(|(p, _)| p)
+            .ok_or_else(|| not_found(exec_id))
+    }
+}
+
+pub struct TaskService {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    publisher: Arc<RemotePublisher>,
+    task: Mutex<Option<TaskState>>,
+}
+
+impl TaskService {
+    pub fn new(namespace: String, exit: Arc<ExitSignal>, publisher: RemotePublisher) -> Self {
+        TaskService {
+            namespace,
+            exit,
+            publisher: Arc::new(publisher),
+            task: Mutex::new(None),
+        }
+    }
+
+    async fn publish(&self, event: impl Event + 'static) {
+        publish(&self.publisher, &self.namespace, event).await;
+    }
+}
+
+async fn publish(publisher: &RemotePublisher, namespace: &str, event: impl Event + 'static) {
+    let topic = event.topic();
+    if let Err(e) = publisher
+        .publish(Context::default(), &topic, namespace, Box::new(event))
+        .await
+    {
+        tracing::warn!("publishing {topic}: {e}");
+    }
+}
+
+fn shim_pid() -> u32 {
+    std::process::id()
+}
+
+/// Builds the core for one task from the hypercontainer config at
+/// `config_path`, its state under the config's state_dir (see
+/// [`cleanup::task_state_dir`]).
+async fn load_runtime(
+    config_path: &Path,
+    namespace: &str,
+    id: &str,
+) -> Result<(Arc<Runtime>, PathBuf), String> {
+    let mut config = Config::load(Some(config_path))
+        .map_err(|e| format!("hypercontainer config (runtime option ConfigPath): {e}"))?;
+    let state_dir = cleanup::task_state_dir(&config.runtime.state_dir, namespace, id);
+    hyper_core::private::create_private_dir(&state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    config.runtime.state_dir = state_dir.clone();
+    let plugins = Plugins::load(&config)
+        .await
+        .map_err(|e| format!("{}: {e}", config.source_name()))?;
+    let runtime = Runtime::new(config, plugins).map_err(|e| e.to_string())?;
+    Ok((Arc::new(runtime), state_dir))
+}
+
+impl TaskService {
+    async fn create_task(&self, req: &api::CreateTaskRequest) -> Result<TaskState, String> {
+        let bundle_dir = PathBuf::from(&req.bundle);
+        let (spec, process) = bundle::read_spec(&bundle_dir).map_err(|e| e.to_string())?;
+        let config_path = bundle::config_path(req.options.as_ref()).map_err(|e| e.to_string())?;
+        cleanup::remember_config(&bundle_dir, &config_path).map_err(|e| e.to_string())?;
+        let rootfs = bundle_dir.join("rootfs");
+        let rootfs_mount = match req.rootfs.as_slice() {
+            [] => None,
+            [m] => {
+                std::fs::create_dir_all(&rootfs)
+                    .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
+                containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
+                    .await
+                    .map_err(|e| format!("mounting the rootfs at {}: {e}", rootfs.display()))?;
+                Some(rootfs.clone())
+            }
+            more => {
+                return Err(format!(
+                    "{} rootfs mounts: this shim takes one (an overlay or a bind)",
+                    more.len()
+                ))
+            }
+        };
+        let undo = |e: String| {
+            if let Some(m) = &rootfs_mount {
+                cleanup::unmount(m);
+            }
+            e
+        };
+        if !rootfs.is_dir() {
+            return Err(undo(format!(
+                "the bundle's rootfs {} is missing: containerd gave no rootfs mount and the bundle has none",
+                rootfs.display()
+            )));
+        }
+        let (runtime, state_dir) = load_runtime(&config_path, &self.namespace, &req.id)
+            .await
+            .map_err(undo)?;
+        let request = RunRequest {
+            rootfs: Some(rootfs),
+            image: None,
+            entrypoint: Some(Vec::new()),
+            args: process.args.clone(),
+            env: process.env.clone(),
+            workdir: Some(process.cwd.clone()).filter(|c| !c.is_empty()),
+            user: Some(process.user_spec()),
+            cpus: None,
+            memory_mib: None,
+            // The task's own state dir goes at Delete; the pod's VM and
+            // files go as soon as its process ends.
+            remove: true,
+            interactive: !req.stdin.is_empty(),
+            name: None,
+            labels: Default::default(),
+            restart: Default::default(),
+            tty: req.terminal,
+            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
+                rows: c.height,
+                cols: c.width,
+            }),
+            security: Default::default(),
+            network: hyper_network::NetworkRequest {
+                network: Some("none".into()),
+                ..Default::default()
+            },
+            hostname: spec.hostname.filter(|h| !h.is_empty()),
+            // The spec's mounts do not reach the guest yet.
+            volumes: Vec::new(),
+        };
+        Ok(TaskState {
+            id: req.id.clone(),
+            bundle: bundle_dir,
+            init: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+            execs: HashMap::new(),
+            runtime,
+            request: Some(request),
+            pod: None,
+            rootfs_mount,
+            state_dir,
+        })
+    }
+}
+
+/// Ends the task with `outcome` once its output has drained, and tells
+/// containerd.
+async fn finish(
+    publisher: Arc<RemotePublisher>,
+    namespace: String,
+    id: String,
+    exec_id: String,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+    code: i32,
+    pump: tokio::task::JoinHandle<()>,
+) {
+    if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
+        tracing::warn!(task = %id, "output still draining after {OUTPUT_DRAIN:?}; ending the task");
+    }
+    let exit = Exit {
+        code: u32::try_from(code).unwrap_or(255),
+        at: Timestamp::now(),
+    };
+    exit_tx.send_replace(Some(exit.clone()));
+    publish(
+        &publisher,
+        &namespace,
+        TaskExit {
+            container_id: id.clone(),
+            id: if exec_id.is_empty() { id } else { exec_id },
+            pid: shim_pid(),
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+fn outcome_code(o: Option<&Result<RunOutcome, String>>) -> i32 {
+    match o {
+        Some(Ok(o)) => o.exit_code,
+        _ => hyper_core::pods::RUNTIME_FAILURE_EXIT,
+    }
+}
+
+impl TaskService {
+    /// Starts exec `req.exec_id`: the core runs it in the task's container
+    /// until it ends; its end is published like the init's.
+    async fn start_exec(&self, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+        let mut slot = self.task.lock().await;
+        let task = the_task_mut(&mut slot, &req.id)?;
+        let (runtime, pod) = match &task.pod {
+            Some(pod) if task.init.status() == Status::RUNNING => {
+                (task.runtime.clone(), pod.clone())
+            }
+            _ => {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {}: not running", req.id),
+                ))
+            }
+        };
+        let (p, exec) = task
+            .execs
+            .get_mut(&req.exec_id)
+            .ok_or_else(|| not_found(&req.exec_id))?;
+        let exec = exec.take().ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec {}: already started", req.exec_id),
+            )
+        })?;
+        let (io, pump) = p.wire();
+        let exit_tx = p.exit_tx.clone();
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        tokio::spawn(async move {
+            let code = match runtime.exec(&pod, exec, io).await {
+                Ok(o) => {
+                    if let Some(m) = &o.message {
+                        tracing::warn!(task = %id, exec = %exec_id, "{m}");
+                    }
+                    o.exit_code
+                }
+                Err(e) => {
+                    tracing::warn!(task = %id, exec = %exec_id, "exec: {e}");
+                    hyper_core::pods::RUNTIME_FAILURE_EXIT
+                }
+            };
+            finish(publisher, namespace, id, exec_id, exit_tx, code, pump).await;
+        });
+        drop(slot);
+        self.publish(TaskExecStarted {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            pid: shim_pid(),
+            ..Default::default()
+        })
+        .await;
+        Ok(api::StartResponse {
+            pid: shim_pid(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Forgets an exec that ended (or never started).
+fn delete_exec(
+    slot: &mut Option<TaskState>,
+    req: &api::DeleteRequest,
+) -> ttrpc::Result<api::DeleteResponse> {
+    let task = the_task_mut(slot, &req.id)?;
+    let p = task.proc(&req.exec_id)?;
+    if p.status() == Status::RUNNING {
+        return Err(status(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("exec {}: still running", req.exec_id),
+        ));
+    }
+    let exit = p.exit.borrow().clone().unwrap_or(Exit {
+        code: 0,
+        at: Timestamp::now(),
+    });
+    task.execs.remove(&req.exec_id);
+    Ok(api::DeleteResponse {
+        pid: shim_pid(),
+        exit_status: exit.code,
+        exited_at: MessageField::some(exit.at),
+        ..Default::default()
+    })
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let mut slot = self.task.lock().await;
+        if slot.is_some() {
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("task {}: this shim already serves a task", req.id),
+            ));
+        }
+        let task = self.create_task(&req).await.map_err(|e| {
+            tracing::warn!(task = %req.id, "create: {e}");
+            status(ttrpc::Code::FAILED_PRECONDITION, e)
+        })?;
+        *slot = Some(task);
+        drop(slot);
+        self.publish(TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(containerd_shim::protos::events::task::TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            }),
+            pid: shim_pid(),
+            ..Default::default()
+        })
+        .await;
+        Ok(api::CreateTaskResponse {
+            pid: shim_pid(),
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        if !req.exec_id.is_empty() {
+            return self.start_exec(req).await;
+        }
+        let mut slot = self.task.lock().await;
+        let task = the_task_mut(&mut slot, &req.id)?;
+        let run = task.request.take().ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {}: already started", req.id),
+            )
+        })?;
+        let (io, pump) = task.init.wire();
+        let started = match task.runtime.create(run, Some(io)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(task = %req.id, "start: {e}");
+                pump.abort();
+                return Err(status(ttrpc::Code::UNKNOWN, e.to_string()));
+            }
+        };
+        task.pod = Some(started.id.clone());
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let id = task.id.clone();
+        let exit_tx = task.init.exit_tx.clone();
+        match started.early {
+            Some(early) => {
+                if let Some(m) = &early.message {
+                    tracing::warn!(task = %id, "the process did not start: {m}");
+                }
+                tokio::spawn(finish(
+                    publisher,
+                    namespace,
+                    id,
+                    String::new(),
+                    exit_tx,
+                    early.exit_code,
+                    pump,
+                ));
+            }
+            None => {
+                let mut outcome = started.outcome;
+                tokio::spawn(async move {
+                    let code = match outcome.wait_for(Option::is_some).await {
+                        Ok(o) => outcome_code(o.as_ref()),
+                        Err(_) => hyper_core::pods::RUNTIME_FAILURE_EXIT,
+                    };
+                    finish(publisher, namespace, id, String::new(), exit_tx, code, pump).await;
+                });
+            }
+        }
+        drop(slot);
+        self.publish(TaskStart {
+            container_id: req.id.clone(),
+            pid: shim_pid(),
+            ..Default::default()
+        })
+        .await;
+        Ok(api::StartResponse {
+            pid: shim_pid(),
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
+        let slot = self.task.lock().await;
+        let task = the_task(&slot, &req.id)?;
+        let p = task.proc(&req.exec_id)?;
+        let exit = p.exit.borrow().clone();
+        Ok(api::StateResponse {
+            id: task.id.clone(),
+            exec_id: req.exec_id.clone(),
+            bundle: task.bundle.display().to_string(),
+            pid: shim_pid(),
+            status: EnumOrUnknown::new(p.status()),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exit_status: exit.as_ref().map_or(0, |e| e.code),
+            exited_at: exit.map(|e| e.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
+        let mut exit = {
+            let slot = self.task.lock().await;
+            let task = the_task(&slot, &req.id)?;
+            task.proc(&req.exec_id)?.exit.clone()
+        };
+        let exit = exit
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| status(ttrpc::Code::UNKNOWN, "the task's supervisor is gone"))?
+            .clone();
+        let exit = exit.ok_or_else(|| status(ttrpc::Code::UNKNOWN, "no exit status"))?;
+        Ok(api::WaitResponse {
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(status(
+                ttrpc::Code::UNIMPLEMENTED,
+                "kill of an exec: the core signals a container's first process only (yet)",
+            ));
+        }
+        let slot = self.task.lock().await;
+        let task = the_task(&slot, &req.id)?;
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| status(ttrpc::Code::INVALID_ARGUMENT, "signal out of range"))?;
+        match (task.status(), &task.pod) {
+            (Status::STOPPED, _) => Err(status(
+                ttrpc::Code::NOT_FOUND,
+                format!("task {}: process already finished", req.id),
+            )),
+            (_, Some(pod)) => task
+                .runtime
+                .kill(pod, signal)
+                .await
+                .map(|()| Empty::default())
+                .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string())),
+            (_, None) => {
+                // Never started: it ends as killed by the signal.
+                task.init.exit_tx.send_replace(Some(Exit {
+                    code: 128 + req.signal,
+                    at: Timestamp::now(),
+                }));
+                Ok(Empty::default())
+            }
+        }
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        let mut slot = self.task.lock().await;
+        if !req.exec_id.is_empty() {
+            return delete_exec(&mut slot, &req);
+        }
+        let task = the_task(&slot, &req.id)?;
+        if task.status() == Status::RUNNING {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {}: still running; kill it first", req.id),
+            ));
+        }
+        let Some(task) = slot.take() else {
+            return Err(not_found(&req.id));
+        };
+        drop(slot);
+        let exit = task.init.exit.borrow().clone().unwrap_or(Exit {
+            code: 0,
+            at: Timestamp::now(),
+        });
+        task.runtime.shutdown().await;
+        if let Some(m) = &task.rootfs_mount {
+            cleanup::unmount(m);
+        }
+        cleanup::remove_state(&task.state_dir);
+        self.publish(TaskDelete {
+            container_id: task.id.clone(),
+            pid: shim_pid(),
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at.clone()),
+            ..Default::default()
+        })
+        .await;
+        Ok(api::DeleteResponse {
+            pid: shim_pid(),
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
+        let slot = self.task.lock().await;
+        the_task(&slot, &req.id)?;
+        Ok(api::PidsResponse {
+            processes: vec![ProcessInfo {
+                pid: shim_pid(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<Empty> {
+        let slot = self.task.lock().await;
+        let task = the_task(&slot, &req.id)?;
+        if let Some(tx) = &task.proc(&req.exec_id)?.resize {
+            let size = TerminalSize {
+                rows: u16::try_from(req.height).unwrap_or(u16::MAX),
+                cols: u16::try_from(req.width).unwrap_or(u16::MAX),
+            };
+            // A full queue drops this size: a newer one follows.
+            let _ = tx.try_send(size);
+        }
+        Ok(Empty::default())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<Empty> {
+        // The client's input ended (ctr calls it when its stdin reaches end
+        // of file): the container reads end of file.
+        let mut slot = self.task.lock().await;
+        let task = the_task_mut(&mut slot, &req.id)?;
+        if req.stdin {
+            task.proc_mut(&req.exec_id)?.close_stdin().await;
+        }
+        Ok(Empty::default())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let slot = self.task.lock().await;
+        the_task(&slot, &req.id)?;
+        Ok(api::ConnectResponse {
+            shim_pid: shim_pid(),
+            task_pid: shim_pid(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<Empty> {
+        if self.task.lock().await.is_some() {
+            // containerd asks again after Delete.
+            return Ok(Empty::default());
+        }
+        self.exit.signal();
+        Ok(Empty::default())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let process = bundle::exec_process(req.spec.as_ref())
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        let mut slot = self.task.lock().await;
+        let task = the_task_mut(&mut slot, &req.id)?;
+        if task.status() != Status::RUNNING {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {}: not running", req.id),
+            ));
+        }
+        if req.exec_id.is_empty() || task.execs.contains_key(&req.exec_id) {
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {:?}: empty or already in use", req.exec_id),
+            ));
+        }
+        let exec = ExecRequest {
+            args: process.args.clone(),
+            env: process.env.clone(),
+            workdir: Some(process.cwd.clone()).filter(|c| !c.is_empty()),
+            user: Some(process.user_spec()),
+            interactive: !req.stdin.is_empty(),
+            container: None,
+            tty: req.terminal,
+            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
+                rows: c.height,
+                cols: c.width,
+            }),
+            privileged: false,
+        };
+        let p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        task.execs.insert(req.exec_id.clone(), (p, Some(exec)));
+        drop(slot);
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(Empty::default())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        Err(unimplemented("stats"))
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        Err(unimplemented("pause"))
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        Err(unimplemented("resume"))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "checkpoint: a VM's container cannot be checkpointed by containerd-shim-hyper-v2",
+        ))
+    }
+}
