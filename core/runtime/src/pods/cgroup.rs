@@ -7,18 +7,31 @@ use hyper_hypervisor::VmSpec;
 
 use super::model::{PodRecord, RunError, RunOutcome};
 use super::Runtime;
-use crate::cgroups::{self, Layout, Limits, Usage};
+use crate::cgroups::{self, CgroupError, Layout, Limits, Usage};
 
 impl Runtime {
     /// This host's cgroup layout, or `None` with `[runtime] cgroups =
-    /// false`.
+    /// false` or on a host whose kernel or mounts lack a controller the
+    /// pods need. The latter is Docker's behaviour ("Your kernel does not
+    /// support memory limit capabilities or the cgroup is not mounted.
+    /// Limitation discarded."): pods run without host limits and hyperd
+    /// says so once in its log. Any other failure (permissions, v2
+    /// delegation) is an error naming the fix.
     fn cgroup_layout(&self) -> Result<Option<Layout>, RunError> {
         if !self.config.runtime.cgroups {
             return Ok(None);
         }
-        Layout::detect()
-            .map(Some)
-            .map_err(|e| RunError::Failed(e.to_string()))
+        match Layout::detect() {
+            Ok(layout) => Ok(Some(layout)),
+            Err(e @ CgroupError::MissingController { .. }) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("pods run without host cgroup limits: {e}");
+                });
+                Ok(None)
+            }
+            Err(e) => Err(RunError::Failed(e.to_string())),
+        }
     }
 
     /// Makes the cgroup of pod `id`'s next VM and names it in `spec`. On
