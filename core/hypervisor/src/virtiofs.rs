@@ -752,6 +752,10 @@ async fn spawn(
 
 type ExitSlot = Option<Result<VmExit, HypervisorError>>;
 
+/// How long a VMM whose daemon ended may take to end by itself before the
+/// daemon's end is taken for a helper death.
+const VMM_END_GRACE: Duration = Duration::from_secs(3);
+
 /// A VMM and the daemons serving its shares, watched together by one task.
 pub struct Supervised {
     exit: watch::Receiver<ExitSlot>,
@@ -782,9 +786,16 @@ async fn supervision(
             _ = vmm.wait() => break,
             tag = daemons.first_exit() => {
                 // When the VM ends, the daemons see their frontend go and
-                // end too: that is no helper death. The VMM is found dead
-                // (a zombie or reaped) before a daemon can have noticed.
+                // end too: that is no helper death. QEMU closes its
+                // vhost-user sockets on its way out, so a daemon can end
+                // while the VMM still exits: the VMM gets a moment to end
+                // by itself before the daemon's end counts as a death
+                // (seen in CI: a pod whose guest powered off was reported
+                // as "virtiofsd ended").
                 if vmm.has_exited() || !is_running(vmm.pid()) {
+                    break;
+                }
+                if tokio::time::timeout(VMM_END_GRACE, vmm.wait()).await.is_ok() {
                     break;
                 }
                 tracing::warn!(vm = %vm, tag = %tag, "the virtiofsd of share {tag} ended while the VM ran; stopping the VM");
