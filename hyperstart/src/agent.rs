@@ -420,6 +420,12 @@ impl Agent {
                 Ok(Reply::Ok)
             }
             Request::Reattach { nonce } => self.reattach(&nonce),
+            // Served once the guest can make a clone its own (issue 16);
+            // until then it does not advertise `resume`.
+            Request::Resume(_) => Err(err(
+                AgentErrorKind::InvalidRequest,
+                "this hyperstart cannot resume a template clone",
+            )),
         }
     }
 
@@ -1070,6 +1076,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::RemoveContainer { .. } => "remove_container",
         Request::DestroyPod => "destroy_pod",
         Request::Reattach { .. } => "reattach",
+        Request::Resume(_) => "resume",
     }
 }
 

@@ -439,6 +439,7 @@ impl Hypervisor for QemuHypervisor {
         Capabilities {
             recover: true,
             share_transport: Some(ShareTransport::VirtioFs),
+            templates: false,
         }
     }
 

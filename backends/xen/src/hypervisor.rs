@@ -365,6 +365,7 @@ impl Hypervisor for XenHypervisor {
             recover: true,
             // p9 entries served by the domain's device model in dom0.
             share_transport: Some(ShareTransport::Xen9p),
+            templates: false,
         }
     }
 

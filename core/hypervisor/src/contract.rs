@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,10 @@ pub struct Capabilities {
     /// cannot share host directories, and the core refuses such volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_transport: Option<ShareTransport>,
+    /// Can save a booted VM as a template ([`Vm::save_template`]) and start
+    /// clones from it ([`Hypervisor::restore`]).
+    #[serde(default)]
+    pub templates: bool,
 }
 
 /// The guest-side filesystem a backend's directory shares arrive as.
@@ -206,6 +210,12 @@ pub enum HypervisorError {
     /// takes its VMs back; the call can be retried.
     #[error("backend plugin {plugin} died during the call ({reason}); hyperd restarts it, retry the call")]
     PluginDied { plugin: String, reason: String },
+    /// A template the backend cannot use: written by another version or
+    /// build, truncated, altered, or for another device layout. Nothing of
+    /// it was applied; the core cold-starts the pod (or fails it when the
+    /// config says template only) and rebuilds the template.
+    #[error("template refused: {0}")]
+    TemplateRejected(String),
     #[error("{0}")]
     Io(String),
 }
@@ -245,6 +255,27 @@ pub trait Hypervisor: Send + Sync {
             "taking over a running VM".into(),
         ))
     }
+    /// Starts a clone of the template that [`Vm::save_template`] wrote into
+    /// `template`. `spec` is the clone's own: its disks (the same count,
+    /// ids and read-only flags as the template's, in the same order, but the
+    /// clone's own paths), NICs (the same count, the clone's own netns,
+    /// peer, device and MAC), console log, run dir and cgroup; `kernel`,
+    /// `initrd`, `cmdline`, `vcpus`, `memory_mib` and the share tags equal
+    /// the template's. The guest's memory is mapped privately from the
+    /// template (copy-on-write: clones share its clean pages), never copied
+    /// into the template. The backend validates everything it reads (a
+    /// version, sizes, a checksum of its state) and answers
+    /// [`HypervisorError::TemplateRejected`] before starting anything when
+    /// the template is not one it wrote for this layout. The clone's guest
+    /// resumes where the template was saved: hyperstart idle after READY,
+    /// waiting for a host session (the protocol's `Reattach`, then
+    /// `Resume`).
+    async fn restore(&self, spec: VmSpec, template: &Path) -> Result<Box<dyn Vm>, HypervisorError> {
+        let _ = (spec, template);
+        Err(HypervisorError::Unsupported(
+            "starting from a template".into(),
+        ))
+    }
 }
 
 /// One running VM.
@@ -259,4 +290,17 @@ pub trait Vm: Send + Sync {
     async fn shutdown(&self, grace: Duration) -> Result<(), HypervisorError>;
     async fn kill(&self) -> Result<(), HypervisorError>;
     async fn stats(&self) -> Result<VmStats, HypervisorError>;
+    /// Saves this VM as a template into `dir`, an empty private directory
+    /// the core made (the core publishes it by renaming it into place once
+    /// this returns `Ok`, so a crash never leaves a half-written template
+    /// where the next hyperd looks). The VM was launched from a spec whose
+    /// disks are placeholders, has booted to hyperstart's READY, has had its
+    /// host session's `Hello`, and is idle. The backend pauses it, writes
+    /// what its [`Hypervisor::restore`] needs (guest memory, vCPU and
+    /// device state, its own versioned metadata) and then stops it: `wait`
+    /// resolves as for any VM that ended.
+    async fn save_template(&self, dir: &Path) -> Result<(), HypervisorError> {
+        let _ = dir;
+        Err(HypervisorError::Unsupported("saving a template".into()))
+    }
 }

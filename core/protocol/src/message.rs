@@ -48,6 +48,38 @@ pub enum Request {
     Reattach {
         nonce: String,
     },
+    /// The VM was restored from a template (capability
+    /// [`capability::RESUME`]); sent once, after [`Request::Reattach`] and
+    /// before anything else. hyperstart makes the clone its own before any
+    /// container runs: it mixes `entropy` into the kernel's pool and forces
+    /// a reseed (clones of one template share the RNG state they were saved
+    /// with), sets the wall clock, re-probes its block and network devices
+    /// so they read the clone's disk sizes and MACs (no page cache or
+    /// address of the template survives), and gives NIC N the MAC
+    /// `nic_macs[N]`.
+    Resume(ResumeSpec),
+}
+
+/// What makes a restored clone its own ([`Request::Resume`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeSpec {
+    /// Fresh host entropy, hex: [`ResumeSpec::MIN_ENTROPY`]..=
+    /// [`ResumeSpec::MAX_ENTROPY`] bytes once decoded.
+    pub entropy_hex: String,
+    /// The host's wall clock when it sent this, in nanoseconds since the
+    /// Unix epoch.
+    pub realtime_ns: u64,
+    /// The clone's NIC MACs in guest device order (`aa:bb:cc:dd:ee:ff`),
+    /// at most [`NetworkSpec::MAX_INTERFACES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nic_macs: Vec<String>,
+}
+
+impl ResumeSpec {
+    /// 256 bits: enough to reseed a ChaCha20 CRNG.
+    pub const MIN_ENTROPY: usize = 32;
+    pub const MAX_ENTROPY: usize = 512;
 }
 
 /// Everything the guest sends on the control stream.
@@ -478,6 +510,9 @@ pub mod capability {
     /// [`VolumeSource::Share`] and [`VolumeSource::Block`] volumes, and
     /// [`VolumeSpec::readonly`].
     pub const HOST_VOLUMES: &str = "host-volumes";
+    /// [`super::Request::Resume`] is served: a template clone can be made
+    /// its own (RNG reseed, clock, device re-probe).
+    pub const RESUME: &str = "resume";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).

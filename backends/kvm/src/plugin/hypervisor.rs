@@ -173,6 +173,7 @@ impl Hypervisor for KvmHypervisor {
         Capabilities {
             recover: true,
             share_transport: Some(ShareTransport::VirtioFs),
+            templates: false,
         }
     }
 

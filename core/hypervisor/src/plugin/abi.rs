@@ -125,8 +125,18 @@ pub enum PluginRequest {
         info: VmInfo,
         pid_start: Option<u64>,
     },
+    /// Starts a clone of a template ([`crate::Hypervisor::restore`]).
+    Restore {
+        hypervisor: u64,
+        spec: VmSpec,
+        template: std::path::PathBuf,
+    },
     Wait {
         vm: String,
+    },
+    SaveTemplate {
+        vm: String,
+        dir: std::path::PathBuf,
     },
     Shutdown {
         vm: String,

@@ -55,6 +55,8 @@ impl PluginRequest {
             PluginRequest::Shutdown { .. } => "shutdown",
             PluginRequest::Kill { .. } => "kill",
             PluginRequest::Stats { .. } => "stats",
+            PluginRequest::Restore { .. } => "restore",
+            PluginRequest::SaveTemplate { .. } => "save_template",
             PluginRequest::Release { .. } => "release",
         }
     }

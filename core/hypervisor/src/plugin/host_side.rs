@@ -537,12 +537,13 @@ impl Host {
         Ok(taken)
     }
 
-    /// Launch or recover: registers the VM and arms its exit watcher.
+    /// Launch, restore or recover: registers the VM and arms its exit
+    /// watcher.
     async fn start_vm(
         self: &Arc<Self>,
         hv: usize,
         spec: VmSpec,
-        recover: Option<(VmInfo, Option<u64>)>,
+        how: StartMode,
     ) -> Result<Box<dyn Vm>, HypervisorError> {
         let (conn, handle) = {
             let st = self.state();
@@ -560,12 +561,17 @@ impl Host {
                 }
             }
         };
-        let request = match &recover {
-            None => PluginRequest::Launch {
+        let request = match &how {
+            StartMode::Launch => PluginRequest::Launch {
                 hypervisor: handle,
                 spec: spec.clone(),
             },
-            Some((info, pid_start)) => PluginRequest::Recover {
+            StartMode::Restore(template) => PluginRequest::Restore {
+                hypervisor: handle,
+                spec: spec.clone(),
+                template: template.clone(),
+            },
+            StartMode::Recover(info, pid_start) => PluginRequest::Recover {
                 hypervisor: handle,
                 spec: spec.clone(),
                 info: info.clone(),
@@ -576,9 +582,11 @@ impl Host {
             PluginReply::Launched(info) => info,
             other => return Err(unexpected(&self.name, &other)),
         };
-        let pid_start = match &recover {
-            Some((_, start)) => *start,
-            None => info.pid.and_then(crate::adopt::process_start_time),
+        let pid_start = match &how {
+            StartMode::Recover(_, start) => *start,
+            StartMode::Launch | StartMode::Restore(_) => {
+                info.pid.and_then(crate::adopt::process_start_time)
+            }
         };
         static TOKENS: AtomicU64 = AtomicU64::new(1);
         let token = TOKENS.fetch_add(1, Ordering::Relaxed);
@@ -611,6 +619,15 @@ impl Host {
             exit,
         }))
     }
+}
+
+/// How [`Host::start_vm`] gets its VM.
+enum StartMode {
+    Launch,
+    /// A clone of the template in this directory.
+    Restore(std::path::PathBuf),
+    /// Take over a running VM (`info`, its pid's start time).
+    Recover(VmInfo, Option<u64>),
 }
 
 impl Drop for Host {
@@ -834,7 +851,10 @@ impl Hypervisor for PluginHypervisor {
     }
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
-        self.plugin.host.start_vm(self.index, spec, None).await
+        self.plugin
+            .host
+            .start_vm(self.index, spec, StartMode::Launch)
+            .await
     }
 
     async fn recover(
@@ -845,7 +865,18 @@ impl Hypervisor for PluginHypervisor {
     ) -> Result<Box<dyn Vm>, HypervisorError> {
         self.plugin
             .host
-            .start_vm(self.index, spec, Some((info, pid_start)))
+            .start_vm(self.index, spec, StartMode::Recover(info, pid_start))
+            .await
+    }
+
+    async fn restore(
+        &self,
+        spec: VmSpec,
+        template: &std::path::Path,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        self.plugin
+            .host
+            .start_vm(self.index, spec, StartMode::Restore(template.to_path_buf()))
             .await
     }
 }
@@ -907,6 +938,16 @@ impl Vm for PluginVm {
         let reply = self
             .call(PluginRequest::Kill {
                 vm: self.info.id.clone(),
+            })
+            .await?;
+        self.expect_done(reply)
+    }
+
+    async fn save_template(&self, dir: &std::path::Path) -> Result<(), HypervisorError> {
+        let reply = self
+            .call(PluginRequest::SaveTemplate {
+                vm: self.info.id.clone(),
+                dir: dir.to_path_buf(),
             })
             .await?;
         self.expect_done(reply)

@@ -124,6 +124,28 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             registry().vms.insert(info.id.clone(), Arc::from(vm));
             Ok(PluginReply::Launched(info))
         }
+        PluginRequest::Restore {
+            hypervisor: h,
+            spec,
+            template,
+        } => {
+            let hv = hypervisor(h)?;
+            if registry().vms.contains_key(&spec.id) {
+                return Err(HypervisorError::InvalidSpec(format!(
+                    "a VM with id {} is already running in this backend; give each launch its own id",
+                    spec.id
+                )));
+            }
+            let vm = rt.block_on(hv.restore(spec, &template))?;
+            let info = vm.info();
+            registry().vms.insert(info.id.clone(), Arc::from(vm));
+            Ok(PluginReply::Launched(info))
+        }
+        PluginRequest::SaveTemplate { vm: id, dir } => {
+            let vm = vm(&id)?;
+            rt.block_on(vm.save_template(&dir))?;
+            Ok(PluginReply::Done)
+        }
         PluginRequest::Wait { vm: id } => {
             let vm = vm(&id)?;
             Ok(PluginReply::Exited(rt.block_on(vm.wait())?))

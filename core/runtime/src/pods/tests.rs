@@ -128,6 +128,7 @@ impl Hypervisor for FakeHypervisor {
         Capabilities {
             recover: true,
             share_transport: None,
+            templates: false,
         }
     }
 

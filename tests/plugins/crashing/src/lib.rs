@@ -105,6 +105,7 @@ impl Hypervisor for Crashing {
         Capabilities {
             recover: true,
             share_transport: None,
+            templates: false,
         }
     }
 
