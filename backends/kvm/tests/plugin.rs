@@ -46,6 +46,7 @@ fn spec(dir: &Path, kernel: PathBuf, cmdline: &str) -> VmSpec {
         nics: Vec::new(),
         shares: Vec::new(),
         cgroup: None,
+        save_as_template: false,
     }
 }
 

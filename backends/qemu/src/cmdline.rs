@@ -246,6 +246,7 @@ mod tests {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         }
     }
 

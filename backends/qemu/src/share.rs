@@ -100,6 +100,7 @@ mod tests {
                 })
                 .collect(),
             cgroup: None,
+            save_as_template: false,
         }
     }
 

@@ -258,6 +258,7 @@ mod tests {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         };
         Fixture { _dir: dir, spec }
     }

@@ -115,6 +115,7 @@ fn fixture(kernel: &[u8]) -> Fixture {
         nics: Vec::new(),
         shares: Vec::new(),
         cgroup: None,
+        save_as_template: false,
     };
     Fixture { dir, spec }
 }

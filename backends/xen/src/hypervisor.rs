@@ -691,6 +691,7 @@ mod tests {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         };
         assert!(matches!(
             h.launch(spec.clone()).await.err(),
@@ -807,6 +808,7 @@ mod tests {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         };
         let info = VmInfo {
             id: "p1".into(),

@@ -254,6 +254,7 @@ mod tests {
             nics: Vec::new(),
             shares,
             cgroup: None,
+            save_as_template: false,
         }
     }
 

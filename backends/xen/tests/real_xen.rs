@@ -39,6 +39,7 @@ fn spec(dir: &tempfile::TempDir, id: &str, initrd: &str) -> VmSpec {
         nics: Vec::new(),
         shares: Vec::new(),
         cgroup: None,
+        save_as_template: false,
     }
 }
 

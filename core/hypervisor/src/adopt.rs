@@ -179,6 +179,7 @@ pub(crate) mod tests {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         }
     }
 

@@ -75,6 +75,12 @@ pub struct VmSpec {
     /// `None`: processes stay in hyperd's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<CgroupPlacement>,
+    /// This VM will be saved as a template ([`Vm::save_template`]) once it
+    /// has booted: a backend that needs to (QEMU) keeps the guest's memory
+    /// in a file the save can hand over instead of copying it. Its disks
+    /// are placeholders and it runs no container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub save_as_template: bool,
 }
 
 /// Where a VM's host processes go: the `cgroup.procs` file of the pod's

@@ -65,5 +65,6 @@ pub fn unbootable_spec(id: &str) -> crate::VmSpec {
         nics: Vec::new(),
         shares: Vec::new(),
         cgroup: None,
+        save_as_template: false,
     }
 }

@@ -239,6 +239,7 @@ impl Runtime {
             nics: Vec::new(),
             shares: Vec::new(),
             cgroup: None,
+            save_as_template: false,
         }
     }
 
