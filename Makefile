@@ -44,6 +44,7 @@ install: build payload
 	install -m 0644 $$(readlink -f $(BUILD)/hyperkernel) $(PREFIX)/share/hyper/hyperkernel
 	install -m 0644 $(BUILD)/hyperstart.img $(PREFIX)/share/hyper/hyperstart.img
 	install -D -m 0755 backends/xen/scripts/vif-hyper /etc/xen/scripts/vif-hyper
+	install -D -m 0755 backends/xen/scripts/block-hyper /etc/xen/scripts/block-hyper
 	@if [ ! -e /etc/hyper/config.toml ]; then install -D -m 0644 config/qemu.toml /etc/hyper/config.toml; \
 	  else echo "keeping the existing /etc/hyper/config.toml"; fi
 	install -d $(PREFIX)/share/man/man1 $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d

@@ -22,12 +22,13 @@ OUT=$C/dom0.initrd
 
 ROOT=$(cd "$HERE/../.." && pwd)
 VIF_SCRIPT=$ROOT/backends/xen/scripts/vif-hyper
+BLOCK_SCRIPT=$ROOT/backends/xen/scripts/block-hyper
 # The pods' network: tools, CNI plugins, default conflist, modules (shared
 # with the KVM leg's L1).
 . "$ROOT/tests/net-image.sh"
 net_check || { echo "build-dom0: cannot build the dom0 image" >&2; exit 1; }
 
-KEY=$( (cat "$C/root.key" /usr/share/qemu/keymaps/en-us "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$NET_CONFLIST" "$ROOT/tests/net-image.sh"
+KEY=$( (cat "$C/root.key" /usr/share/qemu/keymaps/en-us "$HERE/dom0-init.sh" "$0" "$VIF_SCRIPT" "$BLOCK_SCRIPT" "$NET_CONFLIST" "$ROOT/tests/net-image.sh"
         ls -lL /bin/busybox /bin/bash /usr/bin/mkfs.erofs /sbin/mkfs.ext4 $NET_BINS; for p in $NET_CNI_PLUGINS; do ls -l "/usr/lib/cni/$p"; done) | sha256sum | cut -c1-16)
 if [ -s "$OUT" ] && [ "$(cat "$C/dom0.key" 2>/dev/null)" = "$KEY" ]; then
   echo "build-dom0: cached ($OUT)"; exit 0
@@ -65,6 +66,7 @@ cp /usr/share/qemu/keymaps/en-us "$Z/usr/share/qemu/keymaps/"
 # Networking tools (iproute2, iptables-nft, curl, kmod as modprobe, CNI).
 net_tools "$Z"
 install -m 0755 "$VIF_SCRIPT" "$Z/etc/xen/scripts/vif-hyper"
+install -m 0755 "$BLOCK_SCRIPT" "$Z/etc/xen/scripts/block-hyper"
 
 libs=$(for b in $BINS; do echo "$Z/$XB/$b"; done; echo "$R/usr/bin/xenstore $R/$QEMU_XEN /bin/bash $HOSTBINS $NET_LIBS")
 LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu ldd $libs 2>/dev/null \

@@ -10,7 +10,10 @@
 # case that did not run, and records the results in build/matrix/xen.txt.
 #
 #   tests/xen/run-suite.sh            (env: XEN_CACHE, XEN_SHARE (default build/xen-share), CARGO_TARGET_DIR, XEN_TIMEOUT,
-#                                      XEN_CASES="exact names", HYPER_XEN_TYPE=pv|pvh)
+#                                      XEN_CASES="exact names", HYPER_XEN_TYPE=pv|pvh,
+#                                      XEN_BENCH_RUNS=N (the benchmark's rounds, 3),
+#                                      XEN_BENCH_ONLY=1 (the benchmark alone, for measuring: the leg
+#                                      then fails for want of test results))
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -61,7 +64,7 @@ P=$(mktemp -d); mkdir -p "$P/bin" "$P/dev" "$P/proc" "$P/sys"; cp /bin/busybox "
 cp "$HERE/volprobe-init.sh" "$P/init"; chmod +x "$P/init"
 (cd "$P" && find . | cpio -o -H newc --quiet -R 0:0) > "$S/payload/volprobe.img"; rm -rf "$P"
 cp "$HERE/in-dom0.sh" "$S/run.sh"
-echo "HYPER_XEN_TYPE=${HYPER_XEN_TYPE:-pv}" > "$S/env"
+printf 'HYPER_XEN_TYPE=%s\nXEN_BENCH_RUNS=%s\nXEN_BENCH_ONLY=%s\n' "${HYPER_XEN_TYPE:-pv}" "${XEN_BENCH_RUNS:-3}" "${XEN_BENCH_ONLY:-0}" > "$S/env"
 
 LOG=$S.serial.log
 echo "xen-suite: booting Xen under QEMU (TCG), serial log $LOG, timeout ${TIMEOUT}s"
@@ -99,9 +102,6 @@ $M collect xen "$S" || fail=1
 if [ -f "$S/results/bench.txt" ]; then
   echo "xen-suite: bench (seconds, dom0 uptime clock; TCG):"
   cat "$S/results/bench.txt"
-  awk '$1=="hyper-run" && / rc=0 /{h+=$4;nh++} $1=="hyper-run-net" && / rc=0 /{g+=$4;ng++} /^xl-create / && / rc=0 /{x+=$4;nx++} /^xl-create-p9 / && / rc=0 /{p+=$4;np++}
-       END{if(nh&&nx) printf "xen-suite: bench mean hyper run %.2f s, plain xl create %.2f s, ratio %.2f\n", h/nh, x/nx, (h/nh)/(x/nx);
-           if(np&&nx) printf "xen-suite: bench mean plain xl create with one p9 share (device model) %.2f s, %.2fx the one without\n", p/np, (p/np)/(x/nx);
-           if(nh&&ng) printf "xen-suite: bench mean hyper run with the default network %.2f s, %.2fx the run without\n", g/ng, (g/ng)/(h/nh)}' "$S/results/bench.txt"
+  python3 "$HERE/bench-summary.py" "$S/results/bench.txt"
 fi
 exit $fail

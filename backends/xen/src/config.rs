@@ -20,6 +20,11 @@ const MAX_XL_TIMEOUT_SECS: u64 = 3600;
 /// installed there by `make install`): bridge-less, it only tells netback
 /// the vif is ready; the plugin joins the vif to the pod's netns.
 pub const DEFAULT_VIF_SCRIPT: &str = "/etc/xen/scripts/vif-hyper";
+/// The backend's block hotplug script (`backends/xen/scripts/block-hyper`,
+/// installed there by `make install`): the backend attaches each disk to a
+/// loop device itself, the script only names it to blkback. When it is not
+/// installed, disks go through Xen's own `block` script (slower).
+pub const DEFAULT_BLOCK_SCRIPT: &str = "/etc/xen/scripts/block-hyper";
 /// Where the backend bind-mounts read-only shares (one directory per VM,
 /// one read-only mount per share) for the domain's 9pfs server to serve.
 pub const DEFAULT_SHARE_DIR: &str = "/run/hyper-xen/shares";
@@ -30,6 +35,7 @@ pub const VALID_KEYS: &[&str] = &[
     "xenstore_socket",
     "xl_timeout_secs",
     "vif_script",
+    "block_script",
     "share_dir",
 ];
 
@@ -63,6 +69,8 @@ pub struct XenConfig {
     pub xl_timeout_secs: u64,
     /// The hotplug script of the domains' vifs (xl.cfg `script=`).
     pub vif_script: PathBuf,
+    /// The hotplug script of the domains' disks (see [`DEFAULT_BLOCK_SCRIPT`]).
+    pub block_script: PathBuf,
     /// Where read-only shares are bind-mounted (see [`DEFAULT_SHARE_DIR`]).
     pub share_dir: PathBuf,
 }
@@ -75,6 +83,7 @@ impl Default for XenConfig {
             xenstore_socket: PathBuf::from(DEFAULT_XENSTORE_SOCKET),
             xl_timeout_secs: DEFAULT_XL_TIMEOUT_SECS,
             vif_script: PathBuf::from(DEFAULT_VIF_SCRIPT),
+            block_script: PathBuf::from(DEFAULT_BLOCK_SCRIPT),
             share_dir: PathBuf::from(DEFAULT_SHARE_DIR),
         }
     }
@@ -194,6 +203,9 @@ impl XenConfig {
                 "vif_script" => {
                     xl_plain_path(key, v, DEFAULT_VIF_SCRIPT).map(|p| config.vif_script = p)
                 }
+                "block_script" => {
+                    xl_plain_path(key, v, DEFAULT_BLOCK_SCRIPT).map(|p| config.block_script = p)
+                }
                 "share_dir" => {
                     xl_plain_path(key, v, DEFAULT_SHARE_DIR).map(|p| config.share_dir = p)
                 }
@@ -243,6 +255,10 @@ mod tests {
         assert_eq!(c.xenstore_socket, PathBuf::from("/run/xenstored/socket"));
         assert_eq!(c.xl_timeout_secs, 120);
         assert_eq!(c.vif_script, PathBuf::from("/etc/xen/scripts/vif-hyper"));
+        assert_eq!(
+            c.block_script,
+            PathBuf::from("/etc/xen/scripts/block-hyper")
+        );
         assert_eq!(c.share_dir, PathBuf::from("/run/hyper-xen/shares"));
     }
 
@@ -254,9 +270,14 @@ mod tests {
             "xenstore_socket": "/var/run/xenstored/socket",
             "xl_timeout_secs": 30,
             "vif_script": "/usr/local/libexec/hyper/vif-hyper",
+            "block_script": "/usr/local/libexec/hyper/block-hyper",
             "share_dir": "/run/hyper/xen-shares",
         }))
         .unwrap();
+        assert_eq!(
+            c.block_script,
+            PathBuf::from("/usr/local/libexec/hyper/block-hyper")
+        );
         assert_eq!(
             c.vif_script,
             PathBuf::from("/usr/local/libexec/hyper/vif-hyper")
@@ -283,6 +304,9 @@ mod tests {
         assert!(p[0].message.contains("\"10\""), "{}", p[0].message);
         let p = problems(json!({"vif_script": "/x,y/vif"}));
         assert_eq!(p[0].key, "vif_script");
+        assert!(p[0].message.contains("comma"), "{}", p[0].message);
+        let p = problems(json!({"block_script": "/x,y/block"}));
+        assert_eq!(p[0].key, "block_script");
         assert!(p[0].message.contains("comma"), "{}", p[0].message);
         let p = problems(json!({"share_dir": "/run/a,b"}));
         assert_eq!(p[0].key, "share_dir");

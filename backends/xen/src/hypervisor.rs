@@ -1,8 +1,9 @@
 //! The configured Xen backend: probing the host and creating domains.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,11 +14,14 @@ use tokio::net::UnixListener;
 
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
+use crate::loopdev::{self, LoopDevice};
 use crate::owner::{self, Owner, Verdict};
 use crate::share::{self, DeviceModel};
+use crate::template::{self, Metadata};
 use crate::vif;
-use crate::vm::XenVm;
+use crate::vm::{Held, XenVm};
 use crate::xenstore::{Xenstore, XsError};
+use crate::xlcfg::DiskTarget;
 use crate::{xl, xlcfg};
 
 pub const BACKEND_NAME: &str = "xen";
@@ -37,11 +41,24 @@ const TAKEOVER_POLL: Duration = Duration::from_secs(1);
 pub struct XenHypervisor {
     config: XenConfig,
     proc_xen: PathBuf,
-    /// One `xl create` at a time: Xen's block hotplug script serialises on
-    /// a global lock anyway, and several at once under a slow dom0 run into
-    /// libxl's hotplug timeout ("killing execution of /etc/xen/scripts/block
-    /// add because of timeout"). Guests still boot concurrently.
+    /// One `xl create` at a time: Xen's block hotplug script (used when
+    /// `block-hyper` is not installed) serialises on a global lock anyway,
+    /// and several at once under a slow dom0 run into libxl's hotplug
+    /// timeout ("killing execution of /etc/xen/scripts/block add because of
+    /// timeout"); it also makes the loop devices' sharing check and attach
+    /// one step. Guests still boot concurrently.
     create_lock: tokio::sync::Mutex<()>,
+    /// Said once: `block_script` is missing, disks go through Xen's `block`.
+    told_no_block_script: std::sync::atomic::AtomicBool,
+    /// `xl info`'s xen_version, once read (templates record and check it).
+    xen_version: OnceLock<String>,
+    /// Template checkpoints already hashed in full ([`template::check`]).
+    verified: Arc<template::Verified>,
+}
+
+/// True when `path` is an executable file.
+fn executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// What the host says before anything is run.
@@ -125,6 +142,9 @@ impl XenHypervisor {
             config,
             proc_xen,
             create_lock: tokio::sync::Mutex::new(()),
+            told_no_block_script: std::sync::atomic::AtomicBool::new(false),
+            xen_version: OnceLock::new(),
+            verified: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -205,9 +225,167 @@ impl XenHypervisor {
         DeviceModel::find(&pid, domid).map(Some)
     }
 
+    /// The running Xen's version (`xl info`), read once.
+    async fn xen_version(&self) -> Result<String, String> {
+        if let Some(v) = self.xen_version.get() {
+            return Ok(v.clone());
+        }
+        let out = xl::run(&self.config.xl, &["info"], XL_INFO_TIMEOUT).await?;
+        if !out.success {
+            return Err(format!("`xl info` failed: {}", out.reason()));
+        }
+        let version = xl::info_field(&out.stdout, "xen_version")
+            .filter(|v| !v.is_empty() && v.len() <= 64)
+            .ok_or("`xl info` names no xen_version")?
+            .to_string();
+        Ok(self.xen_version.get_or_init(|| version).clone())
+    }
+
+    /// Builds the domain with `xl create -p` (or, from a template's
+    /// checkpoint, `xl restore -p`) and the spec's own xl.cfg, then lets it
+    /// run. Nothing of it is left when this fails.
+    async fn create(
+        &self,
+        spec: VmSpec,
+        checkpoint: Option<PathBuf>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        self.destroy_stale(&spec.id).await?;
+        // What save_template will record, known before anything starts.
+        let layout = if spec.save_as_template {
+            let version = self.xen_version().await.map_err(unavailable)?;
+            Some(Metadata::layout(&spec, &version, self.config.guest_type))
+        } else {
+            None
+        };
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let cfg_path = spec.run_dir.join("xl.cfg");
+        // The read-only shares' bind mounts, before xl starts the device
+        // model that serves them.
+        share::prepare(&self.config.share_dir, &spec).map_err(HypervisorError::LaunchFailed)?;
+        // The guest's console carries the agent channel; say so where a
+        // console log is looked for.
+        let _ = std::fs::write(
+            &spec.console_log,
+            "xen: the guest's PV console carries the agent channel; see xl.log in the VM's run directory\n",
+        );
+        let cfg = cfg_path.to_string_lossy().into_owned();
+        let checkpoint_arg = checkpoint
+            .as_ref()
+            .map(|c| c.to_string_lossy().into_owned());
+        let (verb, args) = match &checkpoint_arg {
+            None => ("create", vec!["create", "-p", cfg.as_str()]),
+            Some(c) => ("restore", vec!["restore", "-p", cfg.as_str(), c.as_str()]),
+        };
+        tracing::info!(vm = %spec.id, guest_type = self.config.guest_type.as_str(), "xl {verb}");
+        let limit = Duration::from_secs(self.config.xl_timeout_secs);
+        let log_path = spec.run_dir.join("xl.log");
+        let serialised = self.create_lock.lock().await;
+        let attached = match self.disk_targets(&spec).await {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                share::release(&self.config.share_dir, &spec.id);
+                Err(e)
+            }
+        };
+        let (targets, disks) = attached?;
+        let text = xlcfg::render(
+            &spec,
+            self.config.guest_type,
+            &self.config.vif_script,
+            &self.config.share_dir,
+            &targets,
+        );
+        if let Err(e) = std::fs::write(&cfg_path, text) {
+            share::release(&self.config.share_dir, &spec.id);
+            return Err(io("write", &cfg_path, e));
+        }
+        let created = xl::run_logged(
+            &self.config.xl,
+            &args,
+            limit,
+            &log_path,
+            spec.cgroup.as_ref(),
+        )
+        .await;
+        drop(serialised);
+        let failure = match created {
+            Ok(out) if out.success => None,
+            Ok(out) => Some(format!("xl {verb} failed: {}", out.reason())),
+            Err(e) => Some(e),
+        };
+        if let Some(message) = failure {
+            // A half-built domain must not linger.
+            let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+            share::release(&self.config.share_dir, &spec.id);
+            return Err(HypervisorError::LaunchFailed(message));
+        }
+        match self.start_created(&spec, disks).await {
+            Ok(vm) => {
+                tracing::info!(vm = %spec.id, domid = vm.domid(), "domain running");
+                Ok(Box::new(vm.with_template(layout)))
+            }
+            Err(message) => {
+                let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
+                vif::detach(&spec.nics).await;
+                share::release(&self.config.share_dir, &spec.id);
+                let key = owner::path(&spec.id);
+                let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
+                let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));
+                Err(HypervisorError::LaunchFailed(message))
+            }
+        }
+    }
+
+    /// Where xl finds the spec's disks: each attached to a loop device of
+    /// its own for `block-hyper`, or (without that script) the images for
+    /// Xen's `block`. The devices go when the returned handles are dropped
+    /// and blkback has let go of them.
+    async fn disk_targets(
+        &self,
+        spec: &VmSpec,
+    ) -> Result<(Vec<DiskTarget>, Vec<LoopDevice>), HypervisorError> {
+        let script = self.config.block_script.clone();
+        if spec.disks.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if !executable(&script) {
+            if !self
+                .told_no_block_script
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    script = %script.display(),
+                    "no block_script: disks go through Xen's own `block` hotplug script, which is much slower; install backends/xen/scripts/block-hyper there (`make install` does)"
+                );
+            }
+            return Ok((DiskTarget::images(spec), Vec::new()));
+        }
+        let disks: Vec<(PathBuf, bool)> = spec
+            .disks
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect();
+        let devices = tokio::task::spawn_blocking(move || {
+            loopdev::attach_all(disks.iter().map(|(p, ro)| (p.as_path(), *ro)))
+        })
+        .await
+        .map_err(|e| HypervisorError::Io(format!("loop device task: {e}")))?
+        .map_err(HypervisorError::LaunchFailed)?;
+        let targets = devices
+            .iter()
+            .map(|d| DiskTarget {
+                path: d.path().to_path_buf(),
+                script: Some(script.clone()),
+            })
+            .collect();
+        Ok((targets, devices))
+    }
+
     /// After `xl create -p`: find the domain, record its owner, open its
     /// console and bind the agent socket, then let it run.
-    async fn start_created(&self, spec: &VmSpec) -> Result<XenVm, String> {
+    async fn start_created(&self, spec: &VmSpec, disks: Vec<LoopDevice>) -> Result<XenVm, String> {
         let name = spec.id.clone();
         let lookup = name.clone();
         let deadline = tokio::time::Instant::now() + TTY_WAIT;
@@ -267,7 +445,10 @@ impl XenHypervisor {
             listener,
             pty,
             agent,
-            device_model,
+            Held {
+                device_model,
+                disks,
+            },
         ))
     }
 }
@@ -365,7 +546,11 @@ impl Hypervisor for XenHypervisor {
             recover: true,
             // p9 entries served by the domain's device model in dom0.
             share_transport: Some(ShareTransport::Xen9p),
-            templates: false,
+            // `xl save` / `xl restore` (crate::template): a restore copies
+            // the checkpoint's memory but skips the kernel load and boot,
+            // and measured well under a cold start in the Xen leg
+            // (docs/perf/tmplxen.md).
+            templates: true,
         }
     }
 
@@ -417,70 +602,26 @@ impl Hypervisor for XenHypervisor {
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
         xlcfg::validate(&spec).map_err(HypervisorError::InvalidSpec)?;
         host_check(&self.proc_xen, &self.config.xl).map_err(unavailable)?;
-        self.destroy_stale(&spec.id).await?;
-        let io = |what: &str, path: &Path, e: std::io::Error| {
-            HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
-        };
-        let cfg_path = spec.run_dir.join("xl.cfg");
-        std::fs::write(
-            &cfg_path,
-            xlcfg::render(
-                &spec,
-                self.config.guest_type,
-                &self.config.vif_script,
-                &self.config.share_dir,
-            ),
-        )
-        .map_err(|e| io("write", &cfg_path, e))?;
-        // The read-only shares' bind mounts, before xl starts the device
-        // model that serves them.
-        share::prepare(&self.config.share_dir, &spec).map_err(HypervisorError::LaunchFailed)?;
-        // The guest's console carries the agent channel; say so where a
-        // console log is looked for.
-        let _ = std::fs::write(
-            &spec.console_log,
-            "xen: the guest's PV console carries the agent channel; see xl.log in the VM's run directory\n",
-        );
-        let cfg = cfg_path.to_string_lossy().into_owned();
-        tracing::info!(vm = %spec.id, guest_type = self.config.guest_type.as_str(), "xl create");
-        let limit = Duration::from_secs(self.config.xl_timeout_secs);
-        let log_path = spec.run_dir.join("xl.log");
-        let serialised = self.create_lock.lock().await;
-        let created = xl::run_logged(
-            &self.config.xl,
-            &["create", "-p", &cfg],
-            limit,
-            &log_path,
-            spec.cgroup.as_ref(),
-        )
-        .await;
-        drop(serialised);
-        let failure = match created {
-            Ok(out) if out.success => None,
-            Ok(out) => Some(format!("xl create failed: {}", out.reason())),
-            Err(e) => Some(e),
-        };
-        if let Some(message) = failure {
-            // A half-built domain must not linger.
-            let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
-            share::release(&self.config.share_dir, &spec.id);
-            return Err(HypervisorError::LaunchFailed(message));
-        }
-        match self.start_created(&spec).await {
-            Ok(vm) => {
-                tracing::info!(vm = %spec.id, domid = vm.domid(), "domain running");
-                Ok(Box::new(vm))
-            }
-            Err(message) => {
-                let _ = xl::run(&self.config.xl, &["destroy", &spec.id], XL_QUICK_TIMEOUT).await;
-                vif::detach(&spec.nics).await;
-                share::release(&self.config.share_dir, &spec.id);
-                let key = owner::path(&spec.id);
-                let _ = xs(&self.config.xenstore_socket, move |x| x.rm(&key)).await;
-                let _ = std::fs::remove_file(spec.run_dir.join("agent.sock"));
-                Err(HypervisorError::LaunchFailed(message))
-            }
-        }
+        self.create(spec, None).await
+    }
+
+    /// `xl restore -p` of the template's checkpoint with the clone's own
+    /// xl.cfg (its name, loop-attached disks, vifs, shares), once the
+    /// template's metadata and checkpoint are checked ([`template::check`]).
+    /// Xen copies the checkpoint's memory into the new domain.
+    async fn restore(&self, spec: VmSpec, template: &Path) -> Result<Box<dyn Vm>, HypervisorError> {
+        xlcfg::validate(&spec).map_err(HypervisorError::InvalidSpec)?;
+        host_check(&self.proc_xen, &self.config.xl).map_err(unavailable)?;
+        let version = self.xen_version().await.map_err(unavailable)?;
+        let wanted = Metadata::layout(&spec, &version, self.config.guest_type);
+        let dir = template.to_path_buf();
+        let verified = self.verified.clone();
+        let checkpoint =
+            tokio::task::spawn_blocking(move || template::check(&dir, &wanted, &verified))
+                .await
+                .map_err(|e| HypervisorError::Io(format!("template check task: {e}")))?
+                .map_err(HypervisorError::TemplateRejected)?;
+        self.create(spec, Some(checkpoint)).await
     }
 
     /// No host process holds a domain, so `info.pid` and `pid_start` say
@@ -561,7 +702,11 @@ impl Hypervisor for XenHypervisor {
             listener,
             pty,
             agent,
-            device_model,
+            Held {
+                device_model,
+                // blkback holds the loop devices the launching plugin attached.
+                disks: Vec::new(),
+            },
         )))
     }
 }

@@ -13,7 +13,10 @@
 //!   (`hyper.channel=/dev/hvc0`).
 //!
 //! The spec's disks (the read-only rootfs, then read-write block volumes)
-//! become xen-blkfront disks `xvda`, `xvdb` …;
+//! become xen-blkfront disks `xvda`, `xvdb` …, each attached by the backend
+//! to a loop device of its own ([`loopdev`]; read-only for a read-only
+//! disk) that the `block_script` (`scripts/block-hyper`) names to blkback
+//! (without that script installed: the image itself, through Xen's `block`);
 //! since blkfront has no serial, the kernel command line maps each disk id to
 //! its device: `hyper.disk.<id>=xvda`.
 //!
@@ -34,7 +37,7 @@
 //! from a read-only bind mount the backend makes ([`share`]).
 //!
 //! `[hypervisor.xen]` keys: `type` (`pv` | `pvh`), `xl`, `xenstore_socket`,
-//! `xl_timeout_secs`, `vif_script`, `share_dir`; see [`config::XenConfig`].
+//! `xl_timeout_secs`, `vif_script`, `block_script`, `share_dir`; see [`config::XenConfig`].
 
 use std::sync::Arc;
 
@@ -43,8 +46,10 @@ use hyper_hypervisor::{ConfigProblem, Hypervisor};
 pub mod config;
 pub mod console;
 mod hypervisor;
+pub mod loopdev;
 pub mod owner;
 pub mod share;
+pub mod template;
 pub mod vif;
 mod vm;
 pub mod xenstore;

@@ -1,6 +1,6 @@
 //! One running domU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,10 @@ use tokio::sync::watch;
 use crate::config::XenConfig;
 use crate::console::{self, Pty};
 use crate::hypervisor::xs;
+use crate::loopdev::LoopDevice;
 use crate::owner;
 use crate::share::DeviceModel;
+use crate::template::{self, Metadata};
 use crate::xenstore::{Xenstore, XsError};
 use crate::xl;
 
@@ -30,6 +32,14 @@ const MONITOR_EXIT: Duration = Duration::from_secs(5);
 
 type ExitSlot = Option<Result<VmExit, HypervisorError>>;
 
+/// What in dom0 serves a domain besides Xen: the device model of its
+/// shares (watched) and the loop devices of its disks (held until it is
+/// gone).
+pub(crate) struct Held {
+    pub device_model: Option<DeviceModel>,
+    pub disks: Vec<LoopDevice>,
+}
+
 pub struct XenVm {
     info: VmInfo,
     domid: u32,
@@ -38,14 +48,17 @@ pub struct XenVm {
     /// Set before this backend shuts the domain down or destroys it: libxl
     /// then stops the device model itself, which is no helper's death.
     stopping: Arc<AtomicBool>,
+    /// Launched to be saved as a template: the layout its metadata records.
+    template: Option<Metadata>,
 }
 
 impl XenVm {
     /// Takes over a created, unpaused domain: bridges its console to the
     /// agent socket and watches for its end, and for the end of the device
     /// model serving its shares, if it has any (then the domain is
-    /// destroyed: its 9p requests would never be answered). Must run inside
-    /// the plugin's runtime.
+    /// destroyed: its 9p requests would never be answered). `disks`: the
+    /// loop devices its disks are on, let go once it is gone (the kernel
+    /// then detaches them). Must run inside the plugin's runtime.
     pub(crate) fn start(
         name: String,
         domid: u32,
@@ -53,8 +66,12 @@ impl XenVm {
         listener: UnixListener,
         pty: Pty,
         agent: PathBuf,
-        device_model: Option<DeviceModel>,
+        held: Held,
     ) -> Self {
+        let Held {
+            device_model,
+            disks,
+        } = held;
         let info = VmInfo {
             id: name.clone(),
             agent_channel: AgentChannel::UnixSocket(agent.clone()),
@@ -79,6 +96,7 @@ impl XenVm {
                 wait_for_monitor_exit(&dir.join("xl.cfg")).await;
             }
             let _ = std::fs::remove_file(&agent);
+            drop(disks);
             crate::share::release(&cfg.share_dir, &name);
             let key = owner::path(&name);
             let _ = xs(&cfg.xenstore_socket, move |x| x.rm(&key)).await;
@@ -90,7 +108,15 @@ impl XenVm {
             config,
             exit,
             stopping,
+            template: None,
         }
+    }
+
+    /// A VM launched with `VmSpec.save_as_template`: what
+    /// [`Vm::save_template`] records about it.
+    pub(crate) fn with_template(mut self, layout: Option<Metadata>) -> Self {
+        self.template = layout;
+        self
     }
 
     pub fn domid(&self) -> u32 {
@@ -336,6 +362,47 @@ impl Vm for XenVm {
                 self.info.id, self.domid
             )))
         }
+    }
+
+    /// `xl save` writes the domain's memory, vCPU and device state into
+    /// `dir` and destroys the domain; then this backend's metadata (layout,
+    /// Xen version, the checkpoint's size and sha256) goes next to it.
+    async fn save_template(&self, dir: &Path) -> Result<(), HypervisorError> {
+        let Some(layout) = self.template.clone() else {
+            return Err(HypervisorError::Unsupported(
+                "saving a VM that was not launched as a template (VmSpec.save_as_template)".into(),
+            ));
+        };
+        if self.has_exited() {
+            return Err(HypervisorError::Io(format!(
+                "VM {} has already ended",
+                self.info.id
+            )));
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        let checkpoint = dir.join(template::CHECKPOINT);
+        let target = checkpoint.to_string_lossy().into_owned();
+        let limit = Duration::from_secs(self.config.xl_timeout_secs);
+        let saved = xl::run(&self.config.xl, &["save", &self.info.id, &target], limit).await;
+        let failure = match saved {
+            Ok(out) if out.success => None,
+            Ok(out) => Some(format!("xl save failed: {}", out.reason())),
+            Err(e) => Some(e),
+        };
+        if let Some(message) = failure {
+            let _ = std::fs::remove_file(&checkpoint);
+            let _ = self.kill().await;
+            return Err(HypervisorError::Io(message));
+        }
+        // xl save destroys the domain once its state is written.
+        if !self.wait_within(GONE_AFTER_DESTROY).await {
+            let _ = self.kill().await;
+        }
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || template::write_metadata(&dir, layout))
+            .await
+            .map_err(|e| HypervisorError::Io(format!("template metadata task: {e}")))?
+            .map_err(HypervisorError::Io)
     }
 
     async fn stats(&self) -> Result<VmStats, HypervisorError> {

@@ -1,7 +1,7 @@
 //! The xl configuration of one domain, and the kernel command line bits the
 //! backend adds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hyper_hypervisor::{nic, NicSpec, ShareSpec, VmSpec};
 
@@ -166,6 +166,30 @@ fn p9(share: &ShareSpec, share_dir: &Path, vm_id: &str) -> String {
     )
 }
 
+/// Where xl finds one of the spec's disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTarget {
+    /// The image itself (Xen's `block` script attaches it), or the loop
+    /// device the backend attached it to ([`crate::loopdev`]).
+    pub path: PathBuf,
+    /// The hotplug script that names a loop device to blkback
+    /// (`block-hyper`); `None`: Xen's default `block`.
+    pub script: Option<PathBuf>,
+}
+
+impl DiskTarget {
+    /// The spec's images as they are, for Xen's `block` script.
+    pub fn images(spec: &VmSpec) -> Vec<Self> {
+        spec.disks
+            .iter()
+            .map(|d| DiskTarget {
+                path: d.path.clone(),
+                script: None,
+            })
+            .collect()
+    }
+}
+
 /// One vif spec of xl.cfg: the guest's MAC and the backend's hotplug
 /// script (bridge-less; see `scripts/vif-hyper`).
 fn vif(nic: &NicSpec, script: &Path) -> String {
@@ -175,8 +199,15 @@ fn vif(nic: &NicSpec, script: &Path) -> String {
 }
 
 /// The xl config file. Call [`validate`] first. `share_dir`: where the
-/// read-only shares' bind mounts are ([`share::prepare`]).
-pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path, share_dir: &Path) -> String {
+/// read-only shares' bind mounts are ([`share::prepare`]); `targets`: where
+/// each of the spec's disks is, in order.
+pub fn render(
+    spec: &VmSpec,
+    guest_type: GuestType,
+    vif_script: &Path,
+    share_dir: &Path,
+    targets: &[DiskTarget],
+) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     let q = |s: &str| format!("\"{s}\"");
@@ -191,13 +222,20 @@ pub fn render(spec: &VmSpec, guest_type: GuestType, vif_script: &Path, share_dir
     let disks: Vec<String> = spec
         .disks
         .iter()
+        .zip(targets)
         .enumerate()
-        .filter_map(|(n, d)| {
+        .filter_map(|(n, (d, target))| {
             let access = if d.read_only { "ro" } else { "rw" };
+            // `target=` last: xl takes the rest of the item as the path.
+            let script = target
+                .script
+                .as_ref()
+                .map(|s| format!("script={}, ", s.to_string_lossy()))
+                .unwrap_or_default();
             vdev(n).map(|dev| {
                 format!(
-                    "\"format=raw, vdev={dev}, access={access}, target={}\"",
-                    d.path.to_string_lossy()
+                    "\"format=raw, vdev={dev}, access={access}, {script}target={}\"",
+                    target.path.to_string_lossy()
                 )
             })
         })
@@ -229,7 +267,13 @@ mod tests {
     const SHARES: &str = "/run/hyper-xen/shares";
 
     fn render(spec: &VmSpec, guest_type: GuestType, script: &Path) -> String {
-        super::render(spec, guest_type, script, Path::new(SHARES))
+        super::render(
+            spec,
+            guest_type,
+            script,
+            Path::new(SHARES),
+            &DiskTarget::images(spec),
+        )
     }
 
     fn nic() -> NicSpec {
@@ -284,6 +328,44 @@ mod tests {
              on_crash = \"destroy\"\n"
         );
         assert!(render(&spec(), GuestType::Pvh, Path::new(SCRIPT)).contains("type = \"pvh\"\n"));
+    }
+
+    /// Disks the backend attached to loop devices: the device is the
+    /// target, `block-hyper` the script, the guest sees the same vdevs and
+    /// access modes and finds them by the same ids.
+    #[test]
+    fn loop_attached_disks_name_their_device_and_script() {
+        let mut s = spec();
+        s.disks.push(DiskSpec {
+            path: "/d/data.img".into(),
+            read_only: false,
+            id: "data".into(),
+        });
+        let targets: Vec<DiskTarget> = ["/dev/loop3", "/dev/loop7"]
+            .iter()
+            .map(|p| DiskTarget {
+                path: p.into(),
+                script: Some("/etc/xen/scripts/block-hyper".into()),
+            })
+            .collect();
+        let text = super::render(
+            &s,
+            GuestType::Pv,
+            Path::new(SCRIPT),
+            Path::new(SHARES),
+            &targets,
+        );
+        assert!(
+            text.contains(
+                "disk = [ \"format=raw, vdev=xvda, access=ro, script=/etc/xen/scripts/block-hyper, target=/dev/loop3\", \
+                 \"format=raw, vdev=xvdb, access=rw, script=/etc/xen/scripts/block-hyper, target=/dev/loop7\" ]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("hyper.disk.hyper-rootfs0=xvda hyper.disk.data=xvdb\""),
+            "{text}"
+        );
     }
 
     #[test]

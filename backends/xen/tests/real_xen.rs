@@ -69,6 +69,52 @@ fn nothing_left(name: &str) {
     );
 }
 
+/// The loop devices whose backing file is under `dir` (the backend attaches
+/// each disk image to one).
+fn loops_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+            if std::path::Path::new(backing.trim_end()).starts_with(dir) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// No loop device is left on the files under `dir`: blkback lets go of the
+/// device a moment after the domain is gone, then the kernel detaches it.
+async fn no_loops_left(dir: &std::path::Path) {
+    for _ in 0..100 {
+        if loops_under(dir).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("loop devices left: {:?}", loops_under(dir));
+}
+
+/// The first frame hyperstart sends on the agent socket is READY.
+async fn ready_frame(sock: &std::path::Path) -> tokio::net::UnixStream {
+    let mut stream = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut head))
+        .await
+        .expect("no frame from hyperstart within 120 s")
+        .unwrap();
+    let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+    let mut body = vec![0u8; len.min(4096)];
+    stream.read_exact(&mut body).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.to_lowercase().contains("ready"), "{text}");
+    stream
+}
+
 #[tokio::test]
 #[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
 async fn probe_is_usable_in_dom0() {
@@ -85,9 +131,18 @@ async fn a_domain_that_fails_to_build_reports_libxl() {
     std::fs::write(&bogus, b"this is not a kernel").unwrap();
     let mut s = spec(&dir, "hx-badkernel", "hyperstart.img");
     s.kernel = bogus;
+    let disk = dir.path().join("rootfs.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    s.disks.push(hyper_hypervisor::DiskSpec {
+        path: disk,
+        read_only: true,
+        id: "hyper-rootfs0".into(),
+    });
     let m = launch_failure(s).await;
     assert!(m.contains("xl create failed") && m.contains("libxl"), "{m}");
     nothing_left("hx-badkernel");
+    // The disk's loop device went with the failed launch.
+    no_loops_left(dir.path()).await;
 }
 
 /// The real payload: hyperstart says READY on the bridged console; kill()
@@ -362,6 +417,14 @@ async fn shares_and_rw_disks_reach_the_guest_and_leave_nothing() {
         Some(hyper_hypervisor::ShareTransport::Xen9p)
     );
     let vm = hv.launch(s).await.unwrap();
+    // Each disk on a loop device of its own (block-hyper is installed in
+    // the suite's dom0).
+    assert_eq!(
+        loops_under(dir.path()).len(),
+        2,
+        "{:?}",
+        loops_under(dir.path())
+    );
     let share_dir = config().share_dir;
     assert_eq!(
         hyper_backend_xen::share::mounts_under(&share_dir),
@@ -409,6 +472,7 @@ async fn shares_and_rw_disks_reach_the_guest_and_leave_nothing() {
         assert_eq!(&data[512..512 + want.len()], want.as_bytes(), "disk {id}");
     }
     nothing_left("hx-vol");
+    no_loops_left(dir.path()).await;
     assert!(hyper_backend_xen::share::mounts_under(&share_dir).is_empty());
     assert!(!share_dir.join("hx-vol").exists());
     // libxl stops the device model with the domain; give it the moment
@@ -482,4 +546,96 @@ async fn a_dead_device_model_stops_the_domain_and_is_reported() {
     );
     nothing_left("hx-dmkill");
     assert!(hyper_backend_xen::share::mounts_under(&config().share_dir).is_empty());
+}
+
+/// Templates: a hyperstart domain launched to be saved (one read-only
+/// placeholder disk) is saved at READY with `xl save`; a clone restored
+/// from it with its own name and disk runs on its own loop device; a
+/// template whose checkpoint was altered, or a clone of another layout, is
+/// refused before any domain exists; nothing is left.
+#[tokio::test]
+#[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
+async fn a_saved_template_restores_a_clone_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        p
+    };
+    let run = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let mut t = spec(&dir, "hx-tmpl", "hyperstart.img");
+    t.run_dir = run("tmpl-run");
+    t.disks.push(hyper_hypervisor::DiskSpec {
+        path: image("placeholder.img"),
+        read_only: true,
+        id: "hyper-rootfs0".into(),
+    });
+    t.save_as_template = true;
+    let hv = XenHypervisor::new(config());
+    let vm = hv.launch(t.clone()).await.unwrap();
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    drop(ready_frame(&sock).await);
+    let saved = dir.path().join("template");
+    std::fs::create_dir(&saved).unwrap();
+    vm.save_template(&saved).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), vm.wait())
+        .await
+        .expect("the saved domain did not go away")
+        .unwrap();
+    nothing_left("hx-tmpl");
+    assert!(saved.join("domain.xlsave").is_file());
+    let meta = std::fs::read_to_string(saved.join("template.json")).unwrap();
+    assert!(meta.contains("\"format\": 1"), "{meta}");
+    assert!(meta.contains("\"checkpoint_sha256\""), "{meta}");
+
+    let mut clone = t.clone();
+    clone.id = "hx-clone".into();
+    clone.run_dir = run("clone-run");
+    clone.disks[0].path = image("clone-rootfs.img");
+    clone.save_as_template = false;
+    let vm = hv.restore(clone.clone(), &saved).await.unwrap();
+    let backing: Vec<String> = loops_under(dir.path())
+        .iter()
+        .map(|l| std::fs::read_to_string(format!("/sys/block/{l}/loop/backing_file")).unwrap())
+        .collect();
+    assert_eq!(backing.len(), 1, "{backing:?}");
+    assert!(backing[0].contains("clone-rootfs.img"), "{backing:?}");
+    let stats = vm.stats().await.unwrap();
+    assert_eq!(stats.rss_bytes, 128 * 1024 * 1024);
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    nothing_left("hx-clone");
+    no_loops_left(dir.path()).await;
+
+    // Another layout: refused before anything starts.
+    let mut other = clone.clone();
+    other.id = "hx-clone2".into();
+    other.memory_mib = 256;
+    match hv.restore(other, &saved).await {
+        Err(HypervisorError::TemplateRejected(m)) => assert!(m.contains("memory"), "{m}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a clone of another size must be refused"),
+    }
+    // An altered checkpoint (same size, one byte changed): refused by a
+    // hyperd that has not hashed it yet.
+    let checkpoint = saved.join("domain.xlsave");
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&checkpoint, &bytes).unwrap();
+    drop(bytes);
+    let mut again = clone.clone();
+    again.id = "hx-clone3".into();
+    match XenHypervisor::new(config()).restore(again, &saved).await {
+        Err(HypervisorError::TemplateRejected(m)) => assert!(m.contains("altered"), "{m}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("an altered checkpoint must be refused"),
+    }
+    nothing_left("hx-clone2");
+    nothing_left("hx-clone3");
+    no_loops_left(dir.path()).await;
 }
