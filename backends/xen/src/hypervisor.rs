@@ -565,6 +565,22 @@ impl Hypervisor for XenHypervisor {
             "xenstore_socket".to_string(),
             self.config.xenstore_socket.display().to_string(),
         );
+        details.insert(
+            "templates".to_string(),
+            "xl save / xl restore: each clone gets its own copy of the template's memory (no page sharing on Xen)"
+                .to_string(),
+        );
+        details.insert(
+            "block_script".to_string(),
+            if executable(&self.config.block_script) {
+                self.config.block_script.display().to_string()
+            } else {
+                format!(
+                    "{} missing: disks go through Xen's slower `block` script",
+                    self.config.block_script.display()
+                )
+            },
+        );
         let unusable = |reason: String, details| ProbeReport {
             usable: false,
             reason,

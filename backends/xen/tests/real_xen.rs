@@ -107,7 +107,9 @@ async fn ready_frame(sock: &std::path::Path) -> tokio::net::UnixStream {
         .await
         .expect("no frame from hyperstart within 120 s")
         .unwrap();
+    // kind (1) + stream (4) + payload length (4, big endian)
     let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+    assert_eq!(head[0], 0, "first frame is a control frame: {head:?}");
     let mut body = vec![0u8; len.min(4096)];
     stream.read_exact(&mut body).await.unwrap();
     let text = String::from_utf8_lossy(&body);
@@ -157,19 +159,7 @@ async fn ready_on_the_bridged_console_then_kill() {
         .await
         .unwrap();
     let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
-    let mut stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    let mut head = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut head))
-        .await
-        .expect("no frame from hyperstart within 120 s")
-        .unwrap();
-    // kind (1) + stream (4) + payload length (4, big endian)
-    let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
-    assert_eq!(head[0], 0, "first frame is a control frame: {head:?}");
-    let mut body = vec![0u8; len.min(4096)];
-    stream.read_exact(&mut body).await.unwrap();
-    let text = String::from_utf8_lossy(&body);
-    assert!(text.to_lowercase().contains("ready"), "{text}");
+    drop(ready_frame(&sock).await);
     let stats = vm.stats().await.unwrap();
     assert_eq!(stats.rss_bytes, 128 * 1024 * 1024);
     vm.kill().await.unwrap();
