@@ -117,6 +117,36 @@ async fn ready_frame(sock: &std::path::Path) -> tokio::net::UnixStream {
     stream
 }
 
+/// Sends hyperstart a `Hello` (the host's answer to READY) and returns the
+/// payload of its first control frame back.
+async fn hello_answer(sock: &std::path::Path) -> String {
+    use hyper_protocol::{Frame, HostMessage, Request, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let hello = HostMessage {
+        id: 1,
+        request: Request::Hello {
+            version: PROTOCOL_VERSION,
+            capabilities: Vec::new(),
+        },
+    };
+    let frame = Frame::control(serde_json::to_vec(&hello).unwrap()).encode();
+    stream.write_all(&frame).await.unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut head))
+            .await
+            .expect("no answer from the restored hyperstart within 120 s")
+            .unwrap();
+        let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        let mut body = vec![0u8; len.min(1 << 20)];
+        stream.read_exact(&mut body).await.unwrap();
+        if head[0] == 0 {
+            return String::from_utf8_lossy(&body).into_owned();
+        }
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs a Xen dom0 (tests/xen/run-suite.sh)"]
 async fn probe_is_usable_in_dom0() {
@@ -596,6 +626,11 @@ async fn a_saved_template_restores_a_clone_and_bad_ones_are_refused() {
     assert!(backing[0].contains("clone-rootfs.img"), "{backing:?}");
     let stats = vm.stats().await.unwrap();
     assert_eq!(stats.rss_bytes, 128 * 1024 * 1024);
+    // The clone's hyperstart resumed where it was saved (READY sent, waiting
+    // for the host's Hello) and answers on the clone's own console bridge.
+    let AgentChannel::UnixSocket(sock) = vm.info().agent_channel;
+    let answer = hello_answer(&sock).await;
+    assert!(answer.contains("\"id\":1"), "{answer}");
     vm.kill().await.unwrap();
     vm.wait().await.unwrap();
     nothing_left("hx-clone");
