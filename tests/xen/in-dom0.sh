@@ -80,7 +80,13 @@ sed 's/bench-plain/bench-disk/' "$B/plain.cfg" > "$B/disk.cfg"
 echo "disk = [ \"format=raw, vdev=xvda, access=ro, target=$B/rootfs.erofs\" ]" >> "$B/disk.cfg"
 "$S/bin/hyperd" --config "$B/config.toml" > "$R/bench-hyperd.log" 2>&1 &
 hpid=$!
-i=0; while [ ! -S "$B/hyperd.sock" ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+# The same hyperd with no block_script: disks through Xen's `block` script,
+# as before the backend attached them itself (an A/B in one run).
+sed -e "s|$B/state|$B/state-xb|" -e "s|$B/hyperd.sock|$B/hyperd-xb.sock|" "$B/config.toml" > "$B/config-xb.toml"
+echo 'block_script = "/nonexistent/block-hyper"' >> "$B/config-xb.toml"
+"$S/bin/hyperd" --config "$B/config-xb.toml" > "$R/bench-hyperd-xb.log" 2>&1 &
+xbpid=$!
+i=0; while { [ ! -S "$B/hyperd.sock" ] || [ ! -S "$B/hyperd-xb.sock" ]; } && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
 : > "$R/bench.txt"
 # hyper-run: no network (the plain boot path); hyper-run-net: the default
 # CNI network (dom0's /etc/hyper/cni/net.d) and the vif joined to it.
@@ -91,6 +97,10 @@ while [ $n -lt "${XEN_BENCH_RUNS:-3}" ]; do
   HYPER_HOST=$B/hyperd.sock "$S/bin/hyper" run --rm --network none --rootfs "$HYPER_TEST_ROOTFS" -- true >> "$R/bench-hyper.out" 2>&1
   rc=$?; t1=$(up)
   echo "hyper-run $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
+  t0=$(up)
+  HYPER_HOST=$B/hyperd-xb.sock "$S/bin/hyper" run --rm --network none --rootfs "$HYPER_TEST_ROOTFS" -- true >> "$R/bench-hyper.out" 2>&1
+  rc=$?; t1=$(up)
+  echo "hyper-run-xenblock $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
   t0=$(up)
   HYPER_HOST=$B/hyperd.sock "$S/bin/hyper" run --rm --rootfs "$HYPER_TEST_ROOTFS" -- true >> "$R/bench-hyper.out" 2>&1
   rc=$?; t1=$(up)
@@ -111,13 +121,13 @@ while [ $n -lt "${XEN_BENCH_RUNS:-3}" ]; do
     t0=$(up)
     loop=$(losetup -r -f --show "$B/rootfs.erofs") || { echo "xl-create-loop $n rc=losetup 0" >> "$R/bench.txt"; continue; }
     sed "s/bench-plain/bench-loop/" "$B/plain.cfg" > "$B/loop.cfg"
-    echo "disk = [ \"format=raw, vdev=xvda, access=ro, target=$loop, script=/etc/xen/scripts/block-hyper\" ]" >> "$B/loop.cfg"
+    echo "disk = [ \"format=raw, vdev=xvda, access=ro, script=/etc/xen/scripts/block-hyper, target=$loop\" ]" >> "$B/loop.cfg"
     timeout 300 xl create -F "$B/loop.cfg" >> "$R/bench-xl.out" 2>&1
     rc=$?; losetup -d "$loop"; t1=$(up)
     echo "xl-create-loop $n rc=$rc $(awk "BEGIN{printf \"%.2f\", $t1-$t0}")" >> "$R/bench.txt"
   fi
 done
-kill $hpid; wait $hpid
+kill $hpid $xbpid; wait $hpid $xbpid
 # Templates (issue 16): a hyperstart domain (the pods' kernel, initramfs
 # and command line, no disk or NIC) saved once it idles at READY, then
 # restored XEN_BENCH_RUNS times; `xl restore` returns once the domain runs,
