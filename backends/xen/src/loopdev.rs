@@ -1,8 +1,7 @@
 //! Loop devices the backend attaches its domains' disk images to, so that
 //! xl's hotplug step is the backend's two-call `block-hyper` script instead
 //! of Xen's bash `block` script (which runs dozens of processes under a
-//! global lock: most of a cold `hyper run`'s extra time over a plain `xl
-//! create` under emulation; docs/perf/tmplxen.md).
+//! global lock; docs/perf/tmplxen.md measures both).
 //!
 //! Each device is configured in one `LOOP_CONFIGURE` with
 //! `LO_FLAGS_AUTOCLEAR` (and `LO_FLAGS_READ_ONLY` for a read-only disk): the
