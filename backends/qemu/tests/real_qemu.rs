@@ -993,3 +993,205 @@ async fn launch_time_with_a_share() {
         );
     }
 }
+
+// ---- templates (issue 16) ----
+
+/// A clone's own spec next to the template's: its own run directory,
+/// console log and disk files (the same ids and read-only flags).
+fn clone_spec(f: &Fixture, template: &VmSpec, name: &str) -> VmSpec {
+    let dir = f.dir.path().join(name);
+    std::fs::create_dir_all(dir.join("vm")).unwrap();
+    let mut spec = template.clone();
+    spec.id = name.into();
+    spec.save_as_template = false;
+    spec.run_dir = dir.join("vm");
+    spec.console_log = dir.join("console.log");
+    for disk in &mut spec.disks {
+        let path = dir.join(format!("{}.img", disk.id));
+        std::fs::write(&path, [0u8; 65536]).unwrap();
+        disk.path = path;
+    }
+    spec
+}
+
+/// Whether any process's command line mentions `needle` (a run directory).
+fn any_process_mentions(needle: &Path) -> bool {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c.windows(needle.len()).any(|w| w == needle))
+}
+
+async fn status(vm: &hyper_backend_qemu::QemuVm) -> String {
+    let s = vm
+        .qmp_command("query-status", Duration::from_secs(10))
+        .await
+        .unwrap();
+    s["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Launches `spec` as a template VM and saves it into `<dir>/tpl`.
+async fn save_template(hv: &QemuHypervisor, f: &Fixture, spec: &VmSpec) -> PathBuf {
+    let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
+    let memory = spec.run_dir.join("memory");
+    let meta = std::fs::metadata(&memory).unwrap();
+    assert_eq!(meta.len(), u64::from(spec.memory_mib) << 20);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(cmdline(vm.pid())
+        .iter()
+        .any(|a| a.contains("memory-backend-file") && a.ends_with("share=on")));
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("the template VM ends after its save")
+        .unwrap();
+    assert!(!memory.exists(), "the RAM file was moved, not left");
+    assert!(run_files(&spec.run_dir).is_empty());
+    for file in ["memory", "state", "template.json"] {
+        assert!(tpl.join(file).is_file(), "no {file} in the template");
+    }
+    tpl
+}
+
+/// Save, then two clones restored from it run at once, each with its own
+/// run directory and disks and the template's RAM mapped privately.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_saved_and_restored_into_two_clones() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    assert!(hv.capabilities().templates);
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let tpl = save_template(&hv, &f, &spec).await;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tpl.join("template.json")).unwrap()).unwrap();
+    assert_eq!(meta["format"], 1);
+    assert_eq!(meta["layout"]["disks"][1]["id"], "scratch");
+
+    let mut clones = Vec::new();
+    for name in ["c1", "c2"] {
+        let clone = clone_spec(&f, &spec, name);
+        let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+        assert_eq!(status(&vm).await, "running");
+        let args = cmdline(vm.pid());
+        let memory = format!("mem-path={},share=off", tpl.join("memory").display());
+        assert!(args.iter().any(|a| a.contains(&memory)), "{args:?}");
+        assert!(args
+            .iter()
+            .any(|a| a.contains(&*clone.disks[0].path.to_string_lossy())));
+        clones.push((vm, clone));
+    }
+    for (vm, clone) in &clones {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+        assert!(run_files(&clone.run_dir).is_empty());
+        assert!(!clone.run_dir.join("migrate.sock").exists());
+    }
+    // The clones wrote nothing into the template.
+    assert_eq!(
+        std::fs::metadata(tpl.join("memory")).unwrap().len(),
+        64 << 20
+    );
+}
+
+/// A template that is not what the clone needs is refused before anything
+/// starts: another layout, an altered state, a truncated memory file, a
+/// missing metadata file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_is_refused_and_nothing_is_left_running() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let tpl = save_template(&hv, &f, &spec).await;
+    let clone = clone_spec(&f, &spec, "c1");
+
+    let refused = |e: HypervisorError, what: &str| {
+        let HypervisorError::TemplateRejected(reason) = e else {
+            panic!("{what}: expected TemplateRejected, got {e:?}");
+        };
+        eprintln!("{what}: refused: {reason}");
+        assert!(!any_process_mentions(&clone.run_dir), "{what}: a QEMU runs");
+        assert!(run_files(&clone.run_dir).is_empty(), "{what}");
+        reason
+    };
+
+    // Another layout: the data disk read-only, one more NIC-less disk.
+    let mut other = clone.clone();
+    other.disks[1].read_only = true;
+    let e = hv.restore_qemu(other, &tpl).await.err().unwrap();
+    assert!(refused(e, "other layout").contains("disks"));
+    let mut other = clone.clone();
+    other.memory_mib = 128;
+    let e = hv.restore_qemu(other, &tpl).await.err().unwrap();
+    assert!(refused(e, "other memory").contains("memory_mib"));
+
+    // An altered state file (same size).
+    let state = tpl.join("state");
+    let good = std::fs::read(&state).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    std::fs::write(&state, &bad).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    assert!(refused(e, "altered state").contains("checksum"));
+    std::fs::write(&state, &good).unwrap();
+
+    // A truncated memory file.
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tpl.join("memory"))
+        .unwrap();
+    memory.set_len(32 << 20).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    assert!(refused(e, "truncated memory").contains("truncated"));
+    memory.set_len(64 << 20).unwrap();
+
+    // No metadata.
+    std::fs::rename(tpl.join("template.json"), tpl.join("x.json")).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    refused(e, "no metadata");
+    std::fs::rename(tpl.join("x.json"), tpl.join("template.json")).unwrap();
+
+    // Put back, the same template restores.
+    let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+    assert_eq!(status(&vm).await, "running");
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+}
+
+/// A template VM cannot have shares (vhost-user-fs does not migrate in
+/// QEMU 7.2): refused before anything starts, so the core cold-starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_vm_with_shares_is_refused() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let mut spec = with_shares(&f);
+    spec.save_as_template = true;
+    let e = tcg(Machine::Microvm)
+        .launch(spec.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, HypervisorError::InvalidSpec(m) if m.contains("shares")),
+        "{e:?}"
+    );
+    assert!(!spec.run_dir.join("memory").exists());
+    assert!(run_files(&spec.run_dir).is_empty());
+}
