@@ -1195,3 +1195,246 @@ async fn a_template_vm_with_shares_is_refused() {
     assert!(!spec.run_dir.join("memory").exists());
     assert!(run_files(&spec.run_dir).is_empty());
 }
+
+/// A bare host end of hyperstart's channel: frames in, control messages out.
+struct Channel {
+    stream: tokio::net::UnixStream,
+    decoder: hyper_protocol::FrameDecoder,
+}
+
+const GUEST_LIMIT: Duration = Duration::from_secs(300);
+
+impl Channel {
+    async fn connect(vm: &dyn Vm) -> Self {
+        let AgentChannel::UnixSocket(path) = vm.info().agent_channel;
+        Self {
+            stream: tokio::net::UnixStream::connect(&path).await.unwrap(),
+            decoder: hyper_protocol::FrameDecoder::new(),
+        }
+    }
+
+    async fn recv(&mut self) -> hyper_protocol::GuestMessage {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if let Some(frame) = self.decoder.next_frame().unwrap() {
+                    if frame.kind == hyper_protocol::FrameKind::Control {
+                        return serde_json::from_slice(&frame.payload).unwrap();
+                    }
+                    continue;
+                }
+                let mut buf = vec![0u8; self.decoder.wanted()];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the channel closed");
+                if let Some(frame) = self.decoder.push(&buf[..n]).unwrap() {
+                    if frame.kind == hyper_protocol::FrameKind::Control {
+                        return serde_json::from_slice(&frame.payload).unwrap();
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(GUEST_LIMIT, read)
+            .await
+            .expect("no message from hyperstart")
+    }
+
+    async fn send(&mut self, id: u64, request: hyper_protocol::Request) {
+        use tokio::io::AsyncWriteExt;
+        let msg = hyper_protocol::HostMessage { id, request };
+        let frame = hyper_protocol::Frame::control(serde_json::to_vec(&msg).unwrap());
+        self.stream.write_all(&frame.encode()).await.unwrap();
+    }
+
+    /// Booted guest: READY, then our Hello.
+    async fn hello(&mut self) {
+        let ready = self.recv().await;
+        assert!(
+            matches!(ready, hyper_protocol::GuestMessage::Ready { .. }),
+            "{ready:?}"
+        );
+        self.send(
+            1,
+            hyper_protocol::Request::Hello {
+                version: hyper_protocol::PROTOCOL_VERSION,
+                capabilities: Vec::new(),
+            },
+        )
+        .await;
+        let answer = self.recv().await;
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response {
+                    id: 1,
+                    result: Ok(_)
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+
+    /// A new host session on a running guest (a restored clone): pad,
+    /// Reattach, the resync marker, the answer.
+    async fn reattach(&mut self, nonce: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = vec![hyper_protocol::PAD_BYTE; hyper_protocol::RESYNC_PAD_LEN];
+        let msg = hyper_protocol::HostMessage {
+            id: 7,
+            request: hyper_protocol::Request::Reattach {
+                nonce: nonce.into(),
+            },
+        };
+        hyper_protocol::Frame::control(serde_json::to_vec(&msg).unwrap()).encode_into(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+        let mut marker = hyper_protocol::RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(nonce.as_bytes());
+        let mut seen: Vec<u8> = Vec::new();
+        let find = async {
+            loop {
+                if let Some(at) = seen.windows(marker.len()).position(|w| w == marker) {
+                    return at;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the channel closed");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        };
+        let at = tokio::time::timeout(GUEST_LIMIT, find)
+            .await
+            .expect("no resync marker from hyperstart");
+        // What follows the marker is the new session's first frames.
+        let rest = seen[at + marker.len()..].to_vec();
+        self.decoder = hyper_protocol::FrameDecoder::new();
+        let first = self.decoder.push(&rest).unwrap();
+        let answer = match first {
+            Some(f) => serde_json::from_slice(&f.payload).unwrap(),
+            None => self.recv().await,
+        };
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response {
+                    id: 7,
+                    result: Ok(hyper_protocol::Reply::Reattached { .. })
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+
+    async fn ping(&mut self, id: u64) {
+        self.send(id, hyper_protocol::Request::Ping).await;
+        let answer = self.recv().await;
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response { id: i, result: Ok(hyper_protocol::Reply::Pong) } if i == id
+            ),
+            "{answer:?}"
+        );
+    }
+}
+
+/// build/hyperstart.img, made by `make payload`.
+fn hyperstart_img() -> Option<PathBuf> {
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/hyperstart.img");
+    if img.exists() {
+        Some(img)
+    } else {
+        eprintln!("skipped: {} is missing: run `make payload`", img.display());
+        None
+    }
+}
+
+/// A template VM booting the real payload (hyperkernel + hyperstart).
+fn payload_spec(f: &Fixture) -> Option<VmSpec> {
+    let kernel = hyperkernel()?;
+    let initrd = hyperstart_img()?;
+    let mut spec = f.spec.clone();
+    spec.kernel = kernel;
+    spec.initrd = initrd;
+    spec.cmdline = "quiet panic=-1 rdinit=/init".into();
+    spec.memory_mib = 128;
+    Some(spec)
+}
+
+/// PSS (KiB) of a process, from smaps_rollup.
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The real guest: hyperstart boots to READY in the template VM, the
+/// template is saved, and two clones each take a new host session on the
+/// channel (Reattach) and answer a Ping. Prints the clones' PSS next to two
+/// cold VMs' (measured, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_a_booted_hyperstart_answer_on_the_channel() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(b"");
+    let Some(mut spec) = payload_spec(&f) else {
+        return;
+    };
+    let hv = tcg(Machine::Microvm);
+    spec.save_as_template = true;
+    let started = std::time::Instant::now();
+    let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
+    let mut chan = Channel::connect(&vm).await;
+    chan.hello().await;
+    let cold_ready = started.elapsed();
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    vm.wait().await.unwrap();
+    drop(chan);
+
+    let mut clones = Vec::new();
+    for (i, name) in ["c1", "c2"].iter().enumerate() {
+        let clone = clone_spec(&f, &spec, name);
+        let started = std::time::Instant::now();
+        let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+        let mut chan = Channel::connect(&vm).await;
+        chan.reattach(&format!("{:016x}", 0xc10e + i)).await;
+        let ready = started.elapsed();
+        chan.ping(8).await;
+        eprintln!("clone {name}: restore to channel ready {ready:?} (template cold boot to READY {cold_ready:?})");
+        clones.push((vm, chan, clone));
+    }
+    // Both still answer, each on its own channel.
+    for (i, (_, chan, _)) in clones.iter_mut().enumerate() {
+        chan.ping(20 + i as u64).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let clone_pss: Vec<u64> = clones.iter().map(|(vm, _, _)| pss_kib(vm.pid())).collect();
+
+    let mut colds = Vec::new();
+    for name in ["k1", "k2"] {
+        let cold = clone_spec(&f, &spec, name);
+        let vm = hv.launch_qemu(cold).await.expect("cold launch");
+        let mut chan = Channel::connect(&vm).await;
+        chan.hello().await;
+        colds.push((vm, chan));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cold_pss: Vec<u64> = colds.iter().map(|(vm, _)| pss_kib(vm.pid())).collect();
+    eprintln!(
+        "PSS of two idle clones: {clone_pss:?} KiB (sum {} MiB); of two idle cold VMs: {cold_pss:?} KiB (sum {} MiB)",
+        clone_pss.iter().sum::<u64>() / 1024,
+        cold_pss.iter().sum::<u64>() / 1024
+    );
+    for (vm, _, clone) in &clones {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+        assert!(run_files(&clone.run_dir).is_empty());
+    }
+    for (vm, _) in &colds {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+}
