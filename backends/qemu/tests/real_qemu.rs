@@ -1394,24 +1394,40 @@ async fn clones_of_a_booted_hyperstart_answer_on_the_channel() {
     vm.wait().await.unwrap();
     drop(chan);
 
-    let mut clones = Vec::new();
+    let mut clones: Vec<(Box<dyn Vm>, Channel, VmSpec)> = Vec::new();
     for (i, name) in ["c1", "c2"].iter().enumerate() {
         let clone = clone_spec(&f, &spec, name);
         let started = std::time::Instant::now();
-        let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
-        let mut chan = Channel::connect(&vm).await;
+        let vm = hv.restore(clone.clone(), &tpl).await.expect("restore");
+        let mut chan = Channel::connect(vm.as_ref()).await;
         chan.reattach(&format!("{:016x}", 0xc10e + i)).await;
         let ready = started.elapsed();
         chan.ping(8).await;
         eprintln!("clone {name}: restore to channel ready {ready:?} (template cold boot to READY {cold_ready:?})");
         clones.push((vm, chan, clone));
     }
+    // A hyperd restart: c2 is taken over by a new backend and its guest
+    // gets yet another host session.
+    let (vm, chan, clone) = clones.pop().unwrap();
+    let info = vm.info();
+    let start = hyper_hypervisor::adopt::process_start_time(info.pid.unwrap());
+    drop((vm, chan));
+    let vm = tcg(Machine::Microvm)
+        .recover(clone.clone(), info, start)
+        .await
+        .expect("recover a restored VM");
+    let mut chan = Channel::connect(vm.as_ref()).await;
+    chan.reattach("00000000000000aa").await;
+    clones.push((vm, chan, clone));
     // Both still answer, each on its own channel.
     for (i, (_, chan, _)) in clones.iter_mut().enumerate() {
         chan.ping(20 + i as u64).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let clone_pss: Vec<u64> = clones.iter().map(|(vm, _, _)| pss_kib(vm.pid())).collect();
+    let clone_pss: Vec<u64> = clones
+        .iter()
+        .map(|(vm, _, _)| pss_kib(vm.info().pid.unwrap()))
+        .collect();
 
     let mut colds = Vec::new();
     for name in ["k1", "k2"] {
@@ -1437,4 +1453,51 @@ async fn clones_of_a_booted_hyperstart_answer_on_the_channel() {
         vm.kill().await.unwrap();
         vm.wait().await.unwrap();
     }
+}
+
+/// As hyperd runs it: save and restore through the plugin process, a
+/// refusal crossing the boundary typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_through_the_plugin_boundary() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = Arc::new(
+        LoadedPlugin::load_with_host(
+            &dir.join("libhyper_backend_qemu.so"),
+            &dir.join(HOST_BINARY),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let hv = plugin
+        .configure(serde_json::json!({"accel": "tcg"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(hv.capabilities().templates);
+    let f = fixture(&pvh_stub());
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl)
+        .await
+        .expect("save through the plugin");
+    tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("ends after the save")
+        .unwrap();
+    let clone = clone_spec(&f, &spec, "c1");
+    let vm = hv.restore(clone.clone(), &tpl).await.expect("restore");
+    assert!(alive(vm.info().pid.unwrap()));
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    let mut other = clone_spec(&f, &spec, "c2");
+    other.disks.pop();
+    let refused = hv.restore(other, &tpl).await.err();
+    assert!(
+        matches!(&refused, Some(HypervisorError::TemplateRejected(_))),
+        "{refused:?}"
+    );
+    assert!(run_files(&clone.run_dir).is_empty());
 }
