@@ -1501,3 +1501,70 @@ async fn templates_through_the_plugin_boundary() {
     );
     assert!(run_files(&clone.run_dir).is_empty());
 }
+
+/// Measured, not asserted (docs/perf/tmplqemu.md): the same payload cold
+/// booted to READY, and restored from a template to the guest's answer to
+/// Reattach, `HYPER_RUNS` times each (default 5). Run with
+/// `cargo test --release -p hyper-backend-qemu --test real_qemu --
+/// --ignored template_start_times --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn template_start_times() {
+    if !have_qemu() {
+        return;
+    }
+    let runs: usize = std::env::var("HYPER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let f = fixture(b"");
+    let Some(spec) = payload_spec(&f) else {
+        return;
+    };
+    let hv = tcg(Machine::Microvm);
+    let mut template = spec.clone();
+    template.save_as_template = true;
+    let vm = hv.launch_qemu(template).await.expect("template launch");
+    Channel::connect(&vm).await.hello().await;
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    vm.wait().await.unwrap();
+
+    let summary = |what: &str, mut times: Vec<Duration>| {
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "{what}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} runs: {:?}",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1]),
+            times.len(),
+            times.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+        );
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..runs {
+        let s = clone_spec(&f, &spec, &format!("k{i}"));
+        let started = std::time::Instant::now();
+        let vm = hv.launch(s).await.expect("cold launch");
+        Channel::connect(vm.as_ref()).await.hello().await;
+        cold.push(started.elapsed());
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+
+        let s = clone_spec(&f, &spec, &format!("c{i}"));
+        let started = std::time::Instant::now();
+        let vm = hv.restore(s, &tpl).await.expect("restore");
+        Channel::connect(vm.as_ref())
+            .await
+            .reattach(&format!("{i:08x}"))
+            .await;
+        warm.push(started.elapsed());
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+    summary("cold boot to READY", cold);
+    summary("restore to Reattached", warm);
+}
