@@ -100,6 +100,17 @@ pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
     parts.join(" ")
 }
 
+/// The `-accel` value: TCG with its translation buffer's size when one is
+/// configured.
+pub fn accel_arg(config: &QemuConfig, accel: Accel) -> String {
+    match accel {
+        Accel::Tcg if config.tcg_tb_size_mib > 0 => {
+            format!("tcg,tb-size={}", config.tcg_tb_size_mib)
+        }
+        _ => accel.as_str().to_string(),
+    }
+}
+
 /// The `-sandbox` option every QEMU runs with unless `[hypervisor.qemu]
 /// sandbox = false`.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -159,7 +170,7 @@ pub fn qemu_args_for(
     push(&[s("-machine")]);
     push(&[s(&memory.machine_arg(config.machine))]);
     push(&[s("-accel")]);
-    push(&[s(accel.as_str())]);
+    push(&[s(&accel_arg(config, accel))]);
     push(&[s("-cpu")]);
     push(&[s(cpu)]);
     push(&[s("-m")]);
@@ -297,7 +308,7 @@ mod tests {
         let expected = [
             "-name", "hyper-p1",
             "-machine", "microvm",
-            "-accel", "tcg",
+            "-accel", "tcg,tb-size=16",
             "-cpu", "max",
             "-m", "256",
             "-smp", "2",

@@ -1568,3 +1568,50 @@ async fn template_start_times() {
     summary("cold boot to READY", cold);
     summary("restore to Reattached", warm);
 }
+
+/// Measured, not asserted (docs/perf/tmplqemu.md): an idle payload VM's
+/// PSS and boot to READY for each TCG translation buffer size, and which
+/// part of it is anonymous (the buffer, the guest's touched RAM) or the
+/// kernel file. Run with `cargo test --release -p hyper-backend-qemu --test
+/// real_qemu -- --ignored idle_memory_by_tb_size --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn idle_memory_by_tb_size() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(b"");
+    let Some(spec) = payload_spec(&f) else {
+        return;
+    };
+    for tb in [0u32, 32, 16, 8] {
+        let hv = QemuHypervisor::new(QemuConfig {
+            accel: AccelSetting::Tcg,
+            tcg_tb_size_mib: tb,
+            ..QemuConfig::default()
+        });
+        let s = clone_spec(&f, &spec, &format!("tb{tb}"));
+        let started = std::time::Instant::now();
+        let vm = hv.launch_qemu(s).await.expect("launch");
+        let mut chan = Channel::connect(&vm).await;
+        chan.hello().await;
+        let ready = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.pid())).unwrap();
+        let field = |name: &str| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "tcg_tb_size_mib = {tb}: READY in {ready:?}; Pss {} (Pss_Anon {}, Pss_File {})",
+            field("Pss:"),
+            field("Pss_Anon:"),
+            field("Pss_File:")
+        );
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+}
