@@ -929,17 +929,7 @@ async fn shares_through_the_plugin_boundary() {
     if !have_qemu() || !have_virtiofsd() {
         return;
     }
-    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
-    let plugin = Arc::new(
-        LoadedPlugin::load_with_host(
-            &dir.join("libhyper_backend_qemu.so"),
-            &dir.join(HOST_BINARY),
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
-    );
-    let hv = plugin
-        .configure(serde_json::json!({"accel": "tcg"}))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let hv = plugin_tcg();
     assert_eq!(
         hv.capabilities().share_transport,
         Some(hyper_hypervisor::ShareTransport::VirtioFs)
@@ -1455,13 +1445,9 @@ async fn clones_of_a_booted_hyperstart_answer_on_the_channel() {
     }
 }
 
-/// As hyperd runs it: save and restore through the plugin process, a
-/// refusal crossing the boundary typed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn templates_through_the_plugin_boundary() {
-    if !have_qemu() {
-        return;
-    }
+/// The cdylib and the plugin host, built with the cargo running this test,
+/// loaded as hyperd does and configured for TCG.
+fn plugin_tcg() -> impl Hypervisor {
     let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
     let plugin = Arc::new(
         LoadedPlugin::load_with_host(
@@ -1470,9 +1456,19 @@ async fn templates_through_the_plugin_boundary() {
         )
         .unwrap_or_else(|e| panic!("{e}")),
     );
-    let hv = plugin
+    plugin
         .configure(serde_json::json!({"accel": "tcg"}))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As hyperd runs it: save and restore through the plugin process, a
+/// refusal crossing the boundary typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_through_the_plugin_boundary() {
+    if !have_qemu() {
+        return;
+    }
+    let hv = plugin_tcg();
     assert!(hv.capabilities().templates);
     let f = fixture(&pvh_stub());
     let mut spec = f.spec.clone();
@@ -1614,4 +1610,52 @@ async fn idle_memory_by_tb_size() {
         vm.kill().await.unwrap();
         vm.wait().await.unwrap();
     }
+}
+
+/// A clone's NIC is a tap in the clone's own namespace, held by the
+/// clone's QEMU alone and gone with it; the template's namespace is not
+/// touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_gets_its_own_tap() {
+    if !have_qemu() || !root() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let (_tpl_ns, tpl_nic) = pod_netns("tt", "tap-t");
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    spec.nics = vec![tpl_nic.clone()];
+    let tpl = save_template(&hv, &f, &spec).await;
+    assert!(tap_gone(&tpl_nic));
+
+    let (_clone_ns, clone_nic) = pod_netns("tc", "tap-c");
+    let mut clone = clone_spec(&f, &spec, "c1");
+    clone.nics = vec![clone_nic.clone()];
+    let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+    assert_eq!(status(&vm).await, "running");
+    assert!(holds_tap(&vm.pid().to_string(), "tap-c"));
+    let tap = nic::link::info(&clone_nic.netns, "tap-c").unwrap();
+    assert!(tap.up, "{tap:?}");
+    // What QEMU's virtio-net says after the load (its MAC is part of the
+    // migrated state; hyperstart sets the clone's on Resume, which the
+    // driver passes to QEMU with VIRTIO_NET_CTRL_MAC_ADDR_SET).
+    let filter = vm
+        .qmp_command("query-rx-filter", Duration::from_secs(10))
+        .await
+        .unwrap();
+    eprintln!(
+        "after restore: QEMU's nic0 MAC {} (template {}, clone {})",
+        filter[0]["main-mac"], tpl_nic.mac, clone_nic.mac
+    );
+    // A clone without the template's NIC is another layout.
+    let mut other = clone_spec(&f, &spec, "c2");
+    other.nics.clear();
+    assert!(matches!(
+        hv.restore_qemu(other, &tpl).await,
+        Err(HypervisorError::TemplateRejected(_))
+    ));
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    assert!(tap_gone(&clone_nic), "tap-c outlived QEMU");
 }

@@ -116,22 +116,14 @@ async fn save_into(vm: &QemuVm, layout: &Layout, dir: &Path) -> Result<(), Hyper
             },
         }
     };
-    let (state_bytes, state_sha256) = tokio::time::timeout(STREAM_LIMIT, stream)
-        .await
-        .map_err(|_| {
-            HypervisorError::Io(format!(
-                "saving a template: the device state was not written within {STREAM_LIMIT:?}"
-            ))
-        })?
-        .map_err(|e| HypervisorError::Io(format!("saving a template: {e}")))?;
-    tokio::time::timeout(COMPLETE_LIMIT, migration_done(vm))
-        .await
-        .map_err(|_| {
-            HypervisorError::Io(format!(
-                "saving a template: QEMU did not report the migration complete within {COMPLETE_LIMIT:?}"
-            ))
-        })?
-        .map_err(|e| HypervisorError::Io(format!("saving a template: {e}")))?;
+    let (state_bytes, state_sha256) =
+        within(STREAM_LIMIT, "the device state was not written", stream).await?;
+    within(
+        COMPLETE_LIMIT,
+        "QEMU did not report the migration complete",
+        migration_done(vm),
+    )
+    .await?;
 
     // The RAM: the same file system, so a rename; never a copy. The guest
     // is paused, so the file no longer changes.
@@ -184,6 +176,21 @@ async fn save_into(vm: &QemuVm, layout: &Layout, dir: &Path) -> Result<(), Hyper
     }
     tracing::info!(vm = %vm.info().id, dir = %dir.display(), state_bytes, memory_bytes, "saved a template");
     Ok(())
+}
+
+/// `step` bounded by `limit`; its failure or timeout as a save error.
+async fn within<T>(
+    limit: Duration,
+    late: &str,
+    step: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, HypervisorError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(HypervisorError::Io(format!("saving a template: {e}"))),
+        Err(_) => Err(HypervisorError::Io(format!(
+            "saving a template: {late} within {limit:?}"
+        ))),
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
