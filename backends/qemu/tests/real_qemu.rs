@@ -1659,3 +1659,73 @@ async fn a_clone_gets_its_own_tap() {
     vm.wait().await.unwrap();
     assert!(tap_gone(&clone_nic), "tap-c outlived QEMU");
 }
+
+/// The guest side after a restore (hyperstart's `Resume`, on main): a clone
+/// of a booted payload with a NIC takes a new session, is resumed with
+/// fresh entropy, the clock and its own MAC, and then QEMU's virtio-net
+/// (whose MAC came from the template's migrated state) carries the clone's
+/// MAC, set by the guest's driver. Root only (a tap per VM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_clone_takes_its_own_mac() {
+    if !have_qemu() || !root() {
+        return;
+    }
+    let f = fixture(b"");
+    let Some(mut spec) = payload_spec(&f) else {
+        return;
+    };
+    let hv = tcg(Machine::Microvm);
+    let (_tpl_ns, tpl_nic) = pod_netns("rt", "tap-rt");
+    spec.save_as_template = true;
+    spec.nics = vec![tpl_nic.clone()];
+    let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
+    Channel::connect(&vm).await.hello().await;
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    vm.wait().await.unwrap();
+
+    let (_clone_ns, clone_nic) = pod_netns("rc", "tap-rc");
+    assert_ne!(clone_nic.mac, tpl_nic.mac);
+    let mut clone = clone_spec(&f, &spec, "c1");
+    clone.nics = vec![clone_nic.clone()];
+    let vm = hv.restore_qemu(clone, &tpl).await.expect("restore");
+    let mut chan = Channel::connect(&vm).await;
+    chan.reattach("0000000000000c1e").await;
+    let entropy: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    chan.send(
+        9,
+        hyper_protocol::Request::Resume(hyper_protocol::ResumeSpec {
+            entropy_hex: entropy,
+            realtime_ns: now.as_nanos() as u64,
+            nic_macs: vec![clone_nic.mac.clone()],
+        }),
+    )
+    .await;
+    let answer = chan.recv().await;
+    assert!(
+        matches!(
+            answer,
+            hyper_protocol::GuestMessage::Response {
+                id: 9,
+                result: Ok(hyper_protocol::Reply::Ok)
+            }
+        ),
+        "{answer:?}"
+    );
+    chan.ping(10).await;
+    let filter = vm
+        .qmp_command("query-rx-filter", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        filter[0]["main-mac"].as_str(),
+        Some(clone_nic.mac.as_str()),
+        "QEMU's NIC after Resume: {filter}"
+    );
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+}
