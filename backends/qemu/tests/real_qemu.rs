@@ -1676,6 +1676,8 @@ async fn a_resumed_clone_takes_its_own_mac() {
     };
     let hv = tcg(Machine::Microvm);
     let (_tpl_ns, tpl_nic) = pod_netns("rt", "tap-rt");
+    // Not quiet: the kernel logs each disk's size when it probes it.
+    spec.cmdline = "panic=-1 rdinit=/init".into();
     spec.save_as_template = true;
     spec.nics = vec![tpl_nic.clone()];
     let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
@@ -1689,7 +1691,11 @@ async fn a_resumed_clone_takes_its_own_mac() {
     assert_ne!(clone_nic.mac, tpl_nic.mac);
     let mut clone = clone_spec(&f, &spec, "c1");
     clone.nics = vec![clone_nic.clone()];
-    let vm = hv.restore_qemu(clone, &tpl).await.expect("restore");
+    // The clone's disks are 3 and 5 times the template's placeholders.
+    for (disk, times) in clone.disks.iter().zip([3usize, 5]) {
+        std::fs::write(&disk.path, vec![0u8; 65536 * times]).unwrap();
+    }
+    let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
     let mut chan = Channel::connect(&vm).await;
     chan.reattach("0000000000000c1e").await;
     let entropy: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
@@ -1717,6 +1723,15 @@ async fn a_resumed_clone_takes_its_own_mac() {
         "{answer:?}"
     );
     chan.ping(10).await;
+    // Re-probed: the guest's kernel read the clone's disk sizes (in
+    // 512-byte blocks) from the clone's QEMU.
+    let console = std::fs::read_to_string(&clone.console_log).unwrap_or_default();
+    for blocks in [384, 640] {
+        assert!(
+            console.contains(&format!("] {blocks} 512-byte logical blocks")),
+            "no re-probed disk of {blocks} blocks in the clone's console:\n{console}"
+        );
+    }
     let filter = vm
         .qmp_command("query-rx-filter", Duration::from_secs(10))
         .await
