@@ -1524,8 +1524,14 @@ async fn template_start_times() {
     Channel::connect(&vm).await.hello().await;
     let tpl = f.dir.path().join("tpl");
     std::fs::create_dir(&tpl).unwrap();
+    let started = std::time::Instant::now();
     vm.save_template(&tpl).await.expect("save_template");
     vm.wait().await.unwrap();
+    eprintln!(
+        "save_template to the VM's end: {:?} ({} bytes of state)",
+        started.elapsed(),
+        std::fs::metadata(tpl.join("state")).unwrap().len()
+    );
 
     let summary = |what: &str, mut times: Vec<Duration>| {
         times.sort();
