@@ -1054,11 +1054,20 @@ async fn save_template(hv: &QemuHypervisor, f: &Fixture, spec: &VmSpec) -> PathB
 /// run directory and disks and the template's RAM mapped privately.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_is_saved_and_restored_into_two_clones() {
+    saved_and_restored_into_two_clones(Machine::Microvm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_template_is_saved_and_restored_into_two_clones() {
+    saved_and_restored_into_two_clones(Machine::Q35).await;
+}
+
+async fn saved_and_restored_into_two_clones(machine: Machine) {
     if !have_qemu() {
         return;
     }
     let f = fixture(&pvh_stub());
-    let hv = tcg(Machine::Microvm);
+    let hv = tcg(machine);
     assert!(hv.capabilities().templates);
     let mut spec = f.spec.clone();
     spec.save_as_template = true;
