@@ -298,3 +298,70 @@ fn bad_input_gets_clear_errors() {
     a.extend(["--initrd".into(), s(&big)]);
     expect_error(&a, d, "does not fit");
 }
+
+/// Each task's `Seccomp:` mode and thread name, from /proc.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(t.join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Seccomp:")));
+    }
+    out.sort();
+    out
+}
+
+/// Every thread of a running VM (the event loop and both vCPUs) runs
+/// under a seccomp filter (mode 2) once the guest talks on its console;
+/// `--no-seccomp` (the debugging switch) leaves them unfiltered, so the
+/// check can fail.
+#[test]
+fn every_thread_of_a_running_vm_is_under_its_seccomp_filter() {
+    if kvm_or_skip("seccomp threads").is_none() {
+        return;
+    }
+    for filtered in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut args = base_args(&guest().elf, dir.path(), "tg.echo tg.cpus=2");
+        args.extend([
+            "--agent-socket".into(),
+            s(&sock),
+            "--vcpus".into(),
+            "2".into(),
+        ]);
+        if !filtered {
+            args.push("--no-seccomp".into());
+        }
+        let mut child = spawn(&args);
+        let mut c = connect(&sock);
+        // The guest's line came through a vCPU and the event loop: both
+        // are past their set-up (the guest then waits for a line).
+        read_until(&mut c, b"tg:console-ready\n");
+        let modes = seccomp_modes(child.id());
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let st = wait_timeout(&mut child, Duration::from_secs(10));
+        let (_, err) = output(child);
+        assert!(st.success(), "{st:?}: {err}");
+        let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"vcpu0") && names.contains(&"vcpu1") && names.len() >= 3,
+            "{modes:?}"
+        );
+        let want = if filtered { "2" } else { "0" };
+        assert!(
+            modes.iter().all(|(_, m)| m == want),
+            "filtered={filtered}: {modes:?}"
+        );
+    }
+}

@@ -54,6 +54,10 @@ struct Args {
     /// Honour the debug-exit port 0xf4 (test guests).
     #[arg(long)]
     debug_exit: bool,
+    /// Run without the per-thread seccomp allow-lists (to debug a VMM the
+    /// filters kill; they are on by default).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -155,6 +159,7 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
         agent_socket: args.agent_socket,
         status_file: args.status_file,
         debug_exit: args.debug_exit,
+        seccomp: !args.no_seccomp,
     })
 }
 

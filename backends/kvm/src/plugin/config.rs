@@ -7,7 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DEFAULT_VMM: &str = "/usr/local/lib/hyper/hyper-vmm";
-const VALID_KEYS: &[&str] = &["vmm", "console_log_limit_mib", "allow_pvm", "virtiofsd"];
+const VALID_KEYS: &[&str] = &[
+    "vmm",
+    "console_log_limit_mib",
+    "allow_pvm",
+    "virtiofsd",
+    "seccomp",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +25,9 @@ pub struct KvmConfig {
     /// Launch even on kvm_pvm (tests with freestanding guests only: a
     /// Linux guest does not boot there). The probe still says unusable.
     pub allow_pvm: bool,
+    /// hyper-vmm's per-thread seccomp allow-lists (on; off only to debug a
+    /// VMM they kill: its log then names the syscall).
+    pub seccomp: bool,
     /// The virtiofsd serving directory shares (absolute path); unset: the
     /// backend kit looks in the usual places and `PATH`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +40,7 @@ impl Default for KvmConfig {
             vmm: PathBuf::from(DEFAULT_VMM),
             console_log_limit_mib: 64,
             allow_pvm: false,
+            seccomp: true,
             virtiofsd: None,
         }
     }
@@ -101,12 +111,12 @@ impl KvmConfig {
                         "e.g. console_log_limit_mib = 64",
                     )),
                 },
-                "allow_pvm" => {
+                "allow_pvm" | "seccomp" => {
                     if !v.is_boolean() {
                         problems.push(problem(
                             key,
                             format!("expected true or false, found {}", type_name(v)),
-                            "e.g. allow_pvm = false",
+                            format!("e.g. {key} = {}", key == "seccomp"),
                         ));
                     }
                 }
@@ -174,5 +184,12 @@ mod tests {
             "{text:?}"
         );
         assert!(KvmConfig::from_table(&json!(3)).is_err());
+        let p = KvmConfig::from_table(&json!({"seccomp": "off"})).unwrap_err();
+        assert!(p[0].to_string().contains("`seccomp`"), "{p:?}");
+        assert!(
+            !KvmConfig::from_table(&json!({"seccomp": false}))
+                .unwrap()
+                .seccomp
+        );
     }
 }

@@ -160,6 +160,7 @@ pub fn vmm_config(
         agent_socket: Some(paths.agent.clone()),
         status_file: Some(paths.status.clone()),
         debug_exit: false,
+        seccomp: cfg.seccomp,
     }
 }
 

@@ -50,6 +50,10 @@ pub struct VmmConfig {
     /// Honour writes to the debug-exit port 0xf4 (test guests).
     #[serde(default)]
     pub debug_exit: bool,
+    /// Run every thread under its seccomp allow-list (src/vmm/seccomp.rs);
+    /// off only to debug a VMM the filters kill.
+    #[serde(default = "yes")]
+    pub seccomp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +199,7 @@ mod tests {
     fn defaults() {
         let c = base();
         assert_eq!(c.vcpus, 1);
+        assert!(c.seccomp, "seccomp is on unless switched off");
         assert!(c.validate().is_ok());
     }
 

@@ -29,6 +29,7 @@ use super::devices::net::{self, parse_mac, Net, NetStats, Tap};
 use super::devices::serial::{BoundedLog, SerialDevice};
 use super::devices::GUEST_FAULTS;
 use super::layout::*;
+use super::seccomp::{self, ThreadKind};
 use crate::guest_fault;
 
 /// Why the VM ended.
@@ -599,7 +600,17 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         let b = bus.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || run_vcpu(vcpu, b, usize::from(id)))
+            .spawn(move || {
+                // Before the first KVM_RUN: nothing the guest does runs
+                // on this thread outside its allow-list.
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+                    b.exit.set(ExitReason::Error {
+                        message: e.to_string(),
+                    });
+                    return;
+                }
+                run_vcpu(vcpu, b, usize::from(id))
+            })
             .map_err(|e| format!("vCPU thread: {e}"))?;
         vcpu_threads.push(t);
     }
@@ -890,7 +901,16 @@ fn guest_resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
 /// Builds and runs the VM described by `cfg`; `started` is when the
 /// process started (for timings).
 pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
-    let vm = match build(cfg, started) {
+    // Compiled before any thread exists; each thread installs its own.
+    let built = seccomp::prepare(cfg.seccomp)
+        .map_err(|e| e.to_string())
+        .and_then(|()| build(cfg, started))
+        .and_then(|vm| {
+            seccomp::install(ThreadKind::Vmm)
+                .map(|()| vm)
+                .map_err(|e| e.to_string())
+        });
+    let vm = match built {
         Ok(vm) => vm,
         Err(message) => {
             return ExitStatus {
