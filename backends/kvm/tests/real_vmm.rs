@@ -365,3 +365,50 @@ fn every_thread_of_a_running_vm_is_under_its_seccomp_filter() {
         );
     }
 }
+
+/// Once set up, the VMM lives in its own mount namespace whose root is
+/// empty: nothing of the host's filesystem is reachable by path from it.
+/// The host still reaches its agent socket by path (the guest's console
+/// line arrives) and its /proc entry by host pid. `--no-jail` leaves it in
+/// the host's namespace, so the check can fail.
+#[test]
+fn a_running_vm_sees_an_empty_root_in_its_own_mount_namespace() {
+    if kvm_or_skip("mount jail").is_none() {
+        return;
+    }
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    for jailed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut args = base_args(&guest().elf, dir.path(), "tg.echo");
+        args.extend(["--agent-socket".into(), s(&sock)]);
+        if !jailed {
+            args.push("--no-jail".into());
+        }
+        let mut child = spawn(&args);
+        let mut c = connect(&sock);
+        read_until(&mut c, b"tg:console-ready\n");
+        let pid = child.id();
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let st = wait_timeout(&mut child, Duration::from_secs(10));
+        let (_, err) = output(child);
+        assert!(st.success(), "{st:?}: {err}");
+        // The status file, opened before the jail, was still written.
+        let status = status(&dir.path().join("status.json"));
+        assert_eq!(status["reason"], "signal", "{status}");
+        assert!(status["vmm_rss_kib"].as_u64().is_some(), "{status}");
+        if jailed {
+            assert_ne!(ns, ours, "own mount namespace");
+            assert!(root.is_empty(), "the jail's root holds {root:?}");
+        } else {
+            assert_eq!(ns, ours);
+            assert!(root.iter().any(|e| e == "proc"), "{root:?}");
+        }
+    }
+}

@@ -58,6 +58,10 @@ struct Args {
     /// filters kill; they are on by default).
     #[arg(long)]
     no_seccomp: bool,
+    /// Run without the mount jail (an empty root in a private mount
+    /// namespace once the VM is set up; it needs CAP_SYS_ADMIN).
+    #[arg(long)]
+    no_jail: bool,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -160,6 +164,7 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
         status_file: args.status_file,
         debug_exit: args.debug_exit,
         seccomp: !args.no_seccomp,
+        jail: !args.no_jail,
     })
 }
 
@@ -184,11 +189,18 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Opened now: the mount jail leaves no path to open it by later.
+    let status_out = cfg.status_file.as_ref().and_then(|p| {
+        std::fs::File::create(p)
+            .map_err(|e| eprintln!("hyper-vmm: creating {}: {e}", p.display()))
+            .ok()
+            .map(|f| (p, f))
+    });
     let status = run(&cfg, started);
     let json = serde_json::to_string(&status)
         .unwrap_or_else(|e| format!("{{\"reason\":\"error\",\"message\":\"status: {e}\"}}"));
-    if let Some(p) = &cfg.status_file {
-        if let Err(e) = std::fs::write(p, format!("{json}\n")) {
+    if let Some((p, mut f)) = status_out {
+        if let Err(e) = std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()) {
             eprintln!("hyper-vmm: writing {}: {e}", p.display());
         }
     }

@@ -161,6 +161,7 @@ pub fn vmm_config(
         status_file: Some(paths.status.clone()),
         debug_exit: false,
         seccomp: cfg.seccomp,
+        jail: true,
     }
 }
 

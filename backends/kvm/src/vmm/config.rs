@@ -54,6 +54,10 @@ pub struct VmmConfig {
     /// off only to debug a VMM the filters kill.
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// Run in a private mount namespace rooted at an empty read-only tmpfs
+    /// once the VM is set up (src/vmm/jail.rs); needs CAP_SYS_ADMIN.
+    #[serde(default = "yes")]
+    pub jail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +204,7 @@ mod tests {
         let c = base();
         assert_eq!(c.vcpus, 1);
         assert!(c.seccomp, "seccomp is on unless switched off");
+        assert!(c.jail, "the mount jail is on unless switched off");
         assert!(c.validate().is_ok());
     }
 

@@ -4,6 +4,7 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod mptable;

@@ -585,6 +585,10 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
 
     mark("devices_ready");
     let pvm = cpu::host_is_pvm();
+    // Everything is open: from here on no thread needs a path.
+    if cfg.jail {
+        super::jail::enter().map_err(|e| e.to_string())?;
+    }
     let mut vcpu_threads = Vec::new();
     for id in 0..cfg.vcpus {
         let vcpu = vm
@@ -871,10 +875,24 @@ fn serve(vm: &Vm) -> ExitReason {
     }
 }
 
-fn rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    l.split_whitespace().nth(1)?.parse().ok()
+/// `/proc/self/status`, opened before the mount jail and read again (from
+/// offset 0: procfs regenerates it) for the exit status.
+struct ProcStatus(Option<File>);
+
+impl ProcStatus {
+    fn open() -> Self {
+        Self(File::open("/proc/self/status").ok())
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = self.0.as_ref()?;
+        let mut buf = [0u8; 4096];
+        let n = f.read_at(&mut buf, 0).ok()?;
+        let s = std::str::from_utf8(&buf[..n]).ok()?;
+        let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        l.split_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 /// Resident pages of guest RAM, with mincore(2).
@@ -901,6 +919,7 @@ fn guest_resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
 /// Builds and runs the VM described by `cfg`; `started` is when the
 /// process started (for timings).
 pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
+    let proc_status = ProcStatus::open();
     // Compiled before any thread exists; each thread installs its own.
     let built = seccomp::prepare(cfg.seccomp)
         .map_err(|e| e.to_string())
@@ -919,7 +938,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
                 setup_us: None,
                 guest_faults: GUEST_FAULTS.count(),
                 vcpu_exits: 0,
-                vmm_rss_kib: rss_kib(),
+                vmm_rss_kib: proc_status.rss_kib(),
                 setup_marks_us: Vec::new(),
                 guest_resident_kib: None,
                 nets: Vec::new(),
@@ -942,7 +961,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
         setup_us: Some(setup_us),
         guest_faults: GUEST_FAULTS.count(),
         vcpu_exits: bus.exits.load(Ordering::Relaxed),
-        vmm_rss_kib: rss_kib(),
+        vmm_rss_kib: proc_status.rss_kib(),
         setup_marks_us: vm.marks.clone(),
         guest_resident_kib: guest_resident_kib(&vm.mem),
         nets: bus.nets.iter().map(|n| lock(n).device().stats()).collect(),
