@@ -412,3 +412,54 @@ fn a_running_vm_sees_an_empty_root_in_its_own_mount_namespace() {
         }
     }
 }
+
+/// `--uid/--gid`: once set up and jailed the VMM runs as that uid with no
+/// capabilities and no supplementary groups, and the VM still runs (its
+/// console line arrives, SIGTERM stops it, the status file is written).
+#[test]
+fn a_vm_dropped_to_an_unprivileged_uid_runs_with_no_capabilities() {
+    if kvm_or_skip("run as").is_none() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: dropping to another uid needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut args = base_args(&guest().elf, dir.path(), "tg.echo");
+    args.extend([
+        "--agent-socket".into(),
+        s(&sock),
+        "--uid".into(),
+        "64123".into(),
+        "--gid".into(),
+        "64124".into(),
+    ]);
+    let mut child = spawn(&args);
+    let mut c = connect(&sock);
+    read_until(&mut c, b"tg:console-ready\n");
+    let pid = child.id();
+    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    let (_, err) = output(child);
+    assert!(st.success(), "{st:?}: {err}");
+    let field = |k: &str| {
+        status_text
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), ["64123"; 4], "{status_text}");
+    assert_eq!(field("Gid:"), ["64124"; 4], "{status_text}");
+    assert!(field("Groups:").is_empty(), "{status_text}");
+    for cap in ["CapEff:", "CapPrm:"] {
+        assert_eq!(field(cap), ["0000000000000000"], "{cap} {status_text}");
+    }
+    let status = status(&dir.path().join("status.json"));
+    assert_eq!(status["reason"], "signal", "{status}");
+}

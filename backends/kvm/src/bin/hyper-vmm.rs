@@ -62,6 +62,11 @@ struct Args {
     /// namespace once the VM is set up; it needs CAP_SYS_ADMIN).
     #[arg(long)]
     no_jail: bool,
+    /// Drop to this uid once the VM is set up (with --gid; needs root).
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -165,6 +170,10 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
         debug_exit: args.debug_exit,
         seccomp: !args.no_seccomp,
         jail: !args.no_jail,
+        run_as: args
+            .uid
+            .zip(args.gid)
+            .map(|(uid, gid)| hyper_backend_kvm::vmm::config::RunAs { uid, gid }),
     })
 }
 

@@ -13,6 +13,8 @@ const VALID_KEYS: &[&str] = &[
     "allow_pvm",
     "virtiofsd",
     "seccomp",
+    "vmm_uid",
+    "vmm_gid",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,13 @@ pub struct KvmConfig {
     /// hyper-vmm's per-thread seccomp allow-lists (on; off only to debug a
     /// VMM they kill: its log then names the syscall).
     pub seccomp: bool,
+    /// Drop each hyper-vmm to this uid/gid once its VM is set up and
+    /// jailed (both or neither; unset: it stays root, with the rest of
+    /// the jail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_gid: Option<u32>,
     /// The virtiofsd serving directory shares (absolute path); unset: the
     /// backend kit looks in the usual places and `PATH`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +50,8 @@ impl Default for KvmConfig {
             console_log_limit_mib: 64,
             allow_pvm: false,
             seccomp: true,
+            vmm_uid: None,
+            vmm_gid: None,
             virtiofsd: None,
         }
     }
@@ -120,6 +131,14 @@ impl KvmConfig {
                         ));
                     }
                 }
+                "vmm_uid" | "vmm_gid" => match v.as_u64() {
+                    Some(1..=4_294_967_294) => {}
+                    _ => problems.push(problem(
+                        key,
+                        format!("{v} is not a non-root numeric id"),
+                        format!("e.g. {key} = 64100 (a uid/gid no one else uses; 0 is root)"),
+                    )),
+                },
                 _ => problems.push(problem(
                     key,
                     "unknown key",
@@ -129,6 +148,17 @@ impl KvmConfig {
                     ),
                 )),
             }
+        }
+        if map.contains_key("vmm_uid") != map.contains_key("vmm_gid") {
+            problems.push(problem(
+                if map.contains_key("vmm_uid") {
+                    "vmm_gid"
+                } else {
+                    "vmm_uid"
+                },
+                "vmm_uid and vmm_gid go together",
+                "set both, e.g. vmm_uid = 64100 and vmm_gid = 64100",
+            ));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -191,5 +221,11 @@ mod tests {
                 .unwrap()
                 .seccomp
         );
+        let c = KvmConfig::from_table(&json!({"vmm_uid": 64100, "vmm_gid": 64101})).unwrap();
+        assert_eq!((c.vmm_uid, c.vmm_gid), (Some(64100), Some(64101)));
+        let p = KvmConfig::from_table(&json!({"vmm_uid": 64100})).unwrap_err();
+        assert!(p[0].to_string().contains("`vmm_gid`"), "{p:?}");
+        let p = KvmConfig::from_table(&json!({"vmm_uid": 0, "vmm_gid": 0})).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 }

@@ -162,6 +162,10 @@ pub fn vmm_config(
         debug_exit: false,
         seccomp: cfg.seccomp,
         jail: true,
+        run_as: cfg
+            .vmm_uid
+            .zip(cfg.vmm_gid)
+            .map(|(uid, gid)| crate::vmm::config::RunAs { uid, gid }),
     }
 }
 

@@ -58,6 +58,18 @@ pub struct VmmConfig {
     /// once the VM is set up (src/vmm/jail.rs); needs CAP_SYS_ADMIN.
     #[serde(default = "yes")]
     pub jail: bool,
+    /// Drop to this uid/gid (no supplementary groups, so no capabilities
+    /// left) once the VM is set up and jailed; unset: keep the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged identity for the VMM once everything is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

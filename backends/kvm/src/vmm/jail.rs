@@ -25,6 +25,13 @@ pub enum JailError {
         step: &'static str,
         source: std::io::Error,
     },
+    #[error("dropping to uid {uid} gid {gid}, {step}: {source} (hyper-vmm must start as root to drop to another uid)")]
+    Drop {
+        step: &'static str,
+        uid: u32,
+        gid: u32,
+        source: std::io::Error,
+    },
 }
 
 fn check(r: libc::c_int, step: &'static str) -> Result<(), JailError> {
@@ -113,6 +120,31 @@ pub fn enter() -> Result<(), JailError> {
     }
     // SAFETY: as above.
     check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")?;
+    Ok(())
+}
+
+/// Drops to `uid`/`gid` with no supplementary groups: a non-root uid
+/// keeps no capabilities. Call while only one thread exists (glibc applies
+/// it to every thread anyway).
+pub fn drop_to(uid: u32, gid: u32) -> Result<(), JailError> {
+    let step = |step: &'static str, r: libc::c_int| -> Result<(), JailError> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(JailError::Drop {
+                step,
+                uid,
+                gid,
+                source: std::io::Error::last_os_error(),
+            })
+        }
+    };
+    // SAFETY: plain credential syscalls on this process.
+    unsafe {
+        step("setgroups", libc::setgroups(0, std::ptr::null()))?;
+        step("setresgid", libc::setresgid(gid, gid, gid))?;
+        step("setresuid", libc::setresuid(uid, uid, uid))?;
+    }
     Ok(())
 }
 

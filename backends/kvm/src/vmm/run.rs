@@ -588,6 +588,10 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     // Everything is open: from here on no thread needs a path.
     if cfg.jail {
         super::jail::enter().map_err(|e| e.to_string())?;
+        mark("jailed");
+    }
+    if let Some(who) = cfg.run_as {
+        super::jail::drop_to(who.uid, who.gid).map_err(|e| e.to_string())?;
     }
     let mut vcpu_threads = Vec::new();
     for id in 0..cfg.vcpus {
