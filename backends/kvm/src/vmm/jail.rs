@@ -59,9 +59,34 @@ fn mount(
     check(r, step)
 }
 
+/// The last step of [`enter`], left for later: detaching the host's root
+/// stacked under the empty one. It waits for an RCU grace period (0.1 ms
+/// on a quiet host, 3 ms and more on a loaded one), so the VMM does it once
+/// the vCPUs run, off the boot path. Until then the vCPU threads cannot
+/// open anything anyway (no `openat` in their seccomp list).
+#[must_use = "the host's root stays reachable until finish()"]
+pub struct Pending {
+    detach: bool,
+}
+
+impl Pending {
+    pub fn finish(self) -> Result<(), JailError> {
+        if self.detach {
+            // SAFETY: umount2 with a NUL-terminated path.
+            check(
+                unsafe { libc::umount2(c"/".as_ptr(), libc::MNT_DETACH) },
+                "detaching the old root",
+            )?;
+        }
+        // SAFETY: as above.
+        check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")
+    }
+}
+
 /// Moves the calling thread (and every thread it starts afterwards) into a
-/// private mount namespace rooted at an empty read-only tmpfs.
-pub fn enter() -> Result<(), JailError> {
+/// private mount namespace rooted at an empty read-only tmpfs; the host's
+/// old root is gone once [`Pending::finish`] has run.
+pub fn enter() -> Result<Pending, JailError> {
     // SAFETY: unshare(2) with a flag; affects only this thread.
     check(
         unsafe { libc::unshare(libc::CLONE_NEWNS) },
@@ -92,11 +117,8 @@ pub fn enter() -> Result<(), JailError> {
     // SAFETY: plain syscall with NUL-terminated paths.
     let pivoted = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
     if pivoted == 0 {
-        // SAFETY: as above.
-        check(
-            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-            "detaching the old root",
-        )?;
+        // The old root now sits on top of "/": Pending::finish detaches it.
+        return Ok(Pending { detach: true });
     } else {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINVAL) {
@@ -118,9 +140,7 @@ pub fn enter() -> Result<(), JailError> {
         // SAFETY: as above.
         check(unsafe { libc::chroot(c".".as_ptr()) }, "chroot")?;
     }
-    // SAFETY: as above.
-    check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")?;
-    Ok(())
+    Ok(Pending { detach: false })
 }
 
 /// Drops to `uid`/`gid` with no supplementary groups: a non-root uid
@@ -164,7 +184,7 @@ mod tests {
                 return Err("unshare(CLONE_FS)".to_string());
             }
             match enter() {
-                Ok(()) => {}
+                Ok(p) => p.finish().map_err(|e| e.to_string())?,
                 Err(e) => return Err(format!("SKIP {e}")),
             }
             let entries: Vec<_> = std::fs::read_dir("/")

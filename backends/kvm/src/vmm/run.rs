@@ -389,6 +389,8 @@ struct Vm {
     sigfd: OwnedFd,
     /// Kept unjoined so their pthread ids stay valid for kicks.
     vcpu_threads: Vec<std::thread::JoinHandle<()>>,
+    /// The mount jail's last step, done once the vCPUs run.
+    jail: Option<super::jail::Pending>,
 }
 
 fn block_signals() -> Result<OwnedFd, String> {
@@ -586,13 +588,27 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     mark("devices_ready");
     let pvm = cpu::host_is_pvm();
     // Everything is open: from here on no thread needs a path.
-    if cfg.jail {
-        super::jail::enter().map_err(|e| e.to_string())?;
+    let jail = if cfg.jail {
+        let pending = super::jail::enter().map_err(|e| e.to_string())?;
         mark("jailed");
-    }
-    if let Some(who) = cfg.run_as {
-        super::jail::drop_to(who.uid, who.gid).map_err(|e| e.to_string())?;
-    }
+        Some(pending)
+    } else {
+        None
+    };
+    // The uid drop goes before the vCPU threads exist (glibc makes every
+    // thread change uid, which their filters forbid), and after the jail's
+    // last step (a non-root uid may not unmount): that step is then paid
+    // here, on the boot path.
+    let jail = match (cfg.run_as, jail) {
+        (Some(who), pending) => {
+            if let Some(p) = pending {
+                p.finish().map_err(|e| e.to_string())?;
+            }
+            super::jail::drop_to(who.uid, who.gid).map_err(|e| e.to_string())?;
+            None
+        }
+        (None, pending) => pending,
+    };
     let mut vcpu_threads = Vec::new();
     for id in 0..cfg.vcpus {
         let vcpu = vm
@@ -632,6 +648,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         listener,
         sigfd,
         vcpu_threads,
+        jail,
     })
 }
 
@@ -928,6 +945,14 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
     let built = seccomp::prepare(cfg.seccomp)
         .map_err(|e| e.to_string())
         .and_then(|()| build(cfg, started))
+        .and_then(|mut vm| {
+            if let Some(pending) = vm.jail.take() {
+                pending.finish().map_err(|e| e.to_string())?;
+                let at = started.elapsed().as_micros() as u64;
+                vm.marks.push(("jail_finished".into(), at));
+            }
+            Ok(vm)
+        })
         .and_then(|vm| {
             seccomp::install(ThreadKind::Vmm)
                 .map(|()| vm)
