@@ -299,22 +299,69 @@ fn bad_input_gets_clear_errors() {
     expect_error(&a, d, "does not fit");
 }
 
-/// Each task's `Seccomp:` mode and thread name, from /proc.
+/// A test guest waiting on its console (`tg.echo`), its first line read
+/// (so the vCPUs and the event loop are past their set-up), started with
+/// `extra` flags.
+struct EchoVm {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    _conn: UnixStream,
+}
+
+impl EchoVm {
+    fn start(cmdline: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut args = base_args(&guest().elf, dir.path(), cmdline);
+        args.extend(["--agent-socket".into(), s(&sock)]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = spawn(&args);
+        let mut conn = connect(&sock);
+        read_until(&mut conn, b"tg:console-ready\n");
+        Self {
+            dir,
+            child,
+            _conn: conn,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM; asserts a clean stop and returns the status JSON.
+    fn stop(mut self) -> serde_json::Value {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = wait_timeout(&mut self.child, Duration::from_secs(10));
+        let (_, err) = output(self.child);
+        assert!(st.success(), "{st:?}: {err}");
+        let status = status(&self.dir.path().join("status.json"));
+        assert_eq!(status["reason"], "signal", "{status}");
+        status
+    }
+}
+
+/// A field of a /proc status file, split on whitespace.
+fn proc_field(status: &str, key: &str) -> Vec<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Each task's name and `Seccomp:` mode, from /proc.
 fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let t = t.unwrap().path();
-        let Ok(status) = std::fs::read_to_string(t.join("status")) else {
+        let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("status")) else {
             continue;
         };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:")));
+        out.push((
+            proc_field(&st, "Name:").concat(),
+            proc_field(&st, "Seccomp:").concat(),
+        ));
     }
     out.sort();
     out
@@ -330,29 +377,13 @@ fn every_thread_of_a_running_vm_is_under_its_seccomp_filter() {
         return;
     }
     for filtered in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let mut args = base_args(&guest().elf, dir.path(), "tg.echo tg.cpus=2");
-        args.extend([
-            "--agent-socket".into(),
-            s(&sock),
-            "--vcpus".into(),
-            "2".into(),
-        ]);
+        let mut extra = vec!["--vcpus", "2"];
         if !filtered {
-            args.push("--no-seccomp".into());
+            extra.push("--no-seccomp");
         }
-        let mut child = spawn(&args);
-        let mut c = connect(&sock);
-        // The guest's line came through a vCPU and the event loop: both
-        // are past their set-up (the guest then waits for a line).
-        read_until(&mut c, b"tg:console-ready\n");
-        let modes = seccomp_modes(child.id());
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let st = wait_timeout(&mut child, Duration::from_secs(10));
-        let (_, err) = output(child);
-        assert!(st.success(), "{st:?}: {err}");
+        let vm = EchoVm::start("tg.echo tg.cpus=2", &extra);
+        let modes = seccomp_modes(vm.pid());
+        vm.stop();
         let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
             names.contains(&"vcpu0") && names.contains(&"vcpu1") && names.len() >= 3,
@@ -378,30 +409,16 @@ fn a_running_vm_sees_an_empty_root_in_its_own_mount_namespace() {
     }
     let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     for jailed in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let mut args = base_args(&guest().elf, dir.path(), "tg.echo");
-        args.extend(["--agent-socket".into(), s(&sock)]);
-        if !jailed {
-            args.push("--no-jail".into());
-        }
-        let mut child = spawn(&args);
-        let mut c = connect(&sock);
-        read_until(&mut c, b"tg:console-ready\n");
-        let pid = child.id();
+        let extra: &[&str] = if jailed { &[] } else { &["--no-jail"] };
+        let vm = EchoVm::start("tg.echo", extra);
+        let pid = vm.pid();
         let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
         let root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let st = wait_timeout(&mut child, Duration::from_secs(10));
-        let (_, err) = output(child);
-        assert!(st.success(), "{st:?}: {err}");
-        // The status file, opened before the jail, was still written.
-        let status = status(&dir.path().join("status.json"));
-        assert_eq!(status["reason"], "signal", "{status}");
+        // The status file, opened before the jail, is still written.
+        let status = vm.stop();
         assert!(status["vmm_rss_kib"].as_u64().is_some(), "{status}");
         if jailed {
             assert_ne!(ns, ours, "own mount namespace");
@@ -426,40 +443,13 @@ fn a_vm_dropped_to_an_unprivileged_uid_runs_with_no_capabilities() {
         eprintln!("SKIP: dropping to another uid needs root");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let mut args = base_args(&guest().elf, dir.path(), "tg.echo");
-    args.extend([
-        "--agent-socket".into(),
-        s(&sock),
-        "--uid".into(),
-        "64123".into(),
-        "--gid".into(),
-        "64124".into(),
-    ]);
-    let mut child = spawn(&args);
-    let mut c = connect(&sock);
-    read_until(&mut c, b"tg:console-ready\n");
-    let pid = child.id();
-    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let st = wait_timeout(&mut child, Duration::from_secs(10));
-    let (_, err) = output(child);
-    assert!(st.success(), "{st:?}: {err}");
-    let field = |k: &str| {
-        status_text
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
-    assert_eq!(field("Uid:"), ["64123"; 4], "{status_text}");
-    assert_eq!(field("Gid:"), ["64124"; 4], "{status_text}");
-    assert!(field("Groups:").is_empty(), "{status_text}");
+    let vm = EchoVm::start("tg.echo", &["--uid", "64123", "--gid", "64124"]);
+    let st = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    vm.stop();
+    assert_eq!(proc_field(&st, "Uid:"), ["64123"; 4], "{st}");
+    assert_eq!(proc_field(&st, "Gid:"), ["64124"; 4], "{st}");
+    assert!(proc_field(&st, "Groups:").is_empty(), "{st}");
     for cap in ["CapEff:", "CapPrm:"] {
-        assert_eq!(field(cap), ["0000000000000000"], "{cap} {status_text}");
+        assert_eq!(proc_field(&st, cap), ["0000000000000000"], "{cap} {st}");
     }
-    let status = status(&dir.path().join("status.json"));
-    assert_eq!(status["reason"], "signal", "{status}");
 }
