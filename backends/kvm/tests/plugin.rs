@@ -230,7 +230,9 @@ async fn the_vmm_starts_in_the_specs_cgroup_with_no_new_privs() {
         return;
     };
     let hv = plugin()
-        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .configure(
+            serde_json::json!({"vmm": VMM, "allow_pvm": true, "vmm_uid": 64125, "vmm_gid": 64126}),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let mut s = spec(dir.path(), guest().elf.clone(), "tg.echo");
     s.cgroup = Some(hyper_hypervisor::CgroupPlacement {
@@ -242,6 +244,22 @@ async fn the_vmm_starts_in_the_specs_cgroup_with_no_new_privs() {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    // vmm_uid/vmm_gid: it drops once set up and jailed, just after it binds
+    // the agent socket that ends the launch; the host still reads /proc.
+    let mut uid_line = String::new();
+    for _ in 0..500 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        uid_line = st
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or("")
+            .to_string();
+        if uid_line.contains("64125") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stats = vm.stats().await;
     vm.kill().await.unwrap();
     let _ = vm.wait().await;
     assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
@@ -257,6 +275,12 @@ async fn the_vmm_starts_in_the_specs_cgroup_with_no_new_privs() {
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
     assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    assert_eq!(
+        uid_line.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["64125"; 4],
+        "{uid_line}"
+    );
+    assert!(stats.is_ok(), "stats of a dropped VMM: {stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,3 +298,158 @@ fn bad_input_gets_clear_errors() {
     a.extend(["--initrd".into(), s(&big)]);
     expect_error(&a, d, "does not fit");
 }
+
+/// A test guest waiting on its console (`tg.echo`), its first line read
+/// (so the vCPUs and the event loop are past their set-up), started with
+/// `extra` flags.
+struct EchoVm {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    _conn: UnixStream,
+}
+
+impl EchoVm {
+    fn start(cmdline: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut args = base_args(&guest().elf, dir.path(), cmdline);
+        args.extend(["--agent-socket".into(), s(&sock)]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = spawn(&args);
+        let mut conn = connect(&sock);
+        read_until(&mut conn, b"tg:console-ready\n");
+        Self {
+            dir,
+            child,
+            _conn: conn,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM; asserts a clean stop and returns the status JSON.
+    fn stop(mut self) -> serde_json::Value {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = wait_timeout(&mut self.child, Duration::from_secs(10));
+        let (_, err) = output(self.child);
+        assert!(st.success(), "{st:?}: {err}");
+        let status = status(&self.dir.path().join("status.json"));
+        assert_eq!(status["reason"], "signal", "{status}");
+        status
+    }
+}
+
+/// A field of a /proc status file, split on whitespace.
+fn proc_field(status: &str, key: &str) -> Vec<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Each task's name and `Seccomp:` mode, from /proc.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("status")) else {
+            continue;
+        };
+        out.push((
+            proc_field(&st, "Name:").concat(),
+            proc_field(&st, "Seccomp:").concat(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Every thread of a running VM (the event loop and both vCPUs) runs
+/// under a seccomp filter (mode 2) once the guest talks on its console;
+/// `--no-seccomp` (the debugging switch) leaves them unfiltered, so the
+/// check can fail.
+#[test]
+fn every_thread_of_a_running_vm_is_under_its_seccomp_filter() {
+    if kvm_or_skip("seccomp threads").is_none() {
+        return;
+    }
+    for filtered in [true, false] {
+        let mut extra = vec!["--vcpus", "2"];
+        if !filtered {
+            extra.push("--no-seccomp");
+        }
+        let vm = EchoVm::start("tg.echo tg.cpus=2", &extra);
+        let modes = seccomp_modes(vm.pid());
+        vm.stop();
+        let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"vcpu0") && names.contains(&"vcpu1") && names.len() >= 3,
+            "{modes:?}"
+        );
+        let want = if filtered { "2" } else { "0" };
+        assert!(
+            modes.iter().all(|(_, m)| m == want),
+            "filtered={filtered}: {modes:?}"
+        );
+    }
+}
+
+/// Once set up, the VMM lives in its own mount namespace whose root is
+/// empty: nothing of the host's filesystem is reachable by path from it.
+/// The host still reaches its agent socket by path (the guest's console
+/// line arrives) and its /proc entry by host pid. `--no-jail` leaves it in
+/// the host's namespace, so the check can fail.
+#[test]
+fn a_running_vm_sees_an_empty_root_in_its_own_mount_namespace() {
+    if kvm_or_skip("mount jail").is_none() {
+        return;
+    }
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    for jailed in [true, false] {
+        let extra: &[&str] = if jailed { &[] } else { &["--no-jail"] };
+        let vm = EchoVm::start("tg.echo", extra);
+        let pid = vm.pid();
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // The status file, opened before the jail, is still written.
+        let status = vm.stop();
+        assert!(status["vmm_rss_kib"].as_u64().is_some(), "{status}");
+        if jailed {
+            assert_ne!(ns, ours, "own mount namespace");
+            assert!(root.is_empty(), "the jail's root holds {root:?}");
+        } else {
+            assert_eq!(ns, ours);
+            assert!(root.iter().any(|e| e == "proc"), "{root:?}");
+        }
+    }
+}
+
+/// `--uid/--gid`: once set up and jailed the VMM runs as that uid with no
+/// capabilities and no supplementary groups, and the VM still runs (its
+/// console line arrives, SIGTERM stops it, the status file is written).
+#[test]
+fn a_vm_dropped_to_an_unprivileged_uid_runs_with_no_capabilities() {
+    if kvm_or_skip("run as").is_none() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: dropping to another uid needs root");
+        return;
+    }
+    let vm = EchoVm::start("tg.echo", &["--uid", "64123", "--gid", "64124"]);
+    let st = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    vm.stop();
+    assert_eq!(proc_field(&st, "Uid:"), ["64123"; 4], "{st}");
+    assert_eq!(proc_field(&st, "Gid:"), ["64124"; 4], "{st}");
+    assert!(proc_field(&st, "Groups:").is_empty(), "{st}");
+    for cap in ["CapEff:", "CapPrm:"] {
+        assert_eq!(proc_field(&st, cap), ["0000000000000000"], "{cap} {st}");
+    }
+}

@@ -13,7 +13,11 @@
 //!   `/proc/<pid>/cmdline` names this directory's `qmp.sock`: pids are
 //!   recycled. A launch into a directory whose `qemu.pid` still names a live
 //!   QEMU of that directory kills that QEMU first;
-//! * `qemu.log`: QEMU's own stdout and stderr (why it failed to start).
+//! * `qemu.log`: QEMU's own stdout and stderr (why it failed to start);
+//! * `memory`: the guest RAM of a VM launched with `save_as_template`
+//!   (mode 0600, mapped shared), moved into the template by its save;
+//! * `migrate.sock`: the migration stream while a template is saved or a
+//!   clone restored ([`template`]).
 //!
 //! Each of the spec's NICs is a tap the plugin opens inside the pod's
 //! network namespace and QEMU inherits as a descriptor ([`nic`]).
@@ -31,7 +35,8 @@
 //! `[hypervisor.qemu]` keys: `binary`, `machine` (`microvm` | `q35`), `accel`
 //! (`auto` | `kvm` | `tcg`), `extra_args`, `console_log_limit_mib` (the
 //! console log's cap, [`console`]), `virtiofsd` (its path, when not in the
-//! usual places); see [`config::QemuConfig`].
+//! usual places), `sandbox`, `tcg_tb_size_mib` (TCG's translation buffer);
+//! see [`config::QemuConfig`].
 
 use std::sync::Arc;
 
@@ -42,11 +47,13 @@ pub mod cmdline;
 pub mod config;
 pub mod console;
 mod hypervisor;
+pub mod memory;
 pub mod nic;
 pub mod procfs;
 pub mod qmp;
 pub mod share;
 pub mod spec;
+pub mod template;
 mod vm;
 
 pub use config::QemuConfig;

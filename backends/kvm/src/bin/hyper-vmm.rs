@@ -54,6 +54,19 @@ struct Args {
     /// Honour the debug-exit port 0xf4 (test guests).
     #[arg(long)]
     debug_exit: bool,
+    /// Run without the per-thread seccomp allow-lists (to debug a VMM the
+    /// filters kill; they are on by default).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Run without the mount jail (an empty root in a private mount
+    /// namespace once the VM is set up; it needs CAP_SYS_ADMIN).
+    #[arg(long)]
+    no_jail: bool,
+    /// Drop to this uid once the VM is set up (with --gid; needs root).
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -155,6 +168,12 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
         agent_socket: args.agent_socket,
         status_file: args.status_file,
         debug_exit: args.debug_exit,
+        seccomp: !args.no_seccomp,
+        jail: !args.no_jail,
+        run_as: args
+            .uid
+            .zip(args.gid)
+            .map(|(uid, gid)| hyper_backend_kvm::vmm::config::RunAs { uid, gid }),
     })
 }
 
@@ -179,11 +198,18 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Opened now: the mount jail leaves no path to open it by later.
+    let status_out = cfg.status_file.as_ref().and_then(|p| {
+        std::fs::File::create(p)
+            .map_err(|e| eprintln!("hyper-vmm: creating {}: {e}", p.display()))
+            .ok()
+            .map(|f| (p, f))
+    });
     let status = run(&cfg, started);
     let json = serde_json::to_string(&status)
         .unwrap_or_else(|e| format!("{{\"reason\":\"error\",\"message\":\"status: {e}\"}}"));
-    if let Some(p) = &cfg.status_file {
-        if let Err(e) = std::fs::write(p, format!("{json}\n")) {
+    if let Some((p, mut f)) = status_out {
+        if let Err(e) = std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()) {
             eprintln!("hyper-vmm: writing {}: {e}", p.display());
         }
     }

@@ -7,7 +7,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DEFAULT_VMM: &str = "/usr/local/lib/hyper/hyper-vmm";
-const VALID_KEYS: &[&str] = &["vmm", "console_log_limit_mib", "allow_pvm", "virtiofsd"];
+const VALID_KEYS: &[&str] = &[
+    "vmm",
+    "console_log_limit_mib",
+    "allow_pvm",
+    "virtiofsd",
+    "seccomp",
+    "vmm_uid",
+    "vmm_gid",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +27,16 @@ pub struct KvmConfig {
     /// Launch even on kvm_pvm (tests with freestanding guests only: a
     /// Linux guest does not boot there). The probe still says unusable.
     pub allow_pvm: bool,
+    /// hyper-vmm's per-thread seccomp allow-lists (on; off only to debug a
+    /// VMM they kill: its log then names the syscall).
+    pub seccomp: bool,
+    /// Drop each hyper-vmm to this uid/gid once its VM is set up and
+    /// jailed (both or neither; unset: it stays root, with the rest of
+    /// the jail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_gid: Option<u32>,
     /// The virtiofsd serving directory shares (absolute path); unset: the
     /// backend kit looks in the usual places and `PATH`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +49,9 @@ impl Default for KvmConfig {
             vmm: PathBuf::from(DEFAULT_VMM),
             console_log_limit_mib: 64,
             allow_pvm: false,
+            seccomp: true,
+            vmm_uid: None,
+            vmm_gid: None,
             virtiofsd: None,
         }
     }
@@ -101,15 +122,23 @@ impl KvmConfig {
                         "e.g. console_log_limit_mib = 64",
                     )),
                 },
-                "allow_pvm" => {
+                "allow_pvm" | "seccomp" => {
                     if !v.is_boolean() {
                         problems.push(problem(
                             key,
                             format!("expected true or false, found {}", type_name(v)),
-                            "e.g. allow_pvm = false",
+                            format!("e.g. {key} = {}", key == "seccomp"),
                         ));
                     }
                 }
+                "vmm_uid" | "vmm_gid" => match v.as_u64() {
+                    Some(1..=4_294_967_294) => {}
+                    _ => problems.push(problem(
+                        key,
+                        format!("{v} is not a non-root numeric id"),
+                        format!("e.g. {key} = 64100 (a uid/gid no one else uses; 0 is root)"),
+                    )),
+                },
                 _ => problems.push(problem(
                     key,
                     "unknown key",
@@ -119,6 +148,17 @@ impl KvmConfig {
                     ),
                 )),
             }
+        }
+        if map.contains_key("vmm_uid") != map.contains_key("vmm_gid") {
+            problems.push(problem(
+                if map.contains_key("vmm_uid") {
+                    "vmm_gid"
+                } else {
+                    "vmm_uid"
+                },
+                "vmm_uid and vmm_gid go together",
+                "set both, e.g. vmm_uid = 64100 and vmm_gid = 64100",
+            ));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -174,5 +214,18 @@ mod tests {
             "{text:?}"
         );
         assert!(KvmConfig::from_table(&json!(3)).is_err());
+        let p = KvmConfig::from_table(&json!({"seccomp": "off"})).unwrap_err();
+        assert!(p[0].to_string().contains("`seccomp`"), "{p:?}");
+        assert!(
+            !KvmConfig::from_table(&json!({"seccomp": false}))
+                .unwrap()
+                .seccomp
+        );
+        let c = KvmConfig::from_table(&json!({"vmm_uid": 64100, "vmm_gid": 64101})).unwrap();
+        assert_eq!((c.vmm_uid, c.vmm_gid), (Some(64100), Some(64101)));
+        let p = KvmConfig::from_table(&json!({"vmm_uid": 64100})).unwrap_err();
+        assert!(p[0].to_string().contains("`vmm_gid`"), "{p:?}");
+        let p = KvmConfig::from_table(&json!({"vmm_uid": 0, "vmm_gid": 0})).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 }

@@ -160,6 +160,12 @@ pub fn vmm_config(
         agent_socket: Some(paths.agent.clone()),
         status_file: Some(paths.status.clone()),
         debug_exit: false,
+        seccomp: cfg.seccomp,
+        jail: true,
+        run_as: cfg
+            .vmm_uid
+            .zip(cfg.vmm_gid)
+            .map(|(uid, gid)| crate::vmm::config::RunAs { uid, gid }),
     }
 }
 

@@ -40,8 +40,29 @@ impl RunPaths {
         (v.get("reason")?.as_str()? == "helper_died").then_some(VmHelper::Virtiofsd)
     }
 
+    /// The line hyper-vmm's SIGSYS report left in its log ("killed by
+    /// seccomp: syscall N on a T thread"), if its filters killed it: read
+    /// from the last 4 KiB only (the log holds what the guest triggered).
+    pub fn seccomp_kill(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.log).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+        let mut tail = Vec::new();
+        f.take(4096).read_to_end(&mut tail).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("killed by seccomp: syscall"))?;
+        Some(line.chars().take(300).collect())
+    }
+
     /// hyper-vmm's own account of a failure (status file), else its log tail.
     pub fn failure_message(&self) -> String {
+        if let Some(line) = self.seccomp_kill() {
+            return line;
+        }
         if let Ok(text) = std::fs::read_to_string(&self.status) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
@@ -99,6 +120,12 @@ impl Vm for KvmVm {
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
         let exit = self.supervised.wait().await?;
+        if exit.signal == Some(libc::SIGSYS) {
+            let why = self.paths.seccomp_kill().unwrap_or_else(|| {
+                "killed by SIGSYS (seccomp); the syscall is in the kernel's audit log".into()
+            });
+            tracing::error!(vm = %self.info.id, "hyper-vmm died: {why}");
+        }
         Ok(VmExit {
             helper_died: exit.helper_died.or_else(|| self.paths.helper_died()),
             ..exit
@@ -152,6 +179,20 @@ mod tests {
         std::fs::write(&p.status, r#"{"reason":"error","message":"boom"}"#).unwrap();
         assert_eq!(p.failure_message(), "boom");
         assert_eq!(p.helper_died(), None);
+    }
+
+    #[test]
+    fn a_seccomp_kill_is_found_in_the_log_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = RunPaths::new(d.path());
+        assert_eq!(p.seccomp_kill(), None);
+        let mut log = "x".repeat(10_000);
+        log.push_str("\nhyper-vmm: killed by seccomp: syscall 41 on a vcpu thread (…)\n");
+        std::fs::write(&p.log, &log).unwrap();
+        let line = p.seccomp_kill().unwrap();
+        assert!(line.contains("syscall 41 on a vcpu thread"), "{line}");
+        std::fs::write(&p.log, "hyper-vmm: exit {}\n").unwrap();
+        assert_eq!(p.seccomp_kill(), None);
     }
 
     #[test]

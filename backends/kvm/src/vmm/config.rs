@@ -50,6 +50,26 @@ pub struct VmmConfig {
     /// Honour writes to the debug-exit port 0xf4 (test guests).
     #[serde(default)]
     pub debug_exit: bool,
+    /// Run every thread under its seccomp allow-list (src/vmm/seccomp.rs);
+    /// off only to debug a VMM the filters kill.
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+    /// Run in a private mount namespace rooted at an empty read-only tmpfs
+    /// once the VM is set up (src/vmm/jail.rs); needs CAP_SYS_ADMIN.
+    #[serde(default = "yes")]
+    pub jail: bool,
+    /// Drop to this uid/gid (no supplementary groups, so no capabilities
+    /// left) once the VM is set up and jailed; unset: keep the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged identity for the VMM once everything is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +215,8 @@ mod tests {
     fn defaults() {
         let c = base();
         assert_eq!(c.vcpus, 1);
+        assert!(c.seccomp, "seccomp is on unless switched off");
+        assert!(c.jail, "the mount jail is on unless switched off");
         assert!(c.validate().is_ok());
     }
 

@@ -29,6 +29,7 @@ use super::devices::net::{self, parse_mac, Net, NetStats, Tap};
 use super::devices::serial::{BoundedLog, SerialDevice};
 use super::devices::GUEST_FAULTS;
 use super::layout::*;
+use super::seccomp::{self, ThreadKind};
 use crate::guest_fault;
 
 /// Why the VM ended.
@@ -388,6 +389,8 @@ struct Vm {
     sigfd: OwnedFd,
     /// Kept unjoined so their pthread ids stay valid for kicks.
     vcpu_threads: Vec<std::thread::JoinHandle<()>>,
+    /// The mount jail's last step, done once the vCPUs run.
+    jail: Option<super::jail::Pending>,
 }
 
 fn block_signals() -> Result<OwnedFd, String> {
@@ -584,6 +587,28 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
 
     mark("devices_ready");
     let pvm = cpu::host_is_pvm();
+    // Everything is open: from here on no thread needs a path.
+    let jail = if cfg.jail {
+        let pending = super::jail::enter().map_err(|e| e.to_string())?;
+        mark("jailed");
+        Some(pending)
+    } else {
+        None
+    };
+    // The uid drop goes before the vCPU threads exist (glibc makes every
+    // thread change uid, which their filters forbid), and after the jail's
+    // last step (a non-root uid may not unmount): that step is then paid
+    // here, on the boot path.
+    let jail = match (cfg.run_as, jail) {
+        (Some(who), pending) => {
+            if let Some(p) = pending {
+                p.finish().map_err(|e| e.to_string())?;
+            }
+            super::jail::drop_to(who.uid, who.gid).map_err(|e| e.to_string())?;
+            None
+        }
+        (None, pending) => pending,
+    };
     let mut vcpu_threads = Vec::new();
     for id in 0..cfg.vcpus {
         let vcpu = vm
@@ -599,7 +624,17 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         let b = bus.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || run_vcpu(vcpu, b, usize::from(id)))
+            .spawn(move || {
+                // Before the first KVM_RUN: nothing the guest does runs
+                // on this thread outside its allow-list.
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+                    b.exit.set(ExitReason::Error {
+                        message: e.to_string(),
+                    });
+                    return;
+                }
+                run_vcpu(vcpu, b, usize::from(id))
+            })
             .map_err(|e| format!("vCPU thread: {e}"))?;
         vcpu_threads.push(t);
     }
@@ -613,6 +648,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         listener,
         sigfd,
         vcpu_threads,
+        jail,
     })
 }
 
@@ -860,10 +896,24 @@ fn serve(vm: &Vm) -> ExitReason {
     }
 }
 
-fn rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    l.split_whitespace().nth(1)?.parse().ok()
+/// `/proc/self/status`, opened before the mount jail and read again (from
+/// offset 0: procfs regenerates it) for the exit status.
+struct ProcStatus(Option<File>);
+
+impl ProcStatus {
+    fn open() -> Self {
+        Self(File::open("/proc/self/status").ok())
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = self.0.as_ref()?;
+        let mut buf = [0u8; 4096];
+        let n = f.read_at(&mut buf, 0).ok()?;
+        let s = std::str::from_utf8(&buf[..n]).ok()?;
+        let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        l.split_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 /// Resident pages of guest RAM, with mincore(2).
@@ -890,7 +940,25 @@ fn guest_resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
 /// Builds and runs the VM described by `cfg`; `started` is when the
 /// process started (for timings).
 pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
-    let vm = match build(cfg, started) {
+    let proc_status = ProcStatus::open();
+    // Compiled before any thread exists; each thread installs its own.
+    let built = seccomp::prepare(cfg.seccomp)
+        .map_err(|e| e.to_string())
+        .and_then(|()| build(cfg, started))
+        .and_then(|mut vm| {
+            if let Some(pending) = vm.jail.take() {
+                pending.finish().map_err(|e| e.to_string())?;
+                let at = started.elapsed().as_micros() as u64;
+                vm.marks.push(("jail_finished".into(), at));
+            }
+            Ok(vm)
+        })
+        .and_then(|vm| {
+            seccomp::install(ThreadKind::Vmm)
+                .map(|()| vm)
+                .map_err(|e| e.to_string())
+        });
+    let vm = match built {
         Ok(vm) => vm,
         Err(message) => {
             return ExitStatus {
@@ -899,7 +967,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
                 setup_us: None,
                 guest_faults: GUEST_FAULTS.count(),
                 vcpu_exits: 0,
-                vmm_rss_kib: rss_kib(),
+                vmm_rss_kib: proc_status.rss_kib(),
                 setup_marks_us: Vec::new(),
                 guest_resident_kib: None,
                 nets: Vec::new(),
@@ -922,7 +990,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
         setup_us: Some(setup_us),
         guest_faults: GUEST_FAULTS.count(),
         vcpu_exits: bus.exits.load(Ordering::Relaxed),
-        vmm_rss_kib: rss_kib(),
+        vmm_rss_kib: proc_status.rss_kib(),
         setup_marks_us: vm.marks.clone(),
         guest_resident_kib: guest_resident_kib(&vm.mem),
         nets: bus.nets.iter().map(|n| lock(n).device().stats()).collect(),

@@ -55,13 +55,21 @@ impl Watchdog {
         let (tx, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("vhost-watchdog".into())
-            .spawn(move || match rx.recv_timeout(limit) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // SAFETY: shutdown on a descriptor this thread owns.
-                    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
-                    true
+            .spawn(move || {
+                if let Err(e) =
+                    crate::vmm::seccomp::install(crate::vmm::seccomp::ThreadKind::Device)
+                {
+                    // It keeps the filter of the thread that started it.
+                    tracing::warn!("vhost-user watchdog: {e}");
                 }
-                _ => false,
+                match rx.recv_timeout(limit) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // SAFETY: shutdown on a descriptor this thread owns.
+                        unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+                        true
+                    }
+                    _ => false,
+                }
             })?;
         Ok(Self {
             disarm: Some(tx),
