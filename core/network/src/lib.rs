@@ -555,6 +555,49 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_namespace_needs_its_path_and_takes_no_ports() {
+        let mut r = NetworkRequest {
+            netns_configured: true,
+            ..Default::default()
+        };
+        assert!(r.validate().is_err(), "no path");
+        r.netns = Some("/var/run/netns/cni-x".into());
+        r.validate().unwrap();
+        assert!(r.adopts());
+        r.ports = vec!["80:80".parse().unwrap()];
+        assert!(r.validate().is_err(), "ports");
+        r.ports.clear();
+        r.network = Some(NONE.into());
+        assert!(!r.adopts());
+    }
+
+    /// Needs root (the e2e machine runs as root); skipped otherwise.
+    #[tokio::test]
+    async fn a_configured_namespace_is_read_as_it_is() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let ns = netns::create(&format!("adopt-{}", std::process::id())).unwrap();
+        let settings = Settings {
+            conf_dir: "/nonexistent".into(),
+            plugin_dirs: Vec::new(),
+            plugin_timeout: std::time::Duration::from_secs(5),
+        };
+        let req = NetworkRequest {
+            netns: Some(ns.clone()),
+            netns_configured: true,
+            ..Default::default()
+        };
+        // No eth0 in it: a clear error, and the namespace is the caller's.
+        let err = attach(&settings, "p", &req).await.unwrap_err().to_string();
+        assert!(err.contains("eth0"), "{err}");
+        assert!(ns.exists());
+        netns::remove(&ns).unwrap();
+    }
+
+    #[test]
     fn records_keep_their_shape() {
         let att = Attachment {
             network: "hyper".into(),
