@@ -897,3 +897,37 @@ fn cri_pod_runs_in_a_vm_with_the_cni_address_and_leaves_nothing() {
         .args(["link", "del", CRI_BRIDGE])
         .status();
 }
+
+/// Not a check (no timed assertion): `ctr run --rm IMAGE true` with this
+/// runtime next to Debian's runc (`io.containerd.runc.v2`, the no-VM
+/// floor), each several times in one containerd; prints median and spread
+/// (docs/perf/cri.md). Run with `--ignored`.
+#[test]
+#[ignore]
+fn bench_ctr_run_rm_hyper_vs_runc() {
+    const RUNS: usize = 7;
+    let c = Containerd::start();
+    let image = busybox(&c);
+    let config = c.hyper.config.display().to_string();
+    for (name, runtime) in [("hyper", RUNTIME), ("runc", "io.containerd.runc.v2")] {
+        let mut times = Vec::new();
+        for i in 0..RUNS {
+            let id = format!("bench-{name}-{i}");
+            let mut args = vec!["run", "--rm", "--runtime", runtime];
+            if runtime == RUNTIME {
+                args.extend_from_slice(&["--runtime-config-path", &config]);
+            }
+            args.extend_from_slice(&[&image, &id, "true"]);
+            let t = Instant::now();
+            c.ok(&args);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "BENCH ctr run --rm true, {name}: median {:.0} ms, min {:.0} ms, max {:.0} ms ({RUNS} runs)",
+            times[RUNS / 2],
+            times[0],
+            times[RUNS - 1]
+        );
+    }
+}
