@@ -19,6 +19,8 @@ pkgs=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev lz4 c
 pkgs+=(e2fsprogs)
 # containerd and its ctr: the containerd shim's e2e tests (tests/tests/containerd.rs)
 pkgs+=(containerd)
+# protoc: the CRI test client's k8s-cri crate compiles the CRI protobufs with tonic-prost-build
+pkgs+=(protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -2,6 +2,7 @@
 //! spec; only what a pod of one container uses is read) and the runtime
 //! options (`ConfigPath`: which hypercontainer config to run with).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,86 @@ pub struct Spec {
     pub process: Option<Process>,
     #[serde(default)]
     pub hostname: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub linux: Option<Linux>,
+}
+
+/// A mount of the spec.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Mount {
+    pub destination: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Linux {
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// The CRI annotations containerd's CRI plugin puts on a pod's containers.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What a task is to a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `ctr run` and the like: a VM of its own.
+    Alone,
+    /// A CRI sandbox (the pause container): it holds the pod's place; the
+    /// pod's VM starts with its first container.
+    Sandbox,
+    /// A container of CRI sandbox `sandbox`: served by the sandbox's shim.
+    Member { sandbox: String },
+}
+
+impl Spec {
+    pub fn role(&self) -> Role {
+        match (
+            self.annotations.get(CONTAINER_TYPE).map(String::as_str),
+            self.annotations.get(SANDBOX_ID),
+        ) {
+            (Some("sandbox"), _) => Role::Sandbox,
+            (Some("container"), Some(id)) if !id.is_empty() => Role::Member {
+                sandbox: id.clone(),
+            },
+            _ => Role::Alone,
+        }
+    }
+
+    /// The network namespace to join (CRI's, configured by its CNI), if
+    /// the spec names one by path; `None` for a new one (`ctr run`).
+    pub fn netns(&self) -> Option<PathBuf> {
+        self.linux
+            .as_ref()?
+            .namespaces
+            .iter()
+            .find(|n| n.kind == "network" && !n.path.is_empty())
+            .map(|n| PathBuf::from(&n.path))
+    }
+}
+
+/// Reads the spec of the bundle at `bundle` for its role only (the shim's
+/// `start` and `delete`); a spec that cannot be read is [`Role::Alone`].
+pub fn role_of(bundle: &Path) -> Role {
+    read_spec(bundle).map_or(Role::Alone, |(s, _)| s.role())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +137,9 @@ pub struct Process {
     pub env: Vec<String>,
     #[serde(default)]
     pub cwd: String,
+    /// Read to say they are not applied (hyperstart sets none yet).
+    #[serde(default)]
+    pub rlimits: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

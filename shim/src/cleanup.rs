@@ -19,6 +19,13 @@ pub fn task_state_dir(state_dir: &Path, namespace: &str, id: &str) -> PathBuf {
     state_dir.join("shim").join(name)
 }
 
+/// Whether a shim server accepts connections at `address`
+/// (`unix:///run/containerd/s/…`).
+pub fn server_alive(address: &str) -> bool {
+    let path = address.trim_start_matches("unix://");
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 pub fn remember_config(bundle: &Path, config: &Path) -> std::io::Result<()> {
     std::fs::write(
         bundle.join(CONFIG_NOTE),

@@ -13,6 +13,7 @@
 
 mod bundle;
 mod cleanup;
+mod mounts;
 mod service;
 mod stdio;
 
@@ -45,7 +46,21 @@ impl Shim for HyperShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim server per task: each task is a VM of its own.
+        // One shim server per task, but a CRI pod's containers are served
+        // by their sandbox's shim (as Kata's are): its server is found at
+        // the address the sandbox's id gives.
+        let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
+        if let bundle::Role::Member { sandbox } = bundle::role_of(&bundle) {
+            let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &sandbox);
+            if !cleanup::server_alive(&address) {
+                return Err(Error::Other(format!(
+                    "container {} of CRI sandbox {sandbox}: the sandbox's shim is not running at {address}",
+                    opts.id
+                )));
+            }
+            write_str_to_file("address", &address).await?;
+            return Ok(address);
+        }
         let grouping = opts.id.clone();
         let address = spawn(opts, &grouping, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
@@ -54,7 +69,14 @@ impl Shim for HyperShim {
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
         let bundle = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
-        cleanup::after_dead_shim(&bundle, &self.namespace, &self.id).await;
+        // containerd runs `delete` whenever its connection to a task's
+        // server closes; a server that still answers (a CRI sandbox's, which
+        // serves its other tasks) owns what it runs, and nothing is touched.
+        let alive = std::fs::read_to_string(bundle.join("address"))
+            .is_ok_and(|a| cleanup::server_alive(a.trim()));
+        if !alive {
+            cleanup::after_dead_shim(&bundle, &self.namespace, &self.id).await;
+        }
         let mut resp = api::DeleteResponse::new();
         resp.set_exited_at(Timestamp::now());
         // As runc's shim reports a task it had to clean up after: SIGKILL.

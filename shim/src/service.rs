@@ -1,6 +1,10 @@
-//! The Task service containerd drives over ttrpc. One shim serves one task
-//! (one pod of one container, one VM): `ctr run` without CRI annotations.
-//! The pid containerd sees for the task is the shim's own (the container's
+//! The Task service containerd drives over ttrpc. A shim serves one task
+//! (one pod of one container, one VM: `ctr run` without CRI annotations),
+//! or a CRI sandbox and its containers: the sandbox (pause) task holds the
+//! pod's place and network namespace, and the pod's VM boots with its first
+//! container, in that namespace (CNI configured it through containerd's CRI
+//! plugin, so the pod's IP is the one CRI reports).
+//! The pid containerd sees for a task is the shim's own (the container's
 //! processes live in the guest; the VM is the shim's child's child).
 
 use std::collections::HashMap;
@@ -28,6 +32,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::bundle;
 use crate::cleanup;
+use crate::mounts;
 use crate::stdio;
 
 /// How long the output may take to drain into the fifos once the process
@@ -45,17 +50,15 @@ fn unimplemented(what: &str) -> ttrpc::Error {
     )
 }
 
-/// The shim's task, if it is `id`.
-fn the_task<'a>(slot: &'a Option<TaskState>, id: &str) -> ttrpc::Result<&'a TaskState> {
-    slot.as_ref()
-        .filter(|t| t.id == id)
-        .ok_or_else(|| not_found(id))
+type Tasks = HashMap<String, TaskState>;
+
+/// The shim's task `id`.
+fn the_task<'a>(tasks: &'a Tasks, id: &str) -> ttrpc::Result<&'a TaskState> {
+    tasks.get(id).ok_or_else(|| not_found(id))
 }
 
-fn the_task_mut<'a>(slot: &'a mut Option<TaskState>, id: &str) -> ttrpc::Result<&'a mut TaskState> {
-    slot.as_mut()
-        .filter(|t| t.id == id)
-        .ok_or_else(|| not_found(id))
+fn the_task_mut<'a>(tasks: &'a mut Tasks, id: &str) -> ttrpc::Result<&'a mut TaskState> {
+    tasks.get_mut(id).ok_or_else(|| not_found(id))
 }
 
 fn not_found(id: &str) -> ttrpc::Error {
@@ -164,7 +167,12 @@ struct TaskState {
     init: Proc,
     /// Exec processes by exec id, with what to run until Start takes it.
     execs: HashMap<String, (Proc, Option<ExecRequest>)>,
-    runtime: Arc<Runtime>,
+    /// The core for this task; `None` for a CRI sandbox (no VM of its own).
+    runtime: Option<Arc<Runtime>>,
+    role: bundle::Role,
+    /// A CRI sandbox's network namespace and hostname, for its containers.
+    netns: Option<PathBuf>,
+    hostname: Option<String>,
     /// What to run, until Start takes it.
     request: Option<RunRequest>,
     /// The core's pod, once started.
@@ -206,7 +214,7 @@ pub struct TaskService {
     namespace: String,
     exit: Arc<ExitSignal>,
     publisher: Arc<RemotePublisher>,
-    task: Mutex<Option<TaskState>>,
+    tasks: Mutex<Tasks>,
 }
 
 impl TaskService {
@@ -215,12 +223,26 @@ impl TaskService {
             namespace,
             exit,
             publisher: Arc::new(publisher),
-            task: Mutex::new(None),
+            tasks: Mutex::new(HashMap::new()),
         }
     }
 
     async fn publish(&self, event: impl Event + 'static) {
         publish(&self.publisher, &self.namespace, event).await;
+    }
+
+    /// Tells containerd task `id` started; Start's answer.
+    async fn started(&self, id: &str) -> api::StartResponse {
+        self.publish(TaskStart {
+            container_id: id.to_string(),
+            pid: shim_pid(),
+            ..Default::default()
+        })
+        .await;
+        api::StartResponse {
+            pid: shim_pid(),
+            ..Default::default()
+        }
     }
 }
 
@@ -260,11 +282,79 @@ async fn load_runtime(
 }
 
 impl TaskService {
-    async fn create_task(&self, req: &api::CreateTaskRequest) -> Result<TaskState, String> {
+    async fn create_task(
+        &self,
+        req: &api::CreateTaskRequest,
+        tasks: &Tasks,
+    ) -> Result<TaskState, String> {
         let bundle_dir = PathBuf::from(&req.bundle);
         let (spec, process) = bundle::read_spec(&bundle_dir).map_err(|e| e.to_string())?;
+        let role = spec.role();
         let config_path = bundle::config_path(req.options.as_ref()).map_err(|e| e.to_string())?;
         cleanup::remember_config(&bundle_dir, &config_path).map_err(|e| e.to_string())?;
+        // A CRI container's spec names the sandbox's namespace through the
+        // sandbox task's pid (`/proc/<pid>/ns/net`, the shim's own here):
+        // the namespace and hostname come from the sandbox's spec instead.
+        let mut from_sandbox = None;
+        if let bundle::Role::Member { sandbox } = &role {
+            let sb = tasks
+                .get(sandbox)
+                .filter(|t| t.role == bundle::Role::Sandbox)
+                .ok_or_else(|| {
+                    format!(
+                        "CRI sandbox {sandbox} of container {} is not served by this shim",
+                        req.id
+                    )
+                })?;
+            from_sandbox = Some((sb.netns.clone(), sb.hostname.clone()));
+            if let Some(other) = tasks.values().find(|t| {
+                matches!(&t.role, bundle::Role::Member { .. }) && t.status() != Status::STOPPED
+            }) {
+                return Err(format!(
+                    "CRI sandbox {sandbox} already runs container {} in its VM: a second container joining a running pod's VM is not supported by containerd-shim-hyper-v2 yet (one container per pod)",
+                    other.id
+                ));
+            }
+        }
+        if role == bundle::Role::Sandbox {
+            // The pause container runs nothing in a VM runtime: the task
+            // holds the pod's place until it is killed. Its config is
+            // checked now, so a bad ConfigPath fails RunPodSandbox.
+            Config::load(Some(&config_path))
+                .map_err(|e| format!("hypercontainer config (runtime option ConfigPath): {e}"))?;
+            let netns = spec.netns();
+            if let Some(ns) = &netns {
+                check_netns(ns)?;
+            }
+            return Ok(TaskState {
+                id: req.id.clone(),
+                bundle: bundle_dir,
+                init: Proc::new("", "", "", false),
+                execs: HashMap::new(),
+                runtime: None,
+                role,
+                netns,
+                hostname: spec.hostname.clone().filter(|h| !h.is_empty()),
+                request: None,
+                pod: None,
+                rootfs_mount: None,
+                state_dir: PathBuf::new(),
+            });
+        }
+        let mapped = mounts::map(&spec.mounts).map_err(|e| e.to_string())?;
+        if !mapped.skipped.is_empty() {
+            tracing::debug!(task = %req.id, skipped = ?mapped.skipped, "spec mounts the guest makes itself");
+        }
+        if !process.rlimits.is_empty() {
+            tracing::warn!(task = %req.id, "the spec's rlimits are not applied in the guest (not supported yet)");
+        }
+        let (netns, sandbox_hostname) = match from_sandbox {
+            Some(sb) => sb,
+            None => (spec.netns(), None),
+        };
+        if let Some(ns) = &netns {
+            check_netns(ns)?;
+        }
         let rootfs = bundle_dir.join("rootfs");
         let rootfs_mount = match req.rootfs.as_slice() {
             [] => None,
@@ -298,6 +388,21 @@ impl TaskService {
         let (runtime, state_dir) = load_runtime(&config_path, &self.namespace, &req.id)
             .await
             .map_err(undo)?;
+        let dns = mapped.dns.unwrap_or_default();
+        let network = hyper_network::NetworkRequest {
+            // Without a namespace path (`ctr run`) the pod has only lo.
+            network: if netns.is_some() {
+                None
+            } else {
+                Some(hyper_network::NONE.into())
+            },
+            dns: dns.servers,
+            dns_search: dns.search,
+            dns_options: dns.options,
+            netns_configured: netns.is_some(),
+            netns,
+            ..Default::default()
+        };
         let request = RunRequest {
             rootfs: Some(rootfs),
             image: None,
@@ -321,26 +426,43 @@ impl TaskService {
                 cols: c.width,
             }),
             security: Default::default(),
-            network: hyper_network::NetworkRequest {
-                network: Some("none".into()),
-                ..Default::default()
-            },
-            hostname: spec.hostname.filter(|h| !h.is_empty()),
-            // The spec's mounts do not reach the guest yet.
-            volumes: Vec::new(),
+            network,
+            hostname: spec.hostname.filter(|h| !h.is_empty()).or(sandbox_hostname),
+            volumes: mapped.volumes,
         };
         Ok(TaskState {
             id: req.id.clone(),
             bundle: bundle_dir,
             init: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
             execs: HashMap::new(),
-            runtime,
+            runtime: Some(runtime),
+            role,
+            netns: None,
+            hostname: None,
             request: Some(request),
             pod: None,
             rootfs_mount,
             state_dir,
         })
     }
+}
+
+/// A namespace to take over as the pod's network: it must exist and must
+/// not be the shim's own (the host's: its `eth0` would be redirected into
+/// the VM).
+fn check_netns(ns: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(ns)
+        .map_err(|e| format!("the spec's network namespace {}: {e}", ns.display()))?;
+    let own =
+        std::fs::metadata("/proc/self/ns/net").map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+    if (meta.dev(), meta.ino()) == (own.dev(), own.ino()) {
+        return Err(format!(
+            "the spec's network namespace {} is the host's: a VM pod takes a namespace of its own (host networking is not supported)",
+            ns.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Ends the task with `outcome` once its output has drained, and tells
@@ -388,11 +510,11 @@ impl TaskService {
     /// Starts exec `req.exec_id`: the core runs it in the task's container
     /// until it ends; its end is published like the init's.
     async fn start_exec(&self, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        let mut slot = self.task.lock().await;
+        let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
-        let (runtime, pod) = match &task.pod {
-            Some(pod) if task.init.status() == Status::RUNNING => {
-                (task.runtime.clone(), pod.clone())
+        let (runtime, pod) = match (&task.pod, &task.runtime) {
+            (Some(pod), Some(runtime)) if task.init.status() == Status::RUNNING => {
+                (runtime.clone(), pod.clone())
             }
             _ => {
                 return Err(status(
@@ -447,10 +569,7 @@ impl TaskService {
 }
 
 /// Forgets an exec that ended (or never started).
-fn delete_exec(
-    slot: &mut Option<TaskState>,
-    req: &api::DeleteRequest,
-) -> ttrpc::Result<api::DeleteResponse> {
+fn delete_exec(slot: &mut Tasks, req: &api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
     let task = the_task_mut(slot, &req.id)?;
     let p = task.proc(&req.exec_id)?;
     if p.status() == Status::RUNNING {
@@ -479,18 +598,18 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let mut slot = self.task.lock().await;
-        if slot.is_some() {
+        let mut slot = self.tasks.lock().await;
+        if slot.contains_key(&req.id) {
             return Err(status(
                 ttrpc::Code::ALREADY_EXISTS,
-                format!("task {}: this shim already serves a task", req.id),
+                format!("task {}: already exists", req.id),
             ));
         }
-        let task = self.create_task(&req).await.map_err(|e| {
+        let task = self.create_task(&req, &slot).await.map_err(|e| {
             tracing::warn!(task = %req.id, "create: {e}");
             status(ttrpc::Code::FAILED_PRECONDITION, e)
         })?;
-        *slot = Some(task);
+        slot.insert(req.id.clone(), task);
         drop(slot);
         self.publish(TaskCreate {
             container_id: req.id.clone(),
@@ -521,8 +640,20 @@ impl Task for TaskService {
         if !req.exec_id.is_empty() {
             return self.start_exec(req).await;
         }
-        let mut slot = self.task.lock().await;
+        let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
+        let Some(runtime) = task.runtime.clone() else {
+            // A CRI sandbox: it runs until it is killed.
+            if task.init.started {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {}: already started", req.id),
+                ));
+            }
+            task.init.started = true;
+            drop(slot);
+            return Ok(self.started(&req.id).await);
+        };
         let run = task.request.take().ok_or_else(|| {
             status(
                 ttrpc::Code::FAILED_PRECONDITION,
@@ -530,19 +661,29 @@ impl Task for TaskService {
             )
         })?;
         let (io, pump) = task.init.wire();
-        let started = match task.runtime.create(run, Some(io)).await {
+        let exit_tx = task.init.exit_tx.clone();
+        // The VM boots without the lock: the shim's other tasks (a CRI
+        // sandbox's) keep answering meanwhile.
+        drop(slot);
+        let started = match runtime.create(run, Some(io)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(task = %req.id, "start: {e}");
                 pump.abort();
+                exit_tx.send_replace(Some(Exit {
+                    code: u32::try_from(hyper_core::pods::RUNTIME_FAILURE_EXIT).unwrap_or(255),
+                    at: Timestamp::now(),
+                }));
                 return Err(status(ttrpc::Code::UNKNOWN, e.to_string()));
             }
         };
-        task.pod = Some(started.id.clone());
+        let mut slot = self.tasks.lock().await;
+        if let Some(task) = slot.get_mut(&req.id) {
+            task.pod = Some(started.id.clone());
+        }
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
-        let id = task.id.clone();
-        let exit_tx = task.init.exit_tx.clone();
+        let id = req.id.clone();
         match started.early {
             Some(early) => {
                 if let Some(m) = &early.message {
@@ -570,16 +711,7 @@ impl Task for TaskService {
             }
         }
         drop(slot);
-        self.publish(TaskStart {
-            container_id: req.id.clone(),
-            pid: shim_pid(),
-            ..Default::default()
-        })
-        .await;
-        Ok(api::StartResponse {
-            pid: shim_pid(),
-            ..Default::default()
-        })
+        Ok(self.started(&req.id).await)
     }
 
     async fn state(
@@ -587,7 +719,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
-        let slot = self.task.lock().await;
+        let slot = self.tasks.lock().await;
         let task = the_task(&slot, &req.id)?;
         let p = task.proc(&req.exec_id)?;
         let exit = p.exit.borrow().clone();
@@ -613,7 +745,7 @@ impl Task for TaskService {
         req: api::WaitRequest,
     ) -> ttrpc::Result<api::WaitResponse> {
         let mut exit = {
-            let slot = self.task.lock().await;
+            let slot = self.tasks.lock().await;
             let task = the_task(&slot, &req.id)?;
             task.proc(&req.exec_id)?.exit.clone()
         };
@@ -637,7 +769,7 @@ impl Task for TaskService {
                 "kill of an exec: the core signals a container's first process only (yet)",
             ));
         }
-        let slot = self.task.lock().await;
+        let slot = self.tasks.lock().await;
         let task = the_task(&slot, &req.id)?;
         let signal = i32::try_from(req.signal)
             .map_err(|_| status(ttrpc::Code::INVALID_ARGUMENT, "signal out of range"))?;
@@ -646,18 +778,36 @@ impl Task for TaskService {
                 ttrpc::Code::NOT_FOUND,
                 format!("task {}: process already finished", req.id),
             )),
-            (_, Some(pod)) => task
-                .runtime
-                .kill(pod, signal)
-                .await
-                .map(|()| Empty::default())
-                .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string())),
+            (_, Some(pod)) => match &task.runtime {
+                Some(runtime) => runtime
+                    .kill(pod, signal)
+                    .await
+                    .map(|()| Empty::default())
+                    .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string())),
+                None => Err(not_found(&req.id)),
+            },
             (_, None) => {
-                // Never started: it ends as killed by the signal.
-                task.init.exit_tx.send_replace(Some(Exit {
+                // Never started, or a CRI sandbox: it ends as killed by the
+                // signal.
+                let exit = Exit {
                     code: 128 + req.signal,
                     at: Timestamp::now(),
-                }));
+                };
+                task.init.exit_tx.send_replace(Some(exit.clone()));
+                let sandbox = task.runtime.is_none();
+                drop(slot);
+                if sandbox {
+                    // containerd's CRI learns a sandbox stopped from this event.
+                    self.publish(TaskExit {
+                        container_id: req.id.clone(),
+                        id: req.id.clone(),
+                        pid: shim_pid(),
+                        exit_status: exit.code,
+                        exited_at: MessageField::some(exit.at),
+                        ..Default::default()
+                    })
+                    .await;
+                }
                 Ok(Empty::default())
             }
         }
@@ -668,7 +818,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        let mut slot = self.task.lock().await;
+        let mut slot = self.tasks.lock().await;
         if !req.exec_id.is_empty() {
             return delete_exec(&mut slot, &req);
         }
@@ -679,7 +829,7 @@ impl Task for TaskService {
                 format!("task {}: still running; kill it first", req.id),
             ));
         }
-        let Some(task) = slot.take() else {
+        let Some(task) = slot.remove(&req.id) else {
             return Err(not_found(&req.id));
         };
         drop(slot);
@@ -687,11 +837,15 @@ impl Task for TaskService {
             code: 0,
             at: Timestamp::now(),
         });
-        task.runtime.shutdown().await;
+        if let Some(runtime) = &task.runtime {
+            runtime.shutdown().await;
+        }
         if let Some(m) = &task.rootfs_mount {
             cleanup::unmount(m);
         }
-        cleanup::remove_state(&task.state_dir);
+        if !task.state_dir.as_os_str().is_empty() {
+            cleanup::remove_state(&task.state_dir);
+        }
         self.publish(TaskDelete {
             container_id: task.id.clone(),
             pid: shim_pid(),
@@ -713,7 +867,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
-        let slot = self.task.lock().await;
+        let slot = self.tasks.lock().await;
         the_task(&slot, &req.id)?;
         Ok(api::PidsResponse {
             processes: vec![ProcessInfo {
@@ -729,7 +883,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<Empty> {
-        let slot = self.task.lock().await;
+        let slot = self.tasks.lock().await;
         let task = the_task(&slot, &req.id)?;
         if let Some(tx) = &task.proc(&req.exec_id)?.resize {
             let size = TerminalSize {
@@ -749,7 +903,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<Empty> {
         // The client's input ended (ctr calls it when its stdin reaches end
         // of file): the container reads end of file.
-        let mut slot = self.task.lock().await;
+        let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
         if req.stdin {
             task.proc_mut(&req.exec_id)?.close_stdin().await;
@@ -762,7 +916,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> ttrpc::Result<api::ConnectResponse> {
-        let slot = self.task.lock().await;
+        let slot = self.tasks.lock().await;
         the_task(&slot, &req.id)?;
         Ok(api::ConnectResponse {
             shim_pid: shim_pid(),
@@ -776,8 +930,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> ttrpc::Result<Empty> {
-        if self.task.lock().await.is_some() {
-            // containerd asks again after Delete.
+        if !self.tasks.lock().await.is_empty() {
+            // containerd asks after each task's Delete; the server ends
+            // with its last task (a CRI sandbox's shim serves several).
             return Ok(Empty::default());
         }
         self.exit.signal();
@@ -791,7 +946,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<Empty> {
         let process = bundle::exec_process(req.spec.as_ref())
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
-        let mut slot = self.task.lock().await;
+        let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
         if task.status() != Status::RUNNING {
             return Err(status(

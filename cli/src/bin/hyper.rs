@@ -597,6 +597,7 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         dns_options: args.dns_option.clone(),
         add_hosts: args.add_host.clone(),
         netns: None,
+        netns_configured: false,
     };
     if let Err(e) = network.validate() {
         return fail(e);

@@ -130,7 +130,15 @@ pub struct NetworkRequest {
     /// makes `/run/netns/hyper-<id>` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// `netns` is already configured by its maker (containerd's CRI plugin
+    /// ran CNI in it): its `eth0` is read back as it is and no CNI plugin
+    /// runs here, neither ADD nor DEL ([`NETNS_NETWORK`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub netns_configured: bool,
 }
+
+/// The network name a pod shows whose namespace its caller configured.
+pub const NETNS_NETWORK: &str = "netns";
 
 impl NetworkRequest {
     /// Whether a network was asked for by name or through `-p`: a guest
@@ -141,6 +149,11 @@ impl NetworkRequest {
 
     pub fn is_none(&self) -> bool {
         self.network.as_deref() == Some(NONE)
+    }
+
+    /// Whether the pod takes a namespace its caller configured as it is.
+    pub fn adopts(&self) -> bool {
+        self.netns.is_some() && self.netns_configured && !self.is_none()
     }
 
     /// Checks what can be checked without touching the host.
@@ -167,6 +180,12 @@ impl NetworkRequest {
                     q.spec()
                 )));
             }
+        }
+        if self.netns_configured && (self.netns.is_none() || !self.ports.is_empty()) {
+            return Err(NetworkError::Ports(
+                "a configured namespace is taken as it is: it needs its path and publishes no ports"
+                    .into(),
+            ));
         }
         dns::check(&self.dns, &self.dns_search, &self.dns_options)
             .map_err(|e| NetworkError::Ports(e.to_string()))?;
@@ -230,7 +249,7 @@ impl Attachment {
 /// is changed.
 pub fn preflight(settings: &Settings, req: &NetworkRequest) -> Result<(), NetworkError> {
     req.validate()?;
-    if req.is_none() {
+    if req.is_none() || req.adopts() {
         return Ok(());
     }
     let list = match conflist::find(&settings.conf_dir, req.network.as_deref()) {
@@ -280,6 +299,17 @@ pub async fn attach(
     if req.is_none() {
         let mut att = none(NONE);
         dns::fit_to_ip_versions(&mut att.guest.dns, false);
+        return Ok(att);
+    }
+    if let (Some(netns), true) = (&req.netns, req.adopts()) {
+        let mut att = none(NETNS_NETWORK);
+        let (nic, interface, routes) = adopt(netns)?;
+        let has_v6 = interface.addresses.iter().any(|a| result::is_v6(a));
+        dns::fit_to_ip_versions(&mut att.guest.dns, has_v6);
+        att.netns = Some(netns.clone());
+        att.nic = Some(nic);
+        att.guest.interfaces = vec![interface];
+        att.guest.routes = routes;
         return Ok(att);
     }
     let list = match conflist::find(&settings.conf_dir, req.network.as_deref()) {
@@ -403,6 +433,50 @@ fn invocation<'a>(
     }
 }
 
+/// The backend's device joined to `eth0` of `netns`.
+fn nic_in(netns: &Path, mac: String, mtu: u32) -> NicSpec {
+    NicSpec {
+        netns: netns.to_path_buf(),
+        peer: IFNAME.into(),
+        device: DEVICE.into(),
+        mac,
+        mtu,
+    }
+}
+
+/// The backend's NIC and the guest's interface and routes from a namespace
+/// its caller configured: `eth0` as it is now (its MAC, MTU, global
+/// addresses and routes).
+fn adopt(netns: &Path) -> Result<(NicSpec, InterfaceSpec, Vec<RouteSpec>), NetworkError> {
+    let (mac, mtu) = netns::link_info(netns, IFNAME)?;
+    let ip = hyper_hypervisor::nic::addr::ip_config(netns, IFNAME)
+        .map_err(|e| NetworkError::Nic(e.to_string()))?;
+    if ip.addresses.is_empty() {
+        return Err(NetworkError::BadResult {
+            network: format!("{NETNS_NETWORK} {}", netns.display()),
+            message: format!(
+                "{IFNAME} has no global address: the namespace's maker (CNI) did not configure it"
+            ),
+        });
+    }
+    let interface = InterfaceSpec {
+        mac: mac.clone(),
+        name: IFNAME.into(),
+        mtu,
+        addresses: ip.addresses,
+    };
+    let routes = ip
+        .routes
+        .into_iter()
+        .map(|r| RouteSpec {
+            destination: r.destination,
+            gateway: r.gateway,
+            interface: IFNAME.into(),
+        })
+        .collect();
+    Ok((nic_in(netns, mac, mtu), interface, routes))
+}
+
 /// The backend's NIC and the guest's interface and routes from an ADD
 /// result; the MAC and MTU are read from the interface itself.
 fn build(
@@ -445,14 +519,7 @@ fn build(
             interface: IFNAME.into(),
         })
         .collect();
-    let nic = NicSpec {
-        netns: netns.to_path_buf(),
-        peer: IFNAME.into(),
-        device: DEVICE.into(),
-        mac,
-        mtu,
-    };
-    Ok((nic, interface, routes))
+    Ok((nic_in(netns, mac, mtu), interface, routes))
 }
 
 #[cfg(test)]
@@ -485,6 +552,49 @@ mod tests {
         r.add_hosts.clear();
         r.dns = vec!["dns.example".into()];
         assert!(r.validate().unwrap_err().to_string().contains("--dns"));
+    }
+
+    #[test]
+    fn a_configured_namespace_needs_its_path_and_takes_no_ports() {
+        let mut r = NetworkRequest {
+            netns_configured: true,
+            ..Default::default()
+        };
+        assert!(r.validate().is_err(), "no path");
+        r.netns = Some("/var/run/netns/cni-x".into());
+        r.validate().unwrap();
+        assert!(r.adopts());
+        r.ports = vec!["80:80".parse().unwrap()];
+        assert!(r.validate().is_err(), "ports");
+        r.ports.clear();
+        r.network = Some(NONE.into());
+        assert!(!r.adopts());
+    }
+
+    /// Needs root (the e2e machine runs as root); skipped otherwise.
+    #[tokio::test]
+    async fn a_configured_namespace_is_read_as_it_is() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let ns = netns::create(&format!("adopt-{}", std::process::id())).unwrap();
+        let settings = Settings {
+            conf_dir: "/nonexistent".into(),
+            plugin_dirs: Vec::new(),
+            plugin_timeout: std::time::Duration::from_secs(5),
+        };
+        let req = NetworkRequest {
+            netns: Some(ns.clone()),
+            netns_configured: true,
+            ..Default::default()
+        };
+        // No eth0 in it: a clear error, and the namespace is the caller's.
+        let err = attach(&settings, "p", &req).await.unwrap_err().to_string();
+        assert!(err.contains("eth0"), "{err}");
+        assert!(ns.exists());
+        netns::remove(&ns).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! created by `xl` when the domain is built), so only the backend knows when
 //! and under what name it can be joined.
 
+pub mod addr;
 mod attach;
 mod error;
 pub mod link;
