@@ -328,6 +328,7 @@ impl TaskService {
             hostname: spec.hostname.filter(|h| !h.is_empty()),
             // The spec's mounts do not reach the guest yet.
             volumes: Vec::new(),
+            start: None,
         };
         Ok(TaskState {
             id: req.id.clone(),

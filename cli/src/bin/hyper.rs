@@ -287,6 +287,11 @@ struct RunArgs {
     /// Remove the pod's record when it exits.
     #[arg(long)]
     rm: bool,
+    /// How its VM starts: cold (boot the payload), auto (from a template
+    /// when the backend and the pod allow it, else cold) or template
+    /// (template only); hyperd's `[vm] start` without it.
+    #[arg(long, value_name = "MODE", value_parser = ["cold", "auto", "template"])]
+    start: Option<String>,
     /// Run in the background and print the pod's id.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -638,6 +643,10 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         tty: args.tty,
         tty_size: args.tty.then(terminal::client_size).flatten(),
         security,
+        start: args
+            .start
+            .as_deref()
+            .and_then(hyper_core::config::StartMode::parse),
     };
     if args.detach {
         // With -i the pod's stdin stays open for `hyper attach`.
