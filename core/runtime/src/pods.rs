@@ -235,6 +235,9 @@ impl Runtime {
                 .map(|e| e.to_string()),
             state_dir: self.config.runtime.state_dir.clone(),
             pods: self.pods().len(),
+            start: self.config.vm.start_mode().to_string(),
+            templates_unavailable: self.templates_unavailable(),
+            templates: self.templates().len(),
         }
     }
 

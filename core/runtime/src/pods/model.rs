@@ -371,6 +371,16 @@ pub struct Info {
     pub payload_error: Option<String>,
     pub state_dir: PathBuf,
     pub pods: usize,
+    /// `[vm] start`.
+    #[serde(default)]
+    pub start: String,
+    /// Why pods cannot start from templates on this hyperd, whatever their
+    /// layout (`auto` then starts them cold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates_unavailable: Option<String>,
+    /// Templates in the store.
+    #[serde(default)]
+    pub templates: usize,
 }
 
 /// When a pod's container is started again after it exits.
