@@ -420,12 +420,7 @@ impl Agent {
                 Ok(Reply::Ok)
             }
             Request::Reattach { nonce } => self.reattach(&nonce),
-            // Served once the guest can make a clone its own (issue 16);
-            // until then it does not advertise `resume`.
-            Request::Resume(_) => Err(err(
-                AgentErrorKind::InvalidRequest,
-                "this hyperstart cannot resume a template clone",
-            )),
+            Request::Resume(spec) => self.resume(&spec),
         }
     }
 
@@ -457,6 +452,21 @@ impl Agent {
         }
         debug!("host reattached; {} processes", processes.len());
         Ok(Reply::Reattached { processes })
+    }
+
+    /// A template clone's first request: make it its own before anything
+    /// runs in it (crate::resume). Refused once a pod is running, where a
+    /// re-probe would pull disks from under mounted filesystems.
+    fn resume(&mut self, spec: &hyper_protocol::ResumeSpec) -> Result<Reply> {
+        if !self.containers.is_empty() || !self.volumes.is_empty() || self.pod_files.is_some() {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                "resume comes before the pod starts; this guest already runs one",
+            ));
+        }
+        let plan = crate::resume::validate(spec)?;
+        crate::resume::apply(&plan)?;
+        Ok(Reply::Ok)
     }
 
     fn start_pod(&mut self, spec: PodSpec) -> Result<Reply> {

@@ -10,6 +10,7 @@ mod confine;
 mod flow;
 mod log;
 mod net;
+mod resume;
 mod rootfs;
 mod spawn;
 mod sys;

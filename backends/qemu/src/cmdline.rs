@@ -10,6 +10,7 @@ use hyper_hypervisor::VmSpec;
 
 use crate::accel::Accel;
 use crate::config::{Machine, QemuConfig};
+use crate::memory::GuestMemory;
 
 /// The virtio-serial port name hyperstart looks for in
 /// `/sys/class/virtio-ports/*/name`.
@@ -31,6 +32,10 @@ pub struct RunPaths {
     pub agent: PathBuf,
     pub pid: PathBuf,
     pub log: PathBuf,
+    /// The migration stream's socket while a template is saved (QEMU
+    /// connects to the plugin) or a clone restored (the plugin connects to
+    /// QEMU); it exists only during that step.
+    pub migrate: PathBuf,
 }
 
 impl RunPaths {
@@ -41,6 +46,7 @@ impl RunPaths {
             agent: dir.join("agent.sock"),
             pid: dir.join("qemu.pid"),
             log: dir.join("qemu.log"),
+            migrate: dir.join("migrate.sock"),
         }
     }
 
@@ -94,9 +100,32 @@ pub fn kernel_cmdline(base: &str, machine: Machine, accel: Accel) -> String {
     parts.join(" ")
 }
 
+/// The `-accel` value: TCG with its translation buffer's size when one is
+/// configured.
+pub fn accel_arg(config: &QemuConfig, accel: Accel) -> String {
+    match accel {
+        Accel::Tcg if config.tcg_tb_size_mib > 0 => {
+            format!("tcg,tb-size={}", config.tcg_tb_size_mib)
+        }
+        _ => accel.as_str().to_string(),
+    }
+}
+
 /// The `-sandbox` option every QEMU runs with unless `[hypervisor.qemu]
 /// sandbox = false`.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// How a VM starts: booting its kernel, or resuming a template's guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot<'a> {
+    Cold,
+    /// A clone of a template: its RAM is `memory` mapped privately, and
+    /// QEMU waits (`-incoming defer`) for the device state the plugin
+    /// streams in ([`crate::template`]).
+    Incoming {
+        memory: &'a Path,
+    },
+}
 
 /// The arguments (without the binary) that start `spec` on `config`'s
 /// machine with `accel`. The spec must have been validated. `tap_fds[i]` is
@@ -108,6 +137,18 @@ pub fn qemu_args(
     spec: &VmSpec,
     tap_fds: &[RawFd],
 ) -> Vec<OsString> {
+    qemu_args_for(config, accel, spec, tap_fds, Boot::Cold)
+}
+
+/// [`qemu_args`] for a cold boot or a clone's restore.
+pub fn qemu_args_for(
+    config: &QemuConfig,
+    accel: Accel,
+    spec: &VmSpec,
+    tap_fds: &[RawFd],
+    boot: Boot,
+) -> Vec<OsString> {
+    let memory = GuestMemory::for_launch(spec, &boot);
     let paths = RunPaths::new(&spec.run_dir);
     let (blk, serial, net) = match config.machine {
         Machine::Microvm => (
@@ -127,16 +168,16 @@ pub fn qemu_args(
     push(&[s("-name")]);
     push(&[s("hyper-"), s(&spec.id)]);
     push(&[s("-machine")]);
-    push(&[s(&crate::share::machine_arg(config.machine, spec))]);
+    push(&[s(&memory.machine_arg(config.machine))]);
     push(&[s("-accel")]);
-    push(&[s(accel.as_str())]);
+    push(&[s(&accel_arg(config, accel))]);
     push(&[s("-cpu")]);
     push(&[s(cpu)]);
     push(&[s("-m")]);
     push(&[s(&spec.memory_mib.to_string())]);
     push(&[s("-smp")]);
     push(&[s(&spec.vcpus.to_string())]);
-    for a in crate::share::memory_args(spec) {
+    for a in memory.object_args(spec.memory_mib) {
         push(&[&a]);
     }
     for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
@@ -207,6 +248,11 @@ pub fn qemu_args(
     }
     push(&[s("-qmp")]);
     push(&[&paths.qmp_arg()]);
+    if let Boot::Incoming { .. } = boot {
+        // The stream's address is given later, over QMP.
+        push(&[s("-incoming")]);
+        push(&[s("defer")]);
+    }
     // Last, so an operator's option can override ours where QEMU lets the
     // last one win.
     for a in &config.extra_args {
@@ -262,7 +308,7 @@ mod tests {
         let expected = [
             "-name", "hyper-p1",
             "-machine", "microvm",
-            "-accel", "tcg",
+            "-accel", "tcg,tb-size=16",
             "-cpu", "max",
             "-m", "256",
             "-smp", "2",

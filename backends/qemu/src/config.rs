@@ -21,7 +21,13 @@ pub const VALID_KEYS: &[&str] = &[
     "console_log_limit_mib",
     "virtiofsd",
     "sandbox",
+    "tcg_tb_size_mib",
 ];
+
+/// TCG's translation buffer, in MiB ([`QemuConfig::tcg_tb_size_mib`]).
+pub const DEFAULT_TB_SIZE_MIB: u32 = 16;
+/// QEMU 7.2 takes at most this (its own default when 0 is given).
+pub const MAX_TB_SIZE_MIB: u32 = 1024;
 
 /// The QEMU machine type. microvm (virtio-mmio, qboot) boots fastest; q35 is
 /// the conservative choice (PCI, SeaBIOS).
@@ -80,6 +86,12 @@ pub struct QemuConfig {
     /// elevateprivileges=deny,spawn=deny,resourcecontrol=deny`); on by
     /// default, `false` for a QEMU built without seccomp support.
     pub sandbox: bool,
+    /// TCG's translation buffer (`-accel tcg,tb-size=N`), in MiB: the code
+    /// TCG translated, private to each VM. When it is full TCG flushes it
+    /// and translates again, so an idle guest's buffer stops growing at
+    /// this size. 0: QEMU's own default (a 1 GiB reservation, filled as the
+    /// guest runs new code). Unused with KVM.
+    pub tcg_tb_size_mib: u32,
 }
 
 impl Default for QemuConfig {
@@ -92,6 +104,7 @@ impl Default for QemuConfig {
             console_log_limit_mib: crate::console::DEFAULT_LIMIT_MIB,
             virtiofsd: None,
             sandbox: true,
+            tcg_tb_size_mib: DEFAULT_TB_SIZE_MIB,
         }
     }
 }
@@ -256,6 +269,16 @@ impl QemuConfig {
                         ));
                     }
                 }
+                "tcg_tb_size_mib" => match v.as_u64() {
+                    Some(n) if n <= u64::from(MAX_TB_SIZE_MIB) => {}
+                    _ => problems.push(problem(
+                        key,
+                        format!(
+                            "expected a whole number of MiB from 0 (QEMU's default) to {MAX_TB_SIZE_MIB}, found {v}"
+                        ),
+                        format!("e.g. tcg_tb_size_mib = {DEFAULT_TB_SIZE_MIB}"),
+                    )),
+                },
                 _ => problems.push(unknown_key(key)),
             }
         }
@@ -329,6 +352,18 @@ mod tests {
         let p = problems(json!({"sandbox": "yes"}));
         assert_eq!(p[0].key, "sandbox");
         assert_eq!(p[0].message, "expected true or false, found a string");
+    }
+
+    #[test]
+    fn the_translation_buffer_has_a_default_and_bounds() {
+        assert_eq!(QemuConfig::default().tcg_tb_size_mib, DEFAULT_TB_SIZE_MIB);
+        let c = QemuConfig::from_table(&json!({"tcg_tb_size_mib": 0})).unwrap();
+        assert_eq!(c.tcg_tb_size_mib, 0);
+        for bad in [json!(2048), json!(-1), json!("16")] {
+            let p = problems(json!({ "tcg_tb_size_mib": bad }));
+            assert_eq!(p[0].key, "tcg_tb_size_mib", "{bad}");
+            assert!(p[0].fix.contains("tcg_tb_size_mib = 16"), "{:?}", p[0]);
+        }
     }
 
     #[test]

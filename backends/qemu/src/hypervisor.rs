@@ -20,12 +20,14 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::accel::{self, choose_accel, AccelChoice};
-use crate::cmdline::{qemu_args, RunPaths};
+use crate::cmdline::{qemu_args_for, Boot, RunPaths};
 use crate::config::QemuConfig;
+use crate::memory::template_memory_path;
 use crate::nic::{self, Taps};
 use crate::procfs;
 use crate::qmp::{Qmp, QmpError};
 use crate::spec;
+use crate::template::meta::Layout;
 use crate::vm::{remove_run_files, QemuVm};
 
 pub const BACKEND_NAME: &str = "qemu";
@@ -47,11 +49,57 @@ const LOG_TAIL_LINES: usize = 20;
 
 pub struct QemuHypervisor {
     config: QemuConfig,
+    /// The binary's version, with the identity (device, inode, size,
+    /// mtime) of the file it was read from: asked once per binary, not at
+    /// every template save and restore.
+    version: std::sync::Mutex<Option<(BinaryId, String)>>,
+}
+
+type BinaryId = (u64, u64, u64, i64, i64);
+
+fn binary_id(path: &Path) -> Result<BinaryId, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 impl QemuHypervisor {
     pub fn new(config: QemuConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            version: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The configured binary's version (`-version`), cached while the file
+    /// stays the same.
+    pub async fn binary_version(&self) -> Result<String, String> {
+        let id = binary_id(&self.config.binary)?;
+        if let Ok(cached) = self.version.lock() {
+            if let Some((cached_id, version)) = cached.as_ref() {
+                if *cached_id == id {
+                    return Ok(version.clone());
+                }
+            }
+        }
+        let version = qemu_version(&self.config.binary).await?;
+        if let Ok(mut cached) = self.version.lock() {
+            *cached = Some((id, version.clone()));
+        }
+        Ok(version)
+    }
+
+    /// What a template of `spec` records, or a clone of `spec` must match
+    /// ([`crate::template::meta::Layout`]).
+    pub(crate) async fn layout(&self, spec: &VmSpec) -> Result<Layout, HypervisorError> {
+        let unavailable = |reason| HypervisorError::Unavailable {
+            backend: BACKEND_NAME.to_string(),
+            reason,
+        };
+        let accel = self.accel().map_err(unavailable)?;
+        self.check_binary().map_err(unavailable)?;
+        let version = self.binary_version().await.map_err(unavailable)?;
+        Layout::of(&self.config, accel.accel, &version, spec).map_err(HypervisorError::InvalidSpec)
     }
 
     pub fn config(&self) -> &QemuConfig {
@@ -88,6 +136,33 @@ impl QemuHypervisor {
     /// [`Hypervisor::launch`], returning the concrete VM (whose
     /// [`QemuVm::qmp_command`] tests and tools can use).
     pub async fn launch_qemu(&self, spec: VmSpec) -> Result<QemuVm, HypervisorError> {
+        let template = if spec.save_as_template {
+            Some(self.layout(&spec).await?)
+        } else {
+            None
+        };
+        let mut vm = self.launch_with(spec, Boot::Cold).await?;
+        if let Some(layout) = template {
+            vm.set_template(layout);
+        }
+        Ok(vm)
+    }
+
+    /// [`Hypervisor::restore`], returning the concrete VM.
+    pub async fn restore_qemu(
+        &self,
+        spec: VmSpec,
+        template: &Path,
+    ) -> Result<QemuVm, HypervisorError> {
+        crate::template::restore(self, spec, template).await
+    }
+
+    /// The one launch path, for a cold boot and a clone's restore.
+    pub(crate) async fn launch_with(
+        &self,
+        spec: VmSpec,
+        boot: Boot<'_>,
+    ) -> Result<QemuVm, HypervisorError> {
         let unavailable = |reason| HypervisorError::Unavailable {
             backend: BACKEND_NAME.to_string(),
             reason,
@@ -115,8 +190,22 @@ impl QemuHypervisor {
 
         let paths = RunPaths::new(&spec.run_dir);
         stop_stale(&paths).await;
-        for path in [&paths.qmp, &paths.agent, &paths.pid] {
+        let memory = template_memory_path(&spec.run_dir);
+        for path in [
+            &paths.qmp,
+            &paths.agent,
+            &paths.pid,
+            &paths.migrate,
+            &memory,
+        ] {
             remove_if_present(path)?;
+        }
+        if spec.save_as_template {
+            // Made here, private to hyperd's user (QEMU would create it
+            // world-readable) and full size: QEMU maps it as it is.
+            create_memory_file(&memory, spec.memory_mib).map_err(|e| {
+                HypervisorError::Io(format!("cannot create {}: {e}", memory.display()))
+            })?;
         }
         let io = |what: &str, path: &Path, e: std::io::Error| {
             HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
@@ -132,7 +221,7 @@ impl QemuHypervisor {
             None => Virtiofsds::none(&spec.run_dir),
         };
         let (child, qmp) = match self
-            .spawn_qemu(&spec, &paths, accel.clone(), (log, log_err))
+            .spawn_qemu(&spec, &paths, accel.clone(), boot, (log, log_err))
             .await
         {
             Ok(spawned) => spawned,
@@ -159,6 +248,7 @@ impl QemuHypervisor {
         spec: &VmSpec,
         paths: &RunPaths,
         accel: AccelChoice,
+        boot: Boot<'_>,
         (log, log_err): (std::fs::File, std::fs::File),
     ) -> Result<(Child, Qmp), HypervisorError> {
         let io = |what: &str, path: &Path, e: std::io::Error| {
@@ -167,7 +257,7 @@ impl QemuHypervisor {
         // Last before the spawn: from here every failure releases the taps.
         let taps = Taps::attach(&spec.id, &spec.nics).await?;
         let tap_fds = taps.raw_fds();
-        let args = qemu_args(&self.config, accel.accel, spec, &tap_fds);
+        let args = qemu_args_for(&self.config, accel.accel, spec, &tap_fds, boot);
         tracing::info!(vm = %spec.id, accel = accel.accel.as_str(), reason = %accel.reason, "starting QEMU");
         tracing::debug!(vm = %spec.id, ?args, "QEMU command line");
         let mut command = Command::new(&self.config.binary);
@@ -217,7 +307,11 @@ impl QemuHypervisor {
             taps.release().await;
             return Err(io("write", &paths.pid, e));
         }
-        let qmp = match connect_qmp(&mut child, paths).await {
+        let expected = match boot {
+            Boot::Cold => "running",
+            Boot::Incoming { .. } => "inmigrate",
+        };
+        let qmp = match connect_qmp(&mut child, paths, expected).await {
             Ok(qmp) => qmp,
             Err(message) => {
                 abort(&mut child, paths, pid).await;
@@ -330,7 +424,9 @@ fn exited_early(status: ExitStatus, paths: &RunPaths) -> String {
 
 /// Waits for QEMU's QMP socket and completes the handshake. Every step is
 /// bounded; if QEMU dies first, its own error message is reported.
-async fn connect_qmp(child: &mut Child, paths: &RunPaths) -> Result<Qmp, String> {
+/// `expected` is the run state QEMU must report: `running`, or `inmigrate`
+/// for a clone waiting for its template's state.
+async fn connect_qmp(child: &mut Child, paths: &RunPaths, expected: &str) -> Result<Qmp, String> {
     let deadline = Instant::now() + QMP_CONNECT_TIMEOUT;
     let stream = loop {
         if let Some(status) = child
@@ -360,8 +456,8 @@ async fn connect_qmp(child: &mut Child, paths: &RunPaths) -> Result<Qmp, String>
     };
     let failure = match tokio::time::timeout(QMP_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok((qmp, status))) => match status.get("status").and_then(|s| s.as_str()) {
-            Some("running") => return Ok(qmp),
-            _ => format!("QEMU reports the VM as {status} instead of running"),
+            Some(s) if s == expected => return Ok(qmp),
+            _ => format!("QEMU reports the VM as {status} instead of {expected}"),
         },
         Ok(Err(e)) => format!("QMP handshake with QEMU failed: {e}"),
         Err(_) => format!("QMP handshake with QEMU got no answer within {QMP_HANDSHAKE_TIMEOUT:?}"),
@@ -419,6 +515,18 @@ async fn stop_stale(paths: &RunPaths) {
     }
 }
 
+/// A template VM's RAM file: mode 0600, `memory_mib` MiB (sparse).
+fn create_memory_file(path: &Path, memory_mib: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(u64::from(memory_mib) << 20)
+}
+
 fn remove_if_present(path: &Path) -> Result<(), HypervisorError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HypervisorError::Io(format!(
@@ -439,7 +547,7 @@ impl Hypervisor for QemuHypervisor {
         Capabilities {
             recover: true,
             share_transport: Some(ShareTransport::VirtioFs),
-            templates: false,
+            templates: true,
         }
     }
 
@@ -495,6 +603,10 @@ impl Hypervisor for QemuHypervisor {
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
         Ok(Box::new(self.launch_qemu(spec).await?))
+    }
+
+    async fn restore(&self, spec: VmSpec, template: &Path) -> Result<Box<dyn Vm>, HypervisorError> {
+        Ok(Box::new(self.restore_qemu(spec, template).await?))
     }
 
     async fn recover(

@@ -42,11 +42,13 @@ pub mod cmdline;
 pub mod config;
 pub mod console;
 mod hypervisor;
+pub mod memory;
 pub mod nic;
 pub mod procfs;
 pub mod qmp;
 pub mod share;
 pub mod spec;
+pub mod template;
 mod vm;
 
 pub use config::QemuConfig;

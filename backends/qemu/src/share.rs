@@ -12,41 +12,9 @@ use hyper_hypervisor::VmSpec;
 use crate::cmdline::escape;
 use crate::config::Machine;
 
-/// The id of the guest-RAM backend object.
-pub const MEMORY_ID: &str = "mem";
 /// Descriptors per virtqueue; more requests in flight than the default 128
 /// (Kata's choice too).
 pub const QUEUE_SIZE: u32 = 1024;
-
-/// The `-machine` value: the machine type, plus the RAM backend when the
-/// VM has shares.
-pub fn machine_arg(machine: Machine, spec: &VmSpec) -> String {
-    if spec.shares.is_empty() {
-        machine.as_str().to_string()
-    } else {
-        format!("{},memory-backend={MEMORY_ID}", machine.as_str())
-    }
-}
-
-/// Guest RAM as a shared memfd, only for a VM with shares. virtiofsd is a
-/// separate process that reads and writes the guest's buffers itself: the
-/// vhost-user protocol hands it the RAM's file descriptors to map, which
-/// needs RAM that is a file (memfd) mapped `MAP_SHARED` (`share=on`).
-/// Without shares QEMU's default private anonymous RAM stays: it can be
-/// neither mapped by another process nor leaked through a descriptor.
-pub fn memory_args(spec: &VmSpec) -> Vec<OsString> {
-    if spec.shares.is_empty() {
-        return Vec::new();
-    }
-    vec![
-        "-object".into(),
-        format!(
-            "memory-backend-memfd,id={MEMORY_ID},size={}M,share=on",
-            spec.memory_mib
-        )
-        .into(),
-    ]
-}
 
 /// One vhost-user socket chardev and one vhost-user-fs device per share,
 /// `vfsN` in the spec's order (tags were validated: `[A-Za-z0-9_-]`,
@@ -109,10 +77,8 @@ mod tests {
     }
 
     #[test]
-    fn no_shares_no_shared_memory() {
+    fn no_shares_no_devices() {
         let s = spec(&[]);
-        assert_eq!(machine_arg(Machine::Microvm, &s), "microvm");
-        assert!(memory_args(&s).is_empty());
         assert!(device_args(Machine::Microvm, &s).is_empty());
     }
 
@@ -120,11 +86,6 @@ mod tests {
     #[rustfmt::skip]
     fn shares_on_microvm() {
         let s = spec(&[("data", false), ("cfg_1", true)]);
-        assert_eq!(machine_arg(Machine::Microvm, &s), "microvm,memory-backend=mem");
-        assert_eq!(
-            strings(memory_args(&s)),
-            ["-object", "memory-backend-memfd,id=mem,size=256M,share=on"]
-        );
         assert_eq!(strings(device_args(Machine::Microvm, &s)), [
             "-chardev", "socket,id=vfs0,path=/pods/p,,1/vm/vfs-data.sock",
             "-device", "vhost-user-fs-device,chardev=vfs0,tag=data,queue-size=1024",
@@ -136,7 +97,6 @@ mod tests {
     #[test]
     fn shares_on_q35_are_pci() {
         let s = spec(&[("data", false)]);
-        assert_eq!(machine_arg(Machine::Q35, &s), "q35,memory-backend=mem");
         let args = strings(device_args(Machine::Q35, &s));
         assert_eq!(
             args[3],

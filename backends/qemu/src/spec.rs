@@ -142,8 +142,15 @@ pub fn validate(
             spec.shares.len()
         ));
     }
+    if spec.save_as_template && !spec.shares.is_empty() {
+        return Err(format!(
+            "a template VM cannot have directory shares ({} asked): QEMU {} cannot migrate vhost-user-fs devices; start such pods cold",
+            spec.shares.len(),
+            crate::template::TESTED_QEMU
+        ));
+    }
     let paths = RunPaths::new(&spec.run_dir);
-    for socket in [&paths.qmp, &paths.agent] {
+    for socket in [&paths.qmp, &paths.agent, &paths.migrate] {
         let len = socket.as_os_str().as_bytes().len();
         if len > MAX_SOCKET_PATH {
             return Err(format!(

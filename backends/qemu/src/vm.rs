@@ -1,6 +1,6 @@
 //! One running QEMU process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,10 @@ use serde_json::Value;
 use tokio::process::Child;
 
 use crate::cmdline::RunPaths;
+use crate::memory::template_memory_path;
 use crate::procfs;
 use crate::qmp::{Qmp, QmpError};
+use crate::template::meta::Layout;
 
 /// How long `quit` may take before kill() falls back to SIGKILL.
 const QUIT_LIMIT: Duration = Duration::from_millis(500);
@@ -38,6 +40,9 @@ pub struct QemuVm {
     supervised: Supervised,
     /// Kept open between commands; reopened when an exchange broke.
     qmp: tokio::sync::Mutex<Option<Qmp>>,
+    /// Set when the VM was launched with `save_as_template`: what its
+    /// template records.
+    template: Option<Layout>,
 }
 
 impl QemuVm {
@@ -70,6 +75,7 @@ impl QemuVm {
             process,
             supervised,
             qmp: tokio::sync::Mutex::new(Some(qmp)),
+            template: None,
         })
     }
 
@@ -95,6 +101,7 @@ impl QemuVm {
             process,
             supervised,
             qmp: tokio::sync::Mutex::new(None),
+            template: None,
         }
     }
 
@@ -102,9 +109,28 @@ impl QemuVm {
         self.process.pid()
     }
 
+    pub(crate) fn paths(&self) -> &RunPaths {
+        &self.paths
+    }
+
+    /// Marks this VM as a future template of `layout`.
+    pub(crate) fn set_template(&mut self, layout: Layout) {
+        self.template = Some(layout);
+    }
+
     /// One QMP command, all of it (waiting for the connection lock,
     /// reconnecting, the exchange) bounded by `limit`.
     pub async fn qmp_command(&self, command: &str, limit: Duration) -> Result<Value, QmpError> {
+        self.qmp_execute(command, None, limit).await
+    }
+
+    /// [`Self::qmp_command`] with arguments.
+    pub async fn qmp_execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value, QmpError> {
         let attempt = async {
             let mut slot = self.qmp.lock().await;
             // Taken out of the slot for the exchange: if this future is
@@ -113,7 +139,7 @@ impl QemuVm {
                 Some(qmp) => qmp,
                 None => Qmp::connect(&self.paths.qmp, limit).await?,
             };
-            let result = qmp.execute(command, None, limit).await;
+            let result = qmp.execute(command, arguments, limit).await;
             if !matches!(&result, Err(e) if e.is_fatal()) {
                 *slot = Some(qmp);
             }
@@ -130,14 +156,21 @@ fn on_exit(paths: RunPaths) -> impl FnOnce(u32) + Send + 'static {
     move |pid| remove_run_files(&paths, pid)
 }
 
-/// Removes the sockets and the pid file of QEMU `pid`, but only while the
-/// pid file still names it: a newer launch in the same run directory may
-/// already own them.
+/// Removes the sockets and the pid file of QEMU `pid`, and the RAM file of
+/// a template VM that was not saved, but only while the pid file still
+/// names it: a newer launch in the same run directory may already own them.
 pub(crate) fn remove_run_files(paths: &RunPaths, pid: u32) {
     if procfs::read_pid_file(&paths.pid) != Some(pid) {
         return;
     }
-    for path in [&paths.qmp, &paths.agent, &paths.pid] {
+    let memory = template_memory_path(&paths.dir);
+    for path in [
+        &paths.migrate,
+        &memory,
+        &paths.qmp,
+        &paths.agent,
+        &paths.pid,
+    ] {
         if let Err(e) = std::fs::remove_file(path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), "cannot remove: {e}");
@@ -199,5 +232,20 @@ impl Vm for QemuVm {
 
     async fn stats(&self) -> Result<VmStats, HypervisorError> {
         self.process.stats(&self.info.id)
+    }
+
+    async fn save_template(&self, dir: &Path) -> Result<(), HypervisorError> {
+        let Some(layout) = &self.template else {
+            return Err(HypervisorError::Unsupported(
+                "saving a VM that was not launched with save_as_template (or was taken over after a restart)".into(),
+            ));
+        };
+        if self.supervised.is_done() {
+            return Err(HypervisorError::Io(format!(
+                "VM {} has ended: nothing to save",
+                self.info.id
+            )));
+        }
+        crate::template::save(self, layout, dir).await
     }
 }

@@ -993,3 +993,625 @@ async fn launch_time_with_a_share() {
         );
     }
 }
+
+// ---- templates (issue 16) ----
+
+/// A clone's own spec next to the template's: its own run directory,
+/// console log and disk files (the same ids and read-only flags).
+fn clone_spec(f: &Fixture, template: &VmSpec, name: &str) -> VmSpec {
+    let dir = f.dir.path().join(name);
+    std::fs::create_dir_all(dir.join("vm")).unwrap();
+    let mut spec = template.clone();
+    spec.id = name.into();
+    spec.save_as_template = false;
+    spec.run_dir = dir.join("vm");
+    spec.console_log = dir.join("console.log");
+    for disk in &mut spec.disks {
+        let path = dir.join(format!("{}.img", disk.id));
+        std::fs::write(&path, [0u8; 65536]).unwrap();
+        disk.path = path;
+    }
+    spec
+}
+
+/// Whether any process's command line mentions `needle` (a run directory).
+fn any_process_mentions(needle: &Path) -> bool {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c.windows(needle.len()).any(|w| w == needle))
+}
+
+async fn status(vm: &hyper_backend_qemu::QemuVm) -> String {
+    let s = vm
+        .qmp_command("query-status", Duration::from_secs(10))
+        .await
+        .unwrap();
+    s["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Launches `spec` as a template VM and saves it into `<dir>/tpl`.
+async fn save_template(hv: &QemuHypervisor, f: &Fixture, spec: &VmSpec) -> PathBuf {
+    let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
+    let memory = spec.run_dir.join("memory");
+    let meta = std::fs::metadata(&memory).unwrap();
+    assert_eq!(meta.len(), u64::from(spec.memory_mib) << 20);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(cmdline(vm.pid())
+        .iter()
+        .any(|a| a.contains("memory-backend-file") && a.ends_with("share=on")));
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("the template VM ends after its save")
+        .unwrap();
+    assert!(!memory.exists(), "the RAM file was moved, not left");
+    assert!(run_files(&spec.run_dir).is_empty());
+    for file in ["memory", "state", "template.json"] {
+        assert!(tpl.join(file).is_file(), "no {file} in the template");
+    }
+    tpl
+}
+
+/// Save, then two clones restored from it run at once, each with its own
+/// run directory and disks and the template's RAM mapped privately.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_saved_and_restored_into_two_clones() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    assert!(hv.capabilities().templates);
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let tpl = save_template(&hv, &f, &spec).await;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tpl.join("template.json")).unwrap()).unwrap();
+    assert_eq!(meta["format"], 1);
+    assert_eq!(meta["layout"]["disks"][1]["id"], "scratch");
+
+    let mut clones = Vec::new();
+    for name in ["c1", "c2"] {
+        let clone = clone_spec(&f, &spec, name);
+        let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+        assert_eq!(status(&vm).await, "running");
+        let args = cmdline(vm.pid());
+        let memory = format!("mem-path={},share=off", tpl.join("memory").display());
+        assert!(args.iter().any(|a| a.contains(&memory)), "{args:?}");
+        assert!(args
+            .iter()
+            .any(|a| a.contains(&*clone.disks[0].path.to_string_lossy())));
+        clones.push((vm, clone));
+    }
+    for (vm, clone) in &clones {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+        assert!(run_files(&clone.run_dir).is_empty());
+        assert!(!clone.run_dir.join("migrate.sock").exists());
+    }
+    // The clones wrote nothing into the template.
+    assert_eq!(
+        std::fs::metadata(tpl.join("memory")).unwrap().len(),
+        64 << 20
+    );
+}
+
+/// A template that is not what the clone needs is refused before anything
+/// starts: another layout, an altered state, a truncated memory file, a
+/// missing metadata file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_is_refused_and_nothing_is_left_running() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let hv = tcg(Machine::Microvm);
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let tpl = save_template(&hv, &f, &spec).await;
+    let clone = clone_spec(&f, &spec, "c1");
+
+    let refused = |e: HypervisorError, what: &str| {
+        let HypervisorError::TemplateRejected(reason) = e else {
+            panic!("{what}: expected TemplateRejected, got {e:?}");
+        };
+        eprintln!("{what}: refused: {reason}");
+        assert!(!any_process_mentions(&clone.run_dir), "{what}: a QEMU runs");
+        assert!(run_files(&clone.run_dir).is_empty(), "{what}");
+        reason
+    };
+
+    // Another layout: the data disk read-only, one more NIC-less disk.
+    let mut other = clone.clone();
+    other.disks[1].read_only = true;
+    let e = hv.restore_qemu(other, &tpl).await.err().unwrap();
+    assert!(refused(e, "other layout").contains("disks"));
+    let mut other = clone.clone();
+    other.memory_mib = 128;
+    let e = hv.restore_qemu(other, &tpl).await.err().unwrap();
+    assert!(refused(e, "other memory").contains("memory_mib"));
+
+    // An altered state file (same size).
+    let state = tpl.join("state");
+    let good = std::fs::read(&state).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    std::fs::write(&state, &bad).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    assert!(refused(e, "altered state").contains("checksum"));
+    std::fs::write(&state, &good).unwrap();
+
+    // A truncated memory file.
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tpl.join("memory"))
+        .unwrap();
+    memory.set_len(32 << 20).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    assert!(refused(e, "truncated memory").contains("truncated"));
+    memory.set_len(64 << 20).unwrap();
+
+    // No metadata.
+    std::fs::rename(tpl.join("template.json"), tpl.join("x.json")).unwrap();
+    let e = hv.restore_qemu(clone.clone(), &tpl).await.err().unwrap();
+    refused(e, "no metadata");
+    std::fs::rename(tpl.join("x.json"), tpl.join("template.json")).unwrap();
+
+    // Put back, the same template restores.
+    let vm = hv.restore_qemu(clone.clone(), &tpl).await.expect("restore");
+    assert_eq!(status(&vm).await, "running");
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+}
+
+/// A template VM cannot have shares (vhost-user-fs does not migrate in
+/// QEMU 7.2): refused before anything starts, so the core cold-starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_vm_with_shares_is_refused() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(&pvh_stub());
+    let mut spec = with_shares(&f);
+    spec.save_as_template = true;
+    let e = tcg(Machine::Microvm)
+        .launch(spec.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, HypervisorError::InvalidSpec(m) if m.contains("shares")),
+        "{e:?}"
+    );
+    assert!(!spec.run_dir.join("memory").exists());
+    assert!(run_files(&spec.run_dir).is_empty());
+}
+
+/// A bare host end of hyperstart's channel: frames in, control messages out.
+struct Channel {
+    stream: tokio::net::UnixStream,
+    decoder: hyper_protocol::FrameDecoder,
+}
+
+const GUEST_LIMIT: Duration = Duration::from_secs(300);
+
+impl Channel {
+    async fn connect(vm: &dyn Vm) -> Self {
+        let AgentChannel::UnixSocket(path) = vm.info().agent_channel;
+        Self {
+            stream: tokio::net::UnixStream::connect(&path).await.unwrap(),
+            decoder: hyper_protocol::FrameDecoder::new(),
+        }
+    }
+
+    async fn recv(&mut self) -> hyper_protocol::GuestMessage {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if let Some(frame) = self.decoder.next_frame().unwrap() {
+                    if frame.kind == hyper_protocol::FrameKind::Control {
+                        return serde_json::from_slice(&frame.payload).unwrap();
+                    }
+                    continue;
+                }
+                let mut buf = vec![0u8; self.decoder.wanted()];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the channel closed");
+                if let Some(frame) = self.decoder.push(&buf[..n]).unwrap() {
+                    if frame.kind == hyper_protocol::FrameKind::Control {
+                        return serde_json::from_slice(&frame.payload).unwrap();
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(GUEST_LIMIT, read)
+            .await
+            .expect("no message from hyperstart")
+    }
+
+    async fn send(&mut self, id: u64, request: hyper_protocol::Request) {
+        use tokio::io::AsyncWriteExt;
+        let msg = hyper_protocol::HostMessage { id, request };
+        let frame = hyper_protocol::Frame::control(serde_json::to_vec(&msg).unwrap());
+        self.stream.write_all(&frame.encode()).await.unwrap();
+    }
+
+    /// Booted guest: READY, then our Hello.
+    async fn hello(&mut self) {
+        let ready = self.recv().await;
+        assert!(
+            matches!(ready, hyper_protocol::GuestMessage::Ready { .. }),
+            "{ready:?}"
+        );
+        self.send(
+            1,
+            hyper_protocol::Request::Hello {
+                version: hyper_protocol::PROTOCOL_VERSION,
+                capabilities: Vec::new(),
+            },
+        )
+        .await;
+        let answer = self.recv().await;
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response {
+                    id: 1,
+                    result: Ok(_)
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+
+    /// A new host session on a running guest (a restored clone): pad,
+    /// Reattach, the resync marker, the answer.
+    async fn reattach(&mut self, nonce: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = vec![hyper_protocol::PAD_BYTE; hyper_protocol::RESYNC_PAD_LEN];
+        let msg = hyper_protocol::HostMessage {
+            id: 7,
+            request: hyper_protocol::Request::Reattach {
+                nonce: nonce.into(),
+            },
+        };
+        hyper_protocol::Frame::control(serde_json::to_vec(&msg).unwrap()).encode_into(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+        let mut marker = hyper_protocol::RESYNC_MAGIC.to_vec();
+        marker.extend_from_slice(nonce.as_bytes());
+        let mut seen: Vec<u8> = Vec::new();
+        let find = async {
+            loop {
+                if let Some(at) = seen.windows(marker.len()).position(|w| w == marker) {
+                    return at;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the channel closed");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        };
+        let at = tokio::time::timeout(GUEST_LIMIT, find)
+            .await
+            .expect("no resync marker from hyperstart");
+        // What follows the marker is the new session's first frames.
+        let rest = seen[at + marker.len()..].to_vec();
+        self.decoder = hyper_protocol::FrameDecoder::new();
+        let first = self.decoder.push(&rest).unwrap();
+        let answer = match first {
+            Some(f) => serde_json::from_slice(&f.payload).unwrap(),
+            None => self.recv().await,
+        };
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response {
+                    id: 7,
+                    result: Ok(hyper_protocol::Reply::Reattached { .. })
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+
+    async fn ping(&mut self, id: u64) {
+        self.send(id, hyper_protocol::Request::Ping).await;
+        let answer = self.recv().await;
+        assert!(
+            matches!(
+                answer,
+                hyper_protocol::GuestMessage::Response { id: i, result: Ok(hyper_protocol::Reply::Pong) } if i == id
+            ),
+            "{answer:?}"
+        );
+    }
+}
+
+/// build/hyperstart.img, made by `make payload`.
+fn hyperstart_img() -> Option<PathBuf> {
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/hyperstart.img");
+    if img.exists() {
+        Some(img)
+    } else {
+        eprintln!("skipped: {} is missing: run `make payload`", img.display());
+        None
+    }
+}
+
+/// A template VM booting the real payload (hyperkernel + hyperstart).
+fn payload_spec(f: &Fixture) -> Option<VmSpec> {
+    let kernel = hyperkernel()?;
+    let initrd = hyperstart_img()?;
+    let mut spec = f.spec.clone();
+    spec.kernel = kernel;
+    spec.initrd = initrd;
+    spec.cmdline = "quiet panic=-1 rdinit=/init".into();
+    spec.memory_mib = 128;
+    Some(spec)
+}
+
+/// PSS (KiB) of a process, from smaps_rollup.
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The real guest: hyperstart boots to READY in the template VM, the
+/// template is saved, and two clones each take a new host session on the
+/// channel (Reattach) and answer a Ping. Prints the clones' PSS next to two
+/// cold VMs' (measured, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_a_booted_hyperstart_answer_on_the_channel() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(b"");
+    let Some(mut spec) = payload_spec(&f) else {
+        return;
+    };
+    let hv = tcg(Machine::Microvm);
+    spec.save_as_template = true;
+    let started = std::time::Instant::now();
+    let vm = hv.launch_qemu(spec.clone()).await.expect("template launch");
+    let mut chan = Channel::connect(&vm).await;
+    chan.hello().await;
+    let cold_ready = started.elapsed();
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    vm.wait().await.unwrap();
+    drop(chan);
+
+    let mut clones: Vec<(Box<dyn Vm>, Channel, VmSpec)> = Vec::new();
+    for (i, name) in ["c1", "c2"].iter().enumerate() {
+        let clone = clone_spec(&f, &spec, name);
+        let started = std::time::Instant::now();
+        let vm = hv.restore(clone.clone(), &tpl).await.expect("restore");
+        let mut chan = Channel::connect(vm.as_ref()).await;
+        chan.reattach(&format!("{:016x}", 0xc10e + i)).await;
+        let ready = started.elapsed();
+        chan.ping(8).await;
+        eprintln!("clone {name}: restore to channel ready {ready:?} (template cold boot to READY {cold_ready:?})");
+        clones.push((vm, chan, clone));
+    }
+    // A hyperd restart: c2 is taken over by a new backend and its guest
+    // gets yet another host session.
+    let (vm, chan, clone) = clones.pop().unwrap();
+    let info = vm.info();
+    let start = hyper_hypervisor::adopt::process_start_time(info.pid.unwrap());
+    drop((vm, chan));
+    let vm = tcg(Machine::Microvm)
+        .recover(clone.clone(), info, start)
+        .await
+        .expect("recover a restored VM");
+    let mut chan = Channel::connect(vm.as_ref()).await;
+    chan.reattach("00000000000000aa").await;
+    clones.push((vm, chan, clone));
+    // Both still answer, each on its own channel.
+    for (i, (_, chan, _)) in clones.iter_mut().enumerate() {
+        chan.ping(20 + i as u64).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let clone_pss: Vec<u64> = clones
+        .iter()
+        .map(|(vm, _, _)| pss_kib(vm.info().pid.unwrap()))
+        .collect();
+
+    let mut colds = Vec::new();
+    for name in ["k1", "k2"] {
+        let cold = clone_spec(&f, &spec, name);
+        let vm = hv.launch_qemu(cold).await.expect("cold launch");
+        let mut chan = Channel::connect(&vm).await;
+        chan.hello().await;
+        colds.push((vm, chan));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cold_pss: Vec<u64> = colds.iter().map(|(vm, _)| pss_kib(vm.pid())).collect();
+    eprintln!(
+        "PSS of two idle clones: {clone_pss:?} KiB (sum {} MiB); of two idle cold VMs: {cold_pss:?} KiB (sum {} MiB)",
+        clone_pss.iter().sum::<u64>() / 1024,
+        cold_pss.iter().sum::<u64>() / 1024
+    );
+    for (vm, _, clone) in &clones {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+        assert!(run_files(&clone.run_dir).is_empty());
+    }
+    for (vm, _) in &colds {
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+}
+
+/// As hyperd runs it: save and restore through the plugin process, a
+/// refusal crossing the boundary typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_through_the_plugin_boundary() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = testing::cargo_build(&["hyper-backend-qemu"]).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = Arc::new(
+        LoadedPlugin::load_with_host(
+            &dir.join("libhyper_backend_qemu.so"),
+            &dir.join(HOST_BINARY),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let hv = plugin
+        .configure(serde_json::json!({"accel": "tcg"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(hv.capabilities().templates);
+    let f = fixture(&pvh_stub());
+    let mut spec = f.spec.clone();
+    spec.save_as_template = true;
+    let vm = hv.launch(spec.clone()).await.expect("launch");
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl)
+        .await
+        .expect("save through the plugin");
+    tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("ends after the save")
+        .unwrap();
+    let clone = clone_spec(&f, &spec, "c1");
+    let vm = hv.restore(clone.clone(), &tpl).await.expect("restore");
+    assert!(alive(vm.info().pid.unwrap()));
+    vm.kill().await.unwrap();
+    vm.wait().await.unwrap();
+    let mut other = clone_spec(&f, &spec, "c2");
+    other.disks.pop();
+    let refused = hv.restore(other, &tpl).await.err();
+    assert!(
+        matches!(&refused, Some(HypervisorError::TemplateRejected(_))),
+        "{refused:?}"
+    );
+    assert!(run_files(&clone.run_dir).is_empty());
+}
+
+/// Measured, not asserted (docs/perf/tmplqemu.md): the same payload cold
+/// booted to READY, and restored from a template to the guest's answer to
+/// Reattach, `HYPER_RUNS` times each (default 5). Run with
+/// `cargo test --release -p hyper-backend-qemu --test real_qemu --
+/// --ignored template_start_times --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn template_start_times() {
+    if !have_qemu() {
+        return;
+    }
+    let runs: usize = std::env::var("HYPER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let f = fixture(b"");
+    let Some(spec) = payload_spec(&f) else {
+        return;
+    };
+    let hv = tcg(Machine::Microvm);
+    let mut template = spec.clone();
+    template.save_as_template = true;
+    let vm = hv.launch_qemu(template).await.expect("template launch");
+    Channel::connect(&vm).await.hello().await;
+    let tpl = f.dir.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    vm.save_template(&tpl).await.expect("save_template");
+    vm.wait().await.unwrap();
+
+    let summary = |what: &str, mut times: Vec<Duration>| {
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "{what}: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} runs: {:?}",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1]),
+            times.len(),
+            times.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+        );
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..runs {
+        let s = clone_spec(&f, &spec, &format!("k{i}"));
+        let started = std::time::Instant::now();
+        let vm = hv.launch(s).await.expect("cold launch");
+        Channel::connect(vm.as_ref()).await.hello().await;
+        cold.push(started.elapsed());
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+
+        let s = clone_spec(&f, &spec, &format!("c{i}"));
+        let started = std::time::Instant::now();
+        let vm = hv.restore(s, &tpl).await.expect("restore");
+        Channel::connect(vm.as_ref())
+            .await
+            .reattach(&format!("{i:08x}"))
+            .await;
+        warm.push(started.elapsed());
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+    summary("cold boot to READY", cold);
+    summary("restore to Reattached", warm);
+}
+
+/// Measured, not asserted (docs/perf/tmplqemu.md): an idle payload VM's
+/// PSS and boot to READY for each TCG translation buffer size, and which
+/// part of it is anonymous (the buffer, the guest's touched RAM) or the
+/// kernel file. Run with `cargo test --release -p hyper-backend-qemu --test
+/// real_qemu -- --ignored idle_memory_by_tb_size --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn idle_memory_by_tb_size() {
+    if !have_qemu() {
+        return;
+    }
+    let f = fixture(b"");
+    let Some(spec) = payload_spec(&f) else {
+        return;
+    };
+    for tb in [0u32, 32, 16, 8] {
+        let hv = QemuHypervisor::new(QemuConfig {
+            accel: AccelSetting::Tcg,
+            tcg_tb_size_mib: tb,
+            ..QemuConfig::default()
+        });
+        let s = clone_spec(&f, &spec, &format!("tb{tb}"));
+        let started = std::time::Instant::now();
+        let vm = hv.launch_qemu(s).await.expect("launch");
+        let mut chan = Channel::connect(&vm).await;
+        chan.hello().await;
+        let ready = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.pid())).unwrap();
+        let field = |name: &str| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "tcg_tb_size_mib = {tb}: READY in {ready:?}; Pss {} (Pss_Anon {}, Pss_File {})",
+            field("Pss:"),
+            field("Pss_Anon:"),
+            field("Pss_File:")
+        );
+        vm.kill().await.unwrap();
+        vm.wait().await.unwrap();
+    }
+}

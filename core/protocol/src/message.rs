@@ -516,7 +516,7 @@ pub mod capability {
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,
@@ -526,6 +526,7 @@ pub mod capability {
         CONFINEMENT,
         NETWORK,
         HOST_VOLUMES,
+        RESUME,
     ];
 }
 

@@ -37,6 +37,7 @@ const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_CAP_ACK: libc::c_int = 10;
 const NETLINK_EXT_ACK: libc::c_int = 11;
 
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFF_UP: u32 = 0x1;
@@ -198,6 +199,19 @@ pub fn link_message(
     if let Some(mtu) = mtu {
         m.attr(IFLA_MTU, &mtu.to_ne_bytes());
     }
+    m.finish()
+}
+
+/// RTM_NEWLINK on an existing link: its hardware address (`ip link set
+/// dev X address MAC`).
+pub fn link_address_message(seq: u32, index: u32, mac: &[u8; 6]) -> Vec<u8> {
+    let mut m = Message::new(RTM_NEWLINK, 0, seq);
+    m.bytes(&[libc::AF_UNSPEC as u8, 0]);
+    m.bytes(&0u16.to_ne_bytes());
+    m.bytes(&index.to_ne_bytes());
+    m.bytes(&0u32.to_ne_bytes());
+    m.bytes(&0u32.to_ne_bytes());
+    m.attr(IFLA_ADDRESS, mac);
     m.finish()
 }
 
@@ -440,6 +454,11 @@ impl Netlink {
         self.request(seq, &link_message(seq, index, name, mtu, up))
     }
 
+    pub fn set_mac(&mut self, index: u32, mac: &[u8; 6]) -> Result<(), NlError> {
+        let seq = self.next_seq();
+        self.request(seq, &link_address_message(seq, index, mac))
+    }
+
     pub fn add_address(&mut self, index: u32, cidr: &Cidr) -> Result<(), NlError> {
         let seq = self.next_seq();
         self.request(seq, &address_message(seq, index, cidr))
@@ -483,6 +502,17 @@ mod tests {
             v.push(0);
         }
         v
+    }
+
+    #[test]
+    fn link_address_messages_carry_the_mac_and_change_no_flag() {
+        let msg = link_address_message(9, 4, &[2, 0x42, 10, 0x58, 0, 5]);
+        let mut want = header(44, 16, 0x5, 9);
+        want.extend([0, 0, 0, 0]);
+        want.extend(4i32.to_ne_bytes());
+        want.extend([0; 8]);
+        want.extend(attr(1, &[2, 0x42, 10, 0x58, 0, 5]));
+        assert_eq!(msg, want);
     }
 
     #[test]
