@@ -568,31 +568,12 @@ impl Runtime {
 /// command line names a `.building-` directory of this store (nothing else
 /// names one).
 fn kill_build_vms(store: &Path) {
-    let needle = format!("{}/.building-", store.display());
-    let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            tracing::info!(
-                pid,
-                "killing the VM of a template build a previous hyperd left"
-            );
-            // SAFETY: plain kill(2) on a process whose command line names
-            // this store's build directory, read just now.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+    let needle = store.join(".building-");
+    for pid in crate::quarantine::processes_using(&needle) {
+        tracing::info!(pid, "killing the VM of a template build a previous hyperd left");
+        // SAFETY: plain kill(2) on a process whose command line names this
+        // store's build directory, read just now.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
 
