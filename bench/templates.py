@@ -60,7 +60,11 @@ def main():
     ap.add_argument("--backend", default="qemu")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ht", dir="/tmp")
-    hyperd, sock = start_hyperd(os.path.abspath(a.bin_dir), os.path.abspath(a.payload), tmp, a.backend)
+    # No network: the raw leg cannot replay a tap passed as an fd.
+    no_cni = os.path.join(tmp, "no-cni")
+    os.makedirs(no_cni)
+    hyperd, sock = start_hyperd(os.path.abspath(a.bin_dir), os.path.abspath(a.payload), tmp, a.backend,
+                                f'[network]\ncni_conf_dir = "{no_cni}"\n')
     try:
         # Warm-up: the rootfs image, the payload's pages, and the template.
         run_true(a, sock, "cold")
