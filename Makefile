@@ -74,6 +74,12 @@ test-qemu: build payload rootfs registry matrix-check
 
 e2e: test-qemu
 
+# The shared suites with every pod started from a template (issue 16):
+# HYPER_TEST_START sets [vm] start in each test's config.
+TEMPLATE_SUITES ?= run images
+e2e-template: build payload rootfs registry
+	. $(REGISTRY_ENV) && HYPER_TEST_START=template cargo test --release -p hyper-tests $(addprefix --test ,$(TEMPLATE_SUITES)) -- --test-threads=1
+
 # Every #[test] of tests/tests/*.rs is in tests/cases.toml and every listed case exists.
 matrix-check:
 	python3 tests/matrix.py check

@@ -10,6 +10,7 @@ pub mod pods_api;
 pub mod progress;
 pub mod server;
 pub mod stream;
+pub mod templates_api;
 pub mod terminal;
 pub mod volumes_api;
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use hyper_core::pods::{
     ExecRequest, Output, RunIo, RunRequest, Runtime, Stdin, RUNTIME_FAILURE_EXIT,
@@ -30,6 +30,7 @@ use crate::images_api::{self, error};
 use crate::peer::Peer;
 use crate::pods_api;
 use crate::stream::{ClientMessage, StreamEnd, STDERR, STDIO};
+use crate::templates_api;
 use crate::volumes_api;
 use crate::STREAM_UPGRADE;
 
@@ -74,6 +75,8 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             "/v1/volumes/{name}",
             get(volumes_api::inspect).delete(volumes_api::remove),
         )
+        .route("/v1/templates", get(templates_api::list))
+        .route("/v1/templates/{key}", delete(templates_api::remove))
         .route("/v1/events", get(events_api::events))
         .route("/events", get(events_api::events))
         .route("/metrics", get(events_api::metrics))

@@ -429,6 +429,7 @@ impl TaskService {
             network,
             hostname: spec.hostname.filter(|h| !h.is_empty()).or(sandbox_hostname),
             volumes: mapped.volumes,
+            start: None,
         };
         Ok(TaskState {
             id: req.id.clone(),

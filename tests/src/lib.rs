@@ -256,9 +256,15 @@ pub fn prepare(setup: &Setup) -> Prepared {
     let socket = dir.path().join("hyperd.sock");
     let state_dir = dir.path().join("state");
     let config = dir.path().join("config.toml");
+    // HYPER_TEST_START=auto|template runs a suite's pods from templates
+    // (`make e2e-template`).
+    let start = match std::env::var("HYPER_TEST_START") {
+        Ok(mode) if !mode.is_empty() => format!("start = \"{mode}\"\n"),
+        _ => String::new(),
+    };
     let toml = format!(
         "[runtime]\nhypervisor = \"{}\"\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\n{}\n\
-         [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n\n{}{}",
+         [payload]\nkernel = \"{}\"\ninitrd = \"{}\"\n\n[vm]\nboot_timeout_secs = 120\n{start}\n{}{}",
         setup.hypervisor,
         plugin_dir.display(),
         state_dir.display(),

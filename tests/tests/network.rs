@@ -734,3 +734,26 @@ fn stopping_hyperd_with_stop_pods_on_exit_takes_the_networks_down() {
     assert_eq!((net.leases(), net.veths(), net.rules()), (0, 0, 0));
     assert!(TcpListener::bind("127.0.0.1:18092").is_ok());
 }
+
+#[test]
+fn a_pod_with_a_network_starts_from_a_template() {
+    let net = Net::new("tmpl", "10.210.9.0/24");
+    let d = Hyperd::start_with(&net.setup(""));
+    let id = d.run_detached(&["--start", "template"], &["sleep", "600"]);
+    let pod = inspect(&d, &id);
+    assert_eq!(pod["started"]["mode"], "template", "{pod}");
+    let addr = address_of(&d, &id);
+    assert!(addr.starts_with(&net.prefix), "{addr}");
+    // The guest's NIC has the pod's MAC and address, and reaches the bridge.
+    let mac = pod["network"]["nic"]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let out = d.exec_ok(&[&id, "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(out.trim(), mac, "{pod}");
+    let gateway = format!("{}1", net.prefix);
+    let out = d.hyper(&["exec", &id, "ping", "-c", "1", "-W", "5", &gateway]);
+    d.succeeded(&out);
+    rm(&d, &id);
+    assert_eq!((net.leases(), net.veths()), (0, 0));
+}

@@ -147,6 +147,11 @@ enum Command {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// Booted VMs pods start from (`[vm] start`, `--start`).
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Show the client's and the daemon's versions.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -213,6 +218,24 @@ enum NetworkCommand {
     Ls {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// List the templates in hyperd's store.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove templates (pods rebuild one when they need it).
+    Rm {
+        /// Remove every template.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+        #[arg(required_unless_present = "all")]
+        keys: Vec<String>,
     },
 }
 
@@ -287,6 +310,11 @@ struct RunArgs {
     /// Remove the pod's record when it exits.
     #[arg(long)]
     rm: bool,
+    /// How its VM starts: cold (boot the payload), auto (from a template
+    /// when the backend and the pod allow it, else cold) or template
+    /// (template only); hyperd's `[vm] start` without it.
+    #[arg(long, value_name = "MODE", value_parser = ["cold", "auto", "template"])]
+    start: Option<String>,
     /// Run in the background and print the pod's id.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -495,6 +523,7 @@ fn main() -> ExitCode {
                 command: NetworkCommand::Ls { json },
             } => network_ls(&client, json).await,
             Command::Volume { command } => volume(&client, command).await,
+            Command::Template { command } => template(&client, command).await,
             Command::Version => version(&client).await,
             Command::Completion { .. } | Command::Man { .. } => 0,
             Command::Pull { image } => pull(&client, &image, false).await.map_or_else(fail, |_| 0),
@@ -639,6 +668,10 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         tty: args.tty,
         tty_size: args.tty.then(terminal::client_size).flatten(),
         security,
+        start: args
+            .start
+            .as_deref()
+            .and_then(hyper_core::config::StartMode::parse),
     };
     if args.detach {
         // With -i the pod's stdin stays open for `hyper attach`.
@@ -827,6 +860,13 @@ async fn info(client: &Client, json: bool) -> i32 {
     println!("  cmdline:       {}", s(&info["payload"]["cmdline"]));
     if let Some(e) = info["payload_error"].as_str() {
         println!("  problem:       {e}");
+    }
+    println!("start:           {}", s(&info["start"]));
+    if s(&info["start"]) != "cold" {
+        match info["templates_unavailable"].as_str() {
+            Some(why) => println!("  templates:     not in use: {why}"),
+            None => println!("  templates:     {} in the store", info["templates"]),
+        }
     }
     println!("state dir:       {}", s(&info["state_dir"]));
     println!("pods:            {}", info["pods"]);
@@ -1133,6 +1173,70 @@ async fn volume(client: &Client, command: VolumeCommand) -> i32 {
                     .await
                 {
                     Ok(_) => println!("{name}"),
+                    Err(e) => code = fail(e),
+                }
+            }
+            code
+        }
+    }
+}
+
+async fn template(client: &Client, command: TemplateCommand) -> i32 {
+    match command {
+        TemplateCommand::Ls { json } => {
+            let list = match client.get_json("/v1/templates").await {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            if json {
+                print_json(&list);
+                return 0;
+            }
+            println!(
+                "{:<32} {:<8} {:<6} {:<8} {:<6} {:<5} {:<8} CREATED",
+                "KEY", "BACKEND", "VCPUS", "MEMORY", "DISKS", "NICS", "SIZE"
+            );
+            for t in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let key = t["key"].as_str().unwrap_or("-");
+                let size = human_size(t["disk_bytes"].as_u64().unwrap_or(0));
+                let m = &t["meta"];
+                if m.is_null() {
+                    let why = t["error"].as_str().unwrap_or("unreadable");
+                    println!("{key:<32} (unusable: {why})");
+                    continue;
+                }
+                let p = &m["parts"];
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let created = m["created_unix"].as_u64().map_or_else(
+                    || "-".to_string(),
+                    |t| format!("{} min ago", now.saturating_sub(t) / 60),
+                );
+                println!(
+                    "{:<32} {:<8} {:<6} {:<8} {:<6} {:<5} {:<8} {}",
+                    key,
+                    p["backend"].as_str().unwrap_or("-"),
+                    p["vcpus"],
+                    format!("{}M", p["memory_mib"]),
+                    p["disks"].as_array().map_or(0, Vec::len),
+                    p["nics"],
+                    size,
+                    created
+                );
+            }
+            0
+        }
+        TemplateCommand::Rm { all, keys } => {
+            let targets = if all { vec!["all".to_string()] } else { keys };
+            let mut code = 0;
+            for key in &targets {
+                match client
+                    .delete_json(&format!("/v1/templates/{}", path_escape(key)))
+                    .await
+                {
+                    Ok(v) if all => println!("removed {}", v["removed"]),
+                    Ok(_) => println!("{key}"),
                     Err(e) => code = fail(e),
                 }
             }

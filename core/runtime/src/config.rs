@@ -100,6 +100,59 @@ pub struct VmDefaults {
     pub memory_mib: u32,
     /// How long a guest may take from launch to hyperstart's READY.
     pub boot_timeout_secs: u64,
+    /// How pods start: `cold` (boot the payload), `template` (restore a
+    /// booted template VM; a pod that cannot fails) or `auto` (a template
+    /// when the backend and the pod's layout allow it, else cold).
+    pub start: String,
+}
+
+/// How a pod's VM starts (`[vm] start`, `hyper run --start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// Boot the payload.
+    #[default]
+    Cold,
+    /// From a template when the backend and the pod's layout allow it,
+    /// else cold (the reason logged and shown).
+    Auto,
+    /// From a template only: a pod that cannot get one fails.
+    Template,
+}
+
+impl StartMode {
+    pub const VALUES: &'static str = "\"cold\", \"auto\" or \"template\"";
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cold" => Some(Self::Cold),
+            "auto" => Some(Self::Auto),
+            "template" => Some(Self::Template),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::Auto => "auto",
+            Self::Template => "template",
+        }
+    }
+}
+
+impl std::fmt::Display for StartMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl VmDefaults {
+    /// `start` as validated at load (`cold` for a config built in code
+    /// with a value that is none of the three).
+    pub fn start_mode(&self) -> StartMode {
+        StartMode::parse(&self.start).unwrap_or_default()
+    }
 }
 
 impl Default for VmDefaults {
@@ -108,6 +161,7 @@ impl Default for VmDefaults {
             vcpus: 1,
             memory_mib: 128,
             boot_timeout_secs: 60,
+            start: StartMode::Cold.as_str().to_string(),
         }
     }
 }
@@ -285,6 +339,13 @@ impl Config {
                 "set it to a few seconds or more",
             ));
         }
+        if StartMode::parse(&self.vm.start).is_none() {
+            return Err(self.invalid(
+                "vm.start",
+                format!("`{}` is not a start mode", self.vm.start),
+                format!("set it to {} (the default is \"cold\")", StartMode::VALUES),
+            ));
+        }
         let name = &self.runtime.hypervisor;
         if name.is_empty()
             || !name
@@ -460,6 +521,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/hyper/test.toml"))
+    }
+
+    #[test]
+    fn vm_start_is_checked_and_named() {
+        assert_eq!(parse("").unwrap().vm.start_mode(), StartMode::Cold);
+        for (text, mode) in [
+            ("cold", StartMode::Cold),
+            ("auto", StartMode::Auto),
+            ("template", StartMode::Template),
+        ] {
+            let c = parse(&format!("[vm]\nstart = \"{text}\"\n")).unwrap();
+            assert_eq!(c.vm.start_mode(), mode);
+        }
+        let err = parse("[vm]\nstart = \"warm\"\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/hyper/test.toml"), "{err}");
+        assert!(err.contains("vm.start"), "{err}");
+        assert!(err.contains("`warm`"), "{err}");
+        assert!(err.contains("\"template\""), "{err}");
     }
 
     #[test]

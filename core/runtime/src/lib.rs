@@ -16,3 +16,4 @@ pub mod quarantine;
 pub mod resources;
 pub mod rootfs;
 pub mod security;
+pub mod templates;

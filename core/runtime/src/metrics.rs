@@ -40,6 +40,10 @@ pub struct Metrics {
     pub exec_start_seconds: HistogramVec,
     /// Restarts by a restart policy, per backend.
     pub restarts: IntCounterVec,
+    /// Templates (issue 16), by event: `built`, `build_failed`,
+    /// `restored`, `refused` (a template removed after its restore
+    /// failed), `cold_fallback` (auto started a pod cold).
+    pub templates: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -84,7 +88,16 @@ impl Metrics {
             &["backend"],
         )
         .expect("constant counter options");
-        let collectors: [Box<dyn Collector>; 4] = [
+        let templates = IntCounterVec::new(
+            Opts::new(
+                "hyper_template_events_total",
+                "Template builds, restores, refused templates and cold fallbacks",
+            ),
+            &["event"],
+        )
+        .expect("constant counter options");
+        let collectors: [Box<dyn Collector>; 5] = [
+            Box::new(templates.clone()),
             Box::new(boot_seconds.clone()),
             Box::new(execs.clone()),
             Box::new(exec_start_seconds.clone()),
@@ -101,6 +114,7 @@ impl Metrics {
             execs,
             exec_start_seconds,
             restarts,
+            templates,
         }
     }
 

@@ -48,6 +48,7 @@ mod observe;
 mod restore;
 mod store;
 mod supervise;
+mod template;
 #[cfg(test)]
 mod tests;
 mod verbs;
@@ -101,6 +102,12 @@ pub struct Runtime {
     /// and while one is removed: `volume rm` never takes one a pod being
     /// created is about to use.
     volume_lock: Mutex<()>,
+    /// Booted VMs pods start from (`state_dir/templates`).
+    templates: crate::templates::TemplateStore,
+    /// The payload's part of a template's key.
+    payload_hasher: crate::templates::PayloadHasher,
+    /// Numbers the template builds' network namespaces.
+    template_netns: std::sync::atomic::AtomicU64,
 }
 
 impl Runtime {
@@ -108,6 +115,7 @@ impl Runtime {
     /// [`Plugins::load`]), its stores under `[runtime] state_dir`.
     pub fn new(config: Config, plugins: Plugins) -> Result<Self, StartError> {
         let rootfs = RootfsStore::new(&config.runtime.state_dir);
+        let templates = crate::templates::TemplateStore::new(&config.runtime.state_dir);
         let volumes = hyper_volumes::VolumeStore::new(&config.runtime.state_dir);
         let images = ImageStore::open(&config.runtime.state_dir.join("images"))
             .map_err(StartError::Images)?
@@ -130,6 +138,9 @@ impl Runtime {
             ports: network::PortTable::default(),
             volumes,
             volume_lock: Mutex::new(()),
+            templates,
+            payload_hasher: Default::default(),
+            template_netns: Default::default(),
         })
     }
 
@@ -224,6 +235,9 @@ impl Runtime {
                 .map(|e| e.to_string()),
             state_dir: self.config.runtime.state_dir.clone(),
             pods: self.pods().len(),
+            start: self.config.vm.start_mode().to_string(),
+            templates_unavailable: self.templates_unavailable(),
+            templates: self.templates().len(),
         }
     }
 

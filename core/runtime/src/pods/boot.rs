@@ -20,6 +20,7 @@ use super::model::{
     disk_id, Ending, Member, Output, PodRecord, PodState, RunError, RunIo, RunOutcome, SavedVm,
     Started,
 };
+use super::template::{Connected, StartPlan};
 use super::{console_tail, lock, Runtime, SHUTDOWN_GRACE};
 use crate::agent::{AgentCallError, AgentClient, ProcessStreams};
 use crate::rootfs;
@@ -288,11 +289,25 @@ impl Runtime {
             links.fail(&err);
             return Err(err);
         }
-        let (live, mut record) = self
-            .launch_vm(hypervisor, spec, record, links, main, interactive)
+        // From a template, if it gets one (built first when missing).
+        let plan = match self.start_plan(&hypervisor, &spec, &record).await {
+            Ok(plan) => plan,
+            Err(err) => {
+                self.network_down(&mut record).await;
+                self.cgroup_down(&record.id).await;
+                self.finish_record(record, &Err(err.to_string()));
+                links.fail(&err);
+                return Err(err);
+            }
+        };
+        let (live, mut record, connected) = self
+            .launch_vm(hypervisor, spec, plan, record, links, main, interactive)
             .await?;
         *lock(&live.block_locks) = block_locks;
-        match self.boot(&mut record, &members, live.vm.clone()).await {
+        match self
+            .boot(&mut record, &members, live.vm.clone(), connected)
+            .await
+        {
             Ok(Booted::Running { agent, inits }) => {
                 live.set_agent(&agent);
                 self.save(&record);
@@ -315,17 +330,20 @@ impl Runtime {
         }
     }
 
-    /// Launches a pod's VM and tracks it as live, its record saying how to
-    /// take it over. On failure the record says so and nothing runs.
+    /// Launches (or restores, as `plan` says) a pod's VM and tracks it as
+    /// live, its record saying how to take it over. On failure the record
+    /// says so and nothing runs.
+    #[allow(clippy::too_many_arguments)]
     async fn launch_vm(
         &self,
         hypervisor: Arc<dyn Hypervisor>,
         spec: VmSpec,
+        plan: StartPlan,
         mut record: PodRecord,
         links: PodLinks,
         main: Member,
         interactive: bool,
-    ) -> Result<(Arc<LivePod>, PodRecord), RunError> {
+    ) -> Result<(Arc<LivePod>, PodRecord, Option<Connected>), RunError> {
         let id = record.id.clone();
         if let Err(source) = crate::private::create_private_dir(&spec.run_dir) {
             let err = RunError::State {
@@ -340,24 +358,29 @@ impl Runtime {
         }
         self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
         let saved_spec = spec.clone();
-        let launched = hypervisor.launch(spec).await.map(Arc::<dyn Vm>::from);
-        let live = launched.as_ref().ok().map(|vm| {
+        let launched = self
+            .launch_or_restore(&hypervisor, spec, plan, &id)
+            .await
+            .map(|s| (Arc::<dyn Vm>::from(s.vm), s.connected, s.from));
+        let live = launched.as_ref().ok().map(|(vm, _, _)| {
             let live = Arc::new(LivePod::new(vm.clone(), &links, main, interactive, 1));
             self.live_pods().insert(id.clone(), live.clone());
             live
         });
         self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
-        let live = match (launched, live) {
-            (Ok(_), Some(live)) => live,
-            (Err(e), _) => {
-                let err = RunError::Hypervisor(e);
+        let (live, connected) = match (launched, live) {
+            (Ok((_, connected, from)), Some(live)) => {
+                record.started = Some(from);
+                (live, connected)
+            }
+            (Err(err), _) => {
                 self.network_down(&mut record).await;
                 self.cgroup_down(&id).await;
                 self.finish_record(record, &Err(err.to_string()));
                 links.fail(&err);
                 return Err(err);
             }
-            (Ok(vm), None) => {
+            (Ok((vm, _, _)), None) => {
                 // Unreachable by construction; never leave the VM behind.
                 let _ = vm.kill().await;
                 let _ = vm.wait().await;
@@ -381,16 +404,18 @@ impl Runtime {
             pid_start: record.vm_pid_start,
         });
         self.save(&record);
-        Ok((live, record))
+        Ok((live, record, connected))
     }
 
-    /// Connects to hyperstart, starts the pod (its hostname and volumes)
-    /// and then its containers in order.
+    /// Connects to hyperstart (a restored clone's session is `connected`
+    /// already), starts the pod (its hostname and volumes) and then its
+    /// containers in order.
     async fn boot(
         &self,
         record: &mut PodRecord,
         members: &[Member],
         vm: Arc<dyn Vm>,
+        connected: Option<Connected>,
     ) -> Result<Booted, RunError> {
         let id = record.id.clone();
         let console = self.pod_dir(&id).join("console.log");
@@ -398,12 +423,17 @@ impl Runtime {
             reason,
             console: console_tail(&console),
         };
-        let channel = agent_channel(vm.as_ref());
-        let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
-        let connect = AgentClient::connect(&channel, timeout);
-        let (agent, ready) = tokio::select! {
-            r = connect => r.map_err(|e| boot_failed(e.to_string()))?,
-            _ = vm.wait() => return Err(boot_failed("the VM exited during boot".into())),
+        let (agent, ready) = match connected {
+            Some(c) => (c.agent, c.ready),
+            None => {
+                let channel = agent_channel(vm.as_ref());
+                let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
+                let connect = AgentClient::connect(&channel, timeout);
+                tokio::select! {
+                    r = connect => r.map_err(|e| boot_failed(e.to_string()))?,
+                    _ = vm.wait() => return Err(boot_failed("the VM exited during boot".into())),
+                }
+            }
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
         let volumes: Vec<crate::podfile::PodVolume> =

@@ -135,6 +135,7 @@ impl Runtime {
                 network: Default::default(),
                 hostname: None,
                 volumes: Vec::new(),
+                start: None,
             };
             containers.push((c.name.clone(), req, c.mounts.clone()));
         }
@@ -286,6 +287,7 @@ impl Runtime {
             network: None,
             mounts,
             error: None,
+            started: None,
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.

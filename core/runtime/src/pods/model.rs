@@ -73,6 +73,9 @@ pub struct RunRequest {
     /// `-v` and `--mount`, in the order given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<hyper_volumes::VolumeRequest>,
+    /// `--start`: how its VM starts; `[vm] start` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::config::StartMode>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -261,6 +264,23 @@ pub struct PodRecord {
     /// "virtiofsd ended; the VM was stopped".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How its current VM started: from which template, or cold and why
+    /// when a template was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<StartedFrom>,
+}
+
+/// How a pod's VM started (`hyper inspect`'s `started`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedFrom {
+    /// `cold` or `template`.
+    pub mode: crate::config::StartMode,
+    /// The template's key, when restored from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Why it was cold-started though `auto` or `template` was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One container of a pod, as `hyper inspect` shows it.
@@ -351,6 +371,16 @@ pub struct Info {
     pub payload_error: Option<String>,
     pub state_dir: PathBuf,
     pub pods: usize,
+    /// `[vm] start`.
+    #[serde(default)]
+    pub start: String,
+    /// Why pods cannot start from templates on this hyperd, whatever their
+    /// layout (`auto` then starts them cold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates_unavailable: Option<String>,
+    /// Templates in the store.
+    #[serde(default)]
+    pub templates: usize,
 }
 
 /// When a pod's container is started again after it exits.

@@ -48,7 +48,17 @@ impl Runtime {
             .boot_seconds
             .with_label_values(&[record.backend.as_str()])
             .observe(booting.elapsed().as_secs_f64());
-        self.event(Action::Start, record, &[]);
+        let mut extra = Vec::new();
+        if let Some(started) = &record.started {
+            extra.push(("start", started.mode.to_string()));
+            if let Some(key) = &started.template {
+                extra.push(("template", key.clone()));
+            }
+            if let Some(reason) = &started.reason {
+                extra.push(("coldReason", reason.clone()));
+            }
+        }
+        self.event(Action::Start, record, &extra);
     }
 
     /// The pod ended (its record marked exited); with `--rm` it is gone too.

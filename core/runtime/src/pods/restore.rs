@@ -45,6 +45,8 @@ impl Runtime {
     /// lists the pods to take over as `recovering`, and starts their
     /// takeovers. hyperd serves its API while they run.
     pub fn begin_restore(self: &Arc<Self>) -> std::io::Result<Takeovers> {
+        // Before any pod can build one.
+        self.remove_partial_templates();
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,

@@ -45,6 +45,12 @@ enum Guest {
         processes: Vec<ProcessState>,
         exit: i32,
     },
+    /// A clone restored from a template: answers the resync with no
+    /// process, records the `Resume` it gets, then runs as `Runs`.
+    Clone {
+        exit: Option<i32>,
+        resumes: Arc<Mutex<Vec<hyper_protocol::ResumeSpec>>>,
+    },
 }
 
 /// What the next `launch` does.
@@ -64,6 +70,13 @@ struct FakeHypervisor {
     /// Every VM launched or recovered, by whether it has ended.
     vms: Mutex<Vec<watch::Receiver<bool>>>,
     launched: Mutex<usize>,
+    /// Whether it saves and restores templates.
+    templates: bool,
+    /// VMs launched to be saved as templates, and clones restored.
+    template_launches: Mutex<usize>,
+    restores: Mutex<usize>,
+    /// The `Resume` each clone's guest got.
+    resumes: Arc<Mutex<Vec<hyper_protocol::ResumeSpec>>>,
 }
 
 impl FakeHypervisor {
@@ -74,7 +87,23 @@ impl FakeHypervisor {
             recoveries: Mutex::new(HashMap::new()),
             vms: Mutex::new(Vec::new()),
             launched: Mutex::new(0),
+            templates: false,
+            template_launches: Mutex::new(0),
+            restores: Mutex::new(0),
+            resumes: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// A backend that saves and restores templates; its clones' guests
+    /// exit with `exit`.
+    fn with_templates(exit: Option<i32>) -> Arc<Self> {
+        let mut hv = Arc::into_inner(Self::new(Guest::Runs {
+            exit,
+            on_term: None,
+        }))
+        .unwrap();
+        hv.templates = true;
+        Arc::new(hv)
     }
 
     fn then(self: &Arc<Self>, launch: Launch) -> Arc<Self> {
@@ -128,7 +157,7 @@ impl Hypervisor for FakeHypervisor {
         Capabilities {
             recover: true,
             share_transport: None,
-            templates: false,
+            templates: self.templates,
         }
     }
 
@@ -142,6 +171,9 @@ impl Hypervisor for FakeHypervisor {
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
         *lock(&self.launched) += 1;
+        if spec.save_as_template {
+            *lock(&self.template_launches) += 1;
+        }
         let next = lock(&self.launches).pop_front();
         let guest = match next {
             Some(Launch::Fails) => {
@@ -165,6 +197,29 @@ impl Hypervisor for FakeHypervisor {
         };
         let AgentChannel::UnixSocket(socket) = info.agent_channel;
         self.start_vm(info.id, socket, guest)
+    }
+
+    async fn restore(
+        &self,
+        spec: VmSpec,
+        template: &std::path::Path,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let state = std::fs::read(template.join("state")).unwrap_or_default();
+        if state != b"saved" {
+            return Err(HypervisorError::TemplateRejected(
+                "its state's checksum does not match".into(),
+            ));
+        }
+        *lock(&self.restores) += 1;
+        let exit = match &self.default_guest {
+            Guest::Runs { exit, .. } => *exit,
+            _ => None,
+        };
+        let guest = Guest::Clone {
+            exit,
+            resumes: self.resumes.clone(),
+        };
+        self.start_vm(spec.id, spec.run_dir.join("agent.sock"), guest)
     }
 }
 
@@ -201,6 +256,13 @@ impl Vm for FakeVm {
     async fn stats(&self) -> Result<VmStats, HypervisorError> {
         Ok(VmStats::default())
     }
+
+    async fn save_template(&self, dir: &std::path::Path) -> Result<(), HypervisorError> {
+        std::fs::write(dir.join("state"), b"saved")
+            .map_err(|e| HypervisorError::Io(e.to_string()))?;
+        self.ended.send_replace(true);
+        Ok(())
+    }
 }
 
 /// Ends a process as hyperstart does: its output, then its exit.
@@ -226,7 +288,7 @@ async fn serve(listener: UnixListener, guest: Guest) {
         let _held = stream;
         return std::future::pending::<()>().await;
     }
-    let resync = matches!(guest, Guest::Reattach { .. });
+    let resync = matches!(guest, Guest::Reattach { .. } | Guest::Clone { .. });
     let mut g = FakeGuest {
         stream,
         decoder: if resync {
@@ -245,6 +307,7 @@ async fn serve(listener: UnixListener, guest: Guest) {
                 "flow-control".into(),
                 "volumes".into(),
                 "host-volumes".into(),
+                "resume".into(),
             ],
             agent: "fake".into(),
         })
@@ -268,11 +331,22 @@ async fn serve(listener: UnixListener, guest: Guest) {
                     finish(&mut g, &p.container, &p.process, (p.stdio, p.stderr), *exit).await;
                 }
             }
+            (Request::Reattach { nonce }, Guest::Clone { .. }) => {
+                let mut marker = RESYNC_MAGIC.to_vec();
+                marker.extend_from_slice(nonce.as_bytes());
+                g.send_raw(&marker).await;
+                g.reply(msg.id, Ok(Reply::Reattached { processes: vec![] }))
+                    .await;
+            }
+            (Request::Resume(spec), Guest::Clone { resumes, .. }) => {
+                lock(resumes).push(spec);
+                g.reply(msg.id, Ok(Reply::Ok)).await;
+            }
             (Request::NewContainer(_), Guest::CommandNotFound) => {
                 let refusal = AgentError::new(AgentErrorKind::CommandNotFound, "no such command");
                 g.reply(msg.id, Err(refusal)).await;
             }
-            (Request::NewContainer(spec), Guest::Runs { exit, .. }) => {
+            (Request::NewContainer(spec), Guest::Runs { exit, .. } | Guest::Clone { exit, .. }) => {
                 g.reply(msg.id, Ok(Reply::Started { pid: 2 })).await;
                 let p = &spec.process;
                 match exit {
@@ -312,12 +386,16 @@ impl Setup {
     }
 
     fn with_boot_timeout(hv: Arc<FakeHypervisor>, secs: u64) -> Self {
+        Self::with_config(hv, |c| c.vm.boot_timeout_secs = secs)
+    }
+
+    fn with_config(hv: Arc<FakeHypervisor>, edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.runtime.state_dir = dir.path().join("state");
         config.payload.kernel = dir.path().join("kernel");
         config.payload.initrd = dir.path().join("initrd");
-        config.vm.boot_timeout_secs = secs;
+        config.vm.boot_timeout_secs = 60;
         // No CNI network: the fake VMs have no NIC, whatever the host has
         // installed in /etc/hyper/cni/net.d.
         config.network.cni_conf_dir = dir.path().join("no-networks");
@@ -327,6 +405,7 @@ impl Setup {
         std::fs::write(&config.payload.kernel, b"k").unwrap();
         std::fs::write(&config.payload.initrd, b"i").unwrap();
         std::fs::create_dir_all(&config.runtime.state_dir).unwrap();
+        edit(&mut config);
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::write(rootfs.join("bin/true"), b"").unwrap();
@@ -942,4 +1021,214 @@ async fn a_backend_without_shares_refuses_host_dirs_by_name_and_runs_nothing() {
     let err = s.rt.create(bad, None).await.err().unwrap();
     assert!(matches!(err, RunError::Invalid(_)), "{err}");
     assert_eq!(s.rt.list().len(), 1, "the refused request left no pod");
+}
+
+// Templates (issue 16).
+
+impl Setup {
+    fn with_start(hv: Arc<FakeHypervisor>, start: &str) -> Self {
+        Self::with_config(hv, |c| c.vm.start = start.into())
+    }
+
+    fn templates_dir(&self) -> PathBuf {
+        self.dir.path().join("state/templates")
+    }
+
+    /// The published templates' keys, and whether a partial build is left.
+    fn templates(&self) -> (Vec<String>, bool) {
+        let mut keys = Vec::new();
+        let mut partial = false;
+        for e in std::fs::read_dir(self.templates_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".building-") {
+                partial = true;
+            } else {
+                keys.push(name);
+            }
+        }
+        keys.sort();
+        (keys, partial)
+    }
+
+    async fn run_one(&self, extra: serde_json::Value) -> Result<RunOutcome, RunError> {
+        let (io, _out) = client_io();
+        self.rt.run(self.request(&["true"], extra), io).await
+    }
+}
+
+#[tokio::test]
+async fn a_template_is_built_once_and_each_clone_gets_fresh_entropy_clock_and_its_own_session() {
+    let s = Setup::with_start(FakeHypervisor::with_templates(Some(0)), "template");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let first = s.run_one(serde_json::json!({})).await.unwrap();
+    assert_eq!(first.exit_code, 0);
+    let second = s.run_one(serde_json::json!({})).await.unwrap();
+    assert_eq!(second.exit_code, 0);
+    assert_eq!(*lock(&s.hv.template_launches), 1, "one build");
+    assert_eq!(*lock(&s.hv.restores), 2);
+    assert_eq!(s.hv.launched(), 1, "no cold launch");
+    let (keys, partial) = s.templates();
+    assert_eq!(keys.len(), 1);
+    assert!(!partial, "a partial build is left");
+    assert!(s.templates_dir().join(&keys[0]).join("meta.json").is_file());
+    let resumes = lock(&s.hv.resumes).clone();
+    assert_eq!(resumes.len(), 2);
+    assert_ne!(resumes[0].entropy_hex, resumes[1].entropy_hex);
+    for r in &resumes {
+        assert_eq!(r.entropy_hex.len(), 128);
+        assert!(r.realtime_ns >= before);
+    }
+    for id in [&first.pod, &second.pod] {
+        let rec = s.rt.record(id).unwrap();
+        let started = rec.started.expect("how it started");
+        assert_eq!(started.mode, crate::config::StartMode::Template);
+        assert_eq!(started.template.as_deref(), Some(keys[0].as_str()));
+        s.assert_exited(id, 0);
+    }
+    assert!(events_of(&s, &first.pod).contains(&"start".to_string()));
+    let text = s.rt.metrics_text().await;
+    for line in [
+        "hyper_template_events_total{event=\"built\"} 1",
+        "hyper_template_events_total{event=\"restored\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let listed = s.rt.templates();
+    assert_eq!(listed.len(), 1);
+    s.rt.remove_template(&keys[0]).unwrap();
+    assert!(s.templates().0.is_empty());
+}
+
+#[tokio::test]
+async fn pods_needing_the_same_template_wait_for_one_build() {
+    let s = Arc::new(Setup::with_start(
+        FakeHypervisor::with_templates(Some(0)),
+        "auto",
+    ));
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        runs.spawn(async move { s.run_one(serde_json::json!({})).await.unwrap().exit_code });
+    }
+    while let Some(code) = runs.join_next().await {
+        assert_eq!(code.unwrap(), 0);
+    }
+    assert_eq!(*lock(&s.hv.template_launches), 1);
+    assert_eq!(*lock(&s.hv.restores), 4);
+}
+
+#[tokio::test]
+async fn auto_on_a_backend_without_templates_starts_cold_saying_why_and_template_fails() {
+    let hv = FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    });
+    let s = Setup::with_start(hv, "auto");
+    let out = s.run_one(serde_json::json!({})).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    let started = s.rt.record(&out.pod).unwrap().started.unwrap();
+    assert_eq!(started.mode, crate::config::StartMode::Cold);
+    let reason = started.reason.unwrap();
+    assert!(
+        reason.contains("cannot save or restore templates"),
+        "{reason}"
+    );
+    assert!(s.rt.templates_unavailable().is_some());
+
+    // --start template on the same backend: a clean failure.
+    let err = s
+        .run_one(serde_json::json!({"start": "template"}))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot start the pod from a template"),
+        "{err}"
+    );
+    assert!(err.contains("--start auto"), "{err}");
+    assert!(s.hv.all_vms_ended());
+    // A pod asking cold gets no reason.
+    let out = s
+        .run_one(serde_json::json!({"start": "cold"}))
+        .await
+        .unwrap();
+    let started = s.rt.record(&out.pod).unwrap().started.unwrap();
+    assert_eq!(started.reason, None);
+}
+
+#[tokio::test]
+async fn an_altered_template_is_removed_and_the_pod_cold_starts_in_auto_or_fails_in_template() {
+    let s = Setup::with_start(FakeHypervisor::with_templates(Some(0)), "auto");
+    s.run_one(serde_json::json!({})).await.unwrap();
+    let key = s.templates().0.remove(0);
+    std::fs::write(s.templates_dir().join(&key).join("state"), b"altered").unwrap();
+    let out = s.run_one(serde_json::json!({})).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    let started = s.rt.record(&out.pod).unwrap().started.unwrap();
+    assert_eq!(started.mode, crate::config::StartMode::Cold);
+    let reason = started.reason.unwrap();
+    assert!(reason.contains("checksum"), "{reason}");
+    assert!(
+        s.templates().0.is_empty(),
+        "the refused template is removed"
+    );
+    s.assert_exited(&out.pod, 0);
+
+    // The next pod rebuilds it; altered again, template-only fails.
+    s.run_one(serde_json::json!({})).await.unwrap();
+    assert_eq!(*lock(&s.hv.template_launches), 2);
+    let key = s.templates().0.remove(0);
+    std::fs::write(s.templates_dir().join(&key).join("state"), b"").unwrap();
+    let err = s
+        .run_one(serde_json::json!({"start": "template"}))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("refused by the backend"), "{err}");
+    assert!(s.hv.all_vms_ended(), "a VM was left running");
+    let failed =
+        s.rt.list()
+            .into_iter()
+            .find(|p| p.exit_code != Some(0))
+            .unwrap();
+    assert!(!s.pods_dir().join(&failed.id).join("vm").exists());
+}
+
+#[tokio::test]
+async fn a_payload_change_makes_a_new_template() {
+    let s = Setup::with_start(FakeHypervisor::with_templates(Some(0)), "auto");
+    s.run_one(serde_json::json!({})).await.unwrap();
+    let old = s.templates().0;
+    std::fs::write(s.dir.path().join("initrd"), b"a rebuilt initrd").unwrap();
+    let out = s.run_one(serde_json::json!({})).await.unwrap();
+    let keys = s.templates().0;
+    assert_eq!(keys.len(), 2);
+    let new =
+        s.rt.record(&out.pod)
+            .unwrap()
+            .started
+            .unwrap()
+            .template
+            .unwrap();
+    assert!(!old.contains(&new), "the old template was used");
+    assert_eq!(*lock(&s.hv.template_launches), 2);
+}
+
+#[tokio::test]
+async fn a_partial_template_build_left_by_a_crash_is_removed_at_startup() {
+    let s = Setup::with_start(FakeHypervisor::with_templates(Some(0)), "auto");
+    let partial = s.templates_dir().join(".building-0123-1-0");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("state"), b"saved").unwrap();
+    s.rt.restore().await.unwrap();
+    assert!(!partial.exists());
 }
