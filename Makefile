@@ -76,7 +76,7 @@ e2e: test-qemu
 
 # The shared suites with every pod started from a template (issue 16):
 # HYPER_TEST_START sets [vm] start in each test's config.
-TEMPLATE_SUITES ?= run images
+TEMPLATE_SUITES ?= run
 e2e-template: build payload rootfs registry
 	. $(REGISTRY_ENV) && HYPER_TEST_START=template cargo test --release -p hyper-tests $(addprefix --test ,$(TEMPLATE_SUITES)) -- --test-threads=1
 
@@ -109,6 +109,7 @@ test: build payload rootfs registry
 	python3 hyperstart/tests/volumes.py --qemu $(BUILD)/hyperkernel $(BUILD)/hyperstart.img tcg
 	rc=0; \
 	$(MAKE) test-qemu || rc=1; \
+	$(MAKE) e2e-template || rc=1; \
 	$(MAKE) test-xen || rc=1; \
 	$(MAKE) test-kvm || rc=1; \
 	$(MAKE) --no-print-directory matrix-table || rc=1; \
