@@ -570,7 +570,10 @@ impl Runtime {
 fn kill_build_vms(store: &Path) {
     let needle = store.join(".building-");
     for pid in crate::quarantine::processes_using(&needle) {
-        tracing::info!(pid, "killing the VM of a template build a previous hyperd left");
+        tracing::info!(
+            pid,
+            "killing the VM of a template build a previous hyperd left"
+        );
         // SAFETY: plain kill(2) on a process whose command line names this
         // store's build directory, read just now.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
