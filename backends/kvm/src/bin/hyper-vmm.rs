@@ -54,6 +54,13 @@ struct Args {
     /// Honour the debug-exit port 0xf4 (test guests).
     #[arg(long)]
     debug_exit: bool,
+    /// Restore the snapshot in this directory instead of booting.
+    #[arg(long)]
+    restore_from: Option<PathBuf>,
+    /// On SIGUSR1, save a snapshot into the directory named in this file
+    /// and stop.
+    #[arg(long)]
+    save_request: Option<PathBuf>,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -155,6 +162,8 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
         agent_socket: args.agent_socket,
         status_file: args.status_file,
         debug_exit: args.debug_exit,
+        restore_from: args.restore_from,
+        save_request: args.save_request,
     })
 }
 

@@ -160,6 +160,8 @@ pub fn vmm_config(
         agent_socket: Some(paths.agent.clone()),
         status_file: Some(paths.status.clone()),
         debug_exit: false,
+        restore_from: None,
+        save_request: Some(paths.save_request.clone()),
     }
 }
 

@@ -18,6 +18,8 @@ pub struct RunPaths {
     pub config: PathBuf,
     pub status: PathBuf,
     pub log: PathBuf,
+    /// Names the directory hyper-vmm saves a snapshot into on SIGUSR1.
+    pub save_request: PathBuf,
 }
 
 impl RunPaths {
@@ -27,6 +29,7 @@ impl RunPaths {
             config: dir.join("vmm.json"),
             status: dir.join("vmm-status.json"),
             log: dir.join("vmm.log"),
+            save_request: dir.join("save-request"),
         }
     }
 

@@ -50,6 +50,14 @@ pub struct VmmConfig {
     /// Honour writes to the debug-exit port 0xf4 (test guests).
     #[serde(default)]
     pub debug_exit: bool,
+    /// Restore this snapshot directory (see `vmm::snapshot`) instead of
+    /// booting the kernel; everything else here is the new VM's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
+    /// On SIGUSR1, pause the vCPUs, save a snapshot into the directory named
+    /// in this file (one line) and stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_request: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 mod run;
+pub mod snapshot;
 
 pub use config::{DiskConfig, NetConfig, ShareConfig, VmmConfig};
 pub use run::{run, ExitReason, ExitStatus};
