@@ -13,16 +13,6 @@ use common::*;
 
 const MEM: u64 = 64 << 20;
 
-/// The complete `tg: count N` lines of a console log.
-fn counts(log: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .filter_map(|l| l.trim().strip_prefix("tg: count "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
 fn wait_counts(log: &Path, n: usize, child: &mut Child) -> Vec<u64> {
     let end = Instant::now() + Duration::from_secs(60);
     loop {

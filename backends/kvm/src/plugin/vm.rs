@@ -10,6 +10,9 @@ use hyper_hypervisor::virtiofs::{supervise, Supervised, Virtiofsds};
 use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
 
 const KILL_EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// From the save request to hyper-vmm's exit: pausing is quick, writing
+/// guest memory takes a while on a slow disk.
+const SAVE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Per-VM files in the run directory.
 #[derive(Debug, Clone)]
@@ -41,6 +44,28 @@ impl RunPaths {
         let text = std::fs::read_to_string(&self.status).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         (v.get("reason")?.as_str()? == "helper_died").then_some(VmHelper::Virtiofsd)
+    }
+
+    /// Whether hyper-vmm's status file says it saved a snapshot and stopped.
+    pub fn saved(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.status) else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("reason")?.as_str().map(|r| r == "saved"))
+            .unwrap_or(false)
+    }
+
+    /// Whether hyper-vmm refused the snapshot it was asked to restore.
+    pub fn snapshot_rejected(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.status) else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("reason")?.as_str().map(|r| r == "snapshot_rejected"))
+            .unwrap_or(false)
     }
 
     /// hyper-vmm's own account of a failure (status file), else its log tail.
@@ -139,6 +164,42 @@ impl Vm for KvmVm {
 
     async fn stats(&self) -> Result<VmStats, HypervisorError> {
         self.process.stats(&self.info.id)
+    }
+
+    /// Names `dir` in the run directory's save-request file and sends
+    /// SIGUSR1: hyper-vmm pauses every vCPU (completing any I/O in flight),
+    /// writes `state` and `memory` into `dir`, and exits; its status file
+    /// says whether the snapshot was written.
+    async fn save_template(&self, dir: &Path) -> Result<(), HypervisorError> {
+        if self.process.has_exited() {
+            return Err(HypervisorError::Io(format!(
+                "VM {} has already stopped",
+                self.info.id
+            )));
+        }
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| HypervisorError::Io(format!("template dir {}: {e}", dir.display())))?;
+        let _ = std::fs::remove_file(&self.paths.status);
+        std::fs::write(&self.paths.save_request, format!("{}\n", dir.display())).map_err(|e| {
+            HypervisorError::Io(format!("{}: {e}", self.paths.save_request.display()))
+        })?;
+        self.process.signal(libc::SIGUSR1);
+        if !self.supervised.wait_within(SAVE_LIMIT).await {
+            let _ = self.kill().await;
+            return Err(HypervisorError::Io(format!(
+                "hyper-vmm did not save VM {} within {SAVE_LIMIT:?}; killed",
+                self.info.id
+            )));
+        }
+        if self.paths.saved() {
+            Ok(())
+        } else {
+            Err(HypervisorError::Io(format!(
+                "hyper-vmm did not save VM {}: {}",
+                self.info.id,
+                self.paths.failure_message()
+            )))
+        }
     }
 }
 

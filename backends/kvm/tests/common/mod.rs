@@ -311,3 +311,13 @@ pub fn send_frame_to_guest(pkt: &OwnedFd, mac: [u8; 6]) {
     let n = unsafe { libc::send(pkt.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
     assert_eq!(n, 60, "send: {}", std::io::Error::last_os_error());
 }
+
+/// The complete `tg: count N` lines of a console log (`tg.count`).
+pub fn counts(log: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim().strip_prefix("tg: count "))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}

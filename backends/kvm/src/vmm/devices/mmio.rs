@@ -234,8 +234,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     q.max_size
                 ));
             }
-            let queue =
-                Queue::try_from(*q).map_err(|e| format!("device {ty} queue {i}: {e}"))?;
+            let queue = Queue::try_from(*q).map_err(|e| format!("device {ty} queue {i}: {e}"))?;
             if queue.ready() && st.status & STATUS_DRIVER_OK != 0 && !queue.is_valid(&self.mem) {
                 return Err(format!("device {ty} queue {i}: rings outside guest memory"));
             }

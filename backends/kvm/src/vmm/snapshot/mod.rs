@@ -57,8 +57,8 @@ pub enum SnapshotError {
 }
 
 /// The devices a VM has, as a snapshot records them: a snapshot restores
-/// only into a VM with the same layout (disk and NIC paths, MACs and
-/// taps may differ: they are the clone's own).
+/// only into a VM with the same layout (disk paths, NIC taps, MACs and
+/// MTUs may differ: they are the clone's own).
 pub fn device_layout(cfg: &VmmConfig) -> String {
     let mut parts = vec!["console".to_string()];
     for d in &cfg.disks {
@@ -68,9 +68,9 @@ pub fn device_layout(cfg: &VmmConfig) -> String {
             if d.read_only { "ro" } else { "rw" }
         ));
     }
-    for n in &cfg.nets {
-        parts.push(format!("net:mtu{}", n.mtu.unwrap_or(0)));
-    }
+    // A NIC's MAC and MTU are the clone's own (the guest re-reads them
+    // when it re-probes its devices after a restore).
+    parts.extend(cfg.nets.iter().map(|_| "net".to_string()));
     for s in &cfg.shares {
         parts.push(format!("fs:{}", s.tag));
     }
