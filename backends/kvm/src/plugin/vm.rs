@@ -36,36 +36,29 @@ impl RunPaths {
         }
     }
 
+    /// The `reason` of hyper-vmm's status file (written when it exits).
+    fn exit_reason(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.status).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(v.get("reason")?.as_str()?.to_string())
+    }
+
     /// Whether hyper-vmm's status file says it stopped the VM because a
     /// share's virtiofsd went away or stopped answering (it notices the
     /// vhost-user socket hang up, often before the kit sees the process
     /// end).
     pub fn helper_died(&self) -> Option<VmHelper> {
-        let text = std::fs::read_to_string(&self.status).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        (v.get("reason")?.as_str()? == "helper_died").then_some(VmHelper::Virtiofsd)
+        (self.exit_reason()? == "helper_died").then_some(VmHelper::Virtiofsd)
     }
 
-    /// Whether hyper-vmm's status file says it saved a snapshot and stopped.
+    /// Whether hyper-vmm saved a snapshot and stopped.
     pub fn saved(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(&self.status) else {
-            return false;
-        };
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("reason")?.as_str().map(|r| r == "saved"))
-            .unwrap_or(false)
+        self.exit_reason().as_deref() == Some("saved")
     }
 
     /// Whether hyper-vmm refused the snapshot it was asked to restore.
     pub fn snapshot_rejected(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(&self.status) else {
-            return false;
-        };
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("reason")?.as_str().map(|r| r == "snapshot_rejected"))
-            .unwrap_or(false)
+        self.exit_reason().as_deref() == Some("snapshot_rejected")
     }
 
     /// hyper-vmm's own account of a failure (status file), else its log tail.
@@ -216,6 +209,22 @@ mod tests {
         std::fs::write(&p.status, r#"{"reason":"error","message":"boom"}"#).unwrap();
         assert_eq!(p.failure_message(), "boom");
         assert_eq!(p.helper_died(), None);
+    }
+
+    #[test]
+    fn saved_and_rejected_snapshots_are_read_from_the_status_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = RunPaths::new(d.path());
+        assert!(!p.saved() && !p.snapshot_rejected());
+        std::fs::write(&p.status, r#"{"reason":"saved","dir":"/t"}"#).unwrap();
+        assert!(p.saved() && !p.snapshot_rejected());
+        std::fs::write(
+            &p.status,
+            r#"{"reason":"snapshot_rejected","message":"checksum"}"#,
+        )
+        .unwrap();
+        assert!(!p.saved() && p.snapshot_rejected());
+        assert_eq!(p.failure_message(), "checksum");
     }
 
     #[test]

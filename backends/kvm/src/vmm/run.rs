@@ -643,9 +643,12 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
                 .map_err(|e| format!("disk {i}: {e}"))?;
         }
         for (i, t) in nets.iter_mut().enumerate() {
-            lock(t)
-                .restore_state(next("NIC")?)
+            let mut t = lock(t);
+            t.restore_state(next("NIC")?)
                 .map_err(|e| format!("NIC {i}: {e}"))?;
+            // Chains the guest queued before the save but the device had
+            // not sent (budget, a full tap) get no second notify.
+            t.process(net::TXQ);
         }
     }
     let bus = Arc::new(Bus {
