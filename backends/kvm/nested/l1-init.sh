@@ -145,8 +145,8 @@ if [ "${nk_snap:-0}" -gt 0 ]; then
   vmm_pid=$!
   wait $cat_pid; rc=$?
   $bb sleep 1
-  s0=$($bb date +%s%N); kill -USR1 $vmm_pid; wait $vmm_pid; vrc=$?; s1=$($bb date +%s%N)
-  echo "SNAP-SAVE agentcat rc=$rc vmm rc=$vrc save_ms=$(( (s1-s0)/1000000 )) vmm: $(cat /tmp/vmm.json 2>/dev/null)"
+  kill -USR1 $vmm_pid; wait $vmm_pid; vrc=$?
+  echo "SNAP-SAVE agentcat rc=$rc vmm rc=$vrc vmm: $(cat /tmp/vmm.json 2>/dev/null)"
   j=1
   while [ $j -le "$nk_snap" ]; do
     rm -f /tmp/agent.sock /tmp/vmm.json
