@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
   }
   if (fd < 0) { printf("AGENTCAT-FAIL no socket after %.1fs\n", now() - t0); return 1; }
   printf("AGENTCAT connected +%.3fs\n", now() - t0); fflush(stdout);
-  if (hello && send_control(fd, "{\"id\":1,\"request\":{\"hello\":{\"version\":1,\"capabilities\":[]}}}")) {
+  if (hello && send_control(fd, "{\"id\":1,\"request\":{\"hello\":{\"version\":2,\"capabilities\":[]}}}")) {
     printf("AGENTCAT-FAIL cannot send Hello\n"); return 1;
   }
   struct timeval tv = { .tv_sec = 1 };

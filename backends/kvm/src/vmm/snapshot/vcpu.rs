@@ -20,7 +20,8 @@ pub struct VcpuState {
     /// None when this KVM refused KVM_GET_XSAVE (the FPU state above then
     /// carries x87/SSE).
     pub xsave: Option<kvm_xsave>,
-    /// None when this KVM refused KVM_GET_XCRS.
+    /// None when this KVM refused KVM_GET_XCRS or reported none (a host
+    /// CPU without XSAVE, as the nested-SVM leg's `qemu64` L1).
     pub xcrs: Option<kvm_xcrs>,
     pub msrs: Vec<kvm_msr_entry>,
     pub lapic: kvm_lapic_state,
@@ -83,6 +84,9 @@ impl VcpuState {
             }
         };
         let xcrs = match vcpu.get_xcrs() {
+            // A host CPU without XSAVE reports no XCRs, and then refuses
+            // KVM_SET_XCRS (EINVAL): there is nothing to restore.
+            Ok(x) if x.nr_xcrs == 0 => None,
             Ok(x) => Some(x),
             Err(e) => {
                 tracing::info!("KVM_GET_XCRS refused ({e}): not saved");
@@ -128,7 +132,7 @@ impl VcpuState {
             Some(x) => unsafe { vcpu.set_xsave(x) }.map_err(io("KVM_SET_XSAVE"))?,
             None => vcpu.set_fpu(&self.fpu).map_err(io("KVM_SET_FPU"))?,
         }
-        if let Some(x) = &self.xcrs {
+        if let Some(x) = self.xcrs.as_ref().filter(|x| x.nr_xcrs > 0) {
             vcpu.set_xcrs(x).map_err(io("KVM_SET_XCRS"))?;
         }
         vcpu.set_debug_regs(&self.debugregs)
