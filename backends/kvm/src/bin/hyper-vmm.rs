@@ -71,7 +71,8 @@ struct Args {
     #[arg(long)]
     restore_from: Option<PathBuf>,
     /// On SIGUSR1, save a snapshot into the directory named in this file
-    /// and stop.
+    /// and stop. Such a VM (a template being made) is never jailed nor
+    /// dropped to --uid; its seccomp filters gain the save's calls.
     #[arg(long)]
     save_request: Option<PathBuf>,
 }
