@@ -3,7 +3,9 @@
  * "ready" control frame arrived. Prints the time from its own start.
  * With "destroy", it then answers the handshake and sends DestroyPod, so
  * hyperstart powers the guest off (the VMM must then exit on its own).
- * Usage: agentcat SOCKET TIMEOUT_SECONDS [destroy] */
+ * With "hello" (a guest restored from a snapshot, which said READY before
+ * it was saved), it sends Hello at once and exits 0 when the answer came.
+ * Usage: agentcat SOCKET TIMEOUT_SECONDS [destroy|hello] */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@ static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
 int main(int argc, char **argv) {
   if (argc < 3) { fprintf(stderr, "usage: agentcat SOCKET TIMEOUT [destroy]\n"); return 2; }
   int destroy = argc > 3 && strcmp(argv[3], "destroy") == 0;
+  int hello = argc > 3 && strcmp(argv[3], "hello") == 0;
   double t0 = now(), limit = atof(argv[2]);
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
@@ -37,6 +40,9 @@ int main(int argc, char **argv) {
   }
   if (fd < 0) { printf("AGENTCAT-FAIL no socket after %.1fs\n", now() - t0); return 1; }
   printf("AGENTCAT connected +%.3fs\n", now() - t0); fflush(stdout);
+  if (hello && send_control(fd, "{\"id\":1,\"request\":{\"hello\":{\"version\":2,\"capabilities\":[]}}}")) {
+    printf("AGENTCAT-FAIL cannot send Hello\n"); return 1;
+  }
   struct timeval tv = { .tv_sec = 1 };
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   static char seen[65536]; size_t n = 0;
@@ -47,6 +53,10 @@ int main(int argc, char **argv) {
     if (r < 0) { if (errno == EAGAIN || errno == EINTR) continue; perror("read"); return 1; }
     for (ssize_t i = 0; i < r && n < sizeof seen - 1; i++) seen[n++] = (buf[i] >= 32 && buf[i] < 127) ? buf[i] : '.';
     seen[n] = 0;
+    if (hello) {
+      if (strstr(seen, "\"id\":1")) { printf("AGENT-HELLO +%.3fs: %.200s\n", now() - t0, seen); return 0; }
+      continue;
+    }
     if (strstr(seen, "\"ready\"") || strstr(seen, "ready")) {
       printf("AGENT-READY +%.3fs: %.200s\n", now() - t0, seen);
       if (!destroy) return 0;

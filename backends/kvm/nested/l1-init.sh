@@ -131,6 +131,36 @@ while [ $i -le "${nk_runs:-1}" ]; do
   fi
   i=$((i+1))
 done
+# nk_snap=N: the payload to READY, saved (SIGUSR1), then restored N times;
+# each restore is timed to hyperstart's answer to Hello (a restored guest
+# said READY before the save), next to the cold boots' READY above.
+if [ "${nk_snap:-0}" -gt 0 ]; then
+  PCMD="quiet panic=-1 rdinit=/init console=ttyS0 reboot=k pci=off hyper.channel=/dev/hvc0"
+  VARGS="--kernel /l2/hyperkernel --initrd /l2/hyperstart.img --memory-mib 256 --agent-socket /tmp/agent.sock --status-file /tmp/vmm.json"
+  echo "== snapshot: payload to READY, save, restore $nk_snap times"
+  rm -rf /tmp/snap /tmp/agent.sock /tmp/vmm.json; mkdir -p /tmp/snap; echo /tmp/snap > /tmp/sreq
+  /bin/agentcat /tmp/agent.sock $T &
+  cat_pid=$!
+  $bb timeout $T /bin/hyper-vmm $VARGS --cmdline "$PCMD" --console-log /tmp/console.log --save-request /tmp/sreq </dev/null &
+  vmm_pid=$!
+  wait $cat_pid; rc=$?
+  $bb sleep 1
+  kill -USR1 $vmm_pid; wait $vmm_pid; vrc=$?
+  echo "SNAP-SAVE agentcat rc=$rc vmm rc=$vrc vmm: $(cat /tmp/vmm.json 2>/dev/null)"
+  j=1
+  while [ $j -le "$nk_snap" ]; do
+    rm -f /tmp/agent.sock /tmp/vmm.json
+    /bin/agentcat /tmp/agent.sock $T hello &
+    cat_pid=$!
+    $bb timeout $T /bin/hyper-vmm $VARGS --restore-from /tmp/snap --console-log /tmp/rconsole.log </dev/null &
+    vmm_pid=$!
+    wait $cat_pid; rc=$?
+    kill -TERM $vmm_pid 2>/dev/null; wait $vmm_pid
+    echo "SNAP-RESTORE $j agentcat rc=$rc vmm: $(cat /tmp/vmm.json 2>/dev/null)"
+    j=$((j+1))
+  done
+  $bb tail -n 5 /tmp/rconsole.log | $bb sed "s/^/SNAP-RESTORE console: /"
+fi
 echo "== payload on 2 vCPUs, DestroyPod: the guest powers off"
 rm -f /tmp/agent.sock /tmp/vmm.json
 $bb timeout $T /bin/hyper-vmm --kernel /l2/hyperkernel --initrd /l2/hyperstart.img --memory-mib 256 --vcpus 2 \

@@ -696,3 +696,93 @@ async fn a_killed_virtiofsd_stops_the_vm_with_helper_died() {
     assert_eq!(exit.helper_died, Some(VmHelper::Virtiofsd), "{exit:?}");
     assert_nothing_left(&s.run_dir);
 }
+
+/// Polls `log` until the counting guest printed `n` counts.
+async fn counted(log: &Path, n: usize) -> Vec<u64> {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = counts(log);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no {n} counts in {}: {}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_saved_restored_refused_when_damaged_and_recovered() {
+    if kvm_or_skip("plugin templates").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hv = plugin()
+        .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = dir.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let mut sa = spec(&a, guest().elf.clone(), "tg.count");
+    sa.save_as_template = true;
+    let vm = hv.launch(sa).await.expect("launch");
+    counted(&a.join("console.log"), 3).await;
+    let tmpl = dir.path().join("template");
+    std::fs::create_dir(&tmpl).unwrap();
+    vm.save_template(&tmpl).await.expect("save_template");
+    tokio::time::timeout(Duration::from_secs(15), vm.wait())
+        .await
+        .expect("the VM stopped after the save")
+        .unwrap();
+    let last = *counts(&a.join("console.log")).last().unwrap();
+
+    // A damaged template is refused before anything starts.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let mut state = std::fs::read(tmpl.join("state")).unwrap();
+    let mid = state.len() / 2;
+    state[mid] ^= 1;
+    std::fs::write(bad.join("state"), state).unwrap();
+    std::fs::hard_link(tmpl.join("memory"), bad.join("memory")).unwrap();
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let sc = spec(&c, guest().elf.clone(), "tg.count");
+    let err = hv.restore(sc.clone(), &bad).await.err().expect("refused");
+    assert!(
+        matches!(&err, HypervisorError::TemplateRejected(m) if m.contains("checksum")),
+        "{err}"
+    );
+    assert!(
+        !sc.run_dir.exists(),
+        "nothing was started for a refused template"
+    );
+
+    // A clone with its own disk, console and run directory carries on.
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let sb = spec(&b, guest().elf.clone(), "tg.count");
+    let vm = hv.restore(sb.clone(), &tmpl).await.expect("restore");
+    let got = counted(&b.join("console.log"), 2).await;
+    assert!(
+        got[0] == last + 1 || got[0] == last + 2,
+        "saved after {last}, the clone printed {got:?}"
+    );
+    // hyperd restarts: the restored VM is taken over like any other.
+    let info = vm.info();
+    let start = hyper_hypervisor::adopt::process_start_time(info.pid.expect("a VMM process"));
+    drop(vm);
+    let vm = hv
+        .recover(sb, info, start)
+        .await
+        .expect("recover a restored VM");
+    let n = counts(&b.join("console.log")).len();
+    counted(&b.join("console.log"), n + 1).await;
+    tokio::time::timeout(Duration::from_secs(15), vm.kill())
+        .await
+        .expect("bounded")
+        .unwrap();
+    vm.wait().await.unwrap();
+}

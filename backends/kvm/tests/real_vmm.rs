@@ -342,31 +342,6 @@ impl EchoVm {
     }
 }
 
-/// A field of a /proc status file, split on whitespace.
-fn proc_field(status: &str, key: &str) -> Vec<String> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
-
-/// Each task's name and `Seccomp:` mode, from /proc.
-fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("status")) else {
-            continue;
-        };
-        out.push((
-            proc_field(&st, "Name:").concat(),
-            proc_field(&st, "Seccomp:").concat(),
-        ));
-    }
-    out.sort();
-    out
-}
-
 /// Every thread of a running VM (the event loop and both vCPUs) runs
 /// under a seccomp filter (mode 2) once the guest talks on its console;
 /// `--no-seccomp` (the debugging switch) leaves them unfiltered, so the

@@ -67,6 +67,14 @@ struct Args {
     uid: Option<u32>,
     #[arg(long, requires = "uid")]
     gid: Option<u32>,
+    /// Restore the snapshot in this directory instead of booting.
+    #[arg(long)]
+    restore_from: Option<PathBuf>,
+    /// On SIGUSR1, save a snapshot into the directory named in this file
+    /// and stop. Such a VM (a template being made) is never jailed nor
+    /// dropped to --uid; its seccomp filters gain the save's calls.
+    #[arg(long)]
+    save_request: Option<PathBuf>,
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
@@ -174,6 +182,8 @@ fn config(args: Args) -> anyhow::Result<VmmConfig> {
             .uid
             .zip(args.gid)
             .map(|(uid, gid)| hyper_backend_kvm::vmm::config::RunAs { uid, gid }),
+        restore_from: args.restore_from,
+        save_request: args.save_request,
     })
 }
 

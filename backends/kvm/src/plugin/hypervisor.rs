@@ -161,11 +161,22 @@ pub fn vmm_config(
         status_file: Some(paths.status.clone()),
         debug_exit: false,
         seccomp: cfg.seccomp,
-        jail: true,
-        run_as: cfg
-            .vmm_uid
-            .zip(cfg.vmm_gid)
-            .map(|(uid, gid)| crate::vmm::config::RunAs { uid, gid }),
+        // A VM launched to become a template runs our own payload and no
+        // container, and writes its snapshot by path into the template
+        // directory the core made: it is not jailed and keeps hyperd's
+        // identity (docs/security/tmplkvm.md). Its seccomp filters stay,
+        // with the save's few extra calls. Every other VM, a restored
+        // clone included, is jailed (and drops its uid when configured).
+        jail: !spec.save_as_template,
+        run_as: if spec.save_as_template {
+            None
+        } else {
+            cfg.vmm_uid
+                .zip(cfg.vmm_gid)
+                .map(|(uid, gid)| crate::vmm::config::RunAs { uid, gid })
+        },
+        restore_from: None,
+        save_request: spec.save_as_template.then(|| paths.save_request.clone()),
     }
 }
 
@@ -196,6 +207,73 @@ impl Hypervisor for KvmHypervisor {
     }
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
+        self.start(spec, None).await
+    }
+
+    /// hyper-vmm with `restore_from`: the template is checked here first
+    /// (the whole state file, the memory file's size, the layout against
+    /// this spec) so a bad one is refused before a tap or process exists;
+    /// hyper-vmm checks it again before it builds the VM.
+    async fn restore(&self, spec: VmSpec, template: &Path) -> Result<Box<dyn Vm>, HypervisorError> {
+        check_spec(&spec)?;
+        let paths = RunPaths::new(&spec.run_dir);
+        let nets: Vec<NetConfig> = spec
+            .nics
+            .iter()
+            .map(|n| NetConfig {
+                fd: 3,
+                mac: n.mac.clone(),
+                mtu: u16::try_from(n.mtu).ok(),
+            })
+            .collect();
+        let cfg = vmm_config(
+            &spec,
+            &paths,
+            &self.config,
+            nets,
+            &Virtiofsds::none(&spec.run_dir),
+        );
+        let dir = template.to_path_buf();
+        let regions = crate::vmm::layout::ram_regions(cfg.memory_mib);
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::vmm::snapshot::load(&dir, &cfg, &regions).map(|_| ())
+        })
+        .await
+        .map_err(|e| HypervisorError::Plugin(format!("template check: {e}")))?;
+        checked.map_err(|e| {
+            HypervisorError::TemplateRejected(format!("{}: {e}", template.display()))
+        })?;
+        self.start(spec, Some(template.to_path_buf())).await
+    }
+    async fn recover(
+        &self,
+        spec: VmSpec,
+        info: VmInfo,
+        pid_start: Option<u64>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
+        let paths = RunPaths::new(&spec.run_dir);
+        // hyper-vmm keeps no pid file: its --config (inside the run
+        // directory) names the VM a process runs.
+        let (info, process) =
+            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
+                runs_config(pid, &paths.config)
+            })?;
+        let pid = process.pid();
+        tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
+        let process = VmProcess::adopted(process, "hyper-vmm", on_exit(paths.clone()));
+        // A share whose daemon is gone stops the VM at once (helper_died).
+        let daemons = Virtiofsds::recover(&spec);
+        Ok(Box::new(KvmVm::new(info, process, daemons, paths)))
+    }
+}
+
+impl KvmHypervisor {
+    /// A cold boot, or (`restore`) a restore from a snapshot directory.
+    async fn start(
+        &self,
+        spec: VmSpec,
+        restore: Option<std::path::PathBuf>,
+    ) -> Result<Box<dyn Vm>, HypervisorError> {
         let unavailable = |reason: String| HypervisorError::Unavailable {
             backend: BACKEND_NAME.into(),
             reason,
@@ -231,7 +309,10 @@ impl Hypervisor for KvmHypervisor {
             Some(b) => Virtiofsds::start(b, &spec).await?,
             None => Virtiofsds::none(&spec.run_dir),
         };
-        match self.spawn_vmm(&spec, &paths, &taps, &daemons).await {
+        match self
+            .spawn_vmm(&spec, &paths, &taps, &daemons, restore)
+            .await
+        {
             Ok((info, process)) => {
                 taps.handed_over();
                 Ok(Box::new(KvmVm::new(info, process, daemons, paths)))
@@ -243,29 +324,6 @@ impl Hypervisor for KvmHypervisor {
         }
     }
 
-    async fn recover(
-        &self,
-        spec: VmSpec,
-        info: VmInfo,
-        pid_start: Option<u64>,
-    ) -> Result<Box<dyn Vm>, HypervisorError> {
-        let paths = RunPaths::new(&spec.run_dir);
-        // hyper-vmm keeps no pid file: its --config (inside the run
-        // directory) names the VM a process runs.
-        let (info, process) =
-            hyper_hypervisor::adopt::take_over(&spec, &info, pid_start, &paths.agent, |pid| {
-                runs_config(pid, &paths.config)
-            })?;
-        let pid = process.pid();
-        tracing::info!(vm = %spec.id, pid, "took over a running hyper-vmm");
-        let process = VmProcess::adopted(process, "hyper-vmm", on_exit(paths.clone()));
-        // A share whose daemon is gone stops the VM at once (helper_died).
-        let daemons = Virtiofsds::recover(&spec);
-        Ok(Box::new(KvmVm::new(info, process, daemons, paths)))
-    }
-}
-
-impl KvmHypervisor {
     /// Writes hyper-vmm's configuration, starts it, and waits until its
     /// agent socket exists. On failure hyper-vmm is not left running.
     async fn spawn_vmm(
@@ -274,8 +332,11 @@ impl KvmHypervisor {
         paths: &RunPaths,
         taps: &Taps,
         daemons: &Virtiofsds,
+        restore: Option<std::path::PathBuf>,
     ) -> Result<(VmInfo, VmProcess), HypervisorError> {
-        let cfg = vmm_config(spec, paths, &self.config, taps.configs(), daemons);
+        let mut cfg = vmm_config(spec, paths, &self.config, taps.configs(), daemons);
+        let restoring = restore.is_some();
+        cfg.restore_from = restore;
         let json =
             serde_json::to_vec_pretty(&cfg).map_err(|e| HypervisorError::Plugin(e.to_string()))?;
         std::fs::write(&paths.config, json)
@@ -329,6 +390,9 @@ impl KvmHypervisor {
                     Ok(exit) => format!("{exit:?}"),
                     Err(e) => e.to_string(),
                 };
+                if restoring && paths.snapshot_rejected() {
+                    return Err(HypervisorError::TemplateRejected(paths.failure_message()));
+                }
                 return Err(HypervisorError::LaunchFailed(format!(
                     "hyper-vmm exited ({st}) before the VM was up: {}",
                     paths.failure_message()

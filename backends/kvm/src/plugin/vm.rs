@@ -10,6 +10,9 @@ use hyper_hypervisor::virtiofs::{supervise, Supervised, Virtiofsds};
 use hyper_hypervisor::{HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
 
 const KILL_EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// From the save request to hyper-vmm's exit: pausing is quick, writing
+/// guest memory takes a while on a slow disk.
+const SAVE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Per-VM files in the run directory.
 #[derive(Debug, Clone)]
@@ -18,6 +21,8 @@ pub struct RunPaths {
     pub config: PathBuf,
     pub status: PathBuf,
     pub log: PathBuf,
+    /// Names the directory hyper-vmm saves a snapshot into on SIGUSR1.
+    pub save_request: PathBuf,
 }
 
 impl RunPaths {
@@ -27,7 +32,15 @@ impl RunPaths {
             config: dir.join("vmm.json"),
             status: dir.join("vmm-status.json"),
             log: dir.join("vmm.log"),
+            save_request: dir.join("save-request"),
         }
+    }
+
+    /// The `reason` of hyper-vmm's status file (written when it exits).
+    fn exit_reason(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.status).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(v.get("reason")?.as_str()?.to_string())
     }
 
     /// Whether hyper-vmm's status file says it stopped the VM because a
@@ -35,9 +48,26 @@ impl RunPaths {
     /// vhost-user socket hang up, often before the kit sees the process
     /// end).
     pub fn helper_died(&self) -> Option<VmHelper> {
-        let text = std::fs::read_to_string(&self.status).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        (v.get("reason")?.as_str()? == "helper_died").then_some(VmHelper::Virtiofsd)
+        (self.exit_reason()? == "helper_died").then_some(VmHelper::Virtiofsd)
+    }
+
+    /// Whether hyper-vmm's configuration (ours, in the run directory) arms
+    /// the save: a VM launched with `save_as_template`.
+    pub fn save_armed(&self) -> bool {
+        std::fs::read(&self.config)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::vmm::VmmConfig>(&b).ok())
+            .is_some_and(|c| c.save_request.is_some())
+    }
+
+    /// Whether hyper-vmm saved a snapshot and stopped.
+    pub fn saved(&self) -> bool {
+        self.exit_reason().as_deref() == Some("saved")
+    }
+
+    /// Whether hyper-vmm refused the snapshot it was asked to restore.
+    pub fn snapshot_rejected(&self) -> bool {
+        self.exit_reason().as_deref() == Some("snapshot_rejected")
     }
 
     /// The line hyper-vmm's SIGSYS report left in its log ("killed by
@@ -164,6 +194,51 @@ impl Vm for KvmVm {
     async fn stats(&self) -> Result<VmStats, HypervisorError> {
         self.process.stats(&self.info.id)
     }
+
+    /// Names `dir` in the run directory's save-request file and sends
+    /// SIGUSR1: hyper-vmm pauses every vCPU (completing any I/O in flight),
+    /// writes `state` and `memory` into `dir`, and exits; its status file
+    /// says whether the snapshot was written.
+    async fn save_template(&self, dir: &Path) -> Result<(), HypervisorError> {
+        if self.process.has_exited() {
+            return Err(HypervisorError::Io(format!(
+                "VM {} has already stopped",
+                self.info.id
+            )));
+        }
+        // Only a VM launched with save_as_template arms the save (and is
+        // then the only kind that runs outside the mount jail).
+        if !self.paths.save_armed() {
+            return Err(HypervisorError::Io(format!(
+                "VM {} was not launched to become a template (save_as_template): it cannot be saved",
+                self.info.id
+            )));
+        }
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| HypervisorError::Io(format!("template dir {}: {e}", dir.display())))?;
+        // The status file is not removed: hyper-vmm opened it at start (the
+        // jail leaves no path to open it by later) and writes it at exit.
+        std::fs::write(&self.paths.save_request, format!("{}\n", dir.display())).map_err(|e| {
+            HypervisorError::Io(format!("{}: {e}", self.paths.save_request.display()))
+        })?;
+        self.process.signal(libc::SIGUSR1);
+        if !self.supervised.wait_within(SAVE_LIMIT).await {
+            let _ = self.kill().await;
+            return Err(HypervisorError::Io(format!(
+                "hyper-vmm did not save VM {} within {SAVE_LIMIT:?}; killed",
+                self.info.id
+            )));
+        }
+        if self.paths.saved() {
+            Ok(())
+        } else {
+            Err(HypervisorError::Io(format!(
+                "hyper-vmm did not save VM {}: {}",
+                self.info.id,
+                self.paths.failure_message()
+            )))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +268,22 @@ mod tests {
         assert!(line.contains("syscall 41 on a vcpu thread"), "{line}");
         std::fs::write(&p.log, "hyper-vmm: exit {}\n").unwrap();
         assert_eq!(p.seccomp_kill(), None);
+    }
+
+    #[test]
+    fn saved_and_rejected_snapshots_are_read_from_the_status_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = RunPaths::new(d.path());
+        assert!(!p.saved() && !p.snapshot_rejected());
+        std::fs::write(&p.status, r#"{"reason":"saved","dir":"/t"}"#).unwrap();
+        assert!(p.saved() && !p.snapshot_rejected());
+        std::fs::write(
+            &p.status,
+            r#"{"reason":"snapshot_rejected","message":"checksum"}"#,
+        )
+        .unwrap();
+        assert!(!p.saved() && p.snapshot_rejected());
+        assert_eq!(p.failure_message(), "checksum");
     }
 
     #[test]

@@ -50,6 +50,17 @@ pub struct VmmConfig {
     /// Honour writes to the debug-exit port 0xf4 (test guests).
     #[serde(default)]
     pub debug_exit: bool,
+    /// Restore this snapshot directory (see `vmm::snapshot`) instead of
+    /// booting the kernel; everything else here is the new VM's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
+    /// On SIGUSR1, pause the vCPUs, save a snapshot into the directory named
+    /// in this file (one line) and stop. Such a VM (a template being made:
+    /// our own payload, no container) writes files by path after it ran,
+    /// so it is never put in the mount jail nor dropped to `run_as`; its
+    /// seccomp lists gain the save's few calls (src/vmm/seccomp.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_request: Option<PathBuf>,
     /// Run every thread under its seccomp allow-list (src/vmm/seccomp.rs);
     /// off only to debug a VMM the filters kill.
     #[serde(default = "yes")]

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod mptable;
 mod run;
 pub mod seccomp;
+pub mod snapshot;
 
 pub use config::{DiskConfig, NetConfig, ShareConfig, VmmConfig};
 pub use run::{run, ExitReason, ExitStatus};

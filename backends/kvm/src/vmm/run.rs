@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,10 @@ use super::devices::serial::{BoundedLog, SerialDevice};
 use super::devices::GUEST_FAULTS;
 use super::layout::*;
 use super::seccomp::{self, ThreadKind};
+use super::snapshot::devices::DevicesState;
+use super::snapshot::irqchip::VmState;
+use super::snapshot::vcpu::VcpuState;
+use super::snapshot::{self, Snapshot};
 use crate::guest_fault;
 
 /// Why the VM ended.
@@ -56,6 +60,10 @@ pub enum ExitReason {
         tag: String,
         message: String,
     },
+    /// A snapshot was saved on request (SIGUSR1) and the VM stopped.
+    Saved { dir: String },
+    /// The snapshot to restore was refused before anything was built.
+    SnapshotRejected { message: String },
 }
 
 /// The machine-readable summary written to `status_file`.
@@ -89,6 +97,8 @@ impl ExitStatus {
             ExitReason::DebugExit { .. } => 3,
             ExitReason::Error { .. } => 1,
             ExitReason::HelperDied { .. } => 4,
+            ExitReason::Saved { .. } => 0,
+            ExitReason::SnapshotRejected { .. } => 5,
         }
     }
 }
@@ -137,6 +147,11 @@ struct Bus {
     exits: AtomicU64,
     /// Per vCPU: its answer to the last halt probe (see [`HaltWatch`]).
     halt_probe: Vec<AtomicU8>,
+    /// Set to pause every vCPU for a snapshot: each saves its state into
+    /// its slot in `paused` and stays out of KVM_RUN.
+    pause: AtomicBool,
+    paused: Vec<Mutex<Option<Result<VcpuState, String>>>>,
+    msr_indices: Vec<u32>,
 }
 
 impl Bus {
@@ -322,8 +337,29 @@ fn probe_answer(vcpu: &VcpuFd) -> u8 {
     }
 }
 
+/// Completes any I/O KVM is waiting on (an IN or MMIO read whose data
+/// is copied into the guest on the next entry) without running the guest,
+/// then reads the vCPU's state into its slot and stays out of the guest
+/// until the VMM ends.
+fn pause_vcpu(vcpu: &mut VcpuFd, bus: &Bus, id: usize) {
+    vcpu.set_kvm_immediate_exit(1);
+    let _ = vcpu.run();
+    vcpu.set_kvm_immediate_exit(0);
+    let state = VcpuState::capture(vcpu, &bus.msr_indices).map_err(|e| format!("vCPU {id}: {e}"));
+    if let Some(slot) = bus.paused.get(id) {
+        *lock(slot) = Some(state);
+    }
+    while !bus.exit.is_set() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>, id: usize) {
     loop {
+        if bus.pause.load(Ordering::Acquire) {
+            pause_vcpu(&mut vcpu, &bus, id);
+            return;
+        }
         bus.exits.fetch_add(1, Ordering::Relaxed);
         match vcpu.run() {
             Ok(exit) => match exit {
@@ -382,7 +418,8 @@ fn kvm_open() -> Result<Kvm, String> {
 struct Vm {
     marks: Vec<(String, u64)>,
     _kvm: Kvm,
-    _vm: VmFd,
+    vm_fd: VmFd,
+    cfg: VmmConfig,
     mem: GuestMemoryMmap,
     bus: Arc<Bus>,
     listener: Option<UnixListener>,
@@ -398,7 +435,7 @@ fn block_signals() -> Result<OwnedFd, String> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, s);
         }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
@@ -417,6 +454,15 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     let mut mark =
         |what: &str| marks.push((what.to_string(), started.elapsed().as_micros() as u64));
     cfg.validate()?;
+    let regions = ram_regions(cfg.memory_mib);
+    // A snapshot is read and checked whole before anything is built.
+    let restore = match &cfg.restore_from {
+        Some(dir) => Some(
+            snapshot::load(dir, cfg, &regions)
+                .map_err(|e| format!("{REJECTED}{}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
     mark("validated");
     let sigfd = block_signals()?;
     install_kick_handler()?;
@@ -444,11 +490,21 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         .map_err(|e| format!("KVM_CREATE_PIT2: {e}"))?;
     mark("kvm_vm_created");
 
-    let regions = ram_regions(cfg.memory_mib);
     // Shareable (memfd, MAP_SHARED) only when a vhost-user backend must
-    // map it: private memory is what every other VM gets.
-    let mem =
-        super::memory::guest_memory(&regions, !cfg.shares.is_empty()).map_err(|e| e.to_string())?;
+    // map it: private memory is what every other VM gets. A restored VM
+    // maps the snapshot's memory file copy-on-write.
+    let (snap, mem) = match restore {
+        Some((snap, file)) => {
+            let mem = snapshot::private_memory(file, &regions).map_err(|e| e.to_string())?;
+            snap.vm.apply(&vm).map_err(|e| e.to_string())?;
+            (Some(snap), mem)
+        }
+        None => (
+            None,
+            super::memory::guest_memory(&regions, !cfg.shares.is_empty())
+                .map_err(|e| e.to_string())?,
+        ),
+    };
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -477,16 +533,22 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             virtio_mmio_addr(i)
         ));
     }
-    let entry = boot::load(
-        &mem,
-        &regions,
-        &cfg.kernel,
-        cfg.initrd.as_deref(),
-        cmdline.trim(),
-    )
-    .map_err(|e| e.to_string())?;
-
-    super::mptable::write(&mem, cfg.vcpus)?;
+    // A restored guest has its kernel in memory already.
+    let entry = match snap {
+        Some(_) => None,
+        None => {
+            let entry = boot::load(
+                &mem,
+                &regions,
+                &cfg.kernel,
+                cfg.initrd.as_deref(),
+                cmdline.trim(),
+            )
+            .map_err(|e| e.to_string())?;
+            super::mptable::write(&mem, cfg.vcpus)?;
+            Some(entry)
+        }
+    };
     mark("kernel_loaded");
 
     let irq = |gsi: u32| -> Result<EventFd, String> {
@@ -502,8 +564,11 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         ),
         None => BoundedLog::new(Box::new(std::io::stdout()), cfg.console_log_limit),
     };
-    let serial = SerialDevice::new(irq(SERIAL_IRQ)?, log);
-    let console = MmioTransport::new(Console::new(), mem.clone(), irq(VIRTIO_IRQS[0])?)?;
+    let serial = match &snap {
+        Some(s) => SerialDevice::from_state(&s.devices.serial, irq(SERIAL_IRQ)?, log)?,
+        None => SerialDevice::new(irq(SERIAL_IRQ)?, log),
+    };
+    let mut console = MmioTransport::new(Console::new(), mem.clone(), irq(VIRTIO_IRQS[0])?)?;
     let mut disks = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let blk = Block::open(&d.path, d.read_only, &d.id).map_err(|e| e.to_string())?;
@@ -564,6 +629,31 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             Some(l)
         }
     };
+    if let Some(s) = &snap {
+        let d = &s.devices;
+        let mut ts = d.transports.iter();
+        let mut next = |what: &str| {
+            ts.next()
+                .ok_or_else(|| format!("snapshot has no state for the {what}"))
+        };
+        console
+            .device_mut()
+            .set_pending(&d.console_rx, &d.console_tx);
+        console.restore_state(next("console")?)?;
+        for (i, t) in disks.iter_mut().enumerate() {
+            lock(t)
+                .restore_state(next("disk")?)
+                .map_err(|e| format!("disk {i}: {e}"))?;
+        }
+        for (i, t) in nets.iter_mut().enumerate() {
+            let mut t = lock(t);
+            t.restore_state(next("NIC")?)
+                .map_err(|e| format!("NIC {i}: {e}"))?;
+            // Chains the guest queued before the save but the device had
+            // not sent (budget, a full tap) get no second notify.
+            t.process(net::TXQ);
+        }
+    }
     let bus = Arc::new(Bus {
         serial: Mutex::new(serial),
         i8042: Mutex::new(i8042::I8042::default()),
@@ -583,12 +673,27 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         kick: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
         exits: AtomicU64::new(0),
         halt_probe: (0..cfg.vcpus).map(|_| AtomicU8::new(PROBE_NONE)).collect(),
+        pause: AtomicBool::new(false),
+        paused: (0..cfg.vcpus).map(|_| Mutex::new(None)).collect(),
+        msr_indices: if cfg.save_request.is_some() {
+            snapshot::vcpu::saved_msr_indices(&kvm).map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        },
     });
 
     mark("devices_ready");
     let pvm = cpu::host_is_pvm();
-    // Everything is open: from here on no thread needs a path.
-    let jail = if cfg.jail {
+    // Everything is open: from here on no thread needs a path. Except in
+    // a VM launched to become a template (save_request): it writes its
+    // snapshot by path once it ran, so it is neither jailed nor dropped to
+    // another uid (it runs our own payload only, never a container); its
+    // seccomp filters stay (docs/security/tmplkvm.md).
+    let confine = cfg.save_request.is_none();
+    if !confine && (cfg.jail || cfg.run_as.is_some()) {
+        tracing::info!("a VM to be saved as a template: no mount jail, no uid drop");
+    }
+    let jail = if cfg.jail && confine {
         let pending = super::jail::enter().map_err(|e| e.to_string())?;
         mark("jailed");
         Some(pending)
@@ -599,7 +704,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     // thread change uid, which their filters forbid), and after the jail's
     // last step (a non-root uid may not unmount): that step is then paid
     // here, on the boot path.
-    let jail = match (cfg.run_as, jail) {
+    let jail = match (cfg.run_as.filter(|_| confine), jail) {
         (Some(who), pending) => {
             if let Some(p) = pending {
                 p.finish().map_err(|e| e.to_string())?;
@@ -609,7 +714,9 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         }
         (None, pending) => pending,
     };
-    let mut vcpu_threads = Vec::new();
+    // Every vCPU is set up before any runs (a restored one needs the
+    // others' state in place).
+    let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
         let vcpu = vm
             .create_vcpu(u64::from(id))
@@ -617,10 +724,26 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         let cpuid = cpu::cpuid(&kvm, id, cfg.vcpus, pvm).map_err(|e| format!("CPUID: {e}"))?;
         vcpu.set_cpuid2(&cpuid)
             .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        cpu::setup_common(&vcpu)?;
-        if id == 0 {
-            cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
+        match (&snap, entry) {
+            (Some(s), _) => {
+                let st = s
+                    .vcpus
+                    .get(usize::from(id))
+                    .ok_or_else(|| format!("snapshot has no vCPU {id}"))?;
+                st.apply(&vcpu).map_err(|e| format!("vCPU {id}: {e}"))?;
+            }
+            (None, Some(entry)) => {
+                cpu::setup_common(&vcpu)?;
+                if id == 0 {
+                    cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
+                }
+            }
+            (None, None) => return Err("no boot entry".into()),
         }
+        vcpus.push(vcpu);
+    }
+    let mut vcpu_threads = Vec::new();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
         let b = bus.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -633,7 +756,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
                     });
                     return;
                 }
-                run_vcpu(vcpu, b, usize::from(id))
+                run_vcpu(vcpu, b, id)
             })
             .map_err(|e| format!("vCPU thread: {e}"))?;
         vcpu_threads.push(t);
@@ -642,7 +765,8 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
     Ok(Vm {
         marks,
         _kvm: kvm,
-        _vm: vm,
+        vm_fd: vm,
+        cfg: cfg.clone(),
         mem,
         bus,
         listener,
@@ -798,9 +922,16 @@ fn serve(vm: &Vm) -> ExitReason {
             return r;
         }
         if fds[1].revents != 0 {
-            if let Some(sig) = read_signal(vm.sigfd.as_raw_fd()) {
-                tracing::info!("signal {sig}: stopping the VM");
-                return ExitReason::Signal { signal: sig };
+            match read_signal(vm.sigfd.as_raw_fd()) {
+                Some(libc::SIGUSR1) if vm.cfg.save_request.is_some() => return save(vm),
+                Some(libc::SIGUSR1) => {
+                    tracing::warn!("SIGUSR1 without a save_request file configured: ignored")
+                }
+                Some(sig) => {
+                    tracing::info!("signal {sig}: stopping the VM");
+                    return ExitReason::Signal { signal: sig };
+                }
+                None => {}
             }
         }
         if fds[2].revents != 0 {
@@ -896,6 +1027,104 @@ fn serve(vm: &Vm) -> ExitReason {
     }
 }
 
+/// The prefix of a build error that is a refused snapshot.
+const REJECTED: &str = "snapshot rejected: ";
+/// How long the vCPUs get to reach a safe point for a snapshot.
+const PAUSE_LIMIT: Duration = Duration::from_secs(10);
+/// The save_request file names one directory.
+const MAX_REQUEST: u64 = 4096;
+
+/// Pauses every vCPU, saves the VM into the requested directory, and ends
+/// the VM (whatever happens, it does not run on: the caller asked to stop
+/// it).
+fn save(vm: &Vm) -> ExitReason {
+    match try_save(vm) {
+        Ok(dir) => {
+            tracing::info!(dir = %dir.display(), "snapshot saved; stopping the VM");
+            ExitReason::Saved {
+                dir: dir.display().to_string(),
+            }
+        }
+        Err(message) => {
+            tracing::error!("snapshot failed: {message}");
+            ExitReason::Error {
+                message: format!("snapshot failed: {message}"),
+            }
+        }
+    }
+}
+
+fn try_save(vm: &Vm) -> Result<std::path::PathBuf, String> {
+    use std::io::Read;
+    let req = vm.cfg.save_request.as_ref().ok_or("no save_request file")?;
+    let mut text = String::new();
+    File::open(req)
+        .and_then(|f| f.take(MAX_REQUEST).read_to_string(&mut text))
+        .map_err(|e| format!("{}: {e}", req.display()))?;
+    let dir = std::path::PathBuf::from(text.trim());
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(format!(
+            "{}: {:?} is not an existing absolute directory",
+            req.display(),
+            text.trim()
+        ));
+    }
+    if !vm.cfg.shares.is_empty() {
+        return Err("a VM with virtio-fs shares cannot be snapshotted".into());
+    }
+    let bus = &vm.bus;
+    bus.pause.store(true, Ordering::Release);
+    let end = Instant::now() + PAUSE_LIMIT;
+    loop {
+        if bus.paused.iter().all(|s| lock(s).is_some()) {
+            break;
+        }
+        if Instant::now() > end {
+            return Err(format!("the vCPUs did not pause within {PAUSE_LIMIT:?}"));
+        }
+        for t in &vm.vcpu_threads {
+            // SAFETY: as in serve(): an unjoined thread's pthread id, a
+            // handler that does nothing.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut vcpus = Vec::new();
+    for s in &bus.paused {
+        match lock(s).take() {
+            Some(Ok(v)) => vcpus.push(v),
+            Some(Err(e)) => return Err(e),
+            None => return Err("a vCPU left no state".into()),
+        }
+    }
+    let vm_state = VmState::capture(&vm.vm_fd).map_err(|e| e.to_string())?;
+    let (console_rx, console_tx, mut transports) = {
+        let c = lock(&bus.console);
+        let (rx, tx) = c.device().pending();
+        (rx, tx, vec![c.save_state()])
+    };
+    transports.extend(bus.disks.iter().map(|d| lock(d).save_state()));
+    transports.extend(bus.nets.iter().map(|n| lock(n).save_state()));
+    let snap = Snapshot {
+        header: snapshot::format::Header {
+            build_id: snapshot::format::build_id(),
+            memory_bytes: vm.mem.iter().map(|r| r.len()).sum(),
+            vcpus: u32::from(vm.cfg.vcpus),
+            device_layout: snapshot::device_layout(&vm.cfg),
+        },
+        vcpus,
+        vm: vm_state,
+        devices: DevicesState {
+            serial: lock(&bus.serial).state(),
+            console_rx,
+            console_tx,
+            transports,
+        },
+    };
+    snapshot::save(&dir, &snap, &vm.mem).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
 /// `/proc/self/status`, opened before the mount jail and read again (from
 /// offset 0: procfs regenerates it) for the exit status.
 struct ProcStatus(Option<File>);
@@ -942,7 +1171,7 @@ fn guest_resident_kib(mem: &GuestMemoryMmap) -> Option<u64> {
 pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
     let proc_status = ProcStatus::open();
     // Compiled before any thread exists; each thread installs its own.
-    let built = seccomp::prepare(cfg.seccomp)
+    let built = seccomp::prepare(cfg.seccomp, cfg.save_request.is_some())
         .map_err(|e| e.to_string())
         .and_then(|()| build(cfg, started))
         .and_then(|mut vm| {
@@ -961,8 +1190,14 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
     let vm = match built {
         Ok(vm) => vm,
         Err(message) => {
+            let reason = match message.strip_prefix(REJECTED) {
+                Some(m) => ExitReason::SnapshotRejected {
+                    message: m.to_string(),
+                },
+                None => ExitReason::Error { message },
+            };
             return ExitStatus {
-                reason: ExitReason::Error { message },
+                reason,
                 first_port_write_us: None,
                 setup_us: None,
                 guest_faults: GUEST_FAULTS.count(),
@@ -971,7 +1206,7 @@ pub fn run(cfg: &VmmConfig, started: Instant) -> ExitStatus {
                 setup_marks_us: Vec::new(),
                 guest_resident_kib: None,
                 nets: Vec::new(),
-            }
+            };
         }
     };
     let setup_us = started.elapsed().as_micros() as u64;

@@ -23,6 +23,15 @@
 //! ioctls are allowed by request number only: KVM's `KVM_RUN` and the
 //! state reads the halt probe makes, the tap's offload settings and
 //! `FIONBIO`.
+//!
+//! A VM launched to become a template (`VmmConfig.save_request`, see
+//! `vmm::snapshot`) gets a few more, and only it: the vCPU threads read
+//! their whole state (`KVM_GET_*`) when paused, and the main thread reads
+//! the irqchip/PIT/clock state, opens the request file, checks the
+//! directory it names and creates, writes and syncs the `memory` and
+//! `state` files in it. A restored clone needs nothing more than a cold
+//! VM: its snapshot is read and every `KVM_SET_*` done while it is built,
+//! before any filter is installed.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -77,6 +86,26 @@ const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 const TUNGETIFF: u64 = 0x8004_54d2;
+
+// The state reads of a snapshot (linux/kvm.h): _IOR/_IOWR(0xae, nr, T).
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+const fn kvm_iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+use std::mem::size_of;
+const KVM_GET_MSRS: u64 = kvm_iowr(0x88, size_of::<kvm_bindings::kvm_msrs>());
+const KVM_GET_SREGS: u64 = kvm_ior(0x83, size_of::<kvm_bindings::kvm_sregs>());
+const KVM_GET_FPU: u64 = kvm_ior(0x8c, size_of::<kvm_bindings::kvm_fpu>());
+const KVM_GET_LAPIC: u64 = kvm_ior(0x8e, size_of::<kvm_bindings::kvm_lapic_state>());
+const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, size_of::<kvm_bindings::kvm_vcpu_events>());
+const KVM_GET_DEBUGREGS: u64 = kvm_ior(0xa1, size_of::<kvm_bindings::kvm_debugregs>());
+const KVM_GET_XSAVE: u64 = kvm_ior(0xa4, size_of::<kvm_bindings::kvm_xsave>());
+const KVM_GET_XCRS: u64 = kvm_ior(0xa6, size_of::<kvm_bindings::kvm_xcrs>());
+const KVM_GET_IRQCHIP: u64 = kvm_iowr(0x62, size_of::<kvm_bindings::kvm_irqchip>());
+const KVM_GET_PIT2: u64 = kvm_ior(0x9f, size_of::<kvm_bindings::kvm_pit_state2>());
+const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, size_of::<kvm_bindings::kvm_clock_data>());
 
 /// The compiled programs, built once before any filter is installed.
 struct Filters {
@@ -226,7 +255,14 @@ fn ioctls(r: &mut Rules, requests: &[u64]) -> Result<(), String> {
     Ok(())
 }
 
-fn rules(kind: ThreadKind, pid: u64) -> Result<Rules, String> {
+/// What the allow-lists are built for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Snapshot saving is armed (`VmmConfig.save_request`).
+    pub save: bool,
+}
+
+fn rules(kind: ThreadKind, pid: u64, profile: Profile) -> Result<Rules, String> {
     let mut r = common(pid)?;
     match kind {
         ThreadKind::Vmm => {
@@ -243,26 +279,50 @@ fn rules(kind: ThreadKind, pid: u64) -> Result<Rules, String> {
             ] {
                 r.insert(nr, Vec::new());
             }
-            ioctls(
-                &mut r,
-                &[libc::FIONBIO, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNGETIFF],
-            )?;
+            let mut io = vec![libc::FIONBIO, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNGETIFF];
+            if profile.save {
+                // The save (run.rs `try_save`, `snapshot::save`): the
+                // request file and the directory it names are opened by
+                // path; the files are created (no O_PATH tricks, no
+                // unlink/rename: the core renames the directory).
+                for nr in [
+                    libc::SYS_openat,
+                    libc::SYS_statx,
+                    libc::SYS_newfstatat,
+                    libc::SYS_fstat,
+                ] {
+                    r.insert(nr, Vec::new());
+                }
+                io.extend([KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK]);
+            }
+            ioctls(&mut r, &io)?;
         }
         ThreadKind::Vcpu => {
             devices(&mut r)?;
             threads(&mut r)?;
-            ioctls(
-                &mut r,
-                &[
-                    KVM_RUN,
-                    KVM_GET_REGS,
-                    KVM_GET_MP_STATE,
-                    libc::FIONBIO,
-                    TUNSETOFFLOAD,
-                    TUNSETVNETHDRSZ,
-                    TUNGETIFF,
-                ],
-            )?;
+            let mut io = vec![
+                KVM_RUN,
+                KVM_GET_REGS,
+                KVM_GET_MP_STATE,
+                libc::FIONBIO,
+                TUNSETOFFLOAD,
+                TUNSETVNETHDRSZ,
+                TUNGETIFF,
+            ];
+            if profile.save {
+                // A paused vCPU reads its own state (snapshot/vcpu.rs).
+                io.extend([
+                    KVM_GET_MSRS,
+                    KVM_GET_SREGS,
+                    KVM_GET_FPU,
+                    KVM_GET_LAPIC,
+                    KVM_GET_VCPU_EVENTS,
+                    KVM_GET_DEBUGREGS,
+                    KVM_GET_XSAVE,
+                    KVM_GET_XCRS,
+                ]);
+            }
+            ioctls(&mut r, &io)?;
         }
         ThreadKind::Device => {
             // The watchdog waits on a channel and shuts a socket down
@@ -282,11 +342,11 @@ fn arch() -> Result<TargetArch, String> {
 /// where threads are started, a second one that answers `clone3` with
 /// ENOSYS (a filter has one action for all its matches; the stricter of
 /// the two answers wins).
-fn compile(kind: ThreadKind, pid: u64) -> Result<Vec<BpfProgram>, SeccompError> {
+fn compile(kind: ThreadKind, pid: u64, profile: Profile) -> Result<Vec<BpfProgram>, SeccompError> {
     let err = |why: String| SeccompError::Build { kind, why };
     let arch = arch().map_err(err)?;
     let allow = SeccompFilter::new(
-        rules(kind, pid).map_err(err)?,
+        rules(kind, pid, profile).map_err(err)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         arch,
@@ -308,16 +368,18 @@ fn compile(kind: ThreadKind, pid: u64) -> Result<Vec<BpfProgram>, SeccompError> 
 
 /// Compiles every kind's filter and installs the SIGSYS handler; call once,
 /// on the main thread, before any thread runs guest-reachable code.
-/// `enabled = false` (debugging) makes [`install`] a no-op.
-pub fn prepare(enabled: bool) -> Result<(), SeccompError> {
+/// `enabled = false` (debugging) makes [`install`] a no-op; `save` adds
+/// what saving a snapshot needs (only for a VM with a save_request).
+pub fn prepare(enabled: bool, save: bool) -> Result<(), SeccompError> {
+    let profile = Profile { save };
     let filters = if enabled {
         // SAFETY: getpid(2) cannot fail.
         let pid = unsafe { libc::getpid() } as u64;
         install_sigsys_handler()?;
         Some(Filters {
-            vmm: compile(ThreadKind::Vmm, pid)?,
-            vcpu: compile(ThreadKind::Vcpu, pid)?,
-            device: compile(ThreadKind::Device, pid)?,
+            vmm: compile(ThreadKind::Vmm, pid, profile)?,
+            vcpu: compile(ThreadKind::Vcpu, pid, profile)?,
+            device: compile(ThreadKind::Device, pid, profile)?,
         })
     } else {
         None
@@ -462,7 +524,7 @@ mod tests {
     /// Forks a child that installs `kind`'s filter and runs `then`; the
     /// child's wait status.
     fn in_child(kind: ThreadKind, then: fn() -> i32) -> i32 {
-        let progs = compile(kind, 0).unwrap();
+        let progs = compile(kind, 0, Profile::default()).unwrap();
         // SAFETY: the child only makes raw syscalls (no allocation, no
         // locks): install the compiled programs, run `then`, _exit.
         let pid = unsafe { libc::fork() };
@@ -494,7 +556,9 @@ mod tests {
     #[test]
     fn every_kind_compiles() {
         for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Device] {
-            assert!(!compile(kind, 1).unwrap().is_empty());
+            for save in [false, true] {
+                assert!(!compile(kind, 1, Profile { save }).unwrap().is_empty());
+            }
         }
     }
 

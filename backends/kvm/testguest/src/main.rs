@@ -6,6 +6,7 @@
 //!
 //! Command-line switches (`tg.*`):
 //! * `tg.quick`: print one line and stop (boot-time benchmark);
+//! * `tg.count`: print `tg: count N` with N = 0, 1, 2, … forever;
 //! * `tg.mem_mib=N`: check that the memory map adds up to N MiB;
 //! * `tg.cpus=N`: check the MP table and CPUID report N CPUs;
 //! * `tg.initrd=LEN`: check the initramfs (LEN bytes, starts with HYPERTG-INITRD);
@@ -321,6 +322,27 @@ extern "C" fn guest_main(proto: u64, info: u64) -> ! {
             // SAFETY: interrupts off and halt: this CPU stops for good,
             // which is the point.
             unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
+        }
+    }
+    if arg(boot.cmdline, "tg.count").is_some() {
+        // Counts forever on the serial port (snapshot tests: a restored
+        // guest must go on from where it was saved, not start again).
+        let mut n: u64 = 0;
+        loop {
+            print(format_args!("tg: count {n}\n"));
+            n += 1;
+            // A register-only delay: no PAUSE (under kvm_pvm each one is
+            // an exit) and no memory traffic.
+            // SAFETY: only counts a scratch register down.
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    "dec {r}",
+                    "jnz 2b",
+                    r = inout(reg) 100_000u64 => _,
+                    options(nomem, nostack)
+                )
+            }
         }
     }
     if arg(boot.cmdline, "tg.quick").is_some() {

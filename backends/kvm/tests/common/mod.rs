@@ -311,3 +311,38 @@ pub fn send_frame_to_guest(pkt: &OwnedFd, mac: [u8; 6]) {
     let n = unsafe { libc::send(pkt.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
     assert_eq!(n, 60, "send: {}", std::io::Error::last_os_error());
 }
+
+/// The complete `tg: count N` lines of a console log (`tg.count`).
+pub fn counts(log: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim().strip_prefix("tg: count "))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// A field of a /proc status file, split on whitespace.
+pub fn proc_field(status: &str, key: &str) -> Vec<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Each task's name and `Seccomp:` mode, from /proc.
+pub fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("status")) else {
+            continue;
+        };
+        out.push((
+            proc_field(&st, "Name:").concat(),
+            proc_field(&st, "Seccomp:").concat(),
+        ));
+    }
+    out.sort();
+    out
+}

@@ -39,6 +39,21 @@ impl Console {
         self.conn = conn;
     }
 
+    /// Buffered (host input not yet given to the guest, guest output not
+    /// yet sent to the host), for a snapshot.
+    pub fn pending(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.rx_pending.iter().copied().collect(),
+            self.tx_out.iter().copied().collect(),
+        )
+    }
+
+    /// Restores what [`Self::pending`] returned (cut to the usual caps).
+    pub fn set_pending(&mut self, rx: &[u8], tx: &[u8]) {
+        self.rx_pending = rx.iter().copied().take(RX_CAP).collect();
+        self.tx_out = tx.iter().copied().take(TX_CAP).collect();
+    }
+
     pub fn conn(&self) -> Option<&UnixStream> {
         self.conn.as_ref()
     }

@@ -182,6 +182,87 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.broken = false;
     }
 
+    /// The transport's registers and queues, for a snapshot (the device's
+    /// own state is saved by its owner).
+    pub fn save_state(&self) -> crate::vmm::snapshot::devices::TransportState {
+        crate::vmm::snapshot::devices::TransportState {
+            device_type: self.device.device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            broken: self.broken,
+            queues: self.queues.iter().map(|q| q.state()).collect(),
+        }
+    }
+
+    /// Puts a fresh transport in the state [`Self::save_state`] returned,
+    /// checking it first against this device (type, queue count and
+    /// sizes, features offered, queue addresses inside guest memory); on
+    /// error nothing is changed.
+    pub fn restore_state(
+        &mut self,
+        st: &crate::vmm::snapshot::devices::TransportState,
+    ) -> Result<(), String> {
+        let ty = self.device.device_type();
+        if st.device_type != ty {
+            return Err(format!("device type {} where a {ty} is", st.device_type));
+        }
+        let max = self.device.queue_max_sizes();
+        if st.queues.len() != max.len() {
+            return Err(format!(
+                "device {ty}: {} queues, this one has {}",
+                st.queues.len(),
+                max.len()
+            ));
+        }
+        if st.driver_features & !self.device.features() != 0 {
+            return Err(format!(
+                "device {ty}: driver features {:#x} beyond the offered {:#x}",
+                st.driver_features,
+                self.device.features()
+            ));
+        }
+        let mut queues = Vec::with_capacity(max.len());
+        for (i, (q, &m)) in st.queues.iter().zip(max).enumerate() {
+            if q.max_size != m {
+                return Err(format!(
+                    "device {ty} queue {i}: max size {} not {m}",
+                    q.max_size
+                ));
+            }
+            let queue = Queue::try_from(*q).map_err(|e| format!("device {ty} queue {i}: {e}"))?;
+            if queue.ready() && st.status & STATUS_DRIVER_OK != 0 && !queue.is_valid(&self.mem) {
+                return Err(format!("device {ty} queue {i}: rings outside guest memory"));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.queue_sel = st.queue_sel;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.driver_features = st.driver_features;
+        self.status = st.status & 0xff;
+        self.interrupt_status = st.interrupt_status & (INT_USED_RING | INT_CONFIG);
+        self.config_generation = st.config_generation;
+        self.broken = st.broken;
+        if self.status & STATUS_FEATURES_OK != 0 {
+            self.device.ack_features(self.driver_features);
+        }
+        if self.driver_ok() {
+            self.device.activate(&self.queues, &self.mem)?;
+        }
+        if self.interrupt_status != 0 {
+            // The guest has not acknowledged this yet: raise the line again
+            // (a spurious interrupt at worst, which drivers expect).
+            let _ = self.irq.write(1);
+        }
+        Ok(())
+    }
+
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= 0x100 {
             let config = self.device.config();

@@ -81,6 +81,21 @@ impl SerialDevice {
         }
     }
 
+    /// A serial port in a saved state (registers and receive FIFO).
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        irq: EventFd,
+        out: BoundedLog,
+    ) -> Result<Self, String> {
+        Serial::from_state(state, IrqTrigger(irq), NoEvents, out)
+            .map(|serial| Self { serial })
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.serial.state()
+    }
+
     pub fn write(&mut self, offset: u8, value: u8) {
         if let Err(e) = self.serial.write(offset, value) {
             tracing::debug!("serial write: {e:?}");
