@@ -70,6 +70,24 @@ fn vm(id: &str) -> Result<Arc<dyn Vm>, HypervisorError> {
         .ok_or_else(|| HypervisorError::NotFound(id.to_string()))
 }
 
+/// VMs are named by id across the boundary: two live VMs with one id would
+/// alias each other's wait/kill/release.
+fn free_id(id: &str) -> Result<(), HypervisorError> {
+    if registry().vms.contains_key(id) {
+        return Err(HypervisorError::InvalidSpec(format!(
+            "a VM with id {id} is already running in this backend; give each launch its own id"
+        )));
+    }
+    Ok(())
+}
+
+/// Tracks a launched, restored or recovered VM by its id.
+fn track(vm: Box<dyn Vm>) -> PluginResult {
+    let info = vm.info();
+    registry().vms.insert(info.id.clone(), Arc::from(vm));
+    Ok(PluginReply::Launched(info))
+}
+
 fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
     let rt = runtime()?;
     match request {
@@ -93,18 +111,8 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             spec,
         } => {
             let hv = hypervisor(h)?;
-            // VMs are named by id across the boundary: two live VMs with one
-            // id would alias each other's wait/kill/release.
-            if registry().vms.contains_key(&spec.id) {
-                return Err(HypervisorError::InvalidSpec(format!(
-                    "a VM with id {} is already running in this backend; give each launch its own id",
-                    spec.id
-                )));
-            }
-            let vm = rt.block_on(hv.launch(spec))?;
-            let info = vm.info();
-            registry().vms.insert(info.id.clone(), Arc::from(vm));
-            Ok(PluginReply::Launched(info))
+            free_id(&spec.id)?;
+            track(rt.block_on(hv.launch(spec))?)
         }
         PluginRequest::Recover {
             hypervisor: h,
@@ -113,16 +121,8 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             pid_start,
         } => {
             let hv = hypervisor(h)?;
-            if registry().vms.contains_key(&spec.id) {
-                return Err(HypervisorError::InvalidSpec(format!(
-                    "VM {} is already tracked by this backend",
-                    spec.id
-                )));
-            }
-            let vm = rt.block_on(hv.recover(spec, info, pid_start))?;
-            let info = vm.info();
-            registry().vms.insert(info.id.clone(), Arc::from(vm));
-            Ok(PluginReply::Launched(info))
+            free_id(&spec.id)?;
+            track(rt.block_on(hv.recover(spec, info, pid_start))?)
         }
         PluginRequest::Restore {
             hypervisor: h,
@@ -130,16 +130,8 @@ fn handle(create: CreateFn, request: PluginRequest) -> PluginResult {
             template,
         } => {
             let hv = hypervisor(h)?;
-            if registry().vms.contains_key(&spec.id) {
-                return Err(HypervisorError::InvalidSpec(format!(
-                    "a VM with id {} is already running in this backend; give each launch its own id",
-                    spec.id
-                )));
-            }
-            let vm = rt.block_on(hv.restore(spec, &template))?;
-            let info = vm.info();
-            registry().vms.insert(info.id.clone(), Arc::from(vm));
-            Ok(PluginReply::Launched(info))
+            free_id(&spec.id)?;
+            track(rt.block_on(hv.restore(spec, &template))?)
         }
         PluginRequest::SaveTemplate { vm: id, dir } => {
             let vm = vm(&id)?;
