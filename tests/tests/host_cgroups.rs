@@ -211,8 +211,12 @@ fn a_vm_that_dies_or_outlives_a_killed_hyperd_leaves_no_cgroup() {
 fn a_vmm_killed_by_its_cgroups_oom_killer_is_reported_as_such() {
     // A cgroup that holds the guest's memory and hardly anything more: a
     // guest that fills its memory takes the VMM past it.
+    // QEMU's own TCG translation buffer (1 GiB, filled as code is
+    // translated) rather than the default 16 MiB one, so that the VMM
+    // itself grows past the cgroup's small margin.
     let d = Hyperd::start_with(&Setup {
         runtime_toml: "cgroup_vmm_overhead_mib = 16\n".into(),
+        extra_toml: "[hypervisor.qemu]\ntcg_tb_size_mib = 0\n".into(),
         ..Setup::default()
     });
     let rootfs = hyper_tests::busybox_rootfs().to_string_lossy().into_owned();

@@ -5,6 +5,7 @@
 //! (`boot.rs`): the pod, its containers, the supervisor.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,7 +115,15 @@ impl Runtime {
         if mode == StartMode::Cold {
             return Ok(StartPlan::Cold { mode, reason: None });
         }
-        match self.template_for(hv, spec).await {
+        // A template build boots a VM that is no pod's yet: hyperd's
+        // shutdown waits for it to end, and the pod goes no further.
+        self.launches_in_flight.fetch_add(1, Ordering::SeqCst);
+        let found = self.template_for(hv, spec).await;
+        self.launches_in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RunError::Stopping);
+        }
+        match found {
             Ok((key, meta, guard)) => Ok(StartPlan::Template {
                 mode,
                 dir: self.templates.path(&key),
