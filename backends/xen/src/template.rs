@@ -20,7 +20,6 @@ use std::sync::Mutex;
 
 use hyper_hypervisor::VmSpec;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::GuestType;
 
@@ -154,25 +153,10 @@ impl Metadata {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Size and sha256 of a file, read once.
+/// Size and sha256 (hex) of a file, read once.
 pub fn digest(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex(&hasher.finalize())))
+    let (size, sum) = hyper_hypervisor::digest::file_sha256(path)?;
+    Ok((size, hyper_hypervisor::digest::hex(&sum)))
 }
 
 /// Reads and checks a template directory for a clone of layout `wanted`:

@@ -12,6 +12,7 @@
 
 pub mod adopt;
 mod contract;
+pub mod digest;
 pub mod logcap;
 pub mod nic;
 pub mod plugin;

@@ -1014,7 +1014,7 @@ fn nonce() -> String {
             .map_or(0, |d| d.as_nanos());
         bytes = nanos.to_le_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hyper_hypervisor::digest::hex(&bytes)
 }
 
 #[cfg(test)]

@@ -101,9 +101,7 @@ pub enum TemplateError {
     Meta { path: PathBuf, reason: String },
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use hyper_hypervisor::digest::hex;
 
 /// Whether `key` can name a template (and is safe as a path component).
 pub fn valid_key(key: &str) -> bool {
@@ -146,17 +144,7 @@ impl PayloadHasher {
                 return Ok(*hash);
             }
         }
-        let mut f = std::fs::File::open(path)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let hash: [u8; 32] = h.finalize().into();
+        let (_, hash) = hyper_hypervisor::digest::file_sha256(path)?;
         // Changed while read: not cached, the next start reads it again.
         if file_id(path)? == id {
             lock(&self.cache).insert(path.to_path_buf(), (id, hash));

@@ -279,7 +279,7 @@ pub(super) fn new_id() -> String {
             .map_or(0, |d| d.as_nanos());
         bytes.copy_from_slice(&(nanos as u64 ^ u64::from(std::process::id())).to_le_bytes()[..6]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hyper_hypervisor::digest::hex(&bytes)
 }
 
 /// `-e` entries are `KEY=VALUE` and `-w` is absolute, for run and exec alike.
