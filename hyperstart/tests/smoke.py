@@ -194,7 +194,9 @@ def main():
         print("new_container:", r)
         assert "started" in r["Ok"], r
         g.send(DATA, 10, b"line-from-host\n")
-        g.wait(lambda: b"got:line-from-host" in g.out.get(10, b""))
+        # stdout and stderr are separate streams, forwarded independently:
+        # wait for both before comparing (under load stderr can come later).
+        g.wait(lambda: b"got:line-from-host" in g.out.get(10, b"") and b"err\n" in g.out.get(11, b""))
         assert g.out[10].startswith(b"hello\nbox\n/work/dir\n"), g.out[10]
         assert g.out[11] == b"err\n", g.out.get(11)
 
