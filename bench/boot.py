@@ -21,6 +21,7 @@ order flipping each round, so the two builds see the same machine load.
 
     bench/boot.py [--runs N] [--bin-dir target/release] [--payload build] [--rootfs build/rootfs/busybox]
                   [--network none] [--against OTHER/target/release [--against-payload OTHER/build]]
+                  [--extra-toml FILE]
 """
 import argparse
 import concurrent.futures
@@ -242,7 +243,10 @@ def main():
     ap.add_argument("--backend", default="qemu")
     ap.add_argument("--network", default="none",
                     help="the pods' network; not `none`: the raw leg runs without the pod's NICs")
+    ap.add_argument("--extra-toml", metavar="FILE",
+                    help="TOML appended to the config of --bin-dir's hyperd (not --against's)")
     a = ap.parse_args()
+    extra = open(a.extra_toml).read() if a.extra_toml else ""
     tmp = tempfile.mkdtemp(prefix="hb", dir="/tmp")
     legs = []  # per build: label, bin_dir, sock, argv, pss, raw times, hyper times
     daemons = []
@@ -251,7 +255,7 @@ def main():
         for label, b, payload in builds(a):
             work = os.path.join(tmp, label)
             os.makedirs(work)
-            hyperd, sock = start_hyperd(b, payload, work, a.backend)
+            hyperd, sock = start_hyperd(b, payload, work, a.backend, extra if label == "this" else "")
             daemons.append(hyperd)
             # Warm-up: builds the cached rootfs image and pages the payload in.
             r = hyper(b, sock, "run", "--rm", *net, "--rootfs", a.rootfs, "--", "true")
@@ -286,6 +290,13 @@ def main():
             print("this / against, ratio of medians: raw "
                   f"{statistics.median(this['raw']) / statistics.median(other['raw']):.3f}, hyper run "
                   f"{statistics.median(this['full']) / statistics.median(other['full']):.3f}")
+            # Each round's pair ran back to back: the median of the paired ratios follows load drift less.
+            for key, what in (("raw", "raw"), ("full", "hyper run")):
+                pairs = [x / y for x, y in zip(this[key], other[key])]
+                print(f"this / against, per-round pairs, {what}: median {statistics.median(pairs):.3f} "
+                      f"(min {min(pairs):.3f}, max {max(pairs):.3f})")
+            print("hyper run, ms per round (this, against): "
+                  + ", ".join(f"{x * 1000:.0f}/{y * 1000:.0f}" for x, y in zip(this["full"], other["full"])))
     finally:
         for d in daemons:
             d.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ are still there (another session's pods may show up here: the list is printed
 for a person to judge), and pod cgroups (pod-<id>). Target: flat, no growth per
 exec, nothing left.
 
-    bench/threads.py [--pods 0,10,50] [--execs 200] [--memory 48] [--concurrency 4]
+    bench/threads.py [--pods 0,10,50] [--execs 200] [--memory 64] [--concurrency 4]
                      [--network NAME|none] [--cut-sleep 30] [--settle 10]
                      [--bin-dir target/release] [--payload build] [--rootfs build/rootfs/busybox]
                      [--backend qemu]
@@ -224,8 +224,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pods", default="0,10,50", help="pod counts, one fresh hyperd each")
     p.add_argument("--execs", type=int, default=200)
-    p.add_argument("--memory", default="48",
-                   help="each idle pod's --memory (hyperd takes 32 MiB, but the guest does not come up in 32)")
+    p.add_argument("--memory", default="64",
+                   help="each idle pod's --memory (hyperd takes 32 MiB, but the guest does not come up in 32 and "
+                        "4 of 10 panicked in 48: 'System is deadlocked on memory')")
     p.add_argument("--concurrency", type=int, default=4, help="pods starting (and removed) at once")
     p.add_argument("--network", default=None, help="the pods' network (default: the host's default one)")
     p.add_argument("--cut-sleep", type=int, default=30, help="what a cut-short exec runs: sleep S")
