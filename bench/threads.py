@@ -139,7 +139,11 @@ def leftovers(work, ids, links_before):
 def scenario(a, b, n):
     work = tempfile.mkdtemp(prefix="hyper-bench-threads-", dir="/tmp")
     links_before = links()
-    proc, sock = start_hyperd(b, os.path.abspath(a.payload), work, a.backend)
+    try:
+        proc, sock = start_hyperd(b, os.path.abspath(a.payload), work, a.backend)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     env = dict(os.environ, HYPER_HOST=sock)
     rec = Recorder(proc.pid)
     ids, result = [], {"pods": n}
