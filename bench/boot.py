@@ -198,15 +198,18 @@ def summary(xs):
     return f"median {statistics.median(xs) * 1000:7.0f} ms  min {min(xs) * 1000:7.0f}  max {max(xs) * 1000:7.0f}"
 
 
-def add_build_args(ap):
-    """--bin-dir/--payload (the build measured) and --against/--against-payload (the one
-    it is compared with, in the same run)."""
+def add_build_args(ap, against=True):
+    """--bin-dir/--payload (the build measured), --rootfs, --backend and, with `against`,
+    --against/--against-payload (the build it is compared with, in the same run)."""
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
     ap.add_argument("--payload", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--against", metavar="BIN_DIR",
-                    help="another build's target/release, run alternately with --bin-dir's")
-    ap.add_argument("--against-payload", metavar="DIR",
-                    help="that build's payload (default: BIN_DIR/../../build)")
+    ap.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
+    ap.add_argument("--backend", default="qemu")
+    if against:
+        ap.add_argument("--against", metavar="BIN_DIR",
+                        help="another build's target/release, run alternately with --bin-dir's")
+        ap.add_argument("--against-payload", metavar="DIR",
+                        help="that build's payload (default: BIN_DIR/../../build)")
 
 
 def builds(a):
@@ -239,8 +242,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     add_build_args(ap)
-    ap.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
-    ap.add_argument("--backend", default="qemu")
     ap.add_argument("--network", default="none",
                     help="the pods' network; not `none`: the raw leg runs without the pod's NICs")
     ap.add_argument("--extra-toml", metavar="FILE",

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from boot import (ROOT, add_build_args, builds, git_rev, hyper, load_average, network_args,  # noqa: E402
+from boot import (add_build_args, builds, git_rev, hyper, load_average, network_args,  # noqa: E402
                   remove_pods, start_hyperd, start_pods, summary)
 
 
@@ -68,8 +68,6 @@ def main():
     ap.add_argument("--pods", default="10,50")
     ap.add_argument("--log-mib", type=int, default=32)
     add_build_args(ap)
-    ap.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
-    ap.add_argument("--backend", default="qemu")
     ap.add_argument("--network", default="none", help="the pods' network (default none)")
     ap.add_argument("--concurrency", type=int, default=4, help="idle pods starting at once")
     a = ap.parse_args()

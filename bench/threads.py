@@ -38,7 +38,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from boot import ROOT, hyper, load_average, remove_pods, start_hyperd, start_pods  # noqa: E402
+from boot import add_build_args, hyper, load_average, remove_pods, start_hyperd, start_pods  # noqa: E402
 
 
 def threads(pid):
@@ -235,10 +235,7 @@ def main():
     p.add_argument("--network", default=None, help="the pods' network (default: the host's default one)")
     p.add_argument("--cut-sleep", type=int, default=30, help="what a cut-short exec runs: sleep S")
     p.add_argument("--settle", type=int, default=10, help="seconds after the last exec for the next look")
-    p.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
-    p.add_argument("--payload", default=os.path.join(ROOT, "build"))
-    p.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
-    p.add_argument("--backend", default="qemu")
+    add_build_args(p, against=False)
     a = p.parse_args()
     b = os.path.abspath(a.bin_dir)
     print(f"bin dir {b}, backend {a.backend}, load average {load_average()}")
