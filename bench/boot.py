@@ -4,14 +4,27 @@
 * raw:   qemu-system-x86_64 with exactly the argv the backend used for a pod (read
          from /proc/<pid>/cmdline of a live pod), from process start to hyperstart's
          READY frame on the agent socket.
-* hyper: `hyper run --rm --rootfs ROOTFS -- true`, the whole client process.
+* hyper: `hyper run --rm --network none --rootfs ROOTFS -- true`, the whole client process.
 
 The two alternate, N times each, so both see the same machine load. Prints medians,
 min/max, their ratio, and the PSS of an idle pod's VM process.
 
+The pods run with `--network none` by default: a pod on a CNI network gets a tap
+that hyperd opens and hands to QEMU as an fd, which a raw QEMU started by this
+script cannot replay. With `--network NAME` the raw leg drops the pod's NICs
+(`-netdev tap,fd=...` and its virtio-net device) and says so.
+
+With `--against BIN_DIR` (another build's target/release, its payload in
+BIN_DIR/../../build unless `--against-payload` says otherwise) a second hyperd
+runs that build, and every round times both builds' raw and hyper legs, the
+order flipping each round, so the two builds see the same machine load.
+
     bench/boot.py [--runs N] [--bin-dir target/release] [--payload build] [--rootfs build/rootfs/busybox]
+                  [--network none] [--against OTHER/target/release [--against-payload OTHER/build]]
+                  [--extra-toml FILE]
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -86,12 +99,40 @@ def vm_argv(bin_dir, sock, name=None):
         return [a.decode() for a in f.read().split(b"\0") if a], pid
 
 
-def capture_pod(bin_dir, sock, rootfs):
+def network_args(network):
+    """`hyper run` flags for --network (None: the host's default network)."""
+    return ["--network", network] if network else []
+
+
+def start_pods(bin_dir, sock, n, rootfs, memory="64", network=None, concurrency=4):
+    """Starts n idle pods (`sleep 3600`), at most `concurrency` at a time. Returns (ids, errors)."""
+    def one(_):
+        r = hyper(bin_dir, sock, "run", "-d", "--memory", str(memory), *network_args(network), "--rootfs", rootfs,
+                  "--", "sleep", "3600")
+        return (r.stdout.decode().strip(), None) if r.returncode == 0 else (None, r.stderr.decode(errors="replace"))
+
+    ids, errors = [], []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for pod, err in pool.map(one, range(n)):
+            if pod:
+                ids.append(pod)
+            else:
+                errors.append(err.strip())
+    return ids, errors
+
+
+def remove_pods(bin_dir, sock, ids, concurrency=4):
+    """`hyper rm -f` of each pod, `concurrency` at a time. Returns how many failed."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return sum(1 for r in pool.map(lambda pod: hyper(bin_dir, sock, "rm", "-f", pod), ids) if r.returncode)
+
+
+def capture_pod(bin_dir, sock, rootfs, network=None):
     """Runs an idle pod; returns the VM's argv and its PSS once idle."""
     env = dict(os.environ, HYPER_HOST=sock)
-    client = subprocess.Popen([os.path.join(bin_dir, "hyper"), "run", "--rm", "--rootfs", rootfs, "--",
-                               "sh", "-c", "echo up; sleep 8"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = subprocess.Popen([os.path.join(bin_dir, "hyper"), "run", "--rm", *network_args(network),
+                               "--rootfs", rootfs, "--", "sh", "-c", "echo up; sleep 8"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # "up" on stdout means the container runs: the guest is booted and idle from here on.
     line = client.stdout.readline()
     if line.strip() != b"up":
@@ -103,12 +144,29 @@ def capture_pod(bin_dir, sock, rootfs):
     return argv, pss
 
 
+def without_nics(argv):
+    """argv minus its `-netdev tap,...,fd=N` pairs and the virtio-net devices using them:
+    the fd was hyperd's and means nothing to a QEMU started here. Returns (argv, dropped)."""
+    out, dropped, i = [], [], 0
+    while i < len(argv):
+        if argv[i] in ("-netdev", "-device") and i + 1 < len(argv) and (
+                (argv[i] == "-netdev" and argv[i + 1].startswith("tap,"))
+                or (argv[i] == "-device" and argv[i + 1].startswith("virtio-net"))):
+            dropped += argv[i:i + 2]
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out, dropped
+
+
 def raw_boot(argv, tmp):
     """Same argv, private sockets and console: time from spawn to READY."""
     run = tempfile.mkdtemp(dir=tmp, prefix="raw")
     out = [PRIVATE_FILE.sub(lambda m: f"{run}/{m.group(2)}", a) for a in argv]
     t0 = time.monotonic()
-    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = open(os.path.join(run, "stderr"), "w+b")
+    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     agent = os.path.join(run, "agent.sock")
     s = socket.socket(socket.AF_UNIX)
     while True:
@@ -117,7 +175,8 @@ def raw_boot(argv, tmp):
             break
         except OSError:
             if proc.poll() is not None:
-                sys.exit("raw qemu exited early")
+                err.seek(0)
+                sys.exit("raw qemu exited early: " + err.read().decode(errors="replace")[-2000:])
             time.sleep(0.005)
     s.settimeout(120)
     buf = b""
@@ -130,6 +189,7 @@ def raw_boot(argv, tmp):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     s.close()
+    err.close()
     shutil.rmtree(run, ignore_errors=True)
     return ready
 
@@ -138,39 +198,113 @@ def summary(xs):
     return f"median {statistics.median(xs) * 1000:7.0f} ms  min {min(xs) * 1000:7.0f}  max {max(xs) * 1000:7.0f}"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=7)
+def add_build_args(ap, against=True):
+    """--bin-dir/--payload (the build measured), --rootfs, --backend and, with `against`,
+    --against/--against-payload (the build it is compared with, in the same run)."""
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
     ap.add_argument("--payload", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rootfs", default=os.path.join(ROOT, "build/rootfs/busybox"))
     ap.add_argument("--backend", default="qemu")
+    if against:
+        ap.add_argument("--against", metavar="BIN_DIR",
+                        help="another build's target/release, run alternately with --bin-dir's")
+        ap.add_argument("--against-payload", metavar="DIR",
+                        help="that build's payload (default: BIN_DIR/../../build)")
+
+
+def builds(a):
+    """[(label, bin_dir, payload)]: the build measured, then the one it is compared with."""
+    out = [("this", os.path.abspath(a.bin_dir), os.path.abspath(a.payload))]
+    if a.against:
+        b = os.path.abspath(a.against)
+        payload = a.against_payload or os.path.join(b, "..", "..", "build")
+        out.append(("against", b, os.path.abspath(payload)))
+    for label, b, payload in out:
+        for f in (os.path.join(b, "hyperd"), os.path.join(b, "hyper"), os.path.join(payload, "hyperstart.img")):
+            if not os.path.exists(f):
+                sys.exit(f"{label} build: {f} is missing (make build payload in that tree)")
+    return out
+
+
+def git_rev(bin_dir):
+    """The commit of the tree a target/release directory belongs to (best effort)."""
+    tree = os.path.dirname(os.path.dirname(bin_dir))
+    r = subprocess.run(["git", "-C", tree, "log", "-1", "--format=%h %s"], capture_output=True)
+    return r.stdout.decode(errors="replace").strip()[:72] if r.returncode == 0 else "?"
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    add_build_args(ap)
+    ap.add_argument("--network", default="none",
+                    help="the pods' network; not `none`: the raw leg runs without the pod's NICs")
+    ap.add_argument("--extra-toml", metavar="FILE",
+                    help="TOML appended to the config of --bin-dir's hyperd (not --against's)")
     a = ap.parse_args()
+    extra = open(a.extra_toml).read() if a.extra_toml else ""
     tmp = tempfile.mkdtemp(prefix="hb", dir="/tmp")
-    hyperd, sock = start_hyperd(os.path.abspath(a.bin_dir), os.path.abspath(a.payload), tmp, a.backend)
+    legs = []  # per build: label, bin_dir, sock, argv, pss, raw times, hyper times
+    daemons = []
+    net = network_args(a.network)
     try:
-        # Warm-up: builds the cached rootfs image and pages the payload in.
-        r = hyper(a.bin_dir, sock, "run", "--rm", "--rootfs", a.rootfs, "--", "true")
-        if r.returncode != 0:
-            sys.exit("warm-up failed: " + r.stderr.decode())
-        argv, pss = capture_pod(a.bin_dir, sock, a.rootfs)
-        raw, full = [], []
-        for _ in range(a.runs):
-            raw.append(raw_boot(argv, tmp))
-            t0 = time.monotonic()
-            r = hyper(a.bin_dir, sock, "run", "--rm", "--rootfs", a.rootfs, "--", "true")
-            full.append(time.monotonic() - t0)
+        for label, b, payload in builds(a):
+            work = os.path.join(tmp, label)
+            os.makedirs(work)
+            hyperd, sock = start_hyperd(b, payload, work, a.backend, extra if label == "this" else "")
+            daemons.append(hyperd)
+            # Warm-up: builds the cached rootfs image and pages the payload in.
+            r = hyper(b, sock, "run", "--rm", *net, "--rootfs", a.rootfs, "--", "true")
             if r.returncode != 0:
-                sys.exit("hyper run failed: " + r.stderr.decode())
-        print(f"backend {a.backend}, {a.runs} runs each, alternating")
-        print(f"raw qemu to READY        : {summary(raw)}")
-        print(f"hyper run --rm ... true  : {summary(full)}")
-        print(f"ratio of medians         : {statistics.median(full) / statistics.median(raw):.3f}")
-        print(f"idle pod VM process PSS  : {pss / 1024:.1f} MiB" if pss else "idle pod PSS: n/a")
-        print("qemu argv: " + " ".join(argv))
+                sys.exit(f"{label}: warm-up failed: " + r.stderr.decode())
+            argv, pss = capture_pod(b, sock, a.rootfs, a.network)
+            argv, dropped = without_nics(argv)
+            if dropped:
+                print(f"{label}: the raw leg runs without the pod's NICs: {' '.join(dropped)}")
+            legs.append({"label": label, "bin": b, "sock": sock, "argv": argv, "pss": pss, "raw": [], "full": []})
+        print(f"load average before: {load_average()}")
+        for i in range(a.runs):
+            # Flip the order of the builds every round.
+            for leg in legs if i % 2 == 0 else legs[::-1]:
+                leg["raw"].append(raw_boot(leg["argv"], tmp))
+                t0 = time.monotonic()
+                r = hyper(leg["bin"], leg["sock"], "run", "--rm", *net, "--rootfs", a.rootfs, "--", "true")
+                leg["full"].append(time.monotonic() - t0)
+                if r.returncode != 0:
+                    sys.exit(f"{leg['label']}: hyper run failed: " + r.stderr.decode())
+        print(f"load average after: {load_average()}")
+        print(f"backend {a.backend}, network {a.network or 'default'}, {a.runs} runs each, alternating")
+        for leg in legs:
+            print(f"[{leg['label']}] {leg['bin']} ({git_rev(leg['bin'])})")
+            print(f"  raw qemu to READY        : {summary(leg['raw'])}")
+            print(f"  hyper run --rm ... true  : {summary(leg['full'])}")
+            print(f"  ratio of medians         : {statistics.median(leg['full']) / statistics.median(leg['raw']):.3f}")
+            print(f"  idle pod VM process PSS  : {leg['pss'] / 1024:.1f} MiB" if leg["pss"] else "  idle pod PSS: n/a")
+            print("  qemu argv: " + " ".join(leg["argv"]))
+        if len(legs) == 2:
+            this, other = legs
+            print("this / against, ratio of medians: raw "
+                  f"{statistics.median(this['raw']) / statistics.median(other['raw']):.3f}, hyper run "
+                  f"{statistics.median(this['full']) / statistics.median(other['full']):.3f}")
+            # Each round's pair ran back to back: the median of the paired ratios follows load drift less.
+            for key, what in (("raw", "raw"), ("full", "hyper run")):
+                pairs = [x / y for x, y in zip(this[key], other[key])]
+                print(f"this / against, per-round pairs, {what}: median {statistics.median(pairs):.3f} "
+                      f"(min {min(pairs):.3f}, max {max(pairs):.3f})")
+            print("hyper run, ms per round (this, against): "
+                  + ", ".join(f"{x * 1000:.0f}/{y * 1000:.0f}" for x, y in zip(this["full"], other["full"])))
     finally:
-        hyperd.send_signal(signal.SIGTERM)
-        hyperd.wait(timeout=30)
+        for d in daemons:
+            d.send_signal(signal.SIGTERM)
+            try:
+                d.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                d.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
