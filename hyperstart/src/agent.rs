@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
+use crate::cgroup;
 use crate::channel::{self, Channel};
 use crate::flow::{Credit, StdinBuffer};
 use crate::log::{debug, log};
@@ -77,6 +78,11 @@ struct Process {
     tty: Option<OwnedFd>,
     /// The intermediate's exit status once reaped.
     status: Option<i32>,
+    /// A container init's cgroup and its `oom_kill` count at start: what
+    /// tells an OOM kill from another SIGKILL when it exits.
+    oom_watch: Option<(PathBuf, u64)>,
+    /// Its exit was the OOM killer's.
+    oom_killed: bool,
 }
 
 impl Process {
@@ -87,6 +93,8 @@ impl Process {
 
 struct Container {
     paths: ContainerPaths,
+    /// The container's cgroup, which its execs join too.
+    cgroup: Option<PathBuf>,
     init_pid: i32,
     init_key: u64,
     running: bool,
@@ -131,11 +139,21 @@ pub struct Agent {
     host_connected: bool,
     power_off: bool,
     opts: Options,
+    /// The containers' cgroups (PID 1 only; none when the kernel has no
+    /// cgroup2 memory controller).
+    groups: Option<cgroup::Groups>,
     read_buf: Vec<u8>,
 }
 
 impl Agent {
     pub fn new(channel: Channel, signals: SignalFd, opts: Options) -> Self {
+        let groups = if opts.pid1 {
+            cgroup::Groups::enable(Path::new(cgroup::ROOT))
+                .map_err(|e| log!("{e}; containers get no cgroup and OOM kills are not reported"))
+                .ok()
+        } else {
+            None
+        };
         Self {
             channel,
             decoder: FrameDecoder::resynchronising(),
@@ -153,6 +171,7 @@ impl Agent {
             host_connected: true,
             power_off: false,
             opts,
+            groups,
             read_buf: vec![0; 64 * 1024],
         }
     }
@@ -448,6 +467,7 @@ impl Agent {
                 stderr: p.out[1].stream,
                 exit_status: p.status,
                 output_open: p.out.iter().any(|o| o.fd.is_some()),
+                oom_killed: p.oom_killed,
             });
         }
         debug!("host reattached; {} processes", processes.len());
@@ -682,11 +702,28 @@ impl Agent {
             root: &paths.root,
             hostname: &spec.hostname,
         };
-        let spawned = match spawn::spawn(target, &spec.process) {
+        let group = self.groups.as_ref().and_then(|g| {
+            g.create(&spec.id)
+                .map_err(|e| {
+                    log!(
+                        "container {}: no cgroup ({e}); an OOM kill is not reported",
+                        spec.id
+                    )
+                })
+                .ok()
+        });
+        let spawned = match spawn::spawn(
+            target,
+            group.as_ref().map(|(dir, _)| dir.as_path()),
+            &spec.process,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
                     log!("cleaning up container {}: {e}", spec.id);
+                }
+                if let Some((dir, _)) = &group {
+                    cgroup::remove(dir);
                 }
                 return Err(e);
             }
@@ -694,10 +731,14 @@ impl Agent {
         let pid = spawned.pid;
         debug!("container {} started, init pid {pid}", spec.id);
         let key = self.add_process(&spec.id, &spec.process, spawned);
+        if let Some(p) = self.processes.get_mut(&key) {
+            p.oom_watch.clone_from(&group);
+        }
         self.containers.insert(
             spec.id,
             Container {
                 paths,
+                cgroup: group.map(|(dir, _)| dir),
                 init_pid: pid,
                 init_key: key,
                 running: true,
@@ -707,7 +748,7 @@ impl Agent {
     }
 
     fn exec(&mut self, container: &str, process: ProcessSpec) -> Result<Reply> {
-        let init_pid = match self.containers.get(container) {
+        let (init_pid, group) = match self.containers.get(container) {
             None => {
                 return Err(err(
                     AgentErrorKind::NotFound,
@@ -720,10 +761,10 @@ impl Agent {
                     format!("container {container} is not running"),
                 ))
             }
-            Some(c) => c.init_pid,
+            Some(c) => (c.init_pid, c.cgroup.clone()),
         };
         self.validate_process(container, &process)?;
-        let spawned = spawn::spawn(Target::Join { init_pid }, &process)?;
+        let spawned = spawn::spawn(Target::Join { init_pid }, group.as_deref(), &process)?;
         let pid = spawned.pid;
         debug!("process {} started in {container}, pid {pid}", process.id);
         self.add_process(container, &process, spawned);
@@ -791,6 +832,8 @@ impl Agent {
                 ],
                 status: None,
                 tty: s.tty,
+                oom_watch: None,
+                oom_killed: false,
             },
         );
         key
@@ -1030,6 +1073,15 @@ impl Agent {
             };
             debug!("process {} of {} exited with {status}", p.id, p.container);
             p.status = Some(status);
+            if let Some((group, base)) = &p.oom_watch {
+                p.oom_killed = cgroup::oom_killed(status, group, *base);
+                if p.oom_killed {
+                    log!(
+                        "container {}: its init was killed by the OOM killer",
+                        p.container
+                    );
+                }
+            }
             if let Some(c) = self.containers.get_mut(&p.container) {
                 if c.init_key == key {
                     c.running = false;
@@ -1054,6 +1106,12 @@ impl Agent {
             self.stdio_streams.remove(&p.stdio);
             self.stderr_streams.remove(&p.out[1].stream);
             let status = p.status.unwrap_or(255);
+            if let Some((group, _)) = &p.oom_watch {
+                // Its init is gone, so is the PID namespace: the group is
+                // empty once the rest are reaped (else a later container of
+                // the same id reuses it).
+                cgroup::remove(group);
+            }
             if self.reported_exits.len() >= KEPT_EXITS {
                 self.reported_exits.pop_front();
             }
@@ -1064,11 +1122,13 @@ impl Agent {
                 stderr: p.out[1].stream,
                 exit_status: Some(status),
                 output_open: false,
+                oom_killed: p.oom_killed,
             });
             self.channel.send_message(&GuestMessage::ProcessExit {
                 container: p.container,
                 process: p.id,
                 status,
+                oom_killed: p.oom_killed,
             });
         }
     }
@@ -1859,7 +1919,8 @@ mod tests {
             GuestMessage::ProcessExit {
                 container: "c".into(),
                 process: "p".into(),
-                status: 3
+                status: 3,
+                oom_killed: false,
             }
         );
         assert!(

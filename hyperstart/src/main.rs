@@ -4,6 +4,7 @@
 //! destroyed, when it powers the VM off.
 
 mod agent;
+mod cgroup;
 mod channel;
 mod cmdline;
 mod confine;
@@ -122,6 +123,9 @@ fn boot() {
     }
     for e in rootfs::boot_mounts(&mut sys) {
         log!("{e}");
+    }
+    if let Err(e) = cgroup::mount(&mut sys) {
+        log!("{e}; containers get no cgroup and OOM kills are not reported");
     }
     ensure_stdio();
     std::env::set_var("PATH", spawn::DEFAULT_PATH);

@@ -299,9 +299,14 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))
 }
 
-/// Starts `spec` in `target`. Blocks until the process has exec'd or failed
-/// to; the setup before exec is short and bounded.
-pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentError> {
+/// Starts `spec` in `target`, inside the cgroup `group` when given (the
+/// container's: see crate::cgroup). Blocks until the process has exec'd or
+/// failed to; the setup before exec is short and bounded.
+pub fn spawn(
+    target: Target<'_>,
+    group: Option<&Path>,
+    spec: &ProcessSpec,
+) -> Result<Spawned, AgentError> {
     let prepared = prepare(spec)?;
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -322,7 +327,7 @@ pub fn spawn(target: Target<'_>, spec: &ProcessSpec) -> Result<Spawned, AgentErr
                 stderr: stderr_w.as_raw_fd(),
             };
             die_with_parent(Some(parent));
-            intermediate(target, &prepared, fds)
+            intermediate(target, group, &prepared, fds)
         }
         Ok(ForkResult::Parent { child }) => {
             drop((stdin_r, stdout_w, stderr_w, status_w));
@@ -493,8 +498,24 @@ fn die_with_parent(parent: Option<nix::unistd::Pid>) {
 }
 
 /// The intermediate process. Never returns.
-fn intermediate(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
+fn intermediate(
+    target: Target<'_>,
+    group: Option<&Path>,
+    prepared: &Prepared<'_>,
+    fds: ChildFds,
+) -> ! {
     close_fds_except(&[fds.status, fds.stdin, fds.stdout, fds.stderr]);
+    // Before the namespaces: hyperstart's view of /sys/fs/cgroup. The
+    // process forked below inherits the group.
+    if let Some(group) = group {
+        if let Err(e) = crate::cgroup::join(group) {
+            setup_failed(
+                fds.status,
+                e.raw_os_error().unwrap_or(0),
+                &format!("joining the container's cgroup {}: {e}", group.display()),
+            );
+        }
+    }
     let mut sys = RealSys;
     let entered = match target {
         Target::NewContainer { hostname, .. } => {

@@ -102,6 +102,12 @@ pub enum GuestMessage {
         container: String,
         process: String,
         status: i32,
+        /// A container's init killed by the guest kernel's OOM killer
+        /// (SIGKILL, status 137, while its cgroup counted an `oom_kill`):
+        /// Docker's `OOMKilled`. Guests before capability
+        /// [`capability::OOM_KILLED`] never send it: false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom_killed: bool,
     },
 }
 
@@ -131,6 +137,9 @@ pub struct ProcessState {
     pub exit_status: Option<i32>,
     /// Whether its output streams are still open.
     pub output_open: bool,
+    /// As [`GuestMessage::ProcessExit`]'s, once it has exited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -513,10 +522,14 @@ pub mod capability {
     /// [`super::Request::Resume`] is served: a template clone can be made
     /// its own (RNG reseed, clock, device re-probe).
     pub const RESUME: &str = "resume";
+    /// Each container runs in its own cgroup in the guest, and
+    /// [`super::GuestMessage::ProcessExit`] says `oom_killed` when the
+    /// guest's OOM killer ended a container's init.
+    pub const OOM_KILLED: &str = "oom-killed";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,
@@ -527,6 +540,7 @@ pub mod capability {
         NETWORK,
         HOST_VOLUMES,
         RESUME,
+        OOM_KILLED,
     ];
 }
 
@@ -623,6 +637,39 @@ mod tests {
         let spec: PodSpec =
             serde_json::from_str(r#"{"hostname":"h","volumes":[{"name":"v"}]}"#).unwrap();
         assert_eq!(spec.volumes[0].size_mib, 0);
+    }
+
+    #[test]
+    fn oom_killed_is_optional_both_ways() {
+        // What a guest before capability `oom-killed` sends.
+        let old = r#"{"process_exit":{"container":"c","process":"p","status":137}}"#;
+        let GuestMessage::ProcessExit { oom_killed, .. } = serde_json::from_str(old).unwrap()
+        else {
+            panic!("not an exit");
+        };
+        assert!(!oom_killed);
+        let exit = GuestMessage::ProcessExit {
+            container: "c".into(),
+            process: "p".into(),
+            status: 137,
+            oom_killed: true,
+        };
+        let json = serde_json::to_string(&exit).unwrap();
+        assert!(json.contains(r#""oom_killed":true"#), "{json}");
+        assert_eq!(serde_json::from_str::<GuestMessage>(&json).unwrap(), exit);
+        // Not OOM-killed reads as before, for an older host.
+        let plain = GuestMessage::ProcessExit {
+            container: "c".into(),
+            process: "p".into(),
+            status: 137,
+            oom_killed: false,
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), old);
+        let state: ProcessState = serde_json::from_str(
+            r#"{"container":"c","process":"p","stdio":1,"stderr":2,"exit_status":137,"output_open":false}"#,
+        )
+        .unwrap();
+        assert!(!state.oom_killed);
     }
 
     #[test]

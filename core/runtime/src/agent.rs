@@ -211,6 +211,15 @@ fn ended_stream() -> StreamReceiver {
     rx
 }
 
+/// How a guest process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEnd {
+    /// Its exit code, 128+N for signal N.
+    pub status: i32,
+    /// The guest's OOM killer ended it (a container's init only).
+    pub oom_killed: bool,
+}
+
 /// The host ends of one process's stdio and its exit status.
 pub struct ProcessStreams {
     pub process: String,
@@ -219,7 +228,7 @@ pub struct ProcessStreams {
     pub stderr: u32,
     pub stdout_rx: StreamReceiver,
     pub stderr_rx: StreamReceiver,
-    pub exit_rx: oneshot::Receiver<i32>,
+    pub exit_rx: oneshot::Receiver<ProcessEnd>,
 }
 
 struct PendingReply {
@@ -246,7 +255,7 @@ struct State {
     pending: HashMap<u64, oneshot::Sender<Result<Reply, AgentError>>>,
     inbound: HashMap<u32, InboundStream>,
     stdin: HashMap<u32, StdinCredit>,
-    exit_waiters: HashMap<String, oneshot::Sender<i32>>,
+    exit_waiters: HashMap<String, oneshot::Sender<ProcessEnd>>,
     dead: Option<String>,
     ready: Option<oneshot::Sender<Result<ReadyInfo, String>>>,
     /// Streams of a reattach's processes, routed from the moment the reply
@@ -474,10 +483,13 @@ impl Inner {
                 }
             }
             GuestMessage::ProcessExit {
-                process, status, ..
+                process,
+                status,
+                oom_killed,
+                ..
             } => match st.exit_waiters.remove(&process) {
                 Some(waiter) => {
-                    let _ = waiter.send(status);
+                    let _ = waiter.send(ProcessEnd { status, oom_killed });
                 }
                 None => {
                     let process: String = process.chars().take(64).collect();
@@ -957,7 +969,10 @@ fn adopt_into(st: &mut State, process: &ProcessState) -> ProcessStreams {
     }
     match process.exit_status {
         Some(status) if !process.output_open => {
-            let _ = exit_tx.send(status);
+            let _ = exit_tx.send(ProcessEnd {
+                status,
+                oom_killed: process.oom_killed,
+            });
         }
         _ => {
             st.exit_waiters.insert(process.process.clone(), exit_tx);
@@ -1055,6 +1070,7 @@ mod tests {
                     stderr: 2,
                     exit_status: None,
                     output_open: true,
+                    oom_killed: false,
                 },
                 ProcessState {
                     container: "c".into(),
@@ -1063,6 +1079,7 @@ mod tests {
                     stderr: 4,
                     exit_status: Some(3),
                     output_open: false,
+                    oom_killed: false,
                 },
             ];
             guest.reply(id, Ok(Reply::Reattached { processes })).await;
@@ -1074,6 +1091,7 @@ mod tests {
                     container: "c".into(),
                     process: "init".into(),
                     status: 0,
+                    oom_killed: false,
                 })
                 .await;
             guest
@@ -1084,13 +1102,13 @@ mod tests {
         assert_eq!(processes.len(), 2);
         let mut done = client.adopt_process(&processes[1]);
         assert_eq!(done.stdout_rx.recv().await, Some(StreamChunk::Eof));
-        assert_eq!((&mut done.exit_rx).await.unwrap(), 3);
+        assert_eq!((&mut done.exit_rx).await.unwrap().status, 3);
         let mut init = client.adopt_process(&processes[0]);
         assert_eq!(
             init.stdout_rx.recv().await,
             Some(StreamChunk::Data(b"after".to_vec()))
         );
-        assert_eq!((&mut init.exit_rx).await.unwrap(), 0);
+        assert_eq!((&mut init.exit_rx).await.unwrap().status, 0);
         // New processes get streams above the adopted ones.
         assert_eq!(client.new_process("exec-2").unwrap().stdio, 5);
         let _guest = guest.await.unwrap();
@@ -1135,6 +1153,9 @@ mod tests {
                 container: "c".into(),
                 process: "p1".into(),
                 status: 7,
+                // Only an init is ever reported so; the flag reaches the
+                // waiter whatever the process.
+                oom_killed: true,
             })
             .await;
         assert_eq!(
@@ -1146,7 +1167,13 @@ mod tests {
             streams.stderr_rx.recv().await,
             Some(StreamChunk::Data(b"err".to_vec()))
         );
-        assert_eq!((&mut streams.exit_rx).await.unwrap(), 7);
+        assert_eq!(
+            (&mut streams.exit_rx).await.unwrap(),
+            ProcessEnd {
+                status: 7,
+                oom_killed: true
+            }
+        );
 
         // stdin honours the guest's window and goes on once credit arrives.
         let big = vec![b'x'; INITIAL_WINDOW as usize + 10];
@@ -1241,6 +1268,7 @@ mod tests {
                 stderr: base + 2 * i as u32 + 1,
                 exit_status: None,
                 output_open: true,
+                oom_killed: false,
             })
             .collect()
     }
@@ -1452,6 +1480,7 @@ mod tests {
                     container: "c".into(),
                     process: "ghost".into(),
                     status: 0,
+                    oom_killed: false,
                 })
                 .await;
         }

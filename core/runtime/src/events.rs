@@ -32,9 +32,9 @@ pub enum Action {
     Start,
     /// It ended: `exitCode`.
     Die,
-    /// The guest reported a process killed for lack of memory. Emitted once
-    /// the guest reports it (per-container cgroups in the guest: a later
-    /// part of issue 17); the action is part of the API from now on.
+    /// An OOM kill: `scope=guest` when the guest's OOM killer killed a
+    /// container's first process (`container` names it), `scope=host` when
+    /// the VMM's host cgroup's OOM killer killed the VMM.
     Oom,
     /// Started again: by its restart policy (`reason=policy`,
     /// `restartCount`) or by `hyper restart` (`reason=restart`).

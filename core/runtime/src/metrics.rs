@@ -44,6 +44,9 @@ pub struct Metrics {
     /// `restored`, `refused` (a template removed after its restore
     /// failed), `cold_fallback` (auto started a pod cold).
     pub templates: IntCounterVec,
+    /// OOM kills, by `scope`: `guest` (a container's init, by the guest
+    /// kernel) or `host` (the VMM, by its host cgroup), per backend.
+    pub oom_kills: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -96,8 +99,17 @@ impl Metrics {
             &["event"],
         )
         .expect("constant counter options");
-        let collectors: [Box<dyn Collector>; 5] = [
+        let oom_kills = IntCounterVec::new(
+            Opts::new(
+                "hyper_oom_kills_total",
+                "OOM kills: a container's process by the guest kernel (scope=guest) or a VMM by its host cgroup (scope=host)",
+            ),
+            &["scope", "backend"],
+        )
+        .expect("constant counter options");
+        let collectors: [Box<dyn Collector>; 6] = [
             Box::new(templates.clone()),
+            Box::new(oom_kills.clone()),
             Box::new(boot_seconds.clone()),
             Box::new(execs.clone()),
             Box::new(exec_start_seconds.clone()),
@@ -115,6 +127,7 @@ impl Metrics {
             exec_start_seconds,
             restarts,
             templates,
+            oom_kills,
         }
     }
 

@@ -219,6 +219,7 @@ fn main() {
                     stderr: 1001 + 2 * i,
                     exit_status: None,
                     output_open: true,
+                    oom_killed: false,
                 })
                 .collect();
             for id in 10_000u64.. {
@@ -263,6 +264,7 @@ fn main() {
                     container: "c".into(),
                     process: format!("ghost-{i}"),
                     status: 1,
+                    oom_killed: false,
                 });
                 chan.reply(1_000_000 + i, Reply::Pong);
             }

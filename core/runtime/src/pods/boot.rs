@@ -396,6 +396,8 @@ impl Runtime {
         }
         let info = live.vm.info();
         record.state = PodState::Running;
+        // As Docker's: an OOM kill is about the run that ended.
+        record.oom_killed = false;
         record.vm_pid = info.pid;
         record.vm_pid_start = record.vm_pid.and_then(process_start_time);
         record.vm = Some(SavedVm {
@@ -523,6 +525,7 @@ impl Runtime {
                     tracing::debug!(pod = %id, container = %member.guest_id, ?reply, "container started");
                     if let Some(c) = record.containers.get_mut(i) {
                         c.state = PodState::Running;
+                        c.oom_killed = false;
                     }
                     inits.push((i, streams));
                 }

@@ -89,6 +89,7 @@ impl Runtime {
         };
         tracing::warn!(pod = %record.id, "{reason}");
         record.error = Some(reason.clone());
+        self.count_host_oom(record);
         self.event(
             crate::events::Action::Oom,
             record,

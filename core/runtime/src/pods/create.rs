@@ -239,6 +239,7 @@ impl Runtime {
                 security: resolved.security.clone(),
                 state: PodState::Created,
                 exit_code: None,
+                oom_killed: false,
             });
             main_req.get_or_insert(resolved);
         }
@@ -272,6 +273,7 @@ impl Runtime {
             rootfs_image: main.rootfs_image.clone(),
             created_unix: now_unix(),
             exit_code: None,
+            oom_killed: false,
             finished_unix: None,
             vm_pid: None,
             vm_pid_start: None,

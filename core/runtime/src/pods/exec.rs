@@ -15,7 +15,9 @@ use super::boot::TerminalLink;
 use super::model::{ExecRequest, Output, RunError, RunIo, RunOutcome};
 use super::store::check_env_and_workdir;
 use super::{lock, Runtime, RUNTIME_FAILURE_EXIT};
-use crate::agent::{AgentCallError, AgentClient, ProcessStreams, StreamChunk, StreamReceiver};
+use crate::agent::{
+    AgentCallError, AgentClient, ProcessEnd, ProcessStreams, StreamChunk, StreamReceiver,
+};
 use crate::events::Action;
 use crate::logs::{LogWriter, Stream as LogStream};
 use crate::process;
@@ -111,7 +113,11 @@ impl Runtime {
             log: None,
             attach: None,
         };
-        let code = drive_process(&agent, live.vm.clone(), streams, io).await;
+        // An exec is never reported OOM-killed (as in Docker): only a
+        // container's init is.
+        let code = drive_process(&agent, live.vm.clone(), streams, io)
+            .await
+            .map(|end| end.status);
         if let Some(task) = resizer {
             task.abort();
         }
@@ -180,14 +186,14 @@ pub(super) struct ProcessIo {
 }
 
 /// Feeds a guest process's stdin and carries its output to the client,
-/// the log and attached clients until it exits; its exit status, or why it
-/// has none.
+/// the log and attached clients until it exits; how it ended, or why that
+/// is not known.
 pub(super) async fn drive_process(
     agent: &AgentClient,
     vm: Arc<dyn Vm>,
     mut streams: ProcessStreams,
     io: ProcessIo,
-) -> Result<i32, String> {
+) -> Result<ProcessEnd, String> {
     let stdin_task = {
         let agent = agent.clone();
         let stream = streams.stdio;

@@ -223,6 +223,11 @@ pub struct PodRecord {
     pub rootfs_image: PathBuf,
     pub created_unix: u64,
     pub exit_code: Option<i32>,
+    /// Its last run ended because the guest's OOM killer killed a
+    /// container's init (Docker's `State.OOMKilled`); cleared when it
+    /// starts again.
+    #[serde(default)]
+    pub oom_killed: bool,
     #[serde(default)]
     pub finished_unix: Option<u64>,
     /// Remove the pod once it exits (`--rm`).
@@ -310,6 +315,9 @@ pub struct ContainerRecord {
     pub state: PodState,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Its init was killed by the guest's OOM killer.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// A running VM as its backend described it at launch.
@@ -590,6 +598,7 @@ pub(super) mod tests {
             security: Default::default(),
             state: PodState::Exited,
             exit_code,
+            oom_killed: false,
         }
     }
 

@@ -70,17 +70,39 @@ impl Runtime {
         }
     }
 
-    /// The guest reported that a process of pod `id`'s container
-    /// `container` (empty: the main one) was killed for lack of memory: an
-    /// `oom` event. The hook for the guest cgroups of issue 17: hyperstart
-    /// does not report OOM kills yet, so nothing calls it but its test.
-    pub fn observe_oom(&self, id: &str, container: &str) {
-        let extra: Vec<(&str, String)> = if container.is_empty() {
-            Vec::new()
-        } else {
-            vec![("container", container.to_string())]
+    /// The guest's OOM killer killed the init of container `index` of
+    /// `record`'s pod: the record says so (Docker's `OOMKilled`, the pod's
+    /// too, since its exit is that container's or a later one's), an `oom`
+    /// event with `scope=guest` names the container, and it is counted.
+    pub(super) fn observe_guest_oom(&self, record: &mut PodRecord, index: usize) {
+        record.oom_killed = true;
+        let container = match record.containers.get_mut(index) {
+            Some(c) => {
+                c.oom_killed = true;
+                c.name.clone()
+            }
+            // A pod of one: its container is the pod.
+            None => record.name.clone().unwrap_or_else(|| record.id.clone()),
         };
-        self.event_by_id(Action::Oom, id, &extra);
+        tracing::warn!(pod = %record.id, %container, "the guest's OOM killer killed the container's process");
+        self.metrics
+            .oom_kills
+            .with_label_values(&["guest", record.backend.as_str()])
+            .inc();
+        self.event(
+            Action::Oom,
+            record,
+            &[("scope", "guest".into()), ("container", container)],
+        );
+    }
+
+    /// The host cgroup's OOM killer struck pod `record`'s VM: counted (the
+    /// record and the `oom` event are the caller's).
+    pub(super) fn count_host_oom(&self, record: &PodRecord) {
+        self.metrics
+            .oom_kills
+            .with_label_values(&["host", record.backend.as_str()])
+            .inc();
     }
 
     /// The pod's run ended with `code` and its policy boots it again.

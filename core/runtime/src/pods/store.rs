@@ -173,6 +173,7 @@ impl Runtime {
             }
             record.state = PodState::Created;
             record.exit_code = None;
+            record.oom_killed = false;
             record.finished_unix = None;
             record.vm_pid = None;
             record.vm_pid_start = None;

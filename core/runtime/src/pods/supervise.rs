@@ -205,8 +205,13 @@ impl Runtime {
         while let Some((i, result)) = rx.recv().await {
             done += 1;
             let stopped = live.stop_requested.load(Ordering::SeqCst);
+            if let Ok(end) = &result {
+                if end.oom_killed {
+                    self.observe_guest_oom(record, i);
+                }
+            }
             let code = match result {
-                Ok(code) => code,
+                Ok(end) => end.status,
                 // `hyper stop`/`kill` ended it by taking the VM down.
                 Err(_) if stopped => 128 + libc::SIGKILL,
                 Err(reason) => {

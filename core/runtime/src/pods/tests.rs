@@ -35,6 +35,9 @@ enum Guest {
         exit: Option<i32>,
         on_term: Option<i32>,
     },
+    /// Starts every container, whose first process the guest's OOM killer
+    /// ends at once (137, `oom_killed`).
+    OomKilled,
     /// Accepts the connection and never says READY.
     Silent,
     /// Refuses to start the container: its command does not exist.
@@ -267,6 +270,18 @@ impl Vm for FakeVm {
 
 /// Ends a process as hyperstart does: its output, then its exit.
 async fn finish(g: &mut FakeGuest, container: &str, process: &str, streams: (u32, u32), code: i32) {
+    finish_as(g, container, process, streams, code, false).await;
+}
+
+/// As [`finish`], saying whether the OOM killer ended it.
+async fn finish_as(
+    g: &mut FakeGuest,
+    container: &str,
+    process: &str,
+    streams: (u32, u32),
+    code: i32,
+    oom_killed: bool,
+) {
     g.send_raw(&Frame::data(streams.0, b"out\n".to_vec()).encode())
         .await;
     g.send_raw(&Frame::eof(streams.0).encode()).await;
@@ -275,6 +290,7 @@ async fn finish(g: &mut FakeGuest, container: &str, process: &str, streams: (u32
         container: container.into(),
         process: process.into(),
         status: code,
+        oom_killed,
     })
     .await;
 }
@@ -341,6 +357,11 @@ async fn serve(listener: UnixListener, guest: Guest) {
             (Request::Resume(spec), Guest::Clone { resumes, .. }) => {
                 lock(resumes).push(spec);
                 g.reply(msg.id, Ok(Reply::Ok)).await;
+            }
+            (Request::NewContainer(spec), Guest::OomKilled) => {
+                g.reply(msg.id, Ok(Reply::Started { pid: 2 })).await;
+                let p = &spec.process;
+                finish_as(&mut g, &spec.id, &p.id, (p.stdio, p.stderr), 137, true).await;
             }
             (Request::NewContainer(_), Guest::CommandNotFound) => {
                 let refusal = AgentError::new(AgentErrorKind::CommandNotFound, "no such command");
@@ -723,6 +744,60 @@ async fn a_pod_file_pod_boots_each_container_and_exits_with_the_first_failure() 
     assert!(record.containers.iter().all(|c| c.exit_code == Some(0)));
 }
 
+#[tokio::test]
+async fn a_guest_oom_kill_is_recorded_emitted_and_counted() {
+    let s = Setup::new(FakeHypervisor::new(Guest::OomKilled));
+    let (io, _out) = client_io();
+    let outcome =
+        s.rt.run(s.request(&["hog"], serde_json::json!({})), io)
+            .await
+            .unwrap();
+    assert_eq!(outcome.exit_code, 137);
+    s.assert_exited(&outcome.pod, 137);
+    let record = s.rt.record(&outcome.pod).unwrap();
+    assert!(record.oom_killed);
+    assert_eq!(
+        events_of(&s, &outcome.pod),
+        ["create", "start", "oom", "die:137"]
+    );
+    let oom =
+        s.rt.events()
+            .subscribe()
+            .past
+            .into_iter()
+            .find(|e| e.action == crate::events::Action::Oom)
+            .unwrap();
+    assert_eq!(oom.attributes["scope"], "guest");
+    assert_eq!(oom.attributes["container"], outcome.pod);
+    let text = s.rt.metrics_text().await;
+    let line = "hyper_oom_kills_total{backend=\"fake\",scope=\"guest\"} 1";
+    assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+
+    // A pod file's containers: each one's record, and an event naming it.
+    let rootfs = s.dir.path().join("rootfs");
+    let text = format!(
+        "[[container]]\nname = \"a\"\nrootfs = \"{r}\"\ncommand = [\"hog\"]\n\n\
+         [[container]]\nname = \"b\"\nrootfs = \"{r}\"\ncommand = [\"hog\"]\n",
+        r = rootfs.display()
+    );
+    let pod = crate::podfile::parse("pod.toml", &text).unwrap();
+    let id = s.rt.create_pod(pod, Some("hogs".into())).await.unwrap();
+    assert_eq!(s.rt.wait(&id).await.unwrap(), 137);
+    let record = s.rt.record(&id).unwrap();
+    assert!(record.oom_killed);
+    assert!(record.containers.iter().all(|c| c.oom_killed));
+    let mut named: Vec<String> =
+        s.rt.events()
+            .subscribe()
+            .past
+            .into_iter()
+            .filter(|e| e.id == id && e.action == crate::events::Action::Oom)
+            .map(|e| e.attributes["container"].clone())
+            .collect();
+    named.sort();
+    assert_eq!(named, ["a", "b"]);
+}
+
 /// Writes `json` (a `pod.json` of the hyperd before the one pod model) as
 /// the record of pod `id` in `s`, its paths moved into the test's state
 /// directory, as a crashed hyperd left it.
@@ -749,6 +824,7 @@ fn tracked(container: &str, process: &str, stdio: u32) -> ProcessState {
         stderr: stdio + 1,
         exit_status: None,
         output_open: true,
+        oom_killed: false,
     }
 }
 
@@ -787,8 +863,6 @@ async fn restore_adopts_live_vms_of_both_kinds_and_follows_them_to_their_exit() 
     assert_eq!(pair.containers[1].exit_code, Some(0));
     assert_eq!(s.hv.launched(), 0, "taken over, not booted again");
     assert_eq!(events_of(&s, one), ["takeover", "die:7"]);
-    s.rt.observe_oom(one, "");
-    assert_eq!(events_of(&s, one), ["takeover", "die:7", "oom"]);
     assert_eq!(events_of(&s, &pair.id), ["takeover", "die:7"]);
 }
 

@@ -204,6 +204,7 @@ impl Runtime {
                 c.rootfs_image = image.clone();
                 c.state = PodState::Created;
                 c.exit_code = None;
+                c.oom_killed = false;
             }
             if let Some(main) = images.first() {
                 r.rootfs_image = main.clone();
