@@ -85,12 +85,24 @@ fn detached_pod_exec_logs_stop_and_rm() {
         line.starts_with("20") && line.contains("Z started"),
         "{line:?}"
     );
-    // The json-file log itself, as Docker writes it.
+    // The json-file log itself, as Docker writes it. stdout and stderr are
+    // separate streams from the guest, so which of the two lines came first
+    // is not fixed: look for each by its stream.
     let raw = std::fs::read_to_string(d.state_dir.join("pods").join(&id).join("container.log"))
         .expect("container.log");
-    let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
-    assert_eq!(first["stream"], "stdout");
-    assert_eq!(first["log"], "started\n");
+    let entries: Vec<serde_json::Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a json-file log line"))
+        .collect();
+    let first_of = |stream: &str| {
+        entries
+            .iter()
+            .find(|e| e["stream"] == stream)
+            .map(|e| e["log"].clone())
+    };
+    assert_eq!(first_of("stdout"), Some("started\n".into()), "{raw}");
+    assert_eq!(first_of("stderr"), Some("oops\n".into()), "{raw}");
+    assert!(entries.iter().all(|e| e["time"].is_string()), "{raw}");
 
     // rm of a running pod needs -f.
     let out = d.hyper(&["rm", "web"]);
