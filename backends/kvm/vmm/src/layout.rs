@@ -42,6 +42,8 @@ pub use hyper_vmm_config::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 /// COM1.
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
+/// COM1's registers: 0x3f8..=0x3ff.
+pub const SERIAL_PORTS: u64 = 8;
 /// i8042 command port: 0xfe written here resets the machine (`reboot=k`).
 pub const I8042_CMD_PORT: u16 = 0x64;
 pub const I8042_DATA_PORT: u16 = 0x60;

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -21,10 +21,14 @@ use super::boot;
 use super::config::VmmConfig;
 use super::cpu;
 use super::devices::blk::Block;
+use super::devices::bus::{Bus, BusDevice, SharedDevice};
 use super::devices::console::Console;
+use super::devices::debug_exit::DebugExit;
 use super::devices::fs::{self, Fs};
-use super::devices::i8042;
+use super::devices::i8042::{self, I8042Device};
+use super::devices::lock;
 use super::devices::mmio::MmioTransport;
+use super::devices::mmio::QUEUE_NOTIFY;
 use super::devices::net::{self, parse_mac, Net, NetStats, Tap};
 use super::devices::serial::{BoundedLog, SerialDevice};
 use super::devices::GUEST_FAULTS;
@@ -122,28 +126,30 @@ impl ExitSlot {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Bus {
-    serial: Mutex<SerialDevice>,
-    i8042: Mutex<i8042::I8042>,
-    console: Mutex<MmioTransport<Console>>,
-    disks: Vec<Mutex<MmioTransport<Block>>>,
-    nets: Vec<Mutex<MmioTransport<Net>>>,
-    shares: Vec<Mutex<MmioTransport<Fs>>>,
+/// What the vCPU threads and the event loop share: the two device buses,
+/// typed handles to the devices the event loop serves and snapshots save
+/// (the same devices, behind the same locks), and the VM's run state.
+struct Machine {
+    /// Port I/O: COM1, the i8042, the debug-exit port.
+    pio: Bus,
+    /// The virtio-mmio transports, one page each from VIRTIO_MMIO_BASE.
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    console: Arc<Mutex<MmioTransport<Console>>>,
+    disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    nets: Vec<Arc<Mutex<MmioTransport<Net>>>>,
+    shares: Vec<Arc<Mutex<MmioTransport<Fs>>>>,
     /// Per share: its vhost-user socket, polled for virtiofsd going away.
     share_fds: Vec<RawFd>,
     /// (NIC, queue, eventfd): KVM signals the eventfd when the guest writes
     /// that queue's index to the NIC's QueueNotify register, without an
     /// exit to user space; the event loop runs the queue.
     net_notify: Vec<(usize, usize, EventFd)>,
-    exit: ExitSlot,
-    debug_exit: bool,
+    exit: Arc<ExitSlot>,
     started: Instant,
     first_io: OnceLock<Instant>,
-    kick: EventFd,
+    /// Devices write it when the event loop has something new to poll.
+    kick: Arc<EventFd>,
     exits: AtomicU64,
     /// Per vCPU: its answer to the last halt probe (see [`HaltWatch`]).
     halt_probe: Vec<AtomicU8>,
@@ -154,120 +160,17 @@ struct Bus {
     msr_indices: Vec<u32>,
 }
 
-impl Bus {
-    fn pio_out(&self, port: u16, data: &[u8]) {
-        let _ = self.first_io.set(Instant::now());
-        let Some(&b0) = data.first() else { return };
-        match port {
-            SERIAL_PORT..=0x3ff => lock(&self.serial).write((port - SERIAL_PORT) as u8, b0),
-            I8042_CMD_PORT => {
-                let action = lock(&self.i8042).write_command(b0);
-                if action == i8042::Action::Reset {
-                    self.exit.set(ExitReason::GuestReset {
-                        how: "i8042 reset".into(),
-                    });
-                }
-            }
-            I8042_DATA_PORT => lock(&self.i8042).write_data(b0),
-            DEBUG_EXIT_PORT if self.debug_exit => {
-                let mut v = [0u8; 4];
-                let n = data.len().min(4);
-                v[..n].copy_from_slice(&data[..n]);
-                self.exit.set(ExitReason::DebugExit {
-                    status: u32::from_le_bytes(v),
-                });
-            }
-            _ => {}
-        }
-    }
-
-    fn pio_in(&self, port: u16, data: &mut [u8]) {
-        match port {
-            SERIAL_PORT..=0x3ff => {
-                let v = lock(&self.serial).read((port - SERIAL_PORT) as u8);
-                data.fill(0);
-                if let Some(b) = data.first_mut() {
-                    *b = v;
-                }
-            }
-            I8042_CMD_PORT | I8042_DATA_PORT => {
-                let mut k = lock(&self.i8042);
-                let v = if port == I8042_CMD_PORT {
-                    k.read_status()
-                } else {
-                    k.read_data()
-                };
-                data.fill(0);
-                if let Some(b) = data.first_mut() {
-                    *b = v;
-                }
-            }
-            _ => data.fill(0xff),
-        }
-    }
-
-    fn mmio(&self, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
-        let slots = 1 + (self.disks.len() + self.nets.len() + self.shares.len()) as u64;
-        let in_range =
-            addr >= VIRTIO_MMIO_BASE && addr < VIRTIO_MMIO_BASE + slots * VIRTIO_MMIO_SIZE;
-        if !in_range {
-            if let Some(d) = read {
-                d.fill(0xff);
-            }
-            guest_fault!("MMIO access to unmapped address {addr:#x}");
-            return;
-        }
-        let index = ((addr - VIRTIO_MMIO_BASE) / VIRTIO_MMIO_SIZE) as usize;
-        let offset = (addr - VIRTIO_MMIO_BASE) % VIRTIO_MMIO_SIZE;
-        if index == 0 {
-            let mut c = lock(&self.console);
-            if let Some(d) = read {
-                c.read(offset, d);
-            }
-            if let Some(d) = write {
-                c.write(offset, d);
-                // Output to flush, or receive buffers the guest just
-                // returned: the event loop re-polls the connection.
-                if c.device().has_output() || offset == 0x50 {
-                    let _ = self.kick.write(1);
-                }
-            }
-        } else if let Some(disk) = self.disks.get(index - 1) {
-            let mut t = lock(disk);
-            if let Some(d) = read {
-                t.read(offset, d);
-            }
-            if let Some(d) = write {
-                t.write(offset, d);
-            }
-        } else if let Some(nic) = self.nets.get(index - 1 - self.disks.len()) {
-            let mut t = lock(nic);
-            if let Some(d) = read {
-                t.read(offset, d);
-            }
-            if let Some(d) = write {
-                let before = net_wants(&t);
-                t.write(offset, d);
-                // What the event loop polls the tap for changed (receive
-                // buffers came back, TX hit its budget or the tap's limit,
-                // the driver came up or reset): it must re-poll.
-                if net_wants(&t) != before {
-                    let _ = self.kick.write(1);
-                }
-            }
-        } else if let Some(share) = self
-            .shares
-            .get(index - 1 - self.disks.len() - self.nets.len())
-        {
-            let mut t = lock(share);
-            if let Some(d) = read {
-                t.read(offset, d);
-            }
-            if let Some(d) = write {
-                t.write(offset, d);
-            }
-        }
-    }
+/// Puts `device` on `bus` at `base..base+len`, keeping the caller's typed
+/// handle to it.
+fn attach<T: BusDevice + 'static>(
+    bus: &mut Bus,
+    base: u64,
+    len: u64,
+    device: &Arc<Mutex<T>>,
+) -> Result<(), String> {
+    let shared: SharedDevice = device.clone();
+    bus.insert(base, len, shared)
+        .map_err(|e| format!("device bus: {e}"))
 }
 
 /// How often the event loop asks every vCPU whether it is halted for good.
@@ -341,7 +244,7 @@ fn probe_answer(vcpu: &VcpuFd) -> u8 {
 /// is copied into the guest on the next entry) without running the guest,
 /// then reads the vCPU's state into its slot and stays out of the guest
 /// until the VMM ends.
-fn pause_vcpu(vcpu: &mut VcpuFd, bus: &Bus, id: usize) {
+fn pause_vcpu(vcpu: &mut VcpuFd, bus: &Machine, id: usize) {
     vcpu.set_kvm_immediate_exit(1);
     let _ = vcpu.run();
     vcpu.set_kvm_immediate_exit(0);
@@ -354,7 +257,7 @@ fn pause_vcpu(vcpu: &mut VcpuFd, bus: &Bus, id: usize) {
     }
 }
 
-fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>, id: usize) {
+fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Machine>, id: usize) {
     loop {
         if bus.pause.load(Ordering::Acquire) {
             pause_vcpu(&mut vcpu, &bus, id);
@@ -363,10 +266,25 @@ fn run_vcpu(mut vcpu: VcpuFd, bus: Arc<Bus>, id: usize) {
         bus.exits.fetch_add(1, Ordering::Relaxed);
         match vcpu.run() {
             Ok(exit) => match exit {
-                VcpuExit::IoOut(port, data) => bus.pio_out(port, data),
-                VcpuExit::IoIn(port, data) => bus.pio_in(port, data),
-                VcpuExit::MmioRead(addr, data) => bus.mmio(addr, Some(data), None),
-                VcpuExit::MmioWrite(addr, data) => bus.mmio(addr, None, Some(data)),
+                VcpuExit::IoOut(port, data) => {
+                    let _ = bus.first_io.set(Instant::now());
+                    // Unmapped ports ignore writes.
+                    bus.pio.write(u64::from(port), data);
+                }
+                // Unmapped ports read all ones.
+                VcpuExit::IoIn(port, data) => {
+                    bus.pio.read(u64::from(port), data);
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !bus.mmio.read(addr, data) {
+                        guest_fault!("MMIO read of unmapped address {addr:#x}");
+                    }
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !bus.mmio.write(addr, data) {
+                        guest_fault!("MMIO write to unmapped address {addr:#x}");
+                    }
+                }
                 VcpuExit::Shutdown => bus.exit.set(ExitReason::GuestReset {
                     how: "triple fault / shutdown".into(),
                 }),
@@ -421,7 +339,7 @@ struct Vm {
     vm_fd: VmFd,
     cfg: VmmConfig,
     mem: GuestMemoryMmap,
-    bus: Arc<Bus>,
+    bus: Arc<Machine>,
     listener: Option<UnixListener>,
     sigfd: OwnedFd,
     /// Kept unjoined so their pthread ids stay valid for kicks.
@@ -568,20 +486,26 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         Some(s) => SerialDevice::from_state(&s.devices.serial, irq(SERIAL_IRQ)?, log)?,
         None => SerialDevice::new(irq(SERIAL_IRQ)?, log),
     };
+    let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+    let exit = Arc::new(ExitSlot {
+        reason: Mutex::new(None),
+        evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
+    });
     let mut console = MmioTransport::new(Console::new(), mem.clone(), irq(VIRTIO_IRQS[0])?)?;
+    console.set_kick(kick.clone());
     let mut disks = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let blk = Block::open(&d.path, d.read_only, &d.id).map_err(|e| e.to_string())?;
-        disks.push(Mutex::new(MmioTransport::new(
+        disks.push(Arc::new(Mutex::new(MmioTransport::new(
             blk,
             mem.clone(),
             irq(VIRTIO_IRQS[i + 1])?,
-        )?));
+        )?)));
     }
     let mut nets = Vec::new();
     let mut net_notify = Vec::new();
     for (i, n) in cfg.nets.iter().enumerate() {
-        let notify = virtio_mmio_addr(1 + cfg.disks.len() + i) + 0x50;
+        let notify = virtio_mmio_addr(1 + cfg.disks.len() + i) + QUEUE_NOTIFY;
         for q in [net::RXQ, net::TXQ] {
             let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
             match vm.register_ioevent(&e, &IoEventAddress::Mmio(notify), q as u32) {
@@ -592,11 +516,13 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         }
         let tap = Tap::new(take_fd(n.fd)?).map_err(|e| e.to_string())?;
         let mac = parse_mac(&n.mac).ok_or_else(|| format!("net mac {:?}", n.mac))?;
-        nets.push(Mutex::new(MmioTransport::new(
+        let mut t = MmioTransport::new(
             Net::new(tap, mac, n.mtu),
             mem.clone(),
             irq(VIRTIO_IRQS[1 + cfg.disks.len() + i])?,
-        )?));
+        )?;
+        t.set_kick(kick.clone());
+        nets.push(Arc::new(Mutex::new(t)));
     }
     let mut shares = Vec::new();
     let mut share_fds = Vec::new();
@@ -606,7 +532,7 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
         let call2 = call.try_clone().map_err(|e| format!("eventfd: {e}"))?;
         let dev = Fs::new(&s.socket, &s.tag, call2, fs::conn::DEFAULT_TIMEOUT)
             .map_err(|e| e.to_string())?;
-        let notify = virtio_mmio_addr(slot) + 0x50;
+        let notify = virtio_mmio_addr(slot) + QUEUE_NOTIFY;
         for q in 0..fs::NUM_QUEUES {
             if let Some(k) = dev.kick(q) {
                 // Without it, notifies come through the MMIO exit and the
@@ -617,7 +543,11 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             }
         }
         share_fds.push(dev.socket_fd());
-        shares.push(Mutex::new(MmioTransport::new(dev, mem.clone(), call)?));
+        shares.push(Arc::new(Mutex::new(MmioTransport::new(
+            dev,
+            mem.clone(),
+            call,
+        )?)));
     }
     let listener = match &cfg.agent_socket {
         None => None,
@@ -654,23 +584,59 @@ fn build(cfg: &VmmConfig, started: Instant) -> Result<Vm, String> {
             t.process(net::TXQ);
         }
     }
-    let bus = Arc::new(Bus {
-        serial: Mutex::new(serial),
-        i8042: Mutex::new(i8042::I8042::default()),
-        console: Mutex::new(console),
+    // The buses: every device registers its range; the console first,
+    // then disks, NICs and shares, one virtio-mmio page each, in the order
+    // the command line declares them.
+    let serial = Arc::new(Mutex::new(serial));
+    let console = Arc::new(Mutex::new(console));
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    attach(&mut pio, u64::from(SERIAL_PORT), SERIAL_PORTS, &serial)?;
+    let on_reset = {
+        let exit = exit.clone();
+        Box::new(move || {
+            exit.set(ExitReason::GuestReset {
+                how: "i8042 reset".into(),
+            })
+        })
+    };
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(on_reset)));
+    attach(&mut pio, u64::from(I8042_DATA_PORT), i8042::PORTS, &i8042)?;
+    if cfg.debug_exit {
+        let exit = exit.clone();
+        let on_exit = Box::new(move |status| exit.set(ExitReason::DebugExit { status }));
+        let port = Arc::new(Mutex::new(DebugExit::new(on_exit)));
+        attach(&mut pio, u64::from(DEBUG_EXIT_PORT), 1, &port)?;
+    }
+    let mut slot = 0;
+    let mut page = || {
+        slot += 1;
+        virtio_mmio_addr(slot - 1)
+    };
+    attach(&mut mmio, page(), VIRTIO_MMIO_SIZE, &console)?;
+    for d in &disks {
+        attach(&mut mmio, page(), VIRTIO_MMIO_SIZE, d)?;
+    }
+    for n in &nets {
+        attach(&mut mmio, page(), VIRTIO_MMIO_SIZE, n)?;
+    }
+    for s in &shares {
+        attach(&mut mmio, page(), VIRTIO_MMIO_SIZE, s)?;
+    }
+    let bus = Arc::new(Machine {
+        pio,
+        mmio,
+        serial,
+        console,
         disks,
         nets,
         shares,
         share_fds,
         net_notify,
-        exit: ExitSlot {
-            reason: Mutex::new(None),
-            evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
-        },
-        debug_exit: cfg.debug_exit,
+        exit,
         started,
         first_io: OnceLock::new(),
-        kick: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?,
+        kick,
         exits: AtomicU64::new(0),
         halt_probe: (0..cfg.vcpus).map(|_| AtomicU8::new(PROBE_NONE)).collect(),
         pause: AtomicBool::new(false),

@@ -194,6 +194,17 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
+    /// Room for input (the loop reads the agent socket) and output to
+    /// flush (it waits for the socket to take it).
+    fn loop_interest(&self) -> u64 {
+        u64::from(self.rx_room() > 0) | (u64::from(self.has_output()) << 1)
+    }
+    /// Receive buffers the guest just returned: the loop re-polls the
+    /// connection.
+    fn wake_on_notify(&self) -> bool {
+        true
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_CONSOLE
     }

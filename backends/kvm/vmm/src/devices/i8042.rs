@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use super::bus::BusDevice;
+
 const STATUS_OBF: u8 = 0x01;
 const STATUS_SYS: u8 = 0x04;
 const STATUS_CMD: u8 = 0x08;
@@ -96,9 +98,95 @@ impl I8042 {
     }
 }
 
+/// The controller on the port bus: the data port at offset 0 (port
+/// 0x60) and the command/status port at offset 4 (0x64); the ports
+/// between are not its (reads answer 0xff, as unmapped ports do). A
+/// reset command calls `on_reset`, which ends the VM.
+pub struct I8042Device {
+    ctrl: I8042,
+    on_reset: Box<dyn Fn() + Send>,
+}
+
+/// Offsets from the data port.
+pub const DATA: u64 = 0;
+pub const COMMAND: u64 = 4;
+/// The ports the device spans on the bus (0x60..=0x64).
+pub const PORTS: u64 = 5;
+const _: () = assert!(
+    crate::layout::I8042_CMD_PORT as u64 == crate::layout::I8042_DATA_PORT as u64 + COMMAND
+);
+
+impl I8042Device {
+    pub fn new(on_reset: Box<dyn Fn() + Send>) -> Self {
+        Self {
+            ctrl: I8042::default(),
+            on_reset,
+        }
+    }
+}
+
+impl I8042Device {
+    fn command(&mut self, cmd: u8) {
+        if self.ctrl.write_command(cmd) == Action::Reset {
+            (self.on_reset)();
+        }
+    }
+}
+
+impl BusDevice for I8042Device {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = match offset {
+            DATA => self.ctrl.read_data(),
+            COMMAND => self.ctrl.read_status(),
+            _ => {
+                data.fill(0xff);
+                return;
+            }
+        };
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = v;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(&b) = data.first() else { return };
+        match offset {
+            DATA => self.ctrl.write_data(b),
+            COMMAND => self.command(b),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_the_bus_a_reset_calls_back_and_other_ports_are_not_its() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let resets = Arc::new(AtomicU32::new(0));
+        let r = resets.clone();
+        let mut d = I8042Device::new(Box::new(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        }));
+        d.write(COMMAND, &[CMD_READ_CTR]);
+        let mut v = [0u8; 2];
+        d.read(COMMAND, &mut v);
+        assert_eq!(v[0] & STATUS_OBF, STATUS_OBF);
+        assert_eq!(v[1], 0);
+        d.read(DATA, &mut v);
+        assert_eq!(v, [0x34, 0]);
+        d.read(1, &mut v);
+        assert_eq!(v, [0xff, 0xff]);
+        d.write(2, &[CMD_RESET]);
+        d.write(DATA, &[CMD_RESET]);
+        assert_eq!(resets.load(Ordering::Relaxed), 0);
+        d.write(COMMAND, &[CMD_RESET]);
+        assert_eq!(resets.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn linux_probe_sequence_answers() {

@@ -1,10 +1,13 @@
 //! The virtio-mmio transport (virtio 1.x, register layout version 2),
 //! generic over the device behind it.
 
+use std::sync::Arc;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::bus::BusDevice;
 use crate::guest_fault;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -18,6 +21,9 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
+
+/// The QueueNotify register (the driver writes a queue's index).
+pub const QUEUE_NOTIFY: u64 = 0x50;
 
 pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
@@ -53,6 +59,19 @@ pub trait VirtioDevice: Send {
     fn interrupt_status(&self) -> u32 {
         0
     }
+    /// What hyper-vmm's event loop waits for on this device's behalf (a
+    /// tap's poll events, output to flush, room for input), as a value
+    /// that changes whenever that does; while the driver is up, a register
+    /// write that changes it kicks the loop so it polls again. 0 for a
+    /// device the loop does not serve.
+    fn loop_interest(&self) -> u64 {
+        0
+    }
+    /// Whether every queue notify kicks the event loop (even with
+    /// [`Self::loop_interest`] unchanged).
+    fn wake_on_notify(&self) -> bool {
+        false
+    }
 }
 
 pub struct MmioTransport<D: VirtioDevice> {
@@ -69,6 +88,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     config_generation: u32,
     /// Set after a device error: nothing is processed until reset.
     broken: bool,
+    /// Wakes the event loop (see [`VirtioDevice::loop_interest`]).
+    kick: Option<Arc<EventFd>>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -91,7 +112,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: 0,
             config_generation: 0,
             broken: false,
+            kick: None,
         })
+    }
+
+    /// The event loop's wake-up eventfd, for a device it serves.
+    pub fn set_kick(&mut self, kick: Arc<EventFd>) {
+        self.kick = Some(kick);
+    }
+
+    fn loop_interest(&self) -> u64 {
+        if self.driver_ok() {
+            self.device.loop_interest()
+        } else {
+            0
+        }
     }
 
     pub fn device(&self) -> &D {
@@ -377,7 +412,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     _ => q.set_used_ring_address(None, Some(v)),
                 }
             }
-            0x50 => self.process(v as usize),
+            QUEUE_NOTIFY => self.process(v as usize),
             0x64 => self.interrupt_status &= !v,
             0x70 => self.set_status(v),
             _ => guest_fault!("virtio-mmio write of register {offset:#x}"),
@@ -445,6 +480,25 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// For tests and the event loop: whole-device processing.
     pub fn queues_mut(&mut self) -> &mut [Queue] {
         &mut self.queues
+    }
+}
+
+/// A transport on the MMIO bus: its page, offset = register. A write that
+/// leaves the event loop something new to wait for kicks it.
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let before = self.loop_interest();
+        MmioTransport::write(self, offset, data);
+        if let Some(kick) = &self.kick {
+            let notify = offset == QUEUE_NOTIFY && self.device.wake_on_notify();
+            if notify || self.loop_interest() != before {
+                let _ = kick.write(1);
+            }
+        }
     }
 }
 
@@ -532,6 +586,69 @@ pub(crate) mod tests {
             0x70,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
+    }
+
+    /// A device the event loop serves: each queue run changes what the
+    /// loop waits for.
+    struct Served {
+        interest: u64,
+    }
+
+    impl VirtioDevice for Served {
+        fn device_type(&self) -> u32 {
+            43
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn config(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn process_queue(
+            &mut self,
+            _: usize,
+            _: &mut [Queue],
+            _: &GuestMemoryMmap,
+        ) -> Result<bool, String> {
+            self.interest += 1;
+            Ok(false)
+        }
+        fn reset(&mut self) {}
+        fn loop_interest(&self) -> u64 {
+            self.interest
+        }
+    }
+
+    #[test]
+    fn on_the_bus_a_write_that_changes_the_loops_interest_kicks_it() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut t = MmioTransport::new(Served { interest: 0 }, mem, irq).unwrap();
+        t.set_kick(kick.clone());
+        let kicked = || kick.read().is_ok();
+        bring_up(&mut t, &[(0x1000, 0x2000, 0x3000, 16)]);
+        let _ = kicked();
+        let bus_write = |t: &mut MmioTransport<Served>, off: u64, v: u32| {
+            BusDevice::write(t, off, &v.to_le_bytes())
+        };
+        bus_write(&mut t, QUEUE_NOTIFY, 0);
+        assert!(kicked(), "the queue ran: the interest changed");
+        bus_write(&mut t, 0x64, 0);
+        assert!(
+            !kicked(),
+            "an interrupt ack changes nothing the loop waits for"
+        );
+        bus_write(&mut t, QUEUE_NOTIFY, 7);
+        assert!(!kicked(), "a notify of a missing queue runs nothing");
+        bus_write(&mut t, 0x70, 0);
+        assert!(kicked(), "a reset: the loop stops waiting on the device");
+        let mut b = [0u8; 4];
+        BusDevice::read(&mut t, 0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), MAGIC);
     }
 
     #[test]

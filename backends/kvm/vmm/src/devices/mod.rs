@@ -3,7 +3,9 @@
 //! with a rate limit so a hostile guest cannot flood the host's logs.
 
 pub mod blk;
+pub mod bus;
 pub mod console;
+pub mod debug_exit;
 pub mod fs;
 pub mod i8042;
 pub mod mmio;
@@ -11,6 +13,13 @@ pub mod net;
 pub mod serial;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// A device's lock. A thread that panicked holding it left the device in
+/// some state a guest could have produced anyway: carry on with it.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Invalid accesses the guest made; logged for the first few, then every
 /// 4096th.

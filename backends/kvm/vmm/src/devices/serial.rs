@@ -8,6 +8,8 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::bus::BusDevice;
+
 pub struct IrqTrigger(pub EventFd);
 
 impl Trigger for IrqTrigger {
@@ -96,19 +98,33 @@ impl SerialDevice {
         self.serial.state()
     }
 
-    pub fn write(&mut self, offset: u8, value: u8) {
-        if let Err(e) = self.serial.write(offset, value) {
+    pub fn log(&self) -> &BoundedLog {
+        self.serial.writer()
+    }
+}
+
+/// COM1's eight registers on the port bus (offset = register).
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let Ok(reg) = u8::try_from(offset) else {
+            data.fill(0xff);
+            return;
+        };
+        let v = self.serial.read(reg);
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = v;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (Ok(reg), Some(&v)) = (u8::try_from(offset), data.first()) else {
+            return;
+        };
+        if let Err(e) = self.serial.write(reg, v) {
             tracing::debug!("serial write: {e:?}");
         }
         // Line-at-a-time flushing is the writer's job; a File does not buffer.
-    }
-
-    pub fn read(&mut self, offset: u8) -> u8 {
-        self.serial.read(offset)
-    }
-
-    pub fn log(&self) -> &BoundedLog {
-        self.serial.writer()
     }
 }
 
@@ -135,7 +151,7 @@ mod tests {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut dev = SerialDevice::new(evt, BoundedLog::new(Box::new(sink.clone()), 4));
         for b in b"hello world" {
-            dev.write(0, *b);
+            dev.write(0, &[*b]);
         }
         let got = sink.0.lock().unwrap().clone();
         assert!(got.starts_with(b"hell"), "{got:?}");
@@ -147,11 +163,13 @@ mod tests {
     fn every_register_offset_is_safe() {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut dev = SerialDevice::new(evt, BoundedLog::new(Box::new(io::sink()), 1 << 20));
-        for off in 0..=255u8 {
+        for off in (0..=256u64).chain([u64::MAX]) {
             for v in [0u8, 0x55, 0xff] {
-                dev.write(off, v);
-                let _ = dev.read(off);
+                dev.write(off, &[v]);
+                dev.read(off, &mut [0u8; 2]);
             }
+            dev.write(off, &[]);
+            dev.read(off, &mut []);
         }
     }
 }

@@ -235,6 +235,12 @@ fn unpop(q: &mut Queue) {
 }
 
 impl VirtioDevice for Net {
+    /// What the loop polls the tap for, and whether TX must run again:
+    /// receive buffers came back, TX hit its budget or the tap's limit.
+    fn loop_interest(&self) -> u64 {
+        u64::from(self.poll_events() as u16) | (u64::from(self.tx_pending()) << 16)
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
