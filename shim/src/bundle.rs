@@ -163,6 +163,16 @@ impl Process {
     pub fn user_spec(&self) -> String {
         format!("{}:{}", self.user.uid, self.user.gid)
     }
+
+    /// The terminal's size at start, if the spec gives one.
+    pub fn terminal_size(&self) -> Option<hyper_protocol::TerminalSize> {
+        self.console_size
+            .as_ref()
+            .map(|c| hyper_protocol::TerminalSize {
+                rows: c.height,
+                cols: c.width,
+            })
+    }
 }
 
 /// Reads `bundle/config.json`.

@@ -384,10 +384,7 @@ impl TaskService {
                 user: Some(process.user_spec()),
                 interactive: !req.stdin.is_empty(),
                 tty: req.terminal,
-                tty_size: process.console_size.as_ref().map(|c| TerminalSize {
-                    rows: c.height,
-                    cols: c.width,
-                }),
+                tty_size: process.terminal_size(),
             };
             return Ok(TaskState {
                 id: req.id.clone(),
@@ -439,10 +436,7 @@ impl TaskService {
             labels: Default::default(),
             restart: Default::default(),
             tty: req.terminal,
-            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
-                rows: c.height,
-                cols: c.width,
-            }),
+            tty_size: process.terminal_size(),
             security: Default::default(),
             network,
             hostname: spec.hostname.filter(|h| !h.is_empty()),
@@ -992,10 +986,7 @@ impl Task for TaskService {
             interactive: !req.stdin.is_empty(),
             container: None,
             tty: req.terminal,
-            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
-                rows: c.height,
-                cols: c.width,
-            }),
+            tty_size: process.terminal_size(),
             privileged: false,
         };
         let p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);

@@ -122,10 +122,7 @@ pub(super) fn join_volume(transport: ShareTransport) -> VolumeSpec {
         size_mib: 0,
         source: VolumeSource::Share {
             tag: JOIN_VOLUME.into(),
-            transport: match transport {
-                ShareTransport::VirtioFs => hyper_protocol::ShareTransport::VirtioFs,
-                ShareTransport::Xen9p => hyper_protocol::ShareTransport::Xen9p,
-            },
+            transport: super::volumes::guest_transport(transport),
         },
         readonly: true,
     }
