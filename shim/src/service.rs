@@ -28,9 +28,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{Context, Task};
 use hyper_core::config::Config;
 use hyper_core::plugins::Plugins;
-use hyper_core::pods::{
-    ExecRequest, JoinRequest, RunIo, RunOutcome, RunRequest, Runtime, Started, Stdin,
-};
+use hyper_core::pods::{ExecRequest, JoinRequest, RunIo, RunOutcome, RunRequest, Runtime, Started};
 use hyper_protocol::TerminalSize;
 use tokio::sync::{mpsc, watch, Mutex};
 
@@ -85,9 +83,8 @@ struct Proc {
     terminal: bool,
     started: bool,
     resize: Option<mpsc::Sender<TerminalSize>>,
-    /// The process's stdin and the pump feeding it, until CloseIO.
-    stdin_tx: Option<mpsc::Sender<Stdin>>,
-    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+    /// How CloseIO tells the pump feeding the process's stdin.
+    stdin_close: Option<tokio::sync::oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
     exit_tx: Arc<watch::Sender<Option<Exit>>>,
 }
@@ -102,8 +99,7 @@ impl Proc {
             terminal,
             started: false,
             resize: None,
-            stdin_tx: None,
-            stdin_pump: None,
+            stdin_close: None,
             exit,
             exit_tx: Arc::new(exit_tx),
         }
@@ -132,11 +128,9 @@ impl Proc {
             None
         } else {
             let (tx, rx) = mpsc::channel(16);
-            self.stdin_tx = Some(tx.clone());
-            self.stdin_pump = Some(tokio::spawn(stdio::pump_stdin(
-                PathBuf::from(&self.stdin),
-                tx,
-            )));
+            let (close_tx, close) = tokio::sync::oneshot::channel();
+            self.stdin_close = Some(close_tx);
+            tokio::spawn(stdio::pump_stdin(PathBuf::from(&self.stdin), tx, close));
             Some(rx)
         };
         let resize = if self.terminal {
@@ -155,13 +149,11 @@ impl Proc {
         (io, pump)
     }
 
-    /// The client's input ended: the process reads end of file.
-    async fn close_stdin(&mut self) {
-        if let Some(pump) = self.stdin_pump.take() {
-            pump.abort();
-        }
-        if let Some(tx) = self.stdin_tx.take() {
-            let _ = tx.send(Stdin::Close).await;
+    /// The client's input ended: the process reads what is left in the
+    /// fifo, then end of file (the pump sends it).
+    fn close_stdin(&mut self) {
+        if let Some(close) = self.stdin_close.take() {
+            let _ = close.send(());
         }
     }
 }
@@ -924,7 +916,7 @@ impl Task for TaskService {
         let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
         if req.stdin {
-            task.proc_mut(&req.exec_id)?.close_stdin().await;
+            task.proc_mut(&req.exec_id)?.close_stdin();
         }
         Ok(Empty::default())
     }
