@@ -622,6 +622,38 @@ impl Agent {
         Ok(binds)
     }
 
+    /// The directory a container joining the pod takes its root from: a
+    /// directory of a shared pod volume (the host made it before asking).
+    fn shared_rootfs(&self, share: &hyper_protocol::SharedRootfs) -> Result<PathBuf> {
+        validate_container_id(&share.dir)?;
+        let volume = self.volumes.get(&share.volume).ok_or_else(|| {
+            err(
+                AgentErrorKind::NotFound,
+                format!("rootfs: no volume {:?} in the pod", share.volume),
+            )
+        })?;
+        if !matches!(volume.source, VolumeSource::Share { .. }) {
+            return Err(err(
+                AgentErrorKind::InvalidRequest,
+                format!(
+                    "rootfs: volume {:?} is not a shared directory",
+                    share.volume
+                ),
+            ));
+        }
+        let dir = volume.dir.join(&share.dir);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(dir),
+            _ => Err(err(
+                AgentErrorKind::NotFound,
+                format!(
+                    "rootfs: no directory {:?} in volume {:?}",
+                    share.dir, share.volume
+                ),
+            )),
+        }
+    }
+
     fn new_container(&mut self, spec: ContainerSpec) -> Result<Reply> {
         validate_container_id(&spec.id)?;
         if self.containers.contains_key(&spec.id) {
@@ -634,10 +666,11 @@ impl Agent {
             return Err(err(AgentErrorKind::InvalidRequest, "invalid hostname"));
         }
         let fstype = &spec.rootfs.fstype;
-        if fstype.is_empty()
-            || !fstype
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        if spec.rootfs.share.is_none()
+            && (fstype.is_empty()
+                || !fstype
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
         {
             return Err(err(
                 AgentErrorKind::InvalidRequest,
@@ -646,8 +679,13 @@ impl Agent {
         }
         self.validate_process(&spec.id, &spec.process)?;
         let binds = self.volume_binds(&spec.mounts)?;
+        let shared = match &spec.rootfs.share {
+            Some(share) => Some(self.shared_rootfs(share)?),
+            None => None,
+        };
         let taken = self.volumes.iter().find(|(_, v)| {
-            matches!(&v.source, VolumeSource::Block { disk_id, .. } if *disk_id == spec.rootfs.disk_id)
+            shared.is_none()
+                && matches!(&v.source, VolumeSource::Block { disk_id, .. } if *disk_id == spec.rootfs.disk_id)
         });
         if let Some((name, _)) = taken {
             return Err(err(
@@ -659,25 +697,31 @@ impl Agent {
             ));
         }
 
-        let device = wait_for_disk(&spec.rootfs.disk_id).ok_or_else(|| {
-            err(
-                AgentErrorKind::NotFound,
-                format!(
-                    "no disk with id {:?} (no block device has that serial)",
-                    spec.rootfs.disk_id
-                ),
-            )
-        })?;
+        let device = match &shared {
+            Some(_) => None,
+            None => Some(wait_for_disk(&spec.rootfs.disk_id).ok_or_else(|| {
+                err(
+                    AgentErrorKind::NotFound,
+                    format!(
+                        "no disk with id {:?} (no block device has that serial)",
+                        spec.rootfs.disk_id
+                    ),
+                )
+            })?),
+        };
+        let lower = match (&shared, &device) {
+            (Some(dir), _) => rootfs::Lower::Dir(dir),
+            (None, Some(device)) => rootfs::Lower::Disk { device, fstype },
+            (None, None) => return Err(err(AgentErrorKind::Failed, "no rootfs")),
+        };
         let paths = ContainerPaths::new(&self.opts.run_dir, &spec.id);
         let nodev = !spec.process.confinement.privileged;
-        rootfs::mount_container_rootfs(&mut RealSys, &paths, &device, fstype, nodev).map_err(
-            |e| {
-                err(
-                    AgentErrorKind::Failed,
-                    format!("mounting the container's rootfs: {e}"),
-                )
-            },
-        )?;
+        rootfs::mount_container_rootfs(&mut RealSys, &paths, lower, nodev).map_err(|e| {
+            err(
+                AgentErrorKind::Failed,
+                format!("mounting the container's rootfs: {e}"),
+            )
+        })?;
         // The network files first: a volume the user mounts over /etc wins.
         let files = match &self.pod_files {
             Some(dir) => net::files::bind_into(&mut RealSys, dir, &paths.root).map_err(|e| {
@@ -1576,6 +1620,7 @@ mod tests {
                 rootfs: hyper_protocol::RootfsSpec {
                     disk_id: "d".into(),
                     fstype: "erofs".into(),
+                    share: None,
                 },
                 hostname: "h".into(),
                 process,
@@ -2117,6 +2162,7 @@ mod tests {
                 rootfs: hyper_protocol::RootfsSpec {
                     disk_id: "no-such-disk".into(),
                     fstype: "erofs".into(),
+                    share: None,
                 },
                 hostname: "h".into(),
                 process: spec("p", 2),
@@ -2364,6 +2410,7 @@ mod tests {
             rootfs: hyper_protocol::RootfsSpec {
                 disk_id: "hyper-vol0".into(),
                 fstype: "ext4".into(),
+                share: None,
             },
             hostname: "h".into(),
             process: spec("p", 2),

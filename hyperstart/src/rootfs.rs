@@ -122,7 +122,18 @@ pub fn boot_mounts(sys: &mut dyn Sys) -> Vec<SysError> {
     errors
 }
 
-/// Mounts the image read-only, a tmpfs for the writable layer, and the
+/// What a container's overlay reads from.
+#[derive(Debug, Clone, Copy)]
+pub enum Lower<'a> {
+    /// A read-only disk holding a filesystem of `fstype`.
+    Disk { device: &'a Path, fstype: &'a str },
+    /// A directory of a shared pod volume (a container that joined a
+    /// running pod), bound read-only: the overlay's upper layer takes the
+    /// container's writes, so the host's directory is never written.
+    Dir(&'a Path),
+}
+
+/// Mounts the image (or shared directory) read-only, a tmpfs for the writable layer, and the
 /// overlay of both that becomes the container's root. Undoes what it did on
 /// failure.
 ///
@@ -132,24 +143,45 @@ pub fn boot_mounts(sys: &mut dyn Sys) -> Vec<SysError> {
 pub fn mount_container_rootfs(
     sys: &mut dyn Sys,
     paths: &ContainerPaths,
-    device: &Path,
-    fstype: &str,
+    lower: Lower<'_>,
     nodev: bool,
 ) -> SysResult {
     for dir in [&paths.lower, &paths.rw, &paths.root] {
         sys.mkdir_all(dir, 0o755)?;
     }
-    let device = device.to_string_lossy();
-    // The image is never written: skip ext4 journal replay, which a
-    // read-only disk could not do anyway.
-    let data = (fstype == "ext4").then_some("noload");
-    if let Err(e) = sys.mount(
-        Some(&device),
-        &paths.lower,
-        Some(fstype),
-        MsFlags::MS_RDONLY,
-        data,
-    ) {
+    let mounted = match lower {
+        Lower::Disk { device, fstype } => {
+            let device = device.to_string_lossy();
+            // The image is never written: skip ext4 journal replay, which a
+            // read-only disk could not do anyway.
+            let data = (fstype == "ext4").then_some("noload");
+            sys.mount(
+                Some(&device),
+                &paths.lower,
+                Some(fstype),
+                MsFlags::MS_RDONLY,
+                data,
+            )
+        }
+        Lower::Dir(dir) => {
+            let dir = dir.to_string_lossy();
+            sys.mount(Some(&dir), &paths.lower, None, MsFlags::MS_BIND, None)
+                .and_then(|()| {
+                    let ro = sys.mount(
+                        None,
+                        &paths.lower,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    );
+                    if ro.is_err() {
+                        let _ = sys.umount(&paths.lower, MntFlags::MNT_DETACH);
+                    }
+                    ro
+                })
+        }
+    };
+    if let Err(e) = mounted {
         remove_dirs(sys, paths);
         return Err(e);
     }
@@ -579,10 +611,17 @@ mod tests {
         ContainerPaths::new(Path::new(RUN_DIR), "c1")
     }
 
+    fn disk(fstype: &str) -> Lower<'_> {
+        Lower::Disk {
+            device: Path::new("/dev/vdb"),
+            fstype,
+        }
+    }
+
     #[test]
     fn container_rootfs_is_an_overlay_of_the_image_and_a_tmpfs() {
         let mut sys = RecordingSys::new();
-        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs", false).unwrap();
+        mount_container_rootfs(&mut sys, &paths(), disk("erofs"), false).unwrap();
         assert_eq!(
             sys.calls,
             vec![
@@ -600,9 +639,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_directory_is_bound_read_only_under_the_same_overlay() {
+        let mut sys = RecordingSys::new();
+        let dir = Path::new("/run/hyper/c/.volumes/hyper-join/c1");
+        mount_container_rootfs(&mut sys, &paths(), Lower::Dir(dir), true).unwrap();
+        assert_eq!(
+            &sys.calls[3..5],
+            &[
+                "mount /run/hyper/c/.volumes/hyper-join/c1 /run/hyper/c/c1/lower - MsFlags(MS_BIND) -",
+                "mount - /run/hyper/c/c1/lower - MsFlags(MS_RDONLY | MS_REMOUNT | MS_BIND) -",
+            ]
+        );
+        assert!(sys
+            .calls
+            .last()
+            .is_some_and(|c| c.starts_with("mount overlay")));
+    }
+
+    #[test]
     fn ext4_images_skip_journal_replay() {
         let mut sys = RecordingSys::new();
-        mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "ext4", true).unwrap();
+        mount_container_rootfs(&mut sys, &paths(), disk("ext4"), true).unwrap();
         assert!(sys.calls.contains(
             &"mount /dev/vdb /run/hyper/c/c1/lower ext4 MsFlags(MS_RDONLY) noload".to_string()
         ));
@@ -611,8 +668,7 @@ mod tests {
     #[test]
     fn a_failed_overlay_mount_is_undone() {
         let mut sys = RecordingSys::failing("mount overlay", Errno::EINVAL);
-        let err = mount_container_rootfs(&mut sys, &paths(), Path::new("/dev/vdb"), "erofs", true)
-            .unwrap_err();
+        let err = mount_container_rootfs(&mut sys, &paths(), disk("erofs"), true).unwrap_err();
         assert_eq!(err.errno, Errno::EINVAL);
         let tail: Vec<_> = sys
             .calls

@@ -85,10 +85,11 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub enum Role {
     /// `ctr run` and the like: a VM of its own.
     Alone,
-    /// A CRI sandbox (the pause container): it holds the pod's place; the
-    /// pod's VM starts with its first container.
+    /// A CRI sandbox (the pause container): it boots the pod's VM, which
+    /// its containers join.
     Sandbox,
-    /// A container of CRI sandbox `sandbox`: served by the sandbox's shim.
+    /// A container of CRI sandbox `sandbox`: served by the sandbox's shim,
+    /// it joins the sandbox's VM.
     Member { sandbox: String },
 }
 
@@ -161,6 +162,16 @@ impl Process {
     /// `uid:gid`, as hyperstart takes a user.
     pub fn user_spec(&self) -> String {
         format!("{}:{}", self.user.uid, self.user.gid)
+    }
+
+    /// The terminal's size at start, if the spec gives one.
+    pub fn terminal_size(&self) -> Option<hyper_protocol::TerminalSize> {
+        self.console_size
+            .as_ref()
+            .map(|c| hyper_protocol::TerminalSize {
+                rows: c.height,
+                cols: c.width,
+            })
     }
 }
 

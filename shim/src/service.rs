@@ -1,9 +1,11 @@
 //! The Task service containerd drives over ttrpc. A shim serves one task
 //! (one pod of one container, one VM: `ctr run` without CRI annotations),
-//! or a CRI sandbox and its containers: the sandbox (pause) task holds the
-//! pod's place and network namespace, and the pod's VM boots with its first
-//! container, in that namespace (CNI configured it through containerd's CRI
-//! plugin, so the pod's IP is the one CRI reports).
+//! or a CRI sandbox and its containers: the sandbox (pause) task boots the
+//! pod's VM, running the pause process, in the sandbox's network namespace
+//! (CNI configured it through containerd's CRI plugin, so the pod's IP is
+//! the one CRI reports); each container of the pod then joins that VM
+//! (`Runtime::join`: its rootfs reaches the guest over the VM's join
+//! share), is removed on its own, and the sandbox's end ends the VM.
 //! The pid containerd sees for a task is the shim's own (the container's
 //! processes live in the guest; the VM is the shim's child's child).
 
@@ -26,12 +28,13 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{Context, Task};
 use hyper_core::config::Config;
 use hyper_core::plugins::Plugins;
-use hyper_core::pods::{ExecRequest, RunIo, RunOutcome, RunRequest, Runtime, Stdin};
+use hyper_core::pods::{ExecRequest, JoinRequest, RunIo, RunOutcome, RunRequest, Runtime, Started};
 use hyper_protocol::TerminalSize;
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::bundle;
 use crate::cleanup;
+use crate::metrics;
 use crate::mounts;
 use crate::stdio;
 
@@ -80,9 +83,8 @@ struct Proc {
     terminal: bool,
     started: bool,
     resize: Option<mpsc::Sender<TerminalSize>>,
-    /// The process's stdin and the pump feeding it, until CloseIO.
-    stdin_tx: Option<mpsc::Sender<Stdin>>,
-    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+    /// How CloseIO tells the pump feeding the process's stdin.
+    stdin_close: Option<tokio::sync::oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
     exit_tx: Arc<watch::Sender<Option<Exit>>>,
 }
@@ -97,8 +99,7 @@ impl Proc {
             terminal,
             started: false,
             resize: None,
-            stdin_tx: None,
-            stdin_pump: None,
+            stdin_close: None,
             exit,
             exit_tx: Arc::new(exit_tx),
         }
@@ -127,11 +128,9 @@ impl Proc {
             None
         } else {
             let (tx, rx) = mpsc::channel(16);
-            self.stdin_tx = Some(tx.clone());
-            self.stdin_pump = Some(tokio::spawn(stdio::pump_stdin(
-                PathBuf::from(&self.stdin),
-                tx,
-            )));
+            let (close_tx, close) = tokio::sync::oneshot::channel();
+            self.stdin_close = Some(close_tx);
+            tokio::spawn(stdio::pump_stdin(PathBuf::from(&self.stdin), tx, close));
             Some(rx)
         };
         let resize = if self.terminal {
@@ -150,13 +149,11 @@ impl Proc {
         (io, pump)
     }
 
-    /// The client's input ended: the process reads end of file.
-    async fn close_stdin(&mut self) {
-        if let Some(pump) = self.stdin_pump.take() {
-            pump.abort();
-        }
-        if let Some(tx) = self.stdin_tx.take() {
-            let _ = tx.send(Stdin::Close).await;
+    /// The client's input ended: the process reads what is left in the
+    /// fifo, then end of file (the pump sends it).
+    fn close_stdin(&mut self) {
+        if let Some(close) = self.stdin_close.take() {
+            let _ = close.send(());
         }
     }
 }
@@ -167,15 +164,14 @@ struct TaskState {
     init: Proc,
     /// Exec processes by exec id, with what to run until Start takes it.
     execs: HashMap<String, (Proc, Option<ExecRequest>)>,
-    /// The core for this task; `None` for a CRI sandbox (no VM of its own).
+    /// The core for this task (a CRI container's is its sandbox's).
     runtime: Option<Arc<Runtime>>,
     role: bundle::Role,
-    /// A CRI sandbox's network namespace and hostname, for its containers.
-    netns: Option<PathBuf>,
-    hostname: Option<String>,
     /// What to run, until Start takes it.
     request: Option<RunRequest>,
-    /// The core's pod, once started.
+    /// A CRI container: what joins its sandbox's VM, until Start takes it.
+    join: Option<JoinRequest>,
+    /// The core's pod, once started (a CRI container's: its sandbox's).
     pod: Option<String>,
     /// Where the shim's rootfs mount is, if it made one.
     rootfs_mount: Option<PathBuf>,
@@ -186,6 +182,11 @@ struct TaskState {
 impl TaskState {
     fn status(&self) -> Status {
         self.init.status()
+    }
+
+    /// A CRI container joining its sandbox's VM.
+    fn is_member(&self) -> bool {
+        matches!(self.role, bundle::Role::Member { .. })
     }
 
     /// The init process (`exec_id` empty) or an exec.
@@ -292,10 +293,10 @@ impl TaskService {
         let role = spec.role();
         let config_path = bundle::config_path(req.options.as_ref()).map_err(|e| e.to_string())?;
         cleanup::remember_config(&bundle_dir, &config_path).map_err(|e| e.to_string())?;
-        // A CRI container's spec names the sandbox's namespace through the
-        // sandbox task's pid (`/proc/<pid>/ns/net`, the shim's own here):
-        // the namespace and hostname come from the sandbox's spec instead.
-        let mut from_sandbox = None;
+        // A CRI container joins its sandbox's VM: its network and hostname
+        // are the pod's (its spec names the sandbox's namespace through the
+        // sandbox task's pid, the shim's own here).
+        let mut sandbox_pod = None;
         if let bundle::Role::Member { sandbox } = &role {
             let sb = tasks
                 .get(sandbox)
@@ -306,40 +307,17 @@ impl TaskService {
                         req.id
                     )
                 })?;
-            from_sandbox = Some((sb.netns.clone(), sb.hostname.clone()));
-            if let Some(other) = tasks.values().find(|t| {
-                matches!(&t.role, bundle::Role::Member { .. }) && t.status() != Status::STOPPED
-            }) {
-                return Err(format!(
-                    "CRI sandbox {sandbox} already runs container {} in its VM: a second container joining a running pod's VM is not supported by containerd-shim-hyper-v2 yet (one container per pod)",
-                    other.id
-                ));
+            match (&sb.runtime, &sb.pod, sb.status()) {
+                (Some(runtime), Some(pod), Status::RUNNING) => {
+                    sandbox_pod = Some((runtime.clone(), pod.clone()));
+                }
+                _ => {
+                    return Err(format!(
+                        "CRI sandbox {sandbox} of container {}: its VM does not run",
+                        req.id
+                    ))
+                }
             }
-        }
-        if role == bundle::Role::Sandbox {
-            // The pause container runs nothing in a VM runtime: the task
-            // holds the pod's place until it is killed. Its config is
-            // checked now, so a bad ConfigPath fails RunPodSandbox.
-            Config::load(Some(&config_path))
-                .map_err(|e| format!("hypercontainer config (runtime option ConfigPath): {e}"))?;
-            let netns = spec.netns();
-            if let Some(ns) = &netns {
-                check_netns(ns)?;
-            }
-            return Ok(TaskState {
-                id: req.id.clone(),
-                bundle: bundle_dir,
-                init: Proc::new("", "", "", false),
-                execs: HashMap::new(),
-                runtime: None,
-                role,
-                netns,
-                hostname: spec.hostname.clone().filter(|h| !h.is_empty()),
-                request: None,
-                pod: None,
-                rootfs_mount: None,
-                state_dir: PathBuf::new(),
-            });
         }
         let mapped = mounts::map(&spec.mounts).map_err(|e| e.to_string())?;
         if !mapped.skipped.is_empty() {
@@ -348,9 +326,12 @@ impl TaskService {
         if !process.rlimits.is_empty() {
             tracing::warn!(task = %req.id, "the spec's rlimits are not applied in the guest (not supported yet)");
         }
-        let (netns, sandbox_hostname) = match from_sandbox {
-            Some(sb) => sb,
-            None => (spec.netns(), None),
+        if sandbox_pod.is_some() && !mapped.volumes.is_empty() {
+            tracing::warn!(task = %req.id, "volumes of a container joining a running pod are not mounted (not supported yet)");
+        }
+        let netns = match sandbox_pod {
+            Some(_) => None,
+            None => spec.netns(),
         };
         if let Some(ns) = &netns {
             check_netns(ns)?;
@@ -384,6 +365,32 @@ impl TaskService {
                 "the bundle's rootfs {} is missing: containerd gave no rootfs mount and the bundle has none",
                 rootfs.display()
             )));
+        }
+        if let Some((runtime, pod)) = sandbox_pod {
+            let join = JoinRequest {
+                name: req.id.clone(),
+                rootfs,
+                args: process.args.clone(),
+                env: process.env.clone(),
+                workdir: Some(process.cwd.clone()).filter(|c| !c.is_empty()),
+                user: Some(process.user_spec()),
+                interactive: !req.stdin.is_empty(),
+                tty: req.terminal,
+                tty_size: process.terminal_size(),
+            };
+            return Ok(TaskState {
+                id: req.id.clone(),
+                bundle: bundle_dir,
+                init: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+                execs: HashMap::new(),
+                runtime: Some(runtime),
+                role,
+                request: None,
+                join: Some(join),
+                pod: Some(pod),
+                rootfs_mount,
+                state_dir: PathBuf::new(),
+            });
         }
         let (runtime, state_dir) = load_runtime(&config_path, &self.namespace, &req.id)
             .await
@@ -421,13 +428,10 @@ impl TaskService {
             labels: Default::default(),
             restart: Default::default(),
             tty: req.terminal,
-            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
-                rows: c.height,
-                cols: c.width,
-            }),
+            tty_size: process.terminal_size(),
             security: Default::default(),
             network,
-            hostname: spec.hostname.filter(|h| !h.is_empty()).or(sandbox_hostname),
+            hostname: spec.hostname.filter(|h| !h.is_empty()),
             volumes: mapped.volumes,
             start: None,
         };
@@ -438,9 +442,8 @@ impl TaskService {
             execs: HashMap::new(),
             runtime: Some(runtime),
             role,
-            netns: None,
-            hostname: None,
             request: Some(request),
+            join: None,
             pod: None,
             rootfs_mount,
             state_dir,
@@ -513,6 +516,7 @@ impl TaskService {
     async fn start_exec(&self, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
         let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
+        let member = task.is_member().then(|| task.id.clone());
         let (runtime, pod) = match (&task.pod, &task.runtime) {
             (Some(pod), Some(runtime)) if task.init.status() == Status::RUNNING => {
                 (runtime.clone(), pod.clone())
@@ -528,12 +532,14 @@ impl TaskService {
             .execs
             .get_mut(&req.exec_id)
             .ok_or_else(|| not_found(&req.exec_id))?;
-        let exec = exec.take().ok_or_else(|| {
+        let mut exec = exec.take().ok_or_else(|| {
             status(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("exec {}: already started", req.exec_id),
             )
         })?;
+        // A CRI container's exec runs in it, not in the pod's pause.
+        exec.container = member;
         let (io, pump) = p.wire();
         let exit_tx = p.exit_tx.clone();
         let publisher = self.publisher.clone();
@@ -643,30 +649,31 @@ impl Task for TaskService {
         }
         let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
-        let Some(runtime) = task.runtime.clone() else {
-            // A CRI sandbox: it runs until it is killed.
-            if task.init.started {
-                return Err(status(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("task {}: already started", req.id),
-                ));
-            }
-            task.init.started = true;
-            drop(slot);
-            return Ok(self.started(&req.id).await);
-        };
-        let run = task.request.take().ok_or_else(|| {
+        let already = || {
             status(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("task {}: already started", req.id),
             )
-        })?;
+        };
+        let runtime = task.runtime.clone().ok_or_else(already)?;
+        let what = match (task.request.take(), task.join.take(), &task.pod) {
+            (Some(run), _, _) => Ok(run),
+            (None, Some(join), Some(pod)) => Err((join, pod.clone())),
+            _ => return Err(already()),
+        };
+        let sandbox = task.role == bundle::Role::Sandbox;
         let (io, pump) = task.init.wire();
         let exit_tx = task.init.exit_tx.clone();
         // The VM boots without the lock: the shim's other tasks (a CRI
         // sandbox's) keep answering meanwhile.
         drop(slot);
-        let started = match runtime.create(run, Some(io)).await {
+        let started: Result<Started, _> = match what {
+            // The sandbox's VM takes its containers later.
+            Ok(run) if sandbox => runtime.create_joinable(run, Some(io)).await,
+            Ok(run) => runtime.create(run, Some(io)).await,
+            Err((join, pod)) => runtime.join(&pod, join, io).await,
+        };
+        let started = match started {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(task = %req.id, "start: {e}");
@@ -682,6 +689,7 @@ impl Task for TaskService {
         if let Some(task) = slot.get_mut(&req.id) {
             task.pod = Some(started.id.clone());
         }
+        // A CRI container that could not start is gone from its pod.
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
         let id = req.id.clone();
@@ -774,41 +782,35 @@ impl Task for TaskService {
         let task = the_task(&slot, &req.id)?;
         let signal = i32::try_from(req.signal)
             .map_err(|_| status(ttrpc::Code::INVALID_ARGUMENT, "signal out of range"))?;
-        match (task.status(), &task.pod) {
+        // A CRI container's pod is its sandbox's from Create on; it runs
+        // once started.
+        let pod = task.pod.as_ref().filter(|_| task.init.started);
+        match (task.status(), pod) {
             (Status::STOPPED, _) => Err(status(
                 ttrpc::Code::NOT_FOUND,
                 format!("task {}: process already finished", req.id),
             )),
             (_, Some(pod)) => match &task.runtime {
-                Some(runtime) => runtime
-                    .kill(pod, signal)
-                    .await
-                    .map(|()| Empty::default())
-                    .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string())),
+                Some(runtime) => {
+                    let killed = if task.is_member() {
+                        runtime.kill_joined(pod, &task.id, signal).await
+                    } else {
+                        runtime.kill(pod, signal).await
+                    };
+                    killed
+                        .map(|()| Empty::default())
+                        .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string()))
+                }
                 None => Err(not_found(&req.id)),
             },
             (_, None) => {
-                // Never started, or a CRI sandbox: it ends as killed by the
-                // signal.
+                // Never started: it ends as killed by the signal.
                 let exit = Exit {
                     code: 128 + req.signal,
                     at: Timestamp::now(),
                 };
                 task.init.exit_tx.send_replace(Some(exit.clone()));
-                let sandbox = task.runtime.is_none();
                 drop(slot);
-                if sandbox {
-                    // containerd's CRI learns a sandbox stopped from this event.
-                    self.publish(TaskExit {
-                        container_id: req.id.clone(),
-                        id: req.id.clone(),
-                        pid: shim_pid(),
-                        exit_status: exit.code,
-                        exited_at: MessageField::some(exit.at),
-                        ..Default::default()
-                    })
-                    .await;
-                }
                 Ok(Empty::default())
             }
         }
@@ -838,8 +840,15 @@ impl Task for TaskService {
             code: 0,
             at: Timestamp::now(),
         });
-        if let Some(runtime) = &task.runtime {
-            runtime.shutdown().await;
+        match (&task.runtime, &task.pod) {
+            // A CRI container leaves its pod; the pod goes on.
+            (Some(runtime), Some(pod)) if task.is_member() => {
+                if let Err(e) = runtime.remove_joined(pod, &task.id).await {
+                    tracing::debug!(task = %task.id, "leaving pod {pod}: {e}");
+                }
+            }
+            (Some(runtime), _) => runtime.shutdown().await,
+            (None, _) => {}
         }
         if let Some(m) = &task.rootfs_mount {
             cleanup::unmount(m);
@@ -907,7 +916,7 @@ impl Task for TaskService {
         let mut slot = self.tasks.lock().await;
         let task = the_task_mut(&mut slot, &req.id)?;
         if req.stdin {
-            task.proc_mut(&req.exec_id)?.close_stdin().await;
+            task.proc_mut(&req.exec_id)?.close_stdin();
         }
         Ok(Empty::default())
     }
@@ -969,10 +978,7 @@ impl Task for TaskService {
             interactive: !req.stdin.is_empty(),
             container: None,
             tty: req.terminal,
-            tty_size: process.console_size.as_ref().map(|c| TerminalSize {
-                rows: c.height,
-                cols: c.width,
-            }),
+            tty_size: process.terminal_size(),
             privileged: false,
         };
         let p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
@@ -990,9 +996,31 @@ impl Task for TaskService {
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        Err(unimplemented("stats"))
+        let (runtime, pod) = {
+            let slot = self.tasks.lock().await;
+            let task = the_task(&slot, &req.id)?;
+            match (&task.runtime, &task.pod) {
+                (Some(r), Some(p)) if task.status() == Status::RUNNING => (r.clone(), p.clone()),
+                _ => {
+                    return Err(status(
+                        ttrpc::Code::FAILED_PRECONDITION,
+                        format!("task {}: not running", req.id),
+                    ))
+                }
+            }
+        };
+        let vm = runtime
+            .stats(&pod)
+            .await
+            .map_err(|e| status(ttrpc::Code::UNKNOWN, e.to_string()))?;
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics::of_vm(&vm)))
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> ttrpc::Result<Empty> {

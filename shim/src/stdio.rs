@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use hyper_core::pods::{Output, Stdin};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Chunks of output in flight between the core and the fifos: the channel
@@ -62,12 +62,18 @@ pub async fn pump_output(mut rx: mpsc::Receiver<Output>, stdout: String, stderr:
 }
 
 /// Carries the stdin fifo into the container until containerd's CloseIO
-/// (the client's input ended) or the container stops reading. The fifo is
-/// opened read-write, as a reader that never waits for a writer: its end of
-/// file is CloseIO, not the writer going (containerd's writer may come late
-/// or never).
-pub async fn pump_stdin(path: PathBuf, tx: mpsc::Sender<Stdin>) {
-    let mut f = match tokio::net::unix::pipe::OpenOptions::new()
+/// (`close`: the client's input ended) or the container stops reading. The
+/// fifo is opened read-write, as a reader that never waits for a writer:
+/// its end of file is CloseIO, not the writer going (containerd's writer
+/// may come late or never). At CloseIO what the client wrote and the pump
+/// has not read yet is still in the fifo: it is carried first, then the
+/// container reads end of file.
+pub async fn pump_stdin(
+    path: PathBuf,
+    tx: mpsc::Sender<Stdin>,
+    mut close: tokio::sync::oneshot::Receiver<()>,
+) {
+    let f = match tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&path)
     {
@@ -80,16 +86,29 @@ pub async fn pump_stdin(path: PathBuf, tx: mpsc::Sender<Stdin>) {
     };
     let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
-        match f.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Stdin::Close).await;
-                return;
-            }
-            Ok(n) => {
-                if tx.send(Stdin::Data(buf[..n].to_vec())).await.is_err() {
-                    return;
+        let n = tokio::select! {
+            biased;
+            ready = f.readable() => match ready.map(|()| f.try_read(&mut buf)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                _ => 0,
+            },
+            _ = &mut close => {
+                // Drain what is buffered, without waiting for more.
+                while let Ok(n) = f.try_read(&mut buf) {
+                    if n == 0 || tx.send(Stdin::Data(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
                 }
+                0
             }
+        };
+        if n == 0 {
+            let _ = tx.send(Stdin::Close).await;
+            return;
+        }
+        if tx.send(Stdin::Data(buf[..n].to_vec())).await.is_err() {
+            return;
         }
     }
 }

@@ -11,6 +11,7 @@ Python 3.11 standard library only; pushes through the registry HTTP API
 Defaults come from the HYPER_TEST_REGISTRY* variables written by start.sh.
 Images (all under hyper/):
   busybox:latest, busybox:1.35  Debian busybox-static + applet symlinks, /etc/passwd, /etc/group; Cmd ["sh"] (OCI, gzip)
+  pause:latest                  busybox with Cmd ["sleep", "2147483647"]: a CRI sandbox image
   layers:latest     4 layers: whiteouts (.wh.) and an opaque dir (.wh..wh..opq)
   multiarch:latest  OCI index: linux/amd64 + linux/arm64
   armonly:latest    Docker manifest list: linux/arm64 + linux/arm/v7 only (no amd64)
@@ -257,6 +258,9 @@ def main():
 
     bb = busybox_layer()
     push_image(reg, "hyper/busybox", ["latest", "1.35"], [bb])
+    # A CRI sandbox image: its process idles until the pod is stopped, as
+    # Kubernetes' pause does.
+    push_image(reg, "hyper/pause", ["latest"], [bb], cmd=["sleep", "2147483647"])
 
     # Whiteouts and an opaque directory over several layers.
     l2 = (Layer().dir("data").file("data/a", b"a\n").file("data/b", b"b\n")

@@ -632,7 +632,7 @@ fn cri_config(dir: &Path, hyper_config: &Path) -> String {
     }
     format!(
         "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
-         sandbox_image = \"{registry}/hyper/busybox:latest\"\n\
+         sandbox_image = \"{registry}/hyper/pause:latest\"\n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
          bin_dir = \"/usr/lib/cni\"\nconf_dir = \"{cni}\"\n\
          [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n\
@@ -727,7 +727,7 @@ fn cri_pod_runs_in_a_vm_with_the_cni_address_and_leaves_nothing() {
         format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
     };
 
-    // PullImage through the CRI (the sandbox image is the same one).
+    // PullImage through the CRI (containerd pulls the sandbox image itself).
     let image_spec = ImageSpec {
         image: image.clone(),
         ..Default::default()
@@ -856,27 +856,54 @@ fn cri_pod_runs_in_a_vm_with_the_cni_address_and_leaves_nothing() {
     assert!(log.contains(" stdout F started"), "CRI log: {log:?}");
 
     // One VM for the pod: the shim of the sandbox serves the container.
-    let state_dir = c.hyper.state_dir.display().to_string();
     let shims = shims_of(&sandbox);
     assert_eq!(shims.len(), 1, "shim servers of the sandbox: {shims:?}");
-    assert_eq!(processes_mentioning(&state_dir).len(), 1, "one VM");
+    let vmms = vmm_processes(&c);
+    assert_eq!(vmms.len(), 1, "one VM: {vmms:?}");
 
+    remove_pod_and_check_nothing_is_left(&c, &mut cri, &sandbox, &netns_before);
+}
+
+/// The processes running the test's VMs: those that mention its state dir
+/// but the virtio-fs servers of their shares.
+fn vmm_processes(c: &Containerd) -> Vec<u32> {
+    processes_mentioning(&c.hyper.state_dir.display().to_string())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| !comm.trim().starts_with("virtiofsd"))
+        })
+        .collect()
+}
+
+/// StopPodSandbox and RemovePodSandbox of `sandbox`, then: no VM or plugin
+/// host (they mention the test's state dir), no shim, no netns of CNI, no
+/// mount, no shim socket is left.
+fn remove_pod_and_check_nothing_is_left(
+    c: &Containerd,
+    cri: &mut cri::Client,
+    sandbox: &str,
+    netns_before: &[String],
+) {
+    use k8s_cri::v1::*;
+    let ctx = |what: &str, e: tonic::Status| -> String {
+        format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
+    };
     cri.rt
         .block_on(cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
+            pod_sandbox_id: sandbox.to_string(),
         }))
         .unwrap_or_else(|e| panic!("{}", ctx("StopPodSandbox", e)));
     cri.rt
         .block_on(cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
+            pod_sandbox_id: sandbox.to_string(),
         }))
         .unwrap_or_else(|e| panic!("{}", ctx("RemovePodSandbox", e)));
 
-    // Nothing is left: no VM or plugin host (they mention the test's
-    // state dir), no shim, no netns of CNI, no mount, no shim socket.
+    let state_dir = c.hyper.state_dir.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left = (processes_mentioning(&state_dir), shims_of(&sandbox));
+        let left = (processes_mentioning(&state_dir), shims_of(sandbox));
         if (left.0.is_empty() && left.1.is_empty()) || Instant::now() > deadline {
             assert!(left.0.is_empty(), "VM processes left: {:?}", left.0);
             assert!(left.1.is_empty(), "shims left: {:?}", left.1);
@@ -891,11 +918,200 @@ fn cri_pod_runs_in_a_vm_with_the_cni_address_and_leaves_nothing() {
     assert!(netns_after.is_empty(), "netns left: {netns_after:?}");
     let mounts = c.mounts_left();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let socket = c.shim_socket_in("k8s.io", &sandbox);
+    // Nor a mount (a container's root bound for its pod's VM) or a file of
+    // the shim's tasks in the hypercontainer state dir.
+    let hyper_mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&state_dir))
+        .map(str::to_string)
+        .collect();
+    assert!(hyper_mounts.is_empty(), "mounts left: {hyper_mounts:?}");
+    let tasks_left: Vec<_> = std::fs::read_dir(c.hyper.state_dir.join("shim"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(tasks_left.is_empty(), "task state left: {tasks_left:?}");
+    let socket = c.shim_socket_in("k8s.io", sandbox);
     assert!(!socket.exists(), "shim socket left: {}", socket.display());
     let _ = std::process::Command::new("ip")
         .args(["link", "del", CRI_BRIDGE])
         .status();
+}
+
+/// A Kubernetes pod of two containers: both join the sandbox's one VM (one
+/// VMM process; both read the guest kernel's boot id), each with its own
+/// root; removing one leaves the other running; removing the pod leaves
+/// nothing.
+#[test]
+fn cri_pod_of_two_containers_shares_one_vm_and_loses_them_one_by_one() {
+    use k8s_cri::v1::*;
+
+    let c = Containerd::start_cri();
+    let netns_before = cni_netns();
+    let mut cri = cri::Client::connect(c.socket.clone());
+    let handler = format!("hyper-{}", hyper_tests::backend());
+    let image_spec = ImageSpec {
+        image: format!(
+            "{}/hyper/busybox:latest",
+            registry_var("HYPER_TEST_REGISTRY")
+        ),
+        ..Default::default()
+    };
+    let logs = c.dir.join("podlogs");
+    std::fs::create_dir(&logs).expect("log dir");
+    let ctx = |what: &str, e: tonic::Status| -> String {
+        format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
+    };
+    cri.rt
+        .block_on(cri.images.pull_image(PullImageRequest {
+            image: Some(image_spec.clone()),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "pair".into(),
+            uid: "uid-cri-pair".into(),
+            namespace: "hyper-test".into(),
+            attempt: 0,
+        }),
+        hostname: "pairpod".into(),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    };
+    let sandbox = cri
+        .rt
+        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: handler,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
+        .into_inner()
+        .pod_sandbox_id;
+
+    let mut containers = Vec::new();
+    for name in ["one", "two"] {
+        let id = cri
+            .rt
+            .block_on(cri.runtime.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(image_spec.clone()),
+                    command: vec!["sh".into(), "-c".into()],
+                    args: vec![format!("echo started-{name}; exec sleep 3600")],
+                    log_path: format!("{name}.log"),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("CreateContainer", e)))
+            .into_inner()
+            .container_id;
+        cri.rt
+            .block_on(cri.runtime.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("StartContainer", e)));
+        containers.push(id);
+    }
+    let exec = |cri: &mut cri::Client, id: &str, cmd: &str| -> ExecSyncResponse {
+        cri.rt
+            .block_on(cri.runtime.exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+                timeout: 120,
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("ExecSync", e)))
+            .into_inner()
+    };
+
+    // One VM: the same guest kernel under both, one VMM process.
+    let boot_ids: Vec<String> = containers
+        .iter()
+        .map(|id| {
+            let out = exec(&mut cri, id, "cat /proc/sys/kernel/random/boot_id");
+            assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+            text(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(boot_ids[0].len(), 36, "boot id {:?}", boot_ids[0]);
+    assert_eq!(
+        boot_ids[0], boot_ids[1],
+        "the containers run in two kernels"
+    );
+    let vmms = vmm_processes(&c);
+    assert_eq!(vmms.len(), 1, "one VM: {vmms:?}");
+    let shims = shims_of(&sandbox);
+    assert_eq!(shims.len(), 1, "shim servers of the sandbox: {shims:?}");
+    // Each has its own root: a file one writes is not in the other.
+    let out = exec(&mut cri, &containers[0], "echo mine > /only-in-one");
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+    let out = exec(&mut cri, &containers[1], "test ! -e /only-in-one");
+    assert_eq!(out.exit_code, 0, "container two sees container one's root");
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+        assert!(
+            log.contains(&format!(" stdout F started-{name}")),
+            "CRI log of {}: {log:?}",
+            containers[i]
+        );
+    }
+    // The task's Stats: the VM's figures, as CRI reads them.
+    let stats = cri
+        .rt
+        .block_on(cri.runtime.container_stats(ContainerStatsRequest {
+            container_id: containers[1].clone(),
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("ContainerStats", e)))
+        .into_inner()
+        .stats
+        .expect("container stats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    assert!(memory > 0, "no memory figure: {memory}");
+
+    // Removing one container leaves the other running in the same VM.
+    cri.rt
+        .block_on(cri.runtime.stop_container(StopContainerRequest {
+            container_id: containers[0].clone(),
+            timeout: 0,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("StopContainer", e)));
+    cri.rt
+        .block_on(cri.runtime.remove_container(RemoveContainerRequest {
+            container_id: containers[0].clone(),
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("RemoveContainer", e)));
+    let out = exec(
+        &mut cri,
+        &containers[1],
+        "cat /proc/sys/kernel/random/boot_id",
+    );
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), boot_ids[1], "a new VM");
+    let st = cri
+        .rt
+        .block_on(cri.runtime.container_status(ContainerStatusRequest {
+            container_id: containers[1].clone(),
+            verbose: false,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("ContainerStatus", e)))
+        .into_inner()
+        .status
+        .expect("container status");
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(vmm_processes(&c).len(), 1, "one VM");
+
+    remove_pod_and_check_nothing_is_left(&c, &mut cri, &sandbox, &netns_before);
 }
 
 /// Not a check (no timed assertion): `ctr run --rm IMAGE true` with this

@@ -357,13 +357,31 @@ pub struct ContainerSpec {
 }
 
 /// A read-only disk the guest finds by its stable id (the virtio-blk serial,
-/// or the Xen vbd id), mounted under a tmpfs-backed overlay.
+/// or the Xen vbd id), mounted under a tmpfs-backed overlay. Or, with
+/// `share` set (capability [`capability::SHARED_ROOTFS`]), a directory of a
+/// pod volume shared from the host: how a container joins a running pod's
+/// VM, which cannot take a new disk on every backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootfsSpec {
+    /// Ignored (empty) when `share` is set.
     pub disk_id: String,
-    /// `erofs` or `ext4`.
+    /// `erofs` or `ext4`; ignored (empty) when `share` is set.
     pub fstype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<SharedRootfs>,
+}
+
+/// A container root read from a directory of a pod volume
+/// ([`VolumeSource::Share`]), under the same tmpfs-backed overlay as a
+/// disk's: the guest never writes the host's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRootfs {
+    /// A pod volume of [`PodSpec::volumes`] whose source is a share.
+    pub volume: String,
+    /// One path component inside it (container-id alphabet).
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -526,6 +544,9 @@ pub mod capability {
     /// [`super::GuestMessage::ProcessExit`] says `oom_killed` when the
     /// guest's OOM killer ended a container's init.
     pub const OOM_KILLED: &str = "oom-killed";
+    /// [`super::RootfsSpec::share`]: a container's root from a directory of
+    /// a shared pod volume (a container joining a running pod).
+    pub const SHARED_ROOTFS: &str = "shared-rootfs";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
@@ -541,6 +562,7 @@ pub mod capability {
         HOST_VOLUMES,
         RESUME,
         OOM_KILLED,
+        SHARED_ROOTFS,
     ];
 }
 

@@ -1128,6 +1128,7 @@ mod tests {
                         rootfs: RootfsSpec {
                             disk_id: "d".into(),
                             fstype: "erofs".into(),
+                            share: None,
                         },
                         hostname: "h".into(),
                         process: spec,

@@ -42,6 +42,7 @@ mod boot;
 mod cgroup;
 mod create;
 mod exec;
+mod join;
 mod model;
 mod network;
 mod observe;
@@ -56,6 +57,7 @@ mod volumes;
 
 pub use attach::Stdin;
 use boot::LivePod;
+pub use join::{JoinRequest, JoinedContainer, MAX_JOINED};
 pub use model::{
     container_log_dir, ContainerRecord, ExecRequest, Info, Output, PluginInfo, PodRecord, PodState,
     RestartPolicy, Restored, RunError, RunIo, RunOutcome, RunRequest, SavedVm, StartError, Started,
@@ -108,6 +110,9 @@ pub struct Runtime {
     payload_hasher: crate::templates::PayloadHasher,
     /// Numbers the template builds' network namespaces.
     template_netns: std::sync::atomic::AtomicU64,
+    /// Whether joined containers' roots are really bind-mounted (off in
+    /// the unit tests, whose fake VMs read nothing).
+    host_mounts: AtomicBool,
 }
 
 impl Runtime {
@@ -141,6 +146,7 @@ impl Runtime {
             templates,
             payload_hasher: Default::default(),
             template_netns: Default::default(),
+            host_mounts: AtomicBool::new(true),
         })
     }
 

@@ -44,6 +44,8 @@ pub(super) struct LivePod {
     pub(super) stop_requested: AtomicBool,
     /// The pod's block volume files, locked while this VM runs.
     pub(super) block_locks: Mutex<Vec<hyper_volumes::BlockLock>>,
+    /// How each running joined container ends, by name.
+    pub(super) joined: Mutex<std::collections::BTreeMap<String, watch::Receiver<Ending>>>,
 }
 
 /// What outlives each VM of a pod restarted by its policy: how it ends, the
@@ -95,6 +97,7 @@ impl LivePod {
             interactive,
             stop_requested: AtomicBool::new(false),
             block_locks: Mutex::new(Vec::new()),
+            joined: Mutex::new(Default::default()),
         }
     }
 
@@ -186,6 +189,10 @@ impl Runtime {
                 self.finish_record(record, &Err(err.to_string()));
                 return Err(err);
             }
+        }
+        if let Err(err) = self.join_up(&record, &mut spec) {
+            self.finish_record(record, &Err(err.to_string()));
+            return Err(err);
         }
         let links = PodLinks::new();
         let outcome = links.outcome_tx.subscribe();
@@ -474,6 +481,24 @@ impl Runtime {
             }
             None => None,
         };
+        let join_volume = match (record.joinable, self.share_transport()) {
+            (false, _) => None,
+            (true, Some(t)) if has(capability::HOST_VOLUMES) && has(capability::SHARED_ROOTFS) => {
+                Some(super::join::join_volume(t))
+            }
+            (true, Some(_)) => {
+                return Err(RunError::Failed(format!(
+                    "the guest agent ({}) cannot take containers into a running pod (no capability {}); install a payload built from this version",
+                    ready.agent,
+                    capability::SHARED_ROOTFS
+                )))
+            }
+            (true, None) => {
+                return Err(RunError::Failed(format!(
+                    "the {backend} backend cannot share host directories: pod {id} cannot take joining containers"
+                )))
+            }
+        };
         let pod = PodSpec {
             hostname: record.hostname(),
             volumes: volumes
@@ -485,6 +510,7 @@ impl Runtime {
                     readonly: false,
                 })
                 .chain(plan.volumes.iter().cloned())
+                .chain(join_volume)
                 .collect(),
             network,
         };
@@ -604,6 +630,7 @@ fn container_spec(
         rootfs: RootfsSpec {
             disk_id: disk_id(index),
             fstype: rootfs::FSTYPE.into(),
+            share: None,
         },
         // Containers of a pod share its hostname, as in Kubernetes.
         hostname: hostname.to_string(),

@@ -35,6 +35,8 @@ struct NewPod {
     /// The pod file it comes from, if any: `hyper start` boots it again
     /// from it.
     pod_file: Option<PodFile>,
+    /// Other containers join it while it runs.
+    joinable: bool,
 }
 
 impl Runtime {
@@ -67,6 +69,17 @@ impl Runtime {
         req: RunRequest,
         io: Option<RunIo>,
     ) -> Result<Started, RunError> {
+        self.create_with(req, io, false).await
+    }
+
+    /// [`Runtime::create`]; `joinable`: the pod takes more containers
+    /// while it runs (see [`Runtime::create_joinable`]).
+    pub(super) async fn create_with(
+        self: &Arc<Self>,
+        req: RunRequest,
+        io: Option<RunIo>,
+        joinable: bool,
+    ) -> Result<Started, RunError> {
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         crate::security::check(&req.security)?;
         if let Some(h) = &req.hostname {
@@ -86,6 +99,7 @@ impl Runtime {
             size: ((req.cpus, "--cpus"), (req.memory_mib, "--memory")),
             containers: vec![(String::new(), req, Vec::new())],
             pod_file: None,
+            joinable,
         };
         self.create_new(new, io).await
     }
@@ -147,6 +161,7 @@ impl Runtime {
             size: ((pod.vcpus, "vcpus ="), (pod.memory_mib, "memory_mib =")),
             containers,
             pod_file: Some(pod),
+            joinable: false,
         };
         Ok(self.create_new(new, None).await?.id)
     }
@@ -290,6 +305,9 @@ impl Runtime {
             mounts,
             error: None,
             started: None,
+            joinable: new.joinable,
+            joined: Vec::new(),
+            joins: 0,
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.

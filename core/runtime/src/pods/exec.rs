@@ -49,17 +49,18 @@ impl Runtime {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
         // The container's own env, workdir and user are where exec starts.
-        let (guest_id, base, security) = match self.container_of(id, req.container.as_deref())? {
-            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user), c.security),
-            None => (
-                live.main.guest_id.clone(),
-                (
-                    live.main.env.clone(),
-                    live.main.workdir.clone(),
-                    live.main.user.clone(),
-                ),
-                live.main.security.clone(),
+        let joined = req
+            .container
+            .as_deref()
+            .and_then(|name| self.joined(id, name).ok());
+        let (guest_id, base, security) = match joined {
+            // A container that joined the running pod.
+            Some(c) => (
+                c.guest_id,
+                (c.env, c.workdir, c.user),
+                crate::security::Security::default(),
             ),
+            None => self.exec_target(id, req.container.as_deref(), &live)?,
         };
         let confinement =
             crate::security::exec_confinement(&crate::security::check(&security)?, req.privileged);
@@ -133,6 +134,36 @@ impl Runtime {
             pod: id.to_string(),
             exit_code: code,
             message: None,
+        })
+    }
+
+    /// The container of the pod (or of its file) an exec runs in: its id in
+    /// the guest, the env, workdir and user it starts from, its security.
+    #[allow(clippy::type_complexity)]
+    fn exec_target(
+        &self,
+        id: &str,
+        container: Option<&str>,
+        live: &super::boot::LivePod,
+    ) -> Result<
+        (
+            String,
+            (Vec<String>, Option<String>, Option<String>),
+            crate::security::Security,
+        ),
+        RunError,
+    > {
+        Ok(match self.container_of(id, container)? {
+            Some((_, c)) => (c.guest_id, (c.env, c.workdir, c.user), c.security),
+            None => (
+                live.main.guest_id.clone(),
+                (
+                    live.main.env.clone(),
+                    live.main.workdir.clone(),
+                    live.main.user.clone(),
+                ),
+                live.main.security.clone(),
+            ),
         })
     }
 }

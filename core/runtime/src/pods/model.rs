@@ -273,6 +273,16 @@ pub struct PodRecord {
     /// when a template was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<StartedFrom>,
+    /// Created to take more containers while it runs (a CRI sandbox): its
+    /// VM has the join share (see `pods::join`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joinable: bool,
+    /// The containers that joined it, in join order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<super::join::JoinedContainer>,
+    /// How many containers ever joined it (numbers their guest ids).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub joins: u32,
 }
 
 /// How a pod's VM started (`hyper inspect`'s `started`).
@@ -574,6 +584,9 @@ pub(super) fn pod_exit_code(codes: impl IntoIterator<Item = Option<i32>>) -> i32
 /// VM that died) are exited too, without an exit code of their own.
 pub(super) fn containers_end_with_the_pod(record: &mut PodRecord) {
     for c in &mut record.containers {
+        c.state = PodState::Exited;
+    }
+    for c in &mut record.joined {
         c.state = PodState::Exited;
     }
 }

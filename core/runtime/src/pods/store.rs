@@ -126,10 +126,21 @@ impl Runtime {
     /// Saves a record (pod.json and memory); a failed write is logged, the
     /// pod goes on.
     pub(super) fn save(&self, record: &PodRecord) {
-        if let Err(e) = write_record(&self.pod_dir(&record.id), record) {
+        let mut pods = self.pods();
+        let mut record = record.clone();
+        // Its joined containers are the join verbs' to change (see
+        // `pods::join`): a copy a supervisor holds keeps the current ones.
+        if let Some(current) = pods.get(&record.id) {
+            record.joined = current.joined.clone();
+            record.joins = current.joins;
+        }
+        if record.state == PodState::Exited {
+            containers_end_with_the_pod(&mut record);
+        }
+        if let Err(e) = write_record(&self.pod_dir(&record.id), &record) {
             tracing::warn!(pod = %record.id, "cannot save pod.json: {e}");
         }
-        self.pods().insert(record.id.clone(), record.clone());
+        pods.insert(record.id.clone(), record);
     }
 
     /// Marks a pod exited with `result` and removes what only a running pod
@@ -147,7 +158,13 @@ impl Runtime {
         );
         self.observe_ended(&record);
         let _ = std::fs::remove_dir_all(pod_dir.join("vm"));
-        if record.remove {
+        // Joined containers' roots are unbound before anything under the
+        // pod's directory is removed: never a file of theirs.
+        let unbound = self.join_down(&pod_dir);
+        if record.remove && !unbound {
+            tracing::warn!(pod = %record.id, "a joined container's root is still mounted under {}: the pod's directory stays", pod_dir.display());
+            self.save(&record);
+        } else if record.remove {
             let _ = std::fs::remove_dir_all(&pod_dir);
             self.pods().remove(&record.id);
         } else {

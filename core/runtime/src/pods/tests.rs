@@ -80,6 +80,10 @@ struct FakeHypervisor {
     restores: Mutex<usize>,
     /// The `Resume` each clone's guest got.
     resumes: Arc<Mutex<Vec<hyper_protocol::ResumeSpec>>>,
+    /// Whether it shares host directories (virtio-fs).
+    shares: bool,
+    /// The shares of each VM launched.
+    launched_shares: Mutex<Vec<Vec<hyper_hypervisor::ShareSpec>>>,
 }
 
 impl FakeHypervisor {
@@ -94,7 +98,17 @@ impl FakeHypervisor {
             template_launches: Mutex::new(0),
             restores: Mutex::new(0),
             resumes: Arc::new(Mutex::new(Vec::new())),
+            shares: false,
+            launched_shares: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A backend that shares host directories (containers can join its
+    /// pods).
+    fn sharing(default_guest: Guest) -> Arc<Self> {
+        let mut hv = Arc::into_inner(Self::new(default_guest)).unwrap();
+        hv.shares = true;
+        Arc::new(hv)
     }
 
     /// A backend that saves and restores templates; its clones' guests
@@ -159,7 +173,9 @@ impl Hypervisor for FakeHypervisor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             recover: true,
-            share_transport: None,
+            share_transport: self
+                .shares
+                .then_some(hyper_hypervisor::ShareTransport::VirtioFs),
             templates: self.templates,
         }
     }
@@ -174,6 +190,7 @@ impl Hypervisor for FakeHypervisor {
 
     async fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, HypervisorError> {
         *lock(&self.launched) += 1;
+        lock(&self.launched_shares).push(spec.shares.clone());
         if spec.save_as_template {
             *lock(&self.template_launches) += 1;
         }
@@ -324,6 +341,7 @@ async fn serve(listener: UnixListener, guest: Guest) {
                 "volumes".into(),
                 "host-volumes".into(),
                 "resume".into(),
+                "shared-rootfs".into(),
             ],
             agent: "fake".into(),
         })
@@ -390,6 +408,18 @@ async fn serve(listener: UnixListener, guest: Guest) {
                     finish(&mut g, &c, &p, (o, e), *code).await;
                 }
             }
+            (
+                Request::Signal {
+                    container, signal, ..
+                },
+                Guest::Runs { .. },
+            ) if signal == libc::SIGKILL => {
+                g.reply(msg.id, Ok(Reply::Ok)).await;
+                if let Some(i) = running.iter().position(|p| p.0 == container) {
+                    let (c, p, o, e) = running.remove(i);
+                    finish(&mut g, &c, &p, (o, e), 128 + libc::SIGKILL).await;
+                }
+            }
             _ => g.reply(msg.id, Ok(Reply::Ok)).await,
         }
     }
@@ -431,6 +461,8 @@ impl Setup {
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::write(rootfs.join("bin/true"), b"").unwrap();
         let rt = Arc::new(Runtime::new(config, Plugins::only(hv.clone())).unwrap());
+        rt.host_mounts
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         Self { dir, hv, rt }
     }
 
@@ -1305,4 +1337,198 @@ async fn a_partial_template_build_left_by_a_crash_is_removed_at_startup() {
     std::fs::write(partial.join("state"), b"saved").unwrap();
     s.rt.restore().await.unwrap();
     assert!(!partial.exists());
+}
+
+/// A container for `s`'s pod to take in, read from the test rootfs.
+fn join_request(s: &Setup, name: &str) -> JoinRequest {
+    JoinRequest {
+        name: name.into(),
+        rootfs: s.dir.path().join("rootfs"),
+        args: vec!["sleep".into(), "1d".into()],
+        ..Default::default()
+    }
+}
+
+/// A running joinable pod (its main container runs until killed).
+async fn joinable_pod(s: &Setup) -> String {
+    let started =
+        s.rt.create_joinable(
+            s.request(&["pause"], serde_json::json!({"remove": true})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(started.early.is_none());
+    started.id
+}
+
+#[tokio::test]
+async fn containers_join_a_running_pod_in_its_vm_and_leave_it_one_by_one() {
+    let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let id = joinable_pod(&s).await;
+    // The VM has the join share; its directory is on the host.
+    let shares = lock(&s.hv.launched_shares).clone();
+    assert_eq!(shares.len(), 1);
+    assert!(shares[0]
+        .iter()
+        .any(|sh| sh.tag == "hyper-join" && sh.read_only));
+    let join_dir = s.pods_dir().join(&id).join("join");
+    assert!(join_dir.is_dir());
+
+    let (io1, _out1) = client_io();
+    let a = s.rt.join(&id, join_request(&s, "a"), io1).await.unwrap();
+    let (io2, _out2) = client_io();
+    let b = s.rt.join(&id, join_request(&s, "b"), io2).await.unwrap();
+    assert!(a.early.is_none() && b.early.is_none());
+    // One VM for all.
+    assert_eq!(s.hv.launched(), 1);
+    // The record lists both, on disk too (a takeover keeps them).
+    let on_disk = store::read_record(&s.pods_dir().join(&id)).unwrap();
+    let names: Vec<_> = on_disk.joined.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(on_disk.joined.iter().all(|c| c.state == PodState::Running));
+    assert_ne!(on_disk.joined[0].guest_id, on_disk.joined[1].guest_id);
+    assert!(join_dir.join(&on_disk.joined[0].guest_id).is_dir());
+    // A second container of one name is refused.
+    let (io, _out) = client_io();
+    let err =
+        s.rt.join(&id, join_request(&s, "a"), io)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::Conflict(_)), "{err}");
+
+    // Removing one kills it and leaves the pod and the other running.
+    let a_dir = join_dir.join(&on_disk.joined[0].guest_id);
+    s.rt.remove_joined(&id, "a").await.unwrap();
+    let mut a_end = a.outcome.clone();
+    let ended = a_end.wait_for(Option::is_some).await.unwrap().clone();
+    assert_eq!(ended.unwrap().unwrap().exit_code, 128 + libc::SIGKILL);
+    assert!(!a_dir.exists(), "its root stays bound");
+    assert!(s.rt.is_running(&id));
+    let record = s.rt.record(&id).unwrap();
+    assert_eq!(record.joined.len(), 1);
+    assert_eq!(record.joined[0].state, PodState::Running);
+    let on_disk = store::read_record(&s.pods_dir().join(&id)).unwrap();
+    assert_eq!(on_disk.joined.len(), 1);
+
+    // The pod's end takes the other one down, and nothing is left.
+    s.rt.kill(&id, libc::SIGKILL).await.unwrap();
+    let mut b_end = b.outcome.clone();
+    let ended = b_end.wait_for(Option::is_some).await.unwrap().clone();
+    assert_eq!(ended.unwrap().unwrap().exit_code, 128 + libc::SIGKILL);
+    until("the pod is removed", || s.rt.record(&id).is_none()).await;
+    assert!(s.hv.all_vms_ended());
+    assert!(!s.pods_dir().join(&id).exists(), "the pod's files are left");
+}
+
+#[tokio::test]
+async fn a_joined_container_ends_on_its_own_and_the_pod_goes_on() {
+    let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let id = joinable_pod(&s).await;
+    let (io, _out) = client_io();
+    let c = s.rt.join(&id, join_request(&s, "c"), io).await.unwrap();
+    s.rt.kill_joined(&id, "c", libc::SIGKILL).await.unwrap();
+    let mut end = c.outcome.clone();
+    let ended = end.wait_for(Option::is_some).await.unwrap().clone();
+    assert_eq!(ended.unwrap().unwrap().exit_code, 128 + libc::SIGKILL);
+    until("its exit is recorded", || {
+        s.rt.joined(&id, "c")
+            .is_ok_and(|c| c.exit_code == Some(128 + libc::SIGKILL))
+    })
+    .await;
+    assert_eq!(s.rt.joined(&id, "c").unwrap().state, PodState::Exited);
+    assert!(s.rt.is_running(&id));
+    s.rt.remove_joined(&id, "c").await.unwrap();
+    assert!(s.rt.joined(&id, "c").is_err());
+    s.rt.kill(&id, libc::SIGKILL).await.unwrap();
+    until("the pod is removed", || s.rt.record(&id).is_none()).await;
+}
+
+#[tokio::test]
+async fn joining_is_refused_where_it_cannot_work() {
+    // A backend without directory shares cannot make a joinable pod.
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let err =
+        s.rt.create_joinable(s.request(&["pause"], serde_json::json!({})), None)
+            .await
+            .err()
+            .unwrap();
+    assert!(
+        matches!(&err, RunError::Invalid(m) if m.contains("cannot share host directories")),
+        "{err}"
+    );
+    assert_eq!(s.hv.launched(), 0);
+
+    // A pod not made to take containers refuses them.
+    let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let started =
+        s.rt.create(
+            s.request(&["pause"], serde_json::json!({"remove": true})),
+            None,
+        )
+        .await
+        .unwrap();
+    let (io, _out) = client_io();
+    let err =
+        s.rt.join(&started.id, join_request(&s, "x"), io)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::Conflict(_)), "{err}");
+    assert!(s.rt.record(&started.id).unwrap().joined.is_empty());
+
+    // Bad requests: no command, a relative or missing root, no such pod.
+    let id = joinable_pod(&s).await;
+    for bad in [
+        JoinRequest {
+            args: vec![],
+            ..join_request(&s, "x")
+        },
+        JoinRequest {
+            rootfs: "rootfs".into(),
+            ..join_request(&s, "x")
+        },
+        JoinRequest {
+            rootfs: s.dir.path().join("missing"),
+            ..join_request(&s, "x")
+        },
+        join_request(&s, "a/b"),
+    ] {
+        let (io, _out) = client_io();
+        let err = s.rt.join(&id, bad, io).await.err().unwrap();
+        assert!(matches!(err, RunError::Invalid(_)), "{err}");
+    }
+    let (io, _out) = client_io();
+    let err =
+        s.rt.join("nope", join_request(&s, "x"), io)
+            .await
+            .err()
+            .unwrap();
+    assert!(
+        matches!(err, RunError::NotFound(_) | RunError::Conflict(_)),
+        "{err}"
+    );
+    assert!(s.rt.record(&id).unwrap().joined.is_empty());
+    assert_eq!(
+        std::fs::read_dir(s.pods_dir().join(&id).join("join"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused container left its directory"
+    );
+    s.rt.kill(&id, libc::SIGKILL).await.unwrap();
+    s.rt.kill(&started.id, libc::SIGKILL).await.unwrap();
 }

@@ -185,7 +185,7 @@ pub(super) fn plan(
     Ok(plan)
 }
 
-fn guest_transport(t: ShareTransport) -> hyper_protocol::ShareTransport {
+pub(super) fn guest_transport(t: ShareTransport) -> hyper_protocol::ShareTransport {
     match t {
         ShareTransport::VirtioFs => hyper_protocol::ShareTransport::VirtioFs,
         ShareTransport::Xen9p => hyper_protocol::ShareTransport::Xen9p,
