@@ -550,7 +550,7 @@ pub mod capability {
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,

@@ -80,6 +80,9 @@ pub struct JoinedContainer {
     pub state: PodState,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The guest's OOM killer ended its first process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 /// A container to add to a running pod ([`Runtime::join`]).
@@ -354,6 +357,7 @@ impl Runtime {
                 user: req.user.clone(),
                 state: PodState::Created,
                 exit_code: None,
+                oom_killed: false,
             };
             r.joined.push(c.clone());
             Ok((c, r.hostname()))
@@ -458,18 +462,21 @@ impl Runtime {
             if let Some(task) = resizer {
                 task.abort();
             }
-            let code = match result {
-                Ok(code) => code,
-                Err(_) if live.stop_requested.load(Ordering::SeqCst) => 128 + libc::SIGKILL,
+            let (code, oom_killed) = match result {
+                Ok(end) => (end.status, end.oom_killed),
+                Err(_) if live.stop_requested.load(Ordering::SeqCst) => {
+                    (128 + libc::SIGKILL, false)
+                }
                 Err(reason) => {
                     tracing::warn!(pod = %pod, container = %name, "{reason}");
-                    RUNTIME_FAILURE_EXIT
+                    (RUNTIME_FAILURE_EXIT, false)
                 }
             };
             rt.update_record(&pod, |r| {
                 if let Some(j) = r.joined.iter_mut().find(|j| j.name == name) {
                     j.state = PodState::Exited;
                     j.exit_code = Some(code);
+                    j.oom_killed = oom_killed;
                 }
             });
             tracing::debug!(pod = %pod, container = %name, code, "joined container exited");
