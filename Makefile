@@ -41,6 +41,7 @@ install: build payload
 	install -d $(PREFIX)/lib/hyper/backends $(PREFIX)/share/hyper
 	for p in $(PLUGINS); do install -m 0644 target/release/$$p $(PREFIX)/lib/hyper/backends/$$p; done
 	install -m 0755 target/release/hyper-vmm $(PREFIX)/lib/hyper/hyper-vmm
+	install -m 0755 target/release/hyper-xen-console $(PREFIX)/lib/hyper/hyper-xen-console
 	install -m 0644 $$(readlink -f $(BUILD)/hyperkernel) $(PREFIX)/share/hyper/hyperkernel
 	install -m 0644 $(BUILD)/hyperstart.img $(PREFIX)/share/hyper/hyperstart.img
 	install -D -m 0755 backends/xen/scripts/vif-hyper /etc/xen/scripts/vif-hyper

@@ -524,17 +524,11 @@ fn stdin_of_an_interactive_pod_survives_a_takeover() {
 /// segfaults or aborts ends the same way): hyperd lives on, restarts the
 /// host, takes the pod's VM back through `recover`, and the pod goes on —
 /// the same VM, exec works, its supervisor saw no exit. QEMU and KVM: their
-/// agent socket is served by the VM process itself. Not Xen (yet): there the
-/// agent socket is the console bridge inside the plugin, which dies with the
-/// host; the domain lives on and is taken back, but hyperd's agent session
-/// breaks and is not reattached until hyperd restarts (measured on the Xen
-/// leg: exec fails after the host's restart).
+/// agent socket is served by the VM process itself; Xen: by the domain's
+/// console bridge process (`hyper-xen-console`), which outlives the host and
+/// which the new host adopts.
 #[test]
 fn a_killed_plugin_host_costs_no_pod_and_not_hyperd() {
-    if hyper_tests::backend() == "xen" {
-        eprintln!("not applicable on xen: the agent bridge lives in the plugin host (see the doc comment)");
-        return;
-    }
     let d = Hyperd::start();
     let pod = d.run_detached(&["--name", "survivor"], &["sleep", "600"]);
     let vms_before = vms_of(&d.state_dir);

@@ -42,7 +42,7 @@ REAL=$($M exe hyper-backend-xen real_xen)
 # Per work tree: two worktrees running this leg at once must not share it.
 S=${XEN_SHARE:-$ROOT/build/xen-share}
 rm -rf "$S"; mkdir -p "$S"/{bin,lib,payload,rootfs,results}
-cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_xen.so" "$S/bin/"
+cp "$T/release/hyperd" "$T/release/hyper" "$T/release/hyper-plugin-host" "$T/release/libhyper_backend_xen.so" "$T/release/hyper-xen-console" "$S/bin/"
 # The test plugins (wrong ABI, panicking, …) of the errors.rs cases (built by make build).
 cp "$T"/release/libhyper_test_plugin_*.so "$S/bin/" 2>/dev/null || true
 cp "$REAL" "$S/bin/real-xen"

@@ -1,17 +1,21 @@
 //! The agent channel: the domain's PV console pty (dom0 side of the guest's
 //! `/dev/hvc0`, made by xenconsoled) bridged to a unix socket in the run
 //! directory, so the core connects to it like to any other backend's.
+//!
+//! The bridge is its own small process per domain (`hyper-xen-console`, see
+//! [`crate::bridge`]), not a task in the plugin: like QEMU's agent socket,
+//! it outlives a plugin host that dies, so hyperd's agent session survives
+//! the host's restart. This module is the byte pump it runs: one `poll(2)`
+//! loop, bounded buffers, no parsing of what the guest sends.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
-
-/// Bytes moved per read; backpressure does the rest.
+/// Bytes held per direction; backpressure does the rest (a full buffer
+/// stops reading its source until the other side has taken it).
 const CHUNK: usize = 64 * 1024;
 
 /// The tty xenstore names must be a pty slave, `/dev/pts/<n>`: anything else
@@ -28,84 +32,34 @@ pub fn check_tty_path(tty: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A pty slave in raw, non-blocking mode.
-pub struct Pty {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl Pty {
-    pub fn open(path: &Path) -> Result<Self, String> {
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
-        if !meta.file_type().is_char_device() {
-            return Err(format!("{shown} is not a character device"));
-        }
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("{shown}: NUL in path"))?;
-        // SAFETY: open(2) on a NUL-terminated path we own; the returned fd,
-        // if valid, is wrapped in an OwnedFd at once.
-        let raw = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(format!(
-                "cannot open {shown}: {}",
-                io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        make_raw(&fd).map_err(|e| format!("cannot make {shown} raw: {e}"))?;
-        // SAFETY: `fd` is an OwnedFd: valid, open, and its as_raw_fd() stays
-        // the same descriptor until the AsyncFd (which owns it) is dropped.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| format!("{shown}: {e}"))?;
-        Ok(Self { fd })
+/// Opens a pty slave in raw, non-blocking mode (close-on-exec: the bridge
+/// process gets it as an inherited descriptor, see [`crate::bridge`]).
+pub fn open_pty(path: &Path) -> Result<OwnedFd, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.file_type().is_char_device() {
+        return Err(format!("{shown} is not a character device"));
     }
-
-    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: reads into `buf`, valid for its length, from an fd we own.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match result {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
-        }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{shown}: NUL in path"))?;
+    // SAFETY: open(2) on a NUL-terminated path we own; the returned fd,
+    // if valid, is wrapped in an OwnedFd at once.
+    let raw = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(format!(
+            "cannot open {shown}: {}",
+            io::Error::last_os_error()
+        ));
     }
-
-    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let mut guard = self.fd.writable().await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: writes from `buf`, valid for its length, to an fd we own.
-                let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match result {
-                Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pty closed")),
-                Ok(Ok(n)) => buf = &buf[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
-        }
-        Ok(())
-    }
+    // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    make_raw(&fd).map_err(|e| format!("cannot make {shown} raw: {e}"))?;
+    Ok(fd)
 }
 
 fn make_raw(fd: &OwnedFd) -> io::Result<()> {
@@ -125,46 +79,178 @@ fn make_raw(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves `listener` until the pty ends (the domain is gone): one client
-/// at a time; bytes flow both ways as they come.
-pub async fn bridge(listener: UnixListener, pty: Pty) {
-    let mut from_pty = vec![0u8; CHUNK];
-    let mut from_sock = vec![0u8; CHUNK];
+/// Bytes read from one side and not yet written to the other.
+struct Pending {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// One read into the (empty) buffer: `Ok(false)` at end of file.
+    fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        // SAFETY: reads into our buffer, valid for its length, from an open fd.
+        let n = unsafe { libc::read(fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.start = 0;
+        self.end = n as usize;
+        Ok(n > 0)
+    }
+
+    /// One write of what is pending.
+    fn drain(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let part = &self.buf[self.start..self.end];
+        // SAFETY: writes from our buffer, valid for `part.len()`, to an open fd.
+        let n = unsafe { libc::write(fd.as_raw_fd(), part.as_ptr().cast(), part.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.start += n as usize;
+        if self.is_empty() {
+            self.clear();
+        }
+        Ok(())
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Serves `listener` until the pty ends (the domain is gone: xenconsoled
+/// closed the master, the slave reads EIO or polls HUP): one client at a
+/// time, bytes flow both ways as they come. While no client is connected
+/// the guest's bytes wait in the pty (backpressure), and a hang-up is still
+/// noticed. `pty` must be non-blocking.
+pub fn serve(listener: UnixListener, pty: OwnedFd) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut client: Option<UnixStream> = None;
+    let mut up = Pending::new(); // guest → client
+    let mut down = Pending::new(); // client → guest
     loop {
-        let mut stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("agent socket accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
+        let mut pty_events = 0;
+        if client.is_some() && up.is_empty() {
+            pty_events |= libc::POLLIN;
+        }
+        if !down.is_empty() {
+            pty_events |= libc::POLLOUT;
+        }
+        let (other_fd, other_events) = match &client {
+            None => (listener.as_raw_fd(), libc::POLLIN),
+            Some(c) => {
+                let mut ev = 0;
+                if down.is_empty() {
+                    ev |= libc::POLLIN;
+                }
+                if !up.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                (c.as_raw_fd(), ev)
             }
         };
-        let (mut rd, mut wr) = stream.split();
-        loop {
-            tokio::select! {
-                n = pty.read(&mut from_pty) => match n {
-                    Ok(0) | Err(_) => {
-                        tracing::debug!("the console pty closed: the domain is gone");
-                        return;
-                    }
-                    Ok(n) => {
-                        if wr.write_all(&from_pty[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                },
-                n = rd.read(&mut from_sock) => match n {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Err(e) = pty.write_all(&from_sock[..n]).await {
-                            tracing::debug!("writing to the console pty: {e}");
-                            return;
-                        }
-                    }
-                },
+        let mut fds = [
+            libc::pollfd {
+                fd: pty.as_raw_fd(),
+                events: pty_events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other_fd,
+                events: other_events,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll(2) on two pollfds we own, no timeout.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let (pty_rev, other_rev) = (fds[0].revents, fds[1].revents);
+        if pty_rev & libc::POLLIN != 0 {
+            match up.fill(pty.as_fd()) {
+                Ok(true) => {}
+                // EOF or EIO: the master side is closed, the domain is gone.
+                Ok(false) => return Ok(()),
+                Err(e) if would_block(&e) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        } else if pty_rev & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Ok(());
+        }
+        if pty_rev & libc::POLLOUT != 0 {
+            match down.drain(pty.as_fd()) {
+                Ok(()) => {}
+                Err(e) if would_block(&e) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
-        tracing::debug!("the agent client disconnected; waiting for another");
+        let Some(c) = &client else {
+            if other_rev & libc::POLLIN != 0 {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(true)?;
+                        client = Some(stream);
+                    }
+                    Err(e) if would_block(&e) => {}
+                    // A client that gave up before we took it, or no fds
+                    // left: wait for the next one.
+                    Err(_) => {}
+                }
+            }
+            continue;
+        };
+        let mut lost = other_rev & (libc::POLLERR | libc::POLLNVAL) != 0;
+        if other_rev & libc::POLLOUT != 0 {
+            match up.drain(c.as_fd()) {
+                Ok(()) => {}
+                Err(e) if would_block(&e) => {}
+                Err(_) => lost = true,
+            }
+        }
+        let hung_up = other_rev & libc::POLLHUP != 0;
+        if !lost && down.is_empty() && (other_rev & libc::POLLIN != 0 || hung_up) {
+            match down.fill(c.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => lost = true,
+                Err(e) if would_block(&e) => {}
+                Err(_) => lost = true,
+            }
+        } else if hung_up {
+            lost = true;
+        }
+        if lost {
+            // Nothing pending is dropped: what the client sent still
+            // reaches the guest, and what the guest sent goes to the next
+            // client (a reattaching hyperd skips to its resync marker).
+            client = None;
+        }
     }
 }
 
@@ -220,35 +306,50 @@ mod tests {
     }
 
     /// A real pty pair stands in for xenconsoled's: bytes written on the
-    /// master reach the socket client and back, unchanged (raw mode).
-    #[tokio::test]
-    async fn bridges_a_real_pty_both_ways() {
+    /// master reach the socket client and back, unchanged (raw mode); a
+    /// second client after the first one left gets the guest's next bytes;
+    /// closing the master (the domain is gone) ends the bridge, also while
+    /// no client is connected.
+    #[test]
+    fn bridges_a_real_pty_both_ways_and_ends_with_it() {
+        use std::io::{Read, Write};
         let (master, slave, name) = pty_pair();
-        let pty = Pty::open(&name).unwrap();
+        let pty = open_pty(&name).unwrap();
         drop(slave);
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&sock).unwrap();
-        let task = tokio::spawn(bridge(listener, pty));
-        let mut client = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let bridge = std::thread::spawn(move || serve(listener, pty));
+        let mut client = UnixStream::connect(&sock).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         let mut master = std::fs::File::from(master);
         let data: Vec<u8> = (0..=255u8).chain(b"\r\n\x03\x04".iter().copied()).collect();
-        std::io::Write::write_all(&mut master, &data).unwrap();
+        master.write_all(&data).unwrap();
         let mut got = vec![0u8; data.len()];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.read_exact(&mut got),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        client.read_exact(&mut got).unwrap();
         assert_eq!(got, data);
-        client.write_all(b"to-guest\n\x00\xff").await.unwrap();
+        client.write_all(b"to-guest\n\x00\xff").unwrap();
         let mut back = [0u8; 11];
-        let read = tokio::task::spawn_blocking(move || {
-            std::io::Read::read_exact(&mut master, &mut back).map(|_| back)
-        });
-        assert_eq!(&read.await.unwrap().unwrap(), b"to-guest\n\x00\xff");
-        task.abort();
+        master.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"to-guest\n\x00\xff");
+
+        // The first client goes (a hyperd that died); the next one is
+        // served.
+        drop(client);
+        let mut again = UnixStream::connect(&sock).unwrap();
+        again
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        master.write_all(b"hello again").unwrap();
+        let mut got = [0u8; 11];
+        again.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello again");
+        drop(again);
+
+        // No client, and the master closes: the bridge ends.
+        drop(master);
+        bridge.join().unwrap().unwrap();
     }
 }

@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use hyper_hypervisor::{
     Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm, VmInfo, VmSpec,
 };
-use tokio::net::UnixListener;
+use std::os::unix::net::UnixListener;
 
+use crate::bridge::{self, Bridge};
 use crate::config::XenConfig;
-use crate::console::{self, Pty};
+use crate::console;
 use crate::loopdev::{self, LoopDevice};
 use crate::owner::{self, Owner, Verdict};
 use crate::share::{self, DeviceModel};
@@ -54,6 +55,8 @@ pub struct XenHypervisor {
     xen_version: OnceLock<String>,
     /// Template checkpoints already hashed in full ([`template::check`]).
     verified: Arc<template::Verified>,
+    /// The console bridge binary ([`crate::bridge`]).
+    console_bridge: PathBuf,
 }
 
 /// True when `path` is an executable file.
@@ -145,6 +148,38 @@ impl XenHypervisor {
             told_no_block_script: std::sync::atomic::AtomicBool::new(false),
             xen_version: OnceLock::new(),
             verified: Arc::new(Mutex::new(HashSet::new())),
+            console_bridge: bridge::default_binary(),
+        }
+    }
+
+    /// Starts the console bridge of the VM `spec` describes: opens the
+    /// checked pty `tty`, binds the agent socket (a stale one is replaced:
+    /// nobody serves it) and hands both to a bridge process.
+    fn start_bridge(&self, spec: &VmSpec, tty: &Path) -> Result<(Bridge, PathBuf), String> {
+        if !executable(&self.console_bridge) {
+            return Err(format!(
+                "the console bridge {} is missing (it is built with the Xen plugin and installed beside hyper-plugin-host or in <prefix>/lib/hyper)",
+                self.console_bridge.display()
+            ));
+        }
+        let pty = console::open_pty(tty)?;
+        let agent = spec.run_dir.join("agent.sock");
+        let _ = std::fs::remove_file(&agent);
+        let listener = UnixListener::bind(&agent)
+            .map_err(|e| format!("cannot listen on {}: {e}", agent.display()))?;
+        match Bridge::spawn(
+            &self.console_bridge,
+            &spec.id,
+            &agent,
+            listener,
+            pty,
+            spec.cgroup.as_ref(),
+        ) {
+            Ok(b) => Ok((b, agent)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&agent);
+                Err(e)
+            }
         }
     }
 
@@ -413,21 +448,47 @@ impl XenHypervisor {
                 None => return Err(format!("xl created no domain named {name}")),
             }
         };
-        // Checked and recorded while the domain is still paused: the guest
-        // cannot have written its console/tty key yet.
+        // Checked while the domain is still paused: the guest cannot have
+        // written its console/tty key yet.
         let tty = console::check_tty_path(&tty)?;
-        let record = Owner::me(domid, &spec.run_dir, &tty).encode();
+        let (bridge, agent) = self.start_bridge(spec, &tty)?;
+        match self.unpause_created(spec, domid, &tty, &bridge).await {
+            Ok(device_model) => Ok(XenVm::start(
+                name,
+                domid,
+                self.config.clone(),
+                bridge,
+                agent,
+                Held {
+                    device_model,
+                    disks,
+                },
+            )),
+            Err(e) => {
+                bridge.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of [`Self::start_created`] once the bridge runs: record the
+    /// owner (with the bridge), join the NICs, find the device model, and
+    /// unpause.
+    async fn unpause_created(
+        &self,
+        spec: &VmSpec,
+        domid: u32,
+        tty: &Path,
+        bridge: &Bridge,
+    ) -> Result<Option<DeviceModel>, String> {
+        let name = spec.id.clone();
+        let record = Owner::me(domid, &spec.run_dir, tty, Some(bridge.id())).encode();
         let key = owner::path(&name);
         xs(&self.config.xenstore_socket, move |x| {
             x.write(&key, record.as_bytes())
         })
         .await
         .map_err(|e| format!("cannot record the domain's owner in xenstore: {e}"))?;
-        let pty = Pty::open(&tty)?;
-        let agent = spec.run_dir.join("agent.sock");
-        let _ = std::fs::remove_file(&agent);
-        let listener = UnixListener::bind(&agent)
-            .map_err(|e| format!("cannot listen on {}: {e}", agent.display()))?;
         // Joined while the domain is still paused: the guest's first frame
         // already finds the pod's network.
         for (devid, nic) in spec.nics.iter().enumerate() {
@@ -438,18 +499,7 @@ impl XenHypervisor {
         if !out.success {
             return Err(format!("xl unpause failed: {}", out.reason()));
         }
-        Ok(XenVm::start(
-            name,
-            domid,
-            self.config.clone(),
-            listener,
-            pty,
-            agent,
-            Held {
-                device_model,
-                disks,
-            },
-        ))
+        Ok(device_model)
     }
 }
 
@@ -527,7 +577,13 @@ async fn sweep_once(config: &XenConfig, only: Option<&[String]>) -> Vec<String> 
             }
             Verdict::Forget => {}
         }
-        // The domain is gone (or going): so are its shares' mounts.
+        // The domain is gone (or going): so are its console bridge and its
+        // shares' mounts.
+        if let Some(o) = &record {
+            if let Some(dir) = &o.run_dir {
+                bridge::stop_recorded(o.bridge, &dir.join("agent.sock")).await;
+            }
+        }
         share::release(&config.share_dir, &name);
         let key = owner::path(&name);
         let _ = xs(&config.xenstore_socket, move |x| x.rm(&key)).await;
@@ -642,8 +698,10 @@ impl Hypervisor for XenHypervisor {
 
     /// No host process holds a domain, so `info.pid` and `pid_start` say
     /// nothing: the owner record in xenstore tells that the domain is ours
-    /// and from this run directory. The console bridge died with the old
-    /// hyperd; a new one serves the same agent socket path.
+    /// and from this run directory. The console bridge it records is kept
+    /// if it is still that process and serves this VM's agent socket (a
+    /// restarted plugin host: hyperd's agent session goes on); otherwise a
+    /// new one serves the same agent socket path.
     async fn recover(
         &self,
         spec: VmSpec,
@@ -690,33 +748,40 @@ impl Hypervisor for XenHypervisor {
         // more: not taken over (the orphan sweep destroys it, the core
         // counts it as ended).
         let device_model = self.device_model(&spec, domid).await.map_err(not_found)?;
-        let pty = Pty::open(&tty).map_err(HypervisorError::Io)?;
         let agent = spec.run_dir.join("agent.sock");
-        // The old bridge's socket: nobody listens on it any more.
-        let _ = std::fs::remove_file(&agent);
-        let listener = UnixListener::bind(&agent).map_err(|e| {
-            HypervisorError::Io(format!("cannot listen on {}: {e}", agent.display()))
-        })?;
+        let kept = owner
+            .bridge
+            .and_then(|(pid, start)| Bridge::adopt(pid, start, &agent));
+        let adopted = kept.is_some();
+        let bridge = match kept {
+            Some(b) => b,
+            None => {
+                // Whatever else the record names is no longer that bridge.
+                self.start_bridge(&spec, &tty)
+                    .map_err(HypervisorError::Io)?
+                    .0
+            }
+        };
         // From here on the orphan sweep leaves the domain alone.
-        let record = Owner::me(domid, &spec.run_dir, &tty).encode();
+        let record = Owner::me(domid, &spec.run_dir, &tty, Some(bridge.id())).encode();
         let key = owner::path(&name);
         if let Err(e) = xs(&self.config.xenstore_socket, move |x| {
             x.write(&key, record.as_bytes())
         })
         .await
         {
+            bridge.stop().await;
             let _ = std::fs::remove_file(&agent);
             return Err(HypervisorError::Io(format!(
                 "cannot record the domain's new owner in xenstore: {e}"
             )));
         }
-        tracing::info!(vm = %name, domid, "took over a running domain");
+        tracing::info!(vm = %name, domid, kept_console_bridge = adopted, "took over a running domain");
         Ok(Box::new(XenVm::start(
             name,
             domid,
             self.config.clone(),
-            listener,
-            pty,
+            bridge,
             agent,
             Held {
                 device_model,
@@ -944,6 +1009,7 @@ mod tests {
             start: 1,
             run_dir: Some(run_dir.clone()),
             tty: Some(tty.clone()),
+            bridge: None,
         };
         {
             let mut map = store.lock().unwrap();
@@ -1020,7 +1086,7 @@ mod tests {
             "/local/domain/5/console/tty".into(),
             tty.to_string_lossy().into_owned(),
         );
-        let vm = h.recover(spec, info.clone(), None).await.unwrap();
+        let vm = h.recover(spec.clone(), info.clone(), None).await.unwrap();
         assert_eq!(vm.info(), info);
         let record = store.lock().unwrap().get(&owner::path("p1")).cloned();
         let record = record.as_deref().and_then(Owner::decode).unwrap();
@@ -1028,13 +1094,23 @@ mod tests {
         assert_eq!(record.domid, 5);
         assert_eq!(record.run_dir.as_deref(), Some(run_dir.as_path()));
         assert_eq!(record.tty.as_deref(), Some(tty.as_path()));
+        // A bridge process of its own, recorded, serving this VM's socket.
+        let (bridge_pid, bridge_start) = record.bridge.unwrap();
+        assert_eq!(
+            hyper_hypervisor::adopt::process_start_time(bridge_pid),
+            Some(bridge_start)
+        );
+        assert!(hyper_hypervisor::adopt::cmdline_mentions(
+            bridge_pid,
+            run_dir.join("agent.sock").as_os_str().as_encoded_bytes()
+        ));
 
         // The new bridge: socket to pty and back.
         let mut client = tokio::net::UnixStream::connect(run_dir.join("agent.sock"))
             .await
             .unwrap();
-        let mut master = std::fs::File::from(master);
-        std::io::Write::write_all(&mut master, b"from-guest").unwrap();
+        let mut master_file = std::fs::File::from(master);
+        std::io::Write::write_all(&mut master_file, b"from-guest").unwrap();
         let mut got = [0u8; 10];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
             .await
@@ -1042,18 +1118,47 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"from-guest");
         client.write_all(b"to-guest").await.unwrap();
-        let back = tokio::task::spawn_blocking(move || {
-            let mut back = [0u8; 8];
-            std::io::Read::read_exact(&mut master, &mut back).map(|_| back)
-        });
-        assert_eq!(&back.await.unwrap().unwrap(), b"to-guest");
+        let read = |mut master: std::fs::File, n: usize| {
+            tokio::task::spawn_blocking(move || {
+                let mut back = vec![0u8; n];
+                std::io::Read::read_exact(&mut master, &mut back).map(|_| (back, master))
+            })
+        };
+        let (back, master_file) = read(master_file, 8).await.unwrap().unwrap();
+        assert_eq!(back, b"to-guest");
 
-        // The domain goes: wait() ends, the socket and the record go too.
-        store.lock().unwrap().remove("/local/domain/5/name");
-        tokio::time::timeout(Duration::from_secs(10), vm.wait())
+        // Taken over again (a restarted plugin host): the recorded bridge is
+        // kept, and the client connected to it never notices.
+        let again = h.recover(spec.clone(), info.clone(), None).await.unwrap();
+        let record = store.lock().unwrap().get(&owner::path("p1")).cloned();
+        let record = record.as_deref().and_then(Owner::decode).unwrap();
+        assert_eq!(record.bridge, Some((bridge_pid, bridge_start)));
+        client.write_all(b"still").await.unwrap();
+        let (still, mut master_file) = read(master_file, 5).await.unwrap().unwrap();
+        assert_eq!(still, b"still");
+        std::io::Write::write_all(&mut master_file, b"back").unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(&got, b"back");
+
+        // The domain goes: wait() ends, the bridge, the socket and the
+        // record go too.
+        store.lock().unwrap().remove("/local/domain/5/name");
+        for vm in [&vm, &again] {
+            tokio::time::timeout(Duration::from_secs(10), vm.wait())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(
+            hyper_hypervisor::adopt::process_start_time(bridge_pid),
+            None,
+            "the bridge is gone"
+        );
+        drop(master_file);
         assert!(!run_dir.join("agent.sock").exists());
         assert_eq!(store.lock().unwrap().get(&owner::path("p1")), None);
         drop(slave);

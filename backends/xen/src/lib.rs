@@ -10,7 +10,8 @@
 //! * `xl.log`: what `xl create` printed (libxl's reasons when it fails);
 //! * `agent.sock`: a unix socket bridged to the domain's PV console pty
 //!   (xenstore `/local/domain/<domid>/console/tty`), where hyperstart talks
-//!   (`hyper.channel=/dev/hvc0`).
+//!   (`hyper.channel=/dev/hvc0`), by a `hyper-xen-console` process of the
+//!   domain's own ([`bridge`]), which outlives a crashed plugin host.
 //!
 //! The spec's disks (the read-only rootfs, then read-write block volumes)
 //! become xen-blkfront disks `xvda`, `xvdb` …, each attached by the backend
@@ -23,7 +24,8 @@
 //! A domain's owner (hyperd pid and start time, run directory) is recorded in
 //! xenstore under `/tool/hyper/vms/<name>`, writable by dom0 only. A new
 //! hyperd takes over the domains of its pods (`recover`: the record names
-//! the pod's run directory; the console is bridged again) and destroys the
+//! the pod's run directory; the recorded console bridge is kept, or a new
+//! one started) and destroys the
 //! other domains whose owner is gone, since no host process holds them.
 //!
 //! Each of the spec's NICs becomes a vif (netfront in the guest, the guest
@@ -43,6 +45,7 @@ use std::sync::Arc;
 
 use hyper_hypervisor::{ConfigProblem, Hypervisor};
 
+pub mod bridge;
 pub mod config;
 pub mod console;
 mod hypervisor;

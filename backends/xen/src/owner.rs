@@ -30,6 +30,10 @@ pub struct Owner {
     /// `console/tty` key still names it. Records from before have none and
     /// cannot be taken over.
     pub tty: Option<PathBuf>,
+    /// The console bridge process serving the agent socket (see
+    /// [`crate::bridge`]): pid and start time. Records from before have
+    /// none; a takeover then starts a new bridge.
+    pub bridge: Option<(u32, u64)>,
 }
 
 impl Owner {
@@ -38,6 +42,9 @@ impl Owner {
         if let Some(tty) = &self.tty {
             text.push_str(" tty=");
             text.push_str(&tty.to_string_lossy());
+        }
+        if let Some((pid, start)) = self.bridge {
+            text.push_str(&format!(" bridge={pid}:{start}"));
         }
         if let Some(dir) = &self.run_dir {
             text.push_str(RUN_DIR_KEY);
@@ -65,12 +72,17 @@ impl Owner {
         let mut pid = None;
         let mut start = None;
         let mut tty = None;
+        let mut bridge = None;
         for word in words.split_whitespace() {
             match word.split_once('=')? {
                 ("domid", v) => domid = v.parse().ok(),
                 ("pid", v) => pid = v.parse().ok(),
                 ("start", v) => start = v.parse().ok(),
                 ("tty", v) => tty = Some(crate::console::check_tty_path(v).ok()?),
+                ("bridge", v) => {
+                    let (pid, start) = v.split_once(':')?;
+                    bridge = Some((pid.parse().ok()?, start.parse().ok()?));
+                }
                 _ => {}
             }
         }
@@ -80,12 +92,13 @@ impl Owner {
             start: start?,
             run_dir,
             tty,
+            bridge,
         })
     }
 
     /// This process as the owner of `domid`, run from `run_dir`, whose
-    /// console is `tty`.
-    pub fn me(domid: u32, run_dir: &Path, tty: &Path) -> Self {
+    /// console is `tty`, bridged by the process `bridge` (pid, start time).
+    pub fn me(domid: u32, run_dir: &Path, tty: &Path, bridge: Option<(u32, u64)>) -> Self {
         let pid = std::process::id();
         Self {
             domid,
@@ -93,6 +106,7 @@ impl Owner {
             start: process_start_time(pid).unwrap_or(0),
             run_dir: Some(run_dir.to_path_buf()),
             tty: Some(tty.to_path_buf()),
+            bridge,
         }
     }
 
@@ -215,6 +229,7 @@ mod tests {
             start: 99,
             run_dir: run_dir.map(PathBuf::from),
             tty: Some(PathBuf::from("/dev/pts/4")),
+            bridge: None,
         }
     }
 
@@ -224,11 +239,17 @@ mod tests {
             owner(None),
             owner(Some("/var/lib/hyper/pods/a b/vm")),
             owner(Some("/x=y run_dir=/z")),
+            Owner {
+                bridge: Some((4321, 77)),
+                ..owner(Some("/run/vm"))
+            },
         ] {
             assert_eq!(Owner::decode(&o.encode()), Some(o));
         }
         assert_eq!(Owner::decode("domid=7 pid=1"), None);
         assert_eq!(Owner::decode("garbage"), None);
+        assert_eq!(Owner::decode("domid=1 pid=1 start=2 bridge=3"), None);
+        assert_eq!(Owner::decode("domid=1 pid=1 start=2 bridge=x:4"), None);
         assert_eq!(Owner::decode("domid=x pid=1 start=2"), None);
         assert_eq!(Owner::decode(&"domid=1 ".repeat(1000)), None);
         assert_eq!(Owner::decode("domid=1 pid=1 start=2 run_dir=rel/vm"), None);
@@ -263,7 +284,7 @@ mod tests {
 
     #[test]
     fn liveness_needs_the_same_start_time() {
-        let me = Owner::me(1, Path::new("/run/vm"), Path::new("/dev/pts/1"));
+        let me = Owner::me(1, Path::new("/run/vm"), Path::new("/dev/pts/1"), None);
         assert!(me.start > 0);
         assert!(me.is_alive());
         assert!(!Owner {

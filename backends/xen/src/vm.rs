@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_hypervisor::{AgentChannel, HypervisorError, Vm, VmExit, VmHelper, VmInfo, VmStats};
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::bridge::Bridge;
 use crate::config::XenConfig;
-use crate::console::{self, Pty};
 use crate::hypervisor::xs;
 use crate::loopdev::LoopDevice;
 use crate::owner;
@@ -53,8 +52,8 @@ pub struct XenVm {
 }
 
 impl XenVm {
-    /// Takes over a created, unpaused domain: bridges its console to the
-    /// agent socket and watches for its end, and for the end of the device
+    /// Takes over a created, unpaused domain whose console `bridge` serves
+    /// the agent socket `agent`, and watches for its end, and for the end of the device
     /// model serving its shares, if it has any (then the domain is
     /// destroyed: its 9p requests would never be answered). `disks`: the
     /// loop devices its disks are on, let go once it is gone (the kernel
@@ -63,8 +62,7 @@ impl XenVm {
         name: String,
         domid: u32,
         config: XenConfig,
-        listener: UnixListener,
-        pty: Pty,
+        bridge: Bridge,
         agent: PathBuf,
         held: Held,
     ) -> Self {
@@ -78,7 +76,6 @@ impl XenVm {
             pid: None,
         };
         let (exit_tx, exit) = watch::channel(None);
-        let bridge = tokio::spawn(console::bridge(listener, pty));
         let cfg = config.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let helper = DeviceModelWatch {
@@ -88,7 +85,9 @@ impl XenVm {
         tokio::spawn(async move {
             let result = watch_until_gone(&cfg, &name, domid, helper).await;
             tracing::info!(vm = %name, domid, exit = ?result, "domain is gone");
-            bridge.abort();
+            // It ends by itself when the pty hangs up; killed all the same,
+            // so nothing of the VM is left once wait() returns.
+            bridge.stop().await;
             // xl's monitor process for the domain (it runs the on_poweroff
             // action) goes away right after: wait for it, so nothing of the
             // VM is left once wait() returns.
