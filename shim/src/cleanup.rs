@@ -62,6 +62,10 @@ pub fn remove_state(dir: &Path) {
 /// are killed and the pods removed (`Runtime::discard_left_pods`), then the
 /// rootfs mount and the task's state go.
 pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
+    // The task's state dir goes last: once it is gone, everything else
+    // this cleanup does (VMs, the rootfs mount, the dead server's socket)
+    // is done, so whoever watches for it sees a finished cleanup.
+    let mut state_to_remove = None;
     if let Ok(config) = std::fs::read(bundle.join(CONFIG_NOTE)) {
         let config = PathBuf::from(String::from_utf8_lossy(&config).into_owned());
         match hyper_core::config::Config::load(Some(&config)) {
@@ -70,7 +74,7 @@ pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
                 if dir.is_dir() {
                     config.runtime.state_dir = dir.clone();
                     stop_recorded_pods(config).await;
-                    remove_state(&dir);
+                    state_to_remove = Some(dir);
                 }
             }
             Err(e) => tracing::warn!("delete: {e}"),
@@ -88,6 +92,9 @@ pub async fn after_dead_shim(bundle: &Path, namespace: &str, id: &str) {
                 tracing::warn!(socket = %path.display(), "delete: {e}");
             }
         }
+    }
+    if let Some(dir) = state_to_remove {
+        remove_state(&dir);
     }
 }
 
