@@ -76,9 +76,32 @@ fn unknown_or_mistyped_config_keys_name_file_line_and_key() {
     };
     let log = hyperd_refuses(&setup, |_| {});
     assert!(
-        log.contains(&format!("[hypervisor.{backend}]")) && log.contains("no_such_knob"),
+        log.contains("config.toml")
+            && log.contains(&format!(
+                "key `hypervisor.{backend}.no_such_knob`: unknown key"
+            ))
+            && log.contains(&format!("the valid keys in [hypervisor.{backend}] are")),
         "{log}"
     );
+
+    // A mistyped backend key reads like the core's own: file, full key,
+    // what was wrong, the fix (the backend kit's typed tables).
+    if backend == "qemu" {
+        let setup = Setup {
+            extra_toml: "[hypervisor.qemu]\ntcg_tb_size_mib = \"big\"\n".into(),
+            ..Setup::default()
+        };
+        let log = hyperd_refuses(&setup, |_| {});
+        assert!(
+            log.contains("config.toml")
+                && log.contains(
+                    "key `hypervisor.qemu.tcg_tb_size_mib`: invalid type: string \"big\""
+                )
+                && log.contains("expected a whole number")
+                && log.contains("e.g. tcg_tb_size_mib = 16"),
+            "{log}"
+        );
+    }
 }
 
 #[test]

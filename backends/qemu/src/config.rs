@@ -1,28 +1,15 @@
-//! The `[hypervisor.qemu]` table.
-//!
-//! The table is walked by hand before serde sees it, so that every problem
-//! (not just the first) is reported, each with the exact key, what was wrong
-//! and how to fix it.
+//! The `[hypervisor.qemu]` table, parsed by the backend kit
+//! ([`hyper_hypervisor::table`]): every problem is reported at once, each
+//! with the exact key, what was wrong and how to fix it.
 
 use std::path::PathBuf;
 
+use hyper_hypervisor::table::{self, absolute_path, in_range, BackendConfig};
 use hyper_hypervisor::ConfigProblem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DEFAULT_BINARY: &str = "/usr/bin/qemu-system-x86_64";
-
-/// Every key the table accepts, in the order the docs list them.
-pub const VALID_KEYS: &[&str] = &[
-    "binary",
-    "machine",
-    "accel",
-    "extra_args",
-    "console_log_limit_mib",
-    "virtiofsd",
-    "sandbox",
-    "tcg_tb_size_mib",
-];
 
 /// TCG's translation buffer, in MiB ([`QemuConfig::tcg_tb_size_mib`]).
 pub const DEFAULT_TB_SIZE_MIB: u32 = 16;
@@ -40,8 +27,6 @@ pub enum Machine {
 }
 
 impl Machine {
-    pub const VALUES: &'static [&'static str] = &["microvm", "q35"];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Machine::Microvm => "microvm",
@@ -59,10 +44,6 @@ pub enum AccelSetting {
     Auto,
     Kvm,
     Tcg,
-}
-
-impl AccelSetting {
-    pub const VALUES: &'static [&'static str] = &["auto", "kvm", "tcg"];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,95 +90,51 @@ impl Default for QemuConfig {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a table",
+/// The console log's cap, in MiB.
+const MAX_CONSOLE_LOG_LIMIT_MIB: u64 = 1 << 20;
+
+impl BackendConfig for QemuConfig {
+    const BACKEND: &'static str = "qemu";
+
+    fn check(&self) -> Vec<ConfigProblem> {
+        [
+            absolute_path("binary", &self.binary, DEFAULT_BINARY),
+            self.virtiofsd.as_deref().and_then(|p| {
+                absolute_path(
+                    "virtiofsd",
+                    p,
+                    hyper_hypervisor::virtiofs::DEFAULT_LOCATIONS[0],
+                )
+            }),
+            in_range(
+                "console_log_limit_mib",
+                self.console_log_limit_mib,
+                1..=MAX_CONSOLE_LOG_LIMIT_MIB,
+                "MiB",
+                crate::console::DEFAULT_LIMIT_MIB,
+            ),
+            in_range(
+                "tcg_tb_size_mib",
+                self.tcg_tb_size_mib.into(),
+                0..=MAX_TB_SIZE_MIB.into(),
+                "MiB (0: QEMU's default)",
+                DEFAULT_TB_SIZE_MIB.into(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
-}
 
-fn quoted_list(values: &[&str]) -> String {
-    values
-        .iter()
-        .map(|v| format!("\"{v}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
-    ConfigProblem {
-        key: key.to_string(),
-        message: message.into(),
-        fix: fix.into(),
-    }
-}
-
-/// Levenshtein distance, for "did you mean" on misspelt keys.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+    fn example(key: &str) -> Option<String> {
+        match key {
+            "virtiofsd" => Some(format!(
+                "virtiofsd = \"{}\"",
+                hyper_hypervisor::virtiofs::DEFAULT_LOCATIONS[0]
+            )),
+            "extra_args" => Some("extra_args = [\"-d\", \"guest_errors\"]".to_string()),
+            _ => None,
         }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn unknown_key(key: &str) -> ConfigProblem {
-    let valid = VALID_KEYS
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let suggestion = VALID_KEYS
-        .iter()
-        .map(|k| (distance(key, k), k))
-        .min()
-        .filter(|(d, _)| *d <= 2)
-        .map(|(_, k)| format!("did you mean `{k}`? "))
-        .unwrap_or_default();
-    problem(
-        key,
-        "unknown key",
-        format!("{suggestion}the valid keys in [hypervisor.qemu] are {valid}"),
-    )
-}
-
-fn one_of(key: &str, v: &Value, values: &[&str], problems: &mut Vec<ConfigProblem>) {
-    let fix = format!("set {key} to one of {}", quoted_list(values));
-    match v {
-        Value::String(s) if values.contains(&s.as_str()) => {}
-        Value::String(s) => problems.push(problem(key, format!("unknown value \"{s}\""), fix)),
-        other => problems.push(problem(
-            key,
-            format!("expected a string, found {}", type_name(other)),
-            fix,
-        )),
-    }
-}
-
-/// A key whose value must be an absolute path (`example` shows one).
-fn absolute_path(key: &str, v: &Value, example: &str, problems: &mut Vec<ConfigProblem>) {
-    match v {
-        Value::String(s) if s.starts_with('/') => {}
-        Value::String(s) => problems.push(problem(
-            key,
-            format!("\"{s}\" is not an absolute path"),
-            format!("give the full path, e.g. {key} = \"{example}\""),
-        )),
-        other => problems.push(problem(
-            key,
-            format!("expected a string (a path), found {}", type_name(other)),
-            format!("e.g. {key} = \"{example}\""),
-        )),
     }
 }
 
@@ -205,95 +142,7 @@ impl QemuConfig {
     /// Validates the backend's table (TOML converted to JSON). A missing table
     /// (`null` or `{}`) means all defaults.
     pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
-        let map = match table {
-            Value::Null => return Ok(Self::default()),
-            Value::Object(map) => map,
-            other => {
-                return Err(vec![problem(
-                    "",
-                    format!("expected a table, found {}", type_name(other)),
-                    "write it as a [hypervisor.qemu] table",
-                )])
-            }
-        };
-        let mut problems = Vec::new();
-        for (key, v) in map {
-            match key.as_str() {
-                "binary" => absolute_path(key, v, DEFAULT_BINARY, &mut problems),
-                "virtiofsd" => absolute_path(
-                    key,
-                    v,
-                    hyper_hypervisor::virtiofs::DEFAULT_LOCATIONS[0],
-                    &mut problems,
-                ),
-                "machine" => one_of(key, v, Machine::VALUES, &mut problems),
-                "accel" => one_of(key, v, AccelSetting::VALUES, &mut problems),
-                "extra_args" => match v {
-                    Value::Array(items) => {
-                        for (i, item) in items.iter().enumerate() {
-                            if !item.is_string() {
-                                problems.push(problem(
-                                    key,
-                                    format!(
-                                        "element {i} is {}, expected a string",
-                                        type_name(item)
-                                    ),
-                                    "quote every argument, e.g. extra_args = [\"-d\", \"guest_errors\"]",
-                                ));
-                            }
-                        }
-                    }
-                    other => problems.push(problem(
-                        key,
-                        format!("expected an array of strings, found {}", type_name(other)),
-                        "e.g. extra_args = [\"-d\", \"guest_errors\"]",
-                    )),
-                },
-                "console_log_limit_mib" => match v.as_u64() {
-                    Some(n) if (1..=1 << 20).contains(&n) => {}
-                    _ => problems.push(problem(
-                        key,
-                        format!("expected a whole number of MiB from 1 to 1048576, found {v}"),
-                        format!(
-                            "e.g. console_log_limit_mib = {}",
-                            crate::console::DEFAULT_LIMIT_MIB
-                        ),
-                    )),
-                },
-                "sandbox" => {
-                    if !v.is_boolean() {
-                        problems.push(problem(
-                            key,
-                            format!("expected true or false, found {}", type_name(v)),
-                            "write sandbox = true (the default) or sandbox = false",
-                        ));
-                    }
-                }
-                "tcg_tb_size_mib" => match v.as_u64() {
-                    Some(n) if n <= u64::from(MAX_TB_SIZE_MIB) => {}
-                    _ => problems.push(problem(
-                        key,
-                        format!(
-                            "expected a whole number of MiB from 0 (QEMU's default) to {MAX_TB_SIZE_MIB}, found {v}"
-                        ),
-                        format!("e.g. tcg_tb_size_mib = {DEFAULT_TB_SIZE_MIB}"),
-                    )),
-                },
-                _ => problems.push(unknown_key(key)),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        // The walk above accepts exactly what serde accepts; serde stays the
-        // single source of the typed values and catches any drift between them.
-        serde_json::from_value(table.clone()).map_err(|e| {
-            vec![problem(
-                "",
-                e.to_string(),
-                "fix the [hypervisor.qemu] table",
-            )]
-        })
+        table::parse(table)
     }
 }
 
@@ -351,7 +200,11 @@ mod tests {
         );
         let p = problems(json!({"sandbox": "yes"}));
         assert_eq!(p[0].key, "sandbox");
-        assert_eq!(p[0].message, "expected true or false, found a string");
+        assert_eq!(
+            p[0].message,
+            "invalid type: string \"yes\", expected a boolean"
+        );
+        assert_eq!(p[0].fix, "e.g. sandbox = true");
     }
 
     #[test]
@@ -386,7 +239,7 @@ mod tests {
         assert_eq!(p[0].key, "machin");
         assert_eq!(p[0].message, "unknown key");
         assert!(p[0].fix.contains("did you mean `machine`?"), "{}", p[0].fix);
-        for k in VALID_KEYS {
+        for k in table::keys::<QemuConfig>() {
             assert!(p[0].fix.contains(&format!("`{k}`")), "{}", p[0].fix);
         }
         let p = problems(json!({"boot_timeout": 3}));
@@ -399,23 +252,33 @@ mod tests {
         p.sort_by(|a, b| a.key.cmp(&b.key));
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["binary", "extra_args", "machine"]);
-        assert_eq!(p[0].message, "expected a string (a path), found a number");
-        assert_eq!(p[1].message, "expected an array of strings, found a string");
-        assert_eq!(p[2].message, "expected a string, found a boolean");
+        assert_eq!(
+            p[0].message,
+            "invalid type: integer `3`, expected path string"
+        );
+        assert_eq!(
+            p[1].message,
+            "invalid type: string \"-s\", expected a sequence"
+        );
+        assert_eq!(p[1].fix, "e.g. extra_args = [\"-d\", \"guest_errors\"]");
+        assert!(p[2].message.starts_with("invalid type: boolean"), "{p:?}");
         let p = problems(json!({"extra_args": ["-s", 4]}));
         assert_eq!(p[0].key, "extra_args");
-        assert_eq!(p[0].message, "element 1 is a number, expected a string");
+        assert_eq!(p[0].message, "invalid type: integer `4`, expected a string");
     }
 
     #[test]
     fn bad_values() {
         let p = problems(json!({"accel": "hvf"}));
         assert_eq!(p[0].key, "accel");
-        assert_eq!(p[0].message, "unknown value \"hvf\"");
-        assert_eq!(p[0].fix, "set accel to one of \"auto\", \"kvm\", \"tcg\"");
+        assert_eq!(
+            p[0].message,
+            "unknown variant `hvf`, expected one of `auto`, `kvm`, `tcg`"
+        );
+        assert_eq!(p[0].fix, "e.g. accel = \"auto\"");
         let p = problems(json!({"machine": "pc"}));
         assert_eq!(p[0].key, "machine");
-        assert_eq!(p[0].fix, "set machine to one of \"microvm\", \"q35\"");
+        assert_eq!(p[0].fix, "e.g. machine = \"microvm\"");
         let p = problems(json!({"binary": "qemu-system-x86_64"}));
         assert_eq!(p[0].key, "binary");
         assert!(p[0].message.contains("not an absolute path"));

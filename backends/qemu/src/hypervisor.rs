@@ -9,12 +9,12 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_hypervisor::command::{run_bounded, BoundedOutput};
 use hyper_hypervisor::virtiofs::{self, Virtiofsds};
 use hyper_hypervisor::{
     AgentChannel, Capabilities, Hypervisor, HypervisorError, ProbeReport, ShareTransport, Vm,
     VmInfo, VmSpec,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -338,40 +338,23 @@ pub fn parse_version(output: &str) -> Option<String> {
     rest.split_whitespace().next().map(str::to_string)
 }
 
-async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(stream) = stream {
-        // Beyond the limit the child blocks on a full pipe and the overall
-        // timeout ends it; nothing here grows without bound.
-        let _ = stream
-            .take(VERSION_OUTPUT_LIMIT)
-            .read_to_end(&mut buf)
-            .await;
-    }
-    buf
-}
-
 /// Runs `binary -version`, bounded in time and output.
 async fn qemu_version(binary: &Path) -> Result<String, String> {
     let shown = binary.display();
-    let mut child = Command::new(binary)
-        .arg("-version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Dropped on timeout: then it must not linger.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let run = async {
-        let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
-        (child.wait().await, out, err)
-    };
-    let (status, out, err) = tokio::time::timeout(VERSION_TIMEOUT, run)
-        .await
-        .map_err(|_| format!("`{shown} -version` did not answer within {VERSION_TIMEOUT:?}"))?;
-    let status = status.map_err(|e| format!("`{shown} -version`: {e}"))?;
+    let mut command = Command::new(binary);
+    command.arg("-version");
+    let BoundedOutput {
+        status,
+        stdout: out,
+        stderr: err,
+    } = run_bounded(
+        command,
+        &format!("{shown} -version"),
+        VERSION_TIMEOUT,
+        VERSION_OUTPUT_LIMIT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let out = String::from_utf8_lossy(&out);
     if !status.success() {
         let err = String::from_utf8_lossy(&err);
@@ -720,7 +703,7 @@ mod tests {
         let err = fake_version("#!/bin/sh\nexec sleep 60\n")
             .await
             .unwrap_err();
-        assert!(err.contains("did not answer"), "{err}");
+        assert!(err.contains("did not finish within"), "{err}");
         assert!(started.elapsed() < VERSION_TIMEOUT + Duration::from_secs(3));
     }
 

@@ -1,11 +1,13 @@
 //! The `[hypervisor.xen]` table.
 //!
-//! The table is walked by hand so that every problem (not just the first) is
-//! reported, each with the exact key, what was wrong and how to fix it.
+//! Parsed by the backend kit ([`hyper_hypervisor::table`]): every problem is
+//! reported at once, each with the exact key, what was wrong and how to fix it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use hyper_hypervisor::table::{self, absolute_path, in_range, BackendConfig};
 use hyper_hypervisor::ConfigProblem;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Debian's xl for Xen 4.17 (`/usr/sbin/xl` is a wrapper script that picks
@@ -29,19 +31,10 @@ pub const DEFAULT_BLOCK_SCRIPT: &str = "/etc/xen/scripts/block-hyper";
 /// one read-only mount per share) for the domain's 9pfs server to serve.
 pub const DEFAULT_SHARE_DIR: &str = "/run/hyper-xen/shares";
 
-pub const VALID_KEYS: &[&str] = &[
-    "type",
-    "xl",
-    "xenstore_socket",
-    "xl_timeout_secs",
-    "vif_script",
-    "block_script",
-    "share_dir",
-];
-
 /// The kind of domU. PV boots fastest under emulation (no HAP needed); PVH
 /// needs hardware paging support (HAP) from the CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GuestType {
     #[default]
     Pv,
@@ -49,8 +42,6 @@ pub enum GuestType {
 }
 
 impl GuestType {
-    pub const VALUES: &'static [&'static str] = &["pv", "pvh"];
-
     pub fn as_str(self) -> &'static str {
         match self {
             GuestType::Pv => "pv",
@@ -59,8 +50,10 @@ impl GuestType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct XenConfig {
+    #[serde(rename = "type")]
     pub guest_type: GuestType,
     /// Absolute path of `xl`.
     pub xl: PathBuf,
@@ -89,72 +82,57 @@ impl Default for XenConfig {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a table",
-    }
-}
-
-fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
-    ConfigProblem {
-        key: key.to_string(),
-        message: message.into(),
-        fix: fix.into(),
-    }
-}
-
-fn unknown_key(key: &str) -> ConfigProblem {
-    let valid = VALID_KEYS
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let suggestion = VALID_KEYS
-        .iter()
-        .find(|k| k.starts_with(key) || key.starts_with(*k) || key.replace('-', "_") == **k)
-        .map(|k| format!("did you mean `{k}`? "))
-        .unwrap_or_default();
-    problem(
-        key,
-        "unknown key",
-        format!("{suggestion}the valid keys in [hypervisor.xen] are {valid}"),
-    )
-}
-
 /// A path that goes into an xl.cfg list item as is.
-fn xl_plain_path(key: &str, v: &Value, example: &str) -> Result<PathBuf, ConfigProblem> {
-    let p = absolute_path(key, v, example)?;
-    let s = p.to_string_lossy();
-    if s.chars()
-        .any(|c| c == ',' || c == '"' || c == '\\' || c.is_control())
-    {
-        return Err(problem(
-            key,
-            format!("\"{s}\" has a comma, quote, backslash or control character, which an xl.cfg list item cannot carry"),
-            format!("use a plain path, e.g. {key} = \"{example}\""),
-        ));
-    }
-    Ok(p)
+fn xl_plain_path(key: &str, path: &Path, example: &str) -> Option<ConfigProblem> {
+    absolute_path(key, path, example).or_else(|| {
+        let s = path.to_string_lossy();
+        s.chars()
+            .any(|c| c == ',' || c == '"' || c == '\\' || c.is_control())
+            .then(|| {
+                ConfigProblem::new(
+                    key,
+                    format!("\"{s}\" has a comma, quote, backslash or control character, which an xl.cfg list item cannot carry"),
+                    format!("use a plain path, e.g. {key} = \"{example}\""),
+                )
+            })
+    })
 }
 
-fn absolute_path(key: &str, v: &Value, example: &str) -> Result<PathBuf, ConfigProblem> {
-    match v {
-        Value::String(s) if s.starts_with('/') && !s.contains('\0') => Ok(PathBuf::from(s)),
-        Value::String(s) => Err(problem(
-            key,
-            format!("\"{s}\" is not an absolute path"),
-            format!("give the full path, e.g. {key} = \"{example}\""),
-        )),
-        other => Err(problem(
-            key,
-            format!("expected a string (a path), found {}", type_name(other)),
-            format!("e.g. {key} = \"{example}\""),
-        )),
+impl BackendConfig for XenConfig {
+    const BACKEND: &'static str = "xen";
+
+    fn check(&self) -> Vec<ConfigProblem> {
+        [
+            absolute_path("xl", &self.xl, "/usr/lib/xen-4.17/bin/xl"),
+            absolute_path(
+                "xenstore_socket",
+                &self.xenstore_socket,
+                DEFAULT_XENSTORE_SOCKET,
+            ),
+            xl_plain_path("vif_script", &self.vif_script, DEFAULT_VIF_SCRIPT),
+            xl_plain_path("block_script", &self.block_script, DEFAULT_BLOCK_SCRIPT),
+            xl_plain_path("share_dir", &self.share_dir, DEFAULT_SHARE_DIR),
+            in_range(
+                "xl_timeout_secs",
+                self.xl_timeout_secs,
+                1..=MAX_XL_TIMEOUT_SECS,
+                "seconds",
+                DEFAULT_XL_TIMEOUT_SECS,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    fn example(key: &str) -> Option<String> {
+        match key {
+            "type" => {
+                Some("type = \"pv\" (the default) or \"pvh\"; HVM guests are not supported".into())
+            }
+            "xl" => Some("xl = \"/usr/lib/xen-4.17/bin/xl\"".into()),
+            _ => None,
+        }
     }
 }
 
@@ -162,75 +140,7 @@ impl XenConfig {
     /// Validates the backend's table (TOML converted to JSON). A missing table
     /// (`null` or `{}`) means all defaults.
     pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
-        let map = match table {
-            Value::Null => return Ok(Self::default()),
-            Value::Object(map) => map,
-            other => {
-                return Err(vec![problem(
-                    "",
-                    format!("expected a table, found {}", type_name(other)),
-                    "write it as a [hypervisor.xen] table",
-                )])
-            }
-        };
-        let mut config = Self::default();
-        let mut problems = Vec::new();
-        for (key, v) in map {
-            let result = match key.as_str() {
-                "type" => match v {
-                    Value::String(s) if s == "pv" => {
-                        config.guest_type = GuestType::Pv;
-                        Ok(())
-                    },
-                    Value::String(s) if s == "pvh" => {
-                        config.guest_type = GuestType::Pvh;
-                        Ok(())
-                    },
-                    Value::String(s) => Err(problem(
-                        key,
-                        format!("unknown guest type \"{s}\""),
-                        "set type to \"pv\" (the default) or \"pvh\"; HVM guests are not supported",
-                    )),
-                    other => Err(problem(
-                        key,
-                        format!("expected a string, found {}", type_name(other)),
-                        "set type to \"pv\" or \"pvh\"",
-                    )),
-                },
-                "xl" => absolute_path(key, v, "/usr/lib/xen-4.17/bin/xl").map(|p| config.xl = p),
-                "xenstore_socket" => absolute_path(key, v, DEFAULT_XENSTORE_SOCKET)
-                    .map(|p| config.xenstore_socket = p),
-                "vif_script" => {
-                    xl_plain_path(key, v, DEFAULT_VIF_SCRIPT).map(|p| config.vif_script = p)
-                }
-                "block_script" => {
-                    xl_plain_path(key, v, DEFAULT_BLOCK_SCRIPT).map(|p| config.block_script = p)
-                }
-                "share_dir" => {
-                    xl_plain_path(key, v, DEFAULT_SHARE_DIR).map(|p| config.share_dir = p)
-                }
-                "xl_timeout_secs" => match v.as_u64() {
-                    Some(n) if (1..=MAX_XL_TIMEOUT_SECS).contains(&n) => {
-                        config.xl_timeout_secs = n;
-                        Ok(())
-                    }
-                    _ => Err(problem(
-                        key,
-                        format!("expected a whole number of seconds, found {v}"),
-                        format!("set it between 1 and {MAX_XL_TIMEOUT_SECS}, e.g. xl_timeout_secs = {DEFAULT_XL_TIMEOUT_SECS}"),
-                    )),
-                },
-                _ => Err(unknown_key(key)),
-            };
-            if let Err(p) = result {
-                problems.push(p);
-            }
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
+        table::parse(table)
     }
 }
 
@@ -292,7 +202,10 @@ mod tests {
     fn bad_values_name_key_and_fix() {
         let p = problems(json!({"type": "hvm"}));
         assert_eq!(p[0].key, "type");
-        assert_eq!(p[0].message, "unknown guest type \"hvm\"");
+        assert_eq!(
+            p[0].message,
+            "unknown variant `hvm`, expected `pv` or `pvh`"
+        );
         assert!(p[0].fix.contains("\"pv\""), "{}", p[0].fix);
         let p = problems(json!({"xl": "xl"}));
         assert_eq!(p[0].key, "xl");
@@ -331,7 +244,7 @@ mod tests {
             "{}",
             p[0].fix
         );
-        for k in VALID_KEYS {
+        for k in table::keys::<XenConfig>() {
             assert!(p[0].fix.contains(&format!("`{k}`")), "{}", p[0].fix);
         }
     }

@@ -1,9 +1,9 @@
 //! The configured Xen backend: probing the host and creating domains.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -147,7 +147,7 @@ impl XenHypervisor {
             create_lock: tokio::sync::Mutex::new(()),
             told_no_block_script: std::sync::atomic::AtomicBool::new(false),
             xen_version: OnceLock::new(),
-            verified: Arc::new(Mutex::new(HashSet::new())),
+            verified: Arc::default(),
             console_bridge: bridge::default_binary(),
         }
     }

@@ -11,11 +11,10 @@
 //! the VM (launch failure, the domain's end, the orphan sweep). Writes
 //! through it fail with EROFS in dom0's kernel, whatever the guest sends.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use hyper_hypervisor::mount::{self, cstring};
 use hyper_hypervisor::{ShareSpec, VmSpec};
 
 /// The directory holding one VM's read-only mounts.
@@ -33,46 +32,14 @@ pub fn served_path(share_dir: &Path, vm_id: &str, share: &ShareSpec) -> PathBuf 
     }
 }
 
-fn cstring(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
-}
-
 fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let src = source.map(cstring).transpose()?;
-    let tgt = cstring(target)?;
-    // SAFETY: every pointer is either null or a NUL-terminated string that
-    // outlives the call; a bind mount and its remount take no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            tgt.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    mount::mount(src.as_deref(), &cstring(target)?, flags)
 }
 
 /// Detaches whatever is mounted on `target`; `Ok(false)`: nothing was.
 fn unmount(target: &Path) -> io::Result<bool> {
-    let tgt = cstring(target)?;
-    // SAFETY: a NUL-terminated path that outlives the call.
-    let rc = unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // Not a mount point, or already gone.
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
-        _ => Err(e),
-    }
+    mount::unmount(&cstring(target)?, libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW)
 }
 
 /// Checks each share's source and makes the read-only bind mounts of the

@@ -12,11 +12,8 @@
 //! * `template.json`: [`Metadata`] (format version, Xen version, guest type,
 //!   the layout the clones must match, the checkpoint's size and sha256).
 
-use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use hyper_hypervisor::VmSpec;
 use serde::{Deserialize, Serialize};
@@ -33,10 +30,9 @@ const MAX_METADATA: u64 = 64 * 1024;
 /// bigger than the guest's memory is not one this backend wrote.
 const CHECKPOINT_SLACK: u64 = 64 * 1024 * 1024;
 
-/// A checkpoint file as last hashed: device, inode, size, mtime (s, ns).
-pub type CheckpointKey = (u64, u64, u64, i64, i64);
-/// The checkpoints already hashed in full by this process.
-pub type Verified = Mutex<HashSet<CheckpointKey>>;
+/// The checkpoints already hashed in full by this process (by path and
+/// device, inode, size and mtime).
+pub type Verified = hyper_hypervisor::digest::DigestMemo;
 
 /// One of the template's disks, as the clones' must be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,26 +206,15 @@ pub fn check(dir: &Path, wanted: &Metadata, verified: &Verified) -> Result<PathB
             have.checkpoint_size
         ));
     }
-    let key = (
-        stat.dev(),
-        stat.ino(),
-        stat.len(),
-        stat.mtime(),
-        stat.mtime_nsec(),
-    );
-    let known = verified.lock().map(|v| v.contains(&key)).unwrap_or(false);
-    if !known {
-        let (size, sha) =
-            digest(&checkpoint).map_err(|e| format!("{}: {e}", checkpoint.display()))?;
-        if size != have.checkpoint_size || sha != have.checkpoint_sha256 {
-            return Err(format!(
-                "{} does not match its metadata's size and sha256 (altered or truncated)",
-                checkpoint.display()
-            ));
-        }
-        if let Ok(mut v) = verified.lock() {
-            v.insert(key);
-        }
+    let (size, sha) = verified
+        .file_sha256(&checkpoint)
+        .map_err(|e| format!("{}: {e}", checkpoint.display()))?;
+    if size != have.checkpoint_size || hyper_hypervisor::digest::hex(&sha) != have.checkpoint_sha256
+    {
+        return Err(format!(
+            "{} does not match its metadata's size and sha256 (altered or truncated)",
+            checkpoint.display()
+        ));
     }
     Ok(checkpoint)
 }
@@ -292,10 +277,9 @@ mod tests {
         assert_eq!(meta.checkpoint_size, 16);
         assert_eq!(meta.checkpoint_sha256.len(), 64);
         let wanted = Metadata::layout(&spec(), "4.17.6", GuestType::Pv);
-        let verified = Mutex::new(HashSet::new());
+        let verified = Verified::default();
         let path = check(dir.path(), &wanted, &verified).unwrap();
         assert_eq!(path, dir.path().join(CHECKPOINT));
-        assert_eq!(verified.lock().unwrap().len(), 1);
         assert!(check(dir.path(), &wanted, &verified).is_ok());
     }
 
@@ -304,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         saved(dir.path(), b"checkpoint bytes");
         let wanted = Metadata::layout(&spec(), "4.17.6", GuestType::Pv);
-        let fresh = || Mutex::new(HashSet::new());
+        let fresh = Verified::default;
         // Truncated.
         std::fs::write(dir.path().join(CHECKPOINT), b"checkpoint").unwrap();
         let err = check(dir.path(), &wanted, &fresh()).unwrap_err();
@@ -375,7 +359,7 @@ mod tests {
         std::fs::rename(dir.path().join(CHECKPOINT), &elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.path().join(CHECKPOINT)).unwrap();
         let wanted = Metadata::layout(&spec(), "4.17.6", GuestType::Pv);
-        let err = check(dir.path(), &wanted, &Mutex::new(HashSet::new())).unwrap_err();
+        let err = check(dir.path(), &wanted, &Verified::default()).unwrap_err();
         assert!(err.contains("not a regular file"), "{err}");
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use hyper_hypervisor::command::run_bounded;
 use tokio::process::Command;
 
 /// More than any xl subcommand we run prints; the rest is dropped.
@@ -47,34 +47,19 @@ impl XlOutput {
     }
 }
 
-async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> String {
-    let mut buf = Vec::new();
-    if let Some(stream) = stream {
-        let _ = stream.take(OUTPUT_LIMIT).read_to_end(&mut buf).await;
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 /// Runs `xl ARGS…` with a time limit; a hung xl is killed.
 pub async fn run(xl: &Path, args: &[&str], limit: Duration) -> Result<XlOutput, String> {
     let shown = format!("{} {}", xl.display(), args.join(" "));
-    let mut child = Command::new(xl)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let all = async {
-        let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
-        (child.wait().await, out, err)
-    };
-    let (status, stdout, stderr) = tokio::time::timeout(limit, all)
+    let mut command = Command::new(xl);
+    command.args(args);
+    let out = run_bounded(command, &shown, limit, OUTPUT_LIMIT)
         .await
-        .map_err(|_| format!("`{shown}` did not finish within {limit:?}"))?;
-    let status = status.map_err(|e| format!("`{shown}`: {e}"))?;
+        .map_err(|e| e.to_string())?;
+    let (status, stdout, stderr) = (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     Ok(XlOutput {
         success: status.success(),
         status: status.to_string(),

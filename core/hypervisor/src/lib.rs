@@ -11,12 +11,15 @@
 //!   backend is dynamic.
 
 pub mod adopt;
+pub mod command;
 mod contract;
 pub mod digest;
 pub mod logcap;
+pub mod mount;
 pub mod nic;
 pub mod plugin;
 pub mod process;
+pub mod table;
 pub mod virtiofs;
 
 pub use contract::*;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hyper_hypervisor::plugin::{ConfigureError, LoadedPlugin};
+use hyper_hypervisor::table::TableError;
 use hyper_hypervisor::{Hypervisor, ProbeReport};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,8 @@ pub struct Backend {
     pub name: String,
     pub path: PathBuf,
     pub build_id: String,
-    /// The configured hypervisor, or why its table was refused.
+    /// The configured hypervisor, or why its table was refused (naming the
+    /// config file and each key, [`TableError`]).
     pub hypervisor: Result<Arc<dyn Hypervisor>, String>,
 }
 
@@ -41,12 +43,9 @@ pub enum SelectError {
         dir: String,
         found: String,
     },
-    #[error("config file {config}: [hypervisor.{name}] {problem}")]
-    Rejected {
-        config: String,
-        name: String,
-        problem: String,
-    },
+    /// `problem` names the config file and the keys ([`Backend::hypervisor`]).
+    #[error("{problem}")]
+    Rejected { name: String, problem: String },
     #[error("no backend can run guests on this host ({tried}); `hyper info` says why for each")]
     NoneUsable { tried: String },
 }
@@ -83,12 +82,17 @@ pub fn discover(dir: &Path, config: &Config) -> (Vec<Backend>, Vec<PluginFailure
                 }
                 let hypervisor = match plugin.configure(config.hypervisor_table(plugin.name())) {
                     Ok(hv) => Ok(Arc::new(hv) as Arc<dyn Hypervisor>),
-                    Err(ConfigureError::Rejected(problems)) => Err(problems
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")),
-                    Err(e) => Err(e.to_string()),
+                    Err(ConfigureError::Rejected(problems)) => Err(TableError {
+                        file: config.source_name(),
+                        backend: plugin.name().to_string(),
+                        problems,
+                    }
+                    .to_string()),
+                    Err(e) => Err(format!(
+                        "config file {}: [hypervisor.{}] {e}",
+                        config.source_name(),
+                        plugin.name()
+                    )),
                 };
                 backends.push(Backend {
                     name: plugin.name().to_string(),
@@ -117,7 +121,6 @@ pub async fn select(
         b.hypervisor
             .clone()
             .map_err(|problem| SelectError::Rejected {
-                config: config.source_name(),
                 name: b.name.clone(),
                 problem,
             })

@@ -6,7 +6,7 @@
 //! older hyperd left 0644/0755. docs/security/state.md has the threat model.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The umask hyperd runs under: nothing it creates is readable by group or
@@ -22,28 +22,9 @@ pub fn set_private_umask() {
     unsafe { libc::umask(PRIVATE_UMASK) };
 }
 
-/// Creates `dir` (and its parents) if missing, with mode 0700 whatever the
-/// umask; an existing one is left as it is (see [`tighten`]).
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Writes `bytes` to a new or truncated file of mode 0600 (an existing
-/// file keeps its mode; [`tighten`] fixes old ones).
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
+/// Creates a 0700 directory and writes 0600 files whatever the umask
+/// (an existing one keeps its mode; [`tighten`] fixes old ones).
+pub use hyper_volumes::private::{create_private_dir, write_private};
 
 /// What [`tighten`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]

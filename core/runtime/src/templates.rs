@@ -116,40 +116,17 @@ pub fn valid_key(key: &str) -> bool {
 /// size, mtime) so a pod start does not re-read a 20+ MB kernel.
 #[derive(Default)]
 pub struct PayloadHasher {
-    cache: Mutex<HashMap<PathBuf, (FileId, [u8; 32])>>,
-}
-
-type FileId = (u64, u64, u64, i64, i64);
-
-fn file_id(path: &Path) -> std::io::Result<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    files: hyper_hypervisor::digest::DigestMemo,
 }
 
 impl PayloadHasher {
     pub fn hash(&self, kernel: &Path, initrd: &Path, cmdline: &str) -> std::io::Result<String> {
         let mut h = Sha256::new();
         for file in [kernel, initrd] {
-            h.update(self.file_hash(file)?);
+            h.update(self.files.file_sha256(file)?.1);
         }
         h.update(cmdline.as_bytes());
         Ok(hex(&h.finalize()))
-    }
-
-    fn file_hash(&self, path: &Path) -> std::io::Result<[u8; 32]> {
-        let id = file_id(path)?;
-        if let Some((seen, hash)) = lock(&self.cache).get(path) {
-            if *seen == id {
-                return Ok(*hash);
-            }
-        }
-        let (_, hash) = hyper_hypervisor::digest::file_sha256(path)?;
-        // Changed while read: not cached, the next start reads it again.
-        if file_id(path)? == id {
-            lock(&self.cache).insert(path.to_path_buf(), (id, hash));
-        }
-        Ok(hash)
     }
 }
 

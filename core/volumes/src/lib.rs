@@ -5,6 +5,7 @@
 //! The runtime turns resolved requests into the VM's shares and disks and
 //! the guest's volume and mount specs; this crate knows nothing of VMs.
 
+pub mod private;
 pub mod request;
 pub mod store;
 

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::private::{create_private_dir, write_private};
+
 /// Longest volume name (it becomes a path component and a label).
 pub const MAX_NAME: usize = 128;
 const META: &str = "volume.json";
@@ -304,7 +306,9 @@ impl VolumeStore {
             path: meta.clone(),
             source: io::Error::other(e),
         })?;
-        write_private(&meta, &json).map_err(io_err(&meta))?;
+        write_private(&meta, &json)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&meta))?;
         Ok(volume)
     }
 
@@ -410,23 +414,7 @@ fn same_kind(v: NamedVolume, wanted: VolumeKind) -> Result<NamedVolume, StoreErr
 }
 
 fn private_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    create_private_dir(dir).map_err(io_err(dir))
 }
 
 /// Where `mkfs.FS` is: `PATH`, then the sbin directories a non-root

@@ -2,20 +2,13 @@
 
 use std::path::PathBuf;
 
+use hyper_hypervisor::table::{self, absolute_path, in_range, BackendConfig};
 use hyper_hypervisor::ConfigProblem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const DEFAULT_VMM: &str = "/usr/local/lib/hyper/hyper-vmm";
-const VALID_KEYS: &[&str] = &[
-    "vmm",
-    "console_log_limit_mib",
-    "allow_pvm",
-    "virtiofsd",
-    "seccomp",
-    "vmm_uid",
-    "vmm_gid",
-];
+const DEFAULT_VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,114 +50,65 @@ impl Default for KvmConfig {
     }
 }
 
-fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
-    ConfigProblem {
-        key: key.to_string(),
-        message: message.into(),
-        fix: fix.into(),
-    }
-}
+impl BackendConfig for KvmConfig {
+    const BACKEND: &'static str = "kvm";
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a table",
-    }
-}
-
-fn example(key: &str) -> String {
-    if key == "vmm" {
-        format!("vmm = \"{DEFAULT_VMM}\"")
-    } else {
-        "virtiofsd = \"/usr/local/bin/virtiofsd\"".to_string()
-    }
-}
-
-impl KvmConfig {
-    /// Validates the backend's table (TOML as JSON); `null`/`{}` = defaults.
-    pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
-        let map = match table {
-            Value::Null => return Ok(Self::default()),
-            Value::Object(map) => map,
-            other => {
-                return Err(vec![problem(
-                    "",
-                    format!("expected a table, found {}", type_name(other)),
-                    "write it as a [hypervisor.kvm] table",
-                )])
-            }
-        };
-        let mut problems = Vec::new();
-        for (key, v) in map {
-            match key.as_str() {
-                "vmm" | "virtiofsd" => match v {
-                    Value::String(s) if s.starts_with('/') => {}
-                    Value::String(s) => problems.push(problem(
-                        key,
-                        format!("\"{s}\" is not an absolute path"),
-                        format!("give the full path, e.g. {}", example(key)),
-                    )),
-                    other => problems.push(problem(
-                        key,
-                        format!("expected a string (a path), found {}", type_name(other)),
-                        format!("e.g. {}", example(key)),
-                    )),
-                },
-                "console_log_limit_mib" => match v.as_u64() {
-                    Some(1..=4096) => {}
-                    _ => problems.push(problem(
-                        key,
-                        format!("{v} is not a whole number of MiB in 1..=4096"),
-                        "e.g. console_log_limit_mib = 64",
-                    )),
-                },
-                "allow_pvm" | "seccomp" => {
-                    if !v.is_boolean() {
-                        problems.push(problem(
-                            key,
-                            format!("expected true or false, found {}", type_name(v)),
-                            format!("e.g. {key} = {}", key == "seccomp"),
-                        ));
-                    }
-                }
-                "vmm_uid" | "vmm_gid" => match v.as_u64() {
-                    Some(1..=4_294_967_294) => {}
-                    _ => problems.push(problem(
-                        key,
-                        format!("{v} is not a non-root numeric id"),
-                        format!("e.g. {key} = 64100 (a uid/gid no one else uses; 0 is root)"),
-                    )),
-                },
-                _ => problems.push(problem(
+    fn check(&self) -> Vec<ConfigProblem> {
+        let id = |key: &str, id: Option<u32>| {
+            // 0 is root; u32::MAX is (uid_t)-1, "no change" to setresuid.
+            id.filter(|id| *id == 0 || *id == u32::MAX).map(|id| {
+                ConfigProblem::new(
                     key,
-                    "unknown key",
-                    format!(
-                        "the valid keys in [hypervisor.kvm] are {}",
-                        VALID_KEYS.join(", ")
-                    ),
-                )),
-            }
-        }
-        if map.contains_key("vmm_uid") != map.contains_key("vmm_gid") {
-            problems.push(problem(
-                if map.contains_key("vmm_uid") {
+                    format!("{id} is not a non-root numeric id"),
+                    format!("e.g. {key} = 64100 (a uid/gid no one else uses; 0 is root)"),
+                )
+            })
+        };
+        let together = (self.vmm_uid.is_some() != self.vmm_gid.is_some()).then(|| {
+            ConfigProblem::new(
+                if self.vmm_uid.is_some() {
                     "vmm_gid"
                 } else {
                     "vmm_uid"
                 },
                 "vmm_uid and vmm_gid go together",
                 "set both, e.g. vmm_uid = 64100 and vmm_gid = 64100",
-            ));
+            )
+        });
+        [
+            absolute_path("vmm", &self.vmm, DEFAULT_VMM),
+            self.virtiofsd
+                .as_deref()
+                .and_then(|p| absolute_path("virtiofsd", p, DEFAULT_VIRTIOFSD)),
+            in_range(
+                "console_log_limit_mib",
+                self.console_log_limit_mib,
+                1..=4096,
+                "MiB",
+                64,
+            ),
+            id("vmm_uid", self.vmm_uid),
+            id("vmm_gid", self.vmm_gid),
+            together,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    fn example(key: &str) -> Option<String> {
+        match key {
+            "virtiofsd" => Some(format!("virtiofsd = \"{DEFAULT_VIRTIOFSD}\"")),
+            "vmm_uid" | "vmm_gid" => Some(format!("{key} = 64100")),
+            _ => None,
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        serde_json::from_value(table.clone())
-            .map_err(|e| vec![problem("", e.to_string(), "fix the [hypervisor.kvm] table")])
+    }
+}
+
+impl KvmConfig {
+    /// Validates the backend's table (TOML as JSON); `null`/`{}` = defaults.
+    pub fn from_table(table: &Value) -> Result<Self, Vec<ConfigProblem>> {
+        table::parse(table)
     }
 }
 

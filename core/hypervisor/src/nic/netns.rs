@@ -6,16 +6,16 @@
 //! into it ([`run_in`]); no long-lived thread (least of all a tokio worker)
 //! ever changes namespace.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::NicError;
+use crate::mount::{mount, unmount};
 
 /// Where named namespaces live (iproute2's `NETNS_RUN_DIR`).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -57,33 +57,13 @@ pub fn path(name: &str) -> PathBuf {
 }
 
 fn cstring(path: &Path) -> Result<CString, NicError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+    crate::mount::cstring(path).map_err(|_| {
         NicError::invalid(
             "netns path",
             path.display().to_string(),
             "contains a NUL byte",
         )
     })
-}
-
-fn mount(src: &CStr, target: &CStr, flags: libc::c_ulong) -> io::Result<()> {
-    let none = c"none";
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration
-    // of the call; data is NULL, which mount(2) accepts for these flags.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            none.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Makes `dir` a shared mount point (bind-mounting it onto itself first if
@@ -93,13 +73,12 @@ fn mount(src: &CStr, target: &CStr, flags: libc::c_ulong) -> io::Result<()> {
 fn make_shared_mount_point(dir: &Path) -> Result<(), NicError> {
     let _guard = RUN_DIR_MOUNT.lock().unwrap_or_else(|e| e.into_inner());
     let c = cstring(dir)?;
-    let empty = c"";
     let mut bound = false;
     loop {
-        match mount(empty, &c, libc::MS_SHARED | libc::MS_REC) {
+        match mount(None, &c, libc::MS_SHARED | libc::MS_REC) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !bound => {
-                mount(&c, &c, libc::MS_BIND | libc::MS_REC)
+                mount(Some(&c), &c, libc::MS_BIND | libc::MS_REC)
                     .map_err(|e| NicError::netns(dir, "bind-mount the directory onto itself", e))?;
                 bound = true;
             }
@@ -149,7 +128,7 @@ pub fn create(name: &str) -> Result<PathBuf, NicError> {
                 ));
             }
             let src = c"/proc/thread-self/ns/net";
-            mount(src, &target, libc::MS_BIND)
+            mount(Some(src), &target, libc::MS_BIND)
                 .map_err(|e| NicError::netns(&thread_path, "bind-mount the new namespace", e))
         })
         .map_err(|e| NicError::Thread {
@@ -178,17 +157,9 @@ pub fn create(name: &str) -> Result<PathBuf, NicError> {
 /// a tap included) goes once nothing else holds it.
 pub fn remove(netns: &Path) -> Result<bool, NicError> {
     let c = cstring(netns)?;
-    let mut removed = false;
-    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        removed = true;
-    } else {
-        let e = io::Error::last_os_error();
-        // EINVAL: not a mount point (already unmounted); ENOENT: no file.
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-            return Err(NicError::netns(netns, "unmount", e));
-        }
-    }
+    // Not mounted: already unmounted, or no file.
+    let mut removed =
+        unmount(&c, libc::MNT_DETACH).map_err(|e| NicError::netns(netns, "unmount", e))?;
     match std::fs::remove_file(netns) {
         Ok(()) => removed = true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -279,7 +279,7 @@ pub(super) fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Resul
     let tmp = pod_dir.join("pod.json.tmp");
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     let written = crate::private::write_private(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, pod_dir.join("pod.json")));
+        .and_then(|_| std::fs::rename(&tmp, pod_dir.join("pod.json")));
     if written.is_err() {
         // A full disk leaves a partial copy; pod.json itself is intact.
         let _ = std::fs::remove_file(&tmp);
