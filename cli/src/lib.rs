@@ -9,12 +9,9 @@ pub mod peer;
 pub mod pods_api;
 pub mod progress;
 pub mod server;
-pub mod stream;
 pub mod templates_api;
 pub mod terminal;
 pub mod volumes_api;
 
-/// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";
-/// The protocol name of the upgraded stdio stream.
-pub const STREAM_UPGRADE: &str = "hyper-stream";
+pub use hyper_api::stream;
+pub use hyper_api::stream::{DEFAULT_SOCKET, STREAM_UPGRADE};
