@@ -9,7 +9,6 @@
 //! * `DELETE /v1/images?name=NAME`          untag / delete (409 while a pod uses it)
 //! * `POST   /v1/login`                     body `{"registry", "username", "password"}`
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,12 +17,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hyper_core::pods::Runtime;
-use hyper_images::{Image, ImageError, PullProgress};
-use serde::{Deserialize, Serialize};
+use hyper_images::{ImageError, PullProgress};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::peer::{self, Peer};
-use crate::stream::ApiError;
+use hyper_api::stream::ApiError;
 
 pub use hyper_api::images::{LoadRequest, LoginRequest, PullEvent, PullRequest, TagRequest};
 
