@@ -6,16 +6,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header;
 use hyper::{Method, Request};
-use hyper_core::pods::RunRequest;
+use hyper_api::pods::RunRequest;
 use hyper_protocol::{Frame, FrameDecoder, FrameKind, TerminalSize, MAX_DATA_PAYLOAD};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::images_api::{PullEvent, PullRequest};
 use crate::stream::{ApiError, ClientMessage, StreamEnd, STDERR, STDIO};
 use crate::terminal::DetachScanner;
+use hyper_api::images::{PullEvent, PullRequest};
 
 /// Longest progress line accepted from hyperd (an image record fits easily).
 const MAX_EVENT_LINE: usize = 1024 * 1024;

@@ -1,20 +1,11 @@
-//! hyperd's REST API (server side) and the client `hyper` uses, sharing one
-//! definition of the stdio stream that runs over an upgraded connection.
+//! The `hyper` client: hyperd's REST API over its unix socket (`client`),
+//! the terminal, pull progress and safe display of what hyperd sends. It
+//! links `hyper-api` for the request types, not the runtime.
 
 pub mod client;
 pub mod display;
-pub mod events_api;
-pub mod images_api;
-pub mod peer;
-pub mod pods_api;
 pub mod progress;
-pub mod server;
-pub mod stream;
-pub mod templates_api;
 pub mod terminal;
-pub mod volumes_api;
 
-/// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";
-/// The protocol name of the upgraded stdio stream.
-pub const STREAM_UPGRADE: &str = "hyper-stream";
+pub use hyper_api::stream;
+pub use hyper_api::stream::{DEFAULT_SOCKET, STREAM_UPGRADE};

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::images_api::PullEvent;
+use hyper_api::images::PullEvent;
 
 pub struct PullView {
     to_stderr: bool,

@@ -32,7 +32,7 @@ cd "$ROOT"
 . "$C/versions.env"
 
 echo "xen-suite: building (target dir $T)"
-cargo build --release -p hyper-cli -p hyper-hypervisor -p hyper-backend-xen
+cargo build --release -p hyper-cli -p hyper-daemon -p hyper-hypervisor -p hyper-backend-xen
 cargo build --release -p hyperstart --target $MUSL
 REAL=$($M exe hyper-backend-xen real_xen)
 [ -x "$REAL" ] || { echo "xen-suite: test binary real_xen missing ($REAL)" >&2; exit 1; }

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use hyper_api::pods::{ExecRequest, RestartPolicy, RunRequest, RUNTIME_FAILURE_EXIT};
 use hyper_cli::client::{Client, ClientError, StreamOptions};
 use hyper_cli::stream::StreamEnd;
 use hyper_cli::{progress, terminal};
-use hyper_core::pods::{ExecRequest, RestartPolicy, RunRequest, RUNTIME_FAILURE_EXIT};
 use hyper_protocol::TerminalSize;
 
 #[derive(Parser)]
@@ -349,7 +349,7 @@ struct RunArgs {
     #[arg(long)]
     cpus: Option<u32>,
     /// Memory of the pod's VM: MiB (512) or with a unit (512m, 1g, 1048576k).
-    #[arg(long, short = 'm', value_name = "MEMORY", value_parser = hyper_core::resources::parse_memory)]
+    #[arg(long, short = 'm', value_name = "MEMORY", value_parser = hyper_api::resources::parse_memory)]
     memory: Option<u32>,
     /// Replace the image's entrypoint (`""` clears it).
     #[arg(long, value_name = "CMD")]
@@ -602,23 +602,23 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
             vec![e.clone()]
         }
     });
-    let mut security = hyper_core::security::Security {
+    let mut security = hyper_api::security::Security {
         privileged: args.privileged,
         cap_add: args.cap_add,
         cap_drop: args.cap_drop,
         security_opt: args.security_opt,
     };
-    if let Err(e) = hyper_core::security::read_profile_files(
+    if let Err(e) = hyper_api::security::read_profile_files(
         &mut security.security_opt,
         std::path::Path::new("."),
     ) {
         return fail(e);
     }
-    let ports = match hyper_network::ports::parse_all(&args.publish) {
+    let ports = match hyper_api::network::ports::parse_all(&args.publish) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let network = hyper_network::NetworkRequest {
+    let network = hyper_api::network::NetworkRequest {
         network: args.network.clone(),
         ports,
         dns: args.dns.clone(),
@@ -633,18 +633,18 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
     }
     let mut volumes = Vec::new();
     for v in &args.volume {
-        match hyper_volumes::parse_volume(v) {
+        match hyper_api::volumes::parse_volume(v) {
             Ok(v) => volumes.push(v),
             Err(e) => return fail(e),
         }
     }
     for m in &args.mount {
-        match hyper_volumes::parse_mount(m) {
+        match hyper_api::volumes::parse_mount(m) {
             Ok(m) => volumes.push(m),
             Err(e) => return fail(e),
         }
     }
-    if let Err(e) = hyper_volumes::request::validate(&volumes) {
+    if let Err(e) = hyper_api::volumes::validate(&volumes) {
         return fail(e);
     }
     let request = RunRequest {
@@ -671,7 +671,7 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         start: args
             .start
             .as_deref()
-            .and_then(hyper_core::config::StartMode::parse),
+            .and_then(hyper_api::start::StartMode::parse),
     };
     if args.detach {
         // With -i the pod's stdin stays open for `hyper attach`.
@@ -935,7 +935,7 @@ async fn pod_create(client: &Client, file: &std::path::Path, name: Option<String
         Ok(t) => t,
         Err(e) => return fail(format!("{}: {e}", file.display())),
     };
-    let mut pod = match hyper_core::podfile::parse(&file.display().to_string(), &text) {
+    let mut pod = match hyper_api::podfile::parse(&file.display().to_string(), &text) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -943,7 +943,7 @@ async fn pod_create(client: &Client, file: &std::path::Path, name: Option<String
     // pod file, and sent absolute.
     let base = file.parent().unwrap_or(std::path::Path::new("."));
     for c in &mut pod.containers {
-        if let Err(e) = hyper_core::security::read_profile_files(&mut c.security.security_opt, base)
+        if let Err(e) = hyper_api::security::read_profile_files(&mut c.security.security_opt, base)
         {
             return fail(format!("{}: container {}: {e}", file.display(), c.name));
         }
@@ -1026,7 +1026,7 @@ async fn port(client: &Client, pod: &str) -> i32 {
         Err(e) => return fail(e),
     };
     let ports = view["network"]["ports"].clone();
-    let ports: Vec<hyper_network::PortMapping> = if ports.is_null() {
+    let ports: Vec<hyper_api::network::PortMapping> = if ports.is_null() {
         // Not running: the ports it asks for.
         serde_json::from_value(view["container"]["network"]["ports"].clone()).unwrap_or_default()
     } else {
@@ -1085,7 +1085,7 @@ async fn volume(client: &Client, command: VolumeCommand) -> i32 {
             label,
             name,
         } => {
-            let size_bytes = match size.as_deref().map(hyper_volumes::request::parse_size) {
+            let size_bytes = match size.as_deref().map(hyper_api::volumes::parse_size) {
                 Some(Ok(n)) => Some(n),
                 Some(Err(e)) => return fail(format!("--size {e}")),
                 None => None,
@@ -1386,7 +1386,7 @@ async fn events(
     filter: &[String],
     json: bool,
 ) -> i32 {
-    use hyper_core::events::{format_line, parse_time, Event, Filters};
+    use hyper_api::events::{format_line, parse_time, Event, Filters};
     let now = std::time::SystemTime::now();
     let mut query = Vec::new();
     for (flag, key, value) in [("--since", "since", since), ("--until", "until", until)] {

@@ -9,8 +9,8 @@
 //! * `conflist`: the networks (`[network] cni_conf_dir`);
 //! * `exec`: running plugins per the CNI spec, bounded;
 //! * `result`: what they print;
-//! * `ports`: `-p` and the portmap capability;
-//! * `dns`: the pod's resolv.conf settings;
+//! * `ports`, `dns`: `-p`, the portmap capability and the pod's resolv.conf
+//!   settings (in `hyper_api::network`, which the client shares);
 //! * `netns`: the pod's namespace and link facts (the backend kit's);
 //! * here: a pod's whole attach and detach.
 
@@ -18,26 +18,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_hypervisor::NicSpec;
-use hyper_protocol::{HostEntry, InterfaceSpec, NetworkSpec, RouteSpec};
+use hyper_protocol::{InterfaceSpec, NetworkSpec, RouteSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod conflist;
-pub mod dns;
 pub mod exec;
 pub mod netns;
-pub mod ports;
 pub mod result;
 
 pub use conflist::Conflist;
-pub use ports::{PortMapping, Protocol};
+pub use hyper_api::network::{
+    dns, ports, NetworkRequest, PortMapping, Protocol, RequestError, NETNS_NETWORK, NONE,
+};
 
 /// The interface CNI makes in the pod's namespace.
 pub const IFNAME: &str = "eth0";
 /// The backend's device next to it (a tap, a vif).
 pub const DEVICE: &str = "hyper-tap0";
-/// The name `--network none` asks for.
-pub const NONE: &str = "none";
 /// The Debian package with the plugins.
 pub const PLUGINS_PACKAGE: &str = "containernetworking-plugins";
 
@@ -75,6 +73,8 @@ pub enum NetworkError {
     BadResult { network: String, message: String },
     #[error("{0}")]
     Ports(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("{0}")]
     Nic(String),
     #[error("{what}: {source}")]
@@ -103,99 +103,6 @@ impl Settings {
     /// Every configuration file found, each parsed or why not.
     pub fn networks(&self) -> Result<Vec<Result<Conflist, NetworkError>>, NetworkError> {
         conflist::discover(&self.conf_dir)
-    }
-}
-
-/// What a pod asks of its network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkRequest {
-    /// A network's name, `none`, or unset: the default network (the first
-    /// configuration file by name; none when there is no file at all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-    /// `-p`, parsed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PortMapping>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_search: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_options: Vec<String>,
-    /// `--add-host NAME:IP`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub add_hosts: Vec<String>,
-    /// A network namespace a caller made (the containerd shim); hyperd
-    /// makes `/run/netns/hyper-<id>` otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<PathBuf>,
-    /// `netns` is already configured by its maker (containerd's CRI plugin
-    /// ran CNI in it): its `eth0` is read back as it is and no CNI plugin
-    /// runs here, neither ADD nor DEL ([`NETNS_NETWORK`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub netns_configured: bool,
-}
-
-/// The network name a pod shows whose namespace its caller configured.
-pub const NETNS_NETWORK: &str = "netns";
-
-impl NetworkRequest {
-    /// Whether a network was asked for by name or through `-p`: a guest
-    /// without network support is then an error, not a warning.
-    pub fn explicit(&self) -> bool {
-        self.network.as_deref().is_some_and(|n| n != NONE) || !self.ports.is_empty()
-    }
-
-    pub fn is_none(&self) -> bool {
-        self.network.as_deref() == Some(NONE)
-    }
-
-    /// Whether the pod takes a namespace its caller configured as it is.
-    pub fn adopts(&self) -> bool {
-        self.netns.is_some() && self.netns_configured && !self.is_none()
-    }
-
-    /// Checks what can be checked without touching the host.
-    pub fn validate(&self) -> Result<(), NetworkError> {
-        if self.is_none() && !self.ports.is_empty() {
-            return Err(NetworkError::Ports(
-                "-p publishes a port of the pod's network: it does not go with --network none"
-                    .into(),
-            ));
-        }
-        for (i, p) in self.ports.iter().enumerate() {
-            if p.host_port == 0 || p.container_port == 0 {
-                return Err(NetworkError::Ports(format!(
-                    "-p {}: ports are 1 to 65535",
-                    p.spec()
-                )));
-            }
-            if let Some(q) = self.ports[..i].iter().find(|q| q.clashes_with(p)) {
-                return Err(NetworkError::Ports(format!(
-                    "-p {}: host port {}/{} is already published by -p {}",
-                    p.spec(),
-                    p.host_port,
-                    p.protocol,
-                    q.spec()
-                )));
-            }
-        }
-        if self.netns_configured && (self.netns.is_none() || !self.ports.is_empty()) {
-            return Err(NetworkError::Ports(
-                "a configured namespace is taken as it is: it needs its path and publishes no ports"
-                    .into(),
-            ));
-        }
-        dns::check(&self.dns, &self.dns_search, &self.dns_options)
-            .map_err(|e| NetworkError::Ports(e.to_string()))?;
-        self.hosts()?;
-        Ok(())
-    }
-
-    /// `--add-host` entries as `/etc/hosts` lines.
-    pub fn hosts(&self) -> Result<Vec<HostEntry>, NetworkError> {
-        dns::parse_add_hosts(&self.add_hosts).map_err(|e| NetworkError::Ports(e.to_string()))
     }
 }
 
@@ -525,51 +432,6 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_are_checked_before_anything_is_made() {
-        let mut r = NetworkRequest {
-            network: Some(NONE.into()),
-            ports: vec!["80:80".parse().unwrap()],
-            ..Default::default()
-        };
-        assert!(r
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("--network none"));
-        r.ports.clear();
-        r.validate().unwrap();
-        assert!(!r.explicit());
-        r.add_hosts = vec!["db:10.0.0.5".into(), "v6:[fd00::1]".into()];
-        let hosts = r.hosts().unwrap();
-        assert_eq!(hosts[1].address, "fd00::1");
-        for bad in ["db", "db:x", ":1.2.3.4", "a b:1.2.3.4"] {
-            r.add_hosts = vec![bad.into()];
-            let err = r.validate().unwrap_err().to_string();
-            assert!(err.contains("NAME:IP"), "{bad}: {err}");
-        }
-        r.add_hosts.clear();
-        r.dns = vec!["dns.example".into()];
-        assert!(r.validate().unwrap_err().to_string().contains("--dns"));
-    }
-
-    #[test]
-    fn a_configured_namespace_needs_its_path_and_takes_no_ports() {
-        let mut r = NetworkRequest {
-            netns_configured: true,
-            ..Default::default()
-        };
-        assert!(r.validate().is_err(), "no path");
-        r.netns = Some("/var/run/netns/cni-x".into());
-        r.validate().unwrap();
-        assert!(r.adopts());
-        r.ports = vec!["80:80".parse().unwrap()];
-        assert!(r.validate().is_err(), "ports");
-        r.ports.clear();
-        r.network = Some(NONE.into());
-        assert!(!r.adopts());
-    }
 
     /// Needs root (the e2e machine runs as root); skipped otherwise.
     #[tokio::test]

@@ -8,7 +8,7 @@ pub mod logs;
 pub mod metrics;
 pub mod payload;
 pub mod plugins;
-pub mod podfile;
+pub use hyper_api::podfile;
 pub mod pods;
 pub mod private;
 pub mod process;

@@ -58,16 +58,15 @@ mod volumes;
 pub use attach::Stdin;
 use boot::LivePod;
 pub use join::{JoinRequest, JoinedContainer, MAX_JOINED};
+pub use hyper_api::pods::{ExecRequest, RestartPolicy, RunOutcome, RunRequest};
 pub use model::{
-    container_log_dir, ContainerRecord, ExecRequest, Info, Output, PluginInfo, PodRecord, PodState,
-    RestartPolicy, Restored, RunError, RunIo, RunOutcome, RunRequest, SavedVm, StartError, Started,
-    Takeovers,
+    container_log_dir, ContainerRecord, Info, Output, PluginInfo, PodRecord, PodState, Restored,
+    RunError, RunIo, SavedVm, StartError, Started, Takeovers,
 };
 pub use network::NetworkInfo;
 pub use volumes::{MountRecord, VolumeView};
 
-/// Docker's exit code for "the runtime failed, not the container".
-pub const RUNTIME_FAILURE_EXIT: i32 = 125;
+pub use hyper_api::pods::RUNTIME_FAILURE_EXIT;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Connecting to a running guest and its answer to the resync. Xen's PV
 /// console moves the 64 KiB resync pad in 1 KiB ring turns: ≈14 s under TCG.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{PodRecord, PodState, RunError};
 use super::{lock, Runtime};
-use crate::podfile::{PodFile, PodVolume};
+use crate::podfile::PodFile;
 
 /// One mount of one container, resolved at create; `hyper inspect` shows
 /// them as Docker's `Mounts`.
@@ -197,28 +197,6 @@ pub(super) fn guest_transport(t: ShareTransport) -> hyper_protocol::ShareTranspo
 pub(super) fn in_mount_order(mut mounts: Vec<MountSpec>) -> Vec<MountSpec> {
     mounts.sort_by_key(|m| m.path.split('/').filter(|c| !c.is_empty()).count());
     mounts
-}
-
-impl PodVolume {
-    /// A pod file's volume that is a host directory or a named volume
-    /// rather than a tmpfs.
-    pub fn request(&self) -> Option<VolumeRequest> {
-        let (kind, source) = match (&self.host, &self.named) {
-            (Some(dir), _) => (MountKind::Bind, dir.clone()),
-            (None, Some(name)) => (MountKind::Volume, name.clone()),
-            (None, None) => return None,
-        };
-        Some(VolumeRequest {
-            kind,
-            source: Some(source),
-            target: "/".into(),
-            readonly: self.readonly,
-            create_host_dir: false,
-            tmpfs_size_mib: None,
-            size_bytes: None,
-            mkfs: None,
-        })
-    }
 }
 
 /// The requests of a pod file's containers: each mount of a host or named

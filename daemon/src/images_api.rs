@@ -9,7 +9,6 @@
 //! * `DELETE /v1/images?name=NAME`          untag / delete (409 while a pod uses it)
 //! * `POST   /v1/login`                     body `{"registry", "username", "password"}`
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,63 +17,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hyper_core::pods::Runtime;
-use hyper_images::{Image, ImageError, PullProgress};
-use serde::{Deserialize, Serialize};
+use hyper_images::{ImageError, PullProgress};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::peer::{self, Peer};
-use crate::stream::ApiError;
+use hyper_api::stream::ApiError;
 
-/// One line of the `POST /v1/images/pull` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum PullEvent {
-    Resolved {
-        reference: String,
-        digest: String,
-    },
-    Layer {
-        digest: String,
-        size: u64,
-        cached: bool,
-    },
-    Progress {
-        digest: String,
-        done: u64,
-    },
-    LayerDone {
-        digest: String,
-    },
-    Done {
-        image: Box<Image>,
-    },
-    Error {
-        message: String,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PullRequest {
-    pub reference: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LoadRequest {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TagRequest {
-    pub source: String,
-    pub target: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LoginRequest {
-    pub registry: String,
-    pub username: String,
-    pub password: String,
-}
+pub use hyper_api::images::{LoadRequest, LoginRequest, PullEvent, PullRequest, TagRequest};
 
 #[derive(Debug, Deserialize)]
 pub struct NameQuery {
@@ -179,8 +129,11 @@ pub async fn pull(State(rt): State<Arc<Runtime>>, Json(req): Json<PullRequest>) 
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let end = match handle.block_on(store.pull(&req.reference, &options, progress)) {
-            Ok(image) => PullEvent::Done {
-                image: Box::new(image),
+            Ok(image) => match serde_json::to_value(&image) {
+                Ok(image) => PullEvent::Done { image },
+                Err(e) => PullEvent::Error {
+                    message: format!("pulled {}, but cannot describe it: {e}", image.id),
+                },
             },
             Err(e) => PullEvent::Error {
                 message: e.to_string(),

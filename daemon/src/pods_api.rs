@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::images_api::{error, ndjson_response};
 use crate::peer::{check_rootfs_dirs, Peer};
-use crate::server::{upgrade_stream, StreamJob};
+use crate::upgrade::{upgrade_stream, StreamJob};
 
 /// The pod a request's path names (full id, unique id prefix or name),
 /// resolved; an unknown or ambiguous one is answered before the handler.

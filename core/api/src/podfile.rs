@@ -136,10 +136,10 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 
 impl PodFile {
     /// The pod's `network` and `ports` as the network crate takes them.
-    pub fn network_request(&self) -> Result<hyper_network::NetworkRequest, Invalid> {
+    pub fn network_request(&self) -> Result<crate::network::NetworkRequest, Invalid> {
         let ports =
-            hyper_network::ports::parse_all(&self.ports).map_err(|m| invalid("ports", m))?;
-        let req = hyper_network::NetworkRequest {
+            crate::network::ports::parse_all(&self.ports).map_err(|m| invalid("ports", m))?;
+        let req = crate::network::NetworkRequest {
             network: self.network.clone(),
             ports,
             ..Default::default()
@@ -177,6 +177,28 @@ impl PodVolume {
     /// A tmpfs in the guest (neither a host nor a named volume).
     pub fn is_tmpfs(&self) -> bool {
         self.host.is_none() && self.named.is_none()
+    }
+}
+
+impl PodVolume {
+    /// A pod file's volume that is a host directory or a named volume
+    /// rather than a tmpfs.
+    pub fn request(&self) -> Option<crate::volumes::VolumeRequest> {
+        let (kind, source) = match (&self.host, &self.named) {
+            (Some(dir), _) => (crate::volumes::MountKind::Bind, dir.clone()),
+            (None, Some(name)) => (crate::volumes::MountKind::Volume, name.clone()),
+            (None, None) => return None,
+        };
+        Some(crate::volumes::VolumeRequest {
+            kind,
+            source: Some(source),
+            target: "/".into(),
+            readonly: self.readonly,
+            create_host_dir: false,
+            tmpfs_size_mib: None,
+            size_bytes: None,
+            mkfs: None,
+        })
     }
 }
 

@@ -130,7 +130,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let app = hyper_cli::server::router(runtime.clone());
+    let app = hyper_daemon::server::router(runtime.clone());
     let events = runtime.clone();
     let shutdown = async move {
         let mut term =
@@ -149,7 +149,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<hyper_cli::peer::Peer>(),
+        app.into_make_service_with_connect_info::<hyper_daemon::peer::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -11,6 +11,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where `hyper` finds hyperd unless `--host` or `HYPER_HOST` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/hyper/hyperd.sock";
+/// The protocol name of the upgraded stdio stream.
+pub const STREAM_UPGRADE: &str = "hyper-stream";
+
 pub const STDIO: u32 = 1;
 pub const STDERR: u32 = 2;
 
