@@ -57,8 +57,8 @@ mod volumes;
 
 pub use attach::Stdin;
 use boot::LivePod;
-pub use join::{JoinRequest, JoinedContainer, MAX_JOINED};
 pub use hyper_api::pods::{ExecRequest, RestartPolicy, RunOutcome, RunRequest};
+pub use join::{JoinRequest, JoinedContainer, MAX_JOINED};
 pub use model::{
     container_log_dir, ContainerRecord, Info, Output, PluginInfo, PodRecord, PodState, Restored,
     RunError, RunIo, SavedVm, StartError, Started, Takeovers,
