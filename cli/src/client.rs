@@ -454,7 +454,7 @@ async fn read_body(resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes
 
 fn api_error(body: &[u8], status: hyper::StatusCode) -> ClientError {
     let message = match serde_json::from_slice::<ApiError>(body) {
-        Ok(e) => e.message,
+        Ok(e) => crate::errors::word(&e),
         Err(_) => format!("hyperd answered {status}"),
     };
     if status == hyper::StatusCode::NOT_FOUND {

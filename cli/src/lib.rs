@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod display;
+pub mod errors;
 pub mod progress;
 pub mod terminal;
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::peer::{self, Peer};
-use hyper_api::stream::ApiError;
+use hyper_api::errors::{ApiError, ErrorKind};
 
 pub use hyper_api::images::{LoadRequest, LoginRequest, PullEvent, PullRequest, TagRequest};
 
@@ -32,13 +32,16 @@ pub struct NameQuery {
 }
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ApiError {
-            message: message.into(),
-        }),
-    )
-        .into_response()
+    error_of_kind(status, message, None)
+}
+
+/// An error response with its stable kind (see [`hyper_api::errors`]).
+pub fn error_of_kind(
+    status: StatusCode,
+    message: impl Into<String>,
+    kind: Option<ErrorKind>,
+) -> Response {
+    (status, Json(ApiError::new(message, kind))).into_response()
 }
 
 fn image_error(e: ImageError) -> Response {

@@ -29,7 +29,7 @@ use hyper_core::pods::{ExecRequest, PodRecord, RunError, RunRequest, Runtime, St
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::images_api::{error, ndjson_response};
+use crate::images_api::{error, error_of_kind, ndjson_response};
 use crate::peer::{check_rootfs_dirs, Peer};
 use crate::upgrade::{upgrade_stream, StreamJob};
 
@@ -79,12 +79,23 @@ pub struct PodView {
 
 pub fn run_error(e: &RunError) -> Response {
     let status = match e {
-        RunError::NotFound(_) | RunError::NoSuchImage(_) => StatusCode::NOT_FOUND,
-        RunError::Conflict(_) => StatusCode::CONFLICT,
-        RunError::Invalid(_) | RunError::Network(_) => StatusCode::BAD_REQUEST,
+        RunError::NotFound(_) | RunError::NoSuchImage(_) | RunError::NoSuchPod(_) => {
+            StatusCode::NOT_FOUND
+        }
+        RunError::Conflict(_)
+        | RunError::NotRunning(_)
+        | RunError::Running(_)
+        | RunError::NameInUse(_) => StatusCode::CONFLICT,
+        RunError::Invalid(_)
+        | RunError::Network(_)
+        | RunError::BadName(_)
+        | RunError::RemoveWithRestart
+        | RunError::ImageAndRootfs
+        | RunError::NoImage
+        | RunError::NoExecCommand => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, e.to_string())
+    error_of_kind(status, e.to_string(), e.kind())
 }
 
 #[derive(Debug, Deserialize)]

@@ -184,10 +184,12 @@ where
         Ok(Err(e)) => StreamEnd::Error {
             code: RUNTIME_FAILURE_EXIT,
             message: e.to_string(),
+            error: e.kind(),
         },
         Err(e) => StreamEnd::Error {
             code: RUNTIME_FAILURE_EXIT,
             message: format!("the run task failed: {e}"),
+            error: None,
         },
     };
     stdin_task.abort();

@@ -774,8 +774,13 @@ async fn stream_process<T: serde::Serialize>(
             }
             code
         }
-        Ok(StreamEnd::Error { code, message }) => {
-            eprintln!("hyper: {message}");
+        Ok(StreamEnd::Error {
+            code,
+            message,
+            error,
+        }) => {
+            let api = hyper_api::errors::ApiError::new(message, error);
+            eprintln!("hyper: {}", hyper_cli::errors::word(&api));
             code
         }
         Ok(StreamEnd::Detached) => 0,

@@ -4,6 +4,7 @@
 //! and volume requests, event filters and times. No runtime: the client
 //! links this crate, not `hyper-core`.
 
+pub mod errors;
 pub mod events;
 pub mod images;
 pub mod network;

@@ -28,8 +28,14 @@ pub enum StreamEnd {
         pod: String,
         message: Option<String>,
     },
-    /// The runtime failed; `code` is Docker's 125.
-    Error { code: i32, message: String },
+    /// The runtime failed; `code` is Docker's 125. `error` is the
+    /// failure's stable kind and data, when it has one.
+    Error {
+        code: i32,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<crate::errors::ErrorKind>,
+    },
     /// Never sent by hyperd: the client's user typed the detach keys; the
     /// process goes on running.
     Detached,
@@ -44,8 +50,4 @@ pub enum ClientMessage {
     Resize { rows: u16, cols: u16 },
 }
 
-/// JSON body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiError {
-    pub message: String,
-}
+pub use crate::errors::ApiError;

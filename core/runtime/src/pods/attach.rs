@@ -104,9 +104,7 @@ impl Runtime {
         let live = match self.live_pod(id) {
             Ok(live) => live,
             Err(_) if self.record(id).is_some() => {
-                return Err(RunError::Conflict(format!(
-                    "pod {id} is not running; start it first (`hyper start {id}`)"
-                )));
+                return Err(RunError::NotRunning(id.to_string()));
             }
             Err(e) => return Err(e),
         };

@@ -86,10 +86,7 @@ impl Runtime {
             super::network::check_hostname(h)?;
         }
         if req.remove && req.restart != RestartPolicy::No {
-            return Err(RunError::Invalid(
-                "--rm and --restart do not go together: a pod removed when it exits cannot be restarted"
-                    .into(),
-            ));
+            return Err(RunError::RemoveWithRestart);
         }
         let new = NewPod {
             name: req.name.clone(),
@@ -395,12 +392,8 @@ impl Runtime {
                 let id = image.id.clone();
                 Ok((self.image_rootfs(image).await?, process, Some(id)))
             }
-            (Some(_), Some(_)) => Err(RunError::Invalid(
-                "give either an image or --rootfs, not both".into(),
-            )),
-            (None, None) => Err(RunError::Invalid(
-                "no image given: `hyper run IMAGE [CMD…]` or `hyper run --rootfs DIR CMD…`".into(),
-            )),
+            (Some(_), Some(_)) => Err(RunError::ImageAndRootfs),
+            (None, None) => Err(RunError::NoImage),
         }
     }
 

@@ -31,9 +31,7 @@ impl Runtime {
         io: RunIo,
     ) -> Result<RunOutcome, RunError> {
         if req.args.is_empty() {
-            return Err(RunError::Invalid(
-                "no command given: `hyper exec POD CMD…`".into(),
-            ));
+            return Err(RunError::NoExecCommand);
         }
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         crate::agent::check_c_strings(

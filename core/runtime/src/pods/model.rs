@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper_api::errors::ErrorKind;
 use hyper_hypervisor::{ProbeReport, VmInfo, VmSpec};
 use hyper_protocol::TerminalSize;
 use serde::{Deserialize, Serialize};
@@ -29,10 +30,30 @@ pub enum RunError {
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
     Image(#[from] hyper_images::ImageError),
-    #[error(
-        "no such image: {0}; pull it first with `hyper pull {0}` (`hyper run` does that for you)"
-    )]
+    #[error("no such image: {0}; pull it first")]
     NoSuchImage(String),
+    #[error("no such pod: {0}")]
+    NoSuchPod(String),
+    #[error("pod {0} is not running")]
+    NotRunning(String),
+    #[error("pod {0} is running; stop it first")]
+    Running(String),
+    #[error("the name {0} is already used by a pod")]
+    NameInUse(String),
+    #[error(
+        "pod name {0}: use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("invalid request: a pod removed when it exits cannot be restarted: `remove` does not go with a restart policy")]
+    RemoveWithRestart,
+    #[error("invalid request: give either an image or a rootfs, not both")]
+    ImageAndRootfs,
+    #[error("invalid request: no image and no rootfs given")]
+    NoImage,
+    #[error("invalid request: no command given")]
+    NoExecCommand,
+    #[error("cannot start the pod from a template: {0}")]
+    NoTemplate(String),
     #[error(transparent)]
     Payload(#[from] crate::payload::PayloadError),
     #[error("no hypervisor is available: {0}")]
@@ -58,6 +79,31 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl RunError {
+    /// The stable kind of this error and its data, for clients that word
+    /// it themselves (`hyper` names its flags); `None` for the rest.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            Self::NoSuchImage(image) => ErrorKind::NoSuchImage {
+                image: image.clone(),
+            },
+            Self::NoSuchPod(pod) => ErrorKind::NoSuchPod { pod: pod.clone() },
+            Self::NotRunning(pod) => ErrorKind::PodNotRunning { pod: pod.clone() },
+            Self::Running(pod) => ErrorKind::PodRunning { pod: pod.clone() },
+            Self::NameInUse(name) => ErrorKind::NameInUse { name: name.clone() },
+            Self::BadName(name) => ErrorKind::BadPodName { name: name.clone() },
+            Self::RemoveWithRestart => ErrorKind::RemoveWithRestart,
+            Self::ImageAndRootfs => ErrorKind::ImageAndRootfs,
+            Self::NoImage => ErrorKind::NoImage,
+            Self::NoExecCommand => ErrorKind::NoExecCommand,
+            Self::NoTemplate(reason) => ErrorKind::NoTemplate {
+                reason: reason.clone(),
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// Why a [`super::Runtime`] cannot be built.

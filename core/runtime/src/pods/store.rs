@@ -45,11 +45,10 @@ impl Runtime {
     }
 
     pub(super) fn live_pod(&self, id: &str) -> Result<Arc<LivePod>, RunError> {
-        self.live_pods().get(id).cloned().ok_or_else(|| {
-            RunError::Conflict(format!(
-                "pod {id} is not running; start it again with `hyper start {id}`"
-            ))
-        })
+        self.live_pods()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RunError::NotRunning(id.to_string()))
     }
 
     /// The full id of the pod `name_or_id` names: a full id, a name, or a
@@ -74,9 +73,7 @@ impl Runtime {
         };
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(RunError::NotFound(format!(
-                "no such pod: {name_or_id}; `hyper ps -a` lists them"
-            ))),
+            [] => Err(RunError::NoSuchPod(name_or_id.to_string())),
             many => Err(RunError::Invalid(format!(
                 "{name_or_id} is ambiguous: it starts {} pod ids ({}); give more of the id",
                 many.len(),
@@ -99,9 +96,7 @@ impl Runtime {
             .values()
             .any(|p| p.name.as_deref() == Some(name))
         {
-            return Err(RunError::Conflict(format!(
-                "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
-            )));
+            return Err(RunError::NameInUse(name.to_string()));
         }
         Ok(())
     }
@@ -114,9 +109,7 @@ impl Runtime {
             if pods.values().any(|p| p.name.as_deref() == Some(name)) {
                 drop(pods);
                 let _ = std::fs::remove_dir_all(pod_dir);
-                return Err(RunError::Conflict(format!(
-                    "the name {name} is already used by a pod; remove it first (`hyper rm {name}`) or pick another --name"
-                )));
+                return Err(RunError::NameInUse(name.clone()));
             }
         }
         pods.insert(record.id.clone(), record.clone());
@@ -328,9 +321,7 @@ fn check_name(name: &str) -> Result<(), RunError> {
     if ok {
         Ok(())
     } else {
-        Err(RunError::Invalid(format!(
-            "--name {name}: use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
-        )))
+        Err(RunError::BadName(name.to_string()))
     }
 }
 

@@ -143,9 +143,7 @@ impl Runtime {
     /// cold-started saying why, in `template` it fails.
     fn no_template(&self, mode: StartMode, reason: String) -> Result<Option<String>, RunError> {
         if mode == StartMode::Template {
-            return Err(RunError::Failed(format!(
-                "cannot start the pod from a template: {reason}; start it with --start auto or cold (or set [vm] start = \"auto\")"
-            )));
+            return Err(RunError::NoTemplate(reason));
         }
         self.metrics
             .templates

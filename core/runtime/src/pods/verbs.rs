@@ -32,7 +32,7 @@ impl Runtime {
         }
         self.record(id)
             .and_then(|r| r.exit_code)
-            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))
+            .ok_or_else(|| RunError::NoSuchPod(id.to_string()))
     }
 
     /// Sends `signal` to the first process of every running container of
@@ -70,7 +70,7 @@ impl Runtime {
     ) -> Result<(), RunError> {
         let record = self
             .record(id)
-            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
+            .ok_or_else(|| RunError::NoSuchPod(id.to_string()))?;
         let targets: Vec<(String, String)> = if record.is_pod_file_pod() {
             record
                 .containers
@@ -144,9 +144,7 @@ impl Runtime {
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), RunError> {
         if self.is_running(id) {
             if !force {
-                return Err(RunError::Conflict(format!(
-                    "pod {id} is running; stop it first (`hyper stop {id}`) or use `hyper rm -f`"
-                )));
+                return Err(RunError::Running(id.to_string()));
             }
             self.stop(id, Duration::ZERO).await?;
         }
@@ -175,7 +173,7 @@ impl Runtime {
         }
         let record = self
             .record(id)
-            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
+            .ok_or_else(|| RunError::NoSuchPod(id.to_string()))?;
         let members = match record.members() {
             Some(m) if !record.is_pod_file_pod() => m,
             Some(m) if record.pod_file.is_some() && record.container.is_some() => m,
