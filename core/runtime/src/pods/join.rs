@@ -362,8 +362,7 @@ impl Runtime {
             r.joined.push(c.clone());
             Ok((c, r.hostname()))
         });
-        let (c, hostname) =
-            reserved.ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))??;
+        let (c, hostname) = reserved.ok_or_else(|| RunError::NoSuchPod(id.to_string()))??;
         let root = join_dir(&self.pod_dir(id)).join(&c.guest_id);
         let forget = |rt: &Self| {
             rt.update_record(id, |r| r.joined.retain(|j| j.name != c.name));
@@ -497,7 +496,7 @@ impl Runtime {
     pub fn joined(&self, id: &str, name: &str) -> Result<JoinedContainer, RunError> {
         let record = self
             .record(id)
-            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
+            .ok_or_else(|| RunError::NoSuchPod(id.to_string()))?;
         record
             .joined
             .iter()

@@ -176,7 +176,7 @@ impl Runtime {
         let record = {
             let mut pods = self.pods();
             let Some(record) = pods.get_mut(id) else {
-                return Err(RunError::NotFound(format!("no such pod: {id}")));
+                return Err(RunError::NoSuchPod(id.to_string()));
             };
             if record.state != PodState::Exited {
                 return Err(RunError::Conflict(format!("pod {id} is starting already")));
@@ -215,7 +215,7 @@ impl Runtime {
         };
         let record = self
             .record(id)
-            .ok_or_else(|| RunError::NotFound(format!("no such pod: {id}")))?;
+            .ok_or_else(|| RunError::NoSuchPod(id.to_string()))?;
         record
             .containers
             .iter()

@@ -1518,7 +1518,10 @@ async fn joining_is_refused_where_it_cannot_work() {
             .err()
             .unwrap();
     assert!(
-        matches!(err, RunError::NotFound(_) | RunError::Conflict(_)),
+        matches!(
+            err,
+            RunError::NoSuchPod(_) | RunError::NotRunning(_) | RunError::Conflict(_)
+        ),
         "{err}"
     );
     assert!(s.rt.record(&id).unwrap().joined.is_empty());
