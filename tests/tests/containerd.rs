@@ -901,21 +901,31 @@ fn remove_pod_and_check_nothing_is_left(
         .unwrap_or_else(|e| panic!("{}", ctx("RemovePodSandbox", e)));
 
     let state_dir = c.hyper.state_dir.display().to_string();
+    // The VM, the shim and the sandbox's netns go asynchronously (the
+    // netns with containerd's handling of the sandbox task's exit): each is
+    // waited for, within one deadline.
+    let new_netns = || -> Vec<String> {
+        cni_netns()
+            .into_iter()
+            .filter(|n| !netns_before.contains(n))
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left = (processes_mentioning(&state_dir), shims_of(sandbox));
-        if (left.0.is_empty() && left.1.is_empty()) || Instant::now() > deadline {
+        let left = (
+            processes_mentioning(&state_dir),
+            shims_of(sandbox),
+            new_netns(),
+        );
+        let clean = left.0.is_empty() && left.1.is_empty() && left.2.is_empty();
+        if clean || Instant::now() > deadline {
             assert!(left.0.is_empty(), "VM processes left: {:?}", left.0);
             assert!(left.1.is_empty(), "shims left: {:?}", left.1);
+            assert!(left.2.is_empty(), "netns left: {:?}", left.2);
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let netns_after: Vec<String> = cni_netns()
-        .into_iter()
-        .filter(|n| !netns_before.contains(n))
-        .collect();
-    assert!(netns_after.is_empty(), "netns left: {netns_after:?}");
     let mounts = c.mounts_left();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     // Nor a mount (a container's root bound for its pod's VM) or a file of
