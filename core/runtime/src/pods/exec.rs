@@ -96,22 +96,8 @@ impl Runtime {
             }
             Err(e) => return Err(e.into()),
         }
-        let resizer = forward_resizes(
-            TerminalLink::to(&agent),
-            &guest_id,
-            &process_id,
-            req.tty,
-            io.resize,
-        );
-        let io = ProcessIo {
-            output: Some(io.output),
-            stdin: io
-                .stdin
-                .filter(|_| req.interactive)
-                .map(StdinSource::Client),
-            log: None,
-            attach: None,
-        };
+        let (resizer, io) =
+            client_process_io(&agent, &guest_id, &process_id, req.tty, req.interactive, io);
         // An exec is never reported OOM-killed (as in Docker): only a
         // container's init is.
         let code = drive_process(&agent, live.vm.clone(), streams, io)
@@ -164,6 +150,28 @@ impl Runtime {
             ),
         })
     }
+}
+
+/// A client's process (an exec, a joined container): its output to the
+/// client, its stdin from the client when interactive, and the client's
+/// terminal resizes forwarded to the guest when it has a terminal. The
+/// returned task, if any, is aborted once the process ends.
+pub(super) fn client_process_io(
+    agent: &AgentClient,
+    container: &str,
+    process: &str,
+    tty: bool,
+    interactive: bool,
+    io: RunIo,
+) -> (Option<tokio::task::JoinHandle<()>>, ProcessIo) {
+    let resizer = forward_resizes(TerminalLink::to(agent), container, process, tty, io.resize);
+    let process_io = ProcessIo {
+        output: Some(io.output),
+        stdin: io.stdin.filter(|_| interactive).map(StdinSource::Client),
+        log: None,
+        attach: None,
+    };
+    (resizer, process_io)
 }
 
 /// Turns the client's new terminal sizes into WindowSize requests for a

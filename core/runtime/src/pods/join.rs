@@ -40,8 +40,7 @@ use hyper_protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::attach::StdinSource;
-use super::exec::{drive_process, forward_resizes, ProcessIo};
+use super::exec::{client_process_io, drive_process};
 use super::model::{PodRecord, PodState, RunError, RunIo, RunOutcome, Started};
 use super::store::{check_env_and_workdir, write_record};
 use super::{lock, Runtime, RUNTIME_FAILURE_EXIT};
@@ -438,22 +437,14 @@ impl Runtime {
         });
         let (outcome_tx, outcome) = watch::channel(None);
         lock(&live.joined).insert(c.name.clone(), outcome.clone());
-        let resizer = forward_resizes(
-            super::boot::TerminalLink::to(&agent),
+        let (resizer, pio) = client_process_io(
+            &agent,
             &c.guest_id,
             &c.init_process,
             req.tty,
-            io.resize,
+            req.interactive,
+            io,
         );
-        let pio = ProcessIo {
-            output: Some(io.output),
-            stdin: io
-                .stdin
-                .filter(|_| req.interactive)
-                .map(StdinSource::Client),
-            log: None,
-            attach: None,
-        };
         let rt = self.clone();
         let (pod, name) = (id.to_string(), c.name.clone());
         tokio::spawn(async move {
