@@ -42,6 +42,30 @@ pub fn word(error: &ApiError) -> String {
         ErrorKind::NoTemplate { reason } => format!(
             "cannot start the pod from a template: {reason}; start it with --start auto or cold (or set [vm] start = \"auto\")"
         ),
+        ErrorKind::SizeRefused { key, value, reason } => {
+            let key = match key.as_str() {
+                "cpus" => "--cpus",
+                "memory_mib" => "--memory",
+                other => other,
+            };
+            format!("invalid request: {key} {value}: {reason}")
+        }
+        ErrorKind::NoNetworks { dir } => format!(
+            "no CNI network is configured in {dir}; install one (`make install` puts the default `hyper` network there) or pass --network none"
+        ),
+        ErrorKind::GuestWithoutNetwork { agent } => format!(
+            "the guest agent ({agent}) does not support networks; install a payload built from this version or pass --network none"
+        ),
+        ErrorKind::VolumeInUse { name, pods } => format!(
+            "volume {name} is in use by pod(s) {}; remove them first (`hyper rm`)",
+            pods.join(", ")
+        ),
+        ErrorKind::NoSuchTemplate { key } => {
+            format!("no template {key}; `hyper template ls` lists them")
+        }
+        ErrorKind::BadTemplateKey { key } => format!(
+            "`{key}` is not a template key (32 hex digits, as `hyper template ls` shows)"
+        ),
     }
 }
 
@@ -56,6 +80,15 @@ mod tests {
             Some(ErrorKind::NameInUse { name: "web".into() }),
         );
         assert!(word(&e).ends_with("or pick another --name"), "{}", word(&e));
+        let e = ApiError::new(
+            "invalid request: cpus 64: use 1 to 64",
+            Some(ErrorKind::SizeRefused {
+                key: "cpus".into(),
+                value: "64".into(),
+                reason: "use 1 to 64".into(),
+            }),
+        );
+        assert_eq!(word(&e), "invalid request: --cpus 64: use 1 to 64");
         assert_eq!(word(&ApiError::new("disk full", None)), "disk full");
     }
 

@@ -83,6 +83,7 @@ pub fn run_error(e: &RunError) -> Response {
             StatusCode::NOT_FOUND
         }
         RunError::Conflict(_)
+        | RunError::VolumeInUse { .. }
         | RunError::NotRunning(_)
         | RunError::Running(_)
         | RunError::NameInUse(_) => StatusCode::CONFLICT,
@@ -92,7 +93,9 @@ pub fn run_error(e: &RunError) -> Response {
         | RunError::RemoveWithRestart
         | RunError::ImageAndRootfs
         | RunError::NoImage
-        | RunError::NoExecCommand => StatusCode::BAD_REQUEST,
+        | RunError::NoExecCommand
+        | RunError::Size(_)
+        | RunError::NoNetworks(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_of_kind(status, e.to_string(), e.kind())

@@ -14,7 +14,9 @@ use axum::Json;
 use hyper_core::pods::Runtime;
 use hyper_core::templates::TemplateError;
 
-use crate::images_api::error;
+use hyper_api::errors::ErrorKind;
+
+use crate::images_api::{error, error_of_kind};
 
 pub async fn list(State(rt): State<Arc<Runtime>>) -> Response {
     let listed = tokio::task::spawn_blocking(move || rt.templates()).await;
@@ -39,13 +41,19 @@ pub async fn remove(State(rt): State<Arc<Runtime>>, Path(key): Path<String>) -> 
     match removed {
         Ok(Ok(n)) => Json(serde_json::json!({ "removed": n })).into_response(),
         Ok(Err(e)) => {
-            let status = match &e {
-                TemplateError::NotFound(_) => StatusCode::NOT_FOUND,
-                TemplateError::BadKey(_) => StatusCode::BAD_REQUEST,
-                TemplateError::Busy { .. } => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            let (status, kind) = match &e {
+                TemplateError::NotFound(key) => (
+                    StatusCode::NOT_FOUND,
+                    Some(ErrorKind::NoSuchTemplate { key: key.clone() }),
+                ),
+                TemplateError::BadKey(key) => (
+                    StatusCode::BAD_REQUEST,
+                    Some(ErrorKind::BadTemplateKey { key: key.clone() }),
+                ),
+                TemplateError::Busy { .. } => (StatusCode::CONFLICT, None),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
             };
-            error(status, e.to_string())
+            error_of_kind(status, e.to_string(), kind)
         }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

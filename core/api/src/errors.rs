@@ -52,4 +52,21 @@ pub enum ErrorKind {
     NoExecCommand,
     /// `start: template` and the pod cannot start from one.
     NoTemplate { reason: String },
+    /// A VM size (`key`: the request's `cpus` or `memory_mib`, a pod file's
+    /// `vcpus =`, the config's `[vm] vcpus`) this host or hyperd cannot give.
+    SizeRefused {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// The pod asked for a network and none is configured in `dir`.
+    NoNetworks { dir: String },
+    /// The pod asked for a network and its guest agent has none.
+    GuestWithoutNetwork { agent: String },
+    /// A named volume some pods still use.
+    VolumeInUse { name: String, pods: Vec<String> },
+    /// No template has this key.
+    NoSuchTemplate { key: String },
+    /// Not a template key (32 hex digits).
+    BadTemplateKey { key: String },
 }

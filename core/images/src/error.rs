@@ -118,7 +118,7 @@ pub enum ImageError {
         detail: String,
     },
 
-    #[error("not enough free space in {path} for {what}: {needed} bytes needed, {free} free; free space (e.g. `hyper rmi` unused images) and retry")]
+    #[error("not enough free space in {path} for {what}: {needed} bytes needed, {free} free; free space (remove unused images, for one) and retry")]
     NoSpace {
         path: PathBuf,
         what: String,
@@ -135,7 +135,7 @@ impl ImageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let hint = match source.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                "; the disk is full: free space (e.g. `hyper rmi` unused images) and retry"
+                "; the disk is full: free space (remove unused images, for one) and retry"
             }
             Some(libc::EACCES) | Some(libc::EPERM) => "; run as root or fix the permissions",
             Some(libc::EROFS) => "; the file system is read-only",

@@ -47,7 +47,7 @@ pub enum NetworkError {
         key: String,
         message: String,
     },
-    #[error("no CNI network is configured in {}; install one (`make install` puts the default `hyper` network there) or pass --network none", dir.display())]
+    #[error("no CNI network is configured in {}; install one (`make install` puts the default `hyper` network there) or start the pod without a network", dir.display())]
     NoNetworks { dir: PathBuf },
     #[error("no network named `{name}` in {}; found: {}{}", dir.display(), if found.is_empty() { "none".to_string() } else { found.join(", ") }, if broken.is_empty() { String::new() } else { format!(" (not usable: {})", broken.join("; ")) })]
     UnknownNetwork {

@@ -32,7 +32,10 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 
-/// How long one request may take in the guest.
+/// How long one request may take in the guest, at least: a session opened
+/// with a longer boot or reattach timeout waits that long for each answer,
+/// since a guest starved enough to boot slowly answers slowly too (twenty
+/// pods booting at once on two cores; a template clone's device re-probe).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CHANNEL_CLOSED: &str = "the channel closed";
 /// Inbound (guest→host) streams one session routes at once: two per
@@ -344,6 +347,8 @@ struct Inner {
     state: Mutex<State>,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     credit_changed: Notify,
+    /// How long one request waits for its answer (see [`REQUEST_TIMEOUT`]).
+    request_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -601,6 +606,7 @@ impl AgentClient {
             }),
             writer: tokio::sync::Mutex::new(writer),
             credit_changed: Notify::new(),
+            request_timeout: timeout.max(REQUEST_TIMEOUT),
         });
         tokio::spawn(read_loop(inner.clone(), reader, None));
         let client = Self { inner };
@@ -666,6 +672,7 @@ impl AgentClient {
             }),
             writer: tokio::sync::Mutex::new(writer),
             credit_changed: Notify::new(),
+            request_timeout: timeout.max(REQUEST_TIMEOUT),
         });
         tokio::spawn(read_loop(inner.clone(), reader, Some(marker)));
         let client = Self { inner };
@@ -768,14 +775,15 @@ impl AgentClient {
     }
 
     async fn await_reply(&self, pending: PendingReply) -> Result<Reply, AgentCallError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, pending.rx).await {
+        let limit = self.inner.request_timeout;
+        match tokio::time::timeout(limit, pending.rx).await {
             Ok(Ok(result)) => result.map_err(AgentCallError::Agent),
             Ok(Err(_)) => Err(AgentCallError::Disconnected(
                 self.dead_reason().unwrap_or_else(|| "session ended".into()),
             )),
             Err(_) => {
                 self.inner.state().pending.remove(&pending.id);
-                Err(AgentCallError::Timeout(REQUEST_TIMEOUT))
+                Err(AgentCallError::Timeout(limit))
             }
         }
     }

@@ -212,7 +212,7 @@ pub const MIN_MEMORY_MIB: u32 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
+    #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

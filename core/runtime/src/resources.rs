@@ -26,28 +26,66 @@ impl HostResources {
     }
 
     /// Refuses `vcpus` or `memory_mib` this host cannot give a VM; `*_key`
-    /// is how the user asked for each (`--cpus`, `vcpus =`, `[vm] vcpus`).
+    /// is where the user asked for each (the request's `cpus`, a pod
+    /// file's `vcpus =`, `[vm] vcpus`).
     pub fn check(
         &self,
         (vcpus, vcpus_key): (u32, &str),
         (memory_mib, memory_key): (u32, &str),
-    ) -> Result<(), String> {
+    ) -> Result<(), SizeRefusal> {
         if vcpus > self.cpus {
             let n = self.cpus;
             let s = if n == 1 { "" } else { "s" };
             let are = if n == 1 { "is" } else { "are" };
-            return Err(format!(
-                "{vcpus_key} {vcpus}: range of CPUs is from 1 to {n}, as there {are} only {n} CPU{s} available"
+            return Err(SizeRefusal::vcpus(
+                vcpus_key,
+                vcpus,
+                format!("range of CPUs is from 1 to {n}, as there {are} only {n} CPU{s} available"),
             ));
         }
         if let Some(total) = self.memory_mib {
             if u64::from(memory_mib) > total {
-                return Err(format!(
-                    "{memory_key} {memory_mib} MiB: the host has only {total} MiB of memory (MemTotal); ask for at most that"
+                return Err(SizeRefusal::memory(
+                    memory_key,
+                    memory_mib,
+                    format!(
+                        "the host has only {total} MiB of memory (MemTotal); ask for at most that"
+                    ),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// A VM size that cannot be given: where it was asked for (`key`), the
+/// value as asked, and why. Its text names the key; clients that know the
+/// key under another name (`hyper`'s `--cpus` for the request's `cpus`)
+/// word it themselves from the parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {value}: {reason}")]
+pub struct SizeRefusal {
+    pub key: String,
+    /// As asked: `64`, `4096 MiB`.
+    pub value: String,
+    pub reason: String,
+}
+
+impl SizeRefusal {
+    pub fn vcpus(key: &str, vcpus: u32, reason: String) -> Self {
+        Self {
+            key: key.into(),
+            value: vcpus.to_string(),
+            reason,
+        }
+    }
+
+    pub fn memory(key: &str, memory_mib: u32, reason: String) -> Self {
+        Self {
+            key: key.into(),
+            value: format!("{memory_mib} MiB"),
+            reason,
+        }
     }
 }
 
@@ -74,17 +112,21 @@ mod tests {
             cpus: 2,
             memory_mib: Some(1900),
         };
-        assert_eq!(host.check((2, "--cpus"), (1900, "--memory")), Ok(()));
+        assert_eq!(host.check((2, "cpus"), (1900, "memory_mib")), Ok(()));
         assert_eq!(
-            host.check((64, "--cpus"), (256, "--memory")),
-            Err(
-                "--cpus 64: range of CPUs is from 1 to 2, as there are only 2 CPUs available"
-                    .into()
-            )
+            host.check((64, "cpus"), (256, "memory_mib"))
+                .unwrap_err()
+                .to_string(),
+            "cpus 64: range of CPUs is from 1 to 2, as there are only 2 CPUs available"
         );
-        let err = host.check((1, "--cpus"), (4096, "--memory")).unwrap_err();
+        let err = host.check((1, "cpus"), (4096, "memory_mib")).unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.value.as_str()),
+            ("memory_mib", "4096 MiB")
+        );
         assert!(
-            err.starts_with("--memory 4096 MiB: the host has only 1900 MiB"),
+            err.to_string()
+                .starts_with("memory_mib 4096 MiB: the host has only 1900 MiB"),
             "{err}"
         );
         let one = HostResources {
@@ -92,10 +134,12 @@ mod tests {
             memory_mib: None,
         };
         assert_eq!(
-            one.check((2, "vcpus ="), (1 << 30, "memory_mib =")),
-            Err("vcpus = 2: range of CPUs is from 1 to 1, as there is only 1 CPU available".into())
+            one.check((2, "vcpus ="), (1 << 30, "memory_mib ="))
+                .unwrap_err()
+                .to_string(),
+            "vcpus = 2: range of CPUs is from 1 to 1, as there is only 1 CPU available"
         );
-        assert_eq!(one.check((1, "--cpus"), (1 << 30, "--memory")), Ok(()));
+        assert_eq!(one.check((1, "cpus"), (1 << 30, "memory_mib")), Ok(()));
     }
 
     #[test]

@@ -86,9 +86,9 @@ pub struct TemplateInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("no template {0}; `hyper template ls` lists them")]
+    #[error("no template {0}")]
     NotFound(String),
-    #[error("`{0}` is not a template key (32 hex digits, as `hyper template ls` shows)")]
+    #[error("`{0}` is not a template key (32 hex digits)")]
     BadKey(String),
     #[error("template {key} is in use by a pod starting now; retry once it has started")]
     Busy { key: String },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper_core::config::Config;
+use hyper_core::config::{Config, ConfigError};
 use hyper_core::plugins::Plugins;
 use hyper_core::pods::Runtime;
 
@@ -48,7 +48,10 @@ fn main() {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let config = Config::load(args.config.as_deref())?;
+    let config = Config::load(args.config.as_deref()).map_err(|e| match e {
+        ConfigError::Read { .. } => anyhow::anyhow!("{e}; pass an existing file with --config"),
+        e => e.into(),
+    })?;
     let socket = config.runtime.socket.clone();
     let state_dir = config.runtime.state_dir.clone();
     hyper_core::private::create_private_dir(&state_dir)

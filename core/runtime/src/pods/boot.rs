@@ -468,10 +468,7 @@ impl Runtime {
                 Some(att.guest.clone())
             }
             Some(att) if att.nic.is_some() && record.network_request().explicit() => {
-                return Err(RunError::Failed(format!(
-                    "the guest agent ({}) does not support networks; install a payload built from this version or pass --network none",
-                    ready.agent
-                )));
+                return Err(RunError::GuestWithoutNetwork(ready.agent.clone()));
             }
             Some(att) => {
                 if att.nic.is_some() {

@@ -20,6 +20,7 @@ use super::{Runtime, INIT_PROCESS};
 use crate::config::{MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::podfile::{PodFile, PodMount};
 use crate::process::{self, Overrides};
+use crate::resources::SizeRefusal;
 use crate::rootfs;
 
 /// A pod to make, however it was asked for.
@@ -93,7 +94,7 @@ impl Runtime {
             labels: req.labels.clone(),
             remove: req.remove,
             restart: req.restart,
-            size: ((req.cpus, "--cpus"), (req.memory_mib, "--memory")),
+            size: ((req.cpus, "cpus"), (req.memory_mib, "memory_mib")),
             containers: vec![(String::new(), req, Vec::new())],
             pod_file: None,
             joinable,
@@ -338,14 +339,18 @@ impl Runtime {
         let asked = (vcpus.is_some(), memory_mib.is_some());
         let vcpus = vcpus.unwrap_or(self.config.vm.vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
-            return Err(RunError::Invalid(format!(
-                "{vcpus_key} {vcpus}: use 1 to {MAX_VCPUS}"
+            return Err(RunError::Size(SizeRefusal::vcpus(
+                vcpus_key,
+                vcpus,
+                format!("use 1 to {MAX_VCPUS}"),
             )));
         }
         let memory_mib = memory_mib.unwrap_or(self.config.vm.memory_mib);
         if memory_mib < MIN_MEMORY_MIB {
-            return Err(RunError::Invalid(format!(
-                "{memory_key} {memory_mib}: use at least {MIN_MEMORY_MIB} MiB"
+            return Err(RunError::Size(SizeRefusal::memory(
+                memory_key,
+                memory_mib,
+                format!("use at least {MIN_MEMORY_MIB} MiB"),
             )));
         }
         // A size nobody asked for is the config's: say so.
@@ -356,7 +361,7 @@ impl Runtime {
         );
         let host = crate::resources::HostResources::read();
         host.check((vcpus, keys.0), (memory_mib, keys.1))
-            .map_err(RunError::Invalid)?;
+            .map_err(RunError::Size)?;
         Ok((vcpus, memory_mib))
     }
 

@@ -54,6 +54,14 @@ pub enum RunError {
     NoExecCommand,
     #[error("cannot start the pod from a template: {0}")]
     NoTemplate(String),
+    #[error("invalid request: {0}")]
+    Size(#[from] crate::resources::SizeRefusal),
+    #[error("network: no CNI network is configured in {}; install one (`make install` puts the default `hyper` network there) or start the pod without a network", .0.display())]
+    NoNetworks(PathBuf),
+    #[error("the guest agent ({0}) does not support networks; install a payload built from this version or start the pod without a network")]
+    GuestWithoutNetwork(String),
+    #[error("volume {name} is in use by pod(s) {}; remove them first", pods.join(", "))]
+    VolumeInUse { name: String, pods: Vec<String> },
     #[error(transparent)]
     Payload(#[from] crate::payload::PayloadError),
     #[error("no hypervisor is available: {0}")]
@@ -100,6 +108,21 @@ impl RunError {
             Self::NoExecCommand => ErrorKind::NoExecCommand,
             Self::NoTemplate(reason) => ErrorKind::NoTemplate {
                 reason: reason.clone(),
+            },
+            Self::NoNetworks(dir) => ErrorKind::NoNetworks {
+                dir: dir.display().to_string(),
+            },
+            Self::GuestWithoutNetwork(agent) => ErrorKind::GuestWithoutNetwork {
+                agent: agent.clone(),
+            },
+            Self::VolumeInUse { name, pods } => ErrorKind::VolumeInUse {
+                name: name.clone(),
+                pods: pods.clone(),
+            },
+            Self::Size(refusal) => ErrorKind::SizeRefused {
+                key: refusal.key.clone(),
+                value: refusal.value.clone(),
+                reason: refusal.reason.clone(),
             },
             _ => return None,
         })
@@ -459,8 +482,8 @@ impl PodRecord {
             (Some(pod), _) if self.is_pod_file_pod() => {
                 ((pod.vcpus, "vcpus ="), (pod.memory_mib, "memory_mib ="))
             }
-            (_, Some(req)) => ((req.cpus, "--cpus"), (req.memory_mib, "--memory")),
-            _ => ((None, "--cpus"), (None, "--memory")),
+            (_, Some(req)) => ((req.cpus, "cpus"), (req.memory_mib, "memory_mib")),
+            _ => ((None, "cpus"), (None, "memory_mib")),
         }
     }
 }
@@ -679,7 +702,7 @@ pub(super) mod tests {
         assert_eq!(main.rootfs_dir.as_deref(), Some(Path::new("/srv/rootfs")));
         assert_eq!(
             one.size_request(),
-            ((Some(2), "--cpus"), (None, "--memory"))
+            ((Some(2), "cpus"), (None, "memory_mib"))
         );
         assert!(one.volumes().is_empty());
 

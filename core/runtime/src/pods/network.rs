@@ -85,6 +85,14 @@ pub(super) fn check_hostname(name: &str) -> Result<(), RunError> {
     hyper_network::dns::check_hostname(name).map_err(|e| RunError::Invalid(e.to_string()))
 }
 
+/// A network error as the pod's: a missing configuration keeps its kind.
+fn network_error(e: hyper_network::NetworkError) -> RunError {
+    match e {
+        hyper_network::NetworkError::NoNetworks { dir } => RunError::NoNetworks(dir),
+        e => RunError::Network(e.to_string()),
+    }
+}
+
 impl Runtime {
     /// Refuses a pod whose network cannot be set up, before anything of it
     /// is made: an unknown network, a missing plugin, a taken port.
@@ -92,7 +100,7 @@ impl Runtime {
         PortTable::check(&lock(&self.ports.0), "", &req.ports)?;
         hyper_network::preflight(&self.config.network.settings(), req).map_err(|e| match e {
             hyper_network::NetworkError::Ports(m) => RunError::Invalid(m),
-            e => RunError::Network(e.to_string()),
+            e => network_error(e),
         })
     }
 
@@ -115,7 +123,7 @@ impl Runtime {
             }
             Err(e) => {
                 self.ports.release(&id);
-                Err(RunError::Network(e.to_string()))
+                Err(network_error(e))
             }
         }
     }

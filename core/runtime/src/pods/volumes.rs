@@ -390,10 +390,10 @@ impl Runtime {
         let volume = self.volumes.get(name).map_err(store_error)?;
         let users = self.volume_users(&volume.name);
         if !users.is_empty() {
-            return Err(RunError::Conflict(format!(
-                "volume {name} is in use by pod(s) {}; remove them first (`hyper rm`)",
-                users.join(", ")
-            )));
+            return Err(RunError::VolumeInUse {
+                name: name.to_string(),
+                pods: users,
+            });
         }
         self.volumes.remove(name).map_err(store_error)?;
         Ok(())
