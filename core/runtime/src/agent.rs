@@ -1133,6 +1133,7 @@ mod tests {
                         hostname: "h".into(),
                         process: spec,
                         mounts: Vec::new(),
+                        resources: Default::default(),
                     }))
                     .await
             }
