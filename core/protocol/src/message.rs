@@ -9,6 +9,9 @@ pub struct HostMessage {
     pub request: Request,
 }
 
+// A request is built once and serialised at once, never kept in bulk: the
+// size of its largest variant (a container with its limits) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
