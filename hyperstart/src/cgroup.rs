@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use hyper_protocol::ResourceLimits;
 use nix::mount::MsFlags;
 
-use crate::log::debug;
+use crate::log::{debug, log};
 use crate::sys::{Sys, SysResult};
 
 /// Where PID 1 mounts cgroup2.
@@ -91,9 +91,14 @@ impl Groups {
                 continue;
             }
             // One controller per write: a missing one must not keep the
-            // other from being enabled.
-            std::fs::write(&control, format!("+{c}"))
-                .map_err(|e| format!("enabling the {c} controller: {e}"))?;
+            // others from being enabled. Only memory is essential (OOM
+            // reports); without pids or cpu only those limits are refused.
+            if let Err(e) = std::fs::write(&control, format!("+{c}")) {
+                if c == "memory" {
+                    return Err(format!("enabling the {c} controller: {e}"));
+                }
+                log!("enabling the {c} controller: {e}; containers cannot get {c} limits");
+            }
         }
         Ok(Groups {
             root: root.to_path_buf(),
