@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use hyper_protocol::{
     AgentError, AgentErrorKind, ContainerSpec, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request, ShareTransport,
-    TerminalSize, VolumeSource, VolumeSpec, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESYNC_MAGIC,
+    HostMessage, MountSpec, PodSpec, ProcessSpec, ProcessState, Reply, Request, ResourceLimits,
+    ShareTransport, TerminalSize, VolumeSource, VolumeSpec, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    RESYNC_MAGIC,
 };
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
@@ -678,6 +679,18 @@ impl Agent {
             ));
         }
         self.validate_process(&spec.id, &spec.process)?;
+        spec.resources.validate().map_err(|e| {
+            err(
+                AgentErrorKind::InvalidRequest,
+                format!("container limits: {e}"),
+            )
+        })?;
+        if self.groups.is_none() && !spec.resources.is_unlimited() {
+            return Err(err(
+                AgentErrorKind::Failed,
+                "this guest has no cgroups (no cgroup2 memory controller): the container's limits cannot be applied",
+            ));
+        }
         let binds = self.volume_binds(&spec.mounts)?;
         let shared = match &spec.rootfs.share {
             Some(share) => Some(self.shared_rootfs(share)?),
@@ -746,16 +759,15 @@ impl Agent {
             root: &paths.root,
             hostname: &spec.hostname,
         };
-        let group = self.groups.as_ref().and_then(|g| {
-            g.create(&spec.id)
-                .map_err(|e| {
-                    log!(
-                        "container {}: no cgroup ({e}); an OOM kill is not reported",
-                        spec.id
-                    )
-                })
-                .ok()
-        });
+        let group = match self.container_group(&spec.id, &spec.resources) {
+            Ok(group) => group,
+            Err(e) => {
+                for e in rootfs::unmount_container_rootfs(&mut RealSys, &paths) {
+                    log!("cleaning up container {}: {e}", spec.id);
+                }
+                return Err(e);
+            }
+        };
         let spawned = match spawn::spawn(
             target,
             group.as_ref().map(|(dir, _)| dir.as_path()),
@@ -789,6 +801,36 @@ impl Agent {
             },
         );
         Ok(Reply::Started { pid })
+    }
+
+    /// Container `id`'s group with `limits` written, and its `oom_kill`
+    /// count so far. Without limits a group that cannot be made only costs
+    /// the OOM report; with them it refuses the container.
+    fn container_group(&self, id: &str, limits: &ResourceLimits) -> Result<Option<(PathBuf, u64)>> {
+        let Some(groups) = &self.groups else {
+            return Ok(None);
+        };
+        let (dir, base) = match groups.create(id) {
+            Ok(group) => group,
+            Err(e) if limits.is_unlimited() => {
+                log!("container {id}: no cgroup ({e}); an OOM kill is not reported");
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(err(
+                    AgentErrorKind::Failed,
+                    format!("creating the container's cgroup for its limits: {e}"),
+                ))
+            }
+        };
+        if let Err(e) = cgroup::apply_limits(&dir, limits) {
+            cgroup::remove(&dir);
+            return Err(err(
+                AgentErrorKind::Failed,
+                format!("setting the container's limits: {e}"),
+            ));
+        }
+        Ok(Some((dir, base)))
     }
 
     fn exec(&mut self, container: &str, process: ProcessSpec) -> Result<Reply> {
@@ -1625,9 +1667,29 @@ mod tests {
                 hostname: "h".into(),
                 process,
                 mounts: Vec::new(),
+                resources: ResourceLimits::default(),
             })
         };
+        let limited = |limits: ResourceLimits| match container("c", spec("p", 2)) {
+            Request::NewContainer(c) => Request::NewContainer(ContainerSpec {
+                resources: limits,
+                ..c
+            }),
+            other => other,
+        };
         for bad in [
+            limited(ResourceLimits {
+                memory_max: Some(1),
+                ..Default::default()
+            }),
+            limited(ResourceLimits {
+                pids_max: Some(0),
+                ..Default::default()
+            }),
+            limited(ResourceLimits {
+                cpu_weight: Some(10_001),
+                ..Default::default()
+            }),
             container("../x", spec("p", 2)),
             container(
                 "c",
@@ -1656,6 +1718,13 @@ mod tests {
                 AgentErrorKind::InvalidRequest
             );
         }
+        // Valid limits, but no cgroups to write them to (not PID 1): the
+        // container is refused rather than run unlimited.
+        let valid = limited(ResourceLimits {
+            pids_max: Some(20),
+            ..Default::default()
+        });
+        assert_eq!(refused(&mut a, &mut host, valid), AgentErrorKind::Failed);
     }
 
     #[test]
@@ -2167,6 +2236,7 @@ mod tests {
                 hostname: "h".into(),
                 process: spec("p", 2),
                 mounts,
+                resources: ResourceLimits::default(),
             });
             let started = Instant::now();
             request(&mut a, &mut host, 2, c);
@@ -2415,6 +2485,7 @@ mod tests {
             hostname: "h".into(),
             process: spec("p", 2),
             mounts: vec![],
+            resources: ResourceLimits::default(),
         });
         request(&mut a, &mut host, 2, c);
         let e = response(&mut host).1.unwrap_err();

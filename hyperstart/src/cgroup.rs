@@ -11,21 +11,30 @@
 //! one when the whole VM runs out of memory (the kernel raises the event
 //! before it sends the SIGKILL, so it is there when the victim is reaped).
 //!
+//! A container's limits ([`ResourceLimits`]: `memory.max`, `pids.max`,
+//! `cpu.max`, `cpu.weight`) are written when its group is made, before its
+//! first process joins it, so nothing it runs ever runs unlimited. A limit
+//! whose file cannot be written refuses the container: a limit asked for is
+//! never silently dropped.
+//!
 //! hyperstart run as an ordinary process (tests) has no groups: containers
-//! then run where hyperstart runs and are never reported OOM-killed.
+//! then run where hyperstart runs and are never reported OOM-killed, and a
+//! container with limits is refused.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use hyper_protocol::ResourceLimits;
 use nix::mount::MsFlags;
 
-use crate::log::debug;
+use crate::log::{debug, log};
 use crate::sys::{Sys, SysResult};
 
 /// Where PID 1 mounts cgroup2.
 pub const ROOT: &str = "/sys/fs/cgroup";
-/// The controllers each container's group gets.
-const CONTROLLERS: [&str; 2] = ["memory", "pids"];
+/// The controllers each container's group gets (`cpu` for `cpu.max` and
+/// `cpu.weight`; a kernel without it only refuses CPU limits).
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// `memory.events` is six short lines; anything longer is not the kernel's.
 const MAX_EVENTS_FILE: u64 = 4096;
 
@@ -64,7 +73,7 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Enables the memory and pids controllers for the groups under `root`
+    /// Enables the memory, pids and cpu controllers for the groups under `root`
     /// and returns the groups, or why there are none (no cgroup2 there, or
     /// no memory controller: OOM kills could not be told then).
     pub fn enable(root: &Path) -> Result<Groups, String> {
@@ -82,9 +91,14 @@ impl Groups {
                 continue;
             }
             // One controller per write: a missing one must not keep the
-            // other from being enabled.
-            std::fs::write(&control, format!("+{c}"))
-                .map_err(|e| format!("enabling the {c} controller: {e}"))?;
+            // others from being enabled. Only memory is essential (OOM
+            // reports); without pids or cpu only those limits are refused.
+            if let Err(e) = std::fs::write(&control, format!("+{c}")) {
+                if c == "memory" {
+                    return Err(format!("enabling the {c} controller: {e}"));
+                }
+                log!("enabling the {c} controller: {e}; containers cannot get {c} limits");
+            }
         }
         Ok(Groups {
             root: root.to_path_buf(),
@@ -104,6 +118,57 @@ impl Groups {
         }
         Ok((dir.clone(), oom_kills(&dir).unwrap_or(0)))
     }
+}
+
+/// Writes `limits` (validated) to `group`'s files, and the kernel's
+/// defaults for those left unset (a group left by an earlier container of
+/// the same id may hold its limits). A limit that cannot be written is an
+/// error naming the file; a default that cannot be (no such controller) is
+/// not.
+pub fn apply_limits(group: &Path, limits: &ResourceLimits) -> Result<(), String> {
+    let files = [
+        (
+            "memory.max",
+            limits.memory_max.map(|m| m.to_string()),
+            "max",
+        ),
+        ("pids.max", limits.pids_max.map(|p| p.to_string()), "max"),
+        (
+            "cpu.max",
+            limits
+                .cpu_max
+                .map(|c| format!("{} {}", c.quota_us, c.period_us)),
+            "max 100000",
+        ),
+        (
+            "cpu.weight",
+            limits.cpu_weight.map(|w| w.to_string()),
+            "100",
+        ),
+    ];
+    for (file, value, default) in files {
+        let path = group.join(file);
+        match value {
+            Some(v) => std::fs::write(&path, &v).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::PermissionDenied
+                {
+                    " (the guest kernel lacks that cgroup controller)"
+                } else {
+                    ""
+                };
+                format!("writing {v:?} to {}: {e}{why}", path.display())
+            })?,
+            None => {
+                if path.exists() {
+                    if let Err(e) = std::fs::write(&path, default) {
+                        debug!("resetting {}: {e}", path.display());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Moves the calling process into `group` (cgroup v2: `0` is the writer).
@@ -182,6 +247,11 @@ mod tests {
         // A real cgroup file takes one write per controller; a plain file
         // keeps the last.
         let control = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
+        assert_eq!(control, "+cpu");
+        // No cpu controller: the others are still enabled.
+        std::fs::write(root.path().join("cgroup.controllers"), "memory pids\n").unwrap();
+        Groups::enable(root.path()).unwrap();
+        let control = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
         assert_eq!(control, "+pids");
     }
 
@@ -227,6 +297,42 @@ mod tests {
         // Not empty (a plain directory with files): it stays.
         remove(&group);
         assert!(group.exists());
+    }
+
+    #[test]
+    fn limits_are_written_and_unset_ones_reset_to_the_defaults() {
+        let root = fake_root();
+        let (group, _) = Groups::enable(root.path()).unwrap().create("c3").unwrap();
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).unwrap();
+        let limits = ResourceLimits {
+            memory_max: Some(32 << 20),
+            pids_max: Some(20),
+            cpu_max: Some(hyper_protocol::CpuMax {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+            cpu_weight: Some(39),
+        };
+        apply_limits(&group, &limits).unwrap();
+        assert_eq!(read("memory.max"), "33554432");
+        assert_eq!(read("pids.max"), "20");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("cpu.weight"), "39");
+        // The same id again without limits: the files go back to the
+        // kernel's defaults, not the last container's.
+        apply_limits(&group, &ResourceLimits::default()).unwrap();
+        assert_eq!(read("memory.max"), "max");
+        assert_eq!(read("pids.max"), "max");
+        assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(read("cpu.weight"), "100");
+        // Without limits a missing file (no such controller) is no error;
+        // with one, it names the file.
+        let bare = tempfile::tempdir().unwrap();
+        apply_limits(bare.path(), &ResourceLimits::default()).unwrap();
+        assert!(!bare.path().join("memory.max").exists());
+        let gone = bare.path().join("gone");
+        let e = apply_limits(&gone, &limits).unwrap_err();
+        assert!(e.contains("memory.max"), "{e}");
     }
 
     #[test]

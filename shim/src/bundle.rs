@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::CodedInputStream;
+use hyper_protocol::{CpuMax, ResourceLimits};
 use serde::Deserialize;
 
 /// The hypercontainer config used when the runtime options name none.
@@ -66,6 +67,43 @@ pub struct Mount {
 pub struct Linux {
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+    /// The container's cgroup limits (Kubernetes' resources.limits).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// The parts of `linux.resources` the guest applies; OCI's `-1` or `0`
+/// (and a missing field) is no limit.
+#[derive(Debug, Default, Deserialize)]
+pub struct Resources {
+    #[serde(default)]
+    pub memory: Option<MemoryResources>,
+    #[serde(default)]
+    pub cpu: Option<CpuResources>,
+    #[serde(default)]
+    pub pids: Option<PidsResources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MemoryResources {
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CpuResources {
+    #[serde(default)]
+    pub shares: Option<u64>,
+    #[serde(default)]
+    pub quota: Option<i64>,
+    #[serde(default)]
+    pub period: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PidsResources {
+    #[serde(default)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +143,43 @@ impl Spec {
             },
             _ => Role::Alone,
         }
+    }
+
+    /// The container's limits in the guest from `linux.resources`:
+    /// `memory.limit`, `pids.limit`, `cpu.quota`/`cpu.period` and
+    /// `cpu.shares`, checked as hyperd checks them (an error names the
+    /// OCI field).
+    pub fn limits(&self) -> Result<ResourceLimits, String> {
+        let Some(r) = self.linux.as_ref().and_then(|l| l.resources.as_ref()) else {
+            return Ok(ResourceLimits::default());
+        };
+        let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|&v| v > 0);
+        let cpu = r.cpu.as_ref();
+        let limits = ResourceLimits {
+            memory_max: positive(r.memory.as_ref().and_then(|m| m.limit)),
+            pids_max: positive(r.pids.as_ref().and_then(|p| p.limit)),
+            cpu_max: positive(cpu.and_then(|c| c.quota)).map(|quota_us| CpuMax {
+                quota_us,
+                period_us: cpu
+                    .and_then(|c| c.period)
+                    .filter(|&p| p > 0)
+                    .unwrap_or(CpuMax::DEFAULT_PERIOD_US),
+            }),
+            cpu_weight: cpu
+                .and_then(|c| c.shares)
+                .filter(|&s| s > 0)
+                .map(ResourceLimits::weight_of_shares),
+        };
+        limits.validate().map_err(|e| {
+            let field = match e.split([' ', '.']).next().unwrap_or_default() {
+                "memory_max" => "memory.limit",
+                "pids_max" => "pids.limit",
+                "cpu_max" => "cpu.quota/cpu.period",
+                _ => "cpu.shares",
+            };
+            format!("the spec's linux.resources.{field}: {e}")
+        })?;
+        Ok(limits)
     }
 
     /// The network namespace to join (CRI's, configured by its CNI), if
@@ -288,6 +363,46 @@ mod tests {
             err.to_string().contains("runtimeoptions.v1.Options"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn linux_resources_become_the_containers_limits() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"linux":{"resources":{"memory":{"limit":33554432,"swap":33554432},
+            "cpu":{"shares":512,"quota":50000,"period":100000},"pids":{"limit":20},
+            "devices":[{"allow":false,"access":"rwm"}]}}}"#,
+        )
+        .unwrap();
+        let limits = spec.limits().unwrap();
+        assert_eq!(limits.memory_max, Some(32 << 20));
+        assert_eq!(limits.pids_max, Some(20));
+        assert_eq!(
+            limits.cpu_max,
+            Some(CpuMax {
+                quota_us: 50_000,
+                period_us: 100_000
+            })
+        );
+        assert_eq!(
+            limits.cpu_weight,
+            Some(ResourceLimits::weight_of_shares(512))
+        );
+        // OCI's "no limit" forms, and no resources at all.
+        let unlimited: Spec = serde_json::from_str(
+            r#"{"linux":{"resources":{"memory":{"limit":-1},"cpu":{"quota":-1},"pids":{"limit":0}}}}"#,
+        )
+        .unwrap();
+        assert!(unlimited.limits().unwrap().is_unlimited());
+        assert!(Spec::default().limits().unwrap().is_unlimited());
+        // A quota without a period takes Docker's period.
+        let quota: Spec =
+            serde_json::from_str(r#"{"linux":{"resources":{"cpu":{"quota":200000}}}}"#).unwrap();
+        assert_eq!(quota.limits().unwrap().cpu_max.unwrap().period_us, 100_000);
+        // Out of bounds: refused, naming the OCI field.
+        let tiny: Spec =
+            serde_json::from_str(r#"{"linux":{"resources":{"memory":{"limit":4096}}}}"#).unwrap();
+        let e = tiny.limits().unwrap_err();
+        assert!(e.contains("linux.resources.memory.limit"), "{e}");
     }
 
     #[test]

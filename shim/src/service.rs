@@ -291,6 +291,9 @@ impl TaskService {
         let bundle_dir = PathBuf::from(&req.bundle);
         let (spec, process) = bundle::read_spec(&bundle_dir).map_err(|e| e.to_string())?;
         let role = spec.role();
+        // Kubernetes' resources.limits, applied in the guest to this
+        // container's cgroup.
+        let limits = spec.limits()?;
         let config_path = bundle::config_path(req.options.as_ref()).map_err(|e| e.to_string())?;
         cleanup::remember_config(&bundle_dir, &config_path).map_err(|e| e.to_string())?;
         // A CRI container joins its sandbox's VM: its network and hostname
@@ -377,6 +380,7 @@ impl TaskService {
                 interactive: !req.stdin.is_empty(),
                 tty: req.terminal,
                 tty_size: process.terminal_size(),
+                limits,
             };
             return Ok(TaskState {
                 id: req.id.clone(),
@@ -434,6 +438,7 @@ impl TaskService {
             hostname: spec.hostname.filter(|h| !h.is_empty()),
             volumes: mapped.volumes,
             start: None,
+            limits,
         };
         Ok(TaskState {
             id: req.id.clone(),

@@ -349,8 +349,14 @@ struct RunArgs {
     #[arg(long)]
     cpus: Option<u32>,
     /// Memory of the pod's VM: MiB (512) or with a unit (512m, 1g, 1048576k).
+    /// The container can use all of it but the guest kernel's share; past
+    /// that the guest's OOM killer ends it (OOMKilled, exit 137).
     #[arg(long, short = 'm', value_name = "MEMORY", value_parser = hyper_api::resources::parse_memory)]
     memory: Option<u32>,
+    /// At most N processes and threads at once in the container (its
+    /// cgroup's pids.max in the guest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=hyper_api::resources::ResourceLimits::MAX_PIDS))]
+    pids_limit: Option<u64>,
     /// Replace the image's entrypoint (`""` clears it).
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
@@ -660,6 +666,10 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         user: args.user,
         cpus: args.cpus,
         memory_mib: args.memory,
+        limits: hyper_api::resources::ResourceLimits {
+            pids_max: args.pids_limit,
+            ..Default::default()
+        },
         remove: args.rm,
         interactive: args.interactive,
         name: args.name.clone(),

@@ -87,6 +87,71 @@ pub struct PodContainer {
     /// relative to the pod file, and read by the client.
     #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
     pub security: crate::security::Security,
+    /// The container's memory limit in the guest (its cgroup's
+    /// `memory.max`), with Docker's units: `"32m"`, `"1g"`. Past it the
+    /// guest's OOM killer ends the container's processes, not the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// At most this many processes and threads at once (`pids.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// CPU time as a fraction of CPUs (`0.5`; `cpu.max`), as Docker's
+    /// `--cpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Relative CPU weight, as Docker's `--cpu-shares` (2..=262144, 1024
+    /// the default; `cpu.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+}
+
+impl PodContainer {
+    /// The container's cgroup limits from its `memory`, `pids_limit`,
+    /// `cpus` and `cpu_shares`; an error names the key (without the
+    /// `container[i].` prefix) and the fix.
+    pub fn limits(&self) -> Result<crate::resources::ResourceLimits, (&'static str, String)> {
+        use crate::resources::{cpus_to_cpu_max, parse_bytes, ResourceLimits};
+        let mut limits = ResourceLimits::default();
+        if let Some(m) = &self.memory {
+            let bytes = parse_bytes(m).map_err(|e| ("memory", e))?;
+            if !(ResourceLimits::MIN_MEMORY..=ResourceLimits::MAX_MEMORY).contains(&bytes) {
+                return Err((
+                    "memory",
+                    format!(
+                        "{m:?}: give at least 6m (and at most 1t); leave memory out for no limit"
+                    ),
+                ));
+            }
+            limits.memory_max = Some(bytes);
+        }
+        if let Some(p) = self.pids_limit {
+            match u64::try_from(p) {
+                Ok(n) if (1..=ResourceLimits::MAX_PIDS).contains(&n) => limits.pids_max = Some(n),
+                _ => {
+                    return Err((
+                        "pids_limit",
+                        format!(
+                            "{p}: give 1 to {}; leave pids_limit out for no limit",
+                            ResourceLimits::MAX_PIDS
+                        ),
+                    ))
+                }
+            }
+        }
+        if let Some(c) = self.cpus {
+            limits.cpu_max = Some(cpus_to_cpu_max(c).map_err(|e| ("cpus", e))?);
+        }
+        if let Some(shares) = self.cpu_shares {
+            if !(2..=262_144).contains(&shares) {
+                return Err((
+                    "cpu_shares",
+                    format!("{shares}: give 2 to 262144 (1024 is the default weight)"),
+                ));
+            }
+            limits.cpu_weight = Some(ResourceLimits::weight_of_shares(shares));
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -434,6 +499,7 @@ impl PodFile {
                     format!("{bad:?}: expected \"KEY=VALUE\""),
                 ));
             }
+            c.limits().map_err(|(k, m)| invalid(key(k), m))?;
             if let Some(w) = &c.workdir {
                 if !w.starts_with('/') {
                     return Err(invalid(
@@ -529,6 +595,46 @@ mounts = [{ volume = "shared", path = "/in", readonly = true }]
         // The JSON form is the same structure, and what hyper sends hyperd.
         let json = serde_json::to_string(&pod).unwrap();
         assert_eq!(parse("pod.json", &json).unwrap(), pod);
+    }
+
+    #[test]
+    fn container_limits_parse_and_bad_ones_name_key_and_line() {
+        let base = "[[container]]\nname = \"a\"\nimage = \"busybox\"\n";
+        let pod = parse(
+            "p.toml",
+            &format!("{base}memory = \"32m\"\npids_limit = 20\ncpus = 0.5\ncpu_shares = 1024\n"),
+        )
+        .unwrap();
+        let limits = pod.containers[0].limits().unwrap();
+        assert_eq!(limits.memory_max, Some(32 << 20));
+        assert_eq!(limits.pids_max, Some(20));
+        assert_eq!(limits.cpu_max.map(|c| c.quota_us), Some(50_000));
+        assert_eq!(limits.cpu_weight, Some(39));
+        // None set: no limits, and the JSON hyper sends is as before.
+        let plain = parse("p.toml", base).unwrap();
+        assert!(plain.containers[0].limits().unwrap().is_unlimited());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("memory\""));
+        for (extra, key, hint) in [
+            ("memory = \"32\"", "container[0].memory", "32m"),
+            ("memory = \"1m\"", "container[0].memory", "at least 6m"),
+            (
+                "pids_limit = 0",
+                "container[0].pids_limit",
+                "leave pids_limit out",
+            ),
+            (
+                "pids_limit = -1",
+                "container[0].pids_limit",
+                "leave pids_limit out",
+            ),
+            ("cpus = 0.0", "container[0].cpus", "0.5 is half a CPU"),
+            ("cpu_shares = 1", "container[0].cpu_shares", "2 to 262144"),
+        ] {
+            let e = parse("p.toml", &format!("{base}{extra}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert_eq!(e.line, Some(4), "{extra}: {e}");
+            assert!(e.message.contains(hint), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub struct RunRequest {
     /// `--start`: how its VM starts; `[vm] start` without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::start::StartMode>,
+    /// The container's cgroup limits in the guest (`--pids-limit`; a pod
+    /// file container's `memory`, `pids_limit`, `cpus`, `cpu_shares`).
+    /// `memory_mib` sizes the VM; `limits.memory_max` bounds the container
+    /// inside it.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::resources::ResourceLimits::is_unlimited"
+    )]
+    pub limits: crate::resources::ResourceLimits,
 }
 
 /// For `skip_serializing_if`: a field left at its default is not written.

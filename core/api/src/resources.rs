@@ -1,4 +1,8 @@
-//! A pod's size as users write it (`--memory 512m`).
+//! A pod's size as users write it (`--memory 512m`), and a container's
+//! cgroup limits in the guest (a pod file container's `memory`,
+//! `pids_limit`, `cpus`, `cpu_shares`; `hyper run --pids-limit`).
+
+pub use hyper_protocol::{CpuMax, ResourceLimits};
 
 /// `--memory` as Docker takes it — bytes with a unit (`512m`, `1g`,
 /// `1024k`, `1073741824b`; `kb`/`mb`/`gb`/`tb` too, any case) — or a plain
@@ -33,9 +37,109 @@ fn too_big(value: &str) -> String {
     format!("--memory {value}: too large")
 }
 
+/// A size in bytes with Docker's units (`32m`, `1g`, `512k`, `6291456b`);
+/// a bare number is refused (Docker reads it as bytes, hyperd's `--memory`
+/// as MiB: the unit says which).
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    let bad = || format!("{value:?}: give a size with a unit: 32m, 1g, 512k, 6291456b");
+    let v = value.trim().to_ascii_lowercase();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let number: u64 = v[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match &v[digits..] {
+        "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{value:?}: too large"))
+}
+
+/// Docker's `--cpus` (a fraction of CPUs, `0.5`) as `cpu.max` over
+/// Docker's 100 ms period.
+pub fn cpus_to_cpu_max(cpus: f64) -> Result<CpuMax, String> {
+    let max = (CpuMax::MAX_QUOTA_US / CpuMax::DEFAULT_PERIOD_US) as f64;
+    let min = CpuMax::MIN_QUOTA_US as f64 / CpuMax::DEFAULT_PERIOD_US as f64;
+    if !cpus.is_finite() || cpus < min || cpus > max {
+        return Err(format!(
+            "{cpus}: give a fraction of CPUs from {min} to {max} (0.5 is half a CPU)"
+        ));
+    }
+    Ok(CpuMax {
+        // Within 0.01..=10240 CPUs: the product fits and rounds to whole µs.
+        quota_us: (cpus * CpuMax::DEFAULT_PERIOD_US as f64).round() as u64,
+        period_us: CpuMax::DEFAULT_PERIOD_US,
+    })
+}
+
+/// Checks `limits` as hyperd gets them; the error names the field the
+/// user set, through `key` (`--pids-limit` for `pids_max`, or a pod file
+/// key), and its range.
+pub fn check_limits(limits: &ResourceLimits, key: impl Fn(&str) -> String) -> Result<(), String> {
+    limits.validate().map_err(|e| {
+        let field = e.split([' ', '.']).next().unwrap_or_default();
+        format!("{}: {e}", key(field))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_sizes_need_a_unit() {
+        assert_eq!(parse_bytes("32m"), Ok(32 << 20));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512kb"), Ok(512 << 10));
+        assert_eq!(parse_bytes("6291456b"), Ok(6 << 20));
+        for bad in ["", "32", "m", "1.5g", "-1m", "1 g"] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains("32m"), "{bad}: {e}");
+        }
+        assert!(parse_bytes("99999999999t")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn cpus_are_a_quota_over_dockers_period() {
+        let half = cpus_to_cpu_max(0.5).unwrap();
+        assert_eq!((half.quota_us, half.period_us), (50_000, 100_000));
+        assert_eq!(cpus_to_cpu_max(2.0).unwrap().quota_us, 200_000);
+        assert_eq!(cpus_to_cpu_max(0.01).unwrap().quota_us, 1_000);
+        for bad in [0.0, -1.0, 0.001, f64::NAN, f64::INFINITY, 1e9] {
+            assert!(cpus_to_cpu_max(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limit_errors_name_the_users_key() {
+        let limits = ResourceLimits {
+            pids_max: Some(0),
+            ..Default::default()
+        };
+        let e = check_limits(&limits, |f| match f {
+            "pids_max" => "--pids-limit".into(),
+            f => f.into(),
+        })
+        .unwrap_err();
+        assert!(e.starts_with("--pids-limit: pids_max 0"), "{e}");
+        let limits = ResourceLimits {
+            cpu_max: Some(CpuMax {
+                quota_us: 1,
+                period_us: 100_000,
+            }),
+            ..Default::default()
+        };
+        let e = check_limits(&limits, |f| format!("container[0].{f}")).unwrap_err();
+        assert!(e.starts_with("container[0].cpu_max"), "{e}");
+    }
 
     #[test]
     fn memory_takes_mib_and_dockers_units() {

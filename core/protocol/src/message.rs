@@ -9,6 +9,9 @@ pub struct HostMessage {
     pub request: Request,
 }
 
+// A request is built once and serialised at once, never kept in bulk: the
+// size of its largest variant (a container with its limits) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -354,6 +357,118 @@ pub struct ContainerSpec {
     /// Pod volumes bound into the container's root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
+    /// The container's cgroup limits (capability
+    /// [`capability::CONTAINER_LIMITS`]), written before its first process
+    /// joins the group. Left out when there are none, so a request without
+    /// limits reads the same to a guest from before them.
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_unlimited")]
+    pub resources: ResourceLimits,
+}
+
+/// A container's cgroup v2 limits in the guest, as Docker and Kata give
+/// them (`--memory`, `--pids-limit`, `--cpus`, `--cpu-shares`). `None` is
+/// no limit. Both ends check them with [`ResourceLimits::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// `memory.max`, bytes: [`ResourceLimits::MIN_MEMORY`]..=
+    /// [`ResourceLimits::MAX_MEMORY`]. The guest has no swap, so this
+    /// bounds memory and swap together (Docker's `--memory-swap` equal to
+    /// `--memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `pids.max`: 1..=[`ResourceLimits::MAX_PIDS`] tasks (processes and
+    /// threads) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    /// `cpu.max`: at most `quota_us` of CPU time every `period_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<CpuMax>,
+    /// `cpu.weight`: 1..=10000 (100 is the default share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+}
+
+/// `cpu.max` (CFS bandwidth): `quota_us` of CPU time per `period_us`; a
+/// quota of twice the period is two CPUs' worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuMax {
+    /// [`CpuMax::MIN_QUOTA_US`]..=[`CpuMax::MAX_QUOTA_US`].
+    pub quota_us: u64,
+    /// [`CpuMax::MIN_PERIOD_US`]..=[`CpuMax::MAX_PERIOD_US`].
+    pub period_us: u64,
+}
+
+impl CpuMax {
+    /// The kernel's bounds (`kernel/sched/core.c`): a period of 1 ms to
+    /// 1 s, a quota of at least 1 ms.
+    pub const MIN_PERIOD_US: u64 = 1_000;
+    pub const MAX_PERIOD_US: u64 = 1_000_000;
+    pub const MIN_QUOTA_US: u64 = 1_000;
+    /// 1024 CPUs' worth of the longest period: more than any guest has.
+    pub const MAX_QUOTA_US: u64 = 1024 * Self::MAX_PERIOD_US;
+    /// Docker's period for `--cpus`.
+    pub const DEFAULT_PERIOD_US: u64 = 100_000;
+}
+
+impl ResourceLimits {
+    /// Docker's smallest `--memory`: less cannot start a process.
+    pub const MIN_MEMORY: u64 = 6 << 20;
+    /// 1 TiB: far above any guest, far below overflow.
+    pub const MAX_MEMORY: u64 = 1 << 40;
+    /// The kernel's `PID_MAX_LIMIT` on 64-bit.
+    pub const MAX_PIDS: u64 = 4 << 20;
+    pub const MIN_CPU_WEIGHT: u64 = 1;
+    pub const MAX_CPU_WEIGHT: u64 = 10_000;
+
+    /// No limit at all (what a guest without the capability gets).
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Every value within the kernel's bounds; the error names the field
+    /// and its range.
+    pub fn validate(&self) -> Result<(), String> {
+        let range = |name: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} {v}: must be {min}..={max}"))
+            }
+        };
+        if let Some(m) = self.memory_max {
+            range("memory_max", m, Self::MIN_MEMORY, Self::MAX_MEMORY)?;
+        }
+        if let Some(p) = self.pids_max {
+            range("pids_max", p, 1, Self::MAX_PIDS)?;
+        }
+        if let Some(c) = self.cpu_max {
+            range(
+                "cpu_max.period_us",
+                c.period_us,
+                CpuMax::MIN_PERIOD_US,
+                CpuMax::MAX_PERIOD_US,
+            )?;
+            range(
+                "cpu_max.quota_us",
+                c.quota_us,
+                CpuMax::MIN_QUOTA_US,
+                CpuMax::MAX_QUOTA_US,
+            )?;
+        }
+        if let Some(w) = self.cpu_weight {
+            range("cpu_weight", w, Self::MIN_CPU_WEIGHT, Self::MAX_CPU_WEIGHT)?;
+        }
+        Ok(())
+    }
+
+    /// Docker's `--cpu-shares` (2..=262144, 1024 the default) as a cgroup
+    /// v2 weight, by runc's formula.
+    pub fn weight_of_shares(shares: u64) -> u64 {
+        let shares = shares.clamp(2, 262_144);
+        1 + (shares - 2) * 9999 / 262_142
+    }
 }
 
 /// A read-only disk the guest finds by its stable id (the virtio-blk serial,
@@ -547,10 +662,13 @@ pub mod capability {
     /// [`super::RootfsSpec::share`]: a container's root from a directory of
     /// a shared pod volume (a container joining a running pod).
     pub const SHARED_ROOTFS: &str = "shared-rootfs";
+    /// [`super::ContainerSpec::resources`]: a container's memory, pids and
+    /// CPU limits are written to its cgroup before it starts.
+    pub const CONTAINER_LIMITS: &str = "container-limits";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,
@@ -563,6 +681,7 @@ pub mod capability {
         RESUME,
         OOM_KILLED,
         SHARED_ROOTFS,
+        CONTAINER_LIMITS,
     ];
 }
 
@@ -692,6 +811,77 @@ mod tests {
         )
         .unwrap();
         assert!(!state.oom_killed);
+    }
+
+    #[test]
+    fn limits_are_left_out_when_unset_and_validated_when_set() {
+        let spec: ContainerSpec = serde_json::from_str(
+            r#"{"id":"c","rootfs":{"disk_id":"d","fstype":"erofs"},"hostname":"h",
+            "process":{"id":"p","args":["sh"],"env":[],"workdir":"/","user":"",
+            "terminal":false,"stdio":1,"stderr":2,"confinement":{"capabilities":0,
+            "no_new_privileges":true}}}"#,
+        )
+        .unwrap();
+        assert!(spec.resources.is_unlimited());
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("resources"), "{json}");
+
+        let limits = ResourceLimits {
+            memory_max: Some(32 << 20),
+            pids_max: Some(20),
+            cpu_max: Some(CpuMax {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+            cpu_weight: Some(100),
+        };
+        limits.validate().unwrap();
+        let with = ContainerSpec {
+            resources: limits,
+            ..spec
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""pids_max":20"#), "{json}");
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), with);
+
+        for bad in [
+            ResourceLimits {
+                memory_max: Some(1 << 20),
+                ..Default::default()
+            },
+            ResourceLimits {
+                memory_max: Some(u64::MAX),
+                ..Default::default()
+            },
+            ResourceLimits {
+                pids_max: Some(0),
+                ..Default::default()
+            },
+            ResourceLimits {
+                cpu_max: Some(CpuMax {
+                    quota_us: 10,
+                    period_us: 100_000,
+                }),
+                ..Default::default()
+            },
+            ResourceLimits {
+                cpu_max: Some(CpuMax {
+                    quota_us: 10_000,
+                    period_us: 0,
+                }),
+                ..Default::default()
+            },
+            ResourceLimits {
+                cpu_weight: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(ResourceLimits::weight_of_shares(1024), 39);
+        assert_eq!(ResourceLimits::weight_of_shares(2), 1);
+        assert_eq!(ResourceLimits::weight_of_shares(262_144), 10_000);
+        assert_eq!(ResourceLimits::weight_of_shares(0), 1);
     }
 
     #[test]

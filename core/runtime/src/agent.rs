@@ -1141,6 +1141,7 @@ mod tests {
                         hostname: "h".into(),
                         process: spec,
                         mounts: Vec::new(),
+                        resources: Default::default(),
                     }))
                     .await
             }

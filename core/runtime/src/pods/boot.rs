@@ -463,6 +463,13 @@ impl Runtime {
                 capability::HOST_VOLUMES
             )));
         }
+        if members.iter().any(|m| !m.limits.is_unlimited()) && !has(capability::CONTAINER_LIMITS) {
+            return Err(RunError::Failed(format!(
+                "the guest agent ({}) cannot set container limits (no capability {}): install a payload built from this version, or leave out memory, pids_limit, cpus and cpu_shares (--pids-limit)",
+                ready.agent,
+                capability::CONTAINER_LIMITS
+            )));
+        }
         let network = match &record.network {
             Some(att) if ready.capabilities.iter().any(|c| c == capability::NETWORK) => {
                 Some(att.guest.clone())
@@ -652,6 +659,7 @@ fn container_spec(
                 readonly: mount.readonly,
             })
             .collect(),
+        resources: m.limits,
     }
 }
 

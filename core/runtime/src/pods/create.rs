@@ -83,6 +83,7 @@ impl Runtime {
     ) -> Result<Started, RunError> {
         check_env_and_workdir(&req.env, req.workdir.as_deref())?;
         crate::security::check(&req.security)?;
+        check_run_limits(&req.limits)?;
         if let Some(h) = &req.hostname {
             super::network::check_hostname(h)?;
         }
@@ -126,7 +127,11 @@ impl Runtime {
                     )));
                 }
             }
+            let limits = c.limits().map_err(|(key, message)| {
+                RunError::Invalid(format!("pod file: container {}: {key}: {message}", c.name))
+            })?;
             let req = RunRequest {
+                limits,
                 rootfs: c.rootfs.clone(),
                 image: c.image.clone(),
                 entrypoint: c.entrypoint.clone(),
@@ -253,6 +258,7 @@ impl Runtime {
                 state: PodState::Created,
                 exit_code: None,
                 oom_killed: false,
+                limits: resolved.limits,
             });
             main_req.get_or_insert(resolved);
         }
@@ -471,4 +477,14 @@ fn group_by_container(
         out.entry(c.as_str()).or_default().push(r.clone());
     }
     out
+}
+
+/// A run request's container limits, with errors naming the flag that set
+/// them (`hyper run --pids-limit`) or the REST field.
+pub(super) fn check_run_limits(limits: &hyper_protocol::ResourceLimits) -> Result<(), RunError> {
+    hyper_api::resources::check_limits(limits, |field| match field {
+        "pids_max" => "--pids-limit (limits.pids_max)".into(),
+        other => format!("limits.{other}"),
+    })
+    .map_err(RunError::Invalid)
 }

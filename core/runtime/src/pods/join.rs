@@ -101,6 +101,8 @@ pub struct JoinRequest {
     pub interactive: bool,
     pub tty: bool,
     pub tty_size: Option<TerminalSize>,
+    /// Its cgroup limits in the guest (the OCI spec's `linux.resources`).
+    pub limits: hyper_protocol::ResourceLimits,
 }
 
 /// Where a pod's joined containers' roots are bound on the host.
@@ -409,6 +411,7 @@ impl Runtime {
                 confinement,
             },
             mounts: Vec::new(),
+            resources: req.limits,
         };
         match agent.request(Request::NewContainer(spec)).await {
             Ok(_) => {}
@@ -582,6 +585,10 @@ fn check_join_request(req: &JoinRequest) -> Result<(), RunError> {
         )));
     }
     check_env_and_workdir(&req.env, req.workdir.as_deref())?;
+    hyper_api::resources::check_limits(&req.limits, |field| {
+        format!("container {}: linux.resources ({field})", req.name)
+    })
+    .map_err(RunError::Invalid)?;
     crate::agent::check_c_strings(
         &req.args,
         &req.env,

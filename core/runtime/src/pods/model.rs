@@ -300,6 +300,13 @@ pub struct ContainerRecord {
     /// Its init was killed by the guest's OOM killer.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Its cgroup limits in the guest (a pod file's `memory`,
+    /// `pids_limit`, `cpus`, `cpu_shares`).
+    #[serde(
+        default,
+        skip_serializing_if = "hyper_protocol::ResourceLimits::is_unlimited"
+    )]
+    pub limits: hyper_protocol::ResourceLimits,
 }
 
 /// A running VM as its backend described it at launch.
@@ -401,6 +408,8 @@ pub(super) struct Member {
     pub security: crate::security::Security,
     pub tty: bool,
     pub tty_size: Option<TerminalSize>,
+    /// Its cgroup limits in the guest.
+    pub limits: hyper_protocol::ResourceLimits,
 }
 
 /// The vCPUs and memory a pod asks for, each with the name the user gave it.
@@ -432,6 +441,7 @@ impl PodRecord {
                 security: req.security.clone(),
                 tty: req.tty,
                 tty_size: req.tty_size,
+                limits: req.limits,
             }]);
         }
         let from_file = |i: usize| {
@@ -459,6 +469,7 @@ impl PodRecord {
                     security: c.security.clone(),
                     tty: false,
                     tty_size: None,
+                    limits: c.limits,
                 })
                 .collect(),
         )
@@ -541,6 +552,7 @@ pub(super) mod tests {
             state: PodState::Exited,
             exit_code,
             oom_killed: false,
+            limits: Default::default(),
         }
     }
 

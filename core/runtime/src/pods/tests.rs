@@ -54,6 +54,11 @@ enum Guest {
         exit: Option<i32>,
         resumes: Arc<Mutex<Vec<hyper_protocol::ResumeSpec>>>,
     },
+    /// Advertises `container-limits`, records each container's limits and
+    /// ends its first process at once with 0.
+    Limits {
+        seen: Arc<Mutex<Vec<(String, hyper_protocol::ResourceLimits)>>>,
+    },
 }
 
 /// What the next `launch` does.
@@ -333,16 +338,20 @@ async fn serve(listener: UnixListener, guest: Guest) {
     // Running first processes: (container, process, stdio, stderr).
     let mut running: Vec<(String, String, u32, u32)> = Vec::new();
     if !resync {
+        let mut capabilities: Vec<String> = vec![
+            "flow-control".into(),
+            "volumes".into(),
+            "host-volumes".into(),
+            "resume".into(),
+            "shared-rootfs".into(),
+        ];
+        if matches!(guest, Guest::Limits { .. }) {
+            capabilities.push(hyper_protocol::capability::CONTAINER_LIMITS.into());
+        }
         g.send(&GuestMessage::Ready {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            capabilities: vec![
-                "flow-control".into(),
-                "volumes".into(),
-                "host-volumes".into(),
-                "resume".into(),
-                "shared-rootfs".into(),
-            ],
+            capabilities,
             agent: "fake".into(),
         })
         .await;
@@ -380,6 +389,12 @@ async fn serve(listener: UnixListener, guest: Guest) {
                 g.reply(msg.id, Ok(Reply::Started { pid: 2 })).await;
                 let p = &spec.process;
                 finish_as(&mut g, &spec.id, &p.id, (p.stdio, p.stderr), 137, true).await;
+            }
+            (Request::NewContainer(spec), Guest::Limits { seen }) => {
+                lock(seen).push((spec.id.clone(), spec.resources));
+                g.reply(msg.id, Ok(Reply::Started { pid: 2 })).await;
+                let p = &spec.process;
+                finish(&mut g, &spec.id, &p.id, (p.stdio, p.stderr), 0).await;
             }
             (Request::NewContainer(_), Guest::CommandNotFound) => {
                 let refusal = AgentError::new(AgentErrorKind::CommandNotFound, "no such command");
@@ -1041,6 +1056,68 @@ async fn sizes_beyond_the_host_are_refused_before_anything_is_recorded_or_launch
     assert_eq!(s.hv.launched(), 0);
     assert!(s.rt.list().is_empty());
     assert!(s.rt.events().subscribe().past.is_empty());
+}
+
+#[tokio::test]
+async fn container_limits_reach_the_guest_or_are_refused_by_name() {
+    // Out of range: refused naming the flag, before any VM.
+    let s = Setup::new(FakeHypervisor::new(Guest::Runs {
+        exit: Some(0),
+        on_term: None,
+    }));
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"limits": {"pids_max": 0}}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(err.contains("--pids-limit"), "{err}");
+    assert_eq!(s.hv.launched(), 0);
+    // A guest without the capability: the start fails saying so; the
+    // container never runs unlimited.
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"limits": {"pids_max": 20}}));
+    let err = s.rt.run(req, io).await.unwrap_err().to_string();
+    assert!(err.contains("container-limits"), "{err}");
+    assert!(err.contains("pids_limit"), "{err}");
+
+    // A guest with it gets them in the container's spec; a pod file's
+    // containers each get their own, and one without limits none.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Setup::new(FakeHypervisor::new(Guest::Limits { seen: seen.clone() }));
+    let (io, _out) = client_io();
+    let req = s.request(&["true"], serde_json::json!({"limits": {"pids_max": 20}}));
+    let outcome = s.rt.run(req, io).await.unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(lock(&seen)[0].1.pids_max, Some(20));
+    let rootfs = s.dir.path().join("rootfs");
+    let pod: crate::podfile::PodFile = crate::podfile::parse(
+        "pod.toml",
+        &format!(
+            "[[container]]\nname = \"a\"\nrootfs = {rootfs:?}\ncommand = [\"true\"]\n\
+             [[container]]\nname = \"b\"\nrootfs = {rootfs:?}\ncommand = [\"true\"]\n\
+             memory = \"32m\"\ncpus = 0.5\ncpu_shares = 512\npids_limit = 7\n"
+        ),
+    )
+    .unwrap();
+    let id = s.rt.create_pod(pod, None).await.unwrap();
+    let code = s.rt.wait(&id).await.unwrap();
+    assert_eq!(code, 0);
+    let seen = lock(&seen).clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[1].1.is_unlimited(), "{seen:?}");
+    let b = seen[2].1;
+    assert_eq!(b.memory_max, Some(32 << 20));
+    assert_eq!(b.pids_max, Some(7));
+    assert_eq!(
+        b.cpu_max.map(|c| (c.quota_us, c.period_us)),
+        Some((50_000, 100_000))
+    );
+    assert_eq!(
+        b.cpu_weight,
+        Some(hyper_protocol::ResourceLimits::weight_of_shares(512))
+    );
+    // Kept in the record, so a restart applies them again.
+    let json = serde_json::to_value(s.rt.record(&id).unwrap()).unwrap();
+    assert_eq!(json["containers"][1]["limits"]["pids_max"], 7, "{json}");
+    assert!(json["containers"][0].get("limits").is_none(), "{json}");
 }
 
 #[tokio::test]

@@ -1,0 +1,148 @@
+//! Per-container cgroup limits inside the guest (issue 17): a pod file
+//! container's `memory` is its cgroup's `memory.max`, so the guest's OOM
+//! killer ends that container alone while its sibling in the same VM keeps
+//! running; `hyper run --pids-limit` is `pids.max`, so a fork loop stops at
+//! the limit while the VM carries on. Real hyperd, real backend, real VMs.
+
+use std::time::{Duration, Instant};
+
+use hyper_tests::{busybox_rootfs, text, Hyperd};
+
+fn inspect(d: &Hyperd, pod: &str) -> serde_json::Value {
+    let out = d.hyper(&["inspect", pod]);
+    d.succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    v[0].clone()
+}
+
+/// A pod of two: `steady` (the main container) idles; `hog`, limited to
+/// 32 MiB in a 256 MiB VM, grows `tail`'s buffer without bound (no newline
+/// in /dev/zero) as its init, so its own limit's OOM killer ends it long
+/// before the VM runs short.
+const POD: &str = r#"
+name = "limited"
+memory_mib = 256
+
+[[container]]
+name = "steady"
+rootfs = "ROOTFS"
+command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+[[container]]
+name = "hog"
+rootfs = "ROOTFS"
+memory = "32m"
+command = ["sh", "-c", "echo growing; exec tail /dev/zero"]
+"#;
+
+#[test]
+fn a_containers_memory_limit_oom_kills_it_alone_and_its_sibling_runs_on() {
+    let d = Hyperd::start();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let file = d.dir.path().join("pod.toml");
+    std::fs::write(&file, POD.replace("ROOTFS", &rootfs)).expect("write the pod file");
+    let out = d.hyper(&["pod", "create", "-f", &file.to_string_lossy()]);
+    d.succeeded(&out);
+
+    // Not a timing assertion: a bound on a wait that, with the limit
+    // working, ends as soon as the hog has filled 32 MiB.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let hog = loop {
+        let pod = inspect(&d, "limited");
+        let hog = pod["containers"][1].clone();
+        if hog["state"] == "exited" {
+            break hog;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hog never ended: {pod}\nlog:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(hog["name"], "hog");
+    assert_eq!(hog["exit_code"], 137, "{hog}\nlog:\n{}", d.log_text());
+    assert_eq!(hog["oom_killed"], true, "{hog}");
+    let out = d.hyper(&["logs", "limited/hog"]);
+    assert_eq!(text(&out.stdout), "growing\n");
+
+    // Its sibling, in the same VM, was not touched and still serves.
+    let pod = inspect(&d, "limited");
+    assert_eq!(pod["state"], "running", "{pod}");
+    assert_eq!(pod["containers"][0]["state"], "running", "{pod}");
+    assert_eq!(pod["containers"][0]["oom_killed"], false, "{pod}");
+    assert_eq!(d.exec_ok(&["limited/steady", "echo", "alive"]), "alive\n");
+
+    // One `oom` event, naming the hog.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let until = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+    let out = d.hyper(&[
+        "events",
+        "--json",
+        "--since",
+        "1h",
+        "--until",
+        &until,
+        "--filter",
+        "pod=limited,event=oom",
+    ]);
+    d.succeeded(&out);
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["attributes"]["container"], "hog", "{events:#?}");
+    assert_eq!(events[0]["attributes"]["scope"], "guest", "{events:#?}");
+
+    let out = d.hyper(&["rm", "-f", "limited"]);
+    d.succeeded(&out);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_loop_at_the_limit_and_the_vm_carries_on() {
+    let d = Hyperd::start();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    // A child shell asks for forty sleepers (busybox sh gives up at its
+    // first failed fork, so it is not the init); the init then counts what
+    // is there through its own PID namespace's /proc with a glob (no fork).
+    let script = "sh -c 'for i in $(seq 40); do sleep 600 & done' 2>/dev/null; \
+                  set -- /proc/[0-9]*; echo procs=$#";
+    let out = d.hyper(&[
+        "run",
+        "--pids-limit",
+        "20",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    let procs: usize = stdout
+        .trim()
+        .strip_prefix("procs=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {stdout:?}"));
+    // The init and 19 sleepers at most; and the loop did fork up to there.
+    assert!((15..=20).contains(&procs), "{procs} processes: {stdout}");
+
+    // A value the guest could not take is refused before any VM starts.
+    let out = d.hyper(&["run", "--pids-limit", "0", "--rootfs", &rootfs, "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("--pids-limit"),
+        "{}",
+        text(&out.stderr)
+    );
+}
