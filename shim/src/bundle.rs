@@ -66,6 +66,10 @@ pub struct Mount {
 pub struct Linux {
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+    /// The OCI seccomp profile (the shape of a Docker profile), taken as
+    /// the process's filter ([`crate::confine`]).
+    #[serde(default)]
+    pub seccomp: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +145,19 @@ pub struct Process {
     /// Read to say they are not applied (hyperstart sets none yet).
     #[serde(default)]
     pub rlimits: Vec<serde_json::Value>,
+    /// Absent: the core's default set ([`crate::confine`]).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+/// The spec's capability sets; the bounding set is the one taken (CRI and
+/// ctr give the same list in bounding, effective and permitted).
+#[derive(Debug, Default, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
