@@ -70,6 +70,10 @@ pub struct Linux {
     /// The container's cgroup limits (Kubernetes' resources.limits).
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// The OCI seccomp profile (the shape of a Docker profile), taken as
+    /// the process's filter ([`crate::confine`]).
+    #[serde(default)]
+    pub seccomp: Option<serde_json::Value>,
 }
 
 /// The parts of `linux.resources` the guest applies; OCI's `-1` or `0`
@@ -216,6 +220,19 @@ pub struct Process {
     /// Read to say they are not applied (hyperstart sets none yet).
     #[serde(default)]
     pub rlimits: Vec<serde_json::Value>,
+    /// Absent: the core's default set ([`crate::confine`]).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+/// The spec's capability sets; the bounding set is the one taken (CRI and
+/// ctr give the same list in bounding, effective and permitted).
+#[derive(Debug, Default, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

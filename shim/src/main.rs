@@ -13,6 +13,7 @@
 
 mod bundle;
 mod cleanup;
+mod confine;
 mod metrics;
 mod mounts;
 mod service;

@@ -19,7 +19,7 @@ use containerd_shim::api::{self, Empty, Status};
 use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal};
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageField};
@@ -329,6 +329,8 @@ impl TaskService {
         if !process.rlimits.is_empty() {
             tracing::warn!(task = %req.id, "the spec's rlimits are not applied in the guest (not supported yet)");
         }
+        let security =
+            crate::confine::security(&process, spec.linux.as_ref()).map_err(|e| e.to_string())?;
         if sandbox_pod.is_some() && !mapped.volumes.is_empty() {
             tracing::warn!(task = %req.id, "volumes of a container joining a running pod are not mounted (not supported yet)");
         }
@@ -381,6 +383,7 @@ impl TaskService {
                 tty: req.terminal,
                 tty_size: process.terminal_size(),
                 limits,
+                security,
             };
             return Ok(TaskState {
                 id: req.id.clone(),
@@ -433,7 +436,7 @@ impl TaskService {
             restart: Default::default(),
             tty: req.terminal,
             tty_size: process.terminal_size(),
-            security: Default::default(),
+            security,
             network,
             hostname: spec.hostname.filter(|h| !h.is_empty()),
             volumes: mapped.volumes,
@@ -474,19 +477,53 @@ fn check_netns(ns: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Ends the task with `outcome` once its output has drained, and tells
-/// containerd.
+/// How a process ended, as the core tells it.
+#[derive(Clone, Copy)]
+struct Ending {
+    code: i32,
+    /// An OOM killer ended it (the guest's, or the host's of the VM).
+    oom_killed: bool,
+}
+
+impl Ending {
+    fn failed() -> Self {
+        Ending {
+            code: hyper_core::pods::RUNTIME_FAILURE_EXIT,
+            oom_killed: false,
+        }
+    }
+}
+
+/// Ends the task with `ending` once its output has drained, and tells
+/// containerd: `/tasks/oom` first when an OOM killer ended it (as runc's
+/// and Kata's shims do, so containerd's CRI reports `OOMKilled`), then
+/// `/tasks/exit`.
 async fn finish(
     publisher: Arc<RemotePublisher>,
     namespace: String,
     id: String,
     exec_id: String,
     exit_tx: Arc<watch::Sender<Option<Exit>>>,
-    code: i32,
+    ending: Ending,
     pump: tokio::task::JoinHandle<()>,
 ) {
     if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
         tracing::warn!(task = %id, "output still draining after {OUTPUT_DRAIN:?}; ending the task");
+    }
+    let code = ending.code;
+    // Before the exit is visible: containerd's CRI marks the container
+    // OOM-killed only if the event comes before it handles the exit.
+    if ending.oom_killed {
+        tracing::warn!(task = %id, "an OOM killer ended the task's process");
+        publish(
+            &publisher,
+            &namespace,
+            TaskOOM {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
     }
     let exit = Exit {
         code: u32::try_from(code).unwrap_or(255),
@@ -508,10 +545,13 @@ async fn finish(
     .await;
 }
 
-fn outcome_code(o: Option<&Result<RunOutcome, String>>) -> i32 {
+fn outcome_ending(o: Option<&Result<RunOutcome, String>>) -> Ending {
     match o {
-        Some(Ok(o)) => o.exit_code,
-        _ => hyper_core::pods::RUNTIME_FAILURE_EXIT,
+        Some(Ok(o)) => Ending {
+            code: o.exit_code,
+            oom_killed: o.oom_killed,
+        },
+        _ => Ending::failed(),
     }
 }
 
@@ -551,19 +591,22 @@ impl TaskService {
         let namespace = self.namespace.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         tokio::spawn(async move {
-            let code = match runtime.exec(&pod, exec, io).await {
+            let ending = match runtime.exec(&pod, exec, io).await {
                 Ok(o) => {
                     if let Some(m) = &o.message {
                         tracing::warn!(task = %id, exec = %exec_id, "{m}");
                     }
-                    o.exit_code
+                    Ending {
+                        code: o.exit_code,
+                        oom_killed: o.oom_killed,
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(task = %id, exec = %exec_id, "exec: {e}");
-                    hyper_core::pods::RUNTIME_FAILURE_EXIT
+                    Ending::failed()
                 }
             };
-            finish(publisher, namespace, id, exec_id, exit_tx, code, pump).await;
+            finish(publisher, namespace, id, exec_id, exit_tx, ending, pump).await;
         });
         drop(slot);
         self.publish(TaskExecStarted {
@@ -709,18 +752,30 @@ impl Task for TaskService {
                     id,
                     String::new(),
                     exit_tx,
-                    early.exit_code,
+                    Ending {
+                        code: early.exit_code,
+                        oom_killed: early.oom_killed,
+                    },
                     pump,
                 ));
             }
             None => {
                 let mut outcome = started.outcome;
                 tokio::spawn(async move {
-                    let code = match outcome.wait_for(Option::is_some).await {
-                        Ok(o) => outcome_code(o.as_ref()),
-                        Err(_) => hyper_core::pods::RUNTIME_FAILURE_EXIT,
+                    let ending = match outcome.wait_for(Option::is_some).await {
+                        Ok(o) => outcome_ending(o.as_ref()),
+                        Err(_) => Ending::failed(),
                     };
-                    finish(publisher, namespace, id, String::new(), exit_tx, code, pump).await;
+                    finish(
+                        publisher,
+                        namespace,
+                        id,
+                        String::new(),
+                        exit_tx,
+                        ending,
+                        pump,
+                    )
+                    .await;
                 });
             }
         }

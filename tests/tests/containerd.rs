@@ -452,6 +452,123 @@ fn ctr_run_and_exec_give_output_stdin_and_exit_codes_and_kill_ends_the_vm() {
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
 
+/// `ctr events` of the test's containerd, subscribed until dropped: its
+/// lines (`<time, 4 words> <namespace> <topic> <json>`) go to a file.
+struct Events {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Events {
+    fn subscribe(c: &Containerd, name: &str) -> Events {
+        let out = c.dir.join(format!("events-{name}"));
+        let child = Command::new(CTR)
+            .arg("--address")
+            .arg(&c.socket)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("events file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        Events { child, out }
+    }
+
+    /// The topics published about container `id`, in order, once its
+    /// `/tasks/delete` is among them (containerd delivers events after
+    /// the call that caused them returns).
+    fn topics_until_deleted(&self, c: &Containerd, id: &str) -> Vec<String> {
+        let needle = format!("\"container_id\":\"{id}\"");
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            let topics: Vec<String> = std::fs::read_to_string(&self.out)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&needle))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find(|w| w.starts_with("/tasks/"))
+                        .map(str::to_string)
+                })
+                .collect();
+            if topics.iter().any(|t| t == "/tasks/delete") {
+                return topics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no /tasks/delete of {id} among {topics:?}\ncontainerd log:\n{}",
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A task whose process the guest's OOM killer ends: `/tasks/oom` before
+/// `/tasks/exit`, exit 137 (what runc's and Kata's shims publish, and what
+/// containerd's CRI turns into `OOMKilled`); a task that ends with SIGKILL
+/// otherwise: 137 and no `/tasks/oom`.
+#[test]
+fn ctr_run_of_a_task_the_guest_oom_kills_publishes_task_oom_before_its_exit() {
+    let c = Containerd::start();
+    let image = busybox(&c);
+    let events = Events::subscribe(&c, "oom");
+
+    // tail buffers its last line, and /dev/zero has none: it grows until
+    // the guest (the config's 128 MiB) runs out of memory and its OOM
+    // killer picks it. It is the container's init (exec), as in oom.rs.
+    let out = c.run(
+        &["--rm"],
+        &image,
+        "oomer",
+        &["sh", "-c", "echo growing; exec tail /dev/zero"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stdout: {}\nstderr: {}\ncontainerd log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        c.log_text()
+    );
+    assert!(
+        text(&out.stdout).contains("growing"),
+        "{}",
+        text(&out.stdout)
+    );
+    let topics = events.topics_until_deleted(&c, "oomer");
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit");
+    assert!(
+        matches!((oom, exit), (Some(o), Some(e)) if o < e),
+        "events of oomer: {topics:?}"
+    );
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/oom").count(),
+        1,
+        "{topics:?}"
+    );
+
+    // 137 from a SIGKILL that is not the OOM killer's: no /tasks/oom.
+    let out = c.run(
+        &["--rm"],
+        &image,
+        "killed",
+        &["sh", "-c", "sh -c 'kill -9 $$'; exit $?"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let topics = events.topics_until_deleted(&c, "killed");
+    assert!(topics.iter().any(|t| t == "/tasks/exit"), "{topics:?}");
+    assert!(!topics.iter().any(|t| t == "/tasks/oom"), "{topics:?}");
+}
+
 #[test]
 fn a_missing_config_path_is_named_and_leaves_nothing() {
     let c = Containerd::start();
@@ -1120,6 +1237,278 @@ fn cri_pod_of_two_containers_shares_one_vm_and_loses_them_one_by_one() {
         .expect("container status");
     assert_eq!(st.state, ContainerState::ContainerRunning as i32);
     assert_eq!(vmm_processes(&c).len(), 1, "one VM");
+
+    remove_pod_and_check_nothing_is_left(&c, &mut cri, &sandbox, &netns_before);
+}
+
+/// A container of a CRI pod (joined into the sandbox's VM) that the
+/// guest's OOM killer ends: containerd's CRI reports it exited 137 with
+/// reason `OOMKilled` (which it sets from the shim's `/tasks/oom`); a
+/// container of the same pod that ends with SIGKILL otherwise: 137,
+/// reason `Error`. The pod goes on.
+#[test]
+fn cri_container_the_guest_oom_kills_is_reported_oom_killed() {
+    use k8s_cri::v1::*;
+
+    let c = Containerd::start_cri();
+    let netns_before = cni_netns();
+    let mut cri = cri::Client::connect(c.socket.clone());
+    let handler = format!("hyper-{}", hyper_tests::backend());
+    let image_spec = ImageSpec {
+        image: format!(
+            "{}/hyper/busybox:latest",
+            registry_var("HYPER_TEST_REGISTRY")
+        ),
+        ..Default::default()
+    };
+    let logs = c.dir.join("podlogs");
+    std::fs::create_dir(&logs).expect("log dir");
+    let ctx = |what: &str, e: tonic::Status| -> String {
+        format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
+    };
+    cri.rt
+        .block_on(cri.images.pull_image(PullImageRequest {
+            image: Some(image_spec.clone()),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "oompod".into(),
+            uid: "uid-cri-oom".into(),
+            namespace: "hyper-test".into(),
+            attempt: 0,
+        }),
+        hostname: "oompod".into(),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    };
+    let sandbox = cri
+        .rt
+        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: handler,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
+        .into_inner()
+        .pod_sandbox_id;
+
+    let run = |cri: &mut cri::Client, name: &str, script: &str| -> ContainerStatus {
+        let id = cri
+            .rt
+            .block_on(cri.runtime.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(image_spec.clone()),
+                    command: vec!["sh".into(), "-c".into()],
+                    args: vec![script.into()],
+                    log_path: format!("{name}.log"),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("CreateContainer", e)))
+            .into_inner()
+            .container_id;
+        cri.rt
+            .block_on(cri.runtime.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("StartContainer", e)));
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            let st = cri
+                .rt
+                .block_on(cri.runtime.container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                }))
+                .unwrap_or_else(|e| panic!("{}", ctx("ContainerStatus", e)))
+                .into_inner()
+                .status
+                .expect("container status");
+            if st.state == ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {name} never exited: {st:?}\ncontainerd log:\n{}",
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+
+    // The pod's VM has the config's 128 MiB; tail of /dev/zero (its
+    // init, exec'd) grows until the guest's OOM killer picks it.
+    let st = run(&mut cri, "oomer", "echo growing; exec tail /dev/zero");
+    assert_eq!(
+        st.exit_code,
+        137,
+        "{st:?}\ncontainerd log:\n{}",
+        c.log_text()
+    );
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    let log = std::fs::read_to_string(logs.join("oomer.log")).unwrap_or_default();
+    assert!(log.contains(" stdout F growing"), "CRI log: {log:?}");
+
+    // 137 of a SIGKILL that is not the OOM killer's, in the same pod
+    // (which the OOM kill left running).
+    let st = run(&mut cri, "killed", "sh -c 'kill -9 $$'; exit $?");
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "Error", "{st:?}");
+
+    remove_pod_and_check_nothing_is_left(&c, &mut cri, &sandbox, &netns_before);
+}
+
+/// A container joined into a CRI pod's VM runs with its spec's
+/// confinement, as runc would run it: a securityContext that drops every
+/// capability but NET_ADMIN and sets no_new_privs gives the guest process
+/// exactly that bounding set and NoNewPrivs; a container without one gets
+/// containerd's default set and no NoNewPrivs (the spec's, not the
+/// runtime's own default, which sets it). Read from the container's own
+/// `/proc/self/status` (its first process's) through the CRI log, and
+/// from an exec, which starts from the container's confinement.
+#[test]
+fn cri_container_runs_with_its_specs_capabilities_and_no_new_privileges() {
+    use k8s_cri::v1::*;
+
+    let c = Containerd::start_cri();
+    let netns_before = cni_netns();
+    let mut cri = cri::Client::connect(c.socket.clone());
+    let handler = format!("hyper-{}", hyper_tests::backend());
+    let image_spec = ImageSpec {
+        image: format!(
+            "{}/hyper/busybox:latest",
+            registry_var("HYPER_TEST_REGISTRY")
+        ),
+        ..Default::default()
+    };
+    let logs = c.dir.join("podlogs");
+    std::fs::create_dir(&logs).expect("log dir");
+    let ctx = |what: &str, e: tonic::Status| -> String {
+        format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
+    };
+    cri.rt
+        .block_on(cri.images.pull_image(PullImageRequest {
+            image: Some(image_spec.clone()),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "confined".into(),
+            uid: "uid-cri-confined".into(),
+            namespace: "hyper-test".into(),
+            attempt: 0,
+        }),
+        hostname: "confined".into(),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    };
+    let sandbox = cri
+        .rt
+        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: handler,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
+        .into_inner()
+        .pod_sandbox_id;
+
+    let narrow = LinuxContainerSecurityContext {
+        capabilities: Some(Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        no_new_privs: true,
+        ..Default::default()
+    };
+    let script = "grep -E '^(CapBnd|CapEff|NoNewPrivs):' /proc/self/status; exec sleep 3600";
+    let mut containers = Vec::new();
+    for (name, security) in [("narrow", Some(narrow)), ("plain", None)] {
+        let id = cri
+            .rt
+            .block_on(cri.runtime.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(image_spec.clone()),
+                    command: vec!["sh".into(), "-c".into()],
+                    args: vec![script.into()],
+                    log_path: format!("{name}.log"),
+                    linux: Some(LinuxContainerConfig {
+                        security_context: security,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("CreateContainer", e)))
+            .into_inner()
+            .container_id;
+        cri.rt
+            .block_on(cri.runtime.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("StartContainer", e)));
+        containers.push(id);
+    }
+    // The first process's status, from the CRI log (written as it runs).
+    let status_of = |name: &str| -> String {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+            if log.contains("NoNewPrivs:") {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no status in the log of {name}: {log:?}\ncontainerd log:\n{}",
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // CAP_NET_ADMIN is bit 12.
+    let narrow = status_of("narrow");
+    assert!(narrow.contains("CapBnd:\t0000000000001000"), "{narrow}");
+    assert!(narrow.contains("CapEff:\t0000000000001000"), "{narrow}");
+    assert!(narrow.contains("NoNewPrivs:\t1"), "{narrow}");
+    // containerd's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL
+    // SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD
+    // AUDIT_WRITE SETFCAP.
+    let plain = status_of("plain");
+    assert!(plain.contains("CapBnd:\t00000000a80425fb"), "{plain}");
+    assert!(plain.contains("NoNewPrivs:\t0"), "{plain}");
+    // An exec starts from its container's confinement.
+    let out = cri
+        .rt
+        .block_on(cri.runtime.exec_sync(ExecSyncRequest {
+            container_id: containers[0].clone(),
+            cmd: vec![
+                "grep".into(),
+                "-E".into(),
+                "^(CapBnd|NoNewPrivs):".into(),
+                "/proc/self/status".into(),
+            ],
+            timeout: 120,
+        }))
+        .unwrap_or_else(|e| panic!("{}", ctx("ExecSync", e)))
+        .into_inner();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.exit_code, 0, "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("CapBnd:\t0000000000001000"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
 
     remove_pod_and_check_nothing_is_left(&c, &mut cri, &sandbox, &netns_before);
 }

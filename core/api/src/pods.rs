@@ -118,6 +118,11 @@ pub struct RunOutcome {
     pub exit_code: i32,
     /// Why the process did not run, when it did not (e.g. command not found).
     pub message: Option<String>,
+    /// An OOM killer ended it: the guest's (its container's init died of
+    /// it) or the host cgroup's (the VM was killed). The containerd shim
+    /// publishes `/tasks/oom` from it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 /// When a pod's container is started again after it exits.

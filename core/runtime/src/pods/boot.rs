@@ -690,6 +690,7 @@ fn refused(
             pod: record.id.clone(),
             exit_code: code,
             message: Some(e.message),
+            oom_killed: false,
         }));
     }
     if e.kind == AgentErrorKind::NotFound {

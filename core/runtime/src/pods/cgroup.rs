@@ -99,6 +99,7 @@ impl Runtime {
             Err(e) => Err(format!("{reason} ({e})")),
             Ok(mut outcome) => {
                 outcome.message = Some(reason);
+                outcome.oom_killed = true;
                 Ok(outcome)
             }
         }

@@ -53,11 +53,7 @@ impl Runtime {
             .and_then(|name| self.joined(id, name).ok());
         let (guest_id, base, security) = match joined {
             // A container that joined the running pod.
-            Some(c) => (
-                c.guest_id,
-                (c.env, c.workdir, c.user),
-                crate::security::Security::default(),
-            ),
+            Some(c) => (c.guest_id, (c.env, c.workdir, c.user), c.security),
             None => self.exec_target(id, req.container.as_deref(), &live)?,
         };
         let confinement =
@@ -92,6 +88,7 @@ impl Runtime {
                     pod: id.to_string(),
                     exit_code: e.exit_code().unwrap_or(RUNTIME_FAILURE_EXIT),
                     message: Some(e.message),
+                    oom_killed: false,
                 });
             }
             Err(e) => return Err(e.into()),
@@ -118,6 +115,7 @@ impl Runtime {
             pod: id.to_string(),
             exit_code: code,
             message: None,
+            oom_killed: false,
         })
     }
 

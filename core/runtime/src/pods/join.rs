@@ -82,6 +82,10 @@ pub struct JoinedContainer {
     /// The guest's OOM killer ended its first process.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oom_killed: bool,
+    /// Its confinement (capabilities, no_new_privs, seccomp), which its
+    /// execs start from.
+    #[serde(default, skip_serializing_if = "crate::security::Security::is_default")]
+    pub security: crate::security::Security,
 }
 
 /// A container to add to a running pod ([`Runtime::join`]).
@@ -103,6 +107,8 @@ pub struct JoinRequest {
     pub tty_size: Option<TerminalSize>,
     /// Its cgroup limits in the guest (the OCI spec's `linux.resources`).
     pub limits: hyper_protocol::ResourceLimits,
+    /// Its confinement, checked as a run's (`hyper run --cap-add …`).
+    pub security: crate::security::Security,
 }
 
 /// Where a pod's joined containers' roots are bound on the host.
@@ -325,7 +331,7 @@ impl Runtime {
         let Some(agent) = agent else {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
-        let confinement = crate::security::check(&Default::default())?;
+        let confinement = crate::security::check(&req.security)?;
         // Its place in the record first: a second join of the same name
         // is refused from here on.
         let reserved = self.update_record(id, |r| -> Result<_, RunError> {
@@ -359,6 +365,7 @@ impl Runtime {
                 state: PodState::Created,
                 exit_code: None,
                 oom_killed: false,
+                security: req.security.clone(),
             };
             r.joined.push(c.clone());
             Ok((c, r.hostname()))
@@ -424,6 +431,7 @@ impl Runtime {
                         pod: id.to_string(),
                         exit_code: e.exit_code().unwrap_or(RUNTIME_FAILURE_EXIT),
                         message: Some(e.message),
+                        oom_killed: false,
                     }),
                     outcome: watch::channel(None).1,
                 });
@@ -465,18 +473,23 @@ impl Runtime {
                     (RUNTIME_FAILURE_EXIT, false)
                 }
             };
-            rt.update_record(&pod, |r| {
+            let record = rt.update_record(&pod, |r| {
                 if let Some(j) = r.joined.iter_mut().find(|j| j.name == name) {
                     j.state = PodState::Exited;
                     j.exit_code = Some(code);
                     j.oom_killed = oom_killed;
                 }
+                r.clone()
             });
+            if let (true, Some(record)) = (oom_killed, record) {
+                rt.observe_joined_oom(&record, &name);
+            }
             tracing::debug!(pod = %pod, container = %name, code, "joined container exited");
             outcome_tx.send_replace(Some(Ok(RunOutcome {
                 pod,
                 exit_code: code,
                 message: None,
+                oom_killed,
             })));
         });
         Ok(Started {

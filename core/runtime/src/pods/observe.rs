@@ -96,6 +96,23 @@ impl Runtime {
         );
     }
 
+    /// The guest's OOM killer ended the first process of `record`'s joined
+    /// container `name` (a CRI container of a containerd sandbox): counted
+    /// and an `oom` event (`scope=guest`, `container=<name>`) emitted. The
+    /// pod goes on, so its own `oom_killed` stays as it is.
+    pub(super) fn observe_joined_oom(&self, record: &PodRecord, name: &str) {
+        tracing::warn!(pod = %record.id, container = %name, "the guest's OOM killer killed the joined container's process");
+        self.metrics
+            .oom_kills
+            .with_label_values(&["guest", record.backend.as_str()])
+            .inc();
+        self.event(
+            Action::Oom,
+            record,
+            &[("scope", "guest".into()), ("container", name.to_string())],
+        );
+    }
+
     /// The host cgroup's OOM killer struck pod `record`'s VM: counted (the
     /// record and the `oom` event are the caller's).
     pub(super) fn count_host_oom(&self, record: &PodRecord) {

@@ -241,6 +241,7 @@ impl Runtime {
                 pod: id,
                 exit_code: pod_exit_code(codes),
                 message: None,
+                oom_killed: record.oom_killed,
             }),
         }
     }

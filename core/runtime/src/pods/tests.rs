@@ -800,6 +800,8 @@ async fn a_guest_oom_kill_is_recorded_emitted_and_counted() {
             .await
             .unwrap();
     assert_eq!(outcome.exit_code, 137);
+    // What the containerd shim publishes `/tasks/oom` from.
+    assert!(outcome.oom_killed);
     s.assert_exited(&outcome.pod, 137);
     let record = s.rt.record(&outcome.pod).unwrap();
     assert!(record.oom_killed);
@@ -1513,11 +1515,25 @@ async fn a_joined_container_ends_on_its_own_and_the_pod_goes_on() {
     }));
     let id = joinable_pod(&s).await;
     let (io, _out) = client_io();
-    let c = s.rt.join(&id, join_request(&s, "c"), io).await.unwrap();
+    let narrow = crate::security::Security {
+        cap_drop: vec!["ALL".into()],
+        cap_add: vec!["NET_ADMIN".into()],
+        ..Default::default()
+    };
+    let req = JoinRequest {
+        security: narrow.clone(),
+        ..join_request(&s, "c")
+    };
+    let c = s.rt.join(&id, req, io).await.unwrap();
+    // Its confinement is kept for its execs.
+    assert_eq!(s.rt.joined(&id, "c").unwrap().security, narrow);
     s.rt.kill_joined(&id, "c", libc::SIGKILL).await.unwrap();
     let mut end = c.outcome.clone();
     let ended = end.wait_for(Option::is_some).await.unwrap().clone();
-    assert_eq!(ended.unwrap().unwrap().exit_code, 128 + libc::SIGKILL);
+    let ended = ended.unwrap().unwrap();
+    assert_eq!(ended.exit_code, 128 + libc::SIGKILL);
+    // A SIGKILL that is not the OOM killer's.
+    assert!(!ended.oom_killed);
     until("its exit is recorded", || {
         s.rt.joined(&id, "c")
             .is_ok_and(|c| c.exit_code == Some(128 + libc::SIGKILL))
