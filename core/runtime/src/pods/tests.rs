@@ -1087,13 +1087,13 @@ async fn a_block_volume_serves_one_running_pod_and_a_used_volume_is_not_removed(
         .contains(&first.id));
     // Once the first pod is gone, another may have the disk.
     for p in s.rt.list() {
-        s.rt.remove(&p.id, true).await.unwrap();
+        s.rt.remove(&p.id, true, false).await.unwrap();
     }
     let again =
         s.rt.create(s.request(&["true"], block), None)
             .await
             .unwrap();
-    s.rt.remove(&again.id, true).await.unwrap();
+    s.rt.remove(&again.id, true, false).await.unwrap();
     s.rt.volume_remove("db1").unwrap();
     assert!(matches!(
         s.rt.volume_inspect("db1"),
