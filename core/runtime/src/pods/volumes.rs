@@ -322,11 +322,15 @@ impl Runtime {
                 hyper_volumes::copyup::copy_up(root, &target, volume).map_err(|e| e.to_string())
             })
             .map_err(|e| failed(e.to_string()))?;
-        tracing::info!(
-            volume = %volume.display(), target = %target, files = stats.files, dirs = stats.dirs,
-            symlinks = stats.symlinks, bytes = stats.bytes, skipped = stats.skipped,
-            "copied the image's content into a new volume"
-        );
+        if stats == hyper_volumes::copyup::CopyStats::default() {
+            tracing::debug!(target = %target, "copy-up: no directory there in the image");
+        } else {
+            tracing::info!(
+                volume = %volume.display(), target = %target, files = stats.files, dirs = stats.dirs,
+                symlinks = stats.symlinks, bytes = stats.bytes, skipped = stats.skipped,
+                "copied the image's content into a new volume"
+            );
+        }
         Ok(())
     }
 
