@@ -1558,10 +1558,10 @@ async fn anonymous_volumes_go_with_rm_v_and_stay_on_plain_rm() {
     let record = s.rt.record(&first.id).unwrap();
     assert!(record.mounts[0].anonymous);
     let name = record.mounts[0].name.clone().unwrap();
-    assert_eq!(anonymous(&s), [name.clone()]);
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
     // Plain rm: kept, used by nobody.
     s.rt.remove(&first.id, true, false).await.unwrap();
-    assert_eq!(anonymous(&s), [name.clone()]);
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
     assert!(s.rt.volume_inspect(&name).unwrap().used_by.is_empty());
     // rm -v: the pod's own goes, the other stays.
     let second =
@@ -1570,7 +1570,7 @@ async fn anonymous_volumes_go_with_rm_v_and_stay_on_plain_rm() {
             .unwrap();
     assert_eq!(anonymous(&s).len(), 2);
     s.rt.remove(&second.id, true, true).await.unwrap();
-    assert_eq!(anonymous(&s), [name.clone()]);
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
     // A create refused (its name in use) leaves no anonymous volume.
     let named = serde_json::json!({
         "name": "taken",
