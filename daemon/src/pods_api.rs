@@ -321,6 +321,9 @@ pub async fn wait(State(rt): State<Arc<Runtime>>, PodId { id, .. }: PodId) -> Re
 pub struct RemoveQuery {
     #[serde(default)]
     pub force: bool,
+    /// Docker's `v`: remove the pod's anonymous volumes too.
+    #[serde(default)]
+    pub v: bool,
 }
 
 pub async fn remove(
@@ -328,7 +331,7 @@ pub async fn remove(
     PodId { id, .. }: PodId,
     Query(q): Query<RemoveQuery>,
 ) -> Response {
-    match rt.remove(&id, q.force).await {
+    match rt.remove(&id, q.force, q.v).await {
         Ok(()) => Json(serde_json::json!({ "id": id })).into_response(),
         Err(e) => run_error(&e),
     }

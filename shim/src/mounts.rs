@@ -109,6 +109,7 @@ fn volume(kind: MountKind, source: Option<String>, m: &Mount, readonly: bool) ->
         tmpfs_size_mib: None,
         size_bytes: None,
         mkfs: None,
+        nocopy: false,
     }
 }
 

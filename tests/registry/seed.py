@@ -24,6 +24,8 @@ Images (all under hyper/):
   evil-digest       a layer blob corrupted on the registry's disk (same size)
   evil-truncated    a layer blob truncated on the registry's disk
   evil-lure         busybox's exact config blob (so busybox's image id) with another layer
+  evil-copyup       busybox + /app (modes, an owner, symlinks to host paths) and /hostdir -> a host
+                    directory's path: volume copy-up must copy links as links and stay in the image
 (evil-digest/evil-truncated need --storage; without it the manifest lies about size instead.)
 Writes (with skopeo, if installed) ARCHIVES/busybox-oci (OCI layout) and
 ARCHIVES/busybox-docker.tar (docker save format) for `load` tests.
@@ -115,21 +117,21 @@ class Layer:
         self.buf = io.BytesIO()
         self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.PAX_FORMAT)
 
-    def _info(self, name, kind, mode):
+    def _info(self, name, kind, mode, uid=0, gid=0):
         ti = tarfile.TarInfo(name)
         ti.type = kind
         ti.mode = mode
         ti.mtime = MTIME
-        ti.uid = ti.gid = 0
-        ti.uname = ti.gname = "root"
+        ti.uid, ti.gid = uid, gid
+        ti.uname = ti.gname = "root" if uid == 0 else ""
         return ti
 
     def dir(self, name, mode=0o755):
         self.tar.addfile(self._info(name, tarfile.DIRTYPE, mode))
         return self
 
-    def file(self, name, data, mode=0o644):
-        ti = self._info(name, tarfile.REGTYPE, mode)
+    def file(self, name, data, mode=0o644, uid=0, gid=0):
+        ti = self._info(name, tarfile.REGTYPE, mode, uid, gid)
         ti.size = len(data)
         self.tar.addfile(ti, io.BytesIO(data))
         return self
@@ -303,6 +305,17 @@ def main():
                [Layer().symlink("esc", "../../../../..").file("esc/tmp/hyper-evil-symlink", b"pwned\n").raw()])
     push_image(reg, "hyper/evil-hardlink", ["latest"],
                [Layer().hardlink("passwd", "../../../../etc/passwd").raw()])
+    # Volume copy-up (issue 15): /app has content, modes and an owner to
+    # copy, and symlinks aimed at host paths that must be copied as links,
+    # never read; /hostdir names a host directory the copy must not enter.
+    copyup = (Layer().dir("app", 0o750)
+              .file("app/conf", b"image conf\n", 0o640, uid=1234, gid=2345)
+              .dir("app/sub", 0o710).file("app/sub/deep", b"deep\n")
+              .symlink("app/rel", "conf")
+              .symlink("app/leak", "/tmp/hyper-copyup-host-secret")
+              .symlink("app/esc", "../../../../../../tmp")
+              .symlink("hostdir", "/tmp/hyper-copyup-host-dir").raw())
+    push_image(reg, "hyper/evil-copyup", ["latest"], [bb, copyup])
     # A lure: busybox's exact config bytes, so its id, over another layer.
     repo = "hyper/evil-lure"
     bb_cfg = config(diff_ids=[sha(bb)])

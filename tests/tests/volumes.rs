@@ -554,3 +554,259 @@ mounts = [{{ volume = "cache", path = "/ro", readonly = true }}]
     d.succeeded(&d.hyper(&["rm", &id]));
     d.succeeded(&d.hyper(&["volume", "rm", "podcache"]));
 }
+
+/// `hyper volume ls --json`.
+fn volumes(d: &Hyperd) -> Vec<serde_json::Value> {
+    let out = d.hyper(&["volume", "ls", "--json"]);
+    d.succeeded(&out);
+    serde_json::from_slice(&out.stdout).expect("volume ls json")
+}
+
+fn anonymous_names(d: &Hyperd) -> Vec<String> {
+    volumes(d)
+        .into_iter()
+        .filter(|v| v["anonymous"] == true)
+        .map(|v| v["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// Waits (bounded: a `--rm` pod's files go when its supervisor ends, 120 s
+/// at most) until no pod is listed.
+fn wait_no_pods(d: &Hyperd) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let listed = |d: &Hyperd| {
+        let out = d.hyper(&["ps", "-a", "--json"]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).map_or(1, |v| v.len())
+    };
+    while listed(d) != 0 {
+        assert!(Instant::now() < deadline, "a --rm pod is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn anonymous_volumes_are_made_listed_and_removed_as_dockers_are() {
+    let d = Hyperd::start();
+    // `--rm`: the pod's anonymous volume goes with it.
+    let out = d.run(
+        &["-v", "/anon"],
+        &["sh", "-c", "echo hi > /anon/f && cat /anon/f"],
+    );
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "hi\n");
+    wait_no_pods(&d);
+    assert_eq!(
+        anonymous_names(&d),
+        Vec::<String>::new(),
+        "{}",
+        d.log_text()
+    );
+
+    // Kept by a plain `rm`, listed with a 64-hex name; `-v /path` and
+    // `--mount type=volume,dst=` (no src) are both anonymous.
+    let id = d.run_detached(
+        &["-v", "/keep", "--mount", "type=volume,dst=/keep2"],
+        &["sh", "-c", "echo kept > /keep/f; sleep 600"],
+    );
+    let me = inspect(&d, &id);
+    let mounts = me["mounts"].as_array().expect("mounts").clone();
+    assert_eq!(mounts.len(), 2, "{me}");
+    let mut names = Vec::new();
+    for m in &mounts {
+        assert_eq!(
+            (&m["type"], &m["anonymous"]),
+            (&"volume".into(), &true.into()),
+            "{m}"
+        );
+        let name = m["name"].as_str().expect("an anonymous volume has a name");
+        assert_eq!(name.len(), 64, "{name}");
+        assert!(name.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+        names.push(name.to_string());
+    }
+    let mut listed = anonymous_names(&d);
+    listed.sort();
+    names.sort();
+    assert_eq!(listed, names);
+    let ls = text(&d.hyper(&["volume", "ls"]).stdout);
+    assert!(names.iter().all(|n| ls.contains(n.as_str())), "{ls}");
+    let used: Vec<_> = volumes(&d)
+        .into_iter()
+        .filter(|v| v["used_by"][0] == id.as_str())
+        .collect();
+    assert_eq!(used.len(), 2);
+    // In use: `volume rm` refuses it.
+    assert_ne!(d.hyper(&["volume", "rm", &names[0]]).status.code(), Some(0));
+    d.succeeded(&d.hyper(&["rm", "-f", &id]));
+    let mut kept = anonymous_names(&d);
+    kept.sort();
+    assert_eq!(kept, names, "a plain rm keeps anonymous volumes");
+
+    // `rm -v` removes them (and only this pod's).
+    let id2 = d.run_detached(&["-v", "/gone"], &["sleep", "600"]);
+    assert_eq!(anonymous_names(&d).len(), 3);
+    d.succeeded(&d.hyper(&["rm", "-f", "-v", &id2]));
+    let mut left = anonymous_names(&d);
+    left.sort();
+    assert_eq!(left, names, "rm -v removes the pod's own anonymous volume");
+    for n in &names {
+        d.succeeded(&d.hyper(&["volume", "rm", n]));
+    }
+    assert_eq!(text(&d.hyper(&["volume", "ls", "-q"]).stdout).trim(), "");
+    let vols = d.state_dir.join("volumes");
+    assert_eq!(std::fs::read_dir(&vols).map_or(0, Iterator::count), 0);
+
+    // --mount is CSV, as Docker's: a quoted field may hold a comma.
+    let dir = shared_dir(&d, "a,b");
+    std::fs::write(dir.join("f"), "comma\n").expect("write");
+    let mount = format!("type=bind,\"src={}\",dst=/data,readonly", dir.display());
+    let out = d.run(&["--mount", &mount], &["cat", "/data/f"]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "comma\n");
+    // Unquoted, the comma splits the field: refused naming the part.
+    let bad = format!("type=bind,src={},dst=/data", dir.display());
+    let out = d.run(&["--mount", &bad], &["true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--mount") && err.contains("unknown key"),
+        "{err}"
+    );
+    let out = d.run(&["--mount", "type=bind,\"src=/x,dst=/data"], &["true"]);
+    assert!(
+        text(&out.stderr).contains("never closed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // `-v /path:ro` is refused, as Docker refuses it.
+    let out = d.run(&["-v", "/anon:ro"], &["true"]);
+    assert!(
+        text(&out.stderr).contains("anonymous"),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_no_pods(&d);
+    assert_eq!(text(&d.hyper(&["volume", "ls", "-q"]).stdout).trim(), "");
+}
+
+/// The seeded image with /app to copy and symlinks aimed at host paths.
+fn copyup_image() -> String {
+    format!(
+        "{}/hyper/evil-copyup",
+        hyper_tests::registry_var("HYPER_TEST_REGISTRY")
+    )
+}
+
+fn mountpoint(d: &Hyperd, name: &str) -> std::path::PathBuf {
+    let out = d.hyper(&["volume", "inspect", name]);
+    d.succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
+    v[0]["mountpoint"].as_str().expect("mountpoint").into()
+}
+
+#[test]
+fn a_new_volume_gets_the_images_content_once_and_not_with_nocopy() {
+    let d = Hyperd::start();
+    let image = copyup_image();
+    // Host paths the image's symlinks aim at: never read by the copy.
+    let secret = Path::new("/tmp/hyper-copyup-host-secret");
+    std::fs::write(secret, "host secret\n").expect("secret");
+    let host_dir = Path::new("/tmp/hyper-copyup-host-dir");
+    std::fs::create_dir_all(host_dir).expect("host dir");
+    std::fs::write(host_dir.join("host-file"), "host file\n").expect("host file");
+
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "-v",
+        "cu1:/app",
+        &image,
+        "sh",
+        "-c",
+        "cat /app/conf && stat -c '%a %u:%g' /app/conf /app/sub /app && readlink /app/leak \
+         && echo added > /app/added && rm /app/sub/deep",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(
+        text(&out.stdout),
+        "image conf\n640 1234:2345\n710 0:0\n750 0:0\n/tmp/hyper-copyup-host-secret\n"
+    );
+    // On the host: content, modes, owner; links copied as links.
+    let data = mountpoint(&d, "cu1");
+    let conf = std::fs::symlink_metadata(data.join("conf")).expect("conf");
+    assert_eq!(
+        (conf.mode() & 0o7777, conf.uid(), conf.gid()),
+        (0o640, 1234, 2345)
+    );
+    for link in ["leak", "esc", "rel"] {
+        let m = std::fs::symlink_metadata(data.join(link)).expect(link);
+        assert!(m.file_type().is_symlink(), "{link} is not a symlink");
+    }
+    let leaked: Vec<_> = files_under(&data)
+        .into_iter()
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+                && std::fs::read(p).is_ok_and(|c| c == b"host secret\n" || c == b"host file\n")
+        })
+        .collect();
+    assert!(leaked.is_empty(), "host files copied: {leaked:?}");
+
+    // Second use: not copied again (the volume is not empty).
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "-v",
+        "cu1:/app",
+        &image,
+        "sh",
+        "-c",
+        "cat /app/added; ls /app/sub",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "added\n");
+
+    // nocopy, both spellings: the new volume stays empty.
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "-v",
+        "cu2:/app:nocopy",
+        &image,
+        "ls",
+        "-A",
+        "/app",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "");
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,src=cu3,dst=/app,volume-nocopy",
+        &image,
+        "ls",
+        "-A",
+        "/app",
+    ]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "");
+    // An anonymous volume is filled too (and goes with --rm).
+    let out = d.hyper(&["run", "--rm", "-v", "/app", &image, "cat", "/app/sub/deep"]);
+    d.succeeded(&out);
+    assert_eq!(text(&out.stdout), "deep\n");
+
+    // /hostdir is a symlink to a host directory's path: resolved inside
+    // the image (where it does not exist), so nothing is copied, whatever
+    // the guest then makes of the mount.
+    let _ = d.hyper(&["run", "--rm", "-v", "cu4:/hostdir", &image, "true"]);
+    let cu4 = mountpoint(&d, "cu4");
+    assert_eq!(
+        std::fs::read_dir(&cu4).expect("cu4").count(),
+        0,
+        "copied from the host"
+    );
+    wait_no_pods(&d);
+    assert!(anonymous_names(&d).is_empty());
+    d.succeeded(&d.hyper(&["volume", "rm", "cu1", "cu2", "cu3", "cu4"]));
+    let _ = std::fs::remove_file(secret);
+    let _ = std::fs::remove_dir_all(host_dir);
+}

@@ -88,6 +88,10 @@ enum Command {
     Rm {
         #[arg(short = 'f', long)]
         force: bool,
+        /// Remove the pods' anonymous volumes (`-v /path`) too, as
+        /// `docker rm -v`; without it they stay (`hyper volume rm`).
+        #[arg(short = 'v', long)]
+        volumes: bool,
         #[arg(required = true)]
         pods: Vec<String>,
     },
@@ -397,12 +401,16 @@ struct RunArgs {
     /// The pod's hostname (its id without it).
     #[arg(long)]
     hostname: Option<String>,
-    /// Mount a host directory or a named volume: HOSTDIR:CTRPATH[:ro|rw] or
-    /// NAME:CTRPATH[:ro|rw] (the volume is made on first use).
-    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    /// Mount a host directory or a named volume: HOSTDIR:CTRPATH[:ro|rw],
+    /// NAME:CTRPATH[:ro|rw][,nocopy] (made on first use; a new, empty one
+    /// gets the image's content at CTRPATH unless nocopy), or CTRPATH (an
+    /// anonymous volume, removed by --rm or rm -v).
+    #[arg(short = 'v', long = "volume", value_name = "[SRC:]DST[:ro]")]
     volume: Vec<String>,
-    /// Mount as Docker's --mount: type=bind|volume|tmpfs|block,src=…,dst=…
-    /// [,readonly][,tmpfs-size=64m][,size=1g,mkfs=ext4].
+    /// Mount as Docker's --mount (CSV: quote a field holding a comma):
+    /// type=bind|volume|tmpfs|block,src=…,dst=…[,readonly][,volume-nocopy]
+    /// [,tmpfs-size=64m][,size=1g,mkfs=ext4]; type=volume without src is
+    /// an anonymous volume.
     #[arg(long = "mount", value_name = "type=…,src=…,dst=…")]
     mount: Vec<String>,
     /// `IMAGE [CMD…]`, or `CMD…` with --rootfs.
@@ -483,12 +491,19 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Rm { force, pods } => {
+            Command::Rm {
+                force,
+                volumes,
+                pods,
+            } => {
                 each_pod(&pods, |p| {
                     let client = &client;
                     async move {
                         client
-                            .delete_json(&format!("/v1/pods/{}?force={force}", path_escape(&p)))
+                            .delete_json(&format!(
+                                "/v1/pods/{}?force={force}&v={volumes}",
+                                path_escape(&p)
+                            ))
                             .await
                             .map(|_| p)
                     }

@@ -263,6 +263,7 @@ impl PodVolume {
             tmpfs_size_mib: None,
             size_bytes: None,
             mkfs: None,
+            nocopy: false,
         })
     }
 }

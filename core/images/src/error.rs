@@ -102,6 +102,9 @@ pub enum ImageError {
     #[error("building the rootfs image of {id} failed: {detail}")]
     RootfsBuild { id: String, detail: String },
 
+    #[error("reading the unpacked tree of {id} failed: {detail}")]
+    Unpacked { id: String, detail: String },
+
     #[error("{op} {path}: {source}{hint}")]
     Io {
         op: &'static str,

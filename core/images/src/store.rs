@@ -600,6 +600,72 @@ impl ImageStore {
     }
 }
 
+impl ImageStore {
+    /// Unpacks `image`'s layers into a private temporary directory, as for
+    /// its rootfs (same limits, same checks of the layers' digests), runs
+    /// `visit` on the tree and removes it. For a volume's copy-up, which
+    /// needs the image's files on the host (the rootfs image is an erofs
+    /// file only the guest mounts).
+    pub fn with_unpacked<T: Send>(
+        &self,
+        image: &Image,
+        visit: &(dyn Fn(&Path) -> Result<T, String> + Sync),
+    ) -> Result<T, ImageError> {
+        let name = image
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        let cfg_path = self.blob_path(&image.id);
+        let cfg = crate::load::read_small(&cfg_path, crate::manifest::MAX_CONFIG_BYTES)?;
+        if format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&cfg)) != image.id {
+            return Err(ImageError::Corrupt {
+                path: cfg_path,
+                detail: "the config blob does not match its digest".into(),
+            });
+        }
+        let diff_ids = crate::manifest::parse_config(&name, &cfg)?.diff_ids;
+        check_count(&name, &image.layers, &diff_ids)?;
+        // Layers are not removed while the tree is read (gc waits).
+        let _gc = flock(&self.lock_path("gc"), false, true)?;
+        if !self.image_path(&image.id).exists() {
+            return Err(ImageError::NoSuchImage {
+                name: image.id.clone(),
+            });
+        }
+        let estimate = if image.unpacked_size > 0 {
+            image.unpacked_size
+        } else {
+            self.limits.max_bytes.min(image.size.saturating_mul(4))
+        };
+        self.ensure_space(&format!("unpacking {name}"), estimate)?;
+        let dir = self.tmp_dir().join(format!("unpack-{}", unique()));
+        let root = dir.join("root");
+        let res = (|| {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| ImageError::io("create directory", &dir, e))?;
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&root)
+                .map_err(|e| ImageError::io("create directory", &root, e))?;
+            let layers: Vec<PathBuf> = image.layers.iter().map(|d| self.blob_path(d)).collect();
+            private_mount(&dir, || {
+                let checked = unpack::unpack(&root, &layers, self.limits)
+                    .map_err(|(i, e)| layer_error(&name, &image.layers[i], e))?;
+                check_diff_ids(&name, &image.layers, &diff_ids, &checked.diff_ids)?;
+                visit(&root).map_err(|detail| ImageError::Unpacked {
+                    id: image.id.clone(),
+                    detail,
+                })
+            })
+        })();
+        let _ = fs::remove_dir_all(&dir);
+        res
+    }
+}
+
 /// Runs `f` on a thread of its own, in a mount namespace of its own where
 /// `dir` is bind-mounted on itself `nosuid,nodev,noexec` (root only; as
 /// another user, or if the kernel refuses, `dir`'s 0700 mode is the only

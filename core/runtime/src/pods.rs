@@ -308,7 +308,7 @@ mod send_checks {
         let r = rt.clone();
         is_send(async move { r.stop("x", Duration::ZERO).await });
         let r = rt.clone();
-        is_send(async move { r.remove("x", true).await });
+        is_send(async move { r.remove("x", true, false).await });
         let r = rt.clone();
         is_send(async move { r.restart("x", Duration::ZERO).await });
         let r = rt.clone();

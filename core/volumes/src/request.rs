@@ -76,6 +76,10 @@ pub struct VolumeRequest {
     /// `block`: the filesystem to make on a new named volume (`ext4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mkfs: Option<String>,
+    /// `volume`: do not copy the image's content at `target` into the
+    /// volume when it is empty (Docker's `nocopy` / `volume-nocopy`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
 }
 
 /// A request that cannot be used, naming the flag and the part.
@@ -90,6 +94,13 @@ pub struct RequestError {
 }
 
 impl VolumeRequest {
+    /// An anonymous volume: `volume` without a source (`-v /path`); the
+    /// runtime makes one with a random name, removed with the pod by
+    /// `--rm` or `hyper rm -v`.
+    pub fn is_anonymous(&self) -> bool {
+        self.kind == MountKind::Volume && self.source.is_none()
+    }
+
     /// A named volume's name, for `volume` and named `block` requests.
     pub fn volume_name(&self) -> Option<&str> {
         match (self.kind, self.source.as_deref()) {
@@ -117,10 +128,11 @@ impl VolumeRequest {
     }
 }
 
-/// Parses Docker's `-v SRC:DST[:OPTS]`. `SRC` is an absolute host
+/// Parses Docker's `-v [SRC:]DST[:OPTS]`. `SRC` is an absolute host
 /// directory (created if missing, as Docker does) or a volume name
-/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`, created on first use); `OPTS` is `ro` or
-/// `rw`.
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`, created on first use); without it, an
+/// anonymous volume is made. `OPTS` are `ro` or `rw`, and `nocopy` for a
+/// volume (comma-separated).
 pub fn parse_volume(text: &str) -> Result<VolumeRequest, RequestError> {
     let err = |message: String| RequestError {
         flag: "-v",
@@ -129,34 +141,43 @@ pub fn parse_volume(text: &str) -> Result<VolumeRequest, RequestError> {
     };
     let parts: Vec<&str> = text.split(':').collect();
     let (source, target, opts) = match parts.as_slice() {
-        [_] => {
-            return Err(err(
-                "a volume without a source (an anonymous volume) is not supported: name one (-v NAME:/path) or give a host directory (-v /host/dir:/path)".into(),
-            ))
+        [t] => (None, *t, None),
+        // `/path:ro` is a destination and a mode, not a source and a
+        // destination: Docker refuses it, and so does this.
+        [s, t] if s.starts_with('/') && is_mode_list(t) => {
+            return Err(err(format!(
+                "{t:?} after an anonymous volume's path: an anonymous volume takes no options here; name it (NAME:{s}:{t}) or use --mount type=volume,dst={s},…"
+            )))
         }
-        [s, t] => (*s, *t, None),
-        [s, t, o] => (*s, *t, Some(*o)),
+        [s, t] => (Some(*s), *t, None),
+        [s, t, o] => (Some(*s), *t, Some(*o)),
         _ => {
             return Err(err(
-                "too many ':': use HOSTDIR:CTRPATH[:ro|rw] or NAME:CTRPATH[:ro|rw]".into(),
+                "too many ':': use HOSTDIR:CTRPATH[:ro|rw], NAME:CTRPATH[:ro|rw|nocopy] or CTRPATH"
+                    .into(),
             ))
         }
     };
-    if source.is_empty() {
+    if source == Some("") {
         return Err(err(
             "the source (before the first ':') is empty: give an absolute host directory or a volume name".into(),
         ));
     }
     let mut readonly = None;
+    let mut nocopy = false;
     if let Some(opts) = opts {
         for opt in opts.split(',') {
             let ro = match opt {
                 "ro" => true,
                 "rw" => false,
-                "" => return Err(err("an empty option after ':': use ro or rw".into())),
+                "nocopy" => {
+                    nocopy = true;
+                    continue;
+                }
+                "" => return Err(err("an empty option after ':': use ro, rw or nocopy".into())),
                 other => {
                     return Err(err(format!(
-                        "option {other:?} is not supported: use ro or rw"
+                        "option {other:?} is not supported: use ro, rw or nocopy"
                     )))
                 }
             };
@@ -166,34 +187,52 @@ pub fn parse_volume(text: &str) -> Result<VolumeRequest, RequestError> {
             readonly = Some(ro);
         }
     }
-    if !source.starts_with('/') && (source.starts_with('.') || source.contains('/')) {
-        return Err(err(format!(
-            "source {source}: a relative host path: give an absolute one (it is resolved on the hyperd host)"
-        )));
+    if let Some(source) = source {
+        if !source.starts_with('/') && (source.starts_with('.') || source.contains('/')) {
+            return Err(err(format!(
+                "source {source}: a relative host path: give an absolute one (it is resolved on the hyperd host)"
+            )));
+        }
     }
-    let kind = if source.starts_with('/') {
-        MountKind::Bind
-    } else {
-        MountKind::Volume
+    let kind = match source {
+        Some(s) if s.starts_with('/') => MountKind::Bind,
+        _ => MountKind::Volume,
     };
+    if nocopy && kind == MountKind::Bind {
+        return Err(err(
+            "nocopy is for a volume: a host directory is never copied into".into(),
+        ));
+    }
     let req = VolumeRequest {
         kind,
-        source: Some(source.to_string()),
+        source: source.map(str::to_string),
         target: target.to_string(),
         readonly: readonly.unwrap_or(false),
         create_host_dir: kind == MountKind::Bind,
         tmpfs_size_mib: None,
         size_bytes: None,
         mkfs: None,
+        nocopy,
     };
     check(&req).map_err(err)?;
     Ok(req)
 }
 
+/// Whether `text` is a list of `-v` options (`ro`, `rw,nocopy`, …).
+fn is_mode_list(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .split(',')
+            .all(|o| matches!(o, "ro" | "rw" | "nocopy" | "z" | "Z"))
+}
+
 /// Parses Docker's `--mount type=bind|volume|tmpfs|block,src=…,dst=…
-/// [,readonly][,tmpfs-size=…][,size=…][,mkfs=ext4]` (`source`/`src`,
-/// `destination`/`dst`/`target`, `readonly`/`ro`; the type is `volume`
-/// when left out, as in Docker). Values cannot hold a comma.
+/// [,readonly][,volume-nocopy][,tmpfs-size=…][,size=…][,mkfs=ext4]`
+/// (`source`/`src`, `destination`/`dst`/`target`, `readonly`/`ro`; the
+/// type is `volume` when left out, and `type=volume` without a source is an
+/// anonymous volume, as in Docker). The value is one CSV record, as
+/// Docker reads it: a field holding a comma is quoted whole
+/// (`"src=/a,b"`), a quote in it doubled.
 pub fn parse_mount(text: &str) -> Result<VolumeRequest, RequestError> {
     let err = |message: String| RequestError {
         flag: "--mount",
@@ -207,8 +246,11 @@ pub fn parse_mount(text: &str) -> Result<VolumeRequest, RequestError> {
     let mut tmpfs_size = None;
     let mut size = None;
     let mut mkfs = None;
+    let mut nocopy = false;
     let mut seen = BTreeSet::new();
-    for field in text.split(',') {
+    let fields = split_csv(text).map_err(err)?;
+    for field in &fields {
+        let field = field.as_str();
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v)),
             None => (field.trim(), None),
@@ -267,16 +309,24 @@ pub fn parse_mount(text: &str) -> Result<VolumeRequest, RequestError> {
                 size = Some(parse_size(&value_of(value)?).map_err(|m| err(format!("size: {m}")))?)
             }
             "mkfs" => mkfs = Some(value_of(value)?),
-            // Nothing is ever copied into a volume here: Docker's opt-out
-            // of its copy means nothing and is accepted.
-            "volume-nocopy" => {}
+            "volume-nocopy" => {
+                nocopy = match value {
+                    None | Some("true") | Some("1") => true,
+                    Some("false") | Some("0") => false,
+                    Some(v) => {
+                        return Err(err(format!(
+                            "volume-nocopy={v}: use volume-nocopy, volume-nocopy=true or volume-nocopy=false"
+                        )))
+                    }
+                }
+            }
             "bind-propagation" | "bind-nonrecursive" | "bind-recursive" | "volume-driver"
             | "volume-opt" | "volume-label" | "volume-subpath" | "tmpfs-mode" | "consistency" => {
                 return Err(err(format!("{key} is not supported")))
             }
             other => {
                 return Err(err(format!(
-                    "unknown key {other:?}: use type, src, dst, readonly, tmpfs-size, size, mkfs"
+                    "unknown key {other:?}: use type, src, dst, readonly, volume-nocopy, tmpfs-size, size, mkfs"
                 )))
             }
         }
@@ -294,9 +344,67 @@ pub fn parse_mount(text: &str) -> Result<VolumeRequest, RequestError> {
         tmpfs_size_mib: tmpfs_size,
         size_bytes: size,
         mkfs,
+        nocopy,
     };
     check(&req).map_err(err)?;
     Ok(req)
+}
+
+/// The fields of one CSV record (RFC 4180, as Go's `encoding/csv` reads
+/// Docker's `--mount`): separated by commas; a field that starts with `"`
+/// runs to the next lone `"` (a doubled `""` is one quote inside it) and
+/// may hold commas; a quote anywhere else, or text after a closing quote,
+/// is an error naming the field.
+pub fn split_csv(text: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let n = fields.len() + 1;
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("field {n}: a quote that is never closed")),
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+                Some(',') => fields.push(field),
+                Some(_) => {
+                    return Err(format!(
+                        "field {n} ({field:?}): text after its closing quote; quote the whole field (\"key=value\")"
+                    ))
+                }
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Ok(fields);
+                    }
+                    Some(',') => break,
+                    Some('"') => {
+                        return Err(format!(
+                            "field {n} ({field}\"…): a quote inside an unquoted field; quote the whole field (\"key=value\") and double the quotes in it"
+                        ))
+                    }
+                    Some(c) => field.push(c),
+                }
+            }
+            fields.push(field);
+        }
+    }
 }
 
 /// Checks one request, whichever way it came; the error names the part.
@@ -323,6 +431,9 @@ fn check(req: &VolumeRequest) -> Result<(), String> {
         only("size", req.size_bytes.is_some())?;
         only("mkfs", req.mkfs.is_some())?;
     }
+    if req.nocopy && req.kind != MountKind::Volume {
+        return Err("nocopy (volume-nocopy) is only for type=volume".into());
+    }
     if req.create_host_dir && req.kind != MountKind::Bind {
         return Err("only a host directory (bind) can be created".into());
     }
@@ -340,9 +451,10 @@ fn check(req: &VolumeRequest) -> Result<(), String> {
             check_host_path(src)?;
         }
         MountKind::Volume => {
-            let name = src
-                .ok_or("no source: anonymous volumes are not supported; name one with src=NAME")?;
-            check_volume_name(name).map_err(|e| format!("source: {e}"))?;
+            // None: an anonymous volume, named by the runtime.
+            if let Some(name) = src {
+                check_volume_name(name).map_err(|e| format!("source: {e}"))?;
+            }
         }
         MountKind::Block => {
             let src = src.ok_or("no source: give src=/host/file or src=VOLUME")?;
@@ -489,7 +601,9 @@ mod tests {
     #[test]
     fn each_bad_volume_flag_names_its_part() {
         for (flag, part) in [
-            ("/data", "anonymous"),
+            ("/data:ro", "anonymous"),
+            ("data", "destination data: not an absolute"),
+            ("/a:/b:nocopy", "nocopy is for a volume"),
             (":/data", "source"),
             ("a:b:c:d", "too many"),
             ("/a:/b:rx", "\"rx\""),
@@ -543,7 +657,20 @@ mod tests {
             ("type=bind,dst=/b", "no source"),
             ("type=bind,src=/a", "no destination"),
             ("type=bind,src=rel,dst=/b", "relative"),
-            ("type=volume,dst=/b", "anonymous"),
+            (
+                "type=bind,src=/a,dst=/b,volume-nocopy",
+                "only for type=volume",
+            ),
+            (
+                "type=volume,dst=/b,volume-nocopy=maybe",
+                "volume-nocopy=maybe",
+            ),
+            (
+                "\"type=bind,src=/a,dst=/b",
+                "field 1: a quote that is never closed",
+            ),
+            ("type=bind,\"src=/a\"x,dst=/b", "field 2"),
+            ("type=bind,src=/a\"b,dst=/b", "field 2"),
             ("type=tmpfs,src=/a,dst=/b", "tmpfs has no source"),
             ("type=tmpfs,dst=/b,tmpfs-size=0", "tmpfs-size 0"),
             (
@@ -570,6 +697,35 @@ mod tests {
             assert!(e.starts_with(&format!("--mount {flag}: ")), "{e}");
             assert!(e.contains(part), "{flag}: {e} lacks {part}");
         }
+    }
+
+    #[test]
+    fn anonymous_volumes_and_nocopy_parse_like_docker() {
+        let r = parse_volume("/var/lib/app").unwrap();
+        assert_eq!((r.kind, r.source.as_deref()), (MountKind::Volume, None));
+        assert!(r.is_anonymous() && !r.nocopy && !r.create_host_dir);
+        assert_eq!(r.volume_name(), None);
+        let r = parse_volume("cache:/c:ro,nocopy").unwrap();
+        assert!(r.readonly && r.nocopy && !r.is_anonymous());
+        let r = parse_mount("type=volume,dst=/d,volume-nocopy").unwrap();
+        assert!(r.is_anonymous() && r.nocopy);
+        let r = parse_mount("dst=/d,volume-nocopy=false").unwrap();
+        assert!(r.is_anonymous() && !r.nocopy);
+        assert!(!parse_volume("/a:/b").unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn mount_values_are_csv_and_may_quote_a_comma() {
+        let r = parse_mount("type=bind,\"src=/srv/a,b\",dst=/data").unwrap();
+        assert_eq!(r.source.as_deref(), Some("/srv/a,b"));
+        let r = parse_mount("\"type=bind\",src=/s,\"dst=/x \"\"y\"\"\"").unwrap();
+        assert_eq!(r.target, "/x \"y\"");
+        assert_eq!(split_csv("a,,b").unwrap(), ["a", "", "b"]);
+        assert_eq!(split_csv("\"\"").unwrap(), [""]);
+        assert_eq!(split_csv("a,\"b,c\"").unwrap(), ["a", "b,c"]);
+        assert!(split_csv("\"a\"b")
+            .unwrap_err()
+            .contains("after its closing quote"));
     }
 
     #[test]

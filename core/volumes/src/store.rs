@@ -64,6 +64,10 @@ pub struct NamedVolume {
     /// The filesystem `mkfs` made on a block volume, if it made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fstype: Option<String>,
+    /// Made for one pod's `-v /path` (Docker's anonymous volume): a random
+    /// 64-hex name, removed with the pod by `--rm` or `hyper rm -v`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
     /// `_data/` or `disk.img` (filled in when read; not stored).
     #[serde(default, skip_deserializing)]
     pub mountpoint: PathBuf,
@@ -187,6 +191,30 @@ impl VolumeStore {
         name: &str,
         opts: &VolumeOptions,
     ) -> Result<(NamedVolume, bool), StoreError> {
+        self.create_marked(name, opts, false)
+    }
+
+    /// Makes a new anonymous directory volume: a random 64-hex name (as
+    /// Docker names them), marked `anonymous`.
+    pub fn create_anonymous(&self) -> Result<NamedVolume, StoreError> {
+        let name = random_name().map_err(io_err(Path::new("/dev/urandom")))?;
+        let (volume, made) = self.create_marked(&name, &VolumeOptions::default(), true)?;
+        if !made {
+            // 256 random bits that collide: the random source is broken.
+            return Err(StoreError::Invalid {
+                name,
+                reason: "a new anonymous volume's random name exists already".into(),
+            });
+        }
+        Ok(volume)
+    }
+
+    fn create_marked(
+        &self,
+        name: &str,
+        opts: &VolumeOptions,
+        anonymous: bool,
+    ) -> Result<(NamedVolume, bool), StoreError> {
         check_volume_name(name)?;
         let kind = opts.kind();
         if let Some(existing) = self.find(name)? {
@@ -224,7 +252,7 @@ impl VolumeStore {
             std::process::id(),
             NEXT_TMP.fetch_add(1, Ordering::Relaxed)
         ));
-        let made = self.fill(&tmp, name, kind, size, opts);
+        let made = self.fill(&tmp, name, kind, size, opts, anonymous);
         let volume = match made {
             Ok(v) => v,
             Err(e) => {
@@ -258,6 +286,7 @@ impl VolumeStore {
         kind: VolumeKind,
         size: Option<u64>,
         opts: &VolumeOptions,
+        anonymous: bool,
     ) -> Result<NamedVolume, StoreError> {
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -272,6 +301,7 @@ impl VolumeStore {
             labels: opts.labels.clone(),
             size_bytes: size,
             fstype: None,
+            anonymous,
             mountpoint: PathBuf::new(),
         };
         match kind {
@@ -399,6 +429,23 @@ impl VolumeStore {
         tracing::info!(volume = name, "volume removed");
         Ok(volume)
     }
+}
+
+/// 32 random bytes in hex: an anonymous volume's name.
+fn random_name() -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether directory `dir` holds nothing (a volume that may be filled
+/// from the image).
+pub fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .next()
+        .is_none())
 }
 
 fn same_kind(v: NamedVolume, wanted: VolumeKind) -> Result<NamedVolume, StoreError> {
@@ -556,6 +603,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(store.dir()).unwrap().count(), 0);
         let e = store.get("../x").unwrap_err().to_string();
         assert!(e.contains("volume name"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_volumes_get_random_hex_names_and_are_marked() {
+        let state = tempfile::tempdir().unwrap();
+        let store = VolumeStore::new(state.path());
+        let a = store.create_anonymous().unwrap();
+        let b = store.create_anonymous().unwrap();
+        assert_ne!(a.name, b.name);
+        for v in [&a, &b] {
+            assert_eq!(v.name.len(), 64);
+            assert!(v.name.chars().all(|c| c.is_ascii_hexdigit()));
+            assert!(v.anonymous && v.kind == VolumeKind::Directory);
+            assert!(is_empty_dir(&v.mountpoint).unwrap());
+        }
+        let listed: Vec<_> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.anonymous)
+            .collect();
+        assert_eq!(listed, [true, true]);
+        // A named one is not anonymous, and its JSON says nothing of it.
+        let (named, _) = store.create("named", &VolumeOptions::default()).unwrap();
+        assert!(!named.anonymous);
+        let json = std::fs::read_to_string(store.dir().join("named/volume.json")).unwrap();
+        assert!(!json.contains("anonymous"), "{json}");
+        std::fs::write(named.mountpoint.join("f"), "x").unwrap();
+        assert!(!is_empty_dir(&named.mountpoint).unwrap());
+        store.remove(&a.name).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
     }
 
     #[test]

@@ -268,17 +268,30 @@ impl Runtime {
 
         // Named volumes are made and the pod that uses them recorded under
         // one lock, so `volume rm` never takes one away in between.
+        // A new empty volume is filled from the container's image (Docker's
+        // copy-up) here too, under the lock: one pod fills it.
         let volume_guard = super::lock(&self.volume_lock);
-        let mounts = self.resolve_volumes(&volume_requests)?;
+        let images: BTreeMap<String, String> = containers
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.image.clone()?)))
+            .collect();
+        let mounts = self.resolve_volumes(&volume_requests, &images)?;
         let pod_dir = self.pod_dir(&id);
         let state_err = |source| RunError::State {
             path: pod_dir.clone(),
             source,
         };
-        crate::private::create_private_dir(&pod_dir.join("vm")).map_err(state_err)?;
-        for (i, c) in containers.iter().enumerate() {
-            crate::private::create_private_dir(&container_log_dir(&pod_dir, i, &c.name))
-                .map_err(state_err)?;
+        let dirs = std::iter::once(pod_dir.join("vm")).chain(
+            containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| container_log_dir(&pod_dir, i, &c.name)),
+        );
+        for dir in dirs {
+            if let Err(e) = crate::private::create_private_dir(&dir) {
+                self.remove_anonymous_volumes(&mounts);
+                return Err(state_err(e));
+            }
         }
         let record = PodRecord {
             id: id.clone(),
@@ -315,9 +328,13 @@ impl Runtime {
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.
-        self.claim_new(&record, &pod_dir)?;
+        if let Err(e) = self.claim_new(&record, &pod_dir) {
+            self.remove_anonymous_volumes(&record.mounts);
+            return Err(e);
+        }
         if let Err(e) = write_record(&pod_dir, &record) {
             self.pods().remove(&id);
+            self.remove_anonymous_volumes(&record.mounts);
             return Err(state_err(e));
         }
         drop(volume_guard);

@@ -159,7 +159,11 @@ impl Runtime {
             self.save(&record);
         } else if record.remove {
             let _ = std::fs::remove_dir_all(&pod_dir);
+            // `--rm` takes the pod's anonymous volumes with it (Docker's
+            // `run --rm`).
+            let _guard = super::lock(&self.volume_lock);
             self.pods().remove(&record.id);
+            self.remove_anonymous_volumes(&record.mounts);
         } else {
             self.save(&record);
         }

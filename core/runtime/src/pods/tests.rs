@@ -1169,13 +1169,13 @@ async fn a_block_volume_serves_one_running_pod_and_a_used_volume_is_not_removed(
         .contains(&first.id));
     // Once the first pod is gone, another may have the disk.
     for p in s.rt.list() {
-        s.rt.remove(&p.id, true).await.unwrap();
+        s.rt.remove(&p.id, true, false).await.unwrap();
     }
     let again =
         s.rt.create(s.request(&["true"], block), None)
             .await
             .unwrap();
-    s.rt.remove(&again.id, true).await.unwrap();
+    s.rt.remove(&again.id, true, false).await.unwrap();
     s.rt.volume_remove("db1").unwrap();
     assert!(matches!(
         s.rt.volume_inspect("db1"),
@@ -1630,4 +1630,61 @@ async fn joining_is_refused_where_it_cannot_work() {
     );
     s.rt.kill(&id, libc::SIGKILL).await.unwrap();
     s.rt.kill(&started.id, libc::SIGKILL).await.unwrap();
+}
+
+#[tokio::test]
+async fn anonymous_volumes_go_with_rm_v_and_stay_on_plain_rm() {
+    let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let anon = serde_json::json!({"volumes": [{"type": "volume", "target": "/anon"}]});
+    let anonymous = |s: &Setup| -> Vec<String> {
+        s.rt.volume_list()
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.volume.anonymous)
+            .map(|v| v.volume.name)
+            .collect()
+    };
+    let first =
+        s.rt.create(s.request(&["true"], anon.clone()), None)
+            .await
+            .unwrap();
+    let record = s.rt.record(&first.id).unwrap();
+    assert!(record.mounts[0].anonymous);
+    let name = record.mounts[0].name.clone().unwrap();
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
+    // Plain rm: kept, used by nobody.
+    s.rt.remove(&first.id, true, false).await.unwrap();
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
+    assert!(s.rt.volume_inspect(&name).unwrap().used_by.is_empty());
+    // rm -v: the pod's own goes, the other stays.
+    let second =
+        s.rt.create(s.request(&["true"], anon.clone()), None)
+            .await
+            .unwrap();
+    assert_eq!(anonymous(&s).len(), 2);
+    s.rt.remove(&second.id, true, true).await.unwrap();
+    assert_eq!(anonymous(&s), std::slice::from_ref(&name));
+    // A create refused (its name in use) leaves no anonymous volume.
+    let named = serde_json::json!({
+        "name": "taken",
+        "volumes": [{"type": "volume", "target": "/anon"}]
+    });
+    let third =
+        s.rt.create(s.request(&["true"], named.clone()), None)
+            .await
+            .unwrap();
+    assert_eq!(anonymous(&s).len(), 2);
+    let err =
+        s.rt.create(s.request(&["true"], named), None)
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, RunError::NameInUse(_)), "{err}");
+    assert_eq!(anonymous(&s).len(), 2);
+    s.rt.remove(&third.id, true, true).await.unwrap();
+    s.rt.volume_remove(&name).unwrap();
+    assert!(anonymous(&s).is_empty());
 }

@@ -140,8 +140,9 @@ impl Runtime {
     }
 
     /// Removes an exited pod's record, log and files; `force` stops a
-    /// running one first.
-    pub async fn remove(&self, id: &str, force: bool) -> Result<(), RunError> {
+    /// running one first; `volumes` (`hyper rm -v`) removes its anonymous
+    /// volumes too (Docker's `rm -v`; a plain `rm` keeps them).
+    pub async fn remove(&self, id: &str, force: bool, volumes: bool) -> Result<(), RunError> {
         if self.is_running(id) {
             if !force {
                 return Err(RunError::Running(id.to_string()));
@@ -155,7 +156,11 @@ impl Runtime {
             Err(source) => return Err(RunError::State { path: dir, source }),
         }
         self.event_by_id(Action::Destroy, id, &[]);
-        self.pods().remove(id);
+        let _guard = super::lock(&self.volume_lock);
+        let record = self.pods().remove(id);
+        if let (true, Some(record)) = (volumes, record) {
+            self.remove_anonymous_volumes(&record.mounts);
+        }
         Ok(())
     }
 

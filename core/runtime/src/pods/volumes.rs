@@ -51,6 +51,10 @@ pub struct MountRecord {
     pub rw: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs_size_mib: Option<u32>,
+    /// An anonymous volume made for this pod (`-v /path`): removed with it
+    /// by `--rm` and `hyper rm -v`, kept by a plain `hyper rm` (as Docker).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
 }
 
 /// What a pod's mounts become in its VM.
@@ -243,27 +247,99 @@ fn store_error(e: StoreError) -> RunError {
 impl Runtime {
     /// Resolves every container's volume requests (checked already) into
     /// the mounts the record keeps: host paths checked (a missing `-v`
-    /// directory made), named volumes made on first use. `requests` are
-    /// (container name, request).
+    /// directory made), named volumes made on first use, anonymous ones
+    /// made, and an empty volume filled from the image (copy-up).
+    /// `requests` are (container name, request); `images` the image id of
+    /// each container that has one. On an error, the anonymous volumes
+    /// made so far are removed again.
     pub(super) fn resolve_volumes(
         &self,
         requests: &[(String, VolumeRequest)],
+        images: &BTreeMap<String, String>,
     ) -> Result<Vec<MountRecord>, RunError> {
-        requests
-            .iter()
-            .map(|(container, req)| {
-                let named = |e: RunError| match e {
-                    RunError::Invalid(m) if !container.is_empty() => {
-                        RunError::Invalid(format!("container {container}: {m}"))
-                    }
-                    other => other,
-                };
-                self.resolve_one(container, req).map_err(named)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(requests.len());
+        for (container, req) in requests {
+            let named = |e: RunError| match e {
+                RunError::Invalid(m) if !container.is_empty() => {
+                    RunError::Invalid(format!("container {container}: {m}"))
+                }
+                RunError::Failed(m) if !container.is_empty() => {
+                    RunError::Failed(format!("container {container}: {m}"))
+                }
+                other => other,
+            };
+            let image = images.get(container).map(String::as_str);
+            match self.resolve_one(container, req, image) {
+                Ok(record) => out.push(record),
+                Err(e) => {
+                    self.remove_anonymous_volumes(&out);
+                    return Err(named(e));
+                }
+            }
+        }
+        Ok(out)
     }
 
-    fn resolve_one(&self, container: &str, req: &VolumeRequest) -> Result<MountRecord, RunError> {
+    /// Removes the anonymous volumes of `mounts` that no pod's record
+    /// names any more (the caller has dropped the pod's, or never listed
+    /// it). One in use by another pod (named in its `-v`) stays, as in
+    /// Docker; failures are logged: the pod is gone either way.
+    pub(super) fn remove_anonymous_volumes(&self, mounts: &[MountRecord]) {
+        for name in mounts
+            .iter()
+            .filter(|m| m.anonymous)
+            .filter_map(|m| m.name.as_deref())
+        {
+            let users = self.volume_users(name);
+            if !users.is_empty() {
+                tracing::info!(volume = name, pods = ?users, "anonymous volume kept: other pods use it");
+                continue;
+            }
+            match self.volumes.remove(name) {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(volume = name, "cannot remove anonymous volume: {e}"),
+            }
+        }
+    }
+
+    /// Docker's copy-up: `volume` (a directory volume just resolved for
+    /// `req`) is empty, and the container's image has a directory at its
+    /// destination: that directory's content is copied in first
+    /// (hyper_volumes::copyup says how an untrusted image is kept in).
+    fn copy_up(&self, image_id: &str, req: &VolumeRequest, volume: &Path) -> Result<(), RunError> {
+        let failed = |m: String| RunError::Failed(format!("volume {}: copy-up: {m}", req.target));
+        if !hyper_volumes::is_empty_dir(volume).map_err(|e| failed(e.to_string()))? {
+            return Ok(());
+        }
+        let image = self
+            .find_image(image_id)
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| RunError::NoSuchImage(image_id.to_string()))?;
+        let target = hyper_volumes::request::normalize(&req.target);
+        let stats = self
+            .images
+            .with_unpacked(&image, &|root: &Path| {
+                hyper_volumes::copyup::copy_up(root, &target, volume).map_err(|e| e.to_string())
+            })
+            .map_err(|e| failed(e.to_string()))?;
+        if stats == hyper_volumes::copyup::CopyStats::default() {
+            tracing::debug!(target = %target, "copy-up: no directory there in the image");
+        } else {
+            tracing::info!(
+                volume = %volume.display(), target = %target, files = stats.files, dirs = stats.dirs,
+                symlinks = stats.symlinks, bytes = stats.bytes, skipped = stats.skipped,
+                "copied the image's content into a new volume"
+            );
+        }
+        Ok(())
+    }
+
+    fn resolve_one(
+        &self,
+        container: &str,
+        req: &VolumeRequest,
+        image: Option<&str>,
+    ) -> Result<MountRecord, RunError> {
         let mut record = MountRecord {
             kind: req.kind,
             name: None,
@@ -273,6 +349,7 @@ impl Runtime {
             mode: req.mode().to_string(),
             rw: !req.readonly,
             tmpfs_size_mib: req.tmpfs_size_mib,
+            anonymous: false,
         };
         let invalid = |m: String| RunError::Invalid(format!("volume {}: {m}", req.target));
         match req.kind {
@@ -285,6 +362,12 @@ impl Runtime {
             MountKind::Volume | MountKind::Block => {
                 if let Some(path) = req.host_path() {
                     record.source = Some(host_block(Path::new(path)).map_err(invalid)?);
+                } else if req.is_anonymous() {
+                    let volume = self.volumes.create_anonymous().map_err(store_error)?;
+                    tracing::info!(volume = %volume.name, target = %req.target, "anonymous volume created");
+                    record.anonymous = true;
+                    record.name = Some(volume.name);
+                    record.source = Some(volume.mountpoint);
                 } else {
                     let name = req.volume_name().unwrap_or_default();
                     let opts = VolumeOptions {
@@ -303,6 +386,18 @@ impl Runtime {
                     }
                     record.name = Some(volume.name);
                     record.source = Some(volume.mountpoint);
+                }
+                if let (MountKind::Volume, false, Some(image), Some(source)) =
+                    (req.kind, req.nocopy, image, &record.source)
+                {
+                    if let Err(e) = self.copy_up(image, req, source) {
+                        // A volume made for this pod alone is not left
+                        // behind half-filled.
+                        if record.anonymous {
+                            self.remove_anonymous_volumes(std::slice::from_ref(&record));
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -483,6 +578,7 @@ mod tests {
             mode: if rw { "" } else { "ro" }.into(),
             rw,
             tmpfs_size_mib: None,
+            anonymous: false,
         }
     }
 
