@@ -261,7 +261,9 @@ impl QemuHypervisor {
             HypervisorError::Io(format!("cannot {what} {}: {e}", path.display()))
         };
         // Last before the spawn: from here every failure releases the taps.
+        let step = std::time::Instant::now();
         let taps = Taps::attach(&spec.id, &spec.nics).await?;
+        tracing::debug!(target: "hyper::timing", vm = %spec.id, step = "taps attach", ms = step.elapsed().as_secs_f64() * 1000.0, "step done");
         let tap_fds = taps.raw_fds();
         let args = qemu_args_for(&self.config, accel.accel, spec, &tap_fds, boot);
         tracing::info!(vm = %spec.id, accel = accel.accel.as_str(), reason = %accel.reason, "starting QEMU");
@@ -317,6 +319,7 @@ impl QemuHypervisor {
             Boot::Cold => "running",
             Boot::Incoming { .. } => "inmigrate",
         };
+        let step = std::time::Instant::now();
         let qmp = match connect_qmp(&mut child, paths, expected).await {
             Ok(qmp) => qmp,
             Err(message) => {
@@ -325,6 +328,7 @@ impl QemuHypervisor {
                 return Err(HypervisorError::LaunchFailed(message));
             }
         };
+        tracing::debug!(target: "hyper::timing", vm = %spec.id, step = "qmp handshake", ms = step.elapsed().as_secs_f64() * 1000.0, "step done");
         // QEMU holds the taps now; it alone keeps them alive.
         taps.handed_over();
         Ok((child, qmp))

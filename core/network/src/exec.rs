@@ -140,6 +140,25 @@ impl Plugins {
         inv: &Invocation<'_>,
     ) -> Result<Option<Value>, NetworkError> {
         let kind = plugin_type(plugin);
+        let started = std::time::Instant::now();
+        let result = self.run_once(command, list, plugin, kind, prev, inv).await;
+        crate::timing::step_done(
+            inv.container_id,
+            &format!("cni {} {kind}", command.as_str()),
+            started,
+        );
+        result
+    }
+
+    async fn run_once(
+        &self,
+        command: Command,
+        list: &Conflist,
+        plugin: &Map<String, Value>,
+        kind: &str,
+        prev: Option<&Value>,
+        inv: &Invocation<'_>,
+    ) -> Result<Option<Value>, NetworkError> {
         let binary = self.find(kind, &list.name)?;
         let stdin = stdin_config(list, plugin, prev, inv.runtime_config);
         let failed = |message: String| NetworkError::Plugin {

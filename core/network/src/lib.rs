@@ -26,6 +26,7 @@ pub mod conflist;
 pub mod exec;
 pub mod netns;
 pub mod result;
+pub mod timing;
 
 pub use conflist::Conflist;
 pub use hyper_api::network::{
@@ -240,7 +241,12 @@ pub async fn attach(
     }
     let (netns, owns_netns) = match &req.netns {
         Some(given) => (given.clone(), false),
-        None => (netns::create(id)?, true),
+        None => {
+            let started = std::time::Instant::now();
+            let made = netns::create(id)?;
+            timing::step_done(id, "netns create", started);
+            (made, true)
+        }
     };
     let mut att = Attachment {
         network: list.name.clone(),
@@ -296,7 +302,10 @@ pub async fn detach(settings: &Settings, att: &Attachment) -> Result<(), Network
         .del(&list, &inv, att.result.as_ref())
         .await;
     let removed = if att.owns_netns {
-        netns::remove(&netns)
+        let started = std::time::Instant::now();
+        let removed = netns::remove(&netns);
+        timing::step_done(&att.container_id, "netns remove", started);
+        removed
     } else {
         Ok(())
     };

@@ -5,10 +5,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_hypervisor::adopt::process_start_time;
 use hyper_hypervisor::{AgentChannel, DiskSpec, Hypervisor, Vm, VmSpec};
+use hyper_network::timing::step_done;
 use hyper_protocol::{
     capability, AgentErrorKind, ContainerSpec, MountSpec, PodSpec, ProcessSpec, Request,
     RootfsSpec, TerminalSize, VolumeSpec,
@@ -278,7 +279,10 @@ impl Runtime {
             }
         };
         // The VM's network first: its NIC joins the namespace CNI set up.
-        if let Err(err) = self.network_up(&mut record).await {
+        let step = Instant::now();
+        let network_up = self.network_up(&mut record).await;
+        step_done(&record.id, "network up", step);
+        if let Err(err) = network_up {
             self.finish_record(record, &Err(err.to_string()));
             links.fail(&err);
             return Err(err);
@@ -290,7 +294,10 @@ impl Runtime {
             .into_iter()
             .collect();
         // Then its host cgroup, which the backend puts its processes in.
-        if let Err(err) = self.cgroup_up(&record.id, &mut spec).await {
+        let step = Instant::now();
+        let cgroup_up = self.cgroup_up(&record.id, &mut spec).await;
+        step_done(&record.id, "cgroup up", step);
+        if let Err(err) = cgroup_up {
             self.network_down(&mut record).await;
             self.finish_record(record, &Err(err.to_string()));
             links.fail(&err);
@@ -307,9 +314,12 @@ impl Runtime {
                 return Err(err);
             }
         };
+        let step = Instant::now();
+        let id = record.id.clone();
         let (live, mut record, connected) = self
             .launch_vm(hypervisor, spec, plan, record, links, main, interactive)
             .await?;
+        step_done(&id, "vm launch", step);
         *lock(&live.block_locks) = block_locks;
         match self
             .boot(&mut record, &members, live.vm.clone(), connected)
@@ -438,10 +448,13 @@ impl Runtime {
                 let channel = agent_channel(vm.as_ref());
                 let timeout = Duration::from_secs(self.config.vm.boot_timeout_secs);
                 let connect = AgentClient::connect(&channel, timeout);
-                tokio::select! {
+                let step = Instant::now();
+                let ready = tokio::select! {
                     r = connect => r.map_err(|e| boot_failed(e.to_string()))?,
                     _ = vm.wait() => return Err(boot_failed("the VM exited during boot".into())),
-                }
+                };
+                step_done(&id, "guest ready", step);
+                ready
             }
         };
         tracing::debug!(pod = %id, agent = %ready.agent, version = ready.version, "hyperstart ready");
@@ -535,6 +548,8 @@ impl Runtime {
                 .extend(plan.mounts.get(&member.name).cloned().unwrap_or_default());
             spec.mounts = super::volumes::in_mount_order(spec.mounts);
             let container = Request::NewContainer(spec);
+            let step = Instant::now();
+            let first = pod.is_some();
             let started = match pod.take() {
                 // Pipelined: StartPod and the first container go out back
                 // to back and hyperstart serves them in order, saving a
@@ -550,6 +565,15 @@ impl Runtime {
                 }
                 None => agent.request(container).await,
             };
+            step_done(
+                &id,
+                if first {
+                    "start pod and container"
+                } else {
+                    "start container"
+                },
+                step,
+            );
             match started {
                 Ok(reply) => {
                     tracing::debug!(pod = %id, container = %member.guest_id, ?reply, "container started");
@@ -576,11 +600,13 @@ impl Runtime {
         // the container's writes live in a tmpfs. A hard stop loses nothing
         // and skips a DestroyPod round trip and the guest's power-off path,
         // both slow under emulation.
+        let step = Instant::now();
         if let Err(e) = live.vm.kill().await {
             tracing::warn!(pod = %record.id, "kill: {e}; asking for a shutdown");
             let _ = live.vm.shutdown(SHUTDOWN_GRACE).await;
         }
         let exit = live.vm.wait().await;
+        step_done(&record.id, "vm kill", step);
         live.release_volumes();
         // A share's server died: the backend stopped the VM (Kata's rule),
         // and the pod failed whatever its processes said.
@@ -593,11 +619,17 @@ impl Runtime {
             _ => result,
         };
         let mut record = record;
+        let step = Instant::now();
         self.network_down(&mut record).await;
+        step_done(&record.id, "network down", step);
         let result = self.host_oom_verdict(&mut record, result);
         let id = record.id.clone();
+        let step = Instant::now();
         self.cgroup_down(&id).await;
+        step_done(&id, "cgroup down", step);
+        let step = Instant::now();
         self.finish_record(record, &result);
+        step_done(&id, "record finished", step);
         self.live_pods().remove(&id);
         live.links.outcome_tx.send_replace(Some(result));
     }
