@@ -195,7 +195,10 @@ impl Hypervisor for KvmHypervisor {
         Capabilities {
             recover: true,
             share_transport: Some(ShareTransport::VirtioFs),
-            templates: false,
+            // hyper-vmm saves on SIGUSR1 (`Vm::save_template`) and restores
+            // with `restore_from` after `--check-snapshot` (`restore`);
+            // tests/tests/templates.rs runs through hyperd on the KVM leg.
+            templates: true,
         }
     }
 

@@ -724,6 +724,8 @@ async fn a_template_is_saved_restored_refused_when_damaged_and_recovered() {
     let hv = plugin()
         .configure(serde_json::json!({"vmm": VMM, "allow_pvm": true}))
         .unwrap_or_else(|e| panic!("{e}"));
+    // What the core asks before it builds or restores a template.
+    assert!(hv.capabilities().templates);
     let a = dir.path().join("a");
     std::fs::create_dir_all(&a).unwrap();
     let mut sa = spec(&a, guest().elf.clone(), "tg.count");
