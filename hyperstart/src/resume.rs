@@ -28,6 +28,9 @@ type Result<T> = std::result::Result<T, AgentError>;
 /// only when it probes them.
 const REPROBED_DRIVERS: [&str; 2] = ["virtio_blk", "virtio_net"];
 const VIRTIO_DRIVERS: &str = "/sys/bus/virtio/drivers";
+const SYS_BLOCK: &str = "/sys/block";
+/// `_IO(0x12, 97)`: write back and drop a block device's buffer cache.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
 const SYS_CLASS_NET: &str = "/sys/class/net";
 /// How long a re-probed NIC may take to come back.
 const NIC_WAIT: Duration = Duration::from_secs(5);
@@ -118,7 +121,56 @@ pub fn apply(plan: &Plan) -> Result<()> {
     for driver in REPROBED_DRIVERS {
         reprobe(&Path::new(VIRTIO_DRIVERS).join(driver))?;
     }
+    drop_block_caches(Path::new(SYS_BLOCK))?;
     set_macs(Path::new(SYS_CLASS_NET), &plan.macs)
+}
+
+/// The disks whose cached blocks may be the template's: every block device
+/// but loop and RAM disks, by name.
+fn disks(sys_block: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !name.starts_with("loop") && !name.starts_with("ram"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Drops every disk's buffer cache, so no block the template read from its
+/// placeholder disks (a partition scan at boot reads the first ones) is
+/// served in place of the clone's own. Re-probing does that for virtio
+/// disks; Xen's blkfront keeps its gendisk across `xl restore`, and its
+/// cache with it (a clone's erofs then read the placeholder's zeros:
+/// "Structure needs cleaning").
+fn drop_block_caches(sys_block: &Path) -> Result<()> {
+    for name in disks(sys_block) {
+        let path = Path::new("/dev").join(&name);
+        let disk = match std::fs::File::open(&path) {
+            Ok(disk) => disk,
+            // Unbound just now, or no node: nothing of it is cached.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(failed(format!(
+                    "resume: cannot open {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        // SAFETY: BLKFLSBUF takes no argument; `disk` is an open block
+        // device for the duration of the call.
+        let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKFLSBUF as _, 0) };
+        if rc != 0 {
+            return Err(failed(format!(
+                "resume: cannot drop the cache of {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Mixes `entropy` into the input pool, credited, and forces a CRNG reseed.
@@ -355,6 +407,16 @@ mod tests {
             std::fs::read_to_string(dir.path().join("bind")).unwrap(),
             "virtio10"
         );
+    }
+
+    #[test]
+    fn every_disk_but_loop_and_ram_disks_has_its_cache_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["xvdb", "loop0", "ram1", "vda", "xvda"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(disks(dir.path()), ["vda", "xvda", "xvdb"]);
+        assert!(disks(Path::new("/nonexistent")).is_empty());
     }
 
     #[test]
