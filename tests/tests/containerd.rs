@@ -1068,6 +1068,78 @@ fn remove_pod_and_check_nothing_is_left(
         .status();
 }
 
+/// What the CRI tests of one sandbox start from: containerd with its CRI,
+/// a client, the busybox image pulled through the CRI, and a sandbox run
+/// with this backend's handler, its logs in `logs`.
+struct CriPod {
+    c: Containerd,
+    cri: cri::Client,
+    /// The CNI namespaces there were before the sandbox.
+    netns_before: Vec<String>,
+    image_spec: k8s_cri::v1::ImageSpec,
+    sandbox_config: k8s_cri::v1::PodSandboxConfig,
+    sandbox: String,
+    logs: PathBuf,
+}
+
+impl CriPod {
+    fn start(name: &str, uid: &str, hostname: &str) -> Self {
+        use k8s_cri::v1::*;
+
+        let c = Containerd::start_cri();
+        let netns_before = cni_netns();
+        let mut cri = cri::Client::connect(c.socket.clone());
+        let handler = format!("hyper-{}", hyper_tests::backend());
+        let image_spec = ImageSpec {
+            image: format!(
+                "{}/hyper/busybox:latest",
+                registry_var("HYPER_TEST_REGISTRY")
+            ),
+            ..Default::default()
+        };
+        let logs = c.dir.join("podlogs");
+        std::fs::create_dir(&logs).expect("log dir");
+        let ctx = |what: &str, e: tonic::Status| -> String {
+            format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
+        };
+        cri.rt
+            .block_on(cri.images.pull_image(PullImageRequest {
+                image: Some(image_spec.clone()),
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: uid.into(),
+                namespace: "hyper-test".into(),
+                attempt: 0,
+            }),
+            hostname: hostname.into(),
+            log_directory: logs.display().to_string(),
+            ..Default::default()
+        };
+        let sandbox = cri
+            .rt
+            .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: handler,
+            }))
+            .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
+            .into_inner()
+            .pod_sandbox_id;
+        Self {
+            c,
+            cri,
+            netns_before,
+            image_spec,
+            sandbox_config,
+            sandbox,
+            logs,
+        }
+    }
+}
+
 /// A Kubernetes pod of two containers: both join the sandbox's one VM (one
 /// VMM process; both read the guest kernel's boot id), each with its own
 /// root; removing one leaves the other running; removing the pod leaves
@@ -1076,48 +1148,18 @@ fn remove_pod_and_check_nothing_is_left(
 fn cri_pod_of_two_containers_shares_one_vm_and_loses_them_one_by_one() {
     use k8s_cri::v1::*;
 
-    let c = Containerd::start_cri();
-    let netns_before = cni_netns();
-    let mut cri = cri::Client::connect(c.socket.clone());
-    let handler = format!("hyper-{}", hyper_tests::backend());
-    let image_spec = ImageSpec {
-        image: format!(
-            "{}/hyper/busybox:latest",
-            registry_var("HYPER_TEST_REGISTRY")
-        ),
-        ..Default::default()
-    };
-    let logs = c.dir.join("podlogs");
-    std::fs::create_dir(&logs).expect("log dir");
+    let CriPod {
+        c,
+        mut cri,
+        netns_before,
+        image_spec,
+        sandbox_config,
+        sandbox,
+        logs,
+    } = CriPod::start("pair", "uid-cri-pair", "pairpod");
     let ctx = |what: &str, e: tonic::Status| -> String {
         format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
     };
-    cri.rt
-        .block_on(cri.images.pull_image(PullImageRequest {
-            image: Some(image_spec.clone()),
-            ..Default::default()
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "pair".into(),
-            uid: "uid-cri-pair".into(),
-            namespace: "hyper-test".into(),
-            attempt: 0,
-        }),
-        hostname: "pairpod".into(),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    };
-    let sandbox = cri
-        .rt
-        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: handler,
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
-        .into_inner()
-        .pod_sandbox_id;
 
     let mut containers = Vec::new();
     for name in ["one", "two"] {
@@ -1250,48 +1292,18 @@ fn cri_pod_of_two_containers_shares_one_vm_and_loses_them_one_by_one() {
 fn cri_container_the_guest_oom_kills_is_reported_oom_killed() {
     use k8s_cri::v1::*;
 
-    let c = Containerd::start_cri();
-    let netns_before = cni_netns();
-    let mut cri = cri::Client::connect(c.socket.clone());
-    let handler = format!("hyper-{}", hyper_tests::backend());
-    let image_spec = ImageSpec {
-        image: format!(
-            "{}/hyper/busybox:latest",
-            registry_var("HYPER_TEST_REGISTRY")
-        ),
-        ..Default::default()
-    };
-    let logs = c.dir.join("podlogs");
-    std::fs::create_dir(&logs).expect("log dir");
+    let CriPod {
+        c,
+        mut cri,
+        netns_before,
+        image_spec,
+        sandbox_config,
+        sandbox,
+        logs,
+    } = CriPod::start("oompod", "uid-cri-oom", "oompod");
     let ctx = |what: &str, e: tonic::Status| -> String {
         format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
     };
-    cri.rt
-        .block_on(cri.images.pull_image(PullImageRequest {
-            image: Some(image_spec.clone()),
-            ..Default::default()
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "oompod".into(),
-            uid: "uid-cri-oom".into(),
-            namespace: "hyper-test".into(),
-            attempt: 0,
-        }),
-        hostname: "oompod".into(),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    };
-    let sandbox = cri
-        .rt
-        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: handler,
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
-        .into_inner()
-        .pod_sandbox_id;
 
     let run = |cri: &mut cri::Client, name: &str, script: &str| -> ContainerStatus {
         let id = cri
@@ -1377,48 +1389,18 @@ fn cri_container_the_guest_oom_kills_is_reported_oom_killed() {
 fn cri_container_runs_with_its_specs_capabilities_and_no_new_privileges() {
     use k8s_cri::v1::*;
 
-    let c = Containerd::start_cri();
-    let netns_before = cni_netns();
-    let mut cri = cri::Client::connect(c.socket.clone());
-    let handler = format!("hyper-{}", hyper_tests::backend());
-    let image_spec = ImageSpec {
-        image: format!(
-            "{}/hyper/busybox:latest",
-            registry_var("HYPER_TEST_REGISTRY")
-        ),
-        ..Default::default()
-    };
-    let logs = c.dir.join("podlogs");
-    std::fs::create_dir(&logs).expect("log dir");
+    let CriPod {
+        c,
+        mut cri,
+        netns_before,
+        image_spec,
+        sandbox_config,
+        sandbox,
+        logs,
+    } = CriPod::start("confined", "uid-cri-confined", "confined");
     let ctx = |what: &str, e: tonic::Status| -> String {
         format!("{what}: {e}\ncontainerd log:\n{}", c.log_text())
     };
-    cri.rt
-        .block_on(cri.images.pull_image(PullImageRequest {
-            image: Some(image_spec.clone()),
-            ..Default::default()
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("PullImage", e)));
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "confined".into(),
-            uid: "uid-cri-confined".into(),
-            namespace: "hyper-test".into(),
-            attempt: 0,
-        }),
-        hostname: "confined".into(),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    };
-    let sandbox = cri
-        .rt
-        .block_on(cri.runtime.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: handler,
-        }))
-        .unwrap_or_else(|e| panic!("{}", ctx("RunPodSandbox", e)))
-        .into_inner()
-        .pod_sandbox_id;
 
     let narrow = LinuxContainerSecurityContext {
         capabilities: Some(Capability {

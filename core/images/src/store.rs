@@ -528,21 +528,8 @@ impl ImageStore {
         image: &Image,
         build: &(dyn Fn(&Path, &Path) -> Result<(), String> + Sync),
     ) -> Result<PathBuf, ImageError> {
-        let name = image
-            .repo_tags
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.id.clone());
-        let cfg_path = self.blob_path(&image.id);
-        let cfg = crate::load::read_small(&cfg_path, crate::manifest::MAX_CONFIG_BYTES)?;
-        if format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&cfg)) != image.id {
-            return Err(ImageError::Corrupt {
-                path: cfg_path,
-                detail: "the config blob does not match its digest".into(),
-            });
-        }
-        let diff_ids = crate::manifest::parse_config(&name, &cfg)?.diff_ids;
-        check_count(&name, &image.layers, &diff_ids)?;
+        let name = display_name(image);
+        let diff_ids = self.checked_diff_ids(image, &name)?;
         let dest = self.rootfs_path(&chain_id(&diff_ids));
         if dest.exists() {
             return Ok(dest);
@@ -556,22 +543,88 @@ impl ImageStore {
         if dest.exists() {
             return Ok(dest);
         }
+        let file = self.tmp_dir().join(format!("rootfs-{}.img", unique()));
+        // The unpacked tree and the image built from it, at most the limit each.
+        let res = self.unpack_verified(image, &name, &diff_ids, 2, |root| {
+            build(root, &file).map_err(|detail| ImageError::RootfsBuild {
+                id: image.id.clone(),
+                detail,
+            })?;
+            fs::rename(&file, &dest).map_err(|e| ImageError::io("rename into", &dest, e))
+        });
+        let _ = fs::remove_file(&file);
+        res.map(|()| dest)
+    }
+
+    /// Unpacks `image`'s layers into a private temporary directory, as for
+    /// its rootfs (same limits, same checks of the layers' digests), runs
+    /// `visit` on the tree and removes it. For a volume's copy-up, which
+    /// needs the image's files on the host (the rootfs image is an erofs
+    /// file only the guest mounts).
+    pub fn with_unpacked<T: Send>(
+        &self,
+        image: &Image,
+        visit: &(dyn Fn(&Path) -> Result<T, String> + Sync),
+    ) -> Result<T, ImageError> {
+        let name = display_name(image);
+        let diff_ids = self.checked_diff_ids(image, &name)?;
+        // Layers are not removed while the tree is read (gc waits).
+        let _gc = flock(&self.lock_path("gc"), false, true)?;
+        self.unpack_verified(image, &name, &diff_ids, 1, |root| {
+            visit(root).map_err(|detail| ImageError::Unpacked {
+                id: image.id.clone(),
+                detail,
+            })
+        })
+    }
+
+    /// The diff_ids of the config `image`'s id names, read again from the
+    /// store (not taken from the record) and checked against that id and
+    /// the image's layer count.
+    fn checked_diff_ids(&self, image: &Image, name: &str) -> Result<Vec<String>, ImageError> {
+        let cfg_path = self.blob_path(&image.id);
+        let cfg = crate::load::read_small(&cfg_path, crate::manifest::MAX_CONFIG_BYTES)?;
+        if format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&cfg)) != image.id {
+            return Err(ImageError::Corrupt {
+                path: cfg_path,
+                detail: "the config blob does not match its digest".into(),
+            });
+        }
+        let diff_ids = crate::manifest::parse_config(name, &cfg)?.diff_ids;
+        check_count(name, &image.layers, &diff_ids)?;
+        Ok(diff_ids)
+    }
+
+    /// Unpacks `image`'s layers into a private directory (0700, on a
+    /// nosuid,nodev,noexec bind mount of its own: [`private_mount`]),
+    /// checks what was unpacked against `diff_ids`, runs `use_tree` on the
+    /// tree inside that mount, and removes the directory. `copies` is how
+    /// many times the unpacked size must fit in the free space. The caller
+    /// holds the gc lock, so the layers stay.
+    fn unpack_verified<T: Send>(
+        &self,
+        image: &Image,
+        name: &str,
+        diff_ids: &[String],
+        copies: u64,
+        use_tree: impl FnOnce(&Path) -> Result<T, ImageError> + Send,
+    ) -> Result<T, ImageError> {
         if !self.image_path(&image.id).exists() {
             return Err(ImageError::NoSuchImage {
                 name: image.id.clone(),
             });
         }
-        // The unpacked tree and the image built from it, at most the limit each.
         let estimate = if image.unpacked_size > 0 {
             image.unpacked_size
         } else {
             self.limits.max_bytes.min(image.size.saturating_mul(4))
         };
-        self.ensure_space(&format!("unpacking {name}"), estimate.saturating_mul(2))?;
-        let tag = unique();
-        let dir = self.tmp_dir().join(format!("unpack-{tag}"));
+        self.ensure_space(
+            &format!("unpacking {name}"),
+            estimate.saturating_mul(copies),
+        )?;
+        let dir = self.tmp_dir().join(format!("unpack-{}", unique()));
         let root = dir.join("root");
-        let file = self.tmp_dir().join(format!("rootfs-{tag}.img"));
         let res = (|| {
             fs::DirBuilder::new()
                 .mode(0o700)
@@ -585,85 +638,23 @@ impl ImageStore {
             let layers: Vec<PathBuf> = image.layers.iter().map(|d| self.blob_path(d)).collect();
             private_mount(&dir, || {
                 let checked = unpack::unpack(&root, &layers, self.limits)
-                    .map_err(|(i, e)| layer_error(&name, &image.layers[i], e))?;
-                check_diff_ids(&name, &image.layers, &diff_ids, &checked.diff_ids)?;
-                build(&root, &file).map_err(|detail| ImageError::RootfsBuild {
-                    id: image.id.clone(),
-                    detail,
-                })
-            })?;
-            fs::rename(&file, &dest).map_err(|e| ImageError::io("rename into", &dest, e))
-        })();
-        let _ = fs::remove_dir_all(&dir);
-        let _ = fs::remove_file(&file);
-        res.map(|()| dest)
-    }
-}
-
-impl ImageStore {
-    /// Unpacks `image`'s layers into a private temporary directory, as for
-    /// its rootfs (same limits, same checks of the layers' digests), runs
-    /// `visit` on the tree and removes it. For a volume's copy-up, which
-    /// needs the image's files on the host (the rootfs image is an erofs
-    /// file only the guest mounts).
-    pub fn with_unpacked<T: Send>(
-        &self,
-        image: &Image,
-        visit: &(dyn Fn(&Path) -> Result<T, String> + Sync),
-    ) -> Result<T, ImageError> {
-        let name = image
-            .repo_tags
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.id.clone());
-        let cfg_path = self.blob_path(&image.id);
-        let cfg = crate::load::read_small(&cfg_path, crate::manifest::MAX_CONFIG_BYTES)?;
-        if format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&cfg)) != image.id {
-            return Err(ImageError::Corrupt {
-                path: cfg_path,
-                detail: "the config blob does not match its digest".into(),
-            });
-        }
-        let diff_ids = crate::manifest::parse_config(&name, &cfg)?.diff_ids;
-        check_count(&name, &image.layers, &diff_ids)?;
-        // Layers are not removed while the tree is read (gc waits).
-        let _gc = flock(&self.lock_path("gc"), false, true)?;
-        if !self.image_path(&image.id).exists() {
-            return Err(ImageError::NoSuchImage {
-                name: image.id.clone(),
-            });
-        }
-        let estimate = if image.unpacked_size > 0 {
-            image.unpacked_size
-        } else {
-            self.limits.max_bytes.min(image.size.saturating_mul(4))
-        };
-        self.ensure_space(&format!("unpacking {name}"), estimate)?;
-        let dir = self.tmp_dir().join(format!("unpack-{}", unique()));
-        let root = dir.join("root");
-        let res = (|| {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| ImageError::io("create directory", &dir, e))?;
-            fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&root)
-                .map_err(|e| ImageError::io("create directory", &root, e))?;
-            let layers: Vec<PathBuf> = image.layers.iter().map(|d| self.blob_path(d)).collect();
-            private_mount(&dir, || {
-                let checked = unpack::unpack(&root, &layers, self.limits)
-                    .map_err(|(i, e)| layer_error(&name, &image.layers[i], e))?;
-                check_diff_ids(&name, &image.layers, &diff_ids, &checked.diff_ids)?;
-                visit(&root).map_err(|detail| ImageError::Unpacked {
-                    id: image.id.clone(),
-                    detail,
-                })
+                    .map_err(|(i, e)| layer_error(name, &image.layers[i], e))?;
+                check_diff_ids(name, &image.layers, diff_ids, &checked.diff_ids)?;
+                use_tree(&root)
             })
         })();
         let _ = fs::remove_dir_all(&dir);
         res
     }
+}
+
+/// How errors name an image: its first tag, or its id.
+fn display_name(image: &Image) -> String {
+    image
+        .repo_tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id.clone())
 }
 
 /// Runs `f` on a thread of its own, in a mount namespace of its own where
