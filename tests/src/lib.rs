@@ -757,7 +757,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // Symlinks are listed, never followed (a tree may hold links
+            // that leave it, or loop).
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             } else {
                 out.push(p);

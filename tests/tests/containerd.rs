@@ -1471,7 +1471,22 @@ fn cri_container_runs_with_its_specs_capabilities_and_no_new_privileges() {
     // AUDIT_WRITE SETFCAP.
     let plain = status_of("plain");
     assert!(plain.contains("CapBnd:\t00000000a80425fb"), "{plain}");
-    assert!(plain.contains("NoNewPrivs:\t0"), "{plain}");
+    // no_new_privs is the spec's as containerd's CRI wrote it (its default
+    // for a container without a securityContext is its own to choose).
+    let spec_path = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task/k8s.io")
+        .join(&containers[1])
+        .join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&spec_path).unwrap_or_else(|e| panic!("{}: {e}", spec_path.display())),
+    )
+    .expect("the bundle's config.json");
+    let spec_nnp = spec["process"]["noNewPrivileges"]
+        .as_bool()
+        .unwrap_or(false);
+    let want = format!("NoNewPrivs:\t{}", u8::from(spec_nnp));
+    assert!(plain.contains(&want), "spec says {spec_nnp}: {plain}");
     // An exec starts from its container's confinement.
     let out = cri
         .rt

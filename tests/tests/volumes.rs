@@ -403,7 +403,6 @@ fn bad_volume_input_is_refused_clearly_and_leaves_nothing() {
     std::fs::write(&file, "x").expect("file");
     let missing = d.dir.path().join("missing");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["-v".into(), "/data".into()], "anonymous"),
         (
             vec!["-v".into(), "rel/dir:/data".into()],
             "relative host path",
@@ -705,7 +704,14 @@ fn mountpoint(d: &Hyperd, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_new_volume_gets_the_images_content_once_and_not_with_nocopy() {
-    let d = Hyperd::start();
+    // The test registry speaks plain HTTP.
+    let d = Hyperd::start_with(&hyper_tests::Setup {
+        extra_toml: format!(
+            "[images]\ninsecure_registries = [\"{}\"]\n",
+            hyper_tests::registry_var("HYPER_TEST_REGISTRY")
+        ),
+        ..hyper_tests::Setup::default()
+    });
     let image = copyup_image();
     // Host paths the image's symlinks aim at: never read by the copy.
     let secret = Path::new("/tmp/hyper-copyup-host-secret");

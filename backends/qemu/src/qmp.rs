@@ -60,6 +60,10 @@ impl QmpError {
     }
 }
 
+/// Replies and events left from an earlier connection that a new one
+/// skips before the greeting.
+const MAX_STALE_BEFORE_GREETING: usize = 64;
+
 pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
@@ -114,12 +118,27 @@ impl Qmp {
             next_id: 1,
             busy: true,
         };
-        let greeting = qmp.read_message().await?;
-        if greeting.get("QMP").is_none() {
-            return Err(QmpError::Malformed(format!(
-                "expected the QMP greeting, got {greeting}"
-            )));
-        }
+        // QEMU's monitor keeps the output a closed connection did not read
+        // (the reply to a command whose caller timed out and dropped the
+        // connection) and sends it to the next client before the greeting:
+        // replies and events are skipped, a bounded number of them.
+        let mut skipped = 0;
+        let greeting = loop {
+            let message = qmp.read_message().await?;
+            if message.get("QMP").is_some() {
+                break message;
+            }
+            let stale = ["return", "error", "event"]
+                .iter()
+                .any(|key| message.get(key).is_some());
+            if !stale || skipped == MAX_STALE_BEFORE_GREETING {
+                return Err(QmpError::Malformed(format!(
+                    "expected the QMP greeting, got {message}"
+                )));
+            }
+            tracing::debug!(%message, "QMP: skipped a message left from an earlier connection");
+            skipped += 1;
+        };
         qmp.greeting = greeting;
         qmp.busy = false;
         qmp.execute("qmp_capabilities", None, Duration::MAX).await?;
@@ -305,6 +324,22 @@ mod tests {
         .await;
         let err = Qmp::connect(&path, LIMIT).await.unwrap_err();
         assert!(matches!(err, QmpError::LineTooLong), "{err}");
+    }
+
+    #[tokio::test]
+    async fn replies_left_from_an_earlier_connection_are_skipped_before_the_greeting() {
+        let stale = r#"{"id": 5, "return": {"status": "setup"}}"#;
+        let (_dir, path) = fake_server(format!("{stale}\n{EVENT}\n{GREETING}\n"), |req| {
+            vec![reply(&req, json!({}))]
+        })
+        .await;
+        let qmp = Qmp::connect(&path, LIMIT).await.unwrap();
+        assert_eq!(qmp.greeting()["QMP"]["version"]["qemu"]["major"], 7);
+        // Only so many: a server that never greets is refused.
+        let flood = format!("{stale}\n").repeat(MAX_STALE_BEFORE_GREETING + 1);
+        let (_dir, path) = fake_server(flood, |_| vec![]).await;
+        let err = Qmp::connect(&path, LIMIT).await.unwrap_err();
+        assert!(matches!(err, QmpError::Malformed(_)), "{err}");
     }
 
     #[tokio::test]
