@@ -244,9 +244,46 @@ impl Rules {
 }
 
 /// Installs the filters `build_seccomp` made.
+/// Installs `filters` on the calling thread with seccomp(2) itself:
+/// seccompiler's `apply_filter` sets no_new_privs first, which a process
+/// whose spec leaves it off (`no-new-privileges=false`, as Docker and
+/// runc do by default) must not get. Without no_new_privs the kernel
+/// takes the filter only from a process with CAP_SYS_ADMIN, which is why
+/// [`crate::spawn`] installs it before dropping capabilities in that case.
 pub fn install_seccomp(filters: &[BpfProgram]) -> Result<(), String> {
     for f in filters {
-        seccompiler::apply_filter(f).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+        let len = u16::try_from(f.len())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "installing the seccomp filter: {} instructions (1 to 65535)",
+                    f.len()
+                )
+            })?;
+        let program = libc::sock_fprog {
+            len,
+            // seccompiler's sock_filter is #[repr(C)] with the kernel's
+            // layout (u16 code, u8 jt, u8 jf, u32 k), as libc's is.
+            filter: f.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `program` points at `len` instructions of `f`, which
+        // outlives the call; the kernel copies the program before it
+        // returns.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &program as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "installing the seccomp filter: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }
@@ -446,6 +483,40 @@ mod tests {
                     && Errno::last() == Errno::EPERM
                     // SAFETY: getpid has no preconditions.
                     && unsafe { libc::getpid() } > 0;
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_filter_installed_with_cap_sys_admin_leaves_no_new_privs_off() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // needs CAP_SYS_ADMIN, as hyperstart has
+        }
+        let spec = SeccompSpec {
+            default_action: SeccompAction::Allow,
+            rules: vec![rule(
+                libc::SYS_unshare,
+                SeccompAction::Errno(libc::EPERM as u32),
+                vec![],
+            )],
+        };
+        let filters = build_seccomp(&spec).unwrap();
+        // SAFETY: the child only makes raw syscalls and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = install_seccomp(&filters).is_ok()
+                    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers.
+                    && unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 0
+                    // SAFETY: unshare with no flags touches no memory.
+                    && unsafe { libc::unshare(0) } == -1
+                    && Errno::last() == Errno::EPERM;
                 // SAFETY: ends the forked child at once.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) }
             }
