@@ -15,22 +15,35 @@ pub fn parse_memory(value: &str) -> Result<u32, String> {
         )
     };
     let v = value.trim().to_ascii_lowercase();
+    let (number, suffix) = split_size(&v).ok_or_else(bad)?;
+    if suffix.is_empty() {
+        return u32::try_from(number).map_err(|_| too_big(value));
+    }
+    let unit = unit_bytes(suffix).ok_or_else(bad)?;
+    let bytes = number.checked_mul(unit).ok_or_else(|| too_big(value))?;
+    u32::try_from(bytes.div_ceil(1 << 20)).map_err(|_| too_big(value))
+}
+
+/// `512m` → (512, "m"): the leading digits as a number and what follows;
+/// `None` without leading digits or past u64.
+fn split_size(v: &str) -> Option<(u64, &str)> {
     let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     if digits == 0 {
-        return Err(bad());
+        return None;
     }
-    let number: u64 = v[..digits].parse().map_err(|_| bad())?;
-    let unit: u64 = match &v[digits..] {
-        "" => return u32::try_from(number).map_err(|_| too_big(value)),
+    Some((v[..digits].parse().ok()?, &v[digits..]))
+}
+
+/// Docker's size units, lower case, in bytes.
+fn unit_bytes(suffix: &str) -> Option<u64> {
+    Some(match suffix {
         "b" => 1,
         "k" | "kb" => 1 << 10,
         "m" | "mb" => 1 << 20,
         "g" | "gb" => 1 << 30,
         "t" | "tb" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let bytes = number.checked_mul(unit).ok_or_else(|| too_big(value))?;
-    u32::try_from(bytes.div_ceil(1 << 20)).map_err(|_| too_big(value))
+        _ => return None,
+    })
 }
 
 fn too_big(value: &str) -> String {
@@ -43,19 +56,8 @@ fn too_big(value: &str) -> String {
 pub fn parse_bytes(value: &str) -> Result<u64, String> {
     let bad = || format!("{value:?}: give a size with a unit: 32m, 1g, 512k, 6291456b");
     let v = value.trim().to_ascii_lowercase();
-    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    if digits == 0 {
-        return Err(bad());
-    }
-    let number: u64 = v[..digits].parse().map_err(|_| bad())?;
-    let unit: u64 = match &v[digits..] {
-        "b" => 1,
-        "k" | "kb" => 1 << 10,
-        "m" | "mb" => 1 << 20,
-        "g" | "gb" => 1 << 30,
-        "t" | "tb" => 1 << 40,
-        _ => return Err(bad()),
-    };
+    let (number, suffix) = split_size(&v).ok_or_else(bad)?;
+    let unit = unit_bytes(suffix).ok_or_else(bad)?;
     number
         .checked_mul(unit)
         .ok_or_else(|| format!("{value:?}: too large"))

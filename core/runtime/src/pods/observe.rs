@@ -85,15 +85,7 @@ impl Runtime {
             None => record.name.clone().unwrap_or_else(|| record.id.clone()),
         };
         tracing::warn!(pod = %record.id, %container, "the guest's OOM killer killed the container's process");
-        self.metrics
-            .oom_kills
-            .with_label_values(&["guest", record.backend.as_str()])
-            .inc();
-        self.event(
-            Action::Oom,
-            record,
-            &[("scope", "guest".into()), ("container", container)],
-        );
+        self.count_guest_oom(record, container);
     }
 
     /// The guest's OOM killer ended the first process of `record`'s joined
@@ -102,6 +94,12 @@ impl Runtime {
     /// pod goes on, so its own `oom_killed` stays as it is.
     pub(super) fn observe_joined_oom(&self, record: &PodRecord, name: &str) {
         tracing::warn!(pod = %record.id, container = %name, "the guest's OOM killer killed the joined container's process");
+        self.count_guest_oom(record, name.to_string());
+    }
+
+    /// A guest OOM kill of `record`'s `container`: counted, and its `oom`
+    /// event (`scope=guest`) emitted.
+    fn count_guest_oom(&self, record: &PodRecord, container: String) {
         self.metrics
             .oom_kills
             .with_label_values(&["guest", record.backend.as_str()])
@@ -109,7 +107,7 @@ impl Runtime {
         self.event(
             Action::Oom,
             record,
-            &[("scope", "guest".into()), ("container", name.to_string())],
+            &[("scope", "guest".into()), ("container", container)],
         );
     }
 
