@@ -315,8 +315,12 @@ def table(data):
         print(f"{label:<{width}}  " + "  ".join(f"{c:<{cw}}" for c in cells))
     for i, r in enumerate(reasons, 1):
         print(f"[{i}] {r}")
-    bad = sum(1 for _, cells in rows for c in cells if c.startswith(("FAILED", "NOT RUN")))
-    return bad == 0
+    # The failures again, last, so the tail of a long CI log names them.
+    bad = [(label, b, c) for label, cells in rows for b, c in zip(BACKENDS, cells)
+           if c.startswith(("FAILED", "NOT RUN"))]
+    for label, b, c in bad:
+        print(f"matrix: {b}: {label}: {c}")
+    return not bad
 
 
 def main(argv):
