@@ -146,3 +146,98 @@ fn pids_limit_stops_a_fork_loop_at_the_limit_and_the_vm_carries_on() {
         text(&out.stderr)
     );
 }
+
+/// `(cutime + cstime)` of `/proc/PID/stat`'s line: the CPU time, in clock
+/// ticks, of the children that process has waited for.
+fn children_ticks(stat: &str) -> u64 {
+    // The fields after the command's closing parenthesis, from `state`
+    // (field 3): cutime and cstime are fields 16 and 17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(13)
+        .take(2)
+        .map(|f| f.parse().unwrap_or_else(|_| panic!("{f:?} in {stat:?}")))
+        .collect();
+    assert_eq!(fields.len(), 2, "{stat:?}");
+    fields.iter().sum()
+}
+
+#[test]
+fn a_fractional_cpus_caps_the_containers_cpu_time() {
+    let d = Hyperd::start();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    // A subshell spins for 4 s of the guest's clock (forking `date` as it
+    // goes); the init then prints how long that took and its own stat line,
+    // whose cutime/cstime hold the subshell's CPU time once waited for.
+    let script = "start=$(date +%s); \
+                  (while [ $(( $(date +%s) - start )) -lt 4 ]; do :; done); \
+                  echo wall=$(( $(date +%s) - start )); read -r s < /proc/$$/stat; echo \"$s\"";
+    let out = d.hyper(&[
+        "run",
+        "--rm",
+        "--cpus",
+        "0.2",
+        "--cpu-shares",
+        "512",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    let mut lines = stdout.lines();
+    let wall: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("wall="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wall time: {stdout:?}"));
+    let ticks = children_ticks(lines.next().unwrap_or_default());
+    // The guest's USER_HZ is 100. A cap of 0.2 CPUs lets the spin use a
+    // fifth of the wall time; half is far past that (a period's slack and
+    // rounding of whole seconds), and without the cap it would use nearly
+    // all of it. More than nothing shows the count itself works.
+    let cpu_s = ticks as f64 / 100.0;
+    eprintln!("--cpus 0.2: {cpu_s} s of CPU in {wall} s");
+    assert!(wall >= 4, "{stdout}");
+    assert!(
+        cpu_s > 0.02 * wall as f64 && cpu_s < 0.5 * wall as f64,
+        "{cpu_s} s of CPU in {wall} s with --cpus 0.2: {stdout}"
+    );
+
+    // Docker's refusals, before any VM starts.
+    for (flags, word) in [
+        (vec!["--cpus", "0.5", "--cpu-quota", "50000"], "--cpu-quota"),
+        (vec!["--cpu-period", "50000"], "--cpu-period"),
+        (vec!["--cpu-shares", "300000"], "--cpu-shares"),
+    ] {
+        let mut a = vec!["run"];
+        a.extend(flags.iter().copied());
+        a.extend(["--rootfs", &rootfs, "true"]);
+        let out = d.hyper(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(word),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = d.hyper(&["ps", "-a", "--json"]);
+    d.succeeded(&out);
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    assert_eq!(pods, serde_json::json!([]), "a refused run left a pod");
+}

@@ -349,9 +349,22 @@ struct RunArgs {
     /// User (uid[:gid] or name[:group]) inside the container.
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
-    /// vCPUs of the pod's VM.
-    #[arg(long)]
-    cpus: Option<u32>,
+    /// CPUs for the pod, as Docker's --cpus: the VM gets that many vCPUs,
+    /// rounded up, and a fraction (0.5, 1.5) also caps the container at
+    /// that much CPU time (cpu.max in the guest).
+    #[arg(long, value_name = "CPUS")]
+    cpus: Option<f64>,
+    /// The container's relative CPU weight, as Docker's (2 to 262144;
+    /// 1024 is the default; cpu.weight in the guest).
+    #[arg(long, value_name = "SHARES")]
+    cpu_shares: Option<u64>,
+    /// At most this many microseconds of CPU time per --cpu-period.
+    #[arg(long, value_name = "MICROSECONDS")]
+    cpu_quota: Option<u64>,
+    /// The period of --cpu-quota, microseconds (1000 to 1000000; 100000
+    /// without it).
+    #[arg(long, value_name = "MICROSECONDS")]
+    cpu_period: Option<u64>,
     /// Memory of the pod's VM: MiB (512) or with a unit (512m, 1g, 1048576k).
     /// The container can use all of it but the guest kernel's share; past
     /// that the guest's OOM killer ends it (OOMKilled, exit 137).
@@ -668,6 +681,15 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
     if let Err(e) = hyper_api::volumes::validate(&volumes) {
         return fail(e);
     }
+    let cpu = match hyper_api::resources::cpu_plan(&hyper_api::resources::CpuFlags {
+        cpus: args.cpus,
+        shares: args.cpu_shares,
+        period_us: args.cpu_period,
+        quota_us: args.cpu_quota,
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let request = RunRequest {
         volumes,
         network,
@@ -679,10 +701,12 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         env: args.env,
         workdir: args.workdir,
         user: args.user,
-        cpus: args.cpus,
+        cpus: cpu.vcpus,
         memory_mib: args.memory,
         limits: hyper_api::resources::ResourceLimits {
             pids_max: args.pids_limit,
+            cpu_max: cpu.cpu_max,
+            cpu_weight: cpu.cpu_weight,
             ..Default::default()
         },
         remove: args.rm,

@@ -80,6 +80,87 @@ pub fn cpus_to_cpu_max(cpus: f64) -> Result<CpuMax, String> {
     })
 }
 
+/// `hyper run`'s CPU flags, as Docker has them: `--cpus` (a number of CPUs,
+/// `1.5`), `--cpu-shares` (a relative weight; 1024 is everyone's), and
+/// `--cpu-quota` microseconds of CPU time per `--cpu-period` (100 ms
+/// without it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuFlags {
+    pub cpus: Option<f64>,
+    pub shares: Option<u64>,
+    pub period_us: Option<u64>,
+    pub quota_us: Option<u64>,
+}
+
+/// What [`CpuFlags`] ask of a pod: the VM's vCPUs and the container's
+/// `cpu.max` and `cpu.weight` in the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuPlan {
+    pub vcpus: Option<u32>,
+    pub cpu_max: Option<CpuMax>,
+    pub cpu_weight: Option<u64>,
+}
+
+/// [`CpuFlags`] as a [`CpuPlan`]. A VM has whole vCPUs, so `--cpus 1.5`
+/// gives it 2 (Kata's rounding) and caps the container at 1.5 CPUs'
+/// worth of time; a whole `--cpus 2` is the VM's size alone. A fraction
+/// and `--cpu-quota` both set the cap, so they are refused together, as
+/// Docker refuses `--cpus` with `--cpu-quota`.
+pub fn cpu_plan(flags: &CpuFlags) -> Result<CpuPlan, String> {
+    let mut plan = CpuPlan::default();
+    if let Some(cpus) = flags.cpus {
+        let cap = cpus_to_cpu_max(cpus).map_err(|e| format!("--cpus {e}"))?;
+        // Within 0.01..=10240 (cpus_to_cpu_max's range): fits in u32.
+        plan.vcpus = Some(cpus.ceil() as u32);
+        if cpus.fract() != 0.0 {
+            plan.cpu_max = Some(cap);
+        }
+    }
+    if flags.period_us.is_some() && flags.quota_us.is_none() {
+        return Err(
+            "--cpu-period: give --cpu-quota with it (the CPU time allowed per period)".into(),
+        );
+    }
+    if let Some(quota_us) = flags.quota_us {
+        if plan.cpu_max.is_some() {
+            return Err(format!(
+                "--cpus {} and --cpu-quota both cap the container's CPU time: give one (a whole --cpus sizes the VM and goes with --cpu-quota)",
+                flags.cpus.unwrap_or_default()
+            ));
+        }
+        let max = CpuMax {
+            quota_us,
+            period_us: flags.period_us.unwrap_or(CpuMax::DEFAULT_PERIOD_US),
+        };
+        let limits = ResourceLimits {
+            cpu_max: Some(max),
+            ..Default::default()
+        };
+        check_limits(&limits, |_| String::new()).map_err(|e| {
+            let e = e.trim_start_matches(": ");
+            format!(
+                "--cpu-quota {quota_us} / --cpu-period {}: {e}",
+                max.period_us
+            )
+        })?;
+        plan.cpu_max = Some(max);
+    }
+    // Docker's 0 is "the default weight"; its kernel floor is 2.
+    plan.cpu_weight = match flags.shares {
+        None | Some(0) => None,
+        Some(s) if s > MAX_CPU_SHARES => {
+            return Err(format!(
+                "--cpu-shares {s}: give 2 to {MAX_CPU_SHARES} (1024 is the default weight)"
+            ))
+        }
+        Some(s) => Some(ResourceLimits::weight_of_shares(s.max(2))),
+    };
+    Ok(plan)
+}
+
+/// The kernel's cgroup v1 `cpu.shares` ceiling, and Docker's.
+pub const MAX_CPU_SHARES: u64 = 262_144;
+
 /// Checks `limits` as hyperd gets them; the error names the field the
 /// user set, through `key` (`--pids-limit` for `pids_max`, or a pod file
 /// key), and its range.
@@ -117,6 +198,121 @@ mod tests {
         assert_eq!(cpus_to_cpu_max(0.01).unwrap().quota_us, 1_000);
         for bad in [0.0, -1.0, 0.001, f64::NAN, f64::INFINITY, 1e9] {
             assert!(cpus_to_cpu_max(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_flags_size_the_vm_and_cap_the_container() {
+        let plan = |f: CpuFlags| cpu_plan(&f);
+        // A whole number sizes the VM only.
+        let p = plan(CpuFlags {
+            cpus: Some(2.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((p.vcpus, p.cpu_max, p.cpu_weight), (Some(2), None, None));
+        // A fraction rounds the VM up and caps the container.
+        let p = plan(CpuFlags {
+            cpus: Some(1.5),
+            shares: Some(512),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.vcpus, Some(2));
+        assert_eq!(
+            p.cpu_max,
+            Some(CpuMax {
+                quota_us: 150_000,
+                period_us: 100_000
+            })
+        );
+        assert_eq!(p.cpu_weight, Some(ResourceLimits::weight_of_shares(512)));
+        let p = plan(CpuFlags {
+            cpus: Some(0.25),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.vcpus, Some(1));
+        // Quota over Docker's period, or the one given; 0 shares is the default.
+        let p = plan(CpuFlags {
+            cpus: Some(2.0),
+            quota_us: Some(50_000),
+            shares: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            p.cpu_max.map(|c| (c.quota_us, c.period_us)),
+            Some((50_000, 100_000))
+        );
+        assert_eq!(p.cpu_weight, None);
+        let p = plan(CpuFlags {
+            quota_us: Some(20_000),
+            period_us: Some(50_000),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            p.cpu_max.map(|c| (c.quota_us, c.period_us)),
+            Some((20_000, 50_000))
+        );
+        assert_eq!(p.vcpus, None);
+        // What Docker refuses, with the flag named.
+        for (flags, word) in [
+            (
+                CpuFlags {
+                    cpus: Some(0.5),
+                    quota_us: Some(50_000),
+                    ..Default::default()
+                },
+                "--cpu-quota",
+            ),
+            (
+                CpuFlags {
+                    period_us: Some(50_000),
+                    ..Default::default()
+                },
+                "--cpu-period",
+            ),
+            (
+                CpuFlags {
+                    quota_us: Some(10),
+                    ..Default::default()
+                },
+                "--cpu-quota 10",
+            ),
+            (
+                CpuFlags {
+                    quota_us: Some(50_000),
+                    period_us: Some(10),
+                    ..Default::default()
+                },
+                "--cpu-period 10",
+            ),
+            (
+                CpuFlags {
+                    shares: Some(MAX_CPU_SHARES + 1),
+                    ..Default::default()
+                },
+                "--cpu-shares",
+            ),
+            (
+                CpuFlags {
+                    cpus: Some(0.0),
+                    ..Default::default()
+                },
+                "--cpus 0",
+            ),
+            (
+                CpuFlags {
+                    cpus: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "--cpus",
+            ),
+        ] {
+            let e = plan(flags).unwrap_err();
+            assert!(e.contains(word), "{flags:?}: {e}");
         }
     }
 
