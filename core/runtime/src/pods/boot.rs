@@ -462,6 +462,13 @@ impl Runtime {
             record.tmpfs_volumes().into_iter().cloned().collect();
         let backend = record.backend.clone();
         let plan = super::volumes::plan(&record.mounts, self.share_transport(), &backend)?;
+        // Kept for requests into the running pod; a guest's unknown words
+        // are not (they would only grow pod.json).
+        record.guest_capabilities = capability::ALL
+            .iter()
+            .filter(|known| ready.capabilities.iter().any(|c| c == *known))
+            .map(|c| c.to_string())
+            .collect();
         let has = |cap: &str| ready.capabilities.iter().any(|c| c == cap);
         if (!volumes.is_empty() || !plan.volumes.is_empty()) && !has(capability::VOLUMES) {
             return Err(RunError::Failed(format!(

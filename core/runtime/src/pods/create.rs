@@ -325,6 +325,7 @@ impl Runtime {
             joinable: new.joinable,
             joined: Vec::new(),
             joins: 0,
+            guest_capabilities: Vec::new(),
         };
         // The name is claimed and the pod listed under one lock: of two
         // concurrent runs of one --name, the second gets the conflict.

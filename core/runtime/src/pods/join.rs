@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use hyper_hypervisor::{ShareSpec, ShareTransport};
 use hyper_protocol::{
-    ContainerSpec, ProcessSpec, Request, RootfsSpec, SharedRootfs, TerminalSize, VolumeSource,
-    VolumeSpec,
+    capability, ContainerSpec, ProcessSpec, Request, RootfsSpec, SharedRootfs, TerminalSize,
+    VolumeSource, VolumeSpec,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -344,6 +344,16 @@ impl Runtime {
                 return Err(RunError::Conflict(format!(
                     "pod {id} already has a container {}",
                     req.name
+                )));
+            }
+            let knows = |cap: &str| r.guest_capabilities.iter().any(|c| c == cap);
+            if !req.limits.is_unlimited()
+                && !r.guest_capabilities.is_empty()
+                && !knows(capability::CONTAINER_LIMITS)
+            {
+                return Err(RunError::Failed(format!(
+                    "pod {id}'s guest agent cannot set container limits (no capability {}): install a payload built from this version, or leave out the container's linux.resources",
+                    capability::CONTAINER_LIMITS
                 )));
             }
             if r.joined.len() >= MAX_JOINED {

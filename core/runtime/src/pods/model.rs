@@ -255,6 +255,12 @@ pub struct PodRecord {
     /// How many containers ever joined it (numbers their guest ids).
     #[serde(default, skip_serializing_if = "hyper_api::pods::is_default")]
     pub joins: u32,
+    /// The capabilities its current VM's hyperstart announced, those this
+    /// host knows only: a request joining the running pod (or one after a
+    /// takeover, whose reattach announces none) is checked against them.
+    /// Empty when unknown (a record from before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_capabilities: Vec<String>,
 }
 
 /// How a pod's VM started (`hyper inspect`'s `started`).

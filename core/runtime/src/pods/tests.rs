@@ -1508,6 +1508,40 @@ async fn containers_join_a_running_pod_in_its_vm_and_leave_it_one_by_one() {
 }
 
 #[tokio::test]
+async fn a_join_with_limits_into_a_guest_without_them_is_refused_up_front() {
+    // This guest announces no container-limits.
+    let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
+        exit: None,
+        on_term: None,
+    }));
+    let id = joinable_pod(&s).await;
+    let on_disk = store::read_record(&s.pods_dir().join(&id)).unwrap();
+    assert!(on_disk
+        .guest_capabilities
+        .iter()
+        .any(|c| c == hyper_protocol::capability::SHARED_ROOTFS));
+    let (io, _out) = client_io();
+    let req = JoinRequest {
+        limits: hyper_protocol::ResourceLimits {
+            pids_max: Some(10),
+            ..Default::default()
+        },
+        ..join_request(&s, "limited")
+    };
+    let err = s.rt.join(&id, req, io).await.err().unwrap();
+    assert!(err.to_string().contains("container-limits"), "{err}");
+    // Nothing of it is left, and a join without limits still goes in.
+    assert!(s.rt.record(&id).unwrap().joined.is_empty());
+    let join_dir = s.pods_dir().join(&id).join("join");
+    assert_eq!(std::fs::read_dir(&join_dir).unwrap().count(), 0);
+    let (io, _out) = client_io();
+    let c = s.rt.join(&id, join_request(&s, "plain"), io).await.unwrap();
+    assert!(c.early.is_none());
+    s.rt.kill(&id, libc::SIGKILL).await.unwrap();
+    until("the pod is removed", || s.rt.record(&id).is_none()).await;
+}
+
+#[tokio::test]
 async fn a_joined_container_ends_on_its_own_and_the_pod_goes_on() {
     let s = Setup::new(FakeHypervisor::sharing(Guest::Runs {
         exit: None,
