@@ -101,6 +101,25 @@ fn a_containers_memory_limit_oom_kills_it_alone_and_its_sibling_runs_on() {
     d.succeeded(&out);
 }
 
+/// `hyper run FLAGS --rootfs BUSYBOX -- sh -c SCRIPT`, which must exit 0;
+/// its stdout.
+fn run_script(d: &Hyperd, flags: &[&str], script: &str) -> String {
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--rootfs", &rootfs, "--", "sh", "-c", script]);
+    let out = d.hyper(&args);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{flags:?}\nstdout: {stdout}\nstderr: {}\nlog:\n{}",
+        text(&out.stderr),
+        d.log_text()
+    );
+    stdout
+}
+
 #[test]
 fn pids_limit_stops_a_fork_loop_at_the_limit_and_the_vm_carries_on() {
     let d = Hyperd::start();
@@ -110,25 +129,7 @@ fn pids_limit_stops_a_fork_loop_at_the_limit_and_the_vm_carries_on() {
     // is there through its own PID namespace's /proc with a glob (no fork).
     let script = "sh -c 'for i in $(seq 40); do sleep 600 & done' 2>/dev/null; \
                   set -- /proc/[0-9]*; echo procs=$#";
-    let out = d.hyper(&[
-        "run",
-        "--pids-limit",
-        "20",
-        "--rootfs",
-        &rootfs,
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {}\nlog:\n{}",
-        text(&out.stderr),
-        d.log_text()
-    );
+    let stdout = run_script(&d, &["--pids-limit", "20"], script);
     let procs: usize = stdout
         .trim()
         .strip_prefix("procs=")
@@ -173,27 +174,10 @@ fn a_fractional_cpus_caps_the_containers_cpu_time() {
     let script = "start=$(date +%s); \
                   (while [ $(( $(date +%s) - start )) -lt 4 ]; do :; done); \
                   echo wall=$(( $(date +%s) - start )); read -r s < /proc/$$/stat; echo \"$s\"";
-    let out = d.hyper(&[
-        "run",
-        "--rm",
-        "--cpus",
-        "0.2",
-        "--cpu-shares",
-        "512",
-        "--rootfs",
-        &rootfs,
-        "--",
-        "sh",
-        "-c",
+    let stdout = run_script(
+        &d,
+        &["--rm", "--cpus", "0.2", "--cpu-shares", "512"],
         script,
-    ]);
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {}\nlog:\n{}",
-        text(&out.stderr),
-        d.log_text()
     );
     let mut lines = stdout.lines();
     let wall: u64 = lines
