@@ -1567,6 +1567,7 @@ mod tests {
             stdio,
             stderr: stdio + 1,
             confinement: hyper_protocol::Confinement::unconfined(),
+            rlimits: Vec::new(),
         }
     }
 

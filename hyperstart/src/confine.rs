@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hyper_protocol::{SeccompAction, SeccompArg, SeccompOp, SeccompSpec};
+use hyper_protocol::{Rlimit, SeccompAction, SeccompArg, SeccompOp, SeccompSpec};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
+use nix::sys::resource::{setrlimit, Resource};
 use seccompiler::{
     BpfProgram, SeccompAction as Action, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
@@ -360,6 +361,46 @@ pub fn protect_paths(sys: &mut dyn Sys, root: &Path) -> SysResult {
                 | MsFlags::MS_NOEXEC,
             None,
         )?;
+    }
+    Ok(())
+}
+
+/// [`Rlimit`]s as the kernel's resources, checked ([`Rlimit::validate_all`]):
+/// done before the fork, so a bad list fails the request, not the child.
+pub fn resolve_rlimits(limits: &[Rlimit]) -> Result<Vec<(Resource, u64, u64)>, String> {
+    Rlimit::validate_all(limits)?;
+    limits
+        .iter()
+        .map(|l| {
+            let r = match l.resource.as_str() {
+                "as" => Resource::RLIMIT_AS,
+                "core" => Resource::RLIMIT_CORE,
+                "cpu" => Resource::RLIMIT_CPU,
+                "data" => Resource::RLIMIT_DATA,
+                "fsize" => Resource::RLIMIT_FSIZE,
+                "locks" => Resource::RLIMIT_LOCKS,
+                "memlock" => Resource::RLIMIT_MEMLOCK,
+                "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+                "nice" => Resource::RLIMIT_NICE,
+                "nofile" => Resource::RLIMIT_NOFILE,
+                "nproc" => Resource::RLIMIT_NPROC,
+                "rss" => Resource::RLIMIT_RSS,
+                "rtprio" => Resource::RLIMIT_RTPRIO,
+                "rttime" => Resource::RLIMIT_RTTIME,
+                "sigpending" => Resource::RLIMIT_SIGPENDING,
+                "stack" => Resource::RLIMIT_STACK,
+                other => return Err(format!("ulimit {other}: not known to this guest")),
+            };
+            Ok((r, l.soft, l.hard))
+        })
+        .collect()
+}
+
+/// Sets each limit, in the child before it drops its capabilities (a hard
+/// limit above the current one needs `CAP_SYS_RESOURCE`, as in runc).
+pub fn set_rlimits(limits: &[(Resource, u64, u64)]) -> Result<(), (Resource, Errno)> {
+    for &(resource, soft, hard) in limits {
+        setrlimit(resource, soft, hard).map_err(|e| (resource, e))?;
     }
     Ok(())
 }

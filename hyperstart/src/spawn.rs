@@ -231,6 +231,7 @@ struct Prepared<'a> {
     terminal: Option<TerminalSize>,
     confinement: &'a Confinement,
     seccomp: Vec<seccompiler::BpfProgram>,
+    rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
 }
 
 fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
@@ -252,7 +253,9 @@ fn prepare(spec: &ProcessSpec) -> Result<Prepared<'_>, AgentError> {
         Some(profile) => confine::build_seccomp(profile).map_err(invalid)?,
         None => Vec::new(),
     };
+    let rlimits = confine::resolve_rlimits(&spec.rlimits).map_err(invalid)?;
     Ok(Prepared {
+        rlimits,
         args,
         arg0,
         env: &spec.env,
@@ -598,6 +601,15 @@ fn process(target: Target<'_>, prepared: &Prepared<'_>, fds: ChildFds) -> ! {
             &format!("creating the workdir: {e}"),
         );
     }
+    // While still root with every capability: raising a hard limit needs
+    // CAP_SYS_RESOURCE.
+    if let Err((resource, e)) = confine::set_rlimits(&prepared.rlimits) {
+        setup_failed(
+            status,
+            e as i32,
+            &format!("setting the limit {resource:?}: {e}"),
+        );
+    }
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
     // while the process still has it (as runc does); what follows must then
     // be allowed by the profile.
@@ -893,6 +905,7 @@ mod tests {
             stdio: 1,
             stderr: 2,
             confinement: Confinement::unconfined(),
+            rlimits: Vec::new(),
         };
         assert_eq!(
             prepare(&spec).err().map(|e| e.kind),
@@ -921,6 +934,28 @@ mod tests {
         assert_eq!(
             prepare(&spec).map(|p| p.workdir).ok().as_deref(),
             Some("/srv")
+        );
+        // So is a limit the host should not have sent.
+        let limit = |r: &str, soft, hard| hyper_protocol::Rlimit {
+            resource: r.into(),
+            soft,
+            hard,
+        };
+        spec.rlimits = vec![limit("nofile", 10, 5)];
+        let err = prepare(&spec).err().expect("refused");
+        assert!(
+            err.message.contains("above the hard limit"),
+            "{}",
+            err.message
+        );
+        spec.rlimits = vec![limit("nofile", 64, 128), limit("core", 0, 0)];
+        let prepared = prepare(&spec).ok().expect("prepared");
+        assert_eq!(
+            prepared.rlimits,
+            vec![
+                (nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 128),
+                (nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+            ]
         );
     }
 }

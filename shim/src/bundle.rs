@@ -217,14 +217,24 @@ pub struct Process {
     pub env: Vec<String>,
     #[serde(default)]
     pub cwd: String,
-    /// Read to say they are not applied (hyperstart sets none yet).
+    /// Set before the process starts, as the core's ulimits.
     #[serde(default)]
-    pub rlimits: Vec<serde_json::Value>,
+    pub rlimits: Vec<SpecRlimit>,
     /// Absent: the core's default set ([`crate::confine`]).
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
     #[serde(default)]
     pub no_new_privileges: bool,
+}
+
+/// One of the spec's `process.rlimits`: `{"type": "RLIMIT_NOFILE",
+/// "soft": 1024, "hard": 4096}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SpecRlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// The spec's capability sets; the bounding set is the one taken (CRI and

@@ -35,6 +35,19 @@ pub fn security(process: &Process, linux: Option<&Linux>) -> Result<Security, Co
         })?;
         security.security_opt.push(format!("seccomp={json}"));
     }
+    // `RLIMIT_NOFILE` is Docker's `nofile`; the core checks the names.
+    security.ulimits = process
+        .rlimits
+        .iter()
+        .map(|r| {
+            let name = r.kind.strip_prefix("RLIMIT_").unwrap_or(&r.kind);
+            format!("{}={}:{}", name.to_ascii_lowercase(), r.soft, r.hard)
+        })
+        .collect();
+    security.rlimits().map_err(|e| ConfineError {
+        field: "process.rlimits",
+        message: e.to_string(),
+    })?;
     // Checked here so a bad spec fails Create with the spec's field named.
     security.confinement().map_err(|e| ConfineError {
         field: if linux.and_then(|l| l.seccomp.as_ref()).is_some() {
@@ -54,6 +67,27 @@ mod tests {
 
     fn process(json: &str) -> Process {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_specs_rlimits_become_ulimits_and_bad_ones_name_the_field() {
+        let p = process(
+            r#"{"args":["x"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":4096,"soft":1024},{"type":"RLIMIT_CORE","hard":0,"soft":0}]}"#,
+        );
+        let s = security(&p, None).unwrap();
+        let limits = s.rlimits().unwrap();
+        assert_eq!(limits.len(), 2);
+        assert_eq!(
+            (limits[0].resource.as_str(), limits[0].soft, limits[0].hard),
+            ("nofile", 1024, 4096)
+        );
+        assert_eq!(limits[1].resource, "core");
+        let p = process(r#"{"args":["x"],"rlimits":[{"type":"RLIMIT_BOGUS","hard":1,"soft":1}]}"#);
+        let e = security(&p, None).unwrap_err().to_string();
+        assert!(e.contains("process.rlimits"), "{e}");
+        let p = process(r#"{"args":["x"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":1,"soft":2}]}"#);
+        let e = security(&p, None).unwrap_err().to_string();
+        assert!(e.contains("above the hard limit"), "{e}");
     }
 
     #[test]

@@ -326,9 +326,6 @@ impl TaskService {
         if !mapped.skipped.is_empty() {
             tracing::debug!(task = %req.id, skipped = ?mapped.skipped, "spec mounts the guest makes itself");
         }
-        if !process.rlimits.is_empty() {
-            tracing::warn!(task = %req.id, "the spec's rlimits are not applied in the guest (not supported yet)");
-        }
         let security =
             crate::confine::security(&process, spec.linux.as_ref()).map_err(|e| e.to_string())?;
         if sandbox_pod.is_some() && !mapped.volumes.is_empty() {

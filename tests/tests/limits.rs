@@ -225,3 +225,67 @@ fn a_fractional_cpus_caps_the_containers_cpu_time() {
     let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps JSON");
     assert_eq!(pods, serde_json::json!([]), "a refused run left a pod");
 }
+
+#[test]
+fn ulimits_hold_for_the_container_and_its_execs() {
+    let d = Hyperd::start();
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let out = d.hyper(&[
+        "run",
+        "-d",
+        "--name",
+        "limited",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "nproc=unlimited",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo $(ulimit -n) $(ulimit -Hn) $(ulimit -u); exec sleep 600",
+    ]);
+    d.succeeded(&out);
+    // The init's, from its log (a process cannot raise its hard limit back).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logged = loop {
+        let out = d.hyper(&["logs", "limited"]);
+        let t = text(&out.stdout);
+        if !t.is_empty() || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(logged, "100 200 unlimited\n", "log:\n{}", d.log_text());
+    // An exec gets the container's limits too, as in Docker.
+    assert_eq!(
+        d.exec_ok(&["limited", "sh", "-c", "echo $(ulimit -n) $(ulimit -Hn)"]),
+        "100 200\n"
+    );
+    // The guest's own processes were not touched: another pod without
+    // limits has the kernel's defaults.
+    let plain = run_script(&d, &["--rm"], "ulimit -Hn");
+    assert_ne!(plain.trim(), "200", "{plain}");
+    d.succeeded(&d.hyper(&["rm", "-f", "limited"]));
+
+    // Docker's refusals, before any VM starts.
+    for (flag, word) in [
+        ("nofile=2:1", "above the hard limit"),
+        ("files=1", "not a limit"),
+        ("nofile", "NAME=SOFT"),
+    ] {
+        let out = d.hyper(&["run", "--ulimit", flag, "--rootfs", &rootfs, "true"]);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(word),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+    }
+}

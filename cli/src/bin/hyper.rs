@@ -392,6 +392,10 @@ struct RunArgs {
     /// seccomp=unconfined, seccomp=PROFILE.json (Docker's format), no-new-privileges[=false].
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// A resource limit for the container's processes and its execs, as
+    /// Docker's: NAME=SOFT[:HARD] (nofile=1024:2048; -1 is unlimited).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
     /// Publish a container port on the host: [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp].
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CTR[/PROTO]")]
     publish: Vec<String>,
@@ -641,7 +645,11 @@ async fn run(client: &Client, args: RunArgs) -> i32 {
         cap_add: args.cap_add,
         cap_drop: args.cap_drop,
         security_opt: args.security_opt,
+        ulimits: args.ulimit,
     };
+    if let Err(e) = security.rlimits() {
+        return fail(e);
+    }
     if let Err(e) = hyper_api::security::read_profile_files(
         &mut security.security_opt,
         std::path::Path::new("."),

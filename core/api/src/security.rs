@@ -9,7 +9,7 @@
 use std::str::FromStr;
 
 use hyper_protocol::{
-    Confinement, SeccompAction, SeccompArg, SeccompOp, SeccompRuleSpec, SeccompSpec,
+    Confinement, Rlimit, SeccompAction, SeccompArg, SeccompOp, SeccompRuleSpec, SeccompSpec,
 };
 use serde::{Deserialize, Serialize};
 use syscalls::x86_64::Sysno;
@@ -173,6 +173,11 @@ pub struct Security {
     /// `no-new-privileges[=true|false]`; `:` works in place of `=`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_opt: Vec<String>,
+    /// Docker's `--ulimit`: `NAME=SOFT[:HARD]` (`nofile=1024:2048`; `-1` or
+    /// `unlimited` for no limit), set for the container's processes and
+    /// its execs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<String>,
 }
 
 impl Security {
@@ -182,6 +187,17 @@ impl Security {
 
     pub fn confinement(&self) -> Result<Confinement, SecurityError> {
         confinement(self)
+    }
+
+    /// [`Security::ulimits`] as the guest takes them, checked.
+    pub fn rlimits(&self) -> Result<Vec<Rlimit>, SecurityError> {
+        let limits = self
+            .ulimits
+            .iter()
+            .map(|u| parse_ulimit(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Rlimit::validate_all(&limits).map_err(error)?;
+        Ok(limits)
     }
 
     /// Checks everything but the content of a profile file the client has
@@ -196,8 +212,48 @@ impl Security {
                 }
             }
         }
+        self.rlimits()?;
         confinement(&resolved).map(drop)
     }
+}
+
+/// One of Docker's `--ulimit NAME=SOFT[:HARD]`: the hard limit is the soft
+/// one when not given; `-1` or `unlimited` is no limit.
+pub fn parse_ulimit(value: &str) -> Result<Rlimit, SecurityError> {
+    let bad = |why: &str| {
+        error(format!(
+            "--ulimit {value}: {why} (give NAME=SOFT[:HARD], e.g. nofile=1024:2048)"
+        ))
+    };
+    let (name, limits) = value.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let name = name.trim().to_ascii_lowercase();
+    if !Rlimit::NAMES.contains(&name.as_str()) {
+        return Err(bad(&format!(
+            "{name:?} is not a limit; the limits are {}",
+            Rlimit::NAMES.join(", ")
+        )));
+    }
+    let number = |v: &str| match v.trim() {
+        "-1" | "unlimited" => Ok(Rlimit::UNLIMITED),
+        v => v
+            .parse::<u64>()
+            .map_err(|_| bad(&format!("{v:?} is not a number"))),
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((s, h)) => (number(s)?, number(h)?),
+        None => {
+            let v = number(limits)?;
+            (v, v)
+        }
+    };
+    if soft > hard {
+        return Err(bad("the soft limit is above the hard limit"));
+    }
+    Ok(Rlimit {
+        resource: name,
+        soft,
+        hard,
+    })
 }
 
 /// `Some(("seccomp", value))` for a `seccomp=VALUE` option.
@@ -768,6 +824,32 @@ mod tests {
         let c = confinement(&opts).unwrap();
         assert_eq!(c.capabilities, Confinement::ALL_CAPABILITIES);
         assert!(c.seccomp.is_none() && c.privileged && !c.no_new_privileges);
+    }
+
+    #[test]
+    fn ulimits_are_dockers_form() {
+        let u = |v: &str| parse_ulimit(v).map(|l| (l.resource, l.soft, l.hard));
+        assert_eq!(u("nofile=1024:2048"), Ok(("nofile".into(), 1024, 2048)));
+        assert_eq!(u("NOFILE=100"), Ok(("nofile".into(), 100, 100)));
+        assert_eq!(
+            u("memlock=-1:unlimited"),
+            Ok(("memlock".into(), Rlimit::UNLIMITED, Rlimit::UNLIMITED))
+        );
+        for (bad, word) in [
+            ("nofile", "no '='"),
+            ("files=1", "not a limit"),
+            ("nofile=x", "not a number"),
+            ("nofile=2:1", "above the hard limit"),
+            ("nofile=-2", "not a number"),
+        ] {
+            let e = parse_ulimit(bad).unwrap_err().0;
+            assert!(e.contains(word) && e.contains("--ulimit"), "{bad}: {e}");
+        }
+        let twice = Security {
+            ulimits: names(&["nproc=1", "nproc=2"]),
+            ..Default::default()
+        };
+        assert!(twice.validate().unwrap_err().0.contains("twice"));
     }
 
     #[test]

@@ -525,6 +525,73 @@ pub struct ProcessSpec {
     /// What the process may do inside the guest (capabilities, seccomp,
     /// no_new_privs); protocol version 2 and later.
     pub confinement: Confinement,
+    /// Resource limits set before exec (Docker's `--ulimit`, the OCI
+    /// spec's `process.rlimits`); capability [`capability::RLIMITS`]. Left
+    /// out when empty, so a process without them reads the same to a guest
+    /// from before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One `setrlimit(2)` of a process: `resource` by Docker's `--ulimit`
+/// name (`nofile`, `nproc`, `core`, … see [`Rlimit::NAMES`]), `soft` at
+/// most `hard`; [`Rlimit::UNLIMITED`] is `RLIM_INFINITY`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Rlimit {
+    /// `RLIM_INFINITY` on Linux.
+    pub const UNLIMITED: u64 = u64::MAX;
+    /// At most one per resource.
+    pub const MAX_PER_PROCESS: usize = Self::NAMES.len();
+    /// Docker's names (`docker run --ulimit`), Linux's `RLIMIT_*` without
+    /// the prefix, lower case.
+    pub const NAMES: [&'static str; 16] = [
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ];
+
+    /// A list both ends accept: known names, each once, soft ≤ hard.
+    pub fn validate_all(limits: &[Rlimit]) -> Result<(), String> {
+        for (i, l) in limits.iter().enumerate() {
+            if !Self::NAMES.contains(&l.resource.as_str()) {
+                return Err(format!(
+                    "ulimit {:?}: not a resource limit (one of {})",
+                    l.resource.chars().take(32).collect::<String>(),
+                    Self::NAMES.join(", ")
+                ));
+            }
+            if l.soft > l.hard {
+                return Err(format!(
+                    "ulimit {}: the soft limit {} is above the hard limit {}",
+                    l.resource, l.soft, l.hard
+                ));
+            }
+            if limits[..i].iter().any(|e| e.resource == l.resource) {
+                return Err(format!("ulimit {}: given twice", l.resource));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The confinement of one process, decided by the host (see
@@ -665,10 +732,12 @@ pub mod capability {
     /// [`super::ContainerSpec::resources`]: a container's memory, pids and
     /// CPU limits are written to its cgroup before it starts.
     pub const CONTAINER_LIMITS: &str = "container-limits";
+    /// [`super::ProcessSpec::rlimits`] are set before exec.
+    pub const RLIMITS: &str = "rlimits";
 
     /// Everything this build's hyperstart serves, as it advertises it (the
     /// hostile test init advertises the same, so the host takes it for one).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         FLOW_CONTROL,
         EROFS,
         EXT4,
@@ -682,12 +751,34 @@ pub mod capability {
         OOM_KILLED,
         SHARED_ROOTFS,
         CONTAINER_LIMITS,
+        RLIMITS,
     ];
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rlimits_are_known_names_once_each_soft_at_most_hard() {
+        let l = |r: &str, soft, hard| Rlimit {
+            resource: r.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            Rlimit::validate_all(&[l("nofile", 10, 20), l("core", 0, 0)]),
+            Ok(())
+        );
+        for (bad, word) in [
+            (vec![l("NOFILE", 1, 1)], "not a resource limit"),
+            (vec![l("nofile", 2, 1)], "above the hard limit"),
+            (vec![l("nproc", 1, 1), l("nproc", 2, 2)], "twice"),
+        ] {
+            let e = Rlimit::validate_all(&bad).unwrap_err();
+            assert!(e.contains(word), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn messages_roundtrip_through_json() {
@@ -726,6 +817,11 @@ mod tests {
                         }),
                         privileged: false,
                     },
+                    rlimits: vec![Rlimit {
+                        resource: "nofile".into(),
+                        soft: 1024,
+                        hard: Rlimit::UNLIMITED,
+                    }],
                 },
             },
         };

@@ -1061,6 +1061,7 @@ mod tests {
             stdio,
             stderr,
             confinement: hyper_protocol::Confinement::unconfined(),
+            rlimits: Vec::new(),
         }
     }
 

@@ -483,6 +483,13 @@ impl Runtime {
                 capability::HOST_VOLUMES
             )));
         }
+        if members.iter().any(|m| !m.security.ulimits.is_empty()) && !has(capability::RLIMITS) {
+            return Err(RunError::Failed(format!(
+                "the guest agent ({}) cannot set ulimits (no capability {}): install a payload built from this version, or leave out the ulimits",
+                ready.agent,
+                capability::RLIMITS
+            )));
+        }
         if members.iter().any(|m| !m.limits.is_unlimited()) && !has(capability::CONTAINER_LIMITS) {
             return Err(RunError::Failed(format!(
                 "the guest agent ({}) cannot set container limits (no capability {}): install a payload built from this version, or leave out memory, pids_limit, cpus and cpu_shares (--pids-limit)",
@@ -546,7 +553,8 @@ impl Runtime {
                 .new_process(&member.init_process)
                 .map_err(|e| boot_failed(e.to_string()))?;
             let confinement = crate::security::check(&member.security)?;
-            let mut spec = container_spec(&hostname, i, member, &streams, confinement);
+            let rlimits = crate::security::rlimits(&member.security)?;
+            let mut spec = container_spec(&hostname, i, member, &streams, confinement, rlimits);
             // A pod file's host and named volumes are mounted from the
             // plan, not as the tmpfs volumes of its file.
             spec.mounts
@@ -663,6 +671,7 @@ fn container_spec(
     m: &Member,
     streams: &ProcessStreams,
     confinement: hyper_protocol::Confinement,
+    rlimits: Vec<hyper_protocol::Rlimit>,
 ) -> ContainerSpec {
     let mut env = m.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
@@ -688,6 +697,7 @@ fn container_spec(
             stdio: streams.stdio,
             stderr: streams.stderr,
             confinement,
+            rlimits,
         },
         mounts: m
             .mounts

@@ -58,6 +58,9 @@ impl Runtime {
         };
         let confinement =
             crate::security::exec_confinement(&crate::security::check(&security)?, req.privileged);
+        // An exec gets its container's ulimits, as in Docker (runc sets the
+        // spec's rlimits for every process of a container).
+        let rlimits = crate::security::rlimits(&security)?;
         let n = live.next_exec.fetch_add(1, Ordering::Relaxed);
         let process_id = format!("exec-{n}");
         let streams = agent.new_process(&process_id)?;
@@ -72,6 +75,7 @@ impl Runtime {
             stdio: streams.stdio,
             stderr: streams.stderr,
             confinement,
+            rlimits,
         };
         let asked = std::time::Instant::now();
         let answer = agent

@@ -332,6 +332,7 @@ impl Runtime {
             return Err(RunError::Conflict(format!("pod {id} is still booting")));
         };
         let confinement = crate::security::check(&req.security)?;
+        let rlimits = crate::security::rlimits(&req.security)?;
         // Its place in the record first: a second join of the same name
         // is refused from here on.
         let reserved = self.update_record(id, |r| -> Result<_, RunError> {
@@ -354,6 +355,15 @@ impl Runtime {
                 return Err(RunError::Failed(format!(
                     "pod {id}'s guest agent cannot set container limits (no capability {}): install a payload built from this version, or leave out the container's linux.resources",
                     capability::CONTAINER_LIMITS
+                )));
+            }
+            if !req.security.ulimits.is_empty()
+                && !r.guest_capabilities.is_empty()
+                && !knows(capability::RLIMITS)
+            {
+                return Err(RunError::Failed(format!(
+                    "pod {id}'s guest agent cannot set ulimits (no capability {}): install a payload built from this version, or leave out the spec's process.rlimits",
+                    capability::RLIMITS
                 )));
             }
             if r.joined.len() >= MAX_JOINED {
@@ -426,6 +436,7 @@ impl Runtime {
                 stdio: streams.stdio,
                 stderr: streams.stderr,
                 confinement,
+                rlimits,
             },
             mounts: Vec::new(),
             resources: req.limits,
