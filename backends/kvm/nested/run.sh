@@ -144,13 +144,26 @@ if [ "$NK_E2E" != 0 ]; then
 fi
 
 # 4. Boot L1 under TCG with emulated SVM; stamp lines with host time.
+# A stuck L1 (the emulated SVM hung once in 25 boots, 100% CPU and silent,
+# seen again on 2026-12-08 at the 2-vCPU check) prints nothing: after STALL
+# seconds without a line it is stopped, so the retry starts minutes earlier
+# than TIMEOUT would allow. Every pod boot in L1 prints a kernel line, and
+# each e2e binary its start and end, so a working L1 is never that quiet.
+STALL=${STALL:-360}
 start=$EPOCHREALTIME
 set +e
-timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt -m 2048 -smp "${SMP:-1}" \
+timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -name "nk-l1-$$" -machine q35 -accel tcg -cpu qemu64,+svm,+npt -m 2048 -smp "${SMP:-1}" \
   -nographic -monitor none -serial stdio -no-reboot -nic none "${SHARE[@]}" \
   -kernel "$W/vmlinux" -initrd "$W/l1.cpio" -append "console=ttyS0 panic=-1 quiet ${L1_ARGS:-nk_runs=3}" </dev/null 2>&1 |
-while IFS= read -r line; do
+while true; do
+  IFS= read -t "$STALL" -r line; got=$?
   t=$(( ${EPOCHREALTIME/./} - ${start/./} ))
+  if [ $got -gt 128 ]; then
+    printf '[%4d.%02d] nested-kvm: no output from L1 for %d s: stuck, stopping it\n' $((t/1000000)) $(((t/10000)%100)) "$STALL"
+    pkill -f -- "-name nk-l1-$$ " || true
+    break
+  fi
+  [ $got = 0 ] || break
   printf '[%4d.%02d] %s\n' $((t/1000000)) $(((t/10000)%100)) "${line//$'\r'/}"
   case "$line" in *ALL-DONE*) break;; esac
 done | tee "$W/l1.log"
