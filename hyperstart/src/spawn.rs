@@ -949,7 +949,9 @@ mod tests {
             err.message
         );
         spec.rlimits = vec![limit("nofile", 64, 128), limit("core", 0, 0)];
-        let prepared = prepare(&spec).ok().expect("prepared");
+        let Ok(prepared) = prepare(&spec) else {
+            panic!("a valid spec was refused");
+        };
         assert_eq!(
             prepared.rlimits,
             vec![
