@@ -167,7 +167,6 @@ fn children_ticks(stat: &str) -> u64 {
 #[test]
 fn a_fractional_cpus_caps_the_containers_cpu_time() {
     let d = Hyperd::start();
-    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
     // A subshell spins for 4 s of the guest's clock (forking `date` as it
     // goes); the init then prints how long that took and its own stat line,
     // whose cutime/cstime hold the subshell's CPU time once waited for.
@@ -204,26 +203,8 @@ fn a_fractional_cpus_caps_the_containers_cpu_time() {
         (vec!["--cpu-period", "50000"], "--cpu-period"),
         (vec!["--cpu-shares", "300000"], "--cpu-shares"),
     ] {
-        let mut a = vec!["run"];
-        a.extend(flags.iter().copied());
-        a.extend(["--rootfs", &rootfs, "true"]);
-        let out = d.hyper(&a);
-        assert_eq!(
-            out.status.code(),
-            Some(125),
-            "{flags:?}: {}",
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stderr).contains(word),
-            "{flags:?}: {}",
-            text(&out.stderr)
-        );
+        refused(&d, &flags, word);
     }
-    let out = d.hyper(&["ps", "-a", "--json"]);
-    d.succeeded(&out);
-    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps JSON");
-    assert_eq!(pods, serde_json::json!([]), "a refused run left a pod");
 }
 
 #[test]
@@ -275,17 +256,23 @@ fn ulimits_hold_for_the_container_and_its_execs() {
         ("files=1", "not a limit"),
         ("nofile", "NAME=SOFT"),
     ] {
-        let out = d.hyper(&["run", "--ulimit", flag, "--rootfs", &rootfs, "true"]);
-        assert_eq!(
-            out.status.code(),
-            Some(125),
-            "{flag}: {}",
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stderr).contains(word),
-            "{flag}: {}",
-            text(&out.stderr)
-        );
+        refused(&d, &["--ulimit", flag], word);
     }
+}
+
+/// `hyper run FLAGS --rootfs BUSYBOX true` is refused before any VM
+/// starts: exit 125, `word` in the message, no pod left.
+fn refused(d: &Hyperd, flags: &[&str], word: &str) {
+    let rootfs = busybox_rootfs().to_string_lossy().into_owned();
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--rootfs", &rootfs, "true"]);
+    let out = d.hyper(&args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{flags:?}: {stderr}");
+    assert!(stderr.contains(word), "{flags:?}: {stderr}");
+    let out = d.hyper(&["ps", "-a", "--json"]);
+    d.succeeded(&out);
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    assert_eq!(pods, serde_json::json!([]), "{flags:?} left a pod");
 }
